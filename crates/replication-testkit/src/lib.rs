@@ -1,0 +1,17 @@
+//! # omnirelay-replication-testkit
+//!
+//! Helpers for testing code built on `omnirelay-replication`, used only as
+//! a dev-dependency:
+//!
+//! - [`Note`] and [`NoteCodec`]: a minimal event type and codec with no
+//!   schema crate behind them, whose codec counts its encodings.
+//! - [`ScriptedSink`]: a sink that records what it applied, fails where a
+//!   test script says, and can yield mid-apply to expose races.
+
+#![warn(missing_docs)]
+
+pub mod event;
+pub mod sink;
+
+pub use event::{Note, NoteCodec};
+pub use sink::{ScriptedSink, Step};

@@ -1,0 +1,168 @@
+//! The sink API: where replicated records go.
+//!
+//! Implement [`Sink`] (one required method, [`Sink::apply`]) with plain
+//! `async fn`s; the framework stores sinks as `Arc<dyn DynSink>`, the
+//! object-safe twin every `Sink` gets from a blanket impl. Conveniences live
+//! in [`SinkExt`].
+//!
+//! # Contract
+//!
+//! - A batch holds records of one stream in ascending sequence order.
+//! - `apply` returns `Ok` only once every record of the batch is durable in
+//!   the sink. On failure it reports, with
+//!   [`SinkError::applied_through`], the last record that was durably
+//!   applied, if any; delivery resumes after it.
+//! - Delivery is at least once: a sink may see records it already applied
+//!   (after a crash or a retry) and must ignore them (idempotency). Sinks
+//!   that can record a high-water mark atomically with their data report it
+//!   from [`Sink::checkpoint`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::error::SinkError;
+use crate::record::Record;
+use crate::stream::StreamId;
+
+pub mod dedup;
+pub mod memory;
+
+pub use dedup::Deduplicating;
+pub use memory::MemorySink;
+
+/// A boxed, sendable future, the return type of the object-safe twins.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A sink's view of its own health.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub enum Health {
+    /// Working normally.
+    #[default]
+    Healthy,
+    /// Working, with a problem worth reporting.
+    Degraded(String),
+    /// Not working.
+    Unhealthy(String),
+}
+
+/// A destination of replicated records.
+pub trait Sink: Send + Sync + 'static {
+    /// Applies `batch` (one stream, ascending sequences) durably, ignoring
+    /// records at or below what the sink already holds.
+    ///
+    /// # Errors
+    ///
+    /// A [`SinkError`] whose kind decides whether delivery retries, with how
+    /// far the batch got.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave a prefix of the batch applied; the
+    /// framework re-delivers from the sink's checkpoint, which idempotency
+    /// makes harmless.
+    fn apply(&self, batch: &[Record]) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// The highest sequence of `stream` the sink holds durably, if it keeps
+    /// track; delivery resumes after it.
+    ///
+    /// # Errors
+    ///
+    /// The backend's failure to answer.
+    fn checkpoint(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Option<u64>, SinkError>> + Send {
+        let _ = stream;
+        async { Ok(None) }
+    }
+
+    /// The sink's view of its health.
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+
+    /// Flushes and releases resources. Records applied before `close`
+    /// returns are durable.
+    ///
+    /// # Errors
+    ///
+    /// The backend's failure to flush.
+    fn close(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// The object-safe twin of [`Sink`], implemented for every `Sink`.
+pub trait DynSink: Send + Sync + 'static {
+    /// See [`Sink::apply`].
+    fn apply_dyn<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// See [`Sink::checkpoint`].
+    fn checkpoint_dyn<'a>(
+        &'a self,
+        stream: &'a StreamId,
+    ) -> BoxFuture<'a, Result<Option<u64>, SinkError>>;
+    /// See [`Sink::health`].
+    fn health_dyn(&self) -> Health;
+    /// See [`Sink::close`].
+    fn close_dyn(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+impl<S: Sink> DynSink for S {
+    fn apply_dyn<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.apply(batch))
+    }
+
+    fn checkpoint_dyn<'a>(
+        &'a self,
+        stream: &'a StreamId,
+    ) -> BoxFuture<'a, Result<Option<u64>, SinkError>> {
+        Box::pin(self.checkpoint(stream))
+    }
+
+    fn health_dyn(&self) -> Health {
+        self.health()
+    }
+
+    fn close_dyn(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(self.close())
+    }
+}
+
+/// A shared, type-erased sink.
+pub type SharedSink = Arc<dyn DynSink>;
+
+impl Sink for SharedSink {
+    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+        (**self).apply_dyn(batch).await
+    }
+
+    async fn checkpoint(&self, stream: &StreamId) -> Result<Option<u64>, SinkError> {
+        (**self).checkpoint_dyn(stream).await
+    }
+
+    fn health(&self) -> Health {
+        (**self).health_dyn()
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        (**self).close_dyn().await
+    }
+}
+
+/// Conveniences for every [`Sink`].
+pub trait SinkExt: Sink + Sized {
+    /// Type-erases the sink for registration with a replicator.
+    fn shared(self) -> SharedSink {
+        Arc::new(self)
+    }
+
+    /// Wraps the sink so that it sees each sequence at most once per stream
+    /// and peer; see [`Deduplicating`].
+    fn deduplicating(self) -> Deduplicating<Self> {
+        Deduplicating::new(self)
+    }
+}
+
+impl<S: Sink> SinkExt for S {}

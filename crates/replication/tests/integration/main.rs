@@ -1,0 +1,8 @@
+//! Integration tests of omnirelay-replication, one binary.
+
+// A panic in a test helper is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod dedup;
+mod replicator;
+mod support;

@@ -85,4 +85,4 @@ pub use replicator::{
 pub use sequencer::Sequencer;
 pub use sink::{BoxFuture, Deduplicating, DynSink, Health, MemorySink, SharedSink, Sink, SinkExt};
 pub use stream::StreamId;
-pub use time::{Timestamp, TimestampError};
+pub use time::{Timestamp, TimestampError, TimestampText};

@@ -114,42 +114,38 @@ impl Timestamp {
         )
     }
 
-    /// Appends the .NET round-trip form (`"O"`): always seven fractional
-    /// digits, e.g. `2025-11-27T18:49:03.4567890+00:00`. This is the form of
-    /// the protobuf `timestamp` field and of the SQLite `timestamp` column.
-    pub fn write_round_trip(self, out: &mut String) {
-        self.write(out, true);
+    /// The .NET round-trip form (`"O"`): always seven fractional digits,
+    /// e.g. `2025-11-27T18:49:03.4567890+00:00`. This is the form of the
+    /// protobuf `timestamp` field and of the SQLite `timestamp` column.
+    pub fn round_trip_text(self) -> TimestampText {
+        self.render(true)
     }
 
-    /// Appends the System.Text.Json form: trailing zeros of the fraction
-    /// trimmed and no fraction at whole seconds, e.g.
-    /// `2025-11-27T18:49:03.45+00:00` or `2025-11-27T18:49:03+00:00`. This is
-    /// the form of every JSON document of the reference format.
-    pub fn write_json(self, out: &mut String) {
-        self.write(out, false);
+    /// The System.Text.Json form: trailing zeros of the fraction trimmed
+    /// and no fraction at whole seconds, e.g. `2025-11-27T18:49:03.45+00:00`
+    /// or `2025-11-27T18:49:03+00:00`. This is the form of every JSON
+    /// document of the reference format.
+    pub fn json_text(self) -> TimestampText {
+        self.render(false)
     }
 
-    /// The round-trip form as a new string; see [`Timestamp::write_round_trip`].
+    /// The round-trip form as a new string; see [`Timestamp::round_trip_text`].
     pub fn to_round_trip_string(self) -> String {
-        let mut out = String::with_capacity(33);
-        self.write_round_trip(&mut out);
-        out
+        self.round_trip_text().as_str().to_owned()
     }
 
-    /// The JSON form as a new string; see [`Timestamp::write_json`].
+    /// The JSON form as a new string; see [`Timestamp::json_text`].
     pub fn to_json_string(self) -> String {
-        let mut out = String::with_capacity(33);
-        self.write_json(&mut out);
-        out
+        self.json_text().as_str().to_owned()
     }
 
-    fn write(self, out: &mut String, full_fraction: bool) {
+    fn render(self, full_fraction: bool) -> TimestampText {
         let days = self.ticks.div_euclid(TICKS_PER_DAY);
         let in_day = self.ticks.rem_euclid(TICKS_PER_DAY);
         let (year, month, day) = civil_from_days(days - DAYS_TO_UNIX_EPOCH);
         let seconds = in_day / TICKS_PER_SECOND;
         let fraction = in_day % TICKS_PER_SECOND;
-        let mut buf = AsciiBuf::default();
+        let mut buf = TimestampText::default();
         buf.number(year, 4);
         buf.byte(b'-');
         buf.number(month, 2);
@@ -176,7 +172,7 @@ impl Timestamp {
         for &b in b"+00:00" {
             buf.byte(b);
         }
-        out.push_str(buf.as_str());
+        buf
     }
 
     /// Reads an ISO 8601 instant as System.Text.Json and .NET round-trip
@@ -269,13 +265,14 @@ impl Timestamp {
     }
 }
 
-/// A fixed buffer for the 33 ASCII bytes of the longest timestamp form.
-struct AsciiBuf {
+/// A timestamp's text, formatted on the stack (at most 33 ASCII bytes).
+#[derive(Clone, Copy)]
+pub struct TimestampText {
     bytes: [u8; 33],
     len: usize,
 }
 
-impl Default for AsciiBuf {
+impl Default for TimestampText {
     fn default() -> Self {
         Self {
             bytes: [0; 33],
@@ -284,7 +281,7 @@ impl Default for AsciiBuf {
     }
 }
 
-impl AsciiBuf {
+impl TimestampText {
     fn byte(&mut self, byte: u8) {
         self.bytes[self.len] = byte;
         self.len += 1;
@@ -299,7 +296,8 @@ impl AsciiBuf {
         self.len += width;
     }
 
-    fn as_str(&self) -> &str {
+    /// The text.
+    pub fn as_str(&self) -> &str {
         // Only ASCII digits and punctuation are ever written.
         std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
@@ -404,16 +402,36 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+impl std::ops::Deref for TimestampText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for TimestampText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for TimestampText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Timestamp {
     /// The JSON form, e.g. `2025-11-27T18:49:03.45+00:00`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_json_string())
+        f.write_str(&self.json_text())
     }
 }
 
 impl fmt::Debug for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Timestamp({})", self.to_round_trip_string())
+        write!(f, "Timestamp({})", self.round_trip_text())
     }
 }
 

@@ -136,7 +136,14 @@ impl Metadata {
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
         let key = key.into();
         if !self.0.contains_key(&key) {
-            self.0.retain(|k, _| !k.eq_ignore_ascii_case(&key));
+            let other_case = self
+                .0
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case(&key))
+                .cloned();
+            if let Some(other_case) = other_case {
+                self.0.remove(&other_case);
+            }
         }
         self.0.insert(key, value.into());
     }

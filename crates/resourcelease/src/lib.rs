@@ -19,6 +19,7 @@
 //!   A version-1 writer refuses event types version 1 lacks with
 //!   [`EncodeError::Unrepresentable`], so callers can skip and count them.
 //! - [`ResourceLeaseCodec`] plugs all of it into `omnirelay-replication`.
+//! - [`lines`] converts and checks streams of events, one per line.
 //!
 //! ```
 //! use omnirelay_resourcelease::{json, version, ResourceLeaseReplicationEventType};
@@ -38,6 +39,7 @@ pub mod codec;
 pub mod error;
 pub mod event;
 pub mod json;
+pub mod lines;
 pub mod proto;
 pub mod version;
 

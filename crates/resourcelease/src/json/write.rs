@@ -120,10 +120,8 @@ impl Writer<'_> {
     }
 
     fn timestamp(&mut self, value: Timestamp) {
-        let mut text = String::with_capacity(33);
-        value.write_json(&mut text);
         self.out.push(b'"');
-        self.raw(text.as_bytes());
+        self.raw(value.json_text().as_bytes());
         self.out.push(b'"');
     }
 
@@ -207,6 +205,17 @@ const fn passes_unescaped(b: u8) -> bool {
         && !matches!(b, b'"' | b'&' | b'\'' | b'+' | b'<' | b'>' | b'\\' | b'`')
 }
 
+/// [`passes_unescaped`] for every byte value (false for non-ASCII bytes).
+const PASSES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = passes_unescaped(b as u8);
+        b += 1;
+    }
+    table
+};
+
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Appends `value` escaped as System.Text.Json's default encoder does:
@@ -219,16 +228,17 @@ pub(crate) fn escape_into(value: &str, out: &mut Vec<u8>) {
     // `i` advances by whole characters, so it is always a char boundary.
     while i < bytes.len() {
         let b = bytes[i];
-        if b < 0x80 {
+        if PASSES[usize::from(b)] {
             i += 1;
-            if !passes_unescaped(b) {
-                out.extend_from_slice(&bytes[start..i - 1]);
-                escape_ascii(b, out);
-                start = i;
-            }
             continue;
         }
         out.extend_from_slice(&bytes[start..i]);
+        if b < 0x80 {
+            escape_ascii(b, out);
+            i += 1;
+            start = i;
+            continue;
+        }
         let c = value[i..]
             .chars()
             .next()

@@ -1,0 +1,65 @@
+use crate::{omnirelay, text};
+
+#[test]
+fn bench_prints_a_table_and_writes_json_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.json");
+    let out = omnirelay(
+        &[
+            "bench",
+            "json-decode",
+            "--quick",
+            "--json",
+            file.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let rows: Vec<_> = stdout.lines().collect();
+    assert!(
+        rows[0].starts_with("scenario") && rows[1].starts_with("json-decode"),
+        "{stdout}"
+    );
+    let records: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 1);
+    let r = records[0].as_object().unwrap();
+    let mut keys: Vec<_> = r.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "baseline",
+            "candidate",
+            "met",
+            "name",
+            "ratio",
+            "target",
+            "unit"
+        ]
+    );
+    assert_eq!(r["name"], "json-decode");
+    assert_eq!(r["unit"], "events/s");
+    let (baseline, candidate, ratio) = (
+        r["baseline"].as_f64().unwrap(),
+        r["candidate"].as_f64().unwrap(),
+        r["ratio"].as_f64().unwrap(),
+    );
+    assert!(baseline > 0.0 && candidate > 0.0 && ratio > 0.0);
+    assert_eq!(
+        r["met"].as_bool().unwrap(),
+        ratio >= r["target"].as_f64().unwrap()
+    );
+}
+
+#[test]
+fn an_unknown_benchmark_is_an_error_listing_the_known_ones() {
+    let out = omnirelay(&["bench", "nope"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("unknown benchmark \"nope\" (available: json-encode, json-decode)")
+    );
+}

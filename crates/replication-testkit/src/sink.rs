@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use omnirelay_replication::{ErrorKind, Health, Record, Sink, SinkError, StreamId};
+use omnirelay_replication::{ErrorKind, Record, Sink, SinkError};
 
 /// What a [`ScriptedSink`] does with the next batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,13 +102,5 @@ impl Sink for ScriptedSink {
                 )
             }
         }
-    }
-
-    async fn checkpoint(&self, _stream: &StreamId) -> Result<Option<u64>, SinkError> {
-        Ok(None)
-    }
-
-    fn health(&self) -> Health {
-        Health::Healthy
     }
 }

@@ -1,11 +1,43 @@
-//! The framework codec of resource-lease events.
+//! Encoding and decoding by [`Encoding`], and the framework codec.
 
 use bytes::Bytes;
 use omnirelay_replication::{Codec, CodecError, Encoding, Format, WireVersion};
 
+use crate::error::{DecodeError, EncodeError};
 use crate::event::ResourceLeaseReplicationEvent;
 use crate::version::LATEST;
 use crate::{json, proto};
+
+/// Encodes `event` in `encoding` (JSON or protobuf, version 1 or 2).
+///
+/// # Errors
+///
+/// [`EncodeError`] if the event has no form in that version, or the format
+/// or version is not one this crate writes.
+pub fn encode(
+    event: &ResourceLeaseReplicationEvent,
+    encoding: Encoding,
+) -> Result<Vec<u8>, EncodeError> {
+    match encoding.format {
+        Format::Json => json::encode(event, encoding.version),
+        Format::Protobuf => proto::encode(event, encoding.version),
+        other => Err(EncodeError::UnsupportedFormat(other)),
+    }
+}
+
+/// Decodes one event of `format`, in any version this crate reads.
+///
+/// # Errors
+///
+/// As [`json::decode`] and [`proto::decode`]; [`DecodeError::UnsupportedFormat`]
+/// for another format.
+pub fn decode(format: Format, bytes: &[u8]) -> Result<ResourceLeaseReplicationEvent, DecodeError> {
+    match format {
+        Format::Json => json::decode(bytes),
+        Format::Protobuf => proto::decode(bytes),
+        other => Err(DecodeError::UnsupportedFormat(other)),
+    }
+}
 
 /// Encodes and decodes [`ResourceLeaseReplicationEvent`]s as JSON and
 /// protobuf, versions 1 and 2, for the replication framework.
@@ -22,17 +54,7 @@ impl Codec<ResourceLeaseReplicationEvent> for ResourceLeaseCodec {
         event: &ResourceLeaseReplicationEvent,
         encoding: Encoding,
     ) -> Result<Bytes, CodecError> {
-        let bytes = match encoding.format {
-            Format::Json => json::encode(event, encoding.version)?,
-            Format::Protobuf => proto::encode(event, encoding.version)?,
-            other => {
-                return Err(CodecError::new(
-                    omnirelay_replication::CodecErrorKind::Unsupported,
-                    format!("resource-lease events have no {other} form"),
-                ));
-            }
-        };
-        Ok(Bytes::from(bytes))
+        Ok(Bytes::from(encode(event, encoding)?))
     }
 
     fn decode(
@@ -40,15 +62,6 @@ impl Codec<ResourceLeaseReplicationEvent> for ResourceLeaseCodec {
         format: Format,
         bytes: &[u8],
     ) -> Result<ResourceLeaseReplicationEvent, CodecError> {
-        Ok(match format {
-            Format::Json => json::decode(bytes)?,
-            Format::Protobuf => proto::decode(bytes)?,
-            other => {
-                return Err(CodecError::new(
-                    omnirelay_replication::CodecErrorKind::Unsupported,
-                    format!("resource-lease events have no {other} form"),
-                ));
-            }
-        })
+        Ok(decode(format, bytes)?)
     }
 }

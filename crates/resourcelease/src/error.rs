@@ -1,6 +1,6 @@
 //! Decoding and encoding errors of the resource-lease schema.
 
-use omnirelay_replication::{CodecError, CodecErrorKind, WireVersion};
+use omnirelay_replication::{CodecError, CodecErrorKind, Format, WireVersion};
 
 use crate::event::ResourceLeaseReplicationEventType;
 
@@ -32,6 +32,9 @@ pub enum DecodeError {
     /// The document is of a schema version newer than this reader's.
     #[error("unsupported schema version {0} (this reader knows 1 and 2)")]
     UnsupportedVersion(i64),
+    /// Resource-lease events have no form in this format.
+    #[error("resource-lease events have no {0} form")]
+    UnsupportedFormat(Format),
 }
 
 impl DecodeError {
@@ -69,7 +72,7 @@ impl DecodeError {
 
 impl From<DecodeError> for CodecError {
     fn from(err: DecodeError) -> Self {
-        let kind = if err.is_unsupported() {
+        let kind = if err.is_unsupported() || matches!(err, DecodeError::UnsupportedFormat(_)) {
             CodecErrorKind::Unsupported
         } else {
             CodecErrorKind::Malformed
@@ -96,13 +99,18 @@ pub enum EncodeError {
     /// This writer does not know the requested version.
     #[error("schema {0} is not supported by this writer (it writes v1 and v2)")]
     UnsupportedVersion(WireVersion),
+    /// Resource-lease events have no form in this format.
+    #[error("resource-lease events have no {0} form")]
+    UnsupportedFormat(Format),
 }
 
 impl From<EncodeError> for CodecError {
     fn from(err: EncodeError) -> Self {
         let kind = match err {
             EncodeError::Unrepresentable { .. } => CodecErrorKind::Unrepresentable,
-            EncodeError::UnsupportedVersion(_) => CodecErrorKind::Unsupported,
+            EncodeError::UnsupportedVersion(_) | EncodeError::UnsupportedFormat(_) => {
+                CodecErrorKind::Unsupported
+            }
         };
         CodecError::new(kind, err.to_string())
     }

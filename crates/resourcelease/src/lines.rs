@@ -8,11 +8,11 @@
 use std::io::{self, BufRead, Write};
 
 use base64::Engine as _;
-use omnirelay_replication::{Format, WireVersion};
+use omnirelay_replication::{Encoding, Format, WireVersion};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::event::ResourceLeaseReplicationEvent;
-use crate::{json, proto};
+use crate::{codec, json};
 
 /// What a run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,7 +102,8 @@ pub fn check(input: impl BufRead, mut report: impl Write) -> io::Result<Summary>
     Ok(summary)
 }
 
-/// Decodes one line of `format`.
+/// Decodes one line of `format`: a JSON document, or the base64 of a
+/// protobuf message.
 ///
 /// # Errors
 ///
@@ -111,18 +112,16 @@ pub fn read_event(
     format: Format,
     line: &[u8],
 ) -> Result<ResourceLeaseReplicationEvent, DecodeError> {
-    match format {
-        Format::Protobuf => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(line.trim_ascii())
-                .map_err(|e| DecodeError::Protobuf(format!("invalid base64: {e}")))?;
-            proto::decode(&bytes)
-        }
-        _ => json::decode(line),
+    if format == Format::Protobuf {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(line.trim_ascii())
+            .map_err(|e| DecodeError::Protobuf(format!("invalid base64: {e}")))?;
+        return codec::decode(format, &bytes);
     }
+    codec::decode(format, line)
 }
 
-/// Appends one line's worth (without the newline) of `event` in `format`.
+/// Appends one line (without the newline) of `event` in `format`.
 ///
 /// # Errors
 ///
@@ -134,13 +133,14 @@ pub fn write_event(
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     match format {
+        Format::Json => json::encode_into(event, version, out),
         Format::Protobuf => {
-            let bytes = proto::encode(event, version)?;
+            let bytes = codec::encode(event, Encoding::new(format, version))?;
             let text = base64::engine::general_purpose::STANDARD.encode(bytes);
             out.extend_from_slice(text.as_bytes());
             Ok(())
         }
-        _ => json::encode_into(event, version, out),
+        other => Err(EncodeError::UnsupportedFormat(other)),
     }
 }
 

@@ -64,6 +64,7 @@
 
 pub mod error;
 pub mod event;
+pub mod log;
 pub mod record;
 pub mod replicator;
 pub mod sequencer;

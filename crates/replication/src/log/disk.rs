@@ -1,0 +1,444 @@
+//! The files of one stream's log: recovery on open, appends, syncs,
+//! rotation and retention. Used only by the writer thread.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::{Error, ErrorKind};
+use crate::event::Encoding;
+use crate::log::frame::{SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::log::meta::{self, LastCut, StreamMeta};
+use crate::log::options::{Durability, LogOptions};
+use crate::log::segment::{self, Tail};
+use crate::stream::StreamId;
+use crate::time::Timestamp;
+
+/// What opening a log found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The last sequence in the log (0 when empty).
+    pub last_sequence: u64,
+    /// Bytes cut from a torn or corrupt tail.
+    pub cut_bytes: u64,
+    /// Why they were cut.
+    pub cut_reason: Option<String>,
+    /// Files removed because they held nothing readable (a segment whose
+    /// creation a crash interrupted).
+    pub removed_files: Vec<PathBuf>,
+}
+
+struct Sealed {
+    first: u64,
+    last: u64,
+    bytes: u64,
+    modified: SystemTime,
+}
+
+pub(crate) struct Disk {
+    dir: PathBuf,
+    stream: StreamId,
+    _lock: File,
+    durability: Durability,
+    segment_max_bytes: u64,
+    index_every: u64,
+    encoding: Encoding,
+    file: File,
+    header: SegmentHeader,
+    len: u64,
+    records: u64,
+    index: Vec<(u64, u64)>,
+    since_index: u64,
+    sealed: VecDeque<Sealed>,
+}
+
+fn io_error(context: String) -> impl FnOnce(io::Error) -> Error {
+    move |e| Error::new(ErrorKind::Unavailable, context).with_source(e)
+}
+
+impl Disk {
+    /// Opens (creating if needed) the log in `dir`, repairing a damaged tail.
+    pub(crate) fn open(
+        dir: &Path,
+        stream: &StreamId,
+        encoding: Encoding,
+        options: &LogOptions,
+    ) -> Result<(Self, Recovery), Error> {
+        std::fs::create_dir_all(dir).map_err(io_error(format!(
+            "cannot create log directory {}",
+            dir.display()
+        )))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(io_error(format!(
+                "cannot open {}",
+                dir.join("LOCK").display()
+            )))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "the log of stream {stream} in {} is open in another process",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_error(format!("cannot lock {}", dir.display()))(e));
+            }
+        }
+        let mut recovery = Recovery::default();
+        let mut segments = segment::list_segments(dir)
+            .map_err(io_error(format!("cannot list {}", dir.display())))?;
+        // Drop trailing segments a crash left without a readable header
+        // (a rotation that did not finish).
+        while let Some((_, path)) = segments.last() {
+            let scan = segment::scan_segment(path, options.index_interval_bytes)
+                .map_err(io_error(format!("cannot read {}", path.display())))?;
+            if scan.is_ok() {
+                break;
+            }
+            std::fs::remove_file(path)
+                .map_err(io_error(format!("cannot remove {}", path.display())))?;
+            recovery.removed_files.push(path.clone());
+            segments.pop();
+        }
+        let mut sealed = VecDeque::new();
+        for window in segments.windows(2) {
+            let (first, path) = &window[0];
+            let metadata = std::fs::metadata(path)
+                .map_err(io_error(format!("cannot stat {}", path.display())))?;
+            sealed.push_back(Sealed {
+                first: *first,
+                last: window[1].0.saturating_sub(1),
+                bytes: metadata.len(),
+                modified: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+        let mut disk = match segments.last() {
+            None => Self::create_first(dir, lock, encoding, options)?,
+            Some((_, path)) => Self::reopen_active(dir, path, lock, options, &mut recovery)?,
+        };
+        disk.durability = options.durability;
+        disk.stream = stream.clone();
+        disk.sealed = sealed;
+        disk.use_encoding(encoding)?;
+        recovery.last_sequence = disk.last_sequence();
+        if !recovery.removed_files.is_empty() {
+            meta::sync_dir(dir).map_err(io_error(format!("cannot sync {}", dir.display())))?;
+        }
+        disk.write_meta(stream, &recovery)?;
+        Ok((disk, recovery))
+    }
+
+    fn create_first(
+        dir: &Path,
+        lock: File,
+        encoding: Encoding,
+        options: &LogOptions,
+    ) -> Result<Self, Error> {
+        let header = SegmentHeader {
+            first_sequence: 1,
+            encoding,
+            created: Timestamp::now(),
+        };
+        let file = create_segment(dir, &header)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            stream: StreamId::default(),
+            _lock: lock,
+            durability: options.durability,
+            segment_max_bytes: options.segment_max_bytes,
+            index_every: options.index_interval_bytes,
+            encoding,
+            file,
+            header,
+            len: SEGMENT_HEADER_LEN as u64,
+            records: 0,
+            index: Vec::new(),
+            since_index: u64::MAX,
+            sealed: VecDeque::new(),
+        })
+    }
+
+    fn reopen_active(
+        dir: &Path,
+        path: &Path,
+        lock: File,
+        options: &LogOptions,
+        recovery: &mut Recovery,
+    ) -> Result<Self, Error> {
+        let scan = segment::scan_segment(path, options.index_interval_bytes)
+            .map_err(io_error(format!("cannot read {}", path.display())))?
+            .map_err(|reason| {
+                Error::new(ErrorKind::Corrupt, format!("{}: {reason}", path.display()))
+            })?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_error(format!("cannot open {}", path.display())))?;
+        if scan.valid_len < scan.file_len {
+            let reason = match &scan.tail {
+                Tail::Incomplete => "torn write at the end of the segment".to_owned(),
+                Tail::Corrupt(reason) => reason.clone(),
+                Tail::Clean => "unreadable bytes at the end of the segment".to_owned(),
+            };
+            file.set_len(scan.valid_len)
+                .and_then(|()| file.sync_all())
+                .map_err(io_error(format!("cannot truncate {}", path.display())))?;
+            recovery.cut_bytes = scan.file_len - scan.valid_len;
+            recovery.cut_reason = Some(reason);
+        }
+        let since_index = match scan.index.last() {
+            Some((_, offset)) => scan.valid_len - offset,
+            None => u64::MAX,
+        };
+        let disk = Self {
+            dir: dir.to_owned(),
+            stream: StreamId::default(),
+            _lock: lock,
+            durability: options.durability,
+            segment_max_bytes: options.segment_max_bytes,
+            index_every: options.index_interval_bytes,
+            encoding: scan.header.encoding,
+            file,
+            header: scan.header,
+            len: scan.valid_len,
+            records: scan.records,
+            index: scan.index,
+            since_index,
+            sealed: VecDeque::new(),
+        };
+        Ok(disk)
+    }
+
+    fn write_meta(&self, stream: &StreamId, recovery: &Recovery) -> Result<(), Error> {
+        let previous = meta::read_meta(&self.dir).unwrap_or_default();
+        let last_cut = match &recovery.cut_reason {
+            Some(reason) => Some(LastCut {
+                at: Timestamp::now().to_json_string(),
+                segment: segment::segment_path(&self.dir, self.header.first_sequence)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                bytes: recovery.cut_bytes,
+                reason: reason.clone(),
+            }),
+            None => previous.last_cut,
+        };
+        let meta = StreamMeta {
+            stream: stream.as_str().to_owned(),
+            durability: self.durability.to_string(),
+            encoding: self.encoding.to_string(),
+            recovery_cut_bytes_total: previous.recovery_cut_bytes_total + recovery.cut_bytes,
+            last_cut,
+        };
+        meta::write_meta(&self.dir, &meta).map_err(io_error(format!(
+            "cannot write {}",
+            self.dir.join("stream.json").display()
+        )))
+    }
+
+    /// Switches new records to `encoding`, sealing the active segment if it
+    /// holds records of another one.
+    pub(crate) fn use_encoding(&mut self, encoding: Encoding) -> Result<(), Error> {
+        if self.header.encoding == encoding {
+            self.encoding = encoding;
+            return Ok(());
+        }
+        self.encoding = encoding;
+        if self.records == 0 {
+            // Nothing written in the old encoding: recreate the segment.
+            let header = SegmentHeader {
+                encoding,
+                ..self.header
+            };
+            self.file = create_segment_replacing(&self.dir, &header)?;
+            self.header = header;
+            self.len = SEGMENT_HEADER_LEN as u64;
+            return Ok(());
+        }
+        self.rotate()
+    }
+
+    /// The last sequence written.
+    pub(crate) fn last_sequence(&self) -> u64 {
+        self.header.first_sequence + self.records - 1
+    }
+
+    /// Bytes of every segment.
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.len + self.sealed.iter().map(|s| s.bytes).sum::<u64>()
+    }
+
+    /// Segments on disk.
+    pub(crate) fn segment_count(&self) -> usize {
+        self.sealed.len() + 1
+    }
+
+    /// Appends `frames` (records `first`, `first + 1`, … of the given
+    /// sizes), sealing the active segment and starting a new one whenever
+    /// it is full.
+    pub(crate) fn append(&mut self, frames: &[u8], first: u64, sizes: &[usize]) -> io::Result<()> {
+        let mut at = 0;
+        let mut i = 0;
+        while i < sizes.len() {
+            if self.len >= self.segment_max_bytes && self.records > 0 {
+                self.rotate().map_err(io::Error::other)?;
+            }
+            // As many records as fit (at least one).
+            let mut bytes = 0;
+            let mut n = 0;
+            while i + n < sizes.len()
+                && (n == 0 || self.len + (bytes + sizes[i + n]) as u64 <= self.segment_max_bytes)
+            {
+                bytes += sizes[i + n];
+                n += 1;
+            }
+            self.file.write_all(&frames[at..at + bytes])?;
+            let mut offset = self.len;
+            for (k, size) in sizes[i..i + n].iter().enumerate() {
+                if self.since_index >= self.index_every {
+                    self.index.push((first + (i + k) as u64, offset));
+                    self.since_index = 0;
+                }
+                self.since_index += *size as u64;
+                offset += *size as u64;
+            }
+            self.len = offset;
+            self.records += n as u64;
+            at += bytes;
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// `fdatasync` of the active segment.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if tests::fail_next_sync(&self.stream) {
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        self.file.sync_data()
+    }
+
+    /// Seals the active segment and starts the next one.
+    fn rotate(&mut self) -> Result<(), Error> {
+        let path = segment::segment_path(&self.dir, self.header.first_sequence);
+        if self.durability.is_persistent() && self.durability != Durability::None {
+            self.file
+                .sync_data()
+                .map_err(io_error(format!("cannot sync {}", path.display())))?;
+        }
+        // The index is derived data: a failure to write it only costs a
+        // scan later.
+        let _ = segment::write_index(
+            &segment::index_path(&self.dir, self.header.first_sequence),
+            &self.index,
+        );
+        let last = self.last_sequence();
+        self.sealed.push_back(Sealed {
+            first: self.header.first_sequence,
+            last,
+            bytes: self.len,
+            modified: SystemTime::now(),
+        });
+        let header = SegmentHeader {
+            first_sequence: last + 1,
+            encoding: self.encoding,
+            created: Timestamp::now(),
+        };
+        self.file = create_segment(&self.dir, &header)?;
+        self.header = header;
+        self.len = SEGMENT_HEADER_LEN as u64;
+        self.records = 0;
+        self.index.clear();
+        self.since_index = u64::MAX;
+        Ok(())
+    }
+
+    /// Deletes sealed segments that retention allows: all of whose records
+    /// every sink has passed (`consumed_through`, when `delete_consumed`),
+    /// or that are too old or over the size limit and no required sink
+    /// needs (`required_through`). Returns the bytes deleted.
+    pub(crate) fn apply_retention(
+        &mut self,
+        options: &LogOptions,
+        consumed_through: u64,
+        required_through: u64,
+    ) -> io::Result<u64> {
+        let retention = options.retention;
+        let mut total = self.total_bytes();
+        let mut deleted = 0;
+        while let Some(oldest) = self.sealed.front() {
+            let consumed = retention.delete_consumed && oldest.last <= consumed_through;
+            let unneeded = oldest.last <= required_through;
+            let too_old = retention
+                .max_age
+                .is_some_and(|age| oldest.modified.elapsed().unwrap_or(Duration::ZERO) > age);
+            let too_big = retention.max_bytes.is_some_and(|max| total > max);
+            if !(consumed || (unneeded && (too_old || too_big))) {
+                break;
+            }
+            let first = oldest.first;
+            let bytes = oldest.bytes;
+            std::fs::remove_file(segment::segment_path(&self.dir, first))?;
+            let _ = std::fs::remove_file(segment::index_path(&self.dir, first));
+            self.sealed.pop_front();
+            total -= bytes;
+            deleted += bytes;
+        }
+        if deleted > 0 {
+            meta::sync_dir(&self.dir)?;
+        }
+        Ok(deleted)
+    }
+}
+
+fn create_segment(dir: &Path, header: &SegmentHeader) -> Result<File, Error> {
+    let path = segment::segment_path(dir, header.first_sequence);
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(format!("cannot create {}", path.display())))?;
+    file.write_all(&header.encode())
+        .and_then(|()| file.sync_data())
+        .and_then(|()| meta::sync_dir(dir))
+        .map_err(io_error(format!("cannot initialise {}", path.display())))?;
+    Ok(file)
+}
+
+fn create_segment_replacing(dir: &Path, header: &SegmentHeader) -> Result<File, Error> {
+    let path = segment::segment_path(dir, header.first_sequence);
+    std::fs::remove_file(&path).map_err(io_error(format!("cannot replace {}", path.display())))?;
+    create_segment(dir, header)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Mutex;
+
+    use crate::stream::StreamId;
+
+    static FAIL_NEXT_SYNC: Mutex<Vec<StreamId>> = Mutex::new(Vec::new());
+
+    /// Makes the next `fdatasync` of `stream`'s log fail.
+    pub(crate) fn inject_sync_failure(stream: &StreamId) {
+        FAIL_NEXT_SYNC.lock().unwrap().push(stream.clone());
+    }
+
+    pub(super) fn fail_next_sync(stream: &StreamId) -> bool {
+        let mut streams = FAIL_NEXT_SYNC.lock().unwrap();
+        let before = streams.len();
+        streams.retain(|s| s != stream);
+        streams.len() != before
+    }
+}

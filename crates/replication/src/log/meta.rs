@@ -1,0 +1,72 @@
+//! The stream's `stream.json`: what a reader needs to know about a log it
+//! did not open (policy, encoding, what recovery cut).
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The contents of `stream.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamMeta {
+    /// The stream id.
+    pub stream: String,
+    /// The durability policy, as `Durability`'s text form.
+    pub durability: String,
+    /// The encoding new segments are written in, e.g. `protobuf/v2`.
+    pub encoding: String,
+    /// Bytes cut from torn or corrupt tails over the log's life.
+    pub recovery_cut_bytes_total: u64,
+    /// The last recovery that cut anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_cut: Option<LastCut>,
+}
+
+/// One recovery that cut a damaged tail.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastCut {
+    /// When, in the JSON timestamp form.
+    pub at: String,
+    /// The segment that was cut.
+    pub segment: String,
+    /// Bytes cut.
+    pub bytes: u64,
+    /// Why.
+    pub reason: String,
+}
+
+pub(crate) const META_FILE: &str = "stream.json";
+
+/// Reads `dir/stream.json`, if present and valid.
+pub fn read_meta(dir: &Path) -> Option<StreamMeta> {
+    let bytes = std::fs::read(dir.join(META_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Replaces `dir/stream.json` atomically (write, sync, rename, sync dir).
+pub(crate) fn write_meta(dir: &Path, meta: &StreamMeta) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
+    write_atomically(&dir.join(META_FILE), &bytes)
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or
+/// the new contents, never a mix.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (created, renamed, removed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

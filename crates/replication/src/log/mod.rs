@@ -1,0 +1,32 @@
+//! The durable log: one append-only, segmented, checksummed log per stream.
+//!
+//! - Records are framed with their length and a CRC32C ([`frame`]) in
+//!   segment files named by their first sequence
+//!   (`00000000000000000001.seg`), with a sparse sequence → offset index
+//!   beside each sealed segment (`.idx`).
+//! - [`StreamLog`] appends through a writer thread that commits everything
+//!   queued with one write and one `fdatasync` (group commit), under the
+//!   stream's [`Durability`] policy.
+//! - On open, recovery checks the newest segment, cuts a torn or damaged
+//!   tail and reports what it cut ([`Recovery`]); it never needs a manual
+//!   step.
+//! - [`LogReader`] reads from any sequence, read-only and without a lock,
+//!   beside a running writer, and verifies the files.
+
+mod disk;
+pub mod frame;
+mod meta;
+mod options;
+mod reader;
+pub(crate) mod segment;
+mod tail;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+pub use disk::Recovery;
+pub use meta::{LastCut, StreamMeta, read_meta};
+pub use options::{Durability, LogOptions, Retention};
+pub use reader::{LogReader, Records, StoredRecord, VerifyReport};
+pub use tail::{TailEntry, TailRead};
+pub use writer::{Append, LogStats, Progress, StreamLog};

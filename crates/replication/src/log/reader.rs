@@ -1,0 +1,358 @@
+//! Reading a stream's log files: from any sequence, in order, read-only,
+//! without a lock, beside a running writer.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::error::{Error, ErrorKind};
+use crate::event::Encoding;
+use crate::log::segment::{self, FrameReader, Step, Tail};
+use crate::time::Timestamp;
+
+/// One record read from a log file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Its sequence.
+    pub sequence: u64,
+    /// Its timestamp.
+    pub timestamp: Timestamp,
+    /// The encoding of `payload` (its segment's).
+    pub encoding: Encoding,
+    /// The encoded event.
+    pub payload: Bytes,
+}
+
+/// What [`LogReader::verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Segment files.
+    pub segments: u64,
+    /// Records.
+    pub records: u64,
+    /// The first sequence held.
+    pub first: Option<u64>,
+    /// The last sequence held.
+    pub last: Option<u64>,
+    /// Bytes of all segments.
+    pub bytes: u64,
+    /// Bytes at the end of the newest segment that are not yet a whole
+    /// record: a write in progress, or a torn write the next open cuts.
+    pub incomplete_tail_bytes: u64,
+    /// What is wrong: damaged frames, gaps, unreadable headers.
+    pub problems: Vec<String>,
+}
+
+/// Reads the log files of one stream.
+#[derive(Clone, Debug)]
+pub struct LogReader {
+    dir: PathBuf,
+}
+
+fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("cannot read {}", path.display()),
+        )
+        .with_source(e)
+    }
+}
+
+impl LogReader {
+    /// A reader of the log in `dir` (the stream's directory).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The stream's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The records from `from` on (or from the oldest one held, if older
+    /// ones were deleted), in order.
+    pub fn records_from(&self, from: u64) -> Records {
+        Records {
+            dir: self.dir.clone(),
+            next: from,
+            current: None,
+            done: false,
+            started: false,
+        }
+    }
+
+    /// Up to `max_events` records (and about `max_bytes`; at least one)
+    /// from `from` on, none past `up_to`.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors and damaged records.
+    pub fn read(
+        &self,
+        from: u64,
+        up_to: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, Error> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for record in self.records_from(from) {
+            let record = record?;
+            if record.sequence > up_to {
+                break;
+            }
+            bytes += record.payload.len();
+            out.push(record);
+            if out.len() >= max_events || bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks framing, checksums and sequence continuity of every segment.
+    ///
+    /// # Errors
+    ///
+    /// Only I/O errors; what is wrong with the data is in the report.
+    pub fn verify(&self) -> Result<VerifyReport, Error> {
+        let segments = segment::list_segments(&self.dir).map_err(read_error(&self.dir))?;
+        let mut report = VerifyReport::default();
+        let mut expected: Option<u64> = None;
+        for (i, (first, path)) in segments.iter().enumerate() {
+            let newest = i + 1 == segments.len();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            report.segments += 1;
+            let scan = match segment::scan_segment(path, u64::MAX) {
+                Ok(Ok(scan)) => scan,
+                Ok(Err(reason)) => {
+                    report.problems.push(format!("{name}: {reason}"));
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(read_error(path)(e)),
+            };
+            report.bytes += scan.file_len;
+            if scan.header.first_sequence != *first {
+                report.problems.push(format!(
+                    "{name}: header says the first sequence is {}",
+                    scan.header.first_sequence
+                ));
+            }
+            if let Some(want) = expected
+                && scan.header.first_sequence != want
+            {
+                report.problems.push(format!(
+                    "{name}: starts at sequence {} where {want} was expected (gap or overlap)",
+                    scan.header.first_sequence
+                ));
+            }
+            match &scan.tail {
+                Tail::Clean => {}
+                Tail::Incomplete if newest => {
+                    report.incomplete_tail_bytes = scan.file_len - scan.valid_len;
+                }
+                Tail::Incomplete => report.problems.push(format!(
+                    "{name}: ends inside a record at byte {} of a sealed segment",
+                    scan.valid_len
+                )),
+                Tail::Corrupt(reason) => report.problems.push(format!(
+                    "{name}: damaged record at byte {}: {reason}",
+                    scan.valid_len
+                )),
+            }
+            report.records += scan.records;
+            if let Some(last) = scan.last_sequence {
+                report.first.get_or_insert(scan.header.first_sequence);
+                report.last = Some(last);
+            }
+            expected = Some(
+                scan.last_sequence
+                    .map_or(scan.header.first_sequence, |l| l + 1),
+            );
+        }
+        Ok(report)
+    }
+}
+
+/// An iterator over a log's records; it ends at the current end of the log
+/// (a record being written is not returned) or at the first error.
+#[derive(Debug)]
+pub struct Records {
+    dir: PathBuf,
+    next: u64,
+    current: Option<Open>,
+    done: bool,
+    started: bool,
+}
+
+struct Open {
+    reader: FrameReader,
+    encoding: Encoding,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Open {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Open")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Records {
+    fn corrupt(&mut self, message: String) -> Option<Result<StoredRecord, Error>> {
+        self.done = true;
+        Some(Err(Error::new(ErrorKind::Corrupt, message)))
+    }
+
+    /// Opens the segment holding `self.next` (or the oldest one after it).
+    /// `Ok(false)` when there is none yet.
+    fn open_next(&mut self) -> Result<bool, Error> {
+        let segments = segment::list_segments(&self.dir).map_err(read_error(&self.dir))?;
+        let at = segments.partition_point(|(first, _)| *first <= self.next);
+        let (first, path) = match at.checked_sub(1) {
+            Some(i) => segments[i].clone(),
+            // Older records were deleted: start at the oldest held.
+            None if !self.started => match segments.first() {
+                Some(oldest) => oldest.clone(),
+                None => return Ok(false),
+            },
+            None => return Ok(false),
+        };
+        if self.started && first > self.next {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "gap in the log: sequence {} is missing ({} starts at {first})",
+                    self.next,
+                    path.display()
+                ),
+            ));
+        }
+        let (mut reader, header) = match FrameReader::open(&path) {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.open_next(),
+            Err(e) => return Err(read_error(&path)(e)),
+        };
+        let header = header.map_err(|reason| {
+            Error::new(ErrorKind::Corrupt, format!("{}: {reason}", path.display()))
+        })?;
+        if self.next > first {
+            let index = segment::read_index(&segment::index_path(&self.dir, first));
+            if let Some((_, offset)) = index
+                .as_deref()
+                .and_then(|i| segment::index_floor(i, self.next))
+            {
+                reader.seek(offset).map_err(read_error(&path))?;
+            }
+        } else {
+            self.next = first;
+        }
+        self.started = true;
+        self.current = Some(Open {
+            reader,
+            encoding: header.encoding,
+            path,
+        });
+        Ok(true)
+    }
+}
+
+impl Iterator for Records {
+    type Item = Result<StoredRecord, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if self.current.is_none() {
+                match self.open_next() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.done = true;
+                        return None;
+                    }
+                    Err(err) => {
+                        self.done = true;
+                        return Some(Err(err));
+                    }
+                }
+            }
+            let open = self.current.as_mut()?;
+            let step = match open.reader.next_frame() {
+                Ok(step) => step,
+                Err(e) => {
+                    let err = read_error(&open.path)(e);
+                    self.done = true;
+                    return Some(Err(err));
+                }
+            };
+            match step {
+                Step::Frame {
+                    sequence,
+                    timestamp,
+                    offset,
+                    ..
+                } => {
+                    if sequence < self.next {
+                        continue;
+                    }
+                    if sequence != self.next {
+                        let path = open.path.display().to_string();
+                        return self.corrupt(format!(
+                            "{path}: sequence {sequence} at byte {offset} where {} was expected",
+                            self.next
+                        ));
+                    }
+                    self.next += 1;
+                    return Some(Ok(StoredRecord {
+                        sequence,
+                        timestamp,
+                        encoding: open.encoding,
+                        payload: Bytes::copy_from_slice(open.reader.payload()),
+                    }));
+                }
+                Step::End | Step::Incomplete { .. } => {
+                    // The end of this segment: a newer one may follow. An
+                    // incomplete record at the very end is a write in
+                    // progress (or a torn one recovery will cut).
+                    let path = open.path.clone();
+                    self.current = None;
+                    let segments = match segment::list_segments(&self.dir) {
+                        Ok(segments) => segments,
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(read_error(&self.dir)(e)));
+                        }
+                    };
+                    let newer = segments
+                        .iter()
+                        .any(|(first, p)| *p != path && *first >= self.next);
+                    if !newer {
+                        self.done = true;
+                        return None;
+                    }
+                    if matches!(step, Step::Incomplete { .. }) {
+                        return self.corrupt(format!(
+                            "{}: a sealed segment ends inside a record",
+                            path.display()
+                        ));
+                    }
+                }
+                Step::Corrupt { offset, reason } => {
+                    let path = open.path.display().to_string();
+                    return self
+                        .corrupt(format!("{path}: damaged record at byte {offset}: {reason}"));
+                }
+            }
+        }
+    }
+}

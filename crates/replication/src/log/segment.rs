@@ -1,0 +1,290 @@
+//! Segment files: naming, sequential frame reading, scanning and the sparse
+//! index.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::log::frame::{self, FRAME_HEADER_LEN, MAX_BODY_LEN, SEGMENT_HEADER_LEN, SegmentHeader};
+use crate::time::Timestamp;
+
+/// The file of the segment whose first record is `first`.
+pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+/// The sparse index of the segment whose first record is `first`.
+pub(crate) fn index_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.idx"))
+}
+
+/// The segments in `dir`, by first sequence, oldest first. Other files are
+/// ignored.
+pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(stem) = name.strip_suffix(".seg") else {
+            continue;
+        };
+        if stem.len() == 20
+            && let Ok(first) = stem.parse::<u64>()
+        {
+            out.push((first, path));
+        }
+    }
+    out.sort_unstable_by_key(|(first, _)| *first);
+    Ok(out)
+}
+
+/// One step of [`FrameReader::next_frame`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A valid frame at `offset`, `len` bytes long; its payload is in
+    /// [`FrameReader::payload`].
+    Frame {
+        sequence: u64,
+        timestamp: Timestamp,
+        offset: u64,
+        len: u64,
+    },
+    /// The end of the file, exactly at a frame boundary.
+    End,
+    /// The file ends inside the frame at `offset`.
+    Incomplete { offset: u64 },
+    /// The frame at `offset` is damaged.
+    Corrupt { offset: u64, reason: &'static str },
+}
+
+/// Reads the frames of a segment file in order.
+pub(crate) struct FrameReader {
+    file: BufReader<File>,
+    offset: u64,
+    body: Vec<u8>,
+}
+
+impl FrameReader {
+    /// Opens `path` and reads its header.
+    pub(crate) fn open(path: &Path) -> io::Result<(Self, Result<SegmentHeader, &'static str>)> {
+        let mut file = BufReader::with_capacity(256 * 1024, File::open(path)?);
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        let got = read_fully(&mut file, &mut header)?;
+        let header = SegmentHeader::decode(&header[..got]);
+        Ok((
+            Self {
+                file,
+                offset: SEGMENT_HEADER_LEN as u64,
+                body: Vec::with_capacity(4096),
+            },
+            header,
+        ))
+    }
+
+    /// Moves to `offset`, which must be a frame boundary.
+    pub(crate) fn seek(&mut self, offset: u64) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.offset = offset;
+        Ok(())
+    }
+
+    /// The payload of the last frame returned.
+    pub(crate) fn payload(&self) -> &[u8] {
+        self.body.get(frame::BODY_HEADER_LEN..).unwrap_or_default()
+    }
+
+    /// Reads the next frame.
+    pub(crate) fn next_frame(&mut self) -> io::Result<Step> {
+        let offset = self.offset;
+        let mut header = [0u8; FRAME_HEADER_LEN];
+        match read_fully(&mut self.file, &mut header)? {
+            0 => return Ok(Step::End),
+            n if n < FRAME_HEADER_LEN => return Ok(Step::Incomplete { offset }),
+            _ => {}
+        }
+        let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if !(frame::BODY_HEADER_LEN..=MAX_BODY_LEN).contains(&body_len) {
+            return Ok(Step::Corrupt {
+                offset,
+                reason: "frame length out of range",
+            });
+        }
+        self.body.resize(FRAME_HEADER_LEN + body_len, 0);
+        self.body[..FRAME_HEADER_LEN].copy_from_slice(&header);
+        let got = read_fully(&mut self.file, &mut self.body[FRAME_HEADER_LEN..])?;
+        if got < body_len {
+            return Ok(Step::Incomplete { offset });
+        }
+        match frame::decode_frame(&self.body) {
+            frame::Decoded::Frame(f, len) => {
+                let (sequence, timestamp) = (f.sequence, f.timestamp);
+                self.body.drain(..FRAME_HEADER_LEN);
+                self.offset += len as u64;
+                Ok(Step::Frame {
+                    sequence,
+                    timestamp,
+                    offset,
+                    len: len as u64,
+                })
+            }
+            frame::Decoded::Incomplete => Ok(Step::Incomplete { offset }),
+            frame::Decoded::Corrupt(reason) => Ok(Step::Corrupt { offset, reason }),
+        }
+    }
+}
+
+/// Reads until `buf` is full or the end of the input; returns the count.
+fn read_fully(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// How a scanned segment ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Tail {
+    /// At a frame boundary.
+    Clean,
+    /// In the middle of a frame (a torn or in-progress write).
+    Incomplete,
+    /// At a damaged frame, or a frame out of sequence.
+    Corrupt(String),
+}
+
+/// What a full scan of a segment found.
+#[derive(Clone, Debug)]
+pub(crate) struct SegmentScan {
+    pub(crate) header: SegmentHeader,
+    /// Records in the valid prefix.
+    pub(crate) records: u64,
+    /// The last sequence in the valid prefix.
+    pub(crate) last_sequence: Option<u64>,
+    /// The timestamp of the last valid record.
+    pub(crate) last_timestamp: Option<Timestamp>,
+    /// Bytes of the valid prefix, header included.
+    pub(crate) valid_len: u64,
+    /// Bytes in the file.
+    pub(crate) file_len: u64,
+    pub(crate) tail: Tail,
+    /// `(sequence, offset)` every `index_every` bytes.
+    pub(crate) index: Vec<(u64, u64)>,
+}
+
+/// Scans a whole segment, checking framing, checksums and that sequences
+/// run on from the header's first sequence without gaps.
+///
+/// # Errors
+///
+/// I/O errors; `Ok(Err(reason))` when the header itself is unreadable.
+pub(crate) fn scan_segment(
+    path: &Path,
+    index_every: u64,
+) -> io::Result<Result<SegmentScan, &'static str>> {
+    let file_len = std::fs::metadata(path)?.len();
+    let (mut reader, header) = FrameReader::open(path)?;
+    let header = match header {
+        Ok(header) => header,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let mut scan = SegmentScan {
+        header,
+        records: 0,
+        last_sequence: None,
+        last_timestamp: None,
+        valid_len: SEGMENT_HEADER_LEN as u64,
+        file_len,
+        tail: Tail::Clean,
+        index: Vec::new(),
+    };
+    let mut since_index = u64::MAX;
+    loop {
+        match reader.next_frame()? {
+            Step::Frame {
+                sequence,
+                timestamp,
+                offset,
+                len,
+            } => {
+                let expected = scan.last_sequence.map_or(header.first_sequence, |s| s + 1);
+                if sequence != expected {
+                    scan.tail =
+                        Tail::Corrupt(format!("sequence {sequence} where {expected} was expected"));
+                    break;
+                }
+                if since_index >= index_every {
+                    scan.index.push((sequence, offset));
+                    since_index = 0;
+                }
+                since_index += len;
+                scan.records += 1;
+                scan.last_sequence = Some(sequence);
+                scan.last_timestamp = Some(timestamp);
+                scan.valid_len = offset + len;
+            }
+            Step::End => break,
+            Step::Incomplete { .. } => {
+                scan.tail = Tail::Incomplete;
+                break;
+            }
+            Step::Corrupt { reason, .. } => {
+                scan.tail = Tail::Corrupt(reason.to_owned());
+                break;
+            }
+        }
+    }
+    Ok(Ok(scan))
+}
+
+/// Writes a sealed segment's sparse index: 16-byte `(sequence, offset)`
+/// entries and a trailing CRC32C. The index is derived data: it is not
+/// synced, and a missing or damaged one is rebuilt by scanning.
+pub(crate) fn write_index(path: &Path, index: &[(u64, u64)]) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(index.len() * 16 + 4);
+    for (sequence, offset) in index {
+        bytes.extend_from_slice(&sequence.to_le_bytes());
+        bytes.extend_from_slice(&offset.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    let tmp = path.with_extension("idx.tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    drop(file);
+    std::fs::rename(tmp, path)
+}
+
+/// Reads a sparse index, or `None` if it is missing or damaged.
+pub(crate) fn read_index(path: &Path) -> Option<Vec<(u64, u64)>> {
+    let bytes = std::fs::read(path).ok()?;
+    let (entries, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+    if entries.len() % 16 != 0 || crc32c::crc32c(entries).to_le_bytes() != crc {
+        return None;
+    }
+    Some(
+        entries
+            .chunks_exact(16)
+            .map(|c| {
+                (
+                    u64::from_le_bytes(c[..8].try_into().unwrap_or_default()),
+                    u64::from_le_bytes(c[8..].try_into().unwrap_or_default()),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The entry to start a read of `sequence` from: the last one at or below
+/// it.
+pub(crate) fn index_floor(index: &[(u64, u64)], sequence: u64) -> Option<(u64, u64)> {
+    let at = index.partition_point(|(s, _)| *s <= sequence);
+    at.checked_sub(1).map(|i| index[i])
+}

@@ -1,0 +1,499 @@
+//! Tests of the log: appends under every policy, group commit, recovery of
+//! damaged tails, reading from any sequence, retention, the memory ring and
+//! a stop on fsync failure.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+use crate::error::ErrorKind;
+use crate::event::{Encoding, Format, WireVersion};
+use crate::stream::StreamId;
+use crate::time::Timestamp;
+
+const ENCODING: Encoding = Encoding::new(Format::Protobuf, WireVersion::V2);
+
+fn options(durability: Durability) -> LogOptions {
+    LogOptions {
+        durability,
+        ..LogOptions::default()
+    }
+}
+
+fn open(dir: &Path, options: LogOptions) -> (StreamLog<u64>, Recovery) {
+    StreamLog::open(dir, StreamId::default(), ENCODING, options).unwrap()
+}
+
+fn payload(sequence: u64) -> Bytes {
+    Bytes::from(format!(
+        "event-{sequence}-{}",
+        "x".repeat((sequence % 7) as usize)
+    ))
+}
+
+fn append(sequence: u64) -> Append<u64> {
+    Append {
+        sequence,
+        timestamp: Timestamp::from_ticks(sequence as i64 * 10_000_000).unwrap(),
+        payload: payload(sequence),
+        item: sequence,
+    }
+}
+
+async fn publish(log: &StreamLog<u64>, range: std::ops::RangeInclusive<u64>) {
+    let last = *range.end();
+    for s in range {
+        log.append(append(s)).await.unwrap();
+    }
+    log.wait_acked(last).await.unwrap();
+}
+
+fn sequences(reader: &LogReader, from: u64) -> Vec<u64> {
+    reader
+        .records_from(from)
+        .map(|r| {
+            let r = r.unwrap();
+            assert_eq!(r.payload, payload(r.sequence));
+            assert_eq!(r.encoding, ENCODING);
+            r.sequence
+        })
+        .collect()
+}
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    segment::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+#[tokio::test]
+async fn appends_are_acknowledged_and_read_back_under_every_file_policy() {
+    for durability in [
+        Durability::Fsync,
+        Durability::Interval(Duration::from_millis(5)),
+        Durability::None,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, recovery) = open(dir.path(), options(durability));
+        assert_eq!(recovery.last_sequence, 0);
+        publish(&log, 1..=100).await;
+        let mut progress = log.progress();
+        while progress.borrow().visible < 100 {
+            progress.changed().await.unwrap();
+        }
+        assert_eq!(
+            sequences(&log.reader().unwrap(), 1),
+            (1..=100).collect::<Vec<_>>()
+        );
+        log.close().unwrap();
+        let (log, recovery) = open(dir.path(), options(durability));
+        assert_eq!(recovery.last_sequence, 100, "{durability}");
+        assert_eq!(recovery.cut_bytes, 0);
+        assert_eq!(log.last_sequence(), 100);
+        assert_eq!(
+            read_meta(dir.path()).unwrap().durability,
+            durability.to_string()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), options(Durability::Fsync));
+    let log = Arc::new(log);
+    let next = Arc::new(tokio::sync::Mutex::new(0u64));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (log, next) = (log.clone(), next.clone());
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    let seq = {
+                        let mut next = next.lock().await;
+                        *next += 1;
+                        log.append(append(*next)).await.unwrap();
+                        *next
+                    };
+                    log.wait_acked(seq).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = log.stats();
+    assert_eq!(log.last_sequence(), 800);
+    assert!(
+        stats.syncs < 800,
+        "group commit: {} syncs for 800 events",
+        stats.syncs
+    );
+    assert_eq!(stats.syncs, stats.batches);
+}
+
+#[tokio::test]
+async fn out_of_order_appends_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), options(Durability::None));
+    let err = log.append(append(2)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal);
+    log.append(append(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn segments_rotate_and_any_sequence_is_found_through_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_max_bytes: 2_000,
+        index_interval_bytes: 200,
+        ..options(Durability::None)
+    };
+    let (log, _) = open(dir.path(), opts.clone());
+    publish(&log, 1..=500).await;
+    log.close().unwrap();
+    let files = segment_files(dir.path());
+    assert!(files.len() > 5, "{} segments", files.len());
+    assert!(segment::index_path(dir.path(), 1).exists());
+    let reader = LogReader::new(dir.path());
+    for from in [1, 2, 57, 250, 499, 500] {
+        assert_eq!(
+            sequences(&reader, from),
+            (from..=500).collect::<Vec<_>>(),
+            "from {from}"
+        );
+    }
+    assert_eq!(sequences(&reader, 501), Vec::<u64>::new());
+    let batch = reader.read(100, 120, 1000, usize::MAX).unwrap();
+    assert_eq!(
+        batch.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        (100..=120).collect::<Vec<_>>()
+    );
+    // A damaged index only costs a scan.
+    std::fs::write(segment::index_path(dir.path(), 1), b"garbage").unwrap();
+    assert_eq!(sequences(&reader, 30).len(), 471);
+    let report = reader.verify().unwrap();
+    assert_eq!(
+        (report.records, report.first, report.last),
+        (500, Some(1), Some(500))
+    );
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // Reopening continues the numbering across segments.
+    let (log, recovery) = open(dir.path(), opts);
+    assert_eq!(recovery.last_sequence, 500);
+    publish(&log, 501..=510).await;
+    assert_eq!(sequences(&LogReader::new(dir.path()), 495).len(), 16);
+}
+
+fn last_segment(dir: &Path) -> std::path::PathBuf {
+    segment_files(dir).pop().unwrap()
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_reported_and_earlier_records_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), options(Durability::Fsync));
+    publish(&log, 1..=20).await;
+    log.close().unwrap();
+    let path = last_segment(dir.path());
+    let len = std::fs::metadata(&path).unwrap().len();
+    // A torn write: half of the last record.
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len - 5).unwrap();
+    drop(file);
+    let (log, recovery) = open(dir.path(), options(Durability::Fsync));
+    assert_eq!(recovery.last_sequence, 19);
+    assert!(recovery.cut_bytes > 0);
+    assert_eq!(
+        recovery.cut_reason.as_deref(),
+        Some("torn write at the end of the segment")
+    );
+    let meta = read_meta(dir.path()).unwrap();
+    assert_eq!(meta.recovery_cut_bytes_total, recovery.cut_bytes);
+    assert_eq!(meta.last_cut.unwrap().bytes, recovery.cut_bytes);
+    // Numbering goes on from the last intact record: no gap.
+    publish(&log, 20..=21).await;
+    log.close().unwrap();
+    assert_eq!(
+        sequences(&LogReader::new(dir.path()), 1),
+        (1..=21).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_garbled_tail_is_cut_at_the_first_damaged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), options(Durability::Fsync));
+    publish(&log, 1..=20).await;
+    log.close().unwrap();
+    let path = last_segment(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    // Garble the last three records (each is at least 30 bytes).
+    let mut damaged = bytes.clone();
+    let from = bytes.len() - 60;
+    for b in &mut damaged[from..] {
+        *b = b.wrapping_mul(31).wrapping_add(7);
+    }
+    // ... and append garbage after them.
+    damaged.extend_from_slice(&[0xAB; 100]);
+    std::fs::write(&path, &damaged).unwrap();
+    assert!(
+        !LogReader::new(dir.path())
+            .verify()
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    let (log, recovery) = open(dir.path(), options(Durability::Fsync));
+    assert!(
+        recovery.last_sequence >= 16 && recovery.last_sequence < 20,
+        "{recovery:?}"
+    );
+    assert!(recovery.cut_bytes >= 100);
+    let kept = recovery.last_sequence;
+    log.close().unwrap();
+    assert_eq!(
+        sequences(&LogReader::new(dir.path()), 1),
+        (1..=kept).collect::<Vec<_>>()
+    );
+    assert!(
+        LogReader::new(dir.path())
+            .verify()
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_segment_whose_creation_was_interrupted_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), options(Durability::Fsync));
+    publish(&log, 1..=3).await;
+    log.close().unwrap();
+    let half = segment::segment_path(dir.path(), 4);
+    std::fs::write(
+        &half,
+        &frame::SegmentHeader {
+            first_sequence: 4,
+            encoding: ENCODING,
+            created: Timestamp::MIN,
+        }
+        .encode()[..10],
+    )
+    .unwrap();
+    let (_log, recovery) = open(dir.path(), options(Durability::Fsync));
+    assert_eq!(recovery.removed_files, std::slice::from_ref(&half));
+    assert!(!half.exists());
+    assert_eq!(recovery.last_sequence, 3);
+}
+
+#[tokio::test]
+async fn a_second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, _) = open(dir.path(), options(Durability::Fsync));
+    let err = StreamLog::<u64>::open(
+        dir.path(),
+        StreamId::default(),
+        ENCODING,
+        options(Durability::Fsync),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("open in another process"), "{err}");
+}
+
+#[tokio::test]
+async fn an_fsync_failure_stops_the_log_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = StreamId::new("sync-fails").unwrap();
+    let (log, _) = StreamLog::<u64>::open(
+        dir.path(),
+        stream.clone(),
+        ENCODING,
+        options(Durability::Fsync),
+    )
+    .unwrap();
+    publish(&log, 1..=2).await;
+    disk::tests::inject_sync_failure(&stream);
+    log.append(append(3)).await.unwrap();
+    let err = log.wait_acked(3).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed);
+    let message = err.to_string();
+    assert!(
+        message.contains("fdatasync failed: injected fdatasync failure"),
+        "{message}"
+    );
+    assert!(message.contains("restart the process"), "{message}");
+    assert!(log.progress().borrow().failed);
+    // Everything after is refused with the same reason.
+    let again = log.append(append(4)).await.unwrap_err();
+    assert!(again.to_string().contains("fdatasync failed"), "{again}");
+    assert!(log.close().is_err());
+}
+
+#[tokio::test]
+async fn the_memory_ring_never_drops_what_a_required_sink_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        tail_max_events: 4,
+        ..options(Durability::Memory)
+    };
+    let (log, _) = open(dir.path(), opts);
+    assert!(log.reader().is_none());
+    // One required sink at sequence 0.
+    log.set_floors(0, 0);
+    publish(&log, 1..=4).await;
+    log.append(append(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.progress().borrow().acked, 4, "5 waits for room");
+    log.set_floors(2, 2);
+    log.wait_acked(5).await.unwrap();
+    let TailRead::Entries(entries) = log.read_tail(1, 10, usize::MAX) else {
+        // 1 and 2 were evicted
+        let TailRead::Entries(entries) = log.read_tail(3, 10, usize::MAX) else {
+            panic!()
+        };
+        assert_eq!(
+            entries.iter().map(|e| e.item).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "no files"
+        );
+        return;
+    };
+    panic!("sequence 1 should have been evicted, got {}", entries.len());
+}
+
+#[tokio::test]
+async fn retention_deletes_consumed_segments_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_max_bytes: 1_000,
+        retention: Retention {
+            delete_consumed: true,
+            ..Retention::default()
+        },
+        ..options(Durability::None)
+    };
+    let (log, _) = open(dir.path(), opts);
+    publish(&log, 1..=200).await;
+    let before = segment_files(dir.path()).len();
+    assert!(before > 3);
+    log.set_floors(100, 100);
+    // Retention runs on the writer thread at most every 500 ms.
+    let mut next = 201;
+    while log.stats().retention_deleted_bytes == 0 {
+        assert!(next < 300, "retention never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        publish(&log, next..=next).await;
+        next += 1;
+    }
+    let after = segment::list_segments(dir.path()).unwrap();
+    assert!(after.len() < before, "{} -> {}", before, after.len());
+    assert!(
+        after[0].0 <= 101,
+        "a segment with unconsumed records was deleted: {:?}",
+        after[0]
+    );
+    // A reader from 1 starts at the oldest record held.
+    let got = sequences(&LogReader::new(dir.path()), 1);
+    assert_eq!(got.first().copied(), Some(after[0].0));
+    assert_eq!(got.last().copied(), Some(next - 1));
+}
+
+#[tokio::test]
+async fn the_default_keeps_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_max_bytes: 1_000,
+        ..options(Durability::None)
+    };
+    let (log, _) = open(dir.path(), opts);
+    publish(&log, 1..=200).await;
+    log.set_floors(200, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    publish(&log, 201..=201).await;
+    assert_eq!(sequences(&LogReader::new(dir.path()), 1).len(), 201);
+}
+
+fn write_all_at(path: &Path, bytes: &[u8]) {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Random appends, a crash at a random byte of the segment, reopen: the
+    /// recovered log is a prefix of what was appended and holds at least
+    /// everything acknowledged before the cut point.
+    #[test]
+    fn recovery_keeps_a_prefix_and_everything_acknowledged(
+        count in 1u64..120,
+        cut in any::<prop::sample::Index>(),
+        garble in any::<bool>(),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        runtime.block_on(async {
+            let (log, _) = open(dir.path(), options(Durability::Fsync));
+            publish(&log, 1..=count).await;
+            log.close().unwrap();
+        });
+        let path = last_segment(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        let at = frame::SEGMENT_HEADER_LEN + cut.index(bytes.len() - frame::SEGMENT_HEADER_LEN);
+        let mut crashed = bytes[..at].to_vec();
+        if garble {
+            crashed.extend(bytes[at..].iter().map(|b| !b).take(40));
+        }
+        write_all_at(&path, &crashed);
+        // Records wholly before the cut were acknowledged and must survive.
+        let whole_before_cut = LogReader::new(dir.path())
+            .records_from(1)
+            .take_while(Result::is_ok)
+            .filter_map(Result::ok)
+            .filter(|r| {
+                let end = bytes_end_of(&bytes, r.sequence);
+                end <= at
+            })
+            .count() as u64;
+        let (log, recovery) = runtime.block_on(async { open(dir.path(), options(Durability::Fsync)) });
+        let got = sequences(&LogReader::new(dir.path()), 1);
+        prop_assert_eq!(&got, &(1..=recovery.last_sequence).collect::<Vec<_>>());
+        prop_assert!(recovery.last_sequence >= whole_before_cut);
+        prop_assert!(recovery.last_sequence <= count);
+        drop(log);
+    }
+}
+
+/// The byte offset just after the frame of `sequence` in an intact segment.
+fn bytes_end_of(segment: &[u8], sequence: u64) -> usize {
+    let mut at = frame::SEGMENT_HEADER_LEN;
+    loop {
+        match frame::decode_frame(&segment[at..]) {
+            frame::Decoded::Frame(f, len) => {
+                at += len;
+                if f.sequence == sequence {
+                    return at;
+                }
+            }
+            _ => return usize::MAX,
+        }
+    }
+}

@@ -62,10 +62,12 @@
 
 #![warn(missing_docs)]
 
+pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod log;
 pub mod record;
+pub mod replay;
 pub mod replicator;
 pub mod sequencer;
 pub mod sink;
@@ -78,12 +80,18 @@ pub use event::{
     WireVersion,
 };
 pub use record::{EncodedEvent, Record, RecordHeader};
+pub use delivery::{
+    BatchOptions, DeliveryMode, RetryPolicy, SinkOptions, SinkSnapshot, SinkState, StartFrom,
+    WhenFull,
+};
+pub use log::{Durability, LogOptions, Retention};
+pub use replay::{Replay, Replayed};
 pub use replicator::{
-    CompositeOutcome, CompositeReplicator, DynReplicator, MemoryReplicator,
-    MemoryReplicatorOptions, Receipt, Replicator, ReplicatorExt, ShardedReplicator,
-    SharedReplicator, SinkSnapshot,
+    Ack, CompositeOutcome, CompositeReplicator, DurableOptions, DurableReplicator, DynReplicator,
+    MemoryReplicator, MemoryReplicatorOptions, MemorySinkStats, PendingPublish, Receipt,
+    Replicator, ReplicatorExt, SharedReplicator, ShardedReplicator, StreamSnapshot,
 };
 pub use sequencer::Sequencer;
 pub use sink::{BoxFuture, Deduplicating, DynSink, Health, MemorySink, SharedSink, Sink, SinkExt};
-pub use stream::StreamId;
+pub use stream::{StreamId, validate_name};
 pub use time::{Timestamp, TimestampError, TimestampText};

@@ -92,6 +92,18 @@ pub struct EncodedEvent<E> {
     forms: Mutex<Vec<(Encoding, Result<Bytes, CodecError>)>>,
 }
 
+impl<E> EncodedEvent<E> {
+    /// The event.
+    pub fn event(&self) -> &E {
+        &self.event
+    }
+
+    /// The shared header.
+    pub fn header(&self) -> &Arc<RecordHeader> {
+        &self.header
+    }
+}
+
 impl<E: ReplicationEvent> EncodedEvent<E> {
     /// Wraps an event a replicator has stamped.
     pub fn new(stream: StreamId, event: E) -> Self {
@@ -103,14 +115,16 @@ impl<E: ReplicationEvent> EncodedEvent<E> {
         }
     }
 
-    /// The event.
-    pub fn event(&self) -> &E {
-        &self.event
-    }
-
-    /// The shared header.
-    pub fn header(&self) -> &Arc<RecordHeader> {
-        &self.header
+    /// Records that the event's form in `encoding` is `bytes` (read back
+    /// from the log, say), so that it is not encoded again.
+    pub fn seed(&self, encoding: Encoding, bytes: Bytes) {
+        let mut forms = self
+            .forms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !forms.iter().any(|(e, _)| *e == encoding) {
+            forms.push((encoding, Ok(bytes)));
+        }
     }
 
     /// The record in `encoding`, encoding the event on first use only.

@@ -16,11 +16,13 @@ use crate::stream::StreamId;
 use crate::time::Timestamp;
 
 pub mod composite;
+pub mod durable;
 pub mod memory;
 pub mod sharded;
 
 pub use composite::{CompositeOutcome, CompositeReplicator};
-pub use memory::{MemoryReplicator, MemoryReplicatorOptions, SinkSnapshot};
+pub use durable::{Ack, DurableOptions, DurableReplicator, PendingPublish, StreamSnapshot};
+pub use memory::{MemoryReplicator, MemoryReplicatorOptions, MemorySinkStats};
 pub use sharded::ShardedReplicator;
 
 /// Proof that an event was accepted: where it went and the position and

@@ -27,29 +27,7 @@ impl StreamId {
     ///
     /// [`ErrorKind::Config`] naming the offending input.
     pub fn new(name: &str) -> Result<Self, Error> {
-        let invalid = |why: &str| {
-            Err(Error::new(
-                ErrorKind::Config,
-                format!("invalid stream id {name:?}: {why}"),
-            ))
-        };
-        if name.is_empty() {
-            return invalid("must not be empty");
-        }
-        if name.len() > Self::MAX_LEN {
-            return invalid("longer than 128 characters");
-        }
-        if name.starts_with('.') {
-            return invalid("must not start with '.'");
-        }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-        {
-            return invalid(&format!(
-                "character {c:?} is not allowed (use ASCII letters, digits, '_', '-', '.')"
-            ));
-        }
+        validate_name("stream id", name)?;
         Ok(Self(Arc::from(name)))
     }
 
@@ -57,6 +35,40 @@ impl StreamId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Checks that `name` is safe in file names, table names and message
+/// subjects: 1 to 128 ASCII letters, digits, `_`, `-` and `.`, not starting
+/// with `.`.
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`] naming `what` and the offending input.
+pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
+    let invalid = |why: &str| {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!("invalid {what} {name:?}: {why}"),
+        ))
+    };
+    if name.is_empty() {
+        return invalid("must not be empty");
+    }
+    if name.len() > StreamId::MAX_LEN {
+        return invalid("longer than 128 characters");
+    }
+    if name.starts_with('.') {
+        return invalid("must not start with '.'");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return invalid(&format!(
+            "character {c:?} is not allowed (use ASCII letters, digits, '_', '-', '.')"
+        ));
+    }
+    Ok(())
 }
 
 static DEFAULT_STREAM: LazyLock<StreamId> =

@@ -26,6 +26,7 @@ mod writer;
 
 pub use disk::Recovery;
 pub use meta::{LastCut, StreamMeta, read_meta};
+pub(crate) use meta::write_atomically;
 pub use options::{Durability, LogOptions, Retention};
 pub use reader::{LogReader, Records, StoredRecord, VerifyReport};
 pub use tail::{TailEntry, TailRead};

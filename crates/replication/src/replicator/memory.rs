@@ -44,7 +44,7 @@ impl Default for MemoryReplicatorOptions {
 /// delivery use the durable replicator.
 ///
 /// An event with no form in a sink's encoding is skipped for that sink and
-/// counted ([`SinkSnapshot::skipped`]).
+/// counted ([`MemorySinkStats::skipped`]).
 pub struct MemoryReplicator<E> {
     codec: Arc<dyn Codec<E>>,
     options: MemoryReplicatorOptions,
@@ -63,7 +63,7 @@ struct Registered {
 
 /// Delivery counters of one sink of a [`MemoryReplicator`].
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct SinkSnapshot {
+pub struct MemorySinkStats {
     /// The name the sink was registered under.
     pub name: String,
     /// The encoding it receives.
@@ -121,10 +121,10 @@ impl<E: ReplicationEvent> MemoryReplicator<E> {
     }
 
     /// The delivery counters of every sink, in registration order.
-    pub fn sinks(&self) -> Vec<SinkSnapshot> {
+    pub fn sinks(&self) -> Vec<MemorySinkStats> {
         self.sink_list()
             .iter()
-            .map(|s| SinkSnapshot {
+            .map(|s| MemorySinkStats {
                 name: s.name.clone(),
                 encoding: s.encoding,
                 applied: s.applied.load(Ordering::Relaxed),

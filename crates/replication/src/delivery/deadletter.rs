@@ -1,0 +1,130 @@
+//! Each sink's dead-letter log: the events it refused for good.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::record::RecordHeader;
+use crate::time::Timestamp;
+
+/// One dead-lettered event, a line of `<dir>/<stream>/<sink>.jsonl`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The stream.
+    pub stream: String,
+    /// The sink that refused it.
+    pub sink: String,
+    /// The event's sequence.
+    pub sequence: u64,
+    /// Its type name.
+    pub event_type: String,
+    /// Its timestamp (JSON form).
+    pub timestamp: String,
+    /// The encoding of `payload`, e.g. `json/v1`.
+    pub encoding: String,
+    /// The error kind (`rejected`, `unsupported`, or the last transient
+    /// kind when retries ran out).
+    pub error_kind: String,
+    /// The error.
+    pub error: String,
+    /// When it was dead-lettered (JSON form).
+    pub dead_lettered_at: String,
+    /// The event's bytes, standard base64.
+    pub payload: String,
+}
+
+impl DeadLetter {
+    /// A dead letter for a record.
+    pub fn new(
+        sink: &str,
+        header: &RecordHeader,
+        encoding: &str,
+        payload: &[u8],
+        error: &crate::error::Error,
+    ) -> Self {
+        Self {
+            stream: header.stream.as_str().to_owned(),
+            sink: sink.to_owned(),
+            sequence: header.sequence,
+            event_type: header.kind.name.to_owned(),
+            timestamp: header.timestamp.to_json_string(),
+            encoding: encoding.to_owned(),
+            error_kind: error.kind().as_str().to_owned(),
+            error: error.to_string(),
+            dead_lettered_at: Timestamp::now().to_json_string(),
+            payload: base64::engine::general_purpose::STANDARD.encode(payload),
+        }
+    }
+
+    /// The event's bytes.
+    ///
+    /// # Errors
+    ///
+    /// If `payload` is not valid base64.
+    pub fn payload_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        base64::engine::general_purpose::STANDARD.decode(&self.payload)
+    }
+}
+
+/// An append-only JSON-lines file of dead letters, synced on every append.
+#[derive(Debug)]
+pub struct DeadLetterLog {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl DeadLetterLog {
+    /// The dead-letter log of `sink` in `stream` under `dir`.
+    pub fn path(dir: &Path, stream: &str, sink: &str) -> PathBuf {
+        dir.join(stream).join(format!("{sink}.jsonl"))
+    }
+
+    /// A log at `path`, created on first append.
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, file: None }
+    }
+
+    /// Appends and syncs one dead letter.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn append(&mut self, letter: &DeadLetter) -> io::Result<()> {
+        if self.file.is_none() {
+            if let Some(parent) = self.path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            self.file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+        }
+        let mut line = serde_json::to_vec(letter).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let file = self.file.as_mut().ok_or_else(|| io::Error::other("unreachable"))?;
+        file.write_all(&line)?;
+        file.sync_data()
+    }
+
+    /// Reads every complete dead letter in a log file (a torn last line is
+    /// ignored).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; lines that do not parse are skipped.
+    pub fn read_all(path: &Path) -> io::Result<Vec<DeadLetter>> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for line in io::BufReader::new(file).lines() {
+            if let Ok(letter) = serde_json::from_str(&line?) {
+                out.push(letter);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,511 @@
+//! One driver: the task that feeds one sink from one stream's log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::delivery::{
+    Backoff, CheckpointStore, DeadLetter, DeadLetterLog, DeliveryMode, SinkOptions, SinkSnapshot,
+    SinkState, StartFrom,
+};
+use crate::error::{Error, ErrorKind};
+use crate::event::{Codec, CodecErrorKind, EventKind, ReplicationEvent};
+use crate::log::{StoredRecord, TailRead};
+use crate::record::{EncodedEvent, Record, RecordHeader};
+use crate::replicator::durable::StreamState;
+use crate::sink::SharedSink;
+use crate::stream::StreamId;
+use crate::time::Timestamp;
+
+/// What the replicator sees of a driver.
+#[derive(Debug)]
+pub(crate) struct DriverShared {
+    pub(crate) stream: StreamId,
+    pub(crate) sink: String,
+    pub(crate) options: SinkOptions,
+    /// The highest sequence applied or skipped past.
+    pub(crate) cursor: AtomicU64,
+    counters: Mutex<Counters>,
+}
+
+#[derive(Debug)]
+struct Counters {
+    state: SinkState,
+    applied: u64,
+    batches: u64,
+    retries: u64,
+    dead_lettered: u64,
+    skipped: u64,
+    discarded: u64,
+    last_error: Option<String>,
+    oldest_pending: Option<Timestamp>,
+}
+
+impl DriverShared {
+    pub(crate) fn new(stream: StreamId, sink: String, options: SinkOptions, cursor: u64) -> Self {
+        Self {
+            stream,
+            sink,
+            options,
+            cursor: AtomicU64::new(cursor),
+            counters: Mutex::new(Counters {
+                state: SinkState::Healthy,
+                applied: 0,
+                batches: 0,
+                retries: 0,
+                dead_lettered: 0,
+                skipped: 0,
+                discarded: 0,
+                last_error: None,
+                oldest_pending: None,
+            }),
+        }
+    }
+
+    fn counters(&self) -> MutexGuard<'_, Counters> {
+        self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+
+    /// The lag budget, if the sink is required.
+    pub(crate) fn budget(&self) -> Option<(u64, crate::delivery::WhenFull)> {
+        match self.options.mode {
+            DeliveryMode::Required {
+                max_lag_events,
+                when_full,
+            } => Some((max_lag_events, when_full)),
+            DeliveryMode::BestEffort => None,
+        }
+    }
+
+    pub(crate) fn snapshot(&self, head: u64) -> SinkSnapshot {
+        let c = self.counters();
+        let checkpoint = self.cursor();
+        let lag_events = head.saturating_sub(checkpoint);
+        let lag_seconds = match (lag_events, c.oldest_pending) {
+            (0, _) | (_, None) => 0.0,
+            (_, Some(oldest)) => Timestamp::now().saturating_duration_since(oldest).as_secs_f64(),
+        };
+        SinkSnapshot {
+            stream: self.stream.as_str().to_owned(),
+            sink: self.sink.clone(),
+            encoding: self.options.encoding.to_string(),
+            required: self.options.is_required(),
+            state: c.state,
+            checkpoint,
+            head,
+            lag_events,
+            lag_seconds,
+            applied: c.applied,
+            batches: c.batches,
+            retries: c.retries,
+            dead_lettered: c.dead_lettered,
+            skipped: c.skipped,
+            discarded: c.discarded,
+            last_error: c.last_error.clone(),
+        }
+    }
+}
+
+/// Everything a driver task owns.
+pub(crate) struct Driver<E> {
+    pub(crate) stream: Arc<StreamState<E>>,
+    pub(crate) shared: Arc<DriverShared>,
+    pub(crate) sink: SharedSink,
+    pub(crate) codec: Arc<dyn Codec<E>>,
+    pub(crate) store: Option<Arc<dyn CheckpointStore>>,
+    pub(crate) dead_letters: Arc<Mutex<DeadLetterLog>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) seed: u64,
+}
+
+/// One record of a batch.
+enum Item<E> {
+    Event(Arc<EncodedEvent<E>>),
+    /// A stored record the codec cannot read: straight to the dead letters.
+    Unreadable(StoredRecord, Error),
+}
+
+impl<E> Item<E> {
+    fn sequence(&self) -> u64 {
+        match self {
+            Self::Event(e) => e.header().sequence,
+            Self::Unreadable(r, _) => r.sequence,
+        }
+    }
+
+    fn timestamp(&self) -> Timestamp {
+        match self {
+            Self::Event(e) => e.header().timestamp,
+            Self::Unreadable(r, _) => r.timestamp,
+        }
+    }
+}
+
+/// Why the driver stops delivering a batch.
+enum Stop {
+    Shutdown,
+}
+
+impl<E: ReplicationEvent> Driver<E> {
+    /// Resolves where to start: the sink's own checkpoint if it keeps one,
+    /// else the saved one, else per [`StartFrom`].
+    pub(crate) async fn starting_cursor(
+        sink: &SharedSink,
+        store: Option<&Arc<dyn CheckpointStore>>,
+        stream: &StreamState<E>,
+        sink_name: &str,
+        start: StartFrom,
+    ) -> Result<u64, Error> {
+        if let Some(mark) = sink.checkpoint_dyn(&stream.id).await.map_err(|e| e.into_error())? {
+            return Ok(mark);
+        }
+        if let Some(store) = store
+            && let Some(saved) = store
+                .load(&stream.id, sink_name)
+                .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot read the checkpoint of sink {sink_name}")).with_source(e))?
+        {
+            return Ok(saved);
+        }
+        Ok(match start {
+            StartFrom::Earliest => 0,
+            StartFrom::Latest => stream.log.last_sequence(),
+        })
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut cursor = self.shared.cursor();
+        let mut saved = cursor;
+        let mut last_save = Instant::now();
+        loop {
+            let Some(visible) = self.wait_for_records(cursor).await else {
+                break;
+            };
+            if self.linger(cursor, visible).await.is_err() {
+                break;
+            }
+            let items = match self.fetch(cursor).await {
+                Ok(Fetched::Items(items)) => items,
+                Ok(Fetched::SkipTo(first)) => {
+                    self.discard(cursor, first);
+                    cursor = first - 1;
+                    self.advance(cursor);
+                    continue;
+                }
+                Err(err) => {
+                    self.note_error(&err);
+                    if self.pause(Duration::from_millis(200)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(last) = items.last().map(Item::sequence) else {
+                continue;
+            };
+            if let Some(first) = items.first() {
+                if first.sequence() > cursor + 1 {
+                    self.discard(cursor, first.sequence());
+                }
+                self.shared.counters().oldest_pending = Some(first.timestamp());
+            }
+            match self.deliver(items, &mut cursor).await {
+                Ok(()) => {}
+                Err(Stop::Shutdown) => break,
+            }
+            cursor = cursor.max(last);
+            self.advance(cursor);
+            if cursor >= self.stream.log.progress().borrow().visible {
+                self.shared.counters().oldest_pending = None;
+            }
+            if cursor != saved && last_save.elapsed() >= self.shared.options.checkpoint_interval {
+                self.save(cursor).await;
+                saved = cursor;
+                last_save = Instant::now();
+            }
+        }
+        if cursor != saved {
+            self.save(cursor).await;
+        }
+        self.shared.counters().state = SinkState::Stopped;
+    }
+
+    fn is_shutdown(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Waits until records past `cursor` are visible; `None` on shutdown
+    /// or when the log is gone.
+    async fn wait_for_records(&mut self, cursor: u64) -> Option<u64> {
+        let mut progress = self.stream.log.progress();
+        loop {
+            if self.is_shutdown() {
+                return None;
+            }
+            let now = *progress.borrow_and_update();
+            if now.visible > cursor {
+                return Some(now.visible);
+            }
+            if now.closed {
+                return None;
+            }
+            tokio::select! {
+                changed = progress.changed() => if changed.is_err() { return None },
+                _ = self.shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// With a linger time, waits (up to it) for a full batch.
+    async fn linger(&mut self, cursor: u64, mut visible: u64) -> Result<(), Stop> {
+        let linger = self.shared.options.batch.linger;
+        if linger.is_zero() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + linger;
+        let mut progress = self.stream.log.progress();
+        let wanted = self.shared.options.batch.max_events as u64;
+        while visible - cursor < wanted {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                changed = progress.changed() => {
+                    if changed.is_err() { return Ok(()) }
+                    visible = progress.borrow().visible;
+                }
+                _ = self.shutdown.changed() => if self.is_shutdown() { return Err(Stop::Shutdown) },
+            }
+        }
+        Ok(())
+    }
+
+    async fn pause(&mut self, delay: Duration) -> Result<(), Stop> {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = self.shutdown.changed() => if self.is_shutdown() { Err(Stop::Shutdown) } else { Ok(()) },
+        }
+    }
+
+    async fn fetch(&self, cursor: u64) -> Result<Fetched<E>, Error> {
+        let batch = self.shared.options.batch;
+        let from = cursor + 1;
+        let log = &self.stream.log;
+        let older = match log.read_tail(from, batch.max_events, batch.max_bytes) {
+            TailRead::Entries(entries) => {
+                return Ok(Fetched::Items(entries.into_iter().map(|e| Item::Event(e.item)).collect()));
+            }
+            TailRead::Before(first) => Some(first),
+            TailRead::Empty => None,
+        };
+        let Some(reader) = log.reader() else {
+            // The memory ring dropped what this sink had not read.
+            return Ok(match older {
+                Some(first) => Fetched::SkipTo(first),
+                None => Fetched::Items(Vec::new()),
+            });
+        };
+        let visible = log.progress().borrow().visible;
+        let stored = tokio::task::spawn_blocking(move || reader.read(from, visible, batch.max_events, batch.max_bytes))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, "log read task failed").with_source(e))??;
+        let stream = self.stream.id.clone();
+        Ok(Fetched::Items(
+            stored
+                .into_iter()
+                .map(|record| match self.codec.decode(record.encoding.format, &record.payload) {
+                    Ok(event) => {
+                        let encoded = EncodedEvent::new(stream.clone(), event);
+                        encoded.seed(record.encoding, record.payload.clone());
+                        Item::Event(Arc::new(encoded))
+                    }
+                    Err(err) => Item::Unreadable(record, err.into()),
+                })
+                .collect(),
+        ))
+    }
+
+    fn discard(&self, cursor: u64, first: u64) {
+        let dropped = first.saturating_sub(cursor + 1);
+        if dropped == 0 {
+            return;
+        }
+        self.shared.counters().discarded += dropped;
+        if self.shared.options.is_required() {
+            tracing::error!(
+                stream = %self.stream.id, sink = %self.shared.sink, dropped,
+                "records a required sink had not applied are gone from the log"
+            );
+        } else {
+            tracing::warn!(
+                stream = %self.stream.id, sink = %self.shared.sink, dropped,
+                "best-effort sink fell behind retention and skipped ahead"
+            );
+        }
+    }
+
+    /// Encodes the batch for the sink and applies it, retrying transient
+    /// failures and dead-lettering poison records. Moves `cursor` as far
+    /// as the sink durably got.
+    async fn deliver(&mut self, items: Vec<Item<E>>, cursor: &mut u64) -> Result<(), Stop> {
+        let encoding = self.shared.options.encoding;
+        let mut records = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Item::Event(event) => match event.record(self.codec.as_ref(), encoding) {
+                    Ok(record) => records.push(record),
+                    Err(err) if err.kind() == CodecErrorKind::Unrepresentable => {
+                        self.shared.counters().skipped += 1;
+                    }
+                    Err(err) => {
+                        let log_form = event.record(self.codec.as_ref(), self.stream.log.encoding());
+                        let (bytes, form) = match &log_form {
+                            Ok(r) => (r.bytes().to_vec(), r.encoding().to_string()),
+                            Err(_) => (Vec::new(), String::new()),
+                        };
+                        let letter = DeadLetter::new(&self.shared.sink, event.header(), &form, &bytes, &err.into());
+                        self.dead_letter(letter).await?;
+                    }
+                },
+                Item::Unreadable(stored, err) => {
+                    let header = RecordHeader {
+                        stream: self.stream.id.clone(),
+                        sequence: stored.sequence,
+                        timestamp: stored.timestamp,
+                        kind: EventKind { code: 0, name: "unreadable" },
+                        peer: None,
+                    };
+                    let letter = DeadLetter::new(&self.shared.sink, &header, &stored.encoding.to_string(), &stored.payload, &err);
+                    self.dead_letter(letter).await?;
+                }
+            }
+        }
+        let mut backoff = Backoff::new(self.shared.options.retry, self.seed);
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut rest: &[Record] = &records;
+        let mut one_by_one = false;
+        while !rest.is_empty() {
+            let chunk = if one_by_one { &rest[..1] } else { rest };
+            match self.sink.apply_dyn(chunk).await {
+                Ok(()) => {
+                    self.applied(chunk, cursor);
+                    rest = &rest[chunk.len()..];
+                    backoff.reset();
+                }
+                Err(err) => {
+                    if let Some(through) = err.applied_through_sequence() {
+                        let done = chunk.iter().take_while(|r| r.sequence() <= through).count();
+                        self.applied(&chunk[..done], cursor);
+                        rest = &rest[done..];
+                    }
+                    let error = err.into_error();
+                    self.note_error(&error);
+                    if rest.is_empty() {
+                        break;
+                    }
+                    if error.is_retryable() {
+                        self.shared.counters().retries += 1;
+                        match backoff.next_delay() {
+                            Some(delay) => {
+                                let delay = error.retry_after().map_or(delay, |after| after.max(delay));
+                                self.set_state(if backoff.failures() >= 5 { SinkState::Failing } else { SinkState::Retrying });
+                                self.pause(delay).await?;
+                            }
+                            None => {
+                                // Out of attempts: the batch goes to the dead letters.
+                                for record in rest {
+                                    let letter = DeadLetter::new(&self.shared.sink, record.header(), &record.encoding().to_string(), record.bytes(), &error);
+                                    self.dead_letter(letter).await?;
+                                    *cursor = record.sequence();
+                                }
+                                rest = &[];
+                                backoff.reset();
+                            }
+                        }
+                    } else if chunk.len() > 1 {
+                        // Find the poison record by applying one at a time.
+                        one_by_one = true;
+                    } else {
+                        let record = &rest[0];
+                        let letter = DeadLetter::new(&self.shared.sink, record.header(), &record.encoding().to_string(), record.bytes(), &error);
+                        self.dead_letter(letter).await?;
+                        *cursor = record.sequence();
+                        rest = &rest[1..];
+                    }
+                }
+            }
+        }
+        self.set_state(SinkState::Healthy);
+        Ok(())
+    }
+
+    fn applied(&self, records: &[Record], cursor: &mut u64) {
+        if let Some(last) = records.last() {
+            *cursor = last.sequence();
+            let mut c = self.shared.counters();
+            c.applied += records.len() as u64;
+            c.batches += 1;
+            c.last_error = None;
+        }
+    }
+
+    fn set_state(&self, state: SinkState) {
+        self.shared.counters().state = state;
+    }
+
+    fn note_error(&self, error: &Error) {
+        tracing::warn!(stream = %self.stream.id, sink = %self.shared.sink, kind = %error.kind(), error = %error, "sink delivery failed");
+        self.shared.counters().last_error = Some(error.to_string());
+    }
+
+    /// Appends to the sink's dead-letter log, retrying until it is written:
+    /// moving past a record that is in neither the sink nor the dead
+    /// letters would lose it.
+    async fn dead_letter(&mut self, letter: DeadLetter) -> Result<(), Stop> {
+        let mut backoff = Backoff::new(self.shared.options.retry, self.seed);
+        loop {
+            let log = self.dead_letters.clone();
+            let entry = letter.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                log.lock().unwrap_or_else(PoisonError::into_inner).append(&entry)
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {
+                    tracing::warn!(stream = %self.stream.id, sink = %self.shared.sink, sequence = letter.sequence, error = %letter.error, "event dead-lettered");
+                    self.shared.counters().dead_lettered += 1;
+                    return Ok(());
+                }
+                Ok(Err(e)) => self.note_error(&Error::new(ErrorKind::Unavailable, "cannot write the dead-letter log").with_source(e)),
+                Err(e) => self.note_error(&Error::new(ErrorKind::Internal, "dead-letter task failed").with_source(e)),
+            }
+            let delay = backoff.next_delay().unwrap_or(Duration::from_secs(1));
+            self.pause(delay).await?;
+        }
+    }
+
+    fn advance(&self, cursor: u64) {
+        self.shared.cursor.store(cursor, Ordering::Release);
+        self.stream.driver_advanced();
+    }
+
+    async fn save(&self, cursor: u64) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let (stream, sink) = (self.stream.id.clone(), self.shared.sink.clone());
+        let saved = tokio::task::spawn_blocking(move || store.save(&stream, &sink, cursor)).await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(stream = %self.stream.id, sink = %self.shared.sink, error = %e, "cannot save the checkpoint (re-delivery after a restart will be longer)");
+        }
+    }
+}
+
+enum Fetched<E> {
+    Items(Vec<Item<E>>),
+    /// The records before this sequence are gone (memory ring).
+    SkipTo(u64),
+}

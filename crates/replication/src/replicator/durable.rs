@@ -1,0 +1,633 @@
+//! The durable replicator: publish appends to a stream's log; drivers
+//! deliver from the log to every sink independently.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::delivery::driver::{Driver, DriverShared};
+use crate::delivery::{
+    CheckpointStore, DeadLetterLog, FileCheckpointStore, SinkOptions, SinkSnapshot, WhenFull,
+};
+use crate::error::{Error, ErrorKind, PublishError};
+use crate::event::{Assignment, Codec, Encoding, Format, ReplicationEvent};
+use crate::log::{Append, LogOptions, Recovery, StreamLog};
+use crate::record::EncodedEvent;
+use crate::replicator::{Receipt, Replicator};
+use crate::sequencer::Sequencer;
+use crate::sink::SharedSink;
+use crate::stream::{StreamId, validate_name};
+use crate::time::Timestamp;
+
+/// When a publish counts as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Ack {
+    /// When the event is durable under the stream's policy.
+    #[default]
+    Durable,
+    /// When, in addition, every required sink has applied it.
+    RequiredSinks,
+}
+
+/// Knobs of a [`DurableReplicator`].
+#[derive(Clone, Debug)]
+pub struct DurableOptions {
+    /// Logs go under `data_dir/log/<stream>/`, checkpoints under
+    /// `data_dir/checkpoints/`, dead letters under `data_dir/deadletter/`.
+    pub data_dir: PathBuf,
+    /// The log options of streams not listed in `streams`.
+    pub log: LogOptions,
+    /// Streams opened at start, with their own options.
+    pub streams: Vec<(StreamId, LogOptions)>,
+    /// The format the logs store events in (always at the codec's newest
+    /// version: the full-fidelity form).
+    pub log_format: Format,
+    /// When a publish counts as done.
+    pub ack: Ack,
+    /// The clock that stamps events.
+    pub clock: fn() -> Timestamp,
+}
+
+impl DurableOptions {
+    /// Defaults for a data directory: every stream `fsync`, protobuf in
+    /// the log, acknowledged when durable.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            log: LogOptions::default(),
+            streams: Vec::new(),
+            log_format: Format::Protobuf,
+            ack: Ack::Durable,
+            clock: Timestamp::now,
+        }
+    }
+}
+
+/// What an operator sees of one stream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StreamSnapshot {
+    /// The stream.
+    pub stream: String,
+    /// Its durability policy.
+    pub durability: String,
+    /// The last sequence assigned.
+    pub last_sequence: u64,
+    /// The last sequence acknowledged.
+    pub acked: u64,
+    /// The last sequence sinks may see.
+    pub visible: u64,
+    /// Bytes in the log.
+    pub log_bytes: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// Bytes cut from a damaged tail when the log was opened.
+    pub recovery_cut_bytes: u64,
+    /// Why the log stopped, if it did.
+    pub failure: Option<String>,
+}
+
+/// One stream: its log, its sequencer and its drivers.
+pub(crate) struct StreamState<E> {
+    pub(crate) id: StreamId,
+    pub(crate) log: StreamLog<Arc<EncodedEvent<E>>>,
+    sequencer: tokio::sync::Mutex<Sequencer>,
+    /// The last sequence assigned.
+    last_assigned: AtomicU64,
+    drivers: Mutex<Vec<Arc<DriverShared>>>,
+    /// Signalled whenever a driver moves.
+    advanced: Notify,
+    recovery: Recovery,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<E: ReplicationEvent> StreamState<E> {
+    /// Called by a driver after it moved: wakes blocked publishers and
+    /// tells the log how far the sinks are.
+    pub(crate) fn driver_advanced(&self) {
+        let drivers = lock(&self.drivers);
+        let consumed = drivers.iter().map(|d| d.cursor()).min().unwrap_or(0);
+        let required = drivers
+            .iter()
+            .filter(|d| d.options.is_required())
+            .map(|d| d.cursor())
+            .min()
+            .unwrap_or(u64::MAX);
+        drop(drivers);
+        self.log.set_floors(consumed, required);
+        self.advanced.notify_waiters();
+    }
+
+    /// The first required sink over its budget, if any.
+    fn over_budget(&self, head: u64) -> Option<(String, u64, u64, WhenFull)> {
+        lock(&self.drivers).iter().find_map(|d| {
+            let (budget, when_full) = d.budget()?;
+            let lag = head.saturating_sub(d.cursor());
+            (lag >= budget).then(|| (d.sink.clone(), lag, budget, when_full))
+        })
+    }
+
+    fn required_caught_up(&self, sequence: u64) -> bool {
+        lock(&self.drivers)
+            .iter()
+            .filter(|d| d.options.is_required())
+            .all(|d| d.cursor() >= sequence)
+    }
+}
+
+struct Registration {
+    name: String,
+    sink: SharedSink,
+    options: SinkOptions,
+}
+
+struct Inner<E> {
+    codec: Arc<dyn Codec<E>>,
+    options: DurableOptions,
+    log_encoding: Encoding,
+    streams: tokio::sync::Mutex<HashMap<StreamId, Arc<StreamState<E>>>>,
+    sinks: Mutex<Vec<Arc<Registration>>>,
+    store: Arc<dyn CheckpointStore>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    seed: AtomicU64,
+}
+
+/// The durable replicator. `publish` assigns the stream's next gap-free
+/// sequence (recovered from the log after a restart), appends the event to
+/// the stream's log and resolves once it is durable under the stream's
+/// policy (or, with [`Ack::RequiredSinks`], once every required sink has
+/// it too). One driver per stream and sink delivers from the log with its
+/// own checkpoint, batching, retries and dead-letter log: one sink's
+/// failure never stalls, slows or re-sends to another.
+///
+/// Cloning gives another handle to the same replicator.
+pub struct DurableReplicator<E> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E> Clone for DurableReplicator<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<E> std::fmt::Debug for DurableReplicator<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableReplicator")
+            .field("data_dir", &self.inner.options.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A publish whose event is in the log queue; [`PendingPublish::durable`]
+/// waits for the acknowledgement.
+#[derive(Debug)]
+pub struct PendingPublish<E> {
+    receipt: Receipt,
+    stream: Arc<StreamState<E>>,
+    ack: Ack,
+}
+
+impl<E> std::fmt::Debug for StreamState<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamState").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl<E: ReplicationEvent> PendingPublish<E> {
+    /// The sequence and timestamp assigned.
+    pub fn receipt(&self) -> &Receipt {
+        &self.receipt
+    }
+
+    /// Waits until the event is acknowledged.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] if the log stops (an fsync failure) or closes
+    /// first.
+    pub async fn durable(self) -> Result<Receipt, Error> {
+        self.stream.log.wait_acked(self.receipt.sequence).await?;
+        if self.ack == Ack::RequiredSinks {
+            loop {
+                let notified = self.stream.advanced.notified();
+                if self.stream.required_caught_up(self.receipt.sequence) {
+                    break;
+                }
+                notified.await;
+            }
+        }
+        Ok(self.receipt)
+    }
+}
+
+impl<E: ReplicationEvent> DurableReplicator<E> {
+    /// Opens the replicator: every stream listed in the options and every
+    /// stream already on disk, each recovered from its log.
+    ///
+    /// # Errors
+    ///
+    /// What opening a log reports (another process holds it, I/O errors).
+    pub async fn open(codec: Arc<dyn Codec<E>>, options: DurableOptions) -> Result<Self, Error> {
+        let log_encoding = Encoding::new(options.log_format, codec.latest_version());
+        let store: Arc<dyn CheckpointStore> =
+            Arc::new(FileCheckpointStore::new(&options.data_dir.join("checkpoints")));
+        let replicator = Self {
+            inner: Arc::new(Inner {
+                codec,
+                log_encoding,
+                streams: tokio::sync::Mutex::new(HashMap::new()),
+                sinks: Mutex::new(Vec::new()),
+                store,
+                shutdown: watch::Sender::new(false),
+                tasks: Mutex::new(Vec::new()),
+                seed: AtomicU64::new(0x5EED),
+                options,
+            }),
+        };
+        let mut streams: Vec<StreamId> = replicator.inner.options.streams.iter().map(|(s, _)| s.clone()).collect();
+        let log_dir = replicator.inner.options.data_dir.join("log");
+        if let Ok(entries) = std::fs::read_dir(&log_dir) {
+            for entry in entries.flatten() {
+                if let Some(id) = entry.file_name().to_str().and_then(|n| StreamId::new(n).ok())
+                    && !streams.contains(&id)
+                {
+                    streams.push(id);
+                }
+            }
+        }
+        for id in streams {
+            replicator.stream(&id).await?;
+        }
+        Ok(replicator)
+    }
+
+    /// The directory of a stream's log.
+    pub fn stream_dir(data_dir: &Path, stream: &StreamId) -> PathBuf {
+        data_dir.join("log").join(stream.as_str())
+    }
+
+    fn log_options(&self, stream: &StreamId) -> LogOptions {
+        self.inner
+            .options
+            .streams
+            .iter()
+            .find(|(s, _)| s == stream)
+            .map_or_else(|| self.inner.options.log.clone(), |(_, o)| o.clone())
+    }
+
+    /// The stream's state, opening (and recovering) its log on first use.
+    async fn stream(&self, id: &StreamId) -> Result<Arc<StreamState<E>>, Error> {
+        let mut streams = self.inner.streams.lock().await;
+        if let Some(state) = streams.get(id) {
+            return Ok(state.clone());
+        }
+        let options = self.log_options(id);
+        let dir = Self::stream_dir(&self.inner.options.data_dir, id);
+        let (encoding, stream_id, store_dir) = (self.inner.log_encoding, id.clone(), self.inner.options.data_dir.join("checkpoints"));
+        let persistent = options.durability.is_persistent();
+        let (log, recovery, highest_checkpoint) = tokio::task::spawn_blocking(move || {
+            let (log, recovery) = StreamLog::open(&dir, stream_id.clone(), encoding, options)?;
+            let highest = if persistent { highest_checkpoint(&store_dir, &stream_id) } else { 0 };
+            Ok::<_, Error>((log, recovery, highest))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "log open task failed").with_source(e))??;
+        let mut last = recovery.last_sequence;
+        if highest_checkpoint > last {
+            // Only possible when a machine crash lost records the sinks
+            // already had (durability none or interval): never reuse their
+            // sequences for other events.
+            tracing::warn!(
+                stream = %id, log = last, sink = highest_checkpoint,
+                "a sink is ahead of the recovered log; numbering continues after the sink"
+            );
+            last = highest_checkpoint;
+        }
+        if recovery.cut_bytes > 0 {
+            tracing::warn!(
+                stream = %id, bytes = recovery.cut_bytes,
+                reason = recovery.cut_reason.as_deref().unwrap_or_default(),
+                "cut a damaged tail from the log"
+            );
+        }
+        let state = Arc::new(StreamState {
+            id: id.clone(),
+            log,
+            sequencer: tokio::sync::Mutex::new(Sequencer::starting_after(last)),
+            last_assigned: AtomicU64::new(last),
+            drivers: Mutex::new(Vec::new()),
+            advanced: Notify::new(),
+            recovery,
+        });
+        streams.insert(id.clone(), state.clone());
+        drop(streams);
+        let registrations: Vec<_> = lock(&self.inner.sinks).clone();
+        for registration in registrations {
+            if registration.options.receives(id) {
+                self.start_driver(&state, &registration).await?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Adds a sink: it receives every stream its options select, now and
+    /// as streams open, from its checkpoint on.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for a duplicate or invalid name; the sink's
+    /// error if it cannot say where it stands.
+    pub async fn add_sink(
+        &self,
+        name: &str,
+        sink: SharedSink,
+        options: SinkOptions,
+    ) -> Result<(), Error> {
+        validate_name("sink name", name)?;
+        let registration = Arc::new(Registration {
+            name: name.to_owned(),
+            sink,
+            options,
+        });
+        {
+            let mut sinks = lock(&self.inner.sinks);
+            if sinks.iter().any(|s| s.name == name) {
+                return Err(Error::new(ErrorKind::Config, format!("a sink named {name:?} is already registered")));
+            }
+            sinks.push(registration.clone());
+        }
+        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        for state in streams {
+            if registration.options.receives(&state.id) {
+                self.start_driver(&state, &registration).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_driver(&self, state: &Arc<StreamState<E>>, registration: &Registration) -> Result<(), Error> {
+        let store = state.log.options().durability.is_persistent().then(|| self.inner.store.clone());
+        let cursor = Driver::<E>::starting_cursor(
+            &registration.sink,
+            store.as_ref(),
+            state,
+            &registration.name,
+            registration.options.start,
+        )
+        .await?;
+        let shared = Arc::new(DriverShared::new(
+            state.id.clone(),
+            registration.name.clone(),
+            registration.options.clone(),
+            cursor,
+        ));
+        lock(&state.drivers).push(shared.clone());
+        state.driver_advanced();
+        let dead_letters = DeadLetterLog::new(DeadLetterLog::path(
+            &self.inner.options.data_dir.join("deadletter"),
+            state.id.as_str(),
+            &registration.name,
+        ));
+        let driver = Driver {
+            stream: state.clone(),
+            shared,
+            sink: registration.sink.clone(),
+            codec: self.inner.codec.clone(),
+            store,
+            dead_letters: Arc::new(Mutex::new(dead_letters)),
+            shutdown: self.inner.shutdown.subscribe(),
+            seed: self.inner.seed.fetch_add(1, Ordering::Relaxed),
+        };
+        let task = tokio::spawn(driver.run());
+        lock(&self.inner.tasks).push(task);
+        Ok(())
+    }
+
+    /// Assigns the event its sequence and queues it in the stream's log;
+    /// the returned [`PendingPublish`] resolves once it is acknowledged.
+    /// Waits (or, for a `reject` sink, fails) while a required sink is over
+    /// its lag budget.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Throttled`] with the event handed back when a required
+    /// sink with `when_full = reject` is over budget; the codec's error if
+    /// the event cannot be encoded; [`ErrorKind::Closed`] once the log
+    /// stopped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe until the event is queued; once `submit` returns, the
+    /// event is in the log's queue.
+    pub async fn submit(&self, stream: &StreamId, mut event: E) -> Result<PendingPublish<E>, PublishError<E>> {
+        let state = match self.stream(stream).await {
+            Ok(state) => state,
+            Err(err) => return Err(PublishError::new(err, Some(event))),
+        };
+        loop {
+            let notified = state.advanced.notified();
+            let head = state.last_assigned.load(Ordering::Acquire) + 1;
+            let Some((sink, lag, budget, when_full)) = state.over_budget(head) else {
+                break;
+            };
+            if when_full == WhenFull::Reject {
+                let error = Error::new(
+                    ErrorKind::Throttled,
+                    format!("required sink {sink:?} of stream {stream} is {lag} events behind (budget {budget})"),
+                );
+                return Err(PublishError::new(error, Some(event)));
+            }
+            notified.await;
+        }
+        let mut sequencer = state.sequencer.lock().await;
+        if let Some(failure) = state.log.failure() {
+            return Err(PublishError::new(failure, Some(event)));
+        }
+        let sequence = sequencer.last() + 1;
+        if sequence > Sequencer::MAX {
+            let err = Error::new(ErrorKind::Internal, "sequence space of the stream is exhausted");
+            return Err(PublishError::new(err, Some(event)));
+        }
+        let original = event.clone();
+        let timestamp = (self.inner.options.clock)();
+        event.assign(&Assignment {
+            stream: stream.clone(),
+            sequence,
+            timestamp,
+        });
+        let encoded = Arc::new(EncodedEvent::new(stream.clone(), event));
+        let payload = match encoded.record(self.inner.codec.as_ref(), self.inner.log_encoding) {
+            Ok(record) => record.bytes().clone(),
+            Err(err) => return Err(PublishError::new(err.into(), Some(original))),
+        };
+        let append = Append {
+            sequence,
+            timestamp,
+            payload,
+            item: encoded,
+        };
+        if let Err(err) = state.log.append(append).await {
+            return Err(PublishError::new(err, Some(original)));
+        }
+        let _ = sequencer.advance();
+        state.last_assigned.store(sequence, Ordering::Release);
+        drop(sequencer);
+        Ok(PendingPublish {
+            receipt: Receipt {
+                stream: stream.clone(),
+                sequence,
+                timestamp,
+            },
+            stream: state,
+            ack: self.inner.options.ack,
+        })
+    }
+
+    /// Every sink's snapshot in every stream.
+    pub async fn sink_snapshots(&self) -> Vec<SinkSnapshot> {
+        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        let mut out = Vec::new();
+        for state in streams {
+            let head = state.log.progress().borrow().visible;
+            out.extend(lock(&state.drivers).iter().map(|d| d.snapshot(head)));
+        }
+        out.sort_by(|a, b| (&a.stream, &a.sink).cmp(&(&b.stream, &b.sink)));
+        out
+    }
+
+    /// Every stream's snapshot.
+    pub async fn stream_snapshots(&self) -> Vec<StreamSnapshot> {
+        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        let mut out: Vec<_> = streams
+            .iter()
+            .map(|state| {
+                let progress = *state.log.progress().borrow();
+                let stats = state.log.stats();
+                StreamSnapshot {
+                    stream: state.id.as_str().to_owned(),
+                    durability: state.log.options().durability.to_string(),
+                    last_sequence: state.last_assigned.load(Ordering::Acquire),
+                    acked: progress.acked,
+                    visible: progress.visible,
+                    log_bytes: stats.bytes,
+                    segments: stats.segments,
+                    recovery_cut_bytes: state.recovery.cut_bytes,
+                    failure: state.log.failure().map(|e| e.to_string()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.stream.cmp(&b.stream));
+        out
+    }
+
+    /// What recovery found when `stream`'s log was opened.
+    pub async fn recovery(&self, stream: &StreamId) -> Option<Recovery> {
+        self.inner.streams.lock().await.get(stream).map(|s| s.recovery.clone())
+    }
+
+    /// Waits until every sink of every stream has applied (or skipped past)
+    /// everything acknowledged so far.
+    pub async fn wait_caught_up(&self) {
+        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        for state in streams {
+            loop {
+                let notified = state.advanced.notified();
+                let target = state.log.progress().borrow().acked;
+                let behind = lock(&state.drivers).iter().any(|d| d.cursor() < target);
+                if !behind || state.log.failure().is_some() {
+                    break;
+                }
+                // Drivers signal when they move; poll too, in case the log
+                // became visible without anyone moving.
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(100), notified).await;
+            }
+        }
+    }
+
+    /// Reads `stream` from `from` on, in order, each record in `encoding`.
+    /// Deterministic: the same log gives the same records.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for a stream that is not open.
+    pub async fn replay(&self, stream: &StreamId, from: u64, encoding: Encoding) -> Result<crate::replay::Replay<E>, Error> {
+        let state = self.inner.streams.lock().await.get(stream).cloned().ok_or_else(|| {
+            Error::new(ErrorKind::Config, format!("stream {stream} is not open"))
+        })?;
+        match state.log.reader() {
+            Some(reader) => Ok(crate::replay::Replay::from_reader(reader, stream.clone(), from, self.inner.codec.clone(), encoding)),
+            None => {
+                let mut entries = Vec::new();
+                let mut next = from.max(1);
+                while let crate::log::TailRead::Entries(batch) = state.log.read_tail(next, 4096, usize::MAX) {
+                    next = batch.last().map_or(next, |e| e.sequence + 1);
+                    entries.extend(batch.into_iter().map(|e| e.item));
+                }
+                Ok(crate::replay::Replay::from_events(entries, self.inner.codec.clone(), encoding))
+            }
+        }
+    }
+
+    /// Stops the drivers (saving their checkpoints), closes the sinks and
+    /// syncs and closes every log.
+    ///
+    /// # Errors
+    ///
+    /// The first failure: a log that had stopped, or a sink that could not
+    /// close.
+    pub async fn close(&self) -> Result<(), Error> {
+        let _ = self.inner.shutdown.send(true);
+        let tasks: Vec<_> = std::mem::take(&mut *lock(&self.inner.tasks));
+        for task in tasks {
+            let _ = task.await;
+        }
+        let mut first_error = None;
+        let registrations: Vec<_> = lock(&self.inner.sinks).clone();
+        for registration in registrations {
+            if let Err(err) = registration.sink.close_dyn().await {
+                first_error.get_or_insert(err.into_error());
+            }
+        }
+        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        for state in streams {
+            let closed = tokio::task::spawn_blocking(move || state.log.close()).await;
+            if let Ok(Err(err)) = closed {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl<E: ReplicationEvent> Replicator<E> for DurableReplicator<E> {
+    async fn publish_to(&self, stream: &StreamId, event: E) -> Result<Receipt, PublishError<E>> {
+        let pending = self.submit(stream, event).await?;
+        pending.durable().await.map_err(|e| PublishError::new(e, None))
+    }
+}
+
+/// The highest checkpoint any sink saved for `stream`.
+fn highest_checkpoint(store_dir: &Path, stream: &StreamId) -> u64 {
+    let store = FileCheckpointStore::new(store_dir);
+    let Ok(entries) = std::fs::read_dir(store_dir.join(stream.as_str())) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.strip_suffix(".json")?.to_owned();
+            store.load(stream, &name).ok().flatten()
+        })
+        .max()
+        .unwrap_or(0)
+}

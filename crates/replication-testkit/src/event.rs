@@ -92,8 +92,9 @@ impl ReplicationEvent for Note {
     }
 }
 
-/// Encodes a [`Note`] as `"<version>|<format>|<sequence>|<text>"` and counts
-/// every encoding it performs.
+/// Encodes a [`Note`] as `"<version>|<format>|<sequence>|<kind>|<ticks>|<peer>|<text>"`
+/// and counts every encoding it performs. Decoding restores every field
+/// but the stream and shard.
 #[derive(Debug, Default)]
 pub struct NoteCodec {
     encodings: AtomicUsize,
@@ -103,6 +104,12 @@ impl NoteCodec {
     /// How many times [`Codec::encode`] ran.
     pub fn encodings(&self) -> usize {
         self.encodings.load(Ordering::SeqCst)
+    }
+
+    /// The text part of an encoded note.
+    pub fn text_of(bytes: &[u8]) -> String {
+        let text = String::from_utf8_lossy(bytes);
+        text.splitn(7, '|').nth(6).unwrap_or_default().to_owned()
     }
 }
 
@@ -120,31 +127,33 @@ impl Codec<Note> for NoteCodec {
             ));
         }
         Ok(Bytes::from(format!(
-            "{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{}",
             encoding.version.get(),
             encoding.format,
             note.sequence,
+            note.kind,
+            note.timestamp.ticks(),
+            note.peer.as_deref().unwrap_or(""),
             note.text
         )))
     }
 
     fn decode(&self, _format: Format, bytes: &[u8]) -> Result<Note, CodecError> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| CodecError::new(CodecErrorKind::Malformed, e.to_string()))?;
-        let mut parts = text.splitn(4, '|');
-        let (Some(_), Some(_), Some(seq), Some(body)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(CodecError::new(
-                CodecErrorKind::Malformed,
-                "expected 4 fields",
-            ));
+        let malformed = |why: &str| CodecError::new(CodecErrorKind::Malformed, why.to_owned());
+        let text = std::str::from_utf8(bytes).map_err(|e| malformed(&e.to_string()))?;
+        let parts: Vec<&str> = text.splitn(7, '|').collect();
+        let [_, _, sequence, kind, ticks, peer, body] = parts[..] else {
+            return Err(malformed("expected 7 fields"));
         };
-        let sequence = seq
-            .parse()
-            .map_err(|_| CodecError::new(CodecErrorKind::Malformed, "bad sequence"))?;
         Ok(Note {
-            sequence,
+            sequence: sequence.parse().map_err(|_| malformed("bad sequence"))?,
+            kind: kind.parse().map_err(|_| malformed("bad kind"))?,
+            timestamp: ticks
+                .parse()
+                .ok()
+                .and_then(Timestamp::from_ticks)
+                .ok_or_else(|| malformed("bad timestamp"))?,
+            peer: (!peer.is_empty()).then(|| peer.to_owned()),
             ..Note::new(body)
         })
     }

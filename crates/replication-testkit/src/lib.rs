@@ -11,7 +11,9 @@
 #![warn(missing_docs)]
 
 pub mod event;
+pub mod faulty;
 pub mod sink;
 
 pub use event::{Note, NoteCodec};
+pub use faulty::FaultySink;
 pub use sink::{ScriptedSink, Step};

@@ -74,24 +74,27 @@ pub mod sink;
 pub mod stream;
 pub mod time;
 
+pub use delivery::{
+    BatchOptions, DeliveryMode, RetryPolicy, SinkOptions, SinkSnapshot, SinkState, StartFrom,
+    WhenFull,
+};
 pub use error::{BoxError, Error, ErrorKind, PublishError, SinkError};
 pub use event::{
     Assignment, Codec, CodecError, CodecErrorKind, Encoding, EventKind, Format, ReplicationEvent,
     WireVersion,
 };
-pub use record::{EncodedEvent, Record, RecordHeader};
-pub use delivery::{
-    BatchOptions, DeliveryMode, RetryPolicy, SinkOptions, SinkSnapshot, SinkState, StartFrom,
-    WhenFull,
-};
 pub use log::{Durability, LogOptions, Retention};
+pub use record::{EncodedEvent, Record, RecordHeader};
 pub use replay::{Replay, Replayed};
 pub use replicator::{
     Ack, CompositeOutcome, CompositeReplicator, DurableOptions, DurableReplicator, DynReplicator,
     MemoryReplicator, MemoryReplicatorOptions, MemorySinkStats, PendingPublish, Receipt,
-    Replicator, ReplicatorExt, SharedReplicator, ShardedReplicator, StreamSnapshot,
+    Replicator, ReplicatorExt, ShardedReplicator, SharedReplicator, StreamSnapshot,
 };
 pub use sequencer::Sequencer;
-pub use sink::{BoxFuture, Deduplicating, DynSink, Health, MemorySink, SharedSink, Sink, SinkExt};
+pub use sink::{
+    BoxFuture, Deduplicating, DynSink, FileSink, FileSinkOptions, Health, MemorySink, SharedSink,
+    Sink, SinkExt,
+};
 pub use stream::{StreamId, validate_name};
 pub use time::{Timestamp, TimestampError, TimestampText};

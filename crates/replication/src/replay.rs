@@ -39,7 +39,9 @@ enum Source<E> {
 
 impl<E> std::fmt::Debug for Replay<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replay").field("encoding", &self.encoding).finish_non_exhaustive()
+        f.debug_struct("Replay")
+            .field("encoding", &self.encoding)
+            .finish_non_exhaustive()
     }
 }
 
@@ -65,7 +67,13 @@ impl<E: ReplicationEvent> Replay<E> {
                 format!("stream {stream} has no log in {}", data_dir.display()),
             ));
         }
-        Ok(Self::from_reader(LogReader::new(&dir), stream.clone(), from, codec, encoding))
+        Ok(Self::from_reader(
+            LogReader::new(&dir),
+            stream.clone(),
+            from,
+            codec,
+            encoding,
+        ))
     }
 
     pub(crate) fn from_reader(
@@ -85,7 +93,11 @@ impl<E: ReplicationEvent> Replay<E> {
         }
     }
 
-    pub(crate) fn from_events(events: Vec<Arc<EncodedEvent<E>>>, codec: Arc<dyn Codec<E>>, encoding: Encoding) -> Self {
+    pub(crate) fn from_events(
+        events: Vec<Arc<EncodedEvent<E>>>,
+        codec: Arc<dyn Codec<E>>,
+        encoding: Encoding,
+    ) -> Self {
         Self {
             source: Source::Events(events.into_iter()),
             codec,
@@ -101,7 +113,10 @@ impl<E: ReplicationEvent> Replay<E> {
                 sequence,
                 reason: err.to_string(),
             }),
-            Err(err) => Err(Error::new(ErrorKind::Unsupported, format!("sequence {sequence}: {err}"))),
+            Err(err) => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("sequence {sequence}: {err}"),
+            )),
         }
     }
 }

@@ -26,9 +26,11 @@ use crate::record::Record;
 use crate::stream::StreamId;
 
 pub mod dedup;
+pub mod file;
 pub mod memory;
 
 pub use dedup::Deduplicating;
+pub use file::{FileRecovery, FileSink, FileSinkOptions};
 pub use memory::MemorySink;
 
 /// A boxed, sendable future, the return type of the object-safe twins.

@@ -52,7 +52,10 @@ impl Backoff {
 
     /// The ceiling of the delay after the `failure`-th failure (from 1).
     pub fn ceiling(policy: &RetryPolicy, failure: u32) -> Duration {
-        let growth = policy.multiplier.max(1.0).powi(failure.saturating_sub(1).min(1_000) as i32);
+        let growth = policy
+            .multiplier
+            .max(1.0)
+            .powi(failure.saturating_sub(1).min(1_000) as i32);
         let secs = policy.initial.as_secs_f64() * growth;
         if !secs.is_finite() || secs >= policy.max.as_secs_f64() {
             policy.max
@@ -106,7 +109,9 @@ mod tests {
             jitter: false,
         };
         let mut backoff = Backoff::new(policy, 0);
-        let delays: Vec<_> = (0..6).map(|_| backoff.next_delay().unwrap().as_millis()).collect();
+        let delays: Vec<_> = (0..6)
+            .map(|_| backoff.next_delay().unwrap().as_millis())
+            .collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
     }
 

@@ -95,12 +95,18 @@ pub struct MemoryCheckpointStore {
 
 impl CheckpointStore for MemoryCheckpointStore {
     fn load(&self, stream: &StreamId, sink: &str) -> io::Result<Option<u64>> {
-        let saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let saved = self
+            .saved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(saved.get(&(stream.clone(), sink.to_owned())).copied())
     }
 
     fn save(&self, stream: &StreamId, sink: &str, sequence: u64) -> io::Result<()> {
-        let mut saved = self.saved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut saved = self
+            .saved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         saved.insert((stream.clone(), sink.to_owned()), sequence);
         Ok(())
     }
@@ -120,6 +126,9 @@ mod tests {
         store.save(&stream, "file", 42).unwrap();
         assert_eq!(store.load(&stream, "file").unwrap(), Some(42));
         std::fs::write(dir.path().join("default/file.json"), b"{").unwrap();
-        assert_eq!(store.load(&stream, "file").unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            store.load(&stream, "file").unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 }

@@ -98,11 +98,19 @@ impl DeadLetterLog {
             if let Some(parent) = self.path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            self.file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
         }
         let mut line = serde_json::to_vec(letter).map_err(io::Error::other)?;
         line.push(b'\n');
-        let file = self.file.as_mut().ok_or_else(|| io::Error::other("unreachable"))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("unreachable"))?;
         file.write_all(&line)?;
         file.sync_data()
     }

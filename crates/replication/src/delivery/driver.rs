@@ -89,7 +89,9 @@ impl DriverShared {
         let lag_events = head.saturating_sub(checkpoint);
         let lag_seconds = match (lag_events, c.oldest_pending) {
             (0, _) | (_, None) => 0.0,
-            (_, Some(oldest)) => Timestamp::now().saturating_duration_since(oldest).as_secs_f64(),
+            (_, Some(oldest)) => Timestamp::now()
+                .saturating_duration_since(oldest)
+                .as_secs_f64(),
         };
         SinkSnapshot {
             stream: self.stream.as_str().to_owned(),
@@ -162,13 +164,21 @@ impl<E: ReplicationEvent> Driver<E> {
         sink_name: &str,
         start: StartFrom,
     ) -> Result<u64, Error> {
-        if let Some(mark) = sink.checkpoint_dyn(&stream.id).await.map_err(|e| e.into_error())? {
+        if let Some(mark) = sink
+            .checkpoint_dyn(&stream.id)
+            .await
+            .map_err(|e| e.into_error())?
+        {
             return Ok(mark);
         }
         if let Some(store) = store
-            && let Some(saved) = store
-                .load(&stream.id, sink_name)
-                .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot read the checkpoint of sink {sink_name}")).with_source(e))?
+            && let Some(saved) = store.load(&stream.id, sink_name).map_err(|e| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("cannot read the checkpoint of sink {sink_name}"),
+                )
+                .with_source(e)
+            })?
         {
             return Ok(saved);
         }
@@ -296,7 +306,9 @@ impl<E: ReplicationEvent> Driver<E> {
         let log = &self.stream.log;
         let older = match log.read_tail(from, batch.max_events, batch.max_bytes) {
             TailRead::Entries(entries) => {
-                return Ok(Fetched::Items(entries.into_iter().map(|e| Item::Event(e.item)).collect()));
+                return Ok(Fetched::Items(
+                    entries.into_iter().map(|e| Item::Event(e.item)).collect(),
+                ));
             }
             TailRead::Before(first) => Some(first),
             TailRead::Empty => None,
@@ -309,21 +321,25 @@ impl<E: ReplicationEvent> Driver<E> {
             });
         };
         let visible = log.progress().borrow().visible;
-        let stored = tokio::task::spawn_blocking(move || reader.read(from, visible, batch.max_events, batch.max_bytes))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Internal, "log read task failed").with_source(e))??;
+        let stored = tokio::task::spawn_blocking(move || {
+            reader.read(from, visible, batch.max_events, batch.max_bytes)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "log read task failed").with_source(e))??;
         let stream = self.stream.id.clone();
         Ok(Fetched::Items(
             stored
                 .into_iter()
-                .map(|record| match self.codec.decode(record.encoding.format, &record.payload) {
-                    Ok(event) => {
-                        let encoded = EncodedEvent::new(stream.clone(), event);
-                        encoded.seed(record.encoding, record.payload.clone());
-                        Item::Event(Arc::new(encoded))
-                    }
-                    Err(err) => Item::Unreadable(record, err.into()),
-                })
+                .map(
+                    |record| match self.codec.decode(record.encoding.format, &record.payload) {
+                        Ok(event) => {
+                            let encoded = EncodedEvent::new(stream.clone(), event);
+                            encoded.seed(record.encoding, record.payload.clone());
+                            Item::Event(Arc::new(encoded))
+                        }
+                        Err(err) => Item::Unreadable(record, err.into()),
+                    },
+                )
                 .collect(),
         ))
     }
@@ -361,12 +377,19 @@ impl<E: ReplicationEvent> Driver<E> {
                         self.shared.counters().skipped += 1;
                     }
                     Err(err) => {
-                        let log_form = event.record(self.codec.as_ref(), self.stream.log.encoding());
+                        let log_form =
+                            event.record(self.codec.as_ref(), self.stream.log.encoding());
                         let (bytes, form) = match &log_form {
                             Ok(r) => (r.bytes().to_vec(), r.encoding().to_string()),
                             Err(_) => (Vec::new(), String::new()),
                         };
-                        let letter = DeadLetter::new(&self.shared.sink, event.header(), &form, &bytes, &err.into());
+                        let letter = DeadLetter::new(
+                            &self.shared.sink,
+                            event.header(),
+                            &form,
+                            &bytes,
+                            &err.into(),
+                        );
                         self.dead_letter(letter).await?;
                     }
                 },
@@ -375,10 +398,19 @@ impl<E: ReplicationEvent> Driver<E> {
                         stream: self.stream.id.clone(),
                         sequence: stored.sequence,
                         timestamp: stored.timestamp,
-                        kind: EventKind { code: 0, name: "unreadable" },
+                        kind: EventKind {
+                            code: 0,
+                            name: "unreadable",
+                        },
                         peer: None,
                     };
-                    let letter = DeadLetter::new(&self.shared.sink, &header, &stored.encoding.to_string(), &stored.payload, &err);
+                    let letter = DeadLetter::new(
+                        &self.shared.sink,
+                        &header,
+                        &stored.encoding.to_string(),
+                        &stored.payload,
+                        &err,
+                    );
                     self.dead_letter(letter).await?;
                 }
             }
@@ -410,14 +442,25 @@ impl<E: ReplicationEvent> Driver<E> {
                         self.shared.counters().retries += 1;
                         match backoff.next_delay() {
                             Some(delay) => {
-                                let delay = error.retry_after().map_or(delay, |after| after.max(delay));
-                                self.set_state(if backoff.failures() >= 5 { SinkState::Failing } else { SinkState::Retrying });
+                                let delay =
+                                    error.retry_after().map_or(delay, |after| after.max(delay));
+                                self.set_state(if backoff.failures() >= 5 {
+                                    SinkState::Failing
+                                } else {
+                                    SinkState::Retrying
+                                });
                                 self.pause(delay).await?;
                             }
                             None => {
                                 // Out of attempts: the batch goes to the dead letters.
                                 for record in rest {
-                                    let letter = DeadLetter::new(&self.shared.sink, record.header(), &record.encoding().to_string(), record.bytes(), &error);
+                                    let letter = DeadLetter::new(
+                                        &self.shared.sink,
+                                        record.header(),
+                                        &record.encoding().to_string(),
+                                        record.bytes(),
+                                        &error,
+                                    );
                                     self.dead_letter(letter).await?;
                                     *cursor = record.sequence();
                                 }
@@ -430,7 +473,13 @@ impl<E: ReplicationEvent> Driver<E> {
                         one_by_one = true;
                     } else {
                         let record = &rest[0];
-                        let letter = DeadLetter::new(&self.shared.sink, record.header(), &record.encoding().to_string(), record.bytes(), &error);
+                        let letter = DeadLetter::new(
+                            &self.shared.sink,
+                            record.header(),
+                            &record.encoding().to_string(),
+                            record.bytes(),
+                            &error,
+                        );
                         self.dead_letter(letter).await?;
                         *cursor = record.sequence();
                         rest = &rest[1..];
@@ -470,7 +519,9 @@ impl<E: ReplicationEvent> Driver<E> {
             let log = self.dead_letters.clone();
             let entry = letter.clone();
             let written = tokio::task::spawn_blocking(move || {
-                log.lock().unwrap_or_else(PoisonError::into_inner).append(&entry)
+                log.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .append(&entry)
             })
             .await;
             match written {
@@ -479,8 +530,13 @@ impl<E: ReplicationEvent> Driver<E> {
                     self.shared.counters().dead_lettered += 1;
                     return Ok(());
                 }
-                Ok(Err(e)) => self.note_error(&Error::new(ErrorKind::Unavailable, "cannot write the dead-letter log").with_source(e)),
-                Err(e) => self.note_error(&Error::new(ErrorKind::Internal, "dead-letter task failed").with_source(e)),
+                Ok(Err(e)) => self.note_error(
+                    &Error::new(ErrorKind::Unavailable, "cannot write the dead-letter log")
+                        .with_source(e),
+                ),
+                Err(e) => self.note_error(
+                    &Error::new(ErrorKind::Internal, "dead-letter task failed").with_source(e),
+                ),
             }
             let delay = backoff.next_delay().unwrap_or(Duration::from_secs(1));
             self.pause(delay).await?;

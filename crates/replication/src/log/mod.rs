@@ -25,8 +25,8 @@ mod tests;
 mod writer;
 
 pub use disk::Recovery;
-pub use meta::{LastCut, StreamMeta, read_meta};
 pub(crate) use meta::write_atomically;
+pub use meta::{LastCut, StreamMeta, read_meta};
 pub use options::{Durability, LogOptions, Retention};
 pub use reader::{LogReader, Records, StoredRecord, VerifyReport};
 pub use tail::{TailEntry, TailRead};

@@ -129,7 +129,7 @@ impl<E: ReplicationEvent> StreamState<E> {
         lock(&self.drivers).iter().find_map(|d| {
             let (budget, when_full) = d.budget()?;
             let lag = head.saturating_sub(d.cursor());
-            (lag >= budget).then(|| (d.sink.clone(), lag, budget, when_full))
+            (lag > budget).then(|| (d.sink.clone(), lag - 1, budget, when_full))
         })
     }
 
@@ -199,7 +199,9 @@ pub struct PendingPublish<E> {
 
 impl<E> std::fmt::Debug for StreamState<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamState").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("StreamState")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -239,8 +241,9 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
     /// What opening a log reports (another process holds it, I/O errors).
     pub async fn open(codec: Arc<dyn Codec<E>>, options: DurableOptions) -> Result<Self, Error> {
         let log_encoding = Encoding::new(options.log_format, codec.latest_version());
-        let store: Arc<dyn CheckpointStore> =
-            Arc::new(FileCheckpointStore::new(&options.data_dir.join("checkpoints")));
+        let store: Arc<dyn CheckpointStore> = Arc::new(FileCheckpointStore::new(
+            &options.data_dir.join("checkpoints"),
+        ));
         let replicator = Self {
             inner: Arc::new(Inner {
                 codec,
@@ -254,11 +257,20 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                 options,
             }),
         };
-        let mut streams: Vec<StreamId> = replicator.inner.options.streams.iter().map(|(s, _)| s.clone()).collect();
+        let mut streams: Vec<StreamId> = replicator
+            .inner
+            .options
+            .streams
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect();
         let log_dir = replicator.inner.options.data_dir.join("log");
         if let Ok(entries) = std::fs::read_dir(&log_dir) {
             for entry in entries.flatten() {
-                if let Some(id) = entry.file_name().to_str().and_then(|n| StreamId::new(n).ok())
+                if let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| StreamId::new(n).ok())
                     && !streams.contains(&id)
                 {
                     streams.push(id);
@@ -293,11 +305,19 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         }
         let options = self.log_options(id);
         let dir = Self::stream_dir(&self.inner.options.data_dir, id);
-        let (encoding, stream_id, store_dir) = (self.inner.log_encoding, id.clone(), self.inner.options.data_dir.join("checkpoints"));
+        let (encoding, stream_id, store_dir) = (
+            self.inner.log_encoding,
+            id.clone(),
+            self.inner.options.data_dir.join("checkpoints"),
+        );
         let persistent = options.durability.is_persistent();
         let (log, recovery, highest_checkpoint) = tokio::task::spawn_blocking(move || {
             let (log, recovery) = StreamLog::open(&dir, stream_id.clone(), encoding, options)?;
-            let highest = if persistent { highest_checkpoint(&store_dir, &stream_id) } else { 0 };
+            let highest = if persistent {
+                highest_checkpoint(&store_dir, &stream_id)
+            } else {
+                0
+            };
             Ok::<_, Error>((log, recovery, highest))
         })
         .await
@@ -362,7 +382,10 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         {
             let mut sinks = lock(&self.inner.sinks);
             if sinks.iter().any(|s| s.name == name) {
-                return Err(Error::new(ErrorKind::Config, format!("a sink named {name:?} is already registered")));
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("a sink named {name:?} is already registered"),
+                ));
             }
             sinks.push(registration.clone());
         }
@@ -375,8 +398,17 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         Ok(())
     }
 
-    async fn start_driver(&self, state: &Arc<StreamState<E>>, registration: &Registration) -> Result<(), Error> {
-        let store = state.log.options().durability.is_persistent().then(|| self.inner.store.clone());
+    async fn start_driver(
+        &self,
+        state: &Arc<StreamState<E>>,
+        registration: &Registration,
+    ) -> Result<(), Error> {
+        let store = state
+            .log
+            .options()
+            .durability
+            .is_persistent()
+            .then(|| self.inner.store.clone());
         let cursor = Driver::<E>::starting_cursor(
             &registration.sink,
             store.as_ref(),
@@ -429,7 +461,11 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
     ///
     /// Cancel safe until the event is queued; once `submit` returns, the
     /// event is in the log's queue.
-    pub async fn submit(&self, stream: &StreamId, mut event: E) -> Result<PendingPublish<E>, PublishError<E>> {
+    pub async fn submit(
+        &self,
+        stream: &StreamId,
+        mut event: E,
+    ) -> Result<PendingPublish<E>, PublishError<E>> {
         let state = match self.stream(stream).await {
             Ok(state) => state,
             Err(err) => return Err(PublishError::new(err, Some(event))),
@@ -443,7 +479,9 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             if when_full == WhenFull::Reject {
                 let error = Error::new(
                     ErrorKind::Throttled,
-                    format!("required sink {sink:?} of stream {stream} is {lag} events behind (budget {budget})"),
+                    format!(
+                        "required sink {sink:?} of stream {stream} is {lag} events behind (budget {budget})"
+                    ),
                 );
                 return Err(PublishError::new(error, Some(event)));
             }
@@ -455,7 +493,10 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         }
         let sequence = sequencer.last() + 1;
         if sequence > Sequencer::MAX {
-            let err = Error::new(ErrorKind::Internal, "sequence space of the stream is exhausted");
+            let err = Error::new(
+                ErrorKind::Internal,
+                "sequence space of the stream is exhausted",
+            );
             return Err(PublishError::new(err, Some(event)));
         }
         let original = event.clone();
@@ -532,7 +573,12 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
 
     /// What recovery found when `stream`'s log was opened.
     pub async fn recovery(&self, stream: &StreamId) -> Option<Recovery> {
-        self.inner.streams.lock().await.get(stream).map(|s| s.recovery.clone())
+        self.inner
+            .streams
+            .lock()
+            .await
+            .get(stream)
+            .map(|s| s.recovery.clone())
     }
 
     /// Waits until every sink of every stream has applied (or skipped past)
@@ -560,20 +606,42 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
     /// # Errors
     ///
     /// [`ErrorKind::Config`] for a stream that is not open.
-    pub async fn replay(&self, stream: &StreamId, from: u64, encoding: Encoding) -> Result<crate::replay::Replay<E>, Error> {
-        let state = self.inner.streams.lock().await.get(stream).cloned().ok_or_else(|| {
-            Error::new(ErrorKind::Config, format!("stream {stream} is not open"))
-        })?;
+    pub async fn replay(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        encoding: Encoding,
+    ) -> Result<crate::replay::Replay<E>, Error> {
+        let state = self
+            .inner
+            .streams
+            .lock()
+            .await
+            .get(stream)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::Config, format!("stream {stream} is not open")))?;
         match state.log.reader() {
-            Some(reader) => Ok(crate::replay::Replay::from_reader(reader, stream.clone(), from, self.inner.codec.clone(), encoding)),
+            Some(reader) => Ok(crate::replay::Replay::from_reader(
+                reader,
+                stream.clone(),
+                from,
+                self.inner.codec.clone(),
+                encoding,
+            )),
             None => {
                 let mut entries = Vec::new();
                 let mut next = from.max(1);
-                while let crate::log::TailRead::Entries(batch) = state.log.read_tail(next, 4096, usize::MAX) {
+                while let crate::log::TailRead::Entries(batch) =
+                    state.log.read_tail(next, 4096, usize::MAX)
+                {
                     next = batch.last().map_or(next, |e| e.sequence + 1);
                     entries.extend(batch.into_iter().map(|e| e.item));
                 }
-                Ok(crate::replay::Replay::from_events(entries, self.inner.codec.clone(), encoding))
+                Ok(crate::replay::Replay::from_events(
+                    entries,
+                    self.inner.codec.clone(),
+                    encoding,
+                ))
             }
         }
     }
@@ -612,7 +680,10 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
 impl<E: ReplicationEvent> Replicator<E> for DurableReplicator<E> {
     async fn publish_to(&self, stream: &StreamId, event: E) -> Result<Receipt, PublishError<E>> {
         let pending = self.submit(stream, event).await?;
-        pending.durable().await.map_err(|e| PublishError::new(e, None))
+        pending
+            .durable()
+            .await
+            .map_err(|e| PublishError::new(e, None))
     }
 }
 

@@ -4,5 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dedup;
+mod durable;
+mod file_sink;
 mod replicator;
 mod support;

@@ -1,0 +1,115 @@
+//! A sink whose failures a test switches on and off.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use omnirelay_replication::{ErrorKind, Record, Sink, SinkError};
+use tokio::sync::watch;
+
+/// Records every record it applies (duplicates included: it is
+/// deliberately not idempotent, so tests can see re-sends), and fails,
+/// stalls or refuses poison records as the test says.
+#[derive(Clone, Debug)]
+pub struct FaultySink {
+    state: Arc<Mutex<State>>,
+    open: Arc<watch::Sender<bool>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    applied: Vec<Record>,
+    failing: Option<ErrorKind>,
+    poison: BTreeSet<u64>,
+    attempts: Vec<tokio::time::Instant>,
+}
+
+impl Default for FaultySink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FaultySink {
+    /// A healthy sink.
+    pub fn new() -> Self {
+        Self {
+            state: Arc::default(),
+            open: Arc::new(watch::Sender::new(true)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every apply fails with `kind` until [`FaultySink::heal`].
+    pub fn fail_with(&self, kind: ErrorKind) {
+        self.lock().failing = Some(kind);
+    }
+
+    /// Stops failing.
+    pub fn heal(&self) {
+        self.lock().failing = None;
+    }
+
+    /// Refuses `sequence` for good ([`ErrorKind::Rejected`]); the records
+    /// before it in the batch are applied.
+    pub fn poison(&self, sequence: u64) {
+        self.lock().poison.insert(sequence);
+    }
+
+    /// Every apply waits until [`FaultySink::release`].
+    pub fn stall(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Lets stalled applies go on.
+    pub fn release(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Sequences applied, in order, duplicates included.
+    pub fn sequences(&self) -> Vec<u64> {
+        self.lock().applied.iter().map(Record::sequence).collect()
+    }
+
+    /// Records applied, in order.
+    pub fn records(&self) -> Vec<Record> {
+        self.lock().applied.clone()
+    }
+
+    /// When each apply was attempted (tokio time, so paused-time tests can
+    /// check a retry schedule).
+    pub fn attempts(&self) -> Vec<tokio::time::Instant> {
+        self.lock().attempts.clone()
+    }
+}
+
+impl Sink for FaultySink {
+    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+        self.lock().attempts.push(tokio::time::Instant::now());
+        let mut open = self.open.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = open.wait_for(|open| *open).await;
+        let mut state = self.lock();
+        if let Some(kind) = state.failing {
+            return Err(SinkError::new(kind, "injected failure"));
+        }
+        let clean = batch
+            .iter()
+            .take_while(|r| !state.poison.contains(&r.sequence()))
+            .count();
+        state.applied.extend_from_slice(&batch[..clean]);
+        if clean == batch.len() {
+            return Ok(());
+        }
+        let err = SinkError::new(
+            ErrorKind::Rejected,
+            format!("sequence {} is poison", batch[clean].sequence()),
+        );
+        Err(match clean.checked_sub(1) {
+            Some(last) => err.applied_through(batch[last].sequence()),
+            None => err,
+        })
+    }
+}

@@ -1,0 +1,576 @@
+//! The durable replicator: delivery isolation, dead letters, backpressure,
+//! retry schedules, restarts and deterministic replay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use omnirelay_replication::delivery::DeadLetterLog;
+use omnirelay_replication::{
+    Ack, BatchOptions, DeliveryMode, Durability, DurableOptions, DurableReplicator, Encoding,
+    ErrorKind, Format, LogOptions, MemorySink, Replay, Replayed, RetryPolicy, SinkExt, SinkOptions,
+    SinkState, StartFrom, StreamId, WhenFull, WireVersion,
+};
+use omnirelay_replication_testkit::{FaultySink, Note, NoteCodec};
+
+use crate::support::fixed_clock;
+
+fn options(dir: &std::path::Path, durability: Durability) -> DurableOptions {
+    DurableOptions {
+        log: LogOptions {
+            durability,
+            ..LogOptions::default()
+        },
+        clock: fixed_clock,
+        ..DurableOptions::new(dir)
+    }
+}
+
+async fn open(dir: &std::path::Path, durability: Durability) -> DurableReplicator<Note> {
+    DurableReplicator::open(Arc::new(NoteCodec::default()), options(dir, durability))
+        .await
+        .unwrap()
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+        ..RetryPolicy::default()
+    }
+}
+
+fn sink_options() -> SinkOptions {
+    SinkOptions {
+        retry: fast_retry(),
+        ..SinkOptions::default()
+    }
+}
+
+async fn publish(replicator: &DurableReplicator<Note>, count: usize) -> Vec<u64> {
+    let mut pending = Vec::new();
+    for i in 0..count {
+        pending.push(
+            replicator
+                .submit(&StreamId::default(), Note::new(&format!("n{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut sequences = Vec::new();
+    for p in pending {
+        sequences.push(p.durable().await.unwrap().sequence);
+    }
+    sequences
+}
+
+/// Waits (polling the snapshots) until `sink` has applied through `through`.
+async fn wait_for(replicator: &DurableReplicator<Note>, sink: &str, through: u64) {
+    for _ in 0..1000 {
+        let snap = replicator.sink_snapshots().await;
+        if snap
+            .iter()
+            .any(|s| s.sink == sink && s.checkpoint >= through)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!(
+        "sink {sink} never reached {through}: {:?}",
+        replicator.sink_snapshots().await
+    );
+}
+
+#[tokio::test]
+async fn publish_is_gap_free_acknowledged_and_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    let sink = MemorySink::new();
+    replicator
+        .add_sink("memory", sink.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    assert_eq!(publish(&replicator, 50).await, (1..=50).collect::<Vec<_>>());
+    replicator.wait_caught_up().await;
+    assert_eq!(sink.sequences(), (1..=50).collect::<Vec<_>>());
+    let texts: Vec<_> = sink
+        .records()
+        .iter()
+        .map(|r| NoteCodec::text_of(r.bytes()))
+        .collect();
+    assert_eq!(texts[0], "n0");
+    assert_eq!(sink.records()[0].encoding(), Encoding::JSON_V1);
+    let streams = replicator.stream_snapshots().await;
+    assert_eq!(
+        (
+            streams[0].stream.as_str(),
+            streams[0].last_sequence,
+            streams[0].acked
+        ),
+        ("default", 50, 50)
+    );
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_sink_never_stalls_the_others_and_catches_up_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    let healthy: Vec<_> = (0..3).map(|_| FaultySink::new()).collect();
+    let flaky = FaultySink::new();
+    for (i, sink) in healthy.iter().enumerate() {
+        replicator
+            .add_sink(
+                &format!("healthy-{i}"),
+                sink.clone().shared(),
+                sink_options(),
+            )
+            .await
+            .unwrap();
+    }
+    replicator
+        .add_sink("flaky", flaky.clone().shared(), sink_options())
+        .await
+        .unwrap();
+
+    flaky.fail_with(ErrorKind::Unavailable);
+    publish(&replicator, 300).await;
+    // During the outage the healthy sinks get everything...
+    for i in 0..3 {
+        wait_for(&replicator, &format!("healthy-{i}"), 300).await;
+    }
+    let snapshot = replicator.sink_snapshots().await;
+    let flaky_snapshot = snapshot.iter().find(|s| s.sink == "flaky").unwrap();
+    assert_eq!(
+        flaky_snapshot.checkpoint, 0,
+        "nothing applied during the outage"
+    );
+    assert!(matches!(
+        flaky_snapshot.state,
+        SinkState::Retrying | SinkState::Failing
+    ));
+    assert!(flaky_snapshot.retries > 0);
+    assert_eq!(flaky_snapshot.lag_events, 300);
+    assert!(
+        flaky_snapshot
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("injected failure")
+    );
+    // ... and nothing twice.
+    for sink in &healthy {
+        assert_eq!(sink.sequences(), (1..=300).collect::<Vec<_>>());
+    }
+
+    flaky.heal();
+    replicator.wait_caught_up().await;
+    assert_eq!(
+        flaky.sequences(),
+        (1..=300).collect::<Vec<_>>(),
+        "no loss, no duplicates"
+    );
+    for sink in &healthy {
+        assert_eq!(
+            sink.sequences().len(),
+            300,
+            "healthy sinks were not re-sent anything"
+        );
+    }
+    let snapshot = replicator.sink_snapshots().await;
+    assert!(
+        snapshot
+            .iter()
+            .all(|s| s.state == SinkState::Healthy && s.lag_events == 0)
+    );
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_permanent_failure_dead_letters_exactly_the_poison_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    let sink = FaultySink::new();
+    sink.poison(7);
+    let other = FaultySink::new();
+    let opts = SinkOptions {
+        batch: BatchOptions {
+            max_events: 16,
+            ..BatchOptions::default()
+        },
+        ..sink_options()
+    };
+    replicator
+        .add_sink("picky", sink.clone().shared(), opts.clone())
+        .await
+        .unwrap();
+    replicator
+        .add_sink("other", other.clone().shared(), opts)
+        .await
+        .unwrap();
+    publish(&replicator, 20).await;
+    replicator.wait_caught_up().await;
+    let mut want: Vec<u64> = (1..=20).collect();
+    want.retain(|s| *s != 7);
+    assert_eq!(sink.sequences(), want);
+    assert_eq!(other.sequences(), (1..=20).collect::<Vec<_>>());
+    let letters = DeadLetterLog::read_all(&DeadLetterLog::path(
+        &dir.path().join("deadletter"),
+        "default",
+        "picky",
+    ))
+    .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].sequence, letters[0].error_kind.as_str()),
+        (7, "rejected")
+    );
+    assert_eq!(
+        NoteCodec::text_of(&letters[0].payload_bytes().unwrap()),
+        "n6"
+    );
+    let snapshot = replicator.sink_snapshots().await;
+    let picky = snapshot.iter().find(|s| s.sink == "picky").unwrap();
+    assert_eq!(
+        (picky.dead_lettered, picky.applied, picky.checkpoint),
+        (1, 19, 20)
+    );
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_required_sink_blocks_publishers_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::None).await;
+    let sink = FaultySink::new();
+    let opts = SinkOptions {
+        mode: DeliveryMode::Required {
+            max_lag_events: 10,
+            when_full: WhenFull::Block,
+        },
+        ..sink_options()
+    };
+    replicator
+        .add_sink("required", sink.clone().shared(), opts)
+        .await
+        .unwrap();
+    sink.stall();
+    let publisher = {
+        let replicator = replicator.clone();
+        tokio::spawn(async move { publish(&replicator, 100).await })
+    };
+    // The publisher gets at most the budget (plus the batch in flight) ahead.
+    let mut last = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        last = replicator.stream_snapshots().await[0].last_sequence;
+    }
+    assert!(!publisher.is_finished());
+    assert_eq!(
+        last, 10,
+        "publish runs exactly the budget ahead of a stalled sink"
+    );
+    sink.release();
+    let sequences = publisher.await.unwrap();
+    assert_eq!(sequences, (1..=100).collect::<Vec<_>>());
+    replicator.wait_caught_up().await;
+    assert_eq!(sink.sequences(), (1..=100).collect::<Vec<_>>());
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reject_sink_hands_the_event_back_when_over_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::None).await;
+    let sink = FaultySink::new();
+    let opts = SinkOptions {
+        mode: DeliveryMode::Required {
+            max_lag_events: 3,
+            when_full: WhenFull::Reject,
+        },
+        ..sink_options()
+    };
+    replicator
+        .add_sink("strict", sink.clone().shared(), opts)
+        .await
+        .unwrap();
+    sink.stall();
+    publish(&replicator, 3).await;
+    let err = replicator
+        .submit(&StreamId::default(), Note::new("refused"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled);
+    assert!(err.to_string().contains("\"strict\""), "{err}");
+    assert_eq!(err.into_event().unwrap().text, "refused");
+    sink.release();
+    replicator.wait_caught_up().await;
+    publish(&replicator, 1).await;
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn acknowledgement_can_wait_for_required_sinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = DurableReplicator::open(
+        Arc::new(NoteCodec::default()),
+        DurableOptions {
+            ack: Ack::RequiredSinks,
+            ..options(dir.path(), Durability::Fsync)
+        },
+    )
+    .await
+    .unwrap();
+    let sink = FaultySink::new();
+    let opts = SinkOptions {
+        mode: DeliveryMode::Required {
+            max_lag_events: 1000,
+            when_full: WhenFull::Block,
+        },
+        ..sink_options()
+    };
+    replicator
+        .add_sink("required", sink.clone().shared(), opts)
+        .await
+        .unwrap();
+    let receipt = replicator
+        .submit(&StreamId::default(), Note::new("a"))
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.sequences(),
+        [receipt.sequence],
+        "acknowledged only once applied"
+    );
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_follow_the_policy_and_give_up_into_the_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::Memory).await;
+    let sink = FaultySink::new();
+    sink.fail_with(ErrorKind::Timeout);
+    let opts = SinkOptions {
+        retry: RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+            multiplier: 3.0,
+            max_attempts: Some(5),
+            jitter: false,
+        },
+        ..SinkOptions::default()
+    };
+    replicator
+        .add_sink("slow", sink.clone().shared(), opts)
+        .await
+        .unwrap();
+    publish(&replicator, 1).await;
+    replicator.wait_caught_up().await;
+    let attempts = sink.attempts();
+    assert_eq!(attempts.len(), 5, "max_attempts = 5");
+    let gaps: Vec<u128> = attempts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert_eq!(
+        gaps,
+        [100, 300, 900, 1000],
+        "initial 100 ms × 3 per attempt, capped at 1 s"
+    );
+    let snap = &replicator.sink_snapshots().await[0];
+    assert_eq!(
+        (snap.retries, snap.dead_lettered, snap.checkpoint),
+        (5, 1, 1)
+    );
+    let letters = DeadLetterLog::read_all(&DeadLetterLog::path(
+        &dir.path().join("deadletter"),
+        "default",
+        "slow",
+    ))
+    .unwrap();
+    assert_eq!(letters[0].error_kind, "timeout");
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_resumes_numbering_and_delivery_from_the_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FaultySink::new();
+    {
+        let replicator = open(dir.path(), Durability::Fsync).await;
+        replicator
+            .add_sink("s", sink.clone().shared(), sink_options())
+            .await
+            .unwrap();
+        publish(&replicator, 30).await;
+        replicator.wait_caught_up().await;
+        replicator.close().await.unwrap();
+    }
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    replicator
+        .add_sink("s", sink.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    assert_eq!(publish(&replicator, 5).await, (31..=35).collect::<Vec<_>>());
+    replicator.wait_caught_up().await;
+    assert_eq!(
+        sink.sequences(),
+        (1..=35).collect::<Vec<_>>(),
+        "nothing re-sent after a clean close"
+    );
+    // A new sink starts from the oldest record and gets the whole log.
+    let late = MemorySink::new();
+    replicator
+        .add_sink("late", late.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    replicator.wait_caught_up().await;
+    assert_eq!(late.sequences(), (1..=35).collect::<Vec<_>>());
+    // ... unless it asks for new records only.
+    let fresh = MemorySink::new();
+    let latest = SinkOptions {
+        start: StartFrom::Latest,
+        ..sink_options()
+    };
+    replicator
+        .add_sink("fresh", fresh.clone().shared(), latest)
+        .await
+        .unwrap();
+    publish(&replicator, 1).await;
+    replicator.wait_caught_up().await;
+    assert_eq!(fresh.sequences(), [36]);
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn sinks_of_another_version_skip_events_they_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    let v1 = MemorySink::new();
+    let v2 = MemorySink::new();
+    replicator
+        .add_sink("v1", v1.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    let v2_options = SinkOptions {
+        encoding: Encoding::new(Format::Json, WireVersion::V2),
+        ..sink_options()
+    };
+    replicator
+        .add_sink("v2", v2.clone().shared(), v2_options)
+        .await
+        .unwrap();
+    let mut future = Note::new("v2 only");
+    future.kind = Note::V2_ONLY_KIND;
+    replicator
+        .submit(&StreamId::default(), future)
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    publish(&replicator, 1).await;
+    replicator.wait_caught_up().await;
+    assert_eq!(v1.sequences(), [2]);
+    assert_eq!(v2.sequences(), [1, 2]);
+    let snap = replicator.sink_snapshots().await;
+    let v1_snap = snap.iter().find(|s| s.sink == "v1").unwrap();
+    assert_eq!(
+        (v1_snap.skipped, v1_snap.checkpoint, v1_snap.lag_events),
+        (1, 2, 0)
+    );
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_best_effort_sink_behind_the_memory_ring_skips_ahead_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = DurableReplicator::open(
+        Arc::new(NoteCodec::default()),
+        DurableOptions {
+            log: LogOptions {
+                durability: Durability::Memory,
+                tail_max_events: 8,
+                ..LogOptions::default()
+            },
+            ..options(dir.path(), Durability::Memory)
+        },
+    )
+    .await
+    .unwrap();
+    let sink = FaultySink::new();
+    replicator
+        .add_sink("lossy", sink.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    sink.stall();
+    publish(&replicator, 40).await;
+    sink.release();
+    replicator.wait_caught_up().await;
+    let got = sink.sequences();
+    let snap = &replicator.sink_snapshots().await[0];
+    assert_eq!(got.last(), Some(&40));
+    assert!(snap.discarded > 0, "{snap:?}");
+    assert_eq!(
+        got.len() as u64 + snap.discarded,
+        40,
+        "everything either applied or counted"
+    );
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn replaying_a_log_twice_gives_byte_identical_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    publish(&replicator, 25).await;
+    let mut future = Note::new("v2 only");
+    future.kind = Note::V2_ONLY_KIND;
+    replicator
+        .submit(&StreamId::default(), future)
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    let online: Vec<_> = replicator
+        .replay(&StreamId::default(), 1, Encoding::JSON_V1)
+        .await
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    replicator.close().await.unwrap();
+    let codec = Arc::new(NoteCodec::default());
+    let render = |from| {
+        Replay::open(
+            dir.path(),
+            &StreamId::default(),
+            from,
+            codec.clone(),
+            Encoding::JSON_V1,
+        )
+        .unwrap()
+        .map(|r| match r.unwrap() {
+            Replayed::Record(record) => record.bytes().to_vec(),
+            Replayed::Skipped { sequence, .. } => format!("skipped {sequence}").into_bytes(),
+        })
+        .collect::<Vec<_>>()
+    };
+    let first = render(1);
+    assert_eq!(first, render(1));
+    assert_eq!(first.len(), 26);
+    assert_eq!(first[25], b"skipped 26");
+    assert_eq!(render(20).len(), 7);
+    let online: Vec<_> = online
+        .into_iter()
+        .map(|r| match r {
+            Replayed::Record(record) => record.bytes().to_vec(),
+            Replayed::Skipped { sequence, .. } => format!("skipped {sequence}").into_bytes(),
+        })
+        .collect();
+    assert_eq!(online, first, "the running and the offline replay agree");
+}

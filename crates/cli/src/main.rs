@@ -1,16 +1,20 @@
 //! `omnirelay`: the command-line entry point. Thin wiring only: arguments
 //! are parsed here and the work is done by the library crates.
 
+mod log;
+mod publish;
+mod schema;
+
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use omnirelay_replication::{Format, WireVersion};
-use omnirelay_resourcelease::lines;
+use omnirelay_replication::Format;
 
-/// OmniRelay replication: schema tools and benchmarks.
+/// OmniRelay replication: durable replication of resource-lease events,
+/// schema tools and benchmarks.
 #[derive(Debug, Parser)]
 #[command(name = "omnirelay", version, about)]
 struct Cli {
@@ -20,11 +24,82 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Publish events read as JSON lines on stdin; print each assigned
+    /// sequence once the event is durable. Uses the embedded default: one
+    /// stream, the log under DIR/log with the fsync policy, and a JSON-lines
+    /// export under DIR/export.
+    Publish {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The stream to publish to.
+        #[arg(long, default_value = "default")]
+        stream: String,
+    },
+    /// Read, follow and check a durable log (read-only; works beside a
+    /// running writer).
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Convert and validate resource-lease replication events.
     #[command(subcommand)]
     Schema(SchemaCommand),
     /// Run the side-by-side benchmarks against their raw baselines.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Print a stream's events in order as JSON lines.
+    Replay {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The stream.
+        #[arg(long, default_value = "default")]
+        stream: String,
+        /// The first sequence to print.
+        #[arg(long, value_name = "SEQ", default_value_t = 1)]
+        from: u64,
+        /// The schema version to write (1 is the reference format).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=2))]
+        write_version: u16,
+    },
+    /// Check framing, checksums and sequence continuity of every stream;
+    /// exit non-zero if anything is wrong.
+    Verify {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Describe each stream: segments, sequences, recovery, sink
+    /// checkpoints and dead letters.
+    Inspect {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Only this stream.
+        #[arg(long)]
+        stream: Option<String>,
+    },
+    /// Print the newest events of a stream, and with --follow keep printing
+    /// new ones.
+    Tail {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The stream.
+        #[arg(long, default_value = "default")]
+        stream: String,
+        /// How many of the newest events to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+        /// Keep printing events as they are written.
+        #[arg(long)]
+        follow: bool,
+        /// The schema version to write (1 is the reference format).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=2))]
+        write_version: u16,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +155,7 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_logging();
     match run(cli) {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -90,59 +166,68 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
+fn install_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|e| e.downcast_ref::<io::Error>())
         .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }
 
+pub(crate) fn exit_status(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Publish { data_dir, stream } => {
+            runtime()?.block_on(publish::run(&data_dir, &stream))
+        }
+        Command::Log(LogCommand::Replay {
+            data_dir,
+            stream,
+            from,
+            write_version,
+        }) => log::replay(&data_dir, &stream, from, write_version),
+        Command::Log(LogCommand::Verify { data_dir }) => log::verify(&data_dir),
+        Command::Log(LogCommand::Inspect { data_dir, stream }) => {
+            log::inspect(&data_dir, stream.as_deref())
+        }
+        Command::Log(LogCommand::Tail {
+            data_dir,
+            stream,
+            lines,
+            follow,
+            write_version,
+        }) => runtime()?.block_on(log::tail(&data_dir, &stream, lines, follow, write_version)),
         Command::Schema(SchemaCommand::Convert {
             from,
             to,
             write_version,
-        }) => {
-            let version = WireVersion::new(write_version).context("version 0 does not exist")?;
-            let summary = lines::convert(
-                io::stdin().lock(),
-                io::BufWriter::new(io::stdout().lock()),
-                io::stderr().lock(),
-                from.into(),
-                to.into(),
-                version,
-            )?;
-            let mut err = io::stderr().lock();
-            if summary.invalid > 0 || summary.skipped > 0 {
-                writeln!(
-                    err,
-                    "converted {} of {} events: {} invalid, {} skipped",
-                    summary.ok, summary.lines, summary.invalid, summary.skipped
-                )?;
-            }
-            Ok(exit_status(summary.invalid))
-        }
-        Command::Schema(SchemaCommand::Check) => {
-            let summary =
-                lines::check(io::stdin().lock(), io::BufWriter::new(io::stdout().lock()))?;
-            writeln!(
-                io::stderr(),
-                "checked {} events: {} valid, {} invalid",
-                summary.lines,
-                summary.ok,
-                summary.invalid
-            )?;
-            Ok(exit_status(summary.invalid))
-        }
+        }) => schema::convert(from, to, write_version),
+        Command::Schema(SchemaCommand::Check) => schema::check(),
         Command::Bench(args) => bench(args),
-    }
-}
-
-fn exit_status(invalid: u64) -> ExitCode {
-    if invalid == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
 

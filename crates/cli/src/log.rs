@@ -1,0 +1,241 @@
+//! `omnirelay log replay|verify|inspect|tail`: read-only, no lock, beside a
+//! running writer.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use omnirelay_replication::delivery::{CheckpointStore, DeadLetterLog, FileCheckpointStore};
+use omnirelay_replication::log::{LogReader, read_meta};
+use omnirelay_replication::{
+    DurableReplicator, Encoding, Format, Replay, Replayed, StreamId, WireVersion,
+};
+use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
+
+use crate::exit_status;
+
+type Event = ResourceLeaseReplicationEvent;
+
+fn streams(data_dir: &Path) -> anyhow::Result<Vec<StreamId>> {
+    let dir = data_dir.join("log");
+    let entries = std::fs::read_dir(&dir).with_context(|| {
+        format!(
+            "no replication log in {} (expected {})",
+            data_dir.display(),
+            dir.display()
+        )
+    })?;
+    let mut out: Vec<StreamId> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| StreamId::new(e.file_name().to_str()?).ok())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn encoding(write_version: u16) -> anyhow::Result<Encoding> {
+    let version = WireVersion::new(write_version).context("version 0 does not exist")?;
+    Ok(Encoding::new(Format::Json, version))
+}
+
+/// Prints records from `from` on; returns the next sequence to read and
+/// whether an error was met.
+fn print_from(
+    data_dir: &Path,
+    stream: &StreamId,
+    from: u64,
+    encoding: Encoding,
+    out: &mut impl Write,
+) -> anyhow::Result<(u64, bool)> {
+    let replay = Replay::<Event>::open(
+        data_dir,
+        stream,
+        from,
+        Arc::new(ResourceLeaseCodec),
+        encoding,
+    )?;
+    let mut next = from;
+    let mut failed = false;
+    for item in replay {
+        match item {
+            Ok(Replayed::Record(record)) => {
+                out.write_all(record.bytes())?;
+                out.write_all(b"\n")?;
+                next = record.sequence() + 1;
+            }
+            Ok(Replayed::Skipped { sequence, reason }) => {
+                writeln!(io::stderr(), "sequence {sequence} skipped: {reason}")?;
+                next = sequence + 1;
+            }
+            Err(err) => {
+                writeln!(io::stderr(), "omnirelay: {err}")?;
+                failed = true;
+                if err.kind() == omnirelay_replication::ErrorKind::Corrupt {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((next, failed))
+}
+
+pub(crate) fn replay(
+    data_dir: &Path,
+    stream: &str,
+    from: u64,
+    write_version: u16,
+) -> anyhow::Result<ExitCode> {
+    let stream = StreamId::new(stream)?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let (_, failed) = print_from(
+        data_dir,
+        &stream,
+        from.max(1),
+        encoding(write_version)?,
+        &mut out,
+    )?;
+    out.flush()?;
+    Ok(exit_status(!failed))
+}
+
+pub(crate) async fn tail(
+    data_dir: &Path,
+    stream: &str,
+    lines: u64,
+    follow: bool,
+    write_version: u16,
+) -> anyhow::Result<ExitCode> {
+    let stream = StreamId::new(stream)?;
+    let encoding = encoding(write_version)?;
+    let dir = DurableReplicator::<Event>::stream_dir(data_dir, &stream);
+    let report = LogReader::new(&dir).verify()?;
+    let last = report.last.unwrap_or(0);
+    let mut next = last.saturating_sub(lines) + 1;
+    loop {
+        let mut out = io::BufWriter::new(io::stdout().lock());
+        let (after, failed) = print_from(data_dir, &stream, next, encoding, &mut out)?;
+        out.flush()?;
+        if failed || !follow {
+            return Ok(exit_status(!failed));
+        }
+        next = after;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub(crate) fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let streams = streams(data_dir)?;
+    if streams.is_empty() {
+        bail!("no streams in {}", data_dir.join("log").display());
+    }
+    let mut out = io::stdout().lock();
+    let mut ok = true;
+    for stream in streams {
+        let dir = DurableReplicator::<Event>::stream_dir(data_dir, &stream);
+        let report = LogReader::new(&dir).verify()?;
+        let meta = read_meta(&dir).unwrap_or_default();
+        let range = match (report.first, report.last) {
+            (Some(first), Some(last)) => format!("{first}..={last}"),
+            _ => "empty".to_owned(),
+        };
+        writeln!(
+            out,
+            "stream {stream}: {} ({} records in {} segments, {} bytes), durability {}, {} bytes cut at recovery",
+            range,
+            report.records,
+            report.segments,
+            report.bytes,
+            if meta.durability.is_empty() {
+                "unknown"
+            } else {
+                &meta.durability
+            },
+            meta.recovery_cut_bytes_total
+        )?;
+        if report.incomplete_tail_bytes > 0 {
+            writeln!(
+                out,
+                "  note: {} bytes at the end are a record being written (or a torn write the next open cuts)",
+                report.incomplete_tail_bytes
+            )?;
+        }
+        for problem in &report.problems {
+            writeln!(out, "  problem: {problem}")?;
+            ok = false;
+        }
+    }
+    writeln!(out, "{}", if ok { "log ok" } else { "log DAMAGED" })?;
+    Ok(exit_status(ok))
+}
+
+pub(crate) fn inspect(data_dir: &Path, only: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    let store = FileCheckpointStore::new(&data_dir.join("checkpoints"));
+    for stream in streams(data_dir)? {
+        if only.is_some_and(|s| s != stream.as_str()) {
+            continue;
+        }
+        let dir = DurableReplicator::<Event>::stream_dir(data_dir, &stream);
+        let meta = read_meta(&dir).unwrap_or_default();
+        let report = LogReader::new(&dir).verify()?;
+        writeln!(out, "stream {stream}")?;
+        writeln!(out, "  durability     {}", meta.durability)?;
+        writeln!(out, "  encoding       {}", meta.encoding)?;
+        writeln!(
+            out,
+            "  sequences      {}..={}",
+            report.first.unwrap_or(0),
+            report.last.unwrap_or(0)
+        )?;
+        writeln!(out, "  records        {}", report.records)?;
+        writeln!(
+            out,
+            "  segments       {} ({} bytes)",
+            report.segments, report.bytes
+        )?;
+        writeln!(
+            out,
+            "  recovery cut   {} bytes in total",
+            meta.recovery_cut_bytes_total
+        )?;
+        if let Some(cut) = &meta.last_cut {
+            writeln!(
+                out,
+                "  last cut       {} bytes of {} at {}: {}",
+                cut.bytes, cut.segment, cut.at, cut.reason
+            )?;
+        }
+        let sinks_dir = data_dir.join("checkpoints").join(stream.as_str());
+        let mut sinks: Vec<String> = std::fs::read_dir(&sinks_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_owned)
+            })
+            .collect();
+        sinks.sort();
+        for sink in sinks {
+            let checkpoint = store.load(&stream, &sink).ok().flatten().unwrap_or(0);
+            let letters = DeadLetterLog::read_all(&DeadLetterLog::path(
+                &data_dir.join("deadletter"),
+                stream.as_str(),
+                &sink,
+            ))?
+            .len();
+            writeln!(
+                out,
+                "  sink {sink:<12} checkpoint {checkpoint}, lag {} events, {letters} dead letters",
+                report.last.unwrap_or(0).saturating_sub(checkpoint)
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

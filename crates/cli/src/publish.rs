@@ -1,0 +1,107 @@
+//! `omnirelay publish`: JSON lines on stdin into the durable log, each
+//! sequence printed once it is durable.
+
+use std::io::{self, BufRead, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use omnirelay_replication::{
+    DurableOptions, DurableReplicator, FileSink, FileSinkOptions, PendingPublish, SinkExt,
+    SinkOptions, StreamId,
+};
+use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent, json};
+use tokio::sync::mpsc;
+
+use crate::exit_status;
+
+type Event = ResourceLeaseReplicationEvent;
+
+/// The embedded default: one stream, `fsync`, and a JSON-lines export.
+pub(crate) async fn open_default(data_dir: &Path) -> anyhow::Result<DurableReplicator<Event>> {
+    let replicator =
+        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(data_dir))
+            .await
+            .with_context(|| {
+                format!("cannot open the replication log in {}", data_dir.display())
+            })?;
+    let export = FileSink::new(FileSinkOptions::new(data_dir.join("export")));
+    replicator
+        .add_sink("export", export.shared(), SinkOptions::default())
+        .await
+        .context("cannot start the export sink")?;
+    Ok(replicator)
+}
+
+pub(crate) async fn run(data_dir: &Path, stream: &str) -> anyhow::Result<ExitCode> {
+    let stream = StreamId::new(stream)?;
+    let replicator = open_default(data_dir).await?;
+    // Receipts are printed in order by a separate task, so that reading
+    // and appending go on while earlier events are being synced.
+    let (tx, rx) = mpsc::channel::<PendingPublish<Event>>(16 * 1024);
+    let printer = tokio::spawn(print_receipts(rx));
+    let (lines_tx, mut lines_rx) = mpsc::channel::<(u64, Vec<u8>)>(1024);
+    let reader = tokio::task::spawn_blocking(move || read_lines(&lines_tx));
+    let mut invalid = 0u64;
+    let mut published = 0u64;
+    while let Some((number, line)) = lines_rx.recv().await {
+        let event = match json::decode(&line) {
+            Ok(event) => event,
+            Err(err) => {
+                invalid += 1;
+                writeln!(io::stderr(), "line {number}: {err}")?;
+                continue;
+            }
+        };
+        let pending = replicator
+            .submit(&stream, event)
+            .await
+            .map_err(|e| anyhow::anyhow!("line {number}: {}", e.error()))?;
+        published += 1;
+        if tx.send(pending).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    reader.await.context("stdin reader failed")??;
+    printer.await.context("receipt printer failed")??;
+    replicator.wait_caught_up().await;
+    replicator.close().await?;
+    writeln!(
+        io::stderr(),
+        "published {published} events to stream {stream} ({invalid} invalid lines); sinks caught up"
+    )?;
+    Ok(exit_status(invalid == 0))
+}
+
+fn read_lines(tx: &mpsc::Sender<(u64, Vec<u8>)>) -> io::Result<()> {
+    let mut stdin = io::stdin().lock();
+    let mut number = 0u64;
+    loop {
+        let mut line = Vec::new();
+        if stdin.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        number += 1;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        if tx.blocking_send((number, line)).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn print_receipts(mut rx: mpsc::Receiver<PendingPublish<Event>>) -> anyhow::Result<()> {
+    let mut out = io::BufWriter::new(io::stdout());
+    while let Some(pending) = rx.recv().await {
+        let receipt = pending.durable().await?;
+        writeln!(out, "{}", receipt.sequence)?;
+        if rx.is_empty() {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! `omnirelay publish` and `omnirelay log …`, black-box.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{omnirelay, text};
+
+fn event(i: usize) -> String {
+    format!(
+        r#"{{"sequenceNumber":999,"eventType":"Enqueue","timestamp":"2025-11-27T18:49:03+00:00","peerId":"p-{i}","payload":{{"resourceType":"t","resourceId":"r-{i}","partitionKey":"k","payloadEncoding":"json","body":"e30=","attributes":{{}}}},"metadata":{{"queue.pending":"{i}"}}}}"#
+    )
+}
+
+fn events(range: std::ops::Range<usize>) -> String {
+    range.map(|i| event(i) + "\n").collect()
+}
+
+fn dir_arg(dir: &Path) -> &str {
+    dir.to_str().unwrap()
+}
+
+fn export_sequences(dir: &Path) -> Vec<u64> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("export"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        assert_eq!(file.extension().unwrap(), "jsonl");
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            out.push(v["sequenceNumber"].as_u64().unwrap());
+        }
+    }
+    out
+}
+
+fn replay_sequences(dir: &Path, extra: &[&str]) -> Vec<u64> {
+    let mut args = vec!["log", "replay", "--data-dir", dir_arg(dir)];
+    args.extend_from_slice(extra);
+    let out = omnirelay(&args, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["sequenceNumber"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn publish_prints_durable_sequences_and_exports_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = omnirelay(
+        &["publish", "--data-dir", dir_arg(dir.path())],
+        events(0..25).as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: Vec<u64> = text(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(
+        printed,
+        (1..=25).collect::<Vec<_>>(),
+        "the caller's sequence 999 is ignored"
+    );
+    assert_eq!(export_sequences(dir.path()), (1..=25).collect::<Vec<_>>());
+    // A second run continues the numbering.
+    let out = omnirelay(
+        &["publish", "--data-dir", dir_arg(dir.path())],
+        events(0..3).as_bytes(),
+    );
+    assert_eq!(text(&out.stdout), "26\n27\n28\n");
+    assert_eq!(
+        replay_sequences(dir.path(), &[]),
+        (1..=28).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        replay_sequences(dir.path(), &["--from", "20"]),
+        (20..=28).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn malformed_lines_are_reported_skipped_and_fail_the_run_without_losing_valid_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!(
+        "{}\nnot json\n\n{{\"eventType\":99}}\n{}",
+        event(0),
+        event(1)
+    );
+    let out = omnirelay(
+        &["publish", "--data-dir", dir_arg(dir.path())],
+        input.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "1\n2\n");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("line 2: invalid json"), "{stderr}");
+    assert!(stderr.contains("line 4: unknown event type 99"), "{stderr}");
+    assert!(
+        stderr.contains("published 2 events to stream default (2 invalid lines)"),
+        "{stderr}"
+    );
+    assert_eq!(export_sequences(dir.path()), [1, 2]);
+}
+
+#[test]
+fn replay_writes_the_requested_version() {
+    let dir = tempfile::tempdir().unwrap();
+    omnirelay(
+        &["publish", "--data-dir", dir_arg(dir.path())],
+        events(0..2).as_bytes(),
+    );
+    let out = omnirelay(
+        &[
+            "log",
+            "replay",
+            "--data-dir",
+            dir_arg(dir.path()),
+            "--write-version",
+            "2",
+        ],
+        b"",
+    );
+    let first = text(&out.stdout).lines().next().unwrap().to_owned();
+    assert!(
+        first.starts_with(r#"{"schemaVersion":2,"sequenceNumber":1,"#),
+        "{first}"
+    );
+    assert!(first.contains(r#""streamId":"default""#), "{first}");
+    let v1 = omnirelay(&["log", "replay", "--data-dir", dir_arg(dir.path())], b"");
+    assert!(text(&v1.stdout).starts_with(r#"{"sequenceNumber":1,"eventType":"Enqueue""#));
+}
+
+#[test]
+fn verify_reports_a_summary_and_fails_on_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    omnirelay(
+        &["publish", "--data-dir", dir_arg(dir.path())],
+        events(0..10).as_bytes(),
+    );
+    let out = omnirelay(&["log", "verify", "--data-dir", dir_arg(dir.path())], b"");
+    assert!(out.status.success());
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("stream default: 1..=10 (10 records in 1 segments"),
+        "{report}"
+    );
+    assert!(
+        report.contains("durability fsync, 0 bytes cut at recovery"),
+        "{report}"
+    );
+    // Flip a byte in the middle of the segment.
+    let segment = dir.path().join("log/default/00000000000000000001.seg");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    std::fs::write(&segment, &bytes).unwrap();
+    let out = omnirelay(&["log", "verify", "--data-dir", dir_arg(dir.path())], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("problem: 00000000000000000001.seg: damaged record"),
+        "{}",
+        text(&out.stdout)
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = omnirelay(&["log", "verify", "--data-dir", dir_arg(empty.path())], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no replication log in"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn inspect_and_tail_describe_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    omnirelay(
+        &["publish", "--data-dir", dir_arg(dir.path())],
+        events(0..12).as_bytes(),
+    );
+    let out = omnirelay(&["log", "inspect", "--data-dir", dir_arg(dir.path())], b"");
+    let report = text(&out.stdout);
+    assert!(report.contains("sequences      1..=12"), "{report}");
+    assert!(
+        report.contains("sink export       checkpoint 12, lag 0 events, 0 dead letters"),
+        "{report}"
+    );
+    let out = omnirelay(
+        &["log", "tail", "--data-dir", dir_arg(dir.path()), "-n", "3"],
+        b"",
+    );
+    let tail: Vec<_> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(tail.len(), 3);
+    assert!(tail[0].starts_with(r#"{"sequenceNumber":10,"#));
+}
+
+/// Spawns `omnirelay publish` with piped stdin and stdout.
+fn spawn_publish(dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+        .args(["publish", "--data-dir", dir_arg(dir)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn heavy_log_commands_read_beside_a_running_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_publish(dir.path());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(events(0..20).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    // Wait until the writer acknowledged all 20 (it keeps running: stdin
+    // stays open).
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    for want in 1..=20u64 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim().parse::<u64>().unwrap(), want);
+    }
+    assert_eq!(
+        replay_sequences(dir.path(), &[]),
+        (1..=20).collect::<Vec<_>>()
+    );
+    let out = omnirelay(&["log", "verify", "--data-dir", dir_arg(dir.path())], b"");
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    // tail --follow sees events written after it started.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+        .args([
+            "log",
+            "tail",
+            "--follow",
+            "-n",
+            "1",
+            "--data-dir",
+            dir_arg(dir.path()),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut followed = BufReader::new(follower.stdout.take().unwrap());
+    let mut line = String::new();
+    followed.read_line(&mut line).unwrap();
+    assert!(line.starts_with(r#"{"sequenceNumber":20,"#), "{line}");
+    stdin.write_all(events(20..21).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    line.clear();
+    followed.read_line(&mut line).unwrap();
+    assert!(line.starts_with(r#"{"sequenceNumber":21,"#), "{line}");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+/// Reads acknowledged sequences from a publisher's stdout until it dies:
+/// only whole lines count.
+fn collect_acks(mut stdout: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stdout.read_to_end(&mut all);
+        let text = String::from_utf8_lossy(&all);
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..end],
+            None => "",
+        };
+        complete.lines().map(|l| l.parse().unwrap()).collect()
+    })
+}
+
+#[test]
+fn heavy_crash_loop_loses_no_acknowledged_event() {
+    let cycles: u64 = std::env::var("OMNIRELAY_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let seed = fastrand::u64(..);
+    eprintln!("crash loop: {cycles} cycles, seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked = Vec::new();
+    let mut next_event = 0;
+    let started = Instant::now();
+    for cycle in 0..cycles {
+        let mut child = spawn_publish(dir.path());
+        let mut stdin = child.stdin.take().unwrap();
+        let acks = collect_acks(child.stdout.take().unwrap());
+        let batch = rng.usize(50..400);
+        let input = events(next_event..next_event + batch);
+        next_event += batch;
+        let writer = std::thread::spawn(move || {
+            // The publisher may die mid-write: that is the point.
+            let _ = stdin.write_all(input.as_bytes());
+            // Keep stdin open so the run ends by the kill, not by EOF.
+            std::thread::sleep(Duration::from_secs(5));
+            drop(stdin);
+        });
+        std::thread::sleep(Duration::from_millis(rng.u64(5..80)));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "cycle {cycle}: publisher finished before the kill"
+        );
+        acked.extend(acks.join().unwrap());
+        drop(writer);
+    }
+    // One last, clean run: recovery needs no manual step.
+    let out = omnirelay(
+        &["publish", "--data-dir", dir_arg(dir.path())],
+        events(0..5).as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    acked.extend(text(&out.stdout).lines().map(|l| l.parse::<u64>().unwrap()));
+
+    let verify = omnirelay(&["log", "verify", "--data-dir", dir_arg(dir.path())], b"");
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    let log = replay_sequences(dir.path(), &[]);
+    let last = *log.last().unwrap();
+    assert_eq!(log, (1..=last).collect::<Vec<_>>(), "the log is gap-free");
+    let mut export = export_sequences(dir.path());
+    assert_eq!(
+        export, log,
+        "the export holds every logged event exactly once, in order"
+    );
+    export.sort_unstable();
+    for seq in &acked {
+        assert!(
+            export.binary_search(seq).is_ok(),
+            "acknowledged sequence {seq} was lost (seed {seed})"
+        );
+    }
+    let mut unique = acked.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        acked.len(),
+        "a sequence was acknowledged twice (seed {seed})"
+    );
+    assert!(
+        acked.len() as u64 > cycles,
+        "the loop acknowledged too little to prove anything: {}",
+        acked.len()
+    );
+    eprintln!(
+        "crash loop: {} acknowledged, {} in the log, {:?}",
+        acked.len(),
+        log.len(),
+        started.elapsed()
+    );
+}

@@ -16,4 +16,4 @@ mod runner;
 pub mod scenario;
 
 pub use runner::{BenchOptions, BenchRecord, RunError, render_table, run};
-pub use scenario::{Scenario, Side, scenarios};
+pub use scenario::{Entry, Scenario, Side, scenarios};

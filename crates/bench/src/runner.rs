@@ -71,17 +71,17 @@ pub fn run(options: &BenchOptions) -> Result<Vec<BenchRecord>, RunError> {
     if let Some(unknown) = options
         .names
         .iter()
-        .find(|name| !all.iter().any(|s| s.name() == name.as_str()))
+        .find(|name| !all.iter().any(|s| s.name == name.as_str()))
     {
         return Err(RunError::UnknownScenario {
             name: unknown.clone(),
-            available: all.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+            available: all.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
         });
     }
     // In the canonical order, each once.
     let selected: Vec<_> = all
         .into_iter()
-        .filter(|s| options.names.is_empty() || options.names.iter().any(|n| n == s.name()))
+        .filter(|s| options.names.is_empty() || options.names.iter().any(|n| n == s.name))
         .collect();
     let rounds = options.rounds();
     let bar = if options.progress {
@@ -97,14 +97,11 @@ pub fn run(options: &BenchOptions) -> Result<Vec<BenchRecord>, RunError> {
         ProgressBar::hidden()
     };
     let mut records = Vec::with_capacity(selected.len());
-    for mut scenario in selected {
-        bar.set_message(scenario.name());
-        records.push(measure(
-            scenario.as_mut(),
-            rounds,
-            options.round_time(),
-            &bar,
-        ));
+    for entry in selected {
+        bar.set_message(format!("{} (setting up)", entry.name));
+        let mut scenario = (entry.build)();
+        bar.set_message(entry.name);
+        records.push(measure(scenario.as_mut(), rounds, options.round_time(), &bar));
     }
     bar.finish_and_clear();
     Ok(records)
@@ -263,7 +260,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown benchmark \"nope\" (available: json-encode, json-decode)"
+            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, replay)"
         );
     }
 

@@ -1,6 +1,10 @@
 //! The scenarios and the trait they implement.
 
+pub mod durable;
+pub mod fanout;
 pub mod json_codec;
+mod raw;
+pub mod replay;
 
 /// Which side of a comparison to run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -30,10 +34,31 @@ pub trait Scenario {
     fn pass(&mut self, side: Side) -> u64;
 }
 
+/// A scenario's name and how to build it (building may write files, so it
+/// happens only for the scenarios that run).
+pub struct Entry {
+    /// The name.
+    pub name: &'static str,
+    /// Builds the scenario.
+    pub build: fn() -> Box<dyn Scenario>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 /// Every scenario, in a stable order.
-pub fn scenarios() -> Vec<Box<dyn Scenario>> {
+pub fn scenarios() -> Vec<Entry> {
     vec![
-        Box::new(json_codec::JsonEncode::new()),
-        Box::new(json_codec::JsonDecode::new()),
+        Entry { name: "json-encode", build: || Box::new(json_codec::JsonEncode::new()) },
+        Entry { name: "json-decode", build: || Box::new(json_codec::JsonDecode::new()) },
+        Entry { name: "durable-publish-1", build: || Box::new(durable::DurablePublish::new("durable-publish-1", 1, 1.0 / 1.5)) },
+        Entry { name: "durable-publish-64", build: || Box::new(durable::DurablePublish::new("durable-publish-64", 64, 0.7)) },
+        Entry { name: "durable-publish-512", build: || Box::new(durable::DurablePublish::new("durable-publish-512", 512, 0.7)) },
+        Entry { name: "durable-publish-4096", build: || Box::new(durable::DurablePublish::new("durable-publish-4096", 4096, 0.7)) },
+        Entry { name: "fanout-memory-4", build: || Box::new(fanout::Fanout::new()) },
+        Entry { name: "replay", build: || Box::new(replay::Replay::new()) },
     ]
 }

@@ -60,6 +60,6 @@ fn an_unknown_benchmark_is_an_error_listing_the_known_ones() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr)
-            .contains("unknown benchmark \"nope\" (available: json-encode, json-decode)")
+            .contains("unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1,")
     );
 }

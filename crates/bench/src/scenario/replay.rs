@@ -1,0 +1,143 @@
+//! Replay of a log against a raw sequential read + CRC loop over the same
+//! files.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use omnirelay_replication::log::{LogReader, frame};
+use omnirelay_replication::{DurableOptions, DurableReplicator, Durability, LogOptions, StreamId};
+
+use crate::scenario::raw::{RawCodec, RawEvent};
+use crate::scenario::{Scenario, Side};
+
+const EVENTS: usize = 100_000;
+
+/// `replay`: reading every record of a 100 000-event log (checked framing,
+/// CRC and sequence, a copy of each payload), against reading the same
+/// files in 256 KiB buffers and checking each frame's CRC.
+pub struct Replay {
+    log_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay").finish_non_exhaustive()
+    }
+}
+
+impl Replay {
+    /// Writes the log to replay.
+    ///
+    /// # Panics
+    ///
+    /// If the log cannot be written.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        runtime.block_on(async {
+            let options = DurableOptions {
+                log: LogOptions {
+                    durability: Durability::None,
+                    ..LogOptions::default()
+                },
+                ..DurableOptions::new(dir.path())
+            };
+            let replicator = DurableReplicator::open(Arc::new(RawCodec), options)
+                .await
+                .unwrap_or_else(|e| panic!("open: {e}"));
+            let stream = StreamId::default();
+            let mut last = None;
+            for i in 0..EVENTS {
+                last = replicator.submit(&stream, RawEvent::new(i)).await.ok();
+            }
+            if let Some(last) = last {
+                let _ = last.durable().await;
+            }
+            let _ = replicator.close().await;
+        });
+        Self {
+            log_dir: DurableReplicator::<RawEvent>::stream_dir(dir.path(), &StreamId::default()),
+            _dir: dir,
+        }
+    }
+
+    fn raw_pass(&self) -> u64 {
+        let mut count = 0;
+        let mut segments: Vec<_> = std::fs::read_dir(&self.log_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        segments.sort();
+        for path in segments {
+            let Ok(file) = File::open(path) else { continue };
+            let mut reader = BufReader::with_capacity(256 * 1024, file);
+            let mut header = [0u8; frame::SEGMENT_HEADER_LEN];
+            if reader.read_exact(&mut header).is_err() {
+                continue;
+            }
+            let mut body = Vec::new();
+            loop {
+                let mut head = [0u8; frame::FRAME_HEADER_LEN];
+                if reader.read_exact(&mut head).is_err() {
+                    break;
+                }
+                let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+                body.resize(len, 0);
+                if reader.read_exact(&mut body).is_err() || crc32c::crc32c(&body) != crc {
+                    break;
+                }
+                count += 1;
+            }
+        }
+        count
+    }
+}
+
+impl Default for Replay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scenario for Replay {
+    fn name(&self) -> &'static str {
+        "replay"
+    }
+
+    fn unit(&self) -> &'static str {
+        "events"
+    }
+
+    fn baseline(&self) -> &'static str {
+        "sequential 256 KiB reads + CRC32C of every frame"
+    }
+
+    fn target(&self) -> f64 {
+        0.8
+    }
+
+    fn pass(&mut self, side: Side) -> u64 {
+        match side {
+            Side::Baseline => std::hint::black_box(self.raw_pass()),
+            Side::Candidate => {
+                let records = LogReader::new(&self.log_dir).records_from(1);
+                let mut count = 0u64;
+                for record in records.flatten() {
+                    std::hint::black_box(&record.payload);
+                    count += 1;
+                }
+                count
+            }
+        }
+    }
+}

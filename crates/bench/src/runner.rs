@@ -101,7 +101,12 @@ pub fn run(options: &BenchOptions) -> Result<Vec<BenchRecord>, RunError> {
         bar.set_message(format!("{} (setting up)", entry.name));
         let mut scenario = (entry.build)();
         bar.set_message(entry.name);
-        records.push(measure(scenario.as_mut(), rounds, options.round_time(), &bar));
+        records.push(measure(
+            scenario.as_mut(),
+            rounds,
+            options.round_time(),
+            &bar,
+        ));
     }
     bar.finish_and_clear();
     Ok(records)

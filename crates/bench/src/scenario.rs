@@ -52,13 +52,55 @@ impl std::fmt::Debug for Entry {
 /// Every scenario, in a stable order.
 pub fn scenarios() -> Vec<Entry> {
     vec![
-        Entry { name: "json-encode", build: || Box::new(json_codec::JsonEncode::new()) },
-        Entry { name: "json-decode", build: || Box::new(json_codec::JsonDecode::new()) },
-        Entry { name: "durable-publish-1", build: || Box::new(durable::DurablePublish::new("durable-publish-1", 1, 1.0 / 1.5)) },
-        Entry { name: "durable-publish-64", build: || Box::new(durable::DurablePublish::new("durable-publish-64", 64, 0.7)) },
-        Entry { name: "durable-publish-512", build: || Box::new(durable::DurablePublish::new("durable-publish-512", 512, 0.7)) },
-        Entry { name: "durable-publish-4096", build: || Box::new(durable::DurablePublish::new("durable-publish-4096", 4096, 0.7)) },
-        Entry { name: "fanout-memory-4", build: || Box::new(fanout::Fanout::new()) },
-        Entry { name: "replay", build: || Box::new(replay::Replay::new()) },
+        Entry {
+            name: "json-encode",
+            build: || Box::new(json_codec::JsonEncode::new()),
+        },
+        Entry {
+            name: "json-decode",
+            build: || Box::new(json_codec::JsonDecode::new()),
+        },
+        Entry {
+            name: "durable-publish-1",
+            build: || {
+                Box::new(durable::DurablePublish::new(
+                    "durable-publish-1",
+                    1,
+                    1.0 / 1.5,
+                ))
+            },
+        },
+        Entry {
+            name: "durable-publish-64",
+            build: || Box::new(durable::DurablePublish::new("durable-publish-64", 64, 0.7)),
+        },
+        Entry {
+            name: "durable-publish-512",
+            build: || {
+                Box::new(durable::DurablePublish::new(
+                    "durable-publish-512",
+                    512,
+                    0.7,
+                ))
+            },
+        },
+        Entry {
+            name: "durable-publish-4096",
+            build: || {
+                Box::new(durable::DurablePublish::new(
+                    "durable-publish-4096",
+                    4096,
+                    0.7,
+                ))
+            },
+        },
+        Entry {
+            name: "fanout-memory-4",
+            build: || Box::new(fanout::Fanout::new()),
+        },
+        Entry {
+            name: "replay",
+            build: || Box::new(replay::Replay::new()),
+        },
     ]
 }

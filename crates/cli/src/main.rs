@@ -5,6 +5,11 @@ mod log;
 mod publish;
 mod schema;
 
+/// A faster allocator for a workload of many small, short-lived objects
+/// allocated and freed on different threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;

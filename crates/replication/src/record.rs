@@ -1,11 +1,11 @@
 //! What a sink receives: a small header and the event's bytes in the sink's
 //! encoding.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use crate::event::{Codec, CodecError, Encoding, EventKind, ReplicationEvent};
+use crate::event::{Codec, CodecError, Encoding, EventKind, Format, ReplicationEvent};
 use crate::stream::StreamId;
 use crate::time::Timestamp;
 
@@ -89,7 +89,22 @@ impl Record {
 pub struct EncodedEvent<E> {
     event: E,
     header: Arc<RecordHeader>,
-    forms: Mutex<Vec<(Encoding, Result<Bytes, CodecError>)>>,
+    /// JSON and protobuf at versions 1 and 2, readable without a lock.
+    common: [OnceLock<Result<Bytes, CodecError>>; 4],
+    /// Any other encoding.
+    other: Mutex<Vec<(Encoding, Result<Bytes, CodecError>)>>,
+}
+
+fn common_slot(encoding: Encoding) -> Option<usize> {
+    let format = match encoding.format {
+        Format::Json => 0,
+        Format::Protobuf => 2,
+    };
+    match encoding.version.get() {
+        1 => Some(format),
+        2 => Some(format + 1),
+        _ => None,
+    }
 }
 
 impl<E> EncodedEvent<E> {
@@ -102,6 +117,11 @@ impl<E> EncodedEvent<E> {
     pub fn header(&self) -> &Arc<RecordHeader> {
         &self.header
     }
+
+    /// Takes the event back.
+    pub fn into_event(self) -> E {
+        self.event
+    }
 }
 
 impl<E: ReplicationEvent> EncodedEvent<E> {
@@ -111,19 +131,24 @@ impl<E: ReplicationEvent> EncodedEvent<E> {
         Self {
             event,
             header,
-            forms: Mutex::new(Vec::with_capacity(2)),
+            common: Default::default(),
+            other: Mutex::new(Vec::new()),
         }
     }
 
     /// Records that the event's form in `encoding` is `bytes` (read back
     /// from the log, say), so that it is not encoded again.
     pub fn seed(&self, encoding: Encoding, bytes: Bytes) {
-        let mut forms = self
-            .forms
+        if let Some(slot) = common_slot(encoding) {
+            let _ = self.common[slot].set(Ok(bytes));
+            return;
+        }
+        let mut other = self
+            .other
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !forms.iter().any(|(e, _)| *e == encoding) {
-            forms.push((encoding, Ok(bytes)));
+        if !other.iter().any(|(e, _)| *e == encoding) {
+            other.push((encoding, Ok(bytes)));
         }
     }
 
@@ -134,18 +159,34 @@ impl<E: ReplicationEvent> EncodedEvent<E> {
     /// The codec's error, also remembered, so a failing encoding is not
     /// retried for every sink.
     pub fn record(&self, codec: &dyn Codec<E>, encoding: Encoding) -> Result<Record, CodecError> {
-        let mut forms = self
-            .forms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let bytes = match forms.iter().find(|(e, _)| *e == encoding) {
-            Some((_, result)) => result.clone(),
-            None => {
-                let result = codec.encode(&self.event, encoding);
-                forms.push((encoding, result.clone()));
-                result
-            }
-        }?;
+        let bytes = self.bytes(codec, encoding)?;
         Ok(Record::new(self.header.clone(), encoding, bytes))
+    }
+
+    /// The event's bytes in `encoding`, encoding it on first use only.
+    ///
+    /// # Errors
+    ///
+    /// As [`EncodedEvent::record`].
+    pub fn bytes(&self, codec: &dyn Codec<E>, encoding: Encoding) -> Result<Bytes, CodecError> {
+        match common_slot(encoding) {
+            Some(slot) => self.common[slot]
+                .get_or_init(|| codec.encode(&self.event, encoding))
+                .clone(),
+            None => {
+                let mut other = self
+                    .other
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match other.iter().find(|(e, _)| *e == encoding) {
+                    Some((_, result)) => result.clone(),
+                    None => {
+                        let result = codec.encode(&self.event, encoding);
+                        other.push((encoding, result.clone()));
+                        result
+                    }
+                }
+            }
+        }
     }
 }

@@ -21,7 +21,9 @@ pub mod memory;
 pub mod sharded;
 
 pub use composite::{CompositeOutcome, CompositeReplicator};
-pub use durable::{Ack, DurableOptions, DurableReplicator, PendingPublish, StreamSnapshot};
+pub use durable::{
+    Ack, DurableOptions, DurableReplicator, PendingPublish, PublishErrorParts, StreamSnapshot,
+};
 pub use memory::{MemoryReplicator, MemoryReplicatorOptions, MemorySinkStats};
 pub use sharded::ShardedReplicator;
 

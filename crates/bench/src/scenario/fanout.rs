@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use omnirelay_replication::{
-    BatchOptions, DurableOptions, DurableReplicator, Durability, LogOptions, Record, Sink,
+    BatchOptions, Durability, DurableOptions, DurableReplicator, LogOptions, Record, Sink,
     SinkError, SinkExt, SinkOptions, StreamId,
 };
 use tokio::sync::mpsc;
@@ -30,9 +30,9 @@ impl Sink for Counting {
     }
 }
 
-/// `fanout-memory-4`: events through a `memory` log to four sinks, against
-/// batches of the same events through four bounded channels to four
-/// consumer tasks.
+/// `fanout-memory-4`: batches of events published (`submit_all`) through a
+/// `memory` log to four sinks, against the same batches through four
+/// bounded channels to four consumer tasks.
 pub struct Fanout {
     runtime: tokio::runtime::Runtime,
     replicator: DurableReplicator<RawEvent>,
@@ -84,7 +84,11 @@ impl Fanout {
                     ..SinkOptions::default()
                 };
                 replicator
-                    .add_sink(&format!("count-{i}"), counter.clone().shared(), sink_options)
+                    .add_sink(
+                        &format!("count-{i}"),
+                        counter.clone().shared(),
+                        sink_options,
+                    )
                     .await
                     .unwrap_or_else(|e| panic!("sink: {e}"));
             }
@@ -164,13 +168,18 @@ impl Scenario for Fanout {
                     .iter()
                     .map(|c| c.0.load(Ordering::Relaxed) + EVENTS_PER_PASS as u64)
                     .collect();
-                let (replicator, events, counters) = (&self.replicator, &self.events, &self.counters);
+                let (replicator, events, counters) =
+                    (&self.replicator, &self.events, &self.counters);
                 self.runtime.block_on(async {
                     let stream = StreamId::default();
-                    for event in events {
-                        let _ = replicator.submit(&stream, event.clone()).await;
+                    for chunk in events.chunks(BATCH) {
+                        let _ = replicator.submit_all(&stream, chunk.to_vec()).await;
                     }
-                    while counters.iter().zip(&want).any(|(c, w)| c.0.load(Ordering::Relaxed) < *w) {
+                    while counters
+                        .iter()
+                        .zip(&want)
+                        .any(|(c, w)| c.0.load(Ordering::Relaxed) < *w)
+                    {
                         tokio::task::yield_now().await;
                     }
                 });

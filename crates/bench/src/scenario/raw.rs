@@ -35,7 +35,10 @@ impl RawEvent {
 
 impl ReplicationEvent for RawEvent {
     fn kind(&self) -> EventKind {
-        EventKind { code: 1, name: "Raw" }
+        EventKind {
+            code: 1,
+            name: "Raw",
+        }
     }
 
     fn peer(&self) -> Option<&str> {

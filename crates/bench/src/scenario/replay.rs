@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use omnirelay_replication::log::{LogReader, frame};
-use omnirelay_replication::{DurableOptions, DurableReplicator, Durability, LogOptions, StreamId};
+use omnirelay_replication::{Durability, DurableOptions, DurableReplicator, LogOptions, StreamId};
 
 use crate::scenario::raw::{RawCodec, RawEvent};
 use crate::scenario::{Scenario, Side};

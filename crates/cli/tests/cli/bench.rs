@@ -58,8 +58,7 @@ fn bench_prints_a_table_and_writes_json_records() {
 fn an_unknown_benchmark_is_an_error_listing_the_known_ones() {
     let out = omnirelay(&["bench", "nope"], b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr)
-            .contains("unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1,")
-    );
+    assert!(text(&out.stderr).contains(
+        "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1,"
+    ));
 }

@@ -317,7 +317,7 @@ impl Iterator for Records {
                         sequence,
                         timestamp,
                         encoding: open.encoding,
-                        payload: Bytes::copy_from_slice(open.reader.payload()),
+                        payload: open.reader.take_payload(),
                     }));
                 }
                 Step::End | Step::Incomplete { .. } => {

@@ -2,7 +2,9 @@
 //! index.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use bytes::Bytes;
 use std::path::{Path, PathBuf};
 
 use crate::log::frame::{self, FRAME_HEADER_LEN, MAX_BODY_LEN, SEGMENT_HEADER_LEN, SegmentHeader};
@@ -59,51 +61,99 @@ pub(crate) enum Step {
     Corrupt { offset: u64, reason: &'static str },
 }
 
-/// Reads the frames of a segment file in order.
+/// Reads the frames of a segment file in order, in large chunks; each
+/// payload is a slice of its chunk (no copy per record).
 pub(crate) struct FrameReader {
-    file: BufReader<File>,
+    file: File,
+    chunk: Bytes,
+    /// Position of the next frame in `chunk`.
+    pos: usize,
+    /// File offset of `chunk[pos]`.
     offset: u64,
-    body: Vec<u8>,
+    payload: Bytes,
 }
+
+const CHUNK: usize = 1024 * 1024;
 
 impl FrameReader {
     /// Opens `path` and reads its header.
     pub(crate) fn open(path: &Path) -> io::Result<(Self, Result<SegmentHeader, &'static str>)> {
-        let mut file = BufReader::with_capacity(256 * 1024, File::open(path)?);
-        let mut header = [0u8; SEGMENT_HEADER_LEN];
-        let got = read_fully(&mut file, &mut header)?;
-        let header = SegmentHeader::decode(&header[..got]);
-        Ok((
-            Self {
-                file,
-                offset: SEGMENT_HEADER_LEN as u64,
-                body: Vec::with_capacity(4096),
-            },
-            header,
-        ))
+        let mut reader = Self {
+            file: File::open(path)?,
+            chunk: Bytes::new(),
+            pos: 0,
+            offset: 0,
+            payload: Bytes::new(),
+        };
+        let header = if reader.fill(SEGMENT_HEADER_LEN)? {
+            SegmentHeader::decode(&reader.chunk[..SEGMENT_HEADER_LEN])
+        } else {
+            Err("incomplete segment header")
+        };
+        reader.pos = SEGMENT_HEADER_LEN.min(reader.chunk.len());
+        reader.offset = reader.pos as u64;
+        Ok((reader, header))
     }
 
     /// Moves to `offset`, which must be a frame boundary.
     pub(crate) fn seek(&mut self, offset: u64) -> io::Result<()> {
         self.file.seek(SeekFrom::Start(offset))?;
+        self.chunk = Bytes::new();
+        self.pos = 0;
         self.offset = offset;
         Ok(())
     }
 
-    /// The payload of the last frame returned.
-    pub(crate) fn payload(&self) -> &[u8] {
-        self.body.get(frame::BODY_HEADER_LEN..).unwrap_or_default()
+    /// Takes the payload of the last frame returned.
+    pub(crate) fn take_payload(&mut self) -> Bytes {
+        std::mem::take(&mut self.payload)
+    }
+
+    /// Makes at least `need` bytes available at `pos`; `false` if the file
+    /// ends first.
+    fn fill(&mut self, need: usize) -> io::Result<bool> {
+        let available = self.chunk.len() - self.pos;
+        if available >= need {
+            return Ok(true);
+        }
+        let size = need.max(CHUNK);
+        // Reuse the old chunk's memory when no payload still points into it
+        // (fresh memory costs page faults and zeroing by the kernel).
+        let old = std::mem::take(&mut self.chunk);
+        let mut next = match old.try_into_mut() {
+            Ok(reusable) => {
+                let mut buffer = Vec::from(reusable);
+                buffer.drain(..self.pos);
+                buffer
+            }
+            Err(old) => {
+                let mut buffer = Vec::with_capacity(size);
+                buffer.extend_from_slice(&old[self.pos..]);
+                buffer
+            }
+        };
+        next.reserve(size.saturating_sub(next.len()));
+        // `read_to_end` fills the spare capacity without zeroing it first.
+        let want = (size - next.len()) as u64;
+        (&mut self.file).take(want).read_to_end(&mut next)?;
+        let filled = next.len();
+        self.chunk = Bytes::from(next);
+        self.pos = 0;
+        Ok(filled >= need)
     }
 
     /// Reads the next frame.
     pub(crate) fn next_frame(&mut self) -> io::Result<Step> {
         let offset = self.offset;
-        let mut header = [0u8; FRAME_HEADER_LEN];
-        match read_fully(&mut self.file, &mut header)? {
-            0 => return Ok(Step::End),
-            n if n < FRAME_HEADER_LEN => return Ok(Step::Incomplete { offset }),
-            _ => {}
+        if !self.fill(FRAME_HEADER_LEN)? {
+            return Ok(if self.chunk.len() == self.pos {
+                Step::End
+            } else {
+                Step::Incomplete { offset }
+            });
         }
+        let at = self.pos;
+        let header = &self.chunk[at..at + FRAME_HEADER_LEN];
         let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         if !(frame::BODY_HEADER_LEN..=MAX_BODY_LEN).contains(&body_len) {
             return Ok(Step::Corrupt {
@@ -111,16 +161,17 @@ impl FrameReader {
                 reason: "frame length out of range",
             });
         }
-        self.body.resize(FRAME_HEADER_LEN + body_len, 0);
-        self.body[..FRAME_HEADER_LEN].copy_from_slice(&header);
-        let got = read_fully(&mut self.file, &mut self.body[FRAME_HEADER_LEN..])?;
-        if got < body_len {
+        let len = FRAME_HEADER_LEN + body_len;
+        if !self.fill(len)? {
             return Ok(Step::Incomplete { offset });
         }
-        match frame::decode_frame(&self.body) {
-            frame::Decoded::Frame(f, len) => {
+        let at = self.pos;
+        match frame::decode_frame(&self.chunk[at..at + len]) {
+            frame::Decoded::Frame(f, _) => {
                 let (sequence, timestamp) = (f.sequence, f.timestamp);
-                self.body.drain(..FRAME_HEADER_LEN);
+                let payload_at = at + FRAME_HEADER_LEN + frame::BODY_HEADER_LEN;
+                self.payload = self.chunk.slice(payload_at..at + len);
+                self.pos += len;
                 self.offset += len as u64;
                 Ok(Step::Frame {
                     sequence,
@@ -133,20 +184,6 @@ impl FrameReader {
             frame::Decoded::Corrupt(reason) => Ok(Step::Corrupt { offset, reason }),
         }
     }
-}
-
-/// Reads until `buf` is full or the end of the input; returns the count.
-fn read_fully(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match input.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// How a scanned segment ends.

@@ -49,7 +49,7 @@ fn append(sequence: u64) -> Append<u64> {
 async fn publish(log: &StreamLog<u64>, range: std::ops::RangeInclusive<u64>) {
     let last = *range.end();
     for s in range {
-        log.append(append(s)).await.unwrap();
+        log.append(append(s)).await.map_err(|(e, _)| e).unwrap();
     }
     log.wait_acked(last).await.unwrap();
 }
@@ -119,7 +119,7 @@ async fn concurrent_appends_share_fsyncs() {
                     let seq = {
                         let mut next = next.lock().await;
                         *next += 1;
-                        log.append(append(*next)).await.unwrap();
+                        log.append(append(*next)).await.map_err(|(e, _)| e).unwrap();
                         *next
                     };
                     log.wait_acked(seq).await.unwrap();
@@ -144,9 +144,10 @@ async fn concurrent_appends_share_fsyncs() {
 async fn out_of_order_appends_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = open(dir.path(), options(Durability::None));
-    let err = log.append(append(2)).await.unwrap_err();
+    let (err, back) = log.append(append(2)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Internal);
-    log.append(append(1)).await.unwrap();
+    assert_eq!(back[0].sequence, 2, "the record is handed back");
+    log.append(append(1)).await.map_err(|(e, _)| e).unwrap();
 }
 
 #[tokio::test]
@@ -324,7 +325,7 @@ async fn an_fsync_failure_stops_the_log_with_a_clear_error() {
     .unwrap();
     publish(&log, 1..=2).await;
     disk::tests::inject_sync_failure(&stream);
-    log.append(append(3)).await.unwrap();
+    log.append(append(3)).await.map_err(|(e, _)| e).unwrap();
     let err = log.wait_acked(3).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed);
     let message = err.to_string();
@@ -335,7 +336,7 @@ async fn an_fsync_failure_stops_the_log_with_a_clear_error() {
     assert!(message.contains("restart the process"), "{message}");
     assert!(log.progress().borrow().failed);
     // Everything after is refused with the same reason.
-    let again = log.append(append(4)).await.unwrap_err();
+    let (again, _) = log.append(append(4)).await.unwrap_err();
     assert!(again.to_string().contains("fdatasync failed"), "{again}");
     assert!(log.close().is_err());
 }
@@ -352,7 +353,7 @@ async fn the_memory_ring_never_drops_what_a_required_sink_needs() {
     // One required sink at sequence 0.
     log.set_floors(0, 0);
     publish(&log, 1..=4).await;
-    log.append(append(5)).await.unwrap();
+    log.append(append(5)).await.map_err(|(e, _)| e).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(log.progress().borrow().acked, 4, "5 waits for room");
     log.set_floors(2, 2);

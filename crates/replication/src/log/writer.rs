@@ -62,8 +62,9 @@ pub struct LogStats {
     pub retention_deleted_bytes: u64,
 }
 
+/// Records queued together, holding their share of the pending budget.
 struct Pending<T> {
-    append: Append<T>,
+    appends: Vec<Append<T>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -218,43 +219,89 @@ impl<T: Clone + Send + Sync + 'static> StreamLog<T> {
     ///
     /// [`ErrorKind::Closed`] once the log is closed or stopped;
     /// [`ErrorKind::Internal`] if the sequence does not follow the last one.
+    /// The record is handed back with the error.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a cancelled append queued nothing.
-    pub async fn append(&self, append: Append<T>) -> Result<(), Error> {
+    pub async fn append(&self, append: Append<T>) -> Result<(), (Error, Vec<Append<T>>)> {
+        self.append_all(vec![append]).await
+    }
+
+    /// Queues consecutive records at once (one lock, one wake-up of the
+    /// writer), waiting while too many bytes are queued.
+    ///
+    /// # Errors
+    ///
+    /// As [`StreamLog::append`]; nothing is queued on error, and the
+    /// records are handed back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled append queued nothing.
+    pub async fn append_all(&self, appends: Vec<Append<T>>) -> Result<(), (Error, Vec<Append<T>>)> {
         if let Some(err) = self.failure() {
-            return Err(err);
+            return Err((err, appends));
         }
-        let cost = frame::frame_len(append.payload.len())
-            .clamp(1, self.shared.options.max_pending_bytes.max(1));
-        let permit = self
+        let bytes: usize = appends
+            .iter()
+            .map(|a| frame::frame_len(a.payload.len()))
+            .sum();
+        let cost = bytes.clamp(
+            1,
+            self.shared
+                .options
+                .max_pending_bytes
+                .clamp(1, Semaphore::MAX_PERMITS),
+        );
+        let permit = match self
             .shared
             .pending_bytes
             .clone()
             .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
             .await
-            .map_err(|_| self.closed_error())?;
+        {
+            Ok(permit) => permit,
+            Err(_) => return Err((self.closed_error(), appends)),
+        };
         let mut queue = lock(&self.shared.queue);
         if queue.closing {
-            return Err(self.closed_error());
+            drop(queue);
+            return Err((self.closed_error(), appends));
         }
-        if append.sequence != queue.last_sequence + 1 {
-            return Err(Error::new(
+        let expected = queue.last_sequence + 1;
+        let in_order = appends
+            .iter()
+            .enumerate()
+            .all(|(i, a)| a.sequence == expected + i as u64);
+        if !in_order {
+            let got = appends.first().map_or(0, |a| a.sequence);
+            let last = queue.last_sequence;
+            drop(queue);
+            let err = Error::new(
                 ErrorKind::Internal,
                 format!(
-                    "append of sequence {} to stream {} after {}",
-                    append.sequence, self.shared.stream, queue.last_sequence
+                    "append of sequence {got} to stream {} after {last}",
+                    self.shared.stream
                 ),
-            ));
+            );
+            return Err((err, appends));
         }
-        queue.last_sequence = append.sequence;
+        let Some(last) = appends.last().map(|a| a.sequence) else {
+            return Ok(());
+        };
+        queue.last_sequence = last;
+        let was_idle = queue.pending.is_empty();
         queue.pending.push(Pending {
-            append,
+            appends,
             _permit: permit,
         });
         drop(queue);
-        self.shared.wake.notify_one();
+        // A busy writer takes everything queued when it is done; only an
+        // idle one needs waking.
+        if was_idle {
+            self.shared.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -429,7 +476,7 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
                     .pending
                     .iter()
                     .take_while(|p| {
-                        bytes += p.append.payload.len();
+                        bytes += p.appends.iter().map(|a| a.payload.len()).sum::<usize>();
                         bytes <= MAX_BATCH_BYTES
                     })
                     .count()
@@ -461,19 +508,22 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
     }
 
     fn write(&mut self, batch: Vec<Pending<T>>) -> Result<(), String> {
-        let Some(first) = batch.first().map(|p| p.append.sequence) else {
+        let appends = batch.iter().flat_map(|p| p.appends.iter());
+        let Some(first) = batch
+            .first()
+            .and_then(|p| p.appends.first())
+            .map(|a| a.sequence)
+        else {
             return Ok(());
         };
-        let last = first + batch.len() as u64 - 1;
         self.frames.clear();
         self.sizes.clear();
-        for pending in &batch {
-            let a = &pending.append;
-            let before = self.frames.len();
-            frame::encode_frame(a.sequence, a.timestamp, &a.payload, &mut self.frames);
-            self.sizes.push(self.frames.len() - before);
-        }
         if let Some(disk) = &mut self.disk {
+            for a in appends {
+                let before = self.frames.len();
+                frame::encode_frame(a.sequence, a.timestamp, &a.payload, &mut self.frames);
+                self.sizes.push(self.frames.len() - before);
+            }
             disk.append(&self.frames, first, &self.sizes)
                 .map_err(|e| format!("write failed: {e}"))?;
             self.shared
@@ -484,7 +534,12 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
                 .stats
                 .segments
                 .store(disk.segment_count() as u64, Ordering::Relaxed);
+        } else {
+            // The ring only needs the sizes.
+            self.sizes
+                .extend(appends.map(|a| frame::frame_len(a.payload.len())));
         }
+        let last = first + self.sizes.len() as u64 - 1;
         self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.written = last;
         if self.shared.options.durability == Durability::Fsync {
@@ -500,51 +555,68 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
                 Durability::None | Durability::Memory => last,
             };
         });
+        if durability.is_persistent() {
+            // Drop what fell out of the cache only after acknowledging:
+            // freeing thousands of events is not the publishers' wait.
+            lock(&self.shared.tail).evict(u64::MAX);
+        }
         Ok(())
     }
 
     fn push_tail(&mut self, batch: Vec<Pending<T>>) {
         let memory = self.shared.options.durability == Durability::Memory;
-        for (pending, size) in batch.into_iter().zip(self.sizes.iter().copied()) {
-            let a = pending.append;
-            let entry = TailEntry {
+        let mut sizes = self.sizes.iter().copied();
+        let entries = batch
+            .into_iter()
+            .flat_map(|p| p.appends)
+            .map(|a| TailEntry {
                 sequence: a.sequence,
                 timestamp: a.timestamp,
-                bytes: size,
+                bytes: sizes.next().unwrap_or_default(),
                 item: a.item,
-            };
-            if !memory {
-                // A cache: drop the oldest freely.
-                let mut tail = lock(&self.shared.tail);
+            });
+        if !memory {
+            // A cache: the oldest are dropped once the batch is
+            // acknowledged (see `write`).
+            let mut tail = lock(&self.shared.tail);
+            for entry in entries {
                 tail.push(entry);
-                tail.evict(u64::MAX);
-                continue;
             }
-            // The ring is the log: never drop what a required sink still
-            // needs; wait for it instead (publishers then wait on the
-            // pending budget).
-            loop {
-                let required_through = lock(&self.shared.queue).required_through;
-                let mut tail = lock(&self.shared.tail);
-                if tail.make_room(size, required_through) {
-                    tail.push(entry);
-                    self.shared
-                        .stats
-                        .bytes
-                        .store(tail.bytes() as u64, Ordering::Relaxed);
+            return;
+        }
+        // The ring is the log: never drop what a required sink still needs;
+        // wait for it instead (publishers then wait on the pending budget).
+        let mut entries: std::collections::VecDeque<_> = entries.collect();
+        while !entries.is_empty() {
+            let required_through = lock(&self.shared.queue).required_through;
+            let mut tail = lock(&self.shared.tail);
+            let mut pushed = false;
+            while let Some(size) = entries.front().map(|e| e.bytes) {
+                if !tail.make_room(size, required_through) {
                     break;
                 }
-                drop(tail);
-                let queue = lock(&self.shared.queue);
-                if queue.closing {
-                    return;
+                if let Some(entry) = entries.pop_front() {
+                    tail.push(entry);
+                    pushed = true;
                 }
-                let _ = self
-                    .shared
-                    .wake
-                    .wait_timeout(queue, Duration::from_millis(50))
-                    .unwrap_or_else(PoisonError::into_inner);
             }
+            self.shared
+                .stats
+                .bytes
+                .store(tail.bytes() as u64, Ordering::Relaxed);
+            drop(tail);
+            if entries.is_empty() || pushed {
+                continue;
+            }
+            let queue = lock(&self.shared.queue);
+            if queue.closing {
+                return;
+            }
+            let _ = self
+                .shared
+                .wake
+                .wait_timeout(queue, Duration::from_millis(50))
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 

@@ -151,7 +151,9 @@ struct Inner<E> {
     codec: Arc<dyn Codec<E>>,
     options: DurableOptions,
     log_encoding: Encoding,
-    streams: tokio::sync::Mutex<HashMap<StreamId, Arc<StreamState<E>>>>,
+    streams: Mutex<HashMap<StreamId, Arc<StreamState<E>>>>,
+    /// Serializes the opening of streams.
+    opening: tokio::sync::Mutex<()>,
     sinks: Mutex<Vec<Arc<Registration>>>,
     store: Arc<dyn CheckpointStore>,
     shutdown: watch::Sender<bool>,
@@ -192,7 +194,9 @@ impl<E> std::fmt::Debug for DurableReplicator<E> {
 /// waits for the acknowledgement.
 #[derive(Debug)]
 pub struct PendingPublish<E> {
+    /// The receipt of the last event of the submission.
     receipt: Receipt,
+    first_sequence: u64,
     stream: Arc<StreamState<E>>,
     ack: Ack,
 }
@@ -206,9 +210,15 @@ impl<E> std::fmt::Debug for StreamState<E> {
 }
 
 impl<E: ReplicationEvent> PendingPublish<E> {
-    /// The sequence and timestamp assigned.
+    /// The sequence and timestamp assigned (for a batch, to its last
+    /// event).
     pub fn receipt(&self) -> &Receipt {
         &self.receipt
+    }
+
+    /// The sequences assigned.
+    pub fn sequences(&self) -> std::ops::RangeInclusive<u64> {
+        self.first_sequence..=self.receipt.sequence
     }
 
     /// Waits until the event is acknowledged.
@@ -248,7 +258,8 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             inner: Arc::new(Inner {
                 codec,
                 log_encoding,
-                streams: tokio::sync::Mutex::new(HashMap::new()),
+                streams: Mutex::new(HashMap::new()),
+                opening: tokio::sync::Mutex::new(()),
                 sinks: Mutex::new(Vec::new()),
                 store,
                 shutdown: watch::Sender::new(false),
@@ -299,8 +310,11 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
 
     /// The stream's state, opening (and recovering) its log on first use.
     async fn stream(&self, id: &StreamId) -> Result<Arc<StreamState<E>>, Error> {
-        let mut streams = self.inner.streams.lock().await;
-        if let Some(state) = streams.get(id) {
+        if let Some(state) = lock(&self.inner.streams).get(id) {
+            return Ok(state.clone());
+        }
+        let _opening = self.inner.opening.lock().await;
+        if let Some(state) = lock(&self.inner.streams).get(id) {
             return Ok(state.clone());
         }
         let options = self.log_options(id);
@@ -349,8 +363,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             advanced: Notify::new(),
             recovery,
         });
-        streams.insert(id.clone(), state.clone());
-        drop(streams);
+        lock(&self.inner.streams).insert(id.clone(), state.clone());
         let registrations: Vec<_> = lock(&self.inner.sinks).clone();
         for registration in registrations {
             if registration.options.receives(id) {
@@ -389,7 +402,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             }
             sinks.push(registration.clone());
         }
-        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        let streams: Vec<_> = lock(&self.inner.streams).values().cloned().collect();
         for state in streams {
             if registration.options.receives(&state.id) {
                 self.start_driver(&state, &registration).await?;
@@ -464,15 +477,57 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
     pub async fn submit(
         &self,
         stream: &StreamId,
-        mut event: E,
+        event: E,
     ) -> Result<PendingPublish<E>, PublishError<E>> {
+        self.submit_all(stream, vec![event]).await.map_err(|err| {
+            let event = err.event.and_then(|mut events| events.pop());
+            PublishError::new(err.error, event)
+        })
+    }
+
+    /// Submits consecutive events at once: they get consecutive sequences
+    /// and share one append (and, under `fsync`, one sync). All or none are
+    /// queued.
+    ///
+    /// # Errors
+    ///
+    /// As [`DurableReplicator::submit`]; on error every event is handed
+    /// back.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`DurableReplicator::submit`].
+    pub async fn submit_all(
+        &self,
+        stream: &StreamId,
+        mut events: Vec<E>,
+    ) -> Result<PendingPublish<E>, PublishErrorParts<Vec<E>>> {
         let state = match self.stream(stream).await {
             Ok(state) => state,
-            Err(err) => return Err(PublishError::new(err, Some(event))),
+            Err(error) => {
+                return Err(PublishErrorParts {
+                    error,
+                    event: Some(events),
+                });
+            }
         };
+        let count = events.len() as u64;
+        if count == 0 {
+            let last = state.last_assigned.load(Ordering::Acquire);
+            return Ok(PendingPublish {
+                receipt: Receipt {
+                    stream: stream.clone(),
+                    sequence: last,
+                    timestamp: (self.inner.options.clock)(),
+                },
+                first_sequence: last + 1,
+                stream: state,
+                ack: self.inner.options.ack,
+            });
+        }
         loop {
             let notified = state.advanced.notified();
-            let head = state.last_assigned.load(Ordering::Acquire) + 1;
+            let head = state.last_assigned.load(Ordering::Acquire) + count;
             let Some((sink, lag, budget, when_full)) = state.over_budget(head) else {
                 break;
             };
@@ -483,52 +538,72 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                         "required sink {sink:?} of stream {stream} is {lag} events behind (budget {budget})"
                     ),
                 );
-                return Err(PublishError::new(error, Some(event)));
+                return Err(PublishErrorParts {
+                    error,
+                    event: Some(events),
+                });
             }
             notified.await;
         }
         let mut sequencer = state.sequencer.lock().await;
-        if let Some(failure) = state.log.failure() {
-            return Err(PublishError::new(failure, Some(event)));
-        }
-        let sequence = sequencer.last() + 1;
-        if sequence > Sequencer::MAX {
-            let err = Error::new(
+        let first = sequencer.last() + 1;
+        if first + count - 1 > Sequencer::MAX {
+            let error = Error::new(
                 ErrorKind::Internal,
                 "sequence space of the stream is exhausted",
             );
-            return Err(PublishError::new(err, Some(event)));
+            return Err(PublishErrorParts {
+                error,
+                event: Some(events),
+            });
         }
-        let original = event.clone();
         let timestamp = (self.inner.options.clock)();
-        event.assign(&Assignment {
-            stream: stream.clone(),
-            sequence,
-            timestamp,
-        });
-        let encoded = Arc::new(EncodedEvent::new(stream.clone(), event));
-        let payload = match encoded.record(self.inner.codec.as_ref(), self.inner.log_encoding) {
-            Ok(record) => record.bytes().clone(),
-            Err(err) => return Err(PublishError::new(err.into(), Some(original))),
-        };
-        let append = Append {
-            sequence,
-            timestamp,
-            payload,
-            item: encoded,
-        };
-        if let Err(err) = state.log.append(append).await {
-            return Err(PublishError::new(err, Some(original)));
+        let mut appends = Vec::with_capacity(events.len());
+        let mut rest = std::mem::take(&mut events).into_iter().enumerate();
+        while let Some((i, mut event)) = rest.next() {
+            event.assign(&Assignment {
+                stream: stream.clone(),
+                sequence: first + i as u64,
+                timestamp,
+            });
+            let encoded = Arc::new(EncodedEvent::new(stream.clone(), event));
+            match encoded.bytes(self.inner.codec.as_ref(), self.inner.log_encoding) {
+                Ok(payload) => appends.push(Append {
+                    sequence: first + i as u64,
+                    timestamp,
+                    payload,
+                    item: encoded,
+                }),
+                Err(err) => {
+                    let mut back = take_events(appends);
+                    back.extend(Arc::try_unwrap(encoded).ok().map(EncodedEvent::into_event));
+                    back.extend(rest.map(|(_, e)| e));
+                    return Err(PublishErrorParts {
+                        error: err.into(),
+                        event: Some(back),
+                    });
+                }
+            }
         }
-        let _ = sequencer.advance();
-        state.last_assigned.store(sequence, Ordering::Release);
+        if let Err((error, appends)) = state.log.append_all(appends).await {
+            return Err(PublishErrorParts {
+                error,
+                event: Some(take_events(appends)),
+            });
+        }
+        for _ in 0..count {
+            let _ = sequencer.advance();
+        }
+        let last = first + count - 1;
+        state.last_assigned.store(last, Ordering::Release);
         drop(sequencer);
         Ok(PendingPublish {
             receipt: Receipt {
                 stream: stream.clone(),
-                sequence,
+                sequence: last,
                 timestamp,
             },
+            first_sequence: first,
             stream: state,
             ack: self.inner.options.ack,
         })
@@ -536,7 +611,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
 
     /// Every sink's snapshot in every stream.
     pub async fn sink_snapshots(&self) -> Vec<SinkSnapshot> {
-        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        let streams: Vec<_> = lock(&self.inner.streams).values().cloned().collect();
         let mut out = Vec::new();
         for state in streams {
             let head = state.log.progress().borrow().visible;
@@ -548,7 +623,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
 
     /// Every stream's snapshot.
     pub async fn stream_snapshots(&self) -> Vec<StreamSnapshot> {
-        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        let streams: Vec<_> = lock(&self.inner.streams).values().cloned().collect();
         let mut out: Vec<_> = streams
             .iter()
             .map(|state| {
@@ -573,10 +648,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
 
     /// What recovery found when `stream`'s log was opened.
     pub async fn recovery(&self, stream: &StreamId) -> Option<Recovery> {
-        self.inner
-            .streams
-            .lock()
-            .await
+        lock(&self.inner.streams)
             .get(stream)
             .map(|s| s.recovery.clone())
     }
@@ -584,7 +656,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
     /// Waits until every sink of every stream has applied (or skipped past)
     /// everything acknowledged so far.
     pub async fn wait_caught_up(&self) {
-        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        let streams: Vec<_> = lock(&self.inner.streams).values().cloned().collect();
         for state in streams {
             loop {
                 let notified = state.advanced.notified();
@@ -612,11 +684,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         from: u64,
         encoding: Encoding,
     ) -> Result<crate::replay::Replay<E>, Error> {
-        let state = self
-            .inner
-            .streams
-            .lock()
-            .await
+        let state = lock(&self.inner.streams)
             .get(stream)
             .cloned()
             .ok_or_else(|| Error::new(ErrorKind::Config, format!("stream {stream} is not open")))?;
@@ -666,7 +734,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                 first_error.get_or_insert(err.into_error());
             }
         }
-        let streams: Vec<_> = self.inner.streams.lock().await.values().cloned().collect();
+        let streams: Vec<_> = lock(&self.inner.streams).values().cloned().collect();
         for state in streams {
             let closed = tokio::task::spawn_blocking(move || state.log.close()).await;
             if let Ok(Err(err)) = closed {
@@ -685,6 +753,30 @@ impl<E: ReplicationEvent> Replicator<E> for DurableReplicator<E> {
             .await
             .map_err(|e| PublishError::new(e, None))
     }
+}
+
+/// A failed [`DurableReplicator::submit_all`]: the reason, and the events
+/// handed back.
+#[derive(Debug)]
+pub struct PublishErrorParts<T> {
+    /// Why.
+    pub error: Error,
+    /// The events, when none was queued.
+    pub event: Option<T>,
+}
+
+impl<T> std::fmt::Display for PublishErrorParts<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "publish failed: {}", self.error)
+    }
+}
+
+/// The events of appends that were not queued, with their assignment.
+fn take_events<E>(appends: Vec<Append<Arc<EncodedEvent<E>>>>) -> Vec<E> {
+    appends
+        .into_iter()
+        .filter_map(|a| Arc::try_unwrap(a.item).ok().map(EncodedEvent::into_event))
+        .collect()
 }
 
 /// The highest checkpoint any sink saved for `stream`.

@@ -66,13 +66,37 @@ pub(crate) async fn run(data_dir: &Path, stream: &str) -> anyhow::Result<ExitCod
     drop(tx);
     reader.await.context("stdin reader failed")??;
     printer.await.context("receipt printer failed")??;
-    replicator.wait_caught_up().await;
+    wait_for_sinks(&replicator).await?;
     replicator.close().await?;
     writeln!(
         io::stderr(),
         "published {published} events to stream {stream} ({invalid} invalid lines); sinks caught up"
     )?;
     Ok(exit_status(invalid == 0))
+}
+
+/// Waits until the sinks have everything, saying what it waits for every
+/// few seconds (a sink that keeps failing is retried until it recovers).
+async fn wait_for_sinks(replicator: &DurableReplicator<Event>) -> anyhow::Result<()> {
+    let caught_up = replicator.wait_caught_up();
+    tokio::pin!(caught_up);
+    loop {
+        tokio::select! {
+            () = &mut caught_up => return Ok(()),
+            () = tokio::time::sleep(std::time::Duration::from_secs(3)) => {
+                for sink in replicator.sink_snapshots().await.iter().filter(|s| s.lag_events > 0) {
+                    writeln!(
+                        io::stderr(),
+                        "waiting for sink {} of stream {}: {} events behind{}",
+                        sink.sink,
+                        sink.stream,
+                        sink.lag_events,
+                        sink.last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                    )?;
+                }
+            }
+        }
+    }
 }
 
 fn read_lines(tx: &mpsc::Sender<(u64, Vec<u8>)>) -> io::Result<()> {

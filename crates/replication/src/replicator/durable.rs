@@ -124,12 +124,16 @@ impl<E: ReplicationEvent> StreamState<E> {
         self.advanced.notify_waiters();
     }
 
-    /// The first required sink over its budget, if any.
-    fn over_budget(&self, head: u64) -> Option<(String, u64, u64, WhenFull)> {
+    /// The first required sink that `count` more events would put over
+    /// its budget, with its current lag. A sink that has caught up admits
+    /// a submission of any size, so a batch larger than the budget cannot
+    /// wait forever.
+    fn over_budget(&self, count: u64) -> Option<(String, u64, u64, WhenFull)> {
+        let last = self.last_assigned.load(Ordering::Acquire);
         lock(&self.drivers).iter().find_map(|d| {
             let (budget, when_full) = d.budget()?;
-            let lag = head.saturating_sub(d.cursor());
-            (lag > budget).then(|| (d.sink.clone(), lag - 1, budget, when_full))
+            let lag = last.saturating_sub(d.cursor());
+            (lag > 0 && lag + count > budget).then(|| (d.sink.clone(), lag, budget, when_full))
         })
     }
 
@@ -527,8 +531,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         }
         loop {
             let notified = state.advanced.notified();
-            let head = state.last_assigned.load(Ordering::Acquire) + count;
-            let Some((sink, lag, budget, when_full)) = state.over_budget(head) else {
+            let Some((sink, lag, budget, when_full)) = state.over_budget(count) else {
                 break;
             };
             if when_full == WhenFull::Reject {
@@ -654,13 +657,13 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
     }
 
     /// Waits until every sink of every stream has applied (or skipped past)
-    /// everything acknowledged so far.
+    /// everything submitted so far (or the stream's log stopped).
     pub async fn wait_caught_up(&self) {
         let streams: Vec<_> = lock(&self.inner.streams).values().cloned().collect();
         for state in streams {
             loop {
                 let notified = state.advanced.notified();
-                let target = state.log.progress().borrow().acked;
+                let target = state.last_assigned.load(Ordering::Acquire);
                 let behind = lock(&state.drivers).iter().any(|d| d.cursor() < target);
                 if !behind || state.log.failure().is_some() {
                     break;

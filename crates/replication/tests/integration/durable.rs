@@ -310,6 +310,44 @@ async fn a_reject_sink_hands_the_event_back_when_over_budget() {
 }
 
 #[tokio::test]
+async fn a_batch_larger_than_the_budget_is_admitted_once_the_sink_caught_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::None).await;
+    let sink = FaultySink::new();
+    let opts = SinkOptions {
+        mode: DeliveryMode::Required {
+            max_lag_events: 5,
+            when_full: WhenFull::Block,
+        },
+        ..sink_options()
+    };
+    replicator
+        .add_sink("required", sink.clone().shared(), opts)
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..50).map(|i| Note::new(&format!("b{i}"))).collect();
+    let pending = replicator
+        .submit_all(&StreamId::default(), batch)
+        .await
+        .unwrap();
+    assert_eq!(pending.sequences(), 1..=50);
+    pending.durable().await.unwrap();
+    let again: Vec<_> = (0..50).map(|i| Note::new(&format!("c{i}"))).collect();
+    let pending = replicator
+        .submit_all(&StreamId::default(), again)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.sequences(),
+        51..=100,
+        "waited for the sink, then admitted"
+    );
+    replicator.wait_caught_up().await;
+    assert_eq!(sink.sequences(), (1..=100).collect::<Vec<_>>());
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn acknowledgement_can_wait_for_required_sinks() {
     let dir = tempfile::tempdir().unwrap();
     let replicator = DurableReplicator::open(

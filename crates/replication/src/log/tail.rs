@@ -27,7 +27,7 @@ pub(crate) struct Tail<T> {
     max_bytes: usize,
 }
 
-/// The answer to [`Tail::read`].
+/// The answer to [`StreamLog::read_tail`](crate::log::StreamLog::read_tail).
 #[derive(Debug)]
 pub enum TailRead<T> {
     /// Records from the requested sequence on.

@@ -72,6 +72,7 @@ pub mod replicator;
 pub mod sequencer;
 pub mod sink;
 pub mod stream;
+pub mod telemetry;
 pub mod time;
 
 pub use delivery::{

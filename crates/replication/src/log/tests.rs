@@ -210,7 +210,23 @@ async fn a_torn_tail_is_cut_and_reported_and_earlier_records_survive() {
     let file = OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(len - 5).unwrap();
     drop(file);
-    let (log, recovery) = open(dir.path(), options(Durability::Fsync));
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (log, recovery) =
+        metrics::with_local_recorder(&recorder, || open(dir.path(), options(Durability::Fsync)));
+    let counted: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key.key().name().to_owned(), value))
+        .collect();
+    assert!(
+        counted.contains(&(
+            crate::telemetry::LOG_RECOVERY_CUT_BYTES.to_owned(),
+            metrics_util::debugging::DebugValue::Counter(recovery.cut_bytes)
+        )),
+        "{counted:?}"
+    );
     assert_eq!(recovery.last_sequence, 19);
     assert!(recovery.cut_bytes > 0);
     assert_eq!(

@@ -18,6 +18,7 @@ use crate::log::options::{Durability, LogOptions};
 use crate::log::reader::LogReader;
 use crate::log::tail::{Tail, TailEntry, TailRead};
 use crate::stream::StreamId;
+use crate::telemetry;
 use crate::time::Timestamp;
 
 /// One record to append.
@@ -133,6 +134,17 @@ impl<T: Clone + Send + Sync + 'static> StreamLog<T> {
         } else {
             (None, Recovery::default())
         };
+        if recovery.cut_bytes > 0 {
+            tracing::warn!(
+                stream = %stream, bytes = recovery.cut_bytes,
+                reason = recovery.cut_reason.as_deref().unwrap_or_default(),
+                "cut a damaged tail from the log"
+            );
+            let labels = [("stream", stream.as_str().to_owned())];
+            metrics::counter!(telemetry::LOG_RECOVERY_CUT_BYTES, &labels)
+                .increment(recovery.cut_bytes);
+            metrics::counter!(telemetry::LOG_RECOVERY_CUTS, &labels).increment(1);
+        }
         let last = recovery.last_sequence;
         let pending = options.max_pending_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {

@@ -351,13 +351,6 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             );
             last = highest_checkpoint;
         }
-        if recovery.cut_bytes > 0 {
-            tracing::warn!(
-                stream = %id, bytes = recovery.cut_bytes,
-                reason = recovery.cut_reason.as_deref().unwrap_or_default(),
-                "cut a damaged tail from the log"
-            );
-        }
         let state = Arc::new(StreamState {
             id: id.clone(),
             log,

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use omnirelay_replication::{ErrorKind, Record, Sink, SinkError};
+use omnirelay_replication::{ErrorKind, OwnedRecord, Record, Sink, SinkError};
 use tokio::sync::watch;
 
 /// Records every record it applies (duplicates included: it is
@@ -17,7 +17,7 @@ pub struct FaultySink {
 
 #[derive(Debug, Default)]
 struct State {
-    applied: Vec<Record>,
+    applied: Vec<OwnedRecord>,
     failing: Option<ErrorKind>,
     poison: BTreeSet<u64>,
     attempts: Vec<tokio::time::Instant>,
@@ -70,11 +70,15 @@ impl FaultySink {
 
     /// Sequences applied, in order, duplicates included.
     pub fn sequences(&self) -> Vec<u64> {
-        self.lock().applied.iter().map(Record::sequence).collect()
+        self.lock()
+            .applied
+            .iter()
+            .map(OwnedRecord::sequence)
+            .collect()
     }
 
     /// Records applied, in order.
-    pub fn records(&self) -> Vec<Record> {
+    pub fn records(&self) -> Vec<OwnedRecord> {
         self.lock().applied.clone()
     }
 
@@ -86,7 +90,7 @@ impl FaultySink {
 }
 
 impl Sink for FaultySink {
-    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         self.lock().attempts.push(tokio::time::Instant::now());
         let mut open = self.open.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
@@ -99,7 +103,9 @@ impl Sink for FaultySink {
             .iter()
             .take_while(|r| !state.poison.contains(&r.sequence()))
             .count();
-        state.applied.extend_from_slice(&batch[..clean]);
+        state
+            .applied
+            .extend(batch[..clean].iter().map(Record::to_owned));
         if clean == batch.len() {
             return Ok(());
         }

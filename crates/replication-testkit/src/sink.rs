@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use omnirelay_replication::{ErrorKind, Record, Sink, SinkError};
+use omnirelay_replication::{ErrorKind, OwnedRecord, Record, Sink, SinkError};
 
 /// What a [`ScriptedSink`] does with the next batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct ScriptedSink {
 
 #[derive(Debug, Default)]
 struct State {
-    applied: Vec<Record>,
+    applied: Vec<OwnedRecord>,
     script: VecDeque<Step>,
     batches: usize,
 }
@@ -60,11 +60,15 @@ impl ScriptedSink {
 
     /// Sequences applied, in order, duplicates included.
     pub fn sequences(&self) -> Vec<u64> {
-        self.lock().applied.iter().map(Record::sequence).collect()
+        self.lock()
+            .applied
+            .iter()
+            .map(OwnedRecord::sequence)
+            .collect()
     }
 
     /// Records applied, in order.
-    pub fn records(&self) -> Vec<Record> {
+    pub fn records(&self) -> Vec<OwnedRecord> {
         self.lock().applied.clone()
     }
 
@@ -75,7 +79,7 @@ impl ScriptedSink {
 }
 
 impl Sink for ScriptedSink {
-    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         let step = {
             let mut state = self.lock();
             state.batches += 1;
@@ -89,7 +93,9 @@ impl Sink for ScriptedSink {
             Step::ApplyThenFail(n, kind) => (n.min(batch.len()), Some(kind)),
             Step::Fail(kind) => (0, Some(kind)),
         };
-        self.lock().applied.extend_from_slice(&batch[..take]);
+        self.lock()
+            .applied
+            .extend(batch[..take].iter().map(Record::to_owned));
         match failure {
             None => Ok(()),
             Some(kind) => {

@@ -82,10 +82,10 @@ pub use delivery::{
 pub use error::{BoxError, Error, ErrorKind, PublishError, SinkError};
 pub use event::{
     Assignment, Codec, CodecError, CodecErrorKind, Encoding, EventKind, Format, ReplicationEvent,
-    WireVersion,
+    WireVersion, encode_batch_contiguously,
 };
 pub use log::{Durability, LogOptions, Retention};
-pub use record::{EncodedEvent, Record, RecordHeader};
+pub use record::{EventBatch, Form, OwnedRecord, Record, RecordHeader};
 pub use replay::{Replay, Replayed};
 pub use replicator::{
     Ack, CompositeOutcome, CompositeReplicator, DurableOptions, DurableReplicator, DynReplicator,

@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind};
 use crate::event::{Codec, CodecErrorKind, Encoding, ReplicationEvent};
-use crate::log::{LogReader, Records};
-use crate::record::{EncodedEvent, Record};
+use crate::log::{LogReader, Records, TailSlice};
+use crate::record::{EventBatch, OwnedRecord};
 use crate::stream::StreamId;
 
 /// One step of a [`Replay`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Replayed {
     /// The next record, in the requested encoding.
-    Record(Record),
+    Record(OwnedRecord),
     /// A record with no form in the requested encoding (an event type the
     /// version lacks), left out.
     Skipped {
@@ -33,8 +33,14 @@ pub struct Replay<E> {
 }
 
 enum Source<E> {
-    Log { records: Records, stream: StreamId },
-    Events(std::vec::IntoIter<Arc<EncodedEvent<E>>>),
+    Log {
+        records: Records,
+        stream: StreamId,
+    },
+    Slices(
+        std::vec::IntoIter<TailSlice<EventBatch<E>>>,
+        Option<(TailSlice<EventBatch<E>>, usize)>,
+    ),
 }
 
 impl<E> std::fmt::Debug for Replay<E> {
@@ -93,29 +99,37 @@ impl<E: ReplicationEvent> Replay<E> {
         }
     }
 
-    pub(crate) fn from_events(
-        events: Vec<Arc<EncodedEvent<E>>>,
+    pub(crate) fn from_slices(
+        slices: Vec<TailSlice<EventBatch<E>>>,
         codec: Arc<dyn Codec<E>>,
         encoding: Encoding,
     ) -> Self {
         Self {
-            source: Source::Events(events.into_iter()),
+            source: Source::Slices(slices.into_iter(), None),
             codec,
             encoding,
         }
     }
 
-    fn form(&self, event: &EncodedEvent<E>) -> Result<Replayed, Error> {
-        let sequence = event.header().sequence;
-        match event.record(self.codec.as_ref(), self.encoding) {
-            Ok(record) => Ok(Replayed::Record(record)),
-            Err(err) if err.kind() == CodecErrorKind::Unrepresentable => Ok(Replayed::Skipped {
-                sequence,
-                reason: err.to_string(),
-            }),
-            Err(err) => Err(Error::new(
+    /// The `index`-th event of `batch` in the requested encoding.
+    fn form(&self, batch: &EventBatch<E>, index: usize) -> Result<Replayed, Error> {
+        let sequence = batch.headers().get(index).map_or(0, |h| h.sequence);
+        let form = batch.form(self.codec.as_ref(), self.encoding);
+        match batch.record(index, self.encoding, &form) {
+            Some(Ok(record)) => Ok(Replayed::Record(record.to_owned())),
+            Some(Err(err)) if err.kind() == CodecErrorKind::Unrepresentable => {
+                Ok(Replayed::Skipped {
+                    sequence,
+                    reason: err.to_string(),
+                })
+            }
+            Some(Err(err)) => Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("sequence {sequence}: {err}"),
+            )),
+            None => Err(Error::new(
+                ErrorKind::Internal,
+                format!("sequence {sequence} is not in its batch"),
             )),
         }
     }
@@ -128,8 +142,19 @@ impl<E: ReplicationEvent> Iterator for Replay<E> {
     /// replay goes on after it. A damaged log ends the replay after an
     /// error item.
     fn next(&mut self) -> Option<Self::Item> {
-        let encoded = match &mut self.source {
-            Source::Events(events) => events.next()?,
+        match &mut self.source {
+            Source::Slices(slices, current) => loop {
+                if let Some((slice, at)) = current
+                    && *at < slice.range.end
+                {
+                    let (batch, index) = (slice.batch.clone(), *at);
+                    *at += 1;
+                    return Some(self.form(&batch, index));
+                }
+                let next = slices.next()?;
+                let start = next.range.start;
+                *current = Some((next, start));
+            },
             Source::Log { records, stream } => {
                 let stored = match records.next()? {
                     Ok(stored) => stored,
@@ -144,11 +169,13 @@ impl<E: ReplicationEvent> Iterator for Replay<E> {
                         )));
                     }
                 };
-                let encoded = EncodedEvent::new(stream.clone(), event);
-                encoded.seed(stored.encoding, stored.payload);
-                Arc::new(encoded)
+                let batch = EventBatch::from_stored(
+                    stream,
+                    vec![(stored.sequence, stored.timestamp, event, stored.payload)],
+                    stored.encoding,
+                );
+                Some(self.form(&batch, 0))
             }
-        };
-        Some(self.form(&encoded))
+        }
     }
 }

@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::error::SinkError;
-use crate::record::Record;
+use crate::record::{OwnedRecord, Record};
 use crate::stream::StreamId;
 
 pub mod dedup;
@@ -64,7 +64,7 @@ pub trait Sink: Send + Sync + 'static {
     /// Dropping the future may leave a prefix of the batch applied; the
     /// framework re-delivers from the sink's checkpoint, which idempotency
     /// makes harmless.
-    fn apply(&self, batch: &[Record]) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn apply(&self, batch: &[Record<'_>]) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// The highest sequence of `stream` the sink holds durably, if it keeps
     /// track; delivery resumes after it.
@@ -99,7 +99,7 @@ pub trait Sink: Send + Sync + 'static {
 /// The object-safe twin of [`Sink`], implemented for every `Sink`.
 pub trait DynSink: Send + Sync + 'static {
     /// See [`Sink::apply`].
-    fn apply_dyn<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), SinkError>>;
+    fn apply_dyn<'a>(&'a self, batch: &'a [Record<'a>]) -> BoxFuture<'a, Result<(), SinkError>>;
     /// See [`Sink::checkpoint`].
     fn checkpoint_dyn<'a>(
         &'a self,
@@ -112,7 +112,7 @@ pub trait DynSink: Send + Sync + 'static {
 }
 
 impl<S: Sink> DynSink for S {
-    fn apply_dyn<'a>(&'a self, batch: &'a [Record]) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn apply_dyn<'a>(&'a self, batch: &'a [Record<'a>]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(self.apply(batch))
     }
 
@@ -136,7 +136,7 @@ impl<S: Sink> DynSink for S {
 pub type SharedSink = Arc<dyn DynSink>;
 
 impl Sink for SharedSink {
-    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         (**self).apply_dyn(batch).await
     }
 
@@ -164,6 +164,22 @@ pub trait SinkExt: Sink + Sized {
     /// and peer; see [`Deduplicating`].
     fn deduplicating(self) -> Deduplicating<Self> {
         Deduplicating::new(self)
+    }
+
+    /// Applies records held as [`OwnedRecord`]s (replayed, or read back
+    /// from a dead-letter log).
+    ///
+    /// # Errors
+    ///
+    /// As [`Sink::apply`].
+    fn apply_owned(
+        &self,
+        records: &[OwnedRecord],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async move {
+            let borrowed: Vec<Record<'_>> = records.iter().map(OwnedRecord::as_record).collect();
+            self.apply(&borrowed).await
+        }
     }
 }
 

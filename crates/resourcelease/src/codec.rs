@@ -1,7 +1,9 @@
 //! Encoding and decoding by [`Encoding`], and the framework codec.
 
 use bytes::Bytes;
-use omnirelay_replication::{Codec, CodecError, Encoding, Format, WireVersion};
+use omnirelay_replication::{
+    Codec, CodecError, Encoding, Format, WireVersion, encode_batch_contiguously,
+};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::event::ResourceLeaseReplicationEvent;
@@ -55,6 +57,20 @@ impl Codec<ResourceLeaseReplicationEvent> for ResourceLeaseCodec {
         encoding: Encoding,
     ) -> Result<Bytes, CodecError> {
         Ok(Bytes::from(encode(event, encoding)?))
+    }
+
+    fn encode_batch(
+        &self,
+        events: &[ResourceLeaseReplicationEvent],
+        encoding: Encoding,
+    ) -> Vec<Result<Bytes, CodecError>> {
+        encode_batch_contiguously(events, |event, out| {
+            match encoding.format {
+                Format::Json => json::encode_into(event, encoding.version, out)?,
+                _ => out.extend_from_slice(&encode(event, encoding)?),
+            }
+            Ok(())
+        })
     }
 
     fn decode(

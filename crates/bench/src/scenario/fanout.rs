@@ -22,7 +22,7 @@ const BATCH: usize = 512;
 struct Counting(Arc<AtomicU64>);
 
 impl Sink for Counting {
-    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         let bytes: usize = batch.iter().map(|r| r.bytes().len()).sum();
         std::hint::black_box(bytes);
         self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);

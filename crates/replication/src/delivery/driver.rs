@@ -12,8 +12,9 @@ use crate::delivery::{
 };
 use crate::error::{Error, ErrorKind};
 use crate::event::{Codec, CodecErrorKind, EventKind, ReplicationEvent};
+use crate::log::{LogBatch, TailSlice};
 use crate::log::{StoredRecord, TailRead};
-use crate::record::{EncodedEvent, Record, RecordHeader};
+use crate::record::{EventBatch, Record, RecordHeader};
 use crate::replicator::durable::StreamState;
 use crate::sink::SharedSink;
 use crate::stream::StreamId;
@@ -126,25 +127,29 @@ pub(crate) struct Driver<E> {
     pub(crate) seed: u64,
 }
 
-/// One record of a batch.
-enum Item<E> {
-    Event(Arc<EncodedEvent<E>>),
+/// A run of records to deliver.
+enum Piece<E> {
+    /// Records of an event batch (from the tail, or decoded from disk).
+    Slice(TailSlice<EventBatch<E>>),
     /// A stored record the codec cannot read: straight to the dead letters.
     Unreadable(StoredRecord, Error),
 }
 
-impl<E> Item<E> {
-    fn sequence(&self) -> u64 {
+impl<E> Piece<E> {
+    fn first(&self) -> (u64, Timestamp) {
         match self {
-            Self::Event(e) => e.header().sequence,
-            Self::Unreadable(r, _) => r.sequence,
+            Self::Slice(s) => {
+                let h = &s.batch.headers()[s.range.start];
+                (h.sequence, h.timestamp)
+            }
+            Self::Unreadable(r, _) => (r.sequence, r.timestamp),
         }
     }
 
-    fn timestamp(&self) -> Timestamp {
+    fn last_sequence(&self) -> u64 {
         match self {
-            Self::Event(e) => e.header().timestamp,
-            Self::Unreadable(r, _) => r.timestamp,
+            Self::Slice(s) => s.batch.first_sequence() + s.range.end as u64 - 1,
+            Self::Unreadable(r, _) => r.sequence,
         }
     }
 }
@@ -199,8 +204,8 @@ impl<E: ReplicationEvent> Driver<E> {
             if self.linger(cursor, visible).await.is_err() {
                 break;
             }
-            let items = match self.fetch(cursor).await {
-                Ok(Fetched::Items(items)) => items,
+            let pieces = match self.fetch(cursor).await {
+                Ok(Fetched::Pieces(pieces)) => pieces,
                 Ok(Fetched::SkipTo(first)) => {
                     self.discard(cursor, first);
                     cursor = first - 1;
@@ -215,16 +220,16 @@ impl<E: ReplicationEvent> Driver<E> {
                     continue;
                 }
             };
-            let Some(last) = items.last().map(Item::sequence) else {
+            let Some(last) = pieces.last().map(Piece::last_sequence) else {
                 continue;
             };
-            if let Some(first) = items.first() {
-                if first.sequence() > cursor + 1 {
-                    self.discard(cursor, first.sequence());
+            if let Some((first, timestamp)) = pieces.first().map(Piece::first) {
+                if first > cursor + 1 {
+                    self.discard(cursor, first);
                 }
-                self.shared.counters().oldest_pending = Some(first.timestamp());
+                self.shared.counters().oldest_pending = Some(timestamp);
             }
-            match self.deliver(items, &mut cursor).await {
+            match self.deliver(pieces, &mut cursor).await {
                 Ok(()) => {}
                 Err(Stop::Shutdown) => break,
             }
@@ -305,9 +310,9 @@ impl<E: ReplicationEvent> Driver<E> {
         let from = cursor + 1;
         let log = &self.stream.log;
         let older = match log.read_tail(from, batch.max_events, batch.max_bytes) {
-            TailRead::Entries(entries) => {
-                return Ok(Fetched::Items(
-                    entries.into_iter().map(|e| Item::Event(e.item)).collect(),
+            TailRead::Slices(slices) => {
+                return Ok(Fetched::Pieces(
+                    slices.into_iter().map(Piece::Slice).collect(),
                 ));
             }
             TailRead::Before(first) => Some(first),
@@ -317,7 +322,7 @@ impl<E: ReplicationEvent> Driver<E> {
             // The memory ring dropped what this sink had not read.
             return Ok(match older {
                 Some(first) => Fetched::SkipTo(first),
-                None => Fetched::Items(Vec::new()),
+                None => Fetched::Pieces(Vec::new()),
             });
         };
         let visible = log.progress().borrow().visible;
@@ -326,22 +331,39 @@ impl<E: ReplicationEvent> Driver<E> {
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "log read task failed").with_source(e))??;
-        let stream = self.stream.id.clone();
-        Ok(Fetched::Items(
-            stored
-                .into_iter()
-                .map(
-                    |record| match self.codec.decode(record.encoding.format, &record.payload) {
-                        Ok(event) => {
-                            let encoded = EncodedEvent::new(stream.clone(), event);
-                            encoded.seed(record.encoding, record.payload.clone());
-                            Item::Event(Arc::new(encoded))
-                        }
-                        Err(err) => Item::Unreadable(record, err.into()),
-                    },
-                )
-                .collect(),
-        ))
+        // Consecutive readable records become one event batch.
+        let mut pieces = Vec::new();
+        let mut run = Vec::new();
+        let mut run_encoding = None;
+        let flush = |run: &mut Vec<(u64, Timestamp, E, bytes::Bytes)>,
+                     encoding: Option<crate::event::Encoding>,
+                     pieces: &mut Vec<Piece<E>>| {
+            if let (false, Some(encoding)) = (run.is_empty(), encoding) {
+                let batch = EventBatch::from_stored(&self.stream.id, std::mem::take(run), encoding);
+                let len = batch.len();
+                pieces.push(Piece::Slice(TailSlice {
+                    batch: Arc::new(batch),
+                    range: 0..len,
+                }));
+            }
+        };
+        for record in stored {
+            if run_encoding.is_some_and(|e| e != record.encoding) {
+                flush(&mut run, run_encoding, &mut pieces);
+            }
+            match self.codec.decode(record.encoding.format, &record.payload) {
+                Ok(event) => {
+                    run_encoding = Some(record.encoding);
+                    run.push((record.sequence, record.timestamp, event, record.payload));
+                }
+                Err(err) => {
+                    flush(&mut run, run_encoding, &mut pieces);
+                    pieces.push(Piece::Unreadable(record, err.into()));
+                }
+            }
+        }
+        flush(&mut run, run_encoding, &mut pieces);
+        Ok(Fetched::Pieces(pieces))
     }
 
     fn discard(&self, cursor: u64, first: u64) {
@@ -366,34 +388,39 @@ impl<E: ReplicationEvent> Driver<E> {
     /// Encodes the batch for the sink and applies it, retrying transient
     /// failures and dead-lettering poison records. Moves `cursor` as far
     /// as the sink durably got.
-    async fn deliver(&mut self, items: Vec<Item<E>>, cursor: &mut u64) -> Result<(), Stop> {
+    async fn deliver(&mut self, pieces: Vec<Piece<E>>, cursor: &mut u64) -> Result<(), Stop> {
         let encoding = self.shared.options.encoding;
-        let mut records = Vec::with_capacity(items.len());
-        for item in items {
-            match item {
-                Item::Event(event) => match event.record(self.codec.as_ref(), encoding) {
-                    Ok(record) => records.push(record),
-                    Err(err) if err.kind() == CodecErrorKind::Unrepresentable => {
-                        self.shared.counters().skipped += 1;
+        let forms: Vec<_> = pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Slice(slice) => Some(slice.batch.form(self.codec.as_ref(), encoding)),
+                Piece::Unreadable(..) => None,
+            })
+            .collect();
+        let mut records: Vec<Record<'_>> = Vec::with_capacity(self.shared.options.batch.max_events);
+        let mut letters = Vec::new();
+        let log_encoding = self.stream.log.encoding().to_string();
+        for (piece, form) in pieces.iter().zip(&forms) {
+            match (piece, form) {
+                (Piece::Slice(slice), Some(form)) => {
+                    for index in slice.range.clone() {
+                        match slice.batch.record(index, encoding, form) {
+                            Some(Ok(record)) => records.push(record),
+                            Some(Err(err)) if err.kind() == CodecErrorKind::Unrepresentable => {
+                                self.shared.counters().skipped += 1;
+                            }
+                            Some(Err(err)) => letters.push(DeadLetter::new(
+                                &self.shared.sink,
+                                &slice.batch.headers()[index],
+                                &log_encoding,
+                                slice.batch.payload(index),
+                                &err.clone().into(),
+                            )),
+                            None => {}
+                        }
                     }
-                    Err(err) => {
-                        let log_form =
-                            event.record(self.codec.as_ref(), self.stream.log.encoding());
-                        let (bytes, form) = match &log_form {
-                            Ok(r) => (r.bytes().to_vec(), r.encoding().to_string()),
-                            Err(_) => (Vec::new(), String::new()),
-                        };
-                        let letter = DeadLetter::new(
-                            &self.shared.sink,
-                            event.header(),
-                            &form,
-                            &bytes,
-                            &err.into(),
-                        );
-                        self.dead_letter(letter).await?;
-                    }
-                },
-                Item::Unreadable(stored, err) => {
+                }
+                (Piece::Unreadable(stored, err), _) => {
                     let header = RecordHeader {
                         stream: self.stream.id.clone(),
                         sequence: stored.sequence,
@@ -404,20 +431,23 @@ impl<E: ReplicationEvent> Driver<E> {
                         },
                         peer: None,
                     };
-                    let letter = DeadLetter::new(
+                    letters.push(DeadLetter::new(
                         &self.shared.sink,
                         &header,
                         &stored.encoding.to_string(),
                         &stored.payload,
-                        &err,
-                    );
-                    self.dead_letter(letter).await?;
+                        err,
+                    ));
                 }
+                (Piece::Slice(_), None) => {}
             }
+        }
+        for letter in letters {
+            self.dead_letter(letter).await?;
         }
         let mut backoff = Backoff::new(self.shared.options.retry, self.seed);
         self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut rest: &[Record] = &records;
+        let mut rest: &[Record<'_>] = &records;
         let mut one_by_one = false;
         while !rest.is_empty() {
             let chunk = if one_by_one { &rest[..1] } else { rest };
@@ -491,7 +521,7 @@ impl<E: ReplicationEvent> Driver<E> {
         Ok(())
     }
 
-    fn applied(&self, records: &[Record], cursor: &mut u64) {
+    fn applied(&self, records: &[Record<'_>], cursor: &mut u64) {
         if let Some(last) = records.last() {
             *cursor = last.sequence();
             let mut c = self.shared.counters();
@@ -561,7 +591,7 @@ impl<E: ReplicationEvent> Driver<E> {
 }
 
 enum Fetched<E> {
-    Items(Vec<Item<E>>),
+    Pieces(Vec<Piece<E>>),
     /// The records before this sequence are gone (memory ring).
     SkipTo(u64),
 }

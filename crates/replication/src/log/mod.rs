@@ -13,6 +13,25 @@
 //! - [`LogReader`] reads from any sequence, read-only and without a lock,
 //!   beside a running writer, and verifies the files.
 
+use crate::time::Timestamp;
+
+/// Consecutive records to append: what [`StreamLog`] stores and keeps in
+/// its in-memory tail.
+pub trait LogBatch: Send + Sync + 'static {
+    /// The sequence of the first record.
+    fn first_sequence(&self) -> u64;
+    /// How many records.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The timestamp of the `index`-th record.
+    fn timestamp(&self, index: usize) -> Timestamp;
+    /// The encoded `index`-th record, in the log's encoding.
+    fn payload(&self, index: usize) -> &[u8];
+}
+
 mod disk;
 pub mod frame;
 mod meta;
@@ -29,5 +48,5 @@ pub(crate) use meta::write_atomically;
 pub use meta::{LastCut, StreamMeta, read_meta};
 pub use options::{Durability, LogOptions, Retention};
 pub use reader::{LogReader, Records, StoredRecord, VerifyReport};
-pub use tail::{TailEntry, TailRead};
-pub use writer::{Append, LogStats, Progress, StreamLog};
+pub use tail::{TailRead, TailSlice};
+pub use writer::{LogStats, Progress, StreamLog};

@@ -1,27 +1,48 @@
-//! The in-memory tail of a stream's log: the newest records, for sinks that
+//! The in-memory tail of a stream's log: the newest batches, for sinks that
 //! keep up (and, for `memory` durability, the whole log).
 
 use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
 
-use crate::time::Timestamp;
+use crate::log::LogBatch;
+use crate::log::frame::frame_len;
 
-/// One record in the tail.
-#[derive(Clone, Debug)]
-pub struct TailEntry<T> {
-    /// The record's sequence.
-    pub sequence: u64,
-    /// Its timestamp.
-    pub timestamp: Timestamp,
-    /// Its size in the log.
-    pub bytes: usize,
-    /// What the appender attached (the encoded event).
-    pub item: T,
+/// Part of a batch in the tail.
+#[derive(Debug)]
+pub struct TailSlice<B> {
+    /// The batch.
+    pub batch: Arc<B>,
+    /// Indexes into the batch.
+    pub range: Range<usize>,
 }
 
-/// A bounded run of consecutive records.
-#[derive(Debug)]
-pub(crate) struct Tail<T> {
-    entries: VecDeque<TailEntry<T>>,
+impl<B> Clone for TailSlice<B> {
+    fn clone(&self) -> Self {
+        Self {
+            batch: self.batch.clone(),
+            range: self.range.clone(),
+        }
+    }
+}
+
+struct Held<B> {
+    batch: Arc<B>,
+    first: u64,
+    count: usize,
+    bytes: usize,
+}
+
+impl<B> Held<B> {
+    fn last(&self) -> u64 {
+        self.first + self.count as u64 - 1
+    }
+}
+
+/// A bounded run of consecutive batches.
+pub(crate) struct Tail<B> {
+    held: VecDeque<Held<B>>,
+    events: usize,
     bytes: usize,
     max_events: usize,
     max_bytes: usize,
@@ -29,28 +50,46 @@ pub(crate) struct Tail<T> {
 
 /// The answer to [`StreamLog::read_tail`](crate::log::StreamLog::read_tail).
 #[derive(Debug)]
-pub enum TailRead<T> {
+pub enum TailRead<B> {
     /// Records from the requested sequence on.
-    Entries(Vec<TailEntry<T>>),
+    Slices(Vec<TailSlice<B>>),
     /// The requested sequence is older than the tail, which starts here.
     Before(u64),
     /// Nothing at or after the requested sequence yet.
     Empty,
 }
 
-impl<T: Clone> Tail<T> {
+/// The bytes a batch takes in the log.
+pub(crate) fn batch_bytes<B: LogBatch>(batch: &B) -> usize {
+    (0..batch.len())
+        .map(|i| frame_len(batch.payload(i).len()))
+        .sum()
+}
+
+impl<B: LogBatch> Tail<B> {
     pub(crate) fn new(max_events: usize, max_bytes: usize) -> Self {
         Self {
-            entries: VecDeque::new(),
+            held: VecDeque::new(),
+            events: 0,
             bytes: 0,
             max_events: max_events.max(1),
             max_bytes: max_bytes.max(1),
         }
     }
 
-    pub(crate) fn push(&mut self, entry: TailEntry<T>) {
-        self.bytes += entry.bytes;
-        self.entries.push_back(entry);
+    pub(crate) fn push(&mut self, batch: Arc<B>, bytes: usize) {
+        let count = batch.len();
+        if count == 0 {
+            return;
+        }
+        self.events += count;
+        self.bytes += bytes;
+        self.held.push_back(Held {
+            first: batch.first_sequence(),
+            batch,
+            count,
+            bytes,
+        });
     }
 
     /// Bytes held.
@@ -58,48 +97,55 @@ impl<T: Clone> Tail<T> {
         self.bytes
     }
 
-    /// Evicts the oldest records, none above `keep_after`, until one more
-    /// record of `bytes` fits. Returns whether it fits (an empty tail
-    /// always takes one record).
-    pub(crate) fn make_room(&mut self, bytes: usize, keep_after: u64) -> bool {
+    fn pop_front(&mut self) -> Option<Held<B>> {
+        let held = self.held.pop_front()?;
+        self.events -= held.count;
+        self.bytes -= held.bytes;
+        Some(held)
+    }
+
+    /// Evicts the oldest batches, none with records above `keep_after`,
+    /// until `events` more records of `bytes` fit. Returns whether they fit
+    /// (an empty tail always takes one batch). Evicted batches are handed
+    /// back so that they can be dropped outside the lock.
+    pub(crate) fn make_room(
+        &mut self,
+        events: usize,
+        bytes: usize,
+        keep_after: u64,
+        evicted: &mut Vec<Arc<B>>,
+    ) -> bool {
         loop {
-            let fits = self.entries.len() < self.max_events && self.bytes + bytes <= self.max_bytes;
-            if fits || self.entries.is_empty() {
+            let fits =
+                self.events + events <= self.max_events && self.bytes + bytes <= self.max_bytes;
+            if fits || self.held.is_empty() {
                 return true;
             }
-            match self.entries.front() {
-                Some(front) if front.sequence <= keep_after => {
-                    self.bytes -= front.bytes;
-                    self.entries.pop_front();
+            match self.held.front() {
+                Some(front) if front.last() <= keep_after => {
+                    if let Some(held) = self.pop_front() {
+                        evicted.push(held.batch);
+                    }
                 }
                 _ => return false,
             }
         }
     }
 
-    pub(crate) fn is_over_capacity(&self) -> bool {
-        self.entries.len() > self.max_events || self.bytes > self.max_bytes
-    }
-
-    /// Drops the oldest records while over capacity, but none above
-    /// `keep_after` (records a required reader still needs). Returns
-    /// whether the tail is now within capacity.
-    pub(crate) fn evict(&mut self, keep_after: u64) -> bool {
-        while self.is_over_capacity() {
-            match self.entries.front() {
-                Some(front) if front.sequence <= keep_after => {
-                    self.bytes -= front.bytes;
-                    self.entries.pop_front();
-                }
-                _ => return false,
+    /// Evicts the oldest batches while over capacity (a cache), handing
+    /// them back to be dropped outside the lock.
+    pub(crate) fn trim(&mut self, evicted: &mut Vec<Arc<B>>) {
+        while self.held.len() > 1 && (self.events > self.max_events || self.bytes > self.max_bytes)
+        {
+            if let Some(held) = self.pop_front() {
+                evicted.push(held.batch);
             }
         }
-        true
     }
 
     /// The first sequence held.
     pub(crate) fn first(&self) -> Option<u64> {
-        self.entries.front().map(|e| e.sequence)
+        self.held.front().map(|h| h.first)
     }
 
     /// Up to `max_events` records (and about `max_bytes`; at least one)
@@ -110,30 +156,48 @@ impl<T: Clone> Tail<T> {
         up_to: u64,
         max_events: usize,
         max_bytes: usize,
-    ) -> TailRead<T> {
+    ) -> TailRead<B> {
         let Some(first) = self.first() else {
             return TailRead::Empty;
         };
         if from < first {
             return TailRead::Before(first);
         }
-        let start = usize::try_from(from - first).unwrap_or(usize::MAX);
+        // The batch holding `from`: batches are consecutive, search by last.
+        let start = self.held.partition_point(|h| h.last() < from);
         let mut out = Vec::new();
-        let mut bytes = 0;
-        for entry in self.entries.iter().skip(start) {
-            if entry.sequence > up_to
-                || out.len() >= max_events
-                || (bytes >= max_bytes && !out.is_empty())
-            {
-                break;
+        let (mut events, mut bytes) = (0usize, 0usize);
+        let mut next = from;
+        'batches: for held in self.held.iter().skip(start) {
+            let begin = usize::try_from(next - held.first).unwrap_or(usize::MAX);
+            let mut end = begin;
+            while end < held.count {
+                let sequence = held.first + end as u64;
+                if sequence > up_to || events >= max_events || (bytes >= max_bytes && events > 0) {
+                    if end > begin {
+                        out.push(TailSlice {
+                            batch: held.batch.clone(),
+                            range: begin..end,
+                        });
+                    }
+                    break 'batches;
+                }
+                bytes += frame_len(held.batch.payload(end).len());
+                events += 1;
+                end += 1;
             }
-            bytes += entry.bytes;
-            out.push(entry.clone());
+            if end > begin {
+                out.push(TailSlice {
+                    batch: held.batch.clone(),
+                    range: begin..end,
+                });
+            }
+            next = held.first + held.count as u64;
         }
         if out.is_empty() {
             TailRead::Empty
         } else {
-            TailRead::Entries(out)
+            TailRead::Slices(out)
         }
     }
 }
@@ -141,60 +205,70 @@ impl<T: Clone> Tail<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::tests::TestBatch;
 
-    fn entry(sequence: u64) -> TailEntry<u64> {
-        TailEntry {
-            sequence,
-            timestamp: Timestamp::MIN,
-            bytes: 10,
-            item: sequence,
+    fn batch(first: u64, count: usize) -> Arc<TestBatch> {
+        Arc::new(TestBatch::new(first, count))
+    }
+
+    fn sequences(read: TailRead<TestBatch>) -> Vec<u64> {
+        match read {
+            TailRead::Slices(slices) => slices
+                .iter()
+                .flat_map(|s| s.range.clone().map(|i| s.batch.first + i as u64))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
     #[test]
-    fn reads_ranges_and_reports_what_fell_out() {
-        let mut tail = Tail::new(3, 1000);
-        for s in 1..=5 {
-            tail.push(entry(s));
-            tail.evict(u64::MAX);
+    fn reads_ranges_across_batches_and_reports_what_fell_out() {
+        let mut tail = Tail::new(6, 1_000_000);
+        let mut evicted = Vec::new();
+        for first in [1, 3, 5, 7] {
+            tail.push(batch(first, 2), 60);
+            tail.trim(&mut evicted);
         }
         assert_eq!(tail.first(), Some(3));
-        assert!(matches!(tail.read(1, 10, 10, 1000), TailRead::Before(3)));
-        let TailRead::Entries(got) = tail.read(4, 10, 10, 1000) else {
-            panic!()
-        };
-        assert_eq!(got.iter().map(|e| e.item).collect::<Vec<_>>(), [4, 5]);
-        let TailRead::Entries(got) = tail.read(3, 4, 10, 1000) else {
-            panic!()
-        };
-        assert_eq!(got.len(), 2, "not past up_to");
-        let TailRead::Entries(got) = tail.read(3, 10, 10, 15) else {
-            panic!()
-        };
-        assert_eq!(got.len(), 2, "about max_bytes");
-        assert!(matches!(tail.read(6, 10, 10, 1000), TailRead::Empty));
+        assert_eq!(evicted.len(), 1);
+        assert!(matches!(
+            tail.read(1, 100, 10, usize::MAX),
+            TailRead::Before(3)
+        ));
+        assert_eq!(
+            sequences(tail.read(4, 100, 10, usize::MAX)),
+            [4, 5, 6, 7, 8]
+        );
+        assert_eq!(
+            sequences(tail.read(4, 6, 10, usize::MAX)),
+            [4, 5, 6],
+            "not past up_to"
+        );
+        assert_eq!(
+            sequences(tail.read(4, 100, 2, usize::MAX)),
+            [4, 5],
+            "max_events"
+        );
+        assert_eq!(sequences(tail.read(4, 100, 10, 1)), [4], "at least one");
+        assert!(matches!(tail.read(9, 100, 10, usize::MAX), TailRead::Empty));
     }
 
     #[test]
     fn makes_room_only_by_evicting_what_is_not_needed() {
-        let mut tail = Tail::new(2, 1000);
-        assert!(tail.make_room(10, 0), "an empty tail takes anything");
-        tail.push(entry(1));
-        tail.push(entry(2));
-        assert!(!tail.make_room(10, 0));
-        assert!(tail.make_room(10, 1));
-        assert_eq!(tail.first(), Some(2));
-    }
-
-    #[test]
-    fn never_evicts_what_a_required_reader_needs() {
-        let mut tail = Tail::new(2, 1000);
-        for s in 1..=4 {
-            tail.push(entry(s));
-        }
-        assert!(!tail.evict(1), "2, 3, 4 are still needed");
-        assert_eq!(tail.first(), Some(2));
-        assert!(tail.evict(2));
+        let mut tail = Tail::new(4, 1_000_000);
+        let mut evicted = Vec::new();
+        assert!(
+            tail.make_room(10, 10, 0, &mut evicted),
+            "an empty tail takes anything"
+        );
+        tail.push(batch(1, 2), 60);
+        tail.push(batch(3, 2), 60);
+        assert!(!tail.make_room(2, 60, 0, &mut evicted));
+        assert!(
+            !tail.make_room(2, 60, 1, &mut evicted),
+            "1..=2 is one batch: 2 is needed"
+        );
+        assert!(tail.make_room(2, 60, 2, &mut evicted));
         assert_eq!(tail.first(), Some(3));
     }
 }

@@ -7,32 +7,18 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::error::{Error, ErrorKind};
 use crate::event::Encoding;
+use crate::log::LogBatch;
 use crate::log::disk::{Disk, Recovery};
 use crate::log::frame;
 use crate::log::options::{Durability, LogOptions};
 use crate::log::reader::LogReader;
-use crate::log::tail::{Tail, TailEntry, TailRead};
+use crate::log::tail::{Tail, TailRead, batch_bytes};
 use crate::stream::StreamId;
 use crate::telemetry;
-use crate::time::Timestamp;
-
-/// One record to append.
-#[derive(Debug)]
-pub struct Append<T> {
-    /// Its sequence: exactly one more than the previous append's.
-    pub sequence: u64,
-    /// Its timestamp.
-    pub timestamp: Timestamp,
-    /// The event in the log's encoding.
-    pub payload: Bytes,
-    /// Carried into the in-memory tail with the record (the encoded event).
-    pub item: T,
-}
 
 /// Where a stream's log stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,13 +50,13 @@ pub struct LogStats {
 }
 
 /// Records queued together, holding their share of the pending budget.
-struct Pending<T> {
-    appends: Vec<Append<T>>,
+struct Pending<B> {
+    batch: Arc<B>,
     _permit: OwnedSemaphorePermit,
 }
 
-struct Queue<T> {
-    pending: Vec<Pending<T>>,
+struct Queue<B> {
+    pending: Vec<Pending<B>>,
     last_sequence: u64,
     closing: bool,
     /// Highest sequence every sink has passed / every required sink has.
@@ -78,14 +64,14 @@ struct Queue<T> {
     required_through: u64,
 }
 
-struct Shared<T> {
+struct Shared<B> {
     stream: StreamId,
     dir: Option<PathBuf>,
     encoding: Encoding,
     options: LogOptions,
-    queue: Mutex<Queue<T>>,
+    queue: Mutex<Queue<B>>,
     wake: Condvar,
-    tail: Mutex<Tail<T>>,
+    tail: Mutex<Tail<B>>,
     progress: watch::Sender<Progress>,
     failure: OnceLock<String>,
     pending_bytes: Arc<Semaphore>,
@@ -104,8 +90,8 @@ struct Stats {
 /// The log of one stream: appends go to a writer thread that writes every
 /// queued record with one `write` and, under `fsync`, one `fdatasync`
 /// (group commit), then acknowledges them all.
-pub struct StreamLog<T> {
-    shared: Arc<Shared<T>>,
+pub struct StreamLog<B> {
+    shared: Arc<Shared<B>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -113,7 +99,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<T: Clone + Send + Sync + 'static> StreamLog<T> {
+impl<B: LogBatch> StreamLog<B> {
     /// Opens the log of `stream` in `dir` (ignored for `memory`
     /// durability), recovering its tail, and starts its writer thread.
     ///
@@ -225,40 +211,30 @@ impl<T: Clone + Send + Sync + 'static> StreamLog<T> {
             .map(|message| Error::new(ErrorKind::Closed, message.clone()))
     }
 
-    /// Queues a record, waiting while too many bytes are queued.
+    /// Queues a batch of consecutive records (one lock, one wake-up of an
+    /// idle writer), waiting while too many bytes are queued.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] once the log is closed or stopped;
-    /// [`ErrorKind::Internal`] if the sequence does not follow the last one.
-    /// The record is handed back with the error.
+    /// [`ErrorKind::Internal`] if the batch does not follow the last
+    /// sequence. The batch is handed back with the error.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a cancelled append queued nothing.
-    pub async fn append(&self, append: Append<T>) -> Result<(), (Error, Vec<Append<T>>)> {
-        self.append_all(vec![append]).await
-    }
-
-    /// Queues consecutive records at once (one lock, one wake-up of the
-    /// writer), waiting while too many bytes are queued.
-    ///
-    /// # Errors
-    ///
-    /// As [`StreamLog::append`]; nothing is queued on error, and the
-    /// records are handed back.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: a cancelled append queued nothing.
-    pub async fn append_all(&self, appends: Vec<Append<T>>) -> Result<(), (Error, Vec<Append<T>>)> {
+    pub async fn append(&self, batch: Arc<B>) -> Result<(), (Error, Arc<B>)> {
         if let Some(err) = self.failure() {
-            return Err((err, appends));
+            return Err((err, batch));
         }
-        let bytes: usize = appends
-            .iter()
-            .map(|a| frame::frame_len(a.payload.len()))
-            .sum();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let bytes = batch_bytes(batch.as_ref());
+        let batch = match self.append_to_ring(batch, bytes) {
+            Ok(()) => return Ok(()),
+            Err(batch) => batch,
+        };
         let cost = bytes.clamp(
             1,
             self.shared
@@ -274,38 +250,30 @@ impl<T: Clone + Send + Sync + 'static> StreamLog<T> {
             .await
         {
             Ok(permit) => permit,
-            Err(_) => return Err((self.closed_error(), appends)),
+            Err(_) => return Err((self.closed_error(), batch)),
         };
         let mut queue = lock(&self.shared.queue);
         if queue.closing {
             drop(queue);
-            return Err((self.closed_error(), appends));
+            return Err((self.closed_error(), batch));
         }
-        let expected = queue.last_sequence + 1;
-        let in_order = appends
-            .iter()
-            .enumerate()
-            .all(|(i, a)| a.sequence == expected + i as u64);
-        if !in_order {
-            let got = appends.first().map_or(0, |a| a.sequence);
+        if batch.first_sequence() != queue.last_sequence + 1 {
             let last = queue.last_sequence;
             drop(queue);
             let err = Error::new(
                 ErrorKind::Internal,
                 format!(
-                    "append of sequence {got} to stream {} after {last}",
+                    "append of sequence {} to stream {} after {last}",
+                    batch.first_sequence(),
                     self.shared.stream
                 ),
             );
-            return Err((err, appends));
+            return Err((err, batch));
         }
-        let Some(last) = appends.last().map(|a| a.sequence) else {
-            return Ok(());
-        };
-        queue.last_sequence = last;
+        queue.last_sequence = batch.first_sequence() + batch.len() as u64 - 1;
         let was_idle = queue.pending.is_empty();
         queue.pending.push(Pending {
-            appends,
+            batch,
             _permit: permit,
         });
         drop(queue);
@@ -314,6 +282,45 @@ impl<T: Clone + Send + Sync + 'static> StreamLog<T> {
         if was_idle {
             self.shared.wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// For `memory` durability, appends straight into the ring when
+    /// nothing is queued ahead and there is room: no hand-off to the writer
+    /// thread. Hands the batch back otherwise.
+    fn append_to_ring(&self, batch: Arc<B>, bytes: usize) -> Result<(), Arc<B>> {
+        if self.shared.options.durability != Durability::Memory {
+            return Err(batch);
+        }
+        let mut queue = lock(&self.shared.queue);
+        if queue.closing
+            || !queue.pending.is_empty()
+            || batch.first_sequence() != queue.last_sequence + 1
+        {
+            return Err(batch);
+        }
+        let last = batch.first_sequence() + batch.len() as u64 - 1;
+        let count = batch.len();
+        let mut evicted = Vec::new();
+        let mut tail = lock(&self.shared.tail);
+        if !tail.make_room(count, bytes, queue.required_through, &mut evicted) {
+            return Err(batch);
+        }
+        tail.push(batch, bytes);
+        self.shared
+            .stats
+            .bytes
+            .store(tail.bytes() as u64, Ordering::Relaxed);
+        drop(tail);
+        queue.last_sequence = last;
+        drop(queue);
+        self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.shared.progress.send_modify(|p| {
+            p.acked = last;
+            p.visible = last;
+        });
+        // Freed outside the locks.
+        drop(evicted);
         Ok(())
     }
 
@@ -355,7 +362,7 @@ impl<T: Clone + Send + Sync + 'static> StreamLog<T> {
     }
 
     /// Reads visible records from the in-memory tail.
-    pub fn read_tail(&self, from: u64, max_events: usize, max_bytes: usize) -> TailRead<T> {
+    pub fn read_tail(&self, from: u64, max_events: usize, max_bytes: usize) -> TailRead<B> {
         let visible = self.shared.progress.borrow().visible;
         lock(&self.shared.tail).read(from, visible, max_events, max_bytes)
     }
@@ -407,7 +414,7 @@ impl<T: Clone + Send + Sync + 'static> StreamLog<T> {
     }
 }
 
-impl<T> Drop for StreamLog<T> {
+impl<B> Drop for StreamLog<B> {
     fn drop(&mut self) {
         lock(&self.shared.queue).closing = true;
         self.shared.wake.notify_one();
@@ -417,7 +424,7 @@ impl<T> Drop for StreamLog<T> {
     }
 }
 
-impl<T> std::fmt::Debug for StreamLog<T> {
+impl<B> std::fmt::Debug for StreamLog<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamLog")
             .field("stream", &self.shared.stream)
@@ -427,8 +434,8 @@ impl<T> std::fmt::Debug for StreamLog<T> {
 }
 
 /// The writer thread's state.
-struct Writer<T> {
-    shared: Arc<Shared<T>>,
+struct Writer<B> {
+    shared: Arc<Shared<B>>,
     disk: Option<Disk>,
     frames: Vec<u8>,
     sizes: Vec<usize>,
@@ -441,8 +448,8 @@ struct Writer<T> {
 /// The most bytes one write batch takes from the queue.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
-impl<T: Clone + Send + Sync + 'static> Writer<T> {
-    fn new(shared: Arc<Shared<T>>, disk: Option<Disk>) -> Self {
+impl<B: LogBatch> Writer<B> {
+    fn new(shared: Arc<Shared<B>>, disk: Option<Disk>) -> Self {
         let last = lock(&shared.queue).last_sequence;
         Self {
             shared,
@@ -479,7 +486,7 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
 
     /// Takes what is queued (up to a batch), waiting for work; returns an
     /// empty batch when only a sync is due or the log is closing.
-    fn next_batch(&mut self) -> (Vec<Pending<T>>, bool) {
+    fn next_batch(&mut self) -> (Vec<Pending<B>>, bool) {
         let mut queue = lock(&self.shared.queue);
         loop {
             if !queue.pending.is_empty() {
@@ -488,7 +495,7 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
                     .pending
                     .iter()
                     .take_while(|p| {
-                        bytes += p.appends.iter().map(|a| a.payload.len()).sum::<usize>();
+                        bytes += batch_bytes(p.batch.as_ref());
                         bytes <= MAX_BATCH_BYTES
                     })
                     .count()
@@ -519,23 +526,33 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
         }
     }
 
-    fn write(&mut self, batch: Vec<Pending<T>>) -> Result<(), String> {
-        let appends = batch.iter().flat_map(|p| p.appends.iter());
-        let Some(first) = batch
-            .first()
-            .and_then(|p| p.appends.first())
-            .map(|a| a.sequence)
-        else {
+    fn write(&mut self, pending: Vec<Pending<B>>) -> Result<(), String> {
+        let Some(first) = pending.first().map(|p| p.batch.first_sequence()) else {
             return Ok(());
         };
         self.frames.clear();
         self.sizes.clear();
-        if let Some(disk) = &mut self.disk {
-            for a in appends {
-                let before = self.frames.len();
-                frame::encode_frame(a.sequence, a.timestamp, &a.payload, &mut self.frames);
-                self.sizes.push(self.frames.len() - before);
+        for p in &pending {
+            let b = p.batch.as_ref();
+            let start = b.first_sequence();
+            for i in 0..b.len() {
+                let payload = b.payload(i);
+                if self.disk.is_some() {
+                    let before = self.frames.len();
+                    frame::encode_frame(
+                        start + i as u64,
+                        b.timestamp(i),
+                        payload,
+                        &mut self.frames,
+                    );
+                    self.sizes.push(self.frames.len() - before);
+                } else {
+                    // The ring only needs the sizes.
+                    self.sizes.push(frame::frame_len(payload.len()));
+                }
             }
+        }
+        if let Some(disk) = &mut self.disk {
             disk.append(&self.frames, first, &self.sizes)
                 .map_err(|e| format!("write failed: {e}"))?;
             self.shared
@@ -546,10 +563,6 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
                 .stats
                 .segments
                 .store(disk.segment_count() as u64, Ordering::Relaxed);
-        } else {
-            // The ring only needs the sizes.
-            self.sizes
-                .extend(appends.map(|a| frame::frame_len(a.payload.len())));
         }
         let last = first + self.sizes.len() as u64 - 1;
         self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -557,7 +570,8 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
         if self.shared.options.durability == Durability::Fsync {
             self.sync()?;
         }
-        self.push_tail(batch);
+        let mut evicted = Vec::new();
+        self.push_tail(pending, &mut evicted);
         let durability = self.shared.options.durability;
         let synced = self.synced;
         self.shared.progress.send_modify(|p| {
@@ -568,67 +582,49 @@ impl<T: Clone + Send + Sync + 'static> Writer<T> {
             };
         });
         if durability.is_persistent() {
-            // Drop what fell out of the cache only after acknowledging:
-            // freeing thousands of events is not the publishers' wait.
-            lock(&self.shared.tail).evict(u64::MAX);
+            lock(&self.shared.tail).trim(&mut evicted);
         }
+        // Freeing what fell out of the tail is not the publishers' wait.
+        drop(evicted);
         Ok(())
     }
 
-    fn push_tail(&mut self, batch: Vec<Pending<T>>) {
+    fn push_tail(&mut self, pending: Vec<Pending<B>>, evicted: &mut Vec<Arc<B>>) {
         let memory = self.shared.options.durability == Durability::Memory;
         let mut sizes = self.sizes.iter().copied();
-        let entries = batch
-            .into_iter()
-            .flat_map(|p| p.appends)
-            .map(|a| TailEntry {
-                sequence: a.sequence,
-                timestamp: a.timestamp,
-                bytes: sizes.next().unwrap_or_default(),
-                item: a.item,
-            });
-        if !memory {
-            // A cache: the oldest are dropped once the batch is
-            // acknowledged (see `write`).
-            let mut tail = lock(&self.shared.tail);
-            for entry in entries {
-                tail.push(entry);
-            }
-            return;
-        }
-        // The ring is the log: never drop what a required sink still needs;
-        // wait for it instead (publishers then wait on the pending budget).
-        let mut entries: std::collections::VecDeque<_> = entries.collect();
-        while !entries.is_empty() {
-            let required_through = lock(&self.shared.queue).required_through;
-            let mut tail = lock(&self.shared.tail);
-            let mut pushed = false;
-            while let Some(size) = entries.front().map(|e| e.bytes) {
-                if !tail.make_room(size, required_through) {
-                    break;
-                }
-                if let Some(entry) = entries.pop_front() {
-                    tail.push(entry);
-                    pushed = true;
-                }
-            }
-            self.shared
-                .stats
-                .bytes
-                .store(tail.bytes() as u64, Ordering::Relaxed);
-            drop(tail);
-            if entries.is_empty() || pushed {
+        for p in pending {
+            let count = p.batch.len();
+            let bytes: usize = sizes.by_ref().take(count).sum();
+            if !memory {
+                // A cache: trimmed once the batch is acknowledged.
+                lock(&self.shared.tail).push(p.batch, bytes);
                 continue;
             }
-            let queue = lock(&self.shared.queue);
-            if queue.closing {
-                return;
+            // The ring is the log: never drop what a required sink still
+            // needs; wait for it instead (publishers then wait on the
+            // pending budget).
+            loop {
+                let required_through = lock(&self.shared.queue).required_through;
+                let mut tail = lock(&self.shared.tail);
+                if tail.make_room(count, bytes, required_through, evicted) {
+                    tail.push(p.batch.clone(), bytes);
+                    self.shared
+                        .stats
+                        .bytes
+                        .store(tail.bytes() as u64, Ordering::Relaxed);
+                    break;
+                }
+                drop(tail);
+                let queue = lock(&self.shared.queue);
+                if queue.closing {
+                    return;
+                }
+                let _ = self
+                    .shared
+                    .wake
+                    .wait_timeout(queue, Duration::from_millis(50))
+                    .unwrap_or_else(PoisonError::into_inner);
             }
-            let _ = self
-                .shared
-                .wake
-                .wait_timeout(queue, Duration::from_millis(50))
-                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 

@@ -15,8 +15,8 @@ use crate::delivery::{
 };
 use crate::error::{Error, ErrorKind, PublishError};
 use crate::event::{Assignment, Codec, Encoding, Format, ReplicationEvent};
-use crate::log::{Append, LogOptions, Recovery, StreamLog};
-use crate::record::EncodedEvent;
+use crate::log::{LogOptions, Recovery, StreamLog};
+use crate::record::EventBatch;
 use crate::replicator::{Receipt, Replicator};
 use crate::sequencer::Sequencer;
 use crate::sink::SharedSink;
@@ -93,7 +93,7 @@ pub struct StreamSnapshot {
 /// One stream: its log, its sequencer and its drivers.
 pub(crate) struct StreamState<E> {
     pub(crate) id: StreamId,
-    pub(crate) log: StreamLog<Arc<EncodedEvent<E>>>,
+    pub(crate) log: StreamLog<EventBatch<E>>,
     sequencer: tokio::sync::Mutex<Sequencer>,
     /// The last sequence assigned.
     last_assigned: AtomicU64,
@@ -554,37 +554,33 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             });
         }
         let timestamp = (self.inner.options.clock)();
-        let mut appends = Vec::with_capacity(events.len());
-        let mut rest = std::mem::take(&mut events).into_iter().enumerate();
-        while let Some((i, mut event)) = rest.next() {
+        for (i, event) in events.iter_mut().enumerate() {
             event.assign(&Assignment {
                 stream: stream.clone(),
                 sequence: first + i as u64,
                 timestamp,
             });
-            let encoded = Arc::new(EncodedEvent::new(stream.clone(), event));
-            match encoded.bytes(self.inner.codec.as_ref(), self.inner.log_encoding) {
-                Ok(payload) => appends.push(Append {
-                    sequence: first + i as u64,
-                    timestamp,
-                    payload,
-                    item: encoded,
-                }),
-                Err(err) => {
-                    let mut back = take_events(appends);
-                    back.extend(Arc::try_unwrap(encoded).ok().map(EncodedEvent::into_event));
-                    back.extend(rest.map(|(_, e)| e));
-                    return Err(PublishErrorParts {
-                        error: err.into(),
-                        event: Some(back),
-                    });
-                }
-            }
         }
-        if let Err((error, appends)) = state.log.append_all(appends).await {
+        let batch = EventBatch::new(stream, events);
+        if let Err((index, err)) =
+            batch.prepare_log(self.inner.codec.as_ref(), self.inner.log_encoding)
+        {
+            let error = Error::new(
+                ErrorKind::Rejected,
+                format!("event {index} of the submission cannot be encoded for the log: {err}"),
+            );
             return Err(PublishErrorParts {
                 error,
-                event: Some(take_events(appends)),
+                event: Some(batch.into_events()),
+            });
+        }
+        if let Err((error, batch)) = state.log.append(Arc::new(batch)).await {
+            let events = Arc::try_unwrap(batch)
+                .map(EventBatch::into_events)
+                .unwrap_or_default();
+            return Err(PublishErrorParts {
+                error,
+                event: Some(events),
             });
         }
         for _ in 0..count {
@@ -693,16 +689,18 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                 encoding,
             )),
             None => {
-                let mut entries = Vec::new();
+                let mut slices = Vec::new();
                 let mut next = from.max(1);
-                while let crate::log::TailRead::Entries(batch) =
+                while let crate::log::TailRead::Slices(batch) =
                     state.log.read_tail(next, 4096, usize::MAX)
                 {
-                    next = batch.last().map_or(next, |e| e.sequence + 1);
-                    entries.extend(batch.into_iter().map(|e| e.item));
+                    if let Some(last) = batch.last() {
+                        next = last.batch.first_sequence() + last.range.end as u64;
+                    }
+                    slices.extend(batch);
                 }
-                Ok(crate::replay::Replay::from_events(
-                    entries,
+                Ok(crate::replay::Replay::from_slices(
+                    slices,
                     self.inner.codec.clone(),
                     encoding,
                 ))
@@ -765,14 +763,6 @@ impl<T> std::fmt::Display for PublishErrorParts<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "publish failed: {}", self.error)
     }
-}
-
-/// The events of appends that were not queued, with their assignment.
-fn take_events<E>(appends: Vec<Append<Arc<EncodedEvent<E>>>>) -> Vec<E> {
-    appends
-        .into_iter()
-        .filter_map(|a| Arc::try_unwrap(a.item).ok().map(EncodedEvent::into_event))
-        .collect()
 }
 
 /// The highest checkpoint any sink saved for `stream`.

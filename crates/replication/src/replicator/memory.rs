@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::error::{Error, ErrorKind, PublishError};
 use crate::event::{Assignment, Codec, CodecErrorKind, Encoding, ReplicationEvent};
-use crate::record::EncodedEvent;
+use crate::record::EventBatch;
 use crate::replicator::{Receipt, Replicator};
 use crate::sequencer::Sequencer;
 use crate::sink::SharedSink;
@@ -153,19 +153,21 @@ impl<E: ReplicationEvent> MemoryReplicator<E> {
             .clone()
     }
 
-    async fn deliver(&self, encoded: &EncodedEvent<E>) -> Vec<(String, Error)> {
+    async fn deliver(&self, batch: &EventBatch<E>) -> Vec<(String, Error)> {
         let sinks = self.sink_list();
         let deliveries = sinks.iter().map(|registered| async move {
-            let record = match encoded.record(self.codec.as_ref(), registered.encoding) {
-                Ok(record) => record,
-                Err(err) if err.kind() == CodecErrorKind::Unrepresentable => {
+            let form = batch.form(self.codec.as_ref(), registered.encoding);
+            let record = match batch.record(0, registered.encoding, &form) {
+                Some(Ok(record)) => record,
+                Some(Err(err)) if err.kind() == CodecErrorKind::Unrepresentable => {
                     registered.skipped.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
-                Err(err) => {
+                Some(Err(err)) => {
                     registered.failed.fetch_add(1, Ordering::Relaxed);
-                    return Some((registered.name.clone(), Error::from(err)));
+                    return Some((registered.name.clone(), Error::from(err.clone())));
                 }
+                None => return None,
             };
             match registered
                 .sink
@@ -211,7 +213,7 @@ impl<E: ReplicationEvent> Replicator<E> for MemoryReplicator<E> {
             timestamp: (self.options.clock)(),
         };
         event.assign(&assignment);
-        let encoded = EncodedEvent::new(stream.clone(), event);
+        let encoded = EventBatch::new(stream, vec![event]);
         let failures = self.deliver(&encoded).await;
         drop(sequencer);
         let Some((_, first)) = failures.first() else {

@@ -41,7 +41,7 @@ impl<S: Sink> Deduplicating<S> {
 }
 
 impl<S: Sink> Sink for Deduplicating<S> {
-    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         let mut state = self.state.lock().await;
         let mut fresh = Vec::with_capacity(batch.len());
         for record in batch {
@@ -51,7 +51,7 @@ impl<S: Sink> Sink for Deduplicating<S> {
                 state.seed(stream, mark);
             }
             if state.admit(record.header()) {
-                fresh.push(record.clone());
+                fresh.push(*record);
             }
         }
         if fresh.is_empty() {

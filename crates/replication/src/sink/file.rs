@@ -319,7 +319,7 @@ fn scan_tail(path: &Path, field: &str) -> io::Result<(u64, Option<u64>, u64)> {
 }
 
 impl Sink for FileSink {
-    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         let Some(first_record) = batch.first() else {
             return Ok(());
         };

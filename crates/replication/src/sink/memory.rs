@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::error::SinkError;
-use crate::record::Record;
+use crate::record::{OwnedRecord, Record};
 use crate::sink::Sink;
 use crate::stream::StreamId;
 
@@ -21,7 +21,7 @@ pub struct MemorySink {
 
 #[derive(Debug, Default)]
 struct Inner {
-    records: VecDeque<Record>,
+    records: VecDeque<OwnedRecord>,
     capacity: Option<usize>,
     high_water: HashMap<StreamId, u64>,
 }
@@ -44,13 +44,17 @@ impl MemorySink {
     }
 
     /// The records held, oldest first.
-    pub fn records(&self) -> Vec<Record> {
+    pub fn records(&self) -> Vec<OwnedRecord> {
         self.lock().records.iter().cloned().collect()
     }
 
     /// The sequences held, oldest first.
     pub fn sequences(&self) -> Vec<u64> {
-        self.lock().records.iter().map(Record::sequence).collect()
+        self.lock()
+            .records
+            .iter()
+            .map(OwnedRecord::sequence)
+            .collect()
     }
 
     /// How many records are held.
@@ -65,7 +69,7 @@ impl MemorySink {
 }
 
 impl Sink for MemorySink {
-    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         let mut inner = self.lock();
         for record in batch {
             let mark = inner.high_water.entry(record.stream().clone()).or_insert(0);
@@ -76,7 +80,7 @@ impl Sink for MemorySink {
             if inner.capacity.is_some_and(|cap| inner.records.len() >= cap) {
                 inner.records.pop_front();
             }
-            inner.records.push_back(record.clone());
+            inner.records.push_back(record.to_owned());
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ async fn applies_5_5_6_as_5_6() {
     let inner = ScriptedSink::new();
     let sink = inner.clone().deduplicating();
     for seq in [5, 5, 6] {
-        sink.apply(&[record("default", seq, Some("peer-a"))])
+        sink.apply_owned(&[record("default", seq, Some("peer-a"))])
             .await
             .unwrap();
     }
@@ -28,8 +28,10 @@ async fn drops_duplicates_inside_a_batch_and_late_lower_sequences() {
     let inner = ScriptedSink::new();
     let sink = inner.clone().deduplicating();
     let batch = [3, 4, 4, 5, 2].map(|s| record("default", s, None));
-    sink.apply(&batch).await.unwrap();
-    sink.apply(&[record("default", 1, None)]).await.unwrap();
+    sink.apply_owned(&batch).await.unwrap();
+    sink.apply_owned(&[record("default", 1, None)])
+        .await
+        .unwrap();
     assert_eq!(inner.sequences(), [3, 4, 5]);
 }
 
@@ -37,9 +39,15 @@ async fn drops_duplicates_inside_a_batch_and_late_lower_sequences() {
 async fn keeps_marks_per_stream_and_per_peer() {
     let inner = ScriptedSink::new();
     let sink = inner.clone().deduplicating();
-    sink.apply(&[record("a", 7, Some("p"))]).await.unwrap();
-    sink.apply(&[record("b", 7, Some("p"))]).await.unwrap();
-    sink.apply(&[record("a", 7, Some("q"))]).await.unwrap();
+    sink.apply_owned(&[record("a", 7, Some("p"))])
+        .await
+        .unwrap();
+    sink.apply_owned(&[record("b", 7, Some("p"))])
+        .await
+        .unwrap();
+    sink.apply_owned(&[record("a", 7, Some("q"))])
+        .await
+        .unwrap();
     assert_eq!(inner.sequences(), [7, 7]);
 }
 
@@ -48,14 +56,14 @@ async fn a_partial_apply_advances_exactly_as_far_as_it_got() {
     let inner = ScriptedSink::scripted([Step::ApplyThenFail(2, ErrorKind::Unavailable)]);
     let sink = inner.clone().deduplicating();
     let batch = [1, 2, 3, 4].map(|s| record("default", s, None));
-    let err = sink.apply(&batch).await.unwrap_err();
+    let err = sink.apply_owned(&batch).await.unwrap_err();
     assert_eq!(err.applied_through_sequence(), Some(2));
     assert_eq!(
         sink.checkpoint(&StreamId::default()).await.unwrap(),
         Some(2)
     );
     // The retry of the whole batch applies only what is missing.
-    sink.apply(&batch).await.unwrap();
+    sink.apply_owned(&batch).await.unwrap();
     assert_eq!(inner.sequences(), [1, 2, 3, 4]);
 }
 
@@ -63,8 +71,14 @@ async fn a_partial_apply_advances_exactly_as_far_as_it_got() {
 async fn a_failed_apply_does_not_advance() {
     let inner = ScriptedSink::scripted([Step::Fail(ErrorKind::Timeout)]);
     let sink = inner.clone().deduplicating();
-    assert!(sink.apply(&[record("default", 1, None)]).await.is_err());
-    sink.apply(&[record("default", 1, None)]).await.unwrap();
+    assert!(
+        sink.apply_owned(&[record("default", 1, None)])
+            .await
+            .is_err()
+    );
+    sink.apply_owned(&[record("default", 1, None)])
+        .await
+        .unwrap();
     assert_eq!(inner.sequences(), [1]);
 }
 
@@ -72,7 +86,7 @@ async fn a_failed_apply_does_not_advance() {
 async fn starts_from_the_inner_sinks_checkpoint() {
     let memory = MemorySink::new();
     memory
-        .apply(&[record("default", 1, None), record("default", 2, None)])
+        .apply_owned(&[record("default", 1, None), record("default", 2, None)])
         .await
         .unwrap();
     let sink = memory.clone().deduplicating();
@@ -80,7 +94,7 @@ async fn starts_from_the_inner_sinks_checkpoint() {
         sink.checkpoint(&StreamId::default()).await.unwrap(),
         Some(2)
     );
-    sink.apply(&[2, 3].map(|s| record("default", s, None)))
+    sink.apply_owned(&[2, 3].map(|s| record("default", s, None)))
         .await
         .unwrap();
     assert_eq!(memory.sequences(), [1, 2, 3]);
@@ -98,7 +112,7 @@ async fn concurrent_overlapping_applies_apply_each_sequence_once() {
                     let batch: Vec<_> = (start + 1..=start + 3)
                         .map(|s| record("default", s, Some("p")))
                         .collect();
-                    sink.apply(&batch).await.unwrap();
+                    sink.apply_owned(&batch).await.unwrap();
                 }
             })
         })
@@ -153,7 +167,7 @@ proptest! {
 #[tokio::test]
 async fn memory_sink_is_idempotent_and_bounded_when_asked() {
     let ring = MemorySink::with_capacity(2);
-    ring.apply(&[1, 2, 3, 3, 2].map(|s| record("default", s, None)))
+    ring.apply_owned(&[1, 2, 3, 3, 2].map(|s| record("default", s, None)))
         .await
         .unwrap();
     assert_eq!(ring.sequences(), [2, 3]);

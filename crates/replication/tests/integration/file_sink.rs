@@ -1,17 +1,16 @@
 //! The JSON-lines file sink: idempotent across reopen, torn and garbled
 //! tails cut, rotation by size.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use omnirelay_replication::{
-    Encoding, EventKind, FileSink, FileSinkOptions, Record, RecordHeader, Sink, StreamId,
+    Encoding, EventKind, FileSink, FileSinkOptions, OwnedRecord, RecordHeader, Sink, SinkExt,
+    StreamId,
 };
 
 use crate::support::fixed_clock;
 
-fn line(sequence: u64) -> Record {
-    let header = Arc::new(RecordHeader {
+fn line(sequence: u64) -> OwnedRecord {
+    let header = RecordHeader {
         stream: StreamId::default(),
         sequence,
         timestamp: fixed_clock(),
@@ -20,12 +19,12 @@ fn line(sequence: u64) -> Record {
             name: "Enqueue",
         },
         peer: None,
-    });
+    };
     let json = format!(
         r#"{{"sequenceNumber":{sequence},"eventType":"Enqueue","note":"{}"}}"#,
         "x".repeat(20)
     );
-    Record::new(header, Encoding::JSON_V1, Bytes::from(json))
+    OwnedRecord::new(header, Encoding::JSON_V1, Bytes::from(json))
 }
 
 fn sequences_in(dir: &std::path::Path) -> Vec<u64> {
@@ -44,7 +43,7 @@ fn sequences_in(dir: &std::path::Path) -> Vec<u64> {
 async fn writes_lines_and_ignores_what_it_already_has_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let sink = FileSink::new(FileSinkOptions::new(dir.path()));
-    sink.apply(&(1..=5).map(line).collect::<Vec<_>>())
+    sink.apply_owned(&(1..=5).map(line).collect::<Vec<_>>())
         .await
         .unwrap();
     drop(sink);
@@ -53,7 +52,7 @@ async fn writes_lines_and_ignores_what_it_already_has_after_a_reopen() {
         sink.checkpoint(&StreamId::default()).await.unwrap(),
         Some(5)
     );
-    sink.apply(&(3..=8).map(line).collect::<Vec<_>>())
+    sink.apply_owned(&(3..=8).map(line).collect::<Vec<_>>())
         .await
         .unwrap();
     assert_eq!(sequences_in(dir.path()), (1..=8).collect::<Vec<_>>());
@@ -70,7 +69,7 @@ async fn writes_lines_and_ignores_what_it_already_has_after_a_reopen() {
 async fn a_torn_last_line_is_cut_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let sink = FileSink::new(FileSinkOptions::new(dir.path()));
-    sink.apply(&(1..=4).map(line).collect::<Vec<_>>())
+    sink.apply_owned(&(1..=4).map(line).collect::<Vec<_>>())
         .await
         .unwrap();
     let file = sink.files(&StreamId::default()).unwrap().pop().unwrap();
@@ -80,7 +79,7 @@ async fn a_torn_last_line_is_cut_and_reported() {
     let recovery = sink.recovery(&StreamId::default()).await.unwrap();
     assert_eq!((recovery.last_sequence, recovery.cut_lines), (Some(3), 1));
     assert!(recovery.cut_bytes > 0);
-    sink.apply(&(4..=5).map(line).collect::<Vec<_>>())
+    sink.apply_owned(&(4..=5).map(line).collect::<Vec<_>>())
         .await
         .unwrap();
     assert_eq!(sequences_in(dir.path()), (1..=5).collect::<Vec<_>>());
@@ -90,7 +89,7 @@ async fn a_torn_last_line_is_cut_and_reported() {
 async fn a_garbled_last_line_is_cut_even_with_its_newline() {
     let dir = tempfile::tempdir().unwrap();
     let sink = FileSink::new(FileSinkOptions::new(dir.path()));
-    sink.apply(&(1..=4).map(line).collect::<Vec<_>>())
+    sink.apply_owned(&(1..=4).map(line).collect::<Vec<_>>())
         .await
         .unwrap();
     let file = sink.files(&StreamId::default()).unwrap().pop().unwrap();
@@ -121,7 +120,7 @@ async fn files_rotate_by_size_and_are_all_kept() {
     };
     let sink = FileSink::new(options.clone());
     for seq in 1..=30 {
-        sink.apply(&[line(seq)]).await.unwrap();
+        sink.apply_owned(&[line(seq)]).await.unwrap();
     }
     let files = sink.files(&StreamId::default()).unwrap();
     assert!(files.len() >= 5, "{} files", files.len());
@@ -140,21 +139,20 @@ async fn records_that_are_not_single_json_lines_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sink = FileSink::new(FileSinkOptions::new(dir.path()));
     let header = line(2).header().clone();
-    let multi = Record::new(
-        Arc::new(header),
-        Encoding::JSON_V1,
-        Bytes::from_static(b"{\n}"),
-    );
-    let err = sink.apply(&[line(1), multi, line(3)]).await.unwrap_err();
+    let multi = OwnedRecord::new(header, Encoding::JSON_V1, Bytes::from_static(b"{\n}"));
+    let err = sink
+        .apply_owned(&[line(1), multi, line(3)])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), omnirelay_replication::ErrorKind::Rejected);
     assert_eq!(err.applied_through_sequence(), Some(1));
-    let proto = Record::new(
-        Arc::new(line(4).header().clone()),
+    let proto = OwnedRecord::new(
+        line(4).header().clone(),
         Encoding::PROTOBUF_V1,
         Bytes::from_static(b"\x08\x01"),
     );
     assert_eq!(
-        sink.apply(&[proto]).await.unwrap_err().kind(),
+        sink.apply_owned(&[proto]).await.unwrap_err().kind(),
         omnirelay_replication::ErrorKind::Config
     );
 }

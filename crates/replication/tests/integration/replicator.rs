@@ -9,7 +9,7 @@ use omnirelay_replication_testkit::{Note, ScriptedSink, Step};
 use crate::support::{fixed_clock, replicator};
 
 /// `<version>|<format>|<sequence>|<text>` of an encoded note.
-fn text(record: &omnirelay_replication::Record) -> String {
+fn text(record: &omnirelay_replication::OwnedRecord) -> String {
     let full = String::from_utf8(record.bytes().to_vec()).unwrap();
     let parts: Vec<&str> = full.splitn(7, '|').collect();
     format!("{}|{}|{}|{}", parts[0], parts[1], parts[2], parts[6])

@@ -25,7 +25,7 @@ pub(crate) fn record(
     stream: &str,
     sequence: u64,
     peer: Option<&str>,
-) -> omnirelay_replication::Record {
+) -> omnirelay_replication::OwnedRecord {
     let mut note = Note::new("x");
     note.peer = peer.map(str::to_owned);
     note.assign(&omnirelay_replication::Assignment {
@@ -33,9 +33,10 @@ pub(crate) fn record(
         sequence,
         timestamp: fixed_clock(),
     });
-    let header = Arc::new(omnirelay_replication::RecordHeader::of(
-        stream.try_into().unwrap(),
-        &note,
-    ));
-    omnirelay_replication::Record::new(header, Encoding::JSON_V1, bytes::Bytes::from_static(b"{}"))
+    let header = omnirelay_replication::RecordHeader::of(stream.try_into().unwrap(), &note);
+    omnirelay_replication::OwnedRecord::new(
+        header,
+        Encoding::JSON_V1,
+        bytes::Bytes::from_static(b"{}"),
+    )
 }

@@ -62,7 +62,7 @@ async fn in_memory_replicator_ignores_provided_sequence_and_uses_starting_offset
 struct Recording(Arc<std::sync::Mutex<Vec<i64>>>);
 
 impl Sink for Recording {
-    async fn apply(&self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         let mut seen = self.0.lock().unwrap();
         seen.extend(
             batch
@@ -87,7 +87,7 @@ async fn checkpointing_sink_deduplicates_sequences() {
     }
     let records = scratch.records();
     for seq in [5, 5, 6] {
-        sink.apply(std::slice::from_ref(&records[seq - 1]))
+        sink.apply_owned(std::slice::from_ref(&records[seq - 1]))
             .await
             .unwrap();
     }

@@ -399,7 +399,6 @@ impl<E: ReplicationEvent> Driver<E> {
             .collect();
         let mut records: Vec<Record<'_>> = Vec::with_capacity(self.shared.options.batch.max_events);
         let mut letters = Vec::new();
-        let log_encoding = self.stream.log.encoding().to_string();
         for (piece, form) in pieces.iter().zip(&forms) {
             match (piece, form) {
                 (Piece::Slice(slice), Some(form)) => {
@@ -412,7 +411,7 @@ impl<E: ReplicationEvent> Driver<E> {
                             Some(Err(err)) => letters.push(DeadLetter::new(
                                 &self.shared.sink,
                                 &slice.batch.headers()[index],
-                                &log_encoding,
+                                &self.stream.log.encoding().to_string(),
                                 slice.batch.payload(index),
                                 &err.clone().into(),
                             )),

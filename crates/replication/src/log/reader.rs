@@ -1,12 +1,16 @@
 //! Reading a stream's log files: from any sequence, in order, read-only,
 //! without a lock, beside a running writer.
 
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind};
 use crate::event::Encoding;
+use crate::log::frame::{self, SegmentHeader};
 use crate::log::segment::{self, FrameReader, Step, Tail};
 use crate::time::Timestamp;
 
@@ -21,6 +25,39 @@ pub struct StoredRecord {
     pub encoding: Encoding,
     /// The encoded event.
     pub payload: Bytes,
+}
+
+enum Fill {
+    Full,
+    Empty,
+    Partial,
+}
+
+/// Fills `buf`, or reports that the input ended before any byte or part-way.
+fn read_or_end(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<Fill> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => return Ok(if got == 0 { Fill::Empty } else { Fill::Partial }),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Fill::Full)
+}
+
+/// A record borrowed by [`LogReader::visit_from`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Its sequence.
+    pub sequence: u64,
+    /// Its timestamp.
+    pub timestamp: Timestamp,
+    /// The encoding of `payload`.
+    pub encoding: Encoding,
+    /// The encoded event.
+    pub payload: &'a [u8],
 }
 
 /// What [`LogReader::verify`] found.
@@ -82,6 +119,155 @@ impl LogReader {
             done: false,
             started: false,
         }
+    }
+
+    /// Calls `visit` with every record from `from` on (or from the oldest
+    /// held), in order, until it returns [`ControlFlow::Break`] or the log
+    /// ends. The payload is borrowed from one reused buffer: nothing is
+    /// allocated per record. Returns how many records were visited.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, damaged records and gaps, after visiting every record
+    /// before them.
+    pub fn visit_from(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(RecordRef<'_>) -> ControlFlow<()>,
+    ) -> Result<u64, Error> {
+        let segments = segment::list_segments(&self.dir).map_err(read_error(&self.dir))?;
+        let start = segments
+            .partition_point(|(first, _)| *first <= from)
+            .saturating_sub(1);
+        let mut next: Option<u64> = None;
+        let mut visited = 0;
+        let mut body = Vec::new();
+        let newest = segments.len().saturating_sub(1);
+        for (position, (first, path)) in segments.iter().enumerate().skip(start) {
+            let sealed = position < newest;
+            let truncated = || {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{}: a sealed segment ends inside a record", path.display()),
+                )
+            };
+            if let Some(expected) = next
+                && *first != expected
+            {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "gap in the log: sequence {expected} is missing ({} starts at {first})",
+                        path.display()
+                    ),
+                ));
+            }
+            let file = match File::open(path) {
+                Ok(file) => file,
+                // Deleted by retention since the listing: start over after it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && next.is_none() => continue,
+                Err(e) => return Err(read_error(path)(e)),
+            };
+            let mut reader = BufReader::with_capacity(256 * 1024, file);
+            let mut header = [0u8; frame::SEGMENT_HEADER_LEN];
+            reader.read_exact(&mut header).map_err(read_error(path))?;
+            let header = SegmentHeader::decode(&header).map_err(|reason| {
+                Error::new(ErrorKind::Corrupt, format!("{}: {reason}", path.display()))
+            })?;
+            let index = (next.is_none() && from > *first)
+                .then(|| segment::read_index(&segment::index_path(&self.dir, *first)))
+                .flatten();
+            if let Some((_, offset)) = index
+                .as_deref()
+                .and_then(|index| segment::index_floor(index, from))
+            {
+                reader
+                    .seek(SeekFrom::Start(offset))
+                    .map_err(read_error(path))?;
+            }
+            let mut expected = next.unwrap_or(*first).max(header.first_sequence);
+            let mut offset = 0u64;
+            loop {
+                let mut head = [0u8; frame::FRAME_HEADER_LEN];
+                match read_or_end(&mut reader, &mut head).map_err(read_error(path))? {
+                    Fill::Full => {}
+                    Fill::Empty => break,
+                    // A record still being written at the end of the newest
+                    // segment; in a sealed one, damage.
+                    Fill::Partial if sealed => return Err(truncated()),
+                    Fill::Partial => break,
+                }
+                let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+                if !(frame::BODY_HEADER_LEN..=frame::MAX_BODY_LEN).contains(&len) {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "{}: frame length out of range near byte {offset}",
+                            path.display()
+                        ),
+                    ));
+                }
+                body.resize(len, 0);
+                match read_or_end(&mut reader, &mut body).map_err(read_error(path))? {
+                    Fill::Full => {}
+                    Fill::Empty | Fill::Partial if sealed => return Err(truncated()),
+                    Fill::Empty | Fill::Partial => break,
+                }
+                offset += (frame::FRAME_HEADER_LEN + len) as u64;
+                if crc32c::crc32c(&body) != crc {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "{}: checksum mismatch at sequence {expected}",
+                            path.display()
+                        ),
+                    ));
+                }
+                let sequence = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
+                let ticks = i64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
+                if sequence < expected {
+                    continue;
+                }
+                if sequence != expected && next.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "{}: sequence {sequence} where {expected} was expected",
+                            path.display()
+                        ),
+                    ));
+                }
+                let timestamp = Timestamp::from_ticks(ticks).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "{}: timestamp out of range at sequence {sequence}",
+                            path.display()
+                        ),
+                    )
+                })?;
+                if sequence < from {
+                    expected = sequence + 1;
+                    next = Some(expected);
+                    continue;
+                }
+                visited += 1;
+                expected = sequence + 1;
+                next = Some(expected);
+                let record = RecordRef {
+                    sequence,
+                    timestamp,
+                    encoding: header.encoding,
+                    payload: &body[frame::BODY_HEADER_LEN..],
+                };
+                if visit(record).is_break() {
+                    return Ok(visited);
+                }
+            }
+            next = Some(expected);
+        }
+        Ok(visited)
     }
 
     /// Up to `max_events` records (and about `max_bytes`; at least one)

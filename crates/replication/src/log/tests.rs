@@ -230,6 +230,67 @@ async fn segments_rotate_and_any_sequence_is_found_through_the_index() {
     assert_eq!(sequences(&LogReader::new(dir.path()), 495).len(), 16);
 }
 
+fn visited(reader: &LogReader, from: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    reader
+        .visit_from(from, |r| {
+            assert_eq!(r.payload, &payload(r.sequence)[..]);
+            out.push(r.sequence);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn visiting_borrows_every_record_from_any_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_max_bytes: 2_000,
+        index_interval_bytes: 200,
+        ..options(Durability::None)
+    };
+    let (log, _) = open(dir.path(), opts);
+    publish(&log, 1..=300).await;
+    let reader = log.reader().unwrap();
+    for from in [1, 2, 99, 150, 300, 301] {
+        assert_eq!(
+            visited(&reader, from),
+            sequences(&reader, from),
+            "from {from}"
+        );
+    }
+    let mut seen = 0;
+    let count = reader
+        .visit_from(1, |_| {
+            seen += 1;
+            if seen == 7 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(count, 7);
+    log.close().unwrap();
+    // A damaged record is an error, after the records before it.
+    let path = last_segment(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    let mut before = Vec::new();
+    let err = reader
+        .visit_from(1, |r| {
+            before.push(r.sequence);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert!(before.len() > 250 && before.len() < 300, "{}", before.len());
+    assert!(before.windows(2).all(|w| w[1] == w[0] + 1));
+}
+
 fn last_segment(dir: &Path) -> std::path::PathBuf {
     segment_files(dir).pop().unwrap()
 }

@@ -377,10 +377,15 @@ impl<B: LogBatch> StreamLog<B> {
     /// has passed `required_through` (`u64::MAX` with none).
     pub fn set_floors(&self, consumed_through: u64, required_through: u64) {
         let mut queue = lock(&self.shared.queue);
+        let freed = required_through > queue.required_through;
         queue.consumed_through = consumed_through;
         queue.required_through = required_through;
         drop(queue);
-        self.shared.wake.notify_one();
+        // Only a full memory ring waits on the floors (retention reads them
+        // when it runs): spare the wake-up, a system call, otherwise.
+        if freed && self.shared.options.durability == Durability::Memory {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// The log's counters.

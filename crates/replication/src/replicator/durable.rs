@@ -100,6 +100,8 @@ pub(crate) struct StreamState<E> {
     drivers: Mutex<Vec<Arc<DriverShared>>>,
     /// Signalled whenever a driver moves.
     advanced: Notify,
+    /// Hands new drivers to the stream's delivery task.
+    drivers_tx: tokio::sync::mpsc::UnboundedSender<crate::sink::BoxFuture<'static, ()>>,
     recovery: Recovery,
 }
 
@@ -351,7 +353,9 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             );
             last = highest_checkpoint;
         }
+        let (drivers_tx, drivers_rx) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(StreamState {
+            drivers_tx,
             id: id.clone(),
             log,
             sequencer: tokio::sync::Mutex::new(Sequencer::starting_after(last)),
@@ -361,6 +365,8 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             recovery,
         });
         lock(&self.inner.streams).insert(id.clone(), state.clone());
+        let delivery = tokio::spawn(run_drivers(drivers_rx, self.inner.shutdown.subscribe()));
+        lock(&self.inner.tasks).push(delivery);
         let registrations: Vec<_> = lock(&self.inner.sinks).clone();
         for registration in registrations {
             if registration.options.receives(id) {
@@ -450,8 +456,9 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             shutdown: self.inner.shutdown.subscribe(),
             seed: self.inner.seed.fetch_add(1, Ordering::Relaxed),
         };
-        let task = tokio::spawn(driver.run());
-        lock(&self.inner.tasks).push(task);
+        if state.drivers_tx.send(Box::pin(driver.run())).is_err() {
+            return Err(Error::new(ErrorKind::Closed, "the replicator is closed"));
+        }
         Ok(())
     }
 
@@ -762,6 +769,36 @@ pub struct PublishErrorParts<T> {
 impl<T> std::fmt::Display for PublishErrorParts<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "publish failed: {}", self.error)
+    }
+}
+
+/// The delivery task of one stream: every driver of the stream (one per
+/// sink) runs in it, each with its own cursor, retries and sink, polled
+/// independently, so that a sink waiting on I/O never holds up another,
+/// and a published batch wakes one task rather than one per sink.
+async fn run_drivers(
+    mut new_drivers: tokio::sync::mpsc::UnboundedReceiver<crate::sink::BoxFuture<'static, ()>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use futures::StreamExt as _;
+    let mut drivers = futures::stream::FuturesUnordered::new();
+    // Drivers stop by themselves on shutdown; this task then ends with the
+    // last of them.
+    let mut stopping = *shutdown.borrow();
+    loop {
+        if stopping && drivers.is_empty() {
+            return;
+        }
+        tokio::select! {
+            added = new_drivers.recv() => match added {
+                Some(driver) => drivers.push(driver),
+                None => stopping = true,
+            },
+            Some(()) = drivers.next(), if !drivers.is_empty() => {}
+            changed = shutdown.changed(), if !stopping => {
+                stopping = changed.is_err() || *shutdown.borrow();
+            }
+        }
     }
 }
 

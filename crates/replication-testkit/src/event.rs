@@ -81,7 +81,7 @@ impl ReplicationEvent for Note {
         self.timestamp
     }
 
-    fn assign(&mut self, assignment: &Assignment) {
+    fn assign(&mut self, assignment: &Assignment<'_>) {
         self.sequence = assignment.sequence;
         self.timestamp = assignment.timestamp;
         self.stream = Some(assignment.stream.clone());

@@ -117,9 +117,9 @@ pub struct EventKind {
 
 /// What a replicator assigns to an event it accepts.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Assignment {
+pub struct Assignment<'a> {
     /// The stream the event belongs to.
-    pub stream: StreamId,
+    pub stream: &'a StreamId,
     /// The event's gap-free position in the stream, from 1.
     pub sequence: u64,
     /// When the replicator accepted the event.
@@ -146,7 +146,7 @@ pub trait ReplicationEvent: Clone + Send + Sync + 'static {
 
     /// Overwrites the sequence number, timestamp and stream with what a
     /// replicator assigned. Whatever the caller set is ignored.
-    fn assign(&mut self, assignment: &Assignment);
+    fn assign(&mut self, assignment: &Assignment<'_>);
 
     /// Labels the event with the shard it is published to.
     fn set_shard(&mut self, shard: &StreamId);

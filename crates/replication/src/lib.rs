@@ -31,7 +31,7 @@
 //! #     fn peer(&self) -> Option<&str> { None }
 //! #     fn sequence(&self) -> u64 { self.seq }
 //! #     fn timestamp(&self) -> Timestamp { self.at }
-//! #     fn assign(&mut self, a: &Assignment) { self.seq = a.sequence; self.at = a.timestamp; }
+//! #     fn assign(&mut self, a: &Assignment<'_>) { self.seq = a.sequence; self.at = a.timestamp; }
 //! #     fn set_shard(&mut self, _: &StreamId) {}
 //! # }
 //! # struct NoteCodec;

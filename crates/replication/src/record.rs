@@ -247,7 +247,7 @@ impl<E: ReplicationEvent> EventBatch<E> {
         let mut payloads = Vec::with_capacity(stored.len());
         for (sequence, timestamp, mut event, payload) in stored {
             event.assign(&Assignment {
-                stream: stream.clone(),
+                stream,
                 sequence,
                 timestamp,
             });

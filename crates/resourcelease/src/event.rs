@@ -329,7 +329,7 @@ impl ReplicationEvent for ResourceLeaseReplicationEvent {
         self.timestamp
     }
 
-    fn assign(&mut self, assignment: &Assignment) {
+    fn assign(&mut self, assignment: &Assignment<'_>) {
         // Sequencers stay within i64 (see `Sequencer::MAX`).
         self.sequence_number = i64::try_from(assignment.sequence).unwrap_or(i64::MAX);
         self.timestamp = assignment.timestamp;
@@ -393,8 +393,9 @@ mod tests {
         let mut e = ResourceLeaseReplicationEvent::new(ResourceLeaseReplicationEventType::Enqueue);
         e.sequence_number = 42;
         let at = Timestamp::from_unix_millis(0).unwrap();
+        let users = StreamId::new("users").unwrap();
         e.assign(&Assignment {
-            stream: StreamId::new("users").unwrap(),
+            stream: &users,
             sequence: 11,
             timestamp: at,
         });

@@ -53,7 +53,7 @@ impl ReplicationEvent for RawEvent {
         self.timestamp
     }
 
-    fn assign(&mut self, assignment: &Assignment) {
+    fn assign(&mut self, assignment: &Assignment<'_>) {
         self.sequence = assignment.sequence;
         self.timestamp = assignment.timestamp;
     }

@@ -563,7 +563,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         let timestamp = (self.inner.options.clock)();
         for (i, event) in events.iter_mut().enumerate() {
             event.assign(&Assignment {
-                stream: stream.clone(),
+                stream,
                 sequence: first + i as u64,
                 timestamp,
             });

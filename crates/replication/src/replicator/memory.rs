@@ -208,7 +208,7 @@ impl<E: ReplicationEvent> Replicator<E> for MemoryReplicator<E> {
             Err(err) => return Err(PublishError::new(err, Some(event))),
         };
         let assignment = Assignment {
-            stream: stream.clone(),
+            stream,
             sequence,
             timestamp: (self.options.clock)(),
         };
@@ -218,7 +218,7 @@ impl<E: ReplicationEvent> Replicator<E> for MemoryReplicator<E> {
         drop(sequencer);
         let Some((_, first)) = failures.first() else {
             return Ok(Receipt {
-                stream: assignment.stream,
+                stream: assignment.stream.clone(),
                 sequence,
                 timestamp: assignment.timestamp,
             });

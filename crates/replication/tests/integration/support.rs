@@ -28,8 +28,9 @@ pub(crate) fn record(
 ) -> omnirelay_replication::OwnedRecord {
     let mut note = Note::new("x");
     note.peer = peer.map(str::to_owned);
+    let id: omnirelay_replication::StreamId = stream.try_into().unwrap();
     note.assign(&omnirelay_replication::Assignment {
-        stream: stream.try_into().unwrap(),
+        stream: &id,
         sequence,
         timestamp: fixed_clock(),
     });

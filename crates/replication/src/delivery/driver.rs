@@ -213,7 +213,10 @@ impl<E: ReplicationEvent> Driver<E> {
                     continue;
                 }
                 Err(err) => {
+                    // The log cannot be read (I/O error, damaged segment):
+                    // an operator must look; keep trying.
                     self.note_error(&err);
+                    self.set_state(SinkState::Failing);
                     if self.pause(Duration::from_millis(200)).await.is_err() {
                         break;
                     }
@@ -221,6 +224,11 @@ impl<E: ReplicationEvent> Driver<E> {
                 }
             };
             let Some(last) = pieces.last().map(Piece::last_sequence) else {
+                // Nothing readable yet though the log says there is: do
+                // not spin.
+                if self.pause(Duration::from_millis(10)).await.is_err() {
+                    break;
+                }
                 continue;
             };
             if let Some((first, timestamp)) = pieces.first().map(Piece::first) {

@@ -62,6 +62,7 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod event;

@@ -1,7 +1,9 @@
 //! `omnirelay`: the command-line entry point. Thin wiring only: arguments
 //! are parsed here and the work is done by the library crates.
 
+mod config_cmd;
 mod log;
+mod node;
 mod publish;
 mod schema;
 
@@ -30,17 +32,19 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Publish events read as JSON lines on stdin; print each assigned
-    /// sequence once the event is durable. Uses the embedded default: one
-    /// stream, the log under DIR/log with the fsync policy, and a JSON-lines
-    /// export under DIR/export.
+    /// sequence once the event is durable. Without --config it uses the
+    /// embedded default: one stream, the log under DIR/log with the fsync
+    /// policy, and a JSON-lines export under DIR/export.
     Publish {
-        /// The data directory.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        node: node::NodeArgs,
         /// The stream to publish to.
         #[arg(long, default_value = "default")]
         stream: String,
     },
+    /// Print the default configuration, or check a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Read, follow and check a durable log (read-only; works beside a
     /// running writer).
     #[command(subcommand)]
@@ -50,6 +54,19 @@ enum Command {
     Schema(SchemaCommand),
     /// Run the side-by-side benchmarks against their raw baselines.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the complete, commented default configuration.
+    Default,
+    /// Check a configuration file (`-` reads standard input) under the
+    /// environment's OMNIRELAY_ overrides; exit non-zero naming the key
+    /// path of every problem.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,7 +177,10 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_logging();
+    // Long-running commands install logging from their configuration.
+    if !matches!(cli.command, Command::Publish { .. }) {
+        node::install_logging(omnirelay_replication::config::LogFormatConfig::Text, "warn");
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -169,17 +189,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
-fn install_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(false)
-        .init();
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -206,9 +215,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Publish { data_dir, stream } => {
-            runtime()?.block_on(publish::run(&data_dir, &stream))
-        }
+        Command::Publish { node, stream } => runtime()?.block_on(publish::run(&node, &stream)),
+        Command::Config(ConfigCommand::Default) => config_cmd::default(),
+        Command::Config(ConfigCommand::Check { file }) => config_cmd::check(&file),
         Command::Log(LogCommand::Replay {
             data_dir,
             stream,

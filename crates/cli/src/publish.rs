@@ -2,41 +2,38 @@
 //! sequence printed once it is durable.
 
 use std::io::{self, BufRead, Write};
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use omnirelay_replication::{
-    DurableOptions, DurableReplicator, FileSink, FileSinkOptions, PendingPublish, SinkExt,
-    SinkOptions, StreamId,
-};
+use omnirelay_replication::{DurableReplicator, PendingPublish, SinkExt, StreamId};
+use omnirelay_resourcelease::telemetry::{self, LagRecording};
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent, json};
 use tokio::sync::mpsc;
 
 use crate::exit_status;
+use crate::node::{self, NodeArgs, Server};
 
 type Event = ResourceLeaseReplicationEvent;
 
-/// The embedded default: one stream, `fsync`, and a JSON-lines export.
-pub(crate) async fn open_default(data_dir: &Path) -> anyhow::Result<DurableReplicator<Event>> {
-    let replicator =
-        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(data_dir))
-            .await
-            .with_context(|| {
-                format!("cannot open the replication log in {}", data_dir.display())
-            })?;
-    let export = FileSink::new(FileSinkOptions::new(data_dir.join("export")));
-    replicator
-        .add_sink("export", export.shared(), SinkOptions::default())
-        .await
-        .context("cannot start the export sink")?;
-    Ok(replicator)
-}
-
-pub(crate) async fn run(data_dir: &Path, stream: &str) -> anyhow::Result<ExitCode> {
+/// Runs `omnirelay publish`: the node's configuration (the embedded default:
+/// one stream, `fsync`, a JSON-lines export), with `--listen` serving
+/// `/metrics` until the input ends.
+pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCode> {
     let stream = StreamId::new(stream)?;
-    let replicator = open_default(data_dir).await?;
+    let valid = args.load()?;
+    node::install_logging(valid.telemetry.log_format, &valid.telemetry.log_level);
+    let metrics = node::install_metrics()?;
+    let server = match &valid.listen {
+        Some(listen) => Some(Server::start(listen, &valid, metrics).await?),
+        None => None,
+    };
+    let replicator = valid
+        .build_with(Arc::new(ResourceLeaseCodec), |_, sink| {
+            LagRecording::new(sink).shared()
+        })
+        .await
+        .with_context(|| format!("cannot start replication in {}", valid.data_dir.display()))?;
     // Receipts are printed in order by a separate task, so that reading
     // and appending go on while earlier events are being synced.
     let (tx, rx) = mpsc::channel::<PendingPublish<Event>>(16 * 1024);
@@ -50,10 +47,11 @@ pub(crate) async fn run(data_dir: &Path, stream: &str) -> anyhow::Result<ExitCod
             Ok(event) => event,
             Err(err) => {
                 invalid += 1;
-                writeln!(io::stderr(), "line {number}: {err}")?;
+                node::say(true, &format!("line {number}: {err}"));
                 continue;
             }
         };
+        telemetry::record_published(&event);
         let pending = replicator
             .submit(&stream, event)
             .await
@@ -68,10 +66,15 @@ pub(crate) async fn run(data_dir: &Path, stream: &str) -> anyhow::Result<ExitCod
     printer.await.context("receipt printer failed")??;
     wait_for_sinks(&replicator).await?;
     replicator.close().await?;
-    writeln!(
-        io::stderr(),
-        "published {published} events to stream {stream} ({invalid} invalid lines); sinks caught up"
-    )?;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    node::say(
+        false,
+        &format!(
+            "published {published} events to stream {stream} ({invalid} invalid lines); sinks caught up"
+        ),
+    );
     Ok(exit_status(invalid == 0))
 }
 
@@ -85,14 +88,13 @@ async fn wait_for_sinks(replicator: &DurableReplicator<Event>) -> anyhow::Result
             () = &mut caught_up => return Ok(()),
             () = tokio::time::sleep(std::time::Duration::from_secs(3)) => {
                 for sink in replicator.sink_snapshots().await.iter().filter(|s| s.lag_events > 0) {
-                    writeln!(
-                        io::stderr(),
+                    node::say(true, &format!(
                         "waiting for sink {} of stream {}: {} events behind{}",
                         sink.sink,
                         sink.stream,
                         sink.lag_events,
                         sink.last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
-                    )?;
+                    ));
                 }
             }
         }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use omnirelay_replication::{ErrorKind, OwnedRecord, Record, Sink, SinkError};
+use omnirelay_replication::{ErrorKind, OwnedRecord, Record, Sink, SinkError, StreamId};
 use tokio::sync::watch;
 
 /// Records every record it applies (duplicates included: it is
@@ -21,6 +21,8 @@ struct State {
     failing: Option<ErrorKind>,
     poison: BTreeSet<u64>,
     attempts: Vec<tokio::time::Instant>,
+    /// Set: the sink keeps its own checkpoint, starting here.
+    checkpoint: Option<u64>,
 }
 
 impl Default for FaultySink {
@@ -58,6 +60,12 @@ impl FaultySink {
         self.lock().poison.insert(sequence);
     }
 
+    /// Makes the sink keep its own checkpoint (see [`Sink::checkpoint`]),
+    /// starting at `mark`; it fails to answer while the sink is failing.
+    pub fn keep_checkpoint(&self, mark: u64) {
+        self.lock().checkpoint = Some(mark);
+    }
+
     /// Every apply waits until [`FaultySink::release`].
     pub fn stall(&self) {
         self.open.send_replace(false);
@@ -90,6 +98,14 @@ impl FaultySink {
 }
 
 impl Sink for FaultySink {
+    async fn checkpoint(&self, _stream: &StreamId) -> Result<Option<u64>, SinkError> {
+        let state = self.lock();
+        match (state.checkpoint, state.failing) {
+            (Some(_), Some(kind)) => Err(SinkError::new(kind, "injected failure")),
+            (mark, _) => Ok(mark),
+        }
+    }
+
     async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         self.lock().attempts.push(tokio::time::Instant::now());
         let mut open = self.open.subscribe();
@@ -106,6 +122,9 @@ impl Sink for FaultySink {
         state
             .applied
             .extend(batch[..clean].iter().map(Record::to_owned));
+        if let (Some(mark), Some(last)) = (state.checkpoint, clean.checked_sub(1)) {
+            state.checkpoint = Some(mark.max(batch[last].sequence()));
+        }
         if clean == batch.len() {
             return Ok(());
         }

@@ -41,6 +41,7 @@ pub mod event;
 pub mod json;
 pub mod lines;
 pub mod proto;
+pub mod telemetry;
 pub mod version;
 
 pub use codec::ResourceLeaseCodec;

@@ -281,7 +281,7 @@ fn collect_acks(mut stdout: impl Read + Send + 'static) -> std::thread::JoinHand
 
 #[test]
 fn heavy_crash_loop_loses_no_acknowledged_event() {
-    let cycles: u64 = std::env::var("OMNIRELAY_CRASH_CYCLES")
+    let cycles: u64 = std::env::var("ORTEST_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use crate::config::registry::SinkContext;
-use crate::config::validate::ValidConfig;
+use crate::config::validate::{ValidConfig, ValidSink};
 use crate::error::Error;
 use crate::event::{Codec, ReplicationEvent};
 use crate::replicator::DurableReplicator;
+use crate::sink::SharedSink;
 
 impl ValidConfig {
     /// Opens the durable replicator (recovering every stream's log) and
@@ -18,6 +19,20 @@ impl ValidConfig {
     pub async fn build<E: ReplicationEvent>(
         &self,
         codec: Arc<dyn Codec<E>>,
+    ) -> Result<DurableReplicator<E>, Error> {
+        self.build_with(codec, |_, sink| sink).await
+    }
+
+    /// [`ValidConfig::build`], passing every sink through `decorate` before
+    /// it is added (to wrap it with telemetry, say).
+    ///
+    /// # Errors
+    ///
+    /// As [`ValidConfig::build`].
+    pub async fn build_with<E: ReplicationEvent>(
+        &self,
+        codec: Arc<dyn Codec<E>>,
+        decorate: impl Fn(&ValidSink, SharedSink) -> SharedSink,
     ) -> Result<DurableReplicator<E>, Error> {
         let replicator = DurableReplicator::open(codec, self.durable.clone()).await?;
         for sink in &self.sinks {
@@ -33,7 +48,7 @@ impl ValidConfig {
                 .with_source(e)
             })?;
             replicator
-                .add_sink(&sink.name, built, sink.options.clone())
+                .add_sink(&sink.name, decorate(sink, built), sink.options.clone())
                 .await?;
         }
         Ok(replicator)

@@ -95,6 +95,47 @@ impl<P: figment::Provider> figment::Provider for Named<P> {
     }
 }
 
+/// Where the configuration text comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// The embedded default ([`DEFAULT_TOML`]).
+    Default,
+    /// A file.
+    File(&'a Path),
+    /// Text read from elsewhere (standard input, say), with a name for
+    /// error messages.
+    Text {
+        /// The TOML.
+        text: &'a str,
+        /// What to call it in errors.
+        name: &'a str,
+    },
+}
+
+/// A setting given on the command line: a key path, its value, and the
+/// flag that set it (for error messages). Flags win over the environment,
+/// which wins over the file.
+#[derive(Clone, Debug)]
+pub struct Override {
+    /// The dotted key path, e.g. `server.listen`.
+    pub key: String,
+    /// The value.
+    pub value: toml::Value,
+    /// The flag, e.g. `--listen`.
+    pub flag: String,
+}
+
+impl Override {
+    /// `--flag` sets `key` to `value`.
+    pub fn new(flag: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        Self {
+            key: key.to_owned(),
+            value: value.into(),
+            flag: flag.to_owned(),
+        }
+    }
+}
+
 /// Parses a configuration: `file` (or the embedded default when `None`)
 /// under the process environment's `OMNIRELAY_…` overrides.
 ///
@@ -103,10 +144,14 @@ impl<P: figment::Provider> figment::Provider for Named<P> {
 /// [`ConfigError`] naming the file or variable and the key path, for an
 /// unreadable file, invalid TOML, an unknown key or a wrong type.
 pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
-    let vars: Vec<(String, String)> = std::env::vars()
+    load_with(file, &process_env())
+}
+
+/// The process's `OMNIRELAY_…` variables.
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars()
         .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-        .collect();
-    load_with(file, &vars)
+        .collect()
 }
 
 /// [`load`] with the environment given explicitly.
@@ -115,9 +160,27 @@ pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
 ///
 /// As [`load`].
 pub fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    let source = match file {
+        Some(path) => Source::File(path),
+        None => Source::Default,
+    };
+    load_from(source, env, &[])
+}
+
+/// Parses a configuration from `source`, under `env` (`OMNIRELAY_…`
+/// variables; others are ignored) and command-line `overrides`.
+///
+/// # Errors
+///
+/// As [`load`].
+pub fn load_from(
+    source: Source<'_>,
+    env: &[(String, String)],
+    overrides: &[Override],
+) -> Result<Loaded, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
-    figment = match file {
-        Some(path) => {
+    figment = match source {
+        Source::File(path) => {
             if !path.is_file() {
                 return Err(ConfigError::new(
                     path.display().to_string(),
@@ -127,7 +190,8 @@ pub fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Loaded
             }
             figment.merge(Toml::file_exact(path))
         }
-        None => figment.merge(Named::new(
+        Source::Text { text, name } => figment.merge(Named::new(Toml::string(text), name)),
+        Source::Default => figment.merge(Named::new(
             Toml::string(DEFAULT_TOML),
             "the embedded default configuration",
         )),
@@ -150,6 +214,12 @@ pub fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Loaded
         figment = figment.merge(Named::new(
             Serialized::default(&key, value),
             format!("environment variable {name}"),
+        ));
+    }
+    for o in overrides {
+        figment = figment.merge(Named::new(
+            Serialized::default(&o.key, o.value.clone()),
+            format!("command-line flag {}", o.flag),
         ));
     }
     match figment.extract::<Config>() {

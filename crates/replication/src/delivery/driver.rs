@@ -18,6 +18,7 @@ use crate::record::{EventBatch, Record, RecordHeader};
 use crate::replicator::durable::StreamState;
 use crate::sink::SharedSink;
 use crate::stream::StreamId;
+use crate::telemetry;
 use crate::time::Timestamp;
 
 /// What the replicator sees of a driver.
@@ -29,6 +30,59 @@ pub(crate) struct DriverShared {
     /// The highest sequence applied or skipped past.
     pub(crate) cursor: AtomicU64,
     counters: Mutex<Counters>,
+    metrics: DriverMetrics,
+}
+
+/// The driver's metric handles, registered once (and at zero, so that
+/// every series exists from the start).
+#[derive(Debug)]
+struct DriverMetrics {
+    sent: metrics::Counter,
+    retries: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    discarded_retention: metrics::Counter,
+    discarded_unrepresentable: metrics::Counter,
+    lag_events: metrics::Gauge,
+    lag_seconds: metrics::Gauge,
+}
+
+impl DriverMetrics {
+    fn new(stream: &StreamId, sink: &str) -> Self {
+        let labels = [
+            ("stream", stream.as_str().to_owned()),
+            ("sink", sink.to_owned()),
+        ];
+        let discarded = |reason: &'static str| {
+            let mut with_reason = labels.to_vec();
+            with_reason.push(("reason", reason.to_owned()));
+            let counter = metrics::counter!(telemetry::SINK_DISCARDED_EVENTS, &with_reason);
+            counter.increment(0);
+            counter
+        };
+        let counter = |name: &'static str| {
+            let counter = metrics::counter!(name, &labels);
+            counter.increment(0);
+            counter
+        };
+        Self {
+            sent: counter(telemetry::SINK_SENT_EVENTS),
+            retries: counter(telemetry::SINK_RETRIES),
+            dead_lettered: counter(telemetry::SINK_DEAD_LETTERED_EVENTS),
+            discarded_retention: discarded(telemetry::REASON_RETENTION),
+            discarded_unrepresentable: discarded(telemetry::REASON_UNREPRESENTABLE),
+            lag_events: metrics::gauge!(telemetry::SINK_LAG_EVENTS, &labels),
+            lag_seconds: metrics::gauge!(telemetry::SINK_LAG_SECONDS, &labels),
+        }
+    }
+
+    fn error(stream: &StreamId, sink: &str, kind: &'static str) {
+        let labels = [
+            ("stream", stream.as_str().to_owned()),
+            ("sink", sink.to_owned()),
+            ("kind", kind.to_owned()),
+        ];
+        metrics::counter!(telemetry::SINK_ERRORS, &labels).increment(1);
+    }
 }
 
 #[derive(Debug)]
@@ -41,12 +95,14 @@ struct Counters {
     skipped: u64,
     discarded: u64,
     last_error: Option<String>,
+    last_error_kind: Option<&'static str>,
     oldest_pending: Option<Timestamp>,
 }
 
 impl DriverShared {
     pub(crate) fn new(stream: StreamId, sink: String, options: SinkOptions, cursor: u64) -> Self {
         Self {
+            metrics: DriverMetrics::new(&stream, &sink),
             stream,
             sink,
             options,
@@ -60,6 +116,7 @@ impl DriverShared {
                 skipped: 0,
                 discarded: 0,
                 last_error: None,
+                last_error_kind: None,
                 oldest_pending: None,
             }),
         }
@@ -82,6 +139,14 @@ impl DriverShared {
             } => Some((max_lag_events, when_full)),
             DeliveryMode::BestEffort => None,
         }
+    }
+
+    /// Sets the lag gauges from a snapshot.
+    pub(crate) fn update_gauges(&self, head: u64) -> SinkSnapshot {
+        let snapshot = self.snapshot(head);
+        self.metrics.lag_events.set(snapshot.lag_events as f64);
+        self.metrics.lag_seconds.set(snapshot.lag_seconds);
+        snapshot
     }
 
     pub(crate) fn snapshot(&self, head: u64) -> SinkSnapshot {
@@ -154,6 +219,24 @@ impl<E> Piece<E> {
     }
 }
 
+/// Where a new driver starts.
+#[derive(Debug)]
+pub(crate) struct Start {
+    pub(crate) cursor: u64,
+    /// The sink keeps its own checkpoint but could not say it yet: the
+    /// driver asks again before delivering.
+    needs_sink_checkpoint: Option<Error>,
+}
+
+impl Start {
+    fn at(cursor: u64) -> Self {
+        Self {
+            cursor,
+            needs_sink_checkpoint: None,
+        }
+    }
+}
+
 /// Why the driver stops delivering a batch.
 enum Stop {
     Shutdown,
@@ -161,39 +244,86 @@ enum Stop {
 
 impl<E: ReplicationEvent> Driver<E> {
     /// Resolves where to start: the sink's own checkpoint if it keeps one,
-    /// else the saved one, else per [`StartFrom`].
+    /// else the saved one, else per [`StartFrom`]. A sink that cannot
+    /// answer yet (its backend is down) does not stop the replicator: the
+    /// driver starts from the saved position and asks the sink again,
+    /// with backoff, before it delivers anything
+    /// ([`Start::needs_sink_checkpoint`]).
     pub(crate) async fn starting_cursor(
         sink: &SharedSink,
         store: Option<&Arc<dyn CheckpointStore>>,
         stream: &StreamState<E>,
         sink_name: &str,
         start: StartFrom,
-    ) -> Result<u64, Error> {
-        if let Some(mark) = sink
-            .checkpoint_dyn(&stream.id)
-            .await
-            .map_err(|e| e.into_error())?
-        {
-            return Ok(mark);
+    ) -> Result<Start, Error> {
+        let asked = sink.checkpoint_dyn(&stream.id).await;
+        if let Ok(Some(mark)) = asked {
+            return Ok(Start::at(mark));
         }
-        if let Some(store) = store
+        let fallback = if let Some(store) = store
             && let Some(saved) = store.load(&stream.id, sink_name).map_err(|e| {
                 Error::new(
                     ErrorKind::Unavailable,
                     format!("cannot read the checkpoint of sink {sink_name}"),
                 )
                 .with_source(e)
-            })?
-        {
-            return Ok(saved);
-        }
-        Ok(match start {
-            StartFrom::Earliest => 0,
-            StartFrom::Latest => stream.log.last_sequence(),
+            })? {
+            saved
+        } else {
+            match start {
+                StartFrom::Earliest => 0,
+                StartFrom::Latest => stream.log.last_sequence(),
+            }
+        };
+        Ok(match asked {
+            Ok(_) => Start::at(fallback),
+            Err(e) => Start {
+                cursor: fallback,
+                needs_sink_checkpoint: Some(e.into_error()),
+            },
         })
     }
 
-    pub(crate) async fn run(mut self) {
+    /// Asks the sink for its checkpoint until it answers (the first
+    /// attempt failed with `first`); `Err` on shutdown.
+    async fn resolve_sink_checkpoint(&mut self, first: Error) -> Result<(), Stop> {
+        let mut backoff = Backoff::new(self.shared.options.retry, self.seed);
+        let mut error = first;
+        loop {
+            self.note_error(&error);
+            self.shared.counters().retries += 1;
+            self.shared.metrics.retries.increment(1);
+            // Nothing to dead-letter here: past the policy's attempts,
+            // keep asking at the longest delay.
+            let delay = backoff.next_delay().unwrap_or_else(|| {
+                Backoff::ceiling(&self.shared.options.retry, backoff.failures())
+            });
+            self.set_state(if backoff.failures() >= 5 {
+                SinkState::Failing
+            } else {
+                SinkState::Retrying
+            });
+            self.pause(delay).await?;
+            match self.sink.checkpoint_dyn(&self.stream.id).await {
+                Ok(mark) => {
+                    if let Some(mark) = mark {
+                        self.advance(mark);
+                    }
+                    self.set_state(SinkState::Healthy);
+                    return Ok(());
+                }
+                Err(e) => error = e.into_error(),
+            }
+        }
+    }
+
+    pub(crate) async fn run(mut self, start: Start) {
+        if let Some(error) = start.needs_sink_checkpoint
+            && self.resolve_sink_checkpoint(error).await.is_err()
+        {
+            self.set_state(SinkState::Stopped);
+            return;
+        }
         let mut cursor = self.shared.cursor();
         let mut saved = cursor;
         let mut last_save = Instant::now();
@@ -243,9 +373,11 @@ impl<E: ReplicationEvent> Driver<E> {
             }
             cursor = cursor.max(last);
             self.advance(cursor);
-            if cursor >= self.stream.log.progress().borrow().visible {
+            let head = self.stream.log.progress().borrow().visible;
+            if cursor >= head {
                 self.shared.counters().oldest_pending = None;
             }
+            self.shared.update_gauges(head);
             if cursor != saved && last_save.elapsed() >= self.shared.options.checkpoint_interval {
                 self.save(cursor).await;
                 saved = cursor;
@@ -255,7 +387,7 @@ impl<E: ReplicationEvent> Driver<E> {
         if cursor != saved {
             self.save(cursor).await;
         }
-        self.shared.counters().state = SinkState::Stopped;
+        self.set_state(SinkState::Stopped);
     }
 
     fn is_shutdown(&self) -> bool {
@@ -380,6 +512,7 @@ impl<E: ReplicationEvent> Driver<E> {
             return;
         }
         self.shared.counters().discarded += dropped;
+        self.shared.metrics.discarded_retention.increment(dropped);
         if self.shared.options.is_required() {
             tracing::error!(
                 stream = %self.stream.id, sink = %self.shared.sink, dropped,
@@ -415,6 +548,7 @@ impl<E: ReplicationEvent> Driver<E> {
                             Some(Ok(record)) => records.push(record),
                             Some(Err(err)) if err.kind() == CodecErrorKind::Unrepresentable => {
                                 self.shared.counters().skipped += 1;
+                                self.shared.metrics.discarded_unrepresentable.increment(1);
                             }
                             Some(Err(err)) => letters.push(DeadLetter::new(
                                 &self.shared.sink,
@@ -477,6 +611,7 @@ impl<E: ReplicationEvent> Driver<E> {
                     }
                     if error.is_retryable() {
                         self.shared.counters().retries += 1;
+                        self.shared.metrics.retries.increment(1);
                         match backoff.next_delay() {
                             Some(delay) => {
                                 let delay =
@@ -531,6 +666,7 @@ impl<E: ReplicationEvent> Driver<E> {
     fn applied(&self, records: &[Record<'_>], cursor: &mut u64) {
         if let Some(last) = records.last() {
             *cursor = last.sequence();
+            self.shared.metrics.sent.increment(records.len() as u64);
             let mut c = self.shared.counters();
             c.applied += records.len() as u64;
             c.batches += 1;
@@ -538,13 +674,48 @@ impl<E: ReplicationEvent> Driver<E> {
         }
     }
 
+    /// Changes the state, logging the change (one line per change, not
+    /// per event or per attempt).
     fn set_state(&self, state: SinkState) {
-        self.shared.counters().state = state;
+        let (previous, last_error, kind, cursor) = {
+            let mut c = self.shared.counters();
+            let previous = std::mem::replace(&mut c.state, state);
+            (
+                previous,
+                c.last_error.clone(),
+                c.last_error_kind,
+                self.shared.cursor(),
+            )
+        };
+        if previous == state {
+            return;
+        }
+        let (stream, sink) = (&self.stream.id, &self.shared.sink);
+        let error = last_error.as_deref().unwrap_or_default();
+        let kind = kind.unwrap_or_default();
+        match state {
+            SinkState::Healthy => {
+                tracing::info!(%stream, %sink, checkpoint = cursor, "sink healthy")
+            }
+            SinkState::Retrying => {
+                tracing::warn!(%stream, %sink, kind, error, from_sequence = cursor + 1, "sink failing; retrying");
+            }
+            SinkState::Failing => {
+                tracing::error!(%stream, %sink, kind, error, from_sequence = cursor + 1, "sink keeps failing");
+            }
+            SinkState::Stopped => {
+                tracing::debug!(%stream, %sink, checkpoint = cursor, "sink stopped")
+            }
+        }
     }
 
+    /// Records a failure: the last error (shown in snapshots and the next
+    /// state-change line) and the error counter.
     fn note_error(&self, error: &Error) {
-        tracing::warn!(stream = %self.stream.id, sink = %self.shared.sink, kind = %error.kind(), error = %error, "sink delivery failed");
-        self.shared.counters().last_error = Some(error.to_string());
+        DriverMetrics::error(&self.stream.id, &self.shared.sink, error.kind().as_str());
+        let mut c = self.shared.counters();
+        c.last_error = Some(error.to_string());
+        c.last_error_kind = Some(error.kind().as_str());
     }
 
     /// Appends to the sink's dead-letter log, retrying until it is written:
@@ -563,8 +734,9 @@ impl<E: ReplicationEvent> Driver<E> {
             .await;
             match written {
                 Ok(Ok(())) => {
-                    tracing::warn!(stream = %self.stream.id, sink = %self.shared.sink, sequence = letter.sequence, error = %letter.error, "event dead-lettered");
+                    tracing::warn!(stream = %self.stream.id, sink = %self.shared.sink, sequence = letter.sequence, kind = %letter.error_kind, error = %letter.error, "event dead-lettered");
                     self.shared.counters().dead_lettered += 1;
+                    self.shared.metrics.dead_lettered.increment(1);
                     return Ok(());
                 }
                 Ok(Err(e)) => self.note_error(

@@ -21,6 +21,7 @@ use crate::replicator::{Receipt, Replicator};
 use crate::sequencer::Sequencer;
 use crate::sink::SharedSink;
 use crate::stream::{StreamId, validate_name};
+use crate::telemetry;
 use crate::time::Timestamp;
 
 /// When a publish counts as done.
@@ -90,6 +91,35 @@ pub struct StreamSnapshot {
     pub failure: Option<String>,
 }
 
+/// A stream's metric handles.
+#[derive(Debug)]
+struct StreamMetrics {
+    published_events: metrics::Counter,
+    published_bytes: metrics::Counter,
+    publish_duration: metrics::Histogram,
+    log_bytes: metrics::Gauge,
+    backpressure: metrics::Gauge,
+}
+
+impl StreamMetrics {
+    fn new(stream: &StreamId) -> Self {
+        let labels = [("stream", stream.as_str().to_owned())];
+        let published_events = metrics::counter!(telemetry::PUBLISHED_EVENTS, &labels);
+        published_events.increment(0);
+        let published_bytes = metrics::counter!(telemetry::PUBLISHED_BYTES, &labels);
+        published_bytes.increment(0);
+        let backpressure = metrics::gauge!(telemetry::BACKPRESSURE_ACTIVE, &labels);
+        backpressure.set(0.0);
+        Self {
+            published_events,
+            published_bytes,
+            publish_duration: metrics::histogram!(telemetry::PUBLISH_DURATION, &labels),
+            log_bytes: metrics::gauge!(telemetry::LOG_BYTES, &labels),
+            backpressure,
+        }
+    }
+}
+
 /// One stream: its log, its sequencer and its drivers.
 pub(crate) struct StreamState<E> {
     pub(crate) id: StreamId,
@@ -100,6 +130,7 @@ pub(crate) struct StreamState<E> {
     drivers: Mutex<Vec<Arc<DriverShared>>>,
     /// Signalled whenever a driver moves.
     advanced: Notify,
+    metrics: StreamMetrics,
     /// Hands new drivers to the stream's delivery task.
     drivers_tx: tokio::sync::mpsc::UnboundedSender<crate::sink::BoxFuture<'static, ()>>,
     recovery: Recovery,
@@ -137,6 +168,19 @@ impl<E: ReplicationEvent> StreamState<E> {
             let lag = last.saturating_sub(d.cursor());
             (lag > 0 && lag + count > budget).then(|| (d.sink.clone(), lag, budget, when_full))
         })
+    }
+
+    /// Sets the stream's and its sinks' gauges from their current state.
+    fn refresh_gauges(&self) {
+        let head = self.log.progress().borrow().visible;
+        self.metrics.log_bytes.set(self.log.stats().bytes as f64);
+        let blocked = self.over_budget(1).is_some();
+        self.metrics
+            .backpressure
+            .set(if blocked { 1.0 } else { 0.0 });
+        for driver in lock(&self.drivers).iter() {
+            driver.update_gauges(head);
+        }
     }
 
     fn required_caught_up(&self, sequence: u64) -> bool {
@@ -202,6 +246,7 @@ impl<E> std::fmt::Debug for DurableReplicator<E> {
 pub struct PendingPublish<E> {
     /// The receipt of the last event of the submission.
     receipt: Receipt,
+    started: std::time::Instant,
     first_sequence: u64,
     stream: Arc<StreamState<E>>,
     ack: Ack,
@@ -235,6 +280,10 @@ impl<E: ReplicationEvent> PendingPublish<E> {
     /// first.
     pub async fn durable(self) -> Result<Receipt, Error> {
         self.stream.log.wait_acked(self.receipt.sequence).await?;
+        self.stream
+            .metrics
+            .publish_duration
+            .record(self.started.elapsed().as_secs_f64());
         if self.ack == Ack::RequiredSinks {
             loop {
                 let notified = self.stream.advanced.notified();
@@ -297,6 +346,11 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         for id in streams {
             replicator.stream(&id).await?;
         }
+        let gauges = tokio::spawn(refresh_gauges(
+            Arc::downgrade(&replicator.inner),
+            replicator.inner.shutdown.subscribe(),
+        ));
+        lock(&replicator.inner.tasks).push(gauges);
         Ok(replicator)
     }
 
@@ -355,6 +409,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         }
         let (drivers_tx, drivers_rx) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(StreamState {
+            metrics: StreamMetrics::new(id),
             drivers_tx,
             id: id.clone(),
             log,
@@ -425,7 +480,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             .durability
             .is_persistent()
             .then(|| self.inner.store.clone());
-        let cursor = Driver::<E>::starting_cursor(
+        let start = Driver::<E>::starting_cursor(
             &registration.sink,
             store.as_ref(),
             state,
@@ -437,7 +492,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             state.id.clone(),
             registration.name.clone(),
             registration.options.clone(),
-            cursor,
+            start.cursor,
         ));
         lock(&state.drivers).push(shared.clone());
         state.driver_advanced();
@@ -456,7 +511,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             shutdown: self.inner.shutdown.subscribe(),
             seed: self.inner.seed.fetch_add(1, Ordering::Relaxed),
         };
-        if state.drivers_tx.send(Box::pin(driver.run())).is_err() {
+        if state.drivers_tx.send(Box::pin(driver.run(start))).is_err() {
             return Err(Error::new(ErrorKind::Closed, "the replicator is closed"));
         }
         Ok(())
@@ -506,6 +561,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         stream: &StreamId,
         mut events: Vec<E>,
     ) -> Result<PendingPublish<E>, PublishErrorParts<Vec<E>>> {
+        let started = std::time::Instant::now();
         let state = match self.stream(stream).await {
             Ok(state) => state,
             Err(error) => {
@@ -519,6 +575,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         if count == 0 {
             let last = state.last_assigned.load(Ordering::Acquire);
             return Ok(PendingPublish {
+                started,
                 receipt: Receipt {
                     stream: stream.clone(),
                     sequence: last,
@@ -534,6 +591,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             let Some((sink, lag, budget, when_full)) = state.over_budget(count) else {
                 break;
             };
+            state.metrics.backpressure.set(1.0);
             if when_full == WhenFull::Reject {
                 let error = Error::new(
                     ErrorKind::Throttled,
@@ -546,6 +604,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                     event: Some(events),
                 });
             }
+            state.metrics.backpressure.set(1.0);
             notified.await;
         }
         let mut sequencer = state.sequencer.lock().await;
@@ -581,6 +640,9 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                 event: Some(batch.into_events()),
             });
         }
+        let bytes: usize = (0..batch.len())
+            .map(|i| crate::log::LogBatch::payload(&batch, i).len())
+            .sum();
         if let Err((error, batch)) = state.log.append(Arc::new(batch)).await {
             let events = Arc::try_unwrap(batch)
                 .map(EventBatch::into_events)
@@ -596,7 +658,10 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         let last = first + count - 1;
         state.last_assigned.store(last, Ordering::Release);
         drop(sequencer);
+        state.metrics.published_events.increment(count);
+        state.metrics.published_bytes.increment(bytes as u64);
         Ok(PendingPublish {
+            started,
             receipt: Receipt {
                 stream: stream.clone(),
                 sequence: last,
@@ -769,6 +834,32 @@ pub struct PublishErrorParts<T> {
 impl<T> std::fmt::Display for PublishErrorParts<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "publish failed: {}", self.error)
+    }
+}
+
+/// Every second: the gauges that change without any event (lag grows while
+/// a sink is stuck; the log grows; backpressure clears).
+async fn refresh_gauges<E: ReplicationEvent>(
+    inner: std::sync::Weak<Inner<E>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => {}
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let streams: Vec<_> = lock(&inner.streams).values().cloned().collect();
+        for state in streams {
+            state.refresh_gauges();
+        }
+        if *shutdown.borrow() {
+            return;
+        }
     }
 }
 

@@ -187,6 +187,44 @@ async fn one_failing_sink_never_stalls_the_others_and_catches_up_without_loss_or
 }
 
 #[tokio::test]
+async fn a_sink_that_cannot_say_its_checkpoint_at_start_is_retried_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::None).await;
+    assert_eq!(publish(&replicator, 8).await, (1..=8).collect::<Vec<_>>());
+    let sink = FaultySink::new();
+    sink.keep_checkpoint(5);
+    sink.fail_with(ErrorKind::Unavailable);
+    replicator
+        .add_sink("down", sink.clone().shared(), sink_options())
+        .await
+        .expect("a sink whose backend is down does not stop the replicator");
+    for _ in 0..200 {
+        let snap = replicator.sink_snapshots().await;
+        if snap[0].retries >= 2 {
+            assert!(matches!(
+                snap[0].state,
+                SinkState::Retrying | SinkState::Failing
+            ));
+            assert!(snap[0].last_error.as_deref().unwrap().contains("injected"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        sink.sequences().is_empty(),
+        "nothing is sent before the sink says where it is"
+    );
+    sink.heal();
+    wait_for(&replicator, "down", 8).await;
+    assert_eq!(
+        sink.sequences(),
+        [6, 7, 8],
+        "delivery resumes after the sink's own checkpoint"
+    );
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_permanent_failure_dead_letters_exactly_the_poison_event() {
     let dir = tempfile::tempdir().unwrap();
     let replicator = open(dir.path(), Durability::Fsync).await;

@@ -9,3 +9,4 @@ mod durable;
 mod file_sink;
 mod replicator;
 mod support;
+mod telemetry;

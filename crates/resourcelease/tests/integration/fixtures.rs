@@ -11,10 +11,10 @@ use omnirelay_resourcelease::{
 
 use crate::support::fixtures;
 
-/// Set `OMNIRELAY_BLESS=1` to (re)write the protobuf fixtures from the JSON
+/// Set `ORTEST_BLESS=1` to (re)write the protobuf fixtures from the JSON
 /// ones; review the diff before committing.
 fn blessing() -> bool {
-    std::env::var_os("OMNIRELAY_BLESS").is_some_and(|v| v == "1")
+    std::env::var_os("ORTEST_BLESS").is_some_and(|v| v == "1")
 }
 
 #[test]
@@ -42,7 +42,7 @@ fn protobuf_fixtures_match_the_json_ones() {
             std::fs::write(&f.proto_path, &encoded).unwrap();
         }
         let golden = std::fs::read(&f.proto_path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with OMNIRELAY_BLESS=1)", f.name));
+            .unwrap_or_else(|e| panic!("{}: {e} (run with ORTEST_BLESS=1)", f.name));
         assert_eq!(encoded, golden, "{}: protobuf encoding differs", f.name);
         let (decoded, version) = proto::decode_with_version(&golden).unwrap();
         assert_eq!(version, f.version, "{}", f.name);

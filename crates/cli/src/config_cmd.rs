@@ -1,0 +1,65 @@
+//! `omnirelay config default|check`.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use omnirelay_replication::Codec as _;
+use omnirelay_replication::config::{self, DEFAULT_TOML, SinkRegistry, Source};
+use omnirelay_resourcelease::ResourceLeaseCodec;
+
+pub(crate) fn default() -> anyhow::Result<ExitCode> {
+    io::stdout().write_all(DEFAULT_TOML.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn check(file: &Path) -> anyhow::Result<ExitCode> {
+    let stdin;
+    let source = if file == Path::new("-") {
+        let mut text = String::new();
+        io::stdin().read_to_string(&mut text)?;
+        stdin = text;
+        Source::Text {
+            text: &stdin,
+            name: "standard input",
+        }
+    } else {
+        Source::File(file)
+    };
+    let loaded = match config::load_from(source, &config::process_env(), &[]) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            writeln!(io::stderr(), "{err}")?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match loaded.validate(
+        &SinkRegistry::discovered(),
+        ResourceLeaseCodec.latest_version(),
+    ) {
+        Ok(valid) => {
+            let sinks: Vec<String> = valid
+                .sinks
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.kind))
+                .collect();
+            writeln!(
+                io::stdout(),
+                "{}: ok; data_dir {}, {} stream(s) declared, sinks: {}",
+                file.display(),
+                valid.data_dir.display(),
+                valid.durable.streams.len(),
+                if sinks.is_empty() {
+                    "none".to_owned()
+                } else {
+                    sinks.join(", ")
+                }
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            writeln!(io::stderr(), "{errors}")?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! What every long-running command shares: configuration (file, environment,
+//! flags), logging, metrics and the HTTP listener.
+
+use std::future::IntoFuture as _;
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use omnirelay_replication::Codec as _;
+use omnirelay_replication::config::{
+    self, LogFormatConfig, Override, SinkRegistry, Source, ValidConfig,
+};
+use omnirelay_resourcelease::ResourceLeaseCodec;
+use tokio::sync::watch;
+
+/// The flags of every long-running command: each is sugar over a
+/// configuration key.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct NodeArgs {
+    /// The configuration file (default: the embedded default, see
+    /// `omnirelay config default`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The data directory (key `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Serve /metrics and health checks on HOST:PORT (key `server.listen`;
+    /// port 0 picks a free one, printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// Log lines as `text` or `json` (key `telemetry.log_format`).
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) log_format: Option<String>,
+}
+
+impl NodeArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        if let Some(dir) = &self.data_dir {
+            out.push(Override::new(
+                "--data-dir",
+                "data_dir",
+                dir.display().to_string(),
+            ));
+        }
+        if let Some(listen) = &self.listen {
+            out.push(Override::new("--listen", "server.listen", listen.clone()));
+        }
+        if let Some(format) = &self.log_format {
+            out.push(Override::new(
+                "--log-format",
+                "telemetry.log_format",
+                format.clone(),
+            ));
+        }
+        out
+    }
+
+    /// Loads and validates the configuration, printing every problem.
+    pub(crate) fn load(&self) -> anyhow::Result<ValidConfig> {
+        let source = match &self.config {
+            Some(path) => Source::File(path),
+            None => Source::Default,
+        };
+        let loaded = config::load_from(source, &config::process_env(), &self.overrides())?;
+        let registry = SinkRegistry::discovered();
+        loaded
+            .validate(&registry, ResourceLeaseCodec.latest_version())
+            .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))
+    }
+}
+
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A message for the operator on stderr: a plain line, or with
+/// `--log-format json` a JSON log event, so that every line of stderr
+/// parses as JSON.
+pub(crate) fn say(warning: bool, message: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        if warning {
+            tracing::warn!(target: "omnirelay", "{message}");
+        } else {
+            tracing::info!(target: "omnirelay", "{message}");
+        }
+    } else {
+        let _ = writeln!(io::stderr(), "{message}");
+    }
+}
+
+/// Installs the log subscriber: `RUST_LOG`, else the configured level; JSON
+/// or text; colour only on a terminal.
+pub(crate) fn install_logging(format: LogFormatConfig, level: &str) {
+    JSON_LOGS.store(
+        format == LogFormatConfig::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    let _ = match format {
+        LogFormatConfig::Json => builder.json().with_current_span(false).try_init(),
+        LogFormatConfig::Text => builder.with_ansi(io::stderr().is_terminal()).try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder (histograms as `_bucket` series).
+pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    use omnirelay_replication::telemetry as core;
+    use omnirelay_resourcelease::telemetry as lease;
+    let mut builder = PrometheusBuilder::new();
+    for name in core::SECONDS_HISTOGRAMS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full((*name).to_owned()), core::SECONDS_BUCKETS)?;
+    }
+    builder = builder.set_buckets_for_metric(
+        Matcher::Full(lease::REPLICATION_LAG_MS.to_owned()),
+        lease::LAG_MS_BUCKETS,
+    )?;
+    let handle = builder
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    core::describe();
+    lease::describe();
+    Ok(handle)
+}
+
+/// The HTTP listener: `GET /metrics`, `/healthz`, `/readyz`.
+#[derive(Debug)]
+pub(crate) struct Server {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `listen` and serves until [`Server::stop`].
+    pub(crate) async fn start(
+        listen: &str,
+        valid: &ValidConfig,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<Self> {
+        if valid.tls.is_some() {
+            bail!(
+                "server.tls is set, but this command's listener serves plain HTTP only (TLS arrives with the service roles); remove server.tls or put a TLS proxy in front"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let address = listener.local_addr()?;
+        let upkeep = metrics.clone();
+        let app = Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let metrics = metrics.clone();
+                    async move { metrics.render() }
+                }),
+            )
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(|| async { "ok\n" }));
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut done = stopped.clone();
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .into_future();
+            // Histogram upkeep, while serving.
+            let upkeep = async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => upkeep.run_upkeep(),
+                        _ = done.wait_for(|stop| *stop) => return,
+                    }
+                }
+            };
+            let (served, ()) = tokio::join!(serve, upkeep);
+            if let Err(err) = served {
+                let _ = writeln!(io::stderr(), "omnirelay: the HTTP listener failed: {err}");
+            }
+        });
+        say(false, &format!("listening on http://{address}"));
+        Ok(Self { stop, task })
+    }
+
+    /// Stops serving and waits for in-flight requests.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,253 @@
+//! `omnirelay config default|check`, flags as configuration, `--listen`
+//! metrics and JSON logs, black-box.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+use crate::{omnirelay, text};
+
+#[test]
+fn the_default_configuration_round_trips_through_check() {
+    let default = omnirelay(&["config", "default"], b"");
+    assert!(default.status.success());
+    let toml = text(&default.stdout);
+    assert!(toml.contains("[replication.sinks.export]"), "{toml}");
+    assert!(
+        toml.lines().filter(|l| l.starts_with('#')).count() > 20,
+        "commented"
+    );
+    let piped = omnirelay(&["config", "check", "-"], &default.stdout);
+    assert!(piped.status.success(), "{}", text(&piped.stderr));
+    assert!(
+        text(&piped.stdout).starts_with(
+            "-: ok; data_dir omnirelay-data, 1 stream(s) declared, sinks: export (file)"
+        ),
+        "{}",
+        text(&piped.stdout)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("omnirelay.toml");
+    std::fs::write(&file, &default.stdout).unwrap();
+    let checked = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert!(checked.status.success());
+}
+
+#[test]
+fn check_names_the_key_path_of_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[replication.sinks.export]\ntype = \"file\"\n[replication.sinks.export.batch]\nmax_events = 0\n[replication.sinks.other]\ntype = \"nope\"\n").unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("replication.sinks.export.batch.max_events: must be at least 1 (is 0)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("replication.sinks.other.type: unknown sink type \"nope\""),
+        "{stderr}"
+    );
+    let missing = omnirelay(&["config", "check", "/nonexistent.toml"], b"");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("/nonexistent.toml: no such file"));
+}
+
+#[test]
+fn flags_are_configuration_keys_and_bad_values_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = omnirelay(
+        &[
+            "publish",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--log-format",
+            "yaml",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("command-line flag --log-format: telemetry.log_format"),
+        "{stderr}"
+    );
+    let out = omnirelay(
+        &[
+            "publish",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "nowhere",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("server.listen: expected HOST:PORT"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+fn event(i: usize) -> String {
+    format!(
+        r#"{{"eventType":"Enqueue","peerId":"p{}","payload":{{"resourceType":"t","resourceId":"r{i}","partitionKey":"k","payloadEncoding":"json","body":"e30="}}}}"#,
+        i % 2
+    ) + "\n"
+}
+
+/// `GET path` over HTTP/1.0; the body.
+pub(crate) fn http_get(address: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+#[test]
+fn publish_serves_metrics_on_listen_until_its_input_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+        .args([
+            "publish",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let mut stdin = child.stdin.take().unwrap();
+    let input: String = (0..25).map(event).collect();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    for _ in 0..25 {
+        let mut ack = String::new();
+        stdout.read_line(&mut ack).unwrap();
+    }
+    // The export sink applies asynchronously: poll until it has all 25.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = http_get(&address, "/metrics");
+        if metrics.contains(
+            r#"omnirelay_replication_sink_sent_events_total{stream="default",sink="export"} 25"#,
+        ) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for want in [
+        r#"omnirelay_replication_published_events_total{stream="default"} 25"#,
+        r#"omnirelay_replication_sink_sent_events_total{stream="default",sink="export"} 25"#,
+        r#"omnirelay_resourcelease_replication_events_total{lease_event_type="Enqueue",rpc_peer="p0"} 13"#,
+        r#"omnirelay_resourcelease_replication_events_total{lease_event_type="Enqueue",rpc_peer="p1"} 12"#,
+        "omnirelay_resourcelease_replication_lag_ms_bucket{",
+        "omnirelay_replication_publish_duration_seconds_bucket{",
+        "# TYPE omnirelay_replication_sink_lag_events gauge",
+    ] {
+        assert!(metrics.contains(want), "missing {want}\n{metrics}");
+    }
+    assert_eq!(http_get(&address, "/healthz"), "ok\n");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    assert!(
+        TcpStream::connect(&address).is_err(),
+        "the listener stops with the input"
+    );
+}
+
+#[test]
+fn json_logs_are_json_and_a_sink_failure_names_stream_sink_and_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    // The export directory is a dangling link: the sink can say where it
+    // is (nothing exported) but every write fails.
+    let not_a_dir = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("gone/export"), &not_a_dir).unwrap();
+    let config = dir.path().join("omnirelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+data_dir = "{}"
+[replication.log]
+durability = "none"
+[replication.sinks.broken]
+type = "file"
+[replication.sinks.broken.retry]
+initial_backoff_ms = 1
+max_backoff_ms = 2
+max_attempts = 3
+[replication.sinks.broken.settings]
+dir = "{}"
+"#,
+            dir.path().join("data").display(),
+            not_a_dir.display()
+        ),
+    )
+    .unwrap();
+    let input: String = (0..3).map(event).collect();
+    let out = omnirelay(
+        &[
+            "publish",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        input.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let failure = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "sink failing; retrying")
+        .unwrap_or_else(|| panic!("no failure line in {stderr}"));
+    assert_eq!(failure["fields"]["stream"], "default");
+    assert_eq!(failure["fields"]["sink"], "broken");
+    assert_eq!(failure["fields"]["kind"], "unavailable");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "event dead-lettered"),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("published 3 events"))),
+        "{stderr}"
+    );
+    // One line per state change, not per attempt.
+    let failures = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "sink failing; retrying")
+        .count();
+    assert!(
+        failures <= 3,
+        "{failures} failure lines for one state change per batch"
+    );
+}

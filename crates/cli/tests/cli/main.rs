@@ -6,6 +6,7 @@
 mod bench;
 mod config;
 mod log;
+mod prometheus;
 mod schema;
 
 use std::io::Write;

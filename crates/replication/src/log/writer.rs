@@ -120,16 +120,17 @@ impl<B: LogBatch> StreamLog<B> {
         } else {
             (None, Recovery::default())
         };
+        // Registered even at zero, so that the series exist from the start.
+        let labels = [("stream", stream.as_str().to_owned())];
+        metrics::counter!(telemetry::LOG_RECOVERY_CUT_BYTES, &labels).increment(recovery.cut_bytes);
+        metrics::counter!(telemetry::LOG_RECOVERY_CUTS, &labels)
+            .increment(u64::from(recovery.cut_bytes > 0));
         if recovery.cut_bytes > 0 {
             tracing::warn!(
                 stream = %stream, bytes = recovery.cut_bytes,
                 reason = recovery.cut_reason.as_deref().unwrap_or_default(),
                 "cut a damaged tail from the log"
             );
-            let labels = [("stream", stream.as_str().to_owned())];
-            metrics::counter!(telemetry::LOG_RECOVERY_CUT_BYTES, &labels)
-                .increment(recovery.cut_bytes);
-            metrics::counter!(telemetry::LOG_RECOVERY_CUTS, &labels).increment(1);
         }
         let last = recovery.last_sequence;
         let pending = options.max_pending_bytes.clamp(1, Semaphore::MAX_PERMITS);

@@ -1,0 +1,407 @@
+//! A real Prometheus, configured from `deploy/`, scrapes three running
+//! `omnirelay publish` processes; every query of the Grafana dashboard and
+//! the suggested alerts work against what they export.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long Prometheus may take to have everything (it scrapes every
+/// second here).
+const PATIENCE: Duration = Duration::from_secs(90);
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+fn event(i: usize) -> String {
+    let kind = ["Enqueue", "LeaseGranted", "Completed"][i % 3];
+    format!(
+        r#"{{"eventType":"{kind}","peerId":"peer-{}","payload":{{"resourceType":"t","resourceId":"r{i}","partitionKey":"k","payloadEncoding":"json","body":"e30="}}}}"#,
+        i % 2
+    ) + "\n"
+}
+
+/// `GET path`; the status code and body, or `None` when nothing answers.
+fn get(address: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A `publish --listen` process fed a few events every 100 ms until
+/// dropped (then its input closes and it must exit cleanly).
+struct Publisher {
+    child: Child,
+    address: String,
+    stop: Arc<AtomicBool>,
+    feeder: Option<JoinHandle<()>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Publisher {
+    fn start(data_dir: &Path, config: Option<&Path>) -> Self {
+        let mut args = vec![
+            "publish".to_owned(),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ];
+        if let Some(config) = config {
+            args.extend(["--config".to_owned(), config.display().to_string()]);
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("no listening line: {line}"))
+            .to_owned();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let feeder = {
+            let stop = stop.clone();
+            let stdin = child.stdin.take().unwrap();
+            std::thread::spawn(move || feed(stdin, &stop))
+        };
+        Self {
+            child,
+            address,
+            stop,
+            feeder: Some(feeder),
+            stderr: log,
+        }
+    }
+
+    /// Closes the input; the process must then exit with success.
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(feeder) = self.feeder.take() {
+            feeder.join().unwrap();
+        }
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "{} exited with {status}: {}",
+            self.address,
+            self.stderr.lock().unwrap()
+        );
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if self.feeder.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn feed(mut stdin: ChildStdin, stop: &AtomicBool) {
+    let mut i = 0;
+    while !stop.load(Ordering::Acquire) {
+        let batch: String = (i..i + 10).map(event).collect();
+        i += 10;
+        if stdin.write_all(batch.as_bytes()).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Prometheus server on a loopback port, configured from
+/// `deploy/prometheus.yml` and `deploy/alerts.yml` with only the targets
+/// and intervals changed.
+struct Prometheus {
+    child: Child,
+    address: String,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(targets: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = std::fs::read_to_string(deploy_dir().join("prometheus.yml")).unwrap();
+        let targets = targets
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = replace_once(
+            &replace_once(
+                &replace_once(&shipped, "scrape_interval: 15s", "scrape_interval: 1s"),
+                "evaluation_interval: 15s",
+                "evaluation_interval: 1s",
+            ),
+            r#"targets: ["127.0.0.1:7421", "127.0.0.1:7422", "127.0.0.1:7423"]"#,
+            &format!("targets: [{targets}]"),
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        std::fs::copy(
+            deploy_dir().join("alerts.yml"),
+            dir.path().join("alerts.yml"),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let binary = std::env::var("PROMETHEUS").unwrap_or_else(|_| "prometheus".to_owned());
+        let child = Command::new(&binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {binary} ({e}): this test needs a real Prometheus \
+                     (Debian's `prometheus` package; scripts/test installs it)"
+                )
+            });
+        let prometheus = Self {
+            child,
+            address,
+            dir,
+        };
+        prometheus.wait_for("Prometheus to be ready", || {
+            get(&prometheus.address, "/-/ready").is_some_and(|(status, _)| status == 200)
+        });
+        prometheus
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn api(&self, path: &str) -> Value {
+        let (status, body) = get(&self.address, path)
+            .unwrap_or_else(|| panic!("Prometheus stopped answering:\n{}", self.log()));
+        let value: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"));
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(value["status"], "success", "{path}: {body}");
+        value["data"].clone()
+    }
+
+    /// The result vector of an instant query.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let data = self.api(&format!("/api/v1/query?query={}", percent_encode(expr)));
+        data["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}; Prometheus said:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "deploy/prometheus.yml should contain `{from}` once"
+    );
+    text.replacen(from, to, 1)
+}
+
+fn instances(result: &[Value]) -> BTreeSet<String> {
+    result
+        .iter()
+        .filter_map(|s| s["metric"]["instance"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Every `expr` of the dashboard, with its template variables set to "all"
+/// and Grafana's rate interval to a window of a few scrapes.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = deploy_dir().join("grafana/omnirelay-replication.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "5s")
+                .replace("$instance", ".*")
+                .replace("$stream", ".*");
+            assert!(!expr.contains('$'), "unknown variable in {expr}");
+            queries.push((panel["title"].as_str().unwrap().to_owned(), expr));
+        }
+    }
+    queries
+}
+
+#[test]
+fn heavy_prometheus_scrapes_three_publishers_and_every_dashboard_query_has_data() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // The third host also exports to a sink that cannot write (its
+    // directory is a dangling link), so errors, retries and dead letters
+    // have data.
+    let broken = dirs[2].path().join("broken-export");
+    std::os::unix::fs::symlink(dirs[2].path().join("gone/export"), &broken).unwrap();
+    let config = dirs[2].path().join("omnirelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[replication.sinks.broken]
+type = "file"
+[replication.sinks.broken.retry]
+initial_backoff_ms = 1
+max_backoff_ms = 5
+max_attempts = 2
+[replication.sinks.broken.settings]
+dir = "{}"
+"#,
+            broken.display()
+        ),
+    )
+    .unwrap();
+    let publishers: Vec<Publisher> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            Publisher::start(
+                &dir.path().join("data"),
+                (i == 2).then_some(config.as_path()),
+            )
+        })
+        .collect();
+    let addresses: Vec<&str> = publishers.iter().map(|p| p.address.as_str()).collect();
+    let all: BTreeSet<String> = addresses.iter().map(|&a| a.to_owned()).collect();
+    let prometheus = Prometheus::start(&addresses);
+
+    prometheus.wait_for("every target to be up", || {
+        let up = prometheus.query(r#"up{job="omnirelay"} == 1"#);
+        instances(&up) == all
+    });
+    for family in ["omnirelay_replication_.+", "omnirelay_resourcelease_.+"] {
+        prometheus.wait_for(&format!("{family} series from every host"), || {
+            let found = prometheus.query(&format!(
+                r#"count by (instance) ({{__name__=~"{family}"}})"#
+            ));
+            instances(&found) == all
+        });
+    }
+
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 12, "{queries:?}");
+    let mut empty: Vec<&(String, String)> = queries.iter().collect();
+    prometheus.wait_for("every dashboard query to return data", || {
+        empty.retain(|(_, expr)| prometheus.query(expr).is_empty());
+        empty.is_empty()
+    });
+    // Per-host panels see every host.
+    let sent = prometheus.query(
+        r#"sum by (instance, sink) (rate(omnirelay_replication_sink_sent_events_total[5s]))"#,
+    );
+    assert_eq!(instances(&sent), all);
+    let errors =
+        prometheus.query("sum by (instance, sink, kind) (omnirelay_replication_sink_errors_total)");
+    assert_eq!(errors.len(), 1, "only the broken sink fails: {errors:?}");
+    assert_eq!(errors[0]["metric"]["instance"], addresses[2]);
+    assert_eq!(errors[0]["metric"]["sink"], "broken");
+    assert_eq!(errors[0]["metric"]["kind"], "unavailable");
+
+    // The suggested alerts load, evaluate, and the dead-letter alert
+    // names the broken sink on its host.
+    let shipped_rules = std::fs::read_to_string(deploy_dir().join("alerts.yml"))
+        .unwrap()
+        .matches("- alert:")
+        .count();
+    prometheus.wait_for("every alert rule to evaluate cleanly", || {
+        let rules = prometheus.api("/api/v1/rules");
+        let rules: Vec<&Value> = rules["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .collect();
+        rules.len() == shipped_rules && rules.iter().all(|r| r["health"] == "ok")
+    });
+    prometheus.wait_for("the dead-letter alert", || {
+        let alerts = prometheus.api("/api/v1/alerts");
+        alerts["alerts"].as_array().into_iter().flatten().any(|a| {
+            a["labels"]["alertname"] == "OmniRelayDeadLetters"
+                && a["labels"]["instance"] == addresses[2]
+                && a["labels"]["sink"] == "broken"
+        })
+    });
+
+    for publisher in publishers {
+        publisher.finish();
+    }
+}

@@ -265,7 +265,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, replay)"
+            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, telemetry-fanout, replay)"
         );
     }
 

@@ -5,6 +5,7 @@ pub mod fanout;
 pub mod json_codec;
 mod raw;
 pub mod replay;
+pub mod telemetry;
 
 /// Which side of a comparison to run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -97,6 +98,10 @@ pub fn scenarios() -> Vec<Entry> {
         Entry {
             name: "fanout-memory-4",
             build: || Box::new(fanout::Fanout::new()),
+        },
+        Entry {
+            name: "telemetry-fanout",
+            build: || Box::new(telemetry::TelemetryOverhead::new()),
         },
         Entry {
             name: "replay",

@@ -23,9 +23,9 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
     let stream = StreamId::new(stream)?;
     let valid = args.load()?;
     node::install_logging(valid.telemetry.log_format, &valid.telemetry.log_level);
-    let metrics = node::install_metrics()?;
+    // Without a listener nobody can read metrics: record none.
     let server = match &valid.listen {
-        Some(listen) => Some(Server::start(listen, &valid, metrics).await?),
+        Some(listen) => Some(Server::start(listen, &valid, node::install_metrics()?).await?),
         None => None,
     };
     let replicator = valid

@@ -50,12 +50,24 @@ impl std::fmt::Debug for Fanout {
 }
 
 impl Fanout {
-    /// Builds the replicator, the sinks and the channels.
+    /// Builds the replicator, the sinks and the channels, with no metrics
+    /// recorder.
     ///
     /// # Panics
     ///
     /// If the runtime or replicator cannot be created.
     pub fn new() -> Self {
+        Self::recorded_by(None)
+    }
+
+    /// As [`Fanout::new`], with the replicator's metrics recorded by
+    /// `recorder` (metric handles are taken when streams and sinks are
+    /// set up, so the whole hot path reports to it).
+    ///
+    /// # Panics
+    ///
+    /// If the runtime or replicator cannot be created.
+    pub fn recorded_by(recorder: Option<&dyn metrics::Recorder>) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -71,7 +83,8 @@ impl Fanout {
             ..DurableOptions::new(dir.path())
         };
         let counters: Vec<Counting> = (0..SINKS).map(|_| Counting::default()).collect();
-        let replicator = runtime.block_on(async {
+        let events: Vec<RawEvent> = (0..EVENTS_PER_PASS).map(RawEvent::new).collect();
+        let setup = async {
             let replicator = DurableReplicator::open(Arc::new(RawCodec), options)
                 .await
                 .unwrap_or_else(|e| panic!("open: {e}"));
@@ -92,8 +105,17 @@ impl Fanout {
                     .await
                     .unwrap_or_else(|e| panic!("sink: {e}"));
             }
+            // Creates the stream (and its metric handles) now.
+            let _ = replicator
+                .submit_all(&StreamId::default(), events[..1].to_vec())
+                .await;
+            replicator.wait_caught_up().await;
             replicator
-        });
+        };
+        let replicator = match recorder {
+            Some(recorder) => metrics::with_local_recorder(recorder, || runtime.block_on(setup)),
+            None => runtime.block_on(setup),
+        };
         let consumed = Arc::new(AtomicU64::new(0));
         let channels = (0..SINKS)
             .map(|_| {
@@ -113,11 +135,39 @@ impl Fanout {
             runtime,
             replicator,
             counters,
-            events: (0..EVENTS_PER_PASS).map(RawEvent::new).collect(),
+            events,
             channels,
             consumed,
             _dir: dir,
         }
+    }
+
+    /// Events in one pass.
+    pub(crate) fn events_per_pass(&self) -> u64 {
+        self.events.len() as u64
+    }
+
+    /// One pass of events through the replicator to every sink.
+    pub(crate) fn replicate(&self) {
+        let want: Vec<u64> = self
+            .counters
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed) + EVENTS_PER_PASS as u64)
+            .collect();
+        let (replicator, events, counters) = (&self.replicator, &self.events, &self.counters);
+        self.runtime.block_on(async {
+            let stream = StreamId::default();
+            for chunk in events.chunks(BATCH) {
+                let _ = replicator.submit_all(&stream, chunk.to_vec()).await;
+            }
+            while counters
+                .iter()
+                .zip(&want)
+                .any(|(c, w)| c.0.load(Ordering::Relaxed) < *w)
+            {
+                tokio::task::yield_now().await;
+            }
+        });
     }
 }
 
@@ -162,28 +212,7 @@ impl Scenario for Fanout {
                     }
                 });
             }
-            Side::Candidate => {
-                let want: Vec<u64> = self
-                    .counters
-                    .iter()
-                    .map(|c| c.0.load(Ordering::Relaxed) + EVENTS_PER_PASS as u64)
-                    .collect();
-                let (replicator, events, counters) =
-                    (&self.replicator, &self.events, &self.counters);
-                self.runtime.block_on(async {
-                    let stream = StreamId::default();
-                    for chunk in events.chunks(BATCH) {
-                        let _ = replicator.submit_all(&stream, chunk.to_vec()).await;
-                    }
-                    while counters
-                        .iter()
-                        .zip(&want)
-                        .any(|(c, w)| c.0.load(Ordering::Relaxed) < *w)
-                    {
-                        tokio::task::yield_now().await;
-                    }
-                });
-            }
+            Side::Candidate => self.replicate(),
         }
         EVENTS_PER_PASS as u64
     }

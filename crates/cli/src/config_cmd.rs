@@ -15,7 +15,8 @@ pub(crate) fn default() -> anyhow::Result<ExitCode> {
 
 pub(crate) fn check(file: &Path) -> anyhow::Result<ExitCode> {
     let stdin;
-    let source = if file == Path::new("-") {
+    let from_stdin = file == Path::new("-");
+    let source = if from_stdin {
         let mut text = String::new();
         io::stdin().read_to_string(&mut text)?;
         stdin = text;
@@ -46,7 +47,11 @@ pub(crate) fn check(file: &Path) -> anyhow::Result<ExitCode> {
             writeln!(
                 io::stdout(),
                 "{}: ok; data_dir {}, {} stream(s) declared, sinks: {}",
-                file.display(),
+                if from_stdin {
+                    "standard input".to_owned()
+                } else {
+                    file.display().to_string()
+                },
                 valid.data_dir.display(),
                 valid.durable.streams.len(),
                 if sinks.is_empty() {

@@ -106,6 +106,11 @@ impl<S: Sink> LagRecording<S> {
             .unwrap_or_else(PoisonError::into_inner);
         for record in batch {
             let header = record.header();
+            if header.timestamp > now {
+                // A clock ahead of ours: a negative lag, which the
+                // reference skips too.
+                continue;
+            }
             let lag = now
                 .saturating_duration_since(header.timestamp)
                 .as_secs_f64()

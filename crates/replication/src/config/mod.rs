@@ -56,14 +56,23 @@ pub struct Loaded {
 
 impl Loaded {
     /// Where the value at `path` (dotted) was set: the file, the
-    /// environment variable, or the defaults.
+    /// environment variable, or the defaults. For a key that is not set,
+    /// where the nearest table holding it was.
     pub fn origin(&self, path: &str) -> String {
-        match self.figment.find_metadata(path) {
-            Some(metadata) => match &metadata.source {
-                Some(figment::Source::File(file)) => file.display().to_string(),
-                _ => metadata.name.to_string(),
-            },
-            None => "the defaults".to_owned(),
+        let mut key = path;
+        loop {
+            if let Some(metadata) = self.figment.find_metadata(key) {
+                return match &metadata.source {
+                    Some(figment::Source::File(file)) => file.display().to_string(),
+                    _ => metadata.name.to_string(),
+                };
+            }
+            // An array element was set with its array; a missing key is
+            // named after the table that lacks it.
+            match key.rsplit_once('.') {
+                Some((parent, _)) => key = parent,
+                None => return "the defaults".to_owned(),
+            }
         }
     }
 }

@@ -128,7 +128,10 @@ fn unknown_settings_of_a_sink_type_are_errors() {
 #[test]
 fn the_environment_overrides_the_file_and_is_named_in_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "[replication.log]\ndurability = \"fsync\"\n");
+    let file = write(
+        dir.path(),
+        "[replication.log]\ndurability = \"fsync\"\n[replication.sinks.export]\ntype = \"memory\"\n",
+    );
     let loaded = config::load_with(
         Some(&file),
         &env(&[("OMNIRELAY_REPLICATION__LOG__DURABILITY", "none")]),
@@ -152,6 +155,19 @@ fn the_environment_overrides_the_file_and_is_named_in_errors() {
         [
             "environment variable OMNIRELAY_REPLICATION__LOG__TAIL_MAX_EVENTS: replication.log.tail_max_events: must be at least 1 (is 0)"
         ]
+    );
+    // Arrays are TOML in a variable; an element's error names the variable.
+    let errs = errors(
+        &file,
+        &[(
+            "OMNIRELAY_REPLICATION__SINKS__EXPORT__STREAMS",
+            r#"["orders", "bad id"]"#,
+        )],
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("environment variable OMNIRELAY_REPLICATION__SINKS__EXPORT__STREAMS: replication.sinks.export.streams.1: invalid stream id \"bad id\""),
+        "{errs:?}"
     );
     let errs = errors(&file, &[("OMNIRELAY_NOT_A_KEY", "1")]);
     assert!(errs[0].contains("not_a_key"), "{errs:?}");

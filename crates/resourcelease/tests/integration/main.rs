@@ -8,3 +8,4 @@ mod leniency;
 mod properties;
 mod replicators;
 pub(crate) mod support;
+mod telemetry;

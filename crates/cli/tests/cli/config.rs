@@ -21,7 +21,7 @@ fn the_default_configuration_round_trips_through_check() {
     assert!(piped.status.success(), "{}", text(&piped.stderr));
     assert!(
         text(&piped.stdout).starts_with(
-            "-: ok; data_dir omnirelay-data, 1 stream(s) declared, sinks: export (file)"
+            "standard input: ok; data_dir omnirelay-data, 1 stream(s) declared, sinks: export (file)"
         ),
         "{}",
         text(&piped.stdout)
@@ -229,6 +229,16 @@ dir = "{}"
     assert_eq!(failure["fields"]["stream"], "default");
     assert_eq!(failure["fields"]["sink"], "broken");
     assert_eq!(failure["fields"]["kind"], "unavailable");
+    assert_eq!(failure["fields"]["from_sequence"], 1, "{failure}");
+    let to = failure["fields"]["to_sequence"].as_u64().unwrap();
+    assert!((1..=3).contains(&to), "{failure}");
+    assert!(
+        failure["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write"),
+        "{failure}"
+    );
     assert!(
         lines
             .iter()

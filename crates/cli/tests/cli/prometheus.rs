@@ -364,11 +364,14 @@ dir = "{}"
         empty.retain(|(_, expr)| prometheus.query(expr).is_empty());
         empty.is_empty()
     });
-    // Per-host panels see every host.
-    let sent = prometheus.query(
-        r#"sum by (instance, sink) (rate(omnirelay_replication_sink_sent_events_total[5s]))"#,
-    );
-    assert_eq!(instances(&sent), all);
+    // Per-host panels see every host (a rate needs two scrapes in its
+    // window).
+    prometheus.wait_for("sent rates from every host", || {
+        let sent = prometheus.query(
+            r#"sum by (instance, sink) (rate(omnirelay_replication_sink_sent_events_total[5s]))"#,
+        );
+        instances(&sent) == all
+    });
     let errors =
         prometheus.query("sum by (instance, sink, kind) (omnirelay_replication_sink_errors_total)");
     assert_eq!(errors.len(), 1, "only the broken sink fails: {errors:?}");

@@ -96,6 +96,9 @@ struct Counters {
     discarded: u64,
     last_error: Option<String>,
     last_error_kind: Option<&'static str>,
+    /// The last sequence of the failed attempt (none: no records were
+    /// being applied, e.g. the checkpoint could not be read).
+    failed_through: Option<u64>,
     oldest_pending: Option<Timestamp>,
 }
 
@@ -117,6 +120,7 @@ impl DriverShared {
                 discarded: 0,
                 last_error: None,
                 last_error_kind: None,
+                failed_through: None,
                 oldest_pending: None,
             }),
         }
@@ -594,7 +598,12 @@ impl<E: ReplicationEvent> Driver<E> {
             let chunk = if one_by_one { &rest[..1] } else { rest };
             match self.sink.apply_dyn(chunk).await {
                 Ok(()) => {
-                    self.applied(chunk, cursor);
+                    if self.applied(chunk, cursor) {
+                        // Only a success makes a failing sink healthy
+                        // (moving past dead-lettered records does not).
+                        self.advance(*cursor);
+                        self.set_state(SinkState::Healthy);
+                    }
                     rest = &rest[chunk.len()..];
                     backoff.reset();
                 }
@@ -609,6 +618,7 @@ impl<E: ReplicationEvent> Driver<E> {
                     if rest.is_empty() {
                         break;
                     }
+                    self.shared.counters().failed_through = chunk.last().map(Record::sequence);
                     if error.is_retryable() {
                         self.shared.counters().retries += 1;
                         self.shared.metrics.retries.increment(1);
@@ -659,31 +669,35 @@ impl<E: ReplicationEvent> Driver<E> {
                 }
             }
         }
-        self.set_state(SinkState::Healthy);
         Ok(())
     }
 
-    fn applied(&self, records: &[Record<'_>], cursor: &mut u64) {
-        if let Some(last) = records.last() {
-            *cursor = last.sequence();
-            self.shared.metrics.sent.increment(records.len() as u64);
-            let mut c = self.shared.counters();
-            c.applied += records.len() as u64;
-            c.batches += 1;
-            c.last_error = None;
-        }
+    /// Counts records the sink applied and moves `cursor` past them;
+    /// whether the sink was not healthy until now.
+    fn applied(&self, records: &[Record<'_>], cursor: &mut u64) -> bool {
+        let Some(last) = records.last() else {
+            return false;
+        };
+        *cursor = last.sequence();
+        self.shared.metrics.sent.increment(records.len() as u64);
+        let mut c = self.shared.counters();
+        c.applied += records.len() as u64;
+        c.batches += 1;
+        c.last_error = None;
+        c.state != SinkState::Healthy
     }
 
     /// Changes the state, logging the change (one line per change, not
     /// per event or per attempt).
     fn set_state(&self, state: SinkState) {
-        let (previous, last_error, kind, cursor) = {
+        let (previous, last_error, kind, failed_through, cursor) = {
             let mut c = self.shared.counters();
             let previous = std::mem::replace(&mut c.state, state);
             (
                 previous,
                 c.last_error.clone(),
                 c.last_error_kind,
+                c.failed_through.take(),
                 self.shared.cursor(),
             )
         };
@@ -693,15 +707,19 @@ impl<E: ReplicationEvent> Driver<E> {
         let (stream, sink) = (&self.stream.id, &self.shared.sink);
         let error = last_error.as_deref().unwrap_or_default();
         let kind = kind.unwrap_or_default();
+        // The records being retried: from the checkpoint to the end of the
+        // failed attempt.
+        let from_sequence = cursor + 1;
+        let to_sequence = failed_through.unwrap_or(from_sequence).max(from_sequence);
         match state {
             SinkState::Healthy => {
                 tracing::info!(%stream, %sink, checkpoint = cursor, "sink healthy")
             }
             SinkState::Retrying => {
-                tracing::warn!(%stream, %sink, kind, error, from_sequence = cursor + 1, "sink failing; retrying");
+                tracing::warn!(%stream, %sink, kind, error, from_sequence, to_sequence, "sink failing; retrying");
             }
             SinkState::Failing => {
-                tracing::error!(%stream, %sink, kind, error, from_sequence = cursor + 1, "sink keeps failing");
+                tracing::error!(%stream, %sink, kind, error, from_sequence, to_sequence, "sink keeps failing");
             }
             SinkState::Stopped => {
                 tracing::debug!(%stream, %sink, checkpoint = cursor, "sink stopped")

@@ -4,9 +4,12 @@
 use std::future::IntoFuture as _;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, bail};
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use omnirelay_replication::Codec as _;
@@ -134,11 +137,13 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 #[derive(Debug)]
 pub(crate) struct Server {
     stop: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
-    /// Binds `listen` and serves until [`Server::stop`].
+    /// Binds `listen` and serves until [`Server::stop`]; `/readyz` answers
+    /// 503 until [`Server::set_ready`].
     pub(crate) async fn start(
         listen: &str,
         valid: &ValidConfig,
@@ -154,6 +159,8 @@ impl Server {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let address = listener.local_addr()?;
         let upkeep = metrics.clone();
+        let ready = Arc::new(AtomicBool::new(false));
+        let probe = ready.clone();
         let app = Router::new()
             .route(
                 "/metrics",
@@ -163,7 +170,19 @@ impl Server {
                 }),
             )
             .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(|| async { "ok\n" }));
+            .route(
+                "/readyz",
+                get(move || {
+                    let ready = probe.load(Ordering::Acquire);
+                    async move {
+                        if ready {
+                            (StatusCode::OK, "ok\n")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                        }
+                    }
+                }),
+            );
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut done = stopped.clone();
@@ -188,7 +207,12 @@ impl Server {
             }
         });
         say(false, &format!("listening on http://{address}"));
-        Ok(Self { stop, task })
+        Ok(Self { stop, ready, task })
+    }
+
+    /// From now on `/readyz` answers 200 (until then, 503).
+    pub(crate) fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
     }
 
     /// Stops serving and waits for in-flight requests.

@@ -34,6 +34,9 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
         })
         .await
         .with_context(|| format!("cannot start replication in {}", valid.data_dir.display()))?;
+    if let Some(server) = &server {
+        server.set_ready();
+    }
     // Receipts are printed in order by a separate task, so that reading
     // and appending go on while earlier events are being synced.
     let (tx, rx) = mpsc::channel::<PendingPublish<Event>>(16 * 1024);

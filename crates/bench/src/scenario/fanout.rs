@@ -157,8 +157,14 @@ impl Fanout {
         let (replicator, events, counters) = (&self.replicator, &self.events, &self.counters);
         self.runtime.block_on(async {
             let stream = StreamId::default();
+            let mut pending = Vec::with_capacity(events.len() / BATCH + 1);
             for chunk in events.chunks(BATCH) {
-                let _ = replicator.submit_all(&stream, chunk.to_vec()).await;
+                if let Ok(batch) = replicator.submit_all(&stream, chunk.to_vec()).await {
+                    pending.push(batch);
+                }
+            }
+            for batch in pending {
+                let _ = batch.durable().await;
             }
             while counters
                 .iter()

@@ -135,5 +135,14 @@ mod tests {
             exposition.contains("omnirelay_replication_publish_duration_seconds_bucket{"),
             "publish durations are a real histogram: {exposition}"
         );
+        // One acknowledgement awaited per batch of the pass.
+        assert_eq!(
+            value_of(
+                &exposition,
+                r#"omnirelay_replication_publish_duration_seconds_count{stream="default"}"#
+            ),
+            Some(per_pass.div_ceil(512) as f64),
+            "{exposition}"
+        );
     }
 }

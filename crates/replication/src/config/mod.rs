@@ -5,7 +5,7 @@
 //! 1. **Parse** ([`load`]): the file (or the embedded default) and the
 //!    environment into [`Config`]. Unknown keys and wrong types are errors
 //!    naming the file or variable and the key path.
-//! 2. **Validate** ([`Config::validate`], no I/O): ranges, names, sink types
+//! 2. **Validate** ([`Loaded::validate`], no I/O): ranges, names, sink types
 //!    and their settings, against a [`SinkRegistry`]; every problem is
 //!    reported at once, each with its key path and where it was set.
 //! 3. **Build** ([`ValidConfig::build`], I/O): open the durable replicator

@@ -3,9 +3,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 
-use crate::{omnirelay, text};
+use crate::{omnirelay, spawn_listening, text};
 
 #[test]
 fn the_default_configuration_round_trips_through_check() {
@@ -115,27 +114,13 @@ pub(crate) fn http_get(address: &str, path: &str) -> String {
 #[test]
 fn publish_serves_metrics_on_listen_until_its_input_closes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
-        .args([
-            "publish",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_owned();
+    let (mut child, address, _stderr) = spawn_listening(&[
+        "publish",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     let mut stdin = child.stdin.take().unwrap();
     let input: String = (0..25).map(event).collect();
     stdin.write_all(input.as_bytes()).unwrap();

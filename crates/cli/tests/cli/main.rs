@@ -9,8 +9,8 @@ mod log;
 mod prometheus;
 mod schema;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
 /// Runs `omnirelay ARGS` with `stdin` and returns its output.
 pub(crate) fn omnirelay(args: &[&str], stdin: &[u8]) -> Output {
@@ -33,4 +33,28 @@ pub(crate) fn omnirelay(args: &[&str], stdin: &[u8]) -> Output {
 
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Starts `omnirelay ARGS` (which must include `--listen`) with piped
+/// standard streams and reads the address from its first stderr line;
+/// the child, the address, and the rest of its stderr.
+pub(crate) fn spawn_listening<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+) -> (Child, String, BufReader<ChildStderr>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("omnirelay starts");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("no listening line: {line}"))
+        .to_owned();
+    (child, address, stderr)
 }

@@ -3,16 +3,18 @@
 //! the suggested alerts work against what they export.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::spawn_listening;
 
 /// How long Prometheus may take to have everything (it scrapes every
 /// second here).
@@ -78,21 +80,7 @@ impl Publisher {
         if let Some(config) = config {
             args.extend(["--config".to_owned(), config.display().to_string()]);
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        let address = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("no listening line: {line}"))
-            .to_owned();
+        let (mut child, address, stderr) = spawn_listening(&args);
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
         std::thread::spawn(move || {

@@ -604,7 +604,6 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                     event: Some(events),
                 });
             }
-            state.metrics.backpressure.set(1.0);
             notified.await;
         }
         let mut sequencer = state.sequencer.lock().await;

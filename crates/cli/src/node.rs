@@ -70,19 +70,27 @@ impl NodeArgs {
         };
         let loaded = config::load_from(source, &config::process_env(), &self.overrides())?;
         let registry = SinkRegistry::discovered();
-        loaded
+        let valid = loaded
             .validate(&registry, ResourceLeaseCodec.latest_version())
-            .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))
+            .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
+        // The filter syntax is the subscriber's, so it is checked here.
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&valid.telemetry.log_level) {
+            bail!(
+                "invalid configuration:\n{}: telemetry.log_level: not a log filter ({err})",
+                loaded.origin("telemetry.log_level")
+            );
+        }
+        Ok(valid)
     }
 }
 
-static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
 
 /// A message for the operator on stderr: a plain line, or with
 /// `--log-format json` a JSON log event, so that every line of stderr
 /// parses as JSON.
 pub(crate) fn say(warning: bool, message: &str) {
-    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+    if JSON_LOGS.load(Ordering::Relaxed) {
         if warning {
             tracing::warn!(target: "omnirelay", "{message}");
         } else {
@@ -96,10 +104,7 @@ pub(crate) fn say(warning: bool, message: &str) {
 /// Installs the log subscriber: `RUST_LOG`, else the configured level; JSON
 /// or text; colour only on a terminal.
 pub(crate) fn install_logging(format: LogFormatConfig, level: &str) {
-    JSON_LOGS.store(
-        format == LogFormatConfig::Json,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    JSON_LOGS.store(format == LogFormatConfig::Json, Ordering::Relaxed);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -253,3 +253,20 @@ dir = "{}"
     assert_eq!(count("sink healthy"), 0, "{stderr}");
     assert_eq!(count("event dead-lettered"), 3, "{stderr}");
 }
+
+#[test]
+fn a_log_level_that_is_not_a_filter_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+        .args(["publish", "--data-dir", dir.path().to_str().unwrap()])
+        .env("OMNIRELAY_TELEMETRY__LOG_LEVEL", "info,foo=verbose")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("environment variable OMNIRELAY_TELEMETRY__LOG_LEVEL: telemetry.log_level: not a log filter"),
+        "{stderr}"
+    );
+}

@@ -249,10 +249,10 @@ enum Stop {
 impl<E: ReplicationEvent> Driver<E> {
     /// Resolves where to start: the sink's own checkpoint if it keeps one,
     /// else the saved one, else per [`StartFrom`]. A sink that cannot
-    /// answer yet (its backend is down) does not stop the replicator: the
-    /// driver starts from the saved position and asks the sink again,
-    /// with backoff, before it delivers anything
-    /// ([`Start::needs_sink_checkpoint`]).
+    /// answer yet (a retryable error: its backend is down) does not stop
+    /// the replicator: the driver starts from the saved position and asks
+    /// the sink again, with backoff, before it delivers anything
+    /// ([`Start::needs_sink_checkpoint`]). Any other error is returned.
     pub(crate) async fn starting_cursor(
         sink: &SharedSink,
         store: Option<&Arc<dyn CheckpointStore>>,
@@ -260,10 +260,14 @@ impl<E: ReplicationEvent> Driver<E> {
         sink_name: &str,
         start: StartFrom,
     ) -> Result<Start, Error> {
-        let asked = sink.checkpoint_dyn(&stream.id).await;
-        if let Ok(Some(mark)) = asked {
-            return Ok(Start::at(mark));
-        }
+        // `Some`: the sink could not answer yet.
+        let unanswered = match sink.checkpoint_dyn(&stream.id).await {
+            Ok(Some(mark)) => return Ok(Start::at(mark)),
+            Ok(None) => None,
+            // A sink that cannot work (misconfigured, say) stops the start.
+            Err(e) if !e.error().is_retryable() => return Err(e.into_error()),
+            Err(e) => Some(e.into_error()),
+        };
         let fallback = if let Some(store) = store
             && let Some(saved) = store.load(&stream.id, sink_name).map_err(|e| {
                 Error::new(
@@ -279,12 +283,9 @@ impl<E: ReplicationEvent> Driver<E> {
                 StartFrom::Latest => stream.log.last_sequence(),
             }
         };
-        Ok(match asked {
-            Ok(_) => Start::at(fallback),
-            Err(e) => Start {
-                cursor: fallback,
-                needs_sink_checkpoint: Some(e.into_error()),
-            },
+        Ok(Start {
+            cursor: fallback,
+            needs_sink_checkpoint: unanswered,
         })
     }
 

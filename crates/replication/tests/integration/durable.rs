@@ -221,6 +221,15 @@ async fn a_sink_that_cannot_say_its_checkpoint_at_start_is_retried_not_fatal() {
         [6, 7, 8],
         "delivery resumes after the sink's own checkpoint"
     );
+    // A failure that retrying cannot fix stops the sink's start at once.
+    let misconfigured = FaultySink::new();
+    misconfigured.keep_checkpoint(0);
+    misconfigured.fail_with(ErrorKind::Config);
+    let err = replicator
+        .add_sink("misconfigured", misconfigured.shared(), sink_options())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
     replicator.close().await.unwrap();
 }
 

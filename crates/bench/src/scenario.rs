@@ -7,6 +7,20 @@ mod raw;
 pub mod replay;
 pub mod telemetry;
 
+/// The multi-threaded runtime the scenarios publish on (two workers, as
+/// this project's machines have two cores).
+///
+/// # Panics
+///
+/// If the runtime cannot be created.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"))
+}
+
 /// Which side of a comparison to run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Side {

@@ -49,11 +49,7 @@ impl DurablePublish {
     /// If the temporary directory or runtime cannot be created.
     pub fn new(name: &'static str, batch: usize, target: f64) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let runtime = crate::scenario::runtime();
         let options = DurableOptions {
             log: LogOptions {
                 durability: Durability::Fsync,

@@ -69,11 +69,7 @@ impl Fanout {
     /// If the runtime or replicator cannot be created.
     pub fn recorded_by(recorder: Option<&dyn metrics::Recorder>) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let runtime = crate::scenario::runtime();
         let options = DurableOptions {
             log: LogOptions {
                 durability: Durability::Memory,

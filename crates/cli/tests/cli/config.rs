@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
-use crate::{omnirelay, spawn_listening, text};
+use crate::{broken_sink_config, omnirelay, spawn_listening, text};
 
 #[test]
 fn the_default_configuration_round_trips_through_check() {
@@ -169,32 +169,13 @@ fn publish_serves_metrics_on_listen_until_its_input_closes() {
 #[test]
 fn json_logs_are_json_and_a_sink_failure_names_stream_sink_and_kind() {
     let dir = tempfile::tempdir().unwrap();
-    // The export directory is a dangling link: the sink can say where it
-    // is (nothing exported) but every write fails.
-    let not_a_dir = dir.path().join("dangling");
-    std::os::unix::fs::symlink(dir.path().join("gone/export"), &not_a_dir).unwrap();
-    let config = dir.path().join("omnirelay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-data_dir = "{}"
-[replication.log]
-durability = "none"
-[replication.sinks.broken]
-type = "file"
-[replication.sinks.broken.retry]
-initial_backoff_ms = 1
-max_backoff_ms = 2
-max_attempts = 3
-[replication.sinks.broken.settings]
-dir = "{}"
-"#,
-            dir.path().join("data").display(),
-            not_a_dir.display()
+    let config = broken_sink_config(
+        dir.path(),
+        &format!(
+            "data_dir = \"{}\"\n[replication.log]\ndurability = \"none\"",
+            dir.path().join("data").display()
         ),
-    )
-    .unwrap();
+    );
     let input: String = (0..3).map(event).collect();
     let out = omnirelay(
         &[

@@ -10,17 +10,12 @@ mod prometheus;
 mod schema;
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
 /// Runs `omnirelay ARGS` with `stdin` and returns its output.
 pub(crate) fn omnirelay(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("omnirelay starts");
+    let mut child = spawn(args);
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_vec();
     let writer = std::thread::spawn(move || {
@@ -29,6 +24,44 @@ pub(crate) fn omnirelay(args: &[&str], stdin: &[u8]) -> Output {
     let output = child.wait_with_output().unwrap();
     writer.join().unwrap();
     output
+}
+
+/// Starts `omnirelay ARGS` with its standard streams piped.
+fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("omnirelay starts")
+}
+
+/// Writes `DIR/omnirelay.toml`: `prefix`, then a `file` sink named
+/// `broken` that can say where it is (nothing exported) but never write
+/// (its directory is a dangling link), retried briefly, three attempts.
+pub(crate) fn broken_sink_config(dir: &Path, prefix: &str) -> PathBuf {
+    let dangling = dir.join("broken-export");
+    std::os::unix::fs::symlink(dir.join("gone/export"), &dangling).unwrap();
+    let config = dir.join("omnirelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{prefix}
+[replication.sinks.broken]
+type = "file"
+[replication.sinks.broken.retry]
+initial_backoff_ms = 1
+max_backoff_ms = 2
+max_attempts = 3
+[replication.sinks.broken.settings]
+dir = "{}"
+"#,
+            dangling.display()
+        ),
+    )
+    .unwrap();
+    config
 }
 
 pub(crate) fn text(bytes: &[u8]) -> String {
@@ -41,13 +74,7 @@ pub(crate) fn text(bytes: &[u8]) -> String {
 pub(crate) fn spawn_listening<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
 ) -> (Child, String, BufReader<ChildStderr>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("omnirelay starts");
+    let mut child = spawn(args);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::spawn_listening;
+use crate::{broken_sink_config, spawn_listening};
 
 /// How long Prometheus may take to have everything (it scrapes every
 /// second here).
@@ -298,26 +298,7 @@ fn heavy_prometheus_scrapes_three_publishers_and_every_dashboard_query_has_data(
     // The third host also exports to a sink that cannot write (its
     // directory is a dangling link), so errors, retries and dead letters
     // have data.
-    let broken = dirs[2].path().join("broken-export");
-    std::os::unix::fs::symlink(dirs[2].path().join("gone/export"), &broken).unwrap();
-    let config = dirs[2].path().join("omnirelay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[replication.sinks.broken]
-type = "file"
-[replication.sinks.broken.retry]
-initial_backoff_ms = 1
-max_backoff_ms = 5
-max_attempts = 2
-[replication.sinks.broken.settings]
-dir = "{}"
-"#,
-            broken.display()
-        ),
-    )
-    .unwrap();
+    let config = broken_sink_config(dirs[2].path(), "");
     let publishers: Vec<Publisher> = dirs
         .iter()
         .enumerate()

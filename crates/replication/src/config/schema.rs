@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::delivery::{BatchOptions, RetryPolicy, SinkOptions};
+use crate::log::LogOptions;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -173,16 +177,28 @@ pub struct LogConfig {
     pub retention: RetentionConfig,
 }
 
+/// A library size as a configuration number.
+fn size(value: usize) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+/// A library duration as configuration milliseconds.
+fn millis(value: Duration) -> u64 {
+    u64::try_from(value.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Default for LogConfig {
+    /// The library's [`LogOptions::default`], as configuration.
     fn default() -> Self {
+        let log = LogOptions::default();
         Self {
             durability: DurabilityConfig::Fsync,
             interval_ms: 100,
-            segment_max_bytes: 64 * 1024 * 1024,
-            index_interval_bytes: 64 * 1024,
-            tail_max_events: 65_536,
-            tail_max_bytes: 64 * 1024 * 1024,
-            max_pending_bytes: 32 * 1024 * 1024,
+            segment_max_bytes: log.segment_max_bytes,
+            index_interval_bytes: log.index_interval_bytes,
+            tail_max_events: size(log.tail_max_events),
+            tail_max_bytes: size(log.tail_max_bytes),
+            max_pending_bytes: size(log.max_pending_bytes),
             retention: RetentionConfig::default(),
         }
     }
@@ -263,11 +279,13 @@ pub struct BatchConfig {
 }
 
 impl Default for BatchConfig {
+    /// The library's [`BatchOptions::default`], as configuration.
     fn default() -> Self {
+        let batch = BatchOptions::default();
         Self {
-            max_events: 512,
-            max_bytes: 4 * 1024 * 1024,
-            linger_ms: 0,
+            max_events: size(batch.max_events),
+            max_bytes: size(batch.max_bytes),
+            linger_ms: millis(batch.linger),
         }
     }
 }
@@ -290,13 +308,15 @@ pub struct RetryConfig {
 }
 
 impl Default for RetryConfig {
+    /// The library's [`RetryPolicy::default`], as configuration.
     fn default() -> Self {
+        let retry = RetryPolicy::default();
         Self {
-            initial_backoff_ms: 100,
-            max_backoff_ms: 30_000,
-            multiplier: 2.0,
-            max_attempts: 0,
-            jitter: true,
+            initial_backoff_ms: millis(retry.initial),
+            max_backoff_ms: millis(retry.max),
+            multiplier: retry.multiplier,
+            max_attempts: retry.max_attempts.unwrap_or(0),
+            jitter: retry.jitter,
         }
     }
 }
@@ -346,7 +366,7 @@ impl Default for SinkConfig {
             max_lag_events: 100_000,
             when_full: WhenFullConfig::Block,
             start: StartConfig::Earliest,
-            checkpoint_interval_ms: 200,
+            checkpoint_interval_ms: millis(SinkOptions::default().checkpoint_interval),
             batch: BatchConfig::default(),
             retry: RetryConfig::default(),
             settings: BTreeMap::new(),

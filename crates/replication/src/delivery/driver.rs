@@ -637,14 +637,7 @@ impl<E: ReplicationEvent> Driver<E> {
                             None => {
                                 // Out of attempts: the batch goes to the dead letters.
                                 for record in rest {
-                                    let letter = DeadLetter::new(
-                                        &self.shared.sink,
-                                        record.header(),
-                                        &record.encoding().to_string(),
-                                        record.bytes(),
-                                        &error,
-                                    );
-                                    self.dead_letter(letter).await?;
+                                    self.dead_letter(self.letter(record, &error)).await?;
                                     *cursor = record.sequence();
                                 }
                                 rest = &[];
@@ -656,14 +649,7 @@ impl<E: ReplicationEvent> Driver<E> {
                         one_by_one = true;
                     } else {
                         let record = &rest[0];
-                        let letter = DeadLetter::new(
-                            &self.shared.sink,
-                            record.header(),
-                            &record.encoding().to_string(),
-                            record.bytes(),
-                            &error,
-                        );
-                        self.dead_letter(letter).await?;
+                        self.dead_letter(self.letter(record, &error)).await?;
                         *cursor = record.sequence();
                         rest = &rest[1..];
                     }
@@ -671,6 +657,17 @@ impl<E: ReplicationEvent> Driver<E> {
             }
         }
         Ok(())
+    }
+
+    /// The dead letter of `record`, refused with `error`.
+    fn letter(&self, record: &Record<'_>, error: &Error) -> DeadLetter {
+        DeadLetter::new(
+            &self.shared.sink,
+            record.header(),
+            &record.encoding().to_string(),
+            record.bytes(),
+            error,
+        )
     }
 
     /// Counts records the sink applied and moves `cursor` past them;

@@ -46,6 +46,17 @@ fn sink_options() -> SinkOptions {
     }
 }
 
+/// A required sink's options with a lag budget.
+fn required(max_lag_events: u64, when_full: WhenFull) -> SinkOptions {
+    SinkOptions {
+        mode: DeliveryMode::Required {
+            max_lag_events,
+            when_full,
+        },
+        ..sink_options()
+    }
+}
+
 async fn publish(replicator: &DurableReplicator<Note>, count: usize) -> Vec<u64> {
     let mut pending = Vec::new();
     for i in 0..count {
@@ -290,13 +301,7 @@ async fn a_stalled_required_sink_blocks_publishers_until_released() {
     let dir = tempfile::tempdir().unwrap();
     let replicator = open(dir.path(), Durability::None).await;
     let sink = FaultySink::new();
-    let opts = SinkOptions {
-        mode: DeliveryMode::Required {
-            max_lag_events: 10,
-            when_full: WhenFull::Block,
-        },
-        ..sink_options()
-    };
+    let opts = required(10, WhenFull::Block);
     replicator
         .add_sink("required", sink.clone().shared(), opts)
         .await
@@ -330,13 +335,7 @@ async fn a_reject_sink_hands_the_event_back_when_over_budget() {
     let dir = tempfile::tempdir().unwrap();
     let replicator = open(dir.path(), Durability::None).await;
     let sink = FaultySink::new();
-    let opts = SinkOptions {
-        mode: DeliveryMode::Required {
-            max_lag_events: 3,
-            when_full: WhenFull::Reject,
-        },
-        ..sink_options()
-    };
+    let opts = required(3, WhenFull::Reject);
     replicator
         .add_sink("strict", sink.clone().shared(), opts)
         .await
@@ -361,13 +360,7 @@ async fn a_batch_larger_than_the_budget_is_admitted_once_the_sink_caught_up() {
     let dir = tempfile::tempdir().unwrap();
     let replicator = open(dir.path(), Durability::None).await;
     let sink = FaultySink::new();
-    let opts = SinkOptions {
-        mode: DeliveryMode::Required {
-            max_lag_events: 5,
-            when_full: WhenFull::Block,
-        },
-        ..sink_options()
-    };
+    let opts = required(5, WhenFull::Block);
     replicator
         .add_sink("required", sink.clone().shared(), opts)
         .await
@@ -407,13 +400,7 @@ async fn acknowledgement_can_wait_for_required_sinks() {
     .await
     .unwrap();
     let sink = FaultySink::new();
-    let opts = SinkOptions {
-        mode: DeliveryMode::Required {
-            max_lag_events: 1000,
-            when_full: WhenFull::Block,
-        },
-        ..sink_options()
-    };
+    let opts = required(1000, WhenFull::Block);
     replicator
         .add_sink("required", sink.clone().shared(), opts)
         .await

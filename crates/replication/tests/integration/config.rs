@@ -42,6 +42,25 @@ fn the_embedded_default_is_valid_and_round_trips_as_a_file() {
     let file = write(dir.path(), DEFAULT_TOML);
     let from_file = config::load_with(Some(&file), &[]).unwrap();
     assert_eq!(from_file.config, embedded.config);
+    // The documented values are the library's defaults.
+    let replication = &embedded.config.replication;
+    assert_eq!(replication.log, config::LogConfig::default());
+    let export = &replication.sinks["export"];
+    let defaults = config::SinkConfig::default();
+    assert_eq!(export.batch, defaults.batch);
+    assert_eq!(export.retry, defaults.retry);
+    assert_eq!(
+        (
+            export.checkpoint_interval_ms,
+            export.max_lag_events,
+            export.write_version
+        ),
+        (
+            defaults.checkpoint_interval_ms,
+            defaults.max_lag_events,
+            defaults.write_version
+        )
+    );
     assert!(registry.types().contains(&"file") && registry.types().contains(&"memory"));
 }
 

@@ -4,7 +4,8 @@
 
 /// Counter: events published, by `stream`.
 pub const PUBLISHED_EVENTS: &str = "omnirelay_replication_published_events_total";
-/// Counter: bytes published (in the log's encoding), by `stream`.
+/// Counter: bytes appended to the log (its encoding, framing included),
+/// by `stream`.
 pub const PUBLISHED_BYTES: &str = "omnirelay_replication_published_bytes_total";
 /// Histogram: seconds from `submit` to acknowledgement, by `stream`.
 pub const PUBLISH_DURATION: &str = "omnirelay_replication_publish_duration_seconds";
@@ -64,7 +65,7 @@ pub fn describe() {
     describe_counter!(
         PUBLISHED_BYTES,
         Unit::Bytes,
-        "Bytes published to the stream, in the log's encoding."
+        "Bytes appended to the stream's log, framing included."
     );
     describe_histogram!(
         PUBLISH_DURATION,

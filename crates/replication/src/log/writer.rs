@@ -52,6 +52,8 @@ pub struct LogStats {
 /// Records queued together, holding their share of the pending budget.
 struct Pending<B> {
     batch: Arc<B>,
+    /// Its bytes in the log, framing included.
+    bytes: usize,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -213,7 +215,8 @@ impl<B: LogBatch> StreamLog<B> {
     }
 
     /// Queues a batch of consecutive records (one lock, one wake-up of an
-    /// idle writer), waiting while too many bytes are queued.
+    /// idle writer), waiting while too many bytes are queued; returns the
+    /// bytes it takes in the log, framing included.
     ///
     /// # Errors
     ///
@@ -224,16 +227,16 @@ impl<B: LogBatch> StreamLog<B> {
     /// # Cancel safety
     ///
     /// Cancel safe: a cancelled append queued nothing.
-    pub async fn append(&self, batch: Arc<B>) -> Result<(), (Error, Arc<B>)> {
+    pub async fn append(&self, batch: Arc<B>) -> Result<usize, (Error, Arc<B>)> {
         if let Some(err) = self.failure() {
             return Err((err, batch));
         }
         if batch.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let bytes = batch_bytes(batch.as_ref());
         let batch = match self.append_to_ring(batch, bytes) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(bytes),
             Err(batch) => batch,
         };
         let cost = bytes.clamp(
@@ -275,6 +278,7 @@ impl<B: LogBatch> StreamLog<B> {
         let was_idle = queue.pending.is_empty();
         queue.pending.push(Pending {
             batch,
+            bytes,
             _permit: permit,
         });
         drop(queue);
@@ -283,7 +287,7 @@ impl<B: LogBatch> StreamLog<B> {
         if was_idle {
             self.shared.wake.notify_one();
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// For `memory` durability, appends straight into the ring when
@@ -501,7 +505,7 @@ impl<B: LogBatch> Writer<B> {
                     .pending
                     .iter()
                     .take_while(|p| {
-                        bytes += batch_bytes(p.batch.as_ref());
+                        bytes += p.bytes;
                         bytes <= MAX_BATCH_BYTES
                     })
                     .count()

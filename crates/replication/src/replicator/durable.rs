@@ -639,18 +639,18 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                 event: Some(batch.into_events()),
             });
         }
-        let bytes: usize = (0..batch.len())
-            .map(|i| crate::log::LogBatch::payload(&batch, i).len())
-            .sum();
-        if let Err((error, batch)) = state.log.append(Arc::new(batch)).await {
-            let events = Arc::try_unwrap(batch)
-                .map(EventBatch::into_events)
-                .unwrap_or_default();
-            return Err(PublishErrorParts {
-                error,
-                event: Some(events),
-            });
-        }
+        let bytes = match state.log.append(Arc::new(batch)).await {
+            Ok(bytes) => bytes,
+            Err((error, batch)) => {
+                let events = Arc::try_unwrap(batch)
+                    .map(EventBatch::into_events)
+                    .unwrap_or_default();
+                return Err(PublishErrorParts {
+                    error,
+                    event: Some(events),
+                });
+            }
+        };
         for _ in 0..count {
             let _ = sequencer.advance();
         }

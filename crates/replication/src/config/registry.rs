@@ -5,8 +5,43 @@
 //! the crate into a binary is all it takes, and configuration alone
 //! enables the sink:
 //!
-//! ```ignore
-//! inventory::submit! { omnirelay_replication::config::SinkPlugin::new(&MyFactory) }
+//! ```
+//! use omnirelay_replication::config::{
+//!     SettingsError, SinkBuilder, SinkContext, SinkFactory, SinkPlugin, SinkRegistry,
+//! };
+//! use omnirelay_replication::{BoxFuture, Error, MemorySink, SharedSink, SinkExt};
+//!
+//! /// A sink type that keeps events in memory and takes no settings.
+//! struct KeepFactory;
+//!
+//! impl SinkFactory for KeepFactory {
+//!     fn type_name(&self) -> &'static str {
+//!         "keep"
+//!     }
+//!
+//!     fn validate(
+//!         &self,
+//!         settings: &serde_json::Value,
+//!     ) -> Result<Box<dyn SinkBuilder>, SettingsError> {
+//!         if settings.as_object().is_some_and(|s| !s.is_empty()) {
+//!             return Err(SettingsError::new("", "takes no settings"));
+//!         }
+//!         Ok(Box::new(KeepBuilder))
+//!     }
+//! }
+//!
+//! struct KeepBuilder;
+//!
+//! impl SinkBuilder for KeepBuilder {
+//!     fn build<'a>(&'a self, _: SinkContext<'a>) -> BoxFuture<'a, Result<SharedSink, Error>> {
+//!         Box::pin(async { Ok(MemorySink::new().shared()) })
+//!     }
+//! }
+//!
+//! inventory::submit! { SinkPlugin::new(&KeepFactory) }
+//!
+//! // `[replication.sinks.x] type = "keep"` now builds one.
+//! assert!(SinkRegistry::discovered().types().contains(&"keep"));
 //! ```
 
 use std::collections::BTreeMap;

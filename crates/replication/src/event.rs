@@ -210,32 +210,6 @@ impl From<CodecError> for Error {
     }
 }
 
-/// Encodes `events` into one buffer with `encode_into` (which appends one
-/// event's encoding, or nothing on error) and hands out a slice of it per
-/// event: one allocation for the whole batch.
-pub fn encode_batch_contiguously<E>(
-    events: &[E],
-    mut encode_into: impl FnMut(&E, &mut Vec<u8>) -> Result<(), CodecError>,
-) -> Vec<Result<Bytes, CodecError>> {
-    let mut buffer = Vec::with_capacity(events.len() * 256);
-    let mut ranges = Vec::with_capacity(events.len());
-    for event in events {
-        let start = buffer.len();
-        ranges.push(match encode_into(event, &mut buffer) {
-            Ok(()) => Ok(start..buffer.len()),
-            Err(err) => {
-                buffer.truncate(start);
-                Err(err)
-            }
-        });
-    }
-    let buffer = Bytes::from(buffer);
-    ranges
-        .into_iter()
-        .map(|r| r.map(|range| buffer.slice(range)))
-        .collect()
-}
-
 /// Encodes and decodes one event type in every [`Encoding`] it supports.
 pub trait Codec<E>: Send + Sync + 'static {
     /// The newest schema version this codec writes: the full-fidelity form.
@@ -250,12 +224,23 @@ pub trait Codec<E>: Send + Sync + 'static {
     /// does not write.
     fn encode(&self, event: &E, encoding: Encoding) -> Result<Bytes, CodecError>;
 
-    /// Encodes consecutive events, each on its own. The default calls
-    /// [`Codec::encode`] for each; a codec that writes into a buffer should
-    /// encode the batch into one allocation and hand out slices of it (see
-    /// [`encode_batch_contiguously`]).
-    fn encode_batch(&self, events: &[E], encoding: Encoding) -> Vec<Result<Bytes, CodecError>> {
-        events.iter().map(|e| self.encode(e, encoding)).collect()
+    /// Appends `event`'s encoding to `out`; on error `out` may hold part
+    /// of it (the caller truncates). Batches are encoded with this into one
+    /// buffer per batch and encoding. The default copies what
+    /// [`Codec::encode`] returns; a codec that writes into a buffer should
+    /// write into `out` directly.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::encode`].
+    fn encode_into(
+        &self,
+        event: &E,
+        encoding: Encoding,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        out.extend_from_slice(&self.encode(event, encoding)?);
+        Ok(())
     }
 
     /// Decodes one event of `format`, in any version the codec reads.

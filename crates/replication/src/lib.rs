@@ -83,7 +83,7 @@ pub use delivery::{
 pub use error::{BoxError, Error, ErrorKind, PublishError, SinkError};
 pub use event::{
     Assignment, Codec, CodecError, CodecErrorKind, Encoding, EventKind, Format, ReplicationEvent,
-    WireVersion, encode_batch_contiguously,
+    WireVersion,
 };
 pub use log::{Durability, LogOptions, Retention};
 pub use record::{EventBatch, Form, OwnedRecord, Record, RecordHeader};

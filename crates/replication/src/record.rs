@@ -12,11 +12,10 @@ use crate::stream::StreamId;
 use crate::time::Timestamp;
 
 /// The fields of a record that sinks need for columns, keys and headers,
-/// so that they never re-parse the bytes.
+/// so that they never re-parse the bytes. The stream is the batch's (see
+/// [`Record::stream`]), held once per batch rather than once per event.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct RecordHeader {
-    /// The stream the record belongs to.
-    pub stream: StreamId,
     /// Its gap-free position in the stream, from 1.
     pub sequence: u64,
     /// When the replicator accepted it.
@@ -29,9 +28,8 @@ pub struct RecordHeader {
 
 impl RecordHeader {
     /// The header of an event a replicator has stamped.
-    pub fn of<E: ReplicationEvent>(stream: StreamId, event: &E) -> Self {
+    pub fn of<E: ReplicationEvent>(event: &E) -> Self {
         Self {
-            stream,
             sequence: event.sequence(),
             timestamp: event.timestamp(),
             kind: event.kind(),
@@ -44,54 +42,62 @@ impl RecordHeader {
 /// the batch the delivery engine holds, so handing a batch of records to a
 /// sink costs no allocation and no reference counting. A sink that keeps
 /// records takes an [`OwnedRecord`] with [`Record::to_owned`].
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Record<'a> {
     header: &'a RecordHeader,
-    encoding: Encoding,
-    bytes: &'a Bytes,
+    form: &'a Form,
+    index: usize,
 }
 
-impl<'a> Record<'a> {
-    /// A record of `bytes` in `encoding`.
-    pub fn new(header: &'a RecordHeader, encoding: Encoding, bytes: &'a Bytes) -> Self {
-        Self {
-            header,
-            encoding,
-            bytes,
-        }
+impl PartialEq for Record<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header
+            && self.stream() == other.stream()
+            && self.encoding() == other.encoding()
+            && self.bytes() == other.bytes()
     }
+}
 
+impl Eq for Record<'_> {}
+
+impl<'a> Record<'a> {
     /// The header.
+    #[inline]
     pub fn header(&self) -> &'a RecordHeader {
         self.header
     }
 
     /// Shorthand for `self.header().sequence`.
+    #[inline]
     pub fn sequence(&self) -> u64 {
         self.header.sequence
     }
 
-    /// Shorthand for `self.header().stream`.
+    /// The stream the record belongs to.
     pub fn stream(&self) -> &'a StreamId {
-        &self.header.stream
+        &self.form.stream
     }
 
     /// The encoding of [`Record::bytes`].
     pub fn encoding(&self) -> Encoding {
-        self.encoding
+        self.form.encoding
     }
 
     /// The encoded event.
-    pub fn bytes(&self) -> &'a Bytes {
-        self.bytes
+    #[inline]
+    pub fn bytes(&self) -> &'a [u8] {
+        &self.form.buffer[self.form.span(self.index)]
     }
 
     /// A copy that owns its parts (the bytes are shared, not copied).
     pub fn to_owned(&self) -> OwnedRecord {
         OwnedRecord {
             header: self.header.clone(),
-            encoding: self.encoding,
-            bytes: self.bytes.clone(),
+            form: Form::whole(
+                self.form.stream.clone(),
+                self.form.encoding,
+                self.form.buffer.slice(self.form.span(self.index)),
+            ),
         }
     }
 }
@@ -100,23 +106,26 @@ impl<'a> Record<'a> {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct OwnedRecord {
     header: RecordHeader,
-    encoding: Encoding,
-    bytes: Bytes,
+    /// A form of exactly this record.
+    form: Form,
 }
 
 impl OwnedRecord {
-    /// A record of `bytes` in `encoding`.
-    pub fn new(header: RecordHeader, encoding: Encoding, bytes: Bytes) -> Self {
+    /// A record of `bytes` in `encoding` in `stream`.
+    pub fn new(stream: StreamId, header: RecordHeader, encoding: Encoding, bytes: Bytes) -> Self {
         Self {
             header,
-            encoding,
-            bytes,
+            form: Form::whole(stream, encoding, bytes),
         }
     }
 
     /// The record, borrowed.
     pub fn as_record(&self) -> Record<'_> {
-        Record::new(&self.header, self.encoding, &self.bytes)
+        Record {
+            header: &self.header,
+            form: &self.form,
+            index: 0,
+        }
     }
 
     /// The header.
@@ -129,38 +138,141 @@ impl OwnedRecord {
         self.header.sequence
     }
 
-    /// Shorthand for `self.header().stream`.
+    /// The stream the record belongs to.
     pub fn stream(&self) -> &StreamId {
-        &self.header.stream
+        &self.form.stream
     }
 
     /// The encoding of [`OwnedRecord::bytes`].
     pub fn encoding(&self) -> Encoding {
-        self.encoding
+        self.form.encoding
     }
 
-    /// The encoded event.
+    /// The encoded event, shared.
     pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+        &self.form.buffer
     }
 }
 
-/// A batch of events in one encoding: for each event its bytes (slices of
-/// one buffer) or why it has no form there.
-#[derive(Debug)]
+/// Where each event's bytes lie in a [`Form`]'s buffer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum Layout {
+    /// One event: the whole buffer (an [`OwnedRecord`]).
+    Whole,
+    /// The end offset of each event's bytes; each starts where the previous
+    /// one ends.
+    Ends(Vec<usize>),
+}
+
+/// A batch of events of one stream in one encoding: one buffer holding
+/// every event's bytes back to back, and for the few events that have no
+/// form in this encoding, why.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Form {
-    items: Vec<Result<Bytes, CodecError>>,
+    stream: StreamId,
+    encoding: Encoding,
+    buffer: Bytes,
+    layout: Layout,
+    /// By index, ascending; an event listed here has no bytes.
+    errors: Vec<(usize, CodecError)>,
 }
 
 impl Form {
-    /// The `index`-th event's bytes or error.
-    pub fn item(&self, index: usize) -> Option<&Result<Bytes, CodecError>> {
-        self.items.get(index)
+    fn whole(stream: StreamId, encoding: Encoding, buffer: Bytes) -> Self {
+        Self {
+            stream,
+            encoding,
+            buffer,
+            layout: Layout::Whole,
+            errors: Vec::new(),
+        }
     }
 
-    fn build<E: 'static>(events: &[E], codec: &dyn Codec<E>, encoding: Encoding) -> Self {
+    /// How many events.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match &self.layout {
+            Layout::Whole => 1,
+            Layout::Ends(ends) => ends.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The encoding.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The `index`-th event's bytes or why it has none.
+    #[inline]
+    pub fn item(&self, index: usize) -> Option<Result<&[u8], &CodecError>> {
+        if index >= self.len() {
+            return None;
+        }
+        if let Some(err) = self.error(index) {
+            return Some(Err(err));
+        }
+        Some(Ok(&self.buffer[self.span(index)]))
+    }
+
+    #[inline]
+    fn error(&self, index: usize) -> Option<&CodecError> {
+        if self.errors.is_empty() {
+            return None;
+        }
+        self.errors
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()
+            .map(|at| &self.errors[at].1)
+    }
+
+    /// The bytes of the events in `range` (which must exist).
+    fn span_len(&self, range: std::ops::Range<usize>) -> usize {
+        if range.is_empty() {
+            return 0;
+        }
+        self.span(range.end - 1).end - self.span(range.start).start
+    }
+
+    /// The byte range of the `index`-th event (which must exist).
+    #[inline]
+    fn span(&self, index: usize) -> std::ops::Range<usize> {
+        match &self.layout {
+            Layout::Whole => 0..self.buffer.len(),
+            Layout::Ends(ends) => {
+                let start = if index == 0 { 0 } else { ends[index - 1] };
+                start..ends[index]
+            }
+        }
+    }
+
+    fn build<E: 'static>(
+        stream: &StreamId,
+        events: &[E],
+        codec: &dyn Codec<E>,
+        encoding: Encoding,
+    ) -> Self {
+        let mut buffer = Vec::with_capacity(events.len() * 256);
+        let mut ends = Vec::with_capacity(events.len());
+        let mut errors = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let start = buffer.len();
+            if let Err(err) = codec.encode_into(event, encoding, &mut buffer) {
+                buffer.truncate(start);
+                errors.push((index, err));
+            }
+            ends.push(buffer.len());
+        }
         Self {
-            items: codec.encode_batch(events, encoding),
+            stream: stream.clone(),
+            encoding,
+            buffer: Bytes::from(buffer),
+            layout: Layout::Ends(ends),
+            errors,
         }
     }
 }
@@ -170,12 +282,13 @@ impl Form {
 /// sink that writes it. Sinks borrow [`Record`]s from it.
 #[derive(Debug)]
 pub struct EventBatch<E> {
+    stream: StreamId,
     events: Vec<E>,
     headers: Vec<RecordHeader>,
     /// JSON and protobuf at versions 1 and 2, readable without a lock.
     common: [OnceLock<Arc<Form>>; 4],
     /// Any other encoding.
-    other: Mutex<Vec<(Encoding, Arc<Form>)>>,
+    other: Mutex<Vec<Arc<Form>>>,
     /// The encoding the log stores, once [`EventBatch::prepare_log`] ran.
     logged: OnceLock<Arc<Form>>,
 }
@@ -193,6 +306,11 @@ fn common_slot(encoding: Encoding) -> Option<usize> {
 }
 
 impl<E> EventBatch<E> {
+    /// The stream.
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
     /// The events.
     pub fn events(&self) -> &[E] {
         &self.events
@@ -228,39 +346,30 @@ impl<E: ReplicationEvent> EventBatch<E> {
     /// A batch of events a replicator has stamped (each event's own
     /// sequence and timestamp go into its header).
     pub fn new(stream: &StreamId, events: Vec<E>) -> Self {
+        // Events of a batch mostly come from a few peers: consecutive
+        // events of one peer share its name.
+        let mut last_peer: Option<Arc<str>> = None;
         let headers = events
             .iter()
-            .map(|e| RecordHeader::of(stream.clone(), e))
+            .map(|event| {
+                let peer = event.peer().map(|peer| match &last_peer {
+                    Some(last) if **last == *peer => last.clone(),
+                    _ => {
+                        let peer: Arc<str> = Arc::from(peer);
+                        last_peer = Some(peer.clone());
+                        peer
+                    }
+                });
+                RecordHeader {
+                    sequence: event.sequence(),
+                    timestamp: event.timestamp(),
+                    kind: event.kind(),
+                    peer,
+                }
+            })
             .collect();
-        Self::with_headers(events, headers)
-    }
-
-    /// A batch of events read back from a log: each is stamped with its
-    /// stored sequence and timestamp (whatever the codec restored), and the
-    /// stored bytes are kept as its form in `encoding`.
-    pub fn from_stored(
-        stream: &StreamId,
-        stored: Vec<(u64, Timestamp, E, Bytes)>,
-        encoding: Encoding,
-    ) -> Self {
-        let mut events = Vec::with_capacity(stored.len());
-        let mut payloads = Vec::with_capacity(stored.len());
-        for (sequence, timestamp, mut event, payload) in stored {
-            event.assign(&Assignment {
-                stream,
-                sequence,
-                timestamp,
-            });
-            events.push(event);
-            payloads.push(Ok(payload));
-        }
-        let batch = Self::new(stream, events);
-        batch.set_form(encoding, Arc::new(Form { items: payloads }));
-        batch
-    }
-
-    fn with_headers(events: Vec<E>, headers: Vec<RecordHeader>) -> Self {
         Self {
+            stream: stream.clone(),
             events,
             headers,
             common: Default::default(),
@@ -269,30 +378,68 @@ impl<E: ReplicationEvent> EventBatch<E> {
         }
     }
 
-    fn set_form(&self, encoding: Encoding, form: Arc<Form>) {
-        if let Some(slot) = common_slot(encoding) {
+    /// A batch of events read back from a log: each is stamped with its
+    /// stored sequence and timestamp (whatever the codec restored), and the
+    /// stored bytes are kept as the batch's form in `encoding` (copied into
+    /// one buffer, unless there is only one).
+    pub fn from_stored(
+        stream: &StreamId,
+        stored: Vec<(u64, Timestamp, E, Bytes)>,
+        encoding: Encoding,
+    ) -> Self {
+        let mut events = Vec::with_capacity(stored.len());
+        let mut ends = Vec::with_capacity(stored.len());
+        let mut payloads = Vec::with_capacity(stored.len());
+        let mut end = 0;
+        for (sequence, timestamp, mut event, payload) in stored {
+            event.assign(&Assignment {
+                stream,
+                sequence,
+                timestamp,
+            });
+            events.push(event);
+            end += payload.len();
+            ends.push(end);
+            payloads.push(payload);
+        }
+        let buffer = match <[Bytes; 1]>::try_from(payloads) {
+            Ok([one]) => one,
+            Err(payloads) => Bytes::from(payloads.concat()),
+        };
+        let batch = Self::new(stream, events);
+        batch.set_form(Arc::new(Form {
+            stream: stream.clone(),
+            encoding,
+            buffer,
+            layout: Layout::Ends(ends),
+            errors: Vec::new(),
+        }));
+        batch
+    }
+
+    fn set_form(&self, form: Arc<Form>) {
+        if let Some(slot) = common_slot(form.encoding) {
             let _ = self.common[slot].set(form);
             return;
         }
         let mut other = self.other.lock().unwrap_or_else(PoisonError::into_inner);
-        if !other.iter().any(|(e, _)| *e == encoding) {
-            other.push((encoding, form));
+        if !other.iter().any(|f| f.encoding == form.encoding) {
+            other.push(form);
         }
     }
 
     /// The batch in `encoding`, encoding it on first use only.
     pub fn form(&self, codec: &dyn Codec<E>, encoding: Encoding) -> Arc<Form> {
+        let build = || Arc::new(Form::build(&self.stream, &self.events, codec, encoding));
         if let Some(slot) = common_slot(encoding) {
-            return self.common[slot]
-                .get_or_init(|| Arc::new(Form::build(&self.events, codec, encoding)))
-                .clone();
+            return self.common[slot].get_or_init(build).clone();
         }
         let mut other = self.other.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, form)) = other.iter().find(|(e, _)| *e == encoding) {
+        if let Some(form) = other.iter().find(|f| f.encoding == encoding) {
             return form.clone();
         }
-        let form = Arc::new(Form::build(&self.events, codec, encoding));
-        other.push((encoding, form.clone()));
+        let form = build();
+        other.push(form.clone());
         form
     }
 
@@ -307,25 +454,31 @@ impl<E: ReplicationEvent> EventBatch<E> {
         encoding: Encoding,
     ) -> Result<(), (usize, CodecError)> {
         let form = self.form(codec, encoding);
-        if let Some((index, Err(err))) = form.items.iter().enumerate().find(|(_, r)| r.is_err()) {
-            return Err((index, err.clone()));
+        if let Some((index, err)) = form.errors.first() {
+            return Err((*index, err.clone()));
         }
         let _ = self.logged.set(form);
         Ok(())
     }
 
-    /// The `index`-th event in `encoding` (from `form`, which must be this
-    /// batch's form in that encoding).
+    /// The `index`-th event in `form` (which must be this batch's form in
+    /// some encoding), or why it has no form there.
     pub fn record<'a>(
         &'a self,
         index: usize,
-        encoding: Encoding,
         form: &'a Form,
     ) -> Option<Result<Record<'a>, &'a CodecError>> {
         let header = self.headers.get(index)?;
-        Some(match form.item(index)? {
-            Ok(bytes) => Ok(Record::new(header, encoding, bytes)),
-            Err(err) => Err(err),
+        if index >= form.len() {
+            return None;
+        }
+        Some(match form.error(index) {
+            Some(err) => Err(err),
+            None => Ok(Record {
+                header,
+                form,
+                index,
+            }),
         })
     }
 }
@@ -350,5 +503,9 @@ impl<E: ReplicationEvent> LogBatch for EventBatch<E> {
             Some(Ok(bytes)) => bytes,
             _ => &[],
         }
+    }
+
+    fn payloads_len(&self, range: std::ops::Range<usize>) -> usize {
+        self.logged.get().map_or(0, |form| form.span_len(range))
     }
 }

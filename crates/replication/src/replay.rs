@@ -115,7 +115,7 @@ impl<E: ReplicationEvent> Replay<E> {
     fn form(&self, batch: &EventBatch<E>, index: usize) -> Result<Replayed, Error> {
         let sequence = batch.headers().get(index).map_or(0, |h| h.sequence);
         let form = batch.form(self.codec.as_ref(), self.encoding);
-        match batch.record(index, self.encoding, &form) {
+        match batch.record(index, &form) {
             Some(Ok(record)) => Ok(Replayed::Record(record.to_owned())),
             Some(Err(err)) if err.kind() == CodecErrorKind::Unrepresentable => {
                 Ok(Replayed::Skipped {

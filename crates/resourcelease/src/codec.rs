@@ -1,9 +1,7 @@
 //! Encoding and decoding by [`Encoding`], and the framework codec.
 
 use bytes::Bytes;
-use omnirelay_replication::{
-    Codec, CodecError, Encoding, Format, WireVersion, encode_batch_contiguously,
-};
+use omnirelay_replication::{Codec, CodecError, Encoding, Format, WireVersion};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::event::ResourceLeaseReplicationEvent;
@@ -59,18 +57,18 @@ impl Codec<ResourceLeaseReplicationEvent> for ResourceLeaseCodec {
         Ok(Bytes::from(encode(event, encoding)?))
     }
 
-    fn encode_batch(
+    fn encode_into(
         &self,
-        events: &[ResourceLeaseReplicationEvent],
+        event: &ResourceLeaseReplicationEvent,
         encoding: Encoding,
-    ) -> Vec<Result<Bytes, CodecError>> {
-        encode_batch_contiguously(events, |event, out| {
-            match encoding.format {
-                Format::Json => json::encode_into(event, encoding.version, out)?,
-                _ => out.extend_from_slice(&encode(event, encoding)?),
-            }
-            Ok(())
-        })
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        match encoding.format {
+            Format::Json => json::encode_into(event, encoding.version, out)?,
+            Format::Protobuf => proto::encode_into(event, encoding.version, out)?,
+            other => return Err(EncodeError::UnsupportedFormat(other).into()),
+        }
+        Ok(())
     }
 
     fn decode(

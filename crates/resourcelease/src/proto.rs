@@ -51,6 +51,24 @@ pub fn encode(
     Ok(to_message(event, version)?.encode_to_vec())
 }
 
+/// Appends the protobuf message of `event` in `version` to `out`.
+///
+/// # Errors
+///
+/// As [`encode`].
+pub fn encode_into(
+    event: &ResourceLeaseReplicationEvent,
+    version: WireVersion,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let message = to_message(event, version)?;
+    out.reserve(message.encoded_len());
+    // Encoding fails only for a buffer that cannot grow; a `Vec` can.
+    let encoded = message.encode(out);
+    debug_assert!(encoded.is_ok());
+    Ok(())
+}
+
 /// Decodes a protobuf message of any known schema version.
 ///
 /// # Errors

@@ -116,7 +116,7 @@ impl<S: Sink> LagRecording<S> {
                 .as_secs_f64()
                 * 1000.0;
             let peer = header.peer.clone().filter(|p| !p.trim().is_empty());
-            let key = (header.kind.code, peer, header.stream.clone());
+            let key = (header.kind.code, peer, record.stream().clone());
             let histogram = histograms
                 .entry(key)
                 .or_insert_with_key(|(_, peer, stream)| {

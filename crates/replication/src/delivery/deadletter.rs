@@ -8,6 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::record::RecordHeader;
+use crate::stream::StreamId;
 use crate::time::Timestamp;
 
 /// One dead-lettered event, a line of `<dir>/<stream>/<sink>.jsonl`.
@@ -41,13 +42,14 @@ impl DeadLetter {
     /// A dead letter for a record.
     pub fn new(
         sink: &str,
+        stream: &StreamId,
         header: &RecordHeader,
         encoding: &str,
         payload: &[u8],
         error: &crate::error::Error,
     ) -> Self {
         Self {
-            stream: header.stream.as_str().to_owned(),
+            stream: stream.as_str().to_owned(),
             sink: sink.to_owned(),
             sequence: header.sequence,
             event_type: header.kind.name.to_owned(),

@@ -549,7 +549,7 @@ impl<E: ReplicationEvent> Driver<E> {
             match (piece, form) {
                 (Piece::Slice(slice), Some(form)) => {
                     for index in slice.range.clone() {
-                        match slice.batch.record(index, encoding, form) {
+                        match slice.batch.record(index, form) {
                             Some(Ok(record)) => records.push(record),
                             Some(Err(err)) if err.kind() == CodecErrorKind::Unrepresentable => {
                                 self.shared.counters().skipped += 1;
@@ -557,6 +557,7 @@ impl<E: ReplicationEvent> Driver<E> {
                             }
                             Some(Err(err)) => letters.push(DeadLetter::new(
                                 &self.shared.sink,
+                                &self.stream.id,
                                 &slice.batch.headers()[index],
                                 &self.stream.log.encoding().to_string(),
                                 slice.batch.payload(index),
@@ -568,7 +569,6 @@ impl<E: ReplicationEvent> Driver<E> {
                 }
                 (Piece::Unreadable(stored, err), _) => {
                     let header = RecordHeader {
-                        stream: self.stream.id.clone(),
                         sequence: stored.sequence,
                         timestamp: stored.timestamp,
                         kind: EventKind {
@@ -579,6 +579,7 @@ impl<E: ReplicationEvent> Driver<E> {
                     };
                     letters.push(DeadLetter::new(
                         &self.shared.sink,
+                        &self.stream.id,
                         &header,
                         &stored.encoding.to_string(),
                         &stored.payload,
@@ -663,6 +664,7 @@ impl<E: ReplicationEvent> Driver<E> {
     fn letter(&self, record: &Record<'_>, error: &Error) -> DeadLetter {
         DeadLetter::new(
             &self.shared.sink,
+            record.stream(),
             record.header(),
             &record.encoding().to_string(),
             record.bytes(),

@@ -30,6 +30,10 @@ pub trait LogBatch: Send + Sync + 'static {
     fn timestamp(&self, index: usize) -> Timestamp;
     /// The encoded `index`-th record, in the log's encoding.
     fn payload(&self, index: usize) -> &[u8];
+    /// The total length of the payloads of the records in `range`.
+    fn payloads_len(&self, range: std::ops::Range<usize>) -> usize {
+        range.map(|i| self.payload(i).len()).sum()
+    }
 }
 
 mod disk;

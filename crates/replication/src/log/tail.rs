@@ -61,9 +61,12 @@ pub enum TailRead<B> {
 
 /// The bytes a batch takes in the log.
 pub(crate) fn batch_bytes<B: LogBatch>(batch: &B) -> usize {
-    (0..batch.len())
-        .map(|i| frame_len(batch.payload(i).len()))
-        .sum()
+    range_bytes(batch, 0..batch.len())
+}
+
+/// The bytes the records in `range` of a batch take in the log.
+fn range_bytes<B: LogBatch>(batch: &B, range: Range<usize>) -> usize {
+    frame_len(0) * range.len() + batch.payloads_len(range)
 }
 
 impl<B: LogBatch> Tail<B> {
@@ -170,6 +173,29 @@ impl<B: LogBatch> Tail<B> {
         let mut next = from;
         'batches: for held in self.held.iter().skip(start) {
             let begin = usize::try_from(next - held.first).unwrap_or(usize::MAX);
+            // The common case: the rest of the batch fits.
+            let through_up_to = up_to.checked_sub(held.first).map_or(0, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX).saturating_add(1)
+            });
+            let limit = through_up_to
+                .min(held.count)
+                .min(begin.saturating_add(max_events.saturating_sub(events)));
+            if limit > begin {
+                let more = range_bytes(held.batch.as_ref(), begin..limit);
+                if bytes + more <= max_bytes {
+                    out.push(TailSlice {
+                        batch: held.batch.clone(),
+                        range: begin..limit,
+                    });
+                    events += limit - begin;
+                    bytes += more;
+                    if limit < held.count {
+                        break;
+                    }
+                    next = held.first + held.count as u64;
+                    continue;
+                }
+            }
             let mut end = begin;
             while end < held.count {
                 let sequence = held.first + end as u64;
@@ -251,6 +277,63 @@ mod tests {
         );
         assert_eq!(sequences(tail.read(4, 100, 10, 1)), [4], "at least one");
         assert!(matches!(tail.read(9, 100, 10, usize::MAX), TailRead::Empty));
+    }
+
+    /// What `read` must return, one record at a time: from `from`, not past
+    /// `up_to`, at most `max_events`, and another record only while fewer
+    /// than `max_bytes` are taken (at least one).
+    fn expected(
+        batches: &[Arc<TestBatch>],
+        from: u64,
+        up_to: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for b in batches {
+            for i in 0..b.len() {
+                let sequence = b.first + i as u64;
+                if sequence < from {
+                    continue;
+                }
+                if sequence > up_to
+                    || out.len() >= max_events
+                    || (bytes >= max_bytes && !out.is_empty())
+                {
+                    return out;
+                }
+                bytes += frame_len(b.payload(i).len());
+                out.push(sequence);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn whole_batch_reads_match_record_by_record_limits() {
+        let batches: Vec<_> = [(1, 3), (4, 1), (5, 4), (9, 2)]
+            .into_iter()
+            .map(|(first, count)| batch(first, count))
+            .collect();
+        let mut tail = Tail::new(100, usize::MAX);
+        for b in &batches {
+            tail.push(b.clone(), batch_bytes(b.as_ref()));
+        }
+        let one = frame_len(batches[0].payload(0).len());
+        for from in 1..=11 {
+            for up_to in 0..=11 {
+                for max_events in 1..=11 {
+                    for max_bytes in [1, one, one + 1, 2 * one, 3 * one + 5, 7 * one, usize::MAX] {
+                        assert_eq!(
+                            sequences(tail.read(from, up_to, max_events, max_bytes)),
+                            expected(&batches, from, up_to, max_events, max_bytes),
+                            "from {from} up_to {up_to} max_events {max_events} max_bytes {max_bytes}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

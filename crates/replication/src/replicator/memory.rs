@@ -157,7 +157,7 @@ impl<E: ReplicationEvent> MemoryReplicator<E> {
         let sinks = self.sink_list();
         let deliveries = sinks.iter().map(|registered| async move {
             let form = batch.form(self.codec.as_ref(), registered.encoding);
-            let record = match batch.record(0, registered.encoding, &form) {
+            let record = match batch.record(0, &form) {
                 Some(Ok(record)) => record,
                 Some(Err(err)) if err.kind() == CodecErrorKind::Unrepresentable => {
                     registered.skipped.fetch_add(1, Ordering::Relaxed);

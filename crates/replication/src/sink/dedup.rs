@@ -50,7 +50,7 @@ impl<S: Sink> Sink for Deduplicating<S> {
                 let mark = self.inner.checkpoint(stream).await?;
                 state.seed(stream, mark);
             }
-            if state.admit(record.header()) {
+            if state.admit(stream, record.header()) {
                 fresh.push(*record);
             }
         }
@@ -123,20 +123,19 @@ impl DedupState {
 
     /// Whether the record is new: above its stream's mark (counting records
     /// admitted but not yet committed) and above its peer's mark.
-    pub fn admit(&mut self, header: &RecordHeader) -> bool {
+    pub fn admit(&mut self, stream: &StreamId, header: &RecordHeader) -> bool {
         let seq = header.sequence;
         let peer = header.peer.as_ref().filter(|p| !p.is_empty());
-        let marks = self.streams.get(&header.stream);
+        let marks = self.streams.get(stream);
         let global = marks
             .and_then(|m| m.global)
-            .max(self.pending_max.get(&header.stream).copied());
+            .max(self.pending_max.get(stream).copied());
         let peer_mark = peer.and_then(|p| marks.and_then(|m| m.peers.get(p).copied()));
         if global.is_some_and(|m| seq <= m) || peer_mark.is_some_and(|m| seq <= m) {
             return false;
         }
-        self.pending_max.insert(header.stream.clone(), seq);
-        self.pending
-            .push((header.stream.clone(), seq, peer.cloned()));
+        self.pending_max.insert(stream.clone(), seq);
+        self.pending.push((stream.clone(), seq, peer.cloned()));
         true
     }
 

@@ -139,7 +139,7 @@ proptest! {
         let mut admitted = Vec::new();
         for seq in seqs {
             let rec = record("default", seq, Some("p"));
-            if state.admit(rec.header()) {
+            if state.admit(rec.stream(), rec.header()) {
                 admitted.push(seq);
             }
             state.commit();
@@ -154,13 +154,13 @@ proptest! {
         let stream = StreamId::default();
         state.seed(&stream, None);
         for seq in 1..=n {
-            prop_assert!(state.admit(record("default", seq, None).header()));
+            prop_assert!(state.admit(&stream, record("default", seq, None).header()));
         }
         state.commit_through(Some(through));
         let expected = if through == 0 { None } else { Some(through.min(n)) };
         prop_assert_eq!(state.global(&stream), expected);
         // What was not committed is admitted again.
-        prop_assert_eq!(state.admit(record("default", n, None).header()), through < n);
+        prop_assert_eq!(state.admit(&stream, record("default", n, None).header()), through < n);
     }
 }
 

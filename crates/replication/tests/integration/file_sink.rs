@@ -11,7 +11,6 @@ use crate::support::fixed_clock;
 
 fn line(sequence: u64) -> OwnedRecord {
     let header = RecordHeader {
-        stream: StreamId::default(),
         sequence,
         timestamp: fixed_clock(),
         kind: EventKind {
@@ -24,7 +23,12 @@ fn line(sequence: u64) -> OwnedRecord {
         r#"{{"sequenceNumber":{sequence},"eventType":"Enqueue","note":"{}"}}"#,
         "x".repeat(20)
     );
-    OwnedRecord::new(header, Encoding::JSON_V1, Bytes::from(json))
+    OwnedRecord::new(
+        StreamId::default(),
+        header,
+        Encoding::JSON_V1,
+        Bytes::from(json),
+    )
 }
 
 fn sequences_in(dir: &std::path::Path) -> Vec<u64> {
@@ -139,7 +143,12 @@ async fn records_that_are_not_single_json_lines_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sink = FileSink::new(FileSinkOptions::new(dir.path()));
     let header = line(2).header().clone();
-    let multi = OwnedRecord::new(header, Encoding::JSON_V1, Bytes::from_static(b"{\n}"));
+    let multi = OwnedRecord::new(
+        StreamId::default(),
+        header,
+        Encoding::JSON_V1,
+        Bytes::from_static(b"{\n}"),
+    );
     let err = sink
         .apply_owned(&[line(1), multi, line(3)])
         .await
@@ -147,6 +156,7 @@ async fn records_that_are_not_single_json_lines_are_refused() {
     assert_eq!(err.kind(), omnirelay_replication::ErrorKind::Rejected);
     assert_eq!(err.applied_through_sequence(), Some(1));
     let proto = OwnedRecord::new(
+        StreamId::default(),
         line(4).header().clone(),
         Encoding::PROTOBUF_V1,
         Bytes::from_static(b"\x08\x01"),

@@ -287,3 +287,82 @@ async fn composite_failure_names_every_member() {
     assert!(message.contains("right: accepted as 1"), "{message}");
     assert!(err.into_event().is_none(), "one member accepted it");
 }
+
+/// A batch's form holds every event's bytes back to back; the events with
+/// no form in that encoding are errors, the rest are unaffected; records
+/// own their bytes without copying; consecutive events of one peer share
+/// its name.
+#[test]
+fn a_batch_form_holds_each_event_and_the_reasons_for_the_missing_ones() {
+    use omnirelay_replication::{Codec, CodecErrorKind, EventBatch, ReplicationEvent};
+
+    let json_v2 = Encoding::new(Format::Json, WireVersion::V2);
+    use omnirelay_replication_testkit::NoteCodec;
+
+    let stream = StreamId::new("users").unwrap();
+    let mut notes: Vec<Note> = ["a", "bb", "ccc", "dddd"].map(Note::new).into();
+    notes[1].kind = Note::V2_ONLY_KIND;
+    for (i, note) in notes.iter_mut().enumerate() {
+        note.peer = Some("worker-1".to_owned());
+        note.assign(&omnirelay_replication::Assignment {
+            stream: &stream,
+            sequence: 10 + i as u64,
+            timestamp: fixed_clock(),
+        });
+    }
+    let codec = NoteCodec::default();
+    let batch = EventBatch::new(&stream, notes.clone());
+    let form = batch.form(&codec, Encoding::JSON_V1);
+    assert_eq!(form.len(), 4);
+    for (i, note) in notes.iter().enumerate() {
+        let record = batch.record(i, &form).unwrap();
+        if i == 1 {
+            assert_eq!(record.unwrap_err().kind(), CodecErrorKind::Unrepresentable);
+            continue;
+        }
+        let record = record.unwrap();
+        let alone = codec.encode(note, Encoding::JSON_V1).unwrap();
+        assert_eq!(record.bytes(), &alone[..], "event {i}");
+        assert_eq!(record.stream(), &stream);
+        assert_eq!(record.sequence(), 10 + i as u64);
+        let owned = record.to_owned();
+        assert_eq!(owned.as_record(), record);
+        assert_eq!(
+            owned.bytes().as_ptr(),
+            record.bytes().as_ptr(),
+            "shared, not copied"
+        );
+    }
+    assert!(batch.record(4, &form).is_none());
+    let peers: Vec<_> = batch
+        .headers()
+        .iter()
+        .map(|h| h.peer.clone().unwrap())
+        .collect();
+    assert!(peers.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+
+    // Read back from a log: the stored bytes are the form, in one buffer.
+    let payloads: Vec<_> = notes
+        .iter()
+        .map(|n| codec.encode(n, json_v2).unwrap())
+        .collect();
+    let stored = notes
+        .iter()
+        .zip(&payloads)
+        .enumerate()
+        .map(|(i, (n, bytes))| (20 + i as u64, fixed_clock(), n.clone(), bytes.clone()))
+        .collect();
+    let read = EventBatch::from_stored(&stream, stored, json_v2);
+    let encodings = codec.encodings();
+    let form = read.form(&codec, json_v2);
+    assert_eq!(
+        codec.encodings(),
+        encodings,
+        "the stored form is not re-encoded"
+    );
+    for i in 0..4 {
+        let record = read.record(i, &form).unwrap().unwrap();
+        assert_eq!(record.sequence(), 20 + i as u64);
+        assert_eq!(record.bytes(), &payloads[i][..]);
+    }
+}

@@ -34,8 +34,9 @@ pub(crate) fn record(
         sequence,
         timestamp: fixed_clock(),
     });
-    let header = omnirelay_replication::RecordHeader::of(stream.try_into().unwrap(), &note);
+    let header = omnirelay_replication::RecordHeader::of(&note);
     omnirelay_replication::OwnedRecord::new(
+        id,
         header,
         Encoding::JSON_V1,
         bytes::Bytes::from_static(b"{}"),

@@ -7,9 +7,12 @@
 //!   schema crate behind them, whose codec counts its encodings.
 //! - [`ScriptedSink`]: a sink that records what it applied, fails where a
 //!   test script says, and can yield mid-apply to expose races.
+//! - [`FaultySink`]: a sink whose failures a test switches on and off.
+//! - [`conformance`]: the suite every sink passes against its real backend.
 
 #![warn(missing_docs)]
 
+pub mod conformance;
 pub mod event;
 pub mod faulty;
 pub mod sink;

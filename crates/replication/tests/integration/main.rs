@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod config;
+mod conformance;
 mod dedup;
 mod durable;
 mod file_sink;

@@ -360,9 +360,9 @@ fn a_batch_form_holds_each_event_and_the_reasons_for_the_missing_ones() {
         encodings,
         "the stored form is not re-encoded"
     );
-    for i in 0..4 {
+    for (i, payload) in payloads.iter().enumerate() {
         let record = read.record(i, &form).unwrap().unwrap();
         assert_eq!(record.sequence(), 20 + i as u64);
-        assert_eq!(record.bytes(), &payloads[i][..]);
+        assert_eq!(record.bytes(), &payload[..]);
     }
 }

@@ -5,11 +5,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use omnirelay_replication::Codec as _;
-use omnirelay_replication::config::{self, DEFAULT_TOML, SinkRegistry, Source};
+use omnirelay_replication::config::{self, SinkRegistry, Source};
 use omnirelay_resourcelease::ResourceLeaseCodec;
 
 pub(crate) fn default() -> anyhow::Result<ExitCode> {
-    io::stdout().write_all(DEFAULT_TOML.as_bytes())?;
+    io::stdout().write_all(crate::node::default_toml().as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 

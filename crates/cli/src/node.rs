@@ -64,9 +64,13 @@ impl NodeArgs {
 
     /// Loads and validates the configuration, printing every problem.
     pub(crate) fn load(&self) -> anyhow::Result<ValidConfig> {
+        let default = default_toml();
         let source = match &self.config {
             Some(path) => Source::File(path),
-            None => Source::Default,
+            None => Source::Text {
+                text: &default,
+                name: "the embedded default configuration",
+            },
         };
         let loaded = config::load_from(source, &config::process_env(), &self.overrides())?;
         let registry = SinkRegistry::discovered();
@@ -82,6 +86,17 @@ impl NodeArgs {
         }
         Ok(valid)
     }
+}
+
+/// The services' embedded default configuration: the framework's (one
+/// stream, the durable log, the JSON-lines export) plus the SQLite sink at
+/// `DIR/replication.db`.
+pub(crate) fn default_toml() -> String {
+    format!(
+        "{}{}",
+        config::DEFAULT_TOML,
+        omnirelay_replication_sqlite::DEFAULT_SINK_TOML
+    )
 }
 
 static JSON_LOGS: AtomicBool = AtomicBool::new(false);

@@ -13,11 +13,11 @@ fn event(i: usize) -> String {
     )
 }
 
-fn events(range: std::ops::Range<usize>) -> String {
+pub(crate) fn events(range: std::ops::Range<usize>) -> String {
     range.map(|i| event(i) + "\n").collect()
 }
 
-fn dir_arg(dir: &Path) -> &str {
+pub(crate) fn dir_arg(dir: &Path) -> &str {
     dir.to_str().unwrap()
 }
 
@@ -333,6 +333,14 @@ fn heavy_crash_loop_loses_no_acknowledged_event() {
     assert_eq!(
         export, log,
         "the export holds every logged event exactly once, in order"
+    );
+    let table: Vec<u64> = crate::sqlite::sqlite_rows(dir.path())
+        .iter()
+        .map(|r| r.sequence)
+        .collect();
+    assert_eq!(
+        table, log,
+        "the SQLite table holds every logged event exactly once"
     );
     export.sort_unstable();
     for seq in &acked {

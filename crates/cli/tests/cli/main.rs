@@ -8,6 +8,7 @@ mod config;
 mod log;
 mod prometheus;
 mod schema;
+mod sqlite;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

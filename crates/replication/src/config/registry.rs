@@ -135,6 +135,13 @@ pub trait SinkBuilder: Send + Sync + 'static {
     ///
     /// The backend's failure (unreachable, unwritable, …).
     fn build<'a>(&'a self, context: SinkContext<'a>) -> BoxFuture<'a, Result<SharedSink, Error>>;
+
+    /// What the sink writes that no other sink may write too (a database
+    /// table, a key prefix), each as a phrase naming it. Validation refuses
+    /// two enabled sinks with the same claim. None by default.
+    fn claims(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A sink type a crate contributes by linking: see the module docs.
@@ -312,6 +319,10 @@ impl SinkBuilder for FileBuilder {
             };
             Ok(FileSink::new(options).shared())
         })
+    }
+
+    fn claims(&self) -> Vec<String> {
+        vec![format!("JSON-lines directory {}", self.0.dir.display())]
     }
 }
 

@@ -153,6 +153,7 @@ impl Loaded {
             }
         }
         let mut sinks = Vec::new();
+        let mut claimed = std::collections::BTreeMap::new();
         for (name, sink) in &replication.sinks {
             let path = format!("replication.sinks.{name}");
             if let Err(err) = validate_name("sink name", name) {
@@ -249,6 +250,14 @@ impl Loaded {
             };
             if !sink.enabled {
                 continue;
+            }
+            for claim in builder.claims() {
+                if let Some(other) = claimed.insert(claim.clone(), name.clone()) {
+                    c.fail(
+                        &format!("{path}.settings"),
+                        format!("sinks {other:?} and {name:?} would both write the {claim}"),
+                    );
+                }
             }
             let options = SinkOptions {
                 encoding: Encoding::new(format, version),

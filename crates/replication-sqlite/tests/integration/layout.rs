@@ -1,0 +1,322 @@
+//! The reference's table layout, resume, the reader, and configuration.
+
+use std::path::Path;
+
+use omnirelay_replication::config::{self, SinkRegistry, Source};
+use omnirelay_replication::{
+    Codec as _, DurableOptions, DurableReplicator, Encoding, ReplicatorExt as _, SinkExt, StreamId,
+    WireVersion,
+};
+use omnirelay_replication_sqlite::{
+    DEFAULT_SINK_TOML, DEFAULT_TABLE, SqliteReader, SqliteSink, SqliteSinkOptions,
+};
+use omnirelay_replication_testkit::conformance::record;
+use omnirelay_resourcelease::{
+    ResourceLeaseCodec, ResourceLeaseReplicationEvent, ResourceLeaseReplicationEventType, json,
+};
+
+fn columns(db: &Path, table: &str) -> Vec<(String, String, bool, bool)> {
+    let connection = rusqlite::Connection::open(db).unwrap();
+    let mut statement = connection
+        .prepare(&format!("PRAGMA table_info(\"{table}\")"))
+        .unwrap();
+    statement
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, bool>(5)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_lease_events_land_in_the_reference_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("replication.db");
+    let replicator = DurableReplicator::open(
+        std::sync::Arc::new(ResourceLeaseCodec),
+        DurableOptions::new(dir.path().join("data")),
+    )
+    .await
+    .unwrap();
+    let sink = SqliteSink::new(SqliteSinkOptions::new(&db)).unwrap();
+    replicator
+        .add_sink(
+            "sqlite",
+            sink.shared(),
+            omnirelay_replication::SinkOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut published = Vec::new();
+    for (i, kind) in [
+        ResourceLeaseReplicationEventType::Enqueue,
+        ResourceLeaseReplicationEventType::LeaseGranted,
+        ResourceLeaseReplicationEventType::DrainSnapshot,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut event = ResourceLeaseReplicationEvent::new(kind);
+        event.peer_id = (i != 2).then(|| format!("worker-{i}"));
+        published.push(replicator.publish(event).await.unwrap());
+    }
+    replicator.wait_caught_up().await;
+    replicator.close().await.unwrap();
+
+    assert_eq!(
+        columns(&db, DEFAULT_TABLE),
+        [
+            ("sequence_number".into(), "INTEGER".into(), false, true),
+            ("event_type".into(), "INTEGER".into(), true, false),
+            ("timestamp".into(), "TEXT".into(), true, false),
+            ("peer_id".into(), "TEXT".into(), false, false),
+            ("event_json".into(), "TEXT".into(), true, false),
+        ]
+    );
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    let index: String = connection
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1",
+            [format!("IX_{DEFAULT_TABLE}_EventType")],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(index.contains("(event_type)"), "{index}");
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+
+    let rows: Vec<_> = SqliteReader::open(&db)
+        .unwrap()
+        .rows(DEFAULT_TABLE, 1)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 3);
+    for (row, receipt) in rows.iter().zip(&published) {
+        assert_eq!(row.sequence, receipt.sequence);
+        assert_eq!(row.timestamp, receipt.timestamp.to_round_trip_string());
+        let event = json::decode(row.event_json.as_bytes()).unwrap();
+        assert_eq!(event.sequence_number as u64, row.sequence);
+        assert_eq!(event.event_type as i64, row.event_type);
+        assert_eq!(event.peer_id, row.peer);
+        // Version 1, the sink's write version: the reference JSON.
+        assert_eq!(
+            row.event_json.as_bytes(),
+            &ResourceLeaseCodec
+                .encode(
+                    &event,
+                    Encoding::new(omnirelay_replication::Format::Json, WireVersion::V1)
+                )
+                .unwrap()[..]
+        );
+    }
+    assert_eq!(rows[2].peer, None, "a NULL peer_id");
+    assert_eq!(rows[1].event_type, 2, "LeaseGranted is 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_reference_wrote_resumes_after_its_last_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reference.db");
+    {
+        // What the reference creates: its table, no checkpoint table.
+        let connection = rusqlite::Connection::open(&db).unwrap();
+        connection
+            .execute_batch(&format!(
+                "CREATE TABLE {DEFAULT_TABLE} (sequence_number INTEGER PRIMARY KEY, event_type INTEGER NOT NULL, timestamp TEXT NOT NULL, peer_id TEXT NULL, event_json TEXT NOT NULL);
+                 INSERT INTO {DEFAULT_TABLE} VALUES (1, 1, '2025-01-01T00:00:00.0000000+00:00', NULL, '{{}}');
+                 INSERT INTO {DEFAULT_TABLE} VALUES (2, 1, '2025-01-01T00:00:00.0000000+00:00', NULL, '{{}}');"
+            ))
+            .unwrap();
+    }
+    let sink = SqliteSink::new(SqliteSinkOptions::new(&db))
+        .unwrap()
+        .shared();
+    let stream = StreamId::default();
+    assert_eq!(
+        omnirelay_replication::Sink::checkpoint(&sink, &stream)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    let batch: Vec<_> = (1..=4)
+        .map(|s| record(&stream, s, Encoding::JSON_V1))
+        .collect();
+    sink.apply_owned(&batch).await.unwrap();
+    let rows: Vec<_> = SqliteReader::open(&db)
+        .unwrap()
+        .rows(DEFAULT_TABLE, 1)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        rows.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(
+        rows[0].event_json, "{}",
+        "existing rows are not overwritten"
+    );
+    assert_eq!(
+        SqliteReader::open(&db).unwrap().tables().unwrap(),
+        [(DEFAULT_TABLE.to_owned(), stream, 4)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_streams_from_any_sequence_across_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("replication.db");
+    let sink = SqliteSink::new(SqliteSinkOptions::new(&db))
+        .unwrap()
+        .shared();
+    let stream = StreamId::new("users").unwrap();
+    let batch: Vec<_> = (1..=2500)
+        .map(|s| record(&stream, s, Encoding::JSON_V1))
+        .collect();
+    for chunk in batch.chunks(700) {
+        sink.apply_owned(chunk).await.unwrap();
+    }
+    let table = SqliteSinkOptions::new(&db).table_for("users");
+    assert_eq!(table, format!("{DEFAULT_TABLE}_users"));
+    let reader = SqliteReader::open(&db).unwrap();
+    let read: Vec<_> = reader
+        .rows(&table, 1200)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        read.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        (1200..=2500).collect::<Vec<_>>()
+    );
+    assert_eq!(read[0].event_json.as_bytes(), &batch[1199].bytes()[..]);
+    assert_eq!(reader.rows(&table, 2501).unwrap().count(), 0);
+    assert_eq!(reader.rows("NoSuchTable", 1).unwrap().count(), 0);
+}
+
+fn validate(text: &str) -> Result<(), String> {
+    let loaded = config::load_from(
+        Source::Text {
+            text,
+            name: "test.toml",
+        },
+        &[],
+        &[],
+    )
+    .map_err(|e| e.to_string())?;
+    loaded
+        .validate(&SinkRegistry::discovered(), WireVersion::V2)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn configuration_refuses_shared_or_invalid_tables() {
+    // The embedded default section is valid.
+    validate(&format!("{}{DEFAULT_SINK_TOML}", config::DEFAULT_TOML)).unwrap();
+
+    let err = validate(
+        r#"
+[replication.sinks.db]
+type = "sqlite"
+[replication.sinks.db.settings.tables]
+users = "Shared"
+orders = "shared"
+"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("replication.sinks.db.settings.tables")
+            && err.contains("would share the table"),
+        "{err}"
+    );
+
+    let err = validate(
+        r#"
+[replication.sinks.db]
+type = "sqlite"
+[replication.sinks.db.settings]
+table = "Events; DROP TABLE x"
+"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("replication.sinks.db.settings.table") && err.contains("invalid table name"),
+        "{err}"
+    );
+
+    let err = validate(
+        r#"
+[replication.sinks.one]
+type = "sqlite"
+[replication.sinks.two]
+type = "sqlite"
+"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.contains(
+            "sinks \"one\" and \"two\" would both write the table ResourceLeaseReplicationEvents"
+        ),
+        "{err}"
+    );
+
+    // Two sinks, two tables of one database: fine.
+    validate(
+        r#"
+[replication.sinks.one]
+type = "sqlite"
+[replication.sinks.two]
+type = "sqlite"
+[replication.sinks.two.settings]
+table = "Copy"
+"#,
+    )
+    .unwrap();
+
+    let err = validate(
+        r#"
+[replication.sinks.db]
+type = "sqlite"
+format = "protobuf"
+"#,
+    )
+    .unwrap_err();
+    assert!(err.contains("cannot receive protobuf"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streams_cannot_share_a_table_at_run_time_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("replication.db");
+    let mut options = SqliteSinkOptions::new(&db);
+    options.tables.insert("users".into(), "People".into());
+    let first = SqliteSink::new(options).unwrap().shared();
+    let users = StreamId::new("users").unwrap();
+    first
+        .apply_owned(&[record(&users, 1, Encoding::JSON_V1)])
+        .await
+        .unwrap();
+    // Another sink (or a changed configuration) puts `orders` there.
+    let mut options = SqliteSinkOptions::new(&db);
+    options.tables.insert("orders".into(), "people".into());
+    let second = SqliteSink::new(options).unwrap().shared();
+    let orders = StreamId::new("orders").unwrap();
+    let err = second
+        .apply_owned(&[record(&orders, 1, Encoding::JSON_V1)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), omnirelay_replication::ErrorKind::Config);
+    assert!(
+        err.to_string().contains("already holds the stream"),
+        "{err}"
+    );
+}

@@ -1,0 +1,7 @@
+//! Integration tests of omnirelay-replication-sqlite, one binary.
+
+// A panic in a test helper is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod conformance;
+mod layout;

@@ -5,6 +5,7 @@ pub mod fanout;
 pub mod json_codec;
 mod raw;
 pub mod replay;
+pub mod sqlite;
 pub mod telemetry;
 
 /// The multi-threaded runtime the scenarios publish on (two workers, as
@@ -120,6 +121,10 @@ pub fn scenarios() -> Vec<Entry> {
         Entry {
             name: "replay",
             build: || Box::new(replay::Replay::new()),
+        },
+        Entry {
+            name: "sqlite-sink",
+            build: || Box::new(sqlite::SqliteSinkScenario::new()),
         },
     ]
 }

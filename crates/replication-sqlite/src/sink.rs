@@ -148,7 +148,8 @@ struct Ready {
 struct Row {
     sequence: i64,
     event_type: i32,
-    timestamp: String,
+    stamped: Timestamp,
+    timestamp: Arc<str>,
     peer: Option<Arc<str>>,
     json: Bytes,
 }
@@ -392,7 +393,7 @@ impl Inner {
                     .execute(params![
                         row.sequence,
                         row.event_type,
-                        row.timestamp,
+                        &*row.timestamp,
                         row.peer.as_deref(),
                         json
                     ])
@@ -500,10 +501,18 @@ impl Sink for SqliteSink {
             }
             let header = record.header();
             let owned = record.to_owned();
+            // The events of one publish share a timestamp: format it once.
+            let timestamp = match rows.last() {
+                Some(Row {
+                    stamped, timestamp, ..
+                }) if *stamped == header.timestamp => timestamp.clone(),
+                _ => header.timestamp.to_round_trip_string().into(),
+            };
             rows.push(Row {
                 sequence,
                 event_type: header.kind.code,
-                timestamp: header.timestamp.to_round_trip_string(),
+                stamped: header.timestamp,
+                timestamp,
                 peer: header.peer.clone(),
                 json: owned.bytes().clone(),
             });

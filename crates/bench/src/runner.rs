@@ -41,7 +41,7 @@ pub struct BenchRecord {
     pub candidate: f64,
     /// Median of the per-round candidate ÷ baseline ratios.
     pub ratio: f64,
-    /// The smallest acceptable ratio.
+    /// The smallest acceptable ratio (0: reported, no target).
     pub target: f64,
     /// Whether `ratio >= target`.
     pub met: bool,
@@ -195,8 +195,19 @@ pub fn render_table(records: &[BenchRecord]) -> String {
                 human(r.baseline),
                 human(r.candidate),
                 format!("{:.2}", r.ratio),
-                format!(">= {:.2}", r.target),
-                if r.met { "yes" } else { "NO" }.to_owned(),
+                if r.target > 0.0 {
+                    format!(">= {:.2}", r.target)
+                } else {
+                    "none".to_owned()
+                },
+                if r.target <= 0.0 {
+                    "-"
+                } else if r.met {
+                    "yes"
+                } else {
+                    "NO"
+                }
+                .to_owned(),
             ]
         })
         .collect();
@@ -265,7 +276,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, telemetry-fanout, replay)"
+            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, telemetry-fanout, replay, sqlite-sink, objectstore-segment)"
         );
     }
 

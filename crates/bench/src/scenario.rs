@@ -3,6 +3,7 @@
 pub mod durable;
 pub mod fanout;
 pub mod json_codec;
+pub mod objectstore;
 mod raw;
 pub mod replay;
 pub mod sqlite;
@@ -42,7 +43,8 @@ pub trait Scenario {
     /// What the baseline is, in a few words.
     fn baseline(&self) -> &'static str;
 
-    /// The smallest acceptable candidate ÷ baseline throughput ratio.
+    /// The smallest acceptable candidate ÷ baseline throughput ratio; 0
+    /// for a scenario that is measured and reported with no target.
     fn target(&self) -> f64;
 
     /// Runs one pass of `side` and returns how many operations it did.
@@ -125,6 +127,10 @@ pub fn scenarios() -> Vec<Entry> {
         Entry {
             name: "sqlite-sink",
             build: || Box::new(sqlite::SqliteSinkScenario::new()),
+        },
+        Entry {
+            name: "objectstore-segment",
+            build: || Box::new(objectstore::ObjectStoreSegments::new()),
         },
     ]
 }

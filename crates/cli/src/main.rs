@@ -19,6 +19,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use omnirelay_replication::Format;
+// Sink types linked into the binary: each registers itself (`inventory`),
+// so configuration alone enables it.
+use omnirelay_replication_objectstore as _;
+use omnirelay_replication_sqlite as _;
 
 /// OmniRelay replication: durable replication of resource-lease events,
 /// schema tools and benchmarks.

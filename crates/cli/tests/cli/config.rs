@@ -20,7 +20,7 @@ fn the_default_configuration_round_trips_through_check() {
     assert!(piped.status.success(), "{}", text(&piped.stderr));
     assert!(
         text(&piped.stdout).starts_with(
-            "standard input: ok; data_dir omnirelay-data, 1 stream(s) declared, sinks: export (file)"
+            "standard input: ok; data_dir omnirelay-data, 1 stream(s) declared, sinks: export (file), sqlite (sqlite)"
         ),
         "{}",
         text(&piped.stdout)
@@ -30,6 +30,27 @@ fn the_default_configuration_round_trips_through_check() {
     std::fs::write(&file, &default.stdout).unwrap();
     let checked = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
     assert!(checked.status.success());
+}
+
+#[test]
+fn the_adapter_sink_types_are_linked_into_the_binary() {
+    let config = r#"
+[replication.sinks.db]
+type = "sqlite"
+[replication.sinks.archive]
+type = "object_store"
+[replication.sinks.archive.settings]
+backend = "s3"
+bucket = "replication"
+endpoint = "http://127.0.0.1:9000"
+"#;
+    let out = omnirelay(&["config", "check", "-"], config.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("sinks: archive (object_store), db (sqlite)"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]

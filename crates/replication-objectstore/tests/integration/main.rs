@@ -1,0 +1,8 @@
+//! Integration tests of omnirelay-replication-objectstore, one binary.
+
+// A panic in a test helper is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod conformance;
+mod resume;
+mod support;

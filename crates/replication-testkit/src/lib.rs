@@ -9,9 +9,12 @@
 //!   test script says, and can yield mid-apply to expose races.
 //! - [`FaultySink`]: a sink whose failures a test switches on and off.
 //! - [`conformance`]: the suite every sink passes against its real backend.
+//! - [`config::check`]: validates configuration text against the sink
+//!   types linked into the test.
 
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod conformance;
 pub mod event;
 pub mod faulty;

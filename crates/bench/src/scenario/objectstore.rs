@@ -3,15 +3,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
-use omnirelay_replication::{
-    Encoding, EventKind, OwnedRecord, RecordHeader, SharedSink, SinkExt, StreamId, Timestamp,
-};
+use omnirelay_replication::{SharedSink, SinkExt, StreamId};
 use omnirelay_replication_objectstore::{Layout, ObjectSinkOptions, ObjectStoreSink, StoreConfig};
 
-use crate::scenario::raw::EVENT_BYTES;
+use crate::scenario::raw::{EVENT_BYTES, json_document, json_records};
 use crate::scenario::{Scenario, Side};
 
 /// Events per batch, and so per segment object.
@@ -38,17 +35,6 @@ impl std::fmt::Debug for ObjectStoreSegments {
         f.debug_struct("ObjectStoreSegments")
             .finish_non_exhaustive()
     }
-}
-
-fn document(sequence: u64) -> String {
-    let mut doc = format!(
-        r#"{{"sequenceNumber":{sequence},"eventType":"Enqueue","timestamp":"2026-11-28T05:25:01.6823902+00:00","peerId":"worker-1","pad":""#
-    );
-    while doc.len() < EVENT_BYTES - 2 {
-        doc.push('x');
-    }
-    doc.push_str("\"}");
-    doc
 }
 
 impl ObjectStoreSegments {
@@ -88,30 +74,6 @@ impl ObjectStoreSegments {
             _dir: dir,
         }
     }
-
-    fn records(&self, first: u64) -> Vec<OwnedRecord> {
-        let timestamp = Timestamp::now();
-        let peer: Arc<str> = Arc::from("worker-1");
-        (first..first + BATCH as u64)
-            .map(|sequence| {
-                let header = RecordHeader {
-                    sequence,
-                    timestamp,
-                    kind: EventKind {
-                        code: 1,
-                        name: "Enqueue",
-                    },
-                    peer: Some(peer.clone()),
-                };
-                OwnedRecord::new(
-                    self.stream.clone(),
-                    header,
-                    Encoding::JSON_V1,
-                    Bytes::from(document(sequence)),
-                )
-            })
-            .collect()
-    }
 }
 
 impl Default for ObjectStoreSegments {
@@ -143,7 +105,7 @@ impl Scenario for ObjectStoreSegments {
                 let first = self.raw_next;
                 let mut body = Vec::with_capacity(BATCH * (EVENT_BYTES + 1));
                 for sequence in first..first + BATCH as u64 {
-                    body.extend_from_slice(document(sequence).as_bytes());
+                    body.extend_from_slice(json_document(sequence).as_bytes());
                     body.push(b'\n');
                 }
                 let last = first + BATCH as u64 - 1;
@@ -154,7 +116,7 @@ impl Scenario for ObjectStoreSegments {
                 self.raw_next += BATCH as u64;
             }
             Side::Candidate => {
-                let records = self.records(self.next);
+                let records = json_records(&self.stream, self.next, BATCH);
                 self.runtime
                     .block_on(self.sink.apply_owned(&records))
                     .unwrap_or_else(|e| panic!("object sink: {e}"));

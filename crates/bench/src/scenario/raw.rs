@@ -1,10 +1,12 @@
 //! A pre-encoded event for the framework benchmarks: its codec only copies
 //! out the bytes it already has, so what is measured is the framework.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use omnirelay_replication::{
-    Assignment, Codec, CodecError, Encoding, EventKind, Format, ReplicationEvent, StreamId,
-    Timestamp, WireVersion,
+    Assignment, Codec, CodecError, Encoding, EventKind, Format, OwnedRecord, RecordHeader,
+    ReplicationEvent, StreamId, Timestamp, WireVersion,
 };
 
 /// The size of every benchmark event.
@@ -91,4 +93,43 @@ impl Codec<RawEvent> for RawCodec {
             timestamp: Timestamp::MIN,
         })
     }
+}
+
+/// A reference-shaped JSON event of [`EVENT_BYTES`] bytes, for the sink
+/// scenarios (the same text on both sides of a comparison).
+pub(crate) fn json_document(sequence: u64) -> String {
+    let mut doc = format!(
+        r#"{{"sequenceNumber":{sequence},"eventType":"Enqueue","timestamp":"2026-11-28T05:25:01.6823902+00:00","peerId":"worker-1","pad":""#
+    );
+    while doc.len() < EVENT_BYTES - 2 {
+        doc.push('x');
+    }
+    doc.push_str("\"}");
+    doc
+}
+
+/// `count` records of [`json_document`]s of `stream` from `first` on, as a
+/// sink receives them.
+pub(crate) fn json_records(stream: &StreamId, first: u64, count: usize) -> Vec<OwnedRecord> {
+    let timestamp = Timestamp::now();
+    let peer: Arc<str> = Arc::from("worker-1");
+    (first..first + count as u64)
+        .map(|sequence| {
+            let header = RecordHeader {
+                sequence,
+                timestamp,
+                kind: EventKind {
+                    code: 1,
+                    name: "Enqueue",
+                },
+                peer: Some(peer.clone()),
+            };
+            OwnedRecord::new(
+                stream.clone(),
+                header,
+                Encoding::JSON_V1,
+                Bytes::from(json_document(sequence)),
+            )
+        })
+        .collect()
 }

@@ -2,13 +2,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use omnirelay_replication::{
-    Encoding, EventKind, OwnedRecord, RecordHeader, SharedSink, SinkExt, StreamId, Timestamp,
-};
+use omnirelay_replication::{SharedSink, SinkExt, StreamId, Timestamp};
 use omnirelay_replication_sqlite::{SqliteSink, SqliteSinkOptions, Synchronous};
 
-use crate::scenario::raw::EVENT_BYTES;
+use crate::scenario::raw::{json_document, json_records};
 use crate::scenario::{Scenario, Side};
 
 /// Rows per batch (the sink's default batch size).
@@ -35,17 +32,6 @@ impl std::fmt::Debug for SqliteSinkScenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteSinkScenario").finish_non_exhaustive()
     }
-}
-
-fn document(sequence: u64) -> String {
-    let mut doc = format!(
-        r#"{{"sequenceNumber":{sequence},"eventType":"Enqueue","timestamp":"2026-11-28T05:25:01.6823902+00:00","peerId":"worker-1","pad":""#
-    );
-    while doc.len() < EVENT_BYTES - 2 {
-        doc.push('x');
-    }
-    doc.push_str("\"}");
-    doc
 }
 
 impl SqliteSinkScenario {
@@ -87,30 +73,6 @@ impl SqliteSinkScenario {
         }
     }
 
-    fn records(&self, first: u64) -> Vec<OwnedRecord> {
-        let timestamp = Timestamp::now();
-        let peer: Arc<str> = Arc::from("worker-1");
-        (first..first + BATCH as u64)
-            .map(|sequence| {
-                let header = RecordHeader {
-                    sequence,
-                    timestamp,
-                    kind: EventKind {
-                        code: 1,
-                        name: "Enqueue",
-                    },
-                    peer: Some(peer.clone()),
-                };
-                OwnedRecord::new(
-                    self.stream.clone(),
-                    header,
-                    Encoding::JSON_V1,
-                    Bytes::from(document(sequence)),
-                )
-            })
-            .collect()
-    }
-
     /// The baseline's batch, on a blocking thread as the sink's is.
     fn raw_batch(&mut self) {
         let first = self.raw_next;
@@ -127,7 +89,7 @@ impl SqliteSinkScenario {
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 for sequence in first..first + BATCH as i64 {
-                    let doc = document(sequence as u64);
+                    let doc = json_document(sequence as u64);
                     statement
                         .execute(rusqlite::params![sequence, 1, timestamp, "worker-1", doc])?;
                 }
@@ -170,7 +132,7 @@ impl Scenario for SqliteSinkScenario {
         match side {
             Side::Baseline => self.raw_batch(),
             Side::Candidate => {
-                let records = self.records(self.next);
+                let records = json_records(&self.stream, self.next, BATCH);
                 self.runtime
                     .block_on(self.sink.apply_owned(&records))
                     .unwrap_or_else(|e| panic!("sqlite sink: {e}"));
@@ -186,6 +148,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::scenario::raw::EVENT_BYTES;
 
     #[test]
     fn both_sides_store_the_same_rows() {

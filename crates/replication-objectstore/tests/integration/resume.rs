@@ -8,10 +8,9 @@ use bytes::Bytes;
 use futures::TryStreamExt as _;
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
-use omnirelay_replication::config::{self, SinkRegistry, Source};
 use omnirelay_replication::{
     BatchOptions, DurableOptions, DurableReplicator, Encoding, MemorySink, OwnedRecord,
-    ReplicatorExt as _, RetryPolicy, Sink, SinkExt, SinkOptions, StreamId, WireVersion,
+    ReplicatorExt as _, RetryPolicy, Sink, SinkExt, SinkOptions, StreamId,
 };
 use omnirelay_replication_objectstore::{
     CHECKPOINT_NAME, Layout, ObjectReader, ObjectSinkOptions, ObjectStoreSink, StoreConfig,
@@ -300,19 +299,7 @@ async fn heavy_an_unresponsive_s3_server_stalls_only_its_sink_and_loses_nothing(
 }
 
 fn validate(text: &str) -> Result<(), String> {
-    let loaded = config::load_from(
-        Source::Text {
-            text,
-            name: "test.toml",
-        },
-        &[],
-        &[],
-    )
-    .map_err(|e| e.to_string())?;
-    loaded
-        .validate(&SinkRegistry::discovered(), WireVersion::V2)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    omnirelay_replication_testkit::config::check(text).map(|_| ())
 }
 
 #[test]

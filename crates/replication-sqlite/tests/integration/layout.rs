@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use omnirelay_replication::config::{self, SinkRegistry, Source};
 use omnirelay_replication::{
     Codec as _, DurableOptions, DurableReplicator, Encoding, ReplicatorExt as _, SinkExt, StreamId,
     WireVersion,
@@ -203,25 +202,17 @@ async fn the_reader_streams_from_any_sequence_across_pages() {
 }
 
 fn validate(text: &str) -> Result<(), String> {
-    let loaded = config::load_from(
-        Source::Text {
-            text,
-            name: "test.toml",
-        },
-        &[],
-        &[],
-    )
-    .map_err(|e| e.to_string())?;
-    loaded
-        .validate(&SinkRegistry::discovered(), WireVersion::V2)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    omnirelay_replication_testkit::config::check(text).map(|_| ())
 }
 
 #[test]
 fn configuration_refuses_shared_or_invalid_tables() {
     // The embedded default section is valid.
-    validate(&format!("{}{DEFAULT_SINK_TOML}", config::DEFAULT_TOML)).unwrap();
+    validate(&format!(
+        "{}{DEFAULT_SINK_TOML}",
+        omnirelay_replication::config::DEFAULT_TOML
+    ))
+    .unwrap();
 
     let err = validate(
         r#"

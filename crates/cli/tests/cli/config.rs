@@ -43,11 +43,13 @@ type = "object_store"
 backend = "s3"
 bucket = "replication"
 endpoint = "http://127.0.0.1:9000"
+[replication.sinks.bus]
+type = "nats"
 "#;
     let out = omnirelay(&["config", "check", "-"], config.as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("sinks: archive (object_store), db (sqlite)"),
+        text(&out.stdout).contains("sinks: archive (object_store), bus (nats), db (sqlite)"),
         "{}",
         text(&out.stdout)
     );

@@ -1,0 +1,489 @@
+//! The NATS JetStream sink.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::context::{Publish, PublishErrorKind};
+use async_nats::jetstream::stream::{Config as StreamConfig, LastRawMessageErrorKind, StorageType};
+use async_nats::jetstream::{self, Context};
+use async_nats::{ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use omnirelay_replication::{Error, ErrorKind, Health, Record, Sink, SinkError, StreamId};
+
+use crate::subject::{
+    DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, subject_for, validate_stream_name,
+    validate_subject_template,
+};
+
+/// How the JetStream stream is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// On disk.
+    #[default]
+    File,
+    /// In memory.
+    Memory,
+}
+
+/// The JetStream stream the sink creates when it does not exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Replicas in a cluster (1, 3 or 5).
+    pub replicas: usize,
+    /// File or memory.
+    pub storage: Storage,
+    /// Messages older than this are removed (zero: kept).
+    pub max_age: Duration,
+    /// How long JetStream remembers message ids to drop duplicates.
+    pub duplicate_window: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            storage: Storage::File,
+            max_age: Duration::ZERO,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Knobs of a [`NatsSink`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsSinkOptions {
+    /// The JetStream stream.
+    pub stream: String,
+    /// The subject of each replication stream; its last token is
+    /// `{stream}`.
+    pub subject: String,
+    /// Create the JetStream stream with these settings if it does not
+    /// exist (`None`: it must exist).
+    pub create: Option<StreamSettings>,
+    /// Publishes awaiting their acknowledgement at most.
+    pub max_outstanding_acks: usize,
+    /// How long a publish waits for its acknowledgement.
+    pub ack_timeout: Duration,
+}
+
+impl NatsSinkOptions {
+    /// The default stream and subject, created if missing, 256
+    /// acknowledgements outstanding, 10 s to acknowledge.
+    pub fn new() -> Self {
+        Self {
+            stream: DEFAULT_STREAM.to_owned(),
+            subject: DEFAULT_SUBJECT.to_owned(),
+            create: Some(StreamSettings::default()),
+            max_outstanding_acks: 256,
+            ack_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks the names and limits.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] naming the problem.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_stream_name(&self.stream)?;
+        validate_subject_template(&self.subject)?;
+        if self.max_outstanding_acks == 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "max_outstanding_acks must be at least 1",
+            ));
+        }
+        if let Some(create) = &self.create
+            && !matches!(create.replicas, 1 | 3 | 5)
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("replicas must be 1, 3 or 5 (is {})", create.replicas),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for NatsSinkOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Publishes each record to a JetStream stream, one subject per
+/// replication stream, with `Nats-Msg-Id: <stream>:<sequence>` so that
+/// JetStream drops a retried publish inside its duplicate window, and a
+/// high-water mark (the sequence of the last message on the subject, read
+/// on first use and after a failure) so that a re-delivery older than the
+/// window is skipped too. Publishes are asynchronous with at most
+/// `max_outstanding_acks` awaiting acknowledgement; a duplicate
+/// acknowledgement counts as success.
+#[derive(Clone, Debug)]
+pub struct NatsSink {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: NatsSinkOptions,
+    client: async_nats::Client,
+    context: Context,
+    /// Whether the JetStream stream is known to be there.
+    ready: tokio::sync::Mutex<bool>,
+    marks: tokio::sync::Mutex<HashMap<StreamId, u64>>,
+    duplicates: AtomicU64,
+    health: Mutex<Health>,
+}
+
+fn nats_error(kind: ErrorKind, context: &str, err: impl std::fmt::Display) -> Error {
+    Error::new(kind, format!("nats: {context}: {err}"))
+}
+
+impl NatsSink {
+    /// Connects to `servers` (the connection is made, and kept, in the
+    /// background: a server that is down now is a retryable failure of
+    /// `apply`, not of start-up).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for invalid options or server addresses.
+    pub async fn connect(servers: &[String], options: NatsSinkOptions) -> Result<Self, Error> {
+        Self::connect_with(servers, ConnectOptions::new(), options).await
+    }
+
+    /// As [`NatsSink::connect`], with the client's connect options (for
+    /// credentials, TLS, names).
+    ///
+    /// # Errors
+    ///
+    /// As [`NatsSink::connect`].
+    pub async fn connect_with(
+        servers: &[String],
+        connect: ConnectOptions,
+        options: NatsSinkOptions,
+    ) -> Result<Self, Error> {
+        options.validate()?;
+        if servers.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "nats: no server to connect to",
+            ));
+        }
+        let addresses: Vec<async_nats::ServerAddr> = servers
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| nats_error(ErrorKind::Config, &format!("server {s:?}"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        let client = connect
+            .retry_on_initial_connect()
+            .connect(addresses)
+            .await
+            .map_err(|e| nats_error(ErrorKind::Unavailable, "connect", e))?;
+        let mut context = jetstream::new(client.clone());
+        context.set_timeout(options.ack_timeout);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                options,
+                client,
+                context,
+                ready: tokio::sync::Mutex::new(false),
+                marks: tokio::sync::Mutex::default(),
+                duplicates: AtomicU64::new(0),
+                health: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &NatsSinkOptions {
+        &self.inner.options
+    }
+
+    /// Acknowledgements JetStream marked as duplicates (publishes it had
+    /// already stored), counted as success.
+    pub fn duplicates(&self) -> u64 {
+        self.inner.duplicates.load(Ordering::Relaxed)
+    }
+
+    fn set_health(&self, health: Health) {
+        *self
+            .inner
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = health;
+    }
+}
+
+impl Inner {
+    /// Makes sure the JetStream stream exists (creating it if allowed) and
+    /// covers the sink's subjects.
+    async fn ensure_stream(&self) -> Result<jetstream::stream::Stream, Error> {
+        let options = &self.options;
+        let filter = subject_filter(&options.subject);
+        let mut stream = match &options.create {
+            Some(create) => {
+                let config = StreamConfig {
+                    name: options.stream.clone(),
+                    subjects: vec![filter.clone()],
+                    num_replicas: create.replicas,
+                    storage: match create.storage {
+                        Storage::File => StorageType::File,
+                        Storage::Memory => StorageType::Memory,
+                    },
+                    max_age: create.max_age,
+                    duplicate_window: create.duplicate_window,
+                    ..StreamConfig::default()
+                };
+                self.context
+                    .get_or_create_stream(config)
+                    .await
+                    .map_err(|e| nats_error(ErrorKind::Unavailable, "create the stream", e))?
+            }
+            None => self
+                .context
+                .get_stream(&options.stream)
+                .await
+                .map_err(|e| nats_error(ErrorKind::Unavailable, "find the stream", e))?,
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| nats_error(ErrorKind::Unavailable, "read the stream", e))?;
+        let covered = info.config.subjects.iter().any(|s| {
+            *s == filter || s == ">" || (s.ends_with(".>") && filter.starts_with(&s[..s.len() - 1]))
+        });
+        if !covered {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "nats: stream {} does not take the subjects {filter} (it takes {:?})",
+                    options.stream, info.config.subjects
+                ),
+            ));
+        }
+        Ok(stream)
+    }
+
+    async fn stream(&self) -> Result<jetstream::stream::Stream, Error> {
+        let mut ready = self.ready.lock().await;
+        let stream = if *ready {
+            self.context
+                .get_stream(&self.options.stream)
+                .await
+                .map_err(|e| nats_error(ErrorKind::Unavailable, "find the stream", e))?
+        } else {
+            self.ensure_stream().await?
+        };
+        *ready = true;
+        Ok(stream)
+    }
+
+    /// The sequence of the last message on `stream`'s subject (0: none).
+    async fn read_mark(&self, stream: &StreamId) -> Result<u64, Error> {
+        let js_stream = self.stream().await?;
+        let subject = subject_for(&self.options.subject, stream.as_str());
+        match js_stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message
+                .headers
+                .get(header::SEQUENCE)
+                .and_then(|v| v.as_str().parse().ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "nats: the last message on {subject} has no {} header",
+                            header::SEQUENCE
+                        ),
+                    )
+                }),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(nats_error(
+                ErrorKind::Unavailable,
+                &format!("read the last message on {subject}"),
+                e,
+            )),
+        }
+    }
+
+    async fn mark(&self, stream: &StreamId) -> Result<u64, Error> {
+        let mut marks = self.marks.lock().await;
+        if let Some(mark) = marks.get(stream) {
+            return Ok(*mark);
+        }
+        let mark = self.read_mark(stream).await?;
+        marks.insert(stream.clone(), mark);
+        Ok(mark)
+    }
+
+    /// Publishes `records` in order with at most `max_outstanding_acks`
+    /// unacknowledged; the last acknowledged sequence (a prefix of the
+    /// batch) and the error that stopped the rest.
+    async fn publish(
+        &self,
+        stream: &StreamId,
+        records: &[(u64, Bytes, HeaderMap)],
+    ) -> (Option<u64>, Option<Error>) {
+        let subject = subject_for(&self.options.subject, stream.as_str());
+        let max_payload = self.client.server_info().max_payload;
+        let mut pending = VecDeque::with_capacity(self.options.max_outstanding_acks);
+        let mut done = None;
+        let mut error = None;
+        let settle =
+            |ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+             sequence: u64|
+             -> Result<u64, Error> {
+                match ack {
+                    Ok(ack) => {
+                        if ack.duplicate {
+                            self.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(sequence)
+                    }
+                    Err(e) => Err(publish_error(sequence, &e)),
+                }
+            };
+        'records: for (sequence, payload, headers) in records {
+            if max_payload > 0 && payload.len() > max_payload {
+                error = Some(Error::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "nats: sequence {sequence} is {} bytes, over the server's limit of {max_payload}",
+                        payload.len()
+                    ),
+                ));
+                break;
+            }
+            while pending.len() >= self.options.max_outstanding_acks {
+                let Some((seq, ack)) = pending.pop_front() else {
+                    break;
+                };
+                let ack: jetstream::context::PublishAckFuture = ack;
+                match settle(ack.await, seq) {
+                    Ok(seq) => done = Some(seq),
+                    Err(e) => {
+                        error = Some(e);
+                        break 'records;
+                    }
+                }
+            }
+            let publish = Publish::build()
+                .payload(payload.clone())
+                .headers(headers.clone());
+            match self.context.send_publish(subject.clone(), publish).await {
+                Ok(ack) => pending.push_back((*sequence, ack)),
+                Err(e) => {
+                    error = Some(publish_error(*sequence, &e));
+                    break;
+                }
+            }
+        }
+        // Settle what was sent before the stop (or the end), in order: an
+        // earlier failure is the one that counts.
+        while let Some((seq, ack)) = pending.pop_front() {
+            match settle(ack.await, seq) {
+                Ok(seq) => done = Some(seq),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        (done, error)
+    }
+}
+
+fn publish_error(sequence: u64, err: &jetstream::context::PublishError) -> Error {
+    let kind = match err.kind() {
+        PublishErrorKind::StreamNotFound
+        | PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::Other => ErrorKind::Unavailable,
+        _ => ErrorKind::Rejected,
+    };
+    nats_error(kind, &format!("publish sequence {sequence}"), err)
+}
+
+fn headers_of(record: &Record<'_>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let stream = record.stream().as_str();
+    let sequence = record.sequence().to_string();
+    headers.insert(header::MSG_ID, format!("{stream}:{sequence}").as_str());
+    headers.insert(header::STREAM, stream);
+    headers.insert(header::SEQUENCE, sequence.as_str());
+    headers.insert(
+        header::SCHEMA_VERSION,
+        record.encoding().version.get().to_string().as_str(),
+    );
+    headers.insert(header::FORMAT, record.encoding().format.as_str());
+    headers.insert(header::EVENT_TYPE, record.header().kind.name);
+    headers
+}
+
+impl Sink for NatsSink {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        let stream = first.stream().clone();
+        let inner = &self.inner;
+        let result = async {
+            let mark = inner.mark(&stream).await?;
+            let records: Vec<(u64, Bytes, HeaderMap)> = batch
+                .iter()
+                .filter(|r| r.sequence() > mark)
+                .map(|r| (r.sequence(), r.to_owned().bytes().clone(), headers_of(r)))
+                .collect();
+            if records.is_empty() {
+                return Ok(());
+            }
+            let (done, error) = inner.publish(&stream, &records).await;
+            if let Some(done) = done {
+                inner.marks.lock().await.insert(stream.clone(), done);
+            }
+            match (error, done) {
+                (None, _) => Ok(()),
+                (Some(e), Some(done)) => Err(SinkError::from(e).applied_through(done)),
+                (Some(e), None) => Err(SinkError::from(e)),
+            }
+        }
+        .await;
+        match &result {
+            Ok(()) => self.set_health(Health::Healthy),
+            Err(e) if e.error().is_retryable() => {
+                // Publishes may have landed without their acknowledgement:
+                // read the mark from the stream before the next batch.
+                self.inner.marks.lock().await.remove(&stream);
+                *self.inner.ready.lock().await = false;
+                self.set_health(Health::Degraded(e.error().to_string()));
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn checkpoint(&self, stream: &StreamId) -> Result<Option<u64>, SinkError> {
+        let mark = self.inner.mark(stream).await?;
+        Ok((mark > 0).then_some(mark))
+    }
+
+    fn health(&self) -> Health {
+        self.inner
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| SinkError::from(nats_error(ErrorKind::Unavailable, "flush", e)))
+    }
+}

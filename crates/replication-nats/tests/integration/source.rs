@@ -1,0 +1,206 @@
+//! The NATS source: a replica fed from JetStream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::ConnectOptions;
+use bytes::Bytes;
+use omnirelay_replication::{
+    Assignment, Codec, CodecError, Encoding, EventKind, Format, ReplicationEvent, SharedSink,
+    SinkExt, StreamId, Timestamp, WireVersion,
+};
+use omnirelay_replication_nats::{NatsSink, NatsSinkOptions, NatsSource, NatsSourceOptions};
+use omnirelay_replication_testkit::FaultySink;
+use omnirelay_replication_testkit::conformance::{self, Backend, record};
+use tokio::sync::Mutex;
+
+use crate::support::{Nats, oversized};
+
+/// An event that is its JSON bytes: the suite's records pass through the
+/// bus and the source unchanged.
+#[derive(Clone, Debug)]
+struct Doc {
+    bytes: Bytes,
+    sequence: u64,
+    timestamp: Timestamp,
+}
+
+impl ReplicationEvent for Doc {
+    fn kind(&self) -> EventKind {
+        EventKind {
+            code: 1,
+            name: "Doc",
+        }
+    }
+
+    fn peer(&self) -> Option<&str> {
+        None
+    }
+
+    fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    fn assign(&mut self, assignment: &Assignment<'_>) {
+        self.sequence = assignment.sequence;
+        self.timestamp = assignment.timestamp;
+    }
+
+    fn set_shard(&mut self, _shard: &StreamId) {}
+}
+
+#[derive(Debug)]
+struct DocCodec;
+
+impl Codec<Doc> for DocCodec {
+    fn latest_version(&self) -> WireVersion {
+        WireVersion::V1
+    }
+
+    fn encode(&self, doc: &Doc, _encoding: Encoding) -> Result<Bytes, CodecError> {
+        Ok(doc.bytes.clone())
+    }
+
+    fn decode(&self, _format: Format, bytes: &[u8]) -> Result<Doc, CodecError> {
+        Ok(Doc {
+            bytes: Bytes::copy_from_slice(bytes),
+            sequence: 0,
+            timestamp: Timestamp::MIN,
+        })
+    }
+}
+
+/// Polls until a fetch comes back empty.
+async fn drain(source: &mut NatsSource<Doc>) -> usize {
+    let mut applied = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let polled = source.poll().await.unwrap();
+        applied += polled.applied;
+        if polled.messages == 0 {
+            return applied;
+        }
+        assert!(Instant::now() < deadline, "the source never drained");
+    }
+}
+
+async fn source(nats: &Nats, durable: &str, replica: &FaultySink) -> NatsSource<Doc> {
+    let mut source = NatsSource::connect(
+        std::slice::from_ref(&nats.url),
+        ConnectOptions::new(),
+        Arc::new(DocCodec),
+        NatsSourceOptions {
+            wait: Duration::from_millis(200),
+            ..NatsSourceOptions::new(durable)
+        },
+    )
+    .await
+    .unwrap();
+    source.add_sink("replica", replica.clone().shared(), Encoding::JSON_V1);
+    source
+}
+
+/// The conformance suite through the bus: records go into the NATS sink,
+/// and what the backend "holds" is what a source-fed replica that keeps
+/// every record it is given (duplicates included) received.
+struct Replicated {
+    nats: Nats,
+    replica: FaultySink,
+    source: Mutex<Option<NatsSource<Doc>>>,
+}
+
+impl Backend for Replicated {
+    async fn open(&self) -> SharedSink {
+        NatsSink::connect(
+            std::slice::from_ref(&self.nats.url),
+            NatsSinkOptions {
+                ack_timeout: Duration::from_secs(1),
+                ..NatsSinkOptions::new()
+            },
+        )
+        .await
+        .unwrap()
+        .shared()
+    }
+
+    async fn stored(&self, stream: &StreamId) -> Vec<(u64, Vec<u8>)> {
+        let mut source = self.source.lock().await;
+        if source.is_none() {
+            *source = Some(crate::source::source(&self.nats, "conformance", &self.replica).await);
+        }
+        drain(source.as_mut().unwrap()).await;
+        self.replica
+            .records()
+            .iter()
+            .filter(|r| r.stream() == stream)
+            .map(|r| (r.sequence(), r.bytes().to_vec()))
+            .collect()
+    }
+
+    fn poison(&self) -> Option<Bytes> {
+        Some(oversized())
+    }
+
+    async fn begin_outage(&self) -> bool {
+        self.nats.signal("STOP");
+        true
+    }
+
+    async fn end_outage(&self) {
+        self.nats.signal("CONT");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_source_fed_replica_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Replicated {
+        nats: Nats::start(dir.path()),
+        replica: FaultySink::new(),
+        source: Mutex::new(None),
+    };
+    let report = conformance::run(&backend).await;
+    report.assert_passed();
+    assert_eq!(report.passed().len(), 7, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_restarted_source_resumes_and_its_mark_drops_what_sinks_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
+        .await
+        .unwrap();
+    let stream = StreamId::default();
+    let notes = |range: std::ops::RangeInclusive<u64>| -> Vec<_> {
+        range
+            .map(|s| record(&stream, s, Encoding::JSON_V1))
+            .collect()
+    };
+    sink.apply_owned(&notes(1..=5)).await.unwrap();
+
+    let replica = FaultySink::new();
+    let mut first = source(&nats, "replica", &replica).await;
+    assert_eq!(drain(&mut first).await, 5);
+    drop(first);
+    sink.apply_owned(&notes(6..=8)).await.unwrap();
+    let mut restarted = source(&nats, "replica", &replica).await;
+    assert_eq!(
+        drain(&mut restarted).await,
+        3,
+        "the durable consumer resumes after 5"
+    );
+    assert_eq!(replica.sequences(), (1..=8).collect::<Vec<_>>());
+
+    // A new consumer from the start, for a sink that already holds 1..=6:
+    // the first six are dropped by the mark, the rest applied.
+    let holder = FaultySink::new();
+    holder.keep_checkpoint(6);
+    let mut fresh = source(&nats, "another", &holder).await;
+    assert_eq!(drain(&mut fresh).await, 2);
+    assert_eq!(holder.sequences(), [7, 8]);
+}

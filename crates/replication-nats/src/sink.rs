@@ -436,7 +436,7 @@ impl Sink for NatsSink {
             let records: Vec<(u64, Bytes, HeaderMap)> = batch
                 .iter()
                 .filter(|r| r.sequence() > mark)
-                .map(|r| (r.sequence(), r.to_owned().bytes().clone(), headers_of(r)))
+                .map(|r| (r.sequence(), r.shared_bytes(), headers_of(r)))
                 .collect();
             if records.is_empty() {
                 return Ok(());

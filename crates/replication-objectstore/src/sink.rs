@@ -411,7 +411,7 @@ impl Sink for ObjectStoreSink {
             let records: Vec<(u64, Bytes)> = batch
                 .iter()
                 .filter(|r| r.sequence() > mark)
-                .map(|r| (r.sequence(), r.to_owned().bytes().clone()))
+                .map(|r| (r.sequence(), r.shared_bytes()))
                 .collect();
             if records.is_empty() {
                 return Ok(());

@@ -500,7 +500,6 @@ impl Sink for SqliteSink {
                 break;
             }
             let header = record.header();
-            let owned = record.to_owned();
             // The events of one publish share a timestamp: format it once.
             let timestamp = match rows.last() {
                 Some(Row {
@@ -514,7 +513,7 @@ impl Sink for SqliteSink {
                 stamped: header.timestamp,
                 timestamp,
                 peer: header.peer.clone(),
-                json: owned.bytes().clone(),
+                json: record.shared_bytes(),
             });
         }
         let result = self

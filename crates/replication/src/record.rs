@@ -89,6 +89,12 @@ impl<'a> Record<'a> {
         &self.form.buffer[self.form.span(self.index)]
     }
 
+    /// The encoded event as shared bytes (a slice of the batch's buffer:
+    /// no copy), for a sink that keeps or sends them on.
+    pub fn shared_bytes(&self) -> Bytes {
+        self.form.buffer.slice(self.form.span(self.index))
+    }
+
     /// A copy that owns its parts (the bytes are shared, not copied).
     pub fn to_owned(&self) -> OwnedRecord {
         OwnedRecord {

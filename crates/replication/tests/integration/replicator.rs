@@ -325,6 +325,11 @@ fn a_batch_form_holds_each_event_and_the_reasons_for_the_missing_ones() {
         assert_eq!(record.bytes(), &alone[..], "event {i}");
         assert_eq!(record.stream(), &stream);
         assert_eq!(record.sequence(), 10 + i as u64);
+        assert_eq!(
+            record.shared_bytes().as_ptr(),
+            record.bytes().as_ptr(),
+            "shared, not copied"
+        );
         let owned = record.to_owned();
         assert_eq!(owned.as_record(), record);
         assert_eq!(

@@ -9,7 +9,7 @@ use omnirelay_replication::config::{
 use omnirelay_replication::{BoxFuture, Error, SharedSink, SinkExt};
 use serde::Deserialize;
 
-use crate::sink::{NatsSink, NatsSinkOptions, Storage, StreamSettings};
+use crate::sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};
 use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, validate_stream_name, validate_subject_template,
 };
@@ -25,6 +25,14 @@ enum StorageSetting {
     Memory,
 }
 
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RetentionSetting {
+    Limits,
+    Interest,
+    WorkQueue,
+}
+
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Settings {
@@ -34,7 +42,9 @@ struct Settings {
     create_stream: bool,
     replicas: usize,
     storage: StorageSetting,
+    retention: RetentionSetting,
     max_age_ms: u64,
+    max_bytes: Option<u64>,
     duplicate_window_ms: u64,
     max_outstanding_acks: usize,
     ack_timeout_ms: u64,
@@ -54,7 +64,9 @@ impl Default for Settings {
             create_stream: true,
             replicas: stream.replicas,
             storage: StorageSetting::File,
+            retention: RetentionSetting::Limits,
             max_age_ms: 0,
+            max_bytes: None,
             duplicate_window_ms: u64::try_from(stream.duplicate_window.as_millis())
                 .unwrap_or(120_000),
             max_outstanding_acks: defaults.max_outstanding_acks,
@@ -77,7 +89,13 @@ impl Settings {
                     StorageSetting::File => Storage::File,
                     StorageSetting::Memory => Storage::Memory,
                 },
+                retention: match self.retention {
+                    RetentionSetting::Limits => Retention::Limits,
+                    RetentionSetting::Interest => Retention::Interest,
+                    RetentionSetting::WorkQueue => Retention::WorkQueue,
+                },
                 max_age: Duration::from_millis(self.max_age_ms),
+                max_bytes: self.max_bytes,
                 duplicate_window: Duration::from_millis(self.duplicate_window_ms),
             }),
             max_outstanding_acks: self.max_outstanding_acks,

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::context::{Publish, PublishErrorKind};
-use async_nats::jetstream::stream::{Config as StreamConfig, LastRawMessageErrorKind, StorageType};
+use async_nats::jetstream::stream::{
+    Config as StreamConfig, LastRawMessageErrorKind, RetentionPolicy, StorageType,
+};
 use async_nats::jetstream::{self, Context};
 use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
@@ -27,6 +29,18 @@ pub enum Storage {
     Memory,
 }
 
+/// When JetStream removes messages of the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Retention {
+    /// At the limits (age, bytes) only.
+    #[default]
+    Limits,
+    /// Once every consumer has acknowledged them.
+    Interest,
+    /// Once one consumer has acknowledged them.
+    WorkQueue,
+}
+
 /// The JetStream stream the sink creates when it does not exist.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamSettings {
@@ -34,8 +48,12 @@ pub struct StreamSettings {
     pub replicas: usize,
     /// File or memory.
     pub storage: Storage,
+    /// When messages are removed.
+    pub retention: Retention,
     /// Messages older than this are removed (zero: kept).
     pub max_age: Duration,
+    /// The oldest messages are removed past this size (`None`: no limit).
+    pub max_bytes: Option<u64>,
     /// How long JetStream remembers message ids to drop duplicates.
     pub duplicate_window: Duration,
 }
@@ -45,7 +63,9 @@ impl Default for StreamSettings {
         Self {
             replicas: 1,
             storage: Storage::File,
+            retention: Retention::Limits,
             max_age: Duration::ZERO,
+            max_bytes: None,
             duplicate_window: Duration::from_secs(120),
         }
     }
@@ -235,7 +255,15 @@ impl Inner {
                         Storage::File => StorageType::File,
                         Storage::Memory => StorageType::Memory,
                     },
+                    retention: match create.retention {
+                        Retention::Limits => RetentionPolicy::Limits,
+                        Retention::Interest => RetentionPolicy::Interest,
+                        Retention::WorkQueue => RetentionPolicy::WorkQueue,
+                    },
                     max_age: create.max_age,
+                    max_bytes: create
+                        .max_bytes
+                        .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
                     duplicate_window: create.duplicate_window,
                     ..StreamConfig::default()
                 };

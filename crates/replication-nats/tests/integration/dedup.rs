@@ -95,3 +95,73 @@ fn configuration_refuses_what_cannot_work() {
     .unwrap_err();
     assert!(err.contains("would both write the subjects"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_the_stream_is_created_as_configured_and_checked_when_it_exists() {
+    use omnirelay_replication_nats::{Retention, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let options = NatsSinkOptions {
+        stream: "EVENTS".to_owned(),
+        create: Some(StreamSettings {
+            storage: Storage::Memory,
+            retention: Retention::Interest,
+            max_age: Duration::from_secs(3600),
+            max_bytes: Some(1 << 20),
+            duplicate_window: Duration::from_secs(30),
+            ..StreamSettings::default()
+        }),
+        ..NatsSinkOptions::new()
+    };
+    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), options.clone())
+        .await
+        .unwrap();
+    let stream = StreamId::default();
+    assert_eq!(sink.checkpoint(&stream).await.unwrap(), None);
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut created = js.get_stream("EVENTS").await.unwrap();
+    let config = created.info().await.unwrap().config.clone();
+    assert_eq!(config.subjects, ["omnirelay.replication.>"]);
+    assert_eq!(
+        config.storage,
+        async_nats::jetstream::stream::StorageType::Memory
+    );
+    assert_eq!(
+        config.retention,
+        async_nats::jetstream::stream::RetentionPolicy::Interest
+    );
+    assert_eq!(config.max_bytes, 1 << 20);
+    assert_eq!(config.max_age, Duration::from_secs(3600));
+    assert_eq!(config.duplicate_window, Duration::from_secs(30));
+
+    // An existing stream that does not take the sink's subjects is a
+    // configuration error, not something to retry.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "OTHER".to_owned(),
+        subjects: vec!["other.>".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let wrong = NatsSink::connect(
+        std::slice::from_ref(&nats.url),
+        NatsSinkOptions {
+            stream: "OTHER".to_owned(),
+            create: None,
+            ..NatsSinkOptions::new()
+        },
+    )
+    .await
+    .unwrap();
+    let err = wrong.checkpoint(&stream).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        omnirelay_replication::ErrorKind::Config,
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("does not take the subjects"),
+        "{err}"
+    );
+}

@@ -368,6 +368,16 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             .map_or_else(|| self.inner.options.log.clone(), |(_, o)| o.clone())
     }
 
+    /// Opens (and recovers) `stream`'s log now, rather than on its first
+    /// publish: to replay it, or to feed sinks what it already holds.
+    ///
+    /// # Errors
+    ///
+    /// The log's failure to open or recover.
+    pub async fn open_stream(&self, stream: &StreamId) -> Result<(), Error> {
+        self.stream(stream).await.map(|_| ())
+    }
+
     /// The stream's state, opening (and recovering) its log on first use.
     async fn stream(&self, id: &StreamId) -> Result<Arc<StreamState<E>>, Error> {
         if let Some(state) = lock(&self.inner.streams).get(id) {

@@ -1,0 +1,261 @@
+//! The receiving side of the reference's unary `Publish`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use omnirelay_replication::{
+    DurableReplicator, Encoding, Error, ErrorKind, Format, Receipt, Replayed, Replicator as _,
+    StreamId, WireVersion,
+};
+use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, json, proto};
+use tonic::{Request, Response, Status};
+
+use crate::generated::resource_lease_replicator_grpc_server::{
+    ResourceLeaseReplicatorGrpc, ResourceLeaseReplicatorGrpcServer,
+};
+
+/// Metadata keys the receiver writes on every event it appends: where it
+/// came from.
+pub mod origin {
+    /// The sender's name.
+    pub const SENDER: &str = "replication.origin.sender";
+    /// The sender's numbering epoch.
+    pub const EPOCH: &str = "replication.origin.epoch";
+    /// The event's sequence at the sender.
+    pub const SEQUENCE: &str = "replication.origin.sequence";
+    /// The event's timestamp at the sender (the receiver stamps its own).
+    pub const TIMESTAMP: &str = "replication.origin.timestamp";
+}
+
+/// Request metadata a sender may set.
+pub mod request {
+    /// The sender's name; senders without it share the name `anonymous`.
+    pub const SENDER: &str = "omnirelay-sender";
+    /// The sender's numbering epoch (a version-2 sender sets it, and
+    /// raises it when its numbering restarts).
+    pub const EPOCH: &str = "omnirelay-epoch";
+}
+
+/// The sender name of requests without [`request::SENDER`].
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A sender's high-water mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Mark {
+    /// Its numbering epoch.
+    pub epoch: u64,
+    /// The highest sequence of that epoch received.
+    pub sequence: u64,
+}
+
+/// What the receiver did with an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Appended to the log (durable when this is returned).
+    Appended(Receipt),
+    /// At or below the sender's high-water mark: already received.
+    Duplicate,
+}
+
+/// Counters of a receiver.
+#[derive(Debug, Default)]
+pub struct ReceiverStats {
+    /// Events appended.
+    pub appended: AtomicU64,
+    /// Events ignored as already received.
+    pub duplicates: AtomicU64,
+    /// Sequences a sender skipped (gaps in its numbering).
+    pub gaps: AtomicU64,
+    /// Times a sender restarted its numbering.
+    pub epochs: AtomicU64,
+}
+
+/// Receives events over the reference's `Publish`, appends them to its
+/// own durable log (its own gap-free sequence; the sender's sequence kept
+/// as origin metadata) and answers only once they are durable. Re-sent
+/// events are ignored by each sender's high-water mark, which survives a
+/// restart: it is rebuilt from the origin metadata in the log.
+#[derive(Debug)]
+pub struct Receiver {
+    replicator: Arc<DurableReplicator<ResourceLeaseReplicationEvent>>,
+    stream: StreamId,
+    marks: tokio::sync::Mutex<HashMap<String, Mark>>,
+    stats: ReceiverStats,
+}
+
+fn origin_of(event: &ResourceLeaseReplicationEvent) -> Option<(String, Mark)> {
+    let get = |key: &str| event.metadata.get(key);
+    Some((
+        get(origin::SENDER)?.to_owned(),
+        Mark {
+            epoch: get(origin::EPOCH)?.parse().ok()?,
+            sequence: get(origin::SEQUENCE)?.parse().ok()?,
+        },
+    ))
+}
+
+impl Receiver {
+    /// A receiver appending to `stream` of `replicator`; reads the stream's
+    /// log once to restore every sender's high-water mark.
+    ///
+    /// # Errors
+    ///
+    /// The log's failure to open or be read.
+    pub async fn open(
+        replicator: Arc<DurableReplicator<ResourceLeaseReplicationEvent>>,
+        stream: StreamId,
+    ) -> Result<Self, Error> {
+        replicator.open_stream(&stream).await?;
+        let mut marks: HashMap<String, Mark> = HashMap::new();
+        let replay = replicator
+            .replay(&stream, 1, Encoding::new(Format::Json, WireVersion::V2))
+            .await?;
+        for item in replay {
+            let Replayed::Record(record) = item? else {
+                continue;
+            };
+            let Ok(event) = json::decode(record.bytes()) else {
+                continue;
+            };
+            if let Some((sender, mark)) = origin_of(&event) {
+                let entry = marks.entry(sender).or_default();
+                if (mark.epoch, mark.sequence) > (entry.epoch, entry.sequence) {
+                    *entry = mark;
+                }
+            }
+        }
+        Ok(Self {
+            replicator,
+            stream,
+            marks: tokio::sync::Mutex::new(marks),
+            stats: ReceiverStats::default(),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    /// Every sender's high-water mark.
+    pub async fn marks(&self) -> HashMap<String, Mark> {
+        self.marks.lock().await.clone()
+    }
+
+    /// Receives `event` from `sender`: appends it unless it was already
+    /// received. `epoch` is the sender's numbering epoch when it says
+    /// (version-2 senders); otherwise sequence 1 after higher ones starts a
+    /// new epoch (a reference sender restarts its numbering at 1). Gaps in
+    /// a sender's numbering are accepted and counted.
+    ///
+    /// # Errors
+    ///
+    /// The log's failure to make the event durable.
+    pub async fn receive(
+        &self,
+        sender: &str,
+        epoch: Option<u64>,
+        mut event: ResourceLeaseReplicationEvent,
+    ) -> Result<Received, Error> {
+        let sequence = u64::try_from(event.sequence_number).unwrap_or(0);
+        // Held across the append, so that a re-send racing the original is
+        // seen as a duplicate.
+        let mut marks = self.marks.lock().await;
+        let known = marks.get(sender).copied();
+        let epoch = match (known, epoch) {
+            (None, given) => given.unwrap_or(1),
+            (Some(mark), Some(given)) if given < mark.epoch => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Ok(Received::Duplicate);
+            }
+            (Some(_), Some(given)) => given,
+            (Some(mark), None) if sequence == 1 && mark.sequence > 1 => mark.epoch + 1,
+            (Some(mark), None) => mark.epoch,
+        };
+        if let Some(mark) = known {
+            if epoch == mark.epoch && sequence != 0 && sequence <= mark.sequence {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Ok(Received::Duplicate);
+            }
+            if epoch > mark.epoch {
+                self.stats.epochs.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(sender, epoch, "sender restarted its numbering");
+            } else if sequence > mark.sequence + 1 {
+                self.stats
+                    .gaps
+                    .fetch_add(sequence - mark.sequence - 1, Ordering::Relaxed);
+            }
+        }
+        event.metadata.insert(origin::SENDER, sender);
+        event.metadata.insert(origin::EPOCH, epoch.to_string());
+        event
+            .metadata
+            .insert(origin::SEQUENCE, sequence.to_string());
+        event
+            .metadata
+            .insert(origin::TIMESTAMP, event.timestamp.to_round_trip_string());
+        let receipt = self
+            .replicator
+            .publish_to(&self.stream, event)
+            .await
+            .map_err(omnirelay_replication::PublishError::into_error)?;
+        if sequence != 0 {
+            marks.insert(sender.to_owned(), Mark { epoch, sequence });
+        }
+        self.stats.appended.fetch_add(1, Ordering::Relaxed);
+        Ok(Received::Appended(receipt))
+    }
+
+    /// The tonic service answering the reference's `Publish`.
+    pub fn service(self: Arc<Self>) -> ResourceLeaseReplicatorGrpcServer<Service> {
+        ResourceLeaseReplicatorGrpcServer::new(Service(self))
+    }
+}
+
+/// The gRPC face of a [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct Service(Arc<Receiver>);
+
+fn status_of(error: &Error) -> Status {
+    match error.kind() {
+        ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Throttled => {
+            Status::unavailable(error.to_string())
+        }
+        ErrorKind::Rejected | ErrorKind::Unsupported => Status::invalid_argument(error.to_string()),
+        _ => Status::internal(error.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl ResourceLeaseReplicatorGrpc for Service {
+    async fn publish(
+        &self,
+        request: Request<proto::pb::ResourceLeaseReplicationEventMessage>,
+    ) -> Result<Response<proto::pb::PublishResponse>, Status> {
+        let metadata = request.metadata();
+        let sender = metadata
+            .get(request::SENDER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(ANONYMOUS)
+            .to_owned();
+        let epoch = match metadata.get(request::EPOCH) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| Status::invalid_argument("omnirelay-epoch is not a number"))?,
+            ),
+        };
+        let (event, _) = proto::from_message(request.into_inner())
+            .map_err(|e| Status::invalid_argument(format!("not a replication event: {e}")))?;
+        self.0
+            .receive(&sender, epoch, event)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(proto::pb::PublishResponse {}))
+    }
+}

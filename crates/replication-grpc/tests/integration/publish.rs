@@ -1,0 +1,283 @@
+//! The reference's `Publish`, over a real socket.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use omnirelay_replication::{
+    DurableOptions, DurableReplicator, Encoding, EventKind, MemorySink, OwnedRecord, RecordHeader,
+    SinkExt, SinkOptions, StreamId, Timestamp,
+};
+use omnirelay_replication_grpc::{GrpcSink, GrpcSinkOptions, Receiver, origin};
+use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent, json, proto};
+use tokio::sync::oneshot;
+
+/// The golden v1 protobuf fixtures, in sequence order: each one's bytes
+/// and the event they hold.
+fn fixtures() -> Vec<(Bytes, ResourceLeaseReplicationEvent)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resourcelease/fixtures/v1");
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "binpb"))
+        .map(|p| {
+            let bytes = Bytes::from(std::fs::read(p).unwrap());
+            let event = proto::decode(&bytes).unwrap();
+            (bytes, event)
+        })
+        .collect();
+    out.sort_by_key(|(_, e)| e.sequence_number);
+    out
+}
+
+/// A record of protobuf bytes, as the sink receives it.
+fn record(bytes: &Bytes, event: &ResourceLeaseReplicationEvent) -> OwnedRecord {
+    let header = RecordHeader {
+        sequence: event.sequence_number as u64,
+        timestamp: Timestamp::now(),
+        kind: EventKind {
+            code: 1,
+            name: "Fixture",
+        },
+        peer: None,
+    };
+    OwnedRecord::new(
+        StreamId::default(),
+        header,
+        Encoding::PROTOBUF_V1,
+        bytes.clone(),
+    )
+}
+
+/// A receiver node: its replicator (with a JSON v1 memory sink), the
+/// receiver and its server on a loopback port.
+struct Node {
+    replicator: Arc<DurableReplicator<ResourceLeaseReplicationEvent>>,
+    receiver: Arc<Receiver>,
+    memory: MemorySink,
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    async fn start(dir: &Path) -> Self {
+        let replicator = Arc::new(
+            DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
+                .await
+                .unwrap(),
+        );
+        let memory = MemorySink::new();
+        replicator
+            .add_sink("memory", memory.clone().shared(), SinkOptions::default())
+            .await
+            .unwrap();
+        let receiver = Arc::new(
+            Receiver::open(replicator.clone(), StreamId::default())
+                .await
+                .unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = receiver.clone().service();
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        Self {
+            replicator,
+            receiver,
+            memory,
+            url,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.await.unwrap();
+        self.replicator.close().await.unwrap();
+    }
+
+    fn sink(&self, sender: &str) -> GrpcSink {
+        GrpcSink::new(GrpcSinkOptions {
+            url: self.url.clone(),
+            sender: sender.to_owned(),
+            timeout: Duration::from_secs(5),
+            token: None,
+        })
+        .unwrap()
+    }
+
+    /// The events the memory sink received, decoded.
+    fn received(&self) -> Vec<ResourceLeaseReplicationEvent> {
+        self.memory
+            .records()
+            .iter()
+            .map(|r| json::decode(r.bytes()).unwrap())
+            .collect()
+    }
+}
+
+fn without_origin(mut event: ResourceLeaseReplicationEvent) -> ResourceLeaseReplicationEvent {
+    let mut metadata = omnirelay_resourcelease::Metadata::new();
+    for (k, v) in event.metadata.iter() {
+        if !k.starts_with("replication.origin.") {
+            metadata.insert(k, v);
+        }
+    }
+    event.metadata = metadata;
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_land_unchanged_resends_are_ignored_and_restarts_are_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path()).await;
+    let sink = node.sink("dispatcher-a");
+    let fixtures = fixtures();
+    assert_eq!(fixtures.len(), 8);
+    let records: Vec<_> = fixtures.iter().map(|(b, e)| record(b, e)).collect();
+    sink.apply_owned(&records).await.unwrap();
+    node.replicator.wait_caught_up().await;
+
+    let received = node.received();
+    assert_eq!(received.len(), 8);
+    for ((_, sent), got) in fixtures.iter().zip(&received) {
+        // Everything but what the receiver stamps is unchanged; the
+        // sender's sequence and time are kept as origin.
+        assert_eq!(
+            got.metadata.get(origin::SEQUENCE),
+            Some(sent.sequence_number.to_string().as_str())
+        );
+        assert_eq!(
+            got.metadata.get(origin::TIMESTAMP),
+            Some(sent.timestamp.to_round_trip_string().as_str())
+        );
+        assert_eq!(got.metadata.get(origin::SENDER), Some("dispatcher-a"));
+        let mut expected = sent.clone();
+        expected.timestamp = got.timestamp;
+        expected.sequence_number = got.sequence_number;
+        assert_eq!(without_origin(got.clone()), expected);
+    }
+
+    // Re-sent events are not appended again (a re-send from sequence 1
+    // would read as a restarted numbering: see below).
+    sink.apply_owned(&records[2..]).await.unwrap();
+    sink.apply_owned(&records[7..]).await.unwrap();
+    assert_eq!(
+        node.receiver
+            .stats()
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        7
+    );
+    assert_eq!(node.received().len(), 8);
+    // A sender that restarts its numbering at 1 is followed, not ignored.
+    sink.apply_owned(&records[..2]).await.unwrap();
+    node.replicator.wait_caught_up().await;
+    assert_eq!(node.received().len(), 10);
+    let marks = node.receiver.marks().await;
+    assert_eq!(marks["dispatcher-a"].epoch, 2);
+    assert_eq!(marks["dispatcher-a"].sequence, 2);
+    // Another sender has its own numbering.
+    node.sink("dispatcher-b")
+        .apply_owned(&records[..1])
+        .await
+        .unwrap();
+    node.replicator.wait_caught_up().await;
+    assert_eq!(node.received().len(), 11);
+    node.stop().await;
+
+    // Restarted, the receiver knows every sender's mark from its log.
+    let node = Node::start(dir.path()).await;
+    let marks = node.receiver.marks().await;
+    assert_eq!(
+        (marks["dispatcher-a"].epoch, marks["dispatcher-a"].sequence),
+        (2, 2)
+    );
+    assert_eq!(marks["dispatcher-b"].sequence, 1);
+    let sink = node.sink("dispatcher-a");
+    sink.apply_owned(&records[1..3]).await.unwrap();
+    node.replicator.wait_caught_up().await;
+    // The memory sink resumes after what it had (11): only sequence 3 of
+    // the sender is new, appended as 12.
+    let received = node.received();
+    assert_eq!(received.len(), 1, "only sequence 3 is new");
+    assert_eq!(received.last().unwrap().sequence_number, 12);
+    assert_eq!(
+        received.last().unwrap().metadata.get(origin::SEQUENCE),
+        Some("3")
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_gaps_and_unsequenced_events_follow_the_rules() {
+    use omnirelay_replication_grpc::Received;
+    use omnirelay_resourcelease::ResourceLeaseReplicationEventType as Type;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = Arc::new(
+        DurableReplicator::open(
+            Arc::new(ResourceLeaseCodec),
+            DurableOptions::new(dir.path()),
+        )
+        .await
+        .unwrap(),
+    );
+    let receiver = Receiver::open(replicator.clone(), StreamId::default())
+        .await
+        .unwrap();
+    let event = |sequence: i64| {
+        let mut e = ResourceLeaseReplicationEvent::new(Type::Heartbeat);
+        e.sequence_number = sequence;
+        e
+    };
+    let appended = |r: Received| matches!(r, Received::Appended(_));
+    // A version-2 sender names its epoch.
+    assert!(appended(
+        receiver.receive("v2", Some(5), event(3)).await.unwrap()
+    ));
+    assert!(!appended(
+        receiver.receive("v2", Some(5), event(3)).await.unwrap()
+    ));
+    assert!(
+        !appended(receiver.receive("v2", Some(4), event(10)).await.unwrap()),
+        "an older epoch is stale"
+    );
+    assert!(appended(
+        receiver.receive("v2", Some(5), event(5)).await.unwrap()
+    ));
+    assert_eq!(receiver.stats().gaps.load(Relaxed), 1, "4 was skipped");
+    assert!(appended(
+        receiver.receive("v2", Some(6), event(1)).await.unwrap()
+    ));
+    assert_eq!(receiver.stats().epochs.load(Relaxed), 1);
+    // Unsequenced events carry no origin sequence: never deduplicated.
+    assert!(appended(
+        receiver.receive("v1", None, event(0)).await.unwrap()
+    ));
+    assert!(appended(
+        receiver.receive("v1", None, event(0)).await.unwrap()
+    ));
+    assert_eq!(receiver.stats().appended.load(Relaxed), 5);
+    let marks = receiver.marks().await;
+    assert_eq!((marks["v2"].epoch, marks["v2"].sequence), (6, 1));
+    assert!(!marks.contains_key("v1"));
+    replicator.close().await.unwrap();
+}

@@ -320,31 +320,42 @@ impl<E: ReplicationEvent> NatsSource<E> {
             let mut backoff = Backoff::new(self.options.retry, self.seed);
             self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut rest: &[_] = &records;
+            // After a refusal that does not say which record it was, the
+            // batch goes one record at a time to find it.
+            let mut one_by_one = false;
             while !rest.is_empty() {
-                match target.sink.apply(rest).await {
-                    Ok(()) => break,
+                let chunk = if one_by_one { &rest[..1] } else { rest };
+                match target.sink.apply(chunk).await {
+                    Ok(()) => {
+                        rest = &rest[chunk.len()..];
+                        backoff.reset();
+                    }
                     Err(err) => {
+                        let located = err.applied_through_sequence().is_some() || chunk.len() == 1;
                         if let Some(through) = err.applied_through_sequence() {
                             let done = rest.iter().take_while(|r| r.sequence() <= through).count();
                             rest = &rest[done..];
                         }
                         let error = err.into_error();
-                        if !error.is_retryable() {
+                        if error.is_retryable() {
+                            let delay = backoff.next_delay().unwrap_or_else(|| {
+                                Backoff::ceiling(&self.options.retry, backoff.failures())
+                            });
+                            tracing::warn!(
+                                sink = %target.name, %stream, error = %error, ?delay,
+                                "sink failed; retrying"
+                            );
+                            tokio::time::sleep(delay).await;
+                        } else if !located {
+                            one_by_one = true;
+                        } else {
                             tracing::error!(
                                 sink = %target.name, %stream, error = %error,
+                                sequence = rest.first().map(|r| r.sequence()),
                                 "sink refused a replicated record; skipping it"
                             );
                             rest = rest.get(1..).unwrap_or_default();
-                            continue;
                         }
-                        let delay = backoff.next_delay().unwrap_or_else(|| {
-                            Backoff::ceiling(&self.options.retry, backoff.failures())
-                        });
-                        tracing::warn!(
-                            sink = %target.name, %stream, error = %error, ?delay,
-                            "sink failed; retrying"
-                        );
-                        tokio::time::sleep(delay).await;
                     }
                 }
             }

@@ -204,3 +204,22 @@ async fn heavy_a_restarted_source_resumes_and_its_mark_drops_what_sinks_hold() {
     assert_eq!(drain(&mut fresh).await, 2);
     assert_eq!(holder.sequences(), [7, 8]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_record_a_sink_refuses_is_skipped_and_the_rest_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
+        .await
+        .unwrap();
+    let stream = StreamId::default();
+    let records: Vec<_> = (1..=5)
+        .map(|s| record(&stream, s, Encoding::JSON_V1))
+        .collect();
+    sink.apply_owned(&records).await.unwrap();
+    let replica = FaultySink::new();
+    replica.poison(3);
+    let mut source = source(&nats, "replica", &replica).await;
+    assert_eq!(drain(&mut source).await, 5, "all five were handled");
+    assert_eq!(replica.sequences(), [1, 2, 4, 5]);
+}

@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use omnirelay_replication::Format;
 // Sink types linked into the binary: each registers itself (`inventory`),
 // so configuration alone enables it.
+use omnirelay_replication_grpc as _;
 use omnirelay_replication_nats as _;
 use omnirelay_replication_objectstore as _;
 use omnirelay_replication_sqlite as _;

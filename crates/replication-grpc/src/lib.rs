@@ -6,7 +6,15 @@
 //! for and no server: a [`Receiver`] that appends what it receives to its
 //! own durable log and answers once the event is durable, ignoring re-sent
 //! events by each sender's high-water mark, and a [`GrpcSink`] that
-//! publishes to it.
+//! publishes to it. Linking this crate registers the sink type `grpc`:
+//!
+//! ```toml
+//! [replication.sinks.replica]
+//! type = "grpc"
+//! [replication.sinks.replica.settings]
+//! url = "http://replica.internal:7421"
+//! sender = "dispatcher-eu-1"
+//! ```
 
 #![warn(missing_docs)]
 
@@ -25,8 +33,12 @@ pub mod generated {
     ));
 }
 
+mod factory;
 mod receiver;
 mod sink;
 
-pub use receiver::{ANONYMOUS, Mark, Received, Receiver, ReceiverStats, Service, origin, request};
+pub use factory::GrpcSinkFactory;
+pub use receiver::{
+    ANONYMOUS, Mark, Received, Receiver, ReceiverStats, Service, TokenCheck, origin, request,
+};
 pub use sink::{GrpcSink, GrpcSinkOptions};

@@ -45,11 +45,16 @@ bucket = "replication"
 endpoint = "http://127.0.0.1:9000"
 [replication.sinks.bus]
 type = "nats"
+[replication.sinks.replica]
+type = "grpc"
+[replication.sinks.replica.settings]
+url = "http://127.0.0.1:7421"
 "#;
     let out = omnirelay(&["config", "check", "-"], config.as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("sinks: archive (object_store), bus (nats), db (sqlite)"),
+        text(&out.stdout)
+            .contains("sinks: archive (object_store), bus (nats), db (sqlite), replica (grpc)"),
         "{}",
         text(&out.stdout)
     );

@@ -63,6 +63,10 @@ struct Node {
 
 impl Node {
     async fn start(dir: &Path) -> Self {
+        Self::start_with_token(dir, None).await
+    }
+
+    async fn start_with_token(dir: &Path, token: Option<&str>) -> Self {
         let replicator = Arc::new(
             DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
                 .await
@@ -81,7 +85,9 @@ impl Node {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = receiver.clone().service();
+        let service = receiver
+            .clone()
+            .service_with_token(token.map(str::to_owned));
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -113,11 +119,15 @@ impl Node {
     }
 
     fn sink(&self, sender: &str) -> GrpcSink {
+        self.sink_with_token(sender, None)
+    }
+
+    fn sink_with_token(&self, sender: &str, token: Option<&str>) -> GrpcSink {
         GrpcSink::new(GrpcSinkOptions {
             url: self.url.clone(),
             sender: sender.to_owned(),
             timeout: Duration::from_secs(5),
-            token: None,
+            token: token.map(str::to_owned),
         })
         .unwrap()
     }
@@ -280,4 +290,87 @@ async fn epochs_gaps_and_unsequenced_events_follow_the_rules() {
     assert_eq!((marks["v2"].epoch, marks["v2"].sequence), (6, 1));
     assert!(!marks.contains_key("v1"));
     replicator.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_configured_calls_without_it_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with_token(dir.path(), Some("s3cret")).await;
+    let fixtures = fixtures();
+    let records: Vec<_> = fixtures.iter().map(|(b, e)| record(b, e)).collect();
+    for token in [None, Some("wrong"), Some("s3cre"), Some("s3cret!")] {
+        let err = node
+            .sink_with_token("a", token)
+            .apply_owned(&records[..1])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            omnirelay_replication::ErrorKind::Config,
+            "{token:?}: {err}"
+        );
+        assert!(err.to_string().contains("Unauthenticated"), "{err}");
+    }
+    assert_eq!(
+        node.receiver
+            .stats()
+            .appended
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    node.sink_with_token("a", Some("s3cret"))
+        .apply_owned(&records[..2])
+        .await
+        .unwrap();
+    node.replicator.wait_caught_up().await;
+    assert_eq!(node.received().len(), 2);
+    node.stop().await;
+}
+
+#[test]
+fn configuration_refuses_what_cannot_work() {
+    use omnirelay_replication_testkit::config::check;
+    let valid = check(
+        "[replication.sinks.r]\ntype = \"grpc\"\n[replication.sinks.r.settings]\nurl = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        valid.sinks[0].options.encoding,
+        Encoding::PROTOBUF_V1,
+        "protobuf by default"
+    );
+    for (settings, at, says) in [
+        ("", "settings.url", "http:// or https://"),
+        (
+            "url = \"127.0.0.1:1\"",
+            "settings.url",
+            "http:// or https://",
+        ),
+        (
+            "url = \"http://h:1\"\nsender = \"a b\"",
+            "settings.sender",
+            "printable",
+        ),
+        (
+            "url = \"http://h:1\"\ntoken = \"\"",
+            "settings.token",
+            "must not be empty",
+        ),
+    ] {
+        let text = format!(
+            "[replication.sinks.r]\ntype = \"grpc\"\n[replication.sinks.r.settings]\n{settings}\n"
+        );
+        let Err(err) = check(&text) else {
+            panic!("{settings} was accepted");
+        };
+        assert!(
+            err.contains(&format!("replication.sinks.r.{at}")) && err.contains(says),
+            "{settings}: {err}"
+        );
+    }
+    let err = check(
+        "[replication.sinks.r]\ntype = \"grpc\"\nformat = \"json\"\n[replication.sinks.r.settings]\nurl = \"http://h:1\"\n",
+    )
+    .unwrap_err();
+    assert!(err.contains("cannot receive json"), "{err}");
 }

@@ -1,0 +1,110 @@
+//! The `grpc` sink type for configuration.
+
+use std::time::Duration;
+
+use omnirelay_replication::config::{
+    SettingsError, SinkBuilder, SinkContext, SinkFactory, SinkPlugin, parse_settings,
+};
+use omnirelay_replication::{BoxFuture, Error, Format, SharedSink, SinkExt};
+use serde::Deserialize;
+
+use crate::sink::{GrpcSink, GrpcSinkOptions};
+
+/// Builds [`GrpcSink`]s from the `settings` of a sink of type `grpc`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcSinkFactory;
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    url: String,
+    sender: String,
+    timeout_ms: u64,
+    token: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            sender: "omnirelay".to_owned(),
+            timeout_ms: 10_000,
+            token: None,
+        }
+    }
+}
+
+impl Settings {
+    fn options(&self) -> GrpcSinkOptions {
+        GrpcSinkOptions {
+            url: self.url.clone(),
+            sender: self.sender.clone(),
+            timeout: Duration::from_millis(self.timeout_ms),
+            token: self.token.clone(),
+        }
+    }
+}
+
+struct Builder(Settings);
+
+impl SinkFactory for GrpcSinkFactory {
+    fn type_name(&self) -> &'static str {
+        "grpc"
+    }
+
+    fn default_format(&self) -> Format {
+        Format::Protobuf
+    }
+
+    fn accepts_format(&self, format: Format) -> bool {
+        format == Format::Protobuf
+    }
+
+    fn validate(
+        &self,
+        settings: &serde_json::Value,
+    ) -> Result<Box<dyn SinkBuilder>, SettingsError> {
+        let settings: Settings = parse_settings(settings)?;
+        if !(settings.url.starts_with("http://") || settings.url.starts_with("https://")) {
+            return Err(SettingsError::new(
+                "url",
+                format!(
+                    "expected the receiver's http:// or https:// URL, got {:?}",
+                    settings.url
+                ),
+            ));
+        }
+        if settings.sender.is_empty() || !settings.sender.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SettingsError::new(
+                "sender",
+                "must be a non-empty name of printable ASCII characters",
+            ));
+        }
+        if settings.timeout_ms == 0 {
+            return Err(SettingsError::new("timeout_ms", "must be at least 1"));
+        }
+        if settings.token.as_deref() == Some("") {
+            return Err(SettingsError::new(
+                "token",
+                "must not be empty (leave it out for no token)",
+            ));
+        }
+        Ok(Box::new(Builder(settings)))
+    }
+}
+
+impl SinkBuilder for Builder {
+    fn build<'a>(&'a self, _context: SinkContext<'a>) -> BoxFuture<'a, Result<SharedSink, Error>> {
+        Box::pin(async move { Ok(GrpcSink::new(self.0.options())?.shared()) })
+    }
+
+    fn claims(&self) -> Vec<String> {
+        // The receiver keeps one high-water mark per sender name.
+        vec![format!(
+            "sender name {} at the receiver {}",
+            self.0.sender, self.0.url
+        )]
+    }
+}
+
+inventory::submit! { SinkPlugin::new(&GrpcSinkFactory) }

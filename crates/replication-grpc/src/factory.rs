@@ -1,11 +1,12 @@
 //! The `grpc` sink type for configuration.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use omnirelay_replication::config::{
     SettingsError, SinkBuilder, SinkContext, SinkFactory, SinkPlugin, parse_settings,
 };
-use omnirelay_replication::{BoxFuture, Error, Format, SharedSink, SinkExt};
+use omnirelay_replication::{BoxFuture, Error, ErrorKind, Format, SharedSink, SinkExt};
 use serde::Deserialize;
 
 use crate::sink::{GrpcSink, GrpcSinkOptions};
@@ -21,6 +22,7 @@ struct Settings {
     sender: String,
     timeout_ms: u64,
     token: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -30,17 +32,19 @@ impl Default for Settings {
             sender: "omnirelay".to_owned(),
             timeout_ms: 10_000,
             token: None,
+            ca_file: None,
         }
     }
 }
 
 impl Settings {
-    fn options(&self) -> GrpcSinkOptions {
+    fn options(&self, ca_pem: Option<Vec<u8>>) -> GrpcSinkOptions {
         GrpcSinkOptions {
             url: self.url.clone(),
             sender: self.sender.clone(),
             timeout: Duration::from_millis(self.timeout_ms),
             token: self.token.clone(),
+            ca_pem,
         }
     }
 }
@@ -83,6 +87,12 @@ impl SinkFactory for GrpcSinkFactory {
         if settings.timeout_ms == 0 {
             return Err(SettingsError::new("timeout_ms", "must be at least 1"));
         }
+        if settings.ca_file.is_some() && !settings.url.starts_with("https://") {
+            return Err(SettingsError::new(
+                "ca_file",
+                "is only used with an https:// url",
+            ));
+        }
         if settings.token.as_deref() == Some("") {
             return Err(SettingsError::new(
                 "token",
@@ -94,8 +104,27 @@ impl SinkFactory for GrpcSinkFactory {
 }
 
 impl SinkBuilder for Builder {
-    fn build<'a>(&'a self, _context: SinkContext<'a>) -> BoxFuture<'a, Result<SharedSink, Error>> {
-        Box::pin(async move { Ok(GrpcSink::new(self.0.options())?.shared()) })
+    fn build<'a>(&'a self, context: SinkContext<'a>) -> BoxFuture<'a, Result<SharedSink, Error>> {
+        Box::pin(async move {
+            let ca_pem = match &self.0.ca_file {
+                Some(file) => {
+                    let path = if file.is_absolute() {
+                        file.clone()
+                    } else {
+                        context.data_dir.join(file)
+                    };
+                    Some(std::fs::read(&path).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Config,
+                            format!("grpc: cannot read the CA file {}", path.display()),
+                        )
+                        .with_source(e)
+                    })?)
+                }
+                None => None,
+            };
+            Ok(GrpcSink::new(self.0.options(ca_pem))?.shared())
+        })
     }
 
     fn claims(&self) -> Vec<String> {

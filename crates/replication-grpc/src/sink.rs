@@ -7,7 +7,7 @@ use omnirelay_replication::{Error, ErrorKind, Format, Record, Sink, SinkError};
 use omnirelay_resourcelease::proto::pb::ResourceLeaseReplicationEventMessage;
 use prost::Message as _;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::generated::resource_lease_replicator_grpc_client::ResourceLeaseReplicatorGrpcClient;
 use crate::receiver::request;
@@ -24,6 +24,9 @@ pub struct GrpcSinkOptions {
     pub timeout: Duration,
     /// A bearer token to send, if the receiver wants one.
     pub token: Option<String>,
+    /// For an `https://` URL: the PEM certificate(s) of the authority that
+    /// signed the receiver's certificate (`None`: the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Publishes each record (protobuf, the reference's message) to a receiver
@@ -73,7 +76,7 @@ impl GrpcSink {
                 format!("grpc: sender {:?}: {e}", options.sender),
             )
         })?;
-        let endpoint = Endpoint::from_shared(options.url.clone())
+        let mut endpoint = Endpoint::from_shared(options.url.clone())
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Config,
@@ -82,6 +85,15 @@ impl GrpcSink {
             })?
             .timeout(options.timeout)
             .connect_timeout(options.timeout);
+        if options.url.starts_with("https://") {
+            let tls = match &options.ca_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::new(ErrorKind::Config, format!("grpc: tls: {e}")))?;
+        }
         Ok(Self {
             client: ResourceLeaseReplicatorGrpcClient::new(endpoint.connect_lazy()),
             options,

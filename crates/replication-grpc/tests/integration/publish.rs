@@ -128,6 +128,7 @@ impl Node {
             sender: sender.to_owned(),
             timeout: Duration::from_secs(5),
             token: token.map(str::to_owned),
+            ca_pem: None,
         })
         .unwrap()
     }
@@ -373,4 +374,77 @@ fn configuration_refuses_what_cannot_work() {
     )
     .unwrap_err();
     assert!(err.contains("cannot receive json"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_publishes_over_tls_to_a_receiver_with_a_certificate() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (certified.cert.pem(), certified.key_pair.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = Arc::new(
+        DurableReplicator::open(
+            Arc::new(ResourceLeaseCodec),
+            DurableOptions::new(dir.path()),
+        )
+        .await
+        .unwrap(),
+    );
+    let receiver = Arc::new(
+        Receiver::open(replicator.clone(), StreamId::default())
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(&cert_pem, &key_pem));
+    let service = receiver.clone().service();
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+    });
+    let fixtures = fixtures();
+    let records: Vec<_> = fixtures.iter().map(|(b, e)| record(b, e)).collect();
+    let sink = |ca: Option<&str>| {
+        GrpcSink::new(GrpcSinkOptions {
+            url: format!("https://localhost:{port}"),
+            sender: "tls".to_owned(),
+            timeout: Duration::from_secs(5),
+            token: None,
+            ca_pem: ca.map(|c| c.as_bytes().to_vec()),
+        })
+        .unwrap()
+    };
+    // Trusting the receiver's certificate: published.
+    sink(Some(&cert_pem))
+        .apply_owned(&records[..3])
+        .await
+        .unwrap();
+    assert_eq!(
+        receiver
+            .stats()
+            .appended
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    // Not trusting it (the system's roots): refused, nothing appended.
+    let err = sink(None).apply_owned(&records[3..4]).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    assert_eq!(
+        receiver
+            .stats()
+            .appended
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    server.abort();
+    replicator.close().await.unwrap();
 }

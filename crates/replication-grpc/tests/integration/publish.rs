@@ -357,6 +357,11 @@ fn configuration_refuses_what_cannot_work() {
             "settings.token",
             "must not be empty",
         ),
+        (
+            "url = \"http://h:1\"\nca_file = \"ca.pem\"",
+            "settings.ca_file",
+            "only used with an https:// url",
+        ),
     ] {
         let text = format!(
             "[replication.sinks.r]\ntype = \"grpc\"\n[replication.sinks.r.settings]\n{settings}\n"

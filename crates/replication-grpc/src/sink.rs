@@ -147,11 +147,7 @@ impl Sink for GrpcSink {
         let mut through = None;
         for record in batch {
             if let Err(error) = self.publish(record).await {
-                let error = SinkError::from(error);
-                return Err(match through {
-                    Some(through) => error.applied_through(through),
-                    None => error,
-                });
+                return Err(SinkError::from(error).applied_through(through));
             }
             through = Some(record.sequence());
         }

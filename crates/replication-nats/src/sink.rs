@@ -1,8 +1,8 @@
 //! The NATS JetStream sink.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::context::{Publish, PublishErrorKind};
@@ -12,7 +12,9 @@ use async_nats::jetstream::stream::{
 use async_nats::jetstream::{self, Context};
 use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
-use omnirelay_replication::{Error, ErrorKind, Health, Record, Sink, SinkError, StreamId};
+use omnirelay_replication::{
+    Error, ErrorKind, Health, HealthCell, Record, Sink, SinkError, StreamId,
+};
 
 use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, subject_for, validate_stream_name,
@@ -155,7 +157,7 @@ struct Inner {
     ready: tokio::sync::Mutex<bool>,
     marks: tokio::sync::Mutex<HashMap<StreamId, u64>>,
     duplicates: AtomicU64,
-    health: Mutex<Health>,
+    health: HealthCell,
 }
 
 fn nats_error(kind: ErrorKind, context: &str, err: impl std::fmt::Display) -> Error {
@@ -214,7 +216,7 @@ impl NatsSink {
                 ready: tokio::sync::Mutex::new(false),
                 marks: tokio::sync::Mutex::default(),
                 duplicates: AtomicU64::new(0),
-                health: Mutex::default(),
+                health: HealthCell::default(),
             }),
         })
     }
@@ -228,14 +230,6 @@ impl NatsSink {
     /// already stored), counted as success.
     pub fn duplicates(&self) -> u64 {
         self.inner.duplicates.load(Ordering::Relaxed)
-    }
-
-    fn set_health(&self, health: Health) {
-        *self
-            .inner
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = health;
     }
 }
 
@@ -473,23 +467,18 @@ impl Sink for NatsSink {
             if let Some(done) = done {
                 inner.marks.lock().await.insert(stream.clone(), done);
             }
-            match (error, done) {
-                (None, _) => Ok(()),
-                (Some(e), Some(done)) => Err(SinkError::from(e).applied_through(done)),
-                (Some(e), None) => Err(SinkError::from(e)),
+            match error {
+                None => Ok(()),
+                Some(e) => Err(SinkError::from(e).applied_through(done)),
             }
         }
         .await;
-        match &result {
-            Ok(()) => self.set_health(Health::Healthy),
-            Err(e) if e.error().is_retryable() => {
-                // Publishes may have landed without their acknowledgement:
-                // read the mark from the stream before the next batch.
-                self.inner.marks.lock().await.remove(&stream);
-                *self.inner.ready.lock().await = false;
-                self.set_health(Health::Degraded(e.error().to_string()));
-            }
-            Err(_) => {}
+        self.inner.health.record(&result);
+        if result.as_ref().is_err_and(|e| e.error().is_retryable()) {
+            // Publishes may have landed without their acknowledgement: read
+            // the mark from the stream before the next batch.
+            self.inner.marks.lock().await.remove(&stream);
+            *self.inner.ready.lock().await = false;
         }
         result
     }
@@ -500,11 +489,7 @@ impl Sink for NatsSink {
     }
 
     fn health(&self) -> Health {
-        self.inner
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.health.get()
     }
 
     async fn close(&self) -> Result<(), SinkError> {

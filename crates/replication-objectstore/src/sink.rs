@@ -2,14 +2,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, ObjectStore, PutMode, PutOptions, PutPayload};
 use omnirelay_replication::{
-    Error, ErrorKind, Format, Health, Record, Sink, SinkError, StreamId, Timestamp,
+    Error, ErrorKind, Format, Health, HealthCell, Record, Sink, SinkError, StreamId, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -129,7 +129,7 @@ struct Inner {
     options: ObjectSinkOptions,
     /// Per stream: the highest sequence known to be stored, once read.
     marks: tokio::sync::Mutex<HashMap<StreamId, u64>>,
-    health: Mutex<Health>,
+    health: HealthCell,
 }
 
 /// An object-store failure as the framework's error.
@@ -160,7 +160,7 @@ impl ObjectStoreSink {
                 store,
                 options,
                 marks: tokio::sync::Mutex::default(),
-                health: Mutex::default(),
+                health: HealthCell::default(),
             }),
         })
     }
@@ -168,14 +168,6 @@ impl ObjectStoreSink {
     /// The options.
     pub fn options(&self) -> &ObjectSinkOptions {
         &self.inner.options
-    }
-
-    fn set_health(&self, health: Health) {
-        *self
-            .inner
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = health;
     }
 }
 
@@ -428,22 +420,17 @@ impl Sink for ObjectStoreSink {
                     return Err(SinkError::from(e).applied_through(through));
                 }
             }
-            match (error, through) {
-                (None, _) => Ok(()),
-                (Some(e), Some(through)) => Err(SinkError::from(e).applied_through(through)),
-                (Some(e), None) => Err(SinkError::from(e)),
+            match error {
+                None => Ok(()),
+                Some(e) => Err(SinkError::from(e).applied_through(through)),
             }
         }
         .await;
-        match &result {
-            Ok(()) => self.set_health(Health::Healthy),
-            Err(e) if e.error().is_retryable() => {
-                // Another writer, or the reference, may have written
-                // meanwhile: read the mark again before the next batch.
-                self.inner.marks.lock().await.remove(&stream);
-                self.set_health(Health::Degraded(e.error().to_string()));
-            }
-            Err(_) => {}
+        self.inner.health.record(&result);
+        if result.as_ref().is_err_and(|e| e.error().is_retryable()) {
+            // Another writer, or the reference, may have written meanwhile:
+            // read the mark again before the next batch.
+            self.inner.marks.lock().await.remove(&stream);
         }
         result
     }
@@ -454,10 +441,6 @@ impl Sink for ObjectStoreSink {
     }
 
     fn health(&self) -> Health {
-        self.inner
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.health.get()
     }
 }

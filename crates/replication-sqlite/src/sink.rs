@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use omnirelay_replication::{
-    Error, ErrorKind, Format, Health, Record, Sink, SinkError, StreamId, Timestamp,
+    Error, ErrorKind, Format, Health, HealthCell, Record, Sink, SinkError, StreamId, Timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -126,7 +126,7 @@ pub struct SqliteSink {
 struct Inner {
     options: SqliteSinkOptions,
     state: Mutex<State>,
-    health: Mutex<Health>,
+    health: HealthCell,
     closed: AtomicBool,
 }
 
@@ -190,7 +190,7 @@ impl SqliteSink {
             inner: Arc::new(Inner {
                 options,
                 state: Mutex::default(),
-                health: Mutex::default(),
+                health: HealthCell::default(),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -211,14 +211,6 @@ impl SqliteSink {
             .map_err(|e| {
                 SinkError::new(ErrorKind::Internal, format!("sqlite sink task failed: {e}"))
             })
-    }
-
-    fn set_health(&self, health: Health) {
-        *self
-            .inner
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = health;
     }
 }
 
@@ -346,10 +338,9 @@ impl Inner {
     ) -> Result<(), SinkError> {
         let mut state = self.state();
         match self.write_rows(&mut state, stream, rows) {
-            Ok(through) => match (refused, through) {
-                (None, _) => Ok(()),
-                (Some(err), Some(through)) => Err(err.applied_through(through)),
-                (Some(err), None) => Err(err),
+            Ok(through) => match refused {
+                None => Ok(()),
+                Some(err) => Err(err.applied_through(through)),
             },
             Err(error) => {
                 if !matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Config) {
@@ -519,13 +510,7 @@ impl Sink for SqliteSink {
         let result = self
             .blocking(move |inner| inner.write(&stream, &rows, refused))
             .await?;
-        match &result {
-            Ok(()) => self.set_health(Health::Healthy),
-            Err(error) if error.error().is_retryable() => {
-                self.set_health(Health::Degraded(error.error().to_string()));
-            }
-            Err(_) => {}
-        }
+        self.inner.health.record(&result);
         result
     }
 
@@ -538,11 +523,7 @@ impl Sink for SqliteSink {
     }
 
     fn health(&self) -> Health {
-        self.inner
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.health.get()
     }
 
     async fn close(&self) -> Result<(), SinkError> {

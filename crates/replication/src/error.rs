@@ -156,10 +156,13 @@ impl SinkError {
     }
 
     /// Records that every record up to and including `sequence` was applied
-    /// durably before the failure, so delivery resumes after it.
+    /// durably before the failure, so delivery resumes after it. `None`
+    /// (nothing of the batch was applied) leaves the error as it is.
     #[must_use]
-    pub fn applied_through(mut self, sequence: u64) -> Self {
-        self.applied_through = Some(sequence);
+    pub fn applied_through(mut self, sequence: impl Into<Option<u64>>) -> Self {
+        if let Some(sequence) = sequence.into() {
+            self.applied_through = Some(sequence);
+        }
         self
     }
 
@@ -266,6 +269,19 @@ impl<E> std::error::Error for PublishError<E> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn progress_is_kept_only_when_there_is_some() {
+        let err = SinkError::new(ErrorKind::Unavailable, "x");
+        assert_eq!(err.applied_through(None).applied_through_sequence(), None);
+        let err = SinkError::new(ErrorKind::Unavailable, "x").applied_through(Some(7));
+        assert_eq!(err.applied_through_sequence(), Some(7));
+        assert_eq!(
+            err.applied_through(None).applied_through_sequence(),
+            Some(7)
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::SinkError;
 use crate::record::{OwnedRecord, Record};
@@ -47,6 +47,33 @@ pub enum Health {
     Degraded(String),
     /// Not working.
     Unhealthy(String),
+}
+
+/// A sink's health as its last apply left it, for sinks that learn it only
+/// by trying: healthy after a success, degraded (with the error) after a
+/// retryable failure; a refused record says nothing about the backend and
+/// changes nothing.
+#[derive(Debug, Default)]
+pub struct HealthCell(Mutex<Health>);
+
+impl HealthCell {
+    /// The health.
+    pub fn get(&self) -> Health {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes in the outcome of an apply.
+    pub fn record(&self, result: &Result<(), SinkError>) {
+        let health = match result {
+            Ok(()) => Health::Healthy,
+            Err(err) if err.error().is_retryable() => Health::Degraded(err.error().to_string()),
+            Err(_) => return,
+        };
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = health;
+    }
 }
 
 /// A destination of replicated records.
@@ -184,3 +211,24 @@ pub trait SinkExt: Sink + Sized {
 }
 
 impl<S: Sink> SinkExt for S {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn health_follows_the_backend_not_refused_records() {
+        let cell = HealthCell::default();
+        assert_eq!(cell.get(), Health::Healthy);
+        cell.record(&Err(SinkError::new(ErrorKind::Unavailable, "down")));
+        assert!(matches!(cell.get(), Health::Degraded(ref why) if why.contains("down")));
+        cell.record(&Err(SinkError::new(ErrorKind::Rejected, "poison")));
+        assert!(
+            matches!(cell.get(), Health::Degraded(_)),
+            "a refusal changes nothing"
+        );
+        cell.record(&Ok(()));
+        assert_eq!(cell.get(), Health::Healthy);
+    }
+}

@@ -380,10 +380,7 @@ impl Sink for FileSink {
                     ErrorKind::Rejected,
                     format!("sequence {sequence} is not a single JSON line"),
                 );
-                Err(match last.or(high_water) {
-                    Some(through) => err.applied_through(through),
-                    None => err,
-                })
+                Err(err.applied_through(last.or(high_water)))
             }
         }
     }

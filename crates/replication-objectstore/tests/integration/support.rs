@@ -1,13 +1,14 @@
 //! A real S3-compatible server (moto) on a loopback port, and helpers.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use object_store::ObjectStore;
 use omnirelay_replication_objectstore::{S3Config, StoreConfig};
+use omnirelay_replication_testkit::process::{self, start_server};
 
 /// `moto_server` on `127.0.0.1` and a random port, stopped on drop. The
 /// server keeps its state in memory only.
@@ -20,35 +21,13 @@ impl Moto {
     /// Starts the server. Fails loudly if it is not installed: the test
     /// command (`scripts/test`) installs it with `pip install 'moto[server]'`.
     pub(crate) fn start() -> Self {
-        let mut child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start moto_server ({e}); install it with: pip install 'moto[server]'"
-                )
-            });
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut line = String::new();
-        let endpoint = loop {
-            line.clear();
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            if stderr.read_line(&mut line).unwrap() == 0 {
-                panic!("moto_server exited: {:?}", child.wait());
-            }
-            if let Some(at) = line.find("http://127.0.0.1:") {
-                break line[at..].trim().to_owned();
-            }
-        };
-        // Keep draining its log so that it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stderr.read_to_end(&mut sink);
-        });
+        let mut command = Command::new("moto_server");
+        command.args(["-H", "127.0.0.1", "-p", "0"]);
+        let (child, line) =
+            start_server(command, "http://127.0.0.1:", "pip install 'moto[server]'");
+        let endpoint = line[line.find("http://127.0.0.1:").unwrap()..]
+            .trim()
+            .to_owned();
         Self { child, endpoint }
     }
 
@@ -73,11 +52,7 @@ impl Moto {
 
     /// Sends `signal` (`STOP`, `CONT`) to the server.
     pub(crate) fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        assert!(process::signal(self.pid(), signal));
     }
 
     /// A store for `bucket` with short timeouts.
@@ -101,9 +76,7 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
+        process::signal(self.child.id(), "CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -9,10 +9,10 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::Publish;
 use async_nats::jetstream::{self, Context};
 use bytes::Bytes;
-use omnirelay_replication::{SharedSink, SinkExt, StreamId};
+use omnirelay_replication::SinkExt;
 use omnirelay_replication_nats::{NatsSink, NatsSinkOptions, header};
 
-use crate::scenario::raw::{json_document, json_records};
+use crate::scenario::raw::{SinkSide, json_document};
 use crate::scenario::{Scenario, Side};
 
 /// Events per pass (one sink batch).
@@ -28,11 +28,9 @@ const OUTSTANDING: usize = 256;
 pub struct NatsSinkScenario {
     runtime: tokio::runtime::Runtime,
     server: Child,
-    sink: SharedSink,
+    candidate: SinkSide,
     raw: Context,
-    next: u64,
     raw_next: u64,
-    stream: StreamId,
     _dir: tempfile::TempDir,
 }
 
@@ -112,11 +110,9 @@ impl NatsSinkScenario {
         Ok(Self {
             runtime,
             server,
-            sink,
+            candidate: SinkSide::new(sink),
             raw,
-            next: 1,
             raw_next: 1,
-            stream: StreamId::default(),
             _dir: dir,
         })
     }
@@ -181,11 +177,7 @@ impl Scenario for NatsSinkScenario {
                 self.raw_next += BATCH as u64;
             }
             Side::Candidate => {
-                let records = json_records(&self.stream, self.next, BATCH);
-                self.runtime
-                    .block_on(self.sink.apply_owned(&records))
-                    .unwrap_or_else(|e| panic!("nats sink: {e}"));
-                self.next += BATCH as u64;
+                self.candidate.pass(&self.runtime, BATCH);
             }
         }
         BATCH as u64

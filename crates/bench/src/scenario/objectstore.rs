@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
-use omnirelay_replication::{SharedSink, SinkExt, StreamId};
+use omnirelay_replication::SinkExt;
 use omnirelay_replication_objectstore::{Layout, ObjectSinkOptions, ObjectStoreSink, StoreConfig};
 
-use crate::scenario::raw::{EVENT_BYTES, json_document, json_records};
+use crate::scenario::raw::{EVENT_BYTES, SinkSide, json_document};
 use crate::scenario::{Scenario, Side};
 
 /// Events per batch, and so per segment object.
@@ -22,11 +22,9 @@ const BATCH: usize = 512;
 /// target: the ratio is the price of durability.
 pub struct ObjectStoreSegments {
     runtime: tokio::runtime::Runtime,
-    sink: SharedSink,
+    candidate: SinkSide,
     raw: Arc<dyn ObjectStore>,
-    next: u64,
     raw_next: u64,
-    stream: StreamId,
     _dir: tempfile::TempDir,
 }
 
@@ -66,11 +64,9 @@ impl ObjectStoreSegments {
         let (raw, _) = open("raw");
         Self {
             runtime,
-            sink,
+            candidate: SinkSide::new(sink),
             raw,
-            next: 1,
             raw_next: 1,
-            stream: StreamId::default(),
             _dir: dir,
         }
     }
@@ -116,11 +112,7 @@ impl Scenario for ObjectStoreSegments {
                 self.raw_next += BATCH as u64;
             }
             Side::Candidate => {
-                let records = json_records(&self.stream, self.next, BATCH);
-                self.runtime
-                    .block_on(self.sink.apply_owned(&records))
-                    .unwrap_or_else(|e| panic!("object sink: {e}"));
-                self.next += BATCH as u64;
+                self.candidate.pass(&self.runtime, BATCH);
             }
         }
         BATCH as u64

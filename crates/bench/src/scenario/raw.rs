@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use omnirelay_replication::{
     Assignment, Codec, CodecError, Encoding, EventKind, Format, OwnedRecord, RecordHeader,
-    ReplicationEvent, StreamId, Timestamp, WireVersion,
+    ReplicationEvent, SharedSink, SinkExt, StreamId, Timestamp, WireVersion,
 };
 
 /// The size of every benchmark event.
@@ -106,6 +106,29 @@ pub(crate) fn json_document(sequence: u64) -> String {
     }
     doc.push_str("\"}");
     doc
+}
+
+/// The candidate side of a sink scenario: batches of [`json_records`] of
+/// the stream `default`, numbered on, applied to `sink`.
+pub(crate) struct SinkSide {
+    pub(crate) sink: SharedSink,
+    next: u64,
+}
+
+impl SinkSide {
+    pub(crate) fn new(sink: SharedSink) -> Self {
+        Self { sink, next: 1 }
+    }
+
+    /// Applies the next `count` records; `count`.
+    pub(crate) fn pass(&mut self, runtime: &tokio::runtime::Runtime, count: usize) -> u64 {
+        let records = json_records(&StreamId::default(), self.next, count);
+        runtime
+            .block_on(self.sink.apply_owned(&records))
+            .unwrap_or_else(|e| panic!("sink: {e}"));
+        self.next += count as u64;
+        count as u64
+    }
 }
 
 /// `count` records of [`json_document`]s of `stream` from `first` on, as a

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use omnirelay_replication::{SharedSink, SinkExt, StreamId, Timestamp};
+use omnirelay_replication::{SinkExt, Timestamp};
 use omnirelay_replication_sqlite::{SqliteSink, SqliteSinkOptions, Synchronous};
 
-use crate::scenario::raw::{json_document, json_records};
+use crate::scenario::raw::{SinkSide, json_document};
 use crate::scenario::{Scenario, Side};
 
 /// Rows per batch (the sink's default batch size).
@@ -20,11 +20,9 @@ const BATCH: usize = 512;
 /// other side left dirty) swamps the difference being measured.
 pub struct SqliteSinkScenario {
     runtime: tokio::runtime::Runtime,
-    sink: SharedSink,
+    candidate: SinkSide,
     raw: Arc<std::sync::Mutex<rusqlite::Connection>>,
-    next: u64,
     raw_next: i64,
-    stream: StreamId,
     _dir: tempfile::TempDir,
 }
 
@@ -64,11 +62,9 @@ impl SqliteSinkScenario {
             .unwrap_or_else(|e| panic!("raw database: {e}"));
         Self {
             runtime,
-            sink,
+            candidate: SinkSide::new(sink),
             raw: Arc::new(std::sync::Mutex::new(raw)),
-            next: 1,
             raw_next: 1,
-            stream: StreamId::default(),
             _dir: dir,
         }
     }
@@ -132,11 +128,7 @@ impl Scenario for SqliteSinkScenario {
         match side {
             Side::Baseline => self.raw_batch(),
             Side::Candidate => {
-                let records = json_records(&self.stream, self.next, BATCH);
-                self.runtime
-                    .block_on(self.sink.apply_owned(&records))
-                    .unwrap_or_else(|e| panic!("sqlite sink: {e}"));
-                self.next += BATCH as u64;
+                self.candidate.pass(&self.runtime, BATCH);
             }
         }
         BATCH as u64

@@ -9,7 +9,7 @@ use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use omnirelay_replication::{SharedSink, SinkExt, StreamId};
 use omnirelay_replication_objectstore::{
-    KeyKind, Layout, ObjectSinkOptions, ObjectStoreSink, StoreConfig, parse_key,
+    KeyKind, Layout, ObjectSinkOptions, ObjectStoreSink, parse_key,
 };
 use omnirelay_replication_testkit::conformance::{self, Backend, Outcome};
 
@@ -87,19 +87,10 @@ impl Backend for Objects {
 }
 
 fn local(dir: &std::path::Path, layout: Layout) -> Objects {
-    let (store, sync_root) = StoreConfig::Local {
-        root: dir.to_owned(),
-    }
-    .open()
-    .unwrap();
+    let (store, options) = crate::support::local(dir, layout);
     Objects {
         store,
-        options: ObjectSinkOptions {
-            layout,
-            sync_root,
-            content_type: false,
-            ..ObjectSinkOptions::new()
-        },
+        options,
         moto: None,
     }
 }

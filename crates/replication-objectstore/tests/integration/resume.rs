@@ -13,7 +13,7 @@ use omnirelay_replication::{
     ReplicatorExt as _, RetryPolicy, Sink, SinkExt, SinkOptions, StreamId,
 };
 use omnirelay_replication_objectstore::{
-    CHECKPOINT_NAME, Layout, ObjectReader, ObjectSinkOptions, ObjectStoreSink, StoreConfig,
+    CHECKPOINT_NAME, Layout, ObjectReader, ObjectSinkOptions, ObjectStoreSink,
 };
 use omnirelay_replication_testkit::conformance::record;
 use omnirelay_resourcelease::{
@@ -21,7 +21,7 @@ use omnirelay_resourcelease::{
 };
 
 use crate::conformance::stored;
-use crate::support::Moto;
+use crate::support::{Moto, local};
 
 fn records(stream: &StreamId, range: std::ops::RangeInclusive<u64>) -> Vec<OwnedRecord> {
     range
@@ -106,16 +106,7 @@ async fn default_prefix_restart_overwrites_nothing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_the_default_prefix_resumes_and_overwrites_nothing_locally() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, sync_root) = StoreConfig::Local {
-        root: dir.path().to_owned(),
-    }
-    .open()
-    .unwrap();
-    let options = ObjectSinkOptions {
-        sync_root,
-        content_type: false,
-        ..ObjectSinkOptions::new()
-    };
+    let (store, options) = local(dir.path(), Layout::PerEvent);
     default_prefix_restart_overwrites_nothing(store, options).await;
     // The reference's file layout: one file per event under the prefix.
     assert!(
@@ -151,17 +142,8 @@ async fn heavy_a_restart_with_the_default_prefix_resumes_and_overwrites_nothing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reader_reads_events_and_segments_from_any_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, sync_root) = StoreConfig::Local {
-        root: dir.path().to_owned(),
-    }
-    .open()
-    .unwrap();
+    let (store, per_event) = local(dir.path(), Layout::PerEvent);
     let stream = StreamId::new("users").unwrap();
-    let per_event = ObjectSinkOptions {
-        sync_root: sync_root.clone(),
-        content_type: false,
-        ..ObjectSinkOptions::new()
-    };
     assert_eq!(per_event.prefix_for("users"), "resourcelease/users/");
     ObjectStoreSink::new(store.clone(), per_event.clone())
         .unwrap()
@@ -370,17 +352,7 @@ type = "object_store"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_checkpoint_object_falls_back_to_the_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, sync_root) = StoreConfig::Local {
-        root: dir.path().to_owned(),
-    }
-    .open()
-    .unwrap();
-    let options = ObjectSinkOptions {
-        sync_root,
-        content_type: false,
-        layout: Layout::Segment,
-        ..ObjectSinkOptions::new()
-    };
+    let (store, options) = local(dir.path(), Layout::Segment);
     let stream = StreamId::default();
     ObjectStoreSink::new(store.clone(), options.clone())
         .unwrap()

@@ -81,3 +81,26 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// A store in a local directory and sink options for it in `layout`
+/// (written objects synced, no content type).
+pub(crate) fn local(
+    dir: &std::path::Path,
+    layout: omnirelay_replication_objectstore::Layout,
+) -> (
+    Arc<dyn ObjectStore>,
+    omnirelay_replication_objectstore::ObjectSinkOptions,
+) {
+    let (store, sync_root) = StoreConfig::Local {
+        root: dir.to_owned(),
+    }
+    .open()
+    .unwrap();
+    let options = omnirelay_replication_objectstore::ObjectSinkOptions {
+        layout,
+        sync_root,
+        content_type: false,
+        ..omnirelay_replication_objectstore::ObjectSinkOptions::new()
+    };
+    (store, options)
+}

@@ -9,7 +9,7 @@ use omnirelay_replication::config::{
 use omnirelay_replication::{BoxFuture, Error, ErrorKind, Format, SharedSink, SinkExt};
 use serde::Deserialize;
 
-use crate::sink::{GrpcSink, GrpcSinkOptions};
+use crate::sink::{GrpcSink, GrpcSinkOptions, Protocol};
 
 /// Builds [`GrpcSink`]s from the `settings` of a sink of type `grpc`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -23,6 +23,16 @@ struct Settings {
     timeout_ms: u64,
     token: Option<String>,
     ca_file: Option<PathBuf>,
+    protocol: ProtocolSetting,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum ProtocolSetting {
+    #[default]
+    Auto,
+    Stream,
+    Unary,
 }
 
 impl Default for Settings {
@@ -33,6 +43,7 @@ impl Default for Settings {
             timeout_ms: 10_000,
             token: None,
             ca_file: None,
+            protocol: ProtocolSetting::Auto,
         }
     }
 }
@@ -45,6 +56,11 @@ impl Settings {
             timeout: Duration::from_millis(self.timeout_ms),
             token: self.token.clone(),
             ca_pem,
+            protocol: match self.protocol {
+                ProtocolSetting::Auto => Protocol::Auto,
+                ProtocolSetting::Stream => Protocol::Stream,
+                ProtocolSetting::Unary => Protocol::Unary,
+            },
         }
     }
 }

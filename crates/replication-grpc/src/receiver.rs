@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use omnirelay_replication::{
-    DurableReplicator, Encoding, Error, ErrorKind, Format, Receipt, Replayed, Replicator as _,
-    StreamId, WireVersion,
+    DurableReplicator, Encoding, Error, ErrorKind, Format, Receipt, Replayed, StreamId, WireVersion,
 };
 use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, json, proto};
 use tonic::service::interceptor::InterceptedService;
@@ -57,6 +56,22 @@ pub enum Received {
     Appended(Receipt),
     /// At or below the sender's high-water mark: already received.
     Duplicate,
+}
+
+/// What the receiver did with a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// The sender's numbering epoch after the batch.
+    pub epoch: u64,
+    /// The sender's high-water mark in that epoch: every event of the batch
+    /// is durable or was already received.
+    pub high_water: u64,
+    /// Events appended.
+    pub appended: u64,
+    /// Events ignored as already received.
+    pub duplicates: u64,
+    /// The receipt of the last event appended, if any.
+    pub receipt: Option<Receipt>,
 }
 
 /// Counters of a receiver.
@@ -145,10 +160,7 @@ impl Receiver {
     }
 
     /// Receives `event` from `sender`: appends it unless it was already
-    /// received. `epoch` is the sender's numbering epoch when it says
-    /// (version-2 senders); otherwise sequence 1 after higher ones starts a
-    /// new epoch (a reference sender restarts its numbering at 1). Gaps in
-    /// a sender's numbering are accepted and counted.
+    /// received. See [`Receiver::receive_batch`].
     ///
     /// # Errors
     ///
@@ -157,55 +169,108 @@ impl Receiver {
         &self,
         sender: &str,
         epoch: Option<u64>,
-        mut event: ResourceLeaseReplicationEvent,
+        event: ResourceLeaseReplicationEvent,
     ) -> Result<Received, Error> {
-        let sequence = u64::try_from(event.sequence_number).unwrap_or(0);
+        let outcome = self.receive_batch(sender, epoch, vec![event]).await?;
+        Ok(match outcome.receipt {
+            Some(receipt) => Received::Appended(receipt),
+            None => Received::Duplicate,
+        })
+    }
+
+    /// Receives consecutive events of `sender`, in its order: appends, in
+    /// one submission to the log, those not already received, and returns
+    /// once they are durable. `epoch` is the sender's numbering epoch when
+    /// it says (version-2 senders); otherwise sequence 1 after higher ones
+    /// starts a new epoch (a reference sender restarts its numbering at 1).
+    /// Gaps in a sender's numbering are accepted and counted. Events
+    /// without a sequence (0) are always appended.
+    ///
+    /// # Errors
+    ///
+    /// The log's failure to make the events durable; then none of them
+    /// counts as received.
+    pub async fn receive_batch(
+        &self,
+        sender: &str,
+        epoch: Option<u64>,
+        events: Vec<ResourceLeaseReplicationEvent>,
+    ) -> Result<BatchOutcome, Error> {
         // Held across the append, so that a re-send racing the original is
         // seen as a duplicate.
         let mut marks = self.marks.lock().await;
-        let known = marks.get(sender).copied();
-        let epoch = match (known, epoch) {
-            (None, given) => given.unwrap_or(1),
-            (Some(mark), Some(given)) if given < mark.epoch => {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                return Ok(Received::Duplicate);
+        let mut mark = marks.get(sender).copied();
+        let (mut duplicates, mut gaps, mut epochs) = (0u64, 0u64, 0u64);
+        let mut accepted = Vec::with_capacity(events.len());
+        for mut event in events {
+            let sequence = u64::try_from(event.sequence_number).unwrap_or(0);
+            let this_epoch = match (mark, epoch) {
+                (None, given) => given.unwrap_or(1),
+                (Some(m), Some(given)) if given < m.epoch => {
+                    duplicates += 1;
+                    continue;
+                }
+                (Some(_), Some(given)) => given,
+                (Some(m), None) if sequence == 1 && m.sequence > 1 => m.epoch + 1,
+                (Some(m), None) => m.epoch,
+            };
+            if let Some(m) = mark {
+                if this_epoch == m.epoch && sequence != 0 && sequence <= m.sequence {
+                    duplicates += 1;
+                    continue;
+                }
+                if this_epoch > m.epoch {
+                    epochs += 1;
+                    tracing::info!(sender, epoch = this_epoch, "sender restarted its numbering");
+                } else if sequence > m.sequence + 1 {
+                    gaps += sequence - m.sequence - 1;
+                }
             }
-            (Some(_), Some(given)) => given,
-            (Some(mark), None) if sequence == 1 && mark.sequence > 1 => mark.epoch + 1,
-            (Some(mark), None) => mark.epoch,
+            event.metadata.insert(origin::SENDER, sender);
+            event.metadata.insert(origin::EPOCH, this_epoch.to_string());
+            event
+                .metadata
+                .insert(origin::SEQUENCE, sequence.to_string());
+            event
+                .metadata
+                .insert(origin::TIMESTAMP, event.timestamp.to_round_trip_string());
+            if sequence != 0 {
+                mark = Some(Mark {
+                    epoch: this_epoch,
+                    sequence,
+                });
+            }
+            accepted.push(event);
+        }
+        let appended = accepted.len() as u64;
+        let receipt = if accepted.is_empty() {
+            None
+        } else {
+            let pending = self
+                .replicator
+                .submit_all(&self.stream, accepted)
+                .await
+                .map_err(|parts| parts.error)?;
+            Some(pending.durable().await?)
         };
-        if let Some(mark) = known {
-            if epoch == mark.epoch && sequence != 0 && sequence <= mark.sequence {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                return Ok(Received::Duplicate);
-            }
-            if epoch > mark.epoch {
-                self.stats.epochs.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(sender, epoch, "sender restarted its numbering");
-            } else if sequence > mark.sequence + 1 {
-                self.stats
-                    .gaps
-                    .fetch_add(sequence - mark.sequence - 1, Ordering::Relaxed);
-            }
+        if let Some(mark) = mark {
+            marks.insert(sender.to_owned(), mark);
         }
-        event.metadata.insert(origin::SENDER, sender);
-        event.metadata.insert(origin::EPOCH, epoch.to_string());
-        event
-            .metadata
-            .insert(origin::SEQUENCE, sequence.to_string());
-        event
-            .metadata
-            .insert(origin::TIMESTAMP, event.timestamp.to_round_trip_string());
-        let receipt = self
-            .replicator
-            .publish_to(&self.stream, event)
-            .await
-            .map_err(omnirelay_replication::PublishError::into_error)?;
-        if sequence != 0 {
-            marks.insert(sender.to_owned(), Mark { epoch, sequence });
-        }
-        self.stats.appended.fetch_add(1, Ordering::Relaxed);
-        Ok(Received::Appended(receipt))
+        drop(marks);
+        self.stats.appended.fetch_add(appended, Ordering::Relaxed);
+        self.stats
+            .duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
+        self.stats.gaps.fetch_add(gaps, Ordering::Relaxed);
+        self.stats.epochs.fetch_add(epochs, Ordering::Relaxed);
+        let mark = mark.unwrap_or_default();
+        Ok(BatchOutcome {
+            epoch: mark.epoch,
+            high_water: mark.sequence,
+            appended,
+            duplicates,
+            receipt,
+        })
     }
 
     /// The tonic service answering the reference's `Publish`.
@@ -219,13 +284,20 @@ impl Receiver {
         self: Arc<Self>,
         token: Option<String>,
     ) -> InterceptedService<ResourceLeaseReplicatorGrpcServer<Service>, TokenCheck> {
-        InterceptedService::new(self.service(), TokenCheck(token.map(Arc::from)))
+        InterceptedService::new(self.service(), TokenCheck::new(token))
     }
 }
 
-/// Checks a request's bearer token; see [`Receiver::service_with_token`].
+/// Checks a request's bearer token; see [`crate::routes`].
 #[derive(Clone, Debug)]
 pub struct TokenCheck(Option<Arc<str>>);
+
+impl TokenCheck {
+    /// Requires `token` when set; lets every call through when not.
+    pub fn new(token: Option<String>) -> Self {
+        Self(token.map(Arc::from))
+    }
+}
 
 impl tonic::service::Interceptor for TokenCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
@@ -255,11 +327,34 @@ impl tonic::service::Interceptor for TokenCheck {
     }
 }
 
+/// The sender's name and (if it says) numbering epoch of a request.
+pub(crate) fn sender_of(
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<(String, Option<u64>), Status> {
+    let sender = metadata
+        .get(request::SENDER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(ANONYMOUS)
+        .to_owned();
+    let epoch = match metadata.get(request::EPOCH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| Status::invalid_argument("omnirelay-epoch is not a number"))?,
+        ),
+    };
+    Ok((sender, epoch))
+}
+
 /// The gRPC face of a [`Receiver`].
 #[derive(Debug, Clone)]
 pub struct Service(Arc<Receiver>);
 
-fn status_of(error: &Error) -> Status {
+pub(crate) fn status_of(error: &Error) -> Status {
     match error.kind() {
         ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Throttled => {
             Status::unavailable(error.to_string())
@@ -275,23 +370,7 @@ impl ResourceLeaseReplicatorGrpc for Service {
         &self,
         request: Request<proto::pb::ResourceLeaseReplicationEventMessage>,
     ) -> Result<Response<proto::pb::PublishResponse>, Status> {
-        let metadata = request.metadata();
-        let sender = metadata
-            .get(request::SENDER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| !s.is_empty())
-            .unwrap_or(ANONYMOUS)
-            .to_owned();
-        let epoch = match metadata.get(request::EPOCH) {
-            None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| Status::invalid_argument("omnirelay-epoch is not a number"))?,
-            ),
-        };
+        let (sender, epoch) = sender_of(request.metadata())?;
         let (event, _) = proto::from_message(request.into_inner())
             .map_err(|e| Status::invalid_argument(format!("not a replication event: {e}")))?;
         self.0

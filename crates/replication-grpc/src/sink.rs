@@ -1,16 +1,32 @@
-//! A sink that publishes to a receiver with the reference's unary
-//! `Publish`.
+//! A sink that replicates to a receiver: over the version-2 `PublishStream`
+//! when the receiver has it, else with the reference's unary `Publish`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use omnirelay_replication::{Error, ErrorKind, Format, Record, Sink, SinkError};
 use omnirelay_resourcelease::proto::pb::ResourceLeaseReplicationEventMessage;
 use prost::Message as _;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tokio::sync::{Mutex, mpsc};
+use tonic::transport::Channel;
 
+use crate::client::{Connection, Credentials, payload_format, status_error};
 use crate::generated::resource_lease_replicator_grpc_client::ResourceLeaseReplicatorGrpcClient;
-use crate::receiver::request;
+use crate::v2::replication_client::ReplicationClient;
+use crate::v2::{PublishAck, PublishBatch, SentEvent};
+
+/// Which service a [`GrpcSink`] calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// `PublishStream`, falling back for good to `Publish` when the
+    /// receiver answers `UNIMPLEMENTED` (a reference-style receiver).
+    #[default]
+    Auto,
+    /// Only `PublishStream` (version 2).
+    Stream,
+    /// Only the reference's unary `Publish`, one call per event.
+    Unary,
+}
 
 /// Knobs of a [`GrpcSink`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,46 +36,40 @@ pub struct GrpcSinkOptions {
     /// This sender's name (the receiver keeps one high-water mark per
     /// sender).
     pub sender: String,
-    /// How long one call may take.
+    /// The deadline of one call (unary) or of one batch's acknowledgement
+    /// (streaming); also the connect timeout.
     pub timeout: Duration,
     /// A bearer token to send, if the receiver wants one.
     pub token: Option<String>,
     /// For an `https://` URL: the PEM certificate(s) of the authority that
     /// signed the receiver's certificate (`None`: the system's roots).
     pub ca_pem: Option<Vec<u8>>,
+    /// Which service to call.
+    pub protocol: Protocol,
 }
 
-/// Publishes each record (protobuf, the reference's message) to a receiver
-/// with one unary `Publish` call, in order; the receiver answers once the
-/// event is durable in its log and ignores re-sent events, so delivery
-/// retries are harmless.
-#[derive(Clone, Debug)]
+/// An open `PublishStream` call.
+#[derive(Debug)]
+struct Session {
+    batches: mpsc::Sender<PublishBatch>,
+    acks: tonic::Streaming<PublishAck>,
+}
+
+/// Replicates to a receiver, in order. With `PublishStream` each batch of
+/// the delivery engine is one message, acknowledged once durable at the
+/// receiver; with the reference's `Publish` each event is one call. The
+/// receiver ignores re-sent events, so delivery retries are harmless; a
+/// failed or timed-out call is a retryable error and the next attempt opens
+/// a new call.
+#[derive(Debug)]
 pub struct GrpcSink {
-    client: ResourceLeaseReplicatorGrpcClient<Channel>,
+    unary: ResourceLeaseReplicatorGrpcClient<Channel>,
+    streaming: ReplicationClient<Channel>,
+    credentials: Credentials,
     options: GrpcSinkOptions,
-}
-
-fn status_error(sequence: u64, status: &tonic::Status) -> Error {
-    use tonic::Code;
-    let kind = match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::ResourceExhausted
-        | Code::Aborted
-        | Code::Cancelled
-        | Code::Unknown
-        | Code::Internal => ErrorKind::Unavailable,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => ErrorKind::Rejected,
-        _ => ErrorKind::Config,
-    };
-    Error::new(
-        kind,
-        format!(
-            "grpc: publish sequence {sequence}: {:?}: {}",
-            status.code(),
-            status.message()
-        ),
-    )
+    session: Mutex<Option<Session>>,
+    /// The receiver answered `UNIMPLEMENTED` to `PublishStream`.
+    unary_only: AtomicBool,
 }
 
 impl GrpcSink {
@@ -68,39 +78,35 @@ impl GrpcSink {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] for an invalid URL or sender name.
+    /// [`ErrorKind::Config`] for an invalid URL, sender name or token.
     pub fn new(options: GrpcSinkOptions) -> Result<Self, Error> {
-        MetadataValue::try_from(options.sender.as_str()).map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("grpc: sender {:?}: {e}", options.sender),
-            )
-        })?;
-        let mut endpoint = Endpoint::from_shared(options.url.clone())
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("grpc: url {:?}: {e}", options.url),
-                )
-            })?
-            .timeout(options.timeout)
-            .connect_timeout(options.timeout);
-        if options.url.starts_with("https://") {
-            let tls = match &options.ca_pem {
-                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
-                None => ClientTlsConfig::new().with_native_roots(),
-            };
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| Error::new(ErrorKind::Config, format!("grpc: tls: {e}")))?;
-        }
+        let connection = Connection {
+            url: options.url.clone(),
+            connect_timeout: options.timeout,
+            token: options.token.clone(),
+            ca_pem: options.ca_pem.clone(),
+        };
+        let credentials = Credentials::new(&connection, Some(&options.sender))?;
+        let channel = connection.channel()?;
         Ok(Self {
-            client: ResourceLeaseReplicatorGrpcClient::new(endpoint.connect_lazy()),
+            unary: ResourceLeaseReplicatorGrpcClient::new(channel.clone()),
+            streaming: ReplicationClient::new(channel)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+            credentials,
+            session: Mutex::new(None),
+            unary_only: AtomicBool::new(options.protocol == Protocol::Unary),
             options,
         })
     }
 
-    async fn publish(&self, record: &Record<'_>) -> Result<(), Error> {
+    /// Whether the sink calls the unary `Publish` (configured so, or the
+    /// receiver does not have `PublishStream`).
+    pub fn is_unary(&self) -> bool {
+        self.unary_only.load(Ordering::Relaxed)
+    }
+
+    async fn publish_one(&self, record: &Record<'_>) -> Result<(), Error> {
         let message =
             ResourceLeaseReplicationEventMessage::decode(record.bytes()).map_err(|e| {
                 Error::new(
@@ -112,26 +118,19 @@ impl GrpcSink {
                 )
             })?;
         let mut request = tonic::Request::new(message);
-        let metadata = request.metadata_mut();
-        if let Ok(sender) = MetadataValue::try_from(self.options.sender.as_str()) {
-            metadata.insert(request::SENDER, sender);
-        }
-        if let Some(token) = &self.options.token {
-            let value = MetadataValue::try_from(format!("Bearer {token}"))
-                .map_err(|e| Error::new(ErrorKind::Config, format!("grpc: token: {e}")))?;
-            metadata.insert("authorization", value);
-        }
-        self.client
+        request.set_timeout(self.options.timeout);
+        self.credentials.apply(request.metadata_mut());
+        self.unary
             .clone()
             .publish(request)
             .await
             .map(|_| ())
-            .map_err(|status| status_error(record.sequence(), &status))
+            .map_err(|status| {
+                status_error(&format!("publish sequence {}", record.sequence()), &status)
+            })
     }
-}
 
-impl Sink for GrpcSink {
-    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+    async fn apply_unary(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
         if let Some(record) = batch
             .iter()
             .find(|r| r.encoding().format != Format::Protobuf)
@@ -139,18 +138,138 @@ impl Sink for GrpcSink {
             return Err(SinkError::new(
                 ErrorKind::Config,
                 format!(
-                    "the grpc sink sends protobuf messages, not {}",
+                    "the reference's Publish takes protobuf messages, not {}",
                     record.encoding()
                 ),
             ));
         }
         let mut through = None;
         for record in batch {
-            if let Err(error) = self.publish(record).await {
+            if let Err(error) = self.publish_one(record).await {
                 return Err(SinkError::from(error).applied_through(through));
             }
             through = Some(record.sequence());
         }
+        Ok(())
+    }
+
+    /// Opens a `PublishStream` call; `Ok(None)` if the receiver does not
+    /// have it.
+    async fn open_session(&self) -> Result<Option<Session>, Error> {
+        let (batches, outbound) = mpsc::channel(2);
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+        self.credentials.apply(request.metadata_mut());
+        let mut client = self.streaming.clone();
+        match tokio::time::timeout(self.options.timeout, client.publish_stream(request)).await {
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "grpc: PublishStream to {}: no answer within {:?}",
+                    self.options.url, self.options.timeout
+                ),
+            )),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(None),
+            Ok(Err(status)) => Err(status_error("open PublishStream", &status)),
+            Ok(Ok(response)) => Ok(Some(Session {
+                batches,
+                acks: response.into_inner(),
+            })),
+        }
+    }
+
+    async fn send_batch(&self, session: &mut Session, batch: &[Record<'_>]) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        let message = PublishBatch {
+            format: payload_format(first.encoding().format)? as i32,
+            events: batch
+                .iter()
+                .map(|record| SentEvent {
+                    sequence: record.sequence(),
+                    payload: record.shared_bytes(),
+                })
+                .collect(),
+        };
+        let lost = || {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("grpc: PublishStream to {} ended", self.options.url),
+            )
+        };
+        session.batches.send(message).await.map_err(|_| lost())?;
+        let ack = match tokio::time::timeout(self.options.timeout, session.acks.message()).await {
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "grpc: sequences {}..={} not acknowledged within {:?}",
+                        first.sequence(),
+                        last.sequence(),
+                        self.options.timeout
+                    ),
+                ));
+            }
+            Ok(Err(status)) => return Err(status_error("PublishStream", &status)),
+            Ok(Ok(None)) => return Err(lost()),
+            Ok(Ok(Some(ack))) => ack,
+        };
+        if ack.high_water < last.sequence() {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "grpc: the receiver acknowledged through {} after sequences {}..={}",
+                    ack.high_water,
+                    first.sequence(),
+                    last.sequence()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Sink for GrpcSink {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        if !self.is_unary() {
+            let mut session = self.session.lock().await;
+            if session.is_none() {
+                match self.open_session().await? {
+                    Some(opened) => *session = Some(opened),
+                    None if self.options.protocol == Protocol::Auto => {
+                        tracing::info!(
+                            url = %self.options.url,
+                            "the receiver has no PublishStream; using the unary Publish"
+                        );
+                        self.unary_only.store(true, Ordering::Relaxed);
+                    }
+                    None => {
+                        return Err(SinkError::new(
+                            ErrorKind::Config,
+                            format!(
+                                "the receiver at {} has no PublishStream (protocol = \"stream\")",
+                                self.options.url
+                            ),
+                        ));
+                    }
+                }
+            }
+            if let Some(open) = session.as_mut() {
+                let sent = self.send_batch(open, batch).await;
+                if sent.is_err() {
+                    // The next attempt opens a new call.
+                    *session = None;
+                }
+                return sent.map_err(SinkError::from);
+            }
+        }
+        self.apply_unary(batch).await
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        // Ends the call: the receiver sees the end of the stream.
+        self.session.lock().await.take();
         Ok(())
     }
 }

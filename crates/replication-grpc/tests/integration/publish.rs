@@ -1,4 +1,5 @@
-//! The reference's `Publish`, over a real socket.
+//! Publishing to a receiver over a real socket: the reference's `Publish`
+//! and the version-2 `PublishStream`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,13 +10,13 @@ use omnirelay_replication::{
     DurableOptions, DurableReplicator, Encoding, EventKind, MemorySink, OwnedRecord, RecordHeader,
     SinkExt, SinkOptions, StreamId, Timestamp,
 };
-use omnirelay_replication_grpc::{GrpcSink, GrpcSinkOptions, Receiver, origin};
+use omnirelay_replication_grpc::{GrpcSink, GrpcSinkOptions, Protocol, Receiver, origin};
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent, json, proto};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 /// The golden v1 protobuf fixtures, in sequence order: each one's bytes
 /// and the event they hold.
-fn fixtures() -> Vec<(Bytes, ResourceLeaseReplicationEvent)> {
+pub(crate) fn fixtures() -> Vec<(Bytes, ResourceLeaseReplicationEvent)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resourcelease/fixtures/v1");
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -32,7 +33,7 @@ fn fixtures() -> Vec<(Bytes, ResourceLeaseReplicationEvent)> {
 }
 
 /// A record of protobuf bytes, as the sink receives it.
-fn record(bytes: &Bytes, event: &ResourceLeaseReplicationEvent) -> OwnedRecord {
+pub(crate) fn record(bytes: &Bytes, event: &ResourceLeaseReplicationEvent) -> OwnedRecord {
     let header = RecordHeader {
         sequence: event.sequence_number as u64,
         timestamp: Timestamp::now(),
@@ -51,22 +52,29 @@ fn record(bytes: &Bytes, event: &ResourceLeaseReplicationEvent) -> OwnedRecord {
 }
 
 /// A receiver node: its replicator (with a JSON v1 memory sink), the
-/// receiver and its server on a loopback port.
-struct Node {
-    replicator: Arc<DurableReplicator<ResourceLeaseReplicationEvent>>,
-    receiver: Arc<Receiver>,
+/// receiver and its services on a loopback port.
+pub(crate) struct Node {
+    pub(crate) replicator: Arc<DurableReplicator<ResourceLeaseReplicationEvent>>,
+    pub(crate) receiver: Arc<Receiver>,
     memory: MemorySink,
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
+    pub(crate) url: String,
+    stop: Option<watch::Sender<bool>>,
     server: tokio::task::JoinHandle<()>,
+    /// The protocol of the sinks [`Node::sink`] makes.
+    pub(crate) protocol: Protocol,
 }
 
 impl Node {
-    async fn start(dir: &Path) -> Self {
+    pub(crate) async fn start(dir: &Path) -> Self {
         Self::start_with_token(dir, None).await
     }
 
-    async fn start_with_token(dir: &Path, token: Option<&str>) -> Self {
+    pub(crate) async fn start_with_token(dir: &Path, token: Option<&str>) -> Self {
+        Self::serve(dir, token, true).await
+    }
+
+    /// With `v2` false, only the reference's service is served.
+    pub(crate) async fn serve(dir: &Path, token: Option<&str>, v2: bool) -> Self {
         let replicator = Arc::new(
             DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
                 .await
@@ -84,17 +92,28 @@ impl Node {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = receiver
-            .clone()
-            .service_with_token(token.map(str::to_owned));
+        let (stop, mut stopped) = watch::channel(false);
+        let routes = if v2 {
+            omnirelay_replication_grpc::routes(
+                replicator.clone(),
+                Some(receiver.clone()),
+                token.map(str::to_owned),
+                stopped.clone(),
+            )
+        } else {
+            tonic::service::Routes::new(
+                receiver
+                    .clone()
+                    .service_with_token(token.map(str::to_owned)),
+            )
+        };
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(service)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
-                    async {
-                        let _ = stopped.await;
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
                     },
                 )
                 .await
@@ -107,34 +126,36 @@ impl Node {
             url,
             stop: Some(stop),
             server,
+            protocol: Protocol::Auto,
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         self.server.await.unwrap();
         self.replicator.close().await.unwrap();
     }
 
-    fn sink(&self, sender: &str) -> GrpcSink {
+    pub(crate) fn sink(&self, sender: &str) -> GrpcSink {
         self.sink_with_token(sender, None)
     }
 
-    fn sink_with_token(&self, sender: &str, token: Option<&str>) -> GrpcSink {
+    pub(crate) fn sink_with_token(&self, sender: &str, token: Option<&str>) -> GrpcSink {
         GrpcSink::new(GrpcSinkOptions {
             url: self.url.clone(),
             sender: sender.to_owned(),
             timeout: Duration::from_secs(5),
             token: token.map(str::to_owned),
             ca_pem: None,
+            protocol: self.protocol,
         })
         .unwrap()
     }
 
     /// The events the memory sink received, decoded.
-    fn received(&self) -> Vec<ResourceLeaseReplicationEvent> {
+    pub(crate) fn received(&self) -> Vec<ResourceLeaseReplicationEvent> {
         self.memory
             .records()
             .iter()
@@ -155,9 +176,19 @@ fn without_origin(mut event: ResourceLeaseReplicationEvent) -> ResourceLeaseRepl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fixtures_land_unchanged_resends_are_ignored_and_restarts_are_followed() {
+async fn fixtures_land_unchanged_resends_are_ignored_and_restarts_are_followed_unary() {
+    fixtures_land_unchanged(Protocol::Unary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_land_unchanged_resends_are_ignored_and_restarts_are_followed_streaming() {
+    fixtures_land_unchanged(Protocol::Stream).await;
+}
+
+async fn fixtures_land_unchanged(protocol: Protocol) {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path()).await;
+    let mut node = Node::start(dir.path()).await;
+    node.protocol = protocol;
     let sink = node.sink("dispatcher-a");
     let fixtures = fixtures();
     assert_eq!(fixtures.len(), 8);
@@ -214,7 +245,8 @@ async fn fixtures_land_unchanged_resends_are_ignored_and_restarts_are_followed()
     node.stop().await;
 
     // Restarted, the receiver knows every sender's mark from its log.
-    let node = Node::start(dir.path()).await;
+    let mut node = Node::start(dir.path()).await;
+    node.protocol = protocol;
     let marks = node.receiver.marks().await;
     assert_eq!(
         (marks["dispatcher-a"].epoch, marks["dispatcher-a"].sequence),
@@ -296,10 +328,14 @@ async fn epochs_gaps_and_unsequenced_events_follow_the_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_configured_calls_without_it_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_with_token(dir.path(), Some("s3cret")).await;
+    let mut node = Node::start_with_token(dir.path(), Some("s3cret")).await;
     let fixtures = fixtures();
     let records: Vec<_> = fixtures.iter().map(|(b, e)| record(b, e)).collect();
-    for token in [None, Some("wrong"), Some("s3cre"), Some("s3cret!")] {
+    for (protocol, token) in [Protocol::Unary, Protocol::Stream]
+        .into_iter()
+        .flat_map(|p| [None, Some("wrong"), Some("s3cre"), Some("s3cret!")].map(|t| (p, t)))
+    {
+        node.protocol = protocol;
         let err = node
             .sink_with_token("a", token)
             .apply_owned(&records[..1])
@@ -308,7 +344,7 @@ async fn with_a_token_configured_calls_without_it_are_refused() {
         assert_eq!(
             err.kind(),
             omnirelay_replication::ErrorKind::Config,
-            "{token:?}: {err}"
+            "{protocol:?} {token:?}: {err}"
         );
         assert!(err.to_string().contains("Unauthenticated"), "{err}");
     }
@@ -323,8 +359,13 @@ async fn with_a_token_configured_calls_without_it_are_refused() {
         .apply_owned(&records[..2])
         .await
         .unwrap();
+    node.protocol = Protocol::Unary;
+    node.sink_with_token("a", Some("s3cret"))
+        .apply_owned(&records[2..3])
+        .await
+        .unwrap();
     node.replicator.wait_caught_up().await;
-    assert_eq!(node.received().len(), 2);
+    assert_eq!(node.received().len(), 3);
     node.stop().await;
 }
 
@@ -403,12 +444,18 @@ async fn the_sink_publishes_over_tls_to_a_receiver_with_a_certificate() {
     let port = listener.local_addr().unwrap().port();
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(&cert_pem, &key_pem));
-    let service = receiver.clone().service();
+    let (_stop, stopped) = watch::channel(false);
+    let routes = omnirelay_replication_grpc::routes(
+        replicator.clone(),
+        Some(receiver.clone()),
+        None,
+        stopped,
+    );
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .tls_config(tls)
             .unwrap()
-            .add_service(service)
+            .add_routes(routes)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
     });
@@ -421,6 +468,7 @@ async fn the_sink_publishes_over_tls_to_a_receiver_with_a_certificate() {
             timeout: Duration::from_secs(5),
             token: None,
             ca_pem: ca.map(|c| c.as_bytes().to_vec()),
+            protocol: Protocol::Auto,
         })
         .unwrap()
     };

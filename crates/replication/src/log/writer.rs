@@ -361,6 +361,30 @@ impl<B: LogBatch> StreamLog<B> {
         }
     }
 
+    /// Waits until records beyond `sequence` are visible to readers;
+    /// returns the highest visible sequence.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] if the log stops or closes first.
+    pub async fn wait_visible_beyond(&self, sequence: u64) -> Result<u64, Error> {
+        let mut progress = self.shared.progress.subscribe();
+        loop {
+            {
+                let now = progress.borrow_and_update();
+                if now.visible > sequence {
+                    return Ok(now.visible);
+                }
+                if now.failed || now.closed {
+                    return Err(self.closed_error());
+                }
+            }
+            if progress.changed().await.is_err() {
+                return Err(self.closed_error());
+            }
+        }
+    }
+
     /// Follows the log's progress.
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.shared.progress.subscribe()

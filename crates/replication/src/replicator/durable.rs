@@ -378,6 +378,27 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         self.stream(stream).await.map(|_| ())
     }
 
+    /// Waits until `stream` has records beyond `sequence` that readers may
+    /// see (what sinks are given: under `interval`, only what is synced);
+    /// returns the highest such sequence. With [`DurableReplicator::replay`]
+    /// this follows a stream live.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] once the stream's log stops or closes; the
+    /// log's failure to open.
+    pub async fn wait_visible_beyond(
+        &self,
+        stream: &StreamId,
+        sequence: u64,
+    ) -> Result<u64, Error> {
+        self.stream(stream)
+            .await?
+            .log
+            .wait_visible_beyond(sequence)
+            .await
+    }
+
     /// The stream's state, opening (and recovering) its log on first use.
     async fn stream(&self, id: &StreamId) -> Result<Arc<StreamState<E>>, Error> {
         if let Some(state) = lock(&self.inner.streams).get(id) {

@@ -646,3 +646,39 @@ async fn replaying_a_log_twice_gives_byte_identical_output() {
         .collect();
     assert_eq!(online, first, "the running and the offline replay agree");
 }
+
+#[tokio::test]
+async fn waiting_for_visible_records_follows_the_stream_and_ends_when_it_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = Arc::new(open(dir.path(), Durability::Fsync).await);
+    let stream = StreamId::default();
+    publish(&replicator, 3).await;
+    assert_eq!(replicator.wait_visible_beyond(&stream, 0).await.unwrap(), 3);
+    let waiting = {
+        let replicator = replicator.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move { replicator.wait_visible_beyond(&stream, 3).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "nothing beyond 3 is visible yet");
+    publish(&replicator, 2).await;
+    let visible = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!((4..=5).contains(&visible), "woke at {visible}");
+    let closed = {
+        let replicator = replicator.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move { replicator.wait_visible_beyond(&stream, 5).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    replicator.close().await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed);
+}

@@ -1,0 +1,235 @@
+//! What every client of a node shares: the channel (TLS, deadlines), the
+//! request metadata, the mapping of statuses to error kinds, and the
+//! version-2 `Subscribe` client.
+
+use std::time::Duration;
+
+use omnirelay_replication::{Encoding, Error, ErrorKind, Format, StreamId};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::receiver::request;
+use crate::v2::replication_client::ReplicationClient;
+use crate::v2::{PayloadFormat, SubscribeBatch, SubscribeRequest};
+
+/// How to reach a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// The node's URL, `http://host:port` or `https://host:port`.
+    pub url: String,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// A bearer token to send, if the node wants one.
+    pub token: Option<String>,
+    /// For an `https://` URL: the PEM certificate(s) of the authority that
+    /// signed the node's certificate (`None`: the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Connection {
+    /// A plain connection to `url` with a 10-second connect timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connect_timeout: Duration::from_secs(10),
+            token: None,
+            ca_pem: None,
+        }
+    }
+
+    /// A channel that connects on first use (a node that is down is then a
+    /// retryable failure of that call).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for an invalid URL or TLS setting.
+    pub fn channel(&self) -> Result<Channel, Error> {
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| Error::new(ErrorKind::Config, format!("grpc: url {:?}: {e}", self.url)))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        if self.url.starts_with("https://") {
+            let tls = match &self.ca_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::new(ErrorKind::Config, format!("grpc: tls: {e}")))?;
+        }
+        Ok(endpoint.connect_lazy())
+    }
+
+    /// The `authorization` value to send, checked once.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for a token that cannot be a header value.
+    pub(crate) fn authorization(
+        &self,
+    ) -> Result<Option<MetadataValue<tonic::metadata::Ascii>>, Error> {
+        self.token
+            .as_ref()
+            .map(|token| {
+                MetadataValue::try_from(format!("Bearer {token}"))
+                    .map_err(|e| Error::new(ErrorKind::Config, format!("grpc: token: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Request metadata: who sends, and the token.
+#[derive(Clone, Debug)]
+pub(crate) struct Credentials {
+    sender: Option<MetadataValue<tonic::metadata::Ascii>>,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Credentials {
+    pub(crate) fn new(connection: &Connection, sender: Option<&str>) -> Result<Self, Error> {
+        let sender = sender
+            .map(|name| {
+                MetadataValue::try_from(name).map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("grpc: sender {name:?}: {e}"))
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            sender,
+            authorization: connection.authorization()?,
+        })
+    }
+
+    pub(crate) fn apply(&self, metadata: &mut MetadataMap) {
+        if let Some(sender) = &self.sender {
+            metadata.insert(request::SENDER, sender.clone());
+        }
+        if let Some(value) = &self.authorization {
+            metadata.insert("authorization", value.clone());
+        }
+    }
+}
+
+/// The error kind of a failed call: what a retry may fix is
+/// [`ErrorKind::Unavailable`] (or [`ErrorKind::Timeout`]).
+pub(crate) fn status_error(context: &str, status: &tonic::Status) -> Error {
+    use tonic::Code;
+    let kind = match status.code() {
+        Code::DeadlineExceeded => ErrorKind::Timeout,
+        Code::Unavailable
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Internal => ErrorKind::Unavailable,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => ErrorKind::Rejected,
+        _ => ErrorKind::Config,
+    };
+    Error::new(
+        kind,
+        format!("grpc: {context}: {:?}: {}", status.code(), status.message()),
+    )
+}
+
+/// The wire name of a payload format.
+pub(crate) fn payload_format(format: Format) -> Result<PayloadFormat, Error> {
+    match format {
+        Format::Protobuf => Ok(PayloadFormat::Protobuf),
+        Format::Json => Ok(PayloadFormat::Json),
+        other => Err(Error::new(
+            ErrorKind::Config,
+            format!("grpc: payloads are protobuf or JSON, not {other}"),
+        )),
+    }
+}
+
+/// The format of a payload format's wire name (unspecified is protobuf).
+pub(crate) fn format_of(format: PayloadFormat) -> Format {
+    match format {
+        PayloadFormat::Json => Format::Json,
+        PayloadFormat::Unspecified | PayloadFormat::Protobuf => Format::Protobuf,
+    }
+}
+
+/// A follower of a remote node's stream: `Subscribe` from a sequence, then
+/// live. See [`Subscription::open`].
+#[derive(Debug)]
+pub struct Subscription {
+    stream: tonic::Streaming<SubscribeBatch>,
+    next: u64,
+}
+
+impl Subscription {
+    /// Subscribes to `stream` of the node at `connection`, from sequence
+    /// `from`, with payloads in `encoding`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`] if the node cannot be reached;
+    /// [`ErrorKind::Config`] if it refuses (an unknown stream, a missing or
+    /// wrong token) or the settings are invalid.
+    pub async fn open(
+        connection: &Connection,
+        stream: &StreamId,
+        from: u64,
+        encoding: Encoding,
+    ) -> Result<Self, Error> {
+        let credentials = Credentials::new(connection, None)?;
+        let mut client =
+            ReplicationClient::new(connection.channel()?).max_decoding_message_size(usize::MAX);
+        let mut request = tonic::Request::new(SubscribeRequest {
+            stream: stream.as_str().to_owned(),
+            from_sequence: from,
+            write_version: u32::from(encoding.version.get()),
+            format: payload_format(encoding.format)? as i32,
+        });
+        credentials.apply(request.metadata_mut());
+        let response = client
+            .subscribe(request)
+            .await
+            .map_err(|status| status_error(&format!("subscribe to {stream}"), &status))?;
+        Ok(Self {
+            stream: response.into_inner(),
+            next: from.max(1),
+        })
+    }
+
+    /// The next batch of records; `None` once the node ended the stream
+    /// (it shut down).
+    ///
+    /// # Errors
+    ///
+    /// The call failed (the node went away: [`ErrorKind::Unavailable`]),
+    /// or the node sent records out of order ([`ErrorKind::Internal`]).
+    pub async fn next(&mut self) -> Result<Option<SubscribeBatch>, Error> {
+        let Some(batch) = self
+            .stream
+            .message()
+            .await
+            .map_err(|status| status_error("subscription", &status))?
+        else {
+            return Ok(None);
+        };
+        for record in &batch.records {
+            if record.sequence < self.next {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "grpc: subscription went back from {} to {}",
+                        self.next, record.sequence
+                    ),
+                ));
+            }
+            self.next = record.sequence + 1;
+        }
+        if let Some(last) = batch.skipped.iter().max() {
+            self.next = self.next.max(last + 1);
+        }
+        Ok(Some(batch))
+    }
+
+    /// The next sequence the subscription expects.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+}

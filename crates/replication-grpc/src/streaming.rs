@@ -1,0 +1,317 @@
+//! The version-2 service `omnirelay.replication.v2.Replication`:
+//! `PublishStream` into a [`Receiver`] and `Subscribe` to any stream of the
+//! node's log.
+
+use std::iter::Peekable;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use omnirelay_replication::{
+    DurableReplicator, Encoding, Error, ErrorKind, Replay, Replayed, StreamId, WireVersion,
+};
+use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, codec};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::client::format_of;
+use crate::receiver::{Receiver, sender_of, status_of};
+use crate::v2::replication_server::{Replication, ReplicationServer};
+use crate::v2::{
+    PayloadFormat, PublishAck, PublishBatch, StreamRecord, SubscribeBatch, SubscribeRequest,
+};
+
+type Event = ResourceLeaseReplicationEvent;
+
+/// Records per `Subscribe` message, at most.
+const SUBSCRIBE_BATCH_EVENTS: usize = 1024;
+/// Payload bytes per `Subscribe` message, at most (one larger record is
+/// still sent alone).
+const SUBSCRIBE_BATCH_BYTES: usize = 1 << 20;
+
+/// The version-2 replication service of a node: `Subscribe` to any stream
+/// of its log, and, when the node receives, `PublishStream` into its
+/// [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct StreamingService {
+    replicator: Arc<DurableReplicator<Event>>,
+    receiver: Option<Arc<Receiver>>,
+    stop: Option<watch::Receiver<bool>>,
+}
+
+impl StreamingService {
+    /// The service of a node with log `replicator`; `receiver` takes
+    /// `PublishStream` (without one, it answers `UNIMPLEMENTED`, and
+    /// senders fall back to what else they can do).
+    pub fn new(replicator: Arc<DurableReplicator<Event>>, receiver: Option<Arc<Receiver>>) -> Self {
+        Self {
+            replicator,
+            receiver,
+            stop: None,
+        }
+    }
+
+    /// Ends every subscription and publishing stream (cleanly: the peer
+    /// sees the end of the stream) once `stop` turns true, so that a
+    /// graceful shutdown of the server does not wait for peers that would
+    /// never leave.
+    #[must_use]
+    pub fn stopping_on(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// The tonic server of this service.
+    pub fn server(self) -> ReplicationServer<Self> {
+        ReplicationServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+/// Resolves once `stop` turns true (never without one).
+async fn stopped(stop: Option<&mut watch::Receiver<bool>>) {
+    match stop {
+        Some(stop) => {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn decode_batch(batch: PublishBatch) -> Result<Vec<Event>, Status> {
+    let format = format_of(PayloadFormat::try_from(batch.format).unwrap_or_default());
+    batch
+        .events
+        .into_iter()
+        .map(|sent| {
+            let mut event = codec::decode(format, &sent.payload).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "sequence {} is not a {format} replication event: {e}",
+                    sent.sequence
+                ))
+            })?;
+            // The batch's numbering is the sender's word for it.
+            event.sequence_number = i64::try_from(sent.sequence).unwrap_or(0);
+            Ok(event)
+        })
+        .collect()
+}
+
+/// Where a subscription stands: the next sequence to send, and the open
+/// reader while it has more.
+struct Follow {
+    replicator: Arc<DurableReplicator<Event>>,
+    stream: StreamId,
+    encoding: Encoding,
+    next: u64,
+    visible: u64,
+    reader: Option<Peekable<Replay<Event>>>,
+}
+
+impl Follow {
+    /// The next message: records from `next` on, waiting for new ones.
+    async fn next_batch(&mut self) -> Result<SubscribeBatch, Error> {
+        if self.next > self.visible {
+            self.visible = self
+                .replicator
+                .wait_visible_beyond(&self.stream, self.next - 1)
+                .await?;
+        }
+        let mut reader = match self.reader.take() {
+            Some(reader) => reader,
+            None => self
+                .replicator
+                .replay(&self.stream, self.next, self.encoding)
+                .await?
+                .peekable(),
+        };
+        let (next, through) = (self.next, self.visible);
+        // The log's files are read on a blocking thread.
+        let (reader, batch) = tokio::task::spawn_blocking(move || {
+            let batch = read_batch(&mut reader, next, through);
+            (reader, batch)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("log reader: {e}")))?;
+        let (mut batch, exhausted) = batch?;
+        if !exhausted {
+            self.reader = Some(reader);
+        }
+        let last = batch
+            .records
+            .last()
+            .map(|r| r.sequence)
+            .into_iter()
+            .chain(batch.skipped.iter().copied())
+            .max();
+        self.next = last.map_or(self.next, |last| last + 1);
+        batch.head = self.visible;
+        Ok(batch)
+    }
+}
+
+/// Reads records `next..=through` (or as many as fit one message) from
+/// `reader`. Returns the batch and whether the reader ran dry.
+fn read_batch(
+    reader: &mut Peekable<Replay<Event>>,
+    next: u64,
+    through: u64,
+) -> Result<(SubscribeBatch, bool), Error> {
+    let mut batch = SubscribeBatch::default();
+    let mut bytes = 0usize;
+    let mut expected = next;
+    while expected <= through && batch.records.len() + batch.skipped.len() < SUBSCRIBE_BATCH_EVENTS
+    {
+        let sequence = match reader.peek() {
+            None => return Ok((batch, true)),
+            Some(Err(_)) => {
+                return Err(reader
+                    .next()
+                    .and_then(Result::err)
+                    .unwrap_or_else(|| Error::new(ErrorKind::Internal, "log reader")));
+            }
+            Some(Ok(Replayed::Record(record))) => record.sequence(),
+            Some(Ok(Replayed::Skipped { sequence, .. })) => *sequence,
+        };
+        if sequence > through {
+            break;
+        }
+        if sequence != expected {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "the log no longer holds sequence {expected} (it starts at {sequence}): retention removed it"
+                ),
+            ));
+        }
+        if let Some(Ok(Replayed::Record(record))) = reader.peek() {
+            if !batch.records.is_empty() && bytes + record.bytes().len() > SUBSCRIBE_BATCH_BYTES {
+                break;
+            }
+            bytes += record.bytes().len();
+        }
+        match reader.next() {
+            Some(Ok(Replayed::Record(record))) => batch.records.push(StreamRecord {
+                sequence,
+                payload: record.bytes().clone(),
+            }),
+            Some(Ok(Replayed::Skipped { .. })) => batch.skipped.push(sequence),
+            _ => break,
+        }
+        expected += 1;
+    }
+    Ok((batch, false))
+}
+
+#[tonic::async_trait]
+impl Replication for StreamingService {
+    type PublishStreamStream = BoxStream<PublishAck>;
+    type SubscribeStream = BoxStream<SubscribeBatch>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishBatch>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let receiver = self.receiver.clone().ok_or_else(|| {
+            Status::unimplemented("this node does not receive events (it is not a receiver)")
+        })?;
+        let (sender, epoch) = sender_of(request.metadata())?;
+        let inbound = request.into_inner();
+        let stop = self.stop.clone();
+        // Each batch is answered before the next is read: the sender's
+        // window is the transport's flow control.
+        let acks = futures::stream::unfold(
+            Some((inbound, receiver, sender, stop)),
+            move |state| async move {
+                let (mut inbound, receiver, sender, mut stop) = state?;
+                let batch = tokio::select! {
+                    batch = inbound.message() => batch,
+                    () = stopped(stop.as_mut()) => return None,
+                };
+                let batch = match batch {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => return None,
+                    Err(status) => return Some((Err(status), None)),
+                };
+                let events = match decode_batch(batch) {
+                    Ok(events) => events,
+                    Err(status) => return Some((Err(status), None)),
+                };
+                match receiver.receive_batch(&sender, epoch, events).await {
+                    Ok(outcome) => Some((
+                        Ok(PublishAck {
+                            epoch: outcome.epoch,
+                            high_water: outcome.high_water,
+                            appended: outcome.appended,
+                            duplicates: outcome.duplicates,
+                        }),
+                        Some((inbound, receiver, sender, stop)),
+                    )),
+                    Err(error) => Some((Err(status_of(&error)), None)),
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(acks)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let stream = if request.stream.is_empty() {
+            StreamId::default()
+        } else {
+            StreamId::new(&request.stream)
+                .map_err(|e| Status::invalid_argument(format!("stream: {e}")))?
+        };
+        let version = match request.write_version {
+            0 => WireVersion::V1,
+            v => u16::try_from(v)
+                .ok()
+                .and_then(WireVersion::new)
+                .ok_or_else(|| Status::invalid_argument(format!("write_version {v}")))?,
+        };
+        let format = format_of(
+            PayloadFormat::try_from(request.format)
+                .map_err(|_| Status::invalid_argument(format!("format {}", request.format)))?,
+        );
+        let known = self
+            .replicator
+            .stream_snapshots()
+            .await
+            .iter()
+            .any(|s| s.stream == stream.as_str());
+        if !known {
+            return Err(Status::not_found(format!(
+                "this node has no stream {stream}"
+            )));
+        }
+        let follow = Follow {
+            replicator: self.replicator.clone(),
+            stream,
+            encoding: Encoding::new(format, version),
+            next: request.from_sequence.max(1),
+            visible: 0,
+            reader: None,
+        };
+        let stop = self.stop.clone();
+        let batches = futures::stream::unfold(Some((follow, stop)), |state| async move {
+            let (mut follow, mut stop) = state?;
+            let batch = tokio::select! {
+                batch = follow.next_batch() => batch,
+                () = stopped(stop.as_mut()) => return None,
+            };
+            match batch {
+                Ok(batch) => Some((Ok(batch), Some((follow, stop)))),
+                // The log closed: the node is shutting down.
+                Err(error) if error.kind() == ErrorKind::Closed => None,
+                Err(error) => Some((Err(status_of(&error)), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(batches)))
+    }
+}

@@ -1,0 +1,148 @@
+//! The version-2 service over a real socket: the sink's fallback to the
+//! reference's `Publish`, and `Subscribe` from any sequence, then live.
+
+use std::time::Duration;
+
+use omnirelay_replication::{Encoding, ErrorKind, SinkExt as _, StreamId};
+use omnirelay_replication_grpc::{Connection, Subscription, origin};
+use omnirelay_resourcelease::json;
+
+use crate::publish::{Node, fixtures, record};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_falls_back_to_publish_when_the_receiver_has_no_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::serve(dir.path(), None, false).await;
+    let records: Vec<_> = fixtures().iter().map(|(b, e)| record(b, e)).collect();
+    let sink = node.sink("old-peer");
+    assert!(!sink.is_unary(), "auto tries the stream first");
+    sink.apply_owned(&records).await.unwrap();
+    assert!(sink.is_unary(), "and remembers the receiver lacks it");
+    node.replicator.wait_caught_up().await;
+    assert_eq!(node.received().len(), 8);
+    node.stop().await;
+}
+
+/// Collects subscription batches until `count` records arrived.
+async fn take(subscription: &mut Subscription, count: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("the subscription went quiet")
+            .unwrap()
+            .expect("the subscription ended");
+        assert!(batch.head >= batch.records.last().map_or(0, |r| r.sequence));
+        out.extend(
+            batch
+                .records
+                .into_iter()
+                .map(|r| (r.sequence, r.payload.to_vec())),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_returns_the_log_from_a_sequence_in_order_then_follows_it_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path()).await;
+    let records: Vec<_> = fixtures().iter().map(|(b, e)| record(b, e)).collect();
+    node.sink("a").apply_owned(&records).await.unwrap();
+    let connection = Connection::new(node.url.clone());
+    let stream = StreamId::default();
+
+    let mut from_five = Subscription::open(&connection, &stream, 5, Encoding::JSON_V1)
+        .await
+        .unwrap();
+    let got = take(&mut from_five, 4).await;
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![5, 6, 7, 8]
+    );
+    for (sequence, payload) in &got {
+        let event = json::decode(payload).unwrap();
+        assert_eq!(event.sequence_number as u64, *sequence);
+        assert_eq!(
+            event.metadata.get(origin::SEQUENCE),
+            Some(sequence.to_string().as_str()),
+            "the log's sequence {sequence} came from the sender's {sequence}"
+        );
+    }
+    // A follower waiting past the head gets events as they are appended.
+    let mut ahead = Subscription::open(&connection, &stream, 10, Encoding::PROTOBUF_V1)
+        .await
+        .unwrap();
+    node.sink("b").apply_owned(&records[..3]).await.unwrap();
+    let live = take(&mut from_five, 3).await;
+    assert_eq!(
+        live.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![9, 10, 11]
+    );
+    assert_eq!(
+        json::decode(&live[0].1)
+            .unwrap()
+            .metadata
+            .get(origin::SENDER),
+        Some("b")
+    );
+    let ahead = take(&mut ahead, 2).await;
+    assert_eq!(
+        ahead.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![10, 11]
+    );
+    let event = omnirelay_resourcelease::proto::decode(&ahead[0].1).unwrap();
+    assert_eq!(event.sequence_number, 10);
+
+    // An unknown stream is refused, not created.
+    let err = Subscription::open(
+        &connection,
+        &StreamId::new("nope").unwrap(),
+        1,
+        Encoding::JSON_V1,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("NotFound"), "{err}");
+    assert!(!dir.path().join("log").join("nope").exists());
+
+    // Stopping the node ends its subscriptions cleanly.
+    let stopping = tokio::spawn(node.stop());
+    let end = tokio::time::timeout(Duration::from_secs(10), from_five.next())
+        .await
+        .unwrap();
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the node stopped with a follower attached")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_with_a_token_configured_refuses_calls_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with_token(dir.path(), Some("s3cret")).await;
+    let records: Vec<_> = fixtures().iter().map(|(b, e)| record(b, e)).collect();
+    node.sink_with_token("a", Some("s3cret"))
+        .apply_owned(&records[..2])
+        .await
+        .unwrap();
+    let stream = StreamId::default();
+    for token in [None, Some("wrong")] {
+        let mut connection = Connection::new(node.url.clone());
+        connection.token = token.map(str::to_owned);
+        let refused = Subscription::open(&connection, &stream, 1, Encoding::JSON_V1)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Config, "{token:?}: {refused}");
+        assert!(refused.to_string().contains("Unauthenticated"), "{refused}");
+    }
+    let mut connection = Connection::new(node.url.clone());
+    connection.token = Some("s3cret".to_owned());
+    let mut subscription = Subscription::open(&connection, &stream, 1, Encoding::JSON_V1)
+        .await
+        .unwrap();
+    assert_eq!(take(&mut subscription, 2).await.len(), 2);
+    drop(subscription);
+    node.stop().await;
+}

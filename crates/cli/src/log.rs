@@ -103,18 +103,29 @@ pub(crate) fn replay(
 }
 
 pub(crate) async fn tail(
-    data_dir: &Path,
+    source: &TailSource,
     stream: &str,
     lines: u64,
+    from: Option<u64>,
     follow: bool,
     write_version: u16,
 ) -> anyhow::Result<ExitCode> {
+    let data_dir = match source {
+        TailSource::Local(dir) => dir,
+        TailSource::Remote(connection) => {
+            return tail_remote(connection, stream, lines, from, follow, write_version).await;
+        }
+    };
     let stream = StreamId::new(stream)?;
     let encoding = encoding(write_version)?;
-    let dir = DurableReplicator::<Event>::stream_dir(data_dir, &stream);
-    let report = LogReader::new(&dir).verify()?;
-    let last = report.last.unwrap_or(0);
-    let mut next = last.saturating_sub(lines) + 1;
+    let mut next = match from {
+        Some(from) => from.max(1),
+        None => {
+            let dir = DurableReplicator::<Event>::stream_dir(data_dir, &stream);
+            let last = LogReader::new(&dir).verify()?.last.unwrap_or(0);
+            last.saturating_sub(lines) + 1
+        }
+    };
     loop {
         let mut out = io::BufWriter::new(io::stdout().lock());
         let (after, failed) = print_from(data_dir, &stream, next, encoding, &mut out)?;
@@ -237,5 +248,71 @@ pub(crate) fn inspect(data_dir: &Path, only: Option<&str>) -> anyhow::Result<Exi
             )?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where `log tail` reads: a local data directory or a remote node.
+#[derive(Debug)]
+pub(crate) enum TailSource {
+    /// A data directory on this machine.
+    Local(std::path::PathBuf),
+    /// A node's `Subscribe`.
+    Remote(omnirelay_replication_grpc::Connection),
+}
+
+/// `log tail --url`: the newest events of a remote node's stream (or from
+/// `from`), then with `follow` every new one as it is appended.
+async fn tail_remote(
+    connection: &omnirelay_replication_grpc::Connection,
+    stream: &str,
+    lines: u64,
+    from: Option<u64>,
+    follow: bool,
+    write_version: u16,
+) -> anyhow::Result<ExitCode> {
+    use omnirelay_replication_grpc::Subscription;
+    let stream = StreamId::new(stream)?;
+    let encoding = encoding(write_version)?;
+    let stream = &stream;
+    let open = |from: u64| async move {
+        Subscription::open(connection, stream, from, encoding)
+            .await
+            .with_context(|| format!("cannot subscribe to stream {stream} at {}", connection.url))
+    };
+    // Where to start, and (without --follow) where to stop: the head the
+    // node reports with its first answer.
+    let mut subscription = open(from.unwrap_or(1)).await?;
+    let mut first = subscription.next().await?;
+    let head = first.as_ref().map_or(0, |batch| batch.head);
+    if from.is_none() && head > lines {
+        subscription = open(head - lines + 1).await?;
+        first = subscription.next().await?;
+    }
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut batch = first;
+    while let Some(current) = batch {
+        for record in &current.records {
+            out.write_all(&record.payload)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        for sequence in &current.skipped {
+            crate::node::say(
+                true,
+                &format!("sequence {sequence} skipped: it has no form in version {write_version}"),
+            );
+        }
+        if !follow && subscription.position() > head {
+            return Ok(ExitCode::SUCCESS);
+        }
+        batch = subscription.next().await?;
+    }
+    crate::node::say(
+        true,
+        &format!(
+            "{} ended the subscription (it is shutting down)",
+            connection.url
+        ),
+    );
     Ok(ExitCode::SUCCESS)
 }

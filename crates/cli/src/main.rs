@@ -2,10 +2,12 @@
 //! are parsed here and the work is done by the library crates.
 
 mod config_cmd;
+mod listener;
 mod log;
 mod node;
 mod publish;
 mod schema;
+mod serve;
 
 /// A faster allocator for a workload of many small, short-lived objects
 /// allocated and freed on different threads.
@@ -45,6 +47,18 @@ enum Command {
         #[command(flatten)]
         node: node::NodeArgs,
         /// The stream to publish to.
+        #[arg(long, default_value = "default")]
+        stream: String,
+    },
+    /// Run a node until SIGINT or SIGTERM: its HTTP endpoints (/metrics,
+    /// /healthz, /readyz) and gRPC services on the one --listen address.
+    Serve {
+        #[command(flatten)]
+        node: node::NodeArgs,
+        /// What the node does.
+        #[arg(long, value_enum)]
+        role: serve::Role,
+        /// The stream a receiver appends what it receives to.
         #[arg(long, default_value = "default")]
         stream: String,
     },
@@ -110,17 +124,32 @@ enum LogCommand {
         stream: Option<String>,
     },
     /// Print the newest events of a stream, and with --follow keep printing
-    /// new ones.
+    /// new ones: from a local data directory, or from a running node
+    /// (--url, over gRPC Subscribe).
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["data_dir", "url"])))]
     Tail {
         /// The data directory.
         #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        /// A running node's URL (http:// or https://).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// The bearer token the node wants (with --url).
+        #[arg(long, value_name = "TOKEN", requires = "url")]
+        token: Option<String>,
+        /// The PEM certificate of the authority that signed the node's
+        /// certificate (with an https:// --url; default: the system's).
+        #[arg(long, value_name = "FILE", requires = "url")]
+        ca_file: Option<PathBuf>,
         /// The stream.
         #[arg(long, default_value = "default")]
         stream: String,
         /// How many of the newest events to print first.
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: u64,
+        /// Start at this sequence instead of the newest events.
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
         /// Keep printing events as they are written.
         #[arg(long)]
         follow: bool,
@@ -184,7 +213,7 @@ struct BenchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Long-running commands install logging from their configuration.
-    if !matches!(cli.command, Command::Publish { .. }) {
+    if !matches!(cli.command, Command::Publish { .. } | Command::Serve { .. }) {
         node::install_logging(omnirelay_replication::config::LogFormatConfig::Text, "warn");
     }
     match run(cli) {
@@ -234,13 +263,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Log(LogCommand::Inspect { data_dir, stream }) => {
             log::inspect(&data_dir, stream.as_deref())
         }
+        Command::Serve { node, role, stream } => {
+            runtime()?.block_on(serve::run(&node, role, &stream))
+        }
         Command::Log(LogCommand::Tail {
             data_dir,
+            url,
+            token,
+            ca_file,
             stream,
             lines,
+            from,
             follow,
             write_version,
-        }) => runtime()?.block_on(log::tail(&data_dir, &stream, lines, follow, write_version)),
+        }) => {
+            let source = match (data_dir, url) {
+                (Some(dir), _) => log::TailSource::Local(dir),
+                (None, Some(url)) => {
+                    let mut connection = omnirelay_replication_grpc::Connection::new(url);
+                    connection.token = token;
+                    connection.ca_pem = match ca_file {
+                        Some(file) => Some(
+                            std::fs::read(&file)
+                                .with_context(|| format!("cannot read {}", file.display()))?,
+                        ),
+                        None => None,
+                    };
+                    log::TailSource::Remote(connection)
+                }
+                (None, None) => anyhow::bail!("log tail needs --data-dir DIR or --url URL"),
+            };
+            runtime()?.block_on(log::tail(
+                &source,
+                &stream,
+                lines,
+                from,
+                follow,
+                write_version,
+            ))
+        }
         Command::Schema(SchemaCommand::Convert {
             from,
             to,

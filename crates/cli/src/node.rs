@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context as _, bail};
 use axum::Router;
 use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use omnirelay_replication::Codec as _;
@@ -153,35 +154,61 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// The HTTP listener: `GET /metrics`, `/healthz`, `/readyz`.
+/// The node's one listener: HTTP/1.1 and HTTP/2 (cleartext, or TLS from
+/// `server.tls`) on one port, serving `GET /metrics`, `/healthz`,
+/// `/readyz` and the node's gRPC services.
 #[derive(Debug)]
 pub(crate) struct Server {
     stop: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
+    address: std::net::SocketAddr,
+    scheme: &'static str,
 }
 
-impl Server {
-    /// Binds `listen` and serves until [`Server::stop`]; `/readyz` answers
-    /// 503 until [`Server::set_ready`].
-    pub(crate) async fn start(
-        listen: &str,
-        valid: &ValidConfig,
-        metrics: PrometheusHandle,
-    ) -> anyhow::Result<Self> {
-        if valid.tls.is_some() {
-            bail!(
-                "server.tls is set, but this command's listener serves plain HTTP only (TLS arrives with the service roles); remove server.tls or put a TLS proxy in front"
-            );
-        }
+/// A bound listener, before it serves: see [`Bound::serve`].
+#[derive(Debug)]
+pub(crate) struct Bound {
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Bound {
+    /// Binds `listen` (TLS when configured; the files are read now).
+    pub(crate) async fn bind(listen: &str, valid: &ValidConfig) -> anyhow::Result<Self> {
+        let tls = match &valid.tls {
+            Some((cert, key)) => Some(crate::listener::server_config(cert, key)?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let address = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            tls,
+            stop: watch::Sender::new(false),
+        })
+    }
+
+    /// Turns true when the server begins to stop: services with
+    /// long-lived streams end them then.
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Serves until [`Server::stop`]; `/readyz` answers 503 until
+    /// [`Server::set_ready`].
+    pub(crate) fn serve(
+        self,
+        metrics: PrometheusHandle,
+        grpc: Option<tonic::service::Routes>,
+    ) -> anyhow::Result<Server> {
+        let address = self.listener.local_addr()?;
         let upkeep = metrics.clone();
         let ready = Arc::new(AtomicBool::new(false));
         let probe = ready.clone();
-        let app = Router::new()
+        let mut app = Router::new()
             .route(
                 "/metrics",
                 get(move || {
@@ -203,14 +230,60 @@ impl Server {
                     }
                 }),
             );
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut done = stopped.clone();
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
+        app = match grpc {
+            // gRPC calls are every POST the HTTP routes do not take with a
+            // gRPC content type; everything else unknown is a plain 404.
+            Some(routes) => {
+                let grpc = routes.into_axum_router();
+                app.fallback(move |request: axum::extract::Request| {
+                    let grpc = grpc.clone();
+                    async move {
+                        let is_grpc = request
+                            .headers()
+                            .get(axum::http::header::CONTENT_TYPE)
+                            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                        if is_grpc {
+                            use tower::ServiceExt as _;
+                            match grpc.oneshot(request).await {
+                                Ok(response) => response,
+                                Err(never) => match never {},
+                            }
+                        } else {
+                            (StatusCode::NOT_FOUND, "not found\n").into_response()
+                        }
+                    }
                 })
-                .into_future();
+            }
+            None => app.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") }),
+        };
+        let mut stopped = self.stop.subscribe();
+        let mut done = self.stop.subscribe();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let listener = self.listener;
+        let tls = self.tls;
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            let serve = async move {
+                match tls {
+                    Some(config) => match crate::listener::TlsListener::new(listener, config) {
+                        Ok(tls) => {
+                            axum::serve(tls, app)
+                                .with_graceful_shutdown(shutdown)
+                                .into_future()
+                                .await
+                        }
+                        Err(err) => Err(err),
+                    },
+                    None => {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(shutdown)
+                            .into_future()
+                            .await
+                    }
+                }
+            };
             // Histogram upkeep, while serving.
             let upkeep = async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -223,11 +296,33 @@ impl Server {
             };
             let (served, ()) = tokio::join!(serve, upkeep);
             if let Err(err) = served {
-                let _ = writeln!(io::stderr(), "omnirelay: the HTTP listener failed: {err}");
+                let _ = writeln!(io::stderr(), "omnirelay: the listener failed: {err}");
             }
         });
-        say(false, &format!("listening on http://{address}"));
-        Ok(Self { stop, ready, task })
+        say(false, &format!("listening on {scheme}://{address}"));
+        Ok(Server {
+            stop: self.stop,
+            ready,
+            task,
+            address,
+            scheme,
+        })
+    }
+}
+
+impl Server {
+    /// Binds `listen` and serves the HTTP endpoints only.
+    pub(crate) async fn start(
+        listen: &str,
+        valid: &ValidConfig,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<Self> {
+        Bound::bind(listen, valid).await?.serve(metrics, None)
+    }
+
+    /// The URL the server answers on.
+    pub(crate) fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.address)
     }
 
     /// From now on `/readyz` answers 200 (until then, 503).

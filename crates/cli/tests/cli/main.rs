@@ -8,6 +8,7 @@ mod config;
 mod log;
 mod prometheus;
 mod schema;
+mod serve;
 mod sqlite;
 
 use std::io::{BufRead, BufReader, Write};
@@ -28,7 +29,7 @@ pub(crate) fn omnirelay(args: &[&str], stdin: &[u8]) -> Output {
 }
 
 /// Starts `omnirelay ARGS` with its standard streams piped.
-fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Child {
+pub(crate) fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_omnirelay"))
         .args(args)
         .stdin(Stdio::piped())
@@ -79,10 +80,27 @@ pub(crate) fn spawn_listening<S: AsRef<std::ffi::OsStr>>(
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
+    let line = line.trim();
     let address = line
-        .trim()
         .strip_prefix("listening on http://")
+        .or_else(|| line.strip_prefix("listening on https://"))
         .unwrap_or_else(|| panic!("no listening line: {line}"))
         .to_owned();
     (child, address, stderr)
+}
+
+/// `GET path` over HTTP/1.0; the status code and body, or `None` when
+/// nothing answers.
+pub(crate) fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }

@@ -3,8 +3,8 @@
 //! the suggested alerts work against what they export.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{broken_sink_config, spawn_listening};
+use crate::{broken_sink_config, http_get, spawn_listening};
 
 /// How long Prometheus may take to have everything (it scrapes every
 /// second here).
@@ -30,20 +30,6 @@ fn event(i: usize) -> String {
         r#"{{"eventType":"{kind}","peerId":"peer-{}","payload":{{"resourceType":"t","resourceId":"r{i}","partitionKey":"k","payloadEncoding":"json","body":"e30="}}}}"#,
         i % 2
     ) + "\n"
-}
-
-/// `GET path`; the status code and body, or `None` when nothing answers.
-fn get(address: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
 }
 
 fn percent_encode(text: &str) -> String {
@@ -210,7 +196,7 @@ impl Prometheus {
             dir,
         };
         prometheus.wait_for("Prometheus to be ready", || {
-            get(&prometheus.address, "/-/ready").is_some_and(|(status, _)| status == 200)
+            http_get(&prometheus.address, "/-/ready").is_some_and(|(status, _)| status == 200)
         });
         prometheus
     }
@@ -220,7 +206,7 @@ impl Prometheus {
     }
 
     fn api(&self, path: &str) -> Value {
-        let (status, body) = get(&self.address, path)
+        let (status, body) = http_get(&self.address, path)
             .unwrap_or_else(|| panic!("Prometheus stopped answering:\n{}", self.log()));
         let value: Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"));

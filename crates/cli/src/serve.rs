@@ -1,0 +1,92 @@
+//! `omnirelay serve`: a long-running node on one listener.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use omnirelay_replication::{SinkExt as _, StreamId};
+use omnirelay_replication_grpc::Receiver;
+use omnirelay_resourcelease::ResourceLeaseCodec;
+use omnirelay_resourcelease::telemetry::LagRecording;
+
+use crate::node::{self, Bound, NodeArgs};
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Role {
+    /// Receives events from other nodes (the reference's `Publish` and the
+    /// streaming `PublishStream`) into its own durable log and sinks, and
+    /// serves `Subscribe` to its log.
+    Receiver,
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub(crate) async fn run(args: &NodeArgs, role: Role, stream: &str) -> anyhow::Result<ExitCode> {
+    let stream = StreamId::new(stream)?;
+    let valid = args.load()?;
+    node::install_logging(valid.telemetry.log_format, &valid.telemetry.log_level);
+    let listen = valid
+        .listen
+        .clone()
+        .context("serve needs an address to listen on: --listen HOST:PORT (or server.listen)")?;
+    let bound = Bound::bind(&listen, &valid).await?;
+    let metrics = node::install_metrics()?;
+    let replicator = Arc::new(
+        valid
+            .build_with(Arc::new(ResourceLeaseCodec), |_, sink| {
+                LagRecording::new(sink).shared()
+            })
+            .await
+            .with_context(|| format!("cannot start replication in {}", valid.data_dir.display()))?,
+    );
+    let receiver = match role {
+        Role::Receiver => Arc::new(
+            Receiver::open(replicator.clone(), stream.clone())
+                .await
+                .with_context(|| format!("cannot open stream {stream} to receive into"))?,
+        ),
+    };
+    let routes = omnirelay_replication_grpc::routes(
+        replicator.clone(),
+        Some(receiver.clone()),
+        valid.token.clone(),
+        bound.stopping(),
+    );
+    let server = bound.serve(metrics, Some(routes))?;
+    server.set_ready();
+    node::say(
+        false,
+        &format!(
+            "receiver ready: events sent to {} go to stream {stream} in {}",
+            server.url(),
+            valid.data_dir.display()
+        ),
+    );
+    shutdown_signal().await?;
+    node::say(false, "stopping");
+    server.stop().await;
+    replicator.close().await?;
+    let stats = receiver.stats();
+    node::say(
+        false,
+        &format!(
+            "stopped: {} events received, {} re-sent events ignored, {} sequences skipped by senders",
+            stats.appended.load(Ordering::Relaxed),
+            stats.duplicates.load(Ordering::Relaxed),
+            stats.gaps.load(Ordering::Relaxed)
+        ),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot watch for SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

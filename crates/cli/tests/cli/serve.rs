@@ -1,0 +1,260 @@
+//! `omnirelay serve --role receiver` and `omnirelay log tail --url`,
+//! black-box: a receiver node, publishers replicating to it over gRPC, and
+//! followers subscribing to it, each its own process, on one port.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use omnirelay_replication_testkit::process::signal;
+use serde_json::Value;
+
+use crate::log::{dir_arg, events};
+use crate::{http_get, omnirelay, spawn, spawn_listening, text};
+
+/// A publisher's configuration: its log in `dir`, one `grpc` sink to
+/// `url` named `sender`, and `extra` settings of that sink.
+fn sender_config(dir: &Path, url: &str, sender: &str, extra: &str) -> PathBuf {
+    let config = dir.join("sender.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"data_dir = "{}"
+[replication.sinks.peer]
+type = "grpc"
+[replication.sinks.peer.retry]
+initial_backoff_ms = 10
+max_backoff_ms = 100
+[replication.sinks.peer.settings]
+url = "{url}"
+sender = "{sender}"
+{extra}
+"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Lines of a child's stdout, read on a thread.
+fn lines_of(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next `count` events a follower printed: (sequence, origin sequence).
+fn take(lines: &mpsc::Receiver<String>, count: usize) -> Vec<(u64, u64)> {
+    (0..count)
+        .map(|_| {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the follower printed nothing");
+            let event: Value = serde_json::from_str(&line).unwrap();
+            let origin = event["metadata"]["replication.origin.sequence"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            (event["sequenceNumber"].as_u64().unwrap(), origin)
+        })
+        .collect()
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    assert!(signal(child.id(), "TERM"));
+    child.wait().unwrap()
+}
+
+#[test]
+fn heavy_a_receiver_takes_events_from_publishers_and_serves_subscribe_on_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver_dir = dir.path().join("receiver");
+    let (receiver, address, mut receiver_err) = spawn_listening(&[
+        "serve",
+        "--role",
+        "receiver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(&receiver_dir),
+    ]);
+    let url = format!("http://{address}");
+    let mut ready = String::new();
+    receiver_err.read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("receiver ready"), "{ready}");
+    // HTTP on the port of the gRPC services.
+    assert_eq!(http_get(&address, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(&address, "/readyz").unwrap().0, 200);
+    assert!(
+        http_get(&address, "/metrics")
+            .unwrap()
+            .1
+            .contains("omnirelay_replication_published_events_total")
+    );
+    assert_eq!(http_get(&address, "/no-such-page").unwrap().0, 404);
+
+    // A follower from sequence 3, started before anything exists there.
+    let mut follower = spawn(&["log", "tail", "--follow", "--url", &url, "--from", "3"]);
+    let followed = lines_of(follower.stdout.take().unwrap());
+
+    // A publisher replicates five events to the receiver...
+    let sender_dir = dir.path().join("sender");
+    std::fs::create_dir_all(&sender_dir).unwrap();
+    let config = sender_config(&sender_dir, &url, "node-a", "");
+    let config = config.to_str().unwrap();
+    let out = omnirelay(&["publish", "--config", config], events(0..5).as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // ... and the follower, in another process, gets 3.. in order.
+    assert_eq!(take(&followed, 3), vec![(3, 3), (4, 4), (5, 5)]);
+    // Then live events, as they arrive.
+    let out = omnirelay(&["publish", "--config", config], events(5..8).as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(take(&followed, 3), vec![(6, 6), (7, 7), (8, 8)]);
+
+    // Without --follow: the newest events, then the command ends.
+    let out = omnirelay(&["log", "tail", "--url", &url, "-n", "2"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sequences: Vec<u64> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["sequenceNumber"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sequences, vec![7, 8]);
+
+    // Stopping the receiver ends the follower's subscription cleanly.
+    assert!(stop(receiver).success());
+    let ended = follower.wait().unwrap();
+    assert!(ended.success(), "{ended}");
+    // What the receiver logged is what it was sent, once.
+    let out = omnirelay(
+        &["log", "replay", "--data-dir", dir_arg(&receiver_dir)],
+        b"",
+    );
+    assert_eq!(text(&out.stdout).lines().count(), 8);
+}
+
+#[test]
+fn heavy_tls_and_a_token_guard_the_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let receiver_dir = dir.path().join("receiver");
+    let receiver_config = dir.path().join("receiver.toml");
+    std::fs::write(
+        &receiver_config,
+        format!(
+            "data_dir = \"{}\"\n[server]\ntoken = \"s3cret\"\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            receiver_dir.display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let (receiver, address, _err) = spawn_listening(&[
+        "serve",
+        "--role",
+        "receiver",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        receiver_config.to_str().unwrap(),
+    ]);
+    let port = address.rsplit(':').next().unwrap();
+    let url = format!("https://localhost:{port}");
+    let ca = cert.to_str().unwrap();
+
+    // A publisher with the token and the authority's certificate.
+    let sender_dir = dir.path().join("sender");
+    std::fs::create_dir_all(&sender_dir).unwrap();
+    let config = sender_config(
+        &sender_dir,
+        &url,
+        "node-tls",
+        &format!("token = \"s3cret\"\nca_file = \"{ca}\"\nprotocol = \"stream\""),
+    );
+    let out = omnirelay(
+        &["publish", "--config", config.to_str().unwrap()],
+        events(0..4).as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tail = |extra: &[&str]| {
+        let mut args = vec!["log", "tail", "--url", &url, "--ca-file", ca, "-n", "10"];
+        args.extend_from_slice(extra);
+        omnirelay(&args, b"")
+    };
+    let out = tail(&["--token", "s3cret"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 4);
+    for refused in [tail(&[]), tail(&["--token", "guess"])] {
+        assert!(!refused.status.success());
+        assert!(
+            text(&refused.stderr).contains("Unauthenticated"),
+            "{}",
+            text(&refused.stderr)
+        );
+    }
+    // Plain HTTP to the TLS port gets nowhere.
+    assert!(http_get(&address, "/healthz").is_none_or(|(status, _)| status != 200));
+    assert!(stop(receiver).success());
+}
+
+#[test]
+fn serve_refuses_what_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = omnirelay(
+        &[
+            "serve",
+            "--role",
+            "receiver",
+            "--data-dir",
+            dir_arg(dir.path()),
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--listen"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = omnirelay(
+        &["serve", "--role", "janitor", "--listen", "127.0.0.1:0"],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("possible values: receiver"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = omnirelay(&["log", "tail", "--follow"], b"");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--data-dir"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = omnirelay(&["log", "tail", "--url", "http://127.0.0.1:1"], b"");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot subscribe"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -120,14 +120,20 @@ impl GrpcSink {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.options.timeout);
         self.credentials.apply(request.metadata_mut());
-        self.unary
-            .clone()
-            .publish(request)
-            .await
-            .map(|_| ())
-            .map_err(|status| {
+        let mut client = self.unary.clone();
+        match tokio::time::timeout(self.options.timeout, client.publish(request)).await {
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "grpc: publish sequence {}: no answer within {:?}",
+                    record.sequence(),
+                    self.options.timeout
+                ),
+            )),
+            Ok(answer) => answer.map(|_| ()).map_err(|status| {
                 status_error(&format!("publish sequence {}", record.sequence()), &status)
-            })
+            }),
+        }
     }
 
     async fn apply_unary(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {

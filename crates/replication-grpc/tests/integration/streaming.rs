@@ -146,3 +146,37 @@ async fn subscribe_with_a_token_configured_refuses_calls_without_it() {
     drop(subscription);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_is_a_retryable_timeout_for_either_protocol() {
+    use omnirelay_replication_grpc::{GrpcSink, GrpcSinkOptions, Protocol};
+    // Accepts connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            held.push(connection);
+        }
+    });
+    let records: Vec<_> = fixtures().iter().map(|(b, e)| record(b, e)).collect();
+    for protocol in [Protocol::Stream, Protocol::Unary] {
+        let sink = GrpcSink::new(GrpcSinkOptions {
+            url: url.clone(),
+            sender: "a".to_owned(),
+            timeout: Duration::from_millis(300),
+            token: None,
+            ca_pem: None,
+            protocol,
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = sink.apply_owned(&records[..2]).await.unwrap_err();
+        assert!(err.kind().is_retryable(), "{protocol:?}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{protocol:?}: the deadline held"
+        );
+    }
+    silent.abort();
+}

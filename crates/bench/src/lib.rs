@@ -16,4 +16,5 @@ mod runner;
 pub mod scenario;
 
 pub use runner::{BenchOptions, BenchRecord, BenchRun, RunError, render_table, run};
+pub use scenario::grpc::serve_raw_peer;
 pub use scenario::{Entry, Scenario, Side, scenarios};

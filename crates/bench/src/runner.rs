@@ -16,6 +16,9 @@ pub struct BenchOptions {
     pub quick: bool,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The `omnirelay` binary, for scenarios that run peers in processes
+    /// of their own (`serve`, `bench-peer`); without it they are skipped.
+    pub peer: Option<std::path::PathBuf>,
 }
 
 impl BenchOptions {
@@ -100,7 +103,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchRun, RunError> {
     let mut skipped = Vec::new();
     for entry in selected {
         bar.set_message(format!("{} (setting up)", entry.name));
-        let mut scenario = match (entry.build)() {
+        let mut scenario = match (entry.build)(options) {
             Ok(scenario) => scenario,
             Err(why) => {
                 skipped.push((entry.name, why));
@@ -290,11 +293,12 @@ mod tests {
             names: vec!["nope".into()],
             quick: true,
             progress: false,
+            peer: None,
         })
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, telemetry-fanout, replay, sqlite-sink, nats-sink, objectstore-segment)"
+            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, telemetry-fanout, replay, sqlite-sink, nats-sink, grpc-stream, objectstore-segment)"
         );
     }
 

@@ -2,6 +2,7 @@
 
 pub mod durable;
 pub mod fanout;
+pub mod grpc;
 pub mod json_codec;
 pub mod nats;
 pub mod objectstore;
@@ -60,7 +61,7 @@ pub struct Entry {
     pub name: &'static str,
     /// Builds the scenario, or says why it cannot run here (a server it
     /// needs is not installed).
-    pub build: fn() -> Result<Box<dyn Scenario>, String>,
+    pub build: fn(&crate::BenchOptions) -> Result<Box<dyn Scenario>, String>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -74,15 +75,15 @@ pub fn scenarios() -> Vec<Entry> {
     vec![
         Entry {
             name: "json-encode",
-            build: || Ok(Box::new(json_codec::JsonEncode::new())),
+            build: |_| Ok(Box::new(json_codec::JsonEncode::new())),
         },
         Entry {
             name: "json-decode",
-            build: || Ok(Box::new(json_codec::JsonDecode::new())),
+            build: |_| Ok(Box::new(json_codec::JsonDecode::new())),
         },
         Entry {
             name: "durable-publish-1",
-            build: || {
+            build: |_| {
                 Ok(Box::new(durable::DurablePublish::new(
                     "durable-publish-1",
                     1,
@@ -92,7 +93,7 @@ pub fn scenarios() -> Vec<Entry> {
         },
         Entry {
             name: "durable-publish-64",
-            build: || {
+            build: |_| {
                 Ok(Box::new(durable::DurablePublish::new(
                     "durable-publish-64",
                     64,
@@ -102,7 +103,7 @@ pub fn scenarios() -> Vec<Entry> {
         },
         Entry {
             name: "durable-publish-512",
-            build: || {
+            build: |_| {
                 Ok(Box::new(durable::DurablePublish::new(
                     "durable-publish-512",
                     512,
@@ -112,7 +113,7 @@ pub fn scenarios() -> Vec<Entry> {
         },
         Entry {
             name: "durable-publish-4096",
-            build: || {
+            build: |_| {
                 Ok(Box::new(durable::DurablePublish::new(
                     "durable-publish-4096",
                     4096,
@@ -122,27 +123,31 @@ pub fn scenarios() -> Vec<Entry> {
         },
         Entry {
             name: "fanout-memory-4",
-            build: || Ok(Box::new(fanout::Fanout::new())),
+            build: |_| Ok(Box::new(fanout::Fanout::new())),
         },
         Entry {
             name: "telemetry-fanout",
-            build: || Ok(Box::new(telemetry::TelemetryOverhead::new())),
+            build: |_| Ok(Box::new(telemetry::TelemetryOverhead::new())),
         },
         Entry {
             name: "replay",
-            build: || Ok(Box::new(replay::Replay::new())),
+            build: |_| Ok(Box::new(replay::Replay::new())),
         },
         Entry {
             name: "sqlite-sink",
-            build: || Ok(Box::new(sqlite::SqliteSinkScenario::new())),
+            build: |_| Ok(Box::new(sqlite::SqliteSinkScenario::new())),
         },
         Entry {
             name: "nats-sink",
-            build: || Ok(Box::new(nats::NatsSinkScenario::new()?)),
+            build: |_| Ok(Box::new(nats::NatsSinkScenario::new()?)),
+        },
+        Entry {
+            name: "grpc-stream",
+            build: |options| Ok(Box::new(grpc::GrpcStream::new(options.peer.as_deref())?)),
         },
         Entry {
             name: "objectstore-segment",
-            build: || Ok(Box::new(objectstore::ObjectStoreSegments::new())),
+            build: |_| Ok(Box::new(objectstore::ObjectStoreSegments::new())),
         },
     ]
 }

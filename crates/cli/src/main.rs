@@ -74,6 +74,13 @@ enum Command {
     Schema(SchemaCommand),
     /// Run the side-by-side benchmarks against their raw baselines.
     Bench(BenchArgs),
+    /// The raw gRPC peer of the `grpc-stream` benchmark (started by it).
+    #[command(hide = true)]
+    BenchPeer {
+        /// HOST:PORT to listen on.
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -309,6 +316,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => schema::convert(from, to, write_version),
         Command::Schema(SchemaCommand::Check) => schema::check(),
         Command::Bench(args) => bench(args),
+        Command::BenchPeer { listen } => {
+            omnirelay_bench::serve_raw_peer(&listen)
+                .with_context(|| format!("bench peer on {listen}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -317,6 +329,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         names: args.names,
         quick: args.quick,
         progress: io::stderr().is_terminal(),
+        peer: std::env::current_exe().ok(),
     })?;
     for (name, why) in &run.skipped {
         node::say(true, &format!("skipped {name}: {why}"));

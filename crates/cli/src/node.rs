@@ -277,6 +277,12 @@ impl Bound {
                         Err(err) => Err(err),
                     },
                     None => {
+                        use axum::serve::ListenerExt as _;
+                        // Replies (acknowledgements) go out at once, not
+                        // after the peer's delayed ACK.
+                        let listener = listener.tap_io(|tcp| {
+                            let _ = tcp.set_nodelay(true);
+                        });
                         axum::serve(listener, app)
                             .with_graceful_shutdown(shutdown)
                             .into_future()

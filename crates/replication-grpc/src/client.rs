@@ -38,7 +38,7 @@ impl Connection {
     }
 
     /// A channel that connects on first use (a node that is down is then a
-    /// retryable failure of that call).
+    /// retryable failure of that call). Call it inside a Tokio runtime.
     ///
     /// # Errors
     ///

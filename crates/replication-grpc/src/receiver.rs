@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use omnirelay_replication::{
-    DurableReplicator, Encoding, Error, ErrorKind, Format, Receipt, Replayed, StreamId, WireVersion,
+    DurableReplicator, Encoding, Error, ErrorKind, Format, PendingPublish, Receipt, Replayed,
+    StreamId, WireVersion,
 };
 use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, json, proto};
 use tonic::service::interceptor::InterceptedService;
@@ -72,6 +73,28 @@ pub struct BatchOutcome {
     pub duplicates: u64,
     /// The receipt of the last event appended, if any.
     pub receipt: Option<Receipt>,
+}
+
+/// A batch queued in the receiver's log; see [`Receiver::submit_batch`].
+#[derive(Debug)]
+pub struct SubmittedBatch {
+    pending: Option<PendingPublish<ResourceLeaseReplicationEvent>>,
+    outcome: BatchOutcome,
+}
+
+impl SubmittedBatch {
+    /// Waits until the batch is durable.
+    ///
+    /// # Errors
+    ///
+    /// The log stopped or closed first.
+    pub async fn durable(self) -> Result<BatchOutcome, Error> {
+        let mut outcome = self.outcome;
+        if let Some(pending) = self.pending {
+            outcome.receipt = Some(pending.durable().await?);
+        }
+        Ok(outcome)
+    }
 }
 
 /// Counters of a receiver.
@@ -196,8 +219,32 @@ impl Receiver {
         epoch: Option<u64>,
         events: Vec<ResourceLeaseReplicationEvent>,
     ) -> Result<BatchOutcome, Error> {
-        // Held across the append, so that a re-send racing the original is
-        // seen as a duplicate.
+        self.submit_batch(sender, epoch, events)
+            .await?
+            .durable()
+            .await
+    }
+
+    /// As [`Receiver::receive_batch`], returning once the events are queued
+    /// in the log (in order with every earlier submission), so that the
+    /// next batch can be taken while this one is being made durable; the
+    /// [`SubmittedBatch`] resolves when it is. The sender's high-water mark
+    /// moves now: should the log fail to make the batch durable, it has
+    /// stopped for good, and a restart rebuilds the marks from what the
+    /// log holds.
+    ///
+    /// # Errors
+    ///
+    /// The log refused the submission (it stopped, or an event cannot be
+    /// encoded); then none of the events counts as received.
+    pub async fn submit_batch(
+        &self,
+        sender: &str,
+        epoch: Option<u64>,
+        events: Vec<ResourceLeaseReplicationEvent>,
+    ) -> Result<SubmittedBatch, Error> {
+        // Held across the submission, so that a re-send racing the original
+        // is seen as a duplicate.
         let mut marks = self.marks.lock().await;
         let mut mark = marks.get(sender).copied();
         let (mut duplicates, mut gaps, mut epochs) = (0u64, 0u64, 0u64);
@@ -243,15 +290,15 @@ impl Receiver {
             accepted.push(event);
         }
         let appended = accepted.len() as u64;
-        let receipt = if accepted.is_empty() {
+        let pending = if accepted.is_empty() {
             None
         } else {
-            let pending = self
-                .replicator
-                .submit_all(&self.stream, accepted)
-                .await
-                .map_err(|parts| parts.error)?;
-            Some(pending.durable().await?)
+            Some(
+                self.replicator
+                    .submit_all(&self.stream, accepted)
+                    .await
+                    .map_err(|parts| parts.error)?,
+            )
         };
         if let Some(mark) = mark {
             marks.insert(sender.to_owned(), mark);
@@ -264,12 +311,15 @@ impl Receiver {
         self.stats.gaps.fetch_add(gaps, Ordering::Relaxed);
         self.stats.epochs.fetch_add(epochs, Ordering::Relaxed);
         let mark = mark.unwrap_or_default();
-        Ok(BatchOutcome {
-            epoch: mark.epoch,
-            high_water: mark.sequence,
-            appended,
-            duplicates,
-            receipt,
+        Ok(SubmittedBatch {
+            pending,
+            outcome: BatchOutcome {
+                epoch: mark.epoch,
+                high_water: mark.sequence,
+                appended,
+                duplicates,
+                receipt: None,
+            },
         })
     }
 

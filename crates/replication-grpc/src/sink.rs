@@ -15,6 +15,12 @@ use crate::generated::resource_lease_replicator_grpc_client::ResourceLeaseReplic
 use crate::v2::replication_client::ReplicationClient;
 use crate::v2::{PublishAck, PublishBatch, SentEvent};
 
+/// Events per `PublishStream` message, at most: a delivery batch larger
+/// than this goes as several messages, pipelined.
+const MESSAGE_EVENTS: usize = 128;
+/// `PublishStream` messages sent and not yet acknowledged, at most.
+const IN_FLIGHT: usize = 8;
+
 /// Which service a [`GrpcSink`] calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Protocol {
@@ -74,7 +80,8 @@ pub struct GrpcSink {
 
 impl GrpcSink {
     /// A sink for the receiver at `options.url`; connects lazily (a
-    /// receiver that is down is a retryable failure of `apply`).
+    /// receiver that is down is a retryable failure of `apply`). Call it
+    /// inside a Tokio runtime (the channel's tasks start there).
     ///
     /// # Errors
     ///
@@ -184,51 +191,77 @@ impl GrpcSink {
         }
     }
 
+    /// Sends `batch` as messages of at most [`MESSAGE_EVENTS`] events, up
+    /// to [`IN_FLIGHT`] of them unacknowledged, and returns once the
+    /// receiver acknowledged them all.
     async fn send_batch(&self, session: &mut Session, batch: &[Record<'_>]) -> Result<(), Error> {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        let mut unacknowledged = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+        for chunk in batch.chunks(MESSAGE_EVENTS) {
+            let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+                continue;
+            };
+            if unacknowledged.len() == IN_FLIGHT {
+                self.await_ack(session, unacknowledged.pop_front()).await?;
+            }
+            let message = PublishBatch {
+                format: payload_format(first.encoding().format)? as i32,
+                events: chunk
+                    .iter()
+                    .map(|record| SentEvent {
+                        sequence: record.sequence(),
+                        payload: record.shared_bytes(),
+                    })
+                    .collect(),
+            };
+            session
+                .batches
+                .send(message)
+                .await
+                .map_err(|_| self.lost())?;
+            unacknowledged.push_back((first.sequence(), last.sequence()));
+        }
+        while let Some(range) = unacknowledged.pop_front() {
+            self.await_ack(session, Some(range)).await?;
+        }
+        Ok(())
+    }
+
+    fn lost(&self) -> Error {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("grpc: PublishStream to {} ended", self.options.url),
+        )
+    }
+
+    /// Waits for the acknowledgement of the message of sequences `range`.
+    async fn await_ack(
+        &self,
+        session: &mut Session,
+        range: Option<(u64, u64)>,
+    ) -> Result<(), Error> {
+        let Some((first, last)) = range else {
             return Ok(());
         };
-        let message = PublishBatch {
-            format: payload_format(first.encoding().format)? as i32,
-            events: batch
-                .iter()
-                .map(|record| SentEvent {
-                    sequence: record.sequence(),
-                    payload: record.shared_bytes(),
-                })
-                .collect(),
-        };
-        let lost = || {
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("grpc: PublishStream to {} ended", self.options.url),
-            )
-        };
-        session.batches.send(message).await.map_err(|_| lost())?;
         let ack = match tokio::time::timeout(self.options.timeout, session.acks.message()).await {
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
-                        "grpc: sequences {}..={} not acknowledged within {:?}",
-                        first.sequence(),
-                        last.sequence(),
+                        "grpc: sequences {first}..={last} not acknowledged within {:?}",
                         self.options.timeout
                     ),
                 ));
             }
             Ok(Err(status)) => return Err(status_error("PublishStream", &status)),
-            Ok(Ok(None)) => return Err(lost()),
+            Ok(Ok(None)) => return Err(self.lost()),
             Ok(Ok(Some(ack))) => ack,
         };
-        if ack.high_water < last.sequence() {
+        if ack.high_water < last {
             return Err(Error::new(
                 ErrorKind::Internal,
                 format!(
-                    "grpc: the receiver acknowledged through {} after sequences {}..={}",
-                    ack.high_water,
-                    first.sequence(),
-                    last.sequence()
+                    "grpc: the receiver acknowledged through {} after sequences {first}..={last}",
+                    ack.high_water
                 ),
             ));
         }

@@ -11,7 +11,7 @@ use omnirelay_replication::{
     DurableReplicator, Encoding, Error, ErrorKind, Replay, Replayed, StreamId, WireVersion,
 };
 use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, codec};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::client::format_of;
@@ -22,6 +22,10 @@ use crate::v2::{
 };
 
 type Event = ResourceLeaseReplicationEvent;
+
+/// `PublishStream` batches queued in the log ahead of their
+/// acknowledgement, at most.
+const PIPELINE: usize = 8;
 
 /// Records per `Subscribe` message, at most.
 const SUBSCRIBE_BATCH_EVENTS: usize = 1024;
@@ -219,41 +223,48 @@ impl Replication for StreamingService {
             Status::unimplemented("this node does not receive events (it is not a receiver)")
         })?;
         let (sender, epoch) = sender_of(request.metadata())?;
-        let inbound = request.into_inner();
-        let stop = self.stop.clone();
-        // Each batch is answered before the next is read: the sender's
-        // window is the transport's flow control.
-        let acks = futures::stream::unfold(
-            Some((inbound, receiver, sender, stop)),
-            move |state| async move {
-                let (mut inbound, receiver, sender, mut stop) = state?;
+        let mut inbound = request.into_inner();
+        let mut stop = self.stop.clone();
+        // Batches are taken and queued in the log in order while earlier
+        // ones are being made durable; acknowledgements go back in order,
+        // each once its batch is durable.
+        let (queued, durable) = mpsc::channel(PIPELINE);
+        tokio::spawn(async move {
+            loop {
                 let batch = tokio::select! {
                     batch = inbound.message() => batch,
-                    () = stopped(stop.as_mut()) => return None,
+                    () = stopped(stop.as_mut()) => return,
                 };
-                let batch = match batch {
-                    Ok(Some(batch)) => batch,
-                    Ok(None) => return None,
-                    Err(status) => return Some((Err(status), None)),
+                let submitted = match batch {
+                    Ok(Some(batch)) => match decode_batch(batch) {
+                        Ok(events) => receiver
+                            .submit_batch(&sender, epoch, events)
+                            .await
+                            .map_err(|e| status_of(&e)),
+                        Err(status) => Err(status),
+                    },
+                    Ok(None) => return,
+                    Err(status) => Err(status),
                 };
-                let events = match decode_batch(batch) {
-                    Ok(events) => events,
-                    Err(status) => return Some((Err(status), None)),
-                };
-                match receiver.receive_batch(&sender, epoch, events).await {
-                    Ok(outcome) => Some((
-                        Ok(PublishAck {
-                            epoch: outcome.epoch,
-                            high_water: outcome.high_water,
-                            appended: outcome.appended,
-                            duplicates: outcome.duplicates,
-                        }),
-                        Some((inbound, receiver, sender, stop)),
-                    )),
-                    Err(error) => Some((Err(status_of(&error)), None)),
+                let failed = submitted.is_err();
+                if queued.send(submitted).await.is_err() || failed {
+                    return;
                 }
-            },
-        );
+            }
+        });
+        let acks = futures::stream::unfold(durable, |mut durable| async move {
+            let outcome = match durable.recv().await? {
+                Ok(submitted) => submitted.durable().await.map_err(|e| status_of(&e)),
+                Err(status) => Err(status),
+            };
+            let ack = outcome.map(|outcome| PublishAck {
+                epoch: outcome.epoch,
+                high_water: outcome.high_water,
+                appended: outcome.appended,
+                duplicates: outcome.duplicates,
+            });
+            Some((ack, durable))
+        });
         Ok(Response::new(Box::pin(acks)))
     }
 

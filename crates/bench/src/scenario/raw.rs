@@ -113,16 +113,32 @@ pub(crate) fn json_document(sequence: u64) -> String {
 pub(crate) struct SinkSide {
     pub(crate) sink: SharedSink,
     next: u64,
+    records: MakeRecords,
 }
+
+/// Makes `count` records from sequence `first` on.
+pub(crate) type MakeRecords = Box<dyn Fn(u64, usize) -> Vec<OwnedRecord>>;
 
 impl SinkSide {
     pub(crate) fn new(sink: SharedSink) -> Self {
-        Self { sink, next: 1 }
+        Self::with_records(
+            sink,
+            Box::new(|first, count| json_records(&StreamId::default(), first, count)),
+        )
+    }
+
+    /// A side applying the records `records` makes.
+    pub(crate) fn with_records(sink: SharedSink, records: MakeRecords) -> Self {
+        Self {
+            sink,
+            next: 1,
+            records,
+        }
     }
 
     /// Applies the next `count` records; `count`.
     pub(crate) fn pass(&mut self, runtime: &tokio::runtime::Runtime, count: usize) -> u64 {
-        let records = json_records(&StreamId::default(), self.next, count);
+        let records = (self.records)(self.next, count);
         runtime
             .block_on(self.sink.apply_owned(&records))
             .unwrap_or_else(|e| panic!("sink: {e}"));

@@ -180,3 +180,47 @@ async fn a_receiver_that_never_answers_is_a_retryable_timeout_for_either_protoco
     }
     silent.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_pipelined_in_messages_and_lands_whole_and_in_order() {
+    use omnirelay_replication::WireVersion;
+    use omnirelay_resourcelease::{
+        ResourceLeaseReplicationEvent, ResourceLeaseReplicationEventType,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path()).await;
+    let records: Vec<_> = (1..=3000i64)
+        .map(|sequence| {
+            let mut event =
+                ResourceLeaseReplicationEvent::new(ResourceLeaseReplicationEventType::Heartbeat);
+            event.sequence_number = sequence;
+            event.peer_id = Some(format!("worker-{}", sequence % 7));
+            let bytes = bytes::Bytes::from(
+                omnirelay_resourcelease::proto::encode(&event, WireVersion::V1).unwrap(),
+            );
+            record(&bytes, &event)
+        })
+        .collect();
+    let sink = node.sink("bulk");
+    sink.apply_owned(&records).await.unwrap();
+    // A retry of an overlapping range adds nothing.
+    sink.apply_owned(&records[2500..]).await.unwrap();
+    node.replicator.wait_caught_up().await;
+    let received = node.received();
+    assert_eq!(received.len(), 3000);
+    for (i, event) in received.iter().enumerate() {
+        let sent = i as i64 + 1;
+        assert_eq!(event.sequence_number, sent);
+        assert_eq!(
+            event.metadata.get(origin::SEQUENCE),
+            Some(sent.to_string().as_str())
+        );
+        assert_eq!(
+            event.peer_id.as_deref(),
+            Some(format!("worker-{}", sent % 7).as_str())
+        );
+    }
+    let marks = node.receiver.marks().await;
+    assert_eq!(marks["bulk"].sequence, 3000);
+    node.stop().await;
+}

@@ -151,6 +151,7 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .context("cannot install the metrics recorder")?;
     core::describe();
     lease::describe();
+    omnirelay_replication_grpc::telemetry::describe();
     Ok(handle)
 }
 

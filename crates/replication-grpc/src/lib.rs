@@ -60,6 +60,7 @@ mod factory;
 mod receiver;
 mod sink;
 mod streaming;
+pub mod telemetry;
 
 use std::sync::Arc;
 

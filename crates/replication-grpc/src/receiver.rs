@@ -12,6 +12,8 @@ use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, json, proto};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::telemetry;
+
 use crate::generated::resource_lease_replicator_grpc_server::{
     ResourceLeaseReplicatorGrpc, ResourceLeaseReplicatorGrpcServer,
 };
@@ -310,6 +312,23 @@ impl Receiver {
             .fetch_add(duplicates, Ordering::Relaxed);
         self.stats.gaps.fetch_add(gaps, Ordering::Relaxed);
         self.stats.epochs.fetch_add(epochs, Ordering::Relaxed);
+        let labels = [
+            ("stream", self.stream.as_str().to_owned()),
+            ("sender", sender.to_owned()),
+        ];
+        let outcome = |outcome: &'static str| {
+            let mut labels = labels.to_vec();
+            labels.push(("outcome", outcome.to_owned()));
+            labels
+        };
+        metrics::counter!(telemetry::RECEIVED_EVENTS, &outcome("appended")).increment(appended);
+        metrics::counter!(telemetry::RECEIVED_EVENTS, &outcome("duplicate")).increment(duplicates);
+        if gaps > 0 {
+            metrics::counter!(telemetry::SENDER_GAPS, &labels).increment(gaps);
+        }
+        if epochs > 0 {
+            metrics::counter!(telemetry::SENDER_EPOCHS, &labels).increment(epochs);
+        }
         let mark = mark.unwrap_or_default();
         Ok(SubmittedBatch {
             pending,

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::client::format_of;
 use crate::receiver::{Receiver, sender_of, status_of};
+use crate::telemetry;
 use crate::v2::replication_server::{Replication, ReplicationServer};
 use crate::v2::{
     PayloadFormat, PublishAck, PublishBatch, StreamRecord, SubscribeBatch, SubscribeRequest,
@@ -107,12 +108,30 @@ fn decode_batch(batch: PublishBatch) -> Result<Vec<Event>, Status> {
 /// Where a subscription stands: the next sequence to send, and the open
 /// reader while it has more.
 struct Follow {
+    _open: Subscriber,
     replicator: Arc<DurableReplicator<Event>>,
     stream: StreamId,
     encoding: Encoding,
     next: u64,
     visible: u64,
     reader: Option<Peekable<Replay<Event>>>,
+}
+
+/// Counts an open subscription in [`telemetry::SUBSCRIBERS`] while alive.
+struct Subscriber(metrics::Gauge);
+
+impl Subscriber {
+    fn new(stream: &StreamId) -> Self {
+        let gauge = metrics::gauge!(telemetry::SUBSCRIBERS, "stream" => stream.as_str().to_owned());
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 impl Follow {
@@ -302,6 +321,7 @@ impl Replication for StreamingService {
             )));
         }
         let follow = Follow {
+            _open: Subscriber::new(&stream),
             replicator: self.replicator.clone(),
             stream,
             encoding: Encoding::new(format, version),

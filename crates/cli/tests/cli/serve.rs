@@ -121,6 +121,27 @@ fn heavy_a_receiver_takes_events_from_publishers_and_serves_subscribe_on_one_por
     let out = omnirelay(&["publish", "--config", config], events(5..8).as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(take(&followed, 3), vec![(6, 6), (7, 7), (8, 8)]);
+    // The receiver's metrics say so.
+    let metrics = http_get(&address, "/metrics").unwrap().1;
+    let sample = |name: &str, labels: &[&str]| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    assert_eq!(
+        sample(
+            "omnirelay_replication_receiver_events_total",
+            &["sender=\"node-a\"", "outcome=\"appended\""]
+        ),
+        Some(8.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("omnirelay_replication_subscribers", &["stream=\"default\""]),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // Without --follow: the newest events, then the command ends.
     let out = omnirelay(&["log", "tail", "--url", &url, "-n", "2"], b"");
@@ -240,6 +261,32 @@ fn serve_refuses_what_cannot_run() {
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("possible values: receiver"),
+        "{}",
+        text(&out.stderr)
+    );
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        "[server.tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+    )
+    .unwrap();
+    let out = omnirelay(
+        &[
+            "serve",
+            "--role",
+            "receiver",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir_arg(dir.path()),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("server.tls: cannot read /nonexistent/cert.pem"),
         "{}",
         text(&out.stderr)
     );

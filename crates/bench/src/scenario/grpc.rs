@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use omnirelay_replication::{
-    Encoding, EventKind, OwnedRecord, RecordHeader, SinkExt, StreamId, Timestamp, WireVersion,
-};
+use omnirelay_replication::{Encoding, OwnedRecord, SinkExt, StreamId, WireVersion};
 use omnirelay_replication_grpc::v2::replication_client::ReplicationClient;
 use omnirelay_replication_grpc::v2::replication_server::{Replication, ReplicationServer};
 use omnirelay_replication_grpc::v2::{
@@ -27,7 +25,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::scenario::raw::SinkSide;
+use crate::scenario::raw::{self, SinkSide};
 use crate::scenario::{Scenario, Side};
 
 /// Events per pass (one sink batch, one stream message).
@@ -72,27 +70,15 @@ fn template() -> Bytes {
     Bytes::from(proto::encode(&event, WireVersion::V1).unwrap_or_default())
 }
 
+/// `count` records from `first` on, every one carrying `payload`.
 fn records(payload: &Bytes, first: u64, count: usize) -> Vec<OwnedRecord> {
-    let timestamp = Timestamp::now();
-    (first..first + count as u64)
-        .map(|sequence| {
-            let header = RecordHeader {
-                sequence,
-                timestamp,
-                kind: EventKind {
-                    code: 1,
-                    name: "Enqueue",
-                },
-                peer: None,
-            };
-            OwnedRecord::new(
-                StreamId::default(),
-                header,
-                Encoding::PROTOBUF_V1,
-                payload.clone(),
-            )
-        })
-        .collect()
+    raw::records(
+        &StreamId::default(),
+        first,
+        count,
+        Encoding::PROTOBUF_V1,
+        |_| payload.clone(),
+    )
 }
 
 /// Starts `peer ARGS` and reads its URL from its `listening on` line.

@@ -150,6 +150,21 @@ impl SinkSide {
 /// `count` records of [`json_document`]s of `stream` from `first` on, as a
 /// sink receives them.
 pub(crate) fn json_records(stream: &StreamId, first: u64, count: usize) -> Vec<OwnedRecord> {
+    records(stream, first, count, Encoding::JSON_V1, |sequence| {
+        Bytes::from(json_document(sequence))
+    })
+}
+
+/// `count` enqueue records of `stream` from `first` on in `encoding`, each
+/// with the bytes `payload` makes for its sequence, as a sink receives
+/// them.
+pub(crate) fn records(
+    stream: &StreamId,
+    first: u64,
+    count: usize,
+    encoding: Encoding,
+    payload: impl Fn(u64) -> Bytes,
+) -> Vec<OwnedRecord> {
     let timestamp = Timestamp::now();
     let peer: Arc<str> = Arc::from("worker-1");
     (first..first + count as u64)
@@ -163,12 +178,7 @@ pub(crate) fn json_records(stream: &StreamId, first: u64, count: usize) -> Vec<O
                 },
                 peer: Some(peer.clone()),
             };
-            OwnedRecord::new(
-                stream.clone(),
-                header,
-                Encoding::JSON_V1,
-                Bytes::from(json_document(sequence)),
-            )
+            OwnedRecord::new(stream.clone(), header, encoding, payload(sequence))
         })
         .collect()
 }

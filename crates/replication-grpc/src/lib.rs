@@ -71,8 +71,8 @@ use tonic::service::interceptor::InterceptedService;
 pub use client::{Connection, Subscription};
 pub use factory::GrpcSinkFactory;
 pub use receiver::{
-    ANONYMOUS, BatchOutcome, Mark, Received, Receiver, ReceiverStats, Service, TokenCheck, origin,
-    request,
+    ANONYMOUS, BatchOutcome, Mark, Received, Receiver, ReceiverStats, Service, SubmittedBatch,
+    TokenCheck, origin, request,
 };
 pub use sink::{GrpcSink, GrpcSinkOptions, Protocol};
 pub use streaming::StreamingService;

@@ -1,0 +1,26 @@
+//! # omnirelay-dispatcher
+//!
+//! The resource-lease dispatcher (the reference's
+//! `ResourceLeaseDispatcherComponent`) rebuilt on `omnirelay-replication`.
+//!
+//! The queue is event-sourced: every operation first *decides* the events
+//! it causes from the current [`QueueState`] (without changing it), the
+//! events go to the durable log, and only then are they *applied* to the
+//! state with [`QueueState::apply`] — the same fold that rebuilds the state
+//! from the log after a restart or on a standby. So the log alone
+//! determines the queue: pending, leased and dead-lettered items.
+//!
+//! The events are the reference's (`Enqueue`, `LeaseGranted`, `Completed`
+//! then `Heartbeat`, `Failed`, `DrainSnapshot`, `RestoreSnapshot`, with the
+//! reference's metadata) plus, in schema version 2, what the reference
+//! never emitted: `LeaseExpired`, `Requeued`, `DeadLettered`, and the items
+//! of snapshots. A version-1 reader sees exactly the reference's stream.
+
+#![warn(missing_docs)]
+
+pub mod queue;
+
+pub use queue::{
+    ActiveLease, DeadLetter, Decision, ErrorStatus, PendingEntry, ProjectionError, QueueError,
+    QueueOptions, QueueState,
+};

@@ -1,0 +1,768 @@
+//! The lease queue as a fold over its events.
+//!
+//! [`QueueState`] holds pending items (in order), active leases and
+//! dead-lettered items. Its `decide_*` methods compute the events an
+//! operation causes without changing anything; [`QueueState::apply`] folds
+//! one event into the state. A dispatcher appends the decided events to its
+//! durable log and then applies them; a restarted dispatcher or a standby
+//! applies the log from the start and arrives at the same state.
+//!
+//! Semantics follow the reference's queue (Hugo `TaskQueue`, reference
+//! §3.3–3.5): FIFO leasing, a lease of `lease_duration` that a heartbeat
+//! extends only once `heartbeat_interval` has passed since the last
+//! effective one, expiry and failure requeue the item with attempt + 1 and
+//! the same sequence id, and after `max_delivery_attempts` the item is
+//! dead-lettered — kept here, and inspectable, where the reference drops
+//! it. Tokens are fenced: only the current lease of an item can complete,
+//! fail or heartbeat it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use omnirelay_replication::Timestamp;
+use omnirelay_resourcelease::{
+    Metadata, ResourceLeaseErrorInfo as ErrorInfo, ResourceLeaseItemPayload as Payload,
+    ResourceLeaseOwnershipHandle as Handle, ResourceLeasePendingItem as Item,
+    ResourceLeaseReplicationEvent as Event, ResourceLeaseReplicationEventType as Type,
+};
+use uuid::Uuid;
+
+/// The error codes the queue answers with (the reference's).
+pub mod codes {
+    /// The token is not one this dispatcher leased.
+    pub const UNKNOWN_TOKEN: &str = "error.resourcelease.unknown_token";
+    /// The token's lease ended (expired, completed or failed): fencing.
+    pub const LEASE_INACTIVE: &str = "error.taskqueue.lease_inactive";
+    /// The queue was drained and takes no new work until a restore.
+    pub const DISPOSED: &str = "error.taskqueue.disposed";
+    /// The queue holds `capacity` pending items.
+    pub const FULL: &str = "error.taskqueue.full";
+    /// A lease ran out without a heartbeat.
+    pub const LEASE_EXPIRED: &str = "error.taskqueue.lease_expired";
+    /// A failure reported without a code.
+    pub const FAILED: &str = "error.resourcelease.failed";
+    /// A restored item without a last error.
+    pub const UNSPECIFIED: &str = "error.unspecified";
+    /// The request has no payload.
+    pub const PAYLOAD_REQUIRED: &str = "resourcelease.payload.required";
+    /// The payload's resource type is blank.
+    pub const RESOURCE_TYPE_REQUIRED: &str = "resourcelease.payload.resource_type_required";
+    /// The payload has no resource id.
+    pub const RESOURCE_ID_REQUIRED: &str = "resourcelease.payload.resource_id_required";
+    /// The payload has no partition key.
+    pub const PARTITION_KEY_REQUIRED: &str = "resourcelease.payload.partition_key_required";
+    /// The payload has no encoding.
+    pub const ENCODING_REQUIRED: &str = "resourcelease.payload.encoding_required";
+    /// A restored item is invalid (or its sequence id is taken).
+    pub const PENDING_ITEM_INVALID: &str = "resourcelease.restore.pending_item_invalid";
+}
+
+/// The metadata keys of the reference's events.
+pub mod keys {
+    /// Pending items after the operation.
+    pub const PENDING: &str = "queue.pending";
+    /// Active leases after the operation.
+    pub const ACTIVE: &str = "queue.active";
+    /// Whether a failed item was to be requeued (`"True"`/`"False"`).
+    pub const REQUEUED: &str = "failure.requeued";
+    /// Items drained.
+    pub const DRAIN_COUNT: &str = "drain.count";
+    /// Items restored.
+    pub const RESTORE_COUNT: &str = "restore.count";
+}
+
+/// The queue's settings; the defaults are the reference's
+/// (`TaskQueueOptions`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// Pending items at most; enqueuers wait beyond it.
+    pub capacity: usize,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_duration: Duration,
+    /// The least time between heartbeats that extend a lease; an earlier
+    /// heartbeat is accepted and changes nothing.
+    pub heartbeat_interval: Duration,
+    /// How often expired leases are looked for.
+    pub sweep_interval: Duration,
+    /// How long a requeued item waits before it can be leased again.
+    pub requeue_delay: Duration,
+    /// Deliveries of an item at most; a failure or expiry of the last one
+    /// dead-letters it.
+    pub max_delivery_attempts: u32,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            capacity: 512,
+            lease_duration: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(1),
+            requeue_delay: Duration::ZERO,
+            max_delivery_attempts: 5,
+        }
+    }
+}
+
+/// A pending item and when it may be leased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingEntry {
+    /// The item (its attempt is the next delivery's).
+    pub item: Item,
+    /// Not leased before this (a requeue delay).
+    pub available_at: Timestamp,
+}
+
+/// A granted lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveLease {
+    /// The item (its attempt is this delivery's).
+    pub item: Item,
+    /// The lease's token.
+    pub handle: Handle,
+    /// Who holds it.
+    pub owner: Option<String>,
+    /// When it was granted.
+    pub granted_at: Timestamp,
+    /// When it expires unless a heartbeat extends it.
+    pub expires_at: Timestamp,
+    /// The last heartbeat that extended it (the grant, at first).
+    pub last_heartbeat: Timestamp,
+}
+
+/// An item that ran out of attempts or was failed without requeue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The item as it was last delivered.
+    pub item: Item,
+    /// Why.
+    pub error: Option<ErrorInfo>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// How an operation's refusal maps onto a status (HTTP and gRPC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorStatus {
+    /// The request is wrong.
+    InvalidArgument,
+    /// What it names does not exist.
+    NotFound,
+    /// The state does not allow it (a fenced token, a drained queue).
+    FailedPrecondition,
+    /// The queue is full; waiting helps.
+    ResourceExhausted,
+}
+
+/// A refused operation, with the reference's error code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueError {
+    /// The status class.
+    pub status: ErrorStatus,
+    /// The reference's error code, e.g. `error.taskqueue.lease_inactive`.
+    pub code: &'static str,
+    /// A message for people.
+    pub message: String,
+}
+
+impl QueueError {
+    fn new(status: ErrorStatus, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for QueueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for QueueError {}
+
+/// An event that does not fit the state it is applied to: the stream is
+/// not this queue's, or is damaged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectionError {
+    /// The event's sequence.
+    pub sequence: i64,
+    /// What did not fit.
+    pub message: String,
+}
+
+impl std::fmt::Display for ProjectionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "event {}: {}", self.sequence, self.message)
+    }
+}
+
+impl std::error::Error for ProjectionError {}
+
+/// The events an operation causes, to be made durable and then applied.
+pub type Decision = Vec<Event>;
+
+/// The lease queue: pending items in order, active leases, dead letters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueState {
+    last_sequence_id: i64,
+    pending: VecDeque<PendingEntry>,
+    active: BTreeMap<Uuid, ActiveLease>,
+    dead_letters: Vec<DeadLetter>,
+    drained: bool,
+}
+
+fn plus(at: Timestamp, duration: Duration) -> Timestamp {
+    let ticks = i64::try_from(duration.as_nanos() / 100).unwrap_or(i64::MAX);
+    Timestamp::from_ticks(at.ticks().saturating_add(ticks)).unwrap_or(Timestamp::MAX)
+}
+
+fn event(kind: Type, peer: Option<&str>, pending: usize, active: usize) -> Event {
+    let mut event = Event::new(kind);
+    event.peer_id = peer.filter(|p| !p.is_empty()).map(str::to_owned);
+    event.metadata.insert(keys::PENDING, pending.to_string());
+    event.metadata.insert(keys::ACTIVE, active.to_string());
+    event
+}
+
+/// `.NET`'s `bool.ToString()`.
+fn dotnet_bool(value: bool) -> &'static str {
+    if value { "True" } else { "False" }
+}
+
+/// Checks a payload as the reference does, and fills in what it always
+/// writes (attributes, `{}` when empty).
+///
+/// # Errors
+///
+/// The reference's code of the first missing field.
+pub fn normalize_payload(mut payload: Payload) -> Result<Payload, QueueError> {
+    let missing = |code, what: &str| {
+        Err(QueueError::new(
+            ErrorStatus::InvalidArgument,
+            code,
+            format!("the payload's {what} is required"),
+        ))
+    };
+    if payload.resource_type.trim().is_empty() {
+        return missing(codes::RESOURCE_TYPE_REQUIRED, "resourceType");
+    }
+    if payload.resource_id.is_empty() {
+        return missing(codes::RESOURCE_ID_REQUIRED, "resourceId");
+    }
+    if payload.partition_key.is_empty() {
+        return missing(codes::PARTITION_KEY_REQUIRED, "partitionKey");
+    }
+    if payload.payload_encoding.is_empty() {
+        return missing(codes::ENCODING_REQUIRED, "payloadEncoding");
+    }
+    payload.attributes.get_or_insert_with(Metadata::new);
+    Ok(payload)
+}
+
+impl QueueState {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Pending items, in leasing order.
+    pub fn pending(&self) -> impl ExactSizeIterator<Item = &PendingEntry> {
+        self.pending.iter()
+    }
+
+    /// Active leases, by lease id.
+    pub fn active(&self) -> impl ExactSizeIterator<Item = &ActiveLease> {
+        self.active.values()
+    }
+
+    /// The lease `handle` names, if it is the item's current one.
+    pub fn lease(&self, handle: &Handle) -> Option<&ActiveLease> {
+        self.active
+            .get(&handle.lease_id)
+            .filter(|lease| lease.handle == *handle)
+    }
+
+    /// Dead-lettered items, oldest first.
+    pub fn dead_letters(&self) -> &[DeadLetter] {
+        &self.dead_letters
+    }
+
+    /// Pending items.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Active leases.
+    pub fn active_count(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Whether the queue was drained (and takes no new work until a
+    /// restore).
+    pub fn is_drained(&self) -> bool {
+        self.drained
+    }
+
+    /// The sequence id the last enqueued (or restored) item got.
+    pub fn last_sequence_id(&self) -> i64 {
+        self.last_sequence_id
+    }
+
+    /// When the next active lease expires, if any does.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.active.values().map(|l| l.expires_at).min()
+    }
+
+    /// When the next pending item becomes available, if one is waiting
+    /// out a requeue delay.
+    pub fn next_available(&self, now: Timestamp) -> Option<Timestamp> {
+        self.pending
+            .iter()
+            .map(|p| p.available_at)
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    fn open(&self) -> Result<(), QueueError> {
+        if self.drained {
+            Err(QueueError::new(
+                ErrorStatus::FailedPrecondition,
+                codes::DISPOSED,
+                "the queue was drained; restore items to reopen it",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The lease `handle` names, or the reference's refusal: a token of
+    /// an item that moved on (its lease expired, or it was requeued) is
+    /// inactive; any other is unknown.
+    fn current(&self, handle: &Handle) -> Result<&ActiveLease, QueueError> {
+        if let Some(lease) = self.lease(handle) {
+            return Ok(lease);
+        }
+        let known = self
+            .pending
+            .iter()
+            .map(|p| &p.item)
+            .chain(self.active.values().map(|l| &l.item))
+            .chain(self.dead_letters.iter().map(|d| &d.item))
+            .any(|item| item.sequence_id == handle.sequence_id);
+        Err(if known {
+            QueueError::new(
+                ErrorStatus::FailedPrecondition,
+                codes::LEASE_INACTIVE,
+                format!(
+                    "the lease {} of item {} is no longer active",
+                    handle.lease_id, handle.sequence_id
+                ),
+            )
+        } else {
+            QueueError::new(
+                ErrorStatus::NotFound,
+                codes::UNKNOWN_TOKEN,
+                "Lease token was not found.",
+            )
+        })
+    }
+
+    /// `enqueue`: an `Enqueue` event for `payload` from `peer`.
+    ///
+    /// # Errors
+    ///
+    /// An invalid payload; a drained queue; a full queue
+    /// ([`ErrorStatus::ResourceExhausted`]: wait and decide again).
+    pub fn decide_enqueue(
+        &self,
+        payload: Payload,
+        peer: Option<&str>,
+        options: &QueueOptions,
+    ) -> Result<Decision, QueueError> {
+        let payload = normalize_payload(payload)?;
+        self.open()?;
+        if self.pending.len() >= options.capacity {
+            return Err(QueueError::new(
+                ErrorStatus::ResourceExhausted,
+                codes::FULL,
+                "the queue is full",
+            ));
+        }
+        let mut out = event(
+            Type::Enqueue,
+            peer,
+            self.pending.len() + 1,
+            self.active.len(),
+        );
+        out.payload = Some(payload);
+        Ok(vec![out])
+    }
+
+    /// `lease`: a `LeaseGranted` event for the first pending item available
+    /// at `now`, owned by `owner`; `None` when there is none.
+    ///
+    /// # Errors
+    ///
+    /// A drained queue.
+    pub fn decide_lease(
+        &self,
+        owner: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Option<Decision>, QueueError> {
+        self.open()?;
+        let Some(entry) = self.pending.iter().find(|p| p.available_at <= now) else {
+            return Ok(None);
+        };
+        let mut out = event(
+            Type::LeaseGranted,
+            owner,
+            self.pending.len() - 1,
+            self.active.len() + 1,
+        );
+        out.ownership = Some(Handle {
+            sequence_id: entry.item.sequence_id,
+            attempt: entry.item.attempt,
+            lease_id: Uuid::new_v4(),
+        });
+        out.payload = Some(entry.item.payload.clone());
+        out.error.clone_from(&entry.item.last_error);
+        Ok(Some(vec![out]))
+    }
+
+    /// `complete`: `Completed` then `Heartbeat` (the reference's pair).
+    ///
+    /// # Errors
+    ///
+    /// A token that is not the item's current lease.
+    pub fn decide_complete(&self, handle: &Handle) -> Result<Decision, QueueError> {
+        let lease = self.current(handle)?;
+        let (pending, active) = (self.pending.len(), self.active.len() - 1);
+        let owner = lease.owner.as_deref();
+        let mut completed = event(Type::Completed, owner, pending, active);
+        completed.ownership = Some(lease.handle);
+        completed.payload = Some(lease.item.payload.clone());
+        let mut heartbeat = event(Type::Heartbeat, owner, pending, active);
+        heartbeat.ownership = Some(lease.handle);
+        Ok(vec![completed, heartbeat])
+    }
+
+    /// `heartbeat`: extends the lease to `now + lease_duration` if
+    /// `heartbeat_interval` passed since the last effective heartbeat
+    /// (else nothing changes). No event: the reference emits none, and
+    /// expiry is recomputed from the grant after a restart.
+    ///
+    /// # Errors
+    ///
+    /// A token that is not the item's current lease.
+    pub fn heartbeat(
+        &mut self,
+        handle: &Handle,
+        now: Timestamp,
+        options: &QueueOptions,
+    ) -> Result<bool, QueueError> {
+        self.current(handle)?;
+        let Some(lease) = self.active.get_mut(&handle.lease_id) else {
+            return Ok(false);
+        };
+        if now.saturating_duration_since(lease.last_heartbeat) < options.heartbeat_interval {
+            return Ok(false);
+        }
+        lease.last_heartbeat = now;
+        lease.expires_at = plus(now, options.lease_duration);
+        Ok(true)
+    }
+
+    /// What follows the end of a lease that did not complete: the item back
+    /// in the queue with attempt + 1 (`Requeued`), or, when `requeue` is
+    /// false or the attempts are spent, in the dead letters
+    /// (`DeadLettered`). `pending`/`active` are the counts before.
+    fn after_failure(
+        lease: &ActiveLease,
+        error: &ErrorInfo,
+        requeue: bool,
+        counts: (usize, usize),
+        options: &QueueOptions,
+    ) -> (Event, usize) {
+        let (pending, active) = counts;
+        let next_attempt = lease.item.attempt.saturating_add(1);
+        let again = requeue
+            && u32::try_from(next_attempt).is_ok_and(|a| a <= options.max_delivery_attempts);
+        let mut item = lease.item.clone();
+        item.last_error = Some(error.clone());
+        item.last_ownership_token = Some(lease.handle);
+        let (kind, pending) = if again {
+            item.attempt = next_attempt;
+            (Type::Requeued, pending + 1)
+        } else {
+            (Type::DeadLettered, pending)
+        };
+        let mut out = event(kind, lease.owner.as_deref(), pending, active);
+        out.ownership = Some(lease.handle);
+        out.error = Some(error.clone());
+        out.items = vec![item];
+        (out, pending)
+    }
+
+    /// `fail`: `Failed` (metadata `failure.requeued`), then `Requeued` or
+    /// `DeadLettered`.
+    ///
+    /// # Errors
+    ///
+    /// A token that is not the item's current lease.
+    pub fn decide_fail(
+        &self,
+        handle: &Handle,
+        reason: Option<&str>,
+        code: Option<&str>,
+        requeue: bool,
+        options: &QueueOptions,
+    ) -> Result<Decision, QueueError> {
+        let lease = self.current(handle)?;
+        let error = ErrorInfo {
+            message: reason
+                .filter(|r| !r.is_empty())
+                .unwrap_or("lease failed")
+                .to_owned(),
+            code: Some(
+                code.filter(|c| !c.is_empty())
+                    .unwrap_or(codes::FAILED)
+                    .to_owned(),
+            ),
+        };
+        let counts = (self.pending.len(), self.active.len() - 1);
+        let (then, pending) = Self::after_failure(lease, &error, requeue, counts, options);
+        let mut failed = event(Type::Failed, lease.owner.as_deref(), pending, counts.1);
+        failed.ownership = Some(lease.handle);
+        failed.payload = Some(lease.item.payload.clone());
+        failed.error = Some(error);
+        failed.metadata.insert(keys::REQUEUED, dotnet_bool(requeue));
+        Ok(vec![failed, then])
+    }
+
+    /// The expiry sweep at `now`: for each lease past its expiry (soonest
+    /// first), `LeaseExpired` then `Requeued` or `DeadLettered`.
+    pub fn decide_sweep(&self, now: Timestamp, options: &QueueOptions) -> Decision {
+        let mut expired: Vec<&ActiveLease> = self
+            .active
+            .values()
+            .filter(|l| l.expires_at <= now)
+            .collect();
+        expired.sort_by_key(|l| (l.expires_at, l.handle.lease_id));
+        let (mut pending, mut active) = (self.pending.len(), self.active.len());
+        let mut out = Vec::with_capacity(expired.len() * 2);
+        for lease in expired {
+            active -= 1;
+            let error = ErrorInfo {
+                message: "Lease expired without heartbeat.".to_owned(),
+                code: Some(codes::LEASE_EXPIRED.to_owned()),
+            };
+            let (then, after) =
+                Self::after_failure(lease, &error, true, (pending, active), options);
+            let mut gone = event(Type::LeaseExpired, lease.owner.as_deref(), after, active);
+            gone.ownership = Some(lease.handle);
+            gone.payload = Some(lease.item.payload.clone());
+            gone.error = Some(error);
+            pending = after;
+            out.push(gone);
+            out.push(then);
+        }
+        out
+    }
+
+    /// `drain`: a `DrainSnapshot` holding every pending item (version 2;
+    /// the reference's event has only `drain.count`). The queue then takes
+    /// no new work until a restore.
+    ///
+    /// # Errors
+    ///
+    /// A queue already drained.
+    pub fn decide_drain(&self) -> Result<Decision, QueueError> {
+        self.open()?;
+        let mut out = event(Type::DrainSnapshot, None, 0, self.active.len());
+        out.metadata
+            .insert(keys::DRAIN_COUNT, self.pending.len().to_string());
+        out.items = self.pending.iter().map(|p| p.item.clone()).collect();
+        Ok(vec![out])
+    }
+
+    /// `restore`: a `RestoreSnapshot` holding `items` (nothing for none).
+    /// Items keep their sequence id, attempt, enqueue time, last error and
+    /// last token; an item without a last error gets the reference's
+    /// `error.unspecified` "restored pending item". Reopens a drained
+    /// queue.
+    ///
+    /// # Errors
+    ///
+    /// An invalid item, or a sequence id already in this queue.
+    pub fn decide_restore(
+        &self,
+        items: Vec<Item>,
+        peer: Option<&str>,
+    ) -> Result<Decision, QueueError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut restored = Vec::with_capacity(items.len());
+        for (index, mut item) in items.into_iter().enumerate() {
+            let invalid = |why: String| {
+                QueueError::new(
+                    ErrorStatus::InvalidArgument,
+                    codes::PENDING_ITEM_INVALID,
+                    format!("items[{index}]: {why}"),
+                )
+            };
+            item.payload = normalize_payload(std::mem::take(&mut item.payload))
+                .map_err(|e| invalid(e.message))?;
+            if item.sequence_id < 1 {
+                return Err(invalid(format!(
+                    "sequenceId {} is not positive",
+                    item.sequence_id
+                )));
+            }
+            if item.attempt < 1 {
+                return Err(invalid(format!("attempt {} is not positive", item.attempt)));
+            }
+            let taken = self
+                .pending
+                .iter()
+                .map(|p| &p.item)
+                .chain(self.active.values().map(|l| &l.item))
+                .any(|other| other.sequence_id == item.sequence_id);
+            if taken || !seen.insert(item.sequence_id) {
+                return Err(invalid(format!(
+                    "sequenceId {} is already in the queue",
+                    item.sequence_id
+                )));
+            }
+            item.last_error.get_or_insert_with(|| ErrorInfo {
+                message: "restored pending item".to_owned(),
+                code: Some(codes::UNSPECIFIED.to_owned()),
+            });
+            restored.push(item);
+        }
+        let mut out = event(
+            Type::RestoreSnapshot,
+            peer,
+            self.pending.len() + restored.len(),
+            self.active.len(),
+        );
+        out.metadata
+            .insert(keys::RESTORE_COUNT, restored.len().to_string());
+        out.items = restored;
+        Ok(vec![out])
+    }
+
+    /// Folds `event` into the state.
+    ///
+    /// # Errors
+    ///
+    /// The event does not fit (a lease of an item that is not pending, the
+    /// end of a lease that is not active, an event without what it needs).
+    pub fn apply(&mut self, event: &Event, options: &QueueOptions) -> Result<(), ProjectionError> {
+        let at = event.timestamp;
+        let wrong = |message: String| ProjectionError {
+            sequence: event.sequence_number,
+            message,
+        };
+        let handle = || {
+            event
+                .ownership
+                .ok_or_else(|| wrong(format!("{} without ownership", event.event_type.name())))
+        };
+        match event.event_type {
+            Type::Enqueue => {
+                let payload = event
+                    .payload
+                    .clone()
+                    .ok_or_else(|| wrong("Enqueue without payload".to_owned()))?;
+                self.last_sequence_id += 1;
+                self.pending.push_back(PendingEntry {
+                    item: Item {
+                        payload,
+                        attempt: 1,
+                        enqueued_at: at,
+                        last_error: None,
+                        sequence_id: self.last_sequence_id,
+                        last_ownership_token: None,
+                    },
+                    available_at: at,
+                });
+            }
+            Type::LeaseGranted => {
+                let handle = handle()?;
+                let index = self
+                    .pending
+                    .iter()
+                    .position(|p| p.item.sequence_id == handle.sequence_id)
+                    .ok_or_else(|| wrong(format!("item {} is not pending", handle.sequence_id)))?;
+                let Some(entry) = self.pending.remove(index) else {
+                    return Err(wrong(format!("item {} is not pending", handle.sequence_id)));
+                };
+                let mut item = entry.item;
+                item.attempt = handle.attempt;
+                self.active.insert(
+                    handle.lease_id,
+                    ActiveLease {
+                        item,
+                        owner: event.peer_id.clone(),
+                        granted_at: at,
+                        expires_at: plus(at, options.lease_duration),
+                        last_heartbeat: at,
+                        handle,
+                    },
+                );
+            }
+            Type::Completed | Type::Failed | Type::LeaseExpired => {
+                let handle = handle()?;
+                self.active
+                    .remove(&handle.lease_id)
+                    .ok_or_else(|| wrong(format!("lease {} is not active", handle.lease_id)))?;
+            }
+            // The reference's heartbeat events follow `Completed`; live
+            // heartbeats are not events.
+            Type::Heartbeat => {}
+            Type::Requeued => {
+                let item = event
+                    .items
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| wrong("Requeued without its item".to_owned()))?;
+                self.pending.push_back(PendingEntry {
+                    item,
+                    available_at: plus(at, options.requeue_delay),
+                });
+            }
+            Type::DeadLettered => {
+                let item = event
+                    .items
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| wrong("DeadLettered without its item".to_owned()))?;
+                self.dead_letters.push(DeadLetter {
+                    item,
+                    error: event.error.clone(),
+                    at,
+                });
+            }
+            Type::DrainSnapshot => {
+                self.pending.clear();
+                self.drained = true;
+            }
+            Type::RestoreSnapshot => {
+                for item in &event.items {
+                    self.last_sequence_id = self.last_sequence_id.max(item.sequence_id);
+                    self.pending.push_back(PendingEntry {
+                        item: item.clone(),
+                        available_at: at,
+                    });
+                }
+                self.drained = false;
+            }
+        }
+        Ok(())
+    }
+}

@@ -19,8 +19,10 @@
 #![warn(missing_docs)]
 
 pub mod queue;
+mod service;
 
 pub use queue::{
     ActiveLease, DeadLetter, Decision, ErrorStatus, PendingEntry, ProjectionError, QueueError,
     QueueOptions, QueueState,
 };
+pub use service::{DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats};

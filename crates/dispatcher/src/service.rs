@@ -1,0 +1,466 @@
+//! The dispatcher: the lease queue on a durable replication log.
+//!
+//! Every operation runs under the queue's lock: decide the events from the
+//! state, submit them to the log (they get their sequence and timestamp
+//! there), apply them to the state, release the lock, and answer once the
+//! log has made them durable. So no mutation happens without its event (a
+//! refused submission changes nothing) and no event exists without its
+//! mutation (a restart folds the log back into the same state). Publishers
+//! share the log's group commit: the lock is not held across the sync. If
+//! the log fails to make events durable, it has stopped for good; the
+//! dispatcher then refuses every operation (`unavailable`) and a restart
+//! rebuilds the state from what the log kept.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use omnirelay_replication::{
+    DurableReplicator, Encoding, Error, ErrorKind, Format, PendingPublish, Replayed, StreamId,
+    Timestamp, WireVersion,
+};
+use omnirelay_resourcelease::{
+    ResourceLeaseItemPayload as Payload, ResourceLeaseOwnershipHandle as Handle,
+    ResourceLeasePendingItem as Item, ResourceLeaseReplicationEvent as Event, proto, telemetry,
+};
+use tokio::sync::{Mutex, MutexGuard, Notify};
+
+use crate::queue::{ErrorStatus, QueueError, QueueOptions, QueueState};
+
+/// A dispatcher's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DispatcherOptions {
+    /// The RPC namespace (`{namespace}::enqueue`, …); blank means
+    /// `resourcelease`.
+    pub namespace: String,
+    /// The queue.
+    pub queue: QueueOptions,
+    /// The replication stream the dispatcher writes (and rebuilds from).
+    pub stream: StreamId,
+}
+
+impl Default for DispatcherOptions {
+    fn default() -> Self {
+        Self {
+            namespace: "resourcelease".to_owned(),
+            queue: QueueOptions::default(),
+            stream: StreamId::default(),
+        }
+    }
+}
+
+/// Why an operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The queue refused it (a reference error code).
+    #[error("{0}")]
+    Queue(QueueError),
+    /// The log cannot take events now (it stopped, or a required sink is
+    /// over its budget and refuses); nothing changed.
+    #[error("replication is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<QueueError> for DispatchError {
+    fn from(error: QueueError) -> Self {
+        Self::Queue(error)
+    }
+}
+
+/// What `lease` hands a worker (the reference's lease response).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease's token.
+    pub handle: Handle,
+    /// The item.
+    pub item: Item,
+    /// Who holds it (`None` when no peer id resolved).
+    pub owner: Option<String>,
+}
+
+/// Pending and active counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Pending items.
+    pub pending: usize,
+    /// Active leases.
+    pub active: usize,
+}
+
+/// The dispatcher. See the module documentation.
+pub struct Dispatcher {
+    replicator: Arc<DurableReplicator<Event>>,
+    options: DispatcherOptions,
+    state: Mutex<QueueState>,
+    /// Wakes waiting leasers and enqueuers after every change.
+    changed: Notify,
+    /// Set once the log failed to make events durable.
+    failed: OnceLock<String>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stats_of(state: &QueueState) -> QueueStats {
+    QueueStats {
+        pending: state.pending_count(),
+        active: state.active_count(),
+    }
+}
+
+impl Dispatcher {
+    /// Opens the dispatcher on `replicator`: the queue is rebuilt from the
+    /// stream's log, then the expiry sweep starts.
+    ///
+    /// # Errors
+    ///
+    /// The log cannot be read, or holds an event that does not fit the
+    /// queue (another writer's stream, or damage): [`ErrorKind::Corrupt`]
+    /// naming the sequence.
+    pub async fn open(
+        replicator: Arc<DurableReplicator<Event>>,
+        mut options: DispatcherOptions,
+    ) -> Result<Arc<Self>, Error> {
+        if options.namespace.trim().is_empty() {
+            options.namespace = "resourcelease".to_owned();
+        }
+        options.namespace = options.namespace.trim().to_owned();
+        let state = Self::rebuild(&replicator, &options).await?;
+        let dispatcher = Arc::new(Self {
+            replicator,
+            options,
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            failed: OnceLock::new(),
+        });
+        tokio::spawn(Self::sweep_loop(Arc::downgrade(&dispatcher)));
+        Ok(dispatcher)
+    }
+
+    /// The queue folded from the stream's log.
+    async fn rebuild(
+        replicator: &DurableReplicator<Event>,
+        options: &DispatcherOptions,
+    ) -> Result<QueueState, Error> {
+        replicator.open_stream(&options.stream).await?;
+        let replay = replicator
+            .replay(
+                &options.stream,
+                1,
+                Encoding::new(Format::Protobuf, WireVersion::V2),
+            )
+            .await?;
+        let queue = options.queue.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut state = QueueState::new();
+            for item in replay {
+                let Replayed::Record(record) = item? else {
+                    continue;
+                };
+                let event = proto::decode(record.bytes()).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "event {} is not a resource-lease event: {e}",
+                            record.sequence()
+                        ),
+                    )
+                })?;
+                state.apply(&event, &queue).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        format!("the log does not fold into a queue: {e}"),
+                    )
+                })?;
+            }
+            Ok(state)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("rebuilding the queue: {e}")))?
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &DispatcherOptions {
+        &self.options
+    }
+
+    /// A copy of the queue as it stands.
+    pub async fn snapshot(&self) -> QueueState {
+        self.state.lock().await.clone()
+    }
+
+    /// Pending and active counts.
+    pub async fn stats(&self) -> QueueStats {
+        stats_of(&*self.state.lock().await)
+    }
+
+    fn check(&self) -> Result<(), DispatchError> {
+        match self.failed.get() {
+            Some(why) => Err(DispatchError::Unavailable(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Submits `events` (decided under `state`'s lock) and applies them;
+    /// returns them as the log numbered them, and the wait for durability.
+    async fn commit(
+        &self,
+        state: &mut MutexGuard<'_, QueueState>,
+        events: Vec<Event>,
+    ) -> Result<(Vec<Event>, Option<PendingPublish<Event>>), DispatchError> {
+        if events.is_empty() {
+            return Ok((events, None));
+        }
+        let mut applied = events.clone();
+        let pending = self
+            .replicator
+            .submit_all(&self.options.stream, events)
+            .await
+            .map_err(|parts| DispatchError::Unavailable(parts.error.to_string()))?;
+        let first = *pending.sequences().start();
+        let timestamp = pending.receipt().timestamp;
+        for (offset, event) in applied.iter_mut().enumerate() {
+            event.sequence_number = i64::try_from(first + offset as u64).unwrap_or(i64::MAX);
+            event.timestamp = timestamp;
+            event.stream_id = Some(self.options.stream.as_str().to_owned());
+            telemetry::record_published(event);
+            if let Err(error) = state.apply(event, &self.options.queue) {
+                // Decided from this very state: only a bug gets here. The
+                // log has the events, the state does not: stop serving.
+                let why = format!("the queue fell out of step with its log: {error}");
+                tracing::error!(%why);
+                let _ = self.failed.set(why.clone());
+                return Err(DispatchError::Unavailable(why));
+            }
+        }
+        self.changed.notify_waiters();
+        Ok((applied, Some(pending)))
+    }
+
+    /// Waits until `pending` is durable.
+    async fn durable(&self, pending: Option<PendingPublish<Event>>) -> Result<(), DispatchError> {
+        let Some(pending) = pending else {
+            return Ok(());
+        };
+        pending.durable().await.map(|_| ()).map_err(|error| {
+            let why = format!("the replication log stopped: {error}");
+            let _ = self.failed.set(why.clone());
+            DispatchError::Unavailable(why)
+        })
+    }
+
+    /// Enqueues `payload` on behalf of `peer`; waits while the queue is
+    /// full. Returns the counts after it.
+    ///
+    /// # Errors
+    ///
+    /// An invalid payload, a drained queue, or replication unavailable.
+    pub async fn enqueue(
+        &self,
+        payload: Payload,
+        peer: Option<&str>,
+    ) -> Result<QueueStats, DispatchError> {
+        loop {
+            self.check()?;
+            let notified = self.changed.notified();
+            let mut state = self.state.lock().await;
+            match state.decide_enqueue(payload.clone(), peer, &self.options.queue) {
+                Ok(events) => {
+                    let (_, pending) = self.commit(&mut state, events).await?;
+                    let stats = stats_of(&state);
+                    drop(state);
+                    self.durable(pending).await?;
+                    return Ok(stats);
+                }
+                Err(error) if error.status == ErrorStatus::ResourceExhausted => {
+                    drop(state);
+                    notified.await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Leases the next available item to `owner`, waiting for one (a long
+    /// poll: drop the future to give up).
+    ///
+    /// # Errors
+    ///
+    /// A drained queue, or replication unavailable.
+    pub async fn lease(&self, owner: Option<&str>) -> Result<Lease, DispatchError> {
+        loop {
+            self.check()?;
+            let notified = self.changed.notified();
+            let mut state = self.state.lock().await;
+            let now = Timestamp::now();
+            if let Some(events) = state.decide_lease(owner, now)? {
+                let (events, pending) = self.commit(&mut state, events).await?;
+                let granted = events
+                    .first()
+                    .and_then(|e| e.ownership)
+                    .and_then(|handle| state.lease(&handle).cloned());
+                drop(state);
+                self.durable(pending).await?;
+                let lease = granted.ok_or_else(|| {
+                    DispatchError::Unavailable("the granted lease vanished".to_owned())
+                })?;
+                return Ok(Lease {
+                    handle: lease.handle,
+                    item: lease.item,
+                    owner: lease.owner,
+                });
+            }
+            // Nothing now: wait for a change, or for a requeued item's
+            // delay to pass.
+            let wake = state
+                .next_available(now)
+                .map(|at| at.saturating_duration_since(now));
+            drop(state);
+            match wake {
+                Some(delay) => {
+                    let _ = tokio::time::timeout(delay, notified).await;
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Completes the lease `handle`: `Completed`, then `Heartbeat`.
+    ///
+    /// # Errors
+    ///
+    /// A token that is not the item's current lease; replication
+    /// unavailable.
+    pub async fn complete(&self, handle: &Handle) -> Result<(), DispatchError> {
+        self.check()?;
+        let mut state = self.state.lock().await;
+        let events = state.decide_complete(handle)?;
+        let (_, pending) = self.commit(&mut state, events).await?;
+        drop(state);
+        self.durable(pending).await
+    }
+
+    /// A heartbeat on the lease `handle` (no event; see
+    /// [`QueueState::heartbeat`]). Returns whether it extended the lease.
+    ///
+    /// # Errors
+    ///
+    /// A token that is not the item's current lease.
+    pub async fn heartbeat(&self, handle: &Handle) -> Result<bool, DispatchError> {
+        self.check()?;
+        let mut state = self.state.lock().await;
+        Ok(state.heartbeat(handle, Timestamp::now(), &self.options.queue)?)
+    }
+
+    /// Fails the lease `handle`: `Failed`, then `Requeued` (attempts left
+    /// and `requeue`) or `DeadLettered`.
+    ///
+    /// # Errors
+    ///
+    /// A token that is not the item's current lease; replication
+    /// unavailable.
+    pub async fn fail(
+        &self,
+        handle: &Handle,
+        reason: Option<&str>,
+        code: Option<&str>,
+        requeue: bool,
+    ) -> Result<(), DispatchError> {
+        self.check()?;
+        let mut state = self.state.lock().await;
+        let events = state.decide_fail(handle, reason, code, requeue, &self.options.queue)?;
+        let (_, pending) = self.commit(&mut state, events).await?;
+        drop(state);
+        self.durable(pending).await
+    }
+
+    /// Drains the pending items: they are returned (and in the
+    /// `DrainSnapshot` event), and the queue takes no new work until a
+    /// restore.
+    ///
+    /// # Errors
+    ///
+    /// A queue already drained; replication unavailable.
+    pub async fn drain(&self) -> Result<Vec<Item>, DispatchError> {
+        self.check()?;
+        let mut state = self.state.lock().await;
+        let events = state.decide_drain()?;
+        let (events, pending) = self.commit(&mut state, events).await?;
+        drop(state);
+        self.durable(pending).await?;
+        Ok(events.into_iter().flat_map(|e| e.items).collect())
+    }
+
+    /// Restores `items` (from another node's drain); returns how many.
+    ///
+    /// # Errors
+    ///
+    /// An invalid item or a sequence id already here; replication
+    /// unavailable.
+    pub async fn restore(
+        &self,
+        items: Vec<Item>,
+        peer: Option<&str>,
+    ) -> Result<usize, DispatchError> {
+        self.check()?;
+        let count = items.len();
+        let mut state = self.state.lock().await;
+        let events = state.decide_restore(items, peer)?;
+        let (_, pending) = self.commit(&mut state, events).await?;
+        drop(state);
+        self.durable(pending).await?;
+        Ok(count)
+    }
+
+    /// The dead-lettered items.
+    pub async fn dead_letters(&self) -> Vec<crate::queue::DeadLetter> {
+        self.state.lock().await.dead_letters().to_vec()
+    }
+
+    /// Expires overdue leases every `sweep_interval` until the dispatcher
+    /// is dropped.
+    async fn sweep_loop(dispatcher: std::sync::Weak<Self>) {
+        let interval = match dispatcher.upgrade() {
+            Some(d) => d
+                .options
+                .queue
+                .sweep_interval
+                .max(Duration::from_millis(10)),
+            None => return,
+        };
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(dispatcher) = dispatcher.upgrade() else {
+                return;
+            };
+            if dispatcher.check().is_err() {
+                return;
+            }
+            if let Err(error) = dispatcher.sweep().await {
+                tracing::warn!(%error, "lease expiry sweep failed; retrying next tick");
+            }
+        }
+    }
+
+    /// Expires every lease overdue now.
+    ///
+    /// # Errors
+    ///
+    /// Replication unavailable.
+    pub async fn sweep(&self) -> Result<usize, DispatchError> {
+        self.check()?;
+        let mut state = self.state.lock().await;
+        let events = state.decide_sweep(Timestamp::now(), &self.options.queue);
+        let expired = events.len() / 2;
+        let (_, pending) = self.commit(&mut state, events).await?;
+        drop(state);
+        self.durable(pending).await?;
+        Ok(expired)
+    }
+}

@@ -1,0 +1,246 @@
+//! The dispatcher on a real durable log: restarts, long polls, expiry,
+//! a full queue, and what the log holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use omnirelay_dispatcher::{DispatchError, Dispatcher, DispatcherOptions, QueueOptions};
+use omnirelay_replication::{DurableOptions, DurableReplicator, Encoding, Replayed, StreamId};
+use omnirelay_resourcelease::{
+    ResourceLeaseCodec, ResourceLeaseItemPayload as Payload,
+    ResourceLeaseReplicationEventType as Type, json,
+};
+
+async fn replicator(
+    dir: &std::path::Path,
+) -> Arc<DurableReplicator<omnirelay_resourcelease::ResourceLeaseReplicationEvent>> {
+    Arc::new(
+        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
+            .await
+            .unwrap(),
+    )
+}
+
+fn options(queue: QueueOptions) -> DispatcherOptions {
+    DispatcherOptions {
+        queue,
+        ..DispatcherOptions::default()
+    }
+}
+
+fn payload(id: &str) -> Payload {
+    Payload {
+        resource_type: "lakehouse.catalog".to_owned(),
+        resource_id: id.to_owned(),
+        partition_key: "p".to_owned(),
+        payload_encoding: "json".to_owned(),
+        body: b"{}".to_vec(),
+        attributes: None,
+        request_id: None,
+    }
+}
+
+/// The stream as a version-1 (reference) reader sees it: types and peers.
+async fn v1_view(
+    replicator: &DurableReplicator<omnirelay_resourcelease::ResourceLeaseReplicationEvent>,
+) -> Vec<(Type, Option<String>)> {
+    replicator
+        .replay(&StreamId::default(), 1, Encoding::JSON_V1)
+        .await
+        .unwrap()
+        .filter_map(|item| match item.unwrap() {
+            Replayed::Record(record) => {
+                let event = json::decode(record.bytes()).unwrap();
+                Some((event.event_type, event.peer_id))
+            }
+            Replayed::Skipped { .. } => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_dispatcher_has_the_same_pending_leased_and_dead_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = replicator(dir.path()).await;
+    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
+        .await
+        .unwrap();
+    for id in ["a", "b", "c", "d", "e"] {
+        dispatcher
+            .enqueue(payload(id), Some("seeder"))
+            .await
+            .unwrap();
+    }
+    let first = dispatcher.lease(Some("worker-1")).await.unwrap();
+    let second = dispatcher.lease(Some("worker-2")).await.unwrap();
+    let third = dispatcher.lease(None).await.unwrap();
+    assert_eq!(third.owner, None);
+    dispatcher.complete(&first.handle).await.unwrap();
+    dispatcher
+        .fail(
+            &second.handle,
+            Some("bad input"),
+            Some("mesh.demo.failure"),
+            false,
+        )
+        .await
+        .unwrap();
+    let before = dispatcher.snapshot().await;
+    assert_eq!(before.pending_count(), 2);
+    assert_eq!(before.active_count(), 1);
+    assert_eq!(before.dead_letters().len(), 1);
+    assert_eq!(
+        v1_view(&log).await,
+        vec![
+            (Type::Enqueue, Some("seeder".to_owned())),
+            (Type::Enqueue, Some("seeder".to_owned())),
+            (Type::Enqueue, Some("seeder".to_owned())),
+            (Type::Enqueue, Some("seeder".to_owned())),
+            (Type::Enqueue, Some("seeder".to_owned())),
+            (Type::LeaseGranted, Some("worker-1".to_owned())),
+            (Type::LeaseGranted, Some("worker-2".to_owned())),
+            (Type::LeaseGranted, None),
+            (Type::Completed, Some("worker-1".to_owned())),
+            (Type::Heartbeat, Some("worker-1".to_owned())),
+            (Type::Failed, Some("worker-2".to_owned())),
+        ],
+        "the dead-lettering is a version-2 event, left out for version 1"
+    );
+    drop(dispatcher);
+    log.close().await.unwrap();
+
+    let log = replicator(dir.path()).await;
+    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(dispatcher.snapshot().await, before);
+    // The lease held across the restart can still be completed.
+    dispatcher.complete(&third.handle).await.unwrap();
+    let next = dispatcher.lease(Some("worker-1")).await.unwrap();
+    assert_eq!(next.item.payload.resource_id, "d");
+    assert_eq!(next.item.sequence_id, 4);
+    drop(dispatcher);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_waits_for_work_and_expired_leases_come_back_with_the_next_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = replicator(dir.path()).await;
+    let dispatcher = Dispatcher::open(
+        log.clone(),
+        options(QueueOptions {
+            lease_duration: Duration::from_millis(300),
+            sweep_interval: Duration::from_millis(50),
+            ..QueueOptions::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let waiting = {
+        let dispatcher = dispatcher.clone();
+        tokio::spawn(async move { dispatcher.lease(Some("worker-1")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "nothing to lease yet");
+    dispatcher.enqueue(payload("a"), None).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.handle.attempt, 1);
+    // No heartbeat: the sweep expires it, and a waiting worker gets it back.
+    let again = tokio::time::timeout(Duration::from_secs(5), dispatcher.lease(Some("worker-2")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.handle.sequence_id, again.handle.attempt), (1, 2));
+    assert_eq!(
+        again.item.last_error.unwrap().code.as_deref(),
+        Some("error.taskqueue.lease_expired")
+    );
+    // The first holder is fenced out.
+    match dispatcher.complete(&first.handle).await {
+        Err(DispatchError::Queue(e)) => assert_eq!(e.code, "error.taskqueue.lease_inactive"),
+        other => panic!("{other:?}"),
+    }
+    let types: Vec<_> = log
+        .replay(
+            &StreamId::default(),
+            1,
+            Encoding::new(
+                omnirelay_replication::Format::Json,
+                omnirelay_replication::WireVersion::V2,
+            ),
+        )
+        .await
+        .unwrap()
+        .map(|item| match item.unwrap() {
+            Replayed::Record(record) => json::decode(record.bytes()).unwrap().event_type,
+            Replayed::Skipped { .. } => panic!("version 2 holds every event"),
+        })
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            Type::Enqueue,
+            Type::LeaseGranted,
+            Type::LeaseExpired,
+            Type::Requeued,
+            Type::LeaseGranted
+        ]
+    );
+    drop(dispatcher);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_makes_enqueue_wait_and_a_stopped_log_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = replicator(dir.path()).await;
+    let dispatcher = Dispatcher::open(
+        log.clone(),
+        options(QueueOptions {
+            capacity: 1,
+            ..QueueOptions::default()
+        }),
+    )
+    .await
+    .unwrap();
+    dispatcher.enqueue(payload("a"), None).await.unwrap();
+    let blocked = {
+        let dispatcher = dispatcher.clone();
+        tokio::spawn(async move { dispatcher.enqueue(payload("b"), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!blocked.is_finished(), "the queue is full");
+    let lease = dispatcher.lease(None).await.unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(5), blocked)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((stats.pending, stats.active), (1, 1));
+
+    // Once the log is closed nothing can be made durable: refused, and the
+    // queue is as it was.
+    let before = dispatcher.snapshot().await;
+    log.close().await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), dispatcher.complete(&lease.handle))
+        .await
+        .expect("complete on a closed log hung");
+    assert!(
+        matches!(refused, Err(DispatchError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(dispatcher.snapshot().await, before);
+    let refused = tokio::time::timeout(Duration::from_secs(5), dispatcher.lease(None))
+        .await
+        .expect("lease on a closed log hung");
+    assert!(
+        matches!(refused, Err(DispatchError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(dispatcher.snapshot().await, before);
+}

@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod http;
 pub mod queue;
 mod service;
 

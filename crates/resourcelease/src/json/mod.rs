@@ -11,5 +11,5 @@
 mod read;
 mod write;
 
-pub use read::{decode, decode_with_version};
-pub use write::{encode, encode_into};
+pub use read::{RpcRequest, decode, decode_rpc_request, decode_with_version};
+pub use write::{RpcResponse, encode, encode_into, encode_rpc_error, encode_rpc_response};

@@ -81,7 +81,7 @@ macro_rules! reject_scalars {
 /// A JSON value as it came: scalars kept, objects and arrays skipped.
 enum Scalar<'de> {
     Null,
-    Bool,
+    Bool(bool),
     Int(i128),
     Float,
     Str(Cow<'de, str>),
@@ -93,7 +93,7 @@ impl Scalar<'_> {
     fn describe(&self) -> &'static str {
         match self {
             Self::Null => "null",
-            Self::Bool => "a boolean",
+            Self::Bool(_) => "a boolean",
             Self::Int(_) => "an integer",
             Self::Float => "a non-integral number",
             Self::Str(_) => "a string",
@@ -116,6 +116,17 @@ impl Scalar<'_> {
             Self::Str(s) => Ok(Some(s.into_owned())),
             Self::Null => Ok(None),
             other => Err(format!("expected a string, found {}", other.describe())),
+        }
+    }
+
+    fn boolean(&self) -> Result<Option<bool>, String> {
+        match self {
+            Self::Bool(b) => Ok(Some(*b)),
+            Self::Null => Ok(None),
+            // System.Text.Json reads "true"/"false" strings only when told.
+            Self::Str(s) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+            Self::Str(s) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+            other => Err(format!("expected a boolean, found {}", other.describe())),
         }
     }
 
@@ -148,8 +159,8 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Scalar::Bool)
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Bool(v))
             }
             fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
                 Ok(Scalar::Int(v.into()))
@@ -739,6 +750,116 @@ fn items_shape_error<'de>(found: &str) -> Items<'de> {
         )),
         PhantomData,
     )
+}
+
+/// The body of a request to the reference dispatcher's RPC procedures
+/// (reference §3.2), read leniently as event documents are: property names
+/// in any case, unknown properties ignored. One shape holds every
+/// procedure's fields; each procedure takes what it needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RpcRequest {
+    /// `enqueue`: the item.
+    pub payload: Option<ResourceLeaseItemPayload>,
+    /// `lease`: the explicit peer id.
+    pub peer_id: Option<String>,
+    /// `complete`, `heartbeat`, `fail`: the lease's token.
+    pub ownership_token: Option<ResourceLeaseOwnershipHandle>,
+    /// `fail`: the failure's message.
+    pub reason: Option<String>,
+    /// `fail`: the failure's code.
+    pub error_code: Option<String>,
+    /// `fail`: whether to requeue (`None`: not given; the reference
+    /// defaults it to true).
+    pub requeue: Option<bool>,
+    /// `fail`: metadata of the failure.
+    pub metadata: Option<Metadata>,
+    /// `restore`: the items (`None`: not given or `null`).
+    pub items: Option<Vec<ResourceLeasePendingItem>>,
+}
+
+/// Reads an RPC request body; an empty body reads as `{}`.
+///
+/// # Errors
+///
+/// [`DecodeError::Json`] for malformed JSON or a body that is not an
+/// object; [`DecodeError::Field`] naming the field that is wrong.
+pub fn decode_rpc_request(bytes: &[u8]) -> Result<RpcRequest, DecodeError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(RpcRequest::default());
+    }
+    let top: Nested<'_, RpcRequestFields<'_>> =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
+    match top.0 {
+        Ok(Some(request)) => Ok(request),
+        Ok(None) => Ok(RpcRequest::default()),
+        Err(DecodeError::Field { path, reason }) if path.is_empty() => {
+            Err(DecodeError::Json(reason))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+#[derive(Default)]
+struct RpcRequestFields<'de> {
+    payload: Option<Nested<'de, PayloadFields<'de>>>,
+    peer_id: Option<Scalar<'de>>,
+    ownership_token: Option<Nested<'de, OwnershipFields<'de>>>,
+    reason: Option<Scalar<'de>>,
+    error_code: Option<Scalar<'de>>,
+    requeue: Option<Scalar<'de>>,
+    metadata: Option<StringMap>,
+    items: Option<Items<'de>>,
+}
+
+impl<'de> ObjectFields<'de> for RpcRequestFields<'de> {
+    type Output = RpcRequest;
+    const NAMES: &'static [&'static str] = &[
+        "payload",
+        "peerId",
+        "ownershipToken",
+        "reason",
+        "errorCode",
+        "requeue",
+        "metadata",
+        "items",
+    ];
+
+    fn read<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+        match index {
+            0 => take(map, &mut self.payload),
+            1 => take(map, &mut self.peer_id),
+            2 => take(map, &mut self.ownership_token),
+            3 => take(map, &mut self.reason),
+            4 => take(map, &mut self.error_code),
+            5 => take(map, &mut self.requeue),
+            6 => take(map, &mut self.metadata),
+            _ => take(map, &mut self.items),
+        }
+    }
+
+    fn finish(self) -> Result<Self::Output, DecodeError> {
+        let items = match self.items {
+            None => None,
+            Some(items) => Some(items.0?),
+        };
+        Ok(RpcRequest {
+            payload: self.payload.map_or(Ok(None), |p| p.under("payload"))?,
+            peer_id: opt_string("peerId", self.peer_id)?,
+            ownership_token: self
+                .ownership_token
+                .map_or(Ok(None), |t| t.under("ownershipToken"))?,
+            reason: opt_string("reason", self.reason)?,
+            error_code: opt_string("errorCode", self.error_code)?,
+            requeue: self
+                .requeue
+                .map_or(Ok(None), |r| convert("requeue", r.boolean()))?,
+            metadata: match self.metadata {
+                Some(map) => map.under("metadata")?,
+                None => None,
+            },
+            items,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -83,6 +83,101 @@ pub fn encode_into(
     Ok(())
 }
 
+/// A response of the reference dispatcher's RPC procedures (reference
+/// §3.2), written as the reference's System.Text.Json does.
+#[derive(Clone, Copy, Debug)]
+pub enum RpcResponse<'a> {
+    /// `enqueue`: `{"stats":{"pendingCount":n,"activeLeaseCount":n}}`.
+    Enqueued {
+        /// Pending items.
+        pending: usize,
+        /// Active leases.
+        active: usize,
+    },
+    /// `lease`: the item, its token and owner (`ownerPeerId` is `""` when
+    /// no peer resolved).
+    Leased {
+        /// The item as leased (its attempt is this delivery's).
+        item: &'a ResourceLeasePendingItem,
+        /// The lease's token.
+        token: &'a ResourceLeaseOwnershipHandle,
+        /// The owner.
+        owner: Option<&'a str>,
+    },
+    /// `complete`, `heartbeat`, `fail`: `{"success":true}`.
+    Acknowledged,
+    /// `drain`: `{"items":[…]}`.
+    Drained(&'a [ResourceLeasePendingItem]),
+    /// `restore`: `{"restoredCount":n}`.
+    Restored(usize),
+}
+
+/// Writes an RPC response body.
+pub fn encode_rpc_response(response: &RpcResponse<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut w = Writer { out: &mut out };
+    match response {
+        RpcResponse::Enqueued { pending, active } => {
+            w.raw(b"{\"stats\":{\"pendingCount\":");
+            w.int(*pending);
+            w.raw(b",\"activeLeaseCount\":");
+            w.int(*active);
+            w.raw(b"}}");
+        }
+        RpcResponse::Leased { item, token, owner } => {
+            w.raw(b"{\"payload\":");
+            w.payload(&item.payload);
+            w.raw(b",\"sequenceId\":");
+            w.int(item.sequence_id);
+            w.raw(b",\"attempt\":");
+            w.int(item.attempt);
+            w.raw(b",\"enqueuedAt\":");
+            w.timestamp(item.enqueued_at);
+            if let Some(error) = &item.last_error {
+                w.raw(b",\"lastError\":");
+                w.error(error);
+            }
+            w.raw(b",\"ownershipToken\":");
+            w.ownership(token);
+            w.raw(b",\"ownerPeerId\":");
+            w.str(owner.unwrap_or(""));
+            w.raw(b"}");
+        }
+        RpcResponse::Acknowledged => w.raw(b"{\"success\":true}"),
+        RpcResponse::Drained(items) => {
+            w.raw(b"{\"items\":[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    w.raw(b",");
+                }
+                w.pending_item(item);
+            }
+            w.raw(b"]}");
+        }
+        RpcResponse::Restored(count) => {
+            w.raw(b"{\"restoredCount\":");
+            w.int(*count);
+            w.raw(b"}");
+        }
+    }
+    out
+}
+
+/// Writes the body of an RPC error as the reference's HTTP inbound does:
+/// `{"message","status","code"?}`, `status` in upper snake case
+/// (`INVALID_ARGUMENT`).
+pub fn encode_rpc_error(message: &str, status: &str, code: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    let mut w = Writer { out: &mut out };
+    w.raw(b"{\"message\":");
+    w.str(message);
+    w.raw(b",\"status\":");
+    w.str(status);
+    w.opt_str(b",\"code\":", code);
+    w.raw(b"}");
+    out
+}
+
 struct Writer<'a> {
     out: &'a mut Vec<u8>,
 }

@@ -1,0 +1,313 @@
+//! The reference's HTTP RPC surface (reference §3.2–3.4): `POST` on any
+//! path with `Rpc-Procedure: {namespace}::{procedure}`, JSON bodies of the
+//! reference's shapes, errors in `Rpc-Status`, `Rpc-Error-Code` and
+//! `Rpc-Error-Message` with a non-2xx status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use omnirelay_resourcelease::json::{self, RpcRequest, RpcResponse};
+
+use crate::queue::{ErrorStatus, QueueError, codes};
+use crate::service::{DispatchError, Dispatcher};
+
+/// Request and response headers of the reference's HTTP transport.
+pub mod headers {
+    /// The procedure, `{namespace}::{name}`.
+    pub const PROCEDURE: &str = "rpc-procedure";
+    /// The calling service (a peer id source).
+    pub const CALLER: &str = "rpc-caller";
+    /// A principal bound by middleware (a peer id source).
+    pub const PRINCIPAL: &str = "rpc.principal";
+    /// A peer id source of last resort.
+    pub const PEER_ID: &str = "x-peer-id";
+    /// A time limit for the call, in milliseconds (bounds `lease`'s wait).
+    pub const TTL_MS: &str = "rpc-ttl-ms";
+    /// The error's status name (`InvalidArgument`, …).
+    pub const STATUS: &str = "rpc-status";
+    /// The error's code (`error.taskqueue.lease_inactive`, …).
+    pub const ERROR_CODE: &str = "rpc-error-code";
+    /// The error's message.
+    pub const ERROR_MESSAGE: &str = "rpc-error-message";
+    /// The transport that answered (`http`).
+    pub const TRANSPORT: &str = "rpc-transport";
+}
+
+/// The procedures.
+const PROCEDURES: [&str; 7] = [
+    "enqueue",
+    "lease",
+    "complete",
+    "heartbeat",
+    "fail",
+    "drain",
+    "restore",
+];
+
+/// An RPC error: the reference's status, its HTTP code, and the error code.
+struct RpcError {
+    status: &'static str,
+    http: StatusCode,
+    code: Option<String>,
+    message: String,
+}
+
+impl RpcError {
+    fn new(
+        status: &'static str,
+        http: StatusCode,
+        code: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            http,
+            code: code.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+
+    fn invalid(code: Option<&str>, message: impl Into<String>) -> Self {
+        Self::new("InvalidArgument", StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl From<QueueError> for RpcError {
+    fn from(error: QueueError) -> Self {
+        let (status, http) = match error.status {
+            ErrorStatus::InvalidArgument => ("InvalidArgument", StatusCode::BAD_REQUEST),
+            ErrorStatus::NotFound => ("NotFound", StatusCode::NOT_FOUND),
+            ErrorStatus::FailedPrecondition => {
+                ("FailedPrecondition", StatusCode::PRECONDITION_FAILED)
+            }
+            ErrorStatus::ResourceExhausted => ("ResourceExhausted", StatusCode::TOO_MANY_REQUESTS),
+        };
+        Self::new(status, http, Some(error.code), error.message)
+    }
+}
+
+impl From<DispatchError> for RpcError {
+    fn from(error: DispatchError) -> Self {
+        match error {
+            DispatchError::Queue(error) => error.into(),
+            DispatchError::Unavailable(why) => Self::new(
+                "Unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                format!("replication is unavailable: {why}"),
+            ),
+        }
+    }
+}
+
+/// `InvalidArgument` → `INVALID_ARGUMENT`, as the reference's error body.
+fn upper_snake(status: &str) -> String {
+    let mut out = String::with_capacity(status.len() + 4);
+    for (i, c) in status.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// A header value, or a placeholder for text a header cannot carry.
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| {
+        HeaderValue::from_str(&text.escape_default().to_string())
+            .unwrap_or(HeaderValue::from_static("(unprintable)"))
+    })
+}
+
+impl IntoResponse for RpcError {
+    fn into_response(self) -> Response {
+        let body = json::encode_rpc_error(
+            &self.message,
+            &upper_snake(self.status),
+            self.code.as_deref(),
+        );
+        let mut response = (self.http, Body::from(body)).into_response();
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(headers::TRANSPORT, HeaderValue::from_static("http"));
+        h.insert(headers::STATUS, HeaderValue::from_static(self.status));
+        h.insert(headers::ERROR_MESSAGE, header_value(&self.message));
+        if let Some(code) = &self.code {
+            h.insert(headers::ERROR_CODE, header_value(code));
+        }
+        response
+    }
+}
+
+fn ok(body: &RpcResponse<'_>) -> Response {
+    let mut response = Body::from(json::encode_rpc_response(body)).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(headers::TRANSPORT, HeaderValue::from_static("http"));
+    response
+}
+
+/// The first non-blank peer id: `explicit` (lease's `peerId`), then the
+/// `Rpc-Caller`, `rpc.principal` and `x-peer-id` headers (reference §3.4).
+pub fn resolve_peer(explicit: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    explicit
+        .into_iter()
+        .chain(
+            [headers::CALLER, headers::PRINCIPAL, headers::PEER_ID]
+                .iter()
+                .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok())),
+        )
+        .map(str::trim)
+        .find(|peer| !peer.is_empty())
+        .map(str::to_owned)
+}
+
+/// The dispatcher's RPC router: every path, `POST` only.
+pub fn router(dispatcher: Arc<Dispatcher>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(dispatcher)
+}
+
+async fn handle(
+    State(dispatcher): State<Arc<Dispatcher>>,
+    method: Method,
+    request_headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method != Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST an RPC with an Rpc-Procedure header\n",
+        )
+            .into_response();
+    }
+    match call(&dispatcher, &request_headers, &body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn call(
+    dispatcher: &Dispatcher,
+    request_headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, RpcError> {
+    let namespace = &dispatcher.options().namespace;
+    let procedure = request_headers
+        .get(headers::PROCEDURE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| RpcError::invalid(None, "the Rpc-Procedure header is required"))?;
+    let name = procedure
+        .strip_prefix(namespace.as_str())
+        .and_then(|rest| rest.strip_prefix("::"))
+        .filter(|name| PROCEDURES.contains(name))
+        .ok_or_else(|| {
+            RpcError::new(
+                "Unimplemented",
+                StatusCode::NOT_IMPLEMENTED,
+                None,
+                format!(
+                    "no procedure {procedure:?} here (this dispatcher serves {namespace}::{{{}}})",
+                    PROCEDURES.join("|")
+                ),
+            )
+        })?;
+    let request: RpcRequest = json::decode_rpc_request(body).map_err(|e| {
+        let code = match &e {
+            omnirelay_resourcelease::DecodeError::Field { path, reason }
+                if path.starts_with("items[") && reason.contains("null") =>
+            {
+                Some("resourcelease.restore.pending_item_required")
+            }
+            _ => None,
+        };
+        RpcError::invalid(code, format!("the request body does not read: {e}"))
+    })?;
+    let token = || {
+        request.ownership_token.ok_or_else(|| {
+            RpcError::invalid(
+                Some("resourcelease.ownership_token_required"),
+                "ownershipToken is required",
+            )
+        })
+    };
+    let response = match name {
+        "enqueue" => {
+            let payload = request.payload.clone().ok_or_else(|| {
+                RpcError::invalid(Some(codes::PAYLOAD_REQUIRED), "payload is required")
+            })?;
+            let peer = resolve_peer(None, request_headers);
+            let stats = dispatcher.enqueue(payload, peer.as_deref()).await?;
+            ok(&RpcResponse::Enqueued {
+                pending: stats.pending,
+                active: stats.active,
+            })
+        }
+        "lease" => {
+            let owner = resolve_peer(request.peer_id.as_deref(), request_headers);
+            let wait = dispatcher.lease(owner.as_deref());
+            let ttl = request_headers
+                .get(headers::TTL_MS)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let lease = match ttl {
+                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), wait)
+                    .await
+                    .map_err(|_| {
+                        RpcError::new(
+                            "DeadlineExceeded",
+                            StatusCode::GATEWAY_TIMEOUT,
+                            None,
+                            format!("no item to lease within {ms} ms"),
+                        )
+                    })??,
+                None => wait.await?,
+            };
+            ok(&RpcResponse::Leased {
+                item: &lease.item,
+                token: &lease.handle,
+                owner: lease.owner.as_deref(),
+            })
+        }
+        "complete" => {
+            dispatcher.complete(&token()?).await?;
+            ok(&RpcResponse::Acknowledged)
+        }
+        "heartbeat" => {
+            dispatcher.heartbeat(&token()?).await?;
+            ok(&RpcResponse::Acknowledged)
+        }
+        "fail" => {
+            dispatcher
+                .fail(
+                    &token()?,
+                    request.reason.as_deref(),
+                    request.error_code.as_deref(),
+                    request.requeue.unwrap_or(true),
+                )
+                .await?;
+            ok(&RpcResponse::Acknowledged)
+        }
+        "drain" => {
+            let items = dispatcher.drain().await?;
+            ok(&RpcResponse::Drained(&items))
+        }
+        _ => {
+            let items = request.items.clone().unwrap_or_default();
+            let peer = resolve_peer(None, request_headers);
+            let count = dispatcher.restore(items, peer.as_deref()).await?;
+            ok(&RpcResponse::Restored(count))
+        }
+    };
+    Ok(response)
+}

@@ -1,0 +1,294 @@
+//! The reference's HTTP RPC surface over a real socket.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, http};
+use omnirelay_replication::{DurableOptions, DurableReplicator};
+use omnirelay_resourcelease::ResourceLeaseCodec;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Value,
+}
+
+/// POSTs `body` with `headers` to `address` (HTTP/1.1, one connection).
+async fn post(
+    address: &str,
+    procedure: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut request = format!(
+        "POST /omnirelay/v1/resourcelease HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(procedure) = procedure {
+        request.push_str(&format!("Rpc-Procedure: {procedure}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    let body = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn serve(dir: &std::path::Path) -> (String, Arc<Dispatcher>) {
+    let replicator = Arc::new(
+        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
+            .await
+            .unwrap(),
+    );
+    let dispatcher = Dispatcher::open(replicator, DispatcherOptions::default())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let app = http::router(dispatcher.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, dispatcher)
+}
+
+const PAYLOAD: &str = r#"{"payload":{"resourceType":"lakehouse.catalog","resourceId":"sales.orders","partitionKey":"p-1","payloadEncoding":"json","body":"e30=","attributes":{"owner":"mesh"}}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_procedures_answer_with_the_reference_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, _dispatcher) = serve(dir.path()).await;
+    let at = address.as_str();
+
+    let enqueued = post(
+        at,
+        Some("resourcelease::enqueue"),
+        &[("Rpc-Caller", "mesh-demo-host")],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(enqueued.status, 200, "{:?}", enqueued.body);
+    assert_eq!(
+        enqueued.body,
+        json!({"stats": {"pendingCount": 1, "activeLeaseCount": 0}})
+    );
+
+    // The explicit peer id wins over the headers.
+    let leased = post(
+        at,
+        Some("resourcelease::lease"),
+        &[("Rpc-Caller", "someone-else")],
+        r#"{"peerId":"worker-1"}"#,
+    )
+    .await;
+    assert_eq!(leased.status, 200, "{:?}", leased.body);
+    let body = &leased.body;
+    assert_eq!(body["payload"]["resourceId"], "sales.orders");
+    assert_eq!(body["payload"]["attributes"], json!({"owner": "mesh"}));
+    assert_eq!(
+        (body["sequenceId"].as_i64(), body["attempt"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(body["ownerPeerId"], "worker-1");
+    assert!(body.get("lastError").is_none());
+    assert!(body["enqueuedAt"].as_str().unwrap().ends_with("+00:00"));
+    let token = body["ownershipToken"].clone();
+    assert_eq!(token["sequenceId"], 1);
+
+    let hb = post(
+        at,
+        Some("resourcelease::heartbeat"),
+        &[],
+        &json!({"ownershipToken": token}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (hb.status, hb.body.clone()),
+        (200, json!({"success": true}))
+    );
+    let done = post(
+        at,
+        Some("resourcelease::complete"),
+        &[],
+        &json!({"ownershipToken": token}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (done.status, done.body.clone()),
+        (200, json!({"success": true}))
+    );
+    // Again: the token is gone.
+    let again = post(
+        at,
+        Some("resourcelease::complete"),
+        &[],
+        &json!({"ownershipToken": token}).to_string(),
+    )
+    .await;
+    assert_eq!(again.status, 404);
+    assert_eq!(again.headers["rpc-status"], "NotFound");
+    assert_eq!(
+        again.headers["rpc-error-code"],
+        "error.resourcelease.unknown_token"
+    );
+    assert_eq!(again.body["status"], "NOT_FOUND");
+    assert_eq!(again.body["code"], "error.resourcelease.unknown_token");
+
+    // A failure without `requeue` requeues (the reference's default), and
+    // the next lease carries it as lastError with attempt 2.
+    post(at, Some("resourcelease::enqueue"), &[], PAYLOAD).await;
+    let leased = post(
+        at,
+        Some("resourcelease::lease"),
+        &[("x-peer-id", "worker-2")],
+        "{}",
+    )
+    .await;
+    assert_eq!(leased.body["ownerPeerId"], "worker-2");
+    let failed = post(
+        at,
+        Some("resourcelease::fail"),
+        &[],
+        &json!({"ownershipToken": leased.body["ownershipToken"], "reason": "stale", "errorCode": "mesh.demo.failure"}).to_string(),
+    )
+    .await;
+    assert_eq!(failed.status, 200, "{:?}", failed.body);
+    let again = post(at, Some("resourcelease::lease"), &[], "").await;
+    assert_eq!(again.body["attempt"], 2);
+    assert_eq!(
+        again.body["ownerPeerId"], "",
+        "no peer resolves: empty, not absent"
+    );
+    assert_eq!(
+        again.body["lastError"],
+        json!({"message": "stale", "code": "mesh.demo.failure"})
+    );
+    // The fenced-out token of the first lease of that item.
+    let fenced = post(
+        at,
+        Some("resourcelease::fail"),
+        &[],
+        &json!({"ownershipToken": leased.body["ownershipToken"]}).to_string(),
+    )
+    .await;
+    assert_eq!(fenced.status, 412);
+    assert_eq!(fenced.headers["rpc-status"], "FailedPrecondition");
+    assert_eq!(
+        fenced.headers["rpc-error-code"],
+        "error.taskqueue.lease_inactive"
+    );
+
+    // Drain hands out the pending items; the queue then refuses work;
+    // restore brings items back.
+    post(at, Some("resourcelease::enqueue"), &[], PAYLOAD).await;
+    let drained = post(at, Some("resourcelease::drain"), &[], "{}").await;
+    assert_eq!(drained.status, 200);
+    let items = drained.body["items"].clone();
+    assert_eq!(items.as_array().unwrap().len(), 1);
+    assert_eq!(items[0]["sequenceId"], 3);
+    assert_eq!(items[0]["attempt"], 1);
+    let refused = post(at, Some("resourcelease::enqueue"), &[], PAYLOAD).await;
+    assert_eq!(refused.status, 412);
+    assert_eq!(
+        refused.headers["rpc-error-code"],
+        "error.taskqueue.disposed"
+    );
+    let restored = post(
+        at,
+        Some("resourcelease::restore"),
+        &[],
+        &json!({"items": items}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (restored.status, restored.body.clone()),
+        (200, json!({"restoredCount": 1}))
+    );
+    let none = post(at, Some("resourcelease::restore"), &[], r#"{"items":null}"#).await;
+    assert_eq!(none.body, json!({"restoredCount": 0}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_reference_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, _dispatcher) = serve(dir.path()).await;
+    let at = address.as_str();
+    for (procedure, body, status, code) in [
+        (
+            Some("resourcelease::enqueue"),
+            r#"{"payload":{"resourceType":" ","resourceId":"r","partitionKey":"p","payloadEncoding":"json"}}"#,
+            400,
+            Some("resourcelease.payload.resource_type_required"),
+        ),
+        (
+            Some("resourcelease::enqueue"),
+            "{}",
+            400,
+            Some("resourcelease.payload.required"),
+        ),
+        (Some("resourcelease::enqueue"), "{not json", 400, None),
+        (
+            Some("resourcelease::complete"),
+            "{}",
+            400,
+            Some("resourcelease.ownership_token_required"),
+        ),
+        (
+            Some("resourcelease::restore"),
+            r#"{"items":[null]}"#,
+            400,
+            Some("resourcelease.restore.pending_item_required"),
+        ),
+        (None, "{}", 400, None),
+        (Some("resourcelease::explode"), "{}", 501, None),
+        (Some("other::enqueue"), PAYLOAD, 501, None),
+    ] {
+        let answer = post(at, procedure, &[], body).await;
+        assert_eq!(
+            answer.status, status,
+            "{procedure:?} {body}: {:?}",
+            answer.body
+        );
+        assert_eq!(
+            answer.headers.get("rpc-error-code").map(String::as_str),
+            code,
+            "{procedure:?} {body}"
+        );
+        assert!(answer.headers.contains_key("rpc-status"));
+        assert!(!answer.headers["rpc-error-message"].is_empty());
+    }
+    // A lease that finds nothing within its time limit.
+    let waited = post(
+        at,
+        Some("resourcelease::lease"),
+        &[("Rpc-Ttl-Ms", "100")],
+        "{}",
+    )
+    .await;
+    assert_eq!(waited.status, 504);
+    assert_eq!(waited.headers["rpc-status"], "DeadlineExceeded");
+}

@@ -58,7 +58,7 @@ enum Command {
         /// What the node does.
         #[arg(long, value_enum)]
         role: serve::Role,
-        /// The stream a receiver appends what it receives to.
+        /// The stream a receiver appends to, or a dispatcher writes.
         #[arg(long, default_value = "default")]
         stream: String,
     },

@@ -172,6 +172,7 @@ pub(crate) struct Server {
 pub(crate) struct Bound {
     listener: tokio::net::TcpListener,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    token: Option<String>,
     stop: watch::Sender<bool>,
 }
 
@@ -188,6 +189,7 @@ impl Bound {
         Ok(Self {
             listener,
             tls,
+            token: valid.token.clone(),
             stop: watch::Sender::new(false),
         })
     }
@@ -204,7 +206,9 @@ impl Bound {
         self,
         metrics: PrometheusHandle,
         grpc: Option<tonic::service::Routes>,
+        http: Option<Router>,
     ) -> anyhow::Result<Server> {
+        let token = self.token.clone();
         let address = self.listener.local_addr()?;
         let upkeep = metrics.clone();
         let ready = Arc::new(AtomicBool::new(false));
@@ -231,32 +235,40 @@ impl Bound {
                     }
                 }),
             );
-        app = match grpc {
-            // gRPC calls are every POST the HTTP routes do not take with a
-            // gRPC content type; everything else unknown is a plain 404.
-            Some(routes) => {
-                let grpc = routes.into_axum_router();
-                app.fallback(move |request: axum::extract::Request| {
-                    let grpc = grpc.clone();
-                    async move {
-                        let is_grpc = request
-                            .headers()
-                            .get(axum::http::header::CONTENT_TYPE)
-                            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-                        if is_grpc {
-                            use tower::ServiceExt as _;
-                            match grpc.oneshot(request).await {
-                                Ok(response) => response,
-                                Err(never) => match never {},
-                            }
-                        } else {
-                            (StatusCode::NOT_FOUND, "not found\n").into_response()
+        // Everything else: gRPC calls (a gRPC content type) to the gRPC
+        // services, the rest to the service's HTTP router (behind the
+        // token, when one is set), or a plain 404.
+        let grpc = grpc.map(tonic::service::Routes::into_axum_router);
+        let token = token.map(Arc::<str>::from);
+        app = app.fallback(move |request: axum::extract::Request| {
+            let (grpc, http, token) = (grpc.clone(), http.clone(), token.clone());
+            async move {
+                use tower::ServiceExt as _;
+                let is_grpc = request
+                    .headers()
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                let routed = match (is_grpc, grpc, http) {
+                    (true, Some(grpc), _) => grpc.oneshot(request).await,
+                    (false, _, Some(http)) => {
+                        if !bearer_matches(request.headers(), token.as_deref()) {
+                            return (
+                                StatusCode::UNAUTHORIZED,
+                                [("www-authenticate", "Bearer")],
+                                "a valid bearer token is required\n",
+                            )
+                                .into_response();
                         }
+                        http.oneshot(request).await
                     }
-                })
+                    _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+                };
+                match routed {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
             }
-            None => app.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") }),
-        };
+        });
         let mut stopped = self.stop.subscribe();
         let mut done = self.stop.subscribe();
         let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -317,6 +329,17 @@ impl Bound {
     }
 }
 
+/// Whether `headers` carry `Authorization: Bearer <token>` (always, with
+/// no token set).
+fn bearer_matches(headers: &axum::http::HeaderMap, token: Option<&str>) -> bool {
+    token.is_none_or(|token| {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        omnirelay_replication_grpc::bearer_matches(given, token)
+    })
+}
+
 impl Server {
     /// Binds `listen` and serves the HTTP endpoints only.
     pub(crate) async fn start(
@@ -324,7 +347,7 @@ impl Server {
         valid: &ValidConfig,
         metrics: PrometheusHandle,
     ) -> anyhow::Result<Self> {
-        Bound::bind(listen, valid).await?.serve(metrics, None)
+        Bound::bind(listen, valid).await?.serve(metrics, None, None)
     }
 
     /// The URL the server answers on.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
+use omnirelay_dispatcher::{Dispatcher, DispatcherOptions};
 use omnirelay_replication::{SinkExt as _, StreamId};
 use omnirelay_replication_grpc::Receiver;
 use omnirelay_resourcelease::ResourceLeaseCodec;
@@ -15,6 +16,10 @@ use crate::node::{self, Bound, NodeArgs};
 /// What a node does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Role {
+    /// The resource-lease dispatcher: the reference's HTTP RPC
+    /// (`POST` with `Rpc-Procedure: resourcelease::…`), every mutation
+    /// durable in its log before it answers; `Subscribe` to its log.
+    Dispatcher,
     /// Receives events from other nodes (the reference's `Publish` and the
     /// streaming `PublishStream`) into its own durable log and sinks, and
     /// serves `Subscribe` to its log.
@@ -40,25 +45,55 @@ pub(crate) async fn run(args: &NodeArgs, role: Role, stream: &str) -> anyhow::Re
             .await
             .with_context(|| format!("cannot start replication in {}", valid.data_dir.display()))?,
     );
-    let receiver = match role {
-        Role::Receiver => Arc::new(
-            Receiver::open(replicator.clone(), stream.clone())
-                .await
-                .with_context(|| format!("cannot open stream {stream} to receive into"))?,
-        ),
+    let mut rebuilt = None;
+    let (receiver, http, what) = match role {
+        Role::Receiver => {
+            let receiver = Arc::new(
+                Receiver::open(replicator.clone(), stream.clone())
+                    .await
+                    .with_context(|| format!("cannot open stream {stream} to receive into"))?,
+            );
+            (Some(receiver), None, "receiver")
+        }
+        Role::Dispatcher => {
+            let dispatcher = Dispatcher::open(
+                replicator.clone(),
+                DispatcherOptions {
+                    stream: stream.clone(),
+                    ..DispatcherOptions::default()
+                },
+            )
+            .await
+            .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
+            let stats = dispatcher.stats().await;
+            rebuilt = Some(format!(
+                "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered",
+                stats.pending,
+                stats.active,
+                dispatcher.dead_letters().await.len()
+            ));
+            (
+                None,
+                Some(omnirelay_dispatcher::http::router(dispatcher)),
+                "dispatcher",
+            )
+        }
     };
     let routes = omnirelay_replication_grpc::routes(
         replicator.clone(),
-        Some(receiver.clone()),
+        receiver.clone(),
         valid.token.clone(),
         bound.stopping(),
     );
-    let server = bound.serve(metrics, Some(routes))?;
+    let server = bound.serve(metrics, Some(routes), http)?;
+    if let Some(rebuilt) = rebuilt {
+        node::say(false, &rebuilt);
+    }
     server.set_ready();
     node::say(
         false,
         &format!(
-            "receiver ready: events sent to {} go to stream {stream} in {}",
+            "{what} ready at {}: stream {stream} in {}",
             server.url(),
             valid.data_dir.display()
         ),
@@ -67,16 +102,20 @@ pub(crate) async fn run(args: &NodeArgs, role: Role, stream: &str) -> anyhow::Re
     node::say(false, "stopping");
     server.stop().await;
     replicator.close().await?;
-    let stats = receiver.stats();
-    node::say(
-        false,
-        &format!(
-            "stopped: {} events received, {} re-sent events ignored, {} sequences skipped by senders",
-            stats.appended.load(Ordering::Relaxed),
-            stats.duplicates.load(Ordering::Relaxed),
-            stats.gaps.load(Ordering::Relaxed)
-        ),
-    );
+    if let Some(receiver) = receiver {
+        let stats = receiver.stats();
+        node::say(
+            false,
+            &format!(
+                "stopped: {} events received, {} re-sent events ignored, {} sequences skipped by senders",
+                stats.appended.load(Ordering::Relaxed),
+                stats.duplicates.load(Ordering::Relaxed),
+                stats.gaps.load(Ordering::Relaxed)
+            ),
+        );
+    } else {
+        node::say(false, "stopped");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

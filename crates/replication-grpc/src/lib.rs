@@ -72,7 +72,7 @@ pub use client::{Connection, Subscription};
 pub use factory::GrpcSinkFactory;
 pub use receiver::{
     ANONYMOUS, BatchOutcome, Mark, Received, Receiver, ReceiverStats, Service, SubmittedBatch,
-    TokenCheck, origin, request,
+    TokenCheck, bearer_matches, origin, request,
 };
 pub use sink::{GrpcSink, GrpcSinkOptions, Protocol};
 pub use streaming::StreamingService;

@@ -357,6 +357,22 @@ impl Receiver {
     }
 }
 
+/// Whether an `authorization` header value is `Bearer <token>`. The
+/// comparison does not stop at the first differing byte, so timing does not
+/// tell how much of a guess was right.
+pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| {
+            given.len() == token.len()
+                && given
+                    .bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+}
+
 /// Checks a request's bearer token; see [`crate::routes`].
 #[derive(Clone, Debug)]
 pub struct TokenCheck(Option<Arc<str>>);
@@ -376,18 +392,8 @@ impl tonic::service::Interceptor for TokenCheck {
         let given = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        // Compared without an early exit, so timing does not tell how
-        // much of a guess was right.
-        let matches = given.is_some_and(|given| {
-            given.len() == token.len()
-                && given
-                    .bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        });
+            .and_then(|v| v.to_str().ok());
+        let matches = bearer_matches(given, token);
         if matches {
             Ok(request)
         } else {

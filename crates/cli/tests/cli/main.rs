@@ -5,6 +5,7 @@
 
 mod bench;
 mod config;
+mod dispatcher;
 mod log;
 mod prometheus;
 mod schema;
@@ -87,6 +88,47 @@ pub(crate) fn spawn_listening<S: AsRef<std::ffi::OsStr>>(
         .unwrap_or_else(|| panic!("no listening line: {line}"))
         .to_owned();
     (child, address, stderr)
+}
+
+/// `POST` of a JSON `body` with `headers` over HTTP/1.1 (one connection);
+/// the status code, the response headers (names in lower case) and body.
+pub(crate) fn http_post(
+    address: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, std::collections::BTreeMap<String, String>, String) {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!(
+        "POST /omnirelay/v1/resourcelease HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }
 
 /// `GET path` over HTTP/1.0; the status code and body, or `None` when

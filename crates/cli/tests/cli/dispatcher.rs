@@ -1,0 +1,169 @@
+//! `omnirelay serve --role dispatcher`, black-box: the reference's HTTP RPC
+//! on the node's one port, its stream read over gRPC, a restart that keeps
+//! the queue, and the token.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use omnirelay_replication_testkit::process::signal;
+use serde_json::{Value, json};
+
+use crate::log::dir_arg;
+use crate::{http_get, http_post, omnirelay, spawn_listening, text};
+
+const PAYLOAD: &str = r#"{"payload":{"resourceType":"lakehouse.catalog","resourceId":"sales.orders","partitionKey":"p-1","payloadEncoding":"json","body":"e30=","attributes":{}}}"#;
+
+fn rpc(address: &str, procedure: &str, extra: &[(&str, &str)], body: &str) -> (u16, Value) {
+    let mut headers = vec![("Rpc-Procedure", procedure)];
+    headers.extend_from_slice(extra);
+    let (status, _, body) = http_post(address, &headers, body);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+/// Starts a dispatcher on `dir`; its child, address, and the queue line.
+fn start(dir: &Path, extra: &[&str]) -> (std::process::Child, String, String) {
+    let mut args = vec![
+        "serve",
+        "--role",
+        "dispatcher",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(dir),
+    ];
+    args.extend_from_slice(extra);
+    let (child, address, mut stderr) = spawn_listening(&args);
+    let mut rebuilt = String::new();
+    stderr.read_line(&mut rebuilt).unwrap();
+    let mut ready = String::new();
+    stderr.read_line(&mut ready).unwrap();
+    assert!(rebuilt.starts_with("queue rebuilt"), "{rebuilt}");
+    assert!(ready.starts_with("dispatcher ready"), "{ready}");
+    (child, address, rebuilt)
+}
+
+#[test]
+fn heavy_a_dispatcher_serves_the_reference_rpc_and_restarts_with_its_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, address, rebuilt) = start(dir.path(), &[]);
+    assert!(rebuilt.contains("0 pending, 0 leased"), "{rebuilt}");
+    for _ in 0..3 {
+        let (status, body) = rpc(
+            &address,
+            "resourcelease::enqueue",
+            &[("Rpc-Caller", "mesh-demo-host")],
+            PAYLOAD,
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, first) = rpc(
+        &address,
+        "resourcelease::lease",
+        &[],
+        r#"{"peerId":"worker-1"}"#,
+    );
+    assert_eq!(first["sequenceId"], 1);
+    let (status, done) = rpc(
+        &address,
+        "resourcelease::complete",
+        &[],
+        &json!({"ownershipToken": first["ownershipToken"]}).to_string(),
+    );
+    assert_eq!((status, done), (200, json!({"success": true})));
+    let (_, second) = rpc(
+        &address,
+        "resourcelease::lease",
+        &[("x-peer-id", "worker-2")],
+        "{}",
+    );
+    assert_eq!(second["ownerPeerId"], "worker-2");
+
+    // The stream, read as the reference's (version 1) over gRPC Subscribe
+    // on the same port.
+    let out = omnirelay(
+        &[
+            "log",
+            "tail",
+            "--url",
+            &format!("http://{address}"),
+            "-n",
+            "100",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<(String, Option<String>)> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let e: Value = serde_json::from_str(l).unwrap();
+            (
+                e["eventType"].as_str().unwrap().to_owned(),
+                e["peerId"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let peer = |p: &str| Some(p.to_owned());
+    assert_eq!(
+        events,
+        vec![
+            ("Enqueue".to_owned(), peer("mesh-demo-host")),
+            ("Enqueue".to_owned(), peer("mesh-demo-host")),
+            ("Enqueue".to_owned(), peer("mesh-demo-host")),
+            ("LeaseGranted".to_owned(), peer("worker-1")),
+            ("Completed".to_owned(), peer("worker-1")),
+            ("Heartbeat".to_owned(), peer("worker-1")),
+            ("LeaseGranted".to_owned(), peer("worker-2")),
+        ]
+    );
+
+    assert!(signal(node.id(), "TERM"));
+    assert!(node.wait().unwrap().success());
+    let (mut node, address, rebuilt) = start(dir.path(), &[]);
+    assert!(
+        rebuilt.contains("1 pending, 1 leased, 0 dead-lettered"),
+        "{rebuilt}"
+    );
+    // The lease held across the restart completes; the pending item leases.
+    let (status, _) = rpc(
+        &address,
+        "resourcelease::complete",
+        &[],
+        &json!({"ownershipToken": second["ownershipToken"]}).to_string(),
+    );
+    assert_eq!(status, 200);
+    let (_, third) = rpc(&address, "resourcelease::lease", &[], "{}");
+    assert_eq!(third["sequenceId"], 3);
+    assert!(signal(node.id(), "TERM"));
+    assert!(node.wait().unwrap().success());
+}
+
+#[test]
+fn heavy_with_a_token_the_rpc_wants_it_and_metrics_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[server]\ntoken = \"s3cret\"\n").unwrap();
+    let (mut node, address, _) = start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let (status, _) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
+    assert_eq!(status, 401);
+    let (status, _) = rpc(
+        &address,
+        "resourcelease::enqueue",
+        &[("Authorization", "Bearer nope")],
+        PAYLOAD,
+    );
+    assert_eq!(status, 401);
+    let (status, body) = rpc(
+        &address,
+        "resourcelease::enqueue",
+        &[("Authorization", "Bearer s3cret")],
+        PAYLOAD,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(&address, "/metrics").unwrap().0, 200);
+    assert_eq!(http_get(&address, "/healthz").unwrap().0, 200);
+    assert!(signal(node.id(), "TERM"));
+    assert!(node.wait().unwrap().success());
+}

@@ -240,6 +240,16 @@ impl<E> std::fmt::Debug for DurableReplicator<E> {
     }
 }
 
+/// How a submission's events are numbered and stamped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stamping {
+    /// The next sequences and the replicator's clock.
+    Assign,
+    /// As they come (a replica of another stream); the sequences must
+    /// continue the stream.
+    Keep,
+}
+
 /// A publish whose event is in the log queue; [`PendingPublish::durable`]
 /// waits for the acknowledgement.
 #[derive(Debug)]
@@ -590,7 +600,47 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
     pub async fn submit_all(
         &self,
         stream: &StreamId,
+        events: Vec<E>,
+    ) -> Result<PendingPublish<E>, PublishErrorParts<Vec<E>>> {
+        self.submit_stamped(stream, events, Stamping::Assign).await
+    }
+
+    /// Appends events another node's stream already numbered and stamped,
+    /// keeping their sequences and timestamps: a replica that follows a
+    /// stream this way has the same log, sequence for sequence. The events
+    /// must continue the stream: the first carries the sequence after the
+    /// stream's last, and the rest follow without gaps.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with every event handed back when the
+    /// sequences do not continue the stream; otherwise as
+    /// [`DurableReplicator::submit_all`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`DurableReplicator::submit`].
+    pub async fn submit_replicated(
+        &self,
+        stream: &StreamId,
+        events: Vec<E>,
+    ) -> Result<PendingPublish<E>, PublishErrorParts<Vec<E>>> {
+        self.submit_stamped(stream, events, Stamping::Keep).await
+    }
+
+    /// The last sequence assigned in `stream` (0 for an empty or unknown
+    /// stream).
+    pub fn last_sequence(&self, stream: &StreamId) -> u64 {
+        lock(&self.inner.streams)
+            .get(stream)
+            .map_or(0, |state| state.last_assigned.load(Ordering::Acquire))
+    }
+
+    async fn submit_stamped(
+        &self,
+        stream: &StreamId,
         mut events: Vec<E>,
+        stamping: Stamping,
     ) -> Result<PendingPublish<E>, PublishErrorParts<Vec<E>>> {
         let started = std::time::Instant::now();
         let state = match self.stream(stream).await {
@@ -650,13 +700,38 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             });
         }
         let timestamp = (self.inner.options.clock)();
+        if stamping == Stamping::Keep
+            && let Some((i, event)) = events
+                .iter()
+                .enumerate()
+                .find(|(i, event)| event.sequence() != first + *i as u64)
+        {
+            let error = Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "stream {stream} expects sequence {} next, not {}",
+                    first + i as u64,
+                    event.sequence()
+                ),
+            );
+            return Err(PublishErrorParts {
+                error,
+                event: Some(events),
+            });
+        }
         for (i, event) in events.iter_mut().enumerate() {
+            let timestamp = match stamping {
+                Stamping::Assign => timestamp,
+                Stamping::Keep => event.timestamp(),
+            };
             event.assign(&Assignment {
                 stream,
                 sequence: first + i as u64,
                 timestamp,
             });
         }
+        // A replicated submission's receipt has its last event's time.
+        let timestamp = events.last().map_or(timestamp, ReplicationEvent::timestamp);
         let batch = EventBatch::new(stream, events);
         if let Err((index, err)) =
             batch.prepare_log(self.inner.codec.as_ref(), self.inner.log_encoding)

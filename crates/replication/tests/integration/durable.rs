@@ -682,3 +682,83 @@ async fn waiting_for_visible_records_follows_the_stream_and_ends_when_it_closes(
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed);
 }
+
+#[tokio::test]
+async fn a_replica_keeps_the_sequences_and_times_it_is_given_and_refuses_gaps() {
+    let primary_dir = tempfile::tempdir().unwrap();
+    let primary = open(primary_dir.path(), Durability::Fsync).await;
+    publish(&primary, 5).await;
+    let stream = StreamId::default();
+    let source: Vec<Note> = primary
+        .replay(&stream, 1, Encoding::JSON_V1)
+        .await
+        .unwrap()
+        .map(|item| match item.unwrap() {
+            Replayed::Record(record) => {
+                let mut note = omnirelay_replication::Codec::decode(
+                    &NoteCodec::default(),
+                    Format::Json,
+                    record.bytes(),
+                )
+                .unwrap();
+                note.sequence = record.sequence();
+                note.timestamp = omnirelay_replication::Timestamp::from_unix_millis(
+                    1_700_000_000_000 + record.sequence() as i64,
+                )
+                .unwrap();
+                note
+            }
+            Replayed::Skipped { .. } => unreachable!(),
+        })
+        .collect();
+    primary.close().await.unwrap();
+
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica = open(replica_dir.path(), Durability::Fsync).await;
+    // Not the next sequence: refused, nothing appended.
+    let refused = replica
+        .submit_replicated(&stream, source[1..3].to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.error.kind(), ErrorKind::Rejected);
+    assert_eq!(refused.event.unwrap().len(), 2);
+    assert_eq!(replica.last_sequence(&stream), 0);
+    replica
+        .submit_replicated(&stream, source[..3].to_vec())
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    // A gap inside a batch is refused too.
+    let gap = vec![source[3].clone(), source[4].clone(), source[4].clone()];
+    assert!(replica.submit_replicated(&stream, gap).await.is_err());
+    let receipt = replica
+        .submit_replicated(&stream, source[3..].to_vec())
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    assert_eq!(receipt.sequence, 5);
+    assert_eq!(receipt.timestamp, source[4].timestamp);
+    let copied: Vec<(u64, omnirelay_replication::Timestamp)> = replica
+        .replay(&stream, 1, Encoding::JSON_V1)
+        .await
+        .unwrap()
+        .map(|item| match item.unwrap() {
+            Replayed::Record(record) => (record.sequence(), record.header().timestamp),
+            Replayed::Skipped { .. } => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        copied,
+        source
+            .iter()
+            .map(|n| (n.sequence, n.timestamp))
+            .collect::<Vec<_>>()
+    );
+    // Afterwards, local publishing goes on from there.
+    assert_eq!(publish(&replica, 1).await, vec![6]);
+    replica.close().await.unwrap();
+}

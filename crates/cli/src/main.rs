@@ -2,6 +2,7 @@
 //! are parsed here and the work is done by the library crates.
 
 mod config_cmd;
+mod http_client;
 mod listener;
 mod log;
 mod node;
@@ -61,6 +62,23 @@ enum Command {
         /// The stream a receiver appends to, or a dispatcher writes.
         #[arg(long, default_value = "default")]
         stream: String,
+        /// A standby's primary: its URL (the token is `[server] token`).
+        #[arg(long, value_name = "URL")]
+        follow: Option<String>,
+    },
+    /// Promote a standby: it stops following and serves as the dispatcher
+    /// with the queue its log holds.
+    Promote {
+        /// The standby's URL (http:// or https://).
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// The bearer token the node wants.
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// For an https:// URL: the PEM certificate of the authority that
+        /// signed the node's certificate.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Print the default configuration, or check a configuration file.
     #[command(subcommand)]
@@ -270,9 +288,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Log(LogCommand::Inspect { data_dir, stream }) => {
             log::inspect(&data_dir, stream.as_deref())
         }
-        Command::Serve { node, role, stream } => {
-            runtime()?.block_on(serve::run(&node, role, &stream))
-        }
+        Command::Serve {
+            node,
+            role,
+            stream,
+            follow,
+        } => runtime()?.block_on(serve::run(&node, role, &stream, follow.as_deref())),
+        Command::Promote {
+            url,
+            token,
+            ca_file,
+        } => runtime()?.block_on(promote(&url, token.as_deref(), ca_file.as_deref())),
         Command::Log(LogCommand::Tail {
             data_dir,
             url,
@@ -322,6 +348,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn promote(
+    url: &str,
+    token: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let ca_pem = match ca_file {
+        Some(file) => {
+            Some(std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?)
+        }
+        None => None,
+    };
+    let target = format!("{}/standby/promote", url.trim_end_matches('/'));
+    let answer = http_client::post(
+        &target,
+        token,
+        ca_pem.as_deref(),
+        std::time::Duration::from_secs(60),
+    )
+    .await?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", answer.body.trim_end())?;
+    if answer.status != 200 {
+        anyhow::bail!("{target} answered {}", answer.status);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
-use omnirelay_dispatcher::{Dispatcher, DispatcherOptions};
+use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, Standby};
 use omnirelay_replication::{SinkExt as _, StreamId};
-use omnirelay_replication_grpc::Receiver;
+use omnirelay_replication_grpc::{Connection, Receiver};
 use omnirelay_resourcelease::ResourceLeaseCodec;
 use omnirelay_resourcelease::telemetry::LagRecording;
 
@@ -20,6 +20,10 @@ pub(crate) enum Role {
     /// (`POST` with `Rpc-Procedure: resourcelease::…`), every mutation
     /// durable in its log before it answers; `Subscribe` to its log.
     Dispatcher,
+    /// Follows a primary dispatcher's stream (`--follow URL`) into its own
+    /// log and keeps the queue current; serves once promoted
+    /// (`omnirelay promote`).
+    Standby,
     /// Receives events from other nodes (the reference's `Publish` and the
     /// streaming `PublishStream`) into its own durable log and sinks, and
     /// serves `Subscribe` to its log.
@@ -27,7 +31,18 @@ pub(crate) enum Role {
 }
 
 /// Runs a node until SIGINT or SIGTERM.
-pub(crate) async fn run(args: &NodeArgs, role: Role, stream: &str) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    args: &NodeArgs,
+    role: Role,
+    stream: &str,
+    follow: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    if role == Role::Standby && follow.is_none() {
+        anyhow::bail!("a standby needs the primary to follow: --follow URL");
+    }
+    if role != Role::Standby && follow.is_some() {
+        anyhow::bail!("--follow is for --role standby");
+    }
     let stream = StreamId::new(stream)?;
     let valid = args.load()?;
     node::install_logging(valid.telemetry.log_format, &valid.telemetry.log_level);
@@ -76,6 +91,33 @@ pub(crate) async fn run(args: &NodeArgs, role: Role, stream: &str) -> anyhow::Re
                 None,
                 Some(omnirelay_dispatcher::http::router(dispatcher)),
                 "dispatcher",
+            )
+        }
+        Role::Standby => {
+            let mut primary = Connection::new(follow.unwrap_or_default());
+            primary.token.clone_from(&valid.token);
+            let standby = Standby::open(
+                replicator.clone(),
+                DispatcherOptions {
+                    stream: stream.clone(),
+                    ..DispatcherOptions::default()
+                },
+                primary,
+            )
+            .await
+            .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
+            let stats = standby.snapshot().await;
+            rebuilt = Some(format!(
+                "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered; following {}",
+                stats.pending_count(),
+                stats.active_count(),
+                stats.dead_letters().len(),
+                follow.unwrap_or_default()
+            ));
+            (
+                None,
+                Some(omnirelay_dispatcher::http::standby_router(standby)),
+                "standby",
             )
         }
     };

@@ -311,3 +311,75 @@ async fn call(
     };
     Ok(response)
 }
+
+/// A standby's HTTP surface: `GET /standby` (where it stands, JSON),
+/// `POST /standby/promote` (promote it), and the RPC — refused
+/// (`Unavailable`) until promoted, then the dispatcher's.
+pub fn standby_router(standby: Arc<crate::Standby>) -> axum::Router {
+    use axum::routing::{get, post};
+    let serving: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
+    axum::Router::new()
+        .route("/standby", get(standby_status))
+        .route("/standby/promote", post(promote))
+        .fallback(standby_rpc)
+        .with_state((standby, serving))
+}
+
+type StandbyState = (Arc<crate::Standby>, Arc<std::sync::OnceLock<axum::Router>>);
+
+fn status_json(status: &crate::StandbyStatus) -> serde_json::Value {
+    serde_json::json!({
+        "role": if status.promoted { "dispatcher" } else { "standby" },
+        "following": status.following,
+        "connected": status.connected,
+        "appliedSequence": status.applied,
+        "primaryHead": status.primary_head,
+        "lagEvents": status.lag_events(),
+        "lastError": status.last_error,
+    })
+}
+
+async fn standby_status(State((standby, _)): State<StandbyState>) -> Response {
+    axum::Json(status_json(&standby.status())).into_response()
+}
+
+async fn promote(State((standby, _)): State<StandbyState>) -> Response {
+    match standby.promote().await {
+        Ok(dispatcher) => {
+            let stats = dispatcher.stats().await;
+            let mut body = status_json(&standby.status());
+            body["pendingCount"] = stats.pending.into();
+            body["activeLeaseCount"] = stats.active.into();
+            axum::Json(body).into_response()
+        }
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("promotion failed: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn standby_rpc(
+    State((standby, serving)): State<StandbyState>,
+    request: axum::extract::Request,
+) -> Response {
+    use tower::ServiceExt as _;
+    let Some(dispatcher) = standby.dispatcher() else {
+        if request.headers().contains_key(headers::PROCEDURE) {
+            return RpcError::new(
+                "Unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "this node is a standby: it serves once promoted (POST /standby/promote)",
+            )
+            .into_response();
+        }
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    let router = serving.get_or_init(|| router(dispatcher)).clone();
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}

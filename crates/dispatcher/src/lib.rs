@@ -21,9 +21,11 @@
 pub mod http;
 pub mod queue;
 mod service;
+pub mod standby;
 
 pub use queue::{
     ActiveLease, DeadLetter, Decision, ErrorStatus, PendingEntry, ProjectionError, QueueError,
     QueueOptions, QueueState,
 };
 pub use service::{DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats};
+pub use standby::{Standby, StandbyStatus};

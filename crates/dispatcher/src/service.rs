@@ -129,7 +129,7 @@ impl Dispatcher {
             options.namespace = "resourcelease".to_owned();
         }
         options.namespace = options.namespace.trim().to_owned();
-        let state = Self::rebuild(&replicator, &options).await?;
+        let state = rebuild(&replicator, &options).await?;
         let dispatcher = Arc::new(Self {
             replicator,
             options,
@@ -139,48 +139,6 @@ impl Dispatcher {
         });
         tokio::spawn(Self::sweep_loop(Arc::downgrade(&dispatcher)));
         Ok(dispatcher)
-    }
-
-    /// The queue folded from the stream's log.
-    async fn rebuild(
-        replicator: &DurableReplicator<Event>,
-        options: &DispatcherOptions,
-    ) -> Result<QueueState, Error> {
-        replicator.open_stream(&options.stream).await?;
-        let replay = replicator
-            .replay(
-                &options.stream,
-                1,
-                Encoding::new(Format::Protobuf, WireVersion::V2),
-            )
-            .await?;
-        let queue = options.queue.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut state = QueueState::new();
-            for item in replay {
-                let Replayed::Record(record) = item? else {
-                    continue;
-                };
-                let event = proto::decode(record.bytes()).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Corrupt,
-                        format!(
-                            "event {} is not a resource-lease event: {e}",
-                            record.sequence()
-                        ),
-                    )
-                })?;
-                state.apply(&event, &queue).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Corrupt,
-                        format!("the log does not fold into a queue: {e}"),
-                    )
-                })?;
-            }
-            Ok(state)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("rebuilding the queue: {e}")))?
     }
 
     /// The settings.
@@ -463,4 +421,46 @@ impl Dispatcher {
         self.durable(pending).await?;
         Ok(expired)
     }
+}
+
+/// The queue folded from the stream's log.
+pub(crate) async fn rebuild(
+    replicator: &DurableReplicator<Event>,
+    options: &DispatcherOptions,
+) -> Result<QueueState, Error> {
+    replicator.open_stream(&options.stream).await?;
+    let replay = replicator
+        .replay(
+            &options.stream,
+            1,
+            Encoding::new(Format::Protobuf, WireVersion::V2),
+        )
+        .await?;
+    let queue = options.queue.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut state = QueueState::new();
+        for item in replay {
+            let Replayed::Record(record) = item? else {
+                continue;
+            };
+            let event = proto::decode(record.bytes()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "event {} is not a resource-lease event: {e}",
+                        record.sequence()
+                    ),
+                )
+            })?;
+            state.apply(&event, &queue).map_err(|e| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("the log does not fold into a queue: {e}"),
+                )
+            })?;
+        }
+        Ok(state)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, format!("rebuilding the queue: {e}")))?
 }

@@ -167,3 +167,119 @@ fn heavy_with_a_token_the_rpc_wants_it_and_metrics_do_not() {
     assert!(signal(node.id(), "TERM"));
     assert!(node.wait().unwrap().success());
 }
+
+#[test]
+fn heavy_a_standby_follows_the_primary_and_takes_over_when_promoted() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut primary, primary_at, _) = start(primary_dir.path(), &[]);
+    for _ in 0..3 {
+        rpc(
+            &primary_at,
+            "resourcelease::enqueue",
+            &[("Rpc-Caller", "seeder")],
+            PAYLOAD,
+        );
+    }
+    let (_, first) = rpc(
+        &primary_at,
+        "resourcelease::lease",
+        &[],
+        r#"{"peerId":"worker-1"}"#,
+    );
+    rpc(
+        &primary_at,
+        "resourcelease::complete",
+        &[],
+        &json!({"ownershipToken": first["ownershipToken"]}).to_string(),
+    );
+    let (_, held) = rpc(
+        &primary_at,
+        "resourcelease::lease",
+        &[],
+        r#"{"peerId":"worker-2"}"#,
+    );
+
+    let primary_url = format!("http://{primary_at}");
+    let mut args = vec!["serve", "--role", "standby", "--follow", &primary_url];
+    args.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(standby_dir.path()),
+    ]);
+    let (mut standby, standby_at, mut stderr) = spawn_listening(&args);
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains(&format!("following {primary_url}")), "{line}");
+    // Caught up: 3 enqueues, a lease, its completion and heartbeat, a lease.
+    let mut status = Value::Null;
+    for _ in 0..500 {
+        let (code, body) = http_get(&standby_at, "/standby").unwrap();
+        assert_eq!(code, 200);
+        status = serde_json::from_str(&body).unwrap();
+        if status["appliedSequence"] == 7 && status["lagEvents"] == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(status["appliedSequence"], 7, "{status}");
+    assert_eq!(status["connected"], true);
+    assert_eq!(status["role"], "standby");
+    // Before promotion it does not serve the RPC.
+    let (code, _, _) = http_post(
+        &standby_at,
+        &[("Rpc-Procedure", "resourcelease::lease")],
+        "{}",
+    );
+    assert_eq!(code, 503);
+
+    // The primary dies; the standby is promoted and carries on.
+    assert!(signal(primary.id(), "KILL"));
+    let _ = primary.wait();
+    let out = omnirelay(&["promote", "--url", &format!("http://{standby_at}")], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let promoted: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(promoted["role"], "dispatcher");
+    assert_eq!(
+        (
+            promoted["pendingCount"].as_u64(),
+            promoted["activeLeaseCount"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let (code, _) = rpc(
+        &standby_at,
+        "resourcelease::complete",
+        &[],
+        &json!({"ownershipToken": held["ownershipToken"]}).to_string(),
+    );
+    assert_eq!(
+        code, 200,
+        "the lease granted by the primary completes on the new one"
+    );
+    let (_, third) = rpc(&standby_at, "resourcelease::lease", &[], "{}");
+    assert_eq!(third["sequenceId"], 3);
+    // Its log continues the primary's numbering.
+    let out = omnirelay(
+        &[
+            "log",
+            "tail",
+            "--url",
+            &format!("http://{standby_at}"),
+            "-n",
+            "3",
+        ],
+        b"",
+    );
+    let sequences: Vec<u64> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["sequenceNumber"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sequences, vec![8, 9, 10]);
+    assert!(signal(standby.id(), "TERM"));
+    assert!(standby.wait().unwrap().success());
+}

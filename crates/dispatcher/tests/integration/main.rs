@@ -6,3 +6,4 @@
 mod http;
 mod queue;
 mod service;
+mod standby;

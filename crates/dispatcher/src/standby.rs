@@ -1,0 +1,256 @@
+//! A standby: follows a primary dispatcher's stream over gRPC `Subscribe`
+//! into its own log (same sequences, same timestamps) and keeps the queue's
+//! projection current; promoted, it becomes a dispatcher with that state.
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use omnirelay_replication::{
+    DurableReplicator, Encoding, Error, ErrorKind, Format, StreamId, WireVersion,
+};
+use omnirelay_replication_grpc::{Connection, Subscription};
+use omnirelay_resourcelease::{ResourceLeaseReplicationEvent as Event, proto};
+use tokio::sync::{Mutex, watch};
+
+use crate::queue::QueueState;
+use crate::service::{Dispatcher, DispatcherOptions};
+
+/// The gauge of a standby's lag behind its primary, in events.
+pub const LAG_EVENTS: &str = "omnirelay_dispatcher_standby_lag_events";
+
+/// Where a standby stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StandbyStatus {
+    /// The primary it follows.
+    pub following: String,
+    /// Whether its subscription is open.
+    pub connected: bool,
+    /// The last sequence of the primary's stream in its own log.
+    pub applied: u64,
+    /// The primary's newest sequence, as last reported.
+    pub primary_head: u64,
+    /// The last failure to follow, if the subscription is down.
+    pub last_error: Option<String>,
+    /// Whether it was promoted (and follows no more).
+    pub promoted: bool,
+}
+
+impl StandbyStatus {
+    /// Events the standby is behind the primary (as last reported).
+    pub fn lag_events(&self) -> u64 {
+        self.primary_head.saturating_sub(self.applied)
+    }
+}
+
+/// A standby dispatcher. See the module documentation.
+pub struct Standby {
+    replicator: Arc<DurableReplicator<Event>>,
+    options: DispatcherOptions,
+    state: Mutex<QueueState>,
+    status: StdMutex<StandbyStatus>,
+    stop: watch::Sender<bool>,
+    follower: StdMutex<Option<tokio::task::JoinHandle<()>>>,
+    promoted: tokio::sync::OnceCell<Arc<Dispatcher>>,
+}
+
+impl std::fmt::Debug for Standby {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Standby")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Standby {
+    /// Opens the standby on its own `replicator` (its queue rebuilt from
+    /// its log) and starts following `primary` from the sequence after its
+    /// log's last.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dispatcher::open`].
+    pub async fn open(
+        replicator: Arc<DurableReplicator<Event>>,
+        options: DispatcherOptions,
+        primary: Connection,
+    ) -> Result<Arc<Self>, Error> {
+        let state = crate::service::rebuild(&replicator, &options).await?;
+        let standby = Arc::new(Self {
+            status: StdMutex::new(StandbyStatus {
+                following: primary.url.clone(),
+                applied: replicator.last_sequence(&options.stream),
+                ..StandbyStatus::default()
+            }),
+            replicator,
+            options,
+            state: Mutex::new(state),
+            stop: watch::Sender::new(false),
+            follower: StdMutex::new(None),
+            promoted: tokio::sync::OnceCell::new(),
+        });
+        let follower = tokio::spawn(Self::follow(Arc::downgrade(&standby), primary));
+        *lock(&standby.follower) = Some(follower);
+        Ok(standby)
+    }
+
+    /// Where it stands.
+    pub fn status(&self) -> StandbyStatus {
+        lock(&self.status).clone()
+    }
+
+    /// A copy of the queue as the stream so far determines it.
+    pub async fn snapshot(&self) -> QueueState {
+        self.state.lock().await.clone()
+    }
+
+    /// The dispatcher it became, once promoted.
+    pub fn dispatcher(&self) -> Option<Arc<Dispatcher>> {
+        self.promoted.get().cloned()
+    }
+
+    /// Stops following and starts serving as a dispatcher with the queue
+    /// the followed stream determines. Promoting again returns the same
+    /// dispatcher.
+    ///
+    /// # Errors
+    ///
+    /// The dispatcher cannot open on the standby's log.
+    pub async fn promote(&self) -> Result<Arc<Dispatcher>, Error> {
+        self.promoted
+            .get_or_try_init(|| async {
+                let _ = self.stop.send(true);
+                let follower = lock(&self.follower).take();
+                if let Some(follower) = follower {
+                    let _ = follower.await;
+                }
+                let dispatcher =
+                    Dispatcher::open(self.replicator.clone(), self.options.clone()).await?;
+                lock(&self.status).promoted = true;
+                metrics::gauge!(LAG_EVENTS, "stream" => self.options.stream.as_str().to_owned())
+                    .set(0.0);
+                tracing::info!("standby promoted: serving as the dispatcher");
+                Ok(dispatcher)
+            })
+            .await
+            .cloned()
+    }
+
+    fn set_status(&self, change: impl FnOnce(&mut StandbyStatus)) {
+        let mut status = lock(&self.status);
+        change(&mut status);
+        metrics::gauge!(LAG_EVENTS, "stream" => self.options.stream.as_str().to_owned())
+            .set(status.lag_events() as f64);
+    }
+
+    /// Follows the primary until promoted, reconnecting with backoff.
+    async fn follow(standby: std::sync::Weak<Self>, primary: Connection) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(this) = standby.upgrade() else {
+                return;
+            };
+            let mut stop = this.stop.subscribe();
+            if *stop.borrow() {
+                return;
+            }
+            let outcome = tokio::select! {
+                outcome = this.follow_once(&primary) => outcome,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let why = match outcome {
+                Ok(()) => "the primary ended the subscription".to_owned(),
+                Err(error) if error.kind() == ErrorKind::Corrupt => {
+                    // Following on would diverge: stop, and say why.
+                    tracing::error!(primary = %primary.url, %error, "standby stopped following");
+                    this.set_status(|s| {
+                        s.connected = false;
+                        s.last_error = Some(format!("stopped following: {error}"));
+                    });
+                    return;
+                }
+                Err(error) => error.to_string(),
+            };
+            tracing::warn!(primary = %primary.url, %why, "standby lost its primary; reconnecting");
+            this.set_status(|s| {
+                s.connected = false;
+                s.last_error = Some(why);
+            });
+            drop(this);
+            // Full jitter, up to 5 s.
+            let wait = backoff.mul_f64(fastrand::f64());
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let mut stop = match standby.upgrade() {
+                Some(this) => this.stop.subscribe(),
+                None => return,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// One subscription, from the sequence after the log's last, until it
+    /// ends.
+    async fn follow_once(&self, primary: &Connection) -> Result<(), Error> {
+        let stream = &self.options.stream;
+        let from = self.replicator.last_sequence(stream) + 1;
+        let encoding = Encoding::new(Format::Protobuf, WireVersion::V2);
+        let mut subscription = Subscription::open(primary, stream, from, encoding).await?;
+        self.set_status(|s| {
+            s.connected = true;
+            s.last_error = None;
+        });
+        while let Some(batch) = subscription.next().await? {
+            self.set_status(|s| s.primary_head = batch.head);
+            if batch.records.is_empty() {
+                continue;
+            }
+            let events = batch
+                .records
+                .iter()
+                .map(|record| {
+                    let mut event = proto::decode(&record.payload).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Corrupt,
+                            format!("primary sent sequence {} undecodable: {e}", record.sequence),
+                        )
+                    })?;
+                    event.sequence_number = i64::try_from(record.sequence).unwrap_or(i64::MAX);
+                    Ok(event)
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            self.append(stream, events).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends followed events to the own log, then to the projection.
+    async fn append(&self, stream: &StreamId, events: Vec<Event>) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        let applied = events.clone();
+        let pending = self
+            .replicator
+            .submit_replicated(stream, events)
+            .await
+            .map_err(|parts| parts.error)?;
+        pending.durable().await?;
+        for event in &applied {
+            state.apply(event, &self.options.queue).map_err(|e| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("the primary's stream does not fold into a queue: {e}"),
+                )
+            })?;
+        }
+        let last = applied.last().map_or(0, |e| e.sequence_number);
+        self.set_status(|s| s.applied = u64::try_from(last).unwrap_or(0));
+        Ok(())
+    }
+}

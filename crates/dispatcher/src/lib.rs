@@ -18,11 +18,15 @@
 
 #![warn(missing_docs)]
 
+pub mod backpressure;
+pub mod health;
 pub mod http;
 pub mod queue;
 mod service;
 pub mod standby;
 
+pub use backpressure::{BackpressureOptions, BackpressureSignal};
+pub use health::PeerHealth;
 pub use queue::{
     ActiveLease, DeadLetter, Decision, ErrorStatus, PendingEntry, ProjectionError, QueueError,
     QueueOptions, QueueState,

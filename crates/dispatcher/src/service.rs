@@ -11,7 +11,7 @@
 //! dispatcher then refuses every operation (`unavailable`) and a restart
 //! rebuilds the state from what the log kept.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::Duration;
 
 use omnirelay_replication::{
@@ -20,11 +20,20 @@ use omnirelay_replication::{
 };
 use omnirelay_resourcelease::{
     ResourceLeaseItemPayload as Payload, ResourceLeaseOwnershipHandle as Handle,
-    ResourceLeasePendingItem as Item, ResourceLeaseReplicationEvent as Event, proto, telemetry,
+    ResourceLeasePendingItem as Item, ResourceLeaseReplicationEvent as Event,
+    ResourceLeaseReplicationEventType as Type, proto, telemetry,
 };
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
-use crate::queue::{ErrorStatus, QueueError, QueueOptions, QueueState};
+use crate::backpressure::{Backpressure, BackpressureOptions, BackpressureSignal};
+use crate::health::{LeaseHealth, PeerHealth, Release};
+use crate::queue::{ErrorStatus, QueueError, QueueOptions, QueueState, keys};
+
+fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A dispatcher's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +45,11 @@ pub struct DispatcherOptions {
     pub queue: QueueOptions,
     /// The replication stream the dispatcher writes (and rebuilds from).
     pub stream: StreamId,
+    /// The dispatcher's own backpressure (off when `None`).
+    pub backpressure: Option<BackpressureOptions>,
+    /// How long a peer may go without a lease or heartbeat and still count
+    /// as healthy.
+    pub peer_grace: Duration,
 }
 
 impl Default for DispatcherOptions {
@@ -44,6 +58,8 @@ impl Default for DispatcherOptions {
             namespace: "resourcelease".to_owned(),
             queue: QueueOptions::default(),
             stream: StreamId::default(),
+            backpressure: None,
+            peer_grace: Duration::from_secs(30),
         }
     }
 }
@@ -95,6 +111,8 @@ pub struct Dispatcher {
     changed: Notify,
     /// Set once the log failed to make events durable.
     failed: OnceLock<String>,
+    backpressure: StdMutex<Backpressure>,
+    health: StdMutex<LeaseHealth>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -130,12 +148,19 @@ impl Dispatcher {
         }
         options.namespace = options.namespace.trim().to_owned();
         let state = rebuild(&replicator, &options).await?;
+        if let Some(backpressure) = &options.backpressure {
+            backpressure
+                .validate()
+                .map_err(|e| Error::new(ErrorKind::Config, format!("backpressure.{e}")))?;
+        }
         let dispatcher = Arc::new(Self {
             replicator,
-            options,
             state: Mutex::new(state),
             changed: Notify::new(),
             failed: OnceLock::new(),
+            backpressure: StdMutex::new(Backpressure::new(options.backpressure.clone())),
+            health: StdMutex::new(LeaseHealth::new(options.peer_grace)),
+            options,
         });
         tokio::spawn(Self::sweep_loop(Arc::downgrade(&dispatcher)));
         Ok(dispatcher)
@@ -181,12 +206,20 @@ impl Dispatcher {
             .map_err(|parts| DispatchError::Unavailable(parts.error.to_string()))?;
         let first = *pending.sequences().start();
         let timestamp = pending.receipt().timestamp;
-        for (offset, event) in applied.iter_mut().enumerate() {
+        for offset in 0..applied.len() {
+            let event = &mut applied[offset];
             event.sequence_number = i64::try_from(first + offset as u64).unwrap_or(i64::MAX);
             event.timestamp = timestamp;
             event.stream_id = Some(self.options.stream.as_str().to_owned());
             telemetry::record_published(event);
-            if let Err(error) = state.apply(event, &self.options.queue) {
+            let granted = event
+                .ownership
+                .and_then(|handle| state.lease(&handle))
+                .map(|lease| lease.granted_at);
+            let outcome = state.apply(event, &self.options.queue);
+            let previous = offset.checked_sub(1).map(|i| &applied[i]);
+            self.observe(&applied[offset], previous, granted);
+            if let Err(error) = outcome {
                 // Decided from this very state: only a bug gets here. The
                 // log has the events, the state does not: stop serving.
                 let why = format!("the queue fell out of step with its log: {error}");
@@ -195,8 +228,74 @@ impl Dispatcher {
                 return Err(DispatchError::Unavailable(why));
             }
         }
+        self.evaluate_backpressure(state.pending_count());
         self.changed.notify_waiters();
         Ok((applied, Some(pending)))
+    }
+
+    /// Lease health from an applied event (`previous`: the event before it
+    /// in the same decision; `granted`: when the lease it ends began).
+    fn observe(&self, event: &Event, previous: Option<&Event>, granted: Option<Timestamp>) {
+        let now = event.timestamp;
+        let sequence_id = event.ownership.map_or(0, |h| h.sequence_id);
+        let mut health = lock(&self.health);
+        if event.event_type == Type::DrainSnapshot {
+            health.forget_items();
+            return;
+        }
+        let Some(peer) = event.peer_id.as_deref() else {
+            return;
+        };
+        match event.event_type {
+            Type::LeaseGranted => health.assigned(peer, sequence_id, now),
+            Type::Completed => {
+                health.released(
+                    peer,
+                    sequence_id,
+                    granted.unwrap_or(now),
+                    Release::Completed,
+                    now,
+                );
+            }
+            Type::Requeued => health.released(peer, sequence_id, now, Release::Requeued, now),
+            Type::DeadLettered => {
+                let disconnected = previous.is_some_and(|p| {
+                    p.event_type == Type::Failed && p.metadata.get(keys::REQUEUED) == Some("False")
+                });
+                let outcome = if disconnected {
+                    Release::Disconnected
+                } else {
+                    Release::DeadLettered
+                };
+                health.released(peer, sequence_id, now, outcome, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Re-evaluates backpressure at `pending` items; wakes waiters on a
+    /// transition.
+    fn evaluate_backpressure(&self, pending: usize) {
+        let changed =
+            lock(&self.backpressure).evaluate(pending, std::time::Instant::now(), Timestamp::now());
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Whether backpressure holds enqueuers now.
+    pub fn backpressure_active(&self) -> bool {
+        lock(&self.backpressure).is_active()
+    }
+
+    /// The latest backpressure transition (`None` before the first).
+    pub fn backpressure_signals(&self) -> tokio::sync::watch::Receiver<Option<BackpressureSignal>> {
+        lock(&self.backpressure).signals()
+    }
+
+    /// Every peer's lease health now.
+    pub fn lease_health(&self) -> Vec<PeerHealth> {
+        lock(&self.health).snapshot(Timestamp::now())
     }
 
     /// Waits until `pending` is durable.
@@ -225,6 +324,10 @@ impl Dispatcher {
         loop {
             self.check()?;
             let notified = self.changed.notified();
+            if self.backpressure_active() {
+                notified.await;
+                continue;
+            }
             let mut state = self.state.lock().await;
             match state.decide_enqueue(payload.clone(), peer, &self.options.queue) {
                 Ok(events) => {
@@ -232,6 +335,9 @@ impl Dispatcher {
                     let stats = stats_of(&state);
                     drop(state);
                     self.durable(pending).await?;
+                    // The reference samples these on enqueue responses only.
+                    metrics::histogram!(telemetry::PENDING_ITEMS).record(stats.pending as f64);
+                    metrics::histogram!(telemetry::ACTIVE_LEASES).record(stats.active as f64);
                     return Ok(stats);
                 }
                 Err(error) if error.status == ErrorStatus::ResourceExhausted => {
@@ -311,7 +417,12 @@ impl Dispatcher {
     pub async fn heartbeat(&self, handle: &Handle) -> Result<bool, DispatchError> {
         self.check()?;
         let mut state = self.state.lock().await;
-        Ok(state.heartbeat(handle, Timestamp::now(), &self.options.queue)?)
+        let now = Timestamp::now();
+        let extended = state.heartbeat(handle, now, &self.options.queue)?;
+        if let Some(owner) = state.lease(handle).and_then(|l| l.owner.as_deref()) {
+            lock(&self.health).heartbeat(owner, now);
+        }
+        Ok(extended)
     }
 
     /// Fails the lease `handle`: `Failed`, then `Requeued` (attempts left
@@ -403,6 +514,10 @@ impl Dispatcher {
             if let Err(error) = dispatcher.sweep().await {
                 tracing::warn!(%error, "lease expiry sweep failed; retrying next tick");
             }
+            // A transition the cooldown deferred happens here at the latest.
+            let pending = dispatcher.state.lock().await.pending_count();
+            dispatcher.evaluate_backpressure(pending);
+            let _ = dispatcher.lease_health();
         }
     }
 

@@ -244,3 +244,115 @@ async fn a_full_queue_makes_enqueue_wait_and_a_stopped_log_changes_nothing() {
     );
     assert_eq!(dispatcher.snapshot().await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_holds_enqueuers_between_the_watermarks_and_never_stalls_them() {
+    use omnirelay_dispatcher::BackpressureOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let log = replicator(dir.path()).await;
+    let dispatcher = Dispatcher::open(
+        log.clone(),
+        DispatcherOptions {
+            queue: QueueOptions {
+                sweep_interval: Duration::from_millis(50),
+                ..QueueOptions::default()
+            },
+            backpressure: Some(BackpressureOptions {
+                high_watermark: 3,
+                low_watermark: Some(1),
+                cooldown: Duration::from_millis(300),
+            }),
+            ..DispatcherOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut signals = dispatcher.backpressure_signals();
+    for id in ["a", "b", "c"] {
+        dispatcher.enqueue(payload(id), None).await.unwrap();
+    }
+    assert!(dispatcher.backpressure_active());
+    let signal = signals.borrow_and_update().clone().unwrap();
+    assert!(signal.is_active);
+    assert_eq!(signal.pending_count, 3);
+    let json = signal.to_json();
+    assert_eq!(json["highWatermark"], 3);
+    assert_eq!(json["lowWatermark"], 1);
+    let blocked = {
+        let dispatcher = dispatcher.clone();
+        tokio::spawn(async move { dispatcher.enqueue(payload("d"), None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!blocked.is_finished(), "backpressure holds the enqueuer");
+    // Down to the low watermark inside the cooldown: the transition waits
+    // for the cooldown, then happens without any further traffic.
+    dispatcher.lease(None).await.unwrap();
+    dispatcher.lease(None).await.unwrap();
+    assert!(dispatcher.backpressure_active(), "still in the cooldown");
+    let stats = tokio::time::timeout(Duration::from_secs(5), blocked)
+        .await
+        .expect("the enqueuer stalled after backpressure cleared")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.pending, 2);
+    assert!(!dispatcher.backpressure_active());
+    assert!(!signals.borrow_and_update().clone().unwrap().is_active);
+    drop(dispatcher);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_health_follows_assignments_heartbeats_disconnects_and_reassignments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = replicator(dir.path()).await;
+    let dispatcher = Dispatcher::open(
+        log.clone(),
+        DispatcherOptions {
+            peer_grace: Duration::from_millis(400),
+            ..DispatcherOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    for id in ["a", "b", "c"] {
+        dispatcher.enqueue(payload(id), None).await.unwrap();
+    }
+    let one = dispatcher.lease(Some("worker-1")).await.unwrap();
+    dispatcher.heartbeat(&one.handle).await.unwrap();
+    dispatcher.complete(&one.handle).await.unwrap();
+    let two = dispatcher.lease(Some("worker-2")).await.unwrap();
+    dispatcher
+        .fail(&two.handle, None, None, false)
+        .await
+        .unwrap();
+    let three = dispatcher.lease(Some("worker-3")).await.unwrap();
+    dispatcher
+        .fail(&three.handle, None, None, true)
+        .await
+        .unwrap();
+    let peer = |name: &str| {
+        dispatcher
+            .lease_health()
+            .into_iter()
+            .find(|p| p.peer == name)
+            .unwrap()
+    };
+    assert!(peer("worker-1").healthy);
+    assert!(
+        !peer("worker-2").healthy,
+        "failed without requeue: disconnected"
+    );
+    assert!(peer("worker-2").last_disconnect.is_some());
+    assert_eq!(peer("worker-3").pending_reassignments, 1);
+    assert_eq!(peer("worker-3").active_assignments, 0);
+    // The requeued item leased again: no reassignment pending any more.
+    let again = dispatcher.lease(Some("worker-1")).await.unwrap();
+    assert_eq!(again.item.sequence_id, three.item.sequence_id);
+    assert_eq!(peer("worker-3").pending_reassignments, 0);
+    assert_eq!(peer("worker-1").active_assignments, 1);
+    // Quiet past the grace period: unhealthy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!peer("worker-3").healthy);
+    drop(dispatcher);
+    log.close().await.unwrap();
+}

@@ -34,10 +34,14 @@ pub(crate) fn check(file: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    match loaded.validate(
-        &SinkRegistry::discovered(),
-        ResourceLeaseCodec.latest_version(),
-    ) {
+    let validated = loaded
+        .validate(
+            &SinkRegistry::discovered(),
+            ResourceLeaseCodec.latest_version(),
+        )
+        .map_err(|errors| errors.to_string())
+        .and_then(|valid| crate::node::check_services(&loaded, &valid).map(|()| valid));
+    match validated {
         Ok(valid) => {
             let sinks: Vec<String> = valid
                 .sinks

@@ -65,6 +65,10 @@ enum Command {
         /// A standby's primary: its URL (the token is `[server] token`).
         #[arg(long, value_name = "URL")]
         follow: Option<String>,
+        /// The dispatcher's RPC namespace (key
+        /// `services.dispatcher.namespace`, default `resourcelease`).
+        #[arg(long, value_name = "NAME")]
+        namespace: Option<String>,
     },
     /// Promote a standby: it stops following and serves as the dispatcher
     /// with the queue its log holds.
@@ -293,7 +297,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             role,
             stream,
             follow,
-        } => runtime()?.block_on(serve::run(&node, role, &stream, follow.as_deref())),
+            namespace,
+        } => runtime()?.block_on(serve::run(
+            &node,
+            role,
+            &stream,
+            follow.as_deref(),
+            namespace.as_deref(),
+        )),
         Command::Promote {
             url,
             token,

@@ -65,6 +65,11 @@ impl NodeArgs {
 
     /// Loads and validates the configuration, printing every problem.
     pub(crate) fn load(&self) -> anyhow::Result<ValidConfig> {
+        self.load_with(Vec::new())
+    }
+
+    /// As [`NodeArgs::load`], with a command's own flags as overrides.
+    pub(crate) fn load_with(&self, extra: Vec<Override>) -> anyhow::Result<ValidConfig> {
         let default = default_toml();
         let source = match &self.config {
             Some(path) => Source::File(path),
@@ -73,11 +78,15 @@ impl NodeArgs {
                 name: "the embedded default configuration",
             },
         };
-        let loaded = config::load_from(source, &config::process_env(), &self.overrides())?;
+        let mut overrides = self.overrides();
+        overrides.extend(extra);
+        let loaded = config::load_from(source, &config::process_env(), &overrides)?;
         let registry = SinkRegistry::discovered();
         let valid = loaded
             .validate(&registry, ResourceLeaseCodec.latest_version())
             .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
+        check_services(&loaded, &valid)
+            .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
         // The filter syntax is the subscriber's, so it is checked here.
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&valid.telemetry.log_level) {
             bail!(
@@ -91,13 +100,47 @@ impl NodeArgs {
 
 /// The services' embedded default configuration: the framework's (one
 /// stream, the durable log, the JSON-lines export) plus the SQLite sink at
-/// `DIR/replication.db`.
+/// `DIR/replication.db`, and the services' tables.
 pub(crate) fn default_toml() -> String {
     format!(
-        "{}{}",
+        "{}{}{}",
         config::DEFAULT_TOML,
-        omnirelay_replication_sqlite::DEFAULT_SINK_TOML
+        omnirelay_replication_sqlite::DEFAULT_SINK_TOML,
+        omnirelay_dispatcher::settings::DEFAULT_TOML
     )
+}
+
+/// The services this binary has, by their `[services.NAME]` table.
+const SERVICES: [&str; 1] = ["dispatcher"];
+
+/// Checks every `[services.NAME]` table: known names, valid settings.
+pub(crate) fn check_services(loaded: &config::Loaded, valid: &ValidConfig) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for (name, table) in &valid.services {
+        let key = format!("services.{name}");
+        match name.as_str() {
+            "dispatcher" => {
+                if let Err(e) = omnirelay_dispatcher::settings::parse(Some(table)) {
+                    let path = if e.path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{key}.{}", e.path)
+                    };
+                    problems.push(format!("{}: {path}: {}", loaded.origin(&path), e.message));
+                }
+            }
+            _ => problems.push(format!(
+                "{}: {key}: no such service (known: {})",
+                loaded.origin(&key),
+                SERVICES.join(", ")
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
 }
 
 static JSON_LOGS: AtomicBool = AtomicBool::new(false);

@@ -11,6 +11,8 @@ use omnirelay_replication_grpc::{Connection, Receiver};
 use omnirelay_resourcelease::ResourceLeaseCodec;
 use omnirelay_resourcelease::telemetry::LagRecording;
 
+use omnirelay_replication::config::Override;
+
 use crate::node::{self, Bound, NodeArgs};
 
 /// What a node does.
@@ -36,6 +38,7 @@ pub(crate) async fn run(
     role: Role,
     stream: &str,
     follow: Option<&str>,
+    namespace: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     if role == Role::Standby && follow.is_none() {
         anyhow::bail!("a standby needs the primary to follow: --follow URL");
@@ -44,7 +47,23 @@ pub(crate) async fn run(
         anyhow::bail!("--follow is for --role standby");
     }
     let stream = StreamId::new(stream)?;
-    let valid = args.load()?;
+    let overrides = namespace
+        .map(|ns| {
+            Override::new(
+                "--namespace",
+                "services.dispatcher.namespace",
+                ns.to_owned(),
+            )
+        })
+        .into_iter()
+        .collect();
+    let valid = args.load_with(overrides)?;
+    // Checked by `load_with`.
+    let dispatcher_options = DispatcherOptions {
+        stream: stream.clone(),
+        ..omnirelay_dispatcher::settings::parse(valid.services.get("dispatcher"))
+            .map_err(|e| anyhow::anyhow!("services.dispatcher.{}: {}", e.path, e.message))?
+    };
     node::install_logging(valid.telemetry.log_format, &valid.telemetry.log_level);
     let listen = valid
         .listen
@@ -71,15 +90,9 @@ pub(crate) async fn run(
             (Some(receiver), None, "receiver")
         }
         Role::Dispatcher => {
-            let dispatcher = Dispatcher::open(
-                replicator.clone(),
-                DispatcherOptions {
-                    stream: stream.clone(),
-                    ..DispatcherOptions::default()
-                },
-            )
-            .await
-            .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
+            let dispatcher = Dispatcher::open(replicator.clone(), dispatcher_options.clone())
+                .await
+                .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
             let stats = dispatcher.stats().await;
             rebuilt = Some(format!(
                 "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered",
@@ -96,16 +109,9 @@ pub(crate) async fn run(
         Role::Standby => {
             let mut primary = Connection::new(follow.unwrap_or_default());
             primary.token.clone_from(&valid.token);
-            let standby = Standby::open(
-                replicator.clone(),
-                DispatcherOptions {
-                    stream: stream.clone(),
-                    ..DispatcherOptions::default()
-                },
-                primary,
-            )
-            .await
-            .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
+            let standby = Standby::open(replicator.clone(), dispatcher_options.clone(), primary)
+                .await
+                .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
             let stats = standby.snapshot().await;
             rebuilt = Some(format!(
                 "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered; following {}",

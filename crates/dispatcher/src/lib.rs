@@ -23,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod queue;
 mod service;
+pub mod settings;
 pub mod standby;
 
 pub use backpressure::{BackpressureOptions, BackpressureSignal};

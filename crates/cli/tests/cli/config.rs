@@ -279,3 +279,71 @@ fn a_log_level_that_is_not_a_filter_is_a_configuration_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn service_tables_are_checked_by_their_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.toml");
+    std::fs::write(
+        &file,
+        "[services.dispatcher]\nnamespace = \"a b\"\n[services.dispatcher.queue]\ncapacity = 0\n[services.janitor]\nbroom = true\n",
+    )
+    .unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("services.dispatcher.namespace: \"a b\" is not a namespace"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("services.janitor: no such service (known: dispatcher)"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &file,
+        "[services.dispatcher.backpressure]\nhigh_watermark = 4\nlow_watermark = 4\n",
+    )
+    .unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert!(
+        text(&out.stderr).contains(
+            "services.dispatcher.backpressure.low_watermark: must be below high_watermark (4)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&file, "[services.dispatcher.queue]\nlease_seconds = 3\n").unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert!(
+        text(&out.stderr).contains("services.dispatcher.queue"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("lease_seconds"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The flag is the key: a bad --namespace is named as the flag.
+    let out = omnirelay(
+        &[
+            "serve",
+            "--role",
+            "dispatcher",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--namespace",
+            "x::y",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("command-line flag --namespace: services.dispatcher.namespace"),
+        "{}",
+        text(&out.stderr)
+    );
+}

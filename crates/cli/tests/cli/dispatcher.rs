@@ -141,6 +141,18 @@ fn heavy_a_dispatcher_serves_the_reference_rpc_and_restarts_with_its_queue() {
 }
 
 #[test]
+fn heavy_the_namespace_flag_names_the_procedures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, address, _) = start(dir.path(), &["--namespace", "mesh"]);
+    let (status, _) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
+    assert_eq!(status, 501);
+    let (status, body) = rpc(&address, "mesh::enqueue", &[], PAYLOAD);
+    assert_eq!(status, 200, "{body}");
+    assert!(signal(node.id(), "TERM"));
+    assert!(node.wait().unwrap().success());
+}
+
+#[test]
 fn heavy_with_a_token_the_rpc_wants_it_and_metrics_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");

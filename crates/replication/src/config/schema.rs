@@ -24,6 +24,10 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Replication: streams and sinks.
     pub replication: ReplicationConfig,
+    /// Settings of the services built on the framework, one table each
+    /// (`[services.dispatcher]`): the framework keeps them as they are and
+    /// each service reads and checks its own.
+    pub services: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 impl Default for Config {
@@ -34,6 +38,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             telemetry: TelemetryConfig::default(),
             replication: ReplicationConfig::default(),
+            services: BTreeMap::new(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Validation: every check that needs no I/O, all problems reported at once.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub struct ValidConfig {
     pub durable: DurableOptions,
     /// The enabled sinks.
     pub sinks: Vec<ValidSink>,
+    /// The services' own tables (`[services.NAME]`), unchecked here: each
+    /// service checks its own.
+    pub services: BTreeMap<String, serde_json::Value>,
 }
 
 impl std::fmt::Debug for ValidConfig {
@@ -320,6 +324,14 @@ impl Loaded {
             telemetry: config.telemetry.clone(),
             durable,
             sinks,
+            services: config
+                .services
+                .iter()
+                .map(|(name, table)| {
+                    let object = table.clone().into_iter().collect();
+                    (name.clone(), serde_json::Value::Object(object))
+                })
+                .collect(),
         })
     }
 }

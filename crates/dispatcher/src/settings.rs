@@ -1,0 +1,164 @@
+//! The dispatcher's configuration table, `[services.dispatcher]`.
+
+use std::time::Duration;
+
+use omnirelay_replication::config::{SettingsError, parse_settings};
+use serde::Deserialize;
+
+use crate::backpressure::BackpressureOptions;
+use crate::queue::QueueOptions;
+use crate::service::DispatcherOptions;
+
+/// The dispatcher's table as the embedded default has it (every key at
+/// its default), for `omnirelay config default`.
+pub const DEFAULT_TOML: &str = r#"
+# The resource-lease dispatcher (`omnirelay serve --role dispatcher`).
+[services.dispatcher]
+# The RPC namespace: procedures are `{namespace}::enqueue` and so on.
+namespace = "resourcelease"
+# How long a peer may go without a lease or a heartbeat and stay healthy.
+peer_grace_ms = 30000
+
+# The lease queue (the reference's TaskQueueOptions defaults).
+[services.dispatcher.queue]
+capacity = 512
+lease_duration_ms = 30000
+# A heartbeat sooner than this after the last effective one changes nothing.
+heartbeat_interval_ms = 5000
+sweep_interval_ms = 1000
+requeue_delay_ms = 0
+max_delivery_attempts = 5
+
+# Backpressure on pending items is off unless this table is set:
+# [services.dispatcher.backpressure]
+# high_watermark = 64
+# low_watermark = 16     # default: high_watermark / 2
+# cooldown_ms = 5000
+"#;
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    namespace: String,
+    peer_grace_ms: u64,
+    queue: QueueSettings,
+    backpressure: Option<BackpressureSettings>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: "resourcelease".to_owned(),
+            peer_grace_ms: 30_000,
+            queue: QueueSettings::default(),
+            backpressure: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct QueueSettings {
+    capacity: usize,
+    lease_duration_ms: u64,
+    heartbeat_interval_ms: u64,
+    sweep_interval_ms: u64,
+    requeue_delay_ms: u64,
+    max_delivery_attempts: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        let d = QueueOptions::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            capacity: d.capacity,
+            lease_duration_ms: ms(d.lease_duration),
+            heartbeat_interval_ms: ms(d.heartbeat_interval),
+            sweep_interval_ms: ms(d.sweep_interval),
+            requeue_delay_ms: ms(d.requeue_delay),
+            max_delivery_attempts: d.max_delivery_attempts,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackpressureSettings {
+    high_watermark: usize,
+    low_watermark: Option<usize>,
+    #[serde(default = "default_cooldown_ms")]
+    cooldown_ms: u64,
+}
+
+fn default_cooldown_ms() -> u64 {
+    5_000
+}
+
+/// Reads `[services.dispatcher]` (an empty table when absent) into the
+/// dispatcher's options (the stream is the caller's).
+///
+/// # Errors
+///
+/// The key path of the first setting that is wrong, and why.
+pub fn parse(table: Option<&serde_json::Value>) -> Result<DispatcherOptions, SettingsError> {
+    let empty = serde_json::Value::Object(serde_json::Map::new());
+    let settings: Settings = parse_settings(table.unwrap_or(&empty))?;
+    let namespace = settings.namespace.trim();
+    if namespace.is_empty()
+        || namespace.contains("::")
+        || namespace.chars().any(char::is_whitespace)
+    {
+        return Err(SettingsError::new(
+            "namespace",
+            format!(
+                "{:?} is not a namespace (non-empty, no spaces, no \"::\")",
+                settings.namespace
+            ),
+        ));
+    }
+    let q = &settings.queue;
+    for (key, value) in [
+        ("queue.capacity", q.capacity as u64),
+        ("queue.lease_duration_ms", q.lease_duration_ms),
+        ("queue.sweep_interval_ms", q.sweep_interval_ms),
+        (
+            "queue.max_delivery_attempts",
+            u64::from(q.max_delivery_attempts),
+        ),
+        ("peer_grace_ms", settings.peer_grace_ms),
+    ] {
+        if value == 0 {
+            return Err(SettingsError::new(key, "must be at least 1"));
+        }
+    }
+    let backpressure = match settings.backpressure {
+        None => None,
+        Some(b) => {
+            let options = BackpressureOptions {
+                high_watermark: b.high_watermark,
+                low_watermark: b.low_watermark,
+                cooldown: Duration::from_millis(b.cooldown_ms),
+            };
+            options.validate().map_err(|message| {
+                let (key, why) = message.split_once(": ").unwrap_or(("", message.as_str()));
+                SettingsError::new(format!("backpressure.{key}"), why)
+            })?;
+            Some(options)
+        }
+    };
+    Ok(DispatcherOptions {
+        namespace: namespace.to_owned(),
+        queue: QueueOptions {
+            capacity: q.capacity,
+            lease_duration: Duration::from_millis(q.lease_duration_ms),
+            heartbeat_interval: Duration::from_millis(q.heartbeat_interval_ms),
+            sweep_interval: Duration::from_millis(q.sweep_interval_ms),
+            requeue_delay: Duration::from_millis(q.requeue_delay_ms),
+            max_delivery_attempts: q.max_delivery_attempts,
+        },
+        backpressure,
+        peer_grace: Duration::from_millis(settings.peer_grace_ms),
+        ..DispatcherOptions::default()
+    })
+}

@@ -178,11 +178,15 @@ pub fn router(dispatcher: Arc<Dispatcher>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(dispatcher)
 }
 
+/// The largest request body read (a restore of many items is the largest
+/// request); a larger one is refused.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
 async fn handle(
     State(dispatcher): State<Arc<Dispatcher>>,
     method: Method,
     request_headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if method != Method::POST {
         return (
@@ -191,6 +195,38 @@ async fn handle(
         )
             .into_response();
     }
+    let declared = request_headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return RpcError::new(
+            "InvalidArgument",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            format!("the request body is over {MAX_BODY_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let body: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(error) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            let (http, message) = if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is over {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {error}"),
+                )
+            };
+            return RpcError::new("InvalidArgument", http, None, message).into_response();
+        }
+    };
     match call(&dispatcher, &request_headers, &body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),

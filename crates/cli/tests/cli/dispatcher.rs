@@ -295,3 +295,92 @@ fn heavy_a_standby_follows_the_primary_and_takes_over_when_promoted() {
     assert!(signal(standby.id(), "TERM"));
     assert!(standby.wait().unwrap().success());
 }
+
+/// The reference's integration scenario (reference §5): enqueue, lease as
+/// `integration-peer`, complete, drain; the log, replayed in the reference
+/// format, holds exactly its events with its peers and metadata.
+#[test]
+fn heavy_the_reference_integration_scenario_replays_as_the_reference_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, address, _) = start(dir.path(), &[]);
+    let peer = [("Rpc-Caller", "integration-peer")];
+    let (status, body) = rpc(&address, "resourcelease::enqueue", &peer, PAYLOAD);
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"stats": {"pendingCount": 1, "activeLeaseCount": 0}})
+        )
+    );
+    let (_, leased) = rpc(&address, "resourcelease::lease", &peer, "{}");
+    assert_eq!(leased["ownerPeerId"], "integration-peer");
+    assert_eq!(leased["payload"]["resourceType"], "lakehouse.catalog");
+    assert_eq!(leased["payload"]["resourceId"], "sales.orders");
+    let (_, done) = rpc(
+        &address,
+        "resourcelease::complete",
+        &peer,
+        &json!({"ownershipToken": leased["ownershipToken"]}).to_string(),
+    );
+    assert_eq!(done, json!({"success": true}));
+    let (_, drained) = rpc(&address, "resourcelease::drain", &peer, "{}");
+    assert_eq!(drained, json!({"items": []}));
+    assert!(signal(node.id(), "TERM"));
+    assert!(node.wait().unwrap().success());
+
+    let out = omnirelay(&["log", "replay", "--data-dir", dir_arg(dir.path())], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let shape: Vec<(String, Value, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["eventType"].as_str().unwrap().to_owned(),
+                e["peerId"].clone(),
+                e["metadata"].clone(),
+            )
+        })
+        .collect();
+    let meta = |pending: u32, active: u32| json!({"queue.active": active.to_string(), "queue.pending": pending.to_string()});
+    assert_eq!(
+        shape,
+        vec![
+            ("Enqueue".to_owned(), json!("integration-peer"), meta(1, 0)),
+            (
+                "LeaseGranted".to_owned(),
+                json!("integration-peer"),
+                meta(0, 1)
+            ),
+            (
+                "Completed".to_owned(),
+                json!("integration-peer"),
+                meta(0, 0)
+            ),
+            (
+                "Heartbeat".to_owned(),
+                json!("integration-peer"),
+                meta(0, 0)
+            ),
+            (
+                "DrainSnapshot".to_owned(),
+                Value::Null,
+                json!({"drain.count": "0", "queue.active": "0", "queue.pending": "0"})
+            ),
+        ]
+    );
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["sequenceNumber"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    // Version 1 has no snapshot items, ownership only where the reference
+    // writes it.
+    assert!(events[4].get("items").is_none());
+    assert!(events[0].get("ownership").is_none());
+    assert_eq!(events[1]["ownership"], leased["ownershipToken"]);
+}

@@ -292,3 +292,29 @@ async fn bad_requests_get_the_reference_errors() {
     assert_eq!(waited.status, 504);
     assert_eq!(waited.headers["rpc-status"], "DeadlineExceeded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, dispatcher) = serve(dir.path()).await;
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let claimed = http::MAX_BODY_BYTES + 1;
+    let head = format!(
+        "POST /x HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nRpc-Procedure: resourcelease::restore\r\nContent-Length: {claimed}\r\n\r\n{{\"items\":["
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("rpc-status: invalidargument"),
+        "{response}"
+    );
+    assert_eq!(dispatcher.stats().await.pending, 0);
+}

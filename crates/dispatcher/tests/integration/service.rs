@@ -356,3 +356,36 @@ async fn lease_health_follows_assignments_heartbeats_disconnects_and_reassignmen
     drop(dispatcher);
     log.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_given_up_while_waiting_takes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = replicator(dir.path()).await;
+    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
+        .await
+        .unwrap();
+    // A worker long-polls, then goes away (its request is cancelled).
+    let waiting = {
+        let dispatcher = dispatcher.clone();
+        tokio::spawn(async move { dispatcher.lease(Some("gone")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    // The next item is not granted to the departed worker.
+    dispatcher.enqueue(payload("a"), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stats = dispatcher.stats().await;
+    assert_eq!((stats.pending, stats.active), (1, 0));
+    let lease = dispatcher.lease(Some("here")).await.unwrap();
+    assert_eq!(lease.owner.as_deref(), Some("here"));
+    assert_eq!(
+        v1_view(&log).await,
+        vec![
+            (Type::Enqueue, None),
+            (Type::LeaseGranted, Some("here".to_owned()))
+        ]
+    );
+    drop(dispatcher);
+    log.close().await.unwrap();
+}

@@ -384,3 +384,240 @@ fn heavy_the_reference_integration_scenario_replays_as_the_reference_stream() {
     assert!(events[0].get("ownership").is_none());
     assert_eq!(events[1]["ownership"], leased["ownershipToken"]);
 }
+
+/// Posts an RPC, `None` when the node does not answer (killed).
+fn try_rpc(
+    address: &str,
+    procedure: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, Value)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    let mut request = format!(
+        "POST /omnirelay/v1/resourcelease HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nRpc-Procedure: {procedure}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in extra {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+#[test]
+fn heavy_failover_under_load_loses_no_item() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const ITEMS: usize = 60;
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = primary_dir.path().join("fast.toml");
+    std::fs::write(
+        &config,
+        "[services.dispatcher.queue]\nlease_duration_ms = 1500\nsweep_interval_ms = 100\nmax_delivery_attempts = 10\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (mut primary, primary_at, _) = start(primary_dir.path(), &["--config", config]);
+    let primary_url = format!("http://{primary_at}");
+    let mut args = vec![
+        "serve",
+        "--role",
+        "standby",
+        "--follow",
+        &primary_url,
+        "--config",
+        config,
+    ];
+    args.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(standby_dir.path()),
+    ]);
+    let (mut standby, standby_at, _stderr) = spawn_listening(&args);
+    for i in 0..ITEMS {
+        let body = PAYLOAD.replace("sales.orders", &format!("item-{i}"));
+        let (status, _) = rpc(
+            &primary_at,
+            "resourcelease::enqueue",
+            &[("Rpc-Caller", "seeder")],
+            &body,
+        );
+        assert_eq!(status, 200);
+    }
+
+    // Workers lease from whichever node serves, complete most items and
+    // fail some without requeue (dead letters).
+    let target = Arc::new(Mutex::new(primary_at.clone()));
+    let done = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let handled = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (target, done, completed, handled) = (
+                target.clone(),
+                done.clone(),
+                completed.clone(),
+                handled.clone(),
+            );
+            std::thread::spawn(move || {
+                let peer = format!("worker-{w}");
+                while !done.load(Ordering::Relaxed) {
+                    let at = target.lock().unwrap().clone();
+                    let Some((200, lease)) = try_rpc(
+                        &at,
+                        "resourcelease::lease",
+                        &[("Rpc-Ttl-Ms", "300")],
+                        &json!({"peerId": peer}).to_string(),
+                    ) else {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    };
+                    let token = json!({"ownershipToken": lease["ownershipToken"]});
+                    let id = lease["payload"]["resourceId"].as_str().unwrap().to_owned();
+                    // The work itself.
+                    std::thread::sleep(std::time::Duration::from_millis(15));
+                    let n = handled.fetch_add(1, Ordering::Relaxed);
+                    let (procedure, body) = if n % 10 == 7 {
+                        (
+                            "resourcelease::fail",
+                            json!({"ownershipToken": lease["ownershipToken"], "requeue": false}),
+                        )
+                    } else {
+                        ("resourcelease::complete", token)
+                    };
+                    if let Some((200, _)) = try_rpc(&at, procedure, &[], &body.to_string())
+                        && procedure.ends_with("complete")
+                    {
+                        completed.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Under load, the primary dies; the standby is promoted.
+    while handled.load(Ordering::Relaxed) < ITEMS / 3 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(signal(primary.id(), "KILL"));
+    let _ = primary.wait();
+    let out = omnirelay(&["promote", "--url", &format!("http://{standby_at}")], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    *target.lock().unwrap() = standby_at.clone();
+
+    // Until nothing is pending or leased (leases lost with the primary
+    // expire and come back).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, status) = http_get(&standby_at, "/standby")
+            .map(|(c, b)| (c, b))
+            .unwrap();
+        let _ = status;
+        let out = omnirelay(
+            &[
+                "log",
+                "replay",
+                "--data-dir",
+                dir_arg(standby_dir.path()),
+                "--write-version",
+                "2",
+            ],
+            b"",
+        );
+        let events: Vec<Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let ended = |id: i64| {
+            events.iter().any(|e| {
+                (e["eventType"] == "Completed" && e["ownership"]["sequenceId"] == id)
+                    || (e["eventType"] == "DeadLettered" && e["items"][0]["sequenceId"] == id)
+            })
+        };
+        if (1..=ITEMS as i64).all(ended) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "items never finished");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    done.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert!(signal(standby.id(), "TERM"));
+    assert!(standby.wait().unwrap().success());
+
+    // Every item was completed or dead-lettered; none lost. The standby's
+    // log starts with what it followed of the primary's, event for event.
+    let replay = |dir: &Path| -> Vec<Value> {
+        let out = omnirelay(
+            &[
+                "log",
+                "replay",
+                "--data-dir",
+                dir_arg(dir),
+                "--write-version",
+                "2",
+            ],
+            b"",
+        );
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let primary_log = replay(primary_dir.path());
+    let standby_log = replay(standby_dir.path());
+    let followed = standby_log
+        .iter()
+        .take_while(|e| {
+            primary_log
+                .get(e["sequenceNumber"].as_u64().unwrap() as usize - 1)
+                .is_some_and(|p| p == *e)
+        })
+        .count();
+    assert!(
+        followed >= ITEMS,
+        "the standby had every enqueue before the kill ({followed})"
+    );
+    assert!(
+        standby_log[followed..]
+            .iter()
+            .all(|e| e["eventType"] != "Enqueue"),
+        "after the failover only the standby's own events follow"
+    );
+    assert_eq!(
+        standby_log
+            .iter()
+            .map(|e| e["sequenceNumber"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        (1..=standby_log.len() as u64).collect::<Vec<_>>(),
+        "one gap-free numbering across the failover"
+    );
+    // Restarted as a dispatcher on its log, the queue is empty but for the
+    // dead letters the stream holds.
+    let dead = standby_log
+        .iter()
+        .filter(|e| e["eventType"] == "DeadLettered")
+        .count();
+    let (mut node, _, rebuilt) = start(standby_dir.path(), &["--config", config]);
+    assert!(
+        rebuilt.contains(&format!("0 pending, 0 leased, {dead} dead-lettered")),
+        "{rebuilt}"
+    );
+    assert!(!completed.lock().unwrap().is_empty());
+    assert!(signal(node.id(), "TERM"));
+    assert!(node.wait().unwrap().success());
+}

@@ -521,10 +521,6 @@ fn heavy_failover_under_load_loses_no_item() {
     // expire and come back).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let (_, status) = http_get(&standby_at, "/standby")
-            .map(|(c, b)| (c, b))
-            .unwrap();
-        let _ = status;
         let out = omnirelay(
             &[
                 "log",

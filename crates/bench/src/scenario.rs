@@ -1,5 +1,6 @@
 //! The scenarios and the trait they implement.
 
+pub mod dispatcher;
 pub mod durable;
 pub mod fanout;
 pub mod grpc;
@@ -144,6 +145,24 @@ pub fn scenarios() -> Vec<Entry> {
         Entry {
             name: "grpc-stream",
             build: |options| Ok(Box::new(grpc::GrpcStream::new(options.peer.as_deref())?)),
+        },
+        Entry {
+            name: "dispatcher-cycle",
+            build: |_| {
+                Ok(Box::new(dispatcher::DispatcherCycle::new(
+                    "dispatcher-cycle",
+                    1,
+                )?))
+            },
+        },
+        Entry {
+            name: "dispatcher-cycle-4",
+            build: |_| {
+                Ok(Box::new(dispatcher::DispatcherCycle::new(
+                    "dispatcher-cycle-4",
+                    4,
+                )?))
+            },
         },
         Entry {
             name: "objectstore-segment",

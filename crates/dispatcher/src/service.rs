@@ -104,7 +104,10 @@ pub struct QueueStats {
 
 /// The dispatcher. See the module documentation.
 pub struct Dispatcher {
-    replicator: Arc<DurableReplicator<Event>>,
+    /// `None`: replication off (events are numbered here and go nowhere).
+    replicator: Option<Arc<DurableReplicator<Event>>>,
+    /// The last sequence numbered without replication.
+    unreplicated: std::sync::atomic::AtomicU64,
     options: DispatcherOptions,
     state: Mutex<QueueState>,
     /// Wakes waiting leasers and enqueuers after every change.
@@ -141,13 +144,33 @@ impl Dispatcher {
     /// naming the sequence.
     pub async fn open(
         replicator: Arc<DurableReplicator<Event>>,
+        options: DispatcherOptions,
+    ) -> Result<Arc<Self>, Error> {
+        let state = rebuild(&replicator, &options).await?;
+        Self::start(Some(replicator), options, state)
+    }
+
+    /// A dispatcher with replication off, as the reference runs without a
+    /// replicator: the same queue and RPC, events numbered and applied but
+    /// kept nowhere (nothing survives a restart; nothing can follow it).
+    /// For embedding, tests, and as the baseline of the benchmark.
+    ///
+    /// # Errors
+    ///
+    /// Invalid backpressure settings.
+    pub fn unreplicated(options: DispatcherOptions) -> Result<Arc<Self>, Error> {
+        Self::start(None, options, QueueState::new())
+    }
+
+    fn start(
+        replicator: Option<Arc<DurableReplicator<Event>>>,
         mut options: DispatcherOptions,
+        state: QueueState,
     ) -> Result<Arc<Self>, Error> {
         if options.namespace.trim().is_empty() {
             options.namespace = "resourcelease".to_owned();
         }
         options.namespace = options.namespace.trim().to_owned();
-        let state = rebuild(&replicator, &options).await?;
         if let Some(backpressure) = &options.backpressure {
             backpressure
                 .validate()
@@ -155,6 +178,7 @@ impl Dispatcher {
         }
         let dispatcher = Arc::new(Self {
             replicator,
+            unreplicated: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(state),
             changed: Notify::new(),
             failed: OnceLock::new(),
@@ -199,13 +223,23 @@ impl Dispatcher {
             return Ok((events, None));
         }
         let mut applied = events.clone();
-        let pending = self
-            .replicator
-            .submit_all(&self.options.stream, events)
-            .await
-            .map_err(|parts| DispatchError::Unavailable(parts.error.to_string()))?;
-        let first = *pending.sequences().start();
-        let timestamp = pending.receipt().timestamp;
+        let (first, timestamp, pending) = match &self.replicator {
+            Some(replicator) => {
+                let pending = replicator
+                    .submit_all(&self.options.stream, events)
+                    .await
+                    .map_err(|parts| DispatchError::Unavailable(parts.error.to_string()))?;
+                let first = *pending.sequences().start();
+                (first, pending.receipt().timestamp, Some(pending))
+            }
+            None => {
+                let count = events.len() as u64;
+                let last = self
+                    .unreplicated
+                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                (last + 1, Timestamp::now(), None)
+            }
+        };
         for offset in 0..applied.len() {
             let event = &mut applied[offset];
             event.sequence_number = i64::try_from(first + offset as u64).unwrap_or(i64::MAX);
@@ -230,7 +264,7 @@ impl Dispatcher {
         }
         self.evaluate_backpressure(state.pending_count());
         self.changed.notify_waiters();
-        Ok((applied, Some(pending)))
+        Ok((applied, pending))
     }
 
     /// Lease health from an applied event (`previous`: the event before it

@@ -389,3 +389,19 @@ async fn a_lease_given_up_while_waiting_takes_nothing() {
     drop(dispatcher);
     log.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replication_off_the_queue_works_and_keeps_nothing() {
+    let dispatcher = Dispatcher::unreplicated(options(QueueOptions::default())).unwrap();
+    dispatcher.enqueue(payload("a"), None).await.unwrap();
+    dispatcher.enqueue(payload("b"), None).await.unwrap();
+    let lease = dispatcher.lease(Some("w")).await.unwrap();
+    assert_eq!(lease.item.sequence_id, 1);
+    dispatcher.complete(&lease.handle).await.unwrap();
+    let stats = dispatcher.stats().await;
+    assert_eq!((stats.pending, stats.active), (1, 0));
+    assert!(
+        dispatcher.complete(&lease.handle).await.is_err(),
+        "fenced as ever"
+    );
+}

@@ -9,18 +9,13 @@ use omnirelay_replication_testkit::process::signal;
 use serde_json::{Value, json};
 
 use crate::log::dir_arg;
-use crate::{http_get, http_post, omnirelay, spawn_listening, text};
+use crate::{http_get, http_post, omnirelay, spawn_listening, text, try_http_post};
 
 const PAYLOAD: &str = r#"{"payload":{"resourceType":"lakehouse.catalog","resourceId":"sales.orders","partitionKey":"p-1","payloadEncoding":"json","body":"e30=","attributes":{}}}"#;
 
 fn rpc(address: &str, procedure: &str, extra: &[(&str, &str)], body: &str) -> (u16, Value) {
-    let mut headers = vec![("Rpc-Procedure", procedure)];
-    headers.extend_from_slice(extra);
-    let (status, _, body) = http_post(address, &headers, body);
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(Value::String(body)),
-    )
+    try_rpc(address, procedure, extra, body)
+        .unwrap_or_else(|| panic!("nothing answered at {address}"))
 }
 
 /// Starts a dispatcher on `dir`; its child, address, and the queue line.
@@ -392,26 +387,10 @@ fn try_rpc(
     extra: &[(&str, &str)],
     body: &str,
 ) -> Option<(u16, Value)> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .ok()?;
-    let mut request = format!(
-        "POST /omnirelay/v1/resourcelease HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nRpc-Procedure: {procedure}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in extra {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    let mut headers = vec![("Rpc-Procedure", procedure)];
+    headers.extend_from_slice(extra);
+    let (status, _, body) = try_http_post(address, &headers, body)?;
+    Some((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
 #[test]

@@ -97,11 +97,20 @@ pub(crate) fn http_post(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, std::collections::BTreeMap<String, String>, String) {
+    try_http_post(address, headers, body).unwrap_or_else(|| panic!("nothing answered at {address}"))
+}
+
+/// As [`http_post`], `None` when nothing answers (a killed node).
+pub(crate) fn try_http_post(
+    address: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, std::collections::BTreeMap<String, String>, String)> {
     use std::io::Read as _;
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+        .ok()?;
     let mut request = format!(
         "POST /omnirelay/v1/resourcelease HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -111,24 +120,17 @@ pub(crate) fn http_post(
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
     let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let headers = lines
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
         .collect();
-    (status, headers, body.to_owned())
+    Some((status, headers, body.to_owned()))
 }
 
 /// `GET path` over HTTP/1.0; the status code and body, or `None` when

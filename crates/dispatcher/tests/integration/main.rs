@@ -7,3 +7,4 @@ mod http;
 mod queue;
 mod service;
 mod standby;
+mod support;

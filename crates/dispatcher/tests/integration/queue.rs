@@ -12,6 +12,8 @@ use omnirelay_resourcelease::{
 };
 use proptest::prelude::*;
 
+use crate::support::payload;
+
 /// A queue with a clock and the log a dispatcher would write: decided
 /// events are numbered and stamped as the replicator does, then applied.
 struct Sim {
@@ -110,18 +112,6 @@ impl Sim {
 
     fn types(events: &[Event]) -> Vec<Type> {
         events.iter().map(|e| e.event_type).collect()
-    }
-}
-
-fn payload(id: &str) -> Payload {
-    Payload {
-        resource_type: "lakehouse.catalog".to_owned(),
-        resource_id: id.to_owned(),
-        partition_key: "p".to_owned(),
-        payload_encoding: "json".to_owned(),
-        body: b"{}".to_vec(),
-        attributes: None,
-        request_id: None,
     }
 }
 

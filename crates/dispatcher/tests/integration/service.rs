@@ -1,42 +1,18 @@
 //! The dispatcher on a real durable log: restarts, long polls, expiry,
 //! a full queue, and what the log holds.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use omnirelay_dispatcher::{DispatchError, Dispatcher, DispatcherOptions, QueueOptions};
-use omnirelay_replication::{DurableOptions, DurableReplicator, Encoding, Replayed, StreamId};
-use omnirelay_resourcelease::{
-    ResourceLeaseCodec, ResourceLeaseItemPayload as Payload,
-    ResourceLeaseReplicationEventType as Type, json,
-};
+use omnirelay_replication::{DurableReplicator, Encoding, Replayed, StreamId};
+use omnirelay_resourcelease::{ResourceLeaseReplicationEventType as Type, json};
 
-async fn replicator(
-    dir: &std::path::Path,
-) -> Arc<DurableReplicator<omnirelay_resourcelease::ResourceLeaseReplicationEvent>> {
-    Arc::new(
-        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
-            .await
-            .unwrap(),
-    )
-}
+use crate::support::{log as open_log, payload};
 
 fn options(queue: QueueOptions) -> DispatcherOptions {
     DispatcherOptions {
         queue,
         ..DispatcherOptions::default()
-    }
-}
-
-fn payload(id: &str) -> Payload {
-    Payload {
-        resource_type: "lakehouse.catalog".to_owned(),
-        resource_id: id.to_owned(),
-        partition_key: "p".to_owned(),
-        payload_encoding: "json".to_owned(),
-        body: b"{}".to_vec(),
-        attributes: None,
-        request_id: None,
     }
 }
 
@@ -61,7 +37,7 @@ async fn v1_view(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_dispatcher_has_the_same_pending_leased_and_dead_items() {
     let dir = tempfile::tempdir().unwrap();
-    let log = replicator(dir.path()).await;
+    let log = open_log(dir.path()).await;
     let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
         .await
         .unwrap();
@@ -109,7 +85,7 @@ async fn a_restarted_dispatcher_has_the_same_pending_leased_and_dead_items() {
     drop(dispatcher);
     log.close().await.unwrap();
 
-    let log = replicator(dir.path()).await;
+    let log = open_log(dir.path()).await;
     let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
         .await
         .unwrap();
@@ -126,7 +102,7 @@ async fn a_restarted_dispatcher_has_the_same_pending_leased_and_dead_items() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_waits_for_work_and_expired_leases_come_back_with_the_next_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let log = replicator(dir.path()).await;
+    let log = open_log(dir.path()).await;
     let dispatcher = Dispatcher::open(
         log.clone(),
         options(QueueOptions {
@@ -198,7 +174,7 @@ async fn lease_waits_for_work_and_expired_leases_come_back_with_the_next_attempt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_makes_enqueue_wait_and_a_stopped_log_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let log = replicator(dir.path()).await;
+    let log = open_log(dir.path()).await;
     let dispatcher = Dispatcher::open(
         log.clone(),
         options(QueueOptions {
@@ -249,7 +225,7 @@ async fn a_full_queue_makes_enqueue_wait_and_a_stopped_log_changes_nothing() {
 async fn backpressure_holds_enqueuers_between_the_watermarks_and_never_stalls_them() {
     use omnirelay_dispatcher::BackpressureOptions;
     let dir = tempfile::tempdir().unwrap();
-    let log = replicator(dir.path()).await;
+    let log = open_log(dir.path()).await;
     let dispatcher = Dispatcher::open(
         log.clone(),
         DispatcherOptions {
@@ -304,7 +280,7 @@ async fn backpressure_holds_enqueuers_between_the_watermarks_and_never_stalls_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_health_follows_assignments_heartbeats_disconnects_and_reassignments() {
     let dir = tempfile::tempdir().unwrap();
-    let log = replicator(dir.path()).await;
+    let log = open_log(dir.path()).await;
     let dispatcher = Dispatcher::open(
         log.clone(),
         DispatcherOptions {
@@ -360,7 +336,7 @@ async fn lease_health_follows_assignments_heartbeats_disconnects_and_reassignmen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_given_up_while_waiting_takes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let log = replicator(dir.path()).await;
+    let log = open_log(dir.path()).await;
     let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
         .await
         .unwrap();

@@ -4,34 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, QueueOptions, Standby};
-use omnirelay_replication::{DurableOptions, DurableReplicator, StreamId};
+use omnirelay_replication::StreamId;
 use omnirelay_replication_grpc::Connection;
-use omnirelay_resourcelease::{
-    ResourceLeaseCodec, ResourceLeaseItemPayload as Payload, ResourceLeaseReplicationEvent,
-};
 use tokio::sync::watch;
 
-type Log = Arc<DurableReplicator<ResourceLeaseReplicationEvent>>;
-
-async fn log(dir: &std::path::Path) -> Log {
-    Arc::new(
-        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
-            .await
-            .unwrap(),
-    )
-}
-
-fn payload(id: &str) -> Payload {
-    Payload {
-        resource_type: "lakehouse.catalog".to_owned(),
-        resource_id: id.to_owned(),
-        partition_key: "p".to_owned(),
-        payload_encoding: "json".to_owned(),
-        body: b"{}".to_vec(),
-        attributes: None,
-        request_id: None,
-    }
-}
+use crate::support::{Log, log, payload};
 
 /// Serves `log`'s `Subscribe` on a loopback port: the URL and the stop.
 async fn serve(log: Log) -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>) {

@@ -1,0 +1,33 @@
+//! What the tests share: a work item and a durable log in a directory.
+
+use std::sync::Arc;
+
+use omnirelay_replication::{DurableOptions, DurableReplicator};
+use omnirelay_resourcelease::{
+    ResourceLeaseCodec, ResourceLeaseItemPayload as Payload, ResourceLeaseReplicationEvent,
+};
+
+/// A durable log of resource-lease events.
+pub(crate) type Log = Arc<DurableReplicator<ResourceLeaseReplicationEvent>>;
+
+/// A durable log in `dir` (the default options: `fsync`).
+pub(crate) async fn log(dir: &std::path::Path) -> Log {
+    Arc::new(
+        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
+            .await
+            .unwrap(),
+    )
+}
+
+/// A valid work item about resource `id`.
+pub(crate) fn payload(id: &str) -> Payload {
+    Payload {
+        resource_type: "lakehouse.catalog".to_owned(),
+        resource_id: id.to_owned(),
+        partition_key: "p".to_owned(),
+        payload_encoding: "json".to_owned(),
+        body: b"{}".to_vec(),
+        attributes: None,
+        request_id: None,
+    }
+}

@@ -38,8 +38,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     })
 }
 
-/// `POST url` with an empty body (and a bearer token), within `timeout`.
-pub(crate) async fn post(
+/// `method url` with an empty body (and a bearer token), within `timeout`.
+pub(crate) async fn request(
+    method: &str,
     url: &str,
     token: Option<&str>,
     ca_pem: Option<&[u8]>,
@@ -67,7 +68,7 @@ pub(crate) async fn post(
         format!("{authority}:{}", if tls { 443 } else { 80 })
     };
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: 0\r\n"
     );
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));

@@ -9,6 +9,7 @@ mod node;
 mod publish;
 mod schema;
 mod serve;
+mod status;
 
 /// A faster allocator for a workload of many small, short-lived objects
 /// allocated and freed on different threads.
@@ -69,6 +70,23 @@ enum Command {
         /// `services.dispatcher.namespace`, default `resourcelease`).
         #[arg(long, value_name = "NAME")]
         namespace: Option<String>,
+    },
+    /// Show the hosts, streams and sinks a node (or the control plane)
+    /// knows: replication state and lag, as a table.
+    Status {
+        /// The node's URL (http:// or https://).
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// The bearer token the node wants.
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// For an https:// URL: the PEM certificate of the authority that
+        /// signed the node's certificate.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Print the status document as JSON instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Promote a standby: it stops following and serves as the dispatcher
     /// with the queue its log holds.
@@ -305,6 +323,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow.as_deref(),
             namespace.as_deref(),
         )),
+        Command::Status {
+            url,
+            token,
+            ca_file,
+            json,
+        } => runtime()?.block_on(status::run(
+            &url,
+            token.as_deref(),
+            ca_file.as_deref(),
+            json,
+        )),
         Command::Promote {
             url,
             token,
@@ -366,14 +395,10 @@ async fn promote(
     token: Option<&str>,
     ca_file: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
-    let ca_pem = match ca_file {
-        Some(file) => {
-            Some(std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?)
-        }
-        None => None,
-    };
+    let ca_pem = read_ca(ca_file)?;
     let target = format!("{}/standby/promote", url.trim_end_matches('/'));
-    let answer = http_client::post(
+    let answer = http_client::request(
+        "POST",
         &target,
         token,
         ca_pem.as_deref(),
@@ -386,6 +411,12 @@ async fn promote(
         anyhow::bail!("{target} answered {}", answer.status);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The PEM file of `--ca-file`, if given.
+pub(crate) fn read_ca(file: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    file.map(|file| std::fs::read(file).with_context(|| format!("cannot read {}", file.display())))
+        .transpose()
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {

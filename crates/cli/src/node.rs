@@ -237,6 +237,12 @@ impl Bound {
         })
     }
 
+    /// The URL the server will answer on.
+    pub(crate) fn url(&self) -> anyhow::Result<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}", self.listener.local_addr()?))
+    }
+
     /// Turns true when the server begins to stop: services with
     /// long-lived streams end them then.
     pub(crate) fn stopping(&self) -> watch::Receiver<bool> {

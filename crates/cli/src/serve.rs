@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, Standby};
 use omnirelay_replication::{SinkExt as _, StreamId};
 use omnirelay_replication_grpc::{Connection, Receiver};
-use omnirelay_resourcelease::ResourceLeaseCodec;
 use omnirelay_resourcelease::telemetry::LagRecording;
+use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
 
 use omnirelay_replication::config::Override;
 
@@ -80,14 +80,14 @@ pub(crate) async fn run(
             .with_context(|| format!("cannot start replication in {}", valid.data_dir.display()))?,
     );
     let mut rebuilt = None;
-    let (receiver, http, what) = match role {
+    let (receiver, http, service) = match role {
         Role::Receiver => {
             let receiver = Arc::new(
                 Receiver::open(replicator.clone(), stream.clone())
                     .await
                     .with_context(|| format!("cannot open stream {stream} to receive into"))?,
             );
-            (Some(receiver), None, "receiver")
+            (Some(receiver), None, Service::Receiver)
         }
         Role::Dispatcher => {
             let dispatcher = Dispatcher::open(replicator.clone(), dispatcher_options.clone())
@@ -102,8 +102,8 @@ pub(crate) async fn run(
             ));
             (
                 None,
-                Some(omnirelay_dispatcher::http::router(dispatcher)),
-                "dispatcher",
+                Some(omnirelay_dispatcher::http::router(dispatcher.clone())),
+                Service::Dispatcher(dispatcher),
             )
         }
         Role::Standby => {
@@ -122,8 +122,8 @@ pub(crate) async fn run(
             ));
             (
                 None,
-                Some(omnirelay_dispatcher::http::standby_router(standby)),
-                "standby",
+                Some(omnirelay_dispatcher::http::standby_router(standby.clone())),
+                Service::Standby(standby),
             )
         }
     };
@@ -133,7 +133,18 @@ pub(crate) async fn run(
         valid.token.clone(),
         bound.stopping(),
     );
-    let server = bound.serve(metrics, Some(routes), http)?;
+    let what = service.role();
+    let status = status_router(StatusSource {
+        url: bound.url()?,
+        node: valid.node_id.clone(),
+        replicator: replicator.clone(),
+        service,
+    });
+    let http = match http {
+        Some(http) => status.merge(http),
+        None => status,
+    };
+    let server = bound.serve(metrics, Some(routes), Some(http))?;
     if let Some(rebuilt) = rebuilt {
         node::say(false, &rebuilt);
     }
@@ -165,6 +176,84 @@ pub(crate) async fn run(
         node::say(false, "stopped");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a node runs, for its status.
+#[derive(Debug, Clone)]
+enum Service {
+    Receiver,
+    Dispatcher(Arc<Dispatcher>),
+    Standby(Arc<Standby>),
+}
+
+impl Service {
+    fn role(&self) -> &'static str {
+        match self {
+            Self::Receiver => "receiver",
+            Self::Dispatcher(_) => "dispatcher",
+            Self::Standby(standby) if standby.status().promoted => "dispatcher",
+            Self::Standby(_) => "standby",
+        }
+    }
+}
+
+/// What `GET /status` describes.
+#[derive(Debug, Clone)]
+struct StatusSource {
+    url: String,
+    node: Option<String>,
+    replicator: Arc<omnirelay_replication::DurableReplicator<ResourceLeaseReplicationEvent>>,
+    service: Service,
+}
+
+/// `GET /status`: this node as the one host of the status document
+/// `omnirelay status` reads (the control plane answers the same shape for
+/// every host it watches).
+fn status_router(source: StatusSource) -> axum::Router {
+    axum::Router::new().route(
+        "/status",
+        axum::routing::get(move || {
+            let source = source.clone();
+            async move { axum::Json(status_document(&source).await) }
+        }),
+    )
+}
+
+async fn status_document(source: &StatusSource) -> serde_json::Value {
+    let mut host = serde_json::json!({
+        "url": source.url,
+        "up": true,
+        "node": source.node,
+        "role": source.service.role(),
+        "streams": source.replicator.stream_snapshots().await,
+        "sinks": source.replicator.sink_snapshots().await,
+    });
+    let queue = match &source.service {
+        Service::Receiver => None,
+        Service::Dispatcher(dispatcher) => Some(dispatcher.snapshot().await),
+        Service::Standby(standby) => {
+            let status = standby.status();
+            host["standby"] = serde_json::json!({
+                "following": status.following,
+                "connected": status.connected,
+                "appliedSequence": status.applied,
+                "lagEvents": status.lag_events(),
+                "lastError": status.last_error,
+            });
+            Some(match standby.dispatcher() {
+                Some(dispatcher) => dispatcher.snapshot().await,
+                None => standby.snapshot().await,
+            })
+        }
+    };
+    if let Some(queue) = queue {
+        host["queue"] = serde_json::json!({
+            "pending": queue.pending_count(),
+            "active": queue.active_count(),
+            "deadLettered": queue.dead_letters().len(),
+        });
+    }
+    serde_json::json!({ "hosts": [host] })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

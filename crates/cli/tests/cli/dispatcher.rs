@@ -596,3 +596,71 @@ fn heavy_failover_under_load_loses_no_item() {
     assert!(signal(node.id(), "TERM"));
     assert!(node.wait().unwrap().success());
 }
+
+#[test]
+fn heavy_status_agrees_with_the_nodes_own_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, address, _) = start(dir.path(), &[]);
+    for _ in 0..5 {
+        rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
+    }
+    let (_, lease) = rpc(&address, "resourcelease::lease", &[], "{}");
+    rpc(
+        &address,
+        "resourcelease::complete",
+        &[],
+        &json!({"ownershipToken": lease["ownershipToken"]}).to_string(),
+    );
+    // Until the sinks caught up with the 8 events.
+    let url = format!("http://{address}");
+    let mut document = Value::Null;
+    for _ in 0..200 {
+        let out = omnirelay(&["status", "--url", &url, "--json"], b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        document = serde_json::from_str(&text(&out.stdout)).unwrap();
+        let sinks = document["hosts"][0]["sinks"].as_array().unwrap().clone();
+        if sinks
+            .iter()
+            .all(|s| s["lag_events"] == 0 && s["checkpoint"] == 8)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let host = &document["hosts"][0];
+    assert_eq!(host["role"], "dispatcher");
+    assert_eq!(
+        host["queue"],
+        json!({"pending": 4, "active": 0, "deadLettered": 0})
+    );
+    assert_eq!(host["streams"][0]["last_sequence"], 8);
+    let metrics = http_get(&address, "/metrics").unwrap().1;
+    let sample = |needle: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {needle} in {metrics}"))
+    };
+    assert_eq!(
+        sample("omnirelay_replication_published_events_total{stream=\"default\"}"),
+        8.0
+    );
+    for sink in host["sinks"].as_array().unwrap() {
+        let name = sink["sink"].as_str().unwrap();
+        let sent = sample(&format!(
+            "omnirelay_replication_sink_sent_events_total{{stream=\"default\",sink=\"{name}\"}}"
+        ));
+        assert_eq!(sink["applied"].as_f64(), Some(sent), "{name}");
+    }
+    // And as a table.
+    let out = omnirelay(&["status", "--url", &url], b"");
+    let table = text(&out.stdout);
+    assert!(table.starts_with("HOST"), "{table}");
+    assert!(
+        table.contains("export") && table.contains("sqlite") && table.contains("healthy"),
+        "{table}"
+    );
+    assert!(signal(node.id(), "TERM"));
+    assert!(node.wait().unwrap().success());
+}

@@ -70,6 +70,10 @@ enum Command {
         /// `services.dispatcher.namespace`, default `resourcelease`).
         #[arg(long, value_name = "NAME")]
         namespace: Option<String>,
+        /// The control plane's hosts: node URLs, comma-separated (added to
+        /// `services.controlplane.hosts`).
+        #[arg(long, value_name = "URL,URL,...", value_delimiter = ',')]
+        hosts: Vec<String>,
     },
     /// Show the hosts, streams and sinks a node (or the control plane)
     /// knows: replication state and lag, as a table.
@@ -316,12 +320,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stream,
             follow,
             namespace,
+            hosts,
         } => runtime()?.block_on(serve::run(
             &node,
             role,
             &stream,
             follow.as_deref(),
             namespace.as_deref(),
+            &hosts,
         )),
         Command::Status {
             url,

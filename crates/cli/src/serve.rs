@@ -26,6 +26,9 @@ pub(crate) enum Role {
     /// log and keeps the queue current; serves once promoted
     /// (`omnirelay promote`).
     Standby,
+    /// The control plane: watches every host (`--hosts`, or
+    /// `services.controlplane.hosts`) and serves one status of them all.
+    Controlplane,
     /// Receives events from other nodes (the reference's `Publish` and the
     /// streaming `PublishStream`) into its own durable log and sinks, and
     /// serves `Subscribe` to its log.
@@ -39,7 +42,15 @@ pub(crate) async fn run(
     stream: &str,
     follow: Option<&str>,
     namespace: Option<&str>,
+    hosts: &[String],
 ) -> anyhow::Result<ExitCode> {
+    if role != Role::Controlplane && !hosts.is_empty() {
+        anyhow::bail!("--hosts is for --role controlplane");
+    }
+    for host in hosts {
+        omnirelay_controlplane::settings::check_host(host)
+            .map_err(|why| anyhow::anyhow!("--hosts: {why}"))?;
+    }
     if role == Role::Standby && follow.is_none() {
         anyhow::bail!("a standby needs the primary to follow: --follow URL");
     }
@@ -105,6 +116,23 @@ pub(crate) async fn run(
                 Some(omnirelay_dispatcher::http::router(dispatcher.clone())),
                 Service::Dispatcher(dispatcher),
             )
+        }
+        Role::Controlplane => {
+            let mut options =
+                omnirelay_controlplane::settings::parse(valid.services.get("controlplane"))
+                    .map_err(|e| {
+                        anyhow::anyhow!("services.controlplane.{}: {}", e.path, e.message)
+                    })?;
+            options.hosts.extend(hosts.iter().cloned());
+            if options.hosts.is_empty() {
+                anyhow::bail!(
+                    "the control plane needs hosts to watch: --hosts URL,URL,… (or services.controlplane.hosts)"
+                );
+            }
+            options.token.clone_from(&valid.token);
+            rebuilt = Some(format!("watching {}", options.hosts.join(", ")));
+            let plane = omnirelay_controlplane::ControlPlane::start(options);
+            (None, None, Service::ControlPlane(plane))
         }
         Role::Standby => {
             let mut primary = Connection::new(follow.unwrap_or_default());
@@ -181,6 +209,7 @@ pub(crate) async fn run(
 /// What a node runs, for its status.
 #[derive(Debug, Clone)]
 enum Service {
+    ControlPlane(Arc<omnirelay_controlplane::ControlPlane>),
     Receiver,
     Dispatcher(Arc<Dispatcher>),
     Standby(Arc<Standby>),
@@ -189,6 +218,7 @@ enum Service {
 impl Service {
     fn role(&self) -> &'static str {
         match self {
+            Self::ControlPlane(_) => "controlplane",
             Self::Receiver => "receiver",
             Self::Dispatcher(_) => "dispatcher",
             Self::Standby(standby) if standby.status().promoted => "dispatcher",
@@ -210,6 +240,9 @@ struct StatusSource {
 /// `omnirelay status` reads (the control plane answers the same shape for
 /// every host it watches).
 fn status_router(source: StatusSource) -> axum::Router {
+    if let Service::ControlPlane(plane) = &source.service {
+        return omnirelay_controlplane::router(plane.clone());
+    }
     axum::Router::new().route(
         "/status",
         axum::routing::get(move || {
@@ -229,7 +262,7 @@ async fn status_document(source: &StatusSource) -> serde_json::Value {
         "sinks": source.replicator.sink_snapshots().await,
     });
     let queue = match &source.service {
-        Service::Receiver => None,
+        Service::Receiver | Service::ControlPlane(_) => None,
         Service::Dispatcher(dispatcher) => Some(dispatcher.snapshot().await),
         Service::Standby(standby) => {
             let status = standby.status();

@@ -297,7 +297,7 @@ fn service_tables_are_checked_by_their_service() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("services.janitor: no such service (known: dispatcher)"),
+        stderr.contains("services.janitor: no such service (known: controlplane, dispatcher)"),
         "{stderr}"
     );
     std::fs::write(

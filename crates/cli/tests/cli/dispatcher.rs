@@ -664,3 +664,109 @@ fn heavy_status_agrees_with_the_nodes_own_metrics() {
     assert!(signal(node.id(), "TERM"));
     assert!(node.wait().unwrap().success());
 }
+
+/// The control plane's status document, polled until `check` holds.
+fn plane_status(url: &str, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut hosts = Vec::new();
+    for _ in 0..300 {
+        let out = omnirelay(&["status", "--url", url, "--json"], b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let document: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+        hosts = document["hosts"].as_array().unwrap().clone();
+        if check(&hosts) {
+            return hosts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the control plane never showed {what}: {hosts:?}");
+}
+
+#[test]
+fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
+    let (a_dir, b_dir, plane_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (mut a, a_at, _) = start(a_dir.path(), &[]);
+    let (mut b, b_at, _) = start(b_dir.path(), &[]);
+    for _ in 0..3 {
+        rpc(&a_at, "resourcelease::enqueue", &[], PAYLOAD);
+    }
+    rpc(&b_at, "resourcelease::enqueue", &[], PAYLOAD);
+    let hosts = format!("http://{a_at},http://{b_at}");
+    let (mut plane, plane_at, _err) = spawn_listening(&[
+        "serve",
+        "--role",
+        "controlplane",
+        "--hosts",
+        &hosts,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(plane_dir.path()),
+    ]);
+    let plane_url = format!("http://{plane_at}");
+    let both_up = |hosts: &[Value]| {
+        hosts.len() == 2
+            && hosts.iter().all(|h| {
+                h["up"] == true
+                    && h["sinks"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().all(|s| s["lag_events"] == 0))
+            })
+    };
+    let hosts = plane_status(&plane_url, "both hosts up and caught up", both_up);
+    // What the control plane says of each host is what the host's own
+    // metrics say.
+    for host in &hosts {
+        let address = host["url"].as_str().unwrap().trim_start_matches("http://");
+        let metrics = http_get(address, "/metrics").unwrap().1;
+        for sink in host["sinks"].as_array().unwrap() {
+            let needle = format!(
+                "omnirelay_replication_sink_sent_events_total{{stream=\"default\",sink=\"{}\"}} ",
+                sink["sink"].as_str().unwrap()
+            );
+            let sent: f64 = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&needle))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(sink["applied"].as_f64(), Some(sent));
+        }
+    }
+    let table = text(&omnirelay(&["status", "--url", &plane_url], b"").stdout);
+    assert!(table.contains(&a_at) && table.contains(&b_at), "{table}");
+
+    // One host dies: down within a few seconds; restarted, it is back.
+    assert!(signal(b.id(), "KILL"));
+    let _ = b.wait();
+    let started = std::time::Instant::now();
+    plane_status(&plane_url, "the dead host down", |hosts| {
+        hosts
+            .iter()
+            .any(|h| h["up"] == false && h["url"] == format!("http://{b_at}"))
+    });
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let (b2, _, _) = {
+        let mut args = vec!["serve", "--role", "dispatcher", "--listen", b_at.as_str()];
+        args.extend(["--data-dir", dir_arg(b_dir.path())]);
+        spawn_listening(&args)
+    };
+    b = b2;
+    let hosts = plane_status(&plane_url, "the host back", both_up);
+    let revived = hosts
+        .iter()
+        .find(|h| h["url"] == format!("http://{b_at}"))
+        .unwrap();
+    assert_eq!(revived["outages"], 1);
+    assert_eq!(
+        revived["queue"]["pending"], 1,
+        "it came back with its queue"
+    );
+    for child in [&mut a, &mut b, &mut plane] {
+        assert!(signal(child.id(), "TERM"));
+        assert!(child.wait().unwrap().success());
+    }
+}

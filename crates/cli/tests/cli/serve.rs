@@ -260,7 +260,7 @@ fn serve_refuses_what_cannot_run() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("possible values: dispatcher, standby, receiver"),
+        text(&out.stderr).contains("possible values: dispatcher, standby, controlplane, receiver"),
         "{}",
         text(&out.stderr)
     );

@@ -1,0 +1,227 @@
+//! Watching hosts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+/// How the control plane watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The hosts: each node's URL (`http://host:port`).
+    pub hosts: Vec<String>,
+    /// How often each host is asked for its status.
+    pub poll_interval: Duration,
+    /// How long one ask may take before the host counts as down.
+    pub timeout: Duration,
+    /// A bearer token to send (the hosts' `[server] token`).
+    pub token: Option<String>,
+}
+
+impl Options {
+    /// Watching `hosts` every second, with a two-second timeout.
+    pub fn new(hosts: Vec<String>) -> Self {
+        Self {
+            hosts,
+            poll_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            token: None,
+        }
+    }
+}
+
+/// What the control plane knows of one host.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostView {
+    /// The host's URL.
+    pub url: String,
+    /// Whether its last status came back.
+    pub up: bool,
+    /// Why not, when it did not.
+    pub error: Option<String>,
+    /// Its last status (the host entry of its status document).
+    pub status: Option<Value>,
+    /// Events per second appended to its streams, over the last poll.
+    pub events_per_second: f64,
+    /// Times it went down.
+    pub outages: u64,
+}
+
+#[derive(Debug, Default)]
+struct Host {
+    view: HostView,
+    /// Total events over its streams, and when it was seen.
+    last_total: Option<(u64, Instant)>,
+}
+
+/// The control plane. See the crate documentation.
+#[derive(Debug)]
+pub struct ControlPlane {
+    options: Options,
+    hosts: Mutex<BTreeMap<String, Host>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ControlPlane {
+    /// Starts watching `options.hosts` (one task per host, until the
+    /// control plane is dropped).
+    pub fn start(options: Options) -> Arc<Self> {
+        let hosts = options
+            .hosts
+            .iter()
+            .map(|url| {
+                let url = url.trim_end_matches('/').to_owned();
+                let host = Host {
+                    view: HostView {
+                        url: url.clone(),
+                        error: Some("not asked yet".to_owned()),
+                        ..HostView::default()
+                    },
+                    last_total: None,
+                };
+                (url, host)
+            })
+            .collect();
+        let plane = Arc::new(Self {
+            options,
+            hosts: Mutex::new(hosts),
+        });
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        for url in lock(&plane.hosts).keys().cloned().collect::<Vec<_>>() {
+            tokio::spawn(Self::watch(Arc::downgrade(&plane), client.clone(), url));
+        }
+        plane
+    }
+
+    /// Every host, in URL order.
+    pub fn hosts(&self) -> Vec<HostView> {
+        lock(&self.hosts).values().map(|h| h.view.clone()).collect()
+    }
+
+    /// The status document of every host: each host's own entry (when it
+    /// answered) with the control plane's view (`up`, `error`,
+    /// `eventsPerSecond`, `outages`).
+    pub fn status(&self) -> Value {
+        let hosts: Vec<Value> = self
+            .hosts()
+            .into_iter()
+            .map(|view| {
+                let mut entry = view.status.clone().unwrap_or_else(|| json!({}));
+                entry["url"] = json!(view.url);
+                entry["up"] = json!(view.up);
+                entry["error"] = json!(view.error);
+                entry["eventsPerSecond"] = json!(view.events_per_second);
+                entry["outages"] = json!(view.outages);
+                entry
+            })
+            .collect();
+        json!({ "hosts": hosts })
+    }
+
+    async fn watch(
+        plane: std::sync::Weak<Self>,
+        client: Client<HttpConnector, Empty<Bytes>>,
+        url: String,
+    ) {
+        loop {
+            let Some(this) = plane.upgrade() else {
+                return;
+            };
+            let asked = this.ask(&client, &url).await;
+            this.record(&url, asked);
+            let interval = this.options.poll_interval;
+            drop(this);
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// The host's own entry of its status document.
+    async fn ask(
+        &self,
+        client: &Client<HttpConnector, Empty<Bytes>>,
+        url: &str,
+    ) -> Result<Value, String> {
+        let mut request = hyper::Request::get(format!("{url}/status"));
+        if let Some(token) = &self.options.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| format!("bad host URL: {e}"))?;
+        let call = async {
+            let response = client.request(request).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!("status answered {status}"));
+            }
+            let document: Value =
+                serde_json::from_slice(&body).map_err(|e| format!("not a status document: {e}"))?;
+            document["hosts"]
+                .get(0)
+                .cloned()
+                .ok_or_else(|| "an empty status document".to_owned())
+        };
+        tokio::time::timeout(self.options.timeout, call)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.options.timeout))?
+    }
+
+    fn record(&self, url: &str, asked: Result<Value, String>) {
+        let mut hosts = lock(&self.hosts);
+        let Some(host) = hosts.get_mut(url) else {
+            return;
+        };
+        match asked {
+            Ok(status) => {
+                if !host.view.up {
+                    tracing::info!(host = url, "host up");
+                }
+                let total: u64 = status["streams"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s["last_sequence"].as_u64())
+                    .sum();
+                let now = Instant::now();
+                host.view.events_per_second = match host.last_total {
+                    Some((before, at)) if total >= before => {
+                        (total - before) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)
+                    }
+                    _ => 0.0,
+                };
+                host.last_total = Some((total, now));
+                host.view.up = true;
+                host.view.error = None;
+                host.view.status = Some(status);
+            }
+            Err(error) => {
+                if host.view.up {
+                    tracing::warn!(host = url, %error, "host down");
+                    host.view.outages += 1;
+                }
+                host.view.up = false;
+                host.view.error = Some(error);
+                host.view.events_per_second = 0.0;
+                host.last_total = None;
+            }
+        }
+    }
+}

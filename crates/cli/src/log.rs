@@ -273,21 +273,14 @@ async fn tail_remote(
     use omnirelay_replication_grpc::Subscription;
     let stream = StreamId::new(stream)?;
     let encoding = encoding(write_version)?;
-    let stream = &stream;
-    let open = |from: u64| async move {
-        Subscription::open(connection, stream, from, encoding)
-            .await
-            .with_context(|| format!("cannot subscribe to stream {stream} at {}", connection.url))
-    };
-    // Where to start, and (without --follow) where to stop: the head the
-    // node reports with its first answer.
-    let mut subscription = open(from.unwrap_or(1)).await?;
-    let mut first = subscription.next().await?;
-    let head = first.as_ref().map_or(0, |batch| batch.head);
-    if from.is_none() && head > lines {
-        subscription = open(head - lines + 1).await?;
-        first = subscription.next().await?;
+    let mut subscription = match from {
+        Some(from) => Subscription::open(connection, &stream, from, encoding).await,
+        None => Subscription::open_last(connection, &stream, lines, encoding).await,
     }
+    .with_context(|| format!("cannot subscribe to stream {stream} at {}", connection.url))?;
+    // Without --follow, it stops at the head the node reports first.
+    let first = subscription.next().await?;
+    let head = first.as_ref().map_or(0, |batch| batch.head);
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut batch = first;
     while let Some(current) = batch {
@@ -302,7 +295,9 @@ async fn tail_remote(
                 &format!("sequence {sequence} skipped: it has no form in version {write_version}"),
             );
         }
-        if !follow && subscription.position() > head {
+        // An empty batch says there is nothing (more) to read now.
+        let nothing = current.records.is_empty() && current.skipped.is_empty();
+        if !follow && (nothing || subscription.position() > head) {
             return Ok(ExitCode::SUCCESS);
         }
         batch = subscription.next().await?;

@@ -286,6 +286,32 @@ async fn status_document(source: &StatusSource) -> serde_json::Value {
             "deadLettered": queue.dead_letters().len(),
         });
     }
+    let serving = match &source.service {
+        Service::Dispatcher(dispatcher) => Some(dispatcher.clone()),
+        Service::Standby(standby) => standby.dispatcher(),
+        Service::Receiver | Service::ControlPlane(_) => None,
+    };
+    if let Some(dispatcher) = serving {
+        let signal = dispatcher.backpressure_signals().borrow().clone();
+        host["backpressure"] = serde_json::json!({
+            "active": dispatcher.backpressure_active(),
+            "latest": signal.map(|s| s.to_json()),
+        });
+        host["leaseHealth"] = dispatcher
+            .lease_health()
+            .iter()
+            .map(|peer| {
+                serde_json::json!({
+                    "peerId": peer.peer,
+                    "healthy": peer.healthy,
+                    "lastSeen": peer.last_seen.json_text().as_str(),
+                    "lastDisconnect": peer.last_disconnect.map(|t| t.json_text().as_str().to_owned()),
+                    "activeAssignments": peer.active_assignments,
+                    "pendingReassignments": peer.pending_reassignments,
+                })
+            })
+            .collect();
+    }
     serde_json::json!({ "hosts": [host] })
 }
 

@@ -174,6 +174,31 @@ impl Subscription {
         from: u64,
         encoding: Encoding,
     ) -> Result<Self, Error> {
+        Self::start(connection, stream, from.max(1), 0, encoding).await
+    }
+
+    /// As [`Subscription::open`], starting `last` records before the
+    /// stream's newest (the whole stream when it has fewer).
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscription::open`].
+    pub async fn open_last(
+        connection: &Connection,
+        stream: &StreamId,
+        last: u64,
+        encoding: Encoding,
+    ) -> Result<Self, Error> {
+        Self::start(connection, stream, 0, last.max(1), encoding).await
+    }
+
+    async fn start(
+        connection: &Connection,
+        stream: &StreamId,
+        from: u64,
+        last: u64,
+        encoding: Encoding,
+    ) -> Result<Self, Error> {
         let credentials = Credentials::new(connection, None)?;
         let mut client =
             ReplicationClient::new(connection.channel()?).max_decoding_message_size(usize::MAX);
@@ -182,6 +207,7 @@ impl Subscription {
             from_sequence: from,
             write_version: u32::from(encoding.version.get()),
             format: payload_format(encoding.format)? as i32,
+            last,
         });
         credentials.apply(request.metadata_mut());
         let response = client
@@ -190,7 +216,8 @@ impl Subscription {
             .map_err(|status| status_error(&format!("subscribe to {stream}"), &status))?;
         Ok(Self {
             stream: response.into_inner(),
-            next: from.max(1),
+            // With `last`, the first batch says where it starts.
+            next: from,
         })
     }
 

@@ -115,6 +115,10 @@ struct Follow {
     next: u64,
     visible: u64,
     reader: Option<Peekable<Replay<Event>>>,
+    /// Whether the first message went out: when there is nothing to send
+    /// yet, it is an empty batch with the head, so that a follower knows
+    /// where the stream stands at once.
+    greeted: bool,
 }
 
 /// Counts an open subscription in [`telemetry::SUBSCRIBERS`] while alive.
@@ -137,6 +141,15 @@ impl Drop for Subscriber {
 impl Follow {
     /// The next message: records from `next` on, waiting for new ones.
     async fn next_batch(&mut self) -> Result<SubscribeBatch, Error> {
+        if !self.greeted {
+            self.greeted = true;
+            if self.next > self.visible {
+                return Ok(SubscribeBatch {
+                    head: self.visible,
+                    ..SubscribeBatch::default()
+                });
+            }
+        }
         if self.next > self.visible {
             self.visible = self
                 .replicator
@@ -309,24 +322,29 @@ impl Replication for StreamingService {
             PayloadFormat::try_from(request.format)
                 .map_err(|_| Status::invalid_argument(format!("format {}", request.format)))?,
         );
-        let known = self
+        let Some(snapshot) = self
             .replicator
             .stream_snapshots()
             .await
-            .iter()
-            .any(|s| s.stream == stream.as_str());
-        if !known {
+            .into_iter()
+            .find(|s| s.stream == stream.as_str())
+        else {
             return Err(Status::not_found(format!(
                 "this node has no stream {stream}"
             )));
-        }
+        };
+        let from = match (request.from_sequence, request.last) {
+            (0, last) if last > 0 => snapshot.visible.saturating_sub(last) + 1,
+            (from, _) => from.max(1),
+        };
         let follow = Follow {
             _open: Subscriber::new(&stream),
             replicator: self.replicator.clone(),
             stream,
             encoding: Encoding::new(format, version),
-            next: request.from_sequence.max(1),
-            visible: 0,
+            next: from,
+            visible: snapshot.visible,
+            greeted: false,
             reader: None,
         };
         let stop = self.stop.clone();

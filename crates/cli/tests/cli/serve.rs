@@ -104,6 +104,11 @@ fn heavy_a_receiver_takes_events_from_publishers_and_serves_subscribe_on_one_por
     );
     assert_eq!(http_get(&address, "/no-such-page").unwrap().0, 404);
 
+    // Nothing there yet: a tail without --follow says nothing and ends.
+    let out = omnirelay(&["log", "tail", "--url", &url], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+
     // A follower from sequence 3, started before anything exists there.
     let mut follower = spawn(&["log", "tail", "--follow", "--url", &url, "--from", "3"]);
     let followed = lines_of(follower.stdout.take().unwrap());

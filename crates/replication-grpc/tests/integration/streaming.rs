@@ -94,6 +94,26 @@ async fn subscribe_returns_the_log_from_a_sequence_in_order_then_follows_it_live
     let event = omnirelay_resourcelease::proto::decode(&ahead[0].1).unwrap();
     assert_eq!(event.sequence_number, 10);
 
+    // The last two, then live; and a follower past the head is told the
+    // head at once.
+    let mut last_two = Subscription::open_last(&connection, &stream, 2, Encoding::JSON_V1)
+        .await
+        .unwrap();
+    assert_eq!(
+        take(&mut last_two, 2)
+            .await
+            .iter()
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>(),
+        vec![10, 11]
+    );
+    let mut beyond = Subscription::open(&connection, &stream, 50, Encoding::JSON_V1)
+        .await
+        .unwrap();
+    let greeting = beyond.next().await.unwrap().unwrap();
+    assert!(greeting.records.is_empty());
+    assert_eq!(greeting.head, 11);
+
     // An unknown stream is refused, not created.
     let err = Subscription::open(
         &connection,

@@ -65,6 +65,7 @@ struct Host {
 pub struct ControlPlane {
     options: Options,
     hosts: Mutex<BTreeMap<String, Host>>,
+    events: Arc<crate::events::Events>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,7 +78,7 @@ impl ControlPlane {
     /// Starts watching `options.hosts` (one task per host, until the
     /// control plane is dropped).
     pub fn start(options: Options) -> Arc<Self> {
-        let hosts = options
+        let hosts: BTreeMap<String, Host> = options
             .hosts
             .iter()
             .map(|url| {
@@ -93,9 +94,12 @@ impl ControlPlane {
                 (url, host)
             })
             .collect();
+        let urls: Vec<String> = hosts.keys().cloned().collect();
+        let events = crate::events::follow_all(&urls, options.token.as_deref());
         let plane = Arc::new(Self {
             options,
             hosts: Mutex::new(hosts),
+            events,
         });
         let client: Client<HttpConnector, Empty<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
@@ -103,6 +107,11 @@ impl ControlPlane {
             tokio::spawn(Self::watch(Arc::downgrade(&plane), client.clone(), url));
         }
         plane
+    }
+
+    /// The hosts' recent events and counts.
+    pub fn events(&self) -> &crate::events::Events {
+        &self.events
     }
 
     /// Every host, in URL order.

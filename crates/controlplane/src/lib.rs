@@ -8,23 +8,58 @@
 
 #![warn(missing_docs)]
 
+pub mod events;
 mod hosts;
 pub mod settings;
 
 pub use hosts::{ControlPlane, HostView, Options};
 
-/// The control plane's HTTP surface: `GET /status` (every host) and
-/// `GET /api/hosts` (the same).
+/// The control plane's HTTP surface: `GET /status` and `/api/hosts` (every
+/// host's status), `GET /api/events?limit=N` (the newest events with their
+/// host), `GET /demo/replication` (the newest events as a JSON array of
+/// reference events, as the reference demo served them).
 pub fn router(plane: std::sync::Arc<ControlPlane>) -> axum::Router {
+    use axum::extract::{Query, State};
     use axum::routing::get;
-    let status = {
-        let plane = plane.clone();
-        move || {
-            let plane = plane.clone();
-            async move { axum::Json(plane.status()) }
-        }
-    };
+    use std::sync::Arc;
+
+    #[derive(serde::Deserialize)]
+    struct Limit {
+        limit: Option<usize>,
+    }
+
+    async fn status(State(plane): State<Arc<ControlPlane>>) -> axum::Json<serde_json::Value> {
+        axum::Json(plane.status())
+    }
+    async fn events(
+        State(plane): State<Arc<ControlPlane>>,
+        Query(limit): Query<Limit>,
+    ) -> axum::Json<serde_json::Value> {
+        let limit = limit.limit.unwrap_or(100).min(events::RECENT);
+        let recent: Vec<serde_json::Value> = plane
+            .events()
+            .recent(limit)
+            .into_iter()
+            .map(|seen| serde_json::json!({"host": seen.host, "event": seen.event}))
+            .collect();
+        axum::Json(serde_json::json!({
+            "events": recent,
+            "counts": plane.events().counts(),
+        }))
+    }
+    async fn replication(State(plane): State<Arc<ControlPlane>>) -> axum::Json<serde_json::Value> {
+        let recent: Vec<serde_json::Value> = plane
+            .events()
+            .recent(100)
+            .into_iter()
+            .map(|seen| seen.event)
+            .collect();
+        axum::Json(serde_json::Value::Array(recent))
+    }
     axum::Router::new()
-        .route("/status", get(status.clone()))
+        .route("/status", get(status))
         .route("/api/hosts", get(status))
+        .route("/api/events", get(events))
+        .route("/demo/replication", get(replication))
+        .with_state(plane)
 }

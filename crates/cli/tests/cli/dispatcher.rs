@@ -738,6 +738,27 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
     }
     let table = text(&omnirelay(&["status", "--url", &plane_url], b"").stdout);
     assert!(table.contains(&a_at) && table.contains(&b_at), "{table}");
+    // The hosts' events, followed over Subscribe: the reference's JSON.
+    let mut recent = Vec::new();
+    for _ in 0..100 {
+        let (_, body) = http_get(&plane_at, "/demo/replication").unwrap();
+        recent = serde_json::from_str::<Vec<Value>>(&body).unwrap();
+        if recent.len() == 4 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(recent.len(), 4, "{recent:?}");
+    assert!(
+        recent
+            .iter()
+            .all(|e| e["eventType"] == "Enqueue" && e.get("schemaVersion").is_none())
+    );
+    let (_, body) = http_get(&plane_at, "/api/events?limit=2").unwrap();
+    let events: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(events["events"].as_array().unwrap().len(), 2);
+    assert_eq!(events["counts"][format!("http://{a_at}")]["Enqueue"], 3);
+    assert_eq!(events["counts"][format!("http://{b_at}")]["Enqueue"], 1);
 
     // One host dies: down within a few seconds; restarted, it is back.
     assert!(signal(b.id(), "KILL"));

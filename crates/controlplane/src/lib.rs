@@ -14,7 +14,11 @@ pub mod settings;
 
 pub use hosts::{ControlPlane, HostView, Options};
 
-/// The control plane's HTTP surface: `GET /status` and `/api/hosts` (every
+/// The dashboard: one self-contained page (no external assets), polling
+/// `/status` and `/api/events` every second.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The control plane's HTTP surface: `GET /` (the dashboard), `GET /status` and `/api/hosts` (every
 /// host's status), `GET /api/events?limit=N` (the newest events with their
 /// host), `GET /demo/replication` (the newest events as a JSON array of
 /// reference events, as the reference demo served them).
@@ -56,7 +60,14 @@ pub fn router(plane: std::sync::Arc<ControlPlane>) -> axum::Router {
             .collect();
         axum::Json(serde_json::Value::Array(recent))
     }
+    async fn dashboard() -> impl axum::response::IntoResponse {
+        (
+            [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            DASHBOARD,
+        )
+    }
     axum::Router::new()
+        .route("/", get(dashboard))
         .route("/status", get(status))
         .route("/api/hosts", get(status))
         .route("/api/events", get(events))

@@ -791,3 +791,110 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
         assert!(child.wait().unwrap().success());
     }
 }
+
+#[test]
+fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|name| {
+            std::process::Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("chromium is not installed (Debian: apt-get install chromium; scripts/test installs it)");
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    let mut addresses = Vec::new();
+    for dir in &dirs[..3] {
+        let (node, address, _) = start(dir.path(), &[]);
+        nodes.push(node);
+        addresses.push(address);
+    }
+    let hosts = addresses
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (plane, plane_at, _err) = spawn_listening(&[
+        "serve",
+        "--role",
+        "controlplane",
+        "--hosts",
+        &hosts,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(dirs[3].path()),
+    ]);
+    nodes.push(plane);
+    // Traffic on every host while the page watches.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (stop, addresses) = (stop.clone(), addresses.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for address in &addresses {
+                    try_rpc(
+                        address,
+                        "resourcelease::enqueue",
+                        &[("Rpc-Caller", "seeder")],
+                        PAYLOAD,
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let url = format!("http://{plane_at}/");
+    plane_status(
+        &format!("http://{plane_at}"),
+        "every host up and busy",
+        |hosts| {
+            hosts.len() == 3
+                && hosts
+                    .iter()
+                    .all(|h| h["up"] == true && h["eventsPerSecond"].as_f64() > Some(0.0))
+        },
+    );
+    let browse = |extra: &[&str]| {
+        let mut command = std::process::Command::new(chromium);
+        command.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--window-size=1400,900",
+            "--virtual-time-budget=3000",
+        ]);
+        command.args(extra).arg(&url);
+        command.output().unwrap()
+    };
+    let dom = text(&browse(&["--dump-dom"]).stdout);
+    for address in &addresses {
+        let card = format!("data-host=\"http://{address}\" data-up=\"true\"");
+        assert!(dom.contains(&card), "{card} missing from the page:\n{dom}");
+    }
+    let throughputs: Vec<f64> = dom
+        .split("class=\"throughput\" data-value=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next()?.parse().ok())
+        .collect();
+    assert_eq!(throughputs.len(), 3, "{dom}");
+    assert!(throughputs.iter().all(|t| *t > 0.0), "{throughputs:?}");
+    assert_eq!(dom.matches("data-sink=\"export\"").count(), 3);
+    assert_eq!(dom.matches("data-sink=\"sqlite\"").count(), 3);
+    assert!(dom.contains("Enqueue"), "the live tail shows events");
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let out = browse(&[&format!("--screenshot={}", shot.display())]);
+    assert!(shot.is_file(), "no screenshot: {}", text(&out.stderr));
+    eprintln!("dashboard screenshot: {}", shot.display());
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    for mut node in nodes {
+        assert!(signal(node.id(), "TERM"));
+        assert!(node.wait().unwrap().success());
+    }
+}

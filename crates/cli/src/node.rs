@@ -175,11 +175,28 @@ pub(crate) fn install_logging(format: LogFormatConfig, level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr);
+        .with_writer(|| QuietStderr);
     let _ = match format {
         LogFormatConfig::Json => builder.json().with_current_span(false).try_init(),
         LogFormatConfig::Text => builder.with_ansi(io::stderr().is_terminal()).try_init(),
     };
+}
+
+/// Standard error for log lines, where a failed write is dropped: a node
+/// whose stderr went away (its reader exited) keeps running instead of
+/// failing every request that logs.
+struct QuietStderr;
+
+impl Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Installs the Prometheus recorder (histograms as `_bucket` series).

@@ -21,7 +21,9 @@ pub const DASHBOARD: &str = include_str!("dashboard.html");
 /// The control plane's HTTP surface: `GET /` (the dashboard), `GET /status` and `/api/hosts` (every
 /// host's status), `GET /api/events?limit=N` (the newest events with their
 /// host), `GET /demo/replication` (the newest events as a JSON array of
-/// reference events, as the reference demo served them).
+/// reference events, as the reference demo served them), `GET
+/// /demo/backpressure` (the newest backpressure signal of any host, or 204)
+/// and `GET /demo/lease-health` (every host's peers).
 pub fn router(plane: std::sync::Arc<ControlPlane>) -> axum::Router {
     use axum::extract::{Query, State};
     use axum::routing::get;
@@ -66,8 +68,50 @@ pub fn router(plane: std::sync::Arc<ControlPlane>) -> axum::Router {
             DASHBOARD,
         )
     }
+    /// The newest backpressure transition any dispatcher host reported
+    /// (the reference's signal JSON), or 204 when there was none.
+    async fn backpressure(State(plane): State<Arc<ControlPlane>>) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        let latest = plane
+            .hosts()
+            .into_iter()
+            .filter_map(|h| h.status?.get("backpressure")?.get("latest").cloned())
+            .filter(|signal| !signal.is_null())
+            .max_by(|a, b| {
+                a["observedAt"]
+                    .as_str()
+                    .unwrap_or("")
+                    .cmp(b["observedAt"].as_str().unwrap_or(""))
+            });
+        match latest {
+            Some(signal) => axum::Json(signal).into_response(),
+            None => axum::http::StatusCode::NO_CONTENT.into_response(),
+        }
+    }
+    /// Every dispatcher host's lease health per peer.
+    async fn lease_health(State(plane): State<Arc<ControlPlane>>) -> axum::Json<serde_json::Value> {
+        let peers: Vec<serde_json::Value> = plane
+            .hosts()
+            .into_iter()
+            .flat_map(|h| {
+                let url = h.url.clone();
+                h.status
+                    .and_then(|s| s.get("leaseHealth").cloned())
+                    .and_then(|v| v.as_array().cloned())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |mut peer| {
+                        peer["host"] = serde_json::json!(url);
+                        peer
+                    })
+            })
+            .collect();
+        axum::Json(serde_json::json!({ "peers": peers }))
+    }
     axum::Router::new()
         .route("/", get(dashboard))
+        .route("/demo/backpressure", get(backpressure))
+        .route("/demo/lease-health", get(lease_health))
         .route("/status", get(status))
         .route("/api/hosts", get(status))
         .route("/api/events", get(events))

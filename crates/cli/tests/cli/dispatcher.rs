@@ -688,11 +688,23 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
+    let bp = b_dir.path().join("bp.toml");
+    std::fs::write(
+        &bp,
+        "[services.dispatcher.backpressure]\nhigh_watermark = 2\nlow_watermark = 0\n",
+    )
+    .unwrap();
     let (mut a, a_at, _) = start(a_dir.path(), &[]);
-    let (mut b, b_at, _) = start(b_dir.path(), &[]);
+    let (mut b, b_at, _) = start(b_dir.path(), &["--config", bp.to_str().unwrap()]);
     for _ in 0..3 {
         rpc(&a_at, "resourcelease::enqueue", &[], PAYLOAD);
     }
+    let (_, leased) = rpc(
+        &a_at,
+        "resourcelease::lease",
+        &[],
+        r#"{"peerId":"worker-1"}"#,
+    );
     rpc(&b_at, "resourcelease::enqueue", &[], PAYLOAD);
     let hosts = format!("http://{a_at},http://{b_at}");
     let (mut plane, plane_at, _err) = spawn_listening(&[
@@ -743,22 +755,52 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
     for _ in 0..100 {
         let (_, body) = http_get(&plane_at, "/demo/replication").unwrap();
         recent = serde_json::from_str::<Vec<Value>>(&body).unwrap();
-        if recent.len() == 4 {
+        if recent.len() == 5 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(recent.len(), 4, "{recent:?}");
-    assert!(
+    assert_eq!(recent.len(), 5, "{recent:?}");
+    assert!(recent.iter().all(|e| e.get("schemaVersion").is_none()));
+    assert_eq!(
         recent
             .iter()
-            .all(|e| e["eventType"] == "Enqueue" && e.get("schemaVersion").is_none())
+            .filter(|e| e["eventType"] == "Enqueue")
+            .count(),
+        4
     );
+    // No backpressure anywhere yet: 204. Lease health from the hosts.
+    assert_eq!(http_get(&plane_at, "/demo/backpressure").unwrap().0, 204);
+    let (_, body) = http_get(&plane_at, "/demo/lease-health").unwrap();
+    let health: Value = serde_json::from_str(&body).unwrap();
+    let peer = &health["peers"][0];
+    assert_eq!(peer["peerId"], "worker-1");
+    assert_eq!(peer["host"], format!("http://{a_at}"));
+    assert_eq!(peer["activeAssignments"], 1);
+    assert!(leased["ownershipToken"].is_object());
+    // Host b reaches its high watermark: the control plane has its signal.
+    rpc(&b_at, "resourcelease::enqueue", &[], PAYLOAD);
+    let mut signal_seen = Value::Null;
+    for _ in 0..100 {
+        let (code, body) = http_get(&plane_at, "/demo/backpressure").unwrap();
+        if code == 200 {
+            signal_seen = serde_json::from_str(&body).unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(signal_seen["isActive"], true, "{signal_seen}");
+    assert_eq!(signal_seen["pendingCount"], 2);
+    assert_eq!(signal_seen["highWatermark"], 2);
     let (_, body) = http_get(&plane_at, "/api/events?limit=2").unwrap();
     let events: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(events["events"].as_array().unwrap().len(), 2);
     assert_eq!(events["counts"][format!("http://{a_at}")]["Enqueue"], 3);
-    assert_eq!(events["counts"][format!("http://{b_at}")]["Enqueue"], 1);
+    assert_eq!(
+        events["counts"][format!("http://{a_at}")]["LeaseGranted"],
+        1
+    );
+    assert_eq!(events["counts"][format!("http://{b_at}")]["Enqueue"], 2);
 
     // One host dies: down within a few seconds; restarted, it is back.
     assert!(signal(b.id(), "KILL"));
@@ -783,7 +825,7 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
         .unwrap();
     assert_eq!(revived["outages"], 1);
     assert_eq!(
-        revived["queue"]["pending"], 1,
+        revived["queue"]["pending"], 2,
         "it came back with its queue"
     );
     for child in [&mut a, &mut b, &mut plane] {

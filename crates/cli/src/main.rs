@@ -78,16 +78,8 @@ enum Command {
     /// Show the hosts, streams and sinks a node (or the control plane)
     /// knows: replication state and lag, as a table.
     Status {
-        /// The node's URL (http:// or https://).
-        #[arg(long, value_name = "URL")]
-        url: String,
-        /// The bearer token the node wants.
-        #[arg(long, value_name = "TOKEN")]
-        token: Option<String>,
-        /// For an https:// URL: the PEM certificate of the authority that
-        /// signed the node's certificate.
-        #[arg(long, value_name = "FILE")]
-        ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        node: RemoteNode,
         /// Print the status document as JSON instead.
         #[arg(long)]
         json: bool,
@@ -95,16 +87,8 @@ enum Command {
     /// Promote a standby: it stops following and serves as the dispatcher
     /// with the queue its log holds.
     Promote {
-        /// The standby's URL (http:// or https://).
-        #[arg(long, value_name = "URL")]
-        url: String,
-        /// The bearer token the node wants.
-        #[arg(long, value_name = "TOKEN")]
-        token: Option<String>,
-        /// For an https:// URL: the PEM certificate of the authority that
-        /// signed the node's certificate.
-        #[arg(long, value_name = "FILE")]
-        ca_file: Option<PathBuf>,
+        #[command(flatten)]
+        node: RemoteNode,
     },
     /// Print the default configuration, or check a configuration file.
     #[command(subcommand)]
@@ -125,6 +109,21 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: String,
     },
+}
+
+/// A running node to talk to over HTTP.
+#[derive(Debug, clap::Args)]
+struct RemoteNode {
+    /// The node's URL (http:// or https://).
+    #[arg(long, value_name = "URL")]
+    url: String,
+    /// The bearer token the node wants.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// For an https:// URL: the PEM certificate of the authority that
+    /// signed the node's certificate.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -329,22 +328,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             namespace.as_deref(),
             &hosts,
         )),
-        Command::Status {
-            url,
-            token,
-            ca_file,
-            json,
-        } => runtime()?.block_on(status::run(
-            &url,
-            token.as_deref(),
-            ca_file.as_deref(),
+        Command::Status { node, json } => runtime()?.block_on(status::run(
+            &node.url,
+            node.token.as_deref(),
+            node.ca_file.as_deref(),
             json,
         )),
-        Command::Promote {
-            url,
-            token,
-            ca_file,
-        } => runtime()?.block_on(promote(&url, token.as_deref(), ca_file.as_deref())),
+        Command::Promote { node } => runtime()?.block_on(promote(
+            &node.url,
+            node.token.as_deref(),
+            node.ca_file.as_deref(),
+        )),
         Command::Log(LogCommand::Tail {
             data_dir,
             url,

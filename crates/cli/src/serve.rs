@@ -131,7 +131,16 @@ pub(crate) async fn run(
             }
             options.token.clone_from(&valid.token);
             rebuilt = Some(format!("watching {}", options.hosts.join(", ")));
-            let plane = omnirelay_controlplane::ControlPlane::start(options);
+            let journal_dir = valid.data_dir.join("journal");
+            let journal = omnirelay_controlplane::journal::Journal::open(&journal_dir)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the control plane's journal in {}",
+                        journal_dir.display()
+                    )
+                })?;
+            let plane = omnirelay_controlplane::ControlPlane::start(options, Some(journal));
             (None, None, Service::ControlPlane(plane))
         }
         Role::Standby => {
@@ -162,6 +171,7 @@ pub(crate) async fn run(
         bound.stopping(),
     );
     let what = service.role();
+    let service_for_close = service.clone();
     let status = status_router(StatusSource {
         url: bound.url()?,
         node: valid.node_id.clone(),
@@ -188,6 +198,11 @@ pub(crate) async fn run(
     shutdown_signal().await?;
     node::say(false, "stopping");
     server.stop().await;
+    if let Service::ControlPlane(plane) = &service_for_close {
+        if let Some(journal) = plane.journal() {
+            journal.close().await?;
+        }
+    }
     replicator.close().await?;
     if let Some(receiver) = receiver {
         let stats = receiver.stats();

@@ -11,6 +11,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use crate::journal::{Journal, Kind, PlaneEvent};
+
 /// How the control plane watches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -22,6 +24,9 @@ pub struct Options {
     pub timeout: Duration,
     /// A bearer token to send (the hosts' `[server] token`).
     pub token: Option<String>,
+    /// A sink this many events behind raises a lag alert (cleared when it
+    /// is back under it).
+    pub lag_alert_events: u64,
 }
 
 impl Options {
@@ -32,6 +37,7 @@ impl Options {
             poll_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
             token: None,
+            lag_alert_events: 1000,
         }
     }
 }
@@ -58,6 +64,10 @@ struct Host {
     view: HostView,
     /// Total events over its streams, and when it was seen.
     last_total: Option<(u64, Instant)>,
+    /// The last backpressure signal seen (its time).
+    last_signal: Option<String>,
+    /// Sinks (`stream/sink`) over the lag alert threshold.
+    lagging: std::collections::BTreeSet<String>,
 }
 
 /// The control plane. See the crate documentation.
@@ -66,6 +76,9 @@ pub struct ControlPlane {
     options: Options,
     hosts: Mutex<BTreeMap<String, Host>>,
     events: Arc<crate::events::Events>,
+    journal: Option<Arc<Journal>>,
+    /// What goes into the journal, in order.
+    to_journal: Option<tokio::sync::mpsc::UnboundedSender<PlaneEvent>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -76,8 +89,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ControlPlane {
     /// Starts watching `options.hosts` (one task per host, until the
-    /// control plane is dropped).
-    pub fn start(options: Options) -> Arc<Self> {
+    /// control plane is dropped), recording what it notices in `journal`.
+    pub fn start(options: Options, journal: Option<Arc<Journal>>) -> Arc<Self> {
         let hosts: BTreeMap<String, Host> = options
             .hosts
             .iter()
@@ -89,17 +102,30 @@ impl ControlPlane {
                         error: Some("not asked yet".to_owned()),
                         ..HostView::default()
                     },
-                    last_total: None,
+                    ..Host::default()
                 };
                 (url, host)
             })
             .collect();
         let urls: Vec<String> = hosts.keys().cloned().collect();
         let events = crate::events::follow_all(&urls, options.token.as_deref());
+        let to_journal = journal.clone().map(|journal| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PlaneEvent>();
+            tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    if let Err(error) = journal.record(event).await {
+                        tracing::warn!(%error, "the control plane's journal refused an event");
+                    }
+                }
+            });
+            tx
+        });
         let plane = Arc::new(Self {
             options,
             hosts: Mutex::new(hosts),
             events,
+            journal,
+            to_journal,
         });
         let client: Client<HttpConnector, Empty<Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
@@ -107,6 +133,17 @@ impl ControlPlane {
             tokio::spawn(Self::watch(Arc::downgrade(&plane), client.clone(), url));
         }
         plane
+    }
+
+    /// The control plane's own log, if it keeps one.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
+    }
+
+    fn note(&self, kind: Kind, host: &str, detail: Value) {
+        if let Some(tx) = &self.to_journal {
+            let _ = tx.send(PlaneEvent::new(kind, host, detail));
+        }
     }
 
     /// The hosts' recent events and counts.
@@ -202,7 +239,36 @@ impl ControlPlane {
             Ok(status) => {
                 if !host.view.up {
                     tracing::info!(host = url, "host up");
+                    self.note(Kind::HostUp, url, json!({"role": status["role"]}));
                 }
+                let signal = status["backpressure"]["latest"].clone();
+                let seen = signal["observedAt"].as_str().map(str::to_owned);
+                if seen.is_some() && seen != host.last_signal {
+                    host.last_signal = seen;
+                    self.note(Kind::Backpressure, url, signal);
+                }
+                let mut lagging = std::collections::BTreeSet::new();
+                for sink in status["sinks"].as_array().into_iter().flatten() {
+                    let key = format!(
+                        "{}/{}",
+                        sink["stream"].as_str().unwrap_or("?"),
+                        sink["sink"].as_str().unwrap_or("?")
+                    );
+                    let lag = sink["lag_events"].as_u64().unwrap_or(0);
+                    if lag >= self.options.lag_alert_events {
+                        if !host.lagging.contains(&key) {
+                            self.note(Kind::LagAlert, url, json!({"sink": key, "lagEvents": lag}));
+                        }
+                        lagging.insert(key);
+                    } else if host.lagging.contains(&key) {
+                        self.note(
+                            Kind::LagCleared,
+                            url,
+                            json!({"sink": key, "lagEvents": lag}),
+                        );
+                    }
+                }
+                host.lagging = lagging;
                 let total: u64 = status["streams"]
                     .as_array()
                     .into_iter()
@@ -225,6 +291,7 @@ impl ControlPlane {
                 if host.view.up {
                     tracing::warn!(host = url, %error, "host down");
                     host.view.outages += 1;
+                    self.note(Kind::HostDown, url, json!({"error": error}));
                 }
                 host.view.up = false;
                 host.view.error = Some(error);

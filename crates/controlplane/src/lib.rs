@@ -10,6 +10,7 @@
 
 pub mod events;
 mod hosts;
+pub mod journal;
 pub mod settings;
 
 pub use hosts::{ControlPlane, HostView, Options};
@@ -108,8 +109,30 @@ pub fn router(plane: std::sync::Arc<ControlPlane>) -> axum::Router {
             .collect();
         axum::Json(serde_json::json!({ "peers": peers }))
     }
+    /// The control plane's own events (its journal), newest `limit`.
+    async fn journal(
+        State(plane): State<Arc<ControlPlane>>,
+        Query(limit): Query<Limit>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        let Some(journal) = plane.journal() else {
+            return axum::Json(serde_json::json!({"events": []})).into_response();
+        };
+        match journal.recent(limit.limit.unwrap_or(100) as u64).await {
+            Ok(events) => axum::Json(serde_json::json!({
+                "events": events.iter().map(journal::PlaneEvent::to_json).collect::<Vec<_>>()
+            }))
+            .into_response(),
+            Err(error) => (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the journal cannot be read: {error}\n"),
+            )
+                .into_response(),
+        }
+    }
     axum::Router::new()
         .route("/", get(dashboard))
+        .route("/api/journal", get(journal))
         .route("/demo/backpressure", get(backpressure))
         .route("/demo/lease-health", get(lease_health))
         .route("/status", get(status))

@@ -828,6 +828,21 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
         revived["queue"]["pending"], 2,
         "it came back with its queue"
     );
+    // The control plane's own log tells the story of host b.
+    let (_, body) = http_get(&plane_at, "/api/journal").unwrap();
+    let journal: Value = serde_json::from_str(&body).unwrap();
+    let of_b: Vec<&str> = journal["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["host"] == format!("http://{b_at}"))
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        of_b,
+        vec!["HostUp", "Backpressure", "HostDown", "HostUp"],
+        "{journal}"
+    );
     for child in [&mut a, &mut b, &mut plane] {
         assert!(signal(child.id(), "TERM"));
         assert!(child.wait().unwrap().success());

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use omnirelay_controlplane::journal::{Journal, Kind};
 use omnirelay_controlplane::{ControlPlane, Options};
 use serde_json::json;
 
@@ -45,11 +46,16 @@ async fn hosts_are_watched_through_an_outage() {
     let address = listener.local_addr().unwrap();
     let server = host(listener).await;
     let nobody = "http://127.0.0.1:1".to_owned();
-    let plane = ControlPlane::start(Options {
-        poll_interval: Duration::from_millis(50),
-        timeout: Duration::from_millis(500),
-        ..Options::new(vec![format!("http://{address}/"), nobody.clone()])
-    });
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).await.unwrap();
+    let plane = ControlPlane::start(
+        Options {
+            poll_interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(500),
+            ..Options::new(vec![format!("http://{address}/"), nobody.clone()])
+        },
+        Some(journal.clone()),
+    );
     until(&plane, "up", |p| {
         p.hosts().iter().any(|h| h.up && h.events_per_second > 0.0)
     })
@@ -78,4 +84,32 @@ async fn hosts_are_watched_through_an_outage() {
     let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     let _server = host(listener).await;
     until(&plane, "back", |p| p.hosts().iter().any(|h| h.up)).await;
+
+    // The control plane's own log says what happened to the host, in order;
+    // the host that never answered never went down.
+    let mut kinds = Vec::new();
+    for _ in 0..100 {
+        kinds = journal
+            .recent(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.host, e.sequence))
+            .collect();
+        if kinds.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let live = format!("http://{address}");
+    assert_eq!(
+        kinds,
+        vec![
+            (Kind::HostUp, live.clone(), 1),
+            (Kind::HostDown, live.clone(), 2),
+            (Kind::HostUp, live, 3),
+        ]
+    );
+    drop(plane);
+    journal.close().await.unwrap();
 }

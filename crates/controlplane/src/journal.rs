@@ -229,10 +229,10 @@ impl Journal {
             .await?;
         let mut out = Vec::new();
         for item in replay {
-            if let Replayed::Record(record) = item? {
-                if let Ok(event) = PlaneCodec.decode(Format::Json, record.bytes()) {
-                    out.push(event);
-                }
+            if let Replayed::Record(record) = item?
+                && let Ok(event) = PlaneCodec.decode(Format::Json, record.bytes())
+            {
+                out.push(event);
             }
         }
         Ok(out)

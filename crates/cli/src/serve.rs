@@ -198,10 +198,10 @@ pub(crate) async fn run(
     shutdown_signal().await?;
     node::say(false, "stopping");
     server.stop().await;
-    if let Service::ControlPlane(plane) = &service_for_close {
-        if let Some(journal) = plane.journal() {
-            journal.close().await?;
-        }
+    if let Service::ControlPlane(plane) = &service_for_close
+        && let Some(journal) = plane.journal()
+    {
+        journal.close().await?;
     }
     replicator.close().await?;
     if let Some(receiver) = receiver {

@@ -17,6 +17,8 @@ hosts = []
 # How often each host is asked for its status, and how long it may take.
 poll_interval_ms = 1000
 timeout_ms = 2000
+# A sink this many events behind raises a lag alert in the journal.
+lag_alert_events = 1000
 "#;
 
 #[derive(Deserialize)]
@@ -25,6 +27,7 @@ struct Settings {
     hosts: Vec<String>,
     poll_interval_ms: u64,
     timeout_ms: u64,
+    lag_alert_events: u64,
 }
 
 impl Default for Settings {
@@ -33,6 +36,7 @@ impl Default for Settings {
             hosts: Vec::new(),
             poll_interval_ms: 1000,
             timeout_ms: 2000,
+            lag_alert_events: 1000,
         }
     }
 }
@@ -51,6 +55,7 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<Options, SettingsError
     for (key, value) in [
         ("poll_interval_ms", settings.poll_interval_ms),
         ("timeout_ms", settings.timeout_ms),
+        ("lag_alert_events", settings.lag_alert_events),
     ] {
         if value == 0 {
             return Err(SettingsError::new(key, "must be at least 1"));
@@ -59,6 +64,7 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<Options, SettingsError
     Ok(Options {
         poll_interval: Duration::from_millis(settings.poll_interval_ms),
         timeout: Duration::from_millis(settings.timeout_ms),
+        lag_alert_events: settings.lag_alert_events,
         ..Options::new(settings.hosts)
     })
 }

@@ -434,7 +434,7 @@ impl Server {
 
     /// Stops serving and waits for in-flight requests.
     pub(crate) async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         let _ = self.task.await;
     }
 }

@@ -6,12 +6,11 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, Standby};
+use omnirelay_replication::config::Override;
 use omnirelay_replication::{SinkExt as _, StreamId};
 use omnirelay_replication_grpc::{Connection, Receiver};
 use omnirelay_resourcelease::telemetry::LagRecording;
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
-
-use omnirelay_replication::config::Override;
 
 use crate::node::{self, Bound, NodeArgs};
 

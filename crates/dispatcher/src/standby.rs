@@ -124,7 +124,7 @@ impl Standby {
     pub async fn promote(&self) -> Result<Arc<Dispatcher>, Error> {
         self.promoted
             .get_or_try_init(|| async {
-                let _ = self.stop.send(true);
+                self.stop.send_replace(true);
                 let follower = lock(&self.follower).take();
                 if let Some(follower) = follower {
                     let _ = follower.await;

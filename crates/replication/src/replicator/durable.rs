@@ -893,7 +893,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
     /// The first failure: a log that had stopped, or a sink that could not
     /// close.
     pub async fn close(&self) -> Result<(), Error> {
-        let _ = self.inner.shutdown.send(true);
+        self.inner.shutdown.send_replace(true);
         let tasks: Vec<_> = std::mem::take(&mut *lock(&self.inner.tasks));
         for task in tasks {
             let _ = task.await;

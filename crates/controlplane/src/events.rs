@@ -9,6 +9,8 @@ use omnirelay_replication::{Encoding, StreamId};
 use omnirelay_replication_grpc::{Connection, Subscription};
 use serde_json::Value;
 
+use crate::hosts::lock;
+
 /// Events kept, over all hosts.
 pub const RECENT: usize = 500;
 
@@ -26,12 +28,6 @@ pub struct SeenEvent {
 pub struct Events {
     recent: Mutex<VecDeque<SeenEvent>>,
     counts: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Events {

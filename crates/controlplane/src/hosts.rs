@@ -81,7 +81,8 @@ pub struct ControlPlane {
     to_journal: Option<tokio::sync::mpsc::UnboundedSender<PlaneEvent>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `mutex`, also after a panic elsewhere (the data is plain state).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -29,7 +29,8 @@ use crate::backpressure::{Backpressure, BackpressureOptions, BackpressureSignal}
 use crate::health::{LeaseHealth, PeerHealth, Release};
 use crate::queue::{ErrorStatus, QueueError, QueueOptions, QueueState, keys};
 
-fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `mutex`, also after a panic elsewhere (the data is plain state).
+pub(crate) fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

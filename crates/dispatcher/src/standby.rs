@@ -13,7 +13,7 @@ use omnirelay_resourcelease::{ResourceLeaseReplicationEvent as Event, proto};
 use tokio::sync::{Mutex, watch};
 
 use crate::queue::QueueState;
-use crate::service::{Dispatcher, DispatcherOptions};
+use crate::service::{Dispatcher, DispatcherOptions, lock};
 
 /// The gauge of a standby's lag behind its primary, in events.
 pub const LAG_EVENTS: &str = "omnirelay_dispatcher_standby_lag_events";
@@ -59,12 +59,6 @@ impl std::fmt::Debug for Standby {
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Standby {

@@ -252,6 +252,10 @@ impl Bound {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        // The first line on stderr, before anything the services log while
+        // they start: connections queue on the bound socket until serving.
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        say(false, &format!("listening on {scheme}://{}", listener.local_addr()?));
         Ok(Self {
             listener,
             tls,
@@ -390,7 +394,6 @@ impl Bound {
                 let _ = writeln!(io::stderr(), "omnirelay: the listener failed: {err}");
             }
         });
-        say(false, &format!("listening on {scheme}://{address}"));
         Ok(Server {
             stop: self.stop,
             ready,

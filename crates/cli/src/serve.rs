@@ -307,6 +307,7 @@ async fn status_document(source: &StatusSource) -> serde_json::Value {
     };
     if let Some(dispatcher) = serving {
         let signal = dispatcher.backpressure_signals().borrow().clone();
+        host["namespace"] = serde_json::json!(dispatcher.options().namespace);
         host["backpressure"] = serde_json::json!({
             "active": dispatcher.backpressure_active(),
             "latest": signal.map(|s| s.to_json()),

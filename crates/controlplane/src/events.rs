@@ -10,6 +10,7 @@ use omnirelay_replication_grpc::{Connection, Subscription};
 use serde_json::Value;
 
 use crate::hosts::lock;
+use crate::mesh::{Catalog, Operation};
 
 /// Events kept, over all hosts.
 pub const RECENT: usize = 500;
@@ -28,6 +29,8 @@ pub struct SeenEvent {
 pub struct Events {
     recent: Mutex<VecDeque<SeenEvent>>,
     counts: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Per host, the lakehouse catalog its `Completed` events add up to.
+    catalogs: Mutex<BTreeMap<String, Catalog>>,
 }
 
 impl Events {
@@ -47,8 +50,24 @@ impl Events {
         lock(&self.counts).clone()
     }
 
+    /// The lakehouse catalog (the demo's scenario) that `host`'s completed
+    /// catalog operations add up to, as the reference's snapshot JSON;
+    /// `None` before any.
+    pub fn catalog(&self, host: &str) -> Option<Value> {
+        lock(&self.catalogs).get(host).map(Catalog::snapshot)
+    }
+
     fn push(&self, host: &str, event: Value) {
         let kind = event["eventType"].as_str().unwrap_or("?").to_owned();
+        if kind == "Completed"
+            && event["payload"]["resourceType"] == crate::mesh::RESOURCE_TYPE
+            && let Ok(op) = Operation::from_payload(&event["payload"])
+        {
+            lock(&self.catalogs)
+                .entry(host.to_owned())
+                .or_default()
+                .apply(&op);
+        }
         *lock(&self.counts)
             .entry(host.to_owned())
             .or_default()

@@ -194,6 +194,23 @@ impl ControlPlane {
         }
     }
 
+    /// The bearer token the hosts want.
+    pub fn token(&self) -> Option<&str> {
+        self.options.token.as_deref()
+    }
+
+    /// The URL and RPC namespace of the first host that is up and serves
+    /// as the dispatcher (a promoted standby does).
+    pub fn serving_dispatcher(&self) -> Option<(String, String)> {
+        self.hosts().into_iter().find_map(|host| {
+            let status = host.status.filter(|_| host.up)?;
+            (status["role"] == "dispatcher").then(|| {
+                let namespace = status["namespace"].as_str().unwrap_or("resourcelease");
+                (host.url, namespace.to_owned())
+            })
+        })
+    }
+
     /// The host's own entry of its status document.
     async fn ask(
         &self,

@@ -11,6 +11,7 @@
 pub mod events;
 mod hosts;
 pub mod journal;
+pub mod mesh;
 pub mod settings;
 
 pub use hosts::{ControlPlane, HostView, Options};
@@ -24,7 +25,10 @@ pub const DASHBOARD: &str = include_str!("dashboard.html");
 /// host), `GET /demo/replication` (the newest events as a JSON array of
 /// reference events, as the reference demo served them), `GET
 /// /demo/backpressure` (the newest backpressure signal of any host, or 204)
-/// and `GET /demo/lease-health` (every host's peers).
+/// and `GET /demo/lease-health` (every host's peers), `GET /demo/catalogs`
+/// (the lakehouse catalog the serving dispatcher's completed operations add
+/// up to) and `POST /demo/enqueue` (a catalog operation enqueued on the
+/// serving dispatcher).
 pub fn router(plane: std::sync::Arc<ControlPlane>) -> axum::Router {
     use axum::extract::{Query, State};
     use axum::routing::get;
@@ -130,8 +134,73 @@ pub fn router(plane: std::sync::Arc<ControlPlane>) -> axum::Router {
                 .into_response(),
         }
     }
+    /// The catalog of the serving dispatcher's stream (the first host
+    /// with a catalog when no dispatcher is up).
+    async fn catalogs(State(plane): State<Arc<ControlPlane>>) -> axum::Json<serde_json::Value> {
+        let serving = plane.serving_dispatcher().map(|(url, _)| url);
+        let catalog = serving
+            .and_then(|url| plane.events().catalog(&url))
+            .or_else(|| {
+                plane
+                    .hosts()
+                    .iter()
+                    .find_map(|h| plane.events().catalog(&h.url))
+            })
+            .unwrap_or_else(|| mesh::Catalog::default().snapshot());
+        axum::Json(catalog)
+    }
+    /// The reference's `MeshEnqueueRequest` in, the dispatcher's enqueue
+    /// response out (its RPC error, status and headers as they came).
+    async fn enqueue(
+        State(plane): State<Arc<ControlPlane>>,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse as _;
+        let request: mesh::EnqueueRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            mesh::EnqueueRequest::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(request) => request,
+                Err(e) => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        format!("not an enqueue request: {e}\n"),
+                    )
+                        .into_response();
+                }
+            }
+        };
+        let Some((url, namespace)) = plane.serving_dispatcher() else {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no dispatcher host is up to enqueue on\n",
+            )
+                .into_response();
+        };
+        let client = mesh::RpcClient::new(&url, &namespace, plane.token().map(str::to_owned));
+        match client.enqueue(&request.payload()).await {
+            Ok(response) => axum::Json(response).into_response(),
+            Err(error) => {
+                let status = StatusCode::from_u16(error.status)
+                    .ok()
+                    .filter(|s| !s.is_success())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut response = (status, format!("{error}\n")).into_response();
+                if let Some(code) = error
+                    .code
+                    .and_then(|c| axum::http::HeaderValue::from_str(&c).ok())
+                {
+                    response.headers_mut().insert("rpc-error-code", code);
+                }
+                response
+            }
+        }
+    }
     axum::Router::new()
         .route("/", get(dashboard))
+        .route("/demo/catalogs", get(catalogs))
+        .route("/demo/enqueue", axum::routing::post(enqueue))
         .route("/api/journal", get(journal))
         .route("/demo/backpressure", get(backpressure))
         .route("/demo/lease-health", get(lease_health))

@@ -298,6 +298,7 @@ async fn status_document(source: &StatusSource) -> serde_json::Value {
             "pending": queue.pending_count(),
             "active": queue.active_count(),
             "deadLettered": queue.dead_letters().len(),
+            "fingerprint": queue.fingerprint(),
         });
     }
     let serving = match &source.service {

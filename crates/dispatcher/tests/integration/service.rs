@@ -90,8 +90,17 @@ async fn a_restarted_dispatcher_has_the_same_pending_leased_and_dead_items() {
         .await
         .unwrap();
     assert_eq!(dispatcher.snapshot().await, before);
+    assert_eq!(
+        dispatcher.snapshot().await.fingerprint(),
+        before.fingerprint()
+    );
     // The lease held across the restart can still be completed.
     dispatcher.complete(&third.handle).await.unwrap();
+    assert_ne!(
+        dispatcher.snapshot().await.fingerprint(),
+        before.fingerprint(),
+        "a completion changes the fingerprint"
+    );
     let next = dispatcher.lease(Some("worker-1")).await.unwrap();
     assert_eq!(next.item.payload.resource_id, "d");
     assert_eq!(next.item.sequence_id, 4);

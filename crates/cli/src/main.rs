@@ -2,6 +2,7 @@
 //! are parsed here and the work is done by the library crates.
 
 mod config_cmd;
+mod demo;
 mod http_client;
 mod listener;
 mod log;
@@ -74,7 +75,16 @@ enum Command {
         /// `services.controlplane.hosts`).
         #[arg(long, value_name = "URL,URL,...", value_delimiter = ',')]
         hosts: Vec<String>,
+        /// Also stop when standard input ends (a parent such as `omnirelay
+        /// demo` holds it open while the node should run).
+        #[arg(long, hide = true)]
+        stop_on_stdin_eof: bool,
     },
+    /// The mesh demo: a dispatcher, a standby following it and the control
+    /// plane (dashboard) as nodes on loopback, with a seeder and two workers
+    /// running the reference's lakehouse-catalog scenario; a status line
+    /// every 5 s and a summary when it stops (Ctrl-C or --duration).
+    Demo(demo::DemoArgs),
     /// Show the hosts, streams and sinks a node (or the control plane)
     /// knows: replication state and lag, as a table.
     Status {
@@ -320,6 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
             namespace,
             hosts,
+            stop_on_stdin_eof,
         } => runtime()?.block_on(serve::run(
             &node,
             role,
@@ -327,7 +338,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow.as_deref(),
             namespace.as_deref(),
             &hosts,
+            stop_on_stdin_eof,
         )),
+        Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Status { node, json } => runtime()?.block_on(status::run(
             &node.url,
             node.token.as_deref(),

@@ -255,7 +255,10 @@ impl Bound {
         // The first line on stderr, before anything the services log while
         // they start: connections queue on the bound socket until serving.
         let scheme = if tls.is_some() { "https" } else { "http" };
-        say(false, &format!("listening on {scheme}://{}", listener.local_addr()?));
+        say(
+            false,
+            &format!("listening on {scheme}://{}", listener.local_addr()?),
+        );
         Ok(Self {
             listener,
             tls,

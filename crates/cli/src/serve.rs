@@ -42,6 +42,7 @@ pub(crate) async fn run(
     follow: Option<&str>,
     namespace: Option<&str>,
     hosts: &[String],
+    stop_on_stdin_eof: bool,
 ) -> anyhow::Result<ExitCode> {
     if role != Role::Controlplane && !hosts.is_empty() {
         anyhow::bail!("--hosts is for --role controlplane");
@@ -194,7 +195,19 @@ pub(crate) async fn run(
             valid.data_dir.display()
         ),
     );
-    shutdown_signal().await?;
+    if stop_on_stdin_eof {
+        let (ended, end) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = ended.send(());
+        });
+        tokio::select! {
+            signalled = shutdown_signal() => signalled?,
+            _ = end => {}
+        }
+    } else {
+        shutdown_signal().await?;
+    }
     node::say(false, "stopping");
     server.stop().await;
     if let Service::ControlPlane(plane) = &service_for_close

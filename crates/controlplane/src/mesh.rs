@@ -245,10 +245,7 @@ impl EnqueueRequest {
             op.resource_id = op.computed_resource_id();
             attributes.insert("operation".to_owned(), self.operation.name().to_owned());
             attributes.insert("version".to_owned(), self.version.to_string());
-            (
-                serde_json::to_vec(&op).unwrap_or_default(),
-                op.resource_id,
-            )
+            (serde_json::to_vec(&op).unwrap_or_default(), op.resource_id)
         } else {
             (
                 self.body.clone().unwrap_or_default().into_bytes(),
@@ -584,12 +581,13 @@ impl RpcClient {
             code: None,
             message,
         };
-        let mut request = hyper::Request::post(format!("{}/omnirelay/v1/{}", self.url, self.namespace))
-            .header("content-type", "application/json")
-            .header("rpc-procedure", format!("{}::{procedure}", self.namespace))
-            .header("rpc-service", SERVICE)
-            .header("rpc-encoding", "application/json")
-            .header("rpc-caller", CALLER);
+        let mut request =
+            hyper::Request::post(format!("{}/omnirelay/v1/{}", self.url, self.namespace))
+                .header("content-type", "application/json")
+                .header("rpc-procedure", format!("{}::{procedure}", self.namespace))
+                .header("rpc-service", SERVICE)
+                .header("rpc-encoding", "application/json")
+                .header("rpc-caller", CALLER);
         if let Some(ttl) = ttl {
             request = request.header("rpc-ttl-ms", ttl.as_millis().to_string());
         }
@@ -640,7 +638,8 @@ impl RpcClient {
     ///
     /// As [`RpcClient::call`].
     pub async fn enqueue(&self, payload: &Value) -> Result<Value, RpcError> {
-        self.call("enqueue", &json!({ "payload": payload }), None).await
+        self.call("enqueue", &json!({ "payload": payload }), None)
+            .await
     }
 
     /// Leases an item for `peer`, waiting up to `wait`; `None` when none
@@ -650,7 +649,10 @@ impl RpcClient {
     ///
     /// As [`RpcClient::call`].
     pub async fn lease(&self, peer: &str, wait: Duration) -> Result<Option<Lease>, RpcError> {
-        match self.call("lease", &json!({ "peerId": peer }), Some(wait)).await {
+        match self
+            .call("lease", &json!({ "peerId": peer }), Some(wait))
+            .await
+        {
             Ok(response) => Ok(Some(Lease { response })),
             Err(e) if e.status == 504 => Ok(None),
             Err(e) => Err(e),
@@ -837,7 +839,11 @@ mod tests {
         assert_eq!(catalog.apply(&op("t", 3)), Outcome::Updated);
         assert_eq!(catalog.apply(&op("t", 3)), Outcome::Duplicate);
         assert_eq!(catalog.apply(&op("t", 2)), Outcome::Stale);
-        assert_eq!(catalog.apply(&op("T", 2)), Outcome::Stale, "keys ignore case");
+        assert_eq!(
+            catalog.apply(&op("T", 2)),
+            Outcome::Stale,
+            "keys ignore case"
+        );
         let snapshot = catalog.snapshot();
         assert_eq!(snapshot["tables"].as_array().unwrap().len(), 1);
         assert_eq!(snapshot["tables"][0]["version"], 3);

@@ -1,0 +1,265 @@
+//! `omnirelay demo`, black-box: a minute of the mesh demo, then its
+//! nodes' logs and sinks read back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::log::dir_arg;
+use crate::sqlite::sqlite_rows;
+use crate::{omnirelay, spawn, text};
+
+const WORKERS: [&str; 2] = ["mesh-worker-a", "mesh-worker-b"];
+
+/// `omnirelay log replay` of a node's stream, parsed.
+fn replay(dir: &Path, write_version: &str) -> Vec<Value> {
+    let out = omnirelay(
+        &[
+            "log",
+            "replay",
+            "--data-dir",
+            dir_arg(dir),
+            "--write-version",
+            write_version,
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every event a node's JSON-lines export holds, in sequence order.
+fn export(dir: &Path) -> Vec<Value> {
+    let mut events: Vec<Value> = std::fs::read_dir(dir.join("export"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    events.sort_by_key(|e| e["sequenceNumber"].as_u64());
+    events
+}
+
+/// A GET on the control plane; the JSON answer.
+fn get(url: &str, path: &str) -> Option<Value> {
+    use std::io::{Read as _, Write as _};
+    let address = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok()
+}
+
+fn metadata(event: &Value, key: &str) -> Option<String> {
+    event["metadata"][key].as_str().map(str::to_owned)
+}
+
+#[test]
+fn heavy_the_mesh_demo_replicates_the_reference_scenario_for_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn(&[
+        "demo",
+        "--duration",
+        "60",
+        "--data-dir",
+        dir_arg(dir.path()),
+    ]);
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut out = Vec::new();
+    let first = lines.recv_timeout(Duration::from_secs(60)).unwrap();
+    out.push(first.clone());
+    let dashboard = first
+        .strip_prefix("dashboard: ")
+        .unwrap_or_else(|| panic!("the first line names the dashboard: {first}"))
+        .to_owned();
+    assert!(
+        dashboard.starts_with("http://127.0.0.1:") && dashboard.ends_with('/'),
+        "{dashboard}"
+    );
+
+    // While it runs, the control plane sees both nodes up and the
+    // catalog the workers build.
+    let started = Instant::now();
+    let mut saw_hosts = false;
+    let mut saw_catalog = false;
+    while started.elapsed() < Duration::from_secs(40) && !(saw_hosts && saw_catalog) {
+        std::thread::sleep(Duration::from_secs(2));
+        if let Some(status) = get(&dashboard, "/status") {
+            let hosts = status["hosts"].as_array().cloned().unwrap_or_default();
+            let roles: BTreeSet<&str> = hosts.iter().filter_map(|h| h["role"].as_str()).collect();
+            saw_hosts |= hosts.len() == 2
+                && hosts.iter().all(|h| h["up"] == true)
+                && roles == BTreeSet::from(["dispatcher", "standby"]);
+        }
+        if let Some(catalog) = get(&dashboard, "/demo/catalogs") {
+            saw_catalog |= catalog["tables"].as_array().is_some_and(|t| {
+                !t.is_empty() && t.iter().all(|t| t["version"].as_i64() > Some(0))
+            });
+        }
+    }
+    assert!(
+        saw_hosts,
+        "the control plane saw the dispatcher and the standby up"
+    );
+    assert!(saw_catalog, "the control plane's catalog filled");
+
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo stops after its duration"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    out.extend(lines.try_iter());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let out = out.join("\n");
+    assert!(status.success(), "{out}\n{stderr}");
+    assert!(
+        out.lines().filter(|l| l.starts_with('[')).count() >= 10,
+        "a status line every 5 s: {out}"
+    );
+    assert!(out.contains("agrees with the primary"), "{out}");
+    assert!(!out.contains("DISAGREES"), "{out}");
+
+    let primary = dir.path().join("dispatcher");
+    let standby = dir.path().join("standby");
+    // The standby's log is the primary's, event for event, in full.
+    let full = replay(&primary, "2");
+    assert_eq!(
+        replay(&standby, "2"),
+        full,
+        "the standby holds the primary's stream"
+    );
+    // Every sink of both holds the reference form of every event, once.
+    let reference = replay(&primary, "1");
+    assert!(
+        reference.len() > 100,
+        "a minute of work: {}",
+        reference.len()
+    );
+    for node in [&primary, &standby] {
+        assert_eq!(export(node), reference, "{}", node.display());
+        let rows = sqlite_rows(node);
+        let sequences: Vec<u64> = rows.iter().map(|r| r.sequence).collect();
+        let expected: Vec<u64> = reference
+            .iter()
+            .map(|e| e["sequenceNumber"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sequences, expected, "{}", node.display());
+        for (row, event) in rows.iter().zip(&reference) {
+            assert_eq!(
+                serde_json::from_str::<Value>(&row.event_json).unwrap(),
+                *event
+            );
+        }
+    }
+
+    // Every item's events, by request id (heartbeats by lease id).
+    let mut items: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    let mut by_lease: BTreeMap<String, String> = BTreeMap::new();
+    for event in &reference {
+        let request = match event["payload"]["requestId"].as_str() {
+            Some(request) => request.to_owned(),
+            None => by_lease[event["ownership"]["leaseId"].as_str().unwrap()].clone(),
+        };
+        if let Some(lease) = event["ownership"]["leaseId"].as_str() {
+            by_lease.insert(lease.to_owned(), request.clone());
+        }
+        items.entry(request).or_default().push(event);
+        assert!(metadata(event, "queue.pending").is_some(), "{event}");
+        assert!(metadata(event, "queue.active").is_some(), "{event}");
+    }
+    let mut completed = 0;
+    let mut failed = 0;
+    for events in items.values() {
+        let types: Vec<&str> = events
+            .iter()
+            .map(|e| e["eventType"].as_str().unwrap())
+            .collect();
+        let enqueue = events[0];
+        assert_eq!(types[0], "Enqueue");
+        assert_eq!(enqueue["peerId"], "mesh-demo-host");
+        assert!(enqueue.get("ownership").is_none());
+        let payload = &enqueue["payload"];
+        assert_eq!(payload["resourceType"], "lakehouse.catalog");
+        assert_eq!(payload["payloadEncoding"], "application/json");
+        let attributes = &payload["attributes"];
+        assert_eq!(payload["partitionKey"], attributes["catalog"]);
+        let version: u32 = attributes["version"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            payload["resourceId"],
+            format!(
+                "{}.{}.{}.v{version:04}",
+                attributes["catalog"].as_str().unwrap(),
+                attributes["database"].as_str().unwrap(),
+                attributes["table"].as_str().unwrap()
+            )
+        );
+        assert!(
+            ["CreateTable", "AlterSchema", "CommitSnapshot", "Vacuum"]
+                .contains(&attributes["operation"].as_str().unwrap())
+        );
+        match types[..] {
+            ["Enqueue"] | ["Enqueue", "LeaseGranted"] => {}
+            ["Enqueue", "LeaseGranted", "Completed", "Heartbeat"] => {
+                completed += 1;
+                let worker = events[1]["peerId"].as_str().unwrap();
+                assert!(WORKERS.contains(&worker), "{worker}");
+                for later in &events[2..] {
+                    assert_eq!(later["peerId"], worker);
+                    assert_eq!(later["ownership"], events[1]["ownership"]);
+                }
+                assert_eq!(events[1]["ownership"]["attempt"], 1);
+                assert_eq!(
+                    events[3]["sequenceNumber"].as_u64(),
+                    events[2]["sequenceNumber"].as_u64().map(|s| s + 1),
+                    "the heartbeat follows the completion at once"
+                );
+                assert!(events[3].get("payload").is_none());
+            }
+            ["Enqueue", "LeaseGranted", "Failed"] => {
+                failed += 1;
+                let fail = events[2];
+                assert_eq!(fail["peerId"], events[1]["peerId"]);
+                assert_eq!(fail["error"]["code"], "mesh.demo.failure");
+                assert_eq!(fail["error"]["message"], "stale catalog version");
+                assert_eq!(metadata(fail, "failure.requeued").as_deref(), Some("False"));
+            }
+            _ => panic!("not the reference's order: {types:?}"),
+        }
+    }
+    assert!(completed >= 20, "{completed} items completed in a minute");
+    assert!(
+        out.contains(&format!("{completed} completed")),
+        "the summary counts what the stream holds: {completed} completed, {failed} failed\n{out}"
+    );
+}

@@ -57,7 +57,13 @@ pub struct HostView {
     pub events_per_second: f64,
     /// Times it went down.
     pub outages: u64,
+    /// Its events per second at each of the last [`HISTORY`] polls, oldest
+    /// first (0 while it was down).
+    pub history: Vec<f64>,
 }
+
+/// Throughput samples kept per host (two minutes at the default poll).
+pub const HISTORY: usize = 120;
 
 #[derive(Debug, Default)]
 struct Host {
@@ -171,6 +177,7 @@ impl ControlPlane {
                 entry["error"] = json!(view.error);
                 entry["eventsPerSecond"] = json!(view.events_per_second);
                 entry["outages"] = json!(view.outages);
+                entry["throughputHistory"] = json!(view.history);
                 entry
             })
             .collect();
@@ -317,5 +324,10 @@ impl ControlPlane {
                 host.last_total = None;
             }
         }
+        let history = &mut host.view.history;
+        if history.len() == HISTORY {
+            history.remove(0);
+        }
+        history.push(host.view.events_per_second);
     }
 }

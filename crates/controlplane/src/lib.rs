@@ -14,7 +14,7 @@ pub mod journal;
 pub mod mesh;
 pub mod settings;
 
-pub use hosts::{ControlPlane, HostView, Options};
+pub use hosts::{ControlPlane, HISTORY, HostView, Options};
 
 /// The dashboard: one self-contained page (no external assets), polling
 /// `/status` and `/api/events` every second.

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::log::dir_arg;
 use crate::sqlite::sqlite_rows;
-use crate::{omnirelay, spawn, text};
+use crate::{http_get, omnirelay, spawn, text};
 
 const WORKERS: [&str; 2] = ["mesh-worker-a", "mesh-worker-b"];
 
@@ -54,18 +54,8 @@ fn export(dir: &Path) -> Vec<Value> {
 
 /// A GET on the control plane; the JSON answer.
 fn get(url: &str, path: &str) -> Option<Value> {
-    use std::io::{Read as _, Write as _};
     let address = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = std::net::TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok()
+    serde_json::from_str(&http_get(address, path)?.1).ok()
 }
 
 fn metadata(event: &Value, key: &str) -> Option<String> {

@@ -9,7 +9,9 @@ use omnirelay_replication_testkit::process::signal;
 use serde_json::{Value, json};
 
 use crate::log::dir_arg;
-use crate::{http_get, http_post, omnirelay, spawn_listening, text, try_http_post};
+use crate::{
+    http_get, http_post, omnirelay, spawn_listening, text, try_http_post, try_http_post_to,
+};
 
 const PAYLOAD: &str = r#"{"payload":{"resourceType":"lakehouse.catalog","resourceId":"sales.orders","partitionKey":"p-1","payloadEncoding":"json","body":"e30=","attributes":{}}}"#;
 
@@ -630,8 +632,16 @@ fn heavy_status_agrees_with_the_nodes_own_metrics() {
     let host = &document["hosts"][0];
     assert_eq!(host["role"], "dispatcher");
     assert_eq!(
-        host["queue"],
-        json!({"pending": 4, "active": 0, "deadLettered": 0})
+        (
+            &host["queue"]["pending"],
+            &host["queue"]["active"],
+            &host["queue"]["deadLettered"]
+        ),
+        (&json!(4), &json!(0), &json!(0))
+    );
+    assert_eq!(
+        host["queue"]["fingerprint"].as_str().map(str::len),
+        Some(16)
     );
     assert_eq!(host["streams"][0]["last_sequence"], 8);
     let metrics = http_get(&address, "/metrics").unwrap().1;
@@ -843,6 +853,67 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
         vec!["HostUp", "Backpressure", "HostDown", "HostUp"],
         "{journal}"
     );
+    // The reference demo's operator endpoints: a catalog operation
+    // enqueued through the control plane on the serving dispatcher (the
+    // first up, by URL), and the catalog its completion adds to.
+    let (_, body) = http_get(&plane_at, "/demo/catalogs").unwrap();
+    let catalog: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(catalog["tables"], json!([]), "bodies that are no operation");
+    let (code, _, body) = try_http_post_to(
+        &plane_at,
+        "/demo/enqueue",
+        &[],
+        r#"{"table":"orders","version":2}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let stats: Value = serde_json::from_str(&body).unwrap();
+    assert!(stats["stats"]["pendingCount"].as_u64() > Some(0), "{stats}");
+    let (code, _, _) =
+        try_http_post_to(&plane_at, "/demo/enqueue", &[], r#"{"version":"x"}"#).unwrap();
+    assert_eq!(code, 400);
+    let serving = if format!("http://{a_at}") < format!("http://{b_at}") {
+        &a_at
+    } else {
+        &b_at
+    };
+    let resource = "fabric-lakehouse.sales.orders.v0002";
+    let mut ours = None;
+    for _ in 0..5 {
+        let (_, lease) = rpc(
+            serving,
+            "resourcelease::lease",
+            &[],
+            r#"{"peerId":"worker-2"}"#,
+        );
+        let token = json!({"ownershipToken": lease["ownershipToken"]}).to_string();
+        rpc(serving, "resourcelease::complete", &[], &token);
+        if lease["payload"]["resourceId"] == resource {
+            ours = Some(lease);
+            break;
+        }
+    }
+    let ours = ours.expect("the enqueued operation was leased");
+    assert_eq!(ours["payload"]["attributes"]["operation"], "CommitSnapshot");
+    let mut tables = json!(null);
+    for _ in 0..100 {
+        let (_, body) = http_get(&plane_at, "/demo/catalogs").unwrap();
+        tables = serde_json::from_str::<Value>(&body).unwrap()["tables"].clone();
+        if tables.as_array().is_some_and(|t| !t.is_empty()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(tables[0]["table"], "orders", "{tables}");
+    assert_eq!(tables[0]["version"], 2);
+    assert_eq!(tables[0]["principal"], "cli.enqueue");
+    let (_, body) = http_get(&plane_at, "/demo/replication").unwrap();
+    let recent: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let enqueued = recent
+        .iter()
+        .find(|e| e["eventType"] == "Enqueue" && e["payload"]["resourceId"] == resource)
+        .unwrap();
+    assert_eq!(enqueued["peerId"], "mesh-demo-host");
     for child in [&mut a, &mut b, &mut plane] {
         assert!(signal(child.id(), "TERM"));
         assert!(child.wait().unwrap().success());

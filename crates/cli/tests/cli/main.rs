@@ -107,13 +107,23 @@ pub(crate) fn try_http_post(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Option<(u16, std::collections::BTreeMap<String, String>, String)> {
+    try_http_post_to(address, "/omnirelay/v1/resourcelease", headers, body)
+}
+
+/// As [`try_http_post`], to `path`.
+pub(crate) fn try_http_post_to(
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, std::collections::BTreeMap<String, String>, String)> {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(address).ok()?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .ok()?;
     let mut request = format!(
-        "POST /omnirelay/v1/resourcelease HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (name, value) in headers {

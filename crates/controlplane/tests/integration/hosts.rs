@@ -75,6 +75,7 @@ async fn hosts_are_watched_through_an_outage() {
     assert_eq!(dead["up"], false);
     assert!(dead["error"].as_str().is_some());
 
+    let live_url = format!("http://{address}");
     // The host goes away: down, counted once; it comes back: up.
     server.abort();
     let _ = server.await;
@@ -84,6 +85,28 @@ async fn hosts_are_watched_through_an_outage() {
     let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     let _server = host(listener).await;
     until(&plane, "back", |p| p.hosts().iter().any(|h| h.up)).await;
+    // Its throughput history went through the outage: busy, zero while
+    // down, bounded.
+    let history = plane
+        .hosts()
+        .into_iter()
+        .find(|h| h.url == live_url)
+        .unwrap()
+        .history;
+    assert!(history.len() <= omnirelay_controlplane::HISTORY);
+    let busy = history.iter().position(|&s| s > 0.0).unwrap();
+    assert!(history[busy..].contains(&0.0), "{history:?}");
+    let status = plane.status();
+    let served = status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["url"] == live_url.as_str())
+        .unwrap()["throughputHistory"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(served >= history.len(), "the status serves the history");
 
     // The control plane's own log says what happened to the host, in order;
     // the host that never answered never went down.

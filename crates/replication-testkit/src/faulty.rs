@@ -60,6 +60,12 @@ impl FaultySink {
         self.lock().poison.insert(sequence);
     }
 
+    /// Accepts every sequence [`FaultySink::poison`] refused (whatever
+    /// made the sink refuse them is fixed).
+    pub fn cure(&self) {
+        self.lock().poison.clear();
+    }
+
     /// Makes the sink keep its own checkpoint (see [`Sink::checkpoint`]),
     /// starting at `mark`; it fails to answer while the sink is failing.
     pub fn keep_checkpoint(&self, mark: u64) {

@@ -36,21 +36,38 @@ impl ValidConfig {
     ) -> Result<DurableReplicator<E>, Error> {
         let replicator = DurableReplicator::open(codec, self.durable.clone()).await?;
         for sink in &self.sinks {
-            let context = SinkContext {
-                name: &sink.name,
-                data_dir: &self.data_dir,
-            };
-            let built = sink.builder.build(context).await.map_err(|e| {
-                Error::new(
-                    e.kind(),
-                    format!("cannot build sink {:?} ({})", sink.name, sink.kind),
-                )
-                .with_source(e)
-            })?;
+            let built = self.build_one(sink).await?;
             replicator
                 .add_sink(&sink.name, decorate(sink, built), sink.options.clone())
                 .await?;
         }
         Ok(replicator)
+    }
+
+    /// Creates the enabled sink `name` alone, through its factory (to
+    /// redrive its dead letters, say); `None` when no sink has that name.
+    ///
+    /// # Errors
+    ///
+    /// What building the sink reports, naming it.
+    pub async fn build_sink(&self, name: &str) -> Result<Option<(&ValidSink, SharedSink)>, Error> {
+        match self.sinks.iter().find(|s| s.name == name) {
+            Some(sink) => Ok(Some((sink, self.build_one(sink).await?))),
+            None => Ok(None),
+        }
+    }
+
+    async fn build_one(&self, sink: &ValidSink) -> Result<SharedSink, Error> {
+        let context = SinkContext {
+            name: &sink.name,
+            data_dir: &self.data_dir,
+        };
+        sink.builder.build(context).await.map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("cannot build sink {:?} ({})", sink.name, sink.kind),
+            )
+            .with_source(e)
+        })
     }
 }

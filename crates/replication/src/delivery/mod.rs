@@ -6,6 +6,7 @@ mod backoff;
 mod checkpoint;
 mod deadletter;
 pub(crate) mod driver;
+mod redrive;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use serde::Serialize;
 pub use backoff::{Backoff, RetryPolicy};
 pub use checkpoint::{CheckpointStore, FileCheckpointStore, MemoryCheckpointStore};
 pub use deadletter::{DeadLetter, DeadLetterLog};
+pub use redrive::{RedriveTarget, Redriven, redrive};
 
 use crate::event::Encoding;
 use crate::stream::StreamId;

@@ -297,6 +297,67 @@ async fn a_permanent_failure_dead_letters_exactly_the_poison_event() {
 }
 
 #[tokio::test]
+async fn dead_letters_are_redriven_from_the_log_once_the_sink_is_fixed() {
+    use omnirelay_replication::delivery::{RedriveTarget, redrive};
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    let sink = FaultySink::new();
+    for poisoned in [3, 7, 8] {
+        sink.poison(poisoned);
+    }
+    replicator
+        .add_sink("picky", sink.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    publish(&replicator, 10).await;
+    replicator.wait_caught_up().await;
+    assert_eq!(sink.sequences(), [1, 2, 4, 5, 6, 9, 10]);
+    // The node stops; the operator redrives.
+    replicator.close().await.unwrap();
+    let target = RedriveTarget {
+        data_dir: dir.path(),
+        stream: &StreamId::default(),
+        sink_name: "picky",
+        encoding: sink_options().encoding,
+        batch: 2,
+    };
+    let shared = sink.clone().shared();
+    let codec: Arc<dyn omnirelay_replication::Codec<Note>> = Arc::new(NoteCodec::default());
+
+    // Still refused: the letters stay, nothing is archived.
+    let refused = redrive(target, &shared, codec.clone()).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+    assert!(refused.to_string().contains("from sequence 3"), "{refused}");
+    let letters = DeadLetterLog::path(&dir.path().join("deadletter"), "default", "picky");
+    assert_eq!(DeadLetterLog::read_all(&letters).unwrap().len(), 3);
+
+    // Fixed: applied in order from the log, the letters archived.
+    sink.cure();
+    let redriven = redrive(target, &shared, codec.clone()).await.unwrap();
+    assert_eq!(redriven.applied, [3, 7, 8]);
+    assert!(redriven.missing.is_empty());
+    assert_eq!(sink.sequences(), [1, 2, 4, 5, 6, 9, 10, 3, 7, 8]);
+    let texts: Vec<String> = sink.records()[7..]
+        .iter()
+        .map(|r| NoteCodec::text_of(r.bytes()))
+        .collect();
+    assert_eq!(texts, ["n2", "n6", "n7"], "the events themselves");
+    assert!(DeadLetterLog::read_all(&letters).unwrap().is_empty());
+    let archive = redriven.archive.unwrap();
+    let archived: Vec<u64> = DeadLetterLog::read_all(&archive)
+        .unwrap()
+        .iter()
+        .map(|l| l.sequence)
+        .collect();
+    assert_eq!(archived, [3, 7, 8]);
+    // Nothing left: nothing to do.
+    assert_eq!(
+        redrive(target, &shared, codec).await.unwrap(),
+        Default::default()
+    );
+}
+
+#[tokio::test]
 async fn a_stalled_required_sink_blocks_publishers_until_released() {
     let dir = tempfile::tempdir().unwrap();
     let replicator = open(dir.path(), Durability::None).await;

@@ -1,0 +1,191 @@
+//! Redriving a sink's dead letters: once whatever made a sink refuse
+//! events is fixed, the events it dead-lettered are read again from the
+//! log, in the sink's encoding, and applied to it once more.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::delivery::{DeadLetter, DeadLetterLog};
+use crate::error::{Error, ErrorKind};
+use crate::event::{Codec, Encoding, ReplicationEvent};
+use crate::record::{OwnedRecord, Record};
+use crate::replay::{Replay, Replayed};
+use crate::sink::SharedSink;
+use crate::stream::StreamId;
+use crate::time::Timestamp;
+
+/// What a redrive did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redriven {
+    /// The sequences applied to the sink again, in order.
+    pub applied: Vec<u64>,
+    /// Dead-lettered sequences the log no longer holds (retention removed
+    /// them): left as dead letters, their payloads are in the letters.
+    pub missing: Vec<u64>,
+    /// Where the redriven letters were moved (`<sink>.redriven-<ticks>.jsonl`
+    /// beside the dead-letter log), an audit trail.
+    pub archive: Option<PathBuf>,
+}
+
+/// Everything needed to redrive one sink of one stream.
+#[derive(Clone, Copy, Debug)]
+pub struct RedriveTarget<'a> {
+    /// The data directory (the log under `log/`, the dead letters under
+    /// `deadletter/`).
+    pub data_dir: &'a Path,
+    /// The stream.
+    pub stream: &'a StreamId,
+    /// The sink's name.
+    pub sink_name: &'a str,
+    /// The sink's encoding (the form it was fed).
+    pub encoding: Encoding,
+    /// Records per `apply` call.
+    pub batch: usize,
+}
+
+fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("cannot {what} {}", path.display()),
+    )
+    .with_source(err)
+}
+
+/// Writes `letters` to `path` through a temporary file renamed over it
+/// (removes `path` when there are none).
+fn rewrite(path: &Path, letters: &[&DeadLetter]) -> Result<(), Error> {
+    if letters.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_error("remove", path, e))
+            }
+            _ => Ok(()),
+        };
+    }
+    let temporary = path.with_extension("jsonl.tmp");
+    write_letters(&temporary, letters)?;
+    std::fs::rename(&temporary, path).map_err(|e| io_error("replace", path, e))
+}
+
+fn write_letters(path: &Path, letters: &[&DeadLetter]) -> Result<(), Error> {
+    let mut file = std::fs::File::create(path).map_err(|e| io_error("create", path, e))?;
+    for letter in letters {
+        let mut line = serde_json::to_vec(letter)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("a dead letter: {e}")))?;
+        line.push(b'\n');
+        file.write_all(&line).map_err(|e| io_error("write", path, e))?;
+    }
+    file.sync_all().map_err(|e| io_error("sync", path, e))
+}
+
+/// The record of `sequence` in `encoding`, if the log still holds it.
+fn read_one<E: ReplicationEvent>(
+    target: &RedriveTarget<'_>,
+    codec: &Arc<dyn Codec<E>>,
+    sequence: u64,
+) -> Result<Option<OwnedRecord>, Error> {
+    let mut replay = match Replay::<E>::open(
+        target.data_dir,
+        target.stream,
+        sequence,
+        codec.clone(),
+        target.encoding,
+    ) {
+        Ok(replay) => replay,
+        // Before the oldest segment kept: gone.
+        Err(e) if e.kind() == ErrorKind::Config => return Err(e),
+        Err(_) => return Ok(None),
+    };
+    match replay.next() {
+        Some(Ok(Replayed::Record(record))) if record.sequence() == sequence => Ok(Some(record)),
+        Some(Err(e)) => Err(e),
+        _ => Ok(None),
+    }
+}
+
+/// Applies to `sink` every event it dead-lettered in the target's stream,
+/// read from the log in order, and moves the letters to an archive; the
+/// letters of events the log no longer holds stay. A failure keeps the
+/// letters of every event not yet applied (the sink is idempotent, so a
+/// later redrive may apply a batch twice, never lose one).
+///
+/// The data directory must not be in use: a running node's drivers append
+/// letters meanwhile. `omnirelay deadletter redrive` holds the log's lock.
+///
+/// # Errors
+///
+/// Reading the letters or the log, the sink's error (with the first
+/// sequence not applied), or writing the letters back.
+pub async fn redrive<E: ReplicationEvent>(
+    target: RedriveTarget<'_>,
+    sink: &SharedSink,
+    codec: Arc<dyn Codec<E>>,
+) -> Result<Redriven, Error> {
+    let path = DeadLetterLog::path(
+        &target.data_dir.join("deadletter"),
+        target.stream.as_str(),
+        target.sink_name,
+    );
+    let letters = DeadLetterLog::read_all(&path).map_err(|e| io_error("read", &path, e))?;
+    if letters.is_empty() {
+        return Ok(Redriven::default());
+    }
+    // A letter written twice (the event refused again after a restart)
+    // is one event.
+    let sequences: BTreeSet<u64> = letters.iter().map(|l| l.sequence).collect();
+    let mut records = Vec::new();
+    let mut missing = Vec::new();
+    for &sequence in &sequences {
+        match read_one(&target, &codec, sequence)? {
+            Some(record) => records.push(record),
+            None => missing.push(sequence),
+        }
+    }
+    let keep = |from: Option<u64>| -> Vec<&DeadLetter> {
+        letters
+            .iter()
+            .filter(|l| missing.contains(&l.sequence) || from.is_some_and(|f| l.sequence >= f))
+            .collect()
+    };
+    let mut applied = Vec::new();
+    for chunk in records.chunks(target.batch.max(1)) {
+        let borrowed: Vec<Record<'_>> = chunk.iter().map(OwnedRecord::as_record).collect();
+        if let Err(error) = sink.apply_dyn(&borrowed).await {
+            let first = chunk[0].sequence();
+            rewrite(&path, &keep(Some(first)))?;
+            return Err(Error::new(
+                error.error().kind(),
+                format!(
+                    "sink {} refused the redrive from sequence {first} on ({} applied before)",
+                    target.sink_name,
+                    applied.len()
+                ),
+            )
+            .with_source(error.into_error()));
+        }
+        applied.extend(chunk.iter().map(OwnedRecord::sequence));
+    }
+    let done: Vec<&DeadLetter> = letters
+        .iter()
+        .filter(|l| !missing.contains(&l.sequence))
+        .collect();
+    let archive = if done.is_empty() {
+        None
+    } else {
+        let archive = path.with_file_name(format!(
+            "{}.redriven-{}.jsonl",
+            target.sink_name,
+            Timestamp::now().ticks()
+        ));
+        write_letters(&archive, &done)?;
+        Some(archive)
+    };
+    rewrite(&path, &keep(None))?;
+    Ok(Redriven {
+        applied,
+        missing,
+        archive,
+    })
+}

@@ -2,6 +2,7 @@
 //! are parsed here and the work is done by the library crates.
 
 mod config_cmd;
+mod deadletter;
 mod demo;
 mod http_client;
 mod listener;
@@ -107,6 +108,10 @@ enum Command {
     /// running writer).
     #[command(subcommand)]
     Log(LogCommand),
+    /// The events sinks refused for good: list them, and once the sink is
+    /// fixed, redrive them from the log.
+    #[command(subcommand)]
+    Deadletter(DeadletterCommand),
     /// Convert and validate resource-lease replication events.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -220,6 +225,44 @@ enum LogCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum DeadletterCommand {
+    /// List the dead letters of a data directory (read-only; works beside
+    /// a running node): a table, or the letters as JSON lines.
+    List {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Only this stream.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only this sink.
+        #[arg(long)]
+        sink: Option<String>,
+        /// One letter per line as JSON (with its payload, base64).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a sink's dead letters to it again, read from the log in
+    /// order, and archive them (`<sink>.redriven-<ticks>.jsonl`). The node
+    /// must be stopped: the log is held meanwhile. The sink is built from
+    /// the configuration, as the node builds it.
+    Redrive {
+        /// The configuration file (default: the embedded default).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The data directory (key `data_dir`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The sink.
+        #[arg(long)]
+        sink: String,
+        /// The stream.
+        #[arg(long, default_value = "default")]
+        stream: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SchemaCommand {
     /// Convert events read one per line on stdin, writing one per line on
     /// stdout. Protobuf lines are the standard base64 of the message bytes.
@@ -322,6 +365,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Log(LogCommand::Verify { data_dir }) => log::verify(&data_dir),
         Command::Log(LogCommand::Inspect { data_dir, stream }) => {
             log::inspect(&data_dir, stream.as_deref())
+        }
+        Command::Deadletter(DeadletterCommand::List {
+            data_dir,
+            stream,
+            sink,
+            json,
+        }) => deadletter::list(&data_dir, stream.as_deref(), sink.as_deref(), json),
+        Command::Deadletter(DeadletterCommand::Redrive {
+            config,
+            data_dir,
+            sink,
+            stream,
+        }) => {
+            let node = node::NodeArgs {
+                config,
+                data_dir,
+                listen: None,
+                log_format: None,
+            };
+            runtime()?.block_on(deadletter::redrive_sink(&node, &sink, &stream))
         }
         Command::Serve {
             node,

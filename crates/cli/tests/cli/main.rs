@@ -5,6 +5,7 @@
 
 mod bench;
 mod config;
+mod deadletter;
 mod demo;
 mod dispatcher;
 mod log;

@@ -58,9 +58,7 @@ fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
 fn rewrite(path: &Path, letters: &[&DeadLetter]) -> Result<(), Error> {
     if letters.is_empty() {
         return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io_error("remove", path, e))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error("remove", path, e)),
             _ => Ok(()),
         };
     }
@@ -75,7 +73,8 @@ fn write_letters(path: &Path, letters: &[&DeadLetter]) -> Result<(), Error> {
         let mut line = serde_json::to_vec(letter)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("a dead letter: {e}")))?;
         line.push(b'\n');
-        file.write_all(&line).map_err(|e| io_error("write", path, e))?;
+        file.write_all(&line)
+            .map_err(|e| io_error("write", path, e))?;
     }
     file.sync_all().map_err(|e| io_error("sync", path, e))
 }

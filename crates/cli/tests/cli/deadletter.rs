@@ -1,0 +1,170 @@
+//! `omnirelay deadletter list|redrive`, black-box: a sink that cannot
+//! write dead-letters what it was given; once it can, the letters are
+//! redriven from the log, and never while a node holds it.
+
+use std::io::BufRead as _;
+
+use serde_json::Value;
+
+use crate::log::events;
+use crate::{broken_sink_config, omnirelay, spawn_listening, text};
+
+#[test]
+fn dead_letters_are_listed_and_redriven_once_the_sink_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = broken_sink_config(dir.path(), &format!("data_dir = \"{}\"", data.display()));
+    let config = config.to_str().unwrap();
+    let data = data.to_str().unwrap();
+    let out = omnirelay(&["publish", "--config", config], events(0..3).as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = omnirelay(&["deadletter", "list", "--data-dir", data], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert!(table.starts_with("STREAM"), "{table}");
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(
+        rows.iter()
+            .all(|r| r.starts_with("default") && r.contains("broken") && r.contains("unavailable")),
+        "{table}"
+    );
+    let out = omnirelay(
+        &[
+            "deadletter",
+            "list",
+            "--data-dir",
+            data,
+            "--sink",
+            "broken",
+            "--json",
+        ],
+        b"",
+    );
+    let letters: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sequences: Vec<u64> = letters
+        .iter()
+        .map(|l| l["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, [1, 2, 3]);
+    let out = omnirelay(
+        &["deadletter", "list", "--data-dir", data, "--sink", "export"],
+        b"",
+    );
+    assert!(
+        text(&out.stdout).starts_with("no dead letters"),
+        "the healthy sink has none"
+    );
+
+    // Not while a node holds the log.
+    let (mut node, _, mut stderr) = spawn_listening(&[
+        "serve",
+        "--role",
+        "receiver",
+        "--config",
+        config,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let mut line = String::new();
+    while !line.contains("ready at") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the node stopped");
+    }
+    let out = omnirelay(
+        &[
+            "deadletter",
+            "redrive",
+            "--config",
+            config,
+            "--sink",
+            "broken",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("stop the node"),
+        "{}",
+        text(&out.stderr)
+    );
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let out = omnirelay(
+        &[
+            "deadletter",
+            "redrive",
+            "--config",
+            config,
+            "--sink",
+            "nope",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("broken"),
+        "names the sinks there are"
+    );
+
+    // The sink's directory comes back: the events go where they belong.
+    std::fs::create_dir_all(dir.path().join("gone/export")).unwrap();
+    let out = omnirelay(
+        &[
+            "deadletter",
+            "redrive",
+            "--config",
+            config,
+            "--sink",
+            "broken",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("redrove 3 events to sink broken"),
+        "{}",
+        text(&out.stdout)
+    );
+    let written: Vec<Value> = std::fs::read_dir(dir.path().join("gone/export"))
+        .unwrap()
+        .flat_map(|f| {
+            std::fs::read_to_string(f.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let written: Vec<u64> = written
+        .iter()
+        .map(|e| e["sequenceNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(written, [1, 2, 3]);
+    let out = omnirelay(&["deadletter", "list", "--data-dir", data], b"");
+    assert!(
+        text(&out.stdout).starts_with("no dead letters"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = omnirelay(
+        &[
+            "deadletter",
+            "redrive",
+            "--config",
+            config,
+            "--sink",
+            "broken",
+        ],
+        b"",
+    );
+    assert!(
+        text(&out.stdout).starts_with("no dead letters of sink broken"),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -54,8 +54,13 @@ const WORKERS: [&str; 2] = ["mesh-worker-a", "mesh-worker-b"];
 /// A node running as a child process.
 struct Node {
     name: &'static str,
+    dir: PathBuf,
+    args: Vec<String>,
     url: String,
     child: Child,
+    restarts: u32,
+    /// When it was found exited, until it is started again.
+    exited: Option<Instant>,
     /// Closing it asks the node to stop (`serve --stop-on-stdin-eof`).
     lifeline: Option<ChildStdin>,
 }
@@ -64,15 +69,18 @@ impl Node {
     /// Starts `omnirelay serve ARGS` with its data and log in `dir`; its
     /// URL from the first line of its stderr, the rest copied to
     /// `dir/node.log`.
-    fn spawn(name: &'static str, dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+    fn spawn(name: &'static str, dir: &Path, args: Vec<String>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the omnirelay binary")?;
         let log_path = dir.join("node.log");
-        let mut log = std::fs::File::create(&log_path)
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
             .with_context(|| format!("cannot write {}", log_path.display()))?;
         let mut command = Command::new(exe);
         command
             .arg("serve")
-            .args(args)
+            .args(&args)
             .arg("--stop-on-stdin-eof")
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
@@ -101,10 +109,33 @@ impl Node {
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut log));
         Ok(Self {
             name,
+            dir: dir.to_owned(),
+            args,
             url,
             child,
+            restarts: 0,
+            exited: None,
             lifeline,
         })
+    }
+
+    /// Starts it again after it exited, on the same address (the control
+    /// plane watches that URL) with the same data.
+    fn restart(&mut self) -> anyhow::Result<()> {
+        let address = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, address)| address)
+            .to_owned();
+        let mut args = self.args.clone();
+        if let Some(at) = args.iter().position(|a| a == "--listen") {
+            args[at + 1] = address;
+        }
+        let restarts = self.restarts + 1;
+        let old = std::mem::replace(self, Self::spawn(self.name, &self.dir, args)?);
+        drop(old);
+        self.restarts = restarts;
+        Ok(())
     }
 
     /// Waits until `/readyz` answers 200.
@@ -289,23 +320,25 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let standby_config = write_config(&standby_dir, None)?;
     let plane_config = write_config(&plane_dir, None)?;
     let text = |p: &Path| p.display().to_string();
+    let args_listen = args.listen.clone();
 
+    let owned = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     let mut primary = Node::spawn(
         "dispatcher",
         &primary_dir,
-        &[
+        owned(&[
             "--role",
             "dispatcher",
             "--listen",
             "127.0.0.1:0",
             "--config",
             &text(&primary_config),
-        ],
+        ]),
     )?;
     let mut standby = Node::spawn(
         "standby",
         &standby_dir,
-        &[
+        owned(&[
             "--role",
             "standby",
             "--listen",
@@ -314,22 +347,22 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             &primary.url,
             "--config",
             &text(&standby_config),
-        ],
+        ]),
     )?;
     let hosts = format!("{},{}", primary.url, standby.url);
     let mut plane = Node::spawn(
         "control plane",
         &plane_dir,
-        &[
+        owned(&[
             "--role",
             "controlplane",
             "--listen",
-            &dashboard_address(args.listen.as_deref()),
+            &dashboard_address(args_listen.as_deref()),
             "--hosts",
             &hosts,
             "--config",
             &text(&plane_config),
-        ],
+        ]),
     )?;
     say(&format!("dashboard: {}/", plane.url));
     primary.ready().await?;
@@ -374,8 +407,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let started = Instant::now();
     let ends = args.duration.map(|s| started + Duration::from_secs(s));
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    // Every second the nodes are checked (one that exited is started
+    // again on its address); every five a status line.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    let mut ticks: u64 = 0;
     let interrupted = crate::serve::shutdown_signal();
     tokio::pin!(interrupted);
     let mut failure = None;
@@ -387,19 +423,31 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             _ = &mut interrupted => break,
             () = tokio::time::sleep(until_end), if ends.is_some() => break,
             _ = tick.tick() => {
+                ticks += 1;
                 for node in [&mut primary, &mut standby, &mut plane] {
-                    if let Ok(Some(status)) = node.child.try_wait() {
-                        failure = Some(format!("the {} exited ({status}); see its node.log", node.name));
+                    if let Err(why) = supervise(node, started).await {
+                        failure = Some(why);
                     }
                 }
                 if failure.is_some() {
                     break;
                 }
-                say(&status_line(started, &counters, &primary, &standby).await);
+                if ticks % 5 == 0 {
+                    say(&status_line(started, &counters, &primary, &standby).await);
+                }
             }
         }
     }
 
+    // A node still down is started now, so that it can catch up.
+    for node in [&mut primary, &mut standby, &mut plane] {
+        if node.exited.is_some() {
+            node.exited = Instant::now().checked_sub(RESTART_AFTER);
+            if let Err(why) = supervise(node, started).await {
+                failure.get_or_insert(why);
+            }
+        }
+    }
     say("stopping: the seeder stops, the workers finish the items they hold");
     stop.send_replace(true);
     for task in tasks {
@@ -428,6 +476,46 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         bail!(failure);
     }
     Ok(crate::exit_status(agrees && clean))
+}
+
+/// How long a node that exited stays down before it is started again:
+/// long enough for the dashboard to show the outage.
+const RESTART_AFTER: Duration = Duration::from_secs(3);
+
+/// Starts `node` again a little after it exited (killed, say): on its
+/// address, with its data; after five restarts, or when it cannot start,
+/// the reason.
+async fn supervise(node: &mut Node, started: Instant) -> Result<(), String> {
+    let name = node.name;
+    let at = started.elapsed().as_secs();
+    match node.exited {
+        None => {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                if node.restarts >= 5 {
+                    return Err(format!(
+                        "the {name} exited ({status}) a sixth time; see its node.log"
+                    ));
+                }
+                say(&format!(
+                    "[{at:>4}s] the {name} exited ({status}); starting it again in {} s at {}",
+                    RESTART_AFTER.as_secs(),
+                    node.url
+                ));
+                node.exited = Some(Instant::now());
+            }
+            Ok(())
+        }
+        Some(exited) if exited.elapsed() >= RESTART_AFTER => {
+            node.restart()
+                .map_err(|e| format!("the {name} cannot start again: {e:#}"))?;
+            node.ready()
+                .await
+                .map_err(|e| format!("the {name} cannot start again: {e:#}"))?;
+            say(&format!("[{at:>4}s] the {name} is back"));
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// Waits (up to 20 s) until the standby has applied the primary's last

@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use crate::log::dir_arg;
 use crate::sqlite::sqlite_rows;
+use omnirelay_replication_testkit::process::signal;
+
 use crate::{http_get, omnirelay, spawn, text};
 
 const WORKERS: [&str; 2] = ["mesh-worker-a", "mesh-worker-b"];
@@ -58,12 +60,30 @@ fn get(url: &str, path: &str) -> Option<Value> {
     serde_json::from_str(&http_get(address, path)?.1).ok()
 }
 
+/// The process of the standby the demo runs with its data under `root`.
+fn standby_pid(root: &Path) -> Option<u32> {
+    let config = root.join("standby").join("omnirelay.toml");
+    let config = config.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let standby = args
+                .windows(2)
+                .any(|w| w == [&b"--role"[..], &b"standby"[..]]);
+            (standby && args.contains(&config)).then_some(pid)
+        })
+}
+
 fn metadata(event: &Value, key: &str) -> Option<String> {
     event["metadata"][key].as_str().map(str::to_owned)
 }
 
 #[test]
-fn heavy_the_mesh_demo_replicates_the_reference_scenario_for_a_minute() {
+fn heavy_a_minute_of_the_mesh_demo_through_a_standby_outage_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn(&[
         "demo",
@@ -90,6 +110,13 @@ fn heavy_the_mesh_demo_replicates_the_reference_scenario_for_a_minute() {
         dashboard.starts_with("http://127.0.0.1:") && dashboard.ends_with('/'),
         "{dashboard}"
     );
+    let nodes = lines.recv_timeout(Duration::from_secs(60)).unwrap();
+    out.push(nodes.clone());
+    let standby_url = nodes
+        .split_once("· standby ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the second line names the standby: {nodes}"))
+        .to_owned();
 
     // While it runs, the control plane sees both nodes up and the
     // catalog the workers build.
@@ -117,6 +144,44 @@ fn heavy_the_mesh_demo_replicates_the_reference_scenario_for_a_minute() {
     );
     assert!(saw_catalog, "the control plane's catalog filled");
 
+    // The standby is killed: down on the dashboard within a few seconds,
+    // back when the demo has started it again, and caught up by the end.
+    let standby = standby_pid(dir.path()).expect("the standby's process");
+    let standby_host = |status: &Value| {
+        status["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| h["url"] == standby_url.as_str())
+            .cloned()
+    };
+    assert!(signal(standby, "KILL"));
+    let killed = Instant::now();
+    loop {
+        let status = get(&dashboard, "/status").unwrap_or_default();
+        if standby_host(&status).is_some_and(|h| h["up"] == false) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the standby shows as down within a few seconds"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let back = loop {
+        let status = get(&dashboard, "/status").unwrap_or_default();
+        if let Some(host) = standby_host(&status).filter(|h| h["up"] == true) {
+            break host;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the standby comes back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(back["outages"], 1);
+    assert_eq!(back["role"], "standby");
+
     let deadline = Instant::now() + Duration::from_secs(150);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -138,6 +203,10 @@ fn heavy_the_mesh_demo_replicates_the_reference_scenario_for_a_minute() {
         "a status line every 5 s: {out}"
     );
     assert!(out.contains("agrees with the primary"), "{out}");
+    assert!(
+        out.contains("the standby exited") && out.contains("the standby is back"),
+        "{out}"
+    );
     assert!(!out.contains("DISAGREES"), "{out}");
 
     let primary = dir.path().join("dispatcher");

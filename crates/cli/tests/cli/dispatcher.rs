@@ -921,7 +921,7 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
 }
 
 #[test]
-fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live() {
+fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_down() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let chromium = ["chromium", "chromium-browser"]
@@ -1019,6 +1019,37 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live() {
     let out = browse(&[&format!("--screenshot={}", shot.display())]);
     assert!(shot.is_file(), "no screenshot: {}", text(&out.stderr));
     eprintln!("dashboard screenshot: {}", shot.display());
+    // A host killed shows as down on the page; started again, as up.
+    assert!(signal(nodes[0].id(), "KILL"));
+    let _ = nodes[0].wait();
+    let first = format!("http://{}", addresses[0]);
+    plane_status(
+        &format!("http://{plane_at}"),
+        "the killed host down",
+        |hosts| {
+            hosts
+                .iter()
+                .any(|h| h["url"] == first.as_str() && h["up"] == false)
+        },
+    );
+    let dom = text(&browse(&["--dump-dom"]).stdout);
+    let card = format!("data-host=\"{first}\" data-up=\"false\"");
+    assert!(dom.contains(&card), "{card} missing from the page:\n{dom}");
+    let mut args = vec![
+        "serve",
+        "--role",
+        "dispatcher",
+        "--listen",
+        addresses[0].as_str(),
+    ];
+    args.extend(["--data-dir", dir_arg(dirs[0].path())]);
+    nodes[0] = spawn_listening(&args).0;
+    plane_status(&format!("http://{plane_at}"), "the host back", |hosts| {
+        hosts.iter().all(|h| h["up"] == true)
+    });
+    let dom = text(&browse(&["--dump-dom"]).stdout);
+    let card = format!("data-host=\"{first}\" data-up=\"true\"");
+    assert!(dom.contains(&card), "{card} missing from the page:\n{dom}");
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();
     for mut node in nodes {

@@ -70,6 +70,8 @@ struct Host {
     view: HostView,
     /// Total events over its streams, and when it was seen.
     last_total: Option<(u64, Instant)>,
+    /// Events each sink (`stream/sink`) had applied then.
+    last_applied: BTreeMap<String, u64>,
     /// The last backpressure signal seen (its time).
     last_signal: Option<String>,
     /// Sinks (`stream/sink`) over the lag alert threshold.
@@ -261,7 +263,7 @@ impl ControlPlane {
             return;
         };
         match asked {
-            Ok(status) => {
+            Ok(mut status) => {
                 if !host.view.up {
                     tracing::info!(host = url, "host up");
                     self.note(Kind::HostUp, url, json!({"role": status["role"]}));
@@ -301,6 +303,27 @@ impl ControlPlane {
                     .filter_map(|s| s["last_sequence"].as_u64())
                     .sum();
                 let now = Instant::now();
+                let since = host
+                    .last_total
+                    .map(|(_, at)| now.duration_since(at).as_secs_f64().max(1e-3));
+                let mut applied_now = BTreeMap::new();
+                for sink in status["sinks"].as_array_mut().into_iter().flatten() {
+                    let key = format!(
+                        "{}/{}",
+                        sink["stream"].as_str().unwrap_or("?"),
+                        sink["sink"].as_str().unwrap_or("?")
+                    );
+                    let applied = sink["applied"].as_u64().unwrap_or(0);
+                    let rate = match (since, host.last_applied.get(&key)) {
+                        (Some(seconds), Some(&before)) if applied >= before => {
+                            (applied - before) as f64 / seconds
+                        }
+                        _ => 0.0,
+                    };
+                    sink["eventsPerSecond"] = json!(rate);
+                    applied_now.insert(key, applied);
+                }
+                host.last_applied = applied_now;
                 host.view.events_per_second = match host.last_total {
                     Some((before, at)) if total >= before => {
                         (total - before) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)
@@ -322,6 +345,7 @@ impl ControlPlane {
                 host.view.error = Some(error);
                 host.view.events_per_second = 0.0;
                 host.last_total = None;
+                host.last_applied.clear();
             }
         }
         let history = &mut host.view.history;

@@ -1012,6 +1012,16 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
         .collect();
     assert_eq!(throughputs.len(), 3, "{dom}");
     assert!(throughputs.iter().all(|t| *t > 0.0), "{throughputs:?}");
+    let sink_rates: Vec<f64> = dom
+        .split("sink-throughput\" data-value=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next()?.parse().ok())
+        .collect();
+    assert_eq!(sink_rates.len(), 6, "every sink's throughput: {dom}");
+    assert!(
+        sink_rates.iter().filter(|r| **r > 0.0).count() >= 3,
+        "{sink_rates:?}"
+    );
     assert_eq!(dom.matches("data-sink=\"export\"").count(), 3);
     assert_eq!(dom.matches("data-sink=\"sqlite\"").count(), 3);
     assert!(dom.contains("Enqueue"), "the live tail shows events");

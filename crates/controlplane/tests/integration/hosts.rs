@@ -9,7 +9,7 @@ use omnirelay_controlplane::{ControlPlane, Options};
 use serde_json::json;
 
 /// A host answering `/status` with a stream whose last sequence grows by
-/// 10 each time it is asked; dropping the handle stops it.
+/// 10 each time it is asked (its sink applies half); dropping the handle stops it.
 async fn host(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
     let sequence = Arc::new(AtomicU64::new(0));
     let app = axum::Router::new().route(
@@ -20,7 +20,7 @@ async fn host(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> 
                 axum::Json(json!({"hosts": [{
                     "url": "self", "up": true, "role": "dispatcher",
                     "streams": [{"stream": "default", "last_sequence": last}],
-                    "sinks": [{"stream": "default", "sink": "export", "lag_events": 0}],
+                    "sinks": [{"stream": "default", "sink": "export", "lag_events": 0, "applied": last / 2}],
                 }]}))
             }
         }),
@@ -71,6 +71,14 @@ async fn hosts_are_watched_through_an_outage() {
     );
     assert_eq!(live["role"], "dispatcher");
     assert_eq!(live["sinks"][0]["sink"], "export");
+    until(&plane, "a sink's throughput", |p| {
+        p.status()["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["sinks"][0]["eventsPerSecond"].as_f64() > Some(0.0))
+    })
+    .await;
     let dead = hosts.iter().find(|h| h["url"] == nobody).unwrap();
     assert_eq!(dead["up"], false);
     assert!(dead["error"].as_str().is_some());

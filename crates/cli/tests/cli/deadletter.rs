@@ -9,6 +9,13 @@ use serde_json::Value;
 use crate::log::events;
 use crate::{broken_sink_config, omnirelay, spawn_listening, text};
 
+fn redrive(config: &str, sink: &str) -> std::process::Output {
+    omnirelay(
+        &["deadletter", "redrive", "--config", config, "--sink", sink],
+        b"",
+    )
+}
+
 #[test]
 fn dead_letters_are_listed_and_redriven_once_the_sink_is_fixed() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,17 +82,7 @@ fn dead_letters_are_listed_and_redriven_once_the_sink_is_fixed() {
         line.clear();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "the node stopped");
     }
-    let out = omnirelay(
-        &[
-            "deadletter",
-            "redrive",
-            "--config",
-            config,
-            "--sink",
-            "broken",
-        ],
-        b"",
-    );
+    let out = redrive(config, "broken");
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("stop the node"),
@@ -94,17 +91,7 @@ fn dead_letters_are_listed_and_redriven_once_the_sink_is_fixed() {
     );
     node.kill().unwrap();
     node.wait().unwrap();
-    let out = omnirelay(
-        &[
-            "deadletter",
-            "redrive",
-            "--config",
-            config,
-            "--sink",
-            "nope",
-        ],
-        b"",
-    );
+    let out = redrive(config, "nope");
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("broken"),
@@ -113,17 +100,7 @@ fn dead_letters_are_listed_and_redriven_once_the_sink_is_fixed() {
 
     // The sink's directory comes back: the events go where they belong.
     std::fs::create_dir_all(dir.path().join("gone/export")).unwrap();
-    let out = omnirelay(
-        &[
-            "deadletter",
-            "redrive",
-            "--config",
-            config,
-            "--sink",
-            "broken",
-        ],
-        b"",
-    );
+    let out = redrive(config, "broken");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).starts_with("redrove 3 events to sink broken"),
@@ -151,17 +128,7 @@ fn dead_letters_are_listed_and_redriven_once_the_sink_is_fixed() {
         "{}",
         text(&out.stdout)
     );
-    let out = omnirelay(
-        &[
-            "deadletter",
-            "redrive",
-            "--config",
-            config,
-            "--sink",
-            "broken",
-        ],
-        b"",
-    );
+    let out = redrive(config, "broken");
     assert!(
         text(&out.stdout).starts_with("no dead letters of sink broken"),
         "{}",

@@ -8,33 +8,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::log::dir_arg;
+use crate::log::{dir_arg, replay_events};
 use crate::sqlite::sqlite_rows;
 use omnirelay_replication_testkit::process::signal;
 
 use crate::{http_get, omnirelay, spawn, text};
 
 const WORKERS: [&str; 2] = ["mesh-worker-a", "mesh-worker-b"];
-
-/// `omnirelay log replay` of a node's stream, parsed.
-fn replay(dir: &Path, write_version: &str) -> Vec<Value> {
-    let out = omnirelay(
-        &[
-            "log",
-            "replay",
-            "--data-dir",
-            dir_arg(dir),
-            "--write-version",
-            write_version,
-        ],
-        b"",
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// Every event a node's JSON-lines export holds, in sequence order.
 fn export(dir: &Path) -> Vec<Value> {
@@ -212,14 +192,14 @@ fn heavy_a_minute_of_the_mesh_demo_through_a_standby_outage_loses_nothing() {
     let primary = dir.path().join("dispatcher");
     let standby = dir.path().join("standby");
     // The standby's log is the primary's, event for event, in full.
-    let full = replay(&primary, "2");
+    let full = replay_events(&primary, "2");
     assert_eq!(
-        replay(&standby, "2"),
+        replay_events(&standby, "2"),
         full,
         "the standby holds the primary's stream"
     );
     // Every sink of both holds the reference form of every event, once.
-    let reference = replay(&primary, "1");
+    let reference = replay_events(&primary, "1");
     assert!(
         reference.len() > 100,
         "a minute of work: {}",
@@ -362,7 +342,7 @@ fn heavy_with_nats_the_demo_also_replicates_through_jetstream() {
     );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    let reference = replay(&dir.path().join("dispatcher"), "1");
+    let reference = replay_events(&dir.path().join("dispatcher"), "1");
     assert!(reference.len() > 20, "{stdout}");
     assert!(
         stdout.contains(&format!(

@@ -8,7 +8,7 @@ use std::path::Path;
 use omnirelay_replication_testkit::process::signal;
 use serde_json::{Value, json};
 
-use crate::log::dir_arg;
+use crate::log::{dir_arg, replay_events};
 use crate::{
     http_get, http_post, omnirelay, spawn_listening, text, try_http_post, try_http_post_to,
 };
@@ -538,25 +538,8 @@ fn heavy_failover_under_load_loses_no_item() {
 
     // Every item was completed or dead-lettered; none lost. The standby's
     // log starts with what it followed of the primary's, event for event.
-    let replay = |dir: &Path| -> Vec<Value> {
-        let out = omnirelay(
-            &[
-                "log",
-                "replay",
-                "--data-dir",
-                dir_arg(dir),
-                "--write-version",
-                "2",
-            ],
-            b"",
-        );
-        text(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let primary_log = replay(primary_dir.path());
-    let standby_log = replay(standby_dir.path());
+    let primary_log = replay_events(primary_dir.path(), "2");
+    let standby_log = replay_events(standby_dir.path(), "2");
     let followed = standby_log
         .iter()
         .take_while(|e| {

@@ -21,6 +21,26 @@ pub(crate) fn dir_arg(dir: &Path) -> &str {
     dir.to_str().unwrap()
 }
 
+/// `omnirelay log replay` of a node's stream, parsed.
+pub(crate) fn replay_events(dir: &Path, write_version: &str) -> Vec<serde_json::Value> {
+    let out = omnirelay(
+        &[
+            "log",
+            "replay",
+            "--data-dir",
+            dir_arg(dir),
+            "--write-version",
+            write_version,
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn export_sequences(dir: &Path) -> Vec<u64> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("export"))
         .unwrap()

@@ -298,7 +298,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, telemetry-fanout, replay, sqlite-sink, nats-sink, grpc-stream, dispatcher-cycle, dispatcher-cycle-4, objectstore-segment)"
+            "unknown benchmark \"nope\" (available: json-encode, json-decode, durable-publish-1, durable-publish-64, durable-publish-512, durable-publish-4096, fanout-memory-4, telemetry-fanout, replay, backlog-drain, sqlite-sink, nats-sink, grpc-stream, dispatcher-cycle, dispatcher-cycle-4, objectstore-segment)"
         );
     }
 

@@ -1,5 +1,6 @@
 //! The scenarios and the trait they implement.
 
+pub mod backlog;
 pub mod dispatcher;
 pub mod durable;
 pub mod fanout;
@@ -133,6 +134,10 @@ pub fn scenarios() -> Vec<Entry> {
         Entry {
             name: "replay",
             build: |_| Ok(Box::new(replay::Replay::new())),
+        },
+        Entry {
+            name: "backlog-drain",
+            build: |_| Ok(Box::new(backlog::BacklogDrain::new())),
         },
         Entry {
             name: "sqlite-sink",

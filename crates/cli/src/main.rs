@@ -311,6 +311,10 @@ struct BenchArgs {
     /// Also write the results as a JSON array of records to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Also draw durable-publish throughput against batch size, ours beside
+    /// the raw baseline, as an SVG chart in FILE.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -512,6 +516,19 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let json = serde_json::to_vec_pretty(&records)?;
         std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
         writeln!(out, "results written to {}", path.display())?;
+    }
+    if let Some(path) = args.svg {
+        match omnirelay_bench::render_batch_chart(&records) {
+            Some(svg) => {
+                std::fs::write(&path, svg)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                writeln!(out, "chart written to {}", path.display())?;
+            }
+            None => node::say(
+                true,
+                "no chart: it needs at least two of the durable-publish-N scenarios",
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,30 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use omnirelay_replication::{
-    BatchOptions, Durability, DurableOptions, DurableReplicator, LogOptions, Record, Sink,
-    SinkError, SinkExt, SinkOptions, StreamId,
+    BatchOptions, Durability, DurableOptions, DurableReplicator, LogOptions, SinkExt, SinkOptions,
+    StreamId,
 };
 use tokio::sync::mpsc;
 
-use crate::scenario::raw::{RawCodec, RawEvent};
+use crate::scenario::raw::{Counting, RawCodec, RawEvent};
 use crate::scenario::{Scenario, Side};
 
 const SINKS: usize = 4;
 const EVENTS_PER_PASS: usize = 8192;
 const BATCH: usize = 512;
-
-/// A sink that counts what it gets.
-#[derive(Clone, Default)]
-struct Counting(Arc<AtomicU64>);
-
-impl Sink for Counting {
-    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
-        let bytes: usize = batch.iter().map(|r| r.bytes().len()).sum();
-        std::hint::black_box(bytes);
-        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
 
 /// `fanout-memory-4`: batches of events published (`submit_all`) through a
 /// `memory` log to four sinks, against the same batches through four

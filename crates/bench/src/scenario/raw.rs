@@ -182,3 +182,20 @@ pub(crate) fn records(
         })
         .collect()
 }
+
+/// A sink that counts what it gets (and touches every record's bytes).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counting(pub(crate) std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl omnirelay_replication::Sink for Counting {
+    async fn apply(
+        &self,
+        batch: &[omnirelay_replication::Record<'_>],
+    ) -> Result<(), omnirelay_replication::SinkError> {
+        let bytes: usize = batch.iter().map(|r| r.bytes().len()).sum();
+        std::hint::black_box(bytes);
+        self.0
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}

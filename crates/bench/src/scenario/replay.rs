@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use omnirelay_replication::log::{LogReader, frame};
@@ -29,6 +29,82 @@ impl std::fmt::Debug for Replay {
     }
 }
 
+/// Writes `events` raw events to the stream `default` of a log in `dir`
+/// (durability `none`); the stream's directory.
+///
+/// # Panics
+///
+/// If the log cannot be written.
+pub(crate) fn write_log(dir: &Path, events: usize) -> PathBuf {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    runtime.block_on(async {
+        let replicator = DurableReplicator::open(Arc::new(RawCodec), unsynced(dir))
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        let stream = StreamId::default();
+        let mut last = None;
+        for i in 0..events {
+            last = replicator.submit(&stream, RawEvent::new(i)).await.ok();
+        }
+        if let Some(last) = last {
+            let _ = last.durable().await;
+        }
+        let _ = replicator.close().await;
+    });
+    DurableReplicator::<RawEvent>::stream_dir(dir, &StreamId::default())
+}
+
+/// A log in `dir` with durability `none`.
+pub(crate) fn unsynced(dir: &Path) -> DurableOptions {
+    DurableOptions {
+        log: LogOptions {
+            durability: Durability::None,
+            ..LogOptions::default()
+        },
+        ..DurableOptions::new(dir)
+    }
+}
+
+/// Reads every segment of the stream in `log_dir` in 256 KiB buffers and
+/// checks each frame's CRC; the frames read.
+pub(crate) fn raw_scan(log_dir: &Path) -> u64 {
+    let mut count = 0;
+    let mut segments: Vec<_> = std::fs::read_dir(log_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    for path in segments {
+        let Ok(file) = File::open(path) else { continue };
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        let mut header = [0u8; frame::SEGMENT_HEADER_LEN];
+        if reader.read_exact(&mut header).is_err() {
+            continue;
+        }
+        let mut body = Vec::new();
+        loop {
+            let mut head = [0u8; frame::FRAME_HEADER_LEN];
+            if reader.read_exact(&mut head).is_err() {
+                break;
+            }
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            body.resize(len, 0);
+            if reader.read_exact(&mut body).is_err() || crc32c::crc32c(&body) != crc {
+                break;
+            }
+            count += 1;
+        }
+    }
+    count
+}
+
 impl Replay {
     /// Writes the log to replay.
     ///
@@ -37,70 +113,10 @@ impl Replay {
     /// If the log cannot be written.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("runtime: {e}"));
-        runtime.block_on(async {
-            let options = DurableOptions {
-                log: LogOptions {
-                    durability: Durability::None,
-                    ..LogOptions::default()
-                },
-                ..DurableOptions::new(dir.path())
-            };
-            let replicator = DurableReplicator::open(Arc::new(RawCodec), options)
-                .await
-                .unwrap_or_else(|e| panic!("open: {e}"));
-            let stream = StreamId::default();
-            let mut last = None;
-            for i in 0..EVENTS {
-                last = replicator.submit(&stream, RawEvent::new(i)).await.ok();
-            }
-            if let Some(last) = last {
-                let _ = last.durable().await;
-            }
-            let _ = replicator.close().await;
-        });
         Self {
-            log_dir: DurableReplicator::<RawEvent>::stream_dir(dir.path(), &StreamId::default()),
+            log_dir: write_log(dir.path(), EVENTS),
             _dir: dir,
         }
-    }
-
-    fn raw_pass(&self) -> u64 {
-        let mut count = 0;
-        let mut segments: Vec<_> = std::fs::read_dir(&self.log_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-            .collect();
-        segments.sort();
-        for path in segments {
-            let Ok(file) = File::open(path) else { continue };
-            let mut reader = BufReader::with_capacity(256 * 1024, file);
-            let mut header = [0u8; frame::SEGMENT_HEADER_LEN];
-            if reader.read_exact(&mut header).is_err() {
-                continue;
-            }
-            let mut body = Vec::new();
-            loop {
-                let mut head = [0u8; frame::FRAME_HEADER_LEN];
-                if reader.read_exact(&mut head).is_err() {
-                    break;
-                }
-                let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-                let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-                body.resize(len, 0);
-                if reader.read_exact(&mut body).is_err() || crc32c::crc32c(&body) != crc {
-                    break;
-                }
-                count += 1;
-            }
-        }
-        count
     }
 }
 
@@ -129,7 +145,7 @@ impl Scenario for Replay {
 
     fn pass(&mut self, side: Side) -> u64 {
         match side {
-            Side::Baseline => std::hint::black_box(self.raw_pass()),
+            Side::Baseline => std::hint::black_box(raw_scan(&self.log_dir)),
             Side::Candidate => LogReader::new(&self.log_dir)
                 .visit_from(1, |record| {
                     std::hint::black_box(record.payload);

@@ -83,3 +83,46 @@ fn a_scenario_whose_server_is_missing_is_skipped_with_the_reason() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn bench_draws_throughput_against_batch_size_as_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("chart.svg");
+    let out = omnirelay(
+        &[
+            "bench",
+            "durable-publish-1",
+            "durable-publish-64",
+            "--quick",
+            "--svg",
+            chart.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("chart written to"));
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+    assert_eq!(svg.matches("<circle").count(), 4, "{svg}");
+
+    // One batch size is no chart: said, not written.
+    let lone = dir.path().join("lone.svg");
+    let out = omnirelay(
+        &[
+            "bench",
+            "json-decode",
+            "--quick",
+            "--svg",
+            lone.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("no chart"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!lone.exists());
+}

@@ -12,7 +12,7 @@ use crate::event::Encoding;
 use crate::log::frame::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::log::meta::{self, LastCut, StreamMeta};
 use crate::log::options::{Durability, LogOptions};
-use crate::log::segment::{self, Tail};
+use crate::log::segment::{self, SharedIndex, Tail};
 use crate::stream::StreamId;
 use crate::time::Timestamp;
 
@@ -51,7 +51,16 @@ pub(crate) struct Disk {
     records: u64,
     index: Vec<(u64, u64)>,
     since_index: u64,
+    /// `index`, as the readers of this process see it.
+    shared_index: SharedIndex,
     sealed: VecDeque<Sealed>,
+}
+
+fn shared_index(first: u64, entries: Vec<(u64, u64)>) -> SharedIndex {
+    std::sync::Arc::new(std::sync::Mutex::new(segment::ActiveIndex {
+        first,
+        entries,
+    }))
 }
 
 fn io_error(context: String) -> impl FnOnce(io::Error) -> Error {
@@ -164,6 +173,7 @@ impl Disk {
             records: 0,
             index: Vec::new(),
             since_index: u64::MAX,
+            shared_index: shared_index(1, Vec::new()),
             sealed: VecDeque::new(),
         })
     }
@@ -212,6 +222,7 @@ impl Disk {
             header: scan.header,
             len: scan.valid_len,
             records: scan.records,
+            shared_index: shared_index(scan.header.first_sequence, scan.index.clone()),
             index: scan.index,
             since_index,
             sealed: VecDeque::new(),
@@ -304,6 +315,7 @@ impl Disk {
             }
             self.file.write_all(&frames[at..at + bytes])?;
             let mut offset = self.len;
+            let indexed = self.index.len();
             for (k, size) in sizes[i..i + n].iter().enumerate() {
                 if self.since_index >= self.index_every {
                     self.index.push((first + (i + k) as u64, offset));
@@ -312,12 +324,23 @@ impl Disk {
                 self.since_index += *size as u64;
                 offset += *size as u64;
             }
+            if self.index.len() > indexed {
+                segment::lock_index(&self.shared_index)
+                    .entries
+                    .extend_from_slice(&self.index[indexed..]);
+            }
             self.len = offset;
             self.records += n as u64;
             at += bytes;
             i += n;
         }
         Ok(())
+    }
+
+    /// The active segment's index as it grows, for readers in this
+    /// process ([`crate::log::LogReader`] from [`crate::log::Log::reader`]).
+    pub(crate) fn shared_index(&self) -> SharedIndex {
+        self.shared_index.clone()
     }
 
     /// `fdatasync` of the active segment.
@@ -361,6 +384,11 @@ impl Disk {
         self.records = 0;
         self.index.clear();
         self.since_index = u64::MAX;
+        // The sealed segment's index file is written (above): readers use it.
+        *segment::lock_index(&self.shared_index) = segment::ActiveIndex {
+            first: self.header.first_sequence,
+            entries: Vec::new(),
+        };
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::error::{Error, ErrorKind};
 use crate::event::Encoding;
 use crate::log::frame::{self, SegmentHeader};
-use crate::log::segment::{self, FrameReader, Step, Tail};
+use crate::log::segment::{self, FrameReader, SharedIndex, Step, Tail};
 use crate::time::Timestamp;
 
 /// One record read from a log file.
@@ -84,6 +84,8 @@ pub struct VerifyReport {
 #[derive(Clone, Debug)]
 pub struct LogReader {
     dir: PathBuf,
+    /// The writer's index of the active segment, when in its process.
+    active: Option<SharedIndex>,
 }
 
 fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -101,6 +103,16 @@ impl LogReader {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
+            active: None,
+        }
+    }
+
+    /// A reader that also knows the writer's index of the active segment
+    /// (which has no index file until it is sealed).
+    pub(crate) fn with_active_index(dir: &Path, active: SharedIndex) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            active: Some(active),
         }
     }
 
@@ -114,6 +126,7 @@ impl LogReader {
     pub fn records_from(&self, from: u64) -> Records {
         Records {
             dir: self.dir.clone(),
+            active: self.active.clone(),
             next: from,
             current: None,
             done: false,
@@ -372,6 +385,7 @@ impl LogReader {
 #[derive(Debug)]
 pub struct Records {
     dir: PathBuf,
+    active: Option<SharedIndex>,
     next: u64,
     current: Option<Open>,
     done: bool,
@@ -431,11 +445,17 @@ impl Records {
             Error::new(ErrorKind::Corrupt, format!("{}: {reason}", path.display()))
         })?;
         if self.next > first {
-            let index = segment::read_index(&segment::index_path(&self.dir, first));
-            if let Some((_, offset)) = index
-                .as_deref()
-                .and_then(|i| segment::index_floor(i, self.next))
-            {
+            let floor = match segment::read_index(&segment::index_path(&self.dir, first)) {
+                Some(index) => segment::index_floor(&index, self.next),
+                // The active segment: the writer's index, if it is ours.
+                None => self.active.as_ref().and_then(|active| {
+                    let active = segment::lock_index(active);
+                    (active.first == first)
+                        .then(|| segment::index_floor(&active.entries, self.next))
+                        .flatten()
+                }),
+            };
+            if let Some((_, offset)) = floor {
                 reader.seek(offset).map_err(read_error(&path))?;
             }
         } else {

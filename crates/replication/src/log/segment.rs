@@ -16,6 +16,28 @@ pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
 }
 
 /// The sparse index of the segment whose first record is `first`.
+/// The sparse index of the active segment as the writer builds it, for
+/// the readers of the same process: the index file is only written when a
+/// segment is sealed, and without this a reader catching up inside the
+/// active segment would scan it from its start on every read.
+#[derive(Debug, Default)]
+pub(crate) struct ActiveIndex {
+    /// The first sequence of the segment the entries are of.
+    pub(crate) first: u64,
+    /// `(sequence, offset)`, ascending.
+    pub(crate) entries: Vec<(u64, u64)>,
+}
+
+/// An [`ActiveIndex`] shared between the writer and readers.
+pub(crate) type SharedIndex = std::sync::Arc<std::sync::Mutex<ActiveIndex>>;
+
+/// Locks `index`, also after a panic elsewhere (it is plain data).
+pub(crate) fn lock_index(index: &SharedIndex) -> std::sync::MutexGuard<'_, ActiveIndex> {
+    index
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub(crate) fn index_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.idx"))
 }

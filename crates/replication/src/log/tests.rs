@@ -230,6 +230,53 @@ async fn segments_rotate_and_any_sequence_is_found_through_the_index() {
     assert_eq!(sequences(&LogReader::new(dir.path()), 495).len(), 16);
 }
 
+#[tokio::test]
+async fn readers_in_the_writers_process_seek_inside_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_max_bytes: 1 << 20,
+        index_interval_bytes: 200,
+        ..options(Durability::None)
+    };
+    let (log, _) = open(dir.path(), opts);
+    publish(&log, 1..=300).await;
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "all in the active segment"
+    );
+    assert!(
+        !segment::index_path(dir.path(), 1).exists(),
+        "no index file until the segment is sealed"
+    );
+    let ours = log.reader().unwrap();
+    for from in [2, 57, 150, 299, 300] {
+        assert_eq!(sequences(&ours, from), (from..=300).collect::<Vec<_>>());
+    }
+    // Damage the first records: a reader that scans from the segment's
+    // start stops there; the writer's index takes ours past them.
+    let segment = &segment_files(dir.path())[0];
+    let mut file = OpenOptions::new().write(true).open(segment).unwrap();
+    std::io::Seek::seek(
+        &mut file,
+        std::io::SeekFrom::Start(frame::SEGMENT_HEADER_LEN as u64 + 4),
+    )
+    .unwrap();
+    file.write_all(b"damage").unwrap();
+    drop(file);
+    assert!(
+        LogReader::new(dir.path())
+            .records_from(250)
+            .any(|r| r.is_err()),
+        "a reader without the index scans from the start"
+    );
+    assert_eq!(sequences(&ours, 250), (250..=300).collect::<Vec<_>>());
+    // Later appends are indexed too.
+    publish(&log, 301..=400).await;
+    assert_eq!(sequences(&ours, 390), (390..=400).collect::<Vec<_>>());
+    log.close().unwrap();
+}
+
 fn visited(reader: &LogReader, from: u64) -> Vec<u64> {
     let mut out = Vec::new();
     reader

@@ -69,6 +69,8 @@ struct Queue<B> {
 struct Shared<B> {
     stream: StreamId,
     dir: Option<PathBuf>,
+    /// The writer's index of the active segment (`None` for `memory`).
+    active_index: Option<crate::log::segment::SharedIndex>,
     encoding: Encoding,
     options: LogOptions,
     queue: Mutex<Queue<B>>,
@@ -138,6 +140,7 @@ impl<B: LogBatch> StreamLog<B> {
         let pending = options.max_pending_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             dir: options.durability.is_persistent().then(|| dir.to_owned()),
+            active_index: disk.as_ref().map(Disk::shared_index),
             encoding,
             queue: Mutex::new(Queue {
                 pending: Vec::new(),
@@ -396,9 +399,14 @@ impl<B: LogBatch> StreamLog<B> {
         lock(&self.shared.tail).read(from, visible, max_events, max_bytes)
     }
 
-    /// A reader of the log's files (`None` for `memory` durability).
+    /// A reader of the log's files (`None` for `memory` durability); it
+    /// also finds its way in the active segment by the writer's index.
     pub fn reader(&self) -> Option<LogReader> {
-        self.shared.dir.as_deref().map(LogReader::new)
+        let dir = self.shared.dir.as_deref()?;
+        Some(match &self.shared.active_index {
+            Some(index) => LogReader::with_active_index(dir, index.clone()),
+            None => LogReader::new(dir),
+        })
     }
 
     /// Tells retention (and, for `memory`, the ring) how far the sinks

@@ -351,6 +351,8 @@ pub struct SinkConfig {
     pub start: StartConfig,
     /// How often the checkpoint is saved at most.
     pub checkpoint_interval_ms: u64,
+    /// Records per second at most (0: no limit).
+    pub max_events_per_second: u64,
     /// Batching.
     pub batch: BatchConfig,
     /// Retries.
@@ -372,6 +374,7 @@ impl Default for SinkConfig {
             when_full: WhenFullConfig::Block,
             start: StartConfig::Earliest,
             checkpoint_interval_ms: millis(SinkOptions::default().checkpoint_interval),
+            max_events_per_second: 0,
             batch: BatchConfig::default(),
             retry: RetryConfig::default(),
             settings: BTreeMap::new(),

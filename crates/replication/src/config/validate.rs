@@ -293,6 +293,8 @@ impl Loaded {
                 },
                 streams: (!stream_filter.is_empty()).then_some(stream_filter),
                 checkpoint_interval: Duration::from_millis(sink.checkpoint_interval_ms),
+                max_events_per_second: (sink.max_events_per_second > 0)
+                    .then_some(sink.max_events_per_second),
             };
             sinks.push(ValidSink {
                 name: name.clone(),

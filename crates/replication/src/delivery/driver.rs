@@ -332,6 +332,8 @@ impl<E: ReplicationEvent> Driver<E> {
         let mut cursor = self.shared.cursor();
         let mut saved = cursor;
         let mut last_save = Instant::now();
+        // With a rate limit: when the records delivered so far are paid for.
+        let mut paced_until: Option<Instant> = None;
         loop {
             let Some(visible) = self.wait_for_records(cursor).await else {
                 break;
@@ -372,12 +374,21 @@ impl<E: ReplicationEvent> Driver<E> {
                 }
                 self.shared.counters().oldest_pending = Some(timestamp);
             }
+            let before = cursor;
             match self.deliver(pieces, &mut cursor).await {
                 Ok(()) => {}
                 Err(Stop::Shutdown) => break,
             }
             cursor = cursor.max(last);
             self.advance(cursor);
+            if let Some(per_second) = self.shared.options.max_events_per_second
+                && self
+                    .pace(&mut paced_until, cursor - before, per_second)
+                    .await
+                    .is_err()
+            {
+                break;
+            }
             let head = self.stream.log.progress().borrow().visible;
             if cursor >= head {
                 self.shared.counters().oldest_pending = None;
@@ -441,6 +452,22 @@ impl<E: ReplicationEvent> Driver<E> {
             }
         }
         Ok(())
+    }
+
+    /// Waits until `delivered` more records fit in the rate limit: each
+    /// costs `1 / per_second` seconds, counted from the later of now and
+    /// when the earlier ones were paid for (idle time is not saved up).
+    async fn pace(
+        &mut self,
+        until: &mut Option<Instant>,
+        delivered: u64,
+        per_second: u64,
+    ) -> Result<(), Stop> {
+        let now = Instant::now();
+        let start = until.filter(|t| *t > now).unwrap_or(now);
+        let next = start + Duration::from_secs_f64(delivered as f64 / per_second.max(1) as f64);
+        *until = Some(next);
+        self.pause(next.saturating_duration_since(now)).await
     }
 
     async fn pause(&mut self, delay: Duration) -> Result<(), Stop> {

@@ -99,6 +99,10 @@ pub struct SinkOptions {
     /// close). A lost checkpoint only causes re-delivery, which sinks
     /// ignore.
     pub checkpoint_interval: Duration,
+    /// At most this many records per second go to the sink (to spare a
+    /// downstream); `None`: as fast as it takes them. A required sink held
+    /// back by its limit holds publishers back past its lag budget.
+    pub max_events_per_second: Option<u64>,
 }
 
 impl Default for SinkOptions {
@@ -111,6 +115,7 @@ impl Default for SinkOptions {
             start: StartFrom::Earliest,
             streams: None,
             checkpoint_interval: Duration::from_millis(200),
+            max_events_per_second: None,
         }
     }
 }

@@ -358,6 +358,56 @@ async fn dead_letters_are_redriven_from_the_log_once_the_sink_is_fixed() {
 }
 
 #[tokio::test]
+async fn a_rate_limited_sink_takes_no_more_than_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::None).await;
+    let limited = FaultySink::new();
+    let free = FaultySink::new();
+    let batches = SinkOptions {
+        batch: BatchOptions {
+            max_events: 100,
+            ..BatchOptions::default()
+        },
+        ..sink_options()
+    };
+    replicator
+        .add_sink(
+            "limited",
+            limited.clone().shared(),
+            SinkOptions {
+                max_events_per_second: Some(1000),
+                ..batches.clone()
+            },
+        )
+        .await
+        .unwrap();
+    replicator
+        .add_sink("free", free.clone().shared(), batches)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    publish(&replicator, 500).await;
+    // The free sink is not held back by its neighbour's limit.
+    while free.sequences().len() < 500 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        limited.sequences().len() < 500,
+        "the limited sink lags behind"
+    );
+    replicator.wait_caught_up().await;
+    // Five batches of 100 at 1000 a second: each is paid for (0.1 s)
+    // before the next goes.
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(limited.sequences(), (1..=500).collect::<Vec<_>>());
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_stalled_required_sink_blocks_publishers_until_released() {
     let dir = tempfile::tempdir().unwrap();
     let replicator = open(dir.path(), Durability::None).await;

@@ -104,7 +104,7 @@ impl Default for LogOptions {
             durability: Durability::Fsync,
             segment_max_bytes: 64 * 1024 * 1024,
             index_interval_bytes: 64 * 1024,
-            tail_max_events: 65_536,
+            tail_max_events: 16_384,
             tail_max_bytes: 64 * 1024 * 1024,
             max_pending_bytes: 32 * 1024 * 1024,
             retention: Retention::default(),

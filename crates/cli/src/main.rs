@@ -80,6 +80,11 @@ enum Command {
         /// demo` holds it open while the node should run).
         #[arg(long, hide = true)]
         stop_on_stdin_eof: bool,
+        /// The schema version every sink writes, over each sink's own
+        /// `write_version` (1 is the reference format; roll a mesh forward
+        /// by restarting its nodes with 2).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=2))]
+        write_version: Option<u16>,
     },
     /// The mesh demo: a dispatcher, a standby following it and the control
     /// plane (dashboard) as nodes on loopback, with a seeder and two workers
@@ -398,14 +403,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             namespace,
             hosts,
             stop_on_stdin_eof,
+            write_version,
         } => runtime()?.block_on(serve::run(
             &node,
-            role,
-            &stream,
-            follow.as_deref(),
-            namespace.as_deref(),
-            &hosts,
-            stop_on_stdin_eof,
+            serve::ServeOptions {
+                role,
+                stream: &stream,
+                follow: follow.as_deref(),
+                namespace: namespace.as_deref(),
+                hosts: &hosts,
+                stop_on_stdin_eof,
+                write_version,
+            },
         )),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Status { node, json } => runtime()?.block_on(status::run(

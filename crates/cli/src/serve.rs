@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Context as _;
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, Standby};
 use omnirelay_replication::config::Override;
-use omnirelay_replication::{SinkExt as _, StreamId};
+use omnirelay_replication::{Encoding, SinkExt as _, StreamId, WireVersion};
 use omnirelay_replication_grpc::{Connection, Receiver};
 use omnirelay_resourcelease::telemetry::LagRecording;
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
@@ -34,16 +34,36 @@ pub(crate) enum Role {
     Receiver,
 }
 
+/// What `omnirelay serve` was asked beyond the node's configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServeOptions<'a> {
+    /// What the node does.
+    pub(crate) role: Role,
+    /// The stream a receiver appends to or a dispatcher writes.
+    pub(crate) stream: &'a str,
+    /// A standby's primary.
+    pub(crate) follow: Option<&'a str>,
+    /// The dispatcher's RPC namespace.
+    pub(crate) namespace: Option<&'a str>,
+    /// The control plane's hosts.
+    pub(crate) hosts: &'a [String],
+    /// Also stop when standard input ends.
+    pub(crate) stop_on_stdin_eof: bool,
+    /// The schema version every sink writes, over each sink's own.
+    pub(crate) write_version: Option<u16>,
+}
+
 /// Runs a node until SIGINT or SIGTERM.
-pub(crate) async fn run(
-    args: &NodeArgs,
-    role: Role,
-    stream: &str,
-    follow: Option<&str>,
-    namespace: Option<&str>,
-    hosts: &[String],
-    stop_on_stdin_eof: bool,
-) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::Result<ExitCode> {
+    let ServeOptions {
+        role,
+        stream,
+        follow,
+        namespace,
+        hosts,
+        stop_on_stdin_eof,
+        write_version,
+    } = options;
     if role != Role::Controlplane && !hosts.is_empty() {
         anyhow::bail!("--hosts is for --role controlplane");
     }
@@ -68,7 +88,14 @@ pub(crate) async fn run(
         })
         .into_iter()
         .collect();
-    let valid = args.load_with(overrides)?;
+    let mut valid = args.load_with(overrides)?;
+    if let Some(version) = write_version {
+        let version = WireVersion::new(version).context("version 0 does not exist")?;
+        // Every sink, and so every node this one sends to, gets `version`.
+        for sink in &mut valid.sinks {
+            sink.options.encoding = Encoding::new(sink.options.encoding.format, version);
+        }
+    }
     // Checked by `load_with`.
     let dispatcher_options = DispatcherOptions {
         stream: stream.clone(),

@@ -150,6 +150,58 @@ fn heavy_the_namespace_flag_names_the_procedures() {
 }
 
 #[test]
+fn heavy_write_version_sets_what_every_sink_writes() {
+    let export_line = |dir: &Path| -> Value {
+        for _ in 0..200 {
+            if let Some(line) = std::fs::read_dir(dir.join("export"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                .find_map(|text| text.lines().next().map(str::to_owned))
+            {
+                return serde_json::from_str(&line).unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("nothing exported in {}", dir.display());
+    };
+    let (v1, v2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut first, first_at, _) = start(v1.path(), &[]);
+    let (mut second, second_at, _) = start(v2.path(), &["--write-version", "2"]);
+    for address in [&first_at, &second_at] {
+        let (status, body) = rpc(address, "resourcelease::enqueue", &[], PAYLOAD);
+        assert_eq!(status, 200, "{body}");
+    }
+    let reference = export_line(v1.path());
+    assert!(reference.get("schemaVersion").is_none(), "{reference}");
+    let newer = export_line(v2.path());
+    assert_eq!(newer["schemaVersion"], 2, "{newer}");
+    let status = http_get(&second_at, "/status").unwrap().1;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    for sink in status["hosts"][0]["sinks"].as_array().unwrap() {
+        assert!(
+            sink["encoding"].as_str().unwrap().ends_with("/v2"),
+            "{sink}"
+        );
+    }
+    let out = omnirelay(
+        &["serve", "--role", "receiver", "--write-version", "3"],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--write-version"),
+        "{}",
+        text(&out.stderr)
+    );
+    for node in [&mut first, &mut second] {
+        assert!(signal(node.id(), "TERM"));
+        assert!(node.wait().unwrap().success());
+    }
+}
+
+#[test]
 fn heavy_with_a_token_the_rpc_wants_it_and_metrics_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");

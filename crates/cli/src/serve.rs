@@ -248,10 +248,11 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         node::say(
             false,
             &format!(
-                "stopped: {} events received, {} re-sent events ignored, {} sequences skipped by senders",
+                "stopped: {} events received, {} re-sent events ignored, {} sequences skipped by senders, {} unreadable events quarantined",
                 stats.appended.load(Ordering::Relaxed),
                 stats.duplicates.load(Ordering::Relaxed),
-                stats.gaps.load(Ordering::Relaxed)
+                stats.gaps.load(Ordering::Relaxed),
+                stats.quarantined.load(Ordering::Relaxed)
             ),
         );
     } else {

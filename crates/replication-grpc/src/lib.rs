@@ -57,6 +57,7 @@ pub mod v2 {
 
 mod client;
 mod factory;
+pub mod quarantine;
 mod receiver;
 mod sink;
 mod streaming;
@@ -71,8 +72,8 @@ use tonic::service::interceptor::InterceptedService;
 pub use client::{Connection, Subscription};
 pub use factory::GrpcSinkFactory;
 pub use receiver::{
-    ANONYMOUS, BatchOutcome, Mark, Received, Receiver, ReceiverStats, Service, SubmittedBatch,
-    TokenCheck, bearer_matches, origin, request,
+    ANONYMOUS, BatchOutcome, Incoming, Mark, Received, Receiver, ReceiverStats, Service,
+    SubmittedBatch, TokenCheck, bearer_matches, origin, request,
 };
 pub use sink::{GrpcSink, GrpcSinkOptions, Protocol};
 pub use streaming::StreamingService;

@@ -12,6 +12,7 @@ use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, json, proto};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::quarantine::{self, Quarantined, Unreadable};
 use crate::telemetry;
 
 use crate::generated::resource_lease_replicator_grpc_server::{
@@ -110,6 +111,21 @@ pub struct ReceiverStats {
     pub gaps: AtomicU64,
     /// Times a sender restarted its numbering.
     pub epochs: AtomicU64,
+    /// Events it could not read, kept in the quarantine.
+    pub quarantined: AtomicU64,
+}
+
+/// One event of a batch as it arrived: readable, or not (an unknown
+/// future version or type), for the quarantine.
+#[derive(Clone, Debug, PartialEq)]
+// Events are the common case: boxing each would cost an allocation per
+// received event for the rare unreadable one.
+#[allow(clippy::large_enum_variant)]
+pub enum Incoming {
+    /// A replication event.
+    Event(ResourceLeaseReplicationEvent),
+    /// Bytes this receiver cannot read.
+    Unreadable(Unreadable),
 }
 
 /// Receives events over the reference's `Publish`, appends them to its
@@ -121,6 +137,8 @@ pub struct ReceiverStats {
 pub struct Receiver {
     replicator: Arc<DurableReplicator<ResourceLeaseReplicationEvent>>,
     stream: StreamId,
+    /// Where events it cannot read are kept.
+    quarantine: std::path::PathBuf,
     marks: tokio::sync::Mutex<HashMap<String, Mark>>,
     stats: ReceiverStats,
 }
@@ -166,9 +184,20 @@ impl Receiver {
                 }
             }
         }
+        let quarantine = quarantine::path(replicator.data_dir(), &stream);
+        for kept in quarantine::read_all(&quarantine)? {
+            let entry = marks.entry(kept.sender).or_default();
+            if (kept.epoch, kept.sequence) > (entry.epoch, entry.sequence) {
+                *entry = Mark {
+                    epoch: kept.epoch,
+                    sequence: kept.sequence,
+                };
+            }
+        }
         Ok(Self {
             replicator,
             stream,
+            quarantine,
             marks: tokio::sync::Mutex::new(marks),
             stats: ReceiverStats::default(),
         })
@@ -245,14 +274,40 @@ impl Receiver {
         epoch: Option<u64>,
         events: Vec<ResourceLeaseReplicationEvent>,
     ) -> Result<SubmittedBatch, Error> {
+        self.submit_incoming(
+            sender,
+            epoch,
+            events.into_iter().map(Incoming::Event).collect(),
+        )
+        .await
+    }
+
+    /// As [`Receiver::submit_batch`], for events as they arrived: one this
+    /// receiver cannot read (an unknown future version or type) is written
+    /// to the quarantine (`DATA_DIR/quarantine/<stream>.jsonl`, synced) and
+    /// counted, and counts as received: never dropped, never appended.
+    ///
+    /// # Errors
+    ///
+    /// As [`Receiver::submit_batch`], and the quarantine's I/O errors.
+    pub async fn submit_incoming(
+        &self,
+        sender: &str,
+        epoch: Option<u64>,
+        events: Vec<Incoming>,
+    ) -> Result<SubmittedBatch, Error> {
         // Held across the submission, so that a re-send racing the original
         // is seen as a duplicate.
         let mut marks = self.marks.lock().await;
         let mut mark = marks.get(sender).copied();
         let (mut duplicates, mut gaps, mut epochs) = (0u64, 0u64, 0u64);
         let mut accepted = Vec::with_capacity(events.len());
-        for mut event in events {
-            let sequence = u64::try_from(event.sequence_number).unwrap_or(0);
+        let mut quarantined = Vec::new();
+        for incoming in events {
+            let sequence = match &incoming {
+                Incoming::Event(event) => u64::try_from(event.sequence_number).unwrap_or(0),
+                Incoming::Unreadable(unreadable) => unreadable.sequence,
+            };
             let this_epoch = match (mark, epoch) {
                 (None, given) => given.unwrap_or(1),
                 (Some(m), Some(given)) if given < m.epoch => {
@@ -275,6 +330,23 @@ impl Receiver {
                     gaps += sequence - m.sequence - 1;
                 }
             }
+            if sequence != 0 {
+                mark = Some(Mark {
+                    epoch: this_epoch,
+                    sequence,
+                });
+            }
+            let mut event = match incoming {
+                Incoming::Event(event) => event,
+                Incoming::Unreadable(unreadable) => {
+                    tracing::warn!(
+                        sender, sequence, reason = %unreadable.reason,
+                        "an event this receiver cannot read was quarantined"
+                    );
+                    quarantined.push(Quarantined::new(sender, this_epoch, &unreadable));
+                    continue;
+                }
+            };
             event.metadata.insert(origin::SENDER, sender);
             event.metadata.insert(origin::EPOCH, this_epoch.to_string());
             event
@@ -283,13 +355,10 @@ impl Receiver {
             event
                 .metadata
                 .insert(origin::TIMESTAMP, event.timestamp.to_round_trip_string());
-            if sequence != 0 {
-                mark = Some(Mark {
-                    epoch: this_epoch,
-                    sequence,
-                });
-            }
             accepted.push(event);
+        }
+        if !quarantined.is_empty() {
+            quarantine::append(&self.quarantine, &quarantined)?;
         }
         let appended = accepted.len() as u64;
         let pending = if accepted.is_empty() {
@@ -312,6 +381,10 @@ impl Receiver {
             .fetch_add(duplicates, Ordering::Relaxed);
         self.stats.gaps.fetch_add(gaps, Ordering::Relaxed);
         self.stats.epochs.fetch_add(epochs, Ordering::Relaxed);
+        let quarantined = quarantined.len() as u64;
+        self.stats
+            .quarantined
+            .fetch_add(quarantined, Ordering::Relaxed);
         let labels = [
             ("stream", self.stream.as_str().to_owned()),
             ("sender", sender.to_owned()),
@@ -323,6 +396,8 @@ impl Receiver {
         };
         metrics::counter!(telemetry::RECEIVED_EVENTS, &outcome("appended")).increment(appended);
         metrics::counter!(telemetry::RECEIVED_EVENTS, &outcome("duplicate")).increment(duplicates);
+        metrics::counter!(telemetry::RECEIVED_EVENTS, &outcome("quarantined"))
+            .increment(quarantined);
         if gaps > 0 {
             metrics::counter!(telemetry::SENDER_GAPS, &labels).increment(gaps);
         }
@@ -446,10 +521,22 @@ impl ResourceLeaseReplicatorGrpc for Service {
         request: Request<proto::pb::ResourceLeaseReplicationEventMessage>,
     ) -> Result<Response<proto::pb::PublishResponse>, Status> {
         let (sender, epoch) = sender_of(request.metadata())?;
-        let (event, _) = proto::from_message(request.into_inner())
-            .map_err(|e| Status::invalid_argument(format!("not a replication event: {e}")))?;
+        let message = request.into_inner();
+        let incoming = match proto::from_message(message.clone()) {
+            Ok((event, _)) => Incoming::Event(event),
+            // An unknown future version or type: kept, as it came.
+            Err(error) => Incoming::Unreadable(Unreadable {
+                sequence: u64::try_from(message.sequence_number).unwrap_or(0),
+                format: Format::Protobuf,
+                payload: prost::Message::encode_to_vec(&message),
+                reason: error.to_string(),
+            }),
+        };
         self.0
-            .receive(&sender, epoch, event)
+            .submit_incoming(&sender, epoch, vec![incoming])
+            .await
+            .map_err(|e| status_of(&e))?
+            .durable()
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(proto::pb::PublishResponse {}))

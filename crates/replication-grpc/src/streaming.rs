@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::client::format_of;
-use crate::receiver::{Receiver, sender_of, status_of};
+use crate::quarantine::Unreadable;
+use crate::receiver::{Incoming, Receiver, sender_of, status_of};
 use crate::telemetry;
 use crate::v2::replication_server::{Replication, ReplicationServer};
 use crate::v2::{
@@ -86,21 +87,25 @@ async fn stopped(stop: Option<&mut watch::Receiver<bool>>) {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn decode_batch(batch: PublishBatch) -> Result<Vec<Event>, Status> {
+/// The batch's events; one that cannot be read (an unknown future version
+/// or type) goes to the quarantine as it came.
+fn decode_batch(batch: PublishBatch) -> Vec<Incoming> {
     let format = format_of(PayloadFormat::try_from(batch.format).unwrap_or_default());
     batch
         .events
         .into_iter()
-        .map(|sent| {
-            let mut event = codec::decode(format, &sent.payload).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "sequence {} is not a {format} replication event: {e}",
-                    sent.sequence
-                ))
-            })?;
-            // The batch's numbering is the sender's word for it.
-            event.sequence_number = i64::try_from(sent.sequence).unwrap_or(0);
-            Ok(event)
+        .map(|sent| match codec::decode(format, &sent.payload) {
+            Ok(mut event) => {
+                // The batch's numbering is the sender's word for it.
+                event.sequence_number = i64::try_from(sent.sequence).unwrap_or(0);
+                Incoming::Event(event)
+            }
+            Err(e) => Incoming::Unreadable(Unreadable {
+                sequence: sent.sequence,
+                format,
+                payload: sent.payload.to_vec(),
+                reason: e.to_string(),
+            }),
         })
         .collect()
 }
@@ -268,13 +273,10 @@ impl Replication for StreamingService {
                     () = stopped(stop.as_mut()) => return,
                 };
                 let submitted = match batch {
-                    Ok(Some(batch)) => match decode_batch(batch) {
-                        Ok(events) => receiver
-                            .submit_batch(&sender, epoch, events)
-                            .await
-                            .map_err(|e| status_of(&e)),
-                        Err(status) => Err(status),
-                    },
+                    Ok(Some(batch)) => receiver
+                        .submit_incoming(&sender, epoch, decode_batch(batch))
+                        .await
+                        .map_err(|e| status_of(&e)),
                     Ok(None) => return,
                     Err(status) => Err(status),
                 };

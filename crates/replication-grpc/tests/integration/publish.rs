@@ -501,3 +501,76 @@ async fn the_sink_publishes_over_tls_to_a_receiver_with_a_certificate() {
     server.abort();
     replicator.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_receiver_cannot_read_is_quarantined_unary() {
+    quarantined(Protocol::Unary).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_receiver_cannot_read_is_quarantined_streaming() {
+    quarantined(Protocol::Stream).await;
+}
+
+/// An event of a type this receiver does not know (a future version's):
+/// kept in the quarantine, counted, acknowledged, never appended, and
+/// still known as received after a restart.
+async fn quarantined(protocol: Protocol) {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path()).await;
+    node.protocol = protocol;
+    let fixtures = fixtures();
+    let mut future =
+        proto::pb::ResourceLeaseReplicationEventMessage::decode(fixtures[2].0.clone()).unwrap();
+    future.event_type = 99;
+    let future_bytes = Bytes::from(future.encode_to_vec());
+    let mut future_event = fixtures[2].1.clone();
+    future_event.sequence_number = 3;
+    let records = vec![
+        record(&fixtures[0].0, &fixtures[0].1),
+        record(&fixtures[1].0, &fixtures[1].1),
+        record(&future_bytes, &future_event),
+    ];
+    let sink = node.sink("newer-node");
+    sink.apply_owned(&records).await.unwrap();
+    node.replicator.wait_caught_up().await;
+    assert_eq!(node.received().len(), 2, "the readable ones are appended");
+    let stats = node.receiver.stats();
+    assert_eq!(
+        stats.quarantined.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let file = omnirelay_replication_grpc::quarantine::path(dir.path(), &StreamId::default());
+    let kept = omnirelay_replication_grpc::quarantine::read_all(&file).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (kept[0].sender.as_str(), kept[0].sequence),
+        ("newer-node", 3)
+    );
+    assert_eq!(kept[0].format, "protobuf");
+    assert!(kept[0].reason.contains("99"), "{}", kept[0].reason);
+    use base64::Engine as _;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(&kept[0].payload)
+            .unwrap(),
+        future_bytes.to_vec(),
+        "kept as it came"
+    );
+    // A re-send (the sender retrying its last batch) is a duplicate, not
+    // a second copy.
+    sink.apply_owned(&records[2..]).await.unwrap();
+    assert_eq!(
+        omnirelay_replication_grpc::quarantine::read_all(&file)
+            .unwrap()
+            .len(),
+        1
+    );
+    // After a restart the receiver still knows it had it.
+    let reopened = Receiver::open(node.replicator.clone(), StreamId::default())
+        .await
+        .unwrap();
+    assert_eq!(reopened.marks().await["newer-node"].sequence, 3);
+    node.stop().await;
+}

@@ -364,6 +364,11 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         Ok(replicator)
     }
 
+    /// The data directory (the logs, checkpoints and dead letters under it).
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.options.data_dir
+    }
+
     /// The directory of a stream's log.
     pub fn stream_dir(data_dir: &Path, stream: &StreamId) -> PathBuf {
         data_dir.join("log").join(stream.as_str())

@@ -10,6 +10,7 @@ mod demo;
 mod dispatcher;
 mod log;
 mod prometheus;
+mod rollover;
 mod schema;
 mod serve;
 mod sqlite;

@@ -53,6 +53,22 @@ fn serve(args: &[&str]) -> (Child, String) {
     (child, address)
 }
 
+/// `omnirelay serve --role ROLE --config CONFIG --listen LISTEN
+/// --write-version VERSION`, ready; the child and its address.
+fn node(role: &str, config: &str, listen: &str, version: &str) -> (Child, String) {
+    serve(&[
+        "serve",
+        "--role",
+        role,
+        "--config",
+        config,
+        "--listen",
+        listen,
+        "--write-version",
+        version,
+    ])
+}
+
 /// An RPC to the dispatcher at `address`; its answer.
 fn rpc(address: &str, procedure: &str, body: &str) -> Value {
     let (status, _, answer) = try_http_post(address, &[("Rpc-Procedure", procedure)], body)
@@ -117,41 +133,11 @@ fn heavy_a_mesh_rolls_forward_from_version_1_to_2_and_quarantines_what_it_cannot
     );
     // C ← B ← A: receivers at version 2, the dispatcher at version 1.
     let c_config = config(&c, "c", None);
-    let (mut c_node, c_at) = serve(&[
-        "serve",
-        "--role",
-        "receiver",
-        "--config",
-        &c_config,
-        "--listen",
-        "127.0.0.1:0",
-        "--write-version",
-        "2",
-    ]);
+    let (mut c_node, c_at) = node("receiver", &c_config, "127.0.0.1:0", "2");
     let b_config = config(&b, "b", Some(&c_at));
-    let (mut b_node, b_at) = serve(&[
-        "serve",
-        "--role",
-        "receiver",
-        "--config",
-        &b_config,
-        "--listen",
-        "127.0.0.1:0",
-        "--write-version",
-        "2",
-    ]);
+    let (mut b_node, b_at) = node("receiver", &b_config, "127.0.0.1:0", "2");
     let a_config = config(&a, "a", Some(&b_at));
-    let (mut a_node, a_at) = serve(&[
-        "serve",
-        "--role",
-        "dispatcher",
-        "--config",
-        &a_config,
-        "--listen",
-        "127.0.0.1:0",
-        "--write-version",
-        "1",
-    ]);
+    let (mut a_node, a_at) = node("dispatcher", &a_config, "127.0.0.1:0", "1");
 
     // At version 1 the first node sends its events in the reference form.
     work(&a_at, "worker-1", 2);
@@ -169,17 +155,7 @@ fn heavy_a_mesh_rolls_forward_from_version_1_to_2_and_quarantines_what_it_cannot
     // sends every event, version 2's own (a dead letter) too.
     assert!(signal(a_node.id(), "TERM"));
     assert!(a_node.wait().unwrap().success());
-    let (restarted, _) = serve(&[
-        "serve",
-        "--role",
-        "dispatcher",
-        "--config",
-        &a_config,
-        "--listen",
-        &a_at,
-        "--write-version",
-        "2",
-    ]);
+    let (restarted, _) = node("dispatcher", &a_config, &a_at, "2");
     a_node = restarted;
     let leased = rpc(&a_at, "resourcelease::lease", r#"{"peerId":"worker-2"}"#);
     let token = json!({"ownershipToken": leased["ownershipToken"], "requeue": false});

@@ -184,16 +184,11 @@ impl Receiver {
                 }
             }
         }
+        // The quarantine does not move the marks: were its events trusted
+        // here, a batch whose readable events the log lost (a log that
+        // failed stops for good) would read as received. A quarantined
+        // event sent again after a restart is kept a second time instead.
         let quarantine = quarantine::path(replicator.data_dir(), &stream);
-        for kept in quarantine::read_all(&quarantine)? {
-            let entry = marks.entry(kept.sender).or_default();
-            if (kept.epoch, kept.sequence) > (entry.epoch, entry.sequence) {
-                *entry = Mark {
-                    epoch: kept.epoch,
-                    sequence: kept.sequence,
-                };
-            }
-        }
         Ok(Self {
             replicator,
             stream,
@@ -284,8 +279,11 @@ impl Receiver {
 
     /// As [`Receiver::submit_batch`], for events as they arrived: one this
     /// receiver cannot read (an unknown future version or type) is written
-    /// to the quarantine (`DATA_DIR/quarantine/<stream>.jsonl`, synced) and
-    /// counted, and counts as received: never dropped, never appended.
+    /// to the quarantine (`DATA_DIR/quarantine/<stream>.jsonl`, synced,
+    /// before the batch's other events are submitted) and counted, and
+    /// counts as received: never dropped, never appended. After a restart
+    /// the marks come from the log alone, so a quarantined event sent
+    /// again then is kept again (the same sender, epoch and sequence).
     ///
     /// # Errors
     ///

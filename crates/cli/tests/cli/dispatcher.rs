@@ -490,6 +490,24 @@ fn heavy_failover_under_load_loses_no_item() {
         assert_eq!(status, 200);
     }
 
+    // The standby has every enqueue before the load starts (a standby is
+    // promoted only once current; what it has not followed when its
+    // primary dies is not on it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let applied = http_get(&standby_at, "/standby")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .and_then(|v| v["appliedSequence"].as_u64());
+        if applied >= Some(ITEMS as u64) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never caught up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
     // Workers lease from whichever node serves, complete most items and
     // fail some without requeue (dead letters).
     let target = Arc::new(Mutex::new(primary_at.clone()));

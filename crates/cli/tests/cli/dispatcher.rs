@@ -728,6 +728,25 @@ fn heavy_status_agrees_with_the_nodes_own_metrics() {
     assert!(node.wait().unwrap().success());
 }
 
+/// Starts a control plane watching `hosts` with its data in `dir`; its
+/// child and address.
+fn start_plane(hosts: &str, dir: &Path) -> (std::process::Child, String) {
+    let (plane, address, mut stderr) = spawn_listening(&[
+        "serve",
+        "--role",
+        "controlplane",
+        "--hosts",
+        hosts,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(dir),
+    ]);
+    // Its log lines are read (and dropped) for as long as it runs.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (plane, address)
+}
+
 /// The control plane's status document, polled until `check` holds.
 fn plane_status(url: &str, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let mut hosts = Vec::new();
@@ -770,17 +789,7 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
     );
     rpc(&b_at, "resourcelease::enqueue", &[], PAYLOAD);
     let hosts = format!("http://{a_at},http://{b_at}");
-    let (mut plane, plane_at, _err) = spawn_listening(&[
-        "serve",
-        "--role",
-        "controlplane",
-        "--hosts",
-        &hosts,
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir_arg(plane_dir.path()),
-    ]);
+    let (mut plane, plane_at) = start_plane(&hosts, plane_dir.path());
     let plane_url = format!("http://{plane_at}");
     let both_up = |hosts: &[Value]| {
         hosts.len() == 2
@@ -999,17 +1008,7 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
         .map(|a| format!("http://{a}"))
         .collect::<Vec<_>>()
         .join(",");
-    let (plane, plane_at, _err) = spawn_listening(&[
-        "serve",
-        "--role",
-        "controlplane",
-        "--hosts",
-        &hosts,
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir_arg(dirs[3].path()),
-    ]);
+    let (plane, plane_at) = start_plane(&hosts, dirs[3].path());
     nodes.push(plane);
     // Traffic on every host while the page watches.
     let stop = Arc::new(AtomicBool::new(false));

@@ -356,18 +356,20 @@ fn heavy_hyperscale_crash_restart_cycles_lose_no_acknowledged_event() {
         .local_addr()
         .unwrap()
         .to_string();
-    // The sender: the log (fsync), its export, SQLite and the receiver
-    // over gRPC; the receiver: its log, export and SQLite.
+    // Each node: its log (fsync), its export and SQLite; the sender also
+    // the receiver, over gRPC.
+    let node_config = |data: &Path| {
+        format!(
+            "data_dir = \"{}\"\n[replication.sinks.export]\ntype = \"file\"\n[replication.sinks.sqlite]\ntype = \"sqlite\"\n",
+            data.display()
+        )
+    };
     let sender_config = dir.path().join("sender.toml");
     std::fs::write(
         &sender_config,
-        format!(
-            r#"data_dir = "{}"
-[replication.sinks.export]
-type = "file"
-[replication.sinks.sqlite]
-type = "sqlite"
-[replication.sinks.receiver]
+        node_config(&sender)
+            + &format!(
+                r#"[replication.sinks.receiver]
 type = "grpc"
 [replication.sinks.receiver.retry]
 initial_backoff_ms = 20
@@ -376,25 +378,12 @@ max_backoff_ms = 200
 url = "http://{listen}"
 sender = "crash-sender"
 timeout_ms = 2000
-"#,
-            sender.display()
-        ),
+"#
+            ),
     )
     .unwrap();
     let receiver_config = dir.path().join("receiver.toml");
-    std::fs::write(
-        &receiver_config,
-        format!(
-            r#"data_dir = "{}"
-[replication.sinks.export]
-type = "file"
-[replication.sinks.sqlite]
-type = "sqlite"
-"#,
-            receiver.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&receiver_config, node_config(&receiver)).unwrap();
 
     let mut acknowledged: BTreeMap<String, u64> = BTreeMap::new();
     let mut sent = 0u64;

@@ -213,39 +213,41 @@ impl Dispatcher {
         }
     }
 
-    /// Submits `events` (decided under `state`'s lock) and applies them;
-    /// returns them as the log numbered them, and the wait for durability.
+    /// Submits `events` (decided under `state`'s lock) and applies them as
+    /// the log numbered them; returns them with the wait for durability.
     async fn commit(
         &self,
         state: &mut MutexGuard<'_, QueueState>,
-        events: Vec<Event>,
-    ) -> Result<(Vec<Event>, Option<PendingPublish<Event>>), DispatchError> {
+        mut events: Vec<Event>,
+    ) -> Result<Committed, DispatchError> {
         if events.is_empty() {
-            return Ok((events, None));
+            return Ok(Committed::Local(events));
         }
-        let mut applied = events.clone();
-        let (first, timestamp, pending) = match &self.replicator {
-            Some(replicator) => {
-                let pending = replicator
+        let committed = match &self.replicator {
+            Some(replicator) => Committed::Replicated(
+                replicator
                     .submit_all(&self.options.stream, events)
                     .await
-                    .map_err(|parts| DispatchError::Unavailable(parts.error.to_string()))?;
-                let first = *pending.sequences().start();
-                (first, pending.receipt().timestamp, Some(pending))
-            }
+                    .map_err(|parts| DispatchError::Unavailable(parts.error.to_string()))?,
+            ),
             None => {
                 let count = events.len() as u64;
-                let last = self
+                let first = self
                     .unreplicated
-                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-                (last + 1, Timestamp::now(), None)
+                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                let timestamp = Timestamp::now();
+                for (offset, event) in events.iter_mut().enumerate() {
+                    event.sequence_number =
+                        i64::try_from(first + offset as u64).unwrap_or(i64::MAX);
+                    event.timestamp = timestamp;
+                    event.stream_id = Some(self.options.stream.as_str().to_owned());
+                }
+                Committed::Local(events)
             }
         };
-        for offset in 0..applied.len() {
-            let event = &mut applied[offset];
-            event.sequence_number = i64::try_from(first + offset as u64).unwrap_or(i64::MAX);
-            event.timestamp = timestamp;
-            event.stream_id = Some(self.options.stream.as_str().to_owned());
+        let applied = committed.events();
+        for (offset, event) in applied.iter().enumerate() {
             telemetry::record_published(event);
             let granted = event
                 .ownership
@@ -253,7 +255,7 @@ impl Dispatcher {
                 .map(|lease| lease.granted_at);
             let outcome = state.apply(event, &self.options.queue);
             let previous = offset.checked_sub(1).map(|i| &applied[i]);
-            self.observe(&applied[offset], previous, granted);
+            self.observe(event, previous, granted);
             if let Err(error) = outcome {
                 // Decided from this very state: only a bug gets here. The
                 // log has the events, the state does not: stop serving.
@@ -265,7 +267,7 @@ impl Dispatcher {
         }
         self.evaluate_backpressure(state.pending_count());
         self.changed.notify_waiters();
-        Ok((applied, pending))
+        Ok(committed)
     }
 
     /// Lease health from an applied event (`previous`: the event before it
@@ -333,9 +335,9 @@ impl Dispatcher {
         lock(&self.health).snapshot(Timestamp::now())
     }
 
-    /// Waits until `pending` is durable.
-    async fn durable(&self, pending: Option<PendingPublish<Event>>) -> Result<(), DispatchError> {
-        let Some(pending) = pending else {
+    /// Waits until `committed` is durable.
+    async fn durable(&self, committed: Committed) -> Result<(), DispatchError> {
+        let Committed::Replicated(pending) = committed else {
             return Ok(());
         };
         pending.durable().await.map(|_| ()).map_err(|error| {
@@ -366,10 +368,10 @@ impl Dispatcher {
             let mut state = self.state.lock().await;
             match state.decide_enqueue(payload.clone(), peer, &self.options.queue) {
                 Ok(events) => {
-                    let (_, pending) = self.commit(&mut state, events).await?;
+                    let committed = self.commit(&mut state, events).await?;
                     let stats = stats_of(&state);
                     drop(state);
-                    self.durable(pending).await?;
+                    self.durable(committed).await?;
                     // The reference samples these on enqueue responses only.
                     metrics::histogram!(telemetry::PENDING_ITEMS).record(stats.pending as f64);
                     metrics::histogram!(telemetry::ACTIVE_LEASES).record(stats.active as f64);
@@ -397,13 +399,14 @@ impl Dispatcher {
             let mut state = self.state.lock().await;
             let now = Timestamp::now();
             if let Some(events) = state.decide_lease(owner, now)? {
-                let (events, pending) = self.commit(&mut state, events).await?;
-                let granted = events
+                let committed = self.commit(&mut state, events).await?;
+                let granted = committed
+                    .events()
                     .first()
                     .and_then(|e| e.ownership)
                     .and_then(|handle| state.lease(&handle).cloned());
                 drop(state);
-                self.durable(pending).await?;
+                self.durable(committed).await?;
                 let lease = granted.ok_or_else(|| {
                     DispatchError::Unavailable("the granted lease vanished".to_owned())
                 })?;
@@ -438,9 +441,9 @@ impl Dispatcher {
         self.check()?;
         let mut state = self.state.lock().await;
         let events = state.decide_complete(handle)?;
-        let (_, pending) = self.commit(&mut state, events).await?;
+        let committed = self.commit(&mut state, events).await?;
         drop(state);
-        self.durable(pending).await
+        self.durable(committed).await
     }
 
     /// A heartbeat on the lease `handle` (no event; see
@@ -477,9 +480,9 @@ impl Dispatcher {
         self.check()?;
         let mut state = self.state.lock().await;
         let events = state.decide_fail(handle, reason, code, requeue, &self.options.queue)?;
-        let (_, pending) = self.commit(&mut state, events).await?;
+        let committed = self.commit(&mut state, events).await?;
         drop(state);
-        self.durable(pending).await
+        self.durable(committed).await
     }
 
     /// Drains the pending items: they are returned (and in the
@@ -493,10 +496,15 @@ impl Dispatcher {
         self.check()?;
         let mut state = self.state.lock().await;
         let events = state.decide_drain()?;
-        let (events, pending) = self.commit(&mut state, events).await?;
+        let committed = self.commit(&mut state, events).await?;
         drop(state);
-        self.durable(pending).await?;
-        Ok(events.into_iter().flat_map(|e| e.items).collect())
+        let items = committed
+            .events()
+            .iter()
+            .flat_map(|e| e.items.iter().cloned())
+            .collect();
+        self.durable(committed).await?;
+        Ok(items)
     }
 
     /// Restores `items` (from another node's drain); returns how many.
@@ -514,9 +522,9 @@ impl Dispatcher {
         let count = items.len();
         let mut state = self.state.lock().await;
         let events = state.decide_restore(items, peer)?;
-        let (_, pending) = self.commit(&mut state, events).await?;
+        let committed = self.commit(&mut state, events).await?;
         drop(state);
-        self.durable(pending).await?;
+        self.durable(committed).await?;
         Ok(count)
     }
 
@@ -566,10 +574,27 @@ impl Dispatcher {
         let mut state = self.state.lock().await;
         let events = state.decide_sweep(Timestamp::now(), &self.options.queue);
         let expired = events.len() / 2;
-        let (_, pending) = self.commit(&mut state, events).await?;
+        let committed = self.commit(&mut state, events).await?;
         drop(state);
-        self.durable(pending).await?;
+        self.durable(committed).await?;
         Ok(expired)
+    }
+}
+
+/// Events numbered and applied; replicated ones on their way to
+/// durability.
+enum Committed {
+    Replicated(PendingPublish<Event>),
+    /// Replication off: numbered here, kept nowhere.
+    Local(Vec<Event>),
+}
+
+impl Committed {
+    fn events(&self) -> &[Event] {
+        match self {
+            Self::Replicated(pending) => pending.events(),
+            Self::Local(events) => events,
+        }
     }
 }
 

@@ -343,13 +343,26 @@ impl Disk {
         self.shared_index.clone()
     }
 
+    /// Whether appending `bytes` would seal the active segment first (a
+    /// rotation syncs the sealed segment: not for the publishers' path).
+    pub(crate) fn would_rotate(&self, bytes: usize) -> bool {
+        self.len + bytes as u64 > self.segment_max_bytes
+    }
+
     /// `fdatasync` of the active segment.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        #[cfg(test)]
-        if tests::fail_next_sync(&self.stream) {
-            return Err(io::Error::other("injected fdatasync failure"));
-        }
-        self.file.sync_data()
+        self.sync_handle()?.sync()
+    }
+
+    /// A handle that syncs the active segment as it is now, without the
+    /// `Disk`: appends go on meanwhile (a later rotation syncs the
+    /// segment itself).
+    pub(crate) fn sync_handle(&self) -> io::Result<SyncHandle> {
+        Ok(SyncHandle {
+            file: self.file.try_clone()?,
+            #[cfg(test)]
+            stream: self.stream.clone(),
+        })
     }
 
     /// Seals the active segment and starts the next one.
@@ -448,6 +461,24 @@ fn create_segment_replacing(dir: &Path, header: &SegmentHeader) -> Result<File, 
     let path = segment::segment_path(dir, header.first_sequence);
     std::fs::remove_file(&path).map_err(io_error(format!("cannot replace {}", path.display())))?;
     create_segment(dir, header)
+}
+
+/// See [`Disk::sync_handle`].
+pub(crate) struct SyncHandle {
+    file: File,
+    #[cfg(test)]
+    stream: StreamId,
+}
+
+impl SyncHandle {
+    /// `fdatasync` of the segment.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if tests::fail_next_sync(&self.stream) {
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        self.file.sync_data()
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //!   beside each sealed segment (`.idx`).
 //! - [`StreamLog`] appends through a writer thread that commits everything
 //!   queued with one write and one `fdatasync` (group commit), under the
-//!   stream's [`Durability`] policy.
+//!   stream's [`Durability`] policy; without a sync to wait for, a
+//!   publisher writes the queue itself when nobody else is writing.
 //! - On open, recovery checks the newest segment, cuts a torn or damaged
 //!   tail and reports what it cut ([`Recovery`]); it never needs a manual
 //!   step.

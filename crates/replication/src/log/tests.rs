@@ -502,6 +502,82 @@ async fn an_fsync_failure_stops_the_log_with_a_clear_error() {
 }
 
 #[tokio::test]
+async fn without_a_sync_to_wait_for_the_publisher_writes_its_own_record() {
+    let dir = tempfile::tempdir().unwrap();
+    for durability in [
+        Durability::None,
+        Durability::Interval(Duration::from_secs(60)),
+    ] {
+        let dir = dir.path().join(durability.to_string());
+        let (log, _) = open(&dir, options(durability));
+        for s in 1..=3 {
+            log.append(append(s)).await.map_err(|(e, _)| e).unwrap();
+            // Acknowledged when `append` returns: written on this thread,
+            // not handed to the writer thread.
+            assert_eq!(log.progress().borrow().acked, s, "{durability}");
+        }
+        let stats = log.stats();
+        assert_eq!(stats.batches, 3, "{durability}");
+        assert_eq!(stats.syncs, 0, "{durability}: nothing synced yet");
+        // Readers see it only once synced (`interval`), or at once (`none`).
+        let visible = log.progress().borrow().visible;
+        assert_eq!(visible, if durability == Durability::None { 3 } else { 0 });
+        // Closing syncs everything written.
+        log.close().unwrap();
+        assert_eq!(log.stats().syncs, 1, "{durability}");
+        drop(log);
+        let (_, recovery) = open(&dir, options(durability));
+        assert_eq!(recovery.last_sequence, 3, "{durability}");
+    }
+}
+
+#[tokio::test]
+async fn an_interval_sync_failure_stops_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = StreamId::new("interval-sync-fails").unwrap();
+    let (log, _) = StreamLog::<TestBatch>::open(
+        dir.path(),
+        stream.clone(),
+        ENCODING,
+        options(Durability::Interval(Duration::from_millis(5))),
+    )
+    .unwrap();
+    disk::tests::inject_sync_failure(&stream);
+    log.append(append(1)).await.map_err(|(e, _)| e).unwrap();
+    let mut progress = log.progress();
+    tokio::time::timeout(Duration::from_secs(10), progress.wait_for(|p| p.failed))
+        .await
+        .expect("the failed sync stops the log")
+        .unwrap();
+    let (err, _) = log.append(append(2)).await.unwrap_err();
+    assert!(err.to_string().contains("fdatasync failed"), "{err}");
+    assert_eq!(log.progress().borrow().visible, 0, "never visible unsynced");
+}
+
+#[tokio::test]
+async fn what_falls_out_of_the_tail_is_freed_off_the_publishers_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        tail_max_events: 1,
+        ..options(Durability::Interval(Duration::from_millis(10)))
+    };
+    let (log, _) = open(dir.path(), opts);
+    let first = append(1);
+    log.append(first.clone()).await.map_err(|(e, _)| e).unwrap();
+    assert_eq!(Arc::strong_count(&first), 2, "cached in the tail");
+    // Evicts the first batch; the writer thread frees it when it wakes.
+    log.append(append(2)).await.map_err(|(e, _)| e).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&first) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the evicted batch was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
 async fn the_memory_ring_never_drops_what_a_required_sink_needs() {
     let dir = tempfile::tempdir().unwrap();
     let opts = LogOptions {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -75,8 +75,18 @@ struct Shared<B> {
     options: LogOptions,
     queue: Mutex<Queue<B>>,
     wake: Condvar,
+    /// Lock order: `state`, then `queue`, then `tail` or `garbage`.
+    state: Mutex<WriterState>,
+    /// What publishers writing inline evicted from the tail, for the
+    /// writer thread to free.
+    garbage: Mutex<Garbage<B>>,
     tail: Mutex<Tail<B>>,
+    /// The log's progress for readers: notified when what is visible
+    /// changes, or the log fails or closes (a record acknowledged but not
+    /// yet visible wakes no reader).
     progress: watch::Sender<Progress>,
+    /// The same progress for publishers: notified on every change.
+    acked: watch::Sender<Progress>,
     failure: OnceLock<String>,
     pending_bytes: Arc<Semaphore>,
     stats: Stats,
@@ -93,7 +103,10 @@ struct Stats {
 
 /// The log of one stream: appends go to a writer thread that writes every
 /// queued record with one `write` and, under `fsync`, one `fdatasync`
-/// (group commit), then acknowledges them all.
+/// (group commit), then acknowledges them all. Under `interval` and `none`
+/// a publisher writes the queue on its own thread when nobody else is
+/// writing; the thread then only syncs, applies retention and frees what
+/// left the tail.
 pub struct StreamLog<B> {
     shared: Arc<Shared<B>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -124,6 +137,13 @@ impl<B: LogBatch> StreamLog<B> {
         } else {
             (None, Recovery::default())
         };
+        let stats = Stats::default();
+        if let Some(disk) = &disk {
+            stats.bytes.store(disk.total_bytes(), Ordering::Relaxed);
+            stats
+                .segments
+                .store(disk.segment_count() as u64, Ordering::Relaxed);
+        }
         // Registered even at zero, so that the series exist from the start.
         let labels = [("stream", stream.as_str().to_owned())];
         metrics::counter!(telemetry::LOG_RECOVERY_CUT_BYTES, &labels).increment(recovery.cut_bytes);
@@ -150,6 +170,20 @@ impl<B: LogBatch> StreamLog<B> {
                 required_through: u64::MAX,
             }),
             wake: Condvar::new(),
+            state: Mutex::new(WriterState {
+                disk,
+                frames: Vec::with_capacity(1024 * 1024),
+                sizes: Vec::new(),
+                written: last,
+                synced: last,
+                last_sync: Instant::now(),
+                last_retention: Instant::now(),
+                stopped: false,
+            }),
+            garbage: Mutex::new(Garbage {
+                batches: Vec::new(),
+                events: 0,
+            }),
             tail: Mutex::new(Tail::new(options.tail_max_events, options.tail_max_bytes)),
             progress: watch::Sender::new(Progress {
                 acked: last,
@@ -157,26 +191,22 @@ impl<B: LogBatch> StreamLog<B> {
                 failed: false,
                 closed: false,
             }),
+            acked: watch::Sender::new(Progress {
+                acked: last,
+                visible: last,
+                failed: false,
+                closed: false,
+            }),
             failure: OnceLock::new(),
             pending_bytes: Arc::new(Semaphore::new(pending)),
-            stats: Stats::default(),
+            stats,
             stream,
             options,
         });
-        if let Some(disk) = &disk {
-            shared
-                .stats
-                .bytes
-                .store(disk.total_bytes(), Ordering::Relaxed);
-            shared
-                .stats
-                .segments
-                .store(disk.segment_count() as u64, Ordering::Relaxed);
-        }
         let thread_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name(format!("omnirelay-log-{}", shared.stream))
-            .spawn(move || Writer::new(thread_shared, disk).run())
+            .spawn(move || run_writer(&thread_shared))
             .map_err(|e| {
                 Error::new(ErrorKind::Internal, "cannot start the log writer thread").with_source(e)
             })?;
@@ -285,9 +315,22 @@ impl<B: LogBatch> StreamLog<B> {
             _permit: permit,
         });
         drop(queue);
-        // A busy writer takes everything queued when it is done; only an
-        // idle one needs waking.
-        if was_idle {
+        // Without a sync to wait for, a `write` to the page cache takes
+        // microseconds: the publisher writes the queue itself when nobody
+        // else is writing, sparing two thread hand-offs. Otherwise (or
+        // when a segment must be sealed, which syncs) the writer thread
+        // does it.
+        let inline = matches!(
+            self.shared.options.durability,
+            Durability::None | Durability::Interval(_)
+        );
+        if inline {
+            if !self.shared.write_inline() {
+                self.shared.wake.notify_one();
+            }
+        } else if was_idle {
+            // A busy writer takes everything queued when it is done; only
+            // an idle one needs waking.
             self.shared.wake.notify_one();
         }
         Ok(bytes)
@@ -323,7 +366,7 @@ impl<B: LogBatch> StreamLog<B> {
         queue.last_sequence = last;
         drop(queue);
         self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.shared.progress.send_modify(|p| {
+        self.shared.advance(|p| {
             p.acked = last;
             p.visible = last;
         });
@@ -347,7 +390,7 @@ impl<B: LogBatch> StreamLog<B> {
     ///
     /// [`ErrorKind::Closed`] if the log stops or closes first.
     pub async fn wait_acked(&self, sequence: u64) -> Result<(), Error> {
-        let mut progress = self.shared.progress.subscribe();
+        let mut progress = self.shared.acked.subscribe();
         loop {
             {
                 let now = progress.borrow_and_update();
@@ -388,7 +431,9 @@ impl<B: LogBatch> StreamLog<B> {
         }
     }
 
-    /// Follows the log's progress.
+    /// Follows the log's progress, for readers: a receiver is notified
+    /// when the visible sequence changes or the log fails or closes (its
+    /// `acked` is current when read, but moving alone notifies no one).
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.shared.progress.subscribe()
     }
@@ -475,9 +520,10 @@ impl<B> std::fmt::Debug for StreamLog<B> {
     }
 }
 
-/// The writer thread's state.
-struct Writer<B> {
-    shared: Arc<Shared<B>>,
+/// What writes the log: the active segment and the write buffers. Held by
+/// whoever writes: the writer thread, or a publisher writing the queue on
+/// its own thread when nobody else is (see [`StreamLog::append`]).
+struct WriterState {
     disk: Option<Disk>,
     frames: Vec<u8>,
     sizes: Vec<usize>,
@@ -485,138 +531,187 @@ struct Writer<B> {
     synced: u64,
     last_sync: Instant,
     last_retention: Instant,
+    /// A write or sync failed: nothing more is written.
+    stopped: bool,
 }
 
 /// The most bytes one write batch takes from the queue.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
-impl<B: LogBatch> Writer<B> {
-    fn new(shared: Arc<Shared<B>>, disk: Option<Disk>) -> Self {
-        let last = lock(&shared.queue).last_sequence;
-        Self {
-            shared,
-            disk,
-            frames: Vec::with_capacity(1024 * 1024),
-            sizes: Vec::new(),
-            written: last,
-            synced: last,
-            last_sync: Instant::now(),
-            last_retention: Instant::now(),
+/// Batches evicted from the tail and not yet freed.
+struct Garbage<B> {
+    batches: Vec<Arc<B>>,
+    events: usize,
+}
+
+/// Evicted events past which a publisher wakes the writer thread to free
+/// them (it frees them anyway each time it wakes).
+const GARBAGE_EVENTS: usize = 4096;
+
+/// What [`Shared::take_queued`] found.
+enum Taken<B> {
+    Batch(Vec<Pending<B>>),
+    Nothing,
+    /// Writing the next batch would seal the active segment, which syncs
+    /// it: left to the writer thread.
+    Rotation,
+}
+
+impl<B> Shared<B> {
+    /// Updates the progress, waking publishers, and readers only when
+    /// something they wait on changed.
+    fn advance(&self, update: impl Fn(&mut Progress)) {
+        // Readers' first: a publisher that saw its record acknowledged
+        // finds it in `progress` too.
+        self.progress.send_if_modified(|p| {
+            let before = *p;
+            update(p);
+            (p.visible, p.failed, p.closed) != (before.visible, before.failed, before.closed)
+        });
+        self.acked.send_modify(&update);
+    }
+}
+
+impl<B: LogBatch> Shared<B> {
+    /// Takes what is queued, up to a write batch; with `inline`, takes
+    /// nothing whose write would seal the active segment.
+    fn take_queued(&self, state: &WriterState, inline: bool) -> Taken<B> {
+        let mut queue = lock(&self.queue);
+        if queue.pending.is_empty() {
+            return Taken::Nothing;
         }
+        let mut bytes = 0;
+        let take = queue
+            .pending
+            .iter()
+            .take_while(|p| {
+                bytes += p.bytes;
+                bytes <= MAX_BATCH_BYTES
+            })
+            .count()
+            .max(1);
+        if inline {
+            let total = queue.pending[..take].iter().map(|p| p.bytes).sum();
+            if state.disk.as_ref().is_some_and(|d| d.would_rotate(total)) {
+                return Taken::Rotation;
+            }
+        }
+        let rest = queue.pending.split_off(take);
+        Taken::Batch(std::mem::replace(&mut queue.pending, rest))
     }
 
-    fn run(mut self) {
+    /// Writes everything queued on the caller's thread, unless someone
+    /// else is writing or a segment must be sealed first; returns whether
+    /// nothing is left for the writer thread.
+    fn write_inline(&self) -> bool {
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
         loop {
-            let (batch, closing) = self.next_batch();
-            if !batch.is_empty()
-                && let Err(err) = self.write(batch)
-            {
-                self.fail(&err);
-                return;
+            if state.stopped {
+                // The waiters see the failure.
+                return true;
             }
-            if let Err(err) = self.sync_if_due(closing) {
-                self.fail(&err);
-                return;
-            }
-            self.retain();
-            if closing && lock(&self.shared.queue).pending.is_empty() {
-                self.shared.progress.send_modify(|p| p.closed = true);
-                return;
-            }
-        }
-    }
-
-    /// Takes what is queued (up to a batch), waiting for work; returns an
-    /// empty batch when only a sync is due or the log is closing.
-    fn next_batch(&mut self) -> (Vec<Pending<B>>, bool) {
-        let mut queue = lock(&self.shared.queue);
-        loop {
-            if !queue.pending.is_empty() {
-                let mut bytes = 0;
-                let take = queue
-                    .pending
-                    .iter()
-                    .take_while(|p| {
-                        bytes += p.bytes;
-                        bytes <= MAX_BATCH_BYTES
-                    })
-                    .count()
-                    .max(1);
-                let rest = queue.pending.split_off(take);
-                let batch = std::mem::replace(&mut queue.pending, rest);
-                return (batch, queue.closing);
-            }
-            if queue.closing {
-                return (Vec::new(), true);
-            }
-            let timeout = match self.shared.options.durability {
-                Durability::Interval(every) if self.written > self.synced => {
-                    let due = every.saturating_sub(self.last_sync.elapsed());
-                    if due.is_zero() {
-                        return (Vec::new(), false);
+            match self.take_queued(&state, true) {
+                Taken::Nothing => return true,
+                Taken::Rotation => return false,
+                Taken::Batch(batch) => {
+                    if let Err(err) = self.write(&mut state, batch, true) {
+                        self.fail(&mut state, &err);
+                        return true;
                     }
-                    due
                 }
-                _ => Duration::from_secs(1),
-            };
-            queue = self
-                .shared
-                .wake
-                .wait_timeout(queue, timeout)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            }
         }
     }
 
-    fn write(&mut self, pending: Vec<Pending<B>>) -> Result<(), String> {
+    /// Waits until something is queued, the log is closing, garbage piled
+    /// up, or (for `interval`) a sync may be due; returns whether it is
+    /// closing.
+    fn wait_for_work(&self) -> bool {
+        let timeout = {
+            let state = lock(&self.state);
+            match self.options.durability {
+                Durability::Interval(every) if state.written > state.synced => {
+                    every.saturating_sub(state.last_sync.elapsed())
+                }
+                // Publishers may write while the thread waits: look again
+                // within the interval.
+                Durability::Interval(every) => every,
+                _ => Duration::from_secs(1),
+            }
+        };
+        let queue = lock(&self.queue);
+        if !queue.pending.is_empty()
+            || queue.closing
+            || timeout.is_zero()
+            || lock(&self.garbage).events >= GARBAGE_EVENTS
+        {
+            return queue.closing;
+        }
+        self.wake
+            .wait_timeout(queue, timeout)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .closing
+    }
+
+    /// Writes `pending`; `inline` on a publisher's thread.
+    fn write(
+        &self,
+        state: &mut WriterState,
+        pending: Vec<Pending<B>>,
+        inline: bool,
+    ) -> Result<(), String> {
         let Some(first) = pending.first().map(|p| p.batch.first_sequence()) else {
             return Ok(());
         };
-        self.frames.clear();
-        self.sizes.clear();
+        let WriterState {
+            disk,
+            frames,
+            sizes,
+            ..
+        } = state;
+        frames.clear();
+        sizes.clear();
         for p in &pending {
             let b = p.batch.as_ref();
             let start = b.first_sequence();
             for i in 0..b.len() {
                 let payload = b.payload(i);
-                if self.disk.is_some() {
-                    let before = self.frames.len();
-                    frame::encode_frame(
-                        start + i as u64,
-                        b.timestamp(i),
-                        payload,
-                        &mut self.frames,
-                    );
-                    self.sizes.push(self.frames.len() - before);
+                if disk.is_some() {
+                    let before = frames.len();
+                    frame::encode_frame(start + i as u64, b.timestamp(i), payload, frames);
+                    sizes.push(frames.len() - before);
                 } else {
                     // The ring only needs the sizes.
-                    self.sizes.push(frame::frame_len(payload.len()));
+                    sizes.push(frame::frame_len(payload.len()));
                 }
             }
         }
-        if let Some(disk) = &mut self.disk {
-            disk.append(&self.frames, first, &self.sizes)
+        if let Some(disk) = disk {
+            disk.append(frames, first, sizes)
                 .map_err(|e| format!("write failed: {e}"))?;
-            self.shared
-                .stats
+            self.stats
                 .bytes
                 .store(disk.total_bytes(), Ordering::Relaxed);
-            self.shared
-                .stats
+            self.stats
                 .segments
                 .store(disk.segment_count() as u64, Ordering::Relaxed);
         }
-        let last = first + self.sizes.len() as u64 - 1;
-        self.shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.written = last;
-        if self.shared.options.durability == Durability::Fsync {
-            self.sync()?;
+        let last = first + sizes.len() as u64 - 1;
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        state.written = last;
+        if self.options.durability == Durability::Fsync {
+            self.sync(state)?;
         }
         let mut evicted = Vec::new();
-        self.push_tail(pending, &mut evicted);
-        let durability = self.shared.options.durability;
-        let synced = self.synced;
-        self.shared.progress.send_modify(|p| {
+        self.push_tail(&state.sizes, pending, &mut evicted);
+        let durability = self.options.durability;
+        let synced = state.synced;
+        self.advance(|p| {
             p.acked = last;
             p.visible = match durability {
                 Durability::Fsync | Durability::Interval(_) => synced,
@@ -624,45 +719,78 @@ impl<B: LogBatch> Writer<B> {
             };
         });
         if durability.is_persistent() {
-            lock(&self.shared.tail).trim(&mut evicted);
+            lock(&self.tail).trim(&mut evicted);
         }
-        // Freeing what fell out of the tail is not the publishers' wait.
-        drop(evicted);
+        // Freeing what fell out of the tail (thousands of events) is not
+        // the publishers' wait.
+        if inline {
+            self.discard(evicted);
+        } else {
+            drop(evicted);
+        }
         Ok(())
     }
 
-    fn push_tail(&mut self, pending: Vec<Pending<B>>, evicted: &mut Vec<Arc<B>>) {
-        let memory = self.shared.options.durability == Durability::Memory;
-        let mut sizes = self.sizes.iter().copied();
+    /// Leaves `evicted` for the writer thread to free, waking it when
+    /// enough has piled up.
+    fn discard(&self, evicted: Vec<Arc<B>>) {
+        if evicted.is_empty() {
+            return;
+        }
+        let mut garbage = lock(&self.garbage);
+        let was_below = garbage.events < GARBAGE_EVENTS;
+        garbage.events += evicted.iter().map(|b| b.len()).sum::<usize>();
+        garbage.batches.extend(evicted);
+        let wake = was_below && garbage.events >= GARBAGE_EVENTS;
+        drop(garbage);
+        if wake {
+            // Taking the queue's lock orders this wake-up after the
+            // thread's look at the garbage or before its wait.
+            drop(lock(&self.queue));
+            self.wake.notify_one();
+        }
+    }
+
+    /// Frees what publishers left.
+    fn collect_garbage(&self) {
+        let batches = {
+            let mut garbage = lock(&self.garbage);
+            garbage.events = 0;
+            std::mem::take(&mut garbage.batches)
+        };
+        drop(batches);
+    }
+
+    fn push_tail(&self, sizes: &[usize], pending: Vec<Pending<B>>, evicted: &mut Vec<Arc<B>>) {
+        let memory = self.options.durability == Durability::Memory;
+        let mut sizes = sizes.iter().copied();
         for p in pending {
             let count = p.batch.len();
             let bytes: usize = sizes.by_ref().take(count).sum();
             if !memory {
                 // A cache: trimmed once the batch is acknowledged.
-                lock(&self.shared.tail).push(p.batch, bytes);
+                lock(&self.tail).push(p.batch, bytes);
                 continue;
             }
             // The ring is the log: never drop what a required sink still
             // needs; wait for it instead (publishers then wait on the
             // pending budget).
             loop {
-                let required_through = lock(&self.shared.queue).required_through;
-                let mut tail = lock(&self.shared.tail);
+                let required_through = lock(&self.queue).required_through;
+                let mut tail = lock(&self.tail);
                 if tail.make_room(count, bytes, required_through, evicted) {
                     tail.push(p.batch.clone(), bytes);
-                    self.shared
-                        .stats
+                    self.stats
                         .bytes
                         .store(tail.bytes() as u64, Ordering::Relaxed);
                     break;
                 }
                 drop(tail);
-                let queue = lock(&self.shared.queue);
+                let queue = lock(&self.queue);
                 if queue.closing {
                     return;
                 }
                 let _ = self
-                    .shared
                     .wake
                     .wait_timeout(queue, Duration::from_millis(50))
                     .unwrap_or_else(PoisonError::into_inner);
@@ -670,52 +798,73 @@ impl<B: LogBatch> Writer<B> {
         }
     }
 
-    fn sync(&mut self) -> Result<(), String> {
-        if let Some(disk) = &mut self.disk {
+    fn sync(&self, state: &mut WriterState) -> Result<(), String> {
+        if let Some(disk) = &mut state.disk {
             disk.sync().map_err(|e| format!("fdatasync failed: {e}"))?;
-            self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
-        self.synced = self.written;
-        self.last_sync = Instant::now();
+        state.synced = state.written;
+        state.last_sync = Instant::now();
         Ok(())
     }
 
-    fn sync_if_due(&mut self, closing: bool) -> Result<(), String> {
-        if self.written <= self.synced {
-            return Ok(());
+    /// Syncs what was written when the policy says it is time. The
+    /// `fdatasync` runs without the writer's lock: publishers go on
+    /// appending meanwhile.
+    fn sync_if_due<'a>(
+        &'a self,
+        state: MutexGuard<'a, WriterState>,
+        closing: bool,
+    ) -> (MutexGuard<'a, WriterState>, Result<(), String>) {
+        if state.written <= state.synced {
+            return (state, Ok(()));
         }
-        let due = match self.shared.options.durability {
-            Durability::Interval(every) => closing || self.last_sync.elapsed() >= every,
+        let due = match self.options.durability {
+            Durability::Interval(every) => closing || state.last_sync.elapsed() >= every,
             Durability::None => closing,
             Durability::Fsync | Durability::Memory => false,
         };
         if !due {
-            return Ok(());
+            return (state, Ok(()));
         }
-        self.sync()?;
-        let synced = self.synced;
-        self.shared
-            .progress
-            .send_modify(|p| p.visible = p.visible.max(synced));
-        Ok(())
+        let written = state.written;
+        let handle = match state.disk.as_ref().map(Disk::sync_handle).transpose() {
+            Ok(handle) => handle,
+            Err(e) => return (state, Err(format!("fdatasync failed: {e}"))),
+        };
+        drop(state);
+        let started = Instant::now();
+        let result = handle.as_ref().map_or(Ok(()), |h| h.sync());
+        let mut state = lock(&self.state);
+        if let Err(e) = result {
+            return (state, Err(format!("fdatasync failed: {e}")));
+        }
+        if handle.is_some() {
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        state.synced = state.synced.max(written);
+        state.last_sync = started;
+        let synced = state.synced;
+        self.advance(|p| p.visible = p.visible.max(synced));
+        (state, Ok(()))
     }
 
-    fn retain(&mut self) {
-        let Some(disk) = &mut self.disk else {
+    fn retain(&self, state: &mut WriterState) {
+        let Some(disk) = &mut state.disk else {
             return;
         };
-        if self.last_retention.elapsed() < Duration::from_millis(500) {
+        if state.last_retention.elapsed() < Duration::from_millis(500) {
             return;
         }
-        self.last_retention = Instant::now();
+        state.last_retention = Instant::now();
         let (consumed, required) = {
-            let queue = lock(&self.shared.queue);
+            let queue = lock(&self.queue);
             (queue.consumed_through, queue.required_through)
         };
-        match disk.apply_retention(&self.shared.options, consumed, required) {
+        match disk.apply_retention(&self.options, consumed, required) {
             Ok(0) => {}
             Ok(deleted) => {
-                let stats = &self.shared.stats;
+                let stats = &self.stats;
                 stats
                     .retention_deleted_bytes
                     .fetch_add(deleted, Ordering::Relaxed);
@@ -725,7 +874,7 @@ impl<B: LogBatch> Writer<B> {
                     .store(disk.segment_count() as u64, Ordering::Relaxed);
             }
             Err(err) => tracing::warn!(
-                stream = %self.shared.stream,
+                stream = %self.stream,
                 error = %err,
                 "retention could not delete a segment; will retry"
             ),
@@ -734,15 +883,58 @@ impl<B: LogBatch> Writer<B> {
 
     /// Stops the log for good: a failed write or sync cannot be retried
     /// safely (the kernel may have dropped the dirty pages).
-    fn fail(&mut self, reason: &str) {
+    fn fail(&self, state: &mut WriterState, reason: &str) {
+        state.stopped = true;
         let message = format!(
             "the log of stream {} stopped: {reason}; restart the process to recover from what is on disk",
-            self.shared.stream
+            self.stream
         );
-        tracing::error!(stream = %self.shared.stream, "{message}");
-        let _ = self.shared.failure.set(message);
-        lock(&self.shared.queue).closing = true;
-        self.shared.progress.send_modify(|p| p.failed = true);
-        self.shared.pending_bytes.close();
+        tracing::error!(stream = %self.stream, "{message}");
+        let _ = self.failure.set(message);
+        lock(&self.queue).closing = true;
+        self.advance(|p| p.failed = true);
+        self.pending_bytes.close();
+    }
+}
+
+/// The writer thread: writes what publishers left queued, syncs on the
+/// durability policy, applies retention, and finishes the queue on close.
+fn run_writer<B: LogBatch>(shared: &Shared<B>) {
+    write_until_closed(shared);
+    // Closes the segment and releases the log's lock file.
+    let mut state = lock(&shared.state);
+    state.stopped = true;
+    state.disk = None;
+    drop(state);
+    shared.collect_garbage();
+}
+
+fn write_until_closed<B: LogBatch>(shared: &Shared<B>) {
+    loop {
+        let closing = shared.wait_for_work();
+        shared.collect_garbage();
+        let mut state = lock(&shared.state);
+        if state.stopped {
+            return;
+        }
+        while let Taken::Batch(batch) = shared.take_queued(&state, false) {
+            if let Err(err) = shared.write(&mut state, batch, false) {
+                shared.fail(&mut state, &err);
+                return;
+            }
+        }
+        let (mut state, synced) = shared.sync_if_due(state, closing);
+        if let Err(err) = synced {
+            shared.fail(&mut state, &err);
+            return;
+        }
+        shared.retain(&mut state);
+        // Publishers may have written during the sync: closed once all of
+        // it is written and synced.
+        let unsynced = shared.options.durability.is_persistent() && state.written > state.synced;
+        if closing && !unsynced && lock(&shared.queue).pending.is_empty() {
+            shared.advance(|p| p.closed = true);
+            return;
+        }
     }
 }

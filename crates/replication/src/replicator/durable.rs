@@ -256,6 +256,8 @@ enum Stamping {
 pub struct PendingPublish<E> {
     /// The receipt of the last event of the submission.
     receipt: Receipt,
+    /// The events as the log numbered them (`None` for none).
+    batch: Option<Arc<EventBatch<E>>>,
     started: std::time::Instant,
     first_sequence: u64,
     stream: Arc<StreamState<E>>,
@@ -280,6 +282,12 @@ impl<E: ReplicationEvent> PendingPublish<E> {
     /// The sequences assigned.
     pub fn sequences(&self) -> std::ops::RangeInclusive<u64> {
         self.first_sequence..=self.receipt.sequence
+    }
+
+    /// The events as submitted, numbered and stamped (the log's own, not a
+    /// copy).
+    pub fn events(&self) -> &[E] {
+        self.batch.as_deref().map_or(&[], EventBatch::events)
     }
 
     /// Waits until the event is acknowledged.
@@ -667,6 +675,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                     sequence: last,
                     timestamp: (self.inner.options.clock)(),
                 },
+                batch: None,
                 first_sequence: last + 1,
                 stream: state,
                 ack: self.inner.options.ack,
@@ -750,10 +759,12 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                 event: Some(batch.into_events()),
             });
         }
-        let bytes = match state.log.append(Arc::new(batch)).await {
+        let batch = Arc::new(batch);
+        let bytes = match state.log.append(batch.clone()).await {
             Ok(bytes) => bytes,
-            Err((error, batch)) => {
-                let events = Arc::try_unwrap(batch)
+            Err((error, returned)) => {
+                drop(batch);
+                let events = Arc::try_unwrap(returned)
                     .map(EventBatch::into_events)
                     .unwrap_or_default();
                 return Err(PublishErrorParts {
@@ -777,6 +788,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                 sequence: last,
                 timestamp,
             },
+            batch: Some(batch),
             first_sequence: first,
             stream: state,
             ack: self.inner.options.ack,

@@ -19,6 +19,8 @@ use crate::event::{
 };
 use crate::version::{LATEST, V2, check_writable};
 
+mod direct;
+
 /// The generated messages of `resource_lease_replication.proto`.
 #[allow(
     missing_docs,
@@ -48,7 +50,9 @@ pub fn encode(
     event: &ResourceLeaseReplicationEvent,
     version: WireVersion,
 ) -> Result<Vec<u8>, EncodeError> {
-    Ok(to_message(event, version)?.encode_to_vec())
+    let mut out = Vec::new();
+    encode_into(event, version, &mut out)?;
+    Ok(out)
 }
 
 /// Appends the protobuf message of `event` in `version` to `out`.
@@ -61,11 +65,8 @@ pub fn encode_into(
     version: WireVersion,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
-    let message = to_message(event, version)?;
-    out.reserve(message.encoded_len());
-    // Encoding fails only for a buffer that cannot grow; a `Vec` can.
-    let encoded = message.encode(out);
-    debug_assert!(encoded.is_ok());
+    check_writable(event, version)?;
+    direct::encode_into(event, version, out);
     Ok(())
 }
 

@@ -166,6 +166,18 @@ proptest! {
     }
 
     #[test]
+    fn protobuf_encoding_is_the_bytes_prost_writes_for_the_message(
+        event in event(),
+        v in prop::sample::select(vec![version::V1, version::V2]),
+    ) {
+        use prost::Message as _;
+        match proto::to_message(&event, v) {
+            Ok(message) => prop_assert_eq!(proto::encode(&event, v).unwrap(), message.encode_to_vec()),
+            Err(_) => prop_assert!(proto::encode(&event, v).is_err()),
+        }
+    }
+
+    #[test]
     fn version_one_keeps_every_reference_field(event in event()) {
         prop_assume!(event.event_type.since() == version::V1);
         let v1 = ResourceLeaseReplicationEvent { stream_id: None, node_id: None, items: Vec::new(), ..event.clone() };

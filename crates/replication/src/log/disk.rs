@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, ErrorKind};
@@ -45,7 +46,8 @@ pub(crate) struct Disk {
     segment_max_bytes: u64,
     index_every: u64,
     encoding: Encoding,
-    file: File,
+    /// Shared with [`SyncHandle`]s.
+    file: Arc<File>,
     header: SegmentHeader,
     len: u64,
     records: u64,
@@ -167,7 +169,7 @@ impl Disk {
             segment_max_bytes: options.segment_max_bytes,
             index_every: options.index_interval_bytes,
             encoding,
-            file,
+            file: Arc::new(file),
             header,
             len: SEGMENT_HEADER_LEN as u64,
             records: 0,
@@ -218,7 +220,7 @@ impl Disk {
             segment_max_bytes: options.segment_max_bytes,
             index_every: options.index_interval_bytes,
             encoding: scan.header.encoding,
-            file,
+            file: Arc::new(file),
             header: scan.header,
             len: scan.valid_len,
             records: scan.records,
@@ -271,7 +273,7 @@ impl Disk {
                 encoding,
                 ..self.header
             };
-            self.file = create_segment_replacing(&self.dir, &header)?;
+            self.file = Arc::new(create_segment_replacing(&self.dir, &header)?);
             self.header = header;
             self.len = SEGMENT_HEADER_LEN as u64;
             return Ok(());
@@ -313,7 +315,7 @@ impl Disk {
                 bytes += sizes[i + n];
                 n += 1;
             }
-            self.file.write_all(&frames[at..at + bytes])?;
+            (&*self.file).write_all(&frames[at..at + bytes])?;
             let mut offset = self.len;
             let indexed = self.index.len();
             for (k, size) in sizes[i..i + n].iter().enumerate() {
@@ -351,18 +353,18 @@ impl Disk {
 
     /// `fdatasync` of the active segment.
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        self.sync_handle()?.sync()
+        self.sync_handle().sync()
     }
 
     /// A handle that syncs the active segment as it is now, without the
     /// `Disk`: appends go on meanwhile (a later rotation syncs the
     /// segment itself).
-    pub(crate) fn sync_handle(&self) -> io::Result<SyncHandle> {
-        Ok(SyncHandle {
-            file: self.file.try_clone()?,
+    pub(crate) fn sync_handle(&self) -> SyncHandle {
+        SyncHandle {
+            file: Arc::clone(&self.file),
             #[cfg(test)]
             stream: self.stream.clone(),
-        })
+        }
     }
 
     /// Seals the active segment and starts the next one.
@@ -391,7 +393,7 @@ impl Disk {
             encoding: self.encoding,
             created: Timestamp::now(),
         };
-        self.file = create_segment(&self.dir, &header)?;
+        self.file = Arc::new(create_segment(&self.dir, &header)?);
         self.header = header;
         self.len = SEGMENT_HEADER_LEN as u64;
         self.records = 0;
@@ -465,7 +467,7 @@ fn create_segment_replacing(dir: &Path, header: &SegmentHeader) -> Result<File, 
 
 /// See [`Disk::sync_handle`].
 pub(crate) struct SyncHandle {
-    file: File,
+    file: Arc<File>,
     #[cfg(test)]
     stream: StreamId,
 }

@@ -27,7 +27,15 @@ fn options(durability: Durability) -> LogOptions {
 }
 
 fn open(dir: &Path, options: LogOptions) -> (StreamLog<TestBatch>, Recovery) {
-    StreamLog::open(dir, StreamId::default(), ENCODING, options).unwrap()
+    open_stream(dir, &StreamId::default(), options)
+}
+
+fn open_stream(
+    dir: &Path,
+    stream: &StreamId,
+    options: LogOptions,
+) -> (StreamLog<TestBatch>, Recovery) {
+    StreamLog::open(dir, stream.clone(), ENCODING, options).unwrap()
 }
 
 /// Consecutive test records: `event-<seq>-<padding>` payloads.
@@ -476,13 +484,7 @@ async fn a_second_writer_is_refused() {
 async fn an_fsync_failure_stops_the_log_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let stream = StreamId::new("sync-fails").unwrap();
-    let (log, _) = StreamLog::<TestBatch>::open(
-        dir.path(),
-        stream.clone(),
-        ENCODING,
-        options(Durability::Fsync),
-    )
-    .unwrap();
+    let (log, _) = open_stream(dir.path(), &stream, options(Durability::Fsync));
     publish(&log, 1..=2).await;
     disk::tests::inject_sync_failure(&stream);
     log.append(append(3)).await.map_err(|(e, _)| e).unwrap();
@@ -535,13 +537,11 @@ async fn without_a_sync_to_wait_for_the_publisher_writes_its_own_record() {
 async fn an_interval_sync_failure_stops_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let stream = StreamId::new("interval-sync-fails").unwrap();
-    let (log, _) = StreamLog::<TestBatch>::open(
+    let (log, _) = open_stream(
         dir.path(),
-        stream.clone(),
-        ENCODING,
+        &stream,
         options(Durability::Interval(Duration::from_millis(5))),
-    )
-    .unwrap();
+    );
     disk::tests::inject_sync_failure(&stream);
     log.append(append(1)).await.map_err(|(e, _)| e).unwrap();
     let mut progress = log.progress();

@@ -828,10 +828,7 @@ impl<B: LogBatch> Shared<B> {
             return (state, Ok(()));
         }
         let written = state.written;
-        let handle = match state.disk.as_ref().map(Disk::sync_handle).transpose() {
-            Ok(handle) => handle,
-            Err(e) => return (state, Err(format!("fdatasync failed: {e}"))),
-        };
+        let handle = state.disk.as_ref().map(Disk::sync_handle);
         drop(state);
         let started = Instant::now();
         let result = handle.as_ref().map_or(Ok(()), |h| h.sync());

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use omnirelay_replication::{
-    DurableReplicator, Encoding, Error, ErrorKind, Format, PendingPublish, Receipt, Replayed,
-    StreamId, WireVersion,
+    DurableReplicator, EncodedEvents, Encoding, Error, ErrorKind, Format, PendingPublish, Receipt,
+    Replayed, StreamId, WireVersion,
 };
 use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, json, proto};
 use tonic::service::interceptor::InterceptedService;
@@ -40,6 +41,9 @@ pub mod request {
     /// raises it when its numbering restarts).
     pub const EPOCH: &str = "omnirelay-epoch";
 }
+
+/// About what the origin metadata adds to an event's bytes.
+const ORIGIN_BYTES: usize = 160;
 
 /// The sender name of requests without [`request::SENDER`].
 pub const ANONYMOUS: &str = "anonymous";
@@ -115,8 +119,9 @@ pub struct ReceiverStats {
     pub quarantined: AtomicU64,
 }
 
-/// One event of a batch as it arrived: readable, or not (an unknown
-/// future version or type), for the quarantine.
+/// One event of a batch as it arrived: decoded, as the protobuf bytes it
+/// came in, or unreadable (an unknown future version or type), for the
+/// quarantine.
 #[derive(Clone, Debug, PartialEq)]
 // Events are the common case: boxing each would cost an allocation per
 // received event for the rare unreadable one.
@@ -124,8 +129,65 @@ pub struct ReceiverStats {
 pub enum Incoming {
     /// A replication event.
     Event(ResourceLeaseReplicationEvent),
+    /// A protobuf event (any schema version), not decoded yet: the receiver
+    /// appends it as it came when it can (see [`Receiver::submit_incoming`]),
+    /// and decodes it otherwise.
+    Protobuf {
+        /// Its sequence at the sender.
+        sequence: u64,
+        /// The message's bytes.
+        payload: Bytes,
+    },
     /// Bytes this receiver cannot read.
     Unreadable(Unreadable),
+}
+
+/// An event the receiver appends, with its origin.
+enum Accepted {
+    /// Decoded, its origin stamped in its metadata (boxed: decoding
+    /// allocates anyway, and the bytes are the common case).
+    Event(Box<ResourceLeaseReplicationEvent>),
+    /// As the protobuf bytes it came in, scanned.
+    Protobuf {
+        payload: Bytes,
+        scanned: proto::Scanned,
+        epoch: u64,
+        sequence: u64,
+    },
+}
+
+/// Stamps where `event` came from in its metadata.
+fn stamp_origin(
+    event: &mut ResourceLeaseReplicationEvent,
+    sender: &str,
+    epoch: u64,
+    sequence: u64,
+) {
+    event.metadata.insert(origin::SENDER, sender);
+    event.metadata.insert(origin::EPOCH, epoch.to_string());
+    event
+        .metadata
+        .insert(origin::SEQUENCE, sequence.to_string());
+    event
+        .metadata
+        .insert(origin::TIMESTAMP, event.timestamp.to_round_trip_string());
+}
+
+/// Appends to a protobuf event the metadata [`stamp_origin`] sets (the
+/// origin keys have no capitals, so they replace any key of another case,
+/// as inserting them does).
+fn append_origin(
+    out: &mut Vec<u8>,
+    sender: &str,
+    epoch: u64,
+    sequence: u64,
+    timestamp: omnirelay_replication::Timestamp,
+) {
+    let mut number = itoa::Buffer::new();
+    proto::append_metadata(origin::SENDER, sender, out);
+    proto::append_metadata(origin::EPOCH, number.format(epoch), out);
+    proto::append_metadata(origin::SEQUENCE, number.format(sequence), out);
+    proto::append_metadata(origin::TIMESTAMP, timestamp.round_trip_text().as_str(), out);
 }
 
 /// Receives events over the reference's `Publish`, appends them to its
@@ -285,6 +347,15 @@ impl Receiver {
     /// the marks come from the log alone, so a quarantined event sent
     /// again then is kept again (the same sender, epoch and sequence).
     ///
+    /// [`Incoming::Protobuf`] events are scanned, not decoded
+    /// ([`proto::scan`]); when every event appended is one the scan vouched
+    /// for and the log stores protobuf, their bytes are appended as they
+    /// came, the origin metadata (and the log's schema version) appended to
+    /// them as fields ([`DurableReplicator::submit_encoded`]): decoded, the
+    /// same events the decoding path appends. Otherwise the batch is
+    /// decoded; one the scan leaves to decoding that does not decode is
+    /// quarantined.
+    ///
     /// # Errors
     ///
     /// As [`Receiver::submit_batch`], and the quarantine's I/O errors.
@@ -304,6 +375,7 @@ impl Receiver {
         for incoming in events {
             let sequence = match &incoming {
                 Incoming::Event(event) => u64::try_from(event.sequence_number).unwrap_or(0),
+                Incoming::Protobuf { sequence, .. } => *sequence,
                 Incoming::Unreadable(unreadable) => unreadable.sequence,
             };
             let this_epoch = match (mark, epoch) {
@@ -334,41 +406,50 @@ impl Receiver {
                     sequence,
                 });
             }
-            let mut event = match incoming {
-                Incoming::Event(event) => event,
-                Incoming::Unreadable(unreadable) => {
-                    tracing::warn!(
-                        sender, sequence, reason = %unreadable.reason,
-                        "an event this receiver cannot read was quarantined"
-                    );
-                    quarantined.push(Quarantined::new(sender, this_epoch, &unreadable));
+            let unreadable = match incoming {
+                Incoming::Event(mut event) => {
+                    stamp_origin(&mut event, sender, this_epoch, sequence);
+                    accepted.push(Accepted::Event(Box::new(event)));
                     continue;
                 }
+                Incoming::Protobuf { sequence, payload } => {
+                    if let Some(scanned) = proto::scan(&payload) {
+                        accepted.push(Accepted::Protobuf {
+                            payload,
+                            scanned,
+                            epoch: this_epoch,
+                            sequence,
+                        });
+                        continue;
+                    }
+                    // What the scan does not vouch for, decoding decides.
+                    match proto::decode(&payload) {
+                        Ok(mut event) => {
+                            stamp_origin(&mut event, sender, this_epoch, sequence);
+                            accepted.push(Accepted::Event(Box::new(event)));
+                            continue;
+                        }
+                        Err(e) => Unreadable {
+                            sequence,
+                            format: Format::Protobuf,
+                            payload: payload.to_vec(),
+                            reason: e.to_string(),
+                        },
+                    }
+                }
+                Incoming::Unreadable(unreadable) => unreadable,
             };
-            event.metadata.insert(origin::SENDER, sender);
-            event.metadata.insert(origin::EPOCH, this_epoch.to_string());
-            event
-                .metadata
-                .insert(origin::SEQUENCE, sequence.to_string());
-            event
-                .metadata
-                .insert(origin::TIMESTAMP, event.timestamp.to_round_trip_string());
-            accepted.push(event);
+            tracing::warn!(
+                sender, sequence, reason = %unreadable.reason,
+                "an event this receiver cannot read was quarantined"
+            );
+            quarantined.push(Quarantined::new(sender, this_epoch, &unreadable));
         }
         if !quarantined.is_empty() {
             quarantine::append(&self.quarantine, &quarantined)?;
         }
         let appended = accepted.len() as u64;
-        let pending = if accepted.is_empty() {
-            None
-        } else {
-            Some(
-                self.replicator
-                    .submit_all(&self.stream, accepted)
-                    .await
-                    .map_err(|parts| parts.error)?,
-            )
-        };
+        let pending = self.append(sender, accepted).await?;
         if let Some(mark) = mark {
             marks.insert(sender.to_owned(), mark);
         }
@@ -413,6 +494,88 @@ impl Receiver {
                 receipt: None,
             },
         })
+    }
+
+    /// Appends `accepted` in one submission: as the bytes they came in when
+    /// every one came as protobuf the log can keep (its origin appended),
+    /// decoded otherwise.
+    async fn append(
+        &self,
+        sender: &str,
+        accepted: Vec<Accepted>,
+    ) -> Result<Option<PendingPublish<ResourceLeaseReplicationEvent>>, Error> {
+        if accepted.is_empty() {
+            return Ok(None);
+        }
+        let log = self.replicator.log_encoding();
+        let keeps = |scanned: &proto::Scanned| {
+            log.format == Format::Protobuf
+                && scanned.version <= log.version
+                && scanned.event_type.since() <= log.version
+        };
+        if accepted
+            .iter()
+            .all(|a| matches!(a, Accepted::Protobuf { scanned, .. } if keeps(scanned)))
+        {
+            let bytes = accepted
+                .iter()
+                .map(|a| match a {
+                    Accepted::Protobuf { payload, .. } => payload.len() + ORIGIN_BYTES,
+                    Accepted::Event(_) => 0,
+                })
+                .sum();
+            let mut encoded = EncodedEvents::with_capacity(log, accepted.len(), bytes);
+            for accepted in &accepted {
+                let Accepted::Protobuf {
+                    payload,
+                    scanned,
+                    epoch,
+                    sequence,
+                } = accepted
+                else {
+                    continue;
+                };
+                encoded.push(scanned.event_type.kind(), scanned.peer_id(payload), |out| {
+                    out.extend_from_slice(payload);
+                    append_origin(out, sender, *epoch, *sequence, scanned.timestamp);
+                    if scanned.version < log.version {
+                        proto::append_schema_version(log.version, out);
+                    }
+                });
+            }
+            return self
+                .replicator
+                .submit_encoded(&self.stream, &encoded)
+                .await
+                .map(Some);
+        }
+        let mut events = Vec::with_capacity(accepted.len());
+        for accepted in accepted {
+            events.push(match accepted {
+                Accepted::Event(event) => *event,
+                Accepted::Protobuf {
+                    payload,
+                    epoch,
+                    sequence,
+                    ..
+                } => {
+                    // The scan vouched that it decodes.
+                    let mut event = proto::decode(&payload).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Internal,
+                            format!("a scanned event does not decode: {e}"),
+                        )
+                    })?;
+                    stamp_origin(&mut event, sender, epoch, sequence);
+                    event
+                }
+            });
+        }
+        self.replicator
+            .submit_all(&self.stream, events)
+            .await
+            .map(Some)
+            .map_err(|parts| parts.error)
     }
 
     /// The tonic service answering the reference's `Publish`.

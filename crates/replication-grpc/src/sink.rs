@@ -17,7 +17,7 @@ use crate::v2::{PublishAck, PublishBatch, SentEvent};
 
 /// Events per `PublishStream` message, at most: a delivery batch larger
 /// than this goes as several messages, pipelined.
-const MESSAGE_EVENTS: usize = 128;
+const MESSAGE_EVENTS: usize = 512;
 /// `PublishStream` messages sent and not yet acknowledged, at most.
 const IN_FLIGHT: usize = 8;
 

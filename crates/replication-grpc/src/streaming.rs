@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use omnirelay_replication::{
-    DurableReplicator, Encoding, Error, ErrorKind, Replay, Replayed, StreamId, WireVersion,
+    DurableReplicator, Encoding, Error, ErrorKind, Format, Replay, Replayed, StreamId, WireVersion,
 };
 use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, codec};
 use tokio::sync::{mpsc, watch};
@@ -87,10 +87,21 @@ async fn stopped(stop: Option<&mut watch::Receiver<bool>>) {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The batch's events; one that cannot be read (an unknown future version
-/// or type) goes to the quarantine as it came.
+/// The batch's events: protobuf ones as they came (the receiver reads
+/// what it needs of them), JSON ones decoded; one that cannot be read (an
+/// unknown future version or type) goes to the quarantine as it came.
 fn decode_batch(batch: PublishBatch) -> Vec<Incoming> {
     let format = format_of(PayloadFormat::try_from(batch.format).unwrap_or_default());
+    if format == Format::Protobuf {
+        return batch
+            .events
+            .into_iter()
+            .map(|sent| Incoming::Protobuf {
+                sequence: sent.sequence,
+                payload: sent.payload,
+            })
+            .collect();
+    }
     batch
         .events
         .into_iter()

@@ -251,4 +251,32 @@ pub trait Codec<E>: Send + Sync + 'static {
     /// [`CodecErrorKind::Unsupported`] for an unknown event type or a future
     /// schema version. Never panics, whatever the bytes.
     fn decode(&self, format: Format, bytes: &[u8]) -> Result<E, CodecError>;
+
+    /// Appends to `out` the event encoded as `bytes` in `encoding`, stamped
+    /// with `assignment` as [`ReplicationEvent::assign`] would stamp it,
+    /// without decoding it: what lets a node append events it received
+    /// already encoded (see
+    /// [`DurableReplicator::submit_encoded`](crate::DurableReplicator::submit_encoded)).
+    /// `bytes` must be an event the codec decodes. The default cannot;
+    /// protobuf, whose later fields override earlier ones, can by appending
+    /// the stamped fields.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecErrorKind::Unsupported`] when the codec cannot stamp
+    /// `encoding` this way; `out` may then hold part of the event (the
+    /// caller truncates).
+    fn stamp_encoded(
+        &self,
+        bytes: &[u8],
+        encoding: Encoding,
+        assignment: &Assignment<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let _ = (bytes, assignment, out);
+        Err(CodecError::new(
+            CodecErrorKind::Unsupported,
+            format!("this codec cannot stamp events encoded in {encoding}"),
+        ))
+    }
 }

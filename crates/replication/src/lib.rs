@@ -86,7 +86,7 @@ pub use event::{
     WireVersion,
 };
 pub use log::{Durability, LogOptions, Retention};
-pub use record::{EventBatch, Form, OwnedRecord, Record, RecordHeader};
+pub use record::{EncodedEvents, EventBatch, Form, OwnedRecord, Record, RecordHeader};
 pub use replay::{Replay, Replayed};
 pub use replicator::{
     Ack, CompositeOutcome, CompositeReplicator, DurableOptions, DurableReplicator, DynReplicator,

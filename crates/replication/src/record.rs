@@ -283,6 +283,104 @@ impl Form {
     }
 }
 
+impl Form {
+    /// This form's events in `encoding`: each decoded and encoded again.
+    /// An event that does not decode, or has no form in `encoding`, gets
+    /// no bytes, and the error says why.
+    fn transcode<E: 'static>(&self, codec: &dyn Codec<E>, encoding: Encoding) -> Self {
+        let mut buffer = Vec::with_capacity(self.buffer.len() + self.buffer.len() / 2);
+        let mut ends = Vec::with_capacity(self.len());
+        let mut errors = Vec::new();
+        for index in 0..self.len() {
+            let start = buffer.len();
+            let encoded = match self.item(index) {
+                Some(Ok(bytes)) => codec
+                    .decode(self.encoding.format, bytes)
+                    .and_then(|event| codec.encode_into(&event, encoding, &mut buffer)),
+                Some(Err(err)) => Err(err.clone()),
+                None => Err(CodecError::new(
+                    crate::event::CodecErrorKind::Malformed,
+                    "no such event",
+                )),
+            };
+            if let Err(err) = encoded {
+                buffer.truncate(start);
+                errors.push((index, err));
+            }
+            ends.push(buffer.len());
+        }
+        Self {
+            stream: self.stream.clone(),
+            encoding,
+            buffer: Bytes::from(buffer),
+            layout: Layout::Ends(ends),
+            errors,
+        }
+    }
+}
+
+/// Events already encoded in a log's encoding and not yet numbered: what
+/// a node that receives encoded events appends without decoding them (see
+/// [`DurableReplicator::submit_encoded`](crate::DurableReplicator::submit_encoded)).
+#[derive(Clone, Debug)]
+pub struct EncodedEvents {
+    encoding: Encoding,
+    buffer: Vec<u8>,
+    ends: Vec<usize>,
+    kinds: Vec<EventKind>,
+    peers: Vec<Option<Arc<str>>>,
+}
+
+impl EncodedEvents {
+    /// Room for `events` events of `bytes` bytes in all, in `encoding`.
+    pub fn with_capacity(encoding: Encoding, events: usize, bytes: usize) -> Self {
+        Self {
+            encoding,
+            buffer: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(events),
+            kinds: Vec::with_capacity(events),
+            peers: Vec::with_capacity(events),
+        }
+    }
+
+    /// Adds an event of type `kind` caused by `peer`, whose bytes `write`
+    /// appends to the buffer it is given (it must append exactly one event
+    /// the codec decodes).
+    pub fn push(&mut self, kind: EventKind, peer: Option<&str>, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.buffer);
+        self.ends.push(self.buffer.len());
+        self.kinds.push(kind);
+        // Events of a batch mostly come from a few peers: consecutive
+        // events of one peer share its name.
+        let peer = peer.map(|peer| match self.peers.last() {
+            Some(Some(last)) if **last == *peer => last.clone(),
+            _ => Arc::from(peer),
+        });
+        self.peers.push(peer);
+    }
+
+    /// The encoding.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// How many events.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The `index`-th event's bytes.
+    fn item(&self, index: usize) -> &[u8] {
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        &self.buffer[start..self.ends[index]]
+    }
+}
+
 /// Consecutive events of one stream, stamped by a replicator, with each
 /// encoding computed at most once for the whole batch and shared by every
 /// sink that writes it. Sinks borrow [`Record`]s from it.
@@ -317,7 +415,9 @@ impl<E> EventBatch<E> {
         &self.stream
     }
 
-    /// The events.
+    /// The events as submitted; empty for a batch submitted already
+    /// encoded ([`EventBatch::from_encoded`]), whose events exist only as
+    /// bytes.
     pub fn events(&self) -> &[E] {
         &self.events
     }
@@ -329,15 +429,15 @@ impl<E> EventBatch<E> {
 
     /// How many events.
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.headers.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.headers.is_empty()
     }
 
-    /// Takes the events back.
+    /// Takes the events back (none for a batch submitted encoded).
     pub fn into_events(self) -> Vec<E> {
         self.events
     }
@@ -423,6 +523,69 @@ impl<E: ReplicationEvent> EventBatch<E> {
         batch
     }
 
+    /// A batch of `encoded` events numbered from `first` and stamped
+    /// `timestamp` by the codec, in their bytes: the batch's form in their
+    /// encoding, which is the log's. It has no events (see
+    /// [`EventBatch::events`]); other encodings are made by decoding the
+    /// bytes.
+    ///
+    /// # Errors
+    ///
+    /// The first event the codec cannot stamp, with its index.
+    pub fn from_encoded(
+        stream: &StreamId,
+        encoded: &EncodedEvents,
+        codec: &dyn Codec<E>,
+        first: u64,
+        timestamp: Timestamp,
+    ) -> Result<Self, (usize, CodecError)> {
+        let count = encoded.len();
+        let mut buffer = Vec::with_capacity(encoded.buffer.len() + count * 64);
+        let mut ends = Vec::with_capacity(count);
+        let mut headers = Vec::with_capacity(count);
+        for index in 0..count {
+            let sequence = first + index as u64;
+            let assignment = Assignment {
+                stream,
+                sequence,
+                timestamp,
+            };
+            codec
+                .stamp_encoded(
+                    encoded.item(index),
+                    encoded.encoding,
+                    &assignment,
+                    &mut buffer,
+                )
+                .map_err(|err| (index, err))?;
+            ends.push(buffer.len());
+            headers.push(RecordHeader {
+                sequence,
+                timestamp,
+                kind: encoded.kinds[index],
+                peer: encoded.peers[index].clone(),
+            });
+        }
+        let batch = Self {
+            stream: stream.clone(),
+            events: Vec::new(),
+            headers,
+            common: Default::default(),
+            other: Mutex::new(Vec::new()),
+            logged: OnceLock::new(),
+        };
+        let form = Arc::new(Form {
+            stream: stream.clone(),
+            encoding: encoded.encoding,
+            buffer: Bytes::from(buffer),
+            layout: Layout::Ends(ends),
+            errors: Vec::new(),
+        });
+        batch.set_form(form.clone());
+        let _ = batch.logged.set(form);
+        Ok(batch)
+    }
+
     fn set_form(&self, form: Arc<Form>) {
         if let Some(slot) = common_slot(form.encoding) {
             let _ = self.common[slot].set(form);
@@ -434,9 +597,17 @@ impl<E: ReplicationEvent> EventBatch<E> {
         }
     }
 
-    /// The batch in `encoding`, encoding it on first use only.
+    /// The batch in `encoding`, encoding it on first use only (for a batch
+    /// submitted encoded, by decoding the log's form).
     pub fn form(&self, codec: &dyn Codec<E>, encoding: Encoding) -> Arc<Form> {
-        let build = || Arc::new(Form::build(&self.stream, &self.events, codec, encoding));
+        let build = || {
+            Arc::new(match self.logged.get() {
+                Some(logged) if self.events.len() < self.headers.len() => {
+                    logged.transcode(codec, encoding)
+                }
+                _ => Form::build(&self.stream, &self.events, codec, encoding),
+            })
+        };
         if let Some(slot) = common_slot(encoding) {
             return self.common[slot].get_or_init(build).clone();
         }
@@ -495,7 +666,7 @@ impl<E: ReplicationEvent> LogBatch for EventBatch<E> {
     }
 
     fn len(&self) -> usize {
-        self.events.len()
+        self.headers.len()
     }
 
     fn timestamp(&self, index: usize) -> Timestamp {

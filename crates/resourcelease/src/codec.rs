@@ -1,7 +1,9 @@
 //! Encoding and decoding by [`Encoding`], and the framework codec.
 
 use bytes::Bytes;
-use omnirelay_replication::{Codec, CodecError, Encoding, Format, WireVersion};
+use omnirelay_replication::{
+    Assignment, Codec, CodecError, CodecErrorKind, Encoding, Format, WireVersion,
+};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::event::ResourceLeaseReplicationEvent;
@@ -77,5 +79,21 @@ impl Codec<ResourceLeaseReplicationEvent> for ResourceLeaseCodec {
         bytes: &[u8],
     ) -> Result<ResourceLeaseReplicationEvent, CodecError> {
         Ok(decode(format, bytes)?)
+    }
+
+    fn stamp_encoded(
+        &self,
+        bytes: &[u8],
+        encoding: Encoding,
+        assignment: &Assignment<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        match encoding.format {
+            Format::Protobuf => Ok(proto::stamp_into(bytes, encoding.version, assignment, out)?),
+            _ => Err(CodecError::new(
+                CodecErrorKind::Unsupported,
+                format!("events encoded in {encoding} cannot be stamped without decoding them"),
+            )),
+        }
     }
 }

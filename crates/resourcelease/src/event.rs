@@ -62,6 +62,14 @@ impl ResourceLeaseReplicationEventType {
         Self::ALL.into_iter().find(|t| i64::from(t.code()) == code)
     }
 
+    /// The type as the replication framework sees it.
+    pub const fn kind(self) -> EventKind {
+        EventKind {
+            code: self.code(),
+            name: self.name(),
+        }
+    }
+
     /// The exact (PascalCase) name, as JSON writes it.
     pub const fn name(self) -> &'static str {
         match self {
@@ -311,10 +319,7 @@ impl ResourceLeaseReplicationEvent {
 
 impl ReplicationEvent for ResourceLeaseReplicationEvent {
     fn kind(&self) -> EventKind {
-        EventKind {
-            code: self.event_type.code(),
-            name: self.event_type.name(),
-        }
+        self.event_type.kind()
     }
 
     fn peer(&self) -> Option<&str> {

@@ -8,7 +8,9 @@
 //! `""`. Map fields are written in ordinal key order, so the encoding of an
 //! event is canonical.
 
-use omnirelay_replication::{Timestamp, WireVersion};
+use std::cell::Cell;
+
+use omnirelay_replication::{Assignment, Timestamp, TimestampText, WireVersion};
 use prost::Message as _;
 use uuid::Uuid;
 
@@ -20,6 +22,9 @@ use crate::event::{
 use crate::version::{LATEST, V2, check_writable};
 
 mod direct;
+mod scan;
+
+pub use scan::{Scanned, scan};
 
 /// The generated messages of `resource_lease_replication.proto`.
 #[allow(
@@ -67,6 +72,63 @@ pub fn encode_into(
 ) -> Result<(), EncodeError> {
     check_writable(event, version)?;
     direct::encode_into(event, version, out);
+    Ok(())
+}
+
+/// Appends a metadata entry to an encoded event: decoded, the event has
+/// `key` set to `value`, as [`Metadata::insert`] sets it, provided `key`
+/// has no ASCII capital letters (decoding folds keys that differ only in
+/// ASCII case in ordinal order, where such a key comes last and wins).
+pub fn append_metadata(key: &str, value: &str, out: &mut Vec<u8>) {
+    direct::metadata_entry(key, value, out);
+}
+
+/// Appends the schema version to an encoded event (one of version 1 is
+/// also one of version 2, which has every field and type of version 1).
+pub fn append_schema_version(version: WireVersion, out: &mut Vec<u8>) {
+    direct::schema_version(version, out);
+}
+
+/// Appends `bytes`, an event of schema `version`, to `out` stamped with
+/// `assignment`: decoded, it is the event of `bytes` after
+/// [`ReplicationEvent::assign`](omnirelay_replication::ReplicationEvent::assign).
+/// A protobuf field given again overrides the earlier one, so the stamp is
+/// appended after the bytes.
+///
+/// # Errors
+///
+/// [`EncodeError::UnsupportedVersion`] for a version this crate does not
+/// write.
+pub fn stamp_into(
+    bytes: &[u8],
+    version: WireVersion,
+    assignment: &Assignment<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    if version != WireVersion::V1 && version != V2 {
+        return Err(EncodeError::UnsupportedVersion(version));
+    }
+    thread_local! {
+        /// The last timestamp stamped and its text: a batch's events share
+        /// one.
+        static LAST: Cell<Option<(Timestamp, TimestampText)>> = const { Cell::new(None) };
+    }
+    let text = LAST.with(|last| match last.get() {
+        Some((at, text)) if at == assignment.timestamp => text,
+        _ => {
+            let text = assignment.timestamp.round_trip_text();
+            last.set(Some((assignment.timestamp, text)));
+            text
+        }
+    });
+    out.extend_from_slice(bytes);
+    direct::stamp(
+        i64::try_from(assignment.sequence).unwrap_or(i64::MAX),
+        text.as_str(),
+        assignment.stream.as_str(),
+        version,
+        out,
+    );
     Ok(())
 }
 

@@ -244,3 +244,143 @@ async fn a_large_batch_is_pipelined_in_messages_and_lands_whole_and_in_order() {
     assert_eq!(marks["bulk"].sequence, 3000);
     node.stop().await;
 }
+
+/// The events of `node`'s log from 1 in full fidelity, with the receiver's
+/// own timestamp (its clock) left out.
+async fn logged(node: &Node) -> Vec<omnirelay_resourcelease::ResourceLeaseReplicationEvent> {
+    use omnirelay_replication::{Format, Replayed, WireVersion};
+    node.replicator
+        .replay(
+            &StreamId::default(),
+            1,
+            Encoding::new(Format::Json, WireVersion::V2),
+        )
+        .await
+        .unwrap()
+        .map(|item| match item.unwrap() {
+            Replayed::Record(record) => {
+                let mut event = json::decode(record.bytes()).unwrap();
+                event.timestamp = omnirelay_replication::Timestamp::MIN;
+                event
+            }
+            Replayed::Skipped { .. } => panic!("nothing was skipped"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_events_appended_as_they_came_equal_the_same_events_decoded() {
+    use omnirelay_replication::{EventKind, Format, OwnedRecord, RecordHeader, WireVersion};
+    use omnirelay_resourcelease::{
+        ResourceLeaseItemPayload, ResourceLeasePendingItem, ResourceLeaseReplicationEvent,
+        ResourceLeaseReplicationEventType, codec,
+    };
+    let events: Vec<ResourceLeaseReplicationEvent> = (1..=6i64)
+        .map(|sequence| {
+            let payload = ResourceLeaseItemPayload {
+                resource_type: "table".to_owned(),
+                resource_id: format!("orders-{sequence}"),
+                partition_key: "p".to_owned(),
+                payload_encoding: "json".to_owned(),
+                body: b"{}".to_vec(),
+                attributes: None,
+                request_id: None,
+            };
+            let mut event = if sequence == 5 {
+                // Snapshot items are left to decoding: its batch is decoded.
+                let mut drain = ResourceLeaseReplicationEvent::new(
+                    ResourceLeaseReplicationEventType::DrainSnapshot,
+                );
+                drain.items.push(ResourceLeasePendingItem {
+                    payload: payload.clone(),
+                    attempt: 2,
+                    enqueued_at: omnirelay_replication::Timestamp::now(),
+                    last_error: None,
+                    sequence_id: 9,
+                    last_ownership_token: None,
+                });
+                drain
+            } else {
+                let mut enqueue =
+                    ResourceLeaseReplicationEvent::new(ResourceLeaseReplicationEventType::Enqueue);
+                enqueue.payload = Some(payload);
+                enqueue.peer_id = Some(format!("worker-{}", sequence % 2));
+                enqueue
+            };
+            event.sequence_number = sequence;
+            // A key the receiver's origin replaces, in another case.
+            event
+                .metadata
+                .insert("Replication.Origin.Sender", "spoofed");
+            event.metadata.insert("queue.pending", sequence.to_string());
+            event
+        })
+        .collect();
+    let records = |format: Format| -> Vec<OwnedRecord> {
+        let encoding = Encoding::new(format, WireVersion::V2);
+        events
+            .iter()
+            .map(|event| {
+                let header = RecordHeader {
+                    sequence: event.sequence_number as u64,
+                    timestamp: event.timestamp,
+                    kind: EventKind {
+                        code: event.event_type.code(),
+                        name: event.event_type.name(),
+                    },
+                    peer: None,
+                };
+                let bytes = codec::encode(event, encoding).unwrap();
+                OwnedRecord::new(StreamId::default(), header, encoding, bytes.into())
+            })
+            .collect()
+    };
+    let (as_sent, decoding) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (as_sent, decoding) = (
+        Node::start(as_sent.path()).await,
+        Node::start(decoding.path()).await,
+    );
+    // Protobuf to one receiver (appended as it came, but for the batch with
+    // the snapshot), JSON to the other (always decoded); batches of three.
+    for (node, format) in [(&as_sent, Format::Protobuf), (&decoding, Format::Json)] {
+        let sink = node.sink("origin");
+        let records = records(format);
+        sink.apply_owned(&records[..3]).await.unwrap();
+        sink.apply_owned(&records[3..]).await.unwrap();
+    }
+    let (got, want) = (logged(&as_sent).await, logged(&decoding).await);
+    assert_eq!(got.len(), 6);
+    assert_eq!(got, want);
+    for (event, sequence) in got.iter().zip(1..) {
+        assert_eq!(event.sequence_number, sequence);
+        assert_eq!(event.metadata.get(origin::SENDER), Some("origin"));
+        assert_eq!(
+            event.metadata.get(origin::SEQUENCE),
+            Some(sequence.to_string().as_str())
+        );
+    }
+    assert_eq!(got[4].items.len(), 1);
+    // The first batch was appended as it came: the log holds the bytes sent,
+    // with what the receiver stamps after them.
+    let sent = records(Format::Protobuf);
+    let stored: Vec<bytes::Bytes> = as_sent
+        .replicator
+        .replay(
+            &StreamId::default(),
+            1,
+            Encoding::new(Format::Protobuf, WireVersion::V2),
+        )
+        .await
+        .unwrap()
+        .take(3)
+        .map(|item| match item.unwrap() {
+            omnirelay_replication::Replayed::Record(record) => record.bytes().clone(),
+            omnirelay_replication::Replayed::Skipped { .. } => panic!("nothing was skipped"),
+        })
+        .collect();
+    for (stored, sent) in stored.iter().zip(&sent) {
+        assert!(stored.starts_with(sent.bytes()), "not appended as it came");
+    }
+    as_sent.stop().await;
+    decoding.stop().await;
+}

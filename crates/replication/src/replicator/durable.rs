@@ -14,9 +14,9 @@ use crate::delivery::{
     CheckpointStore, DeadLetterLog, FileCheckpointStore, SinkOptions, SinkSnapshot, WhenFull,
 };
 use crate::error::{Error, ErrorKind, PublishError};
-use crate::event::{Assignment, Codec, Encoding, Format, ReplicationEvent};
+use crate::event::{Assignment, Codec, CodecErrorKind, Encoding, Format, ReplicationEvent};
 use crate::log::{LogOptions, Recovery, StreamLog};
-use crate::record::EventBatch;
+use crate::record::{EncodedEvents, EventBatch};
 use crate::replicator::{Receipt, Replicator};
 use crate::sequencer::Sequencer;
 use crate::sink::SharedSink;
@@ -285,7 +285,7 @@ impl<E: ReplicationEvent> PendingPublish<E> {
     }
 
     /// The events as submitted, numbered and stamped (the log's own, not a
-    /// copy).
+    /// copy); none for [`DurableReplicator::submit_encoded`].
     pub fn events(&self) -> &[E] {
         self.batch.as_deref().map_or(&[], EventBatch::events)
     }
@@ -370,6 +370,12 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         ));
         lock(&replicator.inner.tasks).push(gauges);
         Ok(replicator)
+    }
+
+    /// The encoding the log stores: the configured format at the codec's
+    /// latest version.
+    pub fn log_encoding(&self) -> Encoding {
+        self.inner.log_encoding
     }
 
     /// The data directory (the logs, checkpoints and dead letters under it).
@@ -649,6 +655,122 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             .map_or(0, |state| state.last_assigned.load(Ordering::Acquire))
     }
 
+    /// Appends events received already encoded in the log's encoding (see
+    /// [`EncodedEvents`]), numbered and stamped in their bytes by the
+    /// codec's [`Codec::stamp_encoded`], without decoding them: what a
+    /// receiving node does with events it only passes on. Sinks that write
+    /// another encoding get the events decoded from the log's bytes, and
+    /// [`PendingPublish::events`] is empty. Otherwise as
+    /// [`DurableReplicator::submit_all`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] when the events are not in the log's
+    /// encoding, or the codec cannot stamp them ([`ErrorKind::Unsupported`]
+    /// for a codec that cannot stamp at all); otherwise as
+    /// [`DurableReplicator::submit`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`DurableReplicator::submit`].
+    pub async fn submit_encoded(
+        &self,
+        stream: &StreamId,
+        events: &EncodedEvents,
+    ) -> Result<PendingPublish<E>, Error> {
+        let started = std::time::Instant::now();
+        if events.encoding() != self.inner.log_encoding {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "events encoded in {} cannot be appended to a log of {}",
+                    events.encoding(),
+                    self.inner.log_encoding
+                ),
+            ));
+        }
+        let count = events.len() as u64;
+        let state = self.admit(stream, count).await?;
+        if count == 0 {
+            return Ok(self.nothing_submitted(stream, state, started));
+        }
+        let sequencer = state.sequencer.lock().await;
+        let first = Self::next_sequences(&sequencer, count)?;
+        let timestamp = (self.inner.options.clock)();
+        let batch =
+            EventBatch::from_encoded(stream, events, self.inner.codec.as_ref(), first, timestamp)
+                .map_err(|(index, err)| {
+                let kind = match err.kind() {
+                    CodecErrorKind::Unsupported => ErrorKind::Unsupported,
+                    _ => ErrorKind::Rejected,
+                };
+                Error::new(
+                    kind,
+                    format!("event {index} of the submission cannot be stamped: {err}"),
+                )
+            })?;
+        self.append_locked(stream, &state, sequencer, batch, started, timestamp)
+            .await
+            .map_err(|(error, _)| error)
+    }
+
+    /// The stream's state, once no required sink with room to wait is over
+    /// its lag budget for `count` more events.
+    async fn admit(&self, stream: &StreamId, count: u64) -> Result<Arc<StreamState<E>>, Error> {
+        let state = self.stream(stream).await?;
+        loop {
+            let notified = state.advanced.notified();
+            let Some((sink, lag, budget, when_full)) = state.over_budget(count) else {
+                break;
+            };
+            state.metrics.backpressure.set(1.0);
+            if when_full == WhenFull::Reject {
+                return Err(Error::new(
+                    ErrorKind::Throttled,
+                    format!(
+                        "required sink {sink:?} of stream {stream} is {lag} events behind (budget {budget})"
+                    ),
+                ));
+            }
+            notified.await;
+        }
+        Ok(state)
+    }
+
+    /// The answer to an empty submission: nothing to wait for.
+    fn nothing_submitted(
+        &self,
+        stream: &StreamId,
+        state: Arc<StreamState<E>>,
+        started: std::time::Instant,
+    ) -> PendingPublish<E> {
+        let last = state.last_assigned.load(Ordering::Acquire);
+        PendingPublish {
+            started,
+            receipt: Receipt {
+                stream: stream.clone(),
+                sequence: last,
+                timestamp: (self.inner.options.clock)(),
+            },
+            batch: None,
+            first_sequence: last + 1,
+            stream: state,
+            ack: self.inner.options.ack,
+        }
+    }
+
+    /// The first of the next `count` sequences.
+    fn next_sequences(sequencer: &Sequencer, count: u64) -> Result<u64, Error> {
+        let first = sequencer.last() + 1;
+        if first + count - 1 > Sequencer::MAX {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "sequence space of the stream is exhausted",
+            ));
+        }
+        Ok(first)
+    }
+
     async fn submit_stamped(
         &self,
         stream: &StreamId,
@@ -656,7 +778,8 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         stamping: Stamping,
     ) -> Result<PendingPublish<E>, PublishErrorParts<Vec<E>>> {
         let started = std::time::Instant::now();
-        let state = match self.stream(stream).await {
+        let count = events.len() as u64;
+        let state = match self.admit(stream, count).await {
             Ok(state) => state,
             Err(error) => {
                 return Err(PublishErrorParts {
@@ -665,54 +788,19 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                 });
             }
         };
-        let count = events.len() as u64;
         if count == 0 {
-            let last = state.last_assigned.load(Ordering::Acquire);
-            return Ok(PendingPublish {
-                started,
-                receipt: Receipt {
-                    stream: stream.clone(),
-                    sequence: last,
-                    timestamp: (self.inner.options.clock)(),
-                },
-                batch: None,
-                first_sequence: last + 1,
-                stream: state,
-                ack: self.inner.options.ack,
-            });
+            return Ok(self.nothing_submitted(stream, state, started));
         }
-        loop {
-            let notified = state.advanced.notified();
-            let Some((sink, lag, budget, when_full)) = state.over_budget(count) else {
-                break;
-            };
-            state.metrics.backpressure.set(1.0);
-            if when_full == WhenFull::Reject {
-                let error = Error::new(
-                    ErrorKind::Throttled,
-                    format!(
-                        "required sink {sink:?} of stream {stream} is {lag} events behind (budget {budget})"
-                    ),
-                );
+        let sequencer = state.sequencer.lock().await;
+        let first = match Self::next_sequences(&sequencer, count) {
+            Ok(first) => first,
+            Err(error) => {
                 return Err(PublishErrorParts {
                     error,
                     event: Some(events),
                 });
             }
-            notified.await;
-        }
-        let mut sequencer = state.sequencer.lock().await;
-        let first = sequencer.last() + 1;
-        if first + count - 1 > Sequencer::MAX {
-            let error = Error::new(
-                ErrorKind::Internal,
-                "sequence space of the stream is exhausted",
-            );
-            return Err(PublishErrorParts {
-                error,
-                event: Some(events),
-            });
-        }
+        };
         let timestamp = (self.inner.options.clock)();
         if stamping == Stamping::Keep
             && let Some((i, event)) = events
@@ -759,18 +847,38 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
                 event: Some(batch.into_events()),
             });
         }
+        self.append_locked(stream, &state, sequencer, batch, started, timestamp)
+            .await
+            .map_err(|(error, batch)| PublishErrorParts {
+                error,
+                event: Some(
+                    Arc::try_unwrap(batch)
+                        .map(EventBatch::into_events)
+                        .unwrap_or_default(),
+                ),
+            })
+    }
+
+    /// Appends `batch`, numbered from the sequencer's next sequence, to the
+    /// stream's log and advances the sequencer past it; the log hands the
+    /// batch back when it refuses it.
+    async fn append_locked(
+        &self,
+        stream: &StreamId,
+        state: &Arc<StreamState<E>>,
+        mut sequencer: tokio::sync::MutexGuard<'_, Sequencer>,
+        batch: EventBatch<E>,
+        started: std::time::Instant,
+        timestamp: Timestamp,
+    ) -> Result<PendingPublish<E>, (Error, Arc<EventBatch<E>>)> {
+        let first = batch.first_sequence();
+        let count = batch.len() as u64;
         let batch = Arc::new(batch);
         let bytes = match state.log.append(batch.clone()).await {
             Ok(bytes) => bytes,
             Err((error, returned)) => {
                 drop(batch);
-                let events = Arc::try_unwrap(returned)
-                    .map(EventBatch::into_events)
-                    .unwrap_or_default();
-                return Err(PublishErrorParts {
-                    error,
-                    event: Some(events),
-                });
+                return Err((error, returned));
             }
         };
         for _ in 0..count {
@@ -790,7 +898,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             },
             batch: Some(batch),
             first_sequence: first,
-            stream: state,
+            stream: state.clone(),
             ack: self.inner.options.ack,
         })
     }

@@ -873,3 +873,50 @@ async fn a_replica_keeps_the_sequences_and_times_it_is_given_and_refuses_gaps() 
     assert_eq!(publish(&replica, 1).await, vec![6]);
     replica.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn encoded_events_are_refused_by_a_codec_that_cannot_stamp_them_or_in_another_encoding() {
+    use omnirelay_replication::{EncodedEvents, EventKind};
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::None).await;
+    let stream = StreamId::default();
+    let kind = EventKind {
+        code: 1,
+        name: "Note",
+    };
+    let push = |encoded: &mut EncodedEvents| {
+        encoded.push(kind, Some("peer"), |out| out.extend_from_slice(b"{}"));
+    };
+    // The log's encoding, but the test codec has no way to stamp bytes.
+    let mut encoded = EncodedEvents::with_capacity(replicator.log_encoding(), 1, 2);
+    push(&mut encoded);
+    assert_eq!(encoded.len(), 1);
+    let refused = replicator
+        .submit_encoded(&stream, &encoded)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Unsupported, "{refused}");
+    // Not the log's encoding.
+    let other = if replicator.log_encoding() == Encoding::JSON_V1 {
+        Encoding::PROTOBUF_V1
+    } else {
+        Encoding::JSON_V1
+    };
+    let mut encoded = EncodedEvents::with_capacity(other, 1, 2);
+    push(&mut encoded);
+    let refused = replicator
+        .submit_encoded(&stream, &encoded)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+    // Neither took a sequence: the next event is the first.
+    let receipt = replicator
+        .submit(&stream, Note::new("after"))
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    assert_eq!(receipt.sequence, 1);
+    replicator.close().await.unwrap();
+}

@@ -94,11 +94,55 @@ fn entry_len(k: &str, v: &str) -> usize {
     bytes_len(1, k.as_bytes()) + bytes_len(2, v.as_bytes())
 }
 
+fn entry(tag: u32, k: &str, v: &str, out: &mut Vec<u8>) {
+    message_header(tag, entry_len(k, v), out);
+    bytes(1, k.as_bytes(), out);
+    bytes(2, v.as_bytes(), out);
+}
+
 fn map(tag: u32, map: Option<&Metadata>, out: &mut Vec<u8>) {
     for (k, v) in map.into_iter().flat_map(Metadata::iter) {
-        message_header(tag, entry_len(k, v), out);
-        bytes(1, k.as_bytes(), out);
-        bytes(2, v.as_bytes(), out);
+        entry(tag, k, v, out);
+    }
+}
+
+/// Appends field `tag` with `value` even when it is the default, so that
+/// it overrides an earlier occurrence.
+fn explicit_int(tag: u32, value: i64, out: &mut Vec<u8>) {
+    key(tag, VARINT, out);
+    varint(value as u64, out);
+}
+
+/// As [`explicit_int`], for a string or bytes field.
+fn explicit_bytes(tag: u32, value: &[u8], out: &mut Vec<u8>) {
+    key(tag, LEN, out);
+    varint(value.len() as u64, out);
+    out.extend_from_slice(value);
+}
+
+/// Appends a metadata entry (a later entry of a key replaces an earlier).
+pub(super) fn metadata_entry(k: &str, v: &str, out: &mut Vec<u8>) {
+    entry(8, k, v, out);
+}
+
+/// Appends the schema version.
+pub(super) fn schema_version(version: WireVersion, out: &mut Vec<u8>) {
+    explicit_int(9, i64::from(version.get()), out);
+}
+
+/// Appends what [`ResourceLeaseReplicationEvent::assign`] stamps, as
+/// fields of `version`, overriding what the message before them holds.
+pub(super) fn stamp(
+    sequence: i64,
+    timestamp: &str,
+    stream: &str,
+    version: WireVersion,
+    out: &mut Vec<u8>,
+) {
+    explicit_int(1, sequence, out);
+    explicit_bytes(3, timestamp.as_bytes(), out);
+    if version >= V2 {
+        explicit_bytes(10, stream.as_bytes(), out);
     }
 }
 

@@ -181,3 +181,121 @@ async fn v1_sinks_skip_and_count_events_v1_cannot_hold() {
     );
     assert!(doc.contains(r#""streamId":"default""#), "{doc}");
 }
+
+/// Encoded events appended as they are: numbered and stamped in their
+/// bytes, they read back, from the log and in every sink's encoding, as the
+/// events decoded and assigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_events_appended_without_decoding_read_back_as_the_events_assigned() {
+    use omnirelay_replication::{
+        DurableOptions, DurableReplicator, EncodedEvents, Format, Replayed, ReplicationEvent,
+        Timestamp, WireVersion,
+    };
+    use omnirelay_resourcelease::{ResourceLeaseItemPayload, proto};
+
+    fn at_noon() -> Timestamp {
+        Timestamp::parse("2026-11-28T12:00:00.0000000+00:00").unwrap()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let options = || DurableOptions {
+        clock: at_noon,
+        ..DurableOptions::new(dir.path())
+    };
+    let replicator = DurableReplicator::open(Arc::new(ResourceLeaseCodec), options())
+        .await
+        .unwrap();
+    let sink = MemorySink::new();
+    replicator
+        .add_sink("json", sink.clone().shared(), Default::default())
+        .await
+        .unwrap();
+    let stream = StreamId::default();
+    replicator
+        .submit(&stream, enqueue())
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+
+    let events: Vec<ResourceLeaseReplicationEvent> = (0..3)
+        .map(|i| {
+            let mut event = enqueue();
+            event.sequence_number = 100 + i;
+            event.peer_id = Some(format!("worker-{i}"));
+            event.payload = Some(ResourceLeaseItemPayload {
+                resource_type: "table".to_owned(),
+                resource_id: format!("orders-{i}"),
+                partition_key: "p".to_owned(),
+                payload_encoding: "json".to_owned(),
+                body: b"{}".to_vec(),
+                attributes: None,
+                request_id: None,
+            });
+            event.metadata.insert("queue.pending", i.to_string());
+            event
+        })
+        .collect();
+    let mut encoded = EncodedEvents::with_capacity(replicator.log_encoding(), 3, 1024);
+    for event in &events {
+        encoded.push(event.kind(), event.peer(), |out| {
+            proto::encode_into(event, WireVersion::V1, out).unwrap();
+            proto::append_metadata("added", "yes", out);
+            proto::append_schema_version(WireVersion::V2, out);
+        });
+    }
+    let pending = replicator.submit_encoded(&stream, &encoded).await.unwrap();
+    assert!(pending.events().is_empty());
+    assert_eq!(pending.sequences(), 2..=4);
+    pending.durable().await.unwrap();
+    replicator.wait_caught_up().await;
+
+    let expected: Vec<ResourceLeaseReplicationEvent> = events
+        .iter()
+        .zip(2u64..)
+        .map(|(event, sequence)| {
+            // What the decoded event would be after the same submission.
+            let mut event = proto::decode(&proto::encode(event, WireVersion::V1).unwrap()).unwrap();
+            event.metadata.insert("added", "yes");
+            event.assign(&omnirelay_replication::Assignment {
+                stream: &stream,
+                sequence,
+                timestamp: at_noon(),
+            });
+            event
+        })
+        .collect();
+    // The sink writes the reference JSON (version 1: no stream field).
+    let delivered = decoded(&sink);
+    assert_eq!(delivered.len(), 4);
+    for (got, want) in delivered[1..].iter().zip(&expected) {
+        let want = ResourceLeaseReplicationEvent {
+            stream_id: None,
+            ..want.clone()
+        };
+        assert_eq!(got, &want);
+    }
+    let headers: Vec<_> = sink.records().iter().map(|r| r.header().clone()).collect();
+    assert_eq!(headers[3].peer.as_deref(), Some("worker-2"));
+    assert_eq!(headers[3].kind.name, "Enqueue");
+    replicator.close().await.unwrap();
+
+    // From the log, after a restart, in full fidelity.
+    let reopened = DurableReplicator::<ResourceLeaseReplicationEvent>::open(
+        Arc::new(ResourceLeaseCodec),
+        options(),
+    )
+    .await
+    .unwrap();
+    let replayed: Vec<ResourceLeaseReplicationEvent> = reopened
+        .replay(&stream, 2, Encoding::new(Format::Json, WireVersion::V2))
+        .await
+        .unwrap()
+        .map(|item| match item.unwrap() {
+            Replayed::Record(record) => json::decode(record.bytes()).unwrap(),
+            Replayed::Skipped { .. } => panic!("nothing was skipped"),
+        })
+        .collect();
+    assert_eq!(replayed, expected);
+    reopened.close().await.unwrap();
+}

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 
-use crate::event::{Assignment, Codec, CodecError, Encoding, EventKind, Format, ReplicationEvent};
+use crate::event::{
+    Assignment, Codec, CodecError, CodecErrorKind, Encoding, EventKind, Format, ReplicationEvent,
+};
 use crate::log::LogBatch;
 use crate::stream::StreamId;
 use crate::time::Timestamp;
@@ -281,9 +283,7 @@ impl Form {
             errors,
         }
     }
-}
 
-impl Form {
     /// This form's events in `encoding`: each decoded and encoded again.
     /// An event that does not decode, or has no form in `encoding`, gets
     /// no bytes, and the error says why.
@@ -298,10 +298,7 @@ impl Form {
                     .decode(self.encoding.format, bytes)
                     .and_then(|event| codec.encode_into(&event, encoding, &mut buffer)),
                 Some(Err(err)) => Err(err.clone()),
-                None => Err(CodecError::new(
-                    crate::event::CodecErrorKind::Malformed,
-                    "no such event",
-                )),
+                None => Err(CodecError::new(CodecErrorKind::Malformed, "no such event")),
             };
             if let Err(err) = encoded {
                 buffer.truncate(start);

@@ -714,8 +714,9 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             .map_err(|(error, _)| error)
     }
 
-    /// The stream's state, once no required sink with room to wait is over
-    /// its lag budget for `count` more events.
+    /// The stream's state, once no required sink would be over its lag
+    /// budget with `count` more events: waits while one is, or fails at
+    /// once for one whose `when_full` is `reject`.
     async fn admit(&self, stream: &StreamId, count: u64) -> Result<Arc<StreamState<E>>, Error> {
         let state = self.stream(stream).await?;
         loop {

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use omnirelay_replication::{
-    DurableReplicator, EncodedEvents, Encoding, Error, ErrorKind, Format, PendingPublish, Receipt,
-    Replayed, StreamId, WireVersion,
+    DurableReplicator, EncodedEvents, Error, ErrorKind, Format, PendingPublish, Receipt, Replayed,
+    StreamId,
 };
-use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, json, proto};
+use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, codec, proto};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -216,6 +216,24 @@ fn origin_of(event: &ResourceLeaseReplicationEvent) -> Option<(String, Mark)> {
     ))
 }
 
+/// [`origin_of`] a protobuf event, read without decoding it; `None` when
+/// [`proto::metadata`] leaves it to decoding.
+fn stored_origin(bytes: &[u8]) -> Option<Option<(String, Mark)>> {
+    let [sender, epoch, sequence] =
+        proto::metadata(bytes, [origin::SENDER, origin::EPOCH, origin::SEQUENCE])?;
+    let mark = || {
+        Some(Mark {
+            epoch: epoch?.parse().ok()?,
+            sequence: sequence?.parse().ok()?,
+        })
+    };
+    Some(
+        sender
+            .zip(mark())
+            .map(|(sender, mark)| (sender.to_owned(), mark)),
+    )
+}
+
 impl Receiver {
     /// A receiver appending to `stream` of `replicator`; reads the stream's
     /// log once to restore every sender's high-water mark.
@@ -229,17 +247,24 @@ impl Receiver {
     ) -> Result<Self, Error> {
         replicator.open_stream(&stream).await?;
         let mut marks: HashMap<String, Mark> = HashMap::new();
-        let replay = replicator
-            .replay(&stream, 1, Encoding::new(Format::Json, WireVersion::V2))
-            .await?;
+        // The log's own encoding: its bytes as stored, with the origin read
+        // from protobuf without decoding the event.
+        let encoding = replicator.log_encoding();
+        let replay = replicator.replay(&stream, 1, encoding).await?;
         for item in replay {
             let Replayed::Record(record) = item? else {
                 continue;
             };
-            let Ok(event) = json::decode(record.bytes()) else {
-                continue;
+            let stored = match encoding.format {
+                Format::Protobuf => stored_origin(record.bytes()),
+                _ => None,
             };
-            if let Some((sender, mark)) = origin_of(&event) {
+            let origin = stored.unwrap_or_else(|| {
+                codec::decode(encoding.format, record.bytes())
+                    .ok()
+                    .and_then(|event| origin_of(&event))
+            });
+            if let Some((sender, mark)) = origin {
                 let entry = marks.entry(sender).or_default();
                 if (mark.epoch, mark.sequence) > (entry.epoch, entry.sequence) {
                     *entry = mark;

@@ -24,7 +24,7 @@ use crate::version::{LATEST, V2, check_writable};
 mod direct;
 mod scan;
 
-pub use scan::{Scanned, scan};
+pub use scan::{Scanned, metadata, scan};
 
 /// The generated messages of `resource_lease_replication.proto`.
 #[allow(

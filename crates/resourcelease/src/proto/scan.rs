@@ -222,3 +222,41 @@ pub fn scan(bytes: &[u8]) -> Option<Scanned> {
         peer_id,
     })
 }
+
+/// The values of metadata `keys` in a protobuf event, each as
+/// `decode(bytes)?.metadata.get(key)` gives it, without decoding; `None`
+/// for bytes [`scan`] does not vouch for (decoding then decides).
+///
+/// Decoding keeps, of keys that differ only in ASCII case, the greatest in
+/// ordinal order, and of a key given twice, the last value: so does this.
+pub fn metadata<'a, const N: usize>(
+    bytes: &'a [u8],
+    keys: [&str; N],
+) -> Option<[Option<&'a str>; N]> {
+    scan(bytes)?;
+    let mut found: [Option<(&[u8], &str)>; N] = [None; N];
+    let mut fields = Fields::new(bytes);
+    while let Some(field) = fields.next()? {
+        let Field::Len(8, range) = field else {
+            continue;
+        };
+        let entry = &bytes[range];
+        let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
+        let mut entry_fields = Fields::new(entry);
+        while let Some(field) = entry_fields.next()? {
+            match field {
+                Field::Len(1, range) => key = &entry[range],
+                Field::Len(2, range) => value = &entry[range],
+                _ => return None,
+            }
+        }
+        for (wanted, slot) in keys.iter().zip(found.iter_mut()) {
+            if key.eq_ignore_ascii_case(wanted.as_bytes())
+                && slot.is_none_or(|(best, _)| key >= best)
+            {
+                *slot = Some((key, std::str::from_utf8(value).ok()?));
+            }
+        }
+    }
+    Some(found.map(|slot| slot.map(|(_, value)| value)))
+}

@@ -335,3 +335,30 @@ proptest! {
         prop_assert_eq!(decoded, expected);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn metadata_read_without_decoding_is_what_decoding_gives(
+        event in event(),
+        extra in vec((prop::sample::select(vec!["origin.a", "Origin.A", "ORIGIN.A", "origin.b"]), any::<String>()), 0..6),
+        v in prop::sample::select(vec![version::V1, version::V2]),
+    ) {
+        let Ok(mut bytes) = proto::encode(&event, v) else { return Ok(()) };
+        // Entries appended as they come: case variants and repeats of a key.
+        for (k, value) in &extra {
+            proto::append_metadata(k, value, &mut bytes);
+        }
+        let decoded = proto::decode(&bytes).unwrap();
+        let keys = ["origin.a", "origin.b", "queue.pending"];
+        match proto::metadata(&bytes, keys) {
+            Some(values) => {
+                for (key, value) in keys.iter().zip(values) {
+                    prop_assert_eq!(value, decoded.metadata.get(key), "{}", key);
+                }
+            }
+            None => prop_assert!(proto::scan(&bytes).is_none()),
+        }
+    }
+}

@@ -185,7 +185,7 @@ async fn v1_sinks_skip_and_count_events_v1_cannot_hold() {
 /// Encoded events appended as they are: numbered and stamped in their
 /// bytes, they read back, from the log and in every sink's encoding, as the
 /// events decoded and assigned.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn encoded_events_appended_without_decoding_read_back_as_the_events_assigned() {
     use omnirelay_replication::{
         DurableOptions, DurableReplicator, EncodedEvents, Format, Replayed, ReplicationEvent,

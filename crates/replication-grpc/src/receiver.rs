@@ -1,6 +1,7 @@
 //! The receiving side of the reference's unary `Publish`.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -234,6 +235,26 @@ fn stored_origin(bytes: &[u8]) -> Option<Option<(String, Mark)>> {
     )
 }
 
+/// Raises the mark of the sender of the event `bytes` (in `format`), if it
+/// has an origin, to the event's.
+fn fold_origin(marks: &mut HashMap<String, Mark>, format: Format, bytes: &[u8]) {
+    let stored = match format {
+        Format::Protobuf => stored_origin(bytes),
+        _ => None,
+    };
+    let origin = stored.unwrap_or_else(|| {
+        codec::decode(format, bytes)
+            .ok()
+            .and_then(|event| origin_of(&event))
+    });
+    if let Some((sender, mark)) = origin {
+        let entry = marks.entry(sender).or_default();
+        if (mark.epoch, mark.sequence) > (entry.epoch, entry.sequence) {
+            *entry = mark;
+        }
+    }
+}
+
 impl Receiver {
     /// A receiver appending to `stream` of `replicator`; reads the stream's
     /// log once to restore every sender's high-water mark.
@@ -246,31 +267,32 @@ impl Receiver {
         stream: StreamId,
     ) -> Result<Self, Error> {
         replicator.open_stream(&stream).await?;
-        let mut marks: HashMap<String, Mark> = HashMap::new();
-        // The log's own encoding: its bytes as stored, with the origin read
-        // from protobuf without decoding the event.
-        let encoding = replicator.log_encoding();
-        let replay = replicator.replay(&stream, 1, encoding).await?;
-        for item in replay {
-            let Replayed::Record(record) = item? else {
-                continue;
-            };
-            let stored = match encoding.format {
-                Format::Protobuf => stored_origin(record.bytes()),
-                _ => None,
-            };
-            let origin = stored.unwrap_or_else(|| {
-                codec::decode(encoding.format, record.bytes())
-                    .ok()
-                    .and_then(|event| origin_of(&event))
-            });
-            if let Some((sender, mark)) = origin {
-                let entry = marks.entry(sender).or_default();
-                if (mark.epoch, mark.sequence) > (entry.epoch, entry.sequence) {
-                    *entry = mark;
+        let marks = match replicator.log_reader(&stream) {
+            // The files, as stored: protobuf records are not decoded.
+            Some(reader) => tokio::task::spawn_blocking(move || {
+                let mut marks = HashMap::new();
+                reader.visit_from(1, |record| {
+                    fold_origin(&mut marks, record.encoding.format, record.payload);
+                    ControlFlow::Continue(())
+                })?;
+                Ok::<_, Error>(marks)
+            })
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Internal, "reading the log failed").with_source(e)
+            })??,
+            // `memory` durability: what the ring holds.
+            None => {
+                let mut marks = HashMap::new();
+                let encoding = replicator.log_encoding();
+                for item in replicator.replay(&stream, 1, encoding).await? {
+                    if let Replayed::Record(record) = item? {
+                        fold_origin(&mut marks, encoding.format, record.bytes());
+                    }
                 }
+                marks
             }
-        }
+        };
         // The quarantine does not move the marks: were its events trusted
         // here, a batch whose readable events the log lost (a log that
         // failed stops for good) would read as received. A quarantined

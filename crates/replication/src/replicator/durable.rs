@@ -15,7 +15,7 @@ use crate::delivery::{
 };
 use crate::error::{Error, ErrorKind, PublishError};
 use crate::event::{Assignment, Codec, CodecErrorKind, Encoding, Format, ReplicationEvent};
-use crate::log::{LogOptions, Recovery, StreamLog};
+use crate::log::{LogOptions, LogReader, Recovery, StreamLog};
 use crate::record::{EncodedEvents, EventBatch};
 use crate::replicator::{Receipt, Replicator};
 use crate::sequencer::Sequencer;
@@ -376,6 +376,13 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
     /// latest version.
     pub fn log_encoding(&self) -> Encoding {
         self.inner.log_encoding
+    }
+
+    /// A reader of the files of `stream`'s log, which reads the records as
+    /// stored, without decoding them; `None` for `memory` durability (no
+    /// files) or a stream that is not open.
+    pub fn log_reader(&self, stream: &StreamId) -> Option<LogReader> {
+        lock(&self.inner.streams).get(stream)?.log.reader()
     }
 
     /// The data directory (the logs, checkpoints and dead letters under it).

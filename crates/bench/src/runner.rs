@@ -111,6 +111,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchRun, RunError> {
                 continue;
             }
         };
+        settle();
         bar.set_message(entry.name);
         records.push(measure(
             scenario.as_mut(),
@@ -131,6 +132,16 @@ pub struct BenchRun {
     /// Scenarios that did not run, each with the reason (a server they
     /// need is not installed).
     pub skipped: Vec<(&'static str, String)>,
+}
+
+/// Waits until the system has written back what earlier scenarios (and
+/// this one's setup) left dirty in the page cache, so that their writeback
+/// does not compete with this scenario's rounds (`sync(1)`; without it,
+/// the rounds just start).
+fn settle() {
+    let _ = std::process::Command::new("sync")
+        .stdin(std::process::Stdio::null())
+        .status();
 }
 
 fn measure(

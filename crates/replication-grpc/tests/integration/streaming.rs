@@ -384,3 +384,90 @@ async fn protobuf_events_appended_as_they_came_equal_the_same_events_decoded() {
     as_sent.stop().await;
     decoding.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_whose_log_stores_json_decodes_protobuf_events_and_appends_them_in_order() {
+    use omnirelay_replication::{DurableOptions, DurableReplicator, Format, Replayed, WireVersion};
+    use omnirelay_replication_grpc::{Incoming, Receiver};
+    use omnirelay_resourcelease::{
+        ResourceLeaseCodec, ResourceLeaseReplicationEvent, ResourceLeaseReplicationEventType, proto,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = std::sync::Arc::new(
+        DurableReplicator::open(
+            std::sync::Arc::new(ResourceLeaseCodec),
+            DurableOptions {
+                log_format: Format::Json,
+                ..DurableOptions::new(dir.path())
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let receiver = Receiver::open(replicator.clone(), StreamId::default())
+        .await
+        .unwrap();
+    let incoming: Vec<Incoming> = (1..=3u64)
+        .map(|sequence| {
+            let mut event =
+                ResourceLeaseReplicationEvent::new(ResourceLeaseReplicationEventType::Heartbeat);
+            event.peer_id = Some(format!("worker-{sequence}"));
+            Incoming::Protobuf {
+                sequence,
+                payload: proto::encode(&event, WireVersion::V1).unwrap().into(),
+            }
+        })
+        .collect();
+    let outcome = receiver
+        .submit_incoming("json-log", None, incoming)
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    assert_eq!((outcome.appended, outcome.high_water), (3, 3));
+    let logged: Vec<ResourceLeaseReplicationEvent> = replicator
+        .replay(
+            &StreamId::default(),
+            1,
+            Encoding::new(Format::Json, WireVersion::V2),
+        )
+        .await
+        .unwrap()
+        .map(|item| match item.unwrap() {
+            Replayed::Record(record) => json::decode(record.bytes()).unwrap(),
+            Replayed::Skipped { .. } => panic!("nothing was skipped"),
+        })
+        .collect();
+    assert_eq!(logged.len(), 3);
+    for (event, sequence) in logged.iter().zip(1..) {
+        assert_eq!(event.sequence_number, sequence);
+        assert_eq!(
+            event.peer_id.as_deref(),
+            Some(format!("worker-{sequence}").as_str())
+        );
+        assert_eq!(event.metadata.get(origin::SENDER), Some("json-log"));
+        assert_eq!(
+            event.metadata.get(origin::SEQUENCE),
+            Some(sequence.to_string().as_str())
+        );
+    }
+    replicator.close().await.unwrap();
+    // Restarted, its marks come back from the JSON log (decoded).
+    let replicator = std::sync::Arc::new(
+        DurableReplicator::open(
+            std::sync::Arc::new(ResourceLeaseCodec),
+            DurableOptions {
+                log_format: Format::Json,
+                ..DurableOptions::new(dir.path())
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let receiver = Receiver::open(replicator.clone(), StreamId::default())
+        .await
+        .unwrap();
+    assert_eq!(receiver.marks().await["json-log"].sequence, 3);
+    replicator.close().await.unwrap();
+}

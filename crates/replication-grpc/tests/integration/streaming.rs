@@ -245,11 +245,14 @@ async fn a_large_batch_is_pipelined_in_messages_and_lands_whole_and_in_order() {
     node.stop().await;
 }
 
-/// The events of `node`'s log from 1 in full fidelity, with the receiver's
-/// own timestamp (its clock) left out.
-async fn logged(node: &Node) -> Vec<omnirelay_resourcelease::ResourceLeaseReplicationEvent> {
+/// The events of `replicator`'s default stream from 1, in full fidelity.
+async fn replayed(
+    replicator: &omnirelay_replication::DurableReplicator<
+        omnirelay_resourcelease::ResourceLeaseReplicationEvent,
+    >,
+) -> Vec<omnirelay_resourcelease::ResourceLeaseReplicationEvent> {
     use omnirelay_replication::{Format, Replayed, WireVersion};
-    node.replicator
+    replicator
         .replay(
             &StreamId::default(),
             1,
@@ -258,14 +261,20 @@ async fn logged(node: &Node) -> Vec<omnirelay_resourcelease::ResourceLeaseReplic
         .await
         .unwrap()
         .map(|item| match item.unwrap() {
-            Replayed::Record(record) => {
-                let mut event = json::decode(record.bytes()).unwrap();
-                event.timestamp = omnirelay_replication::Timestamp::MIN;
-                event
-            }
+            Replayed::Record(record) => json::decode(record.bytes()).unwrap(),
             Replayed::Skipped { .. } => panic!("nothing was skipped"),
         })
         .collect()
+}
+
+/// The events of `node`'s log from 1 in full fidelity, with the receiver's
+/// own timestamp (its clock) left out.
+async fn logged(node: &Node) -> Vec<omnirelay_resourcelease::ResourceLeaseReplicationEvent> {
+    let mut events = replayed(&node.replicator).await;
+    for event in &mut events {
+        event.timestamp = omnirelay_replication::Timestamp::MIN;
+    }
+    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,23 +396,26 @@ async fn protobuf_events_appended_as_they_came_equal_the_same_events_decoded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_whose_log_stores_json_decodes_protobuf_events_and_appends_them_in_order() {
-    use omnirelay_replication::{DurableOptions, DurableReplicator, Format, Replayed, WireVersion};
+    use omnirelay_replication::{DurableOptions, DurableReplicator, Format, WireVersion};
     use omnirelay_replication_grpc::{Incoming, Receiver};
     use omnirelay_resourcelease::{
         ResourceLeaseCodec, ResourceLeaseReplicationEvent, ResourceLeaseReplicationEventType, proto,
     };
     let dir = tempfile::tempdir().unwrap();
-    let replicator = std::sync::Arc::new(
-        DurableReplicator::open(
-            std::sync::Arc::new(ResourceLeaseCodec),
-            DurableOptions {
-                log_format: Format::Json,
-                ..DurableOptions::new(dir.path())
-            },
+    let open = || async {
+        std::sync::Arc::new(
+            DurableReplicator::open(
+                std::sync::Arc::new(ResourceLeaseCodec),
+                DurableOptions {
+                    log_format: Format::Json,
+                    ..DurableOptions::new(dir.path())
+                },
+            )
+            .await
+            .unwrap(),
         )
-        .await
-        .unwrap(),
-    );
+    };
+    let replicator = open().await;
     let receiver = Receiver::open(replicator.clone(), StreamId::default())
         .await
         .unwrap();
@@ -426,19 +438,7 @@ async fn a_receiver_whose_log_stores_json_decodes_protobuf_events_and_appends_th
         .await
         .unwrap();
     assert_eq!((outcome.appended, outcome.high_water), (3, 3));
-    let logged: Vec<ResourceLeaseReplicationEvent> = replicator
-        .replay(
-            &StreamId::default(),
-            1,
-            Encoding::new(Format::Json, WireVersion::V2),
-        )
-        .await
-        .unwrap()
-        .map(|item| match item.unwrap() {
-            Replayed::Record(record) => json::decode(record.bytes()).unwrap(),
-            Replayed::Skipped { .. } => panic!("nothing was skipped"),
-        })
-        .collect();
+    let logged = replayed(&replicator).await;
     assert_eq!(logged.len(), 3);
     for (event, sequence) in logged.iter().zip(1..) {
         assert_eq!(event.sequence_number, sequence);
@@ -454,17 +454,7 @@ async fn a_receiver_whose_log_stores_json_decodes_protobuf_events_and_appends_th
     }
     replicator.close().await.unwrap();
     // Restarted, its marks come back from the JSON log (decoded).
-    let replicator = std::sync::Arc::new(
-        DurableReplicator::open(
-            std::sync::Arc::new(ResourceLeaseCodec),
-            DurableOptions {
-                log_format: Format::Json,
-                ..DurableOptions::new(dir.path())
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let replicator = open().await;
     let receiver = Receiver::open(replicator.clone(), StreamId::default())
         .await
         .unwrap();

@@ -12,8 +12,8 @@ use crate::delivery::{
 };
 use crate::error::{Error, ErrorKind};
 use crate::event::{Codec, CodecErrorKind, EventKind, ReplicationEvent};
+use crate::log::{BatchReader, StoredRecord, TailRead};
 use crate::log::{LogBatch, TailSlice};
-use crate::log::{StoredRecord, TailRead};
 use crate::record::{EventBatch, Record, RecordHeader};
 use crate::replicator::durable::StreamState;
 use crate::sink::SharedSink;
@@ -334,6 +334,8 @@ impl<E: ReplicationEvent> Driver<E> {
         let mut last_save = Instant::now();
         // With a rate limit: when the records delivered so far are paid for.
         let mut paced_until: Option<Instant> = None;
+        // Where reading the log's files stopped, while catching up.
+        let mut disk = None;
         loop {
             let Some(visible) = self.wait_for_records(cursor).await else {
                 break;
@@ -341,7 +343,7 @@ impl<E: ReplicationEvent> Driver<E> {
             if self.linger(cursor, visible).await.is_err() {
                 break;
             }
-            let pieces = match self.fetch(cursor).await {
+            let pieces = match self.fetch(cursor, &mut disk).await {
                 Ok(Fetched::Pieces(pieces)) => pieces,
                 Ok(Fetched::SkipTo(first)) => {
                     self.discard(cursor, first);
@@ -477,12 +479,19 @@ impl<E: ReplicationEvent> Driver<E> {
         }
     }
 
-    async fn fetch(&self, cursor: u64) -> Result<Fetched<E>, Error> {
+    async fn fetch(
+        &self,
+        cursor: u64,
+        disk: &mut Option<BatchReader>,
+    ) -> Result<Fetched<E>, Error> {
         let batch = self.shared.options.batch;
         let from = cursor + 1;
         let log = &self.stream.log;
         let older = match log.read_tail(from, batch.max_events, batch.max_bytes) {
             TailRead::Slices(slices) => {
+                // Caught up with the memory tail: the place in the files
+                // (and its buffer) is no longer needed.
+                *disk = None;
                 return Ok(Fetched::Pieces(
                     slices.into_iter().map(Piece::Slice).collect(),
                 ));
@@ -490,7 +499,7 @@ impl<E: ReplicationEvent> Driver<E> {
             TailRead::Before(first) => Some(first),
             TailRead::Empty => None,
         };
-        let Some(reader) = log.reader() else {
+        let Some(mut reader) = disk.take().or_else(|| log.reader().map(BatchReader::new)) else {
             // The memory ring dropped what this sink had not read.
             return Ok(match older {
                 Some(first) => Fetched::SkipTo(first),
@@ -498,11 +507,14 @@ impl<E: ReplicationEvent> Driver<E> {
             });
         };
         let visible = log.progress().borrow().visible;
-        let stored = tokio::task::spawn_blocking(move || {
-            reader.read(from, visible, batch.max_events, batch.max_bytes)
+        let (reader, stored) = tokio::task::spawn_blocking(move || {
+            let stored = reader.read(from, visible, batch.max_events, batch.max_bytes);
+            (reader, stored)
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "log read task failed").with_source(e))??;
+        .map_err(|e| Error::new(ErrorKind::Internal, "log read task failed").with_source(e))?;
+        *disk = Some(reader);
+        let stored = stored?;
         // Consecutive readable records become one event batch.
         let mut pieces = Vec::new();
         let mut run = Vec::new();

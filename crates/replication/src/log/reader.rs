@@ -296,20 +296,7 @@ impl LogReader {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, Error> {
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for record in self.records_from(from) {
-            let record = record?;
-            if record.sequence > up_to {
-                break;
-            }
-            bytes += record.payload.len();
-            out.push(record);
-            if out.len() >= max_events || bytes >= max_bytes {
-                break;
-            }
-        }
-        Ok(out)
+        BatchReader::new(self.clone()).read(from, up_to, max_events, max_bytes)
     }
 
     /// Checks framing, checksums and sequence continuity of every segment.
@@ -377,6 +364,83 @@ impl LogReader {
             );
         }
         Ok(report)
+    }
+}
+
+/// Reads a log in batches of consecutive records, keeping its place (the
+/// open segment, its read-ahead buffer, a record read past the last
+/// batch's end) from one batch to the next: a reader catching up reads each
+/// segment once, front to back, instead of opening it, seeking and filling
+/// a fresh buffer for every batch.
+#[derive(Debug)]
+pub(crate) struct BatchReader {
+    reader: LogReader,
+    /// Positioned at `records.next`, unless `held` is set.
+    records: Option<Records>,
+    /// Read, but past the `up_to` of the batch it was read for.
+    held: Option<StoredRecord>,
+}
+
+impl BatchReader {
+    pub(crate) fn new(reader: LogReader) -> Self {
+        Self {
+            reader,
+            records: None,
+            held: None,
+        }
+    }
+
+    /// Up to `max_events` records (and about `max_bytes`; at least one)
+    /// from `from` on, none past `up_to`; see [`LogReader::read`].
+    ///
+    /// # Errors
+    ///
+    /// I/O errors and damaged records; the next read starts afresh.
+    pub(crate) fn read(
+        &mut self,
+        from: u64,
+        up_to: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, Error> {
+        let next = match &self.held {
+            Some(held) => Some(held.sequence),
+            None => self.records.as_ref().map(|records| records.next),
+        };
+        if next != Some(from) {
+            self.held = None;
+            self.records = Some(self.reader.records_from(from));
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let record = match self.held.take() {
+                Some(held) => held,
+                None => match self.records.as_mut().and_then(Iterator::next) {
+                    Some(Ok(record)) => record,
+                    Some(Err(err)) => {
+                        self.records = None;
+                        return Err(err);
+                    }
+                    // The end of the log as it is now: start afresh next
+                    // time, when there may be more.
+                    None => {
+                        self.records = None;
+                        break;
+                    }
+                },
+            };
+            if record.sequence > up_to {
+                self.held = Some(record);
+                break;
+            }
+            bytes += record.payload.len();
+            out.push(record);
+            if out.len() >= max_events || bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 

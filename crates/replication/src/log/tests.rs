@@ -194,6 +194,78 @@ async fn out_of_order_appends_are_refused() {
     log.append(append(1)).await.map_err(|(e, _)| e).unwrap();
 }
 
+/// Reads batches of at most `max_events` from `from` on until one comes
+/// back empty; checks each payload.
+fn read_batches(reader: &mut BatchReader, from: u64, up_to: u64, max_events: usize) -> Vec<u64> {
+    let mut read = Vec::new();
+    loop {
+        let batch = reader
+            .read(from + read.len() as u64, up_to, max_events, usize::MAX)
+            .unwrap();
+        if batch.is_empty() {
+            return read;
+        }
+        assert!(batch.len() <= max_events);
+        for r in batch {
+            assert_eq!(r.payload, payload(r.sequence));
+            read.push(r.sequence);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_reader_keeps_its_place_across_batches_segments_and_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_max_bytes: 2_000,
+        index_interval_bytes: 200,
+        ..options(Durability::None)
+    };
+    let (log, _) = open(dir.path(), opts);
+    publish(&log, 1..=300).await;
+    let mut reader = BatchReader::new(log.reader().unwrap());
+    // Never past `up_to`: the record read past it comes first next time.
+    assert_eq!(
+        read_batches(&mut reader, 1, 100, 7),
+        (1..=100).collect::<Vec<_>>()
+    );
+    assert!(reader.read(101, 100, 7, usize::MAX).unwrap().is_empty());
+    assert_eq!(
+        read_batches(&mut reader, 101, 300, 7),
+        (101..=300).collect::<Vec<_>>()
+    );
+    // Past the end of the log, it finds what was appended since.
+    publish(&log, 301..=320).await;
+    assert_eq!(
+        read_batches(&mut reader, 301, 320, 7),
+        (301..=320).collect::<Vec<_>>()
+    );
+    // Asked for another place, it goes there.
+    let jump = reader.read(50, 320, 5, usize::MAX).unwrap();
+    assert_eq!(
+        jump.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        vec![50, 51, 52, 53, 54]
+    );
+    // Its place is the open segment: a segment deleted while it is being
+    // read (retention, for a sink that fell behind) is read to its end, and
+    // the next one follows.
+    let segments = segment::list_segments(dir.path()).unwrap();
+    assert!(segments.len() > 5, "{} segments", segments.len());
+    for (first, path) in &segments {
+        if *first <= 55 {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let rest = read_batches(&mut reader, 55, 320, 5);
+    assert_eq!(rest, (55..=320).collect::<Vec<_>>());
+    // A reader without a place starts at the oldest segment left.
+    let fresh = BatchReader::new(log.reader().unwrap())
+        .read(55, 320, 5, usize::MAX)
+        .unwrap();
+    assert!(fresh[0].sequence > 55, "{:?}", fresh[0].sequence);
+    log.close().unwrap();
+}
+
 #[tokio::test]
 async fn segments_rotate_and_any_sequence_is_found_through_the_index() {
     let dir = tempfile::tempdir().unwrap();

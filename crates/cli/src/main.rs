@@ -65,7 +65,10 @@ enum Command {
         /// The stream a receiver appends to, or a dispatcher writes.
         #[arg(long, default_value = "default")]
         stream: String,
-        /// A standby's primary: its URL (the token is `[server] token`).
+        /// A standby's primary: its URL, followed over gRPC `Subscribe` (the
+        /// token is `[server] token`), or the bus it publishes to,
+        /// `nats://HOST:PORT[?stream=NAME&subject=TEMPLATE&durable=NAME]`
+        /// (the primary's NATS sink must write protobuf, version 2).
         #[arg(long, value_name = "URL")]
         follow: Option<String>,
         /// The dispatcher's RPC namespace (key

@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 use anyhow::Context as _;
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, Standby};
 use omnirelay_replication::config::Override;
-use omnirelay_replication::{Encoding, SinkExt as _, StreamId, WireVersion};
+use omnirelay_replication::{Encoding, Format, SinkExt as _, StreamId, WireVersion};
 use omnirelay_replication_grpc::{Connection, Receiver};
+use omnirelay_replication_nats::{FollowUrl, NatsSource};
 use omnirelay_resourcelease::telemetry::LagRecording;
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
 
@@ -21,8 +22,9 @@ pub(crate) enum Role {
     /// (`POST` with `Rpc-Procedure: resourcelease::…`), every mutation
     /// durable in its log before it answers; `Subscribe` to its log.
     Dispatcher,
-    /// Follows a primary dispatcher's stream (`--follow URL`) into its own
-    /// log and keeps the queue current; serves once promoted
+    /// Follows a primary dispatcher's stream (`--follow URL`: the primary
+    /// over gRPC, or `nats://…` for JetStream through the NATS source) into
+    /// its own log and keeps the queue current; serves once promoted
     /// (`omnirelay promote`).
     Standby,
     /// The control plane: watches every host (`--hosts`, or
@@ -77,6 +79,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     if role != Role::Standby && follow.is_some() {
         anyhow::bail!("--follow is for --role standby");
     }
+
     let stream = StreamId::new(stream)?;
     let overrides = namespace
         .map(|ns| {
@@ -96,6 +99,14 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             sink.options.encoding = Encoding::new(sink.options.encoding.format, version);
         }
     }
+    // A standby following the bus: checked before anything starts.
+    let bus = match follow {
+        Some(url) if FollowUrl::is_nats(url) => Some((
+            url,
+            FollowUrl::parse(url, &standby_consumer(valid.node_id.as_deref()))?,
+        )),
+        _ => None,
+    };
     // Checked by `load_with`.
     let dispatcher_options = DispatcherOptions {
         stream: stream.clone(),
@@ -171,11 +182,25 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             (None, None, Service::ControlPlane(plane))
         }
         Role::Standby => {
-            let mut primary = Connection::new(follow.unwrap_or_default());
-            primary.token.clone_from(&valid.token);
-            let standby = Standby::open(replicator.clone(), dispatcher_options.clone(), primary)
-                .await
-                .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
+            let standby = match bus {
+                Some((url, follow)) => {
+                    let standby =
+                        Standby::open_fed(replicator.clone(), dispatcher_options.clone(), url)
+                            .await
+                            .with_context(|| {
+                                format!("cannot rebuild the queue from stream {stream}")
+                            })?;
+                    tokio::spawn(feed_from_bus(standby.clone(), follow, bound.stopping()));
+                    standby
+                }
+                None => {
+                    let mut primary = Connection::new(follow.unwrap_or_default());
+                    primary.token.clone_from(&valid.token);
+                    Standby::open(replicator.clone(), dispatcher_options.clone(), primary)
+                        .await
+                        .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?
+                }
+            };
             let stats = standby.snapshot().await;
             rebuilt = Some(format!(
                 "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered; following {}",
@@ -259,6 +284,102 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         node::say(false, "stopped");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The durable consumer a standby following the bus reads with, unless
+/// its `--follow` URL names one: one per node (`node_id`), so that two
+/// standbys do not share (and split) one position.
+fn standby_consumer(node: Option<&str>) -> String {
+    match node {
+        Some(node) => format!(
+            "omnirelay-standby-{}",
+            node.chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                })
+                .collect::<String>()
+        ),
+        None => "omnirelay-standby".to_owned(),
+    }
+}
+
+/// Feeds `standby` from JetStream through the NATS source until it is
+/// promoted or the node stops: connects (again, with backoff, when the
+/// bus is away), applies each fetched batch to the standby's feed and
+/// reports the consumer's backlog as its lag.
+async fn feed_from_bus(
+    standby: Arc<Standby>,
+    follow: FollowUrl,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let done =
+        |stopping: &tokio::sync::watch::Receiver<bool>| standby.is_promoted() || *stopping.borrow();
+    let mut backoff = std::time::Duration::from_millis(100);
+    while !done(&stopping) {
+        let mut source = match NatsSource::connect_to(&follow, Arc::new(ResourceLeaseCodec)).await {
+            Ok(source) => source,
+            Err(error) => {
+                tracing::warn!(%error, "standby cannot reach the bus; retrying");
+                standby.report_upstream(false, None, Some(error.to_string()));
+                let wait = backoff;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stopping.changed() => {}
+                }
+                continue;
+            }
+        };
+        backoff = std::time::Duration::from_millis(100);
+        source.add_sink(
+            "standby",
+            standby.feed().shared(),
+            Encoding::new(Format::Protobuf, WireVersion::V2),
+        );
+        match primary_head(&standby, &mut source).await {
+            Ok(head) => standby.report_upstream(true, Some(head), None),
+            Err(error) => standby.report_upstream(false, None, Some(error.to_string())),
+        }
+        while !done(&stopping) {
+            // A batch the feed refuses (a gap) is retried inside `poll`
+            // until promotion or shutdown ends it.
+            let polled = tokio::select! {
+                polled = source.poll() => polled,
+                () = until_promoted(&standby) => return,
+                _ = stopping.changed() => return,
+            };
+            let outcome = match polled {
+                Ok(_) => primary_head(&standby, &mut source).await,
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(head) => standby.report_upstream(true, Some(head), None),
+                Err(error) => {
+                    tracing::warn!(%error, "standby lost the bus; reconnecting");
+                    standby.report_upstream(false, None, Some(error.to_string()));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The primary's newest sequence as the bus shows it: what the standby
+/// applied plus what its consumer has not yet had acknowledged.
+async fn primary_head(
+    standby: &Standby,
+    source: &mut NatsSource<ResourceLeaseReplicationEvent>,
+) -> Result<u64, omnirelay_replication::Error> {
+    let applied = standby.status().applied;
+    Ok(applied + source.pending().await?)
+}
+
+async fn until_promoted(standby: &Standby) {
+    while !standby.is_promoted() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// What a node runs, for its status.

@@ -33,4 +33,4 @@ pub use queue::{
     QueueOptions, QueueState,
 };
 pub use service::{DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats};
-pub use standby::{Standby, StandbyStatus};
+pub use standby::{Standby, StandbyFeed, StandbyStatus};

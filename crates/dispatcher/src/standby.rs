@@ -1,4 +1,5 @@
-//! A standby: follows a primary dispatcher's stream over gRPC `Subscribe`
+//! A standby: follows a primary dispatcher's stream over gRPC `Subscribe`,
+//! or takes it from a feed (the NATS source, through [`Standby::feed`]),
 //! into its own log (same sequences, same timestamps) and keeps the queue's
 //! projection current; promoted, it becomes a dispatcher with that state.
 
@@ -6,7 +7,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use omnirelay_replication::{
-    DurableReplicator, Encoding, Error, ErrorKind, Format, StreamId, WireVersion,
+    DurableReplicator, Encoding, Error, ErrorKind, Format, Record, Sink, SinkError, StreamId,
+    WireVersion,
 };
 use omnirelay_replication_grpc::{Connection, Subscription};
 use omnirelay_resourcelease::{ResourceLeaseReplicationEvent as Event, proto};
@@ -74,10 +76,30 @@ impl Standby {
         options: DispatcherOptions,
         primary: Connection,
     ) -> Result<Arc<Self>, Error> {
+        let standby = Self::open_fed(replicator, options, &primary.url).await?;
+        let follower = tokio::spawn(Self::follow(Arc::downgrade(&standby), primary));
+        *lock(&standby.follower) = Some(follower);
+        Ok(standby)
+    }
+
+    /// Opens the standby on its own `replicator` (its queue rebuilt from
+    /// its log) without following anything itself: the primary's stream
+    /// comes in through [`Standby::feed`], and whoever feeds it reports how
+    /// the primary stands with [`Standby::report_upstream`]. `following`
+    /// names the source in its status.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dispatcher::open`].
+    pub async fn open_fed(
+        replicator: Arc<DurableReplicator<Event>>,
+        options: DispatcherOptions,
+        following: &str,
+    ) -> Result<Arc<Self>, Error> {
         let state = crate::service::rebuild(&replicator, &options).await?;
-        let standby = Arc::new(Self {
+        Ok(Arc::new(Self {
             status: StdMutex::new(StandbyStatus {
-                following: primary.url.clone(),
+                following: following.to_owned(),
                 applied: replicator.last_sequence(&options.stream),
                 ..StandbyStatus::default()
             }),
@@ -87,10 +109,39 @@ impl Standby {
             stop: watch::Sender::new(false),
             follower: StdMutex::new(None),
             promoted: tokio::sync::OnceCell::new(),
+        }))
+    }
+
+    /// A sink that appends the primary's stream to this standby: give it
+    /// the records of its stream in protobuf at schema version 2 (full
+    /// fidelity) with the primary's sequences, e.g. as a sink of the NATS
+    /// source. Its checkpoint is the standby's last sequence (of any other
+    /// stream: everything, so that it is never sent one); records at or
+    /// below it are ignored. A record past the next sequence is refused
+    /// with a retryable error and the gap in the status: a standby never
+    /// skips part of the stream. After promotion it refuses everything.
+    pub fn feed(self: &Arc<Self>) -> StandbyFeed {
+        StandbyFeed(Arc::downgrade(self))
+    }
+
+    /// Reports, for a standby fed from elsewhere, whether its source is
+    /// reachable, the primary's newest sequence if known, and the last
+    /// failure to read it.
+    pub fn report_upstream(&self, connected: bool, head: Option<u64>, error: Option<String>) {
+        self.set_status(|s| {
+            s.connected = connected;
+            if let Some(head) = head {
+                s.primary_head = head;
+            }
+            if error.is_some() || connected {
+                s.last_error = error;
+            }
         });
-        let follower = tokio::spawn(Self::follow(Arc::downgrade(&standby), primary));
-        *lock(&standby.follower) = Some(follower);
-        Ok(standby)
+    }
+
+    /// Whether it was promoted.
+    pub fn is_promoted(&self) -> bool {
+        *self.stop.borrow()
     }
 
     /// Where it stands.
@@ -123,6 +174,8 @@ impl Standby {
                 if let Some(follower) = follower {
                     let _ = follower.await;
                 }
+                // A feed's append in progress finishes first.
+                let _fed = self.state.lock().await;
                 let dispatcher =
                     Dispatcher::open(self.replicator.clone(), self.options.clone()).await?;
                 lock(&self.status).promoted = true;
@@ -228,6 +281,15 @@ impl Standby {
     /// Appends followed events to the own log, then to the projection.
     async fn append(&self, stream: &StreamId, events: Vec<Event>) -> Result<(), Error> {
         let mut state = self.state.lock().await;
+        self.append_locked(&mut state, stream, events).await
+    }
+
+    async fn append_locked(
+        &self,
+        state: &mut QueueState,
+        stream: &StreamId,
+        events: Vec<Event>,
+    ) -> Result<(), Error> {
         let applied = events.clone();
         let pending = self
             .replicator
@@ -246,5 +308,101 @@ impl Standby {
         let last = applied.last().map_or(0, |e| e.sequence_number);
         self.set_status(|s| s.applied = u64::try_from(last).unwrap_or(0));
         Ok(())
+    }
+
+    /// What [`StandbyFeed`] applies: the records after the log's last, in
+    /// order and without a gap.
+    async fn apply_fed(&self, records: &[Record<'_>]) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        // Checked under the lock promotion takes before opening the
+        // dispatcher: nothing is appended after that.
+        if self.is_promoted() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "the standby was promoted: it follows no more",
+            ));
+        }
+        let stream = &self.options.stream;
+        let mut last = self.replicator.last_sequence(stream);
+        let mut events = Vec::new();
+        let mut gap = None;
+        for record in records.iter().filter(|r| r.stream() == stream) {
+            let sequence = record.sequence();
+            if sequence <= last {
+                continue;
+            }
+            if sequence != last + 1 {
+                gap = Some(format!(
+                    "the followed stream skips from sequence {last} to {sequence}: \
+                     the source no longer holds what lies between"
+                ));
+                break;
+            }
+            let encoding = record.encoding();
+            if encoding != Encoding::new(Format::Protobuf, WireVersion::V2) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("a standby takes protobuf v2 records, not {encoding}"),
+                ));
+            }
+            let mut event = proto::decode(record.bytes()).map_err(|e| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("followed sequence {sequence} is undecodable: {e}"),
+                )
+            })?;
+            event.sequence_number = i64::try_from(sequence).unwrap_or(i64::MAX);
+            events.push(event);
+            last = sequence;
+        }
+        if !events.is_empty() {
+            self.append_locked(&mut state, stream, events).await?;
+        }
+        match gap {
+            Some(gap) => {
+                tracing::error!(%stream, "{gap}");
+                self.set_status(|s| s.last_error = Some(gap.clone()));
+                Err(Error::new(ErrorKind::Unavailable, gap))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The sink of a fed standby; see [`Standby::feed`].
+#[derive(Clone, Debug)]
+pub struct StandbyFeed(std::sync::Weak<Standby>);
+
+impl StandbyFeed {
+    fn standby(&self) -> Result<Arc<Standby>, SinkError> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| SinkError::new(ErrorKind::Unavailable, "the standby is closed"))
+    }
+}
+
+impl Sink for StandbyFeed {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        let standby = self.standby()?;
+        let result = standby.apply_fed(batch).await;
+        result.map_err(|error| {
+            let through = standby.replicator.last_sequence(&standby.options.stream);
+            SinkError::from(error).applied_through(
+                batch
+                    .iter()
+                    .map(Record::sequence)
+                    .take_while(|s| *s <= through)
+                    .last(),
+            )
+        })
+    }
+
+    async fn checkpoint(&self, stream: &StreamId) -> Result<Option<u64>, SinkError> {
+        let standby = self.standby()?;
+        Ok(Some(if *stream == standby.options.stream {
+            standby.replicator.last_sequence(stream)
+        } else {
+            u64::MAX
+        }))
     }
 }

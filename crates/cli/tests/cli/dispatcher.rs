@@ -5,7 +5,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use omnirelay_replication_testkit::process::signal;
+use omnirelay_replication_testkit::process::{signal, start_nats};
 use serde_json::{Value, json};
 
 use crate::log::{dir_arg, replay_events};
@@ -33,13 +33,26 @@ fn start(dir: &Path, extra: &[&str]) -> (std::process::Child, String, String) {
     ];
     args.extend_from_slice(extra);
     let (child, address, mut stderr) = spawn_listening(&args);
-    let mut rebuilt = String::new();
-    stderr.read_line(&mut rebuilt).unwrap();
-    let mut ready = String::new();
-    stderr.read_line(&mut ready).unwrap();
+    let rebuilt = said(&mut stderr);
+    let ready = said(&mut stderr);
     assert!(rebuilt.starts_with("queue rebuilt"), "{rebuilt}");
     assert!(ready.starts_with("dispatcher ready"), "{ready}");
     (child, address, rebuilt)
+}
+
+/// The node's next line for its operator, past log records (a sink's
+/// client may log as it connects).
+fn said(stderr: &mut impl BufRead) -> String {
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the node said nothing more"
+        );
+        if !line.starts_with(|c: char| c.is_ascii_digit()) {
+            return line;
+        }
+    }
 }
 
 #[test]
@@ -231,8 +244,70 @@ fn heavy_with_a_token_the_rpc_wants_it_and_metrics_do_not() {
 
 #[test]
 fn heavy_a_standby_follows_the_primary_and_takes_over_when_promoted() {
+    standby_takes_over(&[], &|primary_at| format!("http://{primary_at}"));
+}
+
+#[test]
+fn heavy_a_standby_follows_the_bus_and_takes_over_when_promoted() {
+    let store = tempfile::tempdir().unwrap();
+    let (mut nats, port) = start_nats(store.path(), None);
+    let bus = format!("nats://127.0.0.1:{port}");
+    // The primary publishes its full-fidelity stream to JetStream; the
+    // standby reads it with its own durable consumer.
+    let config = store.path().join("primary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[replication.sinks.bus]\ntype = \"nats\"\nformat = \"protobuf\"\nwrite_version = 2\n\
+             [replication.sinks.bus.settings]\nservers = [\"{bus}\"]\nstream = \"FAILOVER\"\n"
+        ),
+    )
+    .unwrap();
+    let follow = format!("{bus}?stream=FAILOVER&durable=standby-1");
+    standby_takes_over(&["--config", dir_arg(&config)], &|_| follow.clone());
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
+
+#[test]
+fn a_standby_refuses_a_bus_address_it_cannot_follow_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, why) in [
+        (
+            "nats://127.0.0.1:4222?queue=x",
+            "unknown parameter \"queue\"",
+        ),
+        ("nats://127.0.0.1:4222?durable=a.b", "durable: invalid"),
+        ("nats://", "no server"),
+    ] {
+        let out = omnirelay(
+            &[
+                "serve",
+                "--role",
+                "standby",
+                "--follow",
+                url,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir_arg(dir.path()),
+            ],
+            b"",
+        );
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{url}");
+        assert!(stderr.contains(why), "{url}: {stderr}");
+        assert!(!stderr.contains("listening on"), "{url}: {stderr}");
+    }
+}
+
+/// A primary started with `primary_extra`, three enqueues, a completed
+/// lease and a held one; a standby following `follow(primary address)`
+/// catches up; the primary is killed, the standby promoted, and it carries
+/// on with the same queue and numbering.
+fn standby_takes_over(primary_extra: &[&str], follow: &dyn Fn(&str) -> String) {
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut primary, primary_at, _) = start(primary_dir.path(), &[]);
+    let (mut primary, primary_at, _) = start(primary_dir.path(), primary_extra);
     for _ in 0..3 {
         rpc(
             &primary_at,
@@ -260,7 +335,7 @@ fn heavy_a_standby_follows_the_primary_and_takes_over_when_promoted() {
         r#"{"peerId":"worker-2"}"#,
     );
 
-    let primary_url = format!("http://{primary_at}");
+    let primary_url = follow(&primary_at);
     let mut args = vec!["serve", "--role", "standby", "--follow", &primary_url];
     args.extend([
         "--listen",
@@ -269,8 +344,7 @@ fn heavy_a_standby_follows_the_primary_and_takes_over_when_promoted() {
         dir_arg(standby_dir.path()),
     ]);
     let (mut standby, standby_at, mut stderr) = spawn_listening(&args);
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
+    let line = said(&mut stderr);
     assert!(line.contains(&format!("following {primary_url}")), "{line}");
     // Caught up: 3 enqueues, a lease, its completion and heartbeat, a lease.
     let mut status = Value::Null;

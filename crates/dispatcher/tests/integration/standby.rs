@@ -1,10 +1,13 @@
-//! A standby following a primary over gRPC `Subscribe`, then promoted.
+//! A standby following a primary over gRPC `Subscribe`, or fed its
+//! stream as a sink, then promoted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, QueueOptions, Standby};
-use omnirelay_replication::StreamId;
+use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, QueueOptions, Standby, StandbyFeed};
+use omnirelay_replication::{
+    Encoding, ErrorKind, Format, OwnedRecord, Replayed, Sink as _, SinkError, StreamId, WireVersion,
+};
 use omnirelay_replication_grpc::Connection;
 use tokio::sync::watch;
 
@@ -131,5 +134,101 @@ async fn a_standby_without_its_primary_says_so_and_reconnects() {
     let dispatcher = standby.promote().await.unwrap();
     assert_eq!(dispatcher.stats().await.pending, 0);
     drop(dispatcher);
+    standby_log.close().await.unwrap();
+}
+
+/// The primary's stream as a feed would carry it in `encoding` (without
+/// the events it has no form for).
+async fn records(log: &Log, encoding: Encoding) -> Vec<OwnedRecord> {
+    log.replay(&StreamId::default(), 1, encoding)
+        .await
+        .unwrap()
+        .filter_map(|item| match item.unwrap() {
+            Replayed::Record(record) => Some(record),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn apply(feed: &StandbyFeed, records: &[OwnedRecord]) -> Result<(), SinkError> {
+    let borrowed: Vec<_> = records.iter().map(OwnedRecord::as_record).collect();
+    feed.apply(&borrowed).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_promoted() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary_log = log(primary_dir.path()).await;
+    let options = DispatcherOptions::default();
+    let primary = Dispatcher::open(primary_log.clone(), options.clone())
+        .await
+        .unwrap();
+    for id in ["a", "b", "c", "d"] {
+        primary.enqueue(payload(id), Some("seeder")).await.unwrap();
+    }
+    let first = primary.lease(Some("worker-1")).await.unwrap();
+    primary.complete(&first.handle).await.unwrap();
+    let second = primary.lease(Some("worker-2")).await.unwrap();
+    primary
+        .fail(&second.handle, Some("boom"), None, true)
+        .await
+        .unwrap();
+    let _held = primary.lease(Some("worker-3")).await.unwrap();
+    let stream = StreamId::default();
+    let head = primary_log.last_sequence(&stream);
+    let v2 = Encoding::new(Format::Protobuf, WireVersion::V2);
+    let fed = records(&primary_log, v2).await;
+    assert_eq!(fed.len() as u64, head);
+
+    let standby_log = log(standby_dir.path()).await;
+    let standby = Standby::open_fed(standby_log.clone(), options, "nats://bus")
+        .await
+        .unwrap();
+    let feed = standby.feed();
+    // Its checkpoint is its log's end; another stream's is never wanted.
+    assert_eq!(feed.checkpoint(&stream).await.unwrap(), Some(0));
+    let other = StreamId::new("other").unwrap();
+    assert_eq!(feed.checkpoint(&other).await.unwrap(), Some(u64::MAX));
+    apply(&feed, &fed[..3]).await.unwrap();
+    // Redelivered records are ignored; the new ones follow.
+    apply(&feed, &fed[..5]).await.unwrap();
+    assert_eq!(standby.status().applied, 5);
+    assert_eq!(standby_log.last_sequence(&stream), 5);
+    // A gap is refused, retryably, with what came before it applied: the
+    // standby never skips part of the stream.
+    let gapped = [fed[5].clone(), fed[7].clone()];
+    let refused = apply(&feed, &gapped).await.unwrap_err();
+    assert!(refused.error().is_retryable(), "{refused}");
+    assert_eq!(refused.applied_through_sequence(), Some(6));
+    assert_eq!(standby_log.last_sequence(&stream), 6);
+    let status = standby.status();
+    let error = status.last_error.unwrap_or_default();
+    assert!(error.contains("from sequence 6 to 8"), "{error}");
+    // Only full fidelity will do.
+    let v1 = records(&primary_log, Encoding::new(Format::Json, WireVersion::V1)).await;
+    let next = v1.iter().position(|r| r.sequence() == 7).unwrap();
+    let wrong = apply(&feed, &v1[next..=next]).await.unwrap_err();
+    assert_eq!(wrong.kind(), ErrorKind::Config, "{wrong}");
+    apply(&feed, &fed[6..]).await.unwrap();
+    standby.report_upstream(true, Some(head), None);
+    let status = standby.status();
+    assert_eq!((status.applied, status.lag_events()), (head, 0));
+    assert!(
+        status.connected && status.last_error.is_none(),
+        "{status:?}"
+    );
+    assert_eq!(standby.snapshot().await, primary.snapshot().await);
+
+    // Promoted, it serves that queue and takes nothing more from the feed.
+    let before = primary.snapshot().await;
+    let dispatcher = standby.promote().await.unwrap();
+    assert!(standby.is_promoted());
+    assert_eq!(dispatcher.snapshot().await, before);
+    primary.enqueue(payload("e"), Some("seeder")).await.unwrap();
+    let late = records(&primary_log, v2).await;
+    assert!(apply(&feed, &late[head as usize..]).await.is_err());
+    assert_eq!(standby_log.last_sequence(&stream), head);
+    drop((dispatcher, primary));
+    primary_log.close().await.unwrap();
     standby_log.close().await.unwrap();
 }

@@ -333,6 +333,8 @@ async fn feed_from_bus(
             }
         };
         backoff = std::time::Duration::from_millis(100);
+        // A version-1 stream lacks the events a queue needs.
+        source.require_version(WireVersion::V2);
         source.add_sink(
             "standby",
             standby.feed().shared(),
@@ -356,6 +358,18 @@ async fn feed_from_bus(
             };
             match outcome {
                 Ok(head) => standby.report_upstream(true, Some(head), None),
+                Err(error) if !error.is_retryable() => {
+                    // What the bus holds cannot be followed (an older
+                    // schema version): stop, and say why, as a standby
+                    // following a node does.
+                    tracing::error!(%error, "standby stopped following the bus");
+                    standby.report_upstream(
+                        false,
+                        None,
+                        Some(format!("stopped following: {error}")),
+                    );
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "standby lost the bus; reconnecting");
                     standby.report_upstream(false, None, Some(error.to_string()));

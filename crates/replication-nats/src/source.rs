@@ -155,6 +155,8 @@ pub struct NatsSource<E> {
     options: NatsSourceOptions,
     targets: Vec<Target>,
     marks: HashMap<StreamId, u64>,
+    /// Messages of an older schema version are refused.
+    required: Option<WireVersion>,
     seed: u64,
 }
 
@@ -229,6 +231,7 @@ impl<E: ReplicationEvent> NatsSource<E> {
             options,
             targets: Vec::new(),
             marks: HashMap::new(),
+            required: None,
             seed: 0x5EED,
         })
     }
@@ -262,6 +265,16 @@ impl<E: ReplicationEvent> NatsSource<E> {
             .await
             .map_err(|e| nats_error("consumer info", e))?;
         Ok(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0))
+    }
+
+    /// Refuses messages written at a schema version older than `version`:
+    /// [`NatsSource::poll`] fails naming the first one and acknowledges
+    /// nothing of its batch, so they stay on the bus. For a reader that
+    /// needs the full stream (a standby needs version 2's expiry, requeue
+    /// and dead-letter events), where an older one would be applied short
+    /// of them.
+    pub fn require_version(&mut self, version: WireVersion) {
+        self.required = Some(version);
     }
 
     /// Adds a sink that receives every event in `encoding`.
@@ -330,6 +343,19 @@ impl<E: ReplicationEvent> NatsSource<E> {
                 polled.quarantined += 1;
                 continue;
             };
+            if let Some(required) = self.required
+                && encoding.version < required
+            {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "nats source: {stream} sequence {sequence} is {encoding} on the bus; \
+                         this reader needs schema version {} or later \
+                         (set the publishing sink's write_version)",
+                        required.get()
+                    ),
+                ));
+            }
             if sequence <= self.mark(&stream).await? {
                 polled.duplicates += 1;
                 continue;

@@ -270,6 +270,56 @@ fn heavy_a_standby_follows_the_bus_and_takes_over_when_promoted() {
 }
 
 #[test]
+fn heavy_a_standby_does_not_follow_a_version_1_stream_on_the_bus() {
+    let store = tempfile::tempdir().unwrap();
+    let (mut nats, port) = start_nats(store.path(), None);
+    let bus = format!("nats://127.0.0.1:{port}");
+    let config = store.path().join("primary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[replication.sinks.bus]\ntype = \"nats\"\nwrite_version = 1\n\
+             [replication.sinks.bus.settings]\nservers = [\"{bus}\"]\n"
+        ),
+    )
+    .unwrap();
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
+    rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
+    let (mut standby, standby_at, _stderr) = spawn_listening(&[
+        "serve",
+        "--role",
+        "standby",
+        "--follow",
+        &bus,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(standby_dir.path()),
+    ]);
+    let mut status = Value::Null;
+    for _ in 0..500 {
+        status = serde_json::from_str(&http_get(&standby_at, "/standby").unwrap().1).unwrap();
+        if !status["lastError"].is_null() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let error = status["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("stopped following") && error.contains("schema version 2"),
+        "{status}"
+    );
+    assert_eq!(status["appliedSequence"], 0, "{status}");
+    for child in [&mut primary, &mut standby] {
+        assert!(signal(child.id(), "TERM"));
+        assert!(child.wait().unwrap().success());
+    }
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
+
+#[test]
 fn a_standby_refuses_a_bus_address_it_cannot_follow_before_it_starts() {
     let dir = tempfile::tempdir().unwrap();
     for (url, why) in [

@@ -223,3 +223,32 @@ async fn heavy_a_record_a_sink_refuses_is_skipped_and_the_rest_applied() {
     assert_eq!(drain(&mut source).await, 5, "all five were handled");
     assert_eq!(replica.sequences(), [1, 2, 4, 5]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_source_that_requires_a_version_refuses_older_messages_and_leaves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
+        .await
+        .unwrap();
+    let stream = StreamId::default();
+    let v1: Vec<_> = (1..=3)
+        .map(|s| record(&stream, s, Encoding::JSON_V1))
+        .collect();
+    sink.apply_owned(&v1).await.unwrap();
+    let replica = FaultySink::new();
+    let mut strict = source(&nats, "strict", &replica).await;
+    strict.require_version(WireVersion::new(2).unwrap());
+    let refused = strict.poll().await.unwrap_err();
+    assert!(
+        refused.to_string().contains("needs schema version 2"),
+        "{refused}"
+    );
+    assert!(replica.sequences().is_empty());
+    // Nothing was acknowledged, and the messages stay on the bus for a
+    // reader without the requirement.
+    assert_eq!(strict.pending().await.unwrap(), 3);
+    let mut lenient = source(&nats, "lenient", &replica).await;
+    assert_eq!(drain(&mut lenient).await, 3);
+    assert_eq!(replica.sequences(), vec![1, 2, 3]);
+}

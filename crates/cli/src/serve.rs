@@ -327,7 +327,7 @@ async fn feed_from_bus(
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    _ = stopping.changed() => {}
+                    changed = stopping.changed() => if changed.is_err() { return },
                 }
                 continue;
             }

@@ -247,22 +247,38 @@ fn heavy_a_standby_follows_the_primary_and_takes_over_when_promoted() {
     standby_takes_over(&[], &|primary_at| format!("http://{primary_at}"));
 }
 
-#[test]
-fn heavy_a_standby_follows_the_bus_and_takes_over_when_promoted() {
-    let store = tempfile::tempdir().unwrap();
-    let (mut nats, port) = start_nats(store.path(), None);
+/// A `nats-server` with its store in `dir`, its URL, and a configuration
+/// file (in `dir`) whose one sink, `bus`, publishes to it: `sink` lines go
+/// in the sink's table, `settings` lines in its settings.
+fn bus_and_primary_config(
+    dir: &Path,
+    sink: &str,
+    settings: &str,
+) -> (std::process::Child, String, std::path::PathBuf) {
+    let (nats, port) = start_nats(dir, None);
     let bus = format!("nats://127.0.0.1:{port}");
-    // The primary publishes its full-fidelity stream to JetStream; the
-    // standby reads it with its own durable consumer.
-    let config = store.path().join("primary.toml");
+    let config = dir.join("primary.toml");
     std::fs::write(
         &config,
         format!(
-            "[replication.sinks.bus]\ntype = \"nats\"\nformat = \"protobuf\"\nwrite_version = 2\n\
-             [replication.sinks.bus.settings]\nservers = [\"{bus}\"]\nstream = \"FAILOVER\"\n"
+            "[replication.sinks.bus]\ntype = \"nats\"\n{sink}\n\
+             [replication.sinks.bus.settings]\nservers = [\"{bus}\"]\n{settings}\n"
         ),
     )
     .unwrap();
+    (nats, bus, config)
+}
+
+#[test]
+fn heavy_a_standby_follows_the_bus_and_takes_over_when_promoted() {
+    let store = tempfile::tempdir().unwrap();
+    // The primary publishes its full-fidelity stream to JetStream; the
+    // standby reads it with its own durable consumer.
+    let (mut nats, bus, config) = bus_and_primary_config(
+        store.path(),
+        "format = \"protobuf\"\nwrite_version = 2",
+        "stream = \"FAILOVER\"",
+    );
     let follow = format!("{bus}?stream=FAILOVER&durable=standby-1");
     standby_takes_over(&["--config", dir_arg(&config)], &|_| follow.clone());
     let _ = nats.kill();
@@ -272,17 +288,7 @@ fn heavy_a_standby_follows_the_bus_and_takes_over_when_promoted() {
 #[test]
 fn heavy_a_standby_does_not_follow_a_version_1_stream_on_the_bus() {
     let store = tempfile::tempdir().unwrap();
-    let (mut nats, port) = start_nats(store.path(), None);
-    let bus = format!("nats://127.0.0.1:{port}");
-    let config = store.path().join("primary.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[replication.sinks.bus]\ntype = \"nats\"\nwrite_version = 1\n\
-             [replication.sinks.bus.settings]\nservers = [\"{bus}\"]\n"
-        ),
-    )
-    .unwrap();
+    let (mut nats, bus, config) = bus_and_primary_config(store.path(), "write_version = 1", "");
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mut primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
     rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);

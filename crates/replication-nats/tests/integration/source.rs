@@ -205,18 +205,25 @@ async fn heavy_a_restarted_source_resumes_and_its_mark_drops_what_sinks_hold() {
     assert_eq!(holder.sequences(), [7, 8]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heavy_a_record_a_sink_refuses_is_skipped_and_the_rest_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
+/// A server holding records 1..=`count` of the stream `default`, published
+/// by the NATS sink in JSON, version 1.
+async fn published(dir: &std::path::Path, count: u64) -> Nats {
+    let nats = Nats::start(dir);
     let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
         .await
         .unwrap();
     let stream = StreamId::default();
-    let records: Vec<_> = (1..=5)
+    let records: Vec<_> = (1..=count)
         .map(|s| record(&stream, s, Encoding::JSON_V1))
         .collect();
     sink.apply_owned(&records).await.unwrap();
+    nats
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_record_a_sink_refuses_is_skipped_and_the_rest_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = published(dir.path(), 5).await;
     let replica = FaultySink::new();
     replica.poison(3);
     let mut source = source(&nats, "replica", &replica).await;
@@ -227,15 +234,7 @@ async fn heavy_a_record_a_sink_refuses_is_skipped_and_the_rest_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_a_source_that_requires_a_version_refuses_older_messages_and_leaves_them() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
-        .await
-        .unwrap();
-    let stream = StreamId::default();
-    let v1: Vec<_> = (1..=3)
-        .map(|s| record(&stream, s, Encoding::JSON_V1))
-        .collect();
-    sink.apply_owned(&v1).await.unwrap();
+    let nats = published(dir.path(), 3).await;
     let replica = FaultySink::new();
     let mut strict = source(&nats, "strict", &replica).await;
     strict.require_version(WireVersion::new(2).unwrap());

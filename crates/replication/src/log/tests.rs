@@ -26,6 +26,16 @@ fn options(durability: Durability) -> LogOptions {
     }
 }
 
+/// Segments of about 2 000 bytes with an index entry every 200: many
+/// segments and index entries from a few hundred records.
+fn small_segments() -> LogOptions {
+    LogOptions {
+        segment_max_bytes: 2_000,
+        index_interval_bytes: 200,
+        ..options(Durability::None)
+    }
+}
+
 fn open(dir: &Path, options: LogOptions) -> (StreamLog<TestBatch>, Recovery) {
     open_stream(dir, &StreamId::default(), options)
 }
@@ -216,11 +226,7 @@ fn read_batches(reader: &mut BatchReader, from: u64, up_to: u64, max_events: usi
 #[tokio::test]
 async fn a_batch_reader_keeps_its_place_across_batches_segments_and_appends() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = LogOptions {
-        segment_max_bytes: 2_000,
-        index_interval_bytes: 200,
-        ..options(Durability::None)
-    };
+    let opts = small_segments();
     let (log, _) = open(dir.path(), opts);
     publish(&log, 1..=300).await;
     let mut reader = BatchReader::new(log.reader().unwrap());
@@ -269,11 +275,7 @@ async fn a_batch_reader_keeps_its_place_across_batches_segments_and_appends() {
 #[tokio::test]
 async fn segments_rotate_and_any_sequence_is_found_through_the_index() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = LogOptions {
-        segment_max_bytes: 2_000,
-        index_interval_bytes: 200,
-        ..options(Durability::None)
-    };
+    let opts = small_segments();
     let (log, _) = open(dir.path(), opts.clone());
     publish(&log, 1..=500).await;
     log.close().unwrap();
@@ -372,11 +374,7 @@ fn visited(reader: &LogReader, from: u64) -> Vec<u64> {
 #[tokio::test]
 async fn visiting_borrows_every_record_from_any_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = LogOptions {
-        segment_max_bytes: 2_000,
-        index_interval_bytes: 200,
-        ..options(Durability::None)
-    };
+    let opts = small_segments();
     let (log, _) = open(dir.path(), opts);
     publish(&log, 1..=300).await;
     let reader = log.reader().unwrap();

@@ -101,10 +101,12 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     }
     // A standby following the bus: checked before anything starts.
     let bus = match follow {
-        Some(url) if FollowUrl::is_nats(url) => Some((
-            url,
-            FollowUrl::parse(url, &standby_consumer(valid.node_id.as_deref()))?,
-        )),
+        Some(url) if FollowUrl::is_nats(url) => {
+            let mut follow = FollowUrl::parse(url, &standby_consumer(valid.node_id.as_deref()))?;
+            // What a lost connection left unacknowledged comes again soon.
+            follow.options.ack_wait = std::time::Duration::from_secs(5);
+            Some((url, follow))
+        }
         _ => None,
     };
     // Checked by `load_with`.

@@ -35,6 +35,11 @@ pub struct NatsSourceOptions {
     pub batch: usize,
     /// How long a fetch waits for messages.
     pub wait: Duration,
+    /// How long JetStream waits for a delivered message's acknowledgement
+    /// before delivering it again (a consumer's `ack_wait`, set when the
+    /// consumer is created): after a lost connection or a server restart,
+    /// what was delivered and not acknowledged comes again only then.
+    pub ack_wait: Duration,
     /// How applying a batch to a failing sink is retried.
     pub retry: RetryPolicy,
 }
@@ -48,6 +53,7 @@ impl NatsSourceOptions {
             durable: durable.to_owned(),
             batch: 256,
             wait: Duration::from_millis(500),
+            ack_wait: Duration::from_secs(30),
             retry: RetryPolicy::default(),
         }
     }
@@ -219,6 +225,7 @@ impl<E: ReplicationEvent> NatsSource<E> {
                     durable_name: Some(options.durable.clone()),
                     deliver_policy: DeliverPolicy::All,
                     ack_policy: AckPolicy::Explicit,
+                    ack_wait: options.ack_wait,
                     filter_subject: subject_filter(&options.subject),
                     ..ConsumerConfig::default()
                 },

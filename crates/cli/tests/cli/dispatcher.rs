@@ -285,6 +285,78 @@ fn heavy_a_standby_follows_the_bus_and_takes_over_when_promoted() {
     let _ = nats.wait();
 }
 
+/// A standby's `/standby` document, once `ready` holds for it (at most
+/// 20 s; then the last one, for the caller's assertion to show).
+fn standby_status(at: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let mut status = Value::Null;
+    for _ in 0..1000 {
+        status = serde_json::from_str(&http_get(at, "/standby").unwrap().1).unwrap();
+        if ready(&status) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    status
+}
+
+/// `serve --role standby --follow URL` on `dir`: its child and address.
+fn start_standby(dir: &Path, follow: &str) -> (std::process::Child, String) {
+    let (child, address, _) = spawn_listening(&[
+        "serve",
+        "--role",
+        "standby",
+        "--follow",
+        follow,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(dir),
+    ]);
+    (child, address)
+}
+
+#[test]
+fn heavy_a_standby_on_the_bus_rides_out_a_bus_restart() {
+    let store = tempfile::tempdir().unwrap();
+    let (mut nats, bus, config) =
+        bus_and_primary_config(store.path(), "format = \"protobuf\"\nwrite_version = 2", "");
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
+    let (mut standby, standby_at) = start_standby(standby_dir.path(), &bus);
+    let enqueue = || rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
+    enqueue();
+    enqueue();
+    let status = standby_status(&standby_at, |s| s["appliedSequence"] == 2);
+    assert_eq!(status["appliedSequence"], 2, "{status}");
+    // The bus goes away; the primary goes on (its NATS sink retries); the
+    // bus comes back on its port with its store.
+    let port: u16 = bus.rsplit(':').next().unwrap().parse().unwrap();
+    let _ = nats.kill();
+    let _ = nats.wait();
+    enqueue();
+    enqueue();
+    let (mut nats, _) = start_nats(store.path(), Some(port));
+    let status = standby_status(&standby_at, |s| {
+        s["appliedSequence"] == 4 && s["connected"] == true && s["lagEvents"] == 0
+    });
+    assert_eq!(
+        (
+            &status["appliedSequence"],
+            &status["connected"],
+            &status["lagEvents"]
+        ),
+        (&json!(4), &json!(true), &json!(0)),
+        "{status}"
+    );
+    assert!(status["lastError"].is_null(), "{status}");
+    for child in [&mut primary, &mut standby] {
+        assert!(signal(child.id(), "TERM"));
+        assert!(child.wait().unwrap().success());
+    }
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
+
 #[test]
 fn heavy_a_standby_does_not_follow_a_version_1_stream_on_the_bus() {
     let store = tempfile::tempdir().unwrap();
@@ -292,25 +364,8 @@ fn heavy_a_standby_does_not_follow_a_version_1_stream_on_the_bus() {
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mut primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
     rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
-    let (mut standby, standby_at, _stderr) = spawn_listening(&[
-        "serve",
-        "--role",
-        "standby",
-        "--follow",
-        &bus,
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir_arg(standby_dir.path()),
-    ]);
-    let mut status = Value::Null;
-    for _ in 0..500 {
-        status = serde_json::from_str(&http_get(&standby_at, "/standby").unwrap().1).unwrap();
-        if !status["lastError"].is_null() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (mut standby, standby_at) = start_standby(standby_dir.path(), &bus);
+    let status = standby_status(&standby_at, |s| !s["lastError"].is_null());
     let error = status["lastError"].as_str().unwrap_or_default();
     assert!(
         error.starts_with("stopped following") && error.contains("schema version 2"),

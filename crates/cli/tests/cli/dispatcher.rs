@@ -299,6 +299,16 @@ fn standby_status(at: &str, ready: impl Fn(&Value) -> bool) -> Value {
     status
 }
 
+/// Stops `nodes` with SIGTERM (each must exit cleanly), then kills `nats`.
+fn stop(nodes: &mut [std::process::Child], mut nats: std::process::Child) {
+    for node in nodes {
+        assert!(signal(node.id(), "TERM"));
+        assert!(node.wait().unwrap().success());
+    }
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
+
 /// `serve --role standby --follow URL` on `dir`: its child and address.
 fn start_standby(dir: &Path, follow: &str) -> (std::process::Child, String) {
     let (child, address, _) = spawn_listening(&[
@@ -321,8 +331,8 @@ fn heavy_a_standby_on_the_bus_rides_out_a_bus_restart() {
     let (mut nats, bus, config) =
         bus_and_primary_config(store.path(), "format = \"protobuf\"\nwrite_version = 2", "");
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
-    let (mut standby, standby_at) = start_standby(standby_dir.path(), &bus);
+    let (primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
+    let (standby, standby_at) = start_standby(standby_dir.path(), &bus);
     let enqueue = || rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
     enqueue();
     enqueue();
@@ -335,7 +345,7 @@ fn heavy_a_standby_on_the_bus_rides_out_a_bus_restart() {
     let _ = nats.wait();
     enqueue();
     enqueue();
-    let (mut nats, _) = start_nats(store.path(), Some(port));
+    let (nats, _) = start_nats(store.path(), Some(port));
     let status = standby_status(&standby_at, |s| {
         s["appliedSequence"] == 4 && s["connected"] == true && s["lagEvents"] == 0
     });
@@ -349,22 +359,17 @@ fn heavy_a_standby_on_the_bus_rides_out_a_bus_restart() {
         "{status}"
     );
     assert!(status["lastError"].is_null(), "{status}");
-    for child in [&mut primary, &mut standby] {
-        assert!(signal(child.id(), "TERM"));
-        assert!(child.wait().unwrap().success());
-    }
-    let _ = nats.kill();
-    let _ = nats.wait();
+    stop(&mut [primary, standby], nats);
 }
 
 #[test]
 fn heavy_a_standby_does_not_follow_a_version_1_stream_on_the_bus() {
     let store = tempfile::tempdir().unwrap();
-    let (mut nats, bus, config) = bus_and_primary_config(store.path(), "write_version = 1", "");
+    let (nats, bus, config) = bus_and_primary_config(store.path(), "write_version = 1", "");
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
+    let (primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
     rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
-    let (mut standby, standby_at) = start_standby(standby_dir.path(), &bus);
+    let (standby, standby_at) = start_standby(standby_dir.path(), &bus);
     let status = standby_status(&standby_at, |s| !s["lastError"].is_null());
     let error = status["lastError"].as_str().unwrap_or_default();
     assert!(
@@ -372,12 +377,7 @@ fn heavy_a_standby_does_not_follow_a_version_1_stream_on_the_bus() {
         "{status}"
     );
     assert_eq!(status["appliedSequence"], 0, "{status}");
-    for child in [&mut primary, &mut standby] {
-        assert!(signal(child.id(), "TERM"));
-        assert!(child.wait().unwrap().success());
-    }
-    let _ = nats.kill();
-    let _ = nats.wait();
+    stop(&mut [primary, standby], nats);
 }
 
 #[test]

@@ -87,7 +87,8 @@ impl FollowUrl {
     /// server, an unknown or empty parameter, an invalid stream, subject or
     /// consumer name.
     pub fn parse(url: &str, durable: &str) -> Result<Self, Error> {
-        let bad = |why: String| Error::new(ErrorKind::Config, format!("--follow {url}: {why}"));
+        let bad =
+            |why: String| Error::new(ErrorKind::Config, format!("follow address {url}: {why}"));
         if !Self::is_nats(url) {
             return Err(bad("expected nats://HOST:PORT".to_owned()));
         }

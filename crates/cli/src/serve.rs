@@ -79,7 +79,6 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     if role != Role::Standby && follow.is_some() {
         anyhow::bail!("--follow is for --role standby");
     }
-
     let stream = StreamId::new(stream)?;
     let overrides = namespace
         .map(|ns| {

@@ -174,21 +174,31 @@ fn stamp_origin(
         .insert(origin::TIMESTAMP, event.timestamp.to_round_trip_string());
 }
 
-/// Appends to a protobuf event the metadata [`stamp_origin`] sets (the
-/// origin keys have no capitals, so they replace any key of another case,
-/// as inserting them does).
+/// Appends to the protobuf event `payload`, scanned as `scanned`, the
+/// metadata [`stamp_origin`] sets (the origin keys have no capitals, so
+/// they replace any key of another case, as inserting them does). The
+/// event's timestamp text is kept as it came when it is already the
+/// round-trip form (as senders write it), rendered again otherwise.
 fn append_origin(
     out: &mut Vec<u8>,
     sender: &str,
     epoch: u64,
     sequence: u64,
-    timestamp: omnirelay_replication::Timestamp,
+    payload: &[u8],
+    scanned: &proto::Scanned,
 ) {
     let mut number = itoa::Buffer::new();
     proto::append_metadata(origin::SENDER, sender, out);
     proto::append_metadata(origin::EPOCH, number.format(epoch), out);
     proto::append_metadata(origin::SEQUENCE, number.format(sequence), out);
-    proto::append_metadata(origin::TIMESTAMP, timestamp.round_trip_text().as_str(), out);
+    match scanned.round_trip_timestamp(payload) {
+        Some(text) => proto::append_metadata(origin::TIMESTAMP, text, out),
+        None => proto::append_metadata(
+            origin::TIMESTAMP,
+            scanned.timestamp.round_trip_text().as_str(),
+            out,
+        ),
+    }
 }
 
 /// Receives events over the reference's `Publish`, appends them to its
@@ -584,7 +594,7 @@ impl Receiver {
                 };
                 encoded.push(scanned.event_type.kind(), scanned.peer_id(payload), |out| {
                     out.extend_from_slice(payload);
-                    append_origin(out, sender, *epoch, *sequence, scanned.timestamp);
+                    append_origin(out, sender, *epoch, *sequence, payload, scanned);
                     if scanned.version < log.version {
                         proto::append_schema_version(log.version, out);
                     }

@@ -29,6 +29,9 @@ pub struct Scanned {
     pub version: WireVersion,
     /// Where its peer id lies in the bytes, if it has one.
     peer_id: Option<Range<usize>>,
+    /// Where its timestamp's text lies, when that text is exactly the
+    /// timestamp's round-trip form.
+    round_trip: Option<Range<usize>>,
 }
 
 impl Scanned {
@@ -37,6 +40,31 @@ impl Scanned {
         let range = self.peer_id.clone()?;
         std::str::from_utf8(bytes.get(range)?).ok()
     }
+
+    /// The timestamp's text as it is in `bytes` (the bytes scanned) when
+    /// it is exactly [`Timestamp::round_trip_text`] of the timestamp, as
+    /// senders of the reference format write it: a receiver can keep it
+    /// instead of rendering it again.
+    pub fn round_trip_timestamp<'a>(&self, bytes: &'a [u8]) -> Option<&'a str> {
+        let range = self.round_trip.clone()?;
+        std::str::from_utf8(bytes.get(range)?).ok()
+    }
+}
+
+/// Whether `text`, which [`Timestamp::parse`] accepted, is what
+/// [`Timestamp::round_trip_text`] renders of it: the round-trip shape
+/// (`YYYY-MM-DDTHH:MM:SS.fffffff+00:00`, 33 bytes), every field of which
+/// the parse checked to be in range, so nothing else renders differently.
+fn is_round_trip(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 33
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && text.ends_with("+00:00")
 }
 
 /// A cursor over a message's bytes.
@@ -173,7 +201,9 @@ pub fn scan(bytes: &[u8]) -> Option<Scanned> {
             Field::Varint(1, _) => {}
             Field::Varint(2, value) => event_type = value,
             Field::Varint(9, value) => schema_version = value,
-            Field::Len(3, range) => timestamp = Some(std::str::from_utf8(&bytes[range]).ok()?),
+            Field::Len(3, range) => {
+                timestamp = Some((std::str::from_utf8(&bytes[range.clone()]).ok()?, range));
+            }
             Field::Len(4, range) => {
                 text(bytes, range.clone())?;
                 peer_id = Some(range);
@@ -210,9 +240,12 @@ pub fn scan(bytes: &[u8]) -> Option<Scanned> {
         n if n > 0 && n <= i32::from(LATEST.get()) => WireVersion::new(u16::try_from(n).ok()?)?,
         _ => return None,
     };
-    let timestamp = match timestamp {
-        None | Some("") => Timestamp::MIN,
-        Some(text) => Timestamp::parse(text).ok()?,
+    let (timestamp, round_trip) = match timestamp {
+        None | Some(("", _)) => (Timestamp::MIN, None),
+        Some((text, range)) => (
+            Timestamp::parse(text).ok()?,
+            is_round_trip(text).then_some(range),
+        ),
     };
     let peer_id = peer_id.filter(|range| !range.is_empty());
     Some(Scanned {
@@ -220,6 +253,7 @@ pub fn scan(bytes: &[u8]) -> Option<Scanned> {
         timestamp,
         version,
         peer_id,
+        round_trip,
     })
 }
 
@@ -259,4 +293,46 @@ pub fn metadata<'a, const N: usize>(
         }
     }
     Some(found.map(|slot| slot.map(|(_, value)| value)))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Text of the round-trip shape that parses is what rendering gives.
+        #[test]
+        fn round_trip_shaped_text_that_parses_renders_the_same(
+            text in r"[0-9]{4}-[0-1][0-9]-[0-3][0-9]T[0-2][0-9]:[0-6][0-9]:[0-6][0-9]\.[0-9]{7}\+00:00",
+        ) {
+            prop_assert!(is_round_trip(&text));
+            if let Ok(parsed) = Timestamp::parse(&text) {
+                let rendered = parsed.round_trip_text();
+                prop_assert_eq!(rendered.as_str(), text.as_str());
+            }
+        }
+
+        /// Every rendered timestamp is recognised.
+        #[test]
+        fn rendered_timestamps_are_round_trip(ticks in 0..=Timestamp::MAX.ticks()) {
+            let text = Timestamp::from_ticks(ticks).unwrap().round_trip_text();
+            prop_assert!(is_round_trip(text.as_str()));
+        }
+    }
+
+    #[test]
+    fn other_forms_are_rendered_again() {
+        for text in [
+            "2026-11-28T05:25:01.6823902Z",
+            "2026-11-28T05:25:01.682390+00:00",
+            "2026-11-28T05:25:01.6823902-00:00",
+            "2026-11-28T06:25:01.6823902+01:00",
+            "2026-11-28T05:25:01.68239020+00:00",
+            "2026-11-28",
+        ] {
+            assert!(!is_round_trip(text), "{text}");
+        }
+    }
 }

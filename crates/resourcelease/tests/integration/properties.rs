@@ -230,6 +230,10 @@ fn scan_agrees(
     prop_assert_eq!(scanned.timestamp, event.timestamp);
     prop_assert_eq!(scanned.version, version);
     prop_assert_eq!(scanned.peer_id(bytes), event.peer_id.as_deref());
+    if let Some(text) = scanned.round_trip_timestamp(bytes) {
+        let rendered = event.timestamp.round_trip_text();
+        prop_assert_eq!(text, rendered.as_str());
+    }
     Ok(())
 }
 
@@ -244,7 +248,11 @@ proptest! {
         let Ok(bytes) = proto::encode(&event, v) else { return Ok(()) };
         let (decoded, version) = proto::decode_with_version(&bytes).unwrap();
         match proto::scan(&bytes) {
-            Some(scanned) => scan_agrees(&scanned, &bytes, &decoded, version)?,
+            Some(scanned) => {
+                scan_agrees(&scanned, &bytes, &decoded, version)?;
+                // Our encoder writes the round-trip form: a receiver keeps it.
+                prop_assert!(scanned.round_trip_timestamp(&bytes).is_some());
+            }
             // Snapshot items are left to decoding; nothing else is.
             None => prop_assert!(v == version::V2 && !event.items.is_empty()),
         }

@@ -20,13 +20,15 @@
 #![warn(missing_docs)]
 
 mod factory;
+mod follow;
 mod sink;
 mod source;
 mod subject;
 
 pub use factory::NatsSinkFactory;
+pub use follow::{FollowUrl, NatsCredentials};
 pub use sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};
-pub use source::{FollowUrl, NatsSource, NatsSourceOptions, Polled};
+pub use source::{NatsSource, NatsSourceOptions, Polled};
 pub use subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, header, validate_stream_name, validate_subject_template,
 };

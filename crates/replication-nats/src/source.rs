@@ -16,6 +16,7 @@ use omnirelay_replication::{
     RetryPolicy, SharedSink, Sink, StreamId, WireVersion,
 };
 
+use crate::follow::FollowUrl;
 use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, validate_stream_name,
     validate_subject_template,
@@ -56,77 +57,6 @@ impl NatsSourceOptions {
             ack_wait: Duration::from_secs(30),
             retry: RetryPolicy::default(),
         }
-    }
-}
-
-/// A follower's address on the bus:
-/// `nats://HOST:PORT[,HOST:PORT…][?stream=NAME&subject=TEMPLATE&durable=NAME]`.
-/// The stream and subject default to the NATS sink's defaults; the durable
-/// consumer (the follower's position, kept by JetStream) to the name the
-/// follower passes — two followers of one stream need two names.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FollowUrl {
-    /// `nats://HOST:PORT`, one per server.
-    pub servers: Vec<String>,
-    /// The stream, subject and consumer.
-    pub options: NatsSourceOptions,
-}
-
-impl FollowUrl {
-    /// Whether `url` names the bus (`nats://…`) rather than a node.
-    pub fn is_nats(url: &str) -> bool {
-        url.get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("nats://"))
-    }
-
-    /// Reads `url`; `durable` is the consumer's name unless the URL sets it.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::Config`], naming what is wrong: not `nats://`, no
-    /// server, an unknown or empty parameter, an invalid stream, subject or
-    /// consumer name.
-    pub fn parse(url: &str, durable: &str) -> Result<Self, Error> {
-        let bad =
-            |why: String| Error::new(ErrorKind::Config, format!("follow address {url}: {why}"));
-        if !Self::is_nats(url) {
-            return Err(bad("expected nats://HOST:PORT".to_owned()));
-        }
-        let (hosts, query) = url[7..].split_once('?').unwrap_or((&url[7..], ""));
-        let hosts = hosts.trim_end_matches('/');
-        let servers: Vec<String> = hosts
-            .split(',')
-            .filter(|h| !h.is_empty())
-            .map(|h| format!("nats://{h}"))
-            .collect();
-        if servers.is_empty() {
-            return Err(bad("no server: expected nats://HOST:PORT".to_owned()));
-        }
-        let mut options = NatsSourceOptions::new(durable);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if value.is_empty() {
-                return Err(bad(format!("{key} needs a value")));
-            }
-            match key {
-                "stream" => value.clone_into(&mut options.stream),
-                "subject" => value.clone_into(&mut options.subject),
-                "durable" => value.clone_into(&mut options.durable),
-                _ => {
-                    return Err(bad(format!(
-                        "unknown parameter {key:?} (stream, subject, durable)"
-                    )));
-                }
-            }
-        }
-        validate_stream_name(&options.stream)
-            .map_err(|e| bad(format!("stream: {}", e.message())))?;
-        validate_subject_template(&options.subject)
-            .map_err(|e| bad(format!("subject: {}", e.message())))?;
-        // Consumer names follow the stream names' rules.
-        validate_stream_name(&options.durable)
-            .map_err(|e| bad(format!("durable: {}", e.message())))?;
-        Ok(Self { servers, options })
     }
 }
 
@@ -244,8 +174,8 @@ impl<E: ReplicationEvent> NatsSource<E> {
         })
     }
 
-    /// Connects to the servers of `follow` (no credentials) and creates
-    /// (or finds) its durable consumer; see [`NatsSource::connect`].
+    /// Connects to the servers of `follow` with its credentials and
+    /// creates (or finds) its durable consumer; see [`NatsSource::connect`].
     ///
     /// # Errors
     ///
@@ -253,7 +183,7 @@ impl<E: ReplicationEvent> NatsSource<E> {
     pub async fn connect_to(follow: &FollowUrl, codec: Arc<dyn Codec<E>>) -> Result<Self, Error> {
         Self::connect(
             &follow.servers,
-            ConnectOptions::new().name("omnirelay-follower"),
+            follow.connect_options(),
             codec,
             follow.options.clone(),
         )
@@ -497,44 +427,5 @@ impl<E: ReplicationEvent> NatsSource<E> {
         }
         self.marks.insert(stream.clone(), last);
         Ok(count)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_follow_url_names_servers_stream_subject_and_consumer() {
-        assert!(FollowUrl::is_nats("NATS://h:1") && !FollowUrl::is_nats("http://h:1"));
-        let plain = FollowUrl::parse("nats://127.0.0.1:4222", "standby-a").unwrap();
-        assert_eq!(plain.servers, vec!["nats://127.0.0.1:4222"]);
-        assert_eq!(plain.options, NatsSourceOptions::new("standby-a"));
-        let full = FollowUrl::parse(
-            "nats://a:1,b:2/?stream=EU&subject=eu.{stream}&durable=standby-b",
-            "ignored",
-        )
-        .unwrap();
-        assert_eq!(full.servers, vec!["nats://a:1", "nats://b:2"]);
-        assert_eq!(
-            (
-                full.options.stream.as_str(),
-                full.options.subject.as_str(),
-                full.options.durable.as_str()
-            ),
-            ("EU", "eu.{stream}", "standby-b")
-        );
-        for (url, why) in [
-            ("http://a:1", "expected nats://"),
-            ("nats://", "no server"),
-            ("nats://a:1?stream=", "stream needs a value"),
-            ("nats://a:1?queue=x", "unknown parameter \"queue\""),
-            ("nats://a:1?durable=a.b", "durable: invalid"),
-            ("nats://a:1?subject=x.y", "subject: "),
-        ] {
-            let err = FollowUrl::parse(url, "d").unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::Config);
-            assert!(err.to_string().contains(why), "{url}: {err}");
-        }
     }
 }

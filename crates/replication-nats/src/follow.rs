@@ -1,0 +1,287 @@
+//! A follower's address on the bus: servers, credentials, stream, subject
+//! and durable consumer in one `nats://` URL.
+
+use async_nats::ConnectOptions;
+use omnirelay_replication::{Error, ErrorKind};
+
+use crate::source::NatsSourceOptions;
+use crate::subject::{validate_stream_name, validate_subject_template};
+
+/// What a follower presents to a NATS server that wants credentials, as
+/// the NATS sink's `token` or `user` and `password` settings.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsCredentials {
+    /// `nats://TOKEN@HOST:PORT`.
+    Token(String),
+    /// `nats://USER:PASSWORD@HOST:PORT`.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    /// Never shows the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token(***)"),
+            Self::UserPassword { user, .. } => f
+                .debug_struct("UserPassword")
+                .field("user", user)
+                .field("password", &"***")
+                .finish(),
+        }
+    }
+}
+
+/// A follower's address on the bus:
+/// `nats://[CREDENTIALS@]HOST:PORT[,HOST:PORT…][?stream=NAME&subject=TEMPLATE&durable=NAME]`,
+/// where `CREDENTIALS` is `USER:PASSWORD` or a `TOKEN` (percent-encoded
+/// where they hold `@`, `:`, `%` or `/`), as NATS clients write them. The
+/// stream and subject default to the NATS sink's defaults; the durable
+/// consumer (the follower's position, kept by JetStream) to the name the
+/// follower passes — two followers of one stream need two names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FollowUrl {
+    /// `nats://HOST:PORT`, one per server.
+    pub servers: Vec<String>,
+    /// What to present to the servers, if anything.
+    pub credentials: Option<NatsCredentials>,
+    /// The stream, subject and consumer.
+    pub options: NatsSourceOptions,
+}
+
+/// Splits `nats://…` into its credentials (if any), its servers and its
+/// query; `None` when it is not `nats://`.
+fn parts(url: &str) -> Option<(Option<&str>, &str, &str)> {
+    if !FollowUrl::is_nats(url) {
+        return None;
+    }
+    let (authority, query) = url[7..].split_once('?').unwrap_or((&url[7..], ""));
+    Some(match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => (Some(credentials), hosts, query),
+        None => (None, authority, query),
+    })
+}
+
+/// `text` with its `%XX` escapes decoded; `None` for a bad escape or
+/// bytes that are not UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let hex = bytes.get(at + 1..at + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            at += 3;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl FollowUrl {
+    /// Whether `url` names the bus (`nats://…`) rather than a node.
+    pub fn is_nats(url: &str) -> bool {
+        url.get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("nats://"))
+    }
+
+    /// `url` fit to show: its password or token replaced by `***`.
+    pub fn redacted(url: &str) -> String {
+        match parts(url) {
+            Some((Some(credentials), hosts, query)) => {
+                let shown = match credentials.split_once(':') {
+                    Some((user, _)) => format!("{user}:***"),
+                    None => "***".to_owned(),
+                };
+                let query = if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{query}")
+                };
+                format!("{}{shown}@{hosts}{query}", &url[..7])
+            }
+            _ => url.to_owned(),
+        }
+    }
+
+    /// Reads `url`; `durable` is the consumer's name unless the URL sets it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`], naming what is wrong (and never the secret):
+    /// not `nats://`, no server, empty or badly escaped credentials, an
+    /// unknown or empty parameter, an invalid stream, subject or consumer
+    /// name.
+    pub fn parse(url: &str, durable: &str) -> Result<Self, Error> {
+        let bad = |why: String| {
+            Error::new(
+                ErrorKind::Config,
+                format!("follow address {}: {why}", Self::redacted(url)),
+            )
+        };
+        let Some((credentials, hosts, query)) = parts(url) else {
+            return Err(bad("expected nats://HOST:PORT".to_owned()));
+        };
+        let credentials = credentials
+            .map(|text| {
+                let decoded = |part: &str, what: &str| match percent_decoded(part) {
+                    Some(value) if !value.is_empty() => Ok(value),
+                    Some(_) => Err(bad(format!("empty {what}"))),
+                    None => Err(bad(format!("the {what} has a bad %-escape"))),
+                };
+                Ok::<_, Error>(match text.split_once(':') {
+                    Some((user, password)) => NatsCredentials::UserPassword {
+                        user: decoded(user, "user")?,
+                        password: decoded(password, "password")?,
+                    },
+                    None => NatsCredentials::Token(decoded(text, "token")?),
+                })
+            })
+            .transpose()?;
+        let servers: Vec<String> = hosts
+            .trim_end_matches('/')
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("nats://{h}"))
+            .collect();
+        if servers.is_empty() {
+            return Err(bad("no server: expected nats://HOST:PORT".to_owned()));
+        }
+        let mut options = NatsSourceOptions::new(durable);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if value.is_empty() {
+                return Err(bad(format!("{key} needs a value")));
+            }
+            match key {
+                "stream" => value.clone_into(&mut options.stream),
+                "subject" => value.clone_into(&mut options.subject),
+                "durable" => value.clone_into(&mut options.durable),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown parameter {key:?} (stream, subject, durable)"
+                    )));
+                }
+            }
+        }
+        validate_stream_name(&options.stream)
+            .map_err(|e| bad(format!("stream: {}", e.message())))?;
+        validate_subject_template(&options.subject)
+            .map_err(|e| bad(format!("subject: {}", e.message())))?;
+        // Consumer names follow the stream names' rules.
+        validate_stream_name(&options.durable)
+            .map_err(|e| bad(format!("durable: {}", e.message())))?;
+        Ok(Self {
+            servers,
+            credentials,
+            options,
+        })
+    }
+
+    /// The client's connect options: a name, and the credentials.
+    pub(crate) fn connect_options(&self) -> ConnectOptions {
+        let options = ConnectOptions::new().name("omnirelay-follower");
+        match &self.credentials {
+            None => options,
+            Some(NatsCredentials::Token(token)) => options.token(token.clone()),
+            Some(NatsCredentials::UserPassword { user, password }) => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follow_url_names_servers_stream_subject_and_consumer() {
+        assert!(FollowUrl::is_nats("NATS://h:1") && !FollowUrl::is_nats("http://h:1"));
+        let plain = FollowUrl::parse("nats://127.0.0.1:4222", "standby-a").unwrap();
+        assert_eq!(plain.servers, vec!["nats://127.0.0.1:4222"]);
+        assert_eq!(plain.credentials, None);
+        assert_eq!(plain.options, NatsSourceOptions::new("standby-a"));
+        let full = FollowUrl::parse(
+            "nats://a:1,b:2/?stream=EU&subject=eu.{stream}&durable=standby-b",
+            "ignored",
+        )
+        .unwrap();
+        assert_eq!(full.servers, vec!["nats://a:1", "nats://b:2"]);
+        assert_eq!(
+            (
+                full.options.stream.as_str(),
+                full.options.subject.as_str(),
+                full.options.durable.as_str()
+            ),
+            ("EU", "eu.{stream}", "standby-b")
+        );
+        for (url, why) in [
+            ("http://a:1", "expected nats://"),
+            ("nats://", "no server"),
+            ("nats://a:1?stream=", "stream needs a value"),
+            ("nats://a:1?queue=x", "unknown parameter \"queue\""),
+            ("nats://a:1?durable=a.b", "durable: invalid"),
+            ("nats://a:1?subject=x.y", "subject: "),
+        ] {
+            let err = FollowUrl::parse(url, "d").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.to_string().contains(why), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_the_user_part_and_never_show() {
+        let user =
+            FollowUrl::parse("nats://standby:p%40ss%3Aw%25rd@a:1,b:2?stream=EU", "d").unwrap();
+        assert_eq!(user.servers, vec!["nats://a:1", "nats://b:2"]);
+        assert_eq!(
+            user.credentials,
+            Some(NatsCredentials::UserPassword {
+                user: "standby".to_owned(),
+                password: "p@ss:w%rd".to_owned(),
+            })
+        );
+        assert_eq!(user.options.stream, "EU");
+        let token = FollowUrl::parse("nats://s3cr3t@a:1", "d").unwrap();
+        assert_eq!(
+            token.credentials,
+            Some(NatsCredentials::Token("s3cr3t".to_owned()))
+        );
+        // A password with an unescaped `@` still parses: hosts have none.
+        let at = FollowUrl::parse("nats://u:p@ss@a:1", "d").unwrap();
+        assert_eq!(at.servers, vec!["nats://a:1"]);
+        assert!(!format!("{user:?}{token:?}{at:?}").contains("s3cr3t"));
+        assert!(!format!("{user:?}{at:?}").contains("p@ss"));
+        assert_eq!(
+            FollowUrl::redacted("nats://standby:p%40ss@a:1?stream=EU"),
+            "nats://standby:***@a:1?stream=EU"
+        );
+        assert_eq!(FollowUrl::redacted("nats://s3cr3t@a:1"), "nats://***@a:1");
+        assert_eq!(FollowUrl::redacted("nats://a:1"), "nats://a:1");
+        assert_eq!(FollowUrl::redacted("http://u:p@a:1"), "http://u:p@a:1");
+        for (url, why) in [
+            ("nats://:secret@a:1", "empty user"),
+            ("nats://u:@a:1", "empty password"),
+            ("nats://@a:1", "empty token"),
+            ("nats://u:secret%zz@a:1", "the password has a bad %-escape"),
+            ("nats://u:secret%+f@a:1", "the password has a bad %-escape"),
+            ("nats://u:secret%ff@a:1", "the password has a bad %-escape"),
+            ("nats://u:secret@a:1?queue=x", "unknown parameter"),
+        ] {
+            let err = FollowUrl::parse(url, "d").unwrap_err().to_string();
+            assert!(err.contains(why), "{url}: {err}");
+            assert!(!err.contains("secret"), "{url}: {err}");
+        }
+    }
+}

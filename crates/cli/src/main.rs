@@ -67,8 +67,10 @@ enum Command {
         stream: String,
         /// A standby's primary: its URL, followed over gRPC `Subscribe` (the
         /// token is `[server] token`), or the bus it publishes to,
-        /// `nats://HOST:PORT[?stream=NAME&subject=TEMPLATE&durable=NAME]`
-        /// (the primary's NATS sink must write protobuf, version 2).
+        /// `nats://[USER:PASSWORD@|TOKEN@]HOST:PORT[?stream=NAME&subject=TEMPLATE&durable=NAME]`
+        /// (the primary's NATS sink must write protobuf, version 2). Key
+        /// `services.standby.follow`: set there (or in the environment), a
+        /// password stays out of the process list.
         #[arg(long, value_name = "URL")]
         follow: Option<String>,
         /// The dispatcher's RPC namespace (key

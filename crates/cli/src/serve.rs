@@ -73,9 +73,6 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         omnirelay_controlplane::settings::check_host(host)
             .map_err(|why| anyhow::anyhow!("--hosts: {why}"))?;
     }
-    if role == Role::Standby && follow.is_none() {
-        anyhow::bail!("a standby needs the primary to follow: --follow URL");
-    }
     if role != Role::Standby && follow.is_some() {
         anyhow::bail!("--follow is for --role standby");
     }
@@ -89,8 +86,22 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             )
         })
         .into_iter()
+        .chain(
+            follow.map(|url| Override::new("--follow", "services.standby.follow", url.to_owned())),
+        )
         .collect();
     let mut valid = args.load_with(overrides)?;
+    // Checked by `load_with`; a standby's only.
+    let follow = omnirelay_dispatcher::settings::parse_standby(valid.services.get("standby"))
+        .ok()
+        .flatten()
+        .filter(|_| role == Role::Standby);
+    let follow = follow.as_deref();
+    if role == Role::Standby && follow.is_none() {
+        anyhow::bail!(
+            "a standby needs the primary to follow: --follow URL (or services.standby.follow)"
+        );
+    }
     if let Some(version) = write_version {
         let version = WireVersion::new(version).context("version 0 does not exist")?;
         // Every sink, and so every node this one sends to, gets `version`.
@@ -104,7 +115,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             let mut follow = FollowUrl::parse(url, &standby_consumer(valid.node_id.as_deref()))?;
             // What a lost connection left unacknowledged comes again soon.
             follow.options.ack_wait = std::time::Duration::from_secs(5);
-            Some((url, follow))
+            Some((FollowUrl::redacted(url), follow))
         }
         _ => None,
     };
@@ -186,7 +197,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             let standby = match bus {
                 Some((url, follow)) => {
                     let standby =
-                        Standby::open_fed(replicator.clone(), dispatcher_options.clone(), url)
+                        Standby::open_fed(replicator.clone(), dispatcher_options.clone(), &url)
                             .await
                             .with_context(|| {
                                 format!("cannot rebuild the queue from stream {stream}")
@@ -208,7 +219,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                 stats.pending_count(),
                 stats.active_count(),
                 stats.dead_letters().len(),
-                follow.unwrap_or_default()
+                FollowUrl::redacted(follow.unwrap_or_default())
             ));
             (
                 None,

@@ -36,6 +36,42 @@ max_delivery_attempts = 5
 # cooldown_ms = 5000
 "#;
 
+/// The standby's table as the embedded default has it, for `omnirelay
+/// config default`.
+pub const STANDBY_DEFAULT_TOML: &str = r#"
+# A standby (`omnirelay serve --role standby`).
+[services.standby]
+# The primary it follows (`--follow` sets it): a node's URL, followed over
+# gRPC Subscribe, or the bus the primary publishes to,
+# nats://[USER:PASSWORD@|TOKEN@]HOST:PORT[?stream=NAME&subject=TEMPLATE&durable=NAME].
+# Set here or in OMNIRELAY_SERVICES__STANDBY__FOLLOW, a bus password stays
+# out of the process list.
+# follow = "http://primary.example:7421"
+"#;
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct StandbySettings {
+    follow: Option<String>,
+}
+
+/// Reads `[services.standby]` (an empty table when absent): the address a
+/// standby follows, if one is set.
+///
+/// # Errors
+///
+/// The key path of the setting that is wrong, and why.
+pub fn parse_standby(table: Option<&serde_json::Value>) -> Result<Option<String>, SettingsError> {
+    let empty = serde_json::Value::Object(serde_json::Map::new());
+    let settings: StandbySettings = parse_settings(table.unwrap_or(&empty))?;
+    match settings.follow {
+        Some(follow) if follow.trim().is_empty() => {
+            Err(SettingsError::new("follow", "must not be empty"))
+        }
+        follow => Ok(follow),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Settings {

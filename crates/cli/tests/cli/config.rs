@@ -297,7 +297,9 @@ fn service_tables_are_checked_by_their_service() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("services.janitor: no such service (known: controlplane, dispatcher)"),
+        stderr.contains(
+            "services.janitor: no such service (known: controlplane, dispatcher, standby)"
+        ),
         "{stderr}"
     );
     std::fs::write(
@@ -310,6 +312,20 @@ fn service_tables_are_checked_by_their_service() {
         text(&out.stderr).contains(
             "services.dispatcher.backpressure.low_watermark: must be below high_watermark (4)"
         ),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&file, "[services.standby]\nfollow = \" \"\nprimary = 1\n").unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert!(
+        text(&out.stderr).contains("services.standby") && text(&out.stderr).contains("primary"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&file, "[services.standby]\nfollow = \" \"\n").unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert!(
+        text(&out.stderr).contains("services.standby.follow: must not be empty"),
         "{}",
         text(&out.stderr)
     );

@@ -5,7 +5,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use omnirelay_replication_testkit::process::{signal, start_nats};
+use omnirelay_replication_testkit::process::{signal, start_nats, start_nats_with};
 use serde_json::{Value, json};
 
 use crate::log::{dir_arg, replay_events};
@@ -360,6 +360,96 @@ fn heavy_a_standby_on_the_bus_rides_out_a_bus_restart() {
     );
     assert!(status["lastError"].is_null(), "{status}");
     stop(&mut [primary, standby], nats);
+}
+
+#[test]
+fn heavy_a_standby_follows_a_bus_that_wants_credentials_and_never_shows_them() {
+    let store = tempfile::tempdir().unwrap();
+    let (nats, port) = start_nats_with(
+        store.path(),
+        None,
+        &["--user", "standby", "--pass", "p@ss w0rd"],
+    );
+    let config = store.path().join("primary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[replication.sinks.bus]\ntype = \"nats\"\nformat = \"protobuf\"\nwrite_version = 2\n\
+             [replication.sinks.bus.settings]\nservers = [\"nats://127.0.0.1:{port}\"]\n\
+             user = \"standby\"\npassword = \"p@ss w0rd\"\n"
+        ),
+    )
+    .unwrap();
+    let (primary_dir, right_dir, wrong_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
+    rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
+    rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
+    // The address comes from the environment (out of the process list:
+    // the key `services.standby.follow`), the password percent-encoded.
+    let standby = |dir: &Path, password: &str, durable: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+            .args([
+                "serve",
+                "--role",
+                "standby",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env(
+                "OMNIRELAY_SERVICES__STANDBY__FOLLOW",
+                format!("nats://standby:{password}@127.0.0.1:{port}?durable={durable}"),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        let at = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("{line}"))
+            .to_owned();
+        (child, at, stderr)
+    };
+    let (right, right_at, right_err) = standby(right_dir.path(), "p%40ss%20w0rd", "right");
+    let (wrong, wrong_at, wrong_err) = standby(wrong_dir.path(), "n0t-it", "wrong");
+    let status = standby_status(&right_at, |s| s["appliedSequence"] == 2);
+    assert_eq!(
+        (&status["appliedSequence"], &status["connected"]),
+        (&json!(2), &json!(true)),
+        "{status}"
+    );
+    assert_eq!(
+        status["following"],
+        format!("nats://standby:***@127.0.0.1:{port}?durable=right")
+    );
+    let refused = standby_status(&wrong_at, |s| !s["lastError"].is_null());
+    let error = refused["lastError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(error.contains("authorization"), "{refused}");
+    assert_eq!(refused["appliedSequence"], 0, "{refused}");
+    stop(&mut [primary, right, wrong], nats);
+    for (mut stderr, shown) in [(right_err, status), (wrong_err, refused)] {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        for secret in ["p%40ss", "p@ss", "n0t-it"] {
+            assert!(
+                !rest.contains(secret) && !shown.to_string().contains(secret),
+                "{rest}\n{shown}"
+            );
+        }
+    }
 }
 
 #[test]

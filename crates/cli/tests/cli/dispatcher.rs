@@ -391,34 +391,19 @@ fn heavy_a_standby_follows_a_bus_that_wants_credentials_and_never_shows_them() {
     // The address comes from the environment (out of the process list:
     // the key `services.standby.follow`), the password percent-encoded.
     let standby = |dir: &Path, password: &str, durable: &str| {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_omnirelay"))
-            .args([
+        let follow = format!("nats://standby:{password}@127.0.0.1:{port}?durable={durable}");
+        crate::spawn_listening_with_env(
+            &[
                 "serve",
                 "--role",
                 "standby",
                 "--listen",
                 "127.0.0.1:0",
                 "--data-dir",
-            ])
-            .arg(dir)
-            .env(
-                "OMNIRELAY_SERVICES__STANDBY__FOLLOW",
-                format!("nats://standby:{password}@127.0.0.1:{port}?durable={durable}"),
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        let at = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("{line}"))
-            .to_owned();
-        (child, at, stderr)
+                dir_arg(dir),
+            ],
+            &[("OMNIRELAY_SERVICES__STANDBY__FOLLOW", &follow)],
+        )
     };
     let (right, right_at, right_err) = standby(right_dir.path(), "p%40ss%20w0rd", "right");
     let (wrong, wrong_at, wrong_err) = standby(wrong_dir.path(), "n0t-it", "wrong");

@@ -34,8 +34,14 @@ pub(crate) fn omnirelay(args: &[&str], stdin: &[u8]) -> Output {
 
 /// Starts `omnirelay ARGS` with its standard streams piped.
 pub(crate) fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Child {
+    spawn_with_env(args, &[])
+}
+
+/// As [`spawn`], with environment variables `env` set.
+pub(crate) fn spawn_with_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_omnirelay"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -80,7 +86,15 @@ pub(crate) fn text(bytes: &[u8]) -> String {
 pub(crate) fn spawn_listening<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
 ) -> (Child, String, BufReader<ChildStderr>) {
-    let mut child = spawn(args);
+    spawn_listening_with_env(args, &[])
+}
+
+/// As [`spawn_listening`], with environment variables `env` set.
+pub(crate) fn spawn_listening_with_env<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+) -> (Child, String, BufReader<ChildStderr>) {
+    let mut child = spawn_with_env(args, env);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();

@@ -91,7 +91,7 @@ pub use replay::{Replay, Replayed};
 pub use replicator::{
     Ack, CompositeOutcome, CompositeReplicator, DurableOptions, DurableReplicator, DynReplicator,
     MemoryReplicator, MemoryReplicatorOptions, MemorySinkStats, PendingPublish, Receipt,
-    Replicator, ReplicatorExt, ShardedReplicator, SharedReplicator, StreamSnapshot,
+    Replicator, ReplicatorExt, RetentionHold, ShardedReplicator, SharedReplicator, StreamSnapshot,
 };
 pub use sequencer::Sequencer;
 pub use sink::{

@@ -22,7 +22,8 @@ pub mod sharded;
 
 pub use composite::{CompositeOutcome, CompositeReplicator};
 pub use durable::{
-    Ack, DurableOptions, DurableReplicator, PendingPublish, PublishErrorParts, StreamSnapshot,
+    Ack, DurableOptions, DurableReplicator, PendingPublish, PublishErrorParts, RetentionHold,
+    StreamSnapshot,
 };
 pub use memory::{MemoryReplicator, MemoryReplicatorOptions, MemorySinkStats};
 pub use sharded::ShardedReplicator;

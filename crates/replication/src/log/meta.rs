@@ -53,7 +53,7 @@ pub(crate) fn write_meta(dir: &Path, meta: &StreamMeta) -> io::Result<()> {
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or
 /// the new contents, never a mix.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;

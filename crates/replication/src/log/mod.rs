@@ -49,7 +49,7 @@ mod tests;
 mod writer;
 
 pub use disk::Recovery;
-pub(crate) use meta::write_atomically;
+pub use meta::write_atomically;
 pub use meta::{LastCut, StreamMeta, read_meta};
 pub use options::{Durability, LogOptions, Retention};
 pub(crate) use reader::BatchReader;

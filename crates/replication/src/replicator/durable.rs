@@ -128,6 +128,8 @@ pub(crate) struct StreamState<E> {
     /// The last sequence assigned.
     last_assigned: AtomicU64,
     drivers: Mutex<Vec<Arc<DriverShared>>>,
+    /// The sequences [`RetentionHold`]s keep segments after.
+    holds: Mutex<Vec<Arc<AtomicU64>>>,
     /// Signalled whenever a driver moves.
     advanced: Notify,
     metrics: StreamMetrics,
@@ -140,10 +142,73 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What a [`RetentionHold`] needs of its stream.
+trait Floors: Send + Sync {
+    fn refresh(&self);
+    fn release(&self, held: &Arc<AtomicU64>);
+}
+
+impl<E: ReplicationEvent> Floors for StreamState<E> {
+    fn refresh(&self) {
+        self.set_floors();
+    }
+
+    fn release(&self, held: &Arc<AtomicU64>) {
+        lock(&self.holds).retain(|h| !Arc::ptr_eq(h, held));
+        self.set_floors();
+    }
+}
+
+/// Keeps a stream's segments after a sequence from retention
+/// ([`DurableReplicator::hold_retention`]); dropping it releases them.
+pub struct RetentionHold {
+    held: Arc<AtomicU64>,
+    stream: std::sync::Weak<dyn Floors>,
+}
+
+impl RetentionHold {
+    /// The sequence after which segments are kept.
+    pub fn through(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Lets retention delete what holds nothing after `through` (never
+    /// moves back).
+    pub fn advance(&self, through: u64) {
+        self.held.fetch_max(through, Ordering::AcqRel);
+        if let Some(stream) = self.stream.upgrade() {
+            stream.refresh();
+        }
+    }
+}
+
+impl Drop for RetentionHold {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.upgrade() {
+            stream.release(&self.held);
+        }
+    }
+}
+
+impl std::fmt::Debug for RetentionHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetentionHold")
+            .field("through", &self.through())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<E: ReplicationEvent> StreamState<E> {
     /// Called by a driver after it moved: wakes blocked publishers and
     /// tells the log how far the sinks are.
     pub(crate) fn driver_advanced(&self) {
+        self.set_floors();
+        self.advanced.notify_waiters();
+    }
+
+    /// Tells the log how far retention may go: no further than any sink
+    /// (`required` ones for the age and size limits) or any hold.
+    fn set_floors(&self) {
         let drivers = lock(&self.drivers);
         let consumed = drivers.iter().map(|d| d.cursor()).min().unwrap_or(0);
         let required = drivers
@@ -153,8 +218,12 @@ impl<E: ReplicationEvent> StreamState<E> {
             .min()
             .unwrap_or(u64::MAX);
         drop(drivers);
-        self.log.set_floors(consumed, required);
-        self.advanced.notify_waiters();
+        let held = lock(&self.holds)
+            .iter()
+            .map(|h| h.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.log.set_floors(consumed.min(held), required.min(held));
     }
 
     /// The first required sink that `count` more events would put over
@@ -435,6 +504,31 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             .await
     }
 
+    /// Keeps retention from deleting the segments of `stream` that hold
+    /// records after `through` (as a `required` sink at `through` would),
+    /// until the hold is moved on or dropped: for a reader that keeps
+    /// state folded from the log and checkpoints it, so that what it has
+    /// not folded yet stays readable.
+    ///
+    /// # Errors
+    ///
+    /// The log's failure to open.
+    pub async fn hold_retention(
+        &self,
+        stream: &StreamId,
+        through: u64,
+    ) -> Result<RetentionHold, Error> {
+        let state = self.stream(stream).await?;
+        let held = Arc::new(AtomicU64::new(through));
+        lock(&state.holds).push(held.clone());
+        state.set_floors();
+        let state: Arc<dyn Floors> = state;
+        Ok(RetentionHold {
+            held,
+            stream: Arc::downgrade(&state),
+        })
+    }
+
     /// The stream's state, opening (and recovering) its log on first use.
     async fn stream(&self, id: &StreamId) -> Result<Arc<StreamState<E>>, Error> {
         if let Some(state) = lock(&self.inner.streams).get(id) {
@@ -483,6 +577,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             sequencer: tokio::sync::Mutex::new(Sequencer::starting_after(last)),
             last_assigned: AtomicU64::new(last),
             drivers: Mutex::new(Vec::new()),
+            holds: Mutex::new(Vec::new()),
             advanced: Notify::new(),
             recovery,
         });

@@ -920,3 +920,88 @@ async fn encoded_events_are_refused_by_a_codec_that_cannot_stamp_them_or_in_anot
     assert_eq!(receipt.sequence, 1);
     replicator.close().await.unwrap();
 }
+
+/// The first sequence the log of the default stream still holds.
+fn oldest_held(dir: &std::path::Path) -> u64 {
+    let reader = omnirelay_replication::log::LogReader::new(
+        &DurableReplicator::<Note>::stream_dir(dir, &StreamId::default()),
+    );
+    let mut first = 0;
+    reader
+        .visit_from(1, |record| {
+            first = record.sequence;
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap();
+    first
+}
+
+/// Publishes one event at a time until retention deleted a segment
+/// holding records after `floor` or `rounds` passed; returns the oldest
+/// record held then.
+async fn retention_settles(
+    replicator: &DurableReplicator<Note>,
+    dir: &std::path::Path,
+    floor: u64,
+) -> u64 {
+    // Retention runs on the log's writer thread, at most every 500 ms.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        publish(replicator, 1).await;
+        if oldest_held(dir) > floor + 1 {
+            break;
+        }
+    }
+    oldest_held(dir)
+}
+
+#[tokio::test]
+async fn a_retention_hold_keeps_the_segments_after_it_until_moved_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = DurableReplicator::open(
+        Arc::new(NoteCodec::default()),
+        DurableOptions {
+            log: LogOptions {
+                durability: Durability::None,
+                segment_max_bytes: 1_000,
+                retention: omnirelay_replication::Retention {
+                    delete_consumed: true,
+                    max_bytes: Some(1),
+                    ..Default::default()
+                },
+                ..LogOptions::default()
+            },
+            clock: fixed_clock,
+            ..DurableOptions::new(dir.path())
+        },
+    )
+    .await
+    .unwrap();
+    let memory = MemorySink::new();
+    replicator
+        .add_sink("memory", memory.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    let stream = StreamId::default();
+    let hold = replicator.hold_retention(&stream, 40).await.unwrap();
+    publish(&replicator, 200).await;
+    wait_for(&replicator, "memory", 200).await;
+    // The sink consumed everything and the size limit is one byte: only
+    // the hold keeps segments, those holding 41 and after.
+    let oldest = retention_settles(&replicator, dir.path(), 40).await;
+    assert!(oldest > 1, "retention never ran");
+    assert!(oldest <= 41, "a held record was deleted: oldest {oldest}");
+    hold.advance(150);
+    assert_eq!(hold.through(), 150);
+    hold.advance(100);
+    assert_eq!(hold.through(), 150, "a hold never moves back");
+    let oldest = retention_settles(&replicator, dir.path(), 150).await;
+    assert!(
+        (42..=151).contains(&oldest),
+        "moved on, the hold keeps 151 on only: oldest {oldest}"
+    );
+    drop(hold);
+    let oldest = retention_settles(&replicator, dir.path(), 151).await;
+    assert!(oldest > 151, "released, nothing is held: oldest {oldest}");
+    replicator.close().await.unwrap();
+}

@@ -57,6 +57,7 @@ pub mod v2 {
 
 mod client;
 mod factory;
+mod marks;
 pub mod quarantine;
 mod receiver;
 mod sink;

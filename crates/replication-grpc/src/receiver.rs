@@ -1,19 +1,20 @@
 //! The receiving side of the reference's unary `Publish`.
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use omnirelay_replication::log::LogReader;
 use omnirelay_replication::{
     DurableReplicator, EncodedEvents, Error, ErrorKind, Format, PendingPublish, Receipt, Replayed,
-    StreamId,
+    RetentionHold, StreamId,
 };
-use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, codec, proto};
+use omnirelay_resourcelease::{ResourceLeaseReplicationEvent, proto};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::marks::{self, Checkpoint};
 use crate::quarantine::{self, Quarantined, Unreadable};
 use crate::telemetry;
 
@@ -205,18 +206,146 @@ fn append_origin(
 /// own durable log (its own gap-free sequence; the sender's sequence kept
 /// as origin metadata) and answers only once they are durable. Re-sent
 /// events are ignored by each sender's high-water mark, which survives a
-/// restart: it is rebuilt from the origin metadata in the log.
+/// restart and retention: it is rebuilt from the origin metadata in the
+/// log, after the marks checkpoint the receiver keeps beside it (see
+/// [`Receiver::open`]).
 #[derive(Debug)]
 pub struct Receiver {
     replicator: Arc<DurableReplicator<ResourceLeaseReplicationEvent>>,
     stream: StreamId,
     /// Where events it cannot read are kept.
     quarantine: std::path::PathBuf,
-    marks: tokio::sync::Mutex<HashMap<String, Mark>>,
+    marks: Marks,
     stats: ReceiverStats,
+    /// Keeps the marks checkpoint (none for `memory` durability).
+    checkpointer: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn origin_of(event: &ResourceLeaseReplicationEvent) -> Option<(String, Mark)> {
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(task) = &self.checkpointer {
+            task.abort();
+        }
+    }
+}
+
+/// Folds the log after `checkpoint` up to `upto` into its marks, on a
+/// blocking thread.
+async fn fold_log(
+    mut checkpoint: Checkpoint,
+    reader: LogReader,
+    upto: u64,
+    stream: &StreamId,
+) -> Result<Checkpoint, Error> {
+    let from = checkpoint.through;
+    let (checkpoint, folded) = tokio::task::spawn_blocking(move || {
+        let folded = checkpoint.fold(&reader, upto)?;
+        Ok::<_, Error>((checkpoint, folded))
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, "reading the log failed").with_source(e))??;
+    if let Some(first) = folded.missing_before {
+        // Only without a checkpoint (a receiver of an older release, or
+        // one whose checkpoint was lost) can retention have gone first.
+        tracing::warn!(
+            stream = %stream, checkpoint = from, first,
+            "the log no longer holds every record after the marks checkpoint: senders whose last events were only there are forgotten, and their re-sent events will be taken again"
+        );
+    }
+    Ok(checkpoint)
+}
+
+/// Every sender's marks, shared with the task that checkpoints them.
+type Marks = Arc<tokio::sync::Mutex<MarkBook>>;
+
+/// A sender's mark as received, and as its events in the log say.
+#[derive(Debug, Default)]
+struct MarkBook {
+    /// What was received: appended, or quarantined (which counts as
+    /// received until a restart).
+    received: HashMap<String, Mark>,
+    /// What the log holds: what reading the log would give, and so what
+    /// the checkpoint keeps.
+    logged: HashMap<String, Mark>,
+}
+
+impl MarkBook {
+    fn new(marks: HashMap<String, Mark>) -> Marks {
+        Arc::new(tokio::sync::Mutex::new(Self {
+            received: marks.clone(),
+            logged: marks,
+        }))
+    }
+}
+
+/// Saves the marks checkpoint every [`marks::EVERY`] while the log moves,
+/// and moves the retention hold with it; ends when the log closes. The
+/// marks are taken under their lock, where no submission is under way, so
+/// they are exactly what the log says through its last sequence then; they
+/// are saved once the log is durable that far (under `interval`, synced: a
+/// checkpoint never claims what a machine crash could take from the log).
+async fn keep_checkpoint(
+    replicator: Arc<DurableReplicator<ResourceLeaseReplicationEvent>>,
+    stream: StreamId,
+    path: std::path::PathBuf,
+    marks: Marks,
+    hold: RetentionHold,
+) {
+    let mut through = hold.through();
+    let mut failing = false;
+    loop {
+        if replicator
+            .wait_visible_beyond(&stream, through)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(marks::EVERY).await;
+        let checkpoint = {
+            let marks = marks.lock().await;
+            Checkpoint {
+                through: replicator.last_sequence(&stream),
+                marks: marks.logged.clone(),
+            }
+        };
+        if checkpoint.through > through
+            && replicator
+                .wait_visible_beyond(&stream, checkpoint.through - 1)
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let saved = {
+            let (path, stream) = (path.clone(), stream.clone());
+            tokio::task::spawn_blocking(move || {
+                checkpoint.save(&path, &stream).map(|()| checkpoint.through)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        match saved {
+            Ok(saved) => {
+                through = saved;
+                hold.advance(through);
+                if std::mem::take(&mut failing) {
+                    tracing::info!(stream = %stream, "the receiver's marks checkpoint is saved again");
+                }
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(
+                        path = %path.display(), %error,
+                        "the receiver's marks checkpoint cannot be saved; retention keeps the log after the last one"
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn origin_of(event: &ResourceLeaseReplicationEvent) -> Option<(String, Mark)> {
     let get = |key: &str| event.metadata.get(key);
     Some((
         get(origin::SENDER)?.to_owned(),
@@ -229,7 +358,7 @@ fn origin_of(event: &ResourceLeaseReplicationEvent) -> Option<(String, Mark)> {
 
 /// [`origin_of`] a protobuf event, read without decoding it; `None` when
 /// [`proto::metadata`] leaves it to decoding.
-fn stored_origin(bytes: &[u8]) -> Option<Option<(String, Mark)>> {
+pub(crate) fn stored_origin(bytes: &[u8]) -> Option<Option<(String, Mark)>> {
     let [sender, epoch, sequence] =
         proto::metadata(bytes, [origin::SENDER, origin::EPOCH, origin::SEQUENCE])?;
     let mark = || {
@@ -245,29 +374,13 @@ fn stored_origin(bytes: &[u8]) -> Option<Option<(String, Mark)>> {
     )
 }
 
-/// Raises the mark of the sender of the event `bytes` (in `format`), if it
-/// has an origin, to the event's.
-fn fold_origin(marks: &mut HashMap<String, Mark>, format: Format, bytes: &[u8]) {
-    let stored = match format {
-        Format::Protobuf => stored_origin(bytes),
-        _ => None,
-    };
-    let origin = stored.unwrap_or_else(|| {
-        codec::decode(format, bytes)
-            .ok()
-            .and_then(|event| origin_of(&event))
-    });
-    if let Some((sender, mark)) = origin {
-        let entry = marks.entry(sender).or_default();
-        if (mark.epoch, mark.sequence) > (entry.epoch, entry.sequence) {
-            *entry = mark;
-        }
-    }
-}
-
 impl Receiver {
-    /// A receiver appending to `stream` of `replicator`; reads the stream's
-    /// log once to restore every sender's high-water mark.
+    /// A receiver appending to `stream` of `replicator`. Every sender's
+    /// high-water mark comes back from the marks checkpoint
+    /// (`DATA_DIR/receiver/<stream>.marks.json`) and the log after it (the
+    /// whole log when there is no checkpoint); from then on the checkpoint
+    /// is brought up to date every second while the log moves, and holds
+    /// retention back from the segments it has not folded yet.
     ///
     /// # Errors
     ///
@@ -277,30 +390,50 @@ impl Receiver {
         stream: StreamId,
     ) -> Result<Self, Error> {
         replicator.open_stream(&stream).await?;
-        let marks = match replicator.log_reader(&stream) {
+        let (marks, checkpointer) = match replicator.log_reader(&stream) {
             // The files, as stored: protobuf records are not decoded.
-            Some(reader) => tokio::task::spawn_blocking(move || {
-                let mut marks = HashMap::new();
-                reader.visit_from(1, |record| {
-                    fold_origin(&mut marks, record.encoding.format, record.payload);
-                    ControlFlow::Continue(())
-                })?;
-                Ok::<_, Error>(marks)
-            })
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Internal, "reading the log failed").with_source(e)
-            })??,
+            Some(reader) => {
+                let path = marks::path(replicator.data_dir(), &stream);
+                let last = replicator.last_sequence(&stream);
+                let checkpoint = match Checkpoint::load(&path, &stream) {
+                    Some(checkpoint) if checkpoint.through > last => {
+                        // A machine crash lost records the checkpoint had
+                        // folded (durability `none`): the log alone is
+                        // what this receiver has.
+                        tracing::warn!(
+                            stream = %stream, checkpoint = checkpoint.through, log = last,
+                            "the receiver's marks checkpoint is ahead of its log; rebuilding the marks from the log"
+                        );
+                        Checkpoint::default()
+                    }
+                    Some(checkpoint) => checkpoint,
+                    None => Checkpoint::default(),
+                };
+                // Held before reading, so that nothing after the
+                // checkpoint goes while it is read.
+                let hold = replicator
+                    .hold_retention(&stream, checkpoint.through)
+                    .await?;
+                let marks = MarkBook::new(fold_log(checkpoint, reader, last, &stream).await?.marks);
+                let task = tokio::spawn(keep_checkpoint(
+                    replicator.clone(),
+                    stream.clone(),
+                    path,
+                    marks.clone(),
+                    hold,
+                ));
+                (marks, Some(task))
+            }
             // `memory` durability: what the ring holds.
             None => {
                 let mut marks = HashMap::new();
                 let encoding = replicator.log_encoding();
                 for item in replicator.replay(&stream, 1, encoding).await? {
                     if let Replayed::Record(record) = item? {
-                        fold_origin(&mut marks, encoding.format, record.bytes());
+                        marks::fold_origin(&mut marks, encoding.format, record.bytes());
                     }
                 }
-                marks
+                (MarkBook::new(marks), None)
             }
         };
         // The quarantine does not move the marks: were its events trusted
@@ -312,8 +445,9 @@ impl Receiver {
             replicator,
             stream,
             quarantine,
-            marks: tokio::sync::Mutex::new(marks),
+            marks,
             stats: ReceiverStats::default(),
+            checkpointer,
         })
     }
 
@@ -324,7 +458,7 @@ impl Receiver {
 
     /// Every sender's high-water mark.
     pub async fn marks(&self) -> HashMap<String, Mark> {
-        self.marks.lock().await.clone()
+        self.marks.lock().await.received.clone()
     }
 
     /// Receives `event` from `sender`: appends it unless it was already
@@ -425,7 +559,9 @@ impl Receiver {
         // Held across the submission, so that a re-send racing the original
         // is seen as a duplicate.
         let mut marks = self.marks.lock().await;
-        let mut mark = marks.get(sender).copied();
+        let mut mark = marks.received.get(sender).copied();
+        // The mark of the last event that goes to the log.
+        let mut logged = None;
         let (mut duplicates, mut gaps, mut epochs) = (0u64, 0u64, 0u64);
         let mut accepted = Vec::with_capacity(events.len());
         let mut quarantined = Vec::new();
@@ -457,16 +593,16 @@ impl Receiver {
                     gaps += sequence - m.sequence - 1;
                 }
             }
-            if sequence != 0 {
-                mark = Some(Mark {
-                    epoch: this_epoch,
-                    sequence,
-                });
-            }
+            let this = (sequence != 0).then_some(Mark {
+                epoch: this_epoch,
+                sequence,
+            });
+            mark = this.or(mark);
             let unreadable = match incoming {
                 Incoming::Event(mut event) => {
                     stamp_origin(&mut event, sender, this_epoch, sequence);
                     accepted.push(Accepted::Event(Box::new(event)));
+                    logged = this.or(logged);
                     continue;
                 }
                 Incoming::Protobuf { sequence, payload } => {
@@ -477,6 +613,7 @@ impl Receiver {
                             epoch: this_epoch,
                             sequence,
                         });
+                        logged = this.or(logged);
                         continue;
                     }
                     // What the scan does not vouch for, decoding decides.
@@ -484,6 +621,7 @@ impl Receiver {
                         Ok(mut event) => {
                             stamp_origin(&mut event, sender, this_epoch, sequence);
                             accepted.push(Accepted::Event(Box::new(event)));
+                            logged = this.or(logged);
                             continue;
                         }
                         Err(e) => Unreadable {
@@ -508,7 +646,10 @@ impl Receiver {
         let appended = accepted.len() as u64;
         let pending = self.append(sender, accepted).await?;
         if let Some(mark) = mark {
-            marks.insert(sender.to_owned(), mark);
+            marks.received.insert(sender.to_owned(), mark);
+        }
+        if let Some(logged) = logged {
+            marks::raise(&mut marks.logged, sender, logged);
         }
         drop(marks);
         self.stats.appended.fetch_add(appended, Ordering::Relaxed);

@@ -566,9 +566,11 @@ async fn quarantined(protocol: Protocol) {
             .len(),
         1
     );
-    // After a restart the marks come from the log alone: what the log
-    // holds is known, and the quarantined event, sent again, is kept
-    // again rather than taken on trust.
+    // After a restart the marks come from the log alone (and its
+    // checkpoint, which keeps what the log holds, not the quarantine):
+    // what the log holds is known, and the quarantined event, sent again,
+    // is kept again rather than taken on trust.
+    crate::marks::checkpointed(dir.path(), 2).await;
     let reopened = Receiver::open(node.replicator.clone(), StreamId::default())
         .await
         .unwrap();

@@ -40,14 +40,7 @@ struct File {
     stream: String,
     /// The log sequence through which the marks are folded.
     through: u64,
-    senders: BTreeMap<String, FileMark>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileMark {
-    epoch: u64,
-    sequence: u64,
+    senders: BTreeMap<String, Mark>,
 }
 
 /// Every sender's mark as folded from the log through `through`.
@@ -86,17 +79,7 @@ impl Checkpoint {
         match serde_json::from_slice::<File>(&bytes) {
             Ok(file) if file.stream == stream.as_str() => Some(Self {
                 through: file.through,
-                marks: file
-                    .senders
-                    .into_iter()
-                    .map(|(sender, m)| {
-                        let mark = Mark {
-                            epoch: m.epoch,
-                            sequence: m.sequence,
-                        };
-                        (sender, mark)
-                    })
-                    .collect(),
+                marks: file.senders.into_iter().collect(),
             }),
             Ok(file) => {
                 tracing::warn!(
@@ -124,13 +107,7 @@ impl Checkpoint {
             senders: self
                 .marks
                 .iter()
-                .map(|(sender, m)| {
-                    let mark = FileMark {
-                        epoch: m.epoch,
-                        sequence: m.sequence,
-                    };
-                    (sender.clone(), mark)
-                })
+                .map(|(sender, mark)| (sender.clone(), *mark))
                 .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;

@@ -51,7 +51,8 @@ const ORIGIN_BYTES: usize = 160;
 pub const ANONYMOUS: &str = "anonymous";
 
 /// A sender's high-water mark.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Mark {
     /// Its numbering epoch.
     pub epoch: u64,

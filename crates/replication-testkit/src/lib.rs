@@ -12,6 +12,7 @@
 //! - [`config::check`]: validates configuration text against the sink
 //!   types linked into the test.
 //! - [`process`]: starts the real servers tests need and signals them.
+//! - [`oldest_record`]: what retention left of a stream's log.
 
 #![warn(missing_docs)]
 
@@ -25,3 +26,21 @@ pub mod sink;
 pub use event::{Note, NoteCodec};
 pub use faulty::FaultySink;
 pub use sink::{ScriptedSink, Step};
+
+/// The first sequence the log of `stream` under `data_dir` still holds (0
+/// for an empty log): what retention left.
+///
+/// # Panics
+///
+/// When the log cannot be read.
+pub fn oldest_record(data_dir: &std::path::Path, stream: &omnirelay_replication::StreamId) -> u64 {
+    let dir = omnirelay_replication::DurableReplicator::<Note>::stream_dir(data_dir, stream);
+    let mut first = 0;
+    omnirelay_replication::log::LogReader::new(&dir)
+        .visit_from(1, |record| {
+            first = record.sequence;
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap_or_else(|e| panic!("reading the log under {}: {e}", dir.display()));
+    first
+}

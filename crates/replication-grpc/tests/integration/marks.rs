@@ -51,18 +51,7 @@ pub(crate) async fn checkpointed(dir: &Path, through: u64) {
 
 /// The first sequence the receiver's log still holds.
 fn oldest_held(dir: &Path) -> u64 {
-    let reader = omnirelay_replication::log::LogReader::new(&Replicator::stream_dir(
-        dir,
-        &StreamId::default(),
-    ));
-    let mut first = 0;
-    reader
-        .visit_from(1, |record| {
-            first = record.sequence;
-            std::ops::ControlFlow::Break(())
-        })
-        .unwrap();
-    first
+    omnirelay_replication_testkit::oldest_record(dir, &StreamId::default())
 }
 
 async fn open(dir: &Path, log: LogOptions) -> (Arc<Replicator>, Receiver) {

@@ -921,23 +921,12 @@ async fn encoded_events_are_refused_by_a_codec_that_cannot_stamp_them_or_in_anot
     replicator.close().await.unwrap();
 }
 
-/// The first sequence the log of the default stream still holds.
 fn oldest_held(dir: &std::path::Path) -> u64 {
-    let reader = omnirelay_replication::log::LogReader::new(
-        &DurableReplicator::<Note>::stream_dir(dir, &StreamId::default()),
-    );
-    let mut first = 0;
-    reader
-        .visit_from(1, |record| {
-            first = record.sequence;
-            std::ops::ControlFlow::Break(())
-        })
-        .unwrap();
-    first
+    omnirelay_replication_testkit::oldest_record(dir, &StreamId::default())
 }
 
 /// Publishes one event at a time until retention deleted a segment
-/// holding records after `floor` or `rounds` passed; returns the oldest
+/// holding records after `floor` or 1.5 s passed; returns the oldest
 /// record held then.
 async fn retention_settles(
     replicator: &DurableReplicator<Note>,

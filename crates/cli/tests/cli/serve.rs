@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout};
+use std::process::ChildStdout;
+
+use omnirelay_replication_testkit::process::KillOnDrop;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -71,7 +73,7 @@ fn take(lines: &mpsc::Receiver<String>, count: usize) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn stop(mut child: Child) -> std::process::ExitStatus {
+fn stop(mut child: KillOnDrop) -> std::process::ExitStatus {
     assert!(signal(child.id(), "TERM"));
     child.wait().unwrap()
 }

@@ -13,11 +13,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{ChildStderr, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use omnirelay_replication_testkit::process::signal;
+use omnirelay_replication_testkit::process::{KillOnDrop, signal};
 
 fn full() -> bool {
     std::env::var("OMNIRELAY_HYPERSCALE").is_ok_and(|v| v == "full")
@@ -172,14 +172,16 @@ dir = "slow"
     )
     .unwrap();
     let started = Instant::now();
-    let mut publisher = omnirelay()
-        .args(["publish", "--config", config.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut publisher = KillOnDrop::from(
+        omnirelay()
+            .args(["publish", "--config", config.to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let pid = publisher.id();
     let mut stderr = BufReader::new(publisher.stderr.take().unwrap());
     let listening = read_until(&mut stderr, "listening on http://");
@@ -278,16 +280,18 @@ dir = "slow"
 }
 
 /// A node started in the crash cycles.
-fn start_receiver(config: &Path, listen: &str) -> Child {
-    let mut child = omnirelay()
-        .args(["serve", "--role", "receiver", "--config"])
-        .arg(config)
-        .args(["--listen", listen])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn start_receiver(config: &Path, listen: &str) -> KillOnDrop {
+    let mut child = KillOnDrop::from(
+        omnirelay()
+            .args(["serve", "--role", "receiver", "--config"])
+            .arg(config)
+            .args(["--listen", listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     read_until(&mut stderr, "receiver ready at");
     std::thread::spawn(move || {
@@ -299,15 +303,20 @@ fn start_receiver(config: &Path, listen: &str) -> Child {
 
 /// `omnirelay publish` fed `tags` as events; its acknowledged sequences
 /// come on the returned channel as (tag, sequence).
-fn start_publisher(config: &Path, tags: Vec<String>) -> (Child, mpsc::Receiver<(String, u64)>) {
-    let mut child = omnirelay()
-        .args(["publish", "--config"])
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn start_publisher(
+    config: &Path,
+    tags: Vec<String>,
+) -> (KillOnDrop, mpsc::Receiver<(String, u64)>) {
+    let mut child = KillOnDrop::from(
+        omnirelay()
+            .args(["publish", "--config"])
+            .arg(config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut stdin = child.stdin.take().unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let (tx, rx) = mpsc::channel();
@@ -334,7 +343,7 @@ fn start_publisher(config: &Path, tags: Vec<String>) -> (Child, mpsc::Receiver<(
     (child, rx)
 }
 
-fn kill(child: &mut Child) {
+fn kill(child: &mut KillOnDrop) {
     assert!(signal(child.id(), "KILL"));
     let _ = child.wait();
 }

@@ -1,12 +1,12 @@
 //! A real `nats-server` with JetStream on a loopback port.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 
 use async_nats::jetstream;
 use bytes::Bytes;
 use omnirelay_replication_nats::header;
-use omnirelay_replication_testkit::process::{self, start_server};
+use omnirelay_replication_testkit::process::{self, KillOnDrop, start_server};
 
 /// How to get `nats-server` (the test command installs it).
 const INSTALL: &str = process::NATS_INSTALL;
@@ -14,7 +14,7 @@ const INSTALL: &str = process::NATS_INSTALL;
 /// `nats-server -js` on `127.0.0.1`, its store in a directory, stopped on
 /// drop.
 pub(crate) struct Nats {
-    child: Child,
+    child: KillOnDrop,
     pub(crate) url: String,
     pub(crate) port: u16,
     store: PathBuf,
@@ -116,7 +116,8 @@ pub(crate) struct Cluster {
 
 /// One member of a [`Cluster`].
 pub(crate) struct Node {
-    child: Option<Child>,
+    /// Killed when dropped.
+    child: Option<KillOnDrop>,
     name: String,
     pub(crate) port: u16,
     cluster_port: u16,
@@ -198,14 +199,5 @@ impl Node {
             .arg(&self.store);
         let (child, _) = start_server(command, "Server is ready", INSTALL);
         self.child = Some(child);
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }

@@ -2,18 +2,18 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
 use omnirelay_replication_objectstore::{S3Config, StoreConfig};
-use omnirelay_replication_testkit::process::{self, start_server};
+use omnirelay_replication_testkit::process::{self, KillOnDrop, start_server};
 
 /// `moto_server` on `127.0.0.1` and a random port, stopped on drop. The
 /// server keeps its state in memory only.
 pub(crate) struct Moto {
-    child: Child,
+    child: KillOnDrop,
     pub(crate) endpoint: String,
 }
 

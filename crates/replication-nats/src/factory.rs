@@ -1,5 +1,6 @@
 //! The `nats` sink type for configuration.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_nats::ConnectOptions;
@@ -9,6 +10,7 @@ use omnirelay_replication::config::{
 use omnirelay_replication::{BoxFuture, Error, SharedSink, SinkExt};
 use serde::Deserialize;
 
+use crate::auth::NatsCredentials;
 use crate::sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};
 use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, validate_stream_name, validate_subject_template,
@@ -51,6 +53,8 @@ struct Settings {
     token: Option<String>,
     user: Option<String>,
     password: Option<String>,
+    credentials_file: Option<std::path::PathBuf>,
+    nkey_seed_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -74,6 +78,8 @@ impl Default for Settings {
             token: None,
             user: None,
             password: None,
+            credentials_file: None,
+            nkey_seed_file: None,
         }
     }
 }
@@ -103,14 +109,33 @@ impl Settings {
         }
     }
 
-    fn connect_options(&self) -> ConnectOptions {
+    /// Every kind of credentials given (valid settings give one at most),
+    /// files relative to `data_dir`.
+    fn credentials(&self, data_dir: &Path) -> Vec<NatsCredentials> {
+        let mut given = Vec::new();
+        if let Some(token) = &self.token {
+            given.push(NatsCredentials::Token(token.clone()));
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            given.push(NatsCredentials::UserPassword {
+                user: user.clone(),
+                password: password.clone(),
+            });
+        }
+        if let Some(path) = &self.credentials_file {
+            given.push(NatsCredentials::CredentialsFile(data_dir.join(path)));
+        }
+        if let Some(path) = &self.nkey_seed_file {
+            given.push(NatsCredentials::NkeySeedFile(data_dir.join(path)));
+        }
+        given
+    }
+
+    fn connect_options(&self, data_dir: &Path) -> Result<ConnectOptions, Error> {
         let options = ConnectOptions::new().name("omnirelay");
-        match (&self.token, &self.user, &self.password) {
-            (Some(token), _, _) => options.token(token.clone()),
-            (None, Some(user), Some(password)) => {
-                options.user_and_password(user.clone(), password.clone())
-            }
-            _ => options,
+        match self.credentials(data_dir).first() {
+            Some(credentials) => credentials.present(options),
+            None => Ok(options),
         }
     }
 }
@@ -154,6 +179,12 @@ impl SinkFactory for NatsSinkFactory {
                 "user and password go together",
             ));
         }
+        if settings.credentials(Path::new("")).len() > 1 {
+            return Err(SettingsError::new(
+                "",
+                "token, user and password, credentials_file and nkey_seed_file are alternatives: give one",
+            ));
+        }
         if settings.ack_timeout_ms == 0 {
             return Err(SettingsError::new("ack_timeout_ms", "must be at least 1"));
         }
@@ -166,11 +197,14 @@ impl SinkFactory for NatsSinkFactory {
 }
 
 impl SinkBuilder for Builder {
-    fn build<'a>(&'a self, _context: SinkContext<'a>) -> BoxFuture<'a, Result<SharedSink, Error>> {
+    fn build<'a>(&'a self, context: SinkContext<'a>) -> BoxFuture<'a, Result<SharedSink, Error>> {
         Box::pin(async move {
-            let sink =
-                NatsSink::connect_with(&self.0.servers, self.0.connect_options(), self.0.options())
-                    .await?;
+            let sink = NatsSink::connect_with(
+                &self.0.servers,
+                self.0.connect_options(context.data_dir)?,
+                self.0.options(),
+            )
+            .await?;
             Ok(sink.shared())
         })
     }

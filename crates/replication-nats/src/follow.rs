@@ -4,42 +4,17 @@
 use async_nats::ConnectOptions;
 use omnirelay_replication::{Error, ErrorKind};
 
+use crate::auth::NatsCredentials;
 use crate::source::NatsSourceOptions;
 use crate::subject::{validate_stream_name, validate_subject_template};
-
-/// What a follower presents to a NATS server that wants credentials, as
-/// the NATS sink's `token` or `user` and `password` settings.
-#[derive(Clone, PartialEq, Eq)]
-pub enum NatsCredentials {
-    /// `nats://TOKEN@HOST:PORT`.
-    Token(String),
-    /// `nats://USER:PASSWORD@HOST:PORT`.
-    UserPassword {
-        /// The user.
-        user: String,
-        /// The password.
-        password: String,
-    },
-}
-
-impl std::fmt::Debug for NatsCredentials {
-    /// Never shows the secret.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Token(_) => f.write_str("Token(***)"),
-            Self::UserPassword { user, .. } => f
-                .debug_struct("UserPassword")
-                .field("user", user)
-                .field("password", &"***")
-                .finish(),
-        }
-    }
-}
 
 /// A follower's address on the bus:
 /// `nats://[CREDENTIALS@]HOST:PORT[,HOST:PORT…][?stream=NAME&subject=TEMPLATE&durable=NAME]`,
 /// where `CREDENTIALS` is `USER:PASSWORD` or a `TOKEN` (percent-encoded
-/// where they hold `@`, `:`, `%` or `/`), as NATS clients write them. The
+/// where they hold `@`, `:`, `%` or `/`), as NATS clients write them; or,
+/// instead, the parameter `credentials_file=PATH` (a `.creds` file:
+/// decentralized authentication) or `nkey_seed_file=PATH` (a file holding
+/// a user's nkey seed), as the NATS sink's settings of those names. The
 /// stream and subject default to the NATS sink's defaults; the durable
 /// consumer (the follower's position, kept by JetStream) to the name the
 /// follower passes — two followers of one stream need two names.
@@ -158,20 +133,46 @@ impl FollowUrl {
             return Err(bad("no server: expected nats://HOST:PORT".to_owned()));
         }
         let mut options = NatsSourceOptions::new(durable);
+        let mut credentials = credentials;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             if value.is_empty() {
                 return Err(bad(format!("{key} needs a value")));
             }
-            match key {
-                "stream" => value.clone_into(&mut options.stream),
-                "subject" => value.clone_into(&mut options.subject),
-                "durable" => value.clone_into(&mut options.durable),
+            let file = || {
+                percent_decoded(value)
+                    .map(std::path::PathBuf::from)
+                    .ok_or_else(|| bad(format!("{key} has a bad %-escape")))
+            };
+            let given = match key {
+                "stream" => {
+                    value.clone_into(&mut options.stream);
+                    None
+                }
+                "subject" => {
+                    value.clone_into(&mut options.subject);
+                    None
+                }
+                "durable" => {
+                    value.clone_into(&mut options.durable);
+                    None
+                }
+                "credentials_file" => Some(NatsCredentials::CredentialsFile(file()?)),
+                "nkey_seed_file" => Some(NatsCredentials::NkeySeedFile(file()?)),
                 _ => {
                     return Err(bad(format!(
-                        "unknown parameter {key:?} (stream, subject, durable)"
+                        "unknown parameter {key:?} (stream, subject, durable, credentials_file, nkey_seed_file)"
                     )));
                 }
+            };
+            if given.is_some() {
+                if credentials.is_some() {
+                    return Err(bad(
+                        "more than one kind of credentials: give a user and password, a token, credentials_file or nkey_seed_file"
+                            .to_owned(),
+                    ));
+                }
+                credentials = given;
             }
         }
         validate_stream_name(&options.stream)
@@ -189,14 +190,11 @@ impl FollowUrl {
     }
 
     /// The client's connect options: a name, and the credentials.
-    pub(crate) fn connect_options(&self) -> ConnectOptions {
+    pub(crate) fn connect_options(&self) -> Result<ConnectOptions, Error> {
         let options = ConnectOptions::new().name("omnirelay-follower");
         match &self.credentials {
-            None => options,
-            Some(NatsCredentials::Token(token)) => options.token(token.clone()),
-            Some(NatsCredentials::UserPassword { user, password }) => {
-                options.user_and_password(user.clone(), password.clone())
-            }
+            None => Ok(options),
+            Some(credentials) => credentials.present(options),
         }
     }
 }
@@ -283,5 +281,88 @@ mod tests {
             assert!(err.contains(why), "{url}: {err}");
             assert!(!err.contains("secret"), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn credentials_and_seed_files_come_from_parameters() {
+        let creds = FollowUrl::parse(
+            "nats://a:1?stream=EU&credentials_file=/etc/nats/standby%20a.creds",
+            "d",
+        )
+        .unwrap();
+        assert_eq!(
+            creds.credentials,
+            Some(NatsCredentials::CredentialsFile(
+                "/etc/nats/standby a.creds".into()
+            ))
+        );
+        assert_eq!(creds.options.stream, "EU");
+        let seed = FollowUrl::parse("nats://a:1?nkey_seed_file=standby.nk", "d").unwrap();
+        assert_eq!(
+            seed.credentials,
+            Some(NatsCredentials::NkeySeedFile("standby.nk".into()))
+        );
+        for (url, why) in [
+            ("nats://u:secret@a:1?nkey_seed_file=x", "more than one kind"),
+            (
+                "nats://a:1?credentials_file=x&nkey_seed_file=y",
+                "more than one kind",
+            ),
+            (
+                "nats://a:1?credentials_file=%zz",
+                "credentials_file has a bad %-escape",
+            ),
+            ("nats://a:1?nkey_seed_file=", "nkey_seed_file needs a value"),
+        ] {
+            let err = FollowUrl::parse(url, "d").unwrap_err().to_string();
+            assert!(err.contains(why), "{url}: {err}");
+            assert!(!err.contains("secret"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_missing_or_holds_something_else_is_a_configuration_error() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
+        let present = |credentials: NatsCredentials| {
+            credentials
+                .present(ConnectOptions::new())
+                .map(|_| ())
+                .unwrap_err()
+        };
+        let missing = present(NatsCredentials::NkeySeedFile(dir.join("gone.nk")));
+        assert_eq!(missing.kind(), ErrorKind::Config);
+        assert!(missing.to_string().contains("gone.nk"), "{missing}");
+        let account = nkeys::KeyPair::new_account().seed().unwrap();
+        std::fs::write(dir.join("account.nk"), &account).unwrap();
+        let not_user = present(NatsCredentials::NkeySeedFile(dir.join("account.nk")));
+        assert!(
+            not_user.to_string().contains("starts with SU"),
+            "{not_user}"
+        );
+        assert!(!not_user.to_string().contains(&account), "{not_user}");
+        std::fs::write(dir.join("garbled.nk"), "SUnot-a-seed").unwrap();
+        let garbled = present(NatsCredentials::NkeySeedFile(dir.join("garbled.nk")));
+        assert!(
+            garbled
+                .to_string()
+                .contains("does not hold a user's nkey seed"),
+            "{garbled}"
+        );
+        let not_creds = present(NatsCredentials::CredentialsFile(dir.join("account.nk")));
+        assert!(
+            not_creds
+                .to_string()
+                .contains("not a NATS credentials file"),
+            "{not_creds}"
+        );
+        assert!(!not_creds.to_string().contains(&account), "{not_creds}");
+        let user = nkeys::KeyPair::new_user().seed().unwrap();
+        std::fs::write(dir.join("user.nk"), format!("{user}\n")).unwrap();
+        assert!(
+            NatsCredentials::NkeySeedFile(dir.join("user.nk"))
+                .present(ConnectOptions::new())
+                .is_ok()
+        );
     }
 }

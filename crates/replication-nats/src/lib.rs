@@ -19,14 +19,16 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod factory;
 mod follow;
 mod sink;
 mod source;
 mod subject;
 
+pub use auth::NatsCredentials;
 pub use factory::NatsSinkFactory;
-pub use follow::{FollowUrl, NatsCredentials};
+pub use follow::FollowUrl;
 pub use sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};
 pub use source::{NatsSource, NatsSourceOptions, Polled};
 pub use subject::{

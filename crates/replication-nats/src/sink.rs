@@ -158,6 +158,37 @@ struct Inner {
     marks: tokio::sync::Mutex<HashMap<StreamId, u64>>,
     duplicates: AtomicU64,
     health: HealthCell,
+    /// Why the client is not connected, as its last attempt said (`None`
+    /// once it is): a server that refuses the credentials otherwise shows
+    /// only as timed-out requests.
+    connecting: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Inner {
+    /// `err`, with why the client cannot connect when that is known.
+    fn explained(&self, err: SinkError) -> SinkError {
+        if err.kind() != ErrorKind::Unavailable {
+            return err;
+        }
+        let problem = self
+            .connecting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(problem) = problem else {
+            return err;
+        };
+        let through = err.applied_through_sequence();
+        let error = err.into_error();
+        let mut explained = Error::new(
+            error.kind(),
+            format!("{} (the client cannot connect: {problem})", error.message()),
+        );
+        if let Some(after) = error.retry_after() {
+            explained = explained.with_retry_after(after);
+        }
+        SinkError::from(explained).applied_through(through)
+    }
 }
 
 fn nats_error(kind: ErrorKind, context: &str, err: impl std::fmt::Display) -> Error {
@@ -177,7 +208,9 @@ impl NatsSink {
     }
 
     /// As [`NatsSink::connect`], with the client's connect options (for
-    /// credentials, TLS, names).
+    /// credentials, TLS, names). The sink sets their event callback: it
+    /// keeps why the client cannot connect (a server refusing the
+    /// credentials, say) and adds it to the errors it reports.
     ///
     /// # Errors
     ///
@@ -201,7 +234,23 @@ impl NatsSink {
                     .map_err(|e| nats_error(ErrorKind::Config, &format!("server {s:?}"), e))
             })
             .collect::<Result<_, _>>()?;
+        let connecting = Arc::new(std::sync::Mutex::new(None));
+        let recorder = connecting.clone();
         let client = connect
+            .event_callback(move |event| {
+                let problem = match event {
+                    async_nats::Event::Connected => Some(None),
+                    async_nats::Event::ClientError(e) => Some(Some(e.to_string())),
+                    async_nats::Event::ServerError(e) => Some(Some(e.to_string())),
+                    _ => None,
+                };
+                if let Some(problem) = problem {
+                    *recorder
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
+                }
+                async {}
+            })
             .retry_on_initial_connect()
             .connect(addresses)
             .await
@@ -217,6 +266,7 @@ impl NatsSink {
                 marks: tokio::sync::Mutex::default(),
                 duplicates: AtomicU64::new(0),
                 health: HealthCell::default(),
+                connecting,
             }),
         })
     }
@@ -472,7 +522,8 @@ impl Sink for NatsSink {
                 Some(e) => Err(SinkError::from(e).applied_through(done)),
             }
         }
-        .await;
+        .await
+        .map_err(|e| inner.explained(e));
         self.inner.health.record(&result);
         if result.as_ref().is_err_and(|e| e.error().is_retryable()) {
             // Publishes may have landed without their acknowledgement: read
@@ -484,7 +535,11 @@ impl Sink for NatsSink {
     }
 
     async fn checkpoint(&self, stream: &StreamId) -> Result<Option<u64>, SinkError> {
-        let mark = self.inner.mark(stream).await?;
+        let mark = self
+            .inner
+            .mark(stream)
+            .await
+            .map_err(|e| self.inner.explained(e.into()))?;
         Ok((mark > 0).then_some(mark))
     }
 

@@ -179,11 +179,12 @@ impl<E: ReplicationEvent> NatsSource<E> {
     ///
     /// # Errors
     ///
-    /// As [`NatsSource::connect`].
+    /// As [`NatsSource::connect`]; [`ErrorKind::Config`] when a credentials
+    /// or seed file cannot be read.
     pub async fn connect_to(follow: &FollowUrl, codec: Arc<dyn Codec<E>>) -> Result<Self, Error> {
         Self::connect(
             &follow.servers,
-            follow.connect_options(),
+            follow.connect_options()?,
             codec,
             follow.options.clone(),
         )

@@ -12,6 +12,8 @@
 //! - [`config::check`]: validates configuration text against the sink
 //!   types linked into the test.
 //! - [`process`]: starts the real servers tests need and signals them.
+//! - [`nats_auth`]: NATS servers that want credentials (nkey users,
+//!   operator mode with JWTs) and what their clients present.
 //! - [`oldest_record`]: what retention left of a stream's log.
 
 #![warn(missing_docs)]
@@ -20,6 +22,7 @@ pub mod config;
 pub mod conformance;
 pub mod event;
 pub mod faulty;
+pub mod nats_auth;
 pub mod process;
 pub mod sink;
 

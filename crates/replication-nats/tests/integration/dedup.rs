@@ -76,6 +76,16 @@ fn configuration_refuses_what_cannot_work() {
         ),
         ("replicas = 2", "settings", "replicas must be 1, 3 or 5"),
         ("user = \"u\"", "settings.password", "go together"),
+        (
+            "token = \"t\"\nnkey_seed_file = \"user.nk\"",
+            "settings",
+            "alternatives: give one",
+        ),
+        (
+            "user = \"u\"\npassword = \"p\"\ncredentials_file = \"user.creds\"",
+            "settings",
+            "alternatives: give one",
+        ),
         ("max_outstanding_acks = 0", "settings", "at least 1"),
     ] {
         let text = format!(

@@ -3,6 +3,7 @@
 // A panic in a test helper is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod cluster;
 mod conformance;
 mod dedup;

@@ -19,7 +19,7 @@ use crate::support::{Nats, oversized};
 /// An event that is its JSON bytes: the suite's records pass through the
 /// bus and the source unchanged.
 #[derive(Clone, Debug)]
-struct Doc {
+pub(crate) struct Doc {
     bytes: Bytes,
     sequence: u64,
     timestamp: Timestamp,
@@ -54,7 +54,7 @@ impl ReplicationEvent for Doc {
 }
 
 #[derive(Debug)]
-struct DocCodec;
+pub(crate) struct DocCodec;
 
 impl Codec<Doc> for DocCodec {
     fn latest_version(&self) -> WireVersion {

@@ -92,11 +92,13 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         .collect();
     let mut valid = args.load_with(overrides)?;
     // Checked by `load_with`; a standby's only.
-    let follow = omnirelay_dispatcher::settings::parse_standby(valid.services.get("standby"))
-        .ok()
-        .flatten()
+    let standby_settings =
+        omnirelay_dispatcher::settings::parse_standby(valid.services.get("standby"))
+            .unwrap_or_default();
+    let follow = standby_settings
+        .follow
+        .as_deref()
         .filter(|_| role == Role::Standby);
-    let follow = follow.as_deref();
     if role == Role::Standby && follow.is_none() {
         anyhow::bail!(
             "a standby needs the primary to follow: --follow URL (or services.standby.follow)"
@@ -208,6 +210,14 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                 None => {
                     let mut primary = Connection::new(follow.unwrap_or_default());
                     primary.token.clone_from(&valid.token);
+                    if let Some(ca_file) = &standby_settings.ca_file {
+                        primary.ca_pem = Some(std::fs::read(ca_file).with_context(|| {
+                            format!(
+                                "services.standby.ca_file: cannot read {}",
+                                ca_file.display()
+                            )
+                        })?);
+                    }
                     Standby::open(replicator.clone(), dispatcher_options.clone(), primary)
                         .await
                         .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?

@@ -47,29 +47,45 @@ pub const STANDBY_DEFAULT_TOML: &str = r#"
 # Set here or in OMNIRELAY_SERVICES__STANDBY__FOLLOW, a bus password stays
 # out of the process list.
 # follow = "http://primary.example:7421"
+# For an https:// primary whose certificate a private authority signed: that
+# authority's PEM certificate (the system's roots otherwise).
+# ca_file = "/etc/omnirelay/ca.pem"
 "#;
 
-#[derive(Deserialize, Default)]
+/// `[services.standby]`: what a standby follows, and how.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct StandbySettings {
-    follow: Option<String>,
+pub struct StandbySettings {
+    /// The primary's URL or the bus's address, if set.
+    pub follow: Option<String>,
+    /// For an `https://` primary: the PEM certificate of the authority
+    /// that signed its certificate.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// Reads `[services.standby]` (an empty table when absent): the address a
-/// standby follows, if one is set.
+/// Reads `[services.standby]` (an empty table when absent).
 ///
 /// # Errors
 ///
 /// The key path of the setting that is wrong, and why.
-pub fn parse_standby(table: Option<&serde_json::Value>) -> Result<Option<String>, SettingsError> {
+pub fn parse_standby(table: Option<&serde_json::Value>) -> Result<StandbySettings, SettingsError> {
     let empty = serde_json::Value::Object(serde_json::Map::new());
     let settings: StandbySettings = parse_settings(table.unwrap_or(&empty))?;
-    match settings.follow {
-        Some(follow) if follow.trim().is_empty() => {
-            Err(SettingsError::new("follow", "must not be empty"))
-        }
-        follow => Ok(follow),
+    if settings
+        .follow
+        .as_ref()
+        .is_some_and(|f| f.trim().is_empty())
+    {
+        return Err(SettingsError::new("follow", "must not be empty"));
     }
+    if settings
+        .ca_file
+        .as_ref()
+        .is_some_and(|f| f.as_os_str().is_empty())
+    {
+        return Err(SettingsError::new("ca_file", "must not be empty"));
+    }
+    Ok(settings)
 }
 
 #[derive(Deserialize)]

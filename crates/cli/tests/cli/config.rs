@@ -322,13 +322,20 @@ fn service_tables_are_checked_by_their_service() {
         "{}",
         text(&out.stderr)
     );
-    std::fs::write(&file, "[services.standby]\nfollow = \" \"\n").unwrap();
-    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
-    assert!(
-        text(&out.stderr).contains("services.standby.follow: must not be empty"),
-        "{}",
-        text(&out.stderr)
-    );
+    for (table, says) in [
+        (
+            "follow = \" \"",
+            "services.standby.follow: must not be empty",
+        ),
+        (
+            "ca_file = \"\"",
+            "services.standby.ca_file: must not be empty",
+        ),
+    ] {
+        std::fs::write(&file, format!("[services.standby]\n{table}\n")).unwrap();
+        let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
     std::fs::write(&file, "[services.dispatcher.queue]\nlease_seconds = 3\n").unwrap();
     let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
     assert!(

@@ -1379,3 +1379,60 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
         assert!(node.wait().unwrap().success());
     }
 }
+
+#[test]
+fn heavy_a_standby_follows_a_tls_primary_with_the_authority_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let primary_config = dir.path().join("primary.toml");
+    std::fs::write(
+        &primary_config,
+        format!(
+            "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let primary_dir = dir.path().join("primary");
+    let (_primary, primary_at, _) = start(&primary_dir, &["--config", dir_arg(&primary_config)]);
+    let port = primary_at.rsplit(':').next().unwrap();
+    // A standby given the authority's certificate follows; one without it
+    // (the system's roots) is refused by the handshake and says so.
+    let standby = |name: &str, ca: &str| {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!("[services.standby]\nfollow = \"https://localhost:{port}\"\n{ca}"),
+        )
+        .unwrap();
+        let (child, address, _) = spawn_listening(&[
+            "serve",
+            "--role",
+            "standby",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir_arg(&dir.path().join(name)),
+            "--config",
+            dir_arg(&config),
+        ]);
+        (child, address)
+    };
+    let (_trusting, trusting_at) =
+        standby("trusting", &format!("ca_file = \"{}\"\n", cert.display()));
+    let status = standby_status(&trusting_at, |s| s["connected"] == true);
+    assert_eq!(status["connected"], true, "{status}");
+    assert!(status["lastError"].is_null(), "{status}");
+    let (_doubting, doubting_at) = standby("doubting", "");
+    let status = standby_status(&doubting_at, |s| s["lastError"].is_string());
+    assert_eq!(status["connected"], false, "{status}");
+    let error = status["lastError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(error.contains("certificate"), "{status}");
+}

@@ -311,18 +311,32 @@ fn stop(nodes: &mut [KillOnDrop], mut nats: KillOnDrop) {
 
 /// `serve --role standby --follow URL` on `dir`: its child and address.
 fn start_standby(dir: &Path, follow: &str) -> (KillOnDrop, String) {
-    let (child, address, _) = spawn_listening(&[
+    let (child, address, _) = spawn_standby(dir, &["--follow", follow], &[]);
+    (child, address)
+}
+
+/// `serve --role standby` on `dir` with `extra` arguments and `env`: its
+/// child, address and the rest of its stderr.
+fn spawn_standby(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    KillOnDrop,
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    let mut args = vec![
         "serve",
         "--role",
         "standby",
-        "--follow",
-        follow,
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
         dir_arg(dir),
-    ]);
-    (child, address)
+    ];
+    args.extend_from_slice(extra);
+    crate::spawn_listening_with_env(&args, env)
 }
 
 #[test]
@@ -392,16 +406,9 @@ fn heavy_a_standby_follows_a_bus_that_wants_credentials_and_never_shows_them() {
     // the key `services.standby.follow`), the password percent-encoded.
     let standby = |dir: &Path, password: &str, durable: &str| {
         let follow = format!("nats://standby:{password}@127.0.0.1:{port}?durable={durable}");
-        crate::spawn_listening_with_env(
-            &[
-                "serve",
-                "--role",
-                "standby",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                dir_arg(dir),
-            ],
+        spawn_standby(
+            dir,
+            &[],
             &[("OMNIRELAY_SERVICES__STANDBY__FOLLOW", &follow)],
         )
     };
@@ -1409,17 +1416,8 @@ fn heavy_a_standby_follows_a_tls_primary_with_the_authority_it_is_given() {
             format!("[services.standby]\nfollow = \"https://localhost:{port}\"\n{ca}"),
         )
         .unwrap();
-        let (child, address, _) = spawn_listening(&[
-            "serve",
-            "--role",
-            "standby",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir_arg(&dir.path().join(name)),
-            "--config",
-            dir_arg(&config),
-        ]);
+        let (child, address, _) =
+            spawn_standby(&dir.path().join(name), &["--config", dir_arg(&config)], &[]);
         (child, address)
     };
     let (_trusting, trusting_at) =

@@ -238,10 +238,14 @@ impl NatsSink {
         let recorder = connecting.clone();
         let client = connect
             .event_callback(move |event| {
+                // Only what stops it connecting: a slow consumer or a
+                // permission refused while connected is no reason.
                 let problem = match event {
                     async_nats::Event::Connected => Some(None),
                     async_nats::Event::ClientError(e) => Some(Some(e.to_string())),
-                    async_nats::Event::ServerError(e) => Some(Some(e.to_string())),
+                    async_nats::Event::ServerError(
+                        e @ async_nats::ServerError::AuthorizationViolation,
+                    ) => Some(Some(e.to_string())),
                     _ => None,
                 };
                 if let Some(problem) = problem {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 /// Starts `command` with its stderr piped and reads stderr until a line
 /// contains `ready`; returns the child (killed when dropped) and that
-/// line. Stderr keeps being
-/// drained afterwards so the server never blocks on a full pipe.
+/// line. Stderr keeps being drained afterwards so the server never blocks
+/// on a full pipe.
 ///
 /// # Panics
 ///

@@ -1390,10 +1390,7 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
 #[test]
 fn heavy_a_standby_follows_a_tls_primary_with_the_authority_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = crate::localhost_certificate(dir.path());
     let primary_config = dir.path().join("primary.toml");
     std::fs::write(
         &primary_config,

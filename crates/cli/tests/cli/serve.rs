@@ -178,10 +178,7 @@ fn heavy_a_receiver_takes_events_from_publishers_and_serves_subscribe_on_one_por
 #[test]
 fn heavy_tls_and_a_token_guard_the_one_port() {
     let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = crate::localhost_certificate(dir.path());
     let receiver_dir = dir.path().join("receiver");
     let receiver_config = dir.path().join("receiver.toml");
     std::fs::write(

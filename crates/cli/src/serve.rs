@@ -170,11 +170,20 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             )
         }
         Role::Controlplane => {
-            let mut options =
+            let settings =
                 omnirelay_controlplane::settings::parse(valid.services.get("controlplane"))
                     .map_err(|e| {
                         anyhow::anyhow!("services.controlplane.{}: {}", e.path, e.message)
                     })?;
+            let mut options = settings.options;
+            if let Some(ca_file) = &settings.ca_file {
+                options.ca_pem = Some(std::fs::read(ca_file).with_context(|| {
+                    format!(
+                        "services.controlplane.ca_file: cannot read {}",
+                        ca_file.display()
+                    )
+                })?);
+            }
             options.hosts.extend(hosts.iter().cloned());
             if options.hosts.is_empty() {
                 anyhow::bail!(
@@ -192,7 +201,8 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                         journal_dir.display()
                     )
                 })?;
-            let plane = omnirelay_controlplane::ControlPlane::start(options, Some(journal));
+            let plane = omnirelay_controlplane::ControlPlane::start(options, Some(journal))
+                .map_err(|why| anyhow::anyhow!("the control plane cannot start: {why}"))?;
             (None, None, Service::ControlPlane(plane))
         }
         Role::Standby => {

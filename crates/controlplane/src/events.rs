@@ -85,9 +85,8 @@ impl Events {
 
     /// Follows `host`'s stream `default` from 100 events back, until the
     /// events are dropped, reconnecting after a second when it goes away.
-    pub(crate) async fn follow(events: std::sync::Weak<Self>, host: String, token: Option<String>) {
-        let mut connection = Connection::new(host.clone());
-        connection.token = token;
+    pub(crate) async fn follow(events: std::sync::Weak<Self>, mut connection: Connection) {
+        let host = connection.url.clone();
         connection.connect_timeout = Duration::from_secs(2);
         let stream = StreamId::default();
         // After a reconnect, from where it stopped.
@@ -122,16 +121,19 @@ impl Events {
     }
 }
 
-/// Starts following every host; the tasks end when the returned events
-/// are dropped.
-pub(crate) fn follow_all(hosts: &[String], token: Option<&str>) -> Arc<Events> {
+/// Starts following every host (sending `token`, trusting `ca_pem` for
+/// `https://` hosts); the tasks end when the returned events are dropped.
+pub(crate) fn follow_all(
+    hosts: &[String],
+    token: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> Arc<Events> {
     let events = Arc::new(Events::default());
     for host in hosts {
-        tokio::spawn(Events::follow(
-            Arc::downgrade(&events),
-            host.clone(),
-            token.map(str::to_owned),
-        ));
+        let mut connection = Connection::new(host.clone());
+        connection.token = token.map(str::to_owned);
+        connection.ca_pem = ca_pem.map(<[u8]>::to_vec);
+        tokio::spawn(Events::follow(Arc::downgrade(&events), connection));
     }
     events
 }

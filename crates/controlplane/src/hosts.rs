@@ -6,17 +6,16 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::journal::{Journal, Kind, PlaneEvent};
+use crate::tls::{self, HostClient};
 
 /// How the control plane watches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
-    /// The hosts: each node's URL (`http://host:port`).
+    /// The hosts: each node's URL (`http://host:port` or
+    /// `https://host:port`).
     pub hosts: Vec<String>,
     /// How often each host is asked for its status.
     pub poll_interval: Duration,
@@ -24,6 +23,9 @@ pub struct Options {
     pub timeout: Duration,
     /// A bearer token to send (the hosts' `[server] token`).
     pub token: Option<String>,
+    /// For `https://` hosts: the PEM certificate(s) of the authority that
+    /// signed their certificates (`None`: the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
     /// A sink this many events behind raises a lag alert (cleared when it
     /// is back under it).
     pub lag_alert_events: u64,
@@ -37,6 +39,7 @@ impl Options {
             poll_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
             token: None,
+            ca_pem: None,
             lag_alert_events: 1000,
         }
     }
@@ -85,8 +88,24 @@ pub struct ControlPlane {
     hosts: Mutex<BTreeMap<String, Host>>,
     events: Arc<crate::events::Events>,
     journal: Option<Arc<Journal>>,
+    /// How `https://` hosts are trusted.
+    tls: Arc<tokio_rustls::rustls::ClientConfig>,
     /// What goes into the journal, in order.
     to_journal: Option<tokio::sync::mpsc::UnboundedSender<PlaneEvent>>,
+}
+
+/// `error` and its causes, outermost first (the client's own error only
+/// says that connecting failed; its causes say why, a refused
+/// certificate for one).
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// Locks `mutex`, also after a panic elsewhere (the data is plain state).
@@ -99,7 +118,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ControlPlane {
     /// Starts watching `options.hosts` (one task per host, until the
     /// control plane is dropped), recording what it notices in `journal`.
-    pub fn start(options: Options, journal: Option<Arc<Journal>>) -> Arc<Self> {
+    ///
+    /// # Errors
+    ///
+    /// `options.ca_pem` holds no PEM certificate, or (for `https://` hosts
+    /// without it) the system's roots cannot be loaded.
+    pub fn start(options: Options, journal: Option<Arc<Journal>>) -> Result<Arc<Self>, String> {
+        let https = options.hosts.iter().any(|url| url.starts_with("https://"));
+        let tls = Arc::new(tls::config(options.ca_pem.as_deref(), https)?);
         let hosts: BTreeMap<String, Host> = options
             .hosts
             .iter()
@@ -117,7 +143,8 @@ impl ControlPlane {
             })
             .collect();
         let urls: Vec<String> = hosts.keys().cloned().collect();
-        let events = crate::events::follow_all(&urls, options.token.as_deref());
+        let events =
+            crate::events::follow_all(&urls, options.token.as_deref(), options.ca_pem.as_deref());
         let to_journal = journal.clone().map(|journal| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PlaneEvent>();
             tokio::spawn(async move {
@@ -134,14 +161,21 @@ impl ControlPlane {
             hosts: Mutex::new(hosts),
             events,
             journal,
+            tls,
             to_journal,
         });
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client: HostClient<Empty<Bytes>> = tls::client(plane.tls.clone());
         for url in lock(&plane.hosts).keys().cloned().collect::<Vec<_>>() {
             tokio::spawn(Self::watch(Arc::downgrade(&plane), client.clone(), url));
         }
-        plane
+        Ok(plane)
+    }
+
+    /// A client of the dispatcher host at `url` serving `namespace`, with
+    /// the token and the trust the hosts are watched with.
+    pub fn rpc_client(&self, url: &str, namespace: &str) -> crate::mesh::RpcClient {
+        crate::mesh::RpcClient::new(url, namespace, self.options.token.clone())
+            .trusting(self.tls.clone())
     }
 
     /// The control plane's own log, if it keeps one.
@@ -186,11 +220,7 @@ impl ControlPlane {
         json!({ "hosts": hosts })
     }
 
-    async fn watch(
-        plane: std::sync::Weak<Self>,
-        client: Client<HttpConnector, Empty<Bytes>>,
-        url: String,
-    ) {
+    async fn watch(plane: std::sync::Weak<Self>, client: HostClient<Empty<Bytes>>, url: String) {
         loop {
             let Some(this) = plane.upgrade() else {
                 return;
@@ -221,11 +251,7 @@ impl ControlPlane {
     }
 
     /// The host's own entry of its status document.
-    async fn ask(
-        &self,
-        client: &Client<HttpConnector, Empty<Bytes>>,
-        url: &str,
-    ) -> Result<Value, String> {
+    async fn ask(&self, client: &HostClient<Empty<Bytes>>, url: &str) -> Result<Value, String> {
         let mut request = hyper::Request::get(format!("{url}/status"));
         if let Some(token) = &self.options.token {
             request = request.header("authorization", format!("Bearer {token}"));
@@ -234,13 +260,13 @@ impl ControlPlane {
             .body(Empty::new())
             .map_err(|e| format!("bad host URL: {e}"))?;
         let call = async {
-            let response = client.request(request).await.map_err(|e| e.to_string())?;
+            let response = client.request(request).await.map_err(|e| with_causes(&e))?;
             let status = response.status();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| with_causes(&e))?
                 .to_bytes();
             if !status.is_success() {
                 return Err(format!("status answered {status}"));

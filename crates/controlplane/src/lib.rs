@@ -13,6 +13,7 @@ mod hosts;
 pub mod journal;
 pub mod mesh;
 pub mod settings;
+mod tls;
 
 pub use hosts::{ControlPlane, HISTORY, HostView, Options};
 
@@ -178,7 +179,7 @@ pub fn router(plane: std::sync::Arc<ControlPlane>) -> axum::Router {
             )
                 .into_response();
         };
-        let client = mesh::RpcClient::new(&url, &namespace, plane.token().map(str::to_owned));
+        let client = plane.rpc_client(&url, &namespace);
         match client.enqueue(&request.payload()).await {
             Ok(response) => axum::Json(response).into_response(),
             Err(error) => {

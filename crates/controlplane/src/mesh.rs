@@ -15,12 +15,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use omnirelay_replication::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::tls::{self, HostClient};
 
 /// The RPC namespace of the demo's dispatcher.
 pub const NAMESPACE: &str = "resourcelease.mesh";
@@ -537,7 +536,7 @@ pub struct RpcClient {
     url: String,
     namespace: String,
     token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HostClient<Full<Bytes>>,
 }
 
 /// A leased item.
@@ -561,7 +560,16 @@ impl RpcClient {
             url: url.trim_end_matches('/').to_owned(),
             namespace: namespace.to_owned(),
             token,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: tls::client(tls::plain()),
+        }
+    }
+
+    /// The same client, trusting `config` for an `https://` URL (a client
+    /// from [`RpcClient::new`] speaks plain HTTP only).
+    pub(crate) fn trusting(self, config: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
+        Self {
+            client: tls::client(config),
+            ..self
         }
     }
 

@@ -1,5 +1,6 @@
 //! The control plane's configuration table, `[services.controlplane]`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use omnirelay_replication::config::{SettingsError, parse_settings};
@@ -12,8 +13,12 @@ use crate::hosts::Options;
 pub const DEFAULT_TOML: &str = r#"
 # The control plane (`omnirelay serve --role controlplane`).
 [services.controlplane]
-# The hosts it watches (each node's URL); `--hosts` adds to them.
+# The hosts it watches (each node's URL, http:// or https://); `--hosts`
+# adds to them.
 hosts = []
+# For https:// hosts: the PEM certificate of the authority that signed
+# theirs (without it, the system's roots).
+# ca_file = "/etc/omnirelay/ca.pem"
 # How often each host is asked for its status, and how long it may take.
 poll_interval_ms = 1000
 timeout_ms = 2000
@@ -25,6 +30,7 @@ lag_alert_events = 1000
 #[serde(default, deny_unknown_fields)]
 struct Settings {
     hosts: Vec<String>,
+    ca_file: Option<PathBuf>,
     poll_interval_ms: u64,
     timeout_ms: u64,
     lag_alert_events: u64,
@@ -34,6 +40,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             hosts: Vec::new(),
+            ca_file: None,
             poll_interval_ms: 1000,
             timeout_ms: 2000,
             lag_alert_events: 1000,
@@ -41,16 +48,33 @@ impl Default for Settings {
     }
 }
 
+/// `[services.controlplane]` read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlaneSettings {
+    /// How it watches (no `ca_pem` yet: the caller reads `ca_file`).
+    pub options: Options,
+    /// The PEM file of the authority that signed the `https://` hosts'
+    /// certificates.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// Reads `[services.controlplane]` (an empty table when absent).
 ///
 /// # Errors
 ///
 /// The key path of the first setting that is wrong, and why.
-pub fn parse(table: Option<&serde_json::Value>) -> Result<Options, SettingsError> {
+pub fn parse(table: Option<&serde_json::Value>) -> Result<ControlPlaneSettings, SettingsError> {
     let empty = serde_json::Value::Object(serde_json::Map::new());
     let settings: Settings = parse_settings(table.unwrap_or(&empty))?;
     for (i, host) in settings.hosts.iter().enumerate() {
         check_host(host).map_err(|why| SettingsError::new(format!("hosts[{i}]"), why))?;
+    }
+    if settings
+        .ca_file
+        .as_ref()
+        .is_some_and(|f| f.as_os_str().is_empty())
+    {
+        return Err(SettingsError::new("ca_file", "must not be empty"));
     }
     for (key, value) in [
         ("poll_interval_ms", settings.poll_interval_ms),
@@ -61,16 +85,18 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<Options, SettingsError
             return Err(SettingsError::new(key, "must be at least 1"));
         }
     }
-    Ok(Options {
-        poll_interval: Duration::from_millis(settings.poll_interval_ms),
-        timeout: Duration::from_millis(settings.timeout_ms),
-        lag_alert_events: settings.lag_alert_events,
-        ..Options::new(settings.hosts)
+    Ok(ControlPlaneSettings {
+        options: Options {
+            poll_interval: Duration::from_millis(settings.poll_interval_ms),
+            timeout: Duration::from_millis(settings.timeout_ms),
+            lag_alert_events: settings.lag_alert_events,
+            ..Options::new(settings.hosts)
+        },
+        ca_file: settings.ca_file,
     })
 }
 
-/// Checks one host URL: `http://host:port` (the control plane speaks
-/// plain HTTP to its hosts).
+/// Checks one host URL: `http://host:port` or `https://host:port`.
 ///
 /// # Errors
 ///
@@ -78,7 +104,8 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<Options, SettingsError
 pub fn check_host(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
     if rest.trim_end_matches('/').is_empty() {
         return Err(format!("{url:?} names no host"));
     }

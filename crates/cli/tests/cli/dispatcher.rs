@@ -995,10 +995,10 @@ fn heavy_status_agrees_with_the_nodes_own_metrics() {
     assert!(node.wait().unwrap().success());
 }
 
-/// Starts a control plane watching `hosts` with its data in `dir`; its
-/// child and address.
-fn start_plane(hosts: &str, dir: &Path) -> (KillOnDrop, String) {
-    let (plane, address, mut stderr) = spawn_listening(&[
+/// Starts a control plane watching `hosts` with its data in `dir` (and
+/// `extra` arguments); its child and address.
+fn start_plane(hosts: &str, dir: &Path, extra: &[&str]) -> (KillOnDrop, String) {
+    let mut args = vec![
         "serve",
         "--role",
         "controlplane",
@@ -1008,7 +1008,9 @@ fn start_plane(hosts: &str, dir: &Path) -> (KillOnDrop, String) {
         "127.0.0.1:0",
         "--data-dir",
         dir_arg(dir),
-    ]);
+    ];
+    args.extend(extra);
+    let (plane, address, mut stderr) = spawn_listening(&args);
     // Its log lines are read (and dropped) for as long as it runs.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     (plane, address)
@@ -1056,7 +1058,7 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
     );
     rpc(&b_at, "resourcelease::enqueue", &[], PAYLOAD);
     let hosts = format!("http://{a_at},http://{b_at}");
-    let (mut plane, plane_at) = start_plane(&hosts, plane_dir.path());
+    let (mut plane, plane_at) = start_plane(&hosts, plane_dir.path(), &[]);
     let plane_url = format!("http://{plane_at}");
     let both_up = |hosts: &[Value]| {
         hosts.len() == 2
@@ -1275,7 +1277,7 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
         .map(|a| format!("http://{a}"))
         .collect::<Vec<_>>()
         .join(",");
-    let (plane, plane_at) = start_plane(&hosts, dirs[3].path());
+    let (plane, plane_at) = start_plane(&hosts, dirs[3].path(), &[]);
     nodes.push(plane);
     // Traffic on every host while the page watches.
     let stop = Arc::new(AtomicBool::new(false));
@@ -1385,6 +1387,76 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
         assert!(signal(node.id(), "TERM"));
         assert!(node.wait().unwrap().success());
     }
+}
+
+#[test]
+fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::localhost_certificate(dir.path());
+    let node_config = dir.path().join("node.toml");
+    std::fs::write(
+        &node_config,
+        format!(
+            "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let (_node, node_at, _) = start(
+        &dir.path().join("node"),
+        &["--config", dir_arg(&node_config)],
+    );
+    let host = format!("https://localhost:{}", node_at.rsplit(':').next().unwrap());
+    let trusting_config = dir.path().join("trusting.toml");
+    std::fs::write(
+        &trusting_config,
+        format!(
+            "[services.controlplane]\nca_file = \"{}\"\n",
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let (_trusting, trusting_at) = start_plane(
+        &host,
+        &dir.path().join("trusting"),
+        &["--config", dir_arg(&trusting_config)],
+    );
+    // Its status over TLS…
+    let hosts = plane_status(&format!("http://{trusting_at}"), "the host up", |h| {
+        h.len() == 1 && h[0]["up"] == true
+    });
+    assert_eq!(hosts[0]["url"], host.as_str());
+    assert_eq!(hosts[0]["role"], "dispatcher");
+    // …an operation enqueued through the control plane over TLS…
+    let (code, _, body) = try_http_post_to(
+        &trusting_at,
+        "/demo/enqueue",
+        &[],
+        r#"{"table":"orders","version":1}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    // …and its event, followed over TLS (gRPC `Subscribe`).
+    let mut events = Value::Null;
+    for _ in 0..200 {
+        let (_, body) = http_get(&trusting_at, "/api/events?limit=5").unwrap();
+        events = serde_json::from_str(&body).unwrap();
+        if events["counts"][host.as_str()]["Enqueue"] == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(events["counts"][host.as_str()]["Enqueue"], 1, "{events}");
+    // Without the authority (the system's roots), the handshake refuses the
+    // host's certificate, and the status says so.
+    let (_doubting, doubting_at) = start_plane(&host, &dir.path().join("doubting"), &[]);
+    let hosts = plane_status(&format!("http://{doubting_at}"), "the host refused", |h| {
+        h.len() == 1 && h[0]["error"].is_string() && h[0]["error"] != "not asked yet"
+    });
+    assert_eq!(hosts[0]["up"], false);
+    let error = hosts[0]["error"].as_str().unwrap().to_lowercase();
+    assert!(error.contains("certificate"), "{error}");
 }
 
 #[test]

@@ -55,7 +55,8 @@ async fn hosts_are_watched_through_an_outage() {
             ..Options::new(vec![format!("http://{address}/"), nobody.clone()])
         },
         Some(journal.clone()),
-    );
+    )
+    .unwrap();
     until(&plane, "up", |p| {
         p.hosts().iter().any(|h| h.up && h.events_per_second > 0.0)
     })

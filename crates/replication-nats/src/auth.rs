@@ -1,7 +1,7 @@
 //! What the NATS sink, source and follower present to a server that wants
-//! credentials.
+//! credentials, and the authority they trust when it speaks TLS.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_nats::ConnectOptions;
 use omnirelay_replication::{Error, ErrorKind};
@@ -92,4 +92,31 @@ impl NatsCredentials {
             }
         }
     }
+}
+
+/// `options` requiring TLS and trusting the authority (or authorities)
+/// whose PEM certificates `ca_file` holds, for a server whose certificate
+/// no system root vouches for. The file is checked now and read again when
+/// connecting.
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`] when the file cannot be read or holds no PEM
+/// certificate.
+pub fn trust_authority(options: ConnectOptions, ca_file: &Path) -> Result<ConnectOptions, Error> {
+    let bad = |why: String| Error::new(ErrorKind::Config, format!("the NATS CA file {why}"));
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| bad(format!("{} cannot be read: {e}", ca_file.display())))?;
+    let certificates = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("{} is not PEM: {e}", ca_file.display())))?;
+    if certificates.is_empty() {
+        return Err(bad(format!(
+            "{} holds no PEM certificate",
+            ca_file.display()
+        )));
+    }
+    Ok(options
+        .add_root_certificates(ca_file.to_owned())
+        .require_tls(true))
 }

@@ -10,7 +10,7 @@ use omnirelay_replication::config::{
 use omnirelay_replication::{BoxFuture, Error, SharedSink, SinkExt};
 use serde::Deserialize;
 
-use crate::auth::NatsCredentials;
+use crate::auth::{NatsCredentials, trust_authority};
 use crate::sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};
 use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, validate_stream_name, validate_subject_template,
@@ -55,6 +55,7 @@ struct Settings {
     password: Option<String>,
     credentials_file: Option<std::path::PathBuf>,
     nkey_seed_file: Option<std::path::PathBuf>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -80,6 +81,7 @@ impl Default for Settings {
             password: None,
             credentials_file: None,
             nkey_seed_file: None,
+            ca_file: None,
         }
     }
 }
@@ -132,7 +134,10 @@ impl Settings {
     }
 
     fn connect_options(&self, data_dir: &Path) -> Result<ConnectOptions, Error> {
-        let options = ConnectOptions::new().name("omnirelay");
+        let mut options = ConnectOptions::new().name("omnirelay");
+        if let Some(ca_file) = &self.ca_file {
+            options = trust_authority(options, &data_dir.join(ca_file))?;
+        }
         match self.credentials(data_dir).first() {
             Some(credentials) => credentials.present(options),
             None => Ok(options),
@@ -184,6 +189,13 @@ impl SinkFactory for NatsSinkFactory {
                 "",
                 "token, user and password, credentials_file and nkey_seed_file are alternatives: give one",
             ));
+        }
+        if settings
+            .ca_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            return Err(SettingsError::new("ca_file", "must not be empty"));
         }
         if settings.ack_timeout_ms == 0 {
             return Err(SettingsError::new("ack_timeout_ms", "must be at least 1"));

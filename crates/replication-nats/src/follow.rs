@@ -4,7 +4,7 @@
 use async_nats::ConnectOptions;
 use omnirelay_replication::{Error, ErrorKind};
 
-use crate::auth::NatsCredentials;
+use crate::auth::{NatsCredentials, trust_authority};
 use crate::source::NatsSourceOptions;
 use crate::subject::{validate_stream_name, validate_subject_template};
 
@@ -14,7 +14,9 @@ use crate::subject::{validate_stream_name, validate_subject_template};
 /// where they hold `@`, `:`, `%` or `/`), as NATS clients write them; or,
 /// instead, the parameter `credentials_file=PATH` (a `.creds` file:
 /// decentralized authentication) or `nkey_seed_file=PATH` (a file holding
-/// a user's nkey seed), as the NATS sink's settings of those names. The
+/// a user's nkey seed), as the NATS sink's settings of those names; and
+/// `ca_file=PATH` to require TLS and trust the authority in that PEM file,
+/// as the sink's `ca_file`. The
 /// stream and subject default to the NATS sink's defaults; the durable
 /// consumer (the follower's position, kept by JetStream) to the name the
 /// follower passes — two followers of one stream need two names.
@@ -24,6 +26,8 @@ pub struct FollowUrl {
     pub servers: Vec<String>,
     /// What to present to the servers, if anything.
     pub credentials: Option<NatsCredentials>,
+    /// The PEM file of the authority to trust (TLS required), if any.
+    pub ca_file: Option<std::path::PathBuf>,
     /// The stream, subject and consumer.
     pub options: NatsSourceOptions,
 }
@@ -134,6 +138,7 @@ impl FollowUrl {
         }
         let mut options = NatsSourceOptions::new(durable);
         let mut credentials = credentials;
+        let mut ca_file = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             if value.is_empty() {
@@ -159,9 +164,13 @@ impl FollowUrl {
                 }
                 "credentials_file" => Some(NatsCredentials::CredentialsFile(file()?)),
                 "nkey_seed_file" => Some(NatsCredentials::NkeySeedFile(file()?)),
+                "ca_file" => {
+                    ca_file = Some(file()?);
+                    None
+                }
                 _ => {
                     return Err(bad(format!(
-                        "unknown parameter {key:?} (stream, subject, durable, credentials_file, nkey_seed_file)"
+                        "unknown parameter {key:?} (stream, subject, durable, credentials_file, nkey_seed_file, ca_file)"
                     )));
                 }
             };
@@ -185,13 +194,18 @@ impl FollowUrl {
         Ok(Self {
             servers,
             credentials,
+            ca_file,
             options,
         })
     }
 
-    /// The client's connect options: a name, and the credentials.
+    /// The client's connect options: a name, the authority, and the
+    /// credentials.
     pub(crate) fn connect_options(&self) -> Result<ConnectOptions, Error> {
-        let options = ConnectOptions::new().name("omnirelay-follower");
+        let mut options = ConnectOptions::new().name("omnirelay-follower");
+        if let Some(ca_file) = &self.ca_file {
+            options = trust_authority(options, ca_file)?;
+        }
         match &self.credentials {
             None => Ok(options),
             Some(credentials) => credentials.present(options),
@@ -302,6 +316,18 @@ mod tests {
             seed.credentials,
             Some(NatsCredentials::NkeySeedFile("standby.nk".into()))
         );
+        assert_eq!(seed.ca_file, None);
+        // The authority goes with any credentials.
+        let trusting = FollowUrl::parse(
+            "nats://u:p@a:1?ca_file=/etc/nats/ca%20bundle.pem&stream=EU",
+            "d",
+        )
+        .unwrap();
+        assert_eq!(trusting.ca_file, Some("/etc/nats/ca bundle.pem".into()));
+        assert!(matches!(
+            trusting.credentials,
+            Some(NatsCredentials::UserPassword { .. })
+        ));
         for (url, why) in [
             ("nats://u:secret@a:1?nkey_seed_file=x", "more than one kind"),
             (
@@ -313,6 +339,8 @@ mod tests {
                 "credentials_file has a bad %-escape",
             ),
             ("nats://a:1?nkey_seed_file=", "nkey_seed_file needs a value"),
+            ("nats://a:1?ca_file=%g1", "ca_file has a bad %-escape"),
+            ("nats://a:1?tls=yes", "unknown parameter \"tls\""),
         ] {
             let err = FollowUrl::parse(url, "d").unwrap_err().to_string();
             assert!(err.contains(why), "{url}: {err}");

@@ -26,7 +26,7 @@ mod sink;
 mod source;
 mod subject;
 
-pub use auth::NatsCredentials;
+pub use auth::{NatsCredentials, trust_authority};
 pub use factory::NatsSinkFactory;
 pub use follow::FollowUrl;
 pub use sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};

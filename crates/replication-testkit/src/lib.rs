@@ -25,6 +25,7 @@ pub mod faulty;
 pub mod nats_auth;
 pub mod process;
 pub mod sink;
+pub mod tls;
 
 pub use event::{Note, NoteCodec};
 pub use faulty::FaultySink;

@@ -1392,7 +1392,7 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
 #[test]
 fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = crate::localhost_certificate(dir.path());
+    let (cert, key) = omnirelay_replication_testkit::tls::localhost_certificate(dir.path());
     let node_config = dir.path().join("node.toml");
     std::fs::write(
         &node_config,
@@ -1462,7 +1462,7 @@ fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
 #[test]
 fn heavy_a_standby_follows_a_tls_primary_with_the_authority_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = crate::localhost_certificate(dir.path());
+    let (cert, key) = omnirelay_replication_testkit::tls::localhost_certificate(dir.path());
     let primary_config = dir.path().join("primary.toml");
     std::fs::write(
         &primary_config,

@@ -83,17 +83,6 @@ dir = "{}"
     config
 }
 
-/// A self-signed certificate for `localhost` and its key, written to
-/// `DIR/cert.pem` and `DIR/key.pem`; their paths. The certificate is its
-/// own authority (a client's `ca_file`).
-pub(crate) fn localhost_certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
-    (cert, key)
-}
-
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }

@@ -178,7 +178,7 @@ fn heavy_a_receiver_takes_events_from_publishers_and_serves_subscribe_on_one_por
 #[test]
 fn heavy_tls_and_a_token_guard_the_one_port() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = crate::localhost_certificate(dir.path());
+    let (cert, key) = omnirelay_replication_testkit::tls::localhost_certificate(dir.path());
     let receiver_dir = dir.path().join("receiver");
     let receiver_config = dir.path().join("receiver.toml");
     std::fs::write(

@@ -1,6 +1,7 @@
 //! The sink (configured as users configure it) and a follower's source
 //! against real servers that want credentials: nkey users, and operator
-//! mode with a user's `.creds` file (JWTs signed with real nkeys).
+//! mode with a user's `.creds` file (JWTs signed with real nkeys); and
+//! against a server speaking TLS with a certificate of its own authority.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use omnirelay_replication::{Encoding, ErrorKind, SharedSink, Sink as _, SinkExt 
 use omnirelay_replication_nats::{FollowUrl, NatsSinkFactory, NatsSource};
 use omnirelay_replication_testkit::conformance::record;
 use omnirelay_replication_testkit::nats_auth::{self, ServerAuth};
-use omnirelay_replication_testkit::process::start_nats_with;
+use omnirelay_replication_testkit::process::{start_nats, start_nats_with};
+use omnirelay_replication_testkit::tls::localhost_certificate;
 
 use crate::source::{Doc, DocCodec};
 
@@ -133,4 +135,106 @@ async fn heavy_a_user_creds_file_opens_a_server_in_operator_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_an_nkey_seed_file_opens_a_server_of_nkey_users() {
     presents("nkey_seed_file", nats_auth::nkey_user).await;
+}
+
+/// The error of the first call of a sink that cannot connect.
+async fn refusal(sink: &SharedSink) -> String {
+    match sink.checkpoint(&StreamId::default()).await {
+        Err(err) => err.to_string(),
+        Ok(mark) => panic!("the sink got in ({mark:?})"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_the_sink_and_a_follower_trust_the_authority_of_a_tls_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = localhost_certificate(dir.path());
+    let config = dir.path().join("tls.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (_server, port) = start_nats_with(&dir.path().join("store"), None, &["-c", &config]);
+    let url = format!("nats://localhost:{port}");
+
+    // With the authority (relative to the data directory), the sink
+    // publishes and reads its mark back.
+    let bus = sink(
+        serde_json::json!({ "servers": [url], "ca_file": "cert.pem", "ack_timeout_ms": 2000 }),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let stream = StreamId::default();
+    let records: Vec<_> = (1..=3)
+        .map(|s| record(&stream, s, Encoding::JSON_V1))
+        .collect();
+    bus.apply_owned(&records).await.unwrap();
+    assert_eq!(bus.checkpoint(&stream).await.unwrap(), Some(3));
+
+    // A follower trusts it through its address.
+    let follow =
+        FollowUrl::parse(&format!("{url}?ca_file={}", cert.display()), "follower").unwrap();
+    let mut source = NatsSource::<Doc>::connect_to(&follow, Arc::new(DocCodec))
+        .await
+        .unwrap_or_else(|e| panic!("follower: {e}"));
+    assert_eq!(source.pending().await.unwrap(), 3);
+
+    // Without it (the system's roots, which do not know this authority),
+    // the handshake fails, and the sink says it cannot connect rather than
+    // only timing out (the client reports the failed handshake as an I/O
+    // error, without the certificate's reason).
+    let doubting = sink(
+        serde_json::json!({ "servers": [url], "ack_timeout_ms": 2000 }),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let err = refusal(&doubting).await;
+    assert!(err.contains("the client cannot connect"), "{err}");
+
+    // A sink given an authority requires TLS: a server without it is
+    // refused, never spoken to in plain text.
+    let (_plain, plain_port) = start_nats(&dir.path().join("plain"), None);
+    let insisting = sink(
+        serde_json::json!({
+            "servers": [format!("nats://127.0.0.1:{plain_port}")],
+            "ca_file": "cert.pem",
+            "ack_timeout_ms": 2000,
+        }),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let err = refusal(&insisting).await;
+    assert!(err.contains("the client cannot connect"), "{err}");
+
+    // An authority file that is missing or no certificate: a configuration
+    // error naming it.
+    std::fs::write(dir.path().join("bad.pem"), "not a certificate").unwrap();
+    for (file, why) in [
+        ("missing.pem", "cannot be read"),
+        ("bad.pem", "no PEM certificate"),
+    ] {
+        let err = sink(
+            serde_json::json!({ "servers": [url], "ca_file": file }),
+            dir.path(),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(
+            err.to_string().contains(file) && err.to_string().contains(why),
+            "{err}"
+        );
+    }
+    let err = FollowUrl::parse(&format!("{url}?ca_file="), "follower").unwrap_err();
+    assert!(err.to_string().contains("ca_file needs a value"), "{err}");
 }

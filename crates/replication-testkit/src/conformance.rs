@@ -390,6 +390,10 @@ async fn refused_encoding<B: Backend>(backend: &B) -> Result<Outcome, String> {
     }
 }
 
+/// Attempts at the batch after an outage before the sink counts as not
+/// recovering (about two seconds).
+const OUTAGE_RETRIES: u32 = 10;
+
 async fn outage<B: Backend>(backend: &B) -> Result<Outcome, String> {
     let stream = stream("conformance-outage");
     let all = records(backend, &stream, 1..=6);
@@ -414,8 +418,27 @@ async fn outage<B: Backend>(backend: &B) -> Result<Outcome, String> {
         }
         Err(_) => {}
     }
-    // Delivery retries the whole batch; the sink recovers.
-    apply(&sink, &all[2..]).await?;
+    // Delivery retries the whole batch, as often as the error is
+    // retryable; the sink recovers (a client still reconnecting, or
+    // acknowledgements slow while the backend catches up, may fail the
+    // first retries under load, as they would in delivery).
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match sink.apply_owned(&all[2..]).await {
+            Ok(()) => break,
+            Err(err) if err.error().is_retryable() && attempts < OUTAGE_RETRIES => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(err) => {
+                return Err(format!(
+                    "after the outage, attempt {attempts} of {} failed: {}",
+                    describe(&all[2..]),
+                    err.error()
+                ));
+            }
+        }
+    }
     expect_stored(backend, &stream, &all, "after the outage").await?;
     if sink.health() != Health::Healthy {
         return Err(format!("health after recovering is {:?}", sink.health()));

@@ -190,7 +190,9 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                     "the control plane needs hosts to watch: --hosts URL,URL,… (or services.controlplane.hosts)"
                 );
             }
-            options.token.clone_from(&valid.token);
+            if options.token.is_none() {
+                options.token.clone_from(&valid.token);
+            }
             rebuilt = Some(format!("watching {}", options.hosts.join(", ")));
             let journal_dir = valid.data_dir.join("journal");
             let journal = omnirelay_controlplane::journal::Journal::open(&journal_dir)
@@ -219,7 +221,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                 }
                 None => {
                     let mut primary = Connection::new(follow.unwrap_or_default());
-                    primary.token.clone_from(&valid.token);
+                    primary.token = standby_settings.token.clone().or(valid.token.clone());
                     if let Some(ca_file) = &standby_settings.ca_file {
                         primary.ca_pem = Some(std::fs::read(ca_file).with_context(|| {
                             format!(

@@ -19,6 +19,9 @@ hosts = []
 # For https:// hosts: the PEM certificate of the authority that signed
 # theirs (without it, the system's roots).
 # ca_file = "/etc/omnirelay/ca.pem"
+# The hosts' token, when it differs from this node's own [server] token
+# (which is sent otherwise).
+# token = "…"
 # How often each host is asked for its status, and how long it may take.
 poll_interval_ms = 1000
 timeout_ms = 2000
@@ -31,6 +34,7 @@ lag_alert_events = 1000
 struct Settings {
     hosts: Vec<String>,
     ca_file: Option<PathBuf>,
+    token: Option<String>,
     poll_interval_ms: u64,
     timeout_ms: u64,
     lag_alert_events: u64,
@@ -41,6 +45,7 @@ impl Default for Settings {
         Self {
             hosts: Vec::new(),
             ca_file: None,
+            token: None,
             poll_interval_ms: 1000,
             timeout_ms: 2000,
             lag_alert_events: 1000,
@@ -51,7 +56,8 @@ impl Default for Settings {
 /// `[services.controlplane]` read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlPlaneSettings {
-    /// How it watches (no `ca_pem` yet: the caller reads `ca_file`).
+    /// How it watches (no `ca_pem` yet: the caller reads `ca_file`; the
+    /// `token` when the table sets one, else the caller's to choose).
     pub options: Options,
     /// The PEM file of the authority that signed the `https://` hosts'
     /// certificates.
@@ -76,6 +82,9 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<ControlPlaneSettings, 
     {
         return Err(SettingsError::new("ca_file", "must not be empty"));
     }
+    if settings.token.as_ref().is_some_and(String::is_empty) {
+        return Err(SettingsError::new("token", "must not be empty"));
+    }
     for (key, value) in [
         ("poll_interval_ms", settings.poll_interval_ms),
         ("timeout_ms", settings.timeout_ms),
@@ -90,6 +99,7 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<ControlPlaneSettings, 
             poll_interval: Duration::from_millis(settings.poll_interval_ms),
             timeout: Duration::from_millis(settings.timeout_ms),
             lag_alert_events: settings.lag_alert_events,
+            token: settings.token,
             ..Options::new(settings.hosts)
         },
         ca_file: settings.ca_file,

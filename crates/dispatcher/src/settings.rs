@@ -50,6 +50,10 @@ pub const STANDBY_DEFAULT_TOML: &str = r#"
 # For an https:// primary whose certificate a private authority signed: that
 # authority's PEM certificate (the system's roots otherwise).
 # ca_file = "/etc/omnirelay/ca.pem"
+# The primary's token, when it differs from this node's own [server] token
+# (which is sent otherwise). Keep it in OMNIRELAY_SERVICES__STANDBY__TOKEN
+# rather than in the file.
+# token = "…"
 "#;
 
 /// `[services.standby]`: what a standby follows, and how.
@@ -61,6 +65,9 @@ pub struct StandbySettings {
     /// For an `https://` primary: the PEM certificate of the authority
     /// that signed its certificate.
     pub ca_file: Option<std::path::PathBuf>,
+    /// The bearer token a node primary wants, when it is not this node's
+    /// own `[server] token`.
+    pub token: Option<String>,
 }
 
 /// Reads `[services.standby]` (an empty table when absent).
@@ -84,6 +91,19 @@ pub fn parse_standby(table: Option<&serde_json::Value>) -> Result<StandbySetting
         .is_some_and(|f| f.as_os_str().is_empty())
     {
         return Err(SettingsError::new("ca_file", "must not be empty"));
+    }
+    if settings.token.as_ref().is_some_and(String::is_empty) {
+        return Err(SettingsError::new("token", "must not be empty"));
+    }
+    let on_the_bus = settings.follow.as_deref().is_some_and(|f| {
+        f.get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("nats://"))
+    });
+    if settings.token.is_some() && on_the_bus {
+        return Err(SettingsError::new(
+            "token",
+            "is for a node primary: a bus takes its credentials in the follow address",
+        ));
     }
     Ok(settings)
 }

@@ -331,8 +331,31 @@ fn service_tables_are_checked_by_their_service() {
             "ca_file = \"\"",
             "services.standby.ca_file: must not be empty",
         ),
+        ("token = \"\"", "services.standby.token: must not be empty"),
+        (
+            "follow = \"nats://bus:4222\"\ntoken = \"t\"",
+            "services.standby.token: is for a node primary",
+        ),
     ] {
         std::fs::write(&file, format!("[services.standby]\n{table}\n")).unwrap();
+        let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+    for (table, says) in [
+        (
+            "hosts = [\"ftp://a\"]",
+            "services.controlplane.hosts[0]: \"ftp://a\" is not an http:// or https:// URL",
+        ),
+        (
+            "token = \"\"",
+            "services.controlplane.token: must not be empty",
+        ),
+        (
+            "ca_file = \"\"",
+            "services.controlplane.ca_file: must not be empty",
+        ),
+    ] {
+        std::fs::write(&file, format!("[services.controlplane]\n{table}\n")).unwrap();
         let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
     }

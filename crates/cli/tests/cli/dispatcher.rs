@@ -1397,7 +1397,7 @@ fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
     std::fs::write(
         &node_config,
         format!(
-            "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            "[server]\ntoken = \"host-secret\"\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             cert.display(),
             key.display()
         ),
@@ -1412,7 +1412,7 @@ fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
     std::fs::write(
         &trusting_config,
         format!(
-            "[services.controlplane]\nca_file = \"{}\"\n",
+            "[services.controlplane]\nca_file = \"{}\"\ntoken = \"host-secret\"\n",
             cert.display()
         ),
     )
@@ -1422,7 +1422,8 @@ fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
         &dir.path().join("trusting"),
         &["--config", dir_arg(&trusting_config)],
     );
-    // Its status over TLS…
+    // Its status over TLS (with the hosts' token, the control plane's own
+    // endpoints open)…
     let hosts = plane_status(&format!("http://{trusting_at}"), "the host up", |h| {
         h.len() == 1 && h[0]["up"] == true
     });
@@ -1457,6 +1458,41 @@ fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
     assert_eq!(hosts[0]["up"], false);
     let error = hosts[0]["error"].as_str().unwrap().to_lowercase();
     assert!(error.contains("certificate"), "{error}");
+}
+
+#[test]
+fn heavy_a_standby_follows_a_primary_guarded_by_another_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary_config = dir.path().join("primary.toml");
+    std::fs::write(&primary_config, "[server]\ntoken = \"primary-secret\"\n").unwrap();
+    let (_primary, primary_at, _) = start(
+        &dir.path().join("primary"),
+        &["--config", dir_arg(&primary_config)],
+    );
+    // The standby's own endpoints stay open (no [server] token); it sends
+    // the primary's token, given in its environment.
+    let (_trusted, trusted_at, _) = spawn_standby(
+        &dir.path().join("trusted"),
+        &["--follow", &format!("http://{primary_at}")],
+        &[("OMNIRELAY_SERVICES__STANDBY__TOKEN", "primary-secret")],
+    );
+    let status = standby_status(&trusted_at, |s| s["connected"] == true);
+    assert_eq!(status["connected"], true, "{status}");
+    assert!(status["lastError"].is_null(), "{status}");
+    // Without it, the primary refuses the subscription, and the standby
+    // says so.
+    let (_refused, refused_at, _) = spawn_standby(
+        &dir.path().join("refused"),
+        &["--follow", &format!("http://{primary_at}")],
+        &[],
+    );
+    let status = standby_status(&refused_at, |s| s["lastError"].is_string());
+    assert_eq!(status["connected"], false, "{status}");
+    let error = status["lastError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(error.contains("token"), "{status}");
 }
 
 #[test]

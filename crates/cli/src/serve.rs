@@ -176,14 +176,8 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                         anyhow::anyhow!("services.controlplane.{}: {}", e.path, e.message)
                     })?;
             let mut options = settings.options;
-            if let Some(ca_file) = &settings.ca_file {
-                options.ca_pem = Some(std::fs::read(ca_file).with_context(|| {
-                    format!(
-                        "services.controlplane.ca_file: cannot read {}",
-                        ca_file.display()
-                    )
-                })?);
-            }
+            options.ca_pem = crate::read_ca(settings.ca_file.as_deref())
+                .context("services.controlplane.ca_file")?;
             options.hosts.extend(hosts.iter().cloned());
             if options.hosts.is_empty() {
                 anyhow::bail!(
@@ -222,14 +216,8 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                 None => {
                     let mut primary = Connection::new(follow.unwrap_or_default());
                     primary.token = standby_settings.token.clone().or(valid.token.clone());
-                    if let Some(ca_file) = &standby_settings.ca_file {
-                        primary.ca_pem = Some(std::fs::read(ca_file).with_context(|| {
-                            format!(
-                                "services.standby.ca_file: cannot read {}",
-                                ca_file.display()
-                            )
-                        })?);
-                    }
+                    primary.ca_pem = crate::read_ca(standby_settings.ca_file.as_deref())
+                        .context("services.standby.ca_file")?;
                     Standby::open(replicator.clone(), dispatcher_options.clone(), primary)
                         .await
                         .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use omnirelay_replication::config::{SettingsError, parse_settings};
+use omnirelay_replication::config::{SettingsError, parse_settings, refuse_empty};
 use serde::Deserialize;
 
 use crate::hosts::Options;
@@ -75,16 +75,8 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<ControlPlaneSettings, 
     for (i, host) in settings.hosts.iter().enumerate() {
         check_host(host).map_err(|why| SettingsError::new(format!("hosts[{i}]"), why))?;
     }
-    if settings
-        .ca_file
-        .as_ref()
-        .is_some_and(|f| f.as_os_str().is_empty())
-    {
-        return Err(SettingsError::new("ca_file", "must not be empty"));
-    }
-    if settings.token.as_ref().is_some_and(String::is_empty) {
-        return Err(SettingsError::new("token", "must not be empty"));
-    }
+    refuse_empty("ca_file", settings.ca_file.as_ref())?;
+    refuse_empty("token", settings.token.as_ref())?;
     for (key, value) in [
         ("poll_interval_ms", settings.poll_interval_ms),
         ("timeout_ms", settings.timeout_ms),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use omnirelay_replication::config::{SettingsError, parse_settings};
+use omnirelay_replication::config::{SettingsError, parse_settings, refuse_empty};
 use serde::Deserialize;
 
 use crate::backpressure::BackpressureOptions;
@@ -85,16 +85,8 @@ pub fn parse_standby(table: Option<&serde_json::Value>) -> Result<StandbySetting
     {
         return Err(SettingsError::new("follow", "must not be empty"));
     }
-    if settings
-        .ca_file
-        .as_ref()
-        .is_some_and(|f| f.as_os_str().is_empty())
-    {
-        return Err(SettingsError::new("ca_file", "must not be empty"));
-    }
-    if settings.token.as_ref().is_some_and(String::is_empty) {
-        return Err(SettingsError::new("token", "must not be empty"));
-    }
+    refuse_empty("ca_file", settings.ca_file.as_ref())?;
+    refuse_empty("token", settings.token.as_ref())?;
     let on_the_bus = settings.follow.as_deref().is_some_and(|f| {
         f.get(..7)
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("nats://"))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::ConnectOptions;
 use omnirelay_replication::config::{
-    SettingsError, SinkBuilder, SinkContext, SinkFactory, SinkPlugin, parse_settings,
+    SettingsError, SinkBuilder, SinkContext, SinkFactory, SinkPlugin, parse_settings, refuse_empty,
 };
 use omnirelay_replication::{BoxFuture, Error, SharedSink, SinkExt};
 use serde::Deserialize;
@@ -190,13 +190,7 @@ impl SinkFactory for NatsSinkFactory {
                 "token, user and password, credentials_file and nkey_seed_file are alternatives: give one",
             ));
         }
-        if settings
-            .ca_file
-            .as_ref()
-            .is_some_and(|f| f.as_os_str().is_empty())
-        {
-            return Err(SettingsError::new("ca_file", "must not be empty"));
-        }
+        refuse_empty("ca_file", settings.ca_file.as_ref())?;
         if settings.ack_timeout_ms == 0 {
             return Err(SettingsError::new("ack_timeout_ms", "must be at least 1"));
         }

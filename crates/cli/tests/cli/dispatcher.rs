@@ -1392,17 +1392,8 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
 #[test]
 fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = omnirelay_replication_testkit::tls::localhost_certificate(dir.path());
-    let node_config = dir.path().join("node.toml");
-    std::fs::write(
-        &node_config,
-        format!(
-            "[server]\ntoken = \"host-secret\"\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
+    let (node_config, cert) =
+        crate::tls_node_config(dir.path(), "node", "[server]\ntoken = \"host-secret\"\n");
     let (_node, node_at, _) = start(
         &dir.path().join("node"),
         &["--config", dir_arg(&node_config)],
@@ -1498,17 +1489,7 @@ fn heavy_a_standby_follows_a_primary_guarded_by_another_token() {
 #[test]
 fn heavy_a_standby_follows_a_tls_primary_with_the_authority_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = omnirelay_replication_testkit::tls::localhost_certificate(dir.path());
-    let primary_config = dir.path().join("primary.toml");
-    std::fs::write(
-        &primary_config,
-        format!(
-            "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
+    let (primary_config, cert) = crate::tls_node_config(dir.path(), "primary", "");
     let primary_dir = dir.path().join("primary");
     let (_primary, primary_at, _) = start(&primary_dir, &["--config", dir_arg(&primary_config)]);
     let port = primary_at.rsplit(':').next().unwrap();

@@ -83,6 +83,25 @@ dir = "{}"
     config
 }
 
+/// A node configuration serving TLS with a fresh certificate for
+/// localhost, written to `DIR/NAME.toml` after the lines `before` (other
+/// settings, with their table headers): the file and the certificate, which
+/// is its own authority (a client's `ca_file`).
+pub(crate) fn tls_node_config(dir: &Path, name: &str, before: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = omnirelay_replication_testkit::tls::localhost_certificate(dir);
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "{before}[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    (config, cert)
+}
+
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }

@@ -178,19 +178,15 @@ fn heavy_a_receiver_takes_events_from_publishers_and_serves_subscribe_on_one_por
 #[test]
 fn heavy_tls_and_a_token_guard_the_one_port() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = omnirelay_replication_testkit::tls::localhost_certificate(dir.path());
     let receiver_dir = dir.path().join("receiver");
-    let receiver_config = dir.path().join("receiver.toml");
-    std::fs::write(
-        &receiver_config,
-        format!(
-            "data_dir = \"{}\"\n[server]\ntoken = \"s3cret\"\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            receiver_dir.display(),
-            cert.display(),
-            key.display()
+    let (receiver_config, cert) = crate::tls_node_config(
+        dir.path(),
+        "receiver",
+        &format!(
+            "data_dir = \"{}\"\n[server]\ntoken = \"s3cret\"\n",
+            receiver_dir.display()
         ),
-    )
-    .unwrap();
+    );
     let (receiver, address, _err) = spawn_listening(&[
         "serve",
         "--role",

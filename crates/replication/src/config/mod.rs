@@ -24,7 +24,7 @@ mod validate;
 pub use error::{ConfigError, ConfigErrors};
 pub use registry::{
     FileSinkFactory, MemorySinkFactory, SettingsError, SinkBuilder, SinkContext, SinkFactory,
-    SinkPlugin, SinkRegistry, parse_settings,
+    SinkPlugin, SinkRegistry, parse_settings, refuse_empty,
 };
 pub use schema::{
     AckConfig, BatchConfig, Config, DurabilityConfig, FormatConfig, LogConfig, LogFormatConfig,

@@ -85,6 +85,21 @@ impl SettingsError {
     }
 }
 
+/// Refuses a text or path setting that is given but empty (`key = ""`).
+///
+/// # Errors
+///
+/// [`SettingsError`] at `key`: "must not be empty".
+pub fn refuse_empty(
+    key: &str,
+    value: Option<impl AsRef<std::ffi::OsStr>>,
+) -> Result<(), SettingsError> {
+    if value.is_some_and(|v| v.as_ref().is_empty()) {
+        return Err(SettingsError::new(key, "must not be empty"));
+    }
+    Ok(())
+}
+
 /// Deserializes a sink's settings into `T` (use `#[serde(deny_unknown_fields)]`
 /// on it), reporting the path of any problem.
 ///

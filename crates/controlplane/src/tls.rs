@@ -65,6 +65,11 @@ where
 }
 
 /// No authority at all, for clients of `http://` URLs.
+///
+/// # Panics
+///
+/// Never in practice: the only failure of [`builder`] is a provider
+/// without the default TLS versions, and *ring* has both.
 pub(crate) fn plain() -> Arc<ClientConfig> {
     static PLAIN: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     PLAIN

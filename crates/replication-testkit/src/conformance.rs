@@ -390,8 +390,8 @@ async fn refused_encoding<B: Backend>(backend: &B) -> Result<Outcome, String> {
     }
 }
 
-/// Attempts at the batch after an outage before the sink counts as not
-/// recovering (about two seconds).
+/// Attempts at the batch after an outage, 200 ms apart, before the sink
+/// counts as not recovering.
 const OUTAGE_RETRIES: u32 = 10;
 
 async fn outage<B: Backend>(backend: &B) -> Result<Outcome, String> {

@@ -1016,6 +1016,15 @@ fn start_plane(hosts: &str, dir: &Path, extra: &[&str]) -> (KillOnDrop, String) 
     (plane, address)
 }
 
+/// A catalog operation `request` enqueued through the control plane at
+/// `plane_at` (`POST /demo/enqueue`), which must succeed: the dispatcher's
+/// answer.
+fn demo_enqueue(plane_at: &str, request: &str) -> Value {
+    let (code, _, body) = try_http_post_to(plane_at, "/demo/enqueue", &[], request).unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// The control plane's status document, polled until `check` holds.
 fn plane_status(url: &str, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let mut hosts = Vec::new();
@@ -1190,15 +1199,7 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
     let (_, body) = http_get(&plane_at, "/demo/catalogs").unwrap();
     let catalog: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(catalog["tables"], json!([]), "bodies that are no operation");
-    let (code, _, body) = try_http_post_to(
-        &plane_at,
-        "/demo/enqueue",
-        &[],
-        r#"{"table":"orders","version":2}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let stats: Value = serde_json::from_str(&body).unwrap();
+    let stats = demo_enqueue(&plane_at, r#"{"table":"orders","version":2}"#);
     assert!(stats["stats"]["pendingCount"].as_u64() > Some(0), "{stats}");
     let (code, _, _) =
         try_http_post_to(&plane_at, "/demo/enqueue", &[], r#"{"version":"x"}"#).unwrap();
@@ -1421,14 +1422,7 @@ fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
     assert_eq!(hosts[0]["url"], host.as_str());
     assert_eq!(hosts[0]["role"], "dispatcher");
     // …an operation enqueued through the control plane over TLS…
-    let (code, _, body) = try_http_post_to(
-        &trusting_at,
-        "/demo/enqueue",
-        &[],
-        r#"{"table":"orders","version":1}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{body}");
+    demo_enqueue(&trusting_at, r#"{"table":"orders","version":1}"#);
     // …and its event, followed over TLS (gRPC `Subscribe`).
     let mut events = Value::Null;
     for _ in 0..200 {

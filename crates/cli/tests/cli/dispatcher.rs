@@ -299,6 +299,25 @@ fn standby_status(at: &str, ready: impl Fn(&Value) -> bool) -> Value {
     status
 }
 
+/// Waits until the standby at `at` is connected to its primary, with no
+/// error.
+fn assert_following(at: &str) {
+    let status = standby_status(at, |s| s["connected"] == true);
+    assert_eq!(status["connected"], true, "{status}");
+    assert!(status["lastError"].is_null(), "{status}");
+}
+
+/// Waits until the standby at `at` reports why it cannot follow (it must
+/// not be connected); that reason, lower-cased.
+fn refusal_of(at: &str) -> String {
+    let status = standby_status(at, |s| s["lastError"].is_string());
+    assert_eq!(status["connected"], false, "{status}");
+    status["lastError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase()
+}
+
 /// Stops `nodes` with SIGTERM (each must exit cleanly), then kills `nats`.
 fn stop(nodes: &mut [KillOnDrop], mut nats: KillOnDrop) {
     for node in nodes {
@@ -1461,9 +1480,7 @@ fn heavy_a_standby_follows_a_primary_guarded_by_another_token() {
         &["--follow", &format!("http://{primary_at}")],
         &[("OMNIRELAY_SERVICES__STANDBY__TOKEN", "primary-secret")],
     );
-    let status = standby_status(&trusted_at, |s| s["connected"] == true);
-    assert_eq!(status["connected"], true, "{status}");
-    assert!(status["lastError"].is_null(), "{status}");
+    assert_following(&trusted_at);
     // Without it, the primary refuses the subscription, and the standby
     // says so.
     let (_refused, refused_at, _) = spawn_standby(
@@ -1471,13 +1488,8 @@ fn heavy_a_standby_follows_a_primary_guarded_by_another_token() {
         &["--follow", &format!("http://{primary_at}")],
         &[],
     );
-    let status = standby_status(&refused_at, |s| s["lastError"].is_string());
-    assert_eq!(status["connected"], false, "{status}");
-    let error = status["lastError"]
-        .as_str()
-        .unwrap_or_default()
-        .to_lowercase();
-    assert!(error.contains("token"), "{status}");
+    let error = refusal_of(&refused_at);
+    assert!(error.contains("token"), "{error}");
 }
 
 #[test]
@@ -1502,15 +1514,8 @@ fn heavy_a_standby_follows_a_tls_primary_with_the_authority_it_is_given() {
     };
     let (_trusting, trusting_at) =
         standby("trusting", &format!("ca_file = \"{}\"\n", cert.display()));
-    let status = standby_status(&trusting_at, |s| s["connected"] == true);
-    assert_eq!(status["connected"], true, "{status}");
-    assert!(status["lastError"].is_null(), "{status}");
+    assert_following(&trusting_at);
     let (_doubting, doubting_at) = standby("doubting", "");
-    let status = standby_status(&doubting_at, |s| s["lastError"].is_string());
-    assert_eq!(status["connected"], false, "{status}");
-    let error = status["lastError"]
-        .as_str()
-        .unwrap_or_default()
-        .to_lowercase();
-    assert!(error.contains("certificate"), "{status}");
+    let error = refusal_of(&doubting_at);
+    assert!(error.contains("certificate"), "{error}");
 }

@@ -311,10 +311,7 @@ impl<E: ReplicationEvent> Driver<E> {
             self.pause(delay).await?;
             match self.sink.checkpoint_dyn(&self.stream.id).await {
                 Ok(mark) => {
-                    if let Some(mark) = mark {
-                        self.advance(mark);
-                    }
-                    self.set_state(SinkState::Healthy);
+                    self.heal(mark.unwrap_or_else(|| self.shared.cursor()));
                     return Ok(());
                 }
                 Err(e) => error = e.into_error(),
@@ -642,8 +639,7 @@ impl<E: ReplicationEvent> Driver<E> {
                     if self.applied(chunk, cursor) {
                         // Only a success makes a failing sink healthy
                         // (moving past dead-lettered records does not).
-                        self.advance(*cursor);
-                        self.set_state(SinkState::Healthy);
+                        self.heal(*cursor);
                     }
                     rest = &rest[chunk.len()..];
                     backoff.reset();
@@ -729,7 +725,20 @@ impl<E: ReplicationEvent> Driver<E> {
     /// Changes the state, logging the change (one line per change, not
     /// per event or per attempt).
     fn set_state(&self, state: SinkState) {
-        let (previous, last_error, kind, failed_through, cursor) = {
+        self.set_state_at(state, self.shared.cursor());
+    }
+
+    /// Marks the sink healthy at `cursor`, then moves it there: the state
+    /// first, so whoever sees the cursor move (`wait_caught_up`, a
+    /// snapshot) sees a healthy sink, not the failing state it left.
+    fn heal(&self, cursor: u64) {
+        self.set_state_at(SinkState::Healthy, cursor);
+        self.advance(cursor);
+    }
+
+    /// [`Self::set_state`] with the checkpoint the change is logged at.
+    fn set_state_at(&self, state: SinkState, cursor: u64) {
+        let (previous, last_error, kind, failed_through) = {
             let mut c = self.shared.counters();
             let previous = std::mem::replace(&mut c.state, state);
             (
@@ -737,7 +746,6 @@ impl<E: ReplicationEvent> Driver<E> {
                 c.last_error.clone(),
                 c.last_error_kind,
                 c.failed_through.take(),
-                self.shared.cursor(),
             )
         };
         if previous == state {

@@ -147,6 +147,7 @@ impl Node {
                 &format!("{}/readyz", self.url),
                 None,
                 None,
+                None,
                 Duration::from_secs(2),
             )
             .await
@@ -172,6 +173,7 @@ impl Node {
         let answer = http_client::request(
             "GET",
             &format!("{}/status", self.url),
+            None,
             None,
             None,
             Duration::from_secs(5),

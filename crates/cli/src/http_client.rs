@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 client for the operator commands (`promote`): one
-//! request per connection, plain or TLS (rustls).
+//! A minimal HTTP/1.1 client for the operator commands (`promote`,
+//! `status`, `queue`): one request per connection, plain or TLS (rustls).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,10 +38,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     })
 }
 
-/// `method url` with an empty body (and a bearer token), within `timeout`.
+/// `method url` with `json` as its body (none: empty) and a bearer token,
+/// within `timeout`.
 pub(crate) async fn request(
     method: &str,
     url: &str,
+    json: Option<&str>,
     token: Option<&str>,
     ca_pem: Option<&[u8]>,
     timeout: Duration,
@@ -67,13 +69,19 @@ pub(crate) async fn request(
     } else {
         format!("{authority}:{}", if tls { 443 } else { 80 })
     };
+    let body = json.unwrap_or_default();
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
     );
+    if json.is_some() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
     if let Some(token) = token {
         request.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(body);
     let call = async {
         let tcp = tokio::net::TcpStream::connect(&address)
             .await

@@ -9,6 +9,7 @@ mod listener;
 mod log;
 mod node;
 mod publish;
+mod queue;
 mod schema;
 mod serve;
 mod status;
@@ -111,6 +112,10 @@ enum Command {
         #[command(flatten)]
         node: RemoteNode,
     },
+    /// A dispatcher's dead-lettered items: list them, and once their cause
+    /// is fixed, put them back in its queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
     /// Print the default configuration, or check a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -149,6 +154,34 @@ struct RemoteNode {
     /// signed the node's certificate.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// List the items a dispatcher (or a standby's projection)
+    /// dead-lettered: out of attempts, or failed without requeue.
+    DeadLetters {
+        #[command(flatten)]
+        node: RemoteNode,
+        /// Print the node's JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead-lettered items back at the end of a dispatcher's queue with
+    /// a fresh set of attempts (each a `Requeued` event in its log). All or
+    /// nothing: an id that is not dead-lettered, or too little room in the
+    /// queue, redrives none.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["all", "id"])))]
+    Redrive {
+        #[command(flatten)]
+        node: RemoteNode,
+        /// Every dead-lettered item, oldest first.
+        #[arg(long)]
+        all: bool,
+        /// The item with this sequence id (repeat for more).
+        #[arg(long = "id", value_name = "SEQUENCE-ID")]
+        id: Vec<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -428,6 +461,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node.ca_file.as_deref(),
             json,
         )),
+        Command::Queue(QueueCommand::DeadLetters { node, json }) => {
+            runtime()?.block_on(queue::dead_letters(
+                &node.url,
+                node.token.as_deref(),
+                node.ca_file.as_deref(),
+                json,
+            ))
+        }
+        Command::Queue(QueueCommand::Redrive { node, all, id }) => {
+            let which = if all {
+                queue::Which::All
+            } else {
+                queue::Which::Items(id)
+            };
+            runtime()?.block_on(queue::redrive(
+                &node.url,
+                node.token.as_deref(),
+                node.ca_file.as_deref(),
+                which,
+            ))
+        }
         Command::Promote { node } => runtime()?.block_on(promote(
             &node.url,
             node.token.as_deref(),
@@ -494,6 +548,7 @@ async fn promote(
     let answer = http_client::request(
         "POST",
         &target,
+        None,
         token,
         ca_pem.as_deref(),
         std::time::Duration::from_secs(60),

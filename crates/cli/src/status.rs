@@ -22,6 +22,7 @@ pub(crate) async fn run(
     let answer = http_client::request(
         "GET",
         &target,
+        None,
         token,
         ca_pem.as_deref(),
         Duration::from_secs(10),

@@ -148,7 +148,11 @@ impl IntoResponse for RpcError {
 }
 
 fn ok(body: &RpcResponse<'_>) -> Response {
-    let mut response = Body::from(json::encode_rpc_response(body)).into_response();
+    json_response(json::encode_rpc_response(body))
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    let mut response = Body::from(body).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -173,9 +177,86 @@ pub fn resolve_peer(explicit: Option<&str>, headers: &HeaderMap) -> Option<Strin
         .map(str::to_owned)
 }
 
-/// The dispatcher's RPC router: every path, `POST` only.
+/// Where a dispatcher lists its dead-lettered items (`GET`).
+pub const DEAD_LETTERS_PATH: &str = "/queue/dead-letters";
+/// Where a dispatcher takes a redrive of dead-lettered items (`POST`).
+pub const REDRIVE_PATH: &str = "/queue/dead-letters/redrive";
+
+/// The dispatcher's router: the RPC (`POST` on every path but the two
+/// below), `GET` [`DEAD_LETTERS_PATH`] and `POST` [`REDRIVE_PATH`].
 pub fn router(dispatcher: Arc<Dispatcher>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(dispatcher)
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route(
+            DEAD_LETTERS_PATH,
+            get(|State(dispatcher): State<Arc<Dispatcher>>| async move {
+                dead_letters_response(&dispatcher.snapshot().await)
+            }),
+        )
+        .route(REDRIVE_PATH, post(redrive))
+        .fallback(handle)
+        .with_state(dispatcher)
+}
+
+/// `{"deadLetters":[…]}` of `state`.
+fn dead_letters_response(state: &crate::QueueState) -> Response {
+    let letters: Vec<_> = state
+        .dead_letters()
+        .iter()
+        .map(|d| json::DeadLetterView {
+            item: &d.item,
+            error: d.error.as_ref(),
+            at: d.at,
+        })
+        .collect();
+    json_response(json::encode_dead_letters(&letters))
+}
+
+/// The body of a redrive: `{"sequenceIds":[…]}` or `{"all":true}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RedriveRequest {
+    #[serde(default)]
+    sequence_ids: Option<Vec<i64>>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST` [`REDRIVE_PATH`]: puts the named dead-lettered items (or all)
+/// back in the queue; answers `{"items":[…]}`, the items as they now
+/// stand, once their events are durable. The caller's peer id (resolved as
+/// for the RPC) is the events' peer.
+async fn redrive(
+    State(dispatcher): State<Arc<Dispatcher>>,
+    request_headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let which = match serde_json::from_slice::<RedriveRequest>(&body) {
+        Ok(RedriveRequest {
+            sequence_ids: Some(ids),
+            all: false,
+        }) if !ids.is_empty() => crate::queue::Redrive::Items(ids),
+        Ok(RedriveRequest {
+            sequence_ids: None,
+            all: true,
+        }) => crate::queue::Redrive::All,
+        Ok(_) => {
+            return RpcError::invalid(
+                None,
+                "name the items to redrive: {\"sequenceIds\":[…]} (not empty) or {\"all\":true}, not both",
+            )
+            .into_response();
+        }
+        Err(error) => {
+            return RpcError::invalid(None, format!("the redrive request is not valid: {error}"))
+                .into_response();
+        }
+    };
+    let peer = resolve_peer(None, &request_headers);
+    match dispatcher.redrive(&which, peer.as_deref()).await {
+        Ok(items) => ok(&RpcResponse::Drained(&items)),
+        Err(error) => RpcError::from(error).into_response(),
+    }
 }
 
 /// The largest request body read (a restore of many items is the largest
@@ -357,6 +438,7 @@ pub fn standby_router(standby: Arc<crate::Standby>) -> axum::Router {
     axum::Router::new()
         .route("/standby", get(standby_status))
         .route("/standby/promote", post(promote))
+        .route(DEAD_LETTERS_PATH, get(standby_dead_letters))
         .fallback(standby_rpc)
         .with_state((standby, serving))
 }
@@ -373,6 +455,16 @@ fn status_json(status: &crate::StandbyStatus) -> serde_json::Value {
         "lagEvents": status.lag_events(),
         "lastError": status.last_error,
     })
+}
+
+/// The dead letters of the projection, or of the dispatcher once
+/// promoted.
+async fn standby_dead_letters(State((standby, _)): State<StandbyState>) -> Response {
+    let state = match standby.dispatcher() {
+        Some(dispatcher) => dispatcher.snapshot().await,
+        None => standby.snapshot().await,
+    };
+    dead_letters_response(&state)
 }
 
 async fn standby_status(State((standby, _)): State<StandbyState>) -> Response {
@@ -402,7 +494,9 @@ async fn standby_rpc(
 ) -> Response {
     use tower::ServiceExt as _;
     let Some(dispatcher) = standby.dispatcher() else {
-        if request.headers().contains_key(headers::PROCEDURE) {
+        if request.headers().contains_key(headers::PROCEDURE)
+            || request.uri().path() == REDRIVE_PATH
+        {
             return RpcError::new(
                 "Unavailable",
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -30,7 +30,9 @@ pub use backpressure::{BackpressureOptions, BackpressureSignal};
 pub use health::PeerHealth;
 pub use queue::{
     ActiveLease, DeadLetter, Decision, ErrorStatus, PendingEntry, ProjectionError, QueueError,
-    QueueOptions, QueueState,
+    QueueOptions, QueueState, Redrive,
 };
-pub use service::{DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats};
+pub use service::{
+    DEAD_LETTERED_ITEMS, DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats,
+};
 pub use standby::{Standby, StandbyFeed, StandbyStatus};

@@ -12,9 +12,10 @@
 //! extends only once `heartbeat_interval` has passed since the last
 //! effective one, expiry and failure requeue the item with attempt + 1 and
 //! the same sequence id, and after `max_delivery_attempts` the item is
-//! dead-lettered — kept here, and inspectable, where the reference drops
-//! it. Tokens are fenced: only the current lease of an item can complete,
-//! fail or heartbeat it.
+//! dead-lettered — kept here, inspectable, and redriven by an operator
+//! ([`QueueState::decide_redrive`]), where the reference drops it. Tokens
+//! are fenced: only the current lease of an item can complete, fail or
+//! heartbeat it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -55,6 +56,18 @@ pub mod codes {
     pub const ENCODING_REQUIRED: &str = "resourcelease.payload.encoding_required";
     /// A restored item is invalid (or its sequence id is taken).
     pub const PENDING_ITEM_INVALID: &str = "resourcelease.restore.pending_item_invalid";
+    /// A redrive names an item that is not dead-lettered (ours: the
+    /// reference keeps no dead letters).
+    pub const NOT_DEAD_LETTERED: &str = "resourcelease.redrive.not_dead_lettered";
+}
+
+/// Which dead-lettered items a redrive puts back in the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Redrive {
+    /// Every one, oldest first.
+    All,
+    /// These sequence ids, in this order.
+    Items(Vec<i64>),
 }
 
 /// The metadata keys of the reference's events.
@@ -347,6 +360,15 @@ impl QueueState {
             .min()
     }
 
+    /// Every item this queue holds: pending, leased and dead-lettered.
+    fn items(&self) -> impl Iterator<Item = &Item> {
+        self.pending
+            .iter()
+            .map(|p| &p.item)
+            .chain(self.active.values().map(|l| &l.item))
+            .chain(self.dead_letters.iter().map(|d| &d.item))
+    }
+
     fn open(&self) -> Result<(), QueueError> {
         if self.drained {
             Err(QueueError::new(
@@ -367,11 +389,7 @@ impl QueueState {
             return Ok(lease);
         }
         let known = self
-            .pending
-            .iter()
-            .map(|p| &p.item)
-            .chain(self.active.values().map(|l| &l.item))
-            .chain(self.dead_letters.iter().map(|d| &d.item))
+            .items()
             .any(|item| item.sequence_id == handle.sequence_id);
         Err(if known {
             QueueError::new(
@@ -648,10 +666,7 @@ impl QueueState {
                 return Err(invalid(format!("attempt {} is not positive", item.attempt)));
             }
             let taken = self
-                .pending
-                .iter()
-                .map(|p| &p.item)
-                .chain(self.active.values().map(|l| &l.item))
+                .items()
                 .any(|other| other.sequence_id == item.sequence_id);
             if taken || !seen.insert(item.sequence_id) {
                 return Err(invalid(format!(
@@ -675,6 +690,71 @@ impl QueueState {
             .insert(keys::RESTORE_COUNT, restored.len().to_string());
         out.items = restored;
         Ok(vec![out])
+    }
+
+    /// `redrive`: one `Requeued` event (without ownership: no lease ended)
+    /// per chosen dead-lettered item, which goes back to the end of the
+    /// queue, available at once, with a fresh set of attempts (attempt 1),
+    /// its sequence id, and its last error and token. `peer` is who asked.
+    ///
+    /// # Errors
+    ///
+    /// A drained queue; a sequence id that is not dead-lettered (or named
+    /// twice); more items than the queue has room for
+    /// ([`ErrorStatus::ResourceExhausted`]: nothing is redriven).
+    pub fn decide_redrive(
+        &self,
+        which: &Redrive,
+        peer: Option<&str>,
+        options: &QueueOptions,
+    ) -> Result<Decision, QueueError> {
+        self.open()?;
+        let chosen: Vec<&DeadLetter> = match which {
+            Redrive::All => self.dead_letters.iter().collect(),
+            Redrive::Items(ids) => {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut chosen = Vec::with_capacity(ids.len());
+                for &id in ids {
+                    let letter = self
+                        .dead_letters
+                        .iter()
+                        .find(|d| d.item.sequence_id == id)
+                        .filter(|_| seen.insert(id))
+                        .ok_or_else(|| {
+                            QueueError::new(
+                                ErrorStatus::NotFound,
+                                codes::NOT_DEAD_LETTERED,
+                                format!("item {id} is not dead-lettered (or is named twice)"),
+                            )
+                        })?;
+                    chosen.push(letter);
+                }
+                chosen
+            }
+        };
+        let room = options.capacity.saturating_sub(self.pending.len());
+        if chosen.len() > room {
+            return Err(QueueError::new(
+                ErrorStatus::ResourceExhausted,
+                codes::FULL,
+                format!(
+                    "the queue has room for {room} more pending items, not {}; nothing was redriven",
+                    chosen.len()
+                ),
+            ));
+        }
+        let mut pending = self.pending.len();
+        Ok(chosen
+            .into_iter()
+            .map(|letter| {
+                pending += 1;
+                let mut out = event(Type::Requeued, peer, pending, self.active.len());
+                let mut item = letter.item.clone();
+                item.attempt = 1;
+                out.items = vec![item];
+                out
+            })
+            .collect())
     }
 
     /// Folds `event` into the state.
@@ -752,6 +832,23 @@ impl QueueState {
                     .first()
                     .cloned()
                     .ok_or_else(|| wrong("Requeued without its item".to_owned()))?;
+                if event.ownership.is_none() {
+                    // A redrive: no lease ended; the item leaves the dead
+                    // letters.
+                    let index = self
+                        .dead_letters
+                        .iter()
+                        .position(|d| d.item.sequence_id == item.sequence_id)
+                        .ok_or_else(|| {
+                            wrong(format!("item {} is not dead-lettered", item.sequence_id))
+                        })?;
+                    self.dead_letters.remove(index);
+                    self.pending.push_back(PendingEntry {
+                        item,
+                        available_at: at,
+                    });
+                    return Ok(());
+                }
                 self.pending.push_back(PendingEntry {
                     item,
                     available_at: plus(at, options.requeue_delay),

@@ -36,6 +36,9 @@ pub(crate) fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Gauge: the items the dispatcher holds dead-lettered (label `stream`).
+pub const DEAD_LETTERED_ITEMS: &str = "omnirelay_dispatcher_dead_lettered_items";
+
 /// A dispatcher's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DispatcherOptions {
@@ -177,6 +180,7 @@ impl Dispatcher {
                 .validate()
                 .map_err(|e| Error::new(ErrorKind::Config, format!("backpressure.{e}")))?;
         }
+        let dead_letters = state.dead_letters().len();
         let dispatcher = Arc::new(Self {
             replicator,
             unreplicated: std::sync::atomic::AtomicU64::new(0),
@@ -187,6 +191,7 @@ impl Dispatcher {
             health: StdMutex::new(LeaseHealth::new(options.peer_grace)),
             options,
         });
+        dispatcher.count_dead_letters(dead_letters);
         tokio::spawn(Self::sweep_loop(Arc::downgrade(&dispatcher)));
         Ok(dispatcher)
     }
@@ -247,7 +252,10 @@ impl Dispatcher {
             }
         };
         let applied = committed.events();
+        let mut letters_moved = false;
         for (offset, event) in applied.iter().enumerate() {
+            letters_moved |= event.event_type == Type::DeadLettered
+                || (event.event_type == Type::Requeued && event.ownership.is_none());
             telemetry::record_published(event);
             let granted = event
                 .ownership
@@ -265,9 +273,17 @@ impl Dispatcher {
                 return Err(DispatchError::Unavailable(why));
             }
         }
+        if letters_moved {
+            self.count_dead_letters(state.dead_letters().len());
+        }
         self.evaluate_backpressure(state.pending_count());
         self.changed.notify_waiters();
         Ok(committed)
+    }
+
+    fn count_dead_letters(&self, count: usize) {
+        metrics::gauge!(DEAD_LETTERED_ITEMS, "stream" => self.options.stream.as_str().to_owned())
+            .set(count as f64);
     }
 
     /// Lease health from an applied event (`previous`: the event before it
@@ -294,7 +310,10 @@ impl Dispatcher {
                     now,
                 );
             }
-            Type::Requeued => health.released(peer, sequence_id, now, Release::Requeued, now),
+            // Without ownership, a redrive: no lease of the peer ended.
+            Type::Requeued if event.ownership.is_some() => {
+                health.released(peer, sequence_id, now, Release::Requeued, now);
+            }
             Type::DeadLettered => {
                 let disconnected = previous.is_some_and(|p| {
                     p.event_type == Type::Failed && p.metadata.get(keys::REQUEUED) == Some("False")
@@ -526,6 +545,37 @@ impl Dispatcher {
         drop(state);
         self.durable(committed).await?;
         Ok(count)
+    }
+
+    /// Puts dead-lettered items back in the queue (see
+    /// [`QueueState::decide_redrive`]); returns them as they now stand,
+    /// once their `Requeued` events are durable. `peer` is who asked.
+    ///
+    /// # Errors
+    ///
+    /// A drained queue, an item that is not dead-lettered, too little room
+    /// (nothing is redriven then); replication unavailable.
+    pub async fn redrive(
+        &self,
+        which: &crate::queue::Redrive,
+        peer: Option<&str>,
+    ) -> Result<Vec<Item>, DispatchError> {
+        self.check()?;
+        let mut state = self.state.lock().await;
+        let events = state.decide_redrive(which, peer, &self.options.queue)?;
+        let committed = self.commit(&mut state, events).await?;
+        drop(state);
+        let items: Vec<Item> = committed
+            .events()
+            .iter()
+            .flat_map(|e| e.items.iter().cloned())
+            .collect();
+        self.durable(committed).await?;
+        if !items.is_empty() {
+            let ids: Vec<i64> = items.iter().map(|i| i.sequence_id).collect();
+            tracing::info!(peer = peer.unwrap_or_default(), items = ?ids, "dead-lettered items redriven");
+        }
+        Ok(items)
     }
 
     /// The dead-lettered items.

@@ -30,7 +30,9 @@ pub enum ResourceLeaseReplicationEventType {
     RestoreSnapshot = 7,
     /// A lease expired without a heartbeat (version 2).
     LeaseExpired = 8,
-    /// An item went back to the queue for another attempt (version 2).
+    /// An item went back to the queue for another attempt (version 2):
+    /// after a failure or an expiry (with the ended lease's ownership), or
+    /// a dead-lettered item redriven by an operator (without ownership).
     Requeued = 9,
     /// An item ran out of attempts or was failed without requeue and was
     /// moved to the dead-letter list (version 2).

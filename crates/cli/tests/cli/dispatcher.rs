@@ -1519,3 +1519,148 @@ fn heavy_a_standby_follows_a_tls_primary_with_the_authority_it_is_given() {
     let error = refusal_of(&doubting_at);
     assert!(error.contains("certificate"), "{error}");
 }
+
+/// `omnirelay queue dead-letters --json` of the node at `url`.
+fn queue_dead_letters(url: &str) -> Vec<Value> {
+    let out = omnirelay(&["queue", "dead-letters", "--url", url, "--json"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let document: Value = serde_json::from_slice(&out.stdout).unwrap();
+    document["deadLetters"].as_array().unwrap().clone()
+}
+
+#[test]
+fn heavy_dead_lettered_items_are_listed_and_redriven_and_a_standby_follows() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut primary, primary_at, _) = start(primary_dir.path(), &[]);
+    let (mut standby, standby_at) =
+        start_standby(standby_dir.path(), &format!("http://{primary_at}"));
+    let (primary_url, standby_url) = (
+        format!("http://{primary_at}"),
+        format!("http://{standby_at}"),
+    );
+    let none = omnirelay(&["queue", "dead-letters", "--url", &primary_url], b"");
+    assert!(
+        text(&none.stdout).contains("no dead-lettered items"),
+        "{}",
+        text(&none.stdout)
+    );
+    for reason in ["poison-1", "poison-2"] {
+        rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
+        let (_, lease) = rpc(
+            &primary_at,
+            "resourcelease::lease",
+            &[],
+            r#"{"peerId":"w"}"#,
+        );
+        let body = json!({
+            "ownershipToken": lease["ownershipToken"],
+            "reason": reason,
+            "errorCode": "mesh.poison",
+            "requeue": false,
+        });
+        assert_eq!(
+            rpc(&primary_at, "resourcelease::fail", &[], &body.to_string()).0,
+            200
+        );
+    }
+
+    let table = omnirelay(&["queue", "dead-letters", "--url", &primary_url], b"");
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let table = text(&table.stdout);
+    assert!(table.starts_with("SEQUENCE-ID"), "{table}");
+    assert!(table.contains("lakehouse.catalog/sales.orders"), "{table}");
+    assert!(
+        table.contains("mesh.poison") && table.contains("poison-2"),
+        "{table}"
+    );
+    assert!(table.contains("2 dead-lettered items"), "{table}");
+    // The standby's projection has them too, once it followed.
+    let mut followed = Vec::new();
+    for _ in 0..500 {
+        followed = queue_dead_letters(&standby_url);
+        if followed.len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(followed, queue_dead_letters(&primary_url));
+    let gauge = |at: &str| {
+        let metrics = http_get(at, "/metrics").unwrap().1;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("omnirelay_dispatcher_dead_lettered_items{"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    assert_eq!(gauge(&primary_at).as_deref(), Some("2"));
+
+    // Refused: an id that is not dead-lettered, no choice, a standby.
+    let unknown = omnirelay(
+        &["queue", "redrive", "--url", &primary_url, "--id", "9"],
+        b"",
+    );
+    assert!(!unknown.status.success());
+    let why = text(&unknown.stderr);
+    assert!(
+        why.contains("404") && why.contains("resourcelease.redrive.not_dead_lettered"),
+        "{why}"
+    );
+    let unnamed = omnirelay(&["queue", "redrive", "--url", &primary_url], b"");
+    assert!(!unnamed.status.success());
+    assert!(
+        text(&unnamed.stderr).contains("--all"),
+        "{}",
+        text(&unnamed.stderr)
+    );
+    let on_standby = omnirelay(&["queue", "redrive", "--url", &standby_url, "--all"], b"");
+    assert!(!on_standby.status.success());
+    assert!(
+        text(&on_standby.stderr).contains("503"),
+        "{}",
+        text(&on_standby.stderr)
+    );
+
+    let redriven = omnirelay(
+        &["queue", "redrive", "--url", &primary_url, "--id", "2"],
+        b"",
+    );
+    assert!(redriven.status.success(), "{}", text(&redriven.stderr));
+    assert!(
+        text(&redriven.stdout).contains("1 items back in the queue"),
+        "{}",
+        text(&redriven.stdout)
+    );
+    let (_, lease) = rpc(&primary_at, "resourcelease::lease", &[], "{}");
+    assert_eq!(
+        (lease["sequenceId"].as_i64(), lease["attempt"].as_i64()),
+        (Some(2), Some(1))
+    );
+    for _ in 0..500 {
+        if queue_dead_letters(&standby_url).len() == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let left = queue_dead_letters(&standby_url);
+    assert_eq!(left.len(), 1, "the standby applied the redrive");
+    assert_eq!(gauge(&primary_at).as_deref(), Some("1"));
+    assert_eq!(left[0]["item"]["sequenceId"], 1);
+
+    // The log holds the redrive: a restart rebuilds the same queue.
+    for node in [&mut standby, &mut primary] {
+        assert!(signal(node.id(), "TERM"));
+        assert!(node.wait().unwrap().success());
+    }
+    let redrives: Vec<Value> = replay_events(primary_dir.path(), "2")
+        .into_iter()
+        .filter(|e| e["eventType"] == "Requeued")
+        .collect();
+    assert_eq!(redrives.len(), 1);
+    assert!(redrives[0].get("ownership").is_none(), "{}", redrives[0]);
+    let (mut node, _, rebuilt) = start(primary_dir.path(), &[]);
+    assert!(
+        rebuilt.contains("0 pending, 1 leased, 1 dead-lettered"),
+        "{rebuilt}"
+    );
+    assert!(signal(node.id(), "TERM"));
+    assert!(node.wait().unwrap().success());
+}

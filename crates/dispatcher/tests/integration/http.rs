@@ -22,9 +22,27 @@ async fn post(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
+    send(
+        address,
+        "POST /omnirelay/v1/resourcelease",
+        procedure,
+        headers,
+        body,
+    )
+    .await
+}
+
+/// Sends `line` (`METHOD PATH`) with `body` to `address`.
+async fn send(
+    address: &str,
+    line: &str,
+    procedure: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let mut request = format!(
-        "POST /omnirelay/v1/resourcelease HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{line} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     if let Some(procedure) = procedure {
@@ -317,4 +335,92 @@ async fn an_oversized_body_is_refused_before_it_is_read() {
         "{response}"
     );
     assert_eq!(dispatcher.stats().await.pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_redriven_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, dispatcher) = serve(dir.path()).await;
+    let at = address.as_str();
+    let (get_line, post_line) = (
+        format!("GET {}", http::DEAD_LETTERS_PATH),
+        format!("POST {}", http::REDRIVE_PATH),
+    );
+    let list = || send(at, &get_line, None, &[], "");
+    let redrive =
+        |body: &'static str| send(at, &post_line, None, &[("Rpc-Caller", "operator")], body);
+    assert_eq!(list().await.body, json!({"deadLetters": []}));
+    for _ in 0..2 {
+        post(at, Some("resourcelease::enqueue"), &[], PAYLOAD).await;
+        let leased = post(at, Some("resourcelease::lease"), &[], r#"{"peerId":"w"}"#).await;
+        let failed = post(
+            at,
+            Some("resourcelease::fail"),
+            &[],
+            &json!({
+                "ownershipToken": leased.body["ownershipToken"],
+                "reason": "poison",
+                "errorCode": "mesh.poison",
+                "requeue": false,
+            })
+            .to_string(),
+        )
+        .await;
+        assert_eq!(failed.status, 200, "{:?}", failed.body);
+    }
+    let listed = list().await;
+    assert_eq!(listed.status, 200);
+    let letters = listed.body["deadLetters"].as_array().unwrap();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0]["item"]["sequenceId"], 1);
+    assert_eq!(letters[0]["item"]["payload"]["resourceId"], "sales.orders");
+    assert_eq!(
+        letters[0]["error"],
+        json!({"message": "poison", "code": "mesh.poison"})
+    );
+    assert!(
+        letters[0]["deadLetteredAt"]
+            .as_str()
+            .unwrap()
+            .ends_with("+00:00")
+    );
+
+    for (body, status) in [
+        ("{}", 400),
+        (r#"{"sequenceIds":[]}"#, 400),
+        (r#"{"sequenceIds":[1],"all":true}"#, 400),
+        (r#"{"ids":[1]}"#, 400),
+        ("not json", 400),
+        (r#"{"sequenceIds":[7]}"#, 404),
+    ] {
+        let refused = redrive(body).await;
+        assert_eq!(refused.status, status, "{body}: {:?}", refused.body);
+        assert!(refused.headers.contains_key("rpc-status"), "{body}");
+    }
+    assert_eq!(
+        redrive(r#"{"sequenceIds":[7]}"#).await.headers["rpc-error-code"],
+        "resourcelease.redrive.not_dead_lettered"
+    );
+    assert_eq!(dispatcher.dead_letters().await.len(), 2, "nothing changed");
+
+    let redriven = redrive(r#"{"sequenceIds":[2]}"#).await;
+    assert_eq!(redriven.status, 200, "{:?}", redriven.body);
+    assert_eq!(redriven.body["items"][0]["sequenceId"], 2);
+    assert_eq!(redriven.body["items"][0]["attempt"], 1);
+    assert_eq!(
+        list().await.body["deadLetters"].as_array().unwrap().len(),
+        1
+    );
+    // Leased again, with the error that dead-lettered it.
+    let leased = post(at, Some("resourcelease::lease"), &[], "{}").await;
+    assert_eq!(leased.body["sequenceId"], 2);
+    assert_eq!(leased.body["lastError"]["code"], "mesh.poison");
+
+    let rest = redrive(r#"{"all":true}"#).await;
+    assert_eq!(rest.body["items"][0]["sequenceId"], 1);
+    assert_eq!(list().await.body, json!({"deadLetters": []}));
+    assert_eq!(redrive(r#"{"all":true}"#).await.body, json!({"items": []}));
+    // The RPC still answers on every other path, GET included as before.
+    let get_rpc = send(at, "GET /omnirelay/v1/resourcelease", None, &[], "").await;
+    assert_eq!(get_rpc.status, 405);
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use omnirelay_dispatcher::queue::{codes, keys};
+use omnirelay_dispatcher::queue::{Redrive, codes, keys};
 use omnirelay_dispatcher::{ErrorStatus, QueueOptions, QueueState};
 use omnirelay_replication::{Timestamp, WireVersion};
 use omnirelay_resourcelease::{
@@ -421,6 +421,129 @@ fn a_version_1_reader_sees_only_the_reference_events() {
     assert!(!text.contains("items"), "{text}");
 }
 
+#[test]
+fn dead_letters_are_redriven_with_fresh_attempts_and_leave_the_list() {
+    let mut sim = Sim::with(QueueOptions {
+        max_delivery_attempts: 2,
+        capacity: 3,
+        ..QueueOptions::default()
+    });
+    sim.enqueue("a");
+    sim.enqueue("b");
+    let (a, _) = sim.lease("worker-1").unwrap();
+    sim.fail(&a, false);
+    for _ in 0..2 {
+        let (b, _) = sim.lease("worker-2").unwrap();
+        sim.fail(&b, true);
+    }
+    let dead: Vec<_> = sim
+        .state
+        .dead_letters()
+        .iter()
+        .map(|d| (d.item.sequence_id, d.item.attempt))
+        .collect();
+    assert_eq!(dead, vec![(1, 1), (2, 2)]);
+
+    // Refusals change nothing.
+    let before = sim.state.clone();
+    for (which, code, status) in [
+        (
+            Redrive::Items(vec![99]),
+            codes::NOT_DEAD_LETTERED,
+            ErrorStatus::NotFound,
+        ),
+        (
+            Redrive::Items(vec![2, 2]),
+            codes::NOT_DEAD_LETTERED,
+            ErrorStatus::NotFound,
+        ),
+    ] {
+        let err = sim
+            .state
+            .decide_redrive(&which, None, &sim.options)
+            .unwrap_err();
+        assert_eq!((err.code, err.status), (code, status), "{which:?}");
+    }
+    sim.enqueue("c");
+    sim.enqueue("d");
+    let full = sim
+        .state
+        .decide_redrive(&Redrive::All, None, &sim.options)
+        .unwrap_err();
+    assert_eq!(full.status, ErrorStatus::ResourceExhausted);
+    assert!(full.message.contains("room for 1"), "{}", full.message);
+    assert_eq!(sim.state.dead_letters(), before.dead_letters());
+
+    // One item: back at the end of the queue, attempt 1, its id, last
+    // error and last token kept; out of the dead letters.
+    let redriven = sim.commit(
+        sim.state
+            .decide_redrive(&Redrive::Items(vec![2]), Some("operator"), &sim.options)
+            .unwrap(),
+    );
+    assert_eq!(Sim::types(&redriven), vec![Type::Requeued]);
+    let event = &redriven[0];
+    assert_eq!(event.ownership, None, "no lease ended");
+    assert_eq!(event.peer_id.as_deref(), Some("operator"));
+    let item = &event.items[0];
+    assert_eq!((item.sequence_id, item.attempt), (2, 1));
+    assert_eq!(
+        item.last_error.as_ref().unwrap().code.as_deref(),
+        Some("mesh.demo.failure")
+    );
+    assert!(item.last_ownership_token.is_some());
+    assert_eq!(sim.state.dead_letters().len(), 1);
+    assert!(json::encode(event, WireVersion::V1).is_err(), "v2 only");
+    // Its token from before stays fenced; the item is leased after c, d.
+    let stale = item.last_ownership_token.unwrap();
+    assert_eq!(
+        sim.state.decide_complete(&stale).unwrap_err().code,
+        codes::LEASE_INACTIVE
+    );
+    let order: Vec<_> = (0..3)
+        .map(|_| sim.lease("worker-3").unwrap().0)
+        .map(|h| (h.sequence_id, h.attempt))
+        .collect();
+    assert_eq!(order, vec![(3, 1), (4, 1), (2, 1)]);
+    // A fresh set of attempts: one failure requeues it again.
+    let handle = sim
+        .state
+        .active()
+        .map(|l| l.handle)
+        .find(|h| h.sequence_id == 2)
+        .unwrap();
+    assert_eq!(Sim::types(&sim.fail(&handle, true))[1], Type::Requeued);
+
+    // A restore cannot reuse a dead-lettered item's id.
+    let mut copy = sim.state.dead_letters()[0].item.clone();
+    copy.last_error = None;
+    let clash = sim.state.decide_restore(vec![copy], None).unwrap_err();
+    assert_eq!(clash.code, codes::PENDING_ITEM_INVALID);
+
+    // All: the rest; then nothing left, and an empty redrive decides none.
+    sim.commit(
+        sim.state
+            .decide_redrive(&Redrive::All, None, &sim.options)
+            .unwrap(),
+    );
+    assert!(sim.state.dead_letters().is_empty());
+    assert!(
+        sim.state
+            .decide_redrive(&Redrive::All, None, &sim.options)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(sim.replayed(), sim.state);
+
+    // A drained queue redrives nothing.
+    sim.commit(sim.state.decide_drain().unwrap());
+    let err = sim
+        .state
+        .decide_redrive(&Redrive::All, None, &sim.options)
+        .unwrap_err();
+    assert_eq!(err.code, codes::DISPOSED);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Enqueue,
@@ -431,6 +554,7 @@ enum Op {
     Advance(u64),
     Drain,
     Restore,
+    Redrive(Option<usize>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -443,6 +567,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..40).prop_map(Op::Advance),
         1 => Just(Op::Drain),
         1 => Just(Op::Restore),
+        1 => proptest::option::of(any::<usize>()).prop_map(Op::Redrive),
     ]
 }
 
@@ -488,6 +613,18 @@ proptest! {
                     let items = std::mem::take(&mut drained_items);
                     let d = sim.state.decide_restore(items, None).unwrap();
                     sim.commit(d);
+                }
+                Op::Redrive(pick) => {
+                    let dead: Vec<i64> = sim.state.dead_letters().iter().map(|d| d.item.sequence_id).collect();
+                    let which = match pick {
+                        None => Redrive::All,
+                        Some(i) if !dead.is_empty() => Redrive::Items(vec![dead[i % dead.len()]]),
+                        Some(_) => Redrive::Items(vec![1]),
+                    };
+                    // Refused (drained, full, not dead-lettered): nothing changes.
+                    if let Ok(d) = sim.state.decide_redrive(&which, None, &sim.options) {
+                        sim.commit(d);
+                    }
                 }
             }
         }

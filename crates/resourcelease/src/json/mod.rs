@@ -12,4 +12,7 @@ mod read;
 mod write;
 
 pub use read::{RpcRequest, decode, decode_rpc_request, decode_with_version};
-pub use write::{RpcResponse, encode, encode_into, encode_rpc_error, encode_rpc_response};
+pub use write::{
+    DeadLetterView, RpcResponse, encode, encode_dead_letters, encode_into, encode_rpc_error,
+    encode_rpc_response,
+};

@@ -178,6 +178,43 @@ pub fn encode_rpc_error(message: &str, status: &str, code: Option<&str>) -> Vec<
     out
 }
 
+/// A dead-lettered item as a dispatcher lists it (`GET
+/// /queue/dead-letters`; ours, the reference keeps none).
+#[derive(Clone, Copy, Debug)]
+pub struct DeadLetterView<'a> {
+    /// The item as it was last delivered.
+    pub item: &'a ResourceLeasePendingItem,
+    /// Why it was dead-lettered.
+    pub error: Option<&'a ResourceLeaseErrorInfo>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Writes `{"deadLetters":[{"item":{…},"error":{…},"deadLetteredAt":"…"},…]}`,
+/// items and errors in the reference's shapes (`error` absent when none
+/// was recorded).
+pub fn encode_dead_letters(letters: &[DeadLetterView<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + 512 * letters.len());
+    let mut w = Writer { out: &mut out };
+    w.raw(b"{\"deadLetters\":[");
+    for (i, letter) in letters.iter().enumerate() {
+        if i > 0 {
+            w.raw(b",");
+        }
+        w.raw(b"{\"item\":");
+        w.pending_item(letter.item);
+        if let Some(error) = letter.error {
+            w.raw(b",\"error\":");
+            w.error(error);
+        }
+        w.raw(b",\"deadLetteredAt\":");
+        w.timestamp(letter.at);
+        w.raw(b"}");
+    }
+    w.raw(b"]}");
+    out
+}
+
 struct Writer<'a> {
     out: &'a mut Vec<u8>,
 }

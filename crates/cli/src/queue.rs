@@ -1,0 +1,151 @@
+//! `omnirelay queue dead-letters|redrive`: a dispatcher's dead-lettered
+//! items, over its HTTP endpoints.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use omnirelay_dispatcher::http::{DEAD_LETTERS_PATH, REDRIVE_PATH};
+use serde_json::Value;
+
+use crate::http_client;
+
+/// Which items a redrive names.
+pub(crate) enum Which {
+    All,
+    Items(Vec<i64>),
+}
+
+/// The node's answer to `method path` (with `json`), as JSON; an error
+/// with the node's message when it refuses.
+async fn call(
+    url: &str,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    token: Option<&str>,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<Value> {
+    let ca_pem = crate::read_ca(ca_file)?;
+    let target = format!("{}{path}", url.trim_end_matches('/'));
+    let answer = http_client::request(
+        method,
+        &target,
+        json,
+        token,
+        ca_pem.as_deref(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let body: Option<Value> = serde_json::from_str(&answer.body).ok();
+    if answer.status != 200 {
+        // The dispatcher's refusals are `{"message", "status", "code"}`.
+        let why = body
+            .as_ref()
+            .and_then(|b| b["message"].as_str())
+            .map_or_else(|| answer.body.trim().to_owned(), str::to_owned);
+        let code = body
+            .as_ref()
+            .and_then(|b| b["code"].as_str())
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        if answer.status == 404 && body.is_none() {
+            bail!("{target} answered 404: is {url} a dispatcher (or a standby)?");
+        }
+        bail!("{target} answered {}: {why}{code}", answer.status);
+    }
+    body.with_context(|| format!("{target} did not answer JSON"))
+}
+
+/// Prints a dispatcher's dead-lettered items: a table, or with `json` the
+/// node's document.
+pub(crate) async fn dead_letters(
+    url: &str,
+    token: Option<&str>,
+    ca_file: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let body = call(url, "GET", DEAD_LETTERS_PATH, None, token, ca_file).await?;
+    let mut out = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &body)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let letters = body["deadLetters"].as_array().cloned().unwrap_or_default();
+    if letters.is_empty() {
+        writeln!(out, "no dead-lettered items at {url}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:>11} {:>7} {:<33} {:<36} {:<36} MESSAGE",
+        "SEQUENCE-ID", "ATTEMPT", "DEAD-LETTERED", "RESOURCE", "CODE"
+    )?;
+    for letter in &letters {
+        let item = &letter["item"];
+        let resource = format!(
+            "{}/{}",
+            item["payload"]["resourceType"].as_str().unwrap_or("?"),
+            item["payload"]["resourceId"].as_str().unwrap_or("?")
+        );
+        writeln!(
+            out,
+            "{:>11} {:>7} {:<33} {:<36} {:<36} {}",
+            item["sequenceId"],
+            item["attempt"],
+            letter["deadLetteredAt"].as_str().unwrap_or(""),
+            resource,
+            letter["error"]["code"].as_str().unwrap_or("-"),
+            letter["error"]["message"].as_str().unwrap_or("-"),
+        )?;
+    }
+    writeln!(out, "{} dead-lettered items", letters.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Puts dead-lettered items back in a dispatcher's queue; prints what it
+/// redrove.
+pub(crate) async fn redrive(
+    url: &str,
+    token: Option<&str>,
+    ca_file: Option<&Path>,
+    which: Which,
+) -> anyhow::Result<ExitCode> {
+    let request = match which {
+        Which::All => serde_json::json!({ "all": true }),
+        Which::Items(ids) => serde_json::json!({ "sequenceIds": ids }),
+    };
+    let body = call(
+        url,
+        "POST",
+        REDRIVE_PATH,
+        Some(&request.to_string()),
+        token,
+        ca_file,
+    )
+    .await?;
+    let ids: Vec<String> = body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| item["sequenceId"].to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = io::stdout().lock();
+    if ids.is_empty() {
+        writeln!(out, "nothing to redrive: no dead-lettered items")?;
+    } else {
+        writeln!(
+            out,
+            "redriven: {} items back in the queue, at attempt 1: {}",
+            ids.len(),
+            ids.join(", ")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -117,3 +117,29 @@ pub(crate) async fn request(
         .await
         .with_context(|| format!("no answer from {url} within {timeout:?}"))?
 }
+
+impl crate::RemoteNode {
+    /// `method` on `path` of this node (with `json` as the body, its token
+    /// and the authority of its `--ca-file`), within `timeout`: the URL
+    /// called and the answer.
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, Answer)> {
+        let ca_pem = crate::read_ca(self.ca_file.as_deref())?;
+        let target = format!("{}{path}", self.url.trim_end_matches('/'));
+        let answer = request(
+            method,
+            &target,
+            json,
+            self.token.as_deref(),
+            ca_pem.as_deref(),
+            timeout,
+        )
+        .await?;
+        Ok((target, answer))
+    }
+}

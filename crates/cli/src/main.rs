@@ -143,17 +143,17 @@ enum Command {
 
 /// A running node to talk to over HTTP.
 #[derive(Debug, clap::Args)]
-struct RemoteNode {
+pub(crate) struct RemoteNode {
     /// The node's URL (http:// or https://).
     #[arg(long, value_name = "URL")]
-    url: String,
+    pub(crate) url: String,
     /// The bearer token the node wants.
     #[arg(long, value_name = "TOKEN")]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// For an https:// URL: the PEM certificate of the authority that
     /// signed the node's certificate.
     #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -455,19 +455,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
         )),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
-        Command::Status { node, json } => runtime()?.block_on(status::run(
-            &node.url,
-            node.token.as_deref(),
-            node.ca_file.as_deref(),
-            json,
-        )),
+        Command::Status { node, json } => runtime()?.block_on(status::run(&node, json)),
         Command::Queue(QueueCommand::DeadLetters { node, json }) => {
-            runtime()?.block_on(queue::dead_letters(
-                &node.url,
-                node.token.as_deref(),
-                node.ca_file.as_deref(),
-                json,
-            ))
+            runtime()?.block_on(queue::dead_letters(&node, json))
         }
         Command::Queue(QueueCommand::Redrive { node, all, id }) => {
             let which = if all {
@@ -475,18 +465,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 queue::Which::Items(id)
             };
-            runtime()?.block_on(queue::redrive(
-                &node.url,
-                node.token.as_deref(),
-                node.ca_file.as_deref(),
-                which,
-            ))
+            runtime()?.block_on(queue::redrive(&node, which))
         }
-        Command::Promote { node } => runtime()?.block_on(promote(
-            &node.url,
-            node.token.as_deref(),
-            node.ca_file.as_deref(),
-        )),
+        Command::Promote { node } => runtime()?.block_on(promote(&node)),
         Command::Log(LogCommand::Tail {
             data_dir,
             url,
@@ -538,22 +519,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn promote(
-    url: &str,
-    token: Option<&str>,
-    ca_file: Option<&std::path::Path>,
-) -> anyhow::Result<ExitCode> {
-    let ca_pem = read_ca(ca_file)?;
-    let target = format!("{}/standby/promote", url.trim_end_matches('/'));
-    let answer = http_client::request(
-        "POST",
-        &target,
-        None,
-        token,
-        ca_pem.as_deref(),
-        std::time::Duration::from_secs(60),
-    )
-    .await?;
+async fn promote(node: &RemoteNode) -> anyhow::Result<ExitCode> {
+    let (target, answer) = node
+        .call(
+            "POST",
+            "/standby/promote",
+            None,
+            std::time::Duration::from_secs(60),
+        )
+        .await?;
     let mut out = io::stdout().lock();
     writeln!(out, "{}", answer.body.trim_end())?;
     if answer.status != 200 {

@@ -2,7 +2,6 @@
 //! items, over its HTTP endpoints.
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use anyhow::{Context as _, bail};
 use omnirelay_dispatcher::http::{DEAD_LETTERS_PATH, REDRIVE_PATH};
 use serde_json::Value;
 
-use crate::http_client;
+use crate::RemoteNode;
 
 /// Which items a redrive names.
 pub(crate) enum Which {
@@ -21,24 +20,14 @@ pub(crate) enum Which {
 /// The node's answer to `method path` (with `json`), as JSON; an error
 /// with the node's message when it refuses.
 async fn call(
-    url: &str,
+    node: &RemoteNode,
     method: &str,
     path: &str,
     json: Option<&str>,
-    token: Option<&str>,
-    ca_file: Option<&Path>,
 ) -> anyhow::Result<Value> {
-    let ca_pem = crate::read_ca(ca_file)?;
-    let target = format!("{}{path}", url.trim_end_matches('/'));
-    let answer = http_client::request(
-        method,
-        &target,
-        json,
-        token,
-        ca_pem.as_deref(),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let (target, answer) = node
+        .call(method, path, json, Duration::from_secs(30))
+        .await?;
     let body: Option<Value> = serde_json::from_str(&answer.body).ok();
     if answer.status != 200 {
         // The dispatcher's refusals are `{"message", "status", "code"}`.
@@ -52,7 +41,10 @@ async fn call(
             .map(|c| format!(" ({c})"))
             .unwrap_or_default();
         if answer.status == 404 && body.is_none() {
-            bail!("{target} answered 404: is {url} a dispatcher (or a standby)?");
+            bail!(
+                "{target} answered 404: is {} a dispatcher (or a standby)?",
+                node.url
+            );
         }
         bail!("{target} answered {}: {why}{code}", answer.status);
     }
@@ -61,13 +53,8 @@ async fn call(
 
 /// Prints a dispatcher's dead-lettered items: a table, or with `json` the
 /// node's document.
-pub(crate) async fn dead_letters(
-    url: &str,
-    token: Option<&str>,
-    ca_file: Option<&Path>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let body = call(url, "GET", DEAD_LETTERS_PATH, None, token, ca_file).await?;
+pub(crate) async fn dead_letters(node: &RemoteNode, json: bool) -> anyhow::Result<ExitCode> {
+    let body = call(node, "GET", DEAD_LETTERS_PATH, None).await?;
     let mut out = io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &body)?;
@@ -76,7 +63,7 @@ pub(crate) async fn dead_letters(
     }
     let letters = body["deadLetters"].as_array().cloned().unwrap_or_default();
     if letters.is_empty() {
-        writeln!(out, "no dead-lettered items at {url}")?;
+        writeln!(out, "no dead-lettered items at {}", node.url)?;
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(
@@ -108,25 +95,12 @@ pub(crate) async fn dead_letters(
 
 /// Puts dead-lettered items back in a dispatcher's queue; prints what it
 /// redrove.
-pub(crate) async fn redrive(
-    url: &str,
-    token: Option<&str>,
-    ca_file: Option<&Path>,
-    which: Which,
-) -> anyhow::Result<ExitCode> {
+pub(crate) async fn redrive(node: &RemoteNode, which: Which) -> anyhow::Result<ExitCode> {
     let request = match which {
         Which::All => serde_json::json!({ "all": true }),
         Which::Items(ids) => serde_json::json!({ "sequenceIds": ids }),
     };
-    let body = call(
-        url,
-        "POST",
-        REDRIVE_PATH,
-        Some(&request.to_string()),
-        token,
-        ca_file,
-    )
-    .await?;
+    let body = call(node, "POST", REDRIVE_PATH, Some(&request.to_string())).await?;
     let ids: Vec<String> = body["items"]
         .as_array()
         .map(|items| {

@@ -2,32 +2,16 @@
 //! plane) as a table.
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::http_client;
-
-pub(crate) async fn run(
-    url: &str,
-    token: Option<&str>,
-    ca_file: Option<&Path>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let ca_pem = crate::read_ca(ca_file)?;
-    let target = format!("{}/status", url.trim_end_matches('/'));
-    let answer = http_client::request(
-        "GET",
-        &target,
-        None,
-        token,
-        ca_pem.as_deref(),
-        Duration::from_secs(10),
-    )
-    .await?;
+pub(crate) async fn run(node: &crate::RemoteNode, json: bool) -> anyhow::Result<ExitCode> {
+    let (target, answer) = node
+        .call("GET", "/status", None, Duration::from_secs(10))
+        .await?;
     if answer.status != 200 {
         bail!(
             "{target} answered {}: {}",

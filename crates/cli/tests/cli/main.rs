@@ -106,6 +106,20 @@ pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
+/// Runs `omnirelay args`, which must fail saying `expected` on stderr;
+/// that stderr.
+pub(crate) fn refused(args: &[&str], expected: &str) -> String {
+    let out = omnirelay(args, b"");
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{args:?} succeeded: {}",
+        text(&out.stdout)
+    );
+    assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    stderr
+}
+
 /// Starts `omnirelay ARGS` (which must include `--listen`) with piped
 /// standard streams and reads the address from its first stderr line;
 /// the child, the address, and the rest of its stderr.

@@ -178,7 +178,15 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             let mut options = settings.options;
             options.ca_pem = crate::read_ca(settings.ca_file.as_deref())
                 .context("services.controlplane.ca_file")?;
-            options.hosts.extend(hosts.iter().cloned());
+            for (url, key, file) in &settings.host_ca_files {
+                options.access.entry(url.clone()).or_default().ca_pem = crate::read_ca(Some(file))
+                    .with_context(|| format!("services.controlplane.{key}"))?;
+            }
+            for host in hosts {
+                omnirelay_controlplane::settings::check_host(host)
+                    .map_err(|why| anyhow::anyhow!("--hosts: {why}"))?;
+                options.hosts.push(host.trim_end_matches('/').to_owned());
+            }
             if options.hosts.is_empty() {
                 anyhow::bail!(
                     "the control plane needs hosts to watch: --hosts URL,URL,… (or services.controlplane.hosts)"

@@ -121,18 +121,11 @@ impl Events {
     }
 }
 
-/// Starts following every host (sending `token`, trusting `ca_pem` for
-/// `https://` hosts); the tasks end when the returned events are dropped.
-pub(crate) fn follow_all(
-    hosts: &[String],
-    token: Option<&str>,
-    ca_pem: Option<&[u8]>,
-) -> Arc<Events> {
+/// Starts following every host through its connection (its URL, token
+/// and authority); the tasks end when the returned events are dropped.
+pub(crate) fn follow_all(connections: impl IntoIterator<Item = Connection>) -> Arc<Events> {
     let events = Arc::new(Events::default());
-    for host in hosts {
-        let mut connection = Connection::new(host.clone());
-        connection.token = token.map(str::to_owned);
-        connection.ca_pem = ca_pem.map(<[u8]>::to_vec);
+    for connection in connections {
         tokio::spawn(Events::follow(Arc::downgrade(&events), connection));
     }
     events

@@ -29,6 +29,28 @@ pub struct Options {
     /// A sink this many events behind raises a lag alert (cleared when it
     /// is back under it).
     pub lag_alert_events: u64,
+    /// Hosts reached otherwise than `token` and `ca_pem` say, by URL (as
+    /// in `hosts`, without a trailing `/`).
+    pub access: BTreeMap<String, HostAccess>,
+}
+
+/// How one host is reached when it differs from the control plane's
+/// defaults ([`Options::token`], [`Options::ca_pem`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostAccess {
+    /// Its bearer token, instead of the default.
+    pub token: Option<String>,
+    /// The PEM certificate(s) of the authority that signed its
+    /// certificate, instead of the default.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// How the control plane reaches one host.
+#[derive(Debug)]
+struct Reach {
+    token: Option<String>,
+    ca_pem: Option<Vec<u8>>,
+    tls: Arc<tokio_rustls::rustls::ClientConfig>,
 }
 
 impl Options {
@@ -41,6 +63,7 @@ impl Options {
             token: None,
             ca_pem: None,
             lag_alert_events: 1000,
+            access: BTreeMap::new(),
         }
     }
 }
@@ -88,8 +111,8 @@ pub struct ControlPlane {
     hosts: Mutex<BTreeMap<String, Host>>,
     events: Arc<crate::events::Events>,
     journal: Option<Arc<Journal>>,
-    /// How `https://` hosts are trusted.
-    tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    /// How each host is reached (token, trust), by URL.
+    reach: BTreeMap<String, Reach>,
     /// What goes into the journal, in order.
     to_journal: Option<tokio::sync::mpsc::UnboundedSender<PlaneEvent>>,
 }
@@ -121,11 +144,11 @@ impl ControlPlane {
     ///
     /// # Errors
     ///
-    /// `options.ca_pem` holds no PEM certificate, or (for `https://` hosts
-    /// without it) the system's roots cannot be loaded.
+    /// An authority (`options.ca_pem`, or a host's own) holds no PEM
+    /// certificate, or (for `https://` hosts without one) the system's
+    /// roots cannot be loaded.
     pub fn start(options: Options, journal: Option<Arc<Journal>>) -> Result<Arc<Self>, String> {
-        let https = options.hosts.iter().any(|url| url.starts_with("https://"));
-        let tls = Arc::new(tls::config(options.ca_pem.as_deref(), https)?);
+        let reach = Self::reach(&options)?;
         let hosts: BTreeMap<String, Host> = options
             .hosts
             .iter()
@@ -142,9 +165,12 @@ impl ControlPlane {
                 (url, host)
             })
             .collect();
-        let urls: Vec<String> = hosts.keys().cloned().collect();
-        let events =
-            crate::events::follow_all(&urls, options.token.as_deref(), options.ca_pem.as_deref());
+        let events = crate::events::follow_all(reach.iter().map(|(url, reach)| {
+            let mut connection = omnirelay_replication_grpc::Connection::new(url.clone());
+            connection.token.clone_from(&reach.token);
+            connection.ca_pem.clone_from(&reach.ca_pem);
+            connection
+        }));
         let to_journal = journal.clone().map(|journal| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PlaneEvent>();
             tokio::spawn(async move {
@@ -161,21 +187,55 @@ impl ControlPlane {
             hosts: Mutex::new(hosts),
             events,
             journal,
-            tls,
+            reach,
             to_journal,
         });
-        let client: HostClient<Empty<Bytes>> = tls::client(plane.tls.clone());
-        for url in lock(&plane.hosts).keys().cloned().collect::<Vec<_>>() {
-            tokio::spawn(Self::watch(Arc::downgrade(&plane), client.clone(), url));
+        for (url, reach) in &plane.reach {
+            let client: HostClient<Empty<Bytes>> = tls::client(reach.tls.clone());
+            tokio::spawn(Self::watch(Arc::downgrade(&plane), client, url.clone()));
         }
         Ok(plane)
     }
 
+    /// How each host is reached: its own token and authority, else the
+    /// defaults; one TLS configuration per authority.
+    fn reach(options: &Options) -> Result<BTreeMap<String, Reach>, String> {
+        let https = options.hosts.iter().any(|url| url.starts_with("https://"));
+        let mut configs = BTreeMap::new();
+        let mut reach = BTreeMap::new();
+        for url in &options.hosts {
+            let url = url.trim_end_matches('/');
+            let own = options.access.get(url);
+            let token = own
+                .and_then(|a| a.token.clone())
+                .or_else(|| options.token.clone());
+            let ca_pem = own
+                .and_then(|a| a.ca_pem.clone())
+                .or_else(|| options.ca_pem.clone());
+            let tls = match configs.get(&ca_pem) {
+                Some(config) => Arc::clone(config),
+                None => {
+                    let config = Arc::new(
+                        tls::config(ca_pem.as_deref(), https)
+                            .map_err(|why| format!("{url}: {why}"))?,
+                    );
+                    configs.insert(ca_pem.clone(), config.clone());
+                    config
+                }
+            };
+            reach.insert(url.to_owned(), Reach { token, ca_pem, tls });
+        }
+        Ok(reach)
+    }
+
     /// A client of the dispatcher host at `url` serving `namespace`, with
-    /// the token and the trust the hosts are watched with.
+    /// the token and the trust the host is watched with.
     pub fn rpc_client(&self, url: &str, namespace: &str) -> crate::mesh::RpcClient {
-        crate::mesh::RpcClient::new(url, namespace, self.options.token.clone())
-            .trusting(self.tls.clone())
+        match self.reach.get(url.trim_end_matches('/')) {
+            Some(reach) => crate::mesh::RpcClient::new(url, namespace, reach.token.clone())
+                .trusting(reach.tls.clone()),
+            None => crate::mesh::RpcClient::new(url, namespace, self.options.token.clone()),
+        }
     }
 
     /// The control plane's own log, if it keeps one.
@@ -233,7 +293,7 @@ impl ControlPlane {
         }
     }
 
-    /// The bearer token the hosts want.
+    /// The bearer token the hosts want, unless a host has its own.
     pub fn token(&self) -> Option<&str> {
         self.options.token.as_deref()
     }
@@ -253,7 +313,7 @@ impl ControlPlane {
     /// The host's own entry of its status document.
     async fn ask(&self, client: &HostClient<Empty<Bytes>>, url: &str) -> Result<Value, String> {
         let mut request = hyper::Request::get(format!("{url}/status"));
-        if let Some(token) = &self.options.token {
+        if let Some(token) = self.reach.get(url).and_then(|r| r.token.as_ref()) {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let request = request

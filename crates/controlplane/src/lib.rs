@@ -15,7 +15,7 @@ pub mod mesh;
 pub mod settings;
 mod tls;
 
-pub use hosts::{ControlPlane, HISTORY, HostView, Options};
+pub use hosts::{ControlPlane, HISTORY, HostAccess, HostView, Options};
 
 /// The dashboard: one self-contained page (no external assets), polling
 /// `/status` and `/api/events` every second.

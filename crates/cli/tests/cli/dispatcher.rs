@@ -1008,20 +1008,22 @@ fn heavy_status_agrees_with_the_nodes_own_metrics() {
     assert!(node.wait().unwrap().success());
 }
 
-/// Starts a control plane watching `hosts` with its data in `dir` (and
-/// `extra` arguments); its child and address.
+/// Starts a control plane watching `hosts` (none: only those of its
+/// configuration) with its data in `dir` (and `extra` arguments); its
+/// child and address.
 fn start_plane(hosts: &str, dir: &Path, extra: &[&str]) -> (KillOnDrop, String) {
     let mut args = vec![
         "serve",
         "--role",
         "controlplane",
-        "--hosts",
-        hosts,
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
         dir_arg(dir),
     ];
+    if !hosts.is_empty() {
+        args.extend(["--hosts", hosts]);
+    }
     args.extend(extra);
     let (plane, address, mut stderr) = spawn_listening(&args);
     // Its log lines are read (and dropped) for as long as it runs.
@@ -1456,6 +1458,24 @@ fn heavy_the_control_plane_watches_tls_hosts_with_the_authority_it_is_given() {
     assert_eq!(hosts[0]["up"], false);
     let error = hosts[0]["error"].as_str().unwrap().to_lowercase();
     assert!(error.contains("certificate"), "{error}");
+    // The authority and token given to that host alone.
+    let own_config = dir.path().join("own.toml");
+    std::fs::write(
+        &own_config,
+        format!(
+            "[services.controlplane]\nhosts = [{{ url = \"{host}\", ca_file = \"{}\", token = \"host-secret\" }}]\n",
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let (_own, own_at) = start_plane(
+        "",
+        &dir.path().join("own"),
+        &["--config", dir_arg(&own_config)],
+    );
+    plane_status(&format!("http://{own_at}"), "the host up", |h| {
+        h.len() == 1 && h[0]["up"] == true
+    });
 }
 
 #[test]
@@ -1640,4 +1660,77 @@ fn heavy_dead_lettered_items_are_listed_and_redriven_and_a_standby_follows() {
     );
     assert!(signal(node.id(), "TERM"));
     assert!(node.wait().unwrap().success());
+}
+
+#[test]
+fn heavy_the_control_plane_watches_hosts_that_want_different_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls = Vec::new();
+    let mut nodes = Vec::new();
+    for name in ["alpha", "beta"] {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, format!("[server]\ntoken = \"{name}-secret\"\n")).unwrap();
+        let (node, at, _) = start(&dir.path().join(name), &["--config", dir_arg(&config)]);
+        urls.push(format!("http://{at}"));
+        nodes.push(node);
+    }
+    // beta's token as its own; alpha's as the default.
+    let config = dir.path().join("plane.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[services.controlplane]\ntoken = \"alpha-secret\"\nhosts = [\"{}\", {{ url = \"{}\", token = \"beta-secret\" }}]\n",
+            urls[0], urls[1]
+        ),
+    )
+    .unwrap();
+    let (_plane, plane_at) = start_plane(
+        &urls[0],
+        &dir.path().join("plane"),
+        &["--config", dir_arg(&config)],
+    );
+    let hosts = plane_status(&format!("http://{plane_at}"), "both hosts up", |h| {
+        h.len() == 2 && h.iter().all(|host| host["up"] == true)
+    });
+    assert!(hosts.iter().all(|h| h["role"] == "dispatcher"));
+    // Each host's stream is followed with its own token: an operation
+    // enqueued on beta shows among beta's events.
+    let (code, _) = rpc(
+        urls[1].trim_start_matches("http://"),
+        "resourcelease::enqueue",
+        &[("Authorization", "Bearer beta-secret")],
+        PAYLOAD,
+    );
+    assert_eq!(code, 200);
+    let mut events = Value::Null;
+    for _ in 0..200 {
+        events =
+            serde_json::from_str(&http_get(&plane_at, "/api/events?limit=5").unwrap().1).unwrap();
+        if events["counts"][urls[1].as_str()]["Enqueue"] == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(events["counts"][urls[1].as_str()]["Enqueue"], 1, "{events}");
+    // With only the default token, beta refuses it, and the status says so.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        "[services.controlplane]\ntoken = \"alpha-secret\"\n",
+    )
+    .unwrap();
+    let (_other, other_at) = start_plane(
+        &urls.join(","),
+        &dir.path().join("other"),
+        &["--config", dir_arg(&other)],
+    );
+    let hosts = plane_status(&format!("http://{other_at}"), "beta refusing", |h| {
+        h.len() == 2
+            && h.iter()
+                .any(|host| host["error"].as_str().is_some_and(|e| e.contains("401")))
+    });
+    let beta = hosts.iter().find(|h| h["url"] == urls[1].as_str()).unwrap();
+    assert_eq!(beta["up"], false, "{beta}");
+    let alpha = hosts.iter().find(|h| h["url"] == urls[0].as_str()).unwrap();
+    assert_eq!(alpha["up"], true, "{alpha}");
 }

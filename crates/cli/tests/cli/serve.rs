@@ -249,6 +249,20 @@ fn serve_refuses_what_cannot_run() {
         "--listen",
     );
     refused(
+        &[
+            "serve",
+            "--role",
+            "controlplane",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir_arg(dir.path()),
+            "--hosts",
+            "http://node-a:7400,node-b:7400",
+        ],
+        "--hosts: \"node-b:7400\" is not an http:// or https:// URL",
+    );
+    refused(
         &["serve", "--role", "janitor", "--listen", "127.0.0.1:0"],
         "possible values: dispatcher, standby, controlplane, receiver",
     );

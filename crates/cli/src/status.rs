@@ -30,22 +30,24 @@ pub(crate) async fn run(node: &crate::RemoteNode, json: bool) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// The table: one row per sink of every stream of every host (a host
-/// without sinks gets one row for each stream).
-fn render(document: &Value) -> String {
-    let header = [
-        "HOST", "ROLE", "UP", "STREAM", "LAST", "SINK", "STATE", "LAG", "LAG_S", "APPLIED",
-        "RETRIES", "DEAD", "ERROR",
-    ];
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let text = |v: &Value| match v {
+/// A cell: `-` for nothing, `yes`/`NO` for booleans.
+fn text(v: &Value) -> String {
+    match v {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         Value::Bool(true) => "yes".to_owned(),
         Value::Bool(false) => "NO".to_owned(),
         other => other.to_string(),
-    };
-    for host in document["hosts"].as_array().into_iter().flatten() {
+    }
+}
+
+/// The tables: one row per sink of every stream of every host (a host
+/// without sinks gets one row for each stream), then, when a host holds a
+/// lease queue (a dispatcher, a standby), one row per queue.
+fn render(document: &Value) -> String {
+    let hosts: Vec<&Value> = document["hosts"].as_array().into_iter().flatten().collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for host in &hosts {
         let (url, role, up) = (text(&host["url"]), text(&host["role"]), text(&host["up"]));
         let streams = host["streams"].as_array().cloned().unwrap_or_default();
         let sinks = host["sinks"].as_array().cloned().unwrap_or_default();
@@ -86,6 +88,51 @@ fn render(document: &Value) -> String {
             }
         }
     }
+    let mut out = table(
+        &[
+            "HOST", "ROLE", "UP", "STREAM", "LAST", "SINK", "STATE", "LAG", "LAG_S", "APPLIED",
+            "RETRIES", "DEAD", "ERROR",
+        ],
+        &rows,
+    );
+    let queues: Vec<Vec<String>> = hosts
+        .iter()
+        .filter(|host| host["queue"].is_object())
+        .map(|host| {
+            let queue = &host["queue"];
+            vec![
+                text(&host["url"]),
+                text(&host["role"]),
+                text(&queue["pending"]),
+                text(&queue["active"]),
+                text(&queue["deadLettered"]),
+                text(&host["backpressure"]["active"]),
+                text(&host["standby"]["lagEvents"]),
+                text(&host["standby"]["lastError"]),
+            ]
+        })
+        .collect();
+    if !queues.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "HOST",
+                "ROLE",
+                "PENDING",
+                "LEASED",
+                "DEAD-LETTERED",
+                "BACKPRESSURE",
+                "STANDBY_LAG",
+                "STANDBY_ERROR",
+            ],
+            &queues,
+        ));
+    }
+    out
+}
+
+/// `rows` under `header`, in columns as wide as their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let width = |column: usize| {
         rows.iter()
             .filter_map(|r| r.get(column))
@@ -107,8 +154,69 @@ fn render(document: &Value) -> String {
         out.trim_end().to_owned() + "\n"
     };
     let mut out = line(header.to_vec());
-    for row in &rows {
+    for row in rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::render;
+
+    #[test]
+    fn queues_get_a_table_of_their_own_after_the_sinks() {
+        let sinks = json!([{"stream": "default", "sink": "export", "state": "healthy",
+            "lag_events": 0, "lag_seconds": 0.25, "applied": 8, "retries": 0,
+            "dead_lettered": 0, "last_error": null}]);
+        let streams = json!([{"stream": "default", "last_sequence": 8}]);
+        let document = json!({"hosts": [
+            {"url": "http://a:1", "role": "dispatcher", "up": true, "streams": streams,
+             "sinks": sinks, "queue": {"pending": 4, "active": 1, "deadLettered": 2},
+             "backpressure": {"active": false}},
+            {"url": "http://b:2", "role": "standby", "up": true, "streams": streams,
+             "sinks": [], "queue": {"pending": 4, "active": 1, "deadLettered": 2},
+             "standby": {"lagEvents": 3, "lastError": "primary gone"}},
+            {"url": "http://c:3", "role": "receiver", "up": false},
+        ]});
+        let out = render(&document);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("HOST "), "{out}");
+        assert!(
+            lines[1].starts_with(
+                "http://a:1  dispatcher  yes  default  8     export  healthy  0    0.2"
+            ),
+            "{out}"
+        );
+        let queues = lines
+            .iter()
+            .position(|l| l.contains("DEAD-LETTERED"))
+            .unwrap();
+        assert_eq!(lines[queues - 1], "", "{out}");
+        let split = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            split(lines[queues + 1]),
+            ["http://a:1", "dispatcher", "4", "1", "2", "NO", "-", "-"]
+        );
+        assert_eq!(
+            split(lines[queues + 2]),
+            [
+                "http://b:2",
+                "standby",
+                "4",
+                "1",
+                "2",
+                "-",
+                "3",
+                "primary",
+                "gone"
+            ]
+        );
+        assert_eq!(lines.len(), queues + 3, "no row for the receiver: {out}");
+        let without =
+            render(&json!({"hosts": [{"url": "http://c:3", "role": "receiver", "up": true}]}));
+        assert!(!without.contains("DEAD-LETTERED"), "{without}");
+    }
 }

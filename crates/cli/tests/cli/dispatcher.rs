@@ -1004,6 +1004,17 @@ fn heavy_status_agrees_with_the_nodes_own_metrics() {
         table.contains("export") && table.contains("sqlite") && table.contains("healthy"),
         "{table}"
     );
+    // The queue under it: 4 pending, none leased or dead-lettered.
+    let queue = table
+        .lines()
+        .skip_while(|l| !l.contains("DEAD-LETTERED"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no queue table: {table}"));
+    assert_eq!(
+        queue.split_whitespace().skip(1).take(5).collect::<Vec<_>>(),
+        ["dispatcher", "4", "0", "0", "NO"],
+        "{table}"
+    );
     assert!(signal(node.id(), "TERM"));
     assert!(node.wait().unwrap().success());
 }

@@ -414,15 +414,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut ticks: u64 = 0;
-    let interrupted = crate::serve::shutdown_signal();
-    tokio::pin!(interrupted);
+    let mut shutdown = crate::serve::Shutdown::watch()?;
     let mut failure = None;
     loop {
         let until_end = ends.map_or(Duration::from_secs(3600), |end| {
             end.saturating_duration_since(Instant::now())
         });
         tokio::select! {
-            _ = &mut interrupted => break,
+            () = shutdown.wait() => break,
             () = tokio::time::sleep(until_end), if ends.is_some() => break,
             _ = tick.tick() => {
                 ticks += 1;

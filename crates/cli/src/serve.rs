@@ -264,6 +264,9 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         Some(http) => status.merge(http),
         None => status,
     };
+    // Watched before the node says anything, for whoever stops it at once
+    // (until here a signal ends the process, which the log survives).
+    let mut shutdown = Shutdown::watch()?;
     let server = bound.serve(metrics, Some(routes), Some(http))?;
     if let Some(rebuilt) = rebuilt {
         node::say(false, &rebuilt);
@@ -284,11 +287,11 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             let _ = ended.send(());
         });
         tokio::select! {
-            signalled = shutdown_signal() => signalled?,
+            () = shutdown.wait() => {}
             _ = end => {}
         }
     } else {
-        shutdown_signal().await?;
+        shutdown.wait().await;
     }
     node::say(false, "stopping");
     server.stop().await;
@@ -537,13 +540,30 @@ async fn status_document(source: &StatusSource) -> serde_json::Value {
     serde_json::json!({ "hosts": [host] })
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
-    tokio::select! {
-        interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot watch for SIGINT")?,
-        _ = terminate.recv() => {}
+/// SIGINT and SIGTERM, watched from the moment this is made: a signal
+/// that comes before anyone waits (right after a node said it is ready,
+/// say) still stops the node cleanly, instead of killing the process by
+/// the signal's default action.
+pub(crate) struct Shutdown {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Starts watching (inside the runtime).
+    pub(crate) fn watch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?,
+        })
     }
-    Ok(())
+
+    /// Until SIGINT or SIGTERM came (at once if one already did).
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }

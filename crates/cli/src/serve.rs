@@ -182,11 +182,10 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                 options.access.entry(url.clone()).or_default().ca_pem = crate::read_ca(Some(file))
                     .with_context(|| format!("services.controlplane.{key}"))?;
             }
-            for host in hosts {
-                omnirelay_controlplane::settings::check_host(host)
-                    .map_err(|why| anyhow::anyhow!("--hosts: {why}"))?;
-                options.hosts.push(host.trim_end_matches('/').to_owned());
-            }
+            // Checked above.
+            options
+                .hosts
+                .extend(hosts.iter().map(|h| h.trim_end_matches('/').to_owned()));
             if options.hosts.is_empty() {
                 anyhow::bail!(
                     "the control plane needs hosts to watch: --hosts URL,URL,… (or services.controlplane.hosts)"

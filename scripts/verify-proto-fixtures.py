@@ -25,7 +25,7 @@ from grpc_tools import protoc
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CRATE = ROOT / "crates" / "resourcelease"
 EVENT_TYPES = ["Enqueue", "LeaseGranted", "Heartbeat", "Completed", "Failed", "DrainSnapshot",
-               "RestoreSnapshot", "LeaseExpired", "Requeued", "DeadLettered"]
+               "RestoreSnapshot", "LeaseExpired", "Requeued", "DeadLettered", "DeadLetterPurged"]
 
 
 def compile_proto(out_dir):

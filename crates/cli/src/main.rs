@@ -171,17 +171,43 @@ enum QueueCommand {
     /// a fresh set of attempts (each a `Requeued` event in its log). All or
     /// nothing: an id that is not dead-lettered, or too little room in the
     /// queue, redrives none.
-    #[command(group(clap::ArgGroup::new("which").required(true).args(["all", "id"])))]
     Redrive {
         #[command(flatten)]
         node: RemoteNode,
-        /// Every dead-lettered item, oldest first.
-        #[arg(long)]
-        all: bool,
-        /// The item with this sequence id (repeat for more).
-        #[arg(long = "id", value_name = "SEQUENCE-ID")]
-        id: Vec<i64>,
+        #[command(flatten)]
+        which: DeadLetterChoice,
     },
+    /// Discard dead-lettered items for good (one `DeadLetterPurged` event
+    /// in the dispatcher's log, which keeps them for audit). All or
+    /// nothing: an id that is not dead-lettered purges none.
+    Purge {
+        #[command(flatten)]
+        node: RemoteNode,
+        #[command(flatten)]
+        which: DeadLetterChoice,
+    },
+}
+
+/// The dead-lettered items a redrive or a purge names.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct DeadLetterChoice {
+    /// Every dead-lettered item, oldest first.
+    #[arg(long)]
+    all: bool,
+    /// The item with this sequence id (repeat for more).
+    #[arg(long = "id", value_name = "SEQUENCE-ID")]
+    id: Vec<i64>,
+}
+
+impl From<DeadLetterChoice> for queue::Which {
+    fn from(choice: DeadLetterChoice) -> Self {
+        if choice.all {
+            Self::All
+        } else {
+            Self::Items(choice.id)
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -459,13 +485,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(QueueCommand::DeadLetters { node, json }) => {
             runtime()?.block_on(queue::dead_letters(&node, json))
         }
-        Command::Queue(QueueCommand::Redrive { node, all, id }) => {
-            let which = if all {
-                queue::Which::All
-            } else {
-                queue::Which::Items(id)
-            };
-            runtime()?.block_on(queue::redrive(&node, which))
+        Command::Queue(QueueCommand::Redrive { node, which }) => {
+            runtime()?.block_on(queue::change(&node, queue::Change::Redrive, which.into()))
+        }
+        Command::Queue(QueueCommand::Purge { node, which }) => {
+            runtime()?.block_on(queue::change(&node, queue::Change::Purge, which.into()))
         }
         Command::Promote { node } => runtime()?.block_on(promote(&node)),
         Command::Log(LogCommand::Tail {

@@ -1,20 +1,29 @@
-//! `omnirelay queue dead-letters|redrive`: a dispatcher's dead-lettered
-//! items, over its HTTP endpoints.
+//! `omnirelay queue dead-letters|redrive|purge`: a dispatcher's
+//! dead-lettered items, over its HTTP endpoints.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use omnirelay_dispatcher::http::{DEAD_LETTERS_PATH, REDRIVE_PATH};
+use omnirelay_dispatcher::http::{DEAD_LETTERS_PATH, PURGE_PATH, REDRIVE_PATH};
 use serde_json::Value;
 
 use crate::RemoteNode;
 
-/// Which items a redrive names.
+/// Which items a redrive or a purge names.
 pub(crate) enum Which {
     All,
     Items(Vec<i64>),
+}
+
+/// What is done to the items.
+#[derive(Clone, Copy)]
+pub(crate) enum Change {
+    /// Back at the end of the queue, at attempt 1.
+    Redrive,
+    /// Discarded.
+    Purge,
 }
 
 /// The node's answer to `method path` (with `json`), as JSON; an error
@@ -93,14 +102,21 @@ pub(crate) async fn dead_letters(node: &RemoteNode, json: bool) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-/// Puts dead-lettered items back in a dispatcher's queue; prints what it
-/// redrove.
-pub(crate) async fn redrive(node: &RemoteNode, which: Which) -> anyhow::Result<ExitCode> {
+/// Redrives or purges a dispatcher's dead-lettered items; prints which.
+pub(crate) async fn change(
+    node: &RemoteNode,
+    change: Change,
+    which: Which,
+) -> anyhow::Result<ExitCode> {
     let request = match which {
         Which::All => serde_json::json!({ "all": true }),
         Which::Items(ids) => serde_json::json!({ "sequenceIds": ids }),
     };
-    let body = call(node, "POST", REDRIVE_PATH, Some(&request.to_string())).await?;
+    let path = match change {
+        Change::Redrive => REDRIVE_PATH,
+        Change::Purge => PURGE_PATH,
+    };
+    let body = call(node, "POST", path, Some(&request.to_string())).await?;
     let ids: Vec<String> = body["items"]
         .as_array()
         .map(|items| {
@@ -111,15 +127,21 @@ pub(crate) async fn redrive(node: &RemoteNode, which: Which) -> anyhow::Result<E
         })
         .unwrap_or_default();
     let mut out = io::stdout().lock();
-    if ids.is_empty() {
-        writeln!(out, "nothing to redrive: no dead-lettered items")?;
-    } else {
-        writeln!(
+    match (change, ids.is_empty()) {
+        (Change::Redrive, true) => writeln!(out, "nothing to redrive: no dead-lettered items")?,
+        (Change::Purge, true) => writeln!(out, "nothing to purge: no dead-lettered items")?,
+        (Change::Redrive, false) => writeln!(
             out,
             "redriven: {} items back in the queue, at attempt 1: {}",
             ids.len(),
             ids.join(", ")
-        )?;
+        )?,
+        (Change::Purge, false) => writeln!(
+            out,
+            "purged: {} dead-lettered items discarded: {}",
+            ids.len(),
+            ids.join(", ")
+        )?,
     }
     Ok(ExitCode::SUCCESS)
 }

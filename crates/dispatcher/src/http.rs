@@ -181,11 +181,14 @@ pub fn resolve_peer(explicit: Option<&str>, headers: &HeaderMap) -> Option<Strin
 pub const DEAD_LETTERS_PATH: &str = "/queue/dead-letters";
 /// Where a dispatcher takes a redrive of dead-lettered items (`POST`).
 pub const REDRIVE_PATH: &str = "/queue/dead-letters/redrive";
+/// Where a dispatcher takes a purge of dead-lettered items (`POST`).
+pub const PURGE_PATH: &str = "/queue/dead-letters/purge";
 
-/// The dispatcher's router: the RPC (`POST` on every path but the two
-/// below), `GET` [`DEAD_LETTERS_PATH`] and `POST` [`REDRIVE_PATH`].
+/// The dispatcher's router: the RPC (`POST` on every path but the three
+/// below), `GET` [`DEAD_LETTERS_PATH`], `POST` [`REDRIVE_PATH`] and `POST`
+/// [`PURGE_PATH`].
 pub fn router(dispatcher: Arc<Dispatcher>) -> axum::Router {
-    use axum::routing::{get, post};
+    use axum::routing::get;
     axum::Router::new()
         .route(
             DEAD_LETTERS_PATH,
@@ -193,7 +196,8 @@ pub fn router(dispatcher: Arc<Dispatcher>) -> axum::Router {
                 dead_letters_response(&dispatcher.snapshot().await)
             }),
         )
-        .route(REDRIVE_PATH, post(redrive))
+        .route(REDRIVE_PATH, change_route(DeadLetterChange::Redrive))
+        .route(PURGE_PATH, change_route(DeadLetterChange::Purge))
         .fallback(handle)
         .with_state(dispatcher)
 }
@@ -212,48 +216,83 @@ fn dead_letters_response(state: &crate::QueueState) -> Response {
     json_response(json::encode_dead_letters(&letters))
 }
 
-/// The body of a redrive: `{"sequenceIds":[…]}` or `{"all":true}`.
+/// The body of a redrive or a purge: `{"sequenceIds":[…]}` or
+/// `{"all":true}`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RedriveRequest {
+struct SelectionRequest {
     #[serde(default)]
     sequence_ids: Option<Vec<i64>>,
     #[serde(default)]
     all: bool,
 }
 
-/// `POST` [`REDRIVE_PATH`]: puts the named dead-lettered items (or all)
-/// back in the queue; answers `{"items":[…]}`, the items as they now
-/// stand, once their events are durable. The caller's peer id (resolved as
-/// for the RPC) is the events' peer.
-async fn redrive(
-    State(dispatcher): State<Arc<Dispatcher>>,
-    request_headers: HeaderMap,
-    body: Bytes,
+/// What an operator does to dead-lettered items.
+#[derive(Clone, Copy)]
+enum DeadLetterChange {
+    Redrive,
+    Purge,
+}
+
+impl DeadLetterChange {
+    const fn verb(self) -> &'static str {
+        match self {
+            Self::Redrive => "redrive",
+            Self::Purge => "purge",
+        }
+    }
+}
+
+/// `POST` of `change` to the dead letters.
+fn change_route(change: DeadLetterChange) -> axum::routing::MethodRouter<Arc<Dispatcher>> {
+    axum::routing::post(
+        move |State(dispatcher): State<Arc<Dispatcher>>, headers: HeaderMap, body: Bytes| async move {
+            change_dead_letters(&dispatcher, change, &headers, &body).await
+        },
+    )
+}
+
+/// `POST` [`REDRIVE_PATH`] (the named dead-lettered items, or all, back
+/// in the queue) or [`PURGE_PATH`] (discarded); answers `{"items":[…]}`,
+/// the items redriven as they now stand or those purged, once their
+/// events are durable. The caller's peer id (resolved as for the RPC) is
+/// the events' peer.
+async fn change_dead_letters(
+    dispatcher: &Dispatcher,
+    change: DeadLetterChange,
+    request_headers: &HeaderMap,
+    body: &[u8],
 ) -> Response {
-    let which = match serde_json::from_slice::<RedriveRequest>(&body) {
-        Ok(RedriveRequest {
+    let verb = change.verb();
+    let which = match serde_json::from_slice::<SelectionRequest>(body) {
+        Ok(SelectionRequest {
             sequence_ids: Some(ids),
             all: false,
-        }) if !ids.is_empty() => crate::queue::Redrive::Items(ids),
-        Ok(RedriveRequest {
+        }) if !ids.is_empty() => crate::queue::Selection::Items(ids),
+        Ok(SelectionRequest {
             sequence_ids: None,
             all: true,
-        }) => crate::queue::Redrive::All,
+        }) => crate::queue::Selection::All,
         Ok(_) => {
             return RpcError::invalid(
                 None,
-                "name the items to redrive: {\"sequenceIds\":[…]} (not empty) or {\"all\":true}, not both",
+                format!(
+                    "name the items to {verb}: {{\"sequenceIds\":[…]}} (not empty) or {{\"all\":true}}, not both"
+                ),
             )
             .into_response();
         }
         Err(error) => {
-            return RpcError::invalid(None, format!("the redrive request is not valid: {error}"))
+            return RpcError::invalid(None, format!("the {verb} request is not valid: {error}"))
                 .into_response();
         }
     };
-    let peer = resolve_peer(None, &request_headers);
-    match dispatcher.redrive(&which, peer.as_deref()).await {
+    let peer = resolve_peer(None, request_headers);
+    let outcome = match change {
+        DeadLetterChange::Redrive => dispatcher.redrive(&which, peer.as_deref()).await,
+        DeadLetterChange::Purge => dispatcher.purge(&which, peer.as_deref()).await,
+    };
+    match outcome {
         Ok(items) => ok(&RpcResponse::Drained(&items)),
         Err(error) => RpcError::from(error).into_response(),
     }
@@ -495,7 +534,7 @@ async fn standby_rpc(
     use tower::ServiceExt as _;
     let Some(dispatcher) = standby.dispatcher() else {
         if request.headers().contains_key(headers::PROCEDURE)
-            || request.uri().path() == REDRIVE_PATH
+            || [REDRIVE_PATH, PURGE_PATH].contains(&request.uri().path())
         {
             return RpcError::new(
                 "Unavailable",

@@ -30,7 +30,7 @@ pub use backpressure::{BackpressureOptions, BackpressureSignal};
 pub use health::PeerHealth;
 pub use queue::{
     ActiveLease, DeadLetter, Decision, ErrorStatus, PendingEntry, ProjectionError, QueueError,
-    QueueOptions, QueueState, Redrive,
+    QueueOptions, QueueState, Selection,
 };
 pub use service::{
     DEAD_LETTERED_ITEMS, DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats,

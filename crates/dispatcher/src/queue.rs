@@ -12,8 +12,9 @@
 //! extends only once `heartbeat_interval` has passed since the last
 //! effective one, expiry and failure requeue the item with attempt + 1 and
 //! the same sequence id, and after `max_delivery_attempts` the item is
-//! dead-lettered — kept here, inspectable, and redriven by an operator
-//! ([`QueueState::decide_redrive`]), where the reference drops it. Tokens
+//! dead-lettered — kept here, inspectable, redriven or purged by an
+//! operator ([`QueueState::decide_redrive`], [`QueueState::decide_purge`]),
+//! where the reference drops it. Tokens
 //! are fenced: only the current lease of an item can complete, fail or
 //! heartbeat it.
 
@@ -59,11 +60,14 @@ pub mod codes {
     /// A redrive names an item that is not dead-lettered (ours: the
     /// reference keeps no dead letters).
     pub const NOT_DEAD_LETTERED: &str = "resourcelease.redrive.not_dead_lettered";
+    /// A purge names an item that is not dead-lettered (ours).
+    pub const PURGE_NOT_DEAD_LETTERED: &str = "resourcelease.purge.not_dead_lettered";
 }
 
-/// Which dead-lettered items a redrive puts back in the queue.
+/// Which dead-lettered items a redrive puts back in the queue, or a purge
+/// discards.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Redrive {
+pub enum Selection {
     /// Every one, oldest first.
     All,
     /// These sequence ids, in this order.
@@ -82,6 +86,8 @@ pub mod keys {
     pub const DRAIN_COUNT: &str = "drain.count";
     /// Items restored.
     pub const RESTORE_COUNT: &str = "restore.count";
+    /// Dead-lettered items purged (ours, v2).
+    pub const PURGE_COUNT: &str = "purge.count";
 }
 
 /// The queue's settings; the defaults are the reference's
@@ -704,34 +710,12 @@ impl QueueState {
     /// ([`ErrorStatus::ResourceExhausted`]: nothing is redriven).
     pub fn decide_redrive(
         &self,
-        which: &Redrive,
+        which: &Selection,
         peer: Option<&str>,
         options: &QueueOptions,
     ) -> Result<Decision, QueueError> {
         self.open()?;
-        let chosen: Vec<&DeadLetter> = match which {
-            Redrive::All => self.dead_letters.iter().collect(),
-            Redrive::Items(ids) => {
-                let mut seen = std::collections::BTreeSet::new();
-                let mut chosen = Vec::with_capacity(ids.len());
-                for &id in ids {
-                    let letter = self
-                        .dead_letters
-                        .iter()
-                        .find(|d| d.item.sequence_id == id)
-                        .filter(|_| seen.insert(id))
-                        .ok_or_else(|| {
-                            QueueError::new(
-                                ErrorStatus::NotFound,
-                                codes::NOT_DEAD_LETTERED,
-                                format!("item {id} is not dead-lettered (or is named twice)"),
-                            )
-                        })?;
-                    chosen.push(letter);
-                }
-                chosen
-            }
-        };
+        let chosen = self.select_dead_letters(which, codes::NOT_DEAD_LETTERED)?;
         let room = options.capacity.saturating_sub(self.pending.len());
         if chosen.len() > room {
             return Err(QueueError::new(
@@ -755,6 +739,65 @@ impl QueueState {
                 out
             })
             .collect())
+    }
+
+    /// `purge`: one `DeadLetterPurged` event carrying the chosen
+    /// dead-lettered items (as they were), which leave the dead letters for
+    /// good; no event when there are none. A drained queue may be purged.
+    /// `peer` is who asked.
+    ///
+    /// # Errors
+    ///
+    /// A sequence id that is not dead-lettered (or named twice): nothing is
+    /// purged.
+    pub fn decide_purge(
+        &self,
+        which: &Selection,
+        peer: Option<&str>,
+    ) -> Result<Decision, QueueError> {
+        let chosen = self.select_dead_letters(which, codes::PURGE_NOT_DEAD_LETTERED)?;
+        if chosen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = event(
+            Type::DeadLetterPurged,
+            peer,
+            self.pending.len(),
+            self.active.len(),
+        );
+        out.metadata
+            .insert(keys::PURGE_COUNT, chosen.len().to_string());
+        out.items = chosen.into_iter().map(|d| d.item.clone()).collect();
+        Ok(vec![out])
+    }
+
+    /// The dead letters `which` names, in its order (`code`: the error's
+    /// code for an id that is not dead-lettered or is named twice).
+    fn select_dead_letters(
+        &self,
+        which: &Selection,
+        code: &'static str,
+    ) -> Result<Vec<&DeadLetter>, QueueError> {
+        let ids = match which {
+            Selection::All => return Ok(self.dead_letters.iter().collect()),
+            Selection::Items(ids) => ids,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        ids.iter()
+            .map(|&id| {
+                self.dead_letters
+                    .iter()
+                    .find(|d| d.item.sequence_id == id)
+                    .filter(|_| seen.insert(id))
+                    .ok_or_else(|| {
+                        QueueError::new(
+                            ErrorStatus::NotFound,
+                            code,
+                            format!("item {id} is not dead-lettered (or is named twice)"),
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// Folds `event` into the state.
@@ -865,6 +908,25 @@ impl QueueState {
                     error: event.error.clone(),
                     at,
                 });
+            }
+            Type::DeadLetterPurged => {
+                // All or nothing, as decided.
+                let dead: std::collections::BTreeSet<i64> = self
+                    .dead_letters
+                    .iter()
+                    .map(|d| d.item.sequence_id)
+                    .collect();
+                let mut purged = std::collections::BTreeSet::new();
+                for item in &event.items {
+                    if !dead.contains(&item.sequence_id) || !purged.insert(item.sequence_id) {
+                        return Err(wrong(format!(
+                            "item {} is not dead-lettered (or is purged twice)",
+                            item.sequence_id
+                        )));
+                    }
+                }
+                self.dead_letters
+                    .retain(|d| !purged.contains(&d.item.sequence_id));
             }
             Type::DrainSnapshot => {
                 self.pending.clear();

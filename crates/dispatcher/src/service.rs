@@ -254,8 +254,10 @@ impl Dispatcher {
         let applied = committed.events();
         let mut letters_moved = false;
         for (offset, event) in applied.iter().enumerate() {
-            letters_moved |= event.event_type == Type::DeadLettered
-                || (event.event_type == Type::Requeued && event.ownership.is_none());
+            letters_moved |= matches!(
+                event.event_type,
+                Type::DeadLettered | Type::DeadLetterPurged
+            ) || (event.event_type == Type::Requeued && event.ownership.is_none());
             telemetry::record_published(event);
             let granted = event
                 .ownership
@@ -557,12 +559,43 @@ impl Dispatcher {
     /// (nothing is redriven then); replication unavailable.
     pub async fn redrive(
         &self,
-        which: &crate::queue::Redrive,
+        which: &crate::queue::Selection,
         peer: Option<&str>,
+    ) -> Result<Vec<Item>, DispatchError> {
+        self.change_dead_letters("redriven", peer, |state| {
+            state.decide_redrive(which, peer, &self.options.queue)
+        })
+        .await
+    }
+
+    /// Discards dead-lettered items for good (see
+    /// [`QueueState::decide_purge`]); returns them, once their
+    /// `DeadLetterPurged` event is durable. `peer` is who asked.
+    ///
+    /// # Errors
+    ///
+    /// An item that is not dead-lettered (nothing is purged then);
+    /// replication unavailable.
+    pub async fn purge(
+        &self,
+        which: &crate::queue::Selection,
+        peer: Option<&str>,
+    ) -> Result<Vec<Item>, DispatchError> {
+        self.change_dead_letters("purged", peer, |state| state.decide_purge(which, peer))
+            .await
+    }
+
+    /// Commits what `decide` makes of the dead letters; returns the items
+    /// its events carry, once durable, and logs them as `done`.
+    async fn change_dead_letters(
+        &self,
+        done: &str,
+        peer: Option<&str>,
+        decide: impl FnOnce(&QueueState) -> Result<crate::Decision, QueueError>,
     ) -> Result<Vec<Item>, DispatchError> {
         self.check()?;
         let mut state = self.state.lock().await;
-        let events = state.decide_redrive(which, peer, &self.options.queue)?;
+        let events = decide(&state)?;
         let committed = self.commit(&mut state, events).await?;
         drop(state);
         let items: Vec<Item> = committed
@@ -573,7 +606,7 @@ impl Dispatcher {
         self.durable(committed).await?;
         if !items.is_empty() {
             let ids: Vec<i64> = items.iter().map(|i| i.sequence_id).collect();
-            tracing::info!(peer = peer.unwrap_or_default(), items = ?ids, "dead-lettered items redriven");
+            tracing::info!(peer = peer.unwrap_or_default(), items = ?ids, "dead-lettered items {done}");
         }
         Ok(items)
     }

@@ -9,7 +9,7 @@ use omnirelay_replication::{
 use uuid::Uuid;
 
 /// The type of a replication event. Numbers 1–7 are the reference's enum
-/// (it has no 0 member); 8–10 exist from schema version 2 on.
+/// (it has no 0 member); 8–11 exist from schema version 2 on.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 #[repr(i32)]
 pub enum ResourceLeaseReplicationEventType {
@@ -37,11 +37,14 @@ pub enum ResourceLeaseReplicationEventType {
     /// An item ran out of attempts or was failed without requeue and was
     /// moved to the dead-letter list (version 2).
     DeadLettered = 10,
+    /// Dead-lettered items were discarded by an operator (version 2):
+    /// the event carries them, so the log keeps what was dropped.
+    DeadLetterPurged = 11,
 }
 
 impl ResourceLeaseReplicationEventType {
     /// Every type, in number order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Enqueue,
         Self::LeaseGranted,
         Self::Heartbeat,
@@ -52,6 +55,7 @@ impl ResourceLeaseReplicationEventType {
         Self::LeaseExpired,
         Self::Requeued,
         Self::DeadLettered,
+        Self::DeadLetterPurged,
     ];
 
     /// The wire number.
@@ -85,6 +89,7 @@ impl ResourceLeaseReplicationEventType {
             Self::LeaseExpired => "LeaseExpired",
             Self::Requeued => "Requeued",
             Self::DeadLettered => "DeadLettered",
+            Self::DeadLetterPurged => "DeadLetterPurged",
         }
     }
 
@@ -98,7 +103,9 @@ impl ResourceLeaseReplicationEventType {
     /// The first schema version that has this type.
     pub const fn since(self) -> WireVersion {
         match self {
-            Self::LeaseExpired | Self::Requeued | Self::DeadLettered => WireVersion::V2,
+            Self::LeaseExpired | Self::Requeued | Self::DeadLettered | Self::DeadLetterPurged => {
+                WireVersion::V2
+            }
             _ => WireVersion::V1,
         }
     }
@@ -370,7 +377,7 @@ mod tests {
             );
         }
         assert_eq!(ResourceLeaseReplicationEventType::from_code(0), None);
-        assert_eq!(ResourceLeaseReplicationEventType::from_code(11), None);
+        assert_eq!(ResourceLeaseReplicationEventType::from_code(12), None);
         assert_eq!(
             ResourceLeaseReplicationEventType::LeaseExpired.since(),
             WireVersion::V2

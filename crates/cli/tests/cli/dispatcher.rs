@@ -1554,7 +1554,7 @@ fn queue_dead_letters(url: &str) -> Vec<Value> {
 }
 
 #[test]
-fn heavy_dead_lettered_items_are_listed_and_redriven_and_a_standby_follows() {
+fn heavy_dead_lettered_items_are_listed_redriven_and_purged_and_a_standby_follows() {
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mut primary, primary_at, _) = start(primary_dir.path(), &[]);
     let (mut standby, standby_at) =
@@ -1569,7 +1569,7 @@ fn heavy_dead_lettered_items_are_listed_and_redriven_and_a_standby_follows() {
         "{}",
         text(&none.stdout)
     );
-    for reason in ["poison-1", "poison-2"] {
+    for reason in ["poison-1", "poison-2", "poison-3"] {
         rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
         let (_, lease) = rpc(
             &primary_at,
@@ -1598,12 +1598,12 @@ fn heavy_dead_lettered_items_are_listed_and_redriven_and_a_standby_follows() {
         table.contains("mesh.poison") && table.contains("poison-2"),
         "{table}"
     );
-    assert!(table.contains("2 dead-lettered items"), "{table}");
+    assert!(table.contains("3 dead-lettered items"), "{table}");
     // The standby's projection has them too, once it followed.
     let mut followed = Vec::new();
     for _ in 0..500 {
         followed = queue_dead_letters(&standby_url);
-        if followed.len() == 2 {
+        if followed.len() == 3 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -1616,7 +1616,7 @@ fn heavy_dead_lettered_items_are_listed_and_redriven_and_a_standby_follows() {
             .find(|l| l.starts_with("omnirelay_dispatcher_dead_lettered_items{"))
             .map(|l| l.rsplit(' ').next().unwrap().to_owned())
     };
-    assert_eq!(gauge(&primary_at).as_deref(), Some("2"));
+    assert_eq!(gauge(&primary_at).as_deref(), Some("3"));
 
     // Refused: an id that is not dead-lettered, no choice, a standby.
     let why = refused(
@@ -1642,6 +1642,32 @@ fn heavy_dead_lettered_items_are_listed_and_redriven_and_a_standby_follows() {
         (lease["sequenceId"].as_i64(), lease["attempt"].as_i64()),
         (Some(2), Some(1))
     );
+
+    // Purged: gone for good, all or nothing.
+    let why = refused(
+        &[
+            "queue",
+            "purge",
+            "--url",
+            &primary_url,
+            "--id",
+            "3",
+            "--id",
+            "9",
+        ],
+        "resourcelease.purge.not_dead_lettered",
+    );
+    assert!(why.contains("item 9"), "{why}");
+    refused(&["queue", "purge", "--url", &primary_url], "--all");
+    refused(&["queue", "purge", "--url", &standby_url, "--all"], "503");
+    let purged = omnirelay(&["queue", "purge", "--url", &primary_url, "--id", "3"], b"");
+    assert!(purged.status.success(), "{}", text(&purged.stderr));
+    assert!(
+        text(&purged.stdout).contains("purged: 1 dead-lettered items discarded: 3"),
+        "{}",
+        text(&purged.stdout)
+    );
+
     for _ in 0..500 {
         if queue_dead_letters(&standby_url).len() == 1 {
             break;
@@ -1649,11 +1675,17 @@ fn heavy_dead_lettered_items_are_listed_and_redriven_and_a_standby_follows() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let left = queue_dead_letters(&standby_url);
-    assert_eq!(left.len(), 1, "the standby applied the redrive");
+    assert_eq!(
+        left.len(),
+        1,
+        "the standby applied the redrive and the purge"
+    );
     assert_eq!(gauge(&primary_at).as_deref(), Some("1"));
     assert_eq!(left[0]["item"]["sequenceId"], 1);
+    assert_eq!(left, queue_dead_letters(&primary_url));
 
-    // The log holds the redrive: a restart rebuilds the same queue.
+    // The log holds the redrive and the purge (with the item it
+    // discarded): a restart rebuilds the same queue.
     for node in [&mut standby, &mut primary] {
         assert!(signal(node.id(), "TERM"));
         assert!(node.wait().unwrap().success());
@@ -1664,6 +1696,12 @@ fn heavy_dead_lettered_items_are_listed_and_redriven_and_a_standby_follows() {
         .collect();
     assert_eq!(redrives.len(), 1);
     assert!(redrives[0].get("ownership").is_none(), "{}", redrives[0]);
+    let purges: Vec<Value> = replay_events(primary_dir.path(), "2")
+        .into_iter()
+        .filter(|e| e["eventType"] == "DeadLetterPurged")
+        .collect();
+    assert_eq!(purges.len(), 1);
+    assert_eq!(purges[0]["items"][0]["sequenceId"], 3, "{}", purges[0]);
     let (mut node, _, rebuilt) = start(primary_dir.path(), &[]);
     assert!(
         rebuilt.contains("0 pending, 1 leased, 1 dead-lettered"),

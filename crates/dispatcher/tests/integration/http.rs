@@ -337,20 +337,9 @@ async fn an_oversized_body_is_refused_before_it_is_read() {
     assert_eq!(dispatcher.stats().await.pending, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_are_listed_and_redriven_over_http() {
-    let dir = tempfile::tempdir().unwrap();
-    let (address, dispatcher) = serve(dir.path()).await;
-    let at = address.as_str();
-    let (get_line, post_line) = (
-        format!("GET {}", http::DEAD_LETTERS_PATH),
-        format!("POST {}", http::REDRIVE_PATH),
-    );
-    let list = || send(at, &get_line, None, &[], "");
-    let redrive =
-        |body: &'static str| send(at, &post_line, None, &[("Rpc-Caller", "operator")], body);
-    assert_eq!(list().await.body, json!({"deadLetters": []}));
-    for _ in 0..2 {
+/// Enqueues `count` items and fails each without requeue: dead letters.
+async fn dead_letter(at: &str, count: usize) {
+    for _ in 0..count {
         post(at, Some("resourcelease::enqueue"), &[], PAYLOAD).await;
         let leased = post(at, Some("resourcelease::lease"), &[], r#"{"peerId":"w"}"#).await;
         let failed = post(
@@ -368,6 +357,22 @@ async fn dead_letters_are_listed_and_redriven_over_http() {
         .await;
         assert_eq!(failed.status, 200, "{:?}", failed.body);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_redriven_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, dispatcher) = serve(dir.path()).await;
+    let at = address.as_str();
+    let (get_line, post_line) = (
+        format!("GET {}", http::DEAD_LETTERS_PATH),
+        format!("POST {}", http::REDRIVE_PATH),
+    );
+    let list = || send(at, &get_line, None, &[], "");
+    let redrive =
+        |body: &'static str| send(at, &post_line, None, &[("Rpc-Caller", "operator")], body);
+    assert_eq!(list().await.body, json!({"deadLetters": []}));
+    dead_letter(at, 2).await;
     let listed = list().await;
     assert_eq!(listed.status, 200);
     let letters = listed.body["deadLetters"].as_array().unwrap();
@@ -423,4 +428,67 @@ async fn dead_letters_are_listed_and_redriven_over_http() {
     // The RPC still answers on every other path, GET included as before.
     let get_rpc = send(at, "GET /omnirelay/v1/resourcelease", None, &[], "").await;
     assert_eq!(get_rpc.status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_purged_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, dispatcher) = serve(dir.path()).await;
+    let at = address.as_str();
+    let post_line = format!("POST {}", http::PURGE_PATH);
+    let purge =
+        |body: &'static str| send(at, &post_line, None, &[("Rpc-Caller", "operator")], body);
+    let dead = || async {
+        let letters = dispatcher.dead_letters().await;
+        letters
+            .iter()
+            .map(|d| d.item.sequence_id)
+            .collect::<Vec<_>>()
+    };
+    dead_letter(at, 3).await;
+    for (body, status) in [
+        ("{}", 400),
+        (r#"{"sequenceIds":[]}"#, 400),
+        (r#"{"sequenceIds":[1],"all":true}"#, 400),
+        ("not json", 400),
+        (r#"{"sequenceIds":[1,7]}"#, 404),
+        (r#"{"sequenceIds":[1,1]}"#, 404),
+    ] {
+        let refused = purge(body).await;
+        assert_eq!(refused.status, status, "{body}: {:?}", refused.body);
+        assert!(refused.headers.contains_key("rpc-status"), "{body}");
+    }
+    let unknown = purge(r#"{"sequenceIds":[7]}"#).await;
+    assert_eq!(
+        unknown.headers["rpc-error-code"],
+        "resourcelease.purge.not_dead_lettered"
+    );
+    assert!(
+        unknown.body["message"].as_str().unwrap().contains("item 7"),
+        "{:?}",
+        unknown.body
+    );
+    assert_eq!(dead().await, [1, 2, 3], "nothing purged");
+
+    let purged = purge(r#"{"sequenceIds":[2]}"#).await;
+    assert_eq!(purged.status, 200, "{:?}", purged.body);
+    assert_eq!(purged.body["items"][0]["sequenceId"], 2);
+    assert_eq!(
+        purged.body["items"][0]["payload"]["resourceId"],
+        "sales.orders"
+    );
+    assert_eq!(dead().await, [1, 3]);
+    let rest = purge(r#"{"all":true}"#).await;
+    let ids: Vec<_> = rest.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sequenceId"].clone())
+        .collect();
+    assert_eq!(ids, [1, 3]);
+    assert!(dead().await.is_empty());
+    assert_eq!(purge(r#"{"all":true}"#).await.body, json!({"items": []}));
+    // Purged items are gone for good: nothing to lease.
+    let stats = dispatcher.stats().await;
+    assert_eq!((stats.pending, stats.active), (0, 0));
 }

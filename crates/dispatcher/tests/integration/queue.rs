@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use omnirelay_dispatcher::queue::{Redrive, codes, keys};
+use omnirelay_dispatcher::queue::{Selection, codes, keys};
 use omnirelay_dispatcher::{ErrorStatus, QueueOptions, QueueState};
 use omnirelay_replication::{Timestamp, WireVersion};
 use omnirelay_resourcelease::{
@@ -448,12 +448,12 @@ fn dead_letters_are_redriven_with_fresh_attempts_and_leave_the_list() {
     let before = sim.state.clone();
     for (which, code, status) in [
         (
-            Redrive::Items(vec![99]),
+            Selection::Items(vec![99]),
             codes::NOT_DEAD_LETTERED,
             ErrorStatus::NotFound,
         ),
         (
-            Redrive::Items(vec![2, 2]),
+            Selection::Items(vec![2, 2]),
             codes::NOT_DEAD_LETTERED,
             ErrorStatus::NotFound,
         ),
@@ -468,7 +468,7 @@ fn dead_letters_are_redriven_with_fresh_attempts_and_leave_the_list() {
     sim.enqueue("d");
     let full = sim
         .state
-        .decide_redrive(&Redrive::All, None, &sim.options)
+        .decide_redrive(&Selection::All, None, &sim.options)
         .unwrap_err();
     assert_eq!(full.status, ErrorStatus::ResourceExhausted);
     assert!(full.message.contains("room for 1"), "{}", full.message);
@@ -478,7 +478,7 @@ fn dead_letters_are_redriven_with_fresh_attempts_and_leave_the_list() {
     // error and last token kept; out of the dead letters.
     let redriven = sim.commit(
         sim.state
-            .decide_redrive(&Redrive::Items(vec![2]), Some("operator"), &sim.options)
+            .decide_redrive(&Selection::Items(vec![2]), Some("operator"), &sim.options)
             .unwrap(),
     );
     assert_eq!(Sim::types(&redriven), vec![Type::Requeued]);
@@ -523,13 +523,13 @@ fn dead_letters_are_redriven_with_fresh_attempts_and_leave_the_list() {
     // All: the rest; then nothing left, and an empty redrive decides none.
     sim.commit(
         sim.state
-            .decide_redrive(&Redrive::All, None, &sim.options)
+            .decide_redrive(&Selection::All, None, &sim.options)
             .unwrap(),
     );
     assert!(sim.state.dead_letters().is_empty());
     assert!(
         sim.state
-            .decide_redrive(&Redrive::All, None, &sim.options)
+            .decide_redrive(&Selection::All, None, &sim.options)
             .unwrap()
             .is_empty()
     );
@@ -539,9 +539,91 @@ fn dead_letters_are_redriven_with_fresh_attempts_and_leave_the_list() {
     sim.commit(sim.state.decide_drain().unwrap());
     let err = sim
         .state
-        .decide_redrive(&Redrive::All, None, &sim.options)
+        .decide_redrive(&Selection::All, None, &sim.options)
         .unwrap_err();
     assert_eq!(err.code, codes::DISPOSED);
+}
+
+#[test]
+fn purge_discards_dead_letters_for_good_all_or_nothing() {
+    let mut sim = Sim::with(QueueOptions {
+        max_delivery_attempts: 1,
+        ..QueueOptions::default()
+    });
+    for name in ["a", "b", "c"] {
+        sim.enqueue(name);
+        let (handle, _) = sim.lease("worker").unwrap();
+        sim.fail(&handle, true);
+    }
+    sim.enqueue("d");
+    let dead = |sim: &Sim| -> Vec<i64> {
+        sim.state
+            .dead_letters()
+            .iter()
+            .map(|d| d.item.sequence_id)
+            .collect()
+    };
+    assert_eq!(dead(&sim), [1, 2, 3]);
+
+    // Refusals (an id not dead-lettered, pending or unknown; one named
+    // twice) purge nothing.
+    for ids in [vec![1, 4], vec![99], vec![2, 2]] {
+        let err = sim
+            .state
+            .decide_purge(&Selection::Items(ids.clone()), None)
+            .unwrap_err();
+        assert_eq!(
+            (err.code, err.status),
+            (codes::PURGE_NOT_DEAD_LETTERED, ErrorStatus::NotFound),
+            "{ids:?}"
+        );
+    }
+
+    // Named items: one v2 event carrying them as they were.
+    let purged = sim.commit(
+        sim.state
+            .decide_purge(&Selection::Items(vec![3, 1]), Some("operator"))
+            .unwrap(),
+    );
+    assert_eq!(Sim::types(&purged), vec![Type::DeadLetterPurged]);
+    let event = &purged[0];
+    assert_eq!(event.peer_id.as_deref(), Some("operator"));
+    assert_eq!(event.ownership, None);
+    let carried: Vec<_> = event.items.iter().map(|i| i.sequence_id).collect();
+    assert_eq!(carried, [3, 1]);
+    assert_eq!(event.items[0].payload.resource_id, "c");
+    assert_eq!(event.metadata.get(keys::PURGE_COUNT), Some("2"));
+    assert_eq!(event.metadata.get(keys::PENDING), Some("1"));
+    assert!(json::encode(event, WireVersion::V1).is_err(), "v2 only");
+    assert_eq!(dead(&sim), [2]);
+    // The pending item is untouched, and the purged ids stay gone.
+    assert_eq!(sim.state.pending_count(), 1);
+    assert!(
+        sim.state
+            .decide_redrive(&Selection::Items(vec![1]), None, &sim.options)
+            .is_err()
+    );
+
+    // A drained queue can still be purged; all, then none left.
+    sim.commit(sim.state.decide_drain().unwrap());
+    let rest = sim.commit(sim.state.decide_purge(&Selection::All, None).unwrap());
+    assert_eq!(rest[0].items[0].sequence_id, 2);
+    assert!(dead(&sim).is_empty());
+    assert!(
+        sim.state
+            .decide_purge(&Selection::All, None)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(sim.replayed(), sim.state);
+
+    // A fold of a purge of an item that is not dead-lettered fails and
+    // changes nothing.
+    let mut state = sim.state.clone();
+    let mut stray = rest[0].clone();
+    stray.sequence_number += 100;
+    assert!(state.apply(&stray, &sim.options).is_err());
+    assert_eq!(state, sim.state);
 }
 
 #[derive(Clone, Debug)]
@@ -555,6 +637,22 @@ enum Op {
     Drain,
     Restore,
     Redrive(Option<usize>),
+    Purge(Option<usize>),
+}
+
+/// Dead letters for a redrive or a purge: all, one of them, or (with none)
+/// an item that is not dead-lettered.
+fn select(state: &QueueState, pick: Option<usize>) -> Selection {
+    let dead: Vec<i64> = state
+        .dead_letters()
+        .iter()
+        .map(|d| d.item.sequence_id)
+        .collect();
+    match pick {
+        None => Selection::All,
+        Some(i) if !dead.is_empty() => Selection::Items(vec![dead[i % dead.len()]]),
+        Some(_) => Selection::Items(vec![1]),
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -568,6 +666,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Drain),
         1 => Just(Op::Restore),
         1 => proptest::option::of(any::<usize>()).prop_map(Op::Redrive),
+        1 => proptest::option::of(any::<usize>()).prop_map(Op::Purge),
     ]
 }
 
@@ -582,6 +681,7 @@ proptest! {
         let mut sim = Sim::with(QueueOptions { max_delivery_attempts: 3, ..QueueOptions::default() });
         let mut drained_items = Vec::new();
         let mut completed = Vec::new();
+        let mut purged = Vec::new();
         let mut enqueued = 0i64;
         for op in ops {
             let handles: Vec<Handle> = sim.state.active().map(|l| l.handle).collect();
@@ -615,15 +715,16 @@ proptest! {
                     sim.commit(d);
                 }
                 Op::Redrive(pick) => {
-                    let dead: Vec<i64> = sim.state.dead_letters().iter().map(|d| d.item.sequence_id).collect();
-                    let which = match pick {
-                        None => Redrive::All,
-                        Some(i) if !dead.is_empty() => Redrive::Items(vec![dead[i % dead.len()]]),
-                        Some(_) => Redrive::Items(vec![1]),
-                    };
                     // Refused (drained, full, not dead-lettered): nothing changes.
-                    if let Ok(d) = sim.state.decide_redrive(&which, None, &sim.options) {
+                    if let Ok(d) = sim.state.decide_redrive(&select(&sim.state, pick), None, &sim.options) {
                         sim.commit(d);
+                    }
+                }
+                Op::Purge(pick) => {
+                    if let Ok(d) = sim.state.decide_purge(&select(&sim.state, pick), None) {
+                        for event in sim.commit(d) {
+                            purged.extend(event.items.iter().map(|i| i.sequence_id));
+                        }
                     }
                 }
             }
@@ -649,10 +750,11 @@ proptest! {
             sim.state.active().map(|l| (&l.handle, &l.item, &l.owner)).collect::<Vec<_>>()
         );
         // Every item enqueued is somewhere, once: pending, leased, dead,
-        // completed, or handed out by a drain not yet restored.
+        // completed, purged, or handed out by a drain not yet restored.
         let mut all = ids(&sim.state);
         all.extend(drained_items.iter().map(|i| i.sequence_id));
         all.extend(completed);
+        all.extend(purged);
         all.sort_unstable();
         prop_assert_eq!(all, (1..=enqueued).collect::<Vec<_>>());
     }

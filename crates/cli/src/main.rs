@@ -177,9 +177,9 @@ enum QueueCommand {
         #[command(flatten)]
         which: DeadLetterChoice,
     },
-    /// Discard dead-lettered items for good (one `DeadLetterPurged` event
-    /// in the dispatcher's log, which keeps them for audit). All or
-    /// nothing: an id that is not dead-lettered purges none.
+    /// Discard dead-lettered items for good (`DeadLetterPurged` events in
+    /// the dispatcher's log, which keeps them for audit). All or nothing:
+    /// an id that is not dead-lettered purges none.
     Purge {
         #[command(flatten)]
         node: RemoteNode,

@@ -64,6 +64,9 @@ pub mod codes {
     pub const PURGE_NOT_DEAD_LETTERED: &str = "resourcelease.purge.not_dead_lettered";
 }
 
+/// The most items one `DeadLetterPurged` event carries.
+pub const PURGE_ITEMS_PER_EVENT: usize = 64;
+
 /// Which dead-lettered items a redrive puts back in the queue, or a purge
 /// discards.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,7 +89,7 @@ pub mod keys {
     pub const DRAIN_COUNT: &str = "drain.count";
     /// Items restored.
     pub const RESTORE_COUNT: &str = "restore.count";
-    /// Dead-lettered items purged (ours, v2).
+    /// Dead-lettered items purged by the event (ours, v2).
     pub const PURGE_COUNT: &str = "purge.count";
 }
 
@@ -741,10 +744,11 @@ impl QueueState {
             .collect())
     }
 
-    /// `purge`: one `DeadLetterPurged` event carrying the chosen
-    /// dead-lettered items (as they were), which leave the dead letters for
-    /// good; no event when there are none. A drained queue may be purged.
-    /// `peer` is who asked.
+    /// `purge`: `DeadLetterPurged` events carrying the chosen dead-lettered
+    /// items (as they were, up to [`PURGE_ITEMS_PER_EVENT`] per event, so
+    /// that no event outgrows what a bus or a follower takes), which leave
+    /// the dead letters for good; no event when there are none. A drained
+    /// queue may be purged. `peer` is who asked.
     ///
     /// # Errors
     ///
@@ -756,19 +760,21 @@ impl QueueState {
         peer: Option<&str>,
     ) -> Result<Decision, QueueError> {
         let chosen = self.select_dead_letters(which, codes::PURGE_NOT_DEAD_LETTERED)?;
-        if chosen.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut out = event(
-            Type::DeadLetterPurged,
-            peer,
-            self.pending.len(),
-            self.active.len(),
-        );
-        out.metadata
-            .insert(keys::PURGE_COUNT, chosen.len().to_string());
-        out.items = chosen.into_iter().map(|d| d.item.clone()).collect();
-        Ok(vec![out])
+        Ok(chosen
+            .chunks(PURGE_ITEMS_PER_EVENT)
+            .map(|letters| {
+                let mut out = event(
+                    Type::DeadLetterPurged,
+                    peer,
+                    self.pending.len(),
+                    self.active.len(),
+                );
+                out.metadata
+                    .insert(keys::PURGE_COUNT, letters.len().to_string());
+                out.items = letters.iter().map(|d| d.item.clone()).collect();
+                out
+            })
+            .collect())
     }
 
     /// The dead letters `which` names, in its order (`code`: the error's

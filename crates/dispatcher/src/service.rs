@@ -570,7 +570,7 @@ impl Dispatcher {
 
     /// Discards dead-lettered items for good (see
     /// [`QueueState::decide_purge`]); returns them, once their
-    /// `DeadLetterPurged` event is durable. `peer` is who asked.
+    /// `DeadLetterPurged` events are durable. `peer` is who asked.
     ///
     /// # Errors
     ///

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use omnirelay_dispatcher::queue::{Selection, codes, keys};
+use omnirelay_dispatcher::queue::{PURGE_ITEMS_PER_EVENT, Selection, codes, keys};
 use omnirelay_dispatcher::{ErrorStatus, QueueOptions, QueueState};
 use omnirelay_replication::{Timestamp, WireVersion};
 use omnirelay_resourcelease::{
@@ -603,6 +603,40 @@ fn purge_discards_dead_letters_for_good_all_or_nothing() {
             .decide_redrive(&Selection::Items(vec![1]), None, &sim.options)
             .is_err()
     );
+
+    // Many items: events of at most PURGE_ITEMS_PER_EVENT, in order.
+    let many = 2 * PURGE_ITEMS_PER_EVENT + 3;
+    for _ in 0..many {
+        sim.enqueue("e");
+        let (handle, _) = sim.lease("worker").unwrap();
+        sim.fail(&handle, false);
+    }
+    // (d, pending until now, is leased first and dead-lettered with them.)
+    let ids: Vec<i64> = dead(&sim).into_iter().filter(|&id| id != 2).collect();
+    assert_eq!(ids.len(), many);
+    let events = sim.commit(
+        sim.state
+            .decide_purge(&Selection::Items(ids.clone()), None)
+            .unwrap(),
+    );
+    let sizes: Vec<_> = events.iter().map(|e| e.items.len()).collect();
+    assert_eq!(
+        sizes,
+        [PURGE_ITEMS_PER_EVENT, PURGE_ITEMS_PER_EVENT, 3],
+        "{sizes:?}"
+    );
+    assert_eq!(
+        events[2].metadata.get(keys::PURGE_COUNT),
+        Some("3"),
+        "each event counts its own"
+    );
+    let carried: Vec<i64> = events
+        .iter()
+        .flat_map(|e| e.items.iter().map(|i| i.sequence_id))
+        .collect();
+    assert_eq!(carried, ids);
+    assert_eq!(dead(&sim), [2]);
+    assert_eq!(sim.replayed(), sim.state);
 
     // A drained queue can still be purged; all, then none left.
     sim.commit(sim.state.decide_drain().unwrap());

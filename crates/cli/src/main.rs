@@ -112,8 +112,8 @@ enum Command {
         #[command(flatten)]
         node: RemoteNode,
     },
-    /// A dispatcher's dead-lettered items: list them, and once their cause
-    /// is fixed, put them back in its queue.
+    /// A dispatcher's dead-lettered items: list them, put them back in its
+    /// queue once their cause is fixed, or discard them.
     #[command(subcommand)]
     Queue(QueueCommand),
     /// Print the default configuration, or check a configuration file.
@@ -175,7 +175,7 @@ enum QueueCommand {
         #[command(flatten)]
         node: RemoteNode,
         #[command(flatten)]
-        which: DeadLetterChoice,
+        change: DeadLetterChange,
     },
     /// Discard dead-lettered items for good (`DeadLetterPurged` events in
     /// the dispatcher's log, which keeps them for audit). All or nothing:
@@ -184,7 +184,7 @@ enum QueueCommand {
         #[command(flatten)]
         node: RemoteNode,
         #[command(flatten)]
-        which: DeadLetterChoice,
+        change: DeadLetterChange,
     },
 }
 
@@ -208,6 +208,17 @@ impl From<DeadLetterChoice> for queue::Which {
             Self::Items(choice.id)
         }
     }
+}
+
+/// A redrive or a purge: the items, and who asks.
+#[derive(Debug, clap::Args)]
+struct DeadLetterChange {
+    #[command(flatten)]
+    which: DeadLetterChoice,
+    /// The peer id its events record as the one who asked (e.g. your
+    /// name), for the audit trail; without it they name no peer.
+    #[arg(long, value_name = "NAME")]
+    caller: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -485,11 +496,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(QueueCommand::DeadLetters { node, json }) => {
             runtime()?.block_on(queue::dead_letters(&node, json))
         }
-        Command::Queue(QueueCommand::Redrive { node, which }) => {
-            runtime()?.block_on(queue::change(&node, queue::Change::Redrive, which.into()))
+        Command::Queue(QueueCommand::Redrive { node, change }) => {
+            let DeadLetterChange { which, caller } = change;
+            runtime()?.block_on(queue::change(
+                &node,
+                queue::Change::Redrive,
+                which.into(),
+                caller,
+            ))
         }
-        Command::Queue(QueueCommand::Purge { node, which }) => {
-            runtime()?.block_on(queue::change(&node, queue::Change::Purge, which.into()))
+        Command::Queue(QueueCommand::Purge { node, change }) => {
+            let DeadLetterChange { which, caller } = change;
+            runtime()?.block_on(queue::change(
+                &node,
+                queue::Change::Purge,
+                which.into(),
+                caller,
+            ))
         }
         Command::Promote { node } => runtime()?.block_on(promote(&node)),
         Command::Log(LogCommand::Tail {

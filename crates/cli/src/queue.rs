@@ -102,16 +102,24 @@ pub(crate) async fn dead_letters(node: &RemoteNode, json: bool) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-/// Redrives or purges a dispatcher's dead-lettered items; prints which.
+/// Redrives or purges a dispatcher's dead-lettered items, as `caller`
+/// when given; prints which.
 pub(crate) async fn change(
     node: &RemoteNode,
     change: Change,
     which: Which,
+    caller: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let request = match which {
+    let mut request = match which {
         Which::All => serde_json::json!({ "all": true }),
         Which::Items(ids) => serde_json::json!({ "sequenceIds": ids }),
     };
+    if let Some(caller) = caller {
+        if caller.trim().is_empty() {
+            bail!("--caller needs a name, not an empty one");
+        }
+        request["peerId"] = Value::String(caller);
+    }
     let path = match change {
         Change::Redrive => REDRIVE_PATH,
         Change::Purge => PURGE_PATH,

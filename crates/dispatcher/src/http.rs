@@ -217,7 +217,8 @@ fn dead_letters_response(state: &crate::QueueState) -> Response {
 }
 
 /// The body of a redrive or a purge: `{"sequenceIds":[…]}` or
-/// `{"all":true}`.
+/// `{"all":true}`, with the operator's `peerId` if given (else the
+/// headers name the peer, as for the RPC).
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SelectionRequest {
@@ -225,6 +226,8 @@ struct SelectionRequest {
     sequence_ids: Option<Vec<i64>>,
     #[serde(default)]
     all: bool,
+    #[serde(default)]
+    peer_id: Option<String>,
 }
 
 /// What an operator does to dead-lettered items.
@@ -255,8 +258,8 @@ fn change_route(change: DeadLetterChange) -> axum::routing::MethodRouter<Arc<Dis
 /// `POST` [`REDRIVE_PATH`] (the named dead-lettered items, or all, back
 /// in the queue) or [`PURGE_PATH`] (discarded); answers `{"items":[…]}`,
 /// the items redriven as they now stand or those purged, once their
-/// events are durable. The caller's peer id (resolved as for the RPC) is
-/// the events' peer.
+/// events are durable. The caller's peer id (the body's `peerId`, else
+/// resolved from the headers as for the RPC) is the events' peer.
 async fn change_dead_letters(
     dispatcher: &Dispatcher,
     change: DeadLetterChange,
@@ -264,15 +267,17 @@ async fn change_dead_letters(
     body: &[u8],
 ) -> Response {
     let verb = change.verb();
-    let which = match serde_json::from_slice::<SelectionRequest>(body) {
+    let (which, peer_id) = match serde_json::from_slice::<SelectionRequest>(body) {
         Ok(SelectionRequest {
             sequence_ids: Some(ids),
             all: false,
-        }) if !ids.is_empty() => crate::queue::Selection::Items(ids),
+            peer_id,
+        }) if !ids.is_empty() => (crate::queue::Selection::Items(ids), peer_id),
         Ok(SelectionRequest {
             sequence_ids: None,
             all: true,
-        }) => crate::queue::Selection::All,
+            peer_id,
+        }) => (crate::queue::Selection::All, peer_id),
         Ok(_) => {
             return RpcError::invalid(
                 None,
@@ -287,7 +292,7 @@ async fn change_dead_letters(
                 .into_response();
         }
     };
-    let peer = resolve_peer(None, request_headers);
+    let peer = resolve_peer(peer_id.as_deref(), request_headers);
     let outcome = match change {
         DeadLetterChange::Redrive => dispatcher.redrive(&which, peer.as_deref()).await,
         DeadLetterChange::Purge => dispatcher.purge(&which, peer.as_deref()).await,

@@ -1627,8 +1627,30 @@ fn heavy_dead_lettered_items_are_listed_redriven_and_purged_and_a_standby_follow
     refused(&["queue", "redrive", "--url", &primary_url], "--all");
     refused(&["queue", "redrive", "--url", &standby_url, "--all"], "503");
 
+    refused(
+        &[
+            "queue",
+            "redrive",
+            "--url",
+            &primary_url,
+            "--id",
+            "2",
+            "--caller",
+            " ",
+        ],
+        "--caller needs a name",
+    );
     let redriven = omnirelay(
-        &["queue", "redrive", "--url", &primary_url, "--id", "2"],
+        &[
+            "queue",
+            "redrive",
+            "--url",
+            &primary_url,
+            "--id",
+            "2",
+            "--caller",
+            "alice",
+        ],
         b"",
     );
     assert!(redriven.status.success(), "{}", text(&redriven.stderr));
@@ -1696,6 +1718,7 @@ fn heavy_dead_lettered_items_are_listed_redriven_and_purged_and_a_standby_follow
         .collect();
     assert_eq!(redrives.len(), 1);
     assert!(redrives[0].get("ownership").is_none(), "{}", redrives[0]);
+    assert_eq!(redrives[0]["peerId"], "alice", "{}", redrives[0]);
     let purges: Vec<Value> = replay_events(primary_dir.path(), "2")
         .into_iter()
         .filter(|e| e["eventType"] == "DeadLetterPurged")

@@ -4,8 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, http};
-use omnirelay_replication::{DurableOptions, DurableReplicator};
-use omnirelay_resourcelease::ResourceLeaseCodec;
+use omnirelay_replication::{
+    Codec as _, DurableOptions, DurableReplicator, Encoding, Format, Replay, Replayed, StreamId,
+    WireVersion,
+};
+use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEventType as Type};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -359,6 +362,30 @@ async fn dead_letter(at: &str, count: usize) {
     }
 }
 
+/// The peer ids of the events of `event_type` in the log under `dir`, in
+/// order (read beside the running dispatcher).
+fn peers_of(dir: &std::path::Path, event_type: Type) -> Vec<Option<String>> {
+    let encoding = Encoding::new(Format::Protobuf, WireVersion::V2);
+    Replay::open(
+        dir,
+        &StreamId::default(),
+        1,
+        Arc::new(ResourceLeaseCodec),
+        encoding,
+    )
+    .unwrap()
+    .filter_map(|step| match step.unwrap() {
+        Replayed::Record(record) => {
+            let event = ResourceLeaseCodec
+                .decode(Format::Protobuf, record.bytes())
+                .unwrap();
+            (event.event_type == event_type).then_some(event.peer_id)
+        }
+        Replayed::Skipped { .. } => None,
+    })
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_redriven_over_http() {
     let dir = tempfile::tempdir().unwrap();
@@ -408,7 +435,7 @@ async fn dead_letters_are_listed_and_redriven_over_http() {
     );
     assert_eq!(dispatcher.dead_letters().await.len(), 2, "nothing changed");
 
-    let redriven = redrive(r#"{"sequenceIds":[2]}"#).await;
+    let redriven = redrive(r#"{"sequenceIds":[2],"peerId":"alice"}"#).await;
     assert_eq!(redriven.status, 200, "{:?}", redriven.body);
     assert_eq!(redriven.body["items"][0]["sequenceId"], 2);
     assert_eq!(redriven.body["items"][0]["attempt"], 1);
@@ -425,6 +452,11 @@ async fn dead_letters_are_listed_and_redriven_over_http() {
     assert_eq!(rest.body["items"][0]["sequenceId"], 1);
     assert_eq!(list().await.body, json!({"deadLetters": []}));
     assert_eq!(redrive(r#"{"all":true}"#).await.body, json!({"items": []}));
+    // The body's peer id names the operator; without one, the headers do.
+    assert_eq!(
+        peers_of(dir.path(), Type::Requeued),
+        [Some("alice".to_owned()), Some("operator".to_owned())]
+    );
     // The RPC still answers on every other path, GET included as before.
     let get_rpc = send(at, "GET /omnirelay/v1/resourcelease", None, &[], "").await;
     assert_eq!(get_rpc.status, 405);
@@ -478,7 +510,7 @@ async fn dead_letters_are_purged_over_http() {
         "sales.orders"
     );
     assert_eq!(dead().await, [1, 3]);
-    let rest = purge(r#"{"all":true}"#).await;
+    let rest = purge(r#"{"all":true,"peerId":"alice"}"#).await;
     let ids: Vec<_> = rest.body["items"]
         .as_array()
         .unwrap()
@@ -488,6 +520,13 @@ async fn dead_letters_are_purged_over_http() {
     assert_eq!(ids, [1, 3]);
     assert!(dead().await.is_empty());
     assert_eq!(purge(r#"{"all":true}"#).await.body, json!({"items": []}));
+    assert_eq!(
+        peers_of(dir.path(), Type::DeadLetterPurged),
+        [Some("operator".to_owned()), Some("alice".to_owned())]
+    );
+    for body in [r#"{"all":true,"peerId":7}"#, r#"{"all":true,"peer":"x"}"#] {
+        assert_eq!(purge(body).await.status, 400, "{body}");
+    }
     // Purged items are gone for good: nothing to lease.
     let stats = dispatcher.stats().await;
     assert_eq!((stats.pending, stats.active), (0, 0));

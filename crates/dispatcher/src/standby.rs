@@ -334,7 +334,10 @@ impl Standby {
             if sequence != last + 1 {
                 gap = Some(format!(
                     "the followed stream skips from sequence {last} to {sequence}: \
-                     the source no longer holds what lies between"
+                     the source no longer holds what lies between, or never got it \
+                     (a sink that refuses an event, e.g. one over a NATS server's \
+                     max_payload, dead-letters it: see `omnirelay deadletter list` \
+                     on the primary)"
                 ));
                 break;
             }

@@ -204,6 +204,7 @@ async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_prom
     let status = standby.status();
     let error = status.last_error.unwrap_or_default();
     assert!(error.contains("from sequence 6 to 8"), "{error}");
+    assert!(error.contains("omnirelay deadletter list"), "{error}");
     // Only full fidelity will do.
     let v1 = records(&primary_log, Encoding::new(Format::Json, WireVersion::V1)).await;
     let next = v1.iter().position(|r| r.sequence() == 7).unwrap();

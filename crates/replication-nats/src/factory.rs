@@ -11,6 +11,7 @@ use omnirelay_replication::{BoxFuture, Error, SharedSink, SinkExt};
 use serde::Deserialize;
 
 use crate::auth::{NatsCredentials, trust_authority};
+use crate::diagnose::TlsTrust;
 use crate::sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};
 use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, validate_stream_name, validate_subject_template,
@@ -108,6 +109,8 @@ impl Settings {
             }),
             max_outstanding_acks: self.max_outstanding_acks,
             ack_timeout: Duration::from_millis(self.ack_timeout_ms),
+            // Set by the builder, which knows the data directory.
+            tls_trust: None,
         }
     }
 
@@ -205,10 +208,19 @@ impl SinkFactory for NatsSinkFactory {
 impl SinkBuilder for Builder {
     fn build<'a>(&'a self, context: SinkContext<'a>) -> BoxFuture<'a, Result<SharedSink, Error>> {
         Box::pin(async move {
+            // The trust the connect options were given, so that a failed
+            // handshake is explained with it.
+            let tls_trust = Some(match &self.0.ca_file {
+                Some(ca_file) => TlsTrust::Authority(context.data_dir.join(ca_file)),
+                None => TlsTrust::System,
+            });
             let sink = NatsSink::connect_with(
                 &self.0.servers,
                 self.0.connect_options(context.data_dir)?,
-                self.0.options(),
+                NatsSinkOptions {
+                    tls_trust,
+                    ..self.0.options()
+                },
             )
             .await?;
             Ok(sink.shared())

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod diagnose;
 mod factory;
 mod follow;
 mod sink;
@@ -27,6 +28,7 @@ mod source;
 mod subject;
 
 pub use auth::{NatsCredentials, trust_authority};
+pub use diagnose::TlsTrust;
 pub use factory::NatsSinkFactory;
 pub use follow::FollowUrl;
 pub use sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};

@@ -16,6 +16,7 @@ use omnirelay_replication::{
     Error, ErrorKind, Health, HealthCell, Record, Sink, SinkError, StreamId,
 };
 
+use crate::diagnose::{ConnectProblem, TlsTrust};
 use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, subject_for, validate_stream_name,
     validate_subject_template,
@@ -88,6 +89,12 @@ pub struct NatsSinkOptions {
     pub max_outstanding_acks: usize,
     /// How long a publish waits for its acknowledgement.
     pub ack_timeout: Duration,
+    /// Whom the connect options trust for TLS. When known, a connection
+    /// that fails with nothing but `IO error` is explained: the sink
+    /// repeats the handshake with the same trust and adds its reason (an
+    /// untrusted certificate, say) to its errors. `None` (the default):
+    /// only the server's reachability is checked.
+    pub tls_trust: Option<TlsTrust>,
 }
 
 impl NatsSinkOptions {
@@ -100,6 +107,7 @@ impl NatsSinkOptions {
             create: Some(StreamSettings::default()),
             max_outstanding_acks: 256,
             ack_timeout: Duration::from_secs(10),
+            tls_trust: None,
         }
     }
 
@@ -158,10 +166,10 @@ struct Inner {
     marks: tokio::sync::Mutex<HashMap<StreamId, u64>>,
     duplicates: AtomicU64,
     health: HealthCell,
-    /// Why the client is not connected, as its last attempt said (`None`
-    /// once it is): a server that refuses the credentials otherwise shows
+    /// Why the client is not connected, as its last attempt said (and a
+    /// probe found): a server that refuses the credentials otherwise shows
     /// only as timed-out requests.
-    connecting: Arc<std::sync::Mutex<Option<String>>>,
+    connecting: Arc<ConnectProblem>,
 }
 
 impl Inner {
@@ -170,12 +178,7 @@ impl Inner {
         if err.kind() != ErrorKind::Unavailable {
             return err;
         }
-        let problem = self
-            .connecting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let Some(problem) = problem else {
+        let Some(problem) = self.connecting.describe() else {
             return err;
         };
         let through = err.applied_through_sequence();
@@ -234,24 +237,23 @@ impl NatsSink {
                     .map_err(|e| nats_error(ErrorKind::Config, &format!("server {s:?}"), e))
             })
             .collect::<Result<_, _>>()?;
-        let connecting = Arc::new(std::sync::Mutex::new(None));
+        let connecting = Arc::new(ConnectProblem::default());
         let recorder = connecting.clone();
+        let probed: Arc<[async_nats::ServerAddr]> = addresses.clone().into();
+        let trust = options.tls_trust.clone();
         let client = connect
             .event_callback(move |event| {
                 // Only what stops it connecting: a slow consumer or a
                 // permission refused while connected is no reason.
-                let problem = match event {
-                    async_nats::Event::Connected => Some(None),
-                    async_nats::Event::ClientError(e) => Some(Some(e.to_string())),
+                match event {
+                    async_nats::Event::Connected => recorder.connected(),
+                    async_nats::Event::ClientError(e) => {
+                        recorder.failed(e.to_string(), &probed, trust.as_ref());
+                    }
                     async_nats::Event::ServerError(
                         e @ async_nats::ServerError::AuthorizationViolation,
-                    ) => Some(Some(e.to_string())),
-                    _ => None,
-                };
-                if let Some(problem) = problem {
-                    *recorder
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
+                    ) => recorder.refused(e.to_string()),
+                    _ => {}
                 }
                 async {}
             })

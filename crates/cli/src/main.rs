@@ -91,6 +91,14 @@ enum Command {
         /// by restarting its nodes with 2).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=2))]
         write_version: Option<u16>,
+        /// The dispatcher a seeder or worker calls: its URL (key
+        /// `services.mesh.dispatcher`), in the namespace of `--namespace`.
+        #[arg(long, value_name = "URL")]
+        dispatcher: Option<String>,
+        /// A worker's peer id (key `services.mesh.peer`; default
+        /// `mesh-worker-<host name>`).
+        #[arg(long, value_name = "NAME")]
+        peer: Option<String>,
     },
     /// The mesh demo: a dispatcher, a standby following it and the control
     /// plane (dashboard) as nodes on loopback, with a seeder and two workers
@@ -479,6 +487,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hosts,
             stop_on_stdin_eof,
             write_version,
+            dispatcher,
+            peer,
         } => runtime()?.block_on(serve::run(
             &node,
             serve::ServeOptions {
@@ -489,6 +499,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hosts: &hosts,
                 stop_on_stdin_eof,
                 write_version,
+                dispatcher: dispatcher.as_deref(),
+                peer: peer.as_deref(),
             },
         )),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),

@@ -103,17 +103,18 @@ impl NodeArgs {
 /// `DIR/replication.db`, and the services' tables.
 pub(crate) fn default_toml() -> String {
     format!(
-        "{}{}{}{}{}",
+        "{}{}{}{}{}{}",
         config::DEFAULT_TOML,
         omnirelay_replication_sqlite::DEFAULT_SINK_TOML,
         omnirelay_dispatcher::settings::DEFAULT_TOML,
         omnirelay_dispatcher::settings::STANDBY_DEFAULT_TOML,
-        omnirelay_controlplane::settings::DEFAULT_TOML
+        omnirelay_controlplane::settings::DEFAULT_TOML,
+        omnirelay_controlplane::settings::MESH_DEFAULT_TOML
     )
 }
 
 /// The services this binary has, by their `[services.NAME]` table.
-const SERVICES: [&str; 3] = ["controlplane", "dispatcher", "standby"];
+const SERVICES: [&str; 4] = ["controlplane", "dispatcher", "mesh", "standby"];
 
 /// Checks every `[services.NAME]` table: known names, valid settings.
 pub(crate) fn check_services(loaded: &config::Loaded, valid: &ValidConfig) -> Result<(), String> {
@@ -121,12 +122,13 @@ pub(crate) fn check_services(loaded: &config::Loaded, valid: &ValidConfig) -> Re
     for (name, table) in &valid.services {
         let key = format!("services.{name}");
         match name.as_str() {
-            "dispatcher" | "controlplane" | "standby" => {
+            "dispatcher" | "controlplane" | "mesh" | "standby" => {
                 let checked = match name.as_str() {
                     "dispatcher" => omnirelay_dispatcher::settings::parse(Some(table)).map(|_| ()),
                     "standby" => {
                         omnirelay_dispatcher::settings::parse_standby(Some(table)).map(|_| ())
                     }
+                    "mesh" => omnirelay_controlplane::settings::parse_mesh(Some(table)).map(|_| ()),
                     _ => omnirelay_controlplane::settings::parse(Some(table)).map(|_| ()),
                 };
                 if let Err(e) = checked {

@@ -34,6 +34,22 @@ pub(crate) enum Role {
     /// streaming `PublishStream`) into its own durable log and sinks, and
     /// serves `Subscribe` to its log.
     Receiver,
+    /// The mesh scenario's seeder: enqueues a lakehouse-catalog operation
+    /// on a dispatcher (`--dispatcher URL`) every `seed_interval_ms`, as
+    /// caller `mesh-demo-host`. Keeps no log.
+    Seeder,
+    /// A mesh scenario worker: leases from a dispatcher (`--dispatcher
+    /// URL`) as `--peer` (default `mesh-worker-<host name>`), applies each
+    /// operation to its own catalog, completes it or fails a stale one
+    /// without requeue. Keeps no log.
+    Worker,
+}
+
+impl Role {
+    /// Whether the node is a client of a dispatcher that keeps no log.
+    fn is_mesh_client(self) -> bool {
+        matches!(self, Self::Seeder | Self::Worker)
+    }
 }
 
 /// What `omnirelay serve` was asked beyond the node's configuration.
@@ -53,6 +69,10 @@ pub(crate) struct ServeOptions<'a> {
     pub(crate) stop_on_stdin_eof: bool,
     /// The schema version every sink writes, over each sink's own.
     pub(crate) write_version: Option<u16>,
+    /// The dispatcher a seeder or worker calls.
+    pub(crate) dispatcher: Option<&'a str>,
+    /// A worker's peer id.
+    pub(crate) peer: Option<&'a str>,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -65,9 +85,20 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         hosts,
         stop_on_stdin_eof,
         write_version,
+        dispatcher,
+        peer,
     } = options;
     if role != Role::Controlplane && !hosts.is_empty() {
         anyhow::bail!("--hosts is for --role controlplane");
+    }
+    if !role.is_mesh_client() && dispatcher.is_some() {
+        anyhow::bail!("--dispatcher is for --role seeder and --role worker");
+    }
+    if role != Role::Worker && peer.is_some() {
+        anyhow::bail!("--peer is for --role worker");
+    }
+    if role.is_mesh_client() && write_version.is_some() {
+        anyhow::bail!("--write-version is for nodes that replicate, not a {role:?}");
     }
     for host in hosts {
         omnirelay_controlplane::settings::check_host(host)
@@ -89,8 +120,17 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         .chain(
             follow.map(|url| Override::new("--follow", "services.standby.follow", url.to_owned())),
         )
+        .chain(
+            dispatcher.map(|url| {
+                Override::new("--dispatcher", "services.mesh.dispatcher", url.to_owned())
+            }),
+        )
+        .chain(peer.map(|peer| Override::new("--peer", "services.mesh.peer", peer.to_owned())))
         .collect();
     let mut valid = args.load_with(overrides)?;
+    if role.is_mesh_client() {
+        return run_mesh_client(&valid, role, stop_on_stdin_eof).await;
+    }
     // Checked by `load_with`; a standby's only.
     let standby_settings =
         omnirelay_dispatcher::settings::parse_standby(valid.services.get("standby"))
@@ -144,6 +184,8 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     );
     let mut rebuilt = None;
     let (receiver, http, service) = match role {
+        // Run above, without a log.
+        Role::Seeder | Role::Worker => anyhow::bail!("a {role:?} keeps no log"),
         Role::Receiver => {
             let receiver = Arc::new(
                 Receiver::open(replicator.clone(), stream.clone())
@@ -279,19 +321,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             valid.data_dir.display()
         ),
     );
-    if stop_on_stdin_eof {
-        let (ended, end) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            let _ = ended.send(());
-        });
-        tokio::select! {
-            () = shutdown.wait() => {}
-            _ = end => {}
-        }
-    } else {
-        shutdown.wait().await;
-    }
+    shutdown.wait_or_stdin_eof(stop_on_stdin_eof).await;
     node::say(false, "stopping");
     server.stop().await;
     if let Service::ControlPlane(plane) = &service_for_close
@@ -565,4 +595,195 @@ impl Shutdown {
             _ = self.terminate.recv() => {}
         }
     }
+
+    /// As [`Shutdown::wait`], or, when `stdin_eof`, until standard input
+    /// ends too.
+    async fn wait_or_stdin_eof(&mut self, stdin_eof: bool) {
+        if !stdin_eof {
+            return self.wait().await;
+        }
+        let (ended, end) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = ended.send(());
+        });
+        tokio::select! {
+            () = self.wait() => {}
+            _ = end => {}
+        }
+    }
+}
+
+/// Runs a seeder or a worker of the mesh scenario until SIGINT or SIGTERM:
+/// a client of a dispatcher's RPC that keeps no log, serving `/metrics`,
+/// its health and `GET /status` (what it did) on its listener. A worker
+/// stops leasing at once and finishes the item it holds.
+async fn run_mesh_client(
+    valid: &omnirelay_replication::config::ValidConfig,
+    role: Role,
+    stop_on_stdin_eof: bool,
+) -> anyhow::Result<ExitCode> {
+    use omnirelay_controlplane::mesh::{self, Catalog, Counters, RpcClient, Seeder};
+    // Both checked by `load_with`.
+    let settings = omnirelay_controlplane::settings::parse_mesh(valid.services.get("mesh"))
+        .map_err(|e| anyhow::anyhow!("services.mesh.{}: {}", e.path, e.message))?;
+    let namespace = omnirelay_dispatcher::settings::parse(valid.services.get("dispatcher"))
+        .map_err(|e| anyhow::anyhow!("services.dispatcher.{}: {}", e.path, e.message))?
+        .namespace;
+    let dispatcher = settings.dispatcher.clone().context(
+        "a seeder or worker needs the dispatcher to call: --dispatcher URL (or services.mesh.dispatcher)",
+    )?;
+    let ca_pem = crate::read_ca(settings.ca_file.as_deref()).context("services.mesh.ca_file")?;
+    let client = RpcClient::new(
+        &dispatcher,
+        &namespace,
+        settings.token.clone().or_else(|| valid.token.clone()),
+    )
+    .trusting_authority(ca_pem.as_deref())
+    .map_err(|why| anyhow::anyhow!("services.mesh.ca_file: {why}"))?;
+    node::install_logging(valid.telemetry.log_format, &valid.telemetry.log_level);
+    let listen = valid
+        .listen
+        .clone()
+        .context("serve needs an address to listen on: --listen HOST:PORT (or server.listen)")?;
+    let bound = Bound::bind(&listen, valid).await?;
+    let metrics = node::install_metrics()?;
+    let counters = Arc::new(Counters::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (what, peer, task) = if role == Role::Worker {
+        let peer = settings.peer.clone().unwrap_or_else(default_peer);
+        let task = tokio::spawn(mesh::run_worker(
+            client,
+            peer.clone(),
+            Arc::new(std::sync::Mutex::new(Catalog::default())),
+            counters.clone(),
+            stopped,
+        ));
+        ("worker", Some(peer), task)
+    } else {
+        let task = tokio::spawn(mesh::run_seeder(
+            client,
+            Seeder::default(),
+            settings.seed_interval,
+            counters.clone(),
+            stopped,
+        ));
+        ("seeder", None, task)
+    };
+    let document = {
+        let (counters, node, peer, dispatcher) = (
+            counters.clone(),
+            valid.node_id.clone(),
+            peer.clone(),
+            dispatcher.clone(),
+        );
+        let url = bound.url()?;
+        move || {
+            mesh_status(
+                &url,
+                node.as_deref(),
+                what,
+                peer.as_deref(),
+                &dispatcher,
+                &counters,
+            )
+        }
+    };
+    let status = axum::Router::new().route(
+        "/status",
+        axum::routing::get(move || {
+            let body = document();
+            async move { axum::Json(body) }
+        }),
+    );
+    let mut shutdown = Shutdown::watch()?;
+    let server = bound.serve(metrics, None, Some(status))?;
+    server.set_ready();
+    node::say(
+        false,
+        &format!(
+            "{what} ready at {}: calling {dispatcher} (namespace {namespace}){}",
+            server.url(),
+            peer.map(|p| format!(" as {p}")).unwrap_or_default()
+        ),
+    );
+    shutdown.wait_or_stdin_eof(stop_on_stdin_eof).await;
+    node::say(false, "stopping");
+    let _ = stop.send(true);
+    if let Err(error) = task.await {
+        tracing::error!(%error, "the {what} failed");
+    }
+    server.stop().await;
+    node::say(
+        false,
+        &format!("stopped: {}", mesh_summary(role, &counters)),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A worker's default peer id, as the reference's: `mesh-worker-<host name>`.
+fn default_peer() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_owned());
+    format!("mesh-worker-{host}")
+}
+
+/// `GET /status` of a seeder or a worker: the status document's one host,
+/// with what it did under `mesh`.
+fn mesh_status(
+    url: &str,
+    node: Option<&str>,
+    role: &str,
+    peer: Option<&str>,
+    dispatcher: &str,
+    counters: &omnirelay_controlplane::mesh::Counters,
+) -> serde_json::Value {
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    serde_json::json!({ "hosts": [{
+        "url": url,
+        "up": true,
+        "node": node,
+        "role": role,
+        "streams": [],
+        "sinks": [],
+        "mesh": {
+            "dispatcher": dispatcher,
+            "peerId": peer,
+            "enqueued": count(&counters.enqueued),
+            "enqueueErrors": count(&counters.enqueue_errors),
+            "completed": counters.completed(),
+            "created": count(&counters.created),
+            "updated": count(&counters.updated),
+            "duplicates": count(&counters.duplicates),
+            "stale": count(&counters.stale),
+            "invalid": count(&counters.invalid),
+            "workerErrors": count(&counters.worker_errors),
+        },
+    }]})
+}
+
+/// What a seeder or worker did, in one line.
+fn mesh_summary(role: Role, counters: &omnirelay_controlplane::mesh::Counters) -> String {
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    if role == Role::Seeder {
+        return format!(
+            "{} enqueued, {} refused or unanswered",
+            count(&counters.enqueued),
+            count(&counters.enqueue_errors)
+        );
+    }
+    format!(
+        "{} completed ({} created, {} updated, {} duplicates), {} stale and {} invalid failed without requeue, {} RPC errors",
+        counters.completed(),
+        count(&counters.created),
+        count(&counters.updated),
+        count(&counters.duplicates),
+        count(&counters.stale),
+        count(&counters.invalid),
+        count(&counters.worker_errors)
+    )
 }

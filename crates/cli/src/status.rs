@@ -128,6 +128,43 @@ fn render(document: &Value) -> String {
             &queues,
         ));
     }
+    let clients: Vec<Vec<String>> = hosts
+        .iter()
+        .filter(|host| host["mesh"].is_object())
+        .map(|host| {
+            let mesh = &host["mesh"];
+            vec![
+                text(&host["url"]),
+                text(&host["role"]),
+                text(&mesh["peerId"]),
+                text(&mesh["enqueued"]),
+                text(&mesh["completed"]),
+                text(&mesh["stale"]),
+                text(&mesh["invalid"]),
+                (mesh["enqueueErrors"].as_u64().unwrap_or(0)
+                    + mesh["workerErrors"].as_u64().unwrap_or(0))
+                .to_string(),
+                text(&mesh["dispatcher"]),
+            ]
+        })
+        .collect();
+    if !clients.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &[
+                "HOST",
+                "ROLE",
+                "PEER",
+                "ENQUEUED",
+                "COMPLETED",
+                "STALE",
+                "INVALID",
+                "RPC_ERRORS",
+                "DISPATCHER",
+            ],
+            &clients,
+        ));
+    }
     out
 }
 
@@ -218,5 +255,51 @@ mod tests {
         let without =
             render(&json!({"hosts": [{"url": "http://c:3", "role": "receiver", "up": true}]}));
         assert!(!without.contains("DEAD-LETTERED"), "{without}");
+    }
+
+    #[test]
+    fn seeders_and_workers_get_a_table_of_what_they_did() {
+        let document = json!({"hosts": [
+            {"url": "http://w:1", "role": "worker", "up": true, "streams": [], "sinks": [],
+             "mesh": {"dispatcher": "http://d:7420", "peerId": "mesh-worker-a", "enqueued": 0,
+                      "completed": 7, "stale": 2, "invalid": 0, "enqueueErrors": 0,
+                      "workerErrors": 1}},
+            {"url": "http://s:2", "role": "seeder", "up": true, "streams": [], "sinks": [],
+             "mesh": {"dispatcher": "http://d:7420", "peerId": null, "enqueued": 9,
+                      "completed": 0, "stale": 0, "invalid": 0, "enqueueErrors": 3,
+                      "workerErrors": 0}},
+        ]});
+        let out = render(&document);
+        let lines: Vec<&str> = out.lines().collect();
+        let at = lines.iter().position(|l| l.contains("COMPLETED")).unwrap();
+        let split = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            split(lines[at + 1]),
+            [
+                "http://w:1",
+                "worker",
+                "mesh-worker-a",
+                "0",
+                "7",
+                "2",
+                "0",
+                "1",
+                "http://d:7420"
+            ]
+        );
+        assert_eq!(
+            split(lines[at + 2]),
+            [
+                "http://s:2",
+                "seeder",
+                "-",
+                "9",
+                "0",
+                "0",
+                "0",
+                "3",
+                "http://d:7420"
+            ]
+        );
     }
 }

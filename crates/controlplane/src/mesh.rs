@@ -564,6 +564,21 @@ impl RpcClient {
         }
     }
 
+    /// The same client, trusting the authority whose PEM certificates are
+    /// `ca_pem` for an `https://` URL, or without it the system's roots.
+    ///
+    /// # Errors
+    ///
+    /// `ca_pem` holds no PEM certificate, or the system's roots cannot be
+    /// loaded.
+    pub fn trusting_authority(self, ca_pem: Option<&[u8]>) -> Result<Self, String> {
+        let https = self.url.starts_with("https://");
+        if !https {
+            return Ok(self);
+        }
+        Ok(self.trusting(Arc::new(crate::tls::config(ca_pem, true)?)))
+    }
+
     /// The same client, trusting `config` for an `https://` URL (a client
     /// from [`RpcClient::new`] speaks plain HTTP only).
     pub(crate) fn trusting(self, config: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {

@@ -181,3 +181,133 @@ pub fn check_host(url: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The mesh scenario's clients as the embedded default has them, for
+/// `omnirelay config default`.
+pub const MESH_DEFAULT_TOML: &str = r#"
+# The mesh scenario's seeder and workers (`omnirelay serve --role seeder`
+# and `--role worker`): clients of a dispatcher's RPC in the namespace of
+# [services.dispatcher] (`--namespace`), as the reference's mesh runs them.
+[services.mesh]
+# The dispatcher they call (`--dispatcher` sets it).
+# dispatcher = "http://dispatcher.example:7420"
+# The seeder enqueues one catalog operation this often.
+seed_interval_ms = 2000
+# A worker's peer id (`--peer` sets it); mesh-worker-<host name> unless set.
+# peer = "mesh-worker-a"
+# For an https:// dispatcher whose certificate a private authority signed:
+# that authority's PEM certificate (the system's roots otherwise).
+# ca_file = "/etc/omnirelay/ca.pem"
+# The dispatcher's token, when it differs from this node's own [server]
+# token (which is sent otherwise).
+# token = "…"
+"#;
+
+/// `[services.mesh]`: what the mesh scenario's seeder and workers call,
+/// and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// The dispatcher's URL, if set.
+    pub dispatcher: Option<String>,
+    /// How often the seeder enqueues.
+    pub seed_interval: Duration,
+    /// A worker's peer id, if set.
+    pub peer: Option<String>,
+    /// For an `https://` dispatcher: the authority's PEM certificate file.
+    pub ca_file: Option<PathBuf>,
+    /// The dispatcher's token, if it differs from the node's own.
+    pub token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct MeshTable {
+    dispatcher: Option<String>,
+    seed_interval_ms: u64,
+    peer: Option<String>,
+    ca_file: Option<PathBuf>,
+    token: Option<String>,
+}
+
+impl Default for MeshTable {
+    fn default() -> Self {
+        Self {
+            dispatcher: None,
+            seed_interval_ms: 2000,
+            peer: None,
+            ca_file: None,
+            token: None,
+        }
+    }
+}
+
+/// Binds and checks `[services.mesh]` (absent: the defaults).
+///
+/// # Errors
+///
+/// The key and the problem.
+pub fn parse_mesh(table: Option<&serde_json::Value>) -> Result<MeshSettings, SettingsError> {
+    let empty = serde_json::Value::Object(serde_json::Map::new());
+    let table: MeshTable = parse_settings(table.unwrap_or(&empty))?;
+    if let Some(url) = &table.dispatcher {
+        check_host(url).map_err(|why| SettingsError::new("dispatcher", why))?;
+    }
+    if table.seed_interval_ms == 0 {
+        return Err(SettingsError::new("seed_interval_ms", "must be at least 1"));
+    }
+    if let Some(peer) = &table.peer
+        && peer.trim().is_empty()
+    {
+        return Err(SettingsError::new("peer", "must name the worker"));
+    }
+    refuse_empty("ca_file", table.ca_file.as_ref())?;
+    refuse_empty("token", table.token.as_ref())?;
+    Ok(MeshSettings {
+        dispatcher: table
+            .dispatcher
+            .map(|url| url.trim_end_matches('/').to_owned()),
+        seed_interval: Duration::from_millis(table.seed_interval_ms),
+        peer: table.peer,
+        ca_file: table.ca_file,
+        token: table.token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mesh_table_binds_its_defaults_and_refuses_bad_values() {
+        let defaults = parse_mesh(None).unwrap();
+        assert_eq!(defaults.seed_interval, Duration::from_secs(2));
+        assert_eq!((defaults.dispatcher, defaults.peer), (None, None));
+        let set = parse_mesh(Some(&serde_json::json!({
+            "dispatcher": "http://d:7420/",
+            "peer": "w-1",
+            "seed_interval_ms": 50,
+        })))
+        .unwrap();
+        assert_eq!(set.dispatcher.as_deref(), Some("http://d:7420"));
+        assert_eq!(set.peer.as_deref(), Some("w-1"));
+        assert_eq!(set.seed_interval, Duration::from_millis(50));
+        for (table, key) in [
+            (serde_json::json!({"dispatcher": "d:7420"}), "dispatcher"),
+            (
+                serde_json::json!({"seed_interval_ms": 0}),
+                "seed_interval_ms",
+            ),
+            (serde_json::json!({"peer": " "}), "peer"),
+            (serde_json::json!({"token": ""}), "token"),
+            (serde_json::json!({"workers": 2}), "workers"),
+        ] {
+            let error = parse_mesh(Some(&table)).unwrap_err();
+            assert!(
+                error.path == key || error.message.contains(key),
+                "{table}: {} {}",
+                error.path,
+                error.message
+            );
+        }
+    }
+}

@@ -298,9 +298,18 @@ fn service_tables_are_checked_by_their_service() {
     );
     assert!(
         stderr.contains(
-            "services.janitor: no such service (known: controlplane, dispatcher, standby)"
+            "services.janitor: no such service (known: controlplane, dispatcher, mesh, standby)"
         ),
         "{stderr}"
+    );
+    std::fs::write(&file, "[services.mesh]
+seed_interval_ms = 0
+").unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert!(
+        text(&out.stderr).contains("services.mesh.seed_interval_ms: must be at least 1"),
+        "{}",
+        text(&out.stderr)
     );
     std::fs::write(
         &file,

@@ -9,6 +9,7 @@ mod deadletter;
 mod demo;
 mod dispatcher;
 mod log;
+mod mesh;
 mod prometheus;
 mod rollover;
 mod schema;

@@ -302,9 +302,13 @@ fn service_tables_are_checked_by_their_service() {
         ),
         "{stderr}"
     );
-    std::fs::write(&file, "[services.mesh]
+    std::fs::write(
+        &file,
+        "[services.mesh]
 seed_interval_ms = 0
-").unwrap();
+",
+    )
+    .unwrap();
     let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
     assert!(
         text(&out.stderr).contains("services.mesh.seed_interval_ms: must be at least 1"),

@@ -195,3 +195,89 @@ fn a_seeder_or_worker_is_refused_without_a_dispatcher_and_with_others_flags() {
         "--write-version is for nodes that replicate",
     );
 }
+
+#[test]
+fn heavy_a_seeder_and_a_worker_reach_a_tls_dispatcher_with_its_authority_and_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, cert) = crate::tls_node_config(
+        dir.path(),
+        "dispatcher",
+        "[server]\ntoken = \"mesh-secret\"\n",
+    );
+    let (_dispatcher, dispatcher_at, _) = spawn_listening(&[
+        "serve",
+        "--role",
+        "dispatcher",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(&dir.path().join("dispatcher")),
+        "--config",
+        dir_arg(&config),
+    ]);
+    let port = dispatcher_at.rsplit(':').next().unwrap();
+    // A client node's settings: the dispatcher, its authority and token.
+    let client = |name: &str, mesh: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[services.mesh]\ndispatcher = \"https://localhost:{port}\"\nseed_interval_ms = 100\n{mesh}"
+            ),
+        )
+        .unwrap();
+        let role = if name.starts_with("seeder") {
+            "seeder"
+        } else {
+            "worker"
+        };
+        let (child, address, _) = spawn_listening(&[
+            "serve",
+            "--role",
+            role,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            dir_arg(&file),
+        ]);
+        (child, address)
+    };
+    let trusted = format!(
+        "ca_file = \"{}\"\ntoken = \"mesh-secret\"\n",
+        cert.display()
+    );
+    let (_seeder, seeder_at) = client("seeder", &trusted);
+    let (_worker, worker_at) = client("worker", &format!("{trusted}peer = \"tls-worker\"\n"));
+    // Without the authority the handshake fails; without the token the
+    // dispatcher refuses: each counts its failures and does nothing.
+    let (_doubting, doubting_at) = client("seeder-doubting", "token = \"mesh-secret\"\n");
+    let (_tokenless, tokenless_at) = client(
+        "seeder-tokenless",
+        &format!("ca_file = \"{}\"\n", cert.display()),
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = || {
+        mesh_of(&worker_at)["completed"].as_u64().unwrap_or(0) >= 2
+            && mesh_of(&doubting_at)["enqueueErrors"].as_u64().unwrap_or(0) >= 1
+            && mesh_of(&tokenless_at)["enqueueErrors"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+    };
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "worker {} doubting {} tokenless {}",
+            mesh_of(&worker_at),
+            mesh_of(&doubting_at),
+            mesh_of(&tokenless_at)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(mesh_of(&worker_at)["workerErrors"], 0);
+    assert_eq!(mesh_of(&seeder_at)["enqueueErrors"], 0);
+    for refused in [&doubting_at, &tokenless_at] {
+        assert_eq!(mesh_of(refused)["enqueued"], 0);
+    }
+}

@@ -732,9 +732,50 @@ pub struct Counters {
     pub worker_errors: AtomicU64,
 }
 
+/// Enqueues of the seeder, by `outcome` (`enqueued`, `refused`: refused
+/// or never answered).
+pub const ENQUEUES_TOTAL: &str = "omnirelay_mesh_enqueues_total";
+/// Items a worker leased, by `peer` and `outcome` (`created`, `updated`,
+/// `duplicate`: completed; `stale`, `invalid`: failed without requeue).
+pub const ITEMS_TOTAL: &str = "omnirelay_mesh_items_total";
+/// RPC calls of a worker the dispatcher refused or never answered, by
+/// `peer`.
+pub const RPC_ERRORS_TOTAL: &str = "omnirelay_mesh_rpc_errors_total";
+
 impl Counters {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An enqueue, done or not: counted here and as a metric.
+    fn enqueue(&self, done: bool) {
+        let (counter, outcome) = if done {
+            (&self.enqueued, "enqueued")
+        } else {
+            (&self.enqueue_errors, "refused")
+        };
+        Self::bump(counter);
+        metrics::counter!(ENQUEUES_TOTAL, "outcome" => outcome).increment(1);
+    }
+
+    /// An item `peer` leased and dealt with as `outcome` says (`None`:
+    /// its payload was no operation).
+    fn item(&self, peer: &str, outcome: Option<Outcome>) {
+        let (counter, label) = match outcome {
+            Some(Outcome::Created) => (&self.created, "created"),
+            Some(Outcome::Updated) => (&self.updated, "updated"),
+            Some(Outcome::Duplicate) => (&self.duplicates, "duplicate"),
+            Some(Outcome::Stale) => (&self.stale, "stale"),
+            None => (&self.invalid, "invalid"),
+        };
+        Self::bump(counter);
+        metrics::counter!(ITEMS_TOTAL, "peer" => peer.to_owned(), "outcome" => label).increment(1);
+    }
+
+    /// A call of `peer` the dispatcher refused or never answered.
+    fn rpc_error(&self, peer: &str) {
+        Self::bump(&self.worker_errors);
+        metrics::counter!(RPC_ERRORS_TOTAL, "peer" => peer.to_owned()).increment(1);
     }
 
     /// Items the workers completed.
@@ -757,7 +798,7 @@ pub async fn run_seeder(
         let op = seeder.next_operation();
         match client.enqueue(&op.payload()).await {
             Ok(response) => {
-                Counters::bump(&counters.enqueued);
+                counters.enqueue(true);
                 tracing::debug!(
                     resource = %op.resource_id,
                     operation = op.operation_type.name(),
@@ -766,7 +807,7 @@ pub async fn run_seeder(
                 );
             }
             Err(error) => {
-                Counters::bump(&counters.enqueue_errors);
+                counters.enqueue(false);
                 tracing::warn!(%error, "the seeder could not enqueue");
             }
         }
@@ -795,7 +836,7 @@ pub async fn run_worker(
             Ok(Some(lease)) => lease,
             Ok(None) => continue,
             Err(error) => {
-                Counters::bump(&counters.worker_errors);
+                counters.rpc_error(&peer);
                 tracing::warn!(%error, peer, "lease failed; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
@@ -806,9 +847,9 @@ pub async fn run_worker(
             Ok(op) => op,
             Err(why) => {
                 tracing::warn!(why, peer, "invalid catalog payload");
-                Counters::bump(&counters.invalid);
+                counters.item(&peer, None);
                 if let Err(error) = client.fail(&token, false, "invalid catalog payload").await {
-                    Counters::bump(&counters.worker_errors);
+                    counters.rpc_error(&peer);
                     tracing::warn!(%error, peer, "fail refused");
                 }
                 continue;
@@ -816,17 +857,10 @@ pub async fn run_worker(
         };
         tokio::time::sleep(Duration::from_millis(rng.u64(400..1250))).await;
         let outcome = crate::hosts::lock(&catalog).apply(&op);
+        counters.item(&peer, Some(outcome));
         let result = match outcome {
-            Outcome::Stale => {
-                Counters::bump(&counters.stale);
-                client.fail(&token, false, "stale catalog version").await
-            }
+            Outcome::Stale => client.fail(&token, false, "stale catalog version").await,
             Outcome::Duplicate | Outcome::Created | Outcome::Updated => {
-                Counters::bump(match outcome {
-                    Outcome::Duplicate => &counters.duplicates,
-                    Outcome::Created => &counters.created,
-                    _ => &counters.updated,
-                });
                 match client.complete(&token).await {
                     Ok(()) => Ok(()),
                     Err(error) => {
@@ -837,7 +871,7 @@ pub async fn run_worker(
             }
         };
         if let Err(error) = result {
-            Counters::bump(&counters.worker_errors);
+            counters.rpc_error(&peer);
             tracing::warn!(%error, peer, resource = %op.resource_id, "the dispatcher refused");
         }
     }

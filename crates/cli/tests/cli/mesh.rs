@@ -114,6 +114,27 @@ fn heavy_a_seeder_and_a_worker_run_the_mesh_against_a_dispatcher() {
     let seeded = mesh_of(&seeder_at);
     assert!(seeded["enqueued"].as_u64().unwrap() >= 3, "{seeded}");
     assert_eq!(seeded["enqueueErrors"], 0, "{seeded}");
+    // So does each one's /metrics.
+    let metric = |address: &str, prefix: &str| -> u64 {
+        let (_, metrics) = http_get(address, "/metrics").unwrap();
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(
+        metric(&worker_at, "omnirelay_mesh_items_total{") >= 3,
+        "{:?}",
+        http_get(&worker_at, "/metrics")
+    );
+    assert!(
+        metric(
+            &seeder_at,
+            "omnirelay_mesh_enqueues_total{outcome=\"enqueued\"}"
+        ) >= 3
+    );
+    assert_eq!(metric(&worker_at, "omnirelay_mesh_rpc_errors_total"), 0);
     // `omnirelay status` shows what each did.
     let table = crate::omnirelay(&["status", "--url", &format!("http://{worker_at}")], b"");
     assert!(table.status.success(), "{}", text(&table.stderr));

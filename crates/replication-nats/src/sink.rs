@@ -532,9 +532,13 @@ impl Sink for NatsSink {
         .map_err(|e| inner.explained(e));
         self.inner.health.record(&result);
         if result.as_ref().is_err_and(|e| e.error().is_retryable()) {
-            // Publishes may have landed without their acknowledgement: read
-            // the mark from the stream before the next batch.
-            self.inner.marks.lock().await.remove(&stream);
+            // Check the stream again before the next batch. The mark stays
+            // the last acknowledged sequence: what follows it may have
+            // landed or not, in any order (a publish lost with a broken
+            // connection while a later one was stored), so the retry
+            // publishes all of it again and JetStream drops what it has
+            // by message id. Reading the stream's last message instead
+            // would skip whatever was lost before it.
             *self.inner.ready.lock().await = false;
         }
         result

@@ -175,3 +175,49 @@ async fn heavy_the_stream_is_created_as_configured_and_checked_when_it_exists() 
         "{err}"
     );
 }
+
+/// A publish lost in flight while a later one landed (a connection lost
+/// mid-pipeline, say): the retry must publish it again, not skip it
+/// because the stream's last message is past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_publish_lost_in_flight_is_published_again_though_a_later_one_landed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path());
+    let options = NatsSinkOptions {
+        ack_timeout: Duration::from_millis(500),
+        ..NatsSinkOptions::new()
+    };
+    let stream = StreamId::default();
+    let records: Vec<_> = (1..=6)
+        .map(|s| record(&stream, s, Encoding::JSON_V1))
+        .collect();
+    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), options.clone())
+        .await
+        .unwrap();
+    sink.apply_owned(&records[..3]).await.unwrap();
+    // Sequence 4 goes out to a server that does not read it, and dies with
+    // it: lost, unacknowledged.
+    nats.signal("STOP");
+    let lost = sink.apply_owned(&records[3..4]).await.unwrap_err();
+    assert!(lost.error().is_retryable(), "{lost}");
+    nats.kill();
+    nats.restart();
+    // Sequence 5 landed meanwhile (as a publish in flight after it would).
+    let other = NatsSink::connect(std::slice::from_ref(&nats.url), options)
+        .await
+        .unwrap();
+    other.apply_owned(&records[4..5]).await.unwrap();
+    // The delivery engine retries from 4.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = sink.apply_owned(&records[3..]).await {
+        assert!(std::time::Instant::now() < deadline, "never recovered: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut held: Vec<u64> = stored(&nats.url, DEFAULT_STREAM, "default")
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    held.sort_unstable();
+    assert_eq!(held, [1, 2, 3, 4, 5, 6], "every sequence once");
+}

@@ -511,10 +511,18 @@ impl Sink for NatsSink {
         let inner = &self.inner;
         let result = async {
             let mark = inner.mark(&stream).await?;
+            // Each message names the one before it: the mark (what the
+            // stream holds up to), then the batch's records in order.
+            let mut previous = mark;
             let records: Vec<(u64, Bytes, HeaderMap)> = batch
                 .iter()
                 .filter(|r| r.sequence() > mark)
-                .map(|r| (r.sequence(), r.shared_bytes(), headers_of(r)))
+                .map(|r| {
+                    let mut headers = headers_of(r);
+                    headers.insert(header::PREVIOUS_SEQUENCE, previous.to_string().as_str());
+                    previous = r.sequence();
+                    (r.sequence(), r.shared_bytes(), headers)
+                })
                 .collect();
             if records.is_empty() {
                 return Ok(());

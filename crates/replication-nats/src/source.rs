@@ -1,8 +1,8 @@
 //! The NATS JetStream source: a replica fed from the bus.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::ConnectOptions;
 use async_nats::jetstream::consumer::pull::Config as ConsumerConfig;
@@ -43,6 +43,11 @@ pub struct NatsSourceOptions {
     pub ack_wait: Duration,
     /// How applying a batch to a failing sink is retried.
     pub retry: RetryPolicy,
+    /// How long a message waits for the one its sink published before it
+    /// (`Omnirelay-Previous-Sequence`) when the bus holds them out of
+    /// order (a publish lost and sent again after later ones landed);
+    /// past it, the message is applied and the gap counted.
+    pub reorder_wait: Duration,
 }
 
 impl NatsSourceOptions {
@@ -56,6 +61,7 @@ impl NatsSourceOptions {
             wait: Duration::from_millis(500),
             ack_wait: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            reorder_wait: Duration::from_secs(60),
         }
     }
 }
@@ -63,15 +69,32 @@ impl NatsSourceOptions {
 /// What one [`NatsSource::poll`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Polled {
-    /// Messages fetched and acknowledged.
+    /// Messages fetched.
     pub messages: usize,
-    /// Of those, applied to the sinks.
+    /// Messages applied to the sinks (and acknowledged), these or held
+    /// from earlier polls.
     pub applied: usize,
-    /// Of those, at or below the stream's high-water mark: already applied.
+    /// Fetched messages at or below the stream's high-water mark: already
+    /// applied (acknowledged).
     pub duplicates: usize,
-    /// Of those, unreadable (missing headers, undecodable payload):
-    /// quarantined — logged, counted, acknowledged.
+    /// Fetched messages that are unreadable (missing headers, undecodable
+    /// payload): quarantined — logged, counted, acknowledged.
     pub quarantined: usize,
+    /// Messages held after this poll, unacknowledged, until the message
+    /// published before them comes (the bus holds them out of order).
+    pub held: usize,
+    /// Messages applied although the one published before them never came
+    /// within `reorder_wait`: gaps in what the sinks received.
+    pub gaps: usize,
+}
+
+/// A fetched message waiting for its turn.
+struct Held<E> {
+    message: jetstream::Message,
+    previous: Option<u64>,
+    encoding: Encoding,
+    event: E,
+    since: Instant,
 }
 
 struct Target {
@@ -92,6 +115,9 @@ pub struct NatsSource<E> {
     options: NatsSourceOptions,
     targets: Vec<Target>,
     marks: HashMap<StreamId, u64>,
+    /// Per stream, fetched messages above the mark not yet applied, by
+    /// sequence.
+    held: HashMap<StreamId, BTreeMap<u64, Held<E>>>,
     /// Messages of an older schema version are refused.
     required: Option<WireVersion>,
     seed: u64,
@@ -157,6 +183,9 @@ impl<E: ReplicationEvent> NatsSource<E> {
                     deliver_policy: DeliverPolicy::All,
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: options.ack_wait,
+                    // Messages held for one published before them stay
+                    // unacknowledged: room for a long stretch out of order.
+                    max_ack_pending: 20_000,
                     filter_subject: subject_filter(&options.subject),
                     ..ConsumerConfig::default()
                 },
@@ -169,6 +198,7 @@ impl<E: ReplicationEvent> NatsSource<E> {
             options,
             targets: Vec::new(),
             marks: HashMap::new(),
+            held: HashMap::new(),
             required: None,
             seed: 0x5EED,
         })
@@ -248,8 +278,15 @@ impl<E: ReplicationEvent> NatsSource<E> {
         Ok(mark)
     }
 
-    /// Fetches up to one batch of messages, applies them and acknowledges
-    /// them. Waits up to the options' `wait` for messages.
+    /// Fetches up to one batch of messages, applies them in order and
+    /// acknowledges them. Waits up to the options' `wait` for messages
+    /// (less while messages are held for one published before them).
+    ///
+    /// Messages are applied per stream in sequence order: a message whose
+    /// `Omnirelay-Previous-Sequence` is above the stream's mark is held,
+    /// unacknowledged, until that one comes (the bus holds a publish that
+    /// was lost and sent again after the ones that followed it) or
+    /// `reorder_wait` passes.
     ///
     /// # Errors
     ///
@@ -257,11 +294,17 @@ impl<E: ReplicationEvent> NatsSource<E> {
     /// messages are delivered again later). A failing sink is retried with
     /// backoff here until it takes the batch.
     pub async fn poll(&mut self) -> Result<Polled, Error> {
+        let holding = self.held.values().any(|h| !h.is_empty());
+        let wait = if holding {
+            self.options.wait.min(Duration::from_millis(100))
+        } else {
+            self.options.wait
+        };
         let mut batch = self
             .consumer
             .fetch()
             .max_messages(self.options.batch)
-            .expires(self.options.wait)
+            .expires(wait)
             .messages()
             .await
             .map_err(|e| nats_error("fetch", e))?;
@@ -273,19 +316,19 @@ impl<E: ReplicationEvent> NatsSource<E> {
             messages: messages.len(),
             ..Polled::default()
         };
-        // Consecutive readable messages of one stream and encoding go to
-        // the sinks together.
-        let mut run: Vec<(u64, E, Bytes)> = Vec::new();
-        let mut run_key: Option<(StreamId, Encoding)> = None;
-        for message in &messages {
-            let Some((stream, sequence, encoding, event)) = self.read(message) else {
+        // Acknowledged at the end: duplicates, quarantined, applied.
+        let mut done = Vec::new();
+        let mut refused = None;
+        for message in messages {
+            let Some((stream, sequence, encoding, event)) = self.read(&message) else {
                 polled.quarantined += 1;
+                done.push(message);
                 continue;
             };
             if let Some(required) = self.required
                 && encoding.version < required
             {
-                return Err(Error::new(
+                refused = Some(Error::new(
                     ErrorKind::Unsupported,
                     format!(
                         "nats source: {stream} sequence {sequence} is {encoding} on the bus; \
@@ -294,32 +337,102 @@ impl<E: ReplicationEvent> NatsSource<E> {
                         required.get()
                     ),
                 ));
+                break;
             }
             if sequence <= self.mark(&stream).await? {
                 polled.duplicates += 1;
+                done.push(message);
                 continue;
             }
-            let key = (stream, encoding);
-            if run_key.as_ref().is_some_and(|k| *k != key)
-                && let Some((stream, encoding)) = run_key.take()
-            {
-                polled.applied += self
-                    .apply(&stream, encoding, std::mem::take(&mut run))
-                    .await?;
+            let previous = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(header::PREVIOUS_SEQUENCE))
+                .and_then(|v| v.as_str().parse().ok());
+            // A message delivered again while held replaces the older
+            // delivery (the one to acknowledge).
+            let held = self.held.entry(stream).or_default();
+            let since = held.get(&sequence).map_or_else(Instant::now, |h| h.since);
+            held.insert(
+                sequence,
+                Held {
+                    message,
+                    previous,
+                    encoding,
+                    event,
+                    since,
+                },
+            );
+        }
+        if let Some(refused) = refused {
+            return Err(refused);
+        }
+        let streams: Vec<StreamId> = self.held.keys().cloned().collect();
+        for stream in streams {
+            let ready = self.ready(&stream, &mut polled).await?;
+            // Consecutive messages of one encoding go to the sinks together.
+            let mut run: Vec<(u64, E, Bytes)> = Vec::new();
+            let mut run_encoding = None;
+            for (sequence, held) in ready {
+                if run_encoding.is_some_and(|e| e != held.encoding)
+                    && let Some(encoding) = run_encoding.take()
+                {
+                    polled.applied += self
+                        .apply(&stream, encoding, std::mem::take(&mut run))
+                        .await?;
+                }
+                run_encoding = Some(held.encoding);
+                run.push((sequence, held.event, held.message.payload.clone()));
+                done.push(held.message);
             }
-            run_key = Some(key);
-            run.push((sequence, event, message.payload.clone()));
+            if let Some(encoding) = run_encoding {
+                polled.applied += self.apply(&stream, encoding, run).await?;
+            }
         }
-        if let Some((stream, encoding)) = run_key {
-            polled.applied += self.apply(&stream, encoding, run).await?;
-        }
-        for message in &messages {
+        polled.held = self.held.values().map(BTreeMap::len).sum();
+        for message in &done {
             message
                 .double_ack()
                 .await
                 .map_err(|e| nats_error("acknowledge", e))?;
         }
         Ok(polled)
+    }
+
+    /// Takes the held messages of `stream` that may be applied now, in
+    /// order: each one whose predecessor is applied (or comes before it in
+    /// the run), that names none, or that waited `reorder_wait` for it.
+    async fn ready(
+        &mut self,
+        stream: &StreamId,
+        polled: &mut Polled,
+    ) -> Result<Vec<(u64, Held<E>)>, Error> {
+        let mut mark = self.mark(stream).await?;
+        let wait = self.options.reorder_wait;
+        let Some(held) = self.held.get_mut(stream) else {
+            return Ok(Vec::new());
+        };
+        let mut ready = Vec::new();
+        while let Some(entry) = held.first_entry() {
+            let (sequence, waiting) = (*entry.key(), entry.get());
+            // Nothing applied yet: what comes before the first message is
+            // history the bus no longer holds (or never did), not a
+            // publish still to come.
+            let in_order = mark == 0 || waiting.previous.is_none_or(|previous| previous <= mark);
+            if !in_order {
+                if waiting.since.elapsed() < wait {
+                    break;
+                }
+                polled.gaps += 1;
+                tracing::warn!(
+                    %stream, sequence, previous = waiting.previous, applied = mark,
+                    "nats source: the message published before this one never came; applying it with the gap"
+                );
+            }
+            mark = sequence;
+            ready.push((sequence, entry.remove()));
+        }
+        Ok(ready)
     }
 
     /// The stream, sequence, encoding and event of a message, or `None`

@@ -25,6 +25,12 @@ pub mod header {
     pub const FORMAT: &str = "Omnirelay-Format";
     /// The event type's name.
     pub const EVENT_TYPE: &str = "Omnirelay-Event-Type";
+    /// The sequence of the record the sink published before this one on
+    /// the same subject (0: none): readers put messages the bus holds out
+    /// of order back in order, and tell a missing record from one the
+    /// sink never sent (a type the sink's schema version lacks, a record
+    /// it dead-lettered).
+    pub const PREVIOUS_SEQUENCE: &str = "Omnirelay-Previous-Sequence";
 }
 
 /// Checks a JetStream stream name: 1 to 255 printable ASCII characters

@@ -7,7 +7,7 @@ use omnirelay_replication::{Encoding, Sink, SinkExt, StreamId};
 use omnirelay_replication_nats::{DEFAULT_STREAM, NatsSink, NatsSinkOptions, StreamSettings};
 use omnirelay_replication_testkit::conformance::record;
 
-use crate::support::{Nats, stored};
+use crate::support::{Nats, publish_as_sink, stored};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_retried_publishes_are_dropped_by_message_id_and_old_ones_by_the_mark() {
@@ -191,7 +191,7 @@ async fn heavy_a_publish_lost_in_flight_is_published_again_though_a_later_one_la
     let records: Vec<_> = (1..=6)
         .map(|s| record(&stream, s, Encoding::JSON_V1))
         .collect();
-    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), options.clone())
+    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), options)
         .await
         .unwrap();
     sink.apply_owned(&records[..3]).await.unwrap();
@@ -202,22 +202,27 @@ async fn heavy_a_publish_lost_in_flight_is_published_again_though_a_later_one_la
     assert!(lost.error().is_retryable(), "{lost}");
     nats.kill();
     nats.restart();
-    // Sequence 5 landed meanwhile (as a publish in flight after it would).
-    let other = NatsSink::connect(std::slice::from_ref(&nats.url), options)
-        .await
-        .unwrap();
-    other.apply_owned(&records[4..5]).await.unwrap();
+    // Sequence 5 landed meanwhile, as a publish in flight after it would.
+    publish_as_sink(&nats.url, "default", 5, Some(4), records[4].bytes()).await;
     // The delivery engine retries from 4.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while let Err(e) = sink.apply_owned(&records[3..]).await {
         assert!(std::time::Instant::now() < deadline, "never recovered: {e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut held: Vec<u64> = stored(&nats.url, DEFAULT_STREAM, "default")
+    let held: Vec<u64> = stored(&nats.url, DEFAULT_STREAM, "default")
         .await
         .into_iter()
         .map(|(s, _)| s)
         .collect();
-    held.sort_unstable();
-    assert_eq!(held, [1, 2, 3, 4, 5, 6], "every sequence once");
+    assert_eq!(held, [1, 2, 3, 5, 4, 6], "every sequence once, 4 late");
+    // A replica fed from the bus gets them in order.
+    let replica = omnirelay_replication_testkit::FaultySink::new();
+    let mut source = crate::source::source(&nats, "replica", &replica).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while replica.sequences().len() < 6 {
+        assert!(std::time::Instant::now() < deadline, "the replica stalled");
+        source.poll().await.unwrap();
+    }
+    assert_eq!(replica.sequences(), [1, 2, 3, 4, 5, 6]);
 }

@@ -14,7 +14,7 @@ use omnirelay_replication_testkit::FaultySink;
 use omnirelay_replication_testkit::conformance::{self, Backend, record};
 use tokio::sync::Mutex;
 
-use crate::support::{Nats, oversized};
+use crate::support::{Nats, oversized, publish_as_sink};
 
 /// An event that is its JSON bytes: the suite's records pass through the
 /// bus and the source unchanged.
@@ -88,7 +88,7 @@ async fn drain(source: &mut NatsSource<Doc>) -> usize {
     }
 }
 
-async fn source(nats: &Nats, durable: &str, replica: &FaultySink) -> NatsSource<Doc> {
+pub(crate) async fn source(nats: &Nats, durable: &str, replica: &FaultySink) -> NatsSource<Doc> {
     let mut source = NatsSource::connect(
         std::slice::from_ref(&nats.url),
         ConnectOptions::new(),
@@ -250,4 +250,77 @@ async fn heavy_a_source_that_requires_a_version_refuses_older_messages_and_leave
     let mut lenient = source(&nats, "lenient", &replica).await;
     assert_eq!(drain(&mut lenient).await, 3);
     assert_eq!(replica.sequences(), vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_messages_the_bus_holds_out_of_order_are_applied_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    // The stream, as a sink makes it.
+    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
+        .await
+        .unwrap();
+    omnirelay_replication::Sink::checkpoint(&sink, &StreamId::default())
+        .await
+        .unwrap();
+    // 4 was lost and published again after 5; 7 comes from a sink that
+    // names no predecessor; 8 never comes.
+    for (sequence, previous) in [
+        (1, Some(0)),
+        (2, Some(1)),
+        (3, Some(2)),
+        (5, Some(4)),
+        (4, Some(3)),
+        (6, Some(5)),
+        (7, None),
+        (9, Some(8)),
+        (10, Some(9)),
+    ] {
+        let body = format!("{{\"sequenceNumber\":{sequence}}}");
+        publish_as_sink(&nats.url, "default", sequence, previous, body.as_bytes()).await;
+    }
+    let replica = FaultySink::new();
+    let mut source = NatsSource::connect(
+        std::slice::from_ref(&nats.url),
+        ConnectOptions::new(),
+        Arc::new(DocCodec),
+        NatsSourceOptions {
+            wait: Duration::from_millis(200),
+            reorder_wait: Duration::from_millis(800),
+            ..NatsSourceOptions::new("reordering")
+        },
+    )
+    .await
+    .unwrap();
+    source.add_sink("replica", replica.clone().shared(), Encoding::JSON_V1);
+    let started = Instant::now();
+    let mut gaps = 0;
+    while replica.sequences().len() < 7 {
+        let polled = source.poll().await.unwrap();
+        gaps += polled.gaps;
+        assert!(started.elapsed() < Duration::from_secs(10), "stalled");
+    }
+    assert_eq!(
+        replica.sequences(),
+        [1, 2, 3, 4, 5, 6, 7],
+        "in order, 9 held"
+    );
+    let polled = source.poll().await.unwrap();
+    if started.elapsed() < Duration::from_millis(700) {
+        assert_eq!(polled.held, 2, "9 waits for 8, and 10 behind it");
+    }
+    while replica.sequences().len() < 9 {
+        let polled = source.poll().await.unwrap();
+        gaps += polled.gaps;
+        assert!(started.elapsed() < Duration::from_secs(10), "stalled");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert_eq!(replica.sequences(), [1, 2, 3, 4, 5, 6, 7, 9, 10]);
+    assert_eq!(gaps, 1, "the one gap, counted");
+    assert_eq!(source.poll().await.unwrap().held, 0);
+    assert_eq!(
+        source.pending().await.unwrap(),
+        0,
+        "everything acknowledged"
+    );
 }

@@ -92,6 +92,37 @@ pub(crate) async fn stored(url: &str, name: &str, stream: &str) -> Vec<(u64, Vec
     out
 }
 
+/// Publishes what a NATS sink would for `sequence` of the replication
+/// stream `stream` (a JSON v1 `body`) on the default stream and subject,
+/// naming `previous` as the message published before it unless `None`
+/// (as sinks did before the header).
+pub(crate) async fn publish_as_sink(
+    url: &str,
+    stream: &str,
+    sequence: u64,
+    previous: Option<u64>,
+    body: &[u8],
+) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(header::MSG_ID, format!("{stream}:{sequence}").as_str());
+    headers.insert(header::STREAM, stream);
+    headers.insert(header::SEQUENCE, sequence.to_string().as_str());
+    headers.insert(header::SCHEMA_VERSION, "1");
+    headers.insert(header::FORMAT, "json");
+    headers.insert(header::EVENT_TYPE, "Heartbeat");
+    if let Some(previous) = previous {
+        headers.insert(header::PREVIOUS_SEQUENCE, previous.to_string().as_str());
+    }
+    let subject = omnirelay_replication_nats::DEFAULT_SUBJECT.replace("{stream}", stream);
+    js.publish_with_headers(subject, headers, Bytes::copy_from_slice(body))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// A payload over the server's default 1 MiB limit.
 pub(crate) fn oversized() -> Bytes {
     let mut doc = b"{\"sequenceNumber\":3,\"pad\":\"".to_vec();

@@ -2,7 +2,6 @@
 //! on the node's one port, its stream read over gRPC, a restart that keeps
 //! the queue, and the token.
 
-use std::io::BufRead;
 use std::path::Path;
 
 use omnirelay_replication_testkit::process::{KillOnDrop, signal, start_nats, start_nats_with};
@@ -10,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::log::{dir_arg, replay_events};
 use crate::{
-    http_get, http_post, omnirelay, refused, spawn_listening, text, try_http_post, try_http_post_to,
+    http_get, http_post, omnirelay, refused, said, spawn_listening, text, try_http_post,
+    try_http_post_to,
 };
 
 const PAYLOAD: &str = r#"{"payload":{"resourceType":"lakehouse.catalog","resourceId":"sales.orders","partitionKey":"p-1","payloadEncoding":"json","body":"e30=","attributes":{}}}"#;
@@ -38,21 +38,6 @@ fn start(dir: &Path, extra: &[&str]) -> (KillOnDrop, String, String) {
     assert!(rebuilt.starts_with("queue rebuilt"), "{rebuilt}");
     assert!(ready.starts_with("dispatcher ready"), "{ready}");
     (child, address, rebuilt)
-}
-
-/// The node's next line for its operator, past log records (a sink's
-/// client may log as it connects).
-fn said(stderr: &mut impl BufRead) -> String {
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the node said nothing more"
-        );
-        if !line.starts_with(|c: char| c.is_ascii_digit()) {
-            return line;
-        }
-    }
 }
 
 #[test]
@@ -1627,32 +1612,14 @@ fn heavy_dead_lettered_items_are_listed_redriven_and_purged_and_a_standby_follow
     refused(&["queue", "redrive", "--url", &primary_url], "--all");
     refused(&["queue", "redrive", "--url", &standby_url, "--all"], "503");
 
-    refused(
-        &[
-            "queue",
-            "redrive",
-            "--url",
-            &primary_url,
-            "--id",
-            "2",
-            "--caller",
-            " ",
-        ],
-        "--caller needs a name",
-    );
-    let redriven = omnirelay(
-        &[
-            "queue",
-            "redrive",
-            "--url",
-            &primary_url,
-            "--id",
-            "2",
-            "--caller",
-            "alice",
-        ],
-        b"",
-    );
+    let redrive_2_as = |caller: &'static str| {
+        let url: &str = &primary_url;
+        [
+            "queue", "redrive", "--url", url, "--id", "2", "--caller", caller,
+        ]
+    };
+    refused(&redrive_2_as(" "), "--caller needs a name");
+    let redriven = omnirelay(&redrive_2_as("alice"), b"");
     assert!(redriven.status.success(), "{}", text(&redriven.stderr));
     assert!(
         text(&redriven.stdout).contains("1 items back in the queue"),

@@ -121,6 +121,21 @@ pub(crate) fn refused(args: &[&str], expected: &str) -> String {
     stderr
 }
 
+/// The node's next line for its operator, past log records (a sink's
+/// client may log as it connects).
+pub(crate) fn said(stderr: &mut impl BufRead) -> String {
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the node said nothing more"
+        );
+        if !line.starts_with(|c: char| c.is_ascii_digit()) {
+            return line;
+        }
+    }
+}
+
 /// Starts `omnirelay ARGS` (which must include `--listen`) with piped
 /// standard streams and reads the address from its first stderr line;
 /// the child, the address, and the rest of its stderr.

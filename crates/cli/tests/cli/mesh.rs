@@ -12,16 +12,7 @@ use crate::{http_get, refused, spawn_listening, spawn_listening_with_env, text};
 
 /// The node's next line on stderr that is not a log record.
 fn next_said(stderr: &mut impl BufRead) -> String {
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the node said nothing more"
-        );
-        if !line.starts_with(|c: char| c.is_ascii_digit()) {
-            return line.trim_end().to_owned();
-        }
-    }
+    crate::said(stderr).trim_end().to_owned()
 }
 
 /// What a seeder or worker at `address` reports under `mesh`.

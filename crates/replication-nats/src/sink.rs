@@ -445,6 +445,10 @@ impl Inner {
                     Ok(seq) => done = Some(seq),
                     Err(e) => {
                         error = Some(e);
+                        // What was sent after it is not part of the
+                        // acknowledged prefix, whatever its own answer:
+                        // counting it would report the failed one applied.
+                        pending.clear();
                         break 'records;
                     }
                 }
@@ -460,8 +464,8 @@ impl Inner {
                 }
             }
         }
-        // Settle what was sent before the stop (or the end), in order: an
-        // earlier failure is the one that counts.
+        // Settle what was sent before the stop (or the end), in order,
+        // until the first failure: the prefix before it is what counts.
         while let Some((seq, ack)) = pending.pop_front() {
             match settle(ack.await, seq) {
                 Ok(seq) => done = Some(seq),
@@ -476,7 +480,19 @@ impl Inner {
 }
 
 fn publish_error(sequence: u64, err: &jetstream::context::PublishError) -> Error {
+    use async_nats::jetstream::ErrorCode;
+    // The stream refusing this message for its size refuses it again.
+    let too_large = std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e.error_code(),
+                ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+                    | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM
+            )
+        });
     let kind = match err.kind() {
+        _ if too_large => ErrorKind::Rejected,
         PublishErrorKind::StreamNotFound
         | PublishErrorKind::TimedOut
         | PublishErrorKind::BrokenPipe

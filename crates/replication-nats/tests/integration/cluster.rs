@@ -107,17 +107,28 @@ async fn heavy_an_r3_stream_survives_a_killed_member_with_every_event_once() {
 
     // A replica fed by the source from the cluster.
     let replica = FaultySink::new();
-    let mut source = NatsSource::connect(
-        &urls,
-        ConnectOptions::new(),
-        Arc::new(ResourceLeaseCodec),
-        NatsSourceOptions {
-            wait: Duration::from_millis(300),
-            ..NatsSourceOptions::new("replica")
-        },
-    )
-    .await
-    .unwrap();
+    // The cluster may still be settling after the restart: creating the
+    // consumer is retried, as a standby's connection to the bus is.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut source = loop {
+        match NatsSource::connect(
+            &urls,
+            ConnectOptions::new(),
+            Arc::new(ResourceLeaseCodec),
+            NatsSourceOptions {
+                wait: Duration::from_millis(300),
+                ..NatsSourceOptions::new("replica")
+            },
+        )
+        .await
+        {
+            Ok(source) => break source,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the source cannot start: {e}"),
+        }
+    };
     source.add_sink("replica", replica.clone().shared(), Encoding::JSON_V1);
     let deadline = Instant::now() + Duration::from_secs(60);
     while replica.sequences().len() < 400 {

@@ -226,3 +226,66 @@ async fn heavy_a_publish_lost_in_flight_is_published_again_though_a_later_one_la
     }
     assert_eq!(replica.sequences(), [1, 2, 3, 4, 5, 6]);
 }
+
+/// A publish the server refuses while a later one, already sent, is
+/// stored: the sink reports only what came before the refused one as
+/// applied, so the retry sends it again instead of counting it done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_refused_publish_is_not_counted_applied_because_a_later_one_was() {
+    use omnirelay_replication::{EventKind, OwnedRecord, RecordHeader, Timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    // The stream refuses messages over 600 bytes (the server takes 1 MiB).
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: DEFAULT_STREAM.to_owned(),
+            subjects: vec!["omnirelay.replication.>".to_owned()],
+            max_message_size: 600,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stream = StreamId::default();
+    let mut records: Vec<_> = (1..=6)
+        .map(|s| record(&stream, s, Encoding::JSON_V1))
+        .collect();
+    records[3] = OwnedRecord::new(
+        stream.clone(),
+        RecordHeader {
+            sequence: 4,
+            timestamp: Timestamp::MIN,
+            kind: EventKind {
+                code: 1,
+                name: "Enqueue",
+            },
+            peer: None,
+        },
+        Encoding::JSON_V1,
+        bytes::Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(1000))),
+    );
+    // Two in flight: 4 and 5 are sent together, 4 refused, 5 stored.
+    let sink = NatsSink::connect(
+        std::slice::from_ref(&nats.url),
+        NatsSinkOptions {
+            max_outstanding_acks: 2,
+            ..NatsSinkOptions::new()
+        },
+    )
+    .await
+    .unwrap();
+    let refused = sink.apply_owned(&records).await.unwrap_err();
+    assert_eq!(
+        refused.applied_through_sequence(),
+        Some(3),
+        "only what came before 4: {refused}"
+    );
+    assert_eq!(sink.checkpoint(&stream).await.unwrap(), Some(3));
+    // A message the stream refuses for its size is refused for good: a
+    // dead letter, not a retry.
+    assert_eq!(
+        refused.kind(),
+        omnirelay_replication::ErrorKind::Rejected,
+        "{refused}"
+    );
+}

@@ -98,7 +98,9 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         anyhow::bail!("--peer is for --role worker");
     }
     if role.is_mesh_client() && write_version.is_some() {
-        anyhow::bail!("--write-version is for nodes that replicate, not a {role:?}");
+        anyhow::bail!(
+            "--write-version is for nodes that replicate: a seeder or worker keeps no log"
+        );
     }
     for host in hosts {
         omnirelay_controlplane::settings::check_host(host)
@@ -185,7 +187,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     let mut rebuilt = None;
     let (receiver, http, service) = match role {
         // Run above, without a log.
-        Role::Seeder | Role::Worker => anyhow::bail!("a {role:?} keeps no log"),
+        Role::Seeder | Role::Worker => anyhow::bail!("a seeder or worker keeps no log"),
         Role::Receiver => {
             let receiver = Arc::new(
                 Receiver::open(replicator.clone(), stream.clone())

@@ -361,16 +361,17 @@ impl Inner {
         Ok(stream)
     }
 
-    /// The sequence of the last message on `stream`'s subject (0: none).
+    /// What `stream`'s subject holds without a hole: the sequence of its
+    /// last message (0: none), or the one before the first message a
+    /// recent message names as its predecessor (`Omnirelay-Previous-Sequence`)
+    /// that is not there — a publish lost in flight while later ones
+    /// landed, by a sink that stopped before it could publish it again.
     async fn read_mark(&self, stream: &StreamId) -> Result<u64, Error> {
         let js_stream = self.stream().await?;
         let subject = subject_for(&self.options.subject, stream.as_str());
         match js_stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => message
-                .headers
-                .get(header::SEQUENCE)
-                .and_then(|v| v.as_str().parse().ok())
-                .ok_or_else(|| {
+            Ok(message) => {
+                let last = header_u64(&message.headers, header::SEQUENCE).ok_or_else(|| {
                     Error::new(
                         ErrorKind::Corrupt,
                         format!(
@@ -378,7 +379,18 @@ impl Inner {
                             header::SEQUENCE
                         ),
                     )
-                }),
+                })?;
+                let hole = self
+                    .first_hole(&js_stream, &subject, message.sequence)
+                    .await;
+                if let Some(hole) = hole {
+                    tracing::warn!(
+                        %stream, hole, last,
+                        "nats: sequence {hole} is missing before the stream's last message {last}; publishing again from it"
+                    );
+                }
+                Ok(hole.map_or(last, |hole| hole - 1))
+            }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
             Err(e) => Err(nats_error(
                 ErrorKind::Unavailable,
@@ -386,6 +398,53 @@ impl Inner {
                 e,
             )),
         }
+    }
+
+    /// The lowest sequence that a message of `subject` among the JetStream
+    /// messages up to `at` (its last one) names as its predecessor without
+    /// it being there, looking back as far as publishes can be in flight
+    /// together. `None` when there is none, or when it cannot be told (a
+    /// failed read is logged; the last message's sequence then stands).
+    async fn first_hole(
+        &self,
+        js_stream: &jetstream::stream::Stream,
+        subject: &str,
+        at: u64,
+    ) -> Option<u64> {
+        let window = 2 * u64::try_from(self.options.max_outstanding_acks).unwrap_or(u64::MAX);
+        let from = at.saturating_sub(window).max(1);
+        let mut present = std::collections::HashSet::new();
+        let mut named = Vec::new();
+        let mut lowest = u64::MAX;
+        for js_sequence in from..=at {
+            let message = match js_stream.get_raw_message(js_sequence).await {
+                Ok(message) => message,
+                // Deleted, or removed by the stream's limits.
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "nats: cannot look for a hole before the last message");
+                    return None;
+                }
+            };
+            if message.subject.as_str() != subject {
+                continue;
+            }
+            let Some(sequence) = header_u64(&message.headers, header::SEQUENCE) else {
+                continue;
+            };
+            present.insert(sequence);
+            lowest = lowest.min(sequence);
+            if let Some(previous) = header_u64(&message.headers, header::PREVIOUS_SEQUENCE)
+                && previous > 0
+            {
+                named.push(previous);
+            }
+        }
+        // A predecessor older than what was looked at cannot be judged.
+        named
+            .into_iter()
+            .filter(|previous| *previous >= lowest && !present.contains(previous))
+            .min()
     }
 
     async fn mark(&self, stream: &StreamId) -> Result<u64, Error> {
@@ -500,6 +559,11 @@ fn publish_error(sequence: u64, err: &jetstream::context::PublishError) -> Error
         _ => ErrorKind::Rejected,
     };
     nats_error(kind, &format!("publish sequence {sequence}"), err)
+}
+
+/// A header's value as a number.
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name).and_then(|v| v.as_str().parse().ok())
 }
 
 fn headers_of(record: &Record<'_>) -> HeaderMap {

@@ -289,3 +289,43 @@ async fn heavy_a_refused_publish_is_not_counted_applied_because_a_later_one_was(
         "{refused}"
     );
 }
+
+/// The same loss, but the sink stopped before its retry: restarted, it
+/// finds the hole before the stream's last message and publishes again
+/// from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_restarted_sink_publishes_again_from_a_hole_a_lost_publish_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let stream = StreamId::default();
+    let records: Vec<_> = (1..=6)
+        .map(|s| record(&stream, s, Encoding::JSON_V1))
+        .collect();
+    let first = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
+        .await
+        .unwrap();
+    first.apply_owned(&records[..3]).await.unwrap();
+    // 4 was lost in flight, 5 (sent after it) landed; then the sink died.
+    publish_as_sink(&nats.url, "default", 5, Some(4), records[4].bytes()).await;
+    let restarted = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        restarted.checkpoint(&stream).await.unwrap(),
+        Some(3),
+        "what the stream holds without a hole"
+    );
+    restarted.apply_owned(&records[3..]).await.unwrap();
+    assert_eq!(restarted.duplicates(), 1, "5 was there");
+    let held: Vec<u64> = stored(&nats.url, DEFAULT_STREAM, "default")
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(held, [1, 2, 3, 5, 4, 6]);
+    // Without a hole, the last message is the mark, as before.
+    let again = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(again.checkpoint(&stream).await.unwrap(), Some(6));
+}

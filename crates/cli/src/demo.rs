@@ -602,15 +602,10 @@ async fn status_line(
 fn work_line(counters: &Counters, primary: Option<&Value>) -> String {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let mut line = format!(
-        "  work: {} enqueued ({} refused); {} completed ({} created, {} updated, {} duplicates); {} stale and {} invalid failed without requeue",
+        "  work: {} enqueued ({} refused); {}",
         load(&counters.enqueued),
         load(&counters.enqueue_errors),
-        counters.completed(),
-        load(&counters.created),
-        load(&counters.updated),
-        load(&counters.duplicates),
-        load(&counters.stale),
-        load(&counters.invalid),
+        counters.outcomes(),
     );
     if let Some(queue) = primary.map(|p| &p["queue"]) {
         line.push_str(&format!(

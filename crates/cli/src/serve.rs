@@ -779,13 +779,8 @@ fn mesh_summary(role: Role, counters: &omnirelay_controlplane::mesh::Counters) -
         );
     }
     format!(
-        "{} completed ({} created, {} updated, {} duplicates), {} stale and {} invalid failed without requeue, {} RPC errors",
-        counters.completed(),
-        count(&counters.created),
-        count(&counters.updated),
-        count(&counters.duplicates),
-        count(&counters.stale),
-        count(&counters.invalid),
+        "{}; {} RPC errors",
+        counters.outcomes(),
         count(&counters.worker_errors)
     )
 }

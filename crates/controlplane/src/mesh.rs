@@ -784,6 +784,22 @@ impl Counters {
             + self.updated.load(Ordering::Relaxed)
             + self.duplicates.load(Ordering::Relaxed)
     }
+
+    /// What the workers did with the items they leased, in words: `N
+    /// completed (a created, b updated, c duplicates); d stale and e
+    /// invalid failed without requeue`.
+    pub fn outcomes(&self) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "{} completed ({} created, {} updated, {} duplicates); {} stale and {} invalid failed without requeue",
+            self.completed(),
+            load(&self.created),
+            load(&self.updated),
+            load(&self.duplicates),
+            load(&self.stale),
+            load(&self.invalid),
+        )
+    }
 }
 
 /// The seeder: every `interval` one operation enqueued, until `stop`.

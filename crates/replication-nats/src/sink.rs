@@ -164,6 +164,9 @@ struct Inner {
     /// Whether the JetStream stream is known to be there.
     ready: tokio::sync::Mutex<bool>,
     marks: tokio::sync::Mutex<HashMap<StreamId, u64>>,
+    /// After a failure, what was acknowledged before it, until the mark
+    /// is read from the stream again.
+    acked: tokio::sync::Mutex<HashMap<StreamId, u64>>,
     duplicates: AtomicU64,
     health: HealthCell,
     /// Why the client is not connected, as its last attempt said (and a
@@ -270,6 +273,7 @@ impl NatsSink {
                 context,
                 ready: tokio::sync::Mutex::new(false),
                 marks: tokio::sync::Mutex::default(),
+                acked: tokio::sync::Mutex::default(),
                 duplicates: AtomicU64::new(0),
                 health: HealthCell::default(),
                 connecting,
@@ -366,7 +370,10 @@ impl Inner {
     /// recent message names as its predecessor (`Omnirelay-Previous-Sequence`)
     /// that is not there — a publish lost in flight while later ones
     /// landed, by a sink that stopped before it could publish it again.
-    async fn read_mark(&self, stream: &StreamId) -> Result<u64, Error> {
+    /// After a failure, `acked` is what was acknowledged before it: the
+    /// mark is never below it, and stays it when the look-back did not
+    /// reach back to it.
+    async fn read_mark(&self, stream: &StreamId, acked: Option<u64>) -> Result<u64, Error> {
         let js_stream = self.stream().await?;
         let subject = subject_for(&self.options.subject, stream.as_str());
         match js_stream.get_last_raw_message_by_subject(&subject).await {
@@ -380,18 +387,23 @@ impl Inner {
                         ),
                     )
                 })?;
-                let hole = self
+                let (hole, lowest) = self
                     .first_hole(&js_stream, &subject, message.sequence)
-                    .await;
+                    .await?;
                 if let Some(hole) = hole {
                     tracing::warn!(
                         %stream, hole, last,
                         "nats: sequence {hole} is missing before the stream's last message {last}; publishing again from it"
                     );
                 }
-                Ok(hole.map_or(last, |hole| hole - 1))
+                let mark = hole.map_or(last, |hole| hole - 1);
+                Ok(match acked {
+                    Some(acked) if lowest > acked.saturating_add(1) => acked,
+                    Some(acked) => mark.max(acked),
+                    None => mark,
+                })
             }
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(acked.unwrap_or(0)),
             Err(e) => Err(nats_error(
                 ErrorKind::Unavailable,
                 &format!("read the last message on {subject}"),
@@ -403,14 +415,13 @@ impl Inner {
     /// The lowest sequence that a message of `subject` among the JetStream
     /// messages up to `at` (its last one) names as its predecessor without
     /// it being there, looking back as far as publishes can be in flight
-    /// together. `None` when there is none, or when it cannot be told (a
-    /// failed read is logged; the last message's sequence then stands).
+    /// together; and the lowest sequence looked at.
     async fn first_hole(
         &self,
         js_stream: &jetstream::stream::Stream,
         subject: &str,
         at: u64,
-    ) -> Option<u64> {
+    ) -> Result<(Option<u64>, u64), Error> {
         let window = 2 * u64::try_from(self.options.max_outstanding_acks).unwrap_or(u64::MAX);
         let from = at.saturating_sub(window).max(1);
         let mut present = std::collections::HashSet::new();
@@ -422,8 +433,11 @@ impl Inner {
                 // Deleted, or removed by the stream's limits.
                 Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
                 Err(e) => {
-                    tracing::warn!(subject, error = %e, "nats: cannot look for a hole before the last message");
-                    return None;
+                    return Err(nats_error(
+                        ErrorKind::Unavailable,
+                        &format!("read back the last messages on {subject}"),
+                        e,
+                    ));
                 }
             };
             if message.subject.as_str() != subject {
@@ -441,10 +455,11 @@ impl Inner {
             }
         }
         // A predecessor older than what was looked at cannot be judged.
-        named
+        let hole = named
             .into_iter()
             .filter(|previous| *previous >= lowest && !present.contains(previous))
-            .min()
+            .min();
+        Ok((hole, lowest))
     }
 
     async fn mark(&self, stream: &StreamId) -> Result<u64, Error> {
@@ -452,8 +467,10 @@ impl Inner {
         if let Some(mark) = marks.get(stream) {
             return Ok(*mark);
         }
-        let mark = self.read_mark(stream).await?;
+        let acked = self.acked.lock().await.get(stream).copied();
+        let mark = self.read_mark(stream, acked).await?;
         marks.insert(stream.clone(), mark);
+        self.acked.lock().await.remove(stream);
         Ok(mark)
     }
 
@@ -620,13 +637,18 @@ impl Sink for NatsSink {
         .map_err(|e| inner.explained(e));
         self.inner.health.record(&result);
         if result.as_ref().is_err_and(|e| e.error().is_retryable()) {
-            // Check the stream again before the next batch. The mark stays
-            // the last acknowledged sequence: what follows it may have
-            // landed or not, in any order (a publish lost with a broken
-            // connection while a later one was stored), so the retry
-            // publishes all of it again and JetStream drops what it has
-            // by message id. Reading the stream's last message instead
-            // would skip whatever was lost before it.
+            // Publishes may have landed without their acknowledgement, in
+            // any order (one lost with a broken connection while a later
+            // one was stored): read the mark from the stream again before
+            // the next batch, so that what landed is not sent again (it
+            // may be older than the duplicate window by then) and a hole
+            // is (the read finds it, and never goes below what was
+            // acknowledged).
+            let mut marks = self.inner.marks.lock().await;
+            if let Some(acked) = marks.remove(&stream) {
+                self.inner.acked.lock().await.insert(stream.clone(), acked);
+            }
+            drop(marks);
             *self.inner.ready.lock().await = false;
         }
         result

@@ -421,6 +421,11 @@ async fn feed_from_bus(
                 Err(error) => Err(error),
             };
             match outcome {
+                // While the source holds a message with a gap for its
+                // predecessor, the feed's error (the gap) stays shown.
+                Ok(head) if source.refusing_gap() => {
+                    standby.report_upstream(true, Some(head), standby.status().last_error);
+                }
                 Ok(head) => standby.report_upstream(true, Some(head), None),
                 Err(error) if !error.is_retryable() => {
                     // What the bus holds cannot be followed (an older

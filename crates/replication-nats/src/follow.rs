@@ -16,7 +16,9 @@ use crate::subject::{validate_stream_name, validate_subject_template};
 /// decentralized authentication) or `nkey_seed_file=PATH` (a file holding
 /// a user's nkey seed), as the NATS sink's settings of those names; and
 /// `ca_file=PATH` to require TLS and trust the authority in that PEM file,
-/// as the sink's `ca_file`. The
+/// as the sink's `ca_file`; and `reorder_wait_ms=N`, how long a message
+/// waits for the one published before it
+/// ([`NatsSourceOptions::reorder_wait`], at most a day). The
 /// stream and subject default to the NATS sink's defaults; the durable
 /// consumer (the follower's position, kept by JetStream) to the name the
 /// follower passes — two followers of one stream need two names.
@@ -31,6 +33,9 @@ pub struct FollowUrl {
     /// The stream, subject and consumer.
     pub options: NatsSourceOptions,
 }
+
+/// The longest `reorder_wait_ms` a follow address may set: a day.
+const MAX_REORDER_WAIT_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Splits `nats://…` into its credentials (if any), its servers and its
 /// query; `None` when it is not `nats://`.
@@ -168,9 +173,22 @@ impl FollowUrl {
                     ca_file = Some(file()?);
                     None
                 }
+                "reorder_wait_ms" => {
+                    options.reorder_wait = value
+                        .parse()
+                        .ok()
+                        .filter(|ms| *ms <= MAX_REORDER_WAIT_MS)
+                        .map(std::time::Duration::from_millis)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "reorder_wait_ms: expected milliseconds from 0 to {MAX_REORDER_WAIT_MS}, found {value:?}"
+                            ))
+                        })?;
+                    None
+                }
                 _ => {
                     return Err(bad(format!(
-                        "unknown parameter {key:?} (stream, subject, durable, credentials_file, nkey_seed_file, ca_file)"
+                        "unknown parameter {key:?} (stream, subject, durable, credentials_file, nkey_seed_file, ca_file, reorder_wait_ms)"
                     )));
                 }
             };
@@ -215,6 +233,8 @@ impl FollowUrl {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -238,6 +258,11 @@ mod tests {
             ),
             ("EU", "eu.{stream}", "standby-b")
         );
+        assert_eq!(full.options.reorder_wait, Duration::from_secs(60));
+        let patient = FollowUrl::parse("nats://a:1?reorder_wait_ms=600000", "d").unwrap();
+        assert_eq!(patient.options.reorder_wait, Duration::from_secs(600));
+        let eager = FollowUrl::parse("nats://a:1?reorder_wait_ms=0", "d").unwrap();
+        assert_eq!(eager.options.reorder_wait, Duration::ZERO);
         for (url, why) in [
             ("http://a:1", "expected nats://"),
             ("nats://", "no server"),
@@ -245,6 +270,18 @@ mod tests {
             ("nats://a:1?queue=x", "unknown parameter \"queue\""),
             ("nats://a:1?durable=a.b", "durable: invalid"),
             ("nats://a:1?subject=x.y", "subject: "),
+            (
+                "nats://a:1?reorder_wait_ms=soon",
+                "reorder_wait_ms: expected milliseconds",
+            ),
+            (
+                "nats://a:1?reorder_wait_ms=-1",
+                "reorder_wait_ms: expected milliseconds",
+            ),
+            (
+                "nats://a:1?reorder_wait_ms=86400001",
+                "from 0 to 86400000, found \"86400001\"",
+            ),
         ] {
             let err = FollowUrl::parse(url, "d").unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Config);

@@ -86,6 +86,11 @@ pub struct Polled {
     /// Messages applied although the one published before them never came
     /// within `reorder_wait`: gaps in what the sinks received.
     pub gaps: usize,
+    /// Messages past `reorder_wait` that a sink refused for now (it takes
+    /// no gap, as a standby): held again, with what follows them, until
+    /// the message published before them comes, and offered again with
+    /// backoff meanwhile.
+    pub refused: usize,
 }
 
 /// A fetched message waiting for its turn.
@@ -95,6 +100,37 @@ struct Held<E> {
     encoding: Encoding,
     event: E,
     since: Instant,
+}
+
+/// A message handed to the sinks, until they have it: what holding it
+/// again takes (the event is read again from the message).
+struct Handed {
+    message: jetstream::Message,
+    previous: Option<u64>,
+    since: Instant,
+}
+
+impl<E> Held<E> {
+    /// The event and its payload for the sinks, and the rest.
+    fn hand(self) -> ((E, Bytes), Handed) {
+        let payload = self.message.payload.clone();
+        (
+            (self.event, payload),
+            Handed {
+                message: self.message,
+                previous: self.previous,
+                since: self.since,
+            },
+        )
+    }
+}
+
+/// A stream whose message past `reorder_wait` a sink refused: how often,
+/// and when it is offered again.
+#[derive(Clone, Copy, Debug)]
+struct Refusals {
+    count: u32,
+    again_at: Instant,
 }
 
 struct Target {
@@ -118,6 +154,8 @@ pub struct NatsSource<E> {
     /// Per stream, fetched messages above the mark not yet applied, by
     /// sequence.
     held: HashMap<StreamId, BTreeMap<u64, Held<E>>>,
+    /// Per stream, a message applied with a gap that a sink refused.
+    refusals: HashMap<StreamId, Refusals>,
     /// Messages of an older schema version are refused.
     required: Option<WireVersion>,
     seed: u64,
@@ -199,6 +237,7 @@ impl<E: ReplicationEvent> NatsSource<E> {
             targets: Vec::new(),
             marks: HashMap::new(),
             held: HashMap::new(),
+            refusals: HashMap::new(),
             required: None,
             seed: 0x5EED,
         })
@@ -246,6 +285,13 @@ impl<E: ReplicationEvent> NatsSource<E> {
         self.required = Some(version);
     }
 
+    /// Whether a sink refused a message past `reorder_wait` (see
+    /// [`Polled::refused`]) that is still held: a reader that takes no gap
+    /// is waiting for the message published before it.
+    pub fn refusing_gap(&self) -> bool {
+        !self.refusals.is_empty()
+    }
+
     /// Adds a sink that receives every event in `encoding`.
     pub fn add_sink(&mut self, name: &str, sink: SharedSink, encoding: Encoding) {
         self.targets.push(Target {
@@ -286,7 +332,10 @@ impl<E: ReplicationEvent> NatsSource<E> {
     /// `Omnirelay-Previous-Sequence` is above the stream's mark is held,
     /// unacknowledged, until that one comes (the bus holds a publish that
     /// was lost and sent again after the ones that followed it) or
-    /// `reorder_wait` passes.
+    /// `reorder_wait` passes. A sink that refuses such a message with a
+    /// retryable error (a standby takes no gap) is not retried in place:
+    /// the message is held again, so that its predecessor can still come,
+    /// and offered again with backoff ([`Polled::refused`]).
     ///
     /// # Errors
     ///
@@ -369,25 +418,9 @@ impl<E: ReplicationEvent> NatsSource<E> {
         }
         let streams: Vec<StreamId> = self.held.keys().cloned().collect();
         for stream in streams {
-            let ready = self.ready(&stream, &mut polled).await?;
-            // Consecutive messages of one encoding go to the sinks together.
-            let mut run: Vec<(u64, E, Bytes)> = Vec::new();
-            let mut run_encoding = None;
-            for (sequence, held) in ready {
-                if run_encoding.is_some_and(|e| e != held.encoding)
-                    && let Some(encoding) = run_encoding.take()
-                {
-                    polled.applied += self
-                        .apply(&stream, encoding, std::mem::take(&mut run))
-                        .await?;
-                }
-                run_encoding = Some(held.encoding);
-                run.push((sequence, held.event, held.message.payload.clone()));
-                done.push(held.message);
-            }
-            if let Some(encoding) = run_encoding {
-                polled.applied += self.apply(&stream, encoding, run).await?;
-            }
+            let ready = self.ready(&stream).await?;
+            self.apply_ready(&stream, ready, &mut polled, &mut done)
+                .await?;
         }
         polled.held = self.held.values().map(BTreeMap::len).sum();
         for message in &done {
@@ -401,14 +434,13 @@ impl<E: ReplicationEvent> NatsSource<E> {
 
     /// Takes the held messages of `stream` that may be applied now, in
     /// order: each one whose predecessor is applied (or comes before it in
-    /// the run), that names none, or that waited `reorder_wait` for it.
-    async fn ready(
-        &mut self,
-        stream: &StreamId,
-        polled: &mut Polled,
-    ) -> Result<Vec<(u64, Held<E>)>, Error> {
+    /// the run), that names none, or that waited `reorder_wait` for it
+    /// (`true` beside it: applied with the gap) — unless a sink refused
+    /// such a message and its backoff has not passed.
+    async fn ready(&mut self, stream: &StreamId) -> Result<Vec<(u64, Held<E>, bool)>, Error> {
         let mut mark = self.mark(stream).await?;
         let wait = self.options.reorder_wait;
+        let refused_until = self.refusals.get(stream).map(|r| r.again_at);
         let Some(held) = self.held.get_mut(stream) else {
             return Ok(Vec::new());
         };
@@ -420,19 +452,100 @@ impl<E: ReplicationEvent> NatsSource<E> {
             // publish still to come.
             let in_order = mark == 0 || waiting.previous.is_none_or(|previous| previous <= mark);
             if !in_order {
-                if waiting.since.elapsed() < wait {
+                if waiting.since.elapsed() < wait
+                    || refused_until.is_some_and(|at| Instant::now() < at)
+                {
                     break;
                 }
-                polled.gaps += 1;
                 tracing::warn!(
                     %stream, sequence, previous = waiting.previous, applied = mark,
                     "nats source: the message published before this one never came; applying it with the gap"
                 );
             }
             mark = sequence;
-            ready.push((sequence, entry.remove()));
+            ready.push((sequence, entry.remove(), !in_order));
         }
         Ok(ready)
+    }
+
+    /// Applies `ready` (from [`NatsSource::ready`]) to the sinks, runs of
+    /// consecutive messages of one encoding together, and adds the
+    /// messages the sinks took to `done`. A run that starts with a message
+    /// applied with a gap is offered once: refused, it and everything
+    /// after it are held again (see [`Polled::refused`]).
+    async fn apply_ready(
+        &mut self,
+        stream: &StreamId,
+        ready: Vec<(u64, Held<E>, bool)>,
+        polled: &mut Polled,
+        done: &mut Vec<jetstream::Message>,
+    ) -> Result<(), Error> {
+        let mut ready = ready.into_iter().peekable();
+        while let Some((sequence, first, gap)) = ready.next() {
+            let encoding = first.encoding;
+            let mut run = Vec::new();
+            let mut handed = Vec::new();
+            let mut next = Some((sequence, first));
+            // A gap starts a run of its own; the next one ends it.
+            while let Some((sequence, held)) = next {
+                let ((event, payload), rest) = held.hand();
+                run.push((sequence, event, payload));
+                handed.push(rest);
+                next = ready
+                    .next_if(|(_, h, gap)| h.encoding == encoding && !gap)
+                    .map(|(sequence, held, _)| (sequence, held));
+            }
+            match self.apply(stream, encoding, run, !gap).await {
+                Ok(applied) => {
+                    polled.applied += applied;
+                    polled.gaps += usize::from(gap);
+                    self.refusals.remove(stream);
+                    done.extend(handed.into_iter().map(|h| h.message));
+                }
+                Err(error) => {
+                    // Only a run with a gap gives up.
+                    let count = self.refusals.get(stream).map_or(1, |r| r.count + 1);
+                    let delay = Backoff::ceiling(&self.options.retry, count);
+                    tracing::warn!(
+                        %stream, sequence, error = %error, ?delay,
+                        "nats source: a sink refused the message with the gap; holding it again for the one published before it"
+                    );
+                    self.refusals.insert(
+                        stream.clone(),
+                        Refusals {
+                            count,
+                            again_at: Instant::now() + delay,
+                        },
+                    );
+                    polled.refused += 1;
+                    let rest: Vec<Handed> = ready.map(|(_, held, _)| held.hand().1).collect();
+                    self.hold_again(handed.into_iter().chain(rest));
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts handed messages back among the held ones, their events read
+    /// again from the messages.
+    fn hold_again(&mut self, messages: impl Iterator<Item = Handed>) {
+        for handed in messages {
+            // It was read before.
+            let Some((stream, sequence, encoding, event)) = self.read(&handed.message) else {
+                continue;
+            };
+            self.held.entry(stream).or_default().insert(
+                sequence,
+                Held {
+                    message: handed.message,
+                    previous: handed.previous,
+                    encoding,
+                    event,
+                    since: handed.since,
+                },
+            );
+        }
     }
 
     /// The stream, sequence, encoding and event of a message, or `None`
@@ -468,12 +581,14 @@ impl<E: ReplicationEvent> NatsSource<E> {
     }
 
     /// Applies consecutive events of `stream` to every sink, retrying a
-    /// failing sink with backoff; moves the stream's mark.
+    /// failing sink with backoff (unless not `patient`: then its first
+    /// retryable failure is returned); moves the stream's mark.
     async fn apply(
         &mut self,
         stream: &StreamId,
         encoding: Encoding,
         run: Vec<(u64, E, Bytes)>,
+        patient: bool,
     ) -> Result<usize, Error> {
         let Some(last) = run.last().map(|(s, _, _)| *s) else {
             return Ok(0);
@@ -516,6 +631,9 @@ impl<E: ReplicationEvent> NatsSource<E> {
                             rest = &rest[done..];
                         }
                         let error = err.into_error();
+                        if error.is_retryable() && !patient {
+                            return Err(error);
+                        }
                         if error.is_retryable() {
                             let delay = backoff.next_delay().unwrap_or_else(|| {
                                 Backoff::ceiling(&self.options.retry, backoff.failures())

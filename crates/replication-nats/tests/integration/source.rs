@@ -324,3 +324,116 @@ async fn heavy_messages_the_bus_holds_out_of_order_are_applied_in_order() {
         "everything acknowledged"
     );
 }
+
+/// A replica that takes no gap, as a standby: a record past the next
+/// sequence is refused (retryable) after the ones before it.
+#[derive(Clone, Debug, Default)]
+struct Contiguous(Arc<std::sync::Mutex<Vec<u64>>>);
+
+impl Contiguous {
+    fn sequences(&self) -> Vec<u64> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl omnirelay_replication::Sink for Contiguous {
+    async fn checkpoint(
+        &self,
+        _stream: &StreamId,
+    ) -> Result<Option<u64>, omnirelay_replication::SinkError> {
+        Ok(self.0.lock().unwrap().last().copied())
+    }
+
+    async fn apply(
+        &self,
+        batch: &[omnirelay_replication::Record<'_>],
+    ) -> Result<(), omnirelay_replication::SinkError> {
+        let mut applied = self.0.lock().unwrap();
+        for record in batch {
+            let last = applied.last().copied().unwrap_or(0);
+            if record.sequence() <= last {
+                continue;
+            }
+            if record.sequence() != last + 1 {
+                return Err(omnirelay_replication::SinkError::new(
+                    omnirelay_replication::ErrorKind::Unavailable,
+                    format!("a gap from {last} to {}", record.sequence()),
+                ));
+            }
+            applied.push(record.sequence());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_replica_that_takes_no_gap_gets_the_predecessor_that_comes_after_reorder_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
+        .await
+        .unwrap();
+    omnirelay_replication::Sink::checkpoint(&sink, &StreamId::default())
+        .await
+        .unwrap();
+    // 3 was lost; its sink publishes it again only after the readers'
+    // reorder_wait (a primary that stopped before its retry, restarted).
+    for (sequence, previous) in [(1, Some(0)), (2, Some(1)), (4, Some(3)), (5, Some(4))] {
+        let body = format!("{{\"sequenceNumber\":{sequence}}}");
+        publish_as_sink(&nats.url, "default", sequence, previous, body.as_bytes()).await;
+    }
+    let strict = Contiguous::default();
+    let other = FaultySink::new();
+    other.keep_checkpoint(0);
+    let mut source = NatsSource::connect(
+        std::slice::from_ref(&nats.url),
+        ConnectOptions::new(),
+        Arc::new(DocCodec),
+        NatsSourceOptions {
+            wait: Duration::from_millis(100),
+            reorder_wait: Duration::from_millis(300),
+            retry: omnirelay_replication::RetryPolicy {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(200),
+                ..omnirelay_replication::RetryPolicy::default()
+            },
+            ..NatsSourceOptions::new("strict")
+        },
+    )
+    .await
+    .unwrap();
+    source.add_sink("strict", strict.clone().shared(), Encoding::JSON_V1);
+    source.add_sink("other", other.clone().shared(), Encoding::JSON_V1);
+    let started = Instant::now();
+    let mut refused = 0;
+    // Past reorder_wait 4 is offered with the gap and refused, again and
+    // again, and each poll returns.
+    while started.elapsed() < Duration::from_millis(1200) {
+        let polled = tokio::time::timeout(Duration::from_secs(5), source.poll())
+            .await
+            .expect("a poll returns while a sink refuses the gap")
+            .unwrap();
+        refused += polled.refused;
+        assert_eq!(polled.gaps, 0, "nothing applied with the gap");
+    }
+    assert!(refused >= 2, "offered again with backoff: {refused}");
+    assert!(source.refusing_gap());
+    assert_eq!(strict.sequences(), [1, 2]);
+    let late = br#"{"sequenceNumber":3}"#;
+    publish_as_sink(&nats.url, "default", 3, Some(2), late).await;
+    while strict.sequences().len() < 5 {
+        let polled = source.poll().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10), "stalled");
+        assert_eq!(polled.gaps, 0);
+    }
+    assert_eq!(strict.sequences(), [1, 2, 3, 4, 5]);
+    assert!(!source.refusing_gap());
+    // The other sink, after the refusing one, was not offered the gap.
+    assert_eq!(other.sequences(), [1, 2, 3, 4, 5]);
+    assert_eq!(source.poll().await.unwrap().held, 0);
+    assert_eq!(
+        source.pending().await.unwrap(),
+        0,
+        "everything acknowledged"
+    );
+}

@@ -12,6 +12,7 @@ use async_nats::jetstream::stream::{
 use async_nats::jetstream::{self, Context};
 use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
+use futures::StreamExt as _;
 use omnirelay_replication::{
     Error, ErrorKind, Health, HealthCell, Record, Sink, SinkError, StreamId,
 };
@@ -21,6 +22,10 @@ use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, subject_for, validate_stream_name,
     validate_subject_template,
 };
+
+/// JetStream reads in flight together when a sink reads back the last
+/// messages of a stream (the hole check of its mark).
+const HOLE_CHECK_READS_IN_FLIGHT: usize = 32;
 
 /// How the JetStream stream is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -427,8 +432,13 @@ impl Inner {
         let mut present = std::collections::HashSet::new();
         let mut named = Vec::new();
         let mut lowest = u64::MAX;
-        for js_sequence in from..=at {
-            let message = match js_stream.get_raw_message(js_sequence).await {
+        // Requests in flight together: one round trip per this many
+        // messages instead of per message (a bus across a WAN).
+        let mut messages = futures::stream::iter(from..=at)
+            .map(|js_sequence| js_stream.get_raw_message(js_sequence))
+            .buffered(HOLE_CHECK_READS_IN_FLIGHT);
+        while let Some(read) = messages.next().await {
+            let message = match read {
                 Ok(message) => message,
                 // Deleted, or removed by the stream's limits.
                 Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => continue,

@@ -298,34 +298,48 @@ async fn heavy_a_restarted_sink_publishes_again_from_a_hole_a_lost_publish_left(
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let stream = StreamId::default();
-    let records: Vec<_> = (1..=6)
+    let records: Vec<_> = (1..=420)
         .map(|s| record(&stream, s, Encoding::JSON_V1))
         .collect();
     let first = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
         .await
         .unwrap();
-    first.apply_owned(&records[..3]).await.unwrap();
-    // 4 was lost in flight, 5 (sent after it) landed; then the sink died.
-    publish_as_sink(&nats.url, "default", 5, Some(4), records[4].bytes()).await;
+    first.apply_owned(&records[..400]).await.unwrap();
+    // 401 was lost in flight, 402..=405 (sent after it) landed; then the
+    // sink died. The hole is far back among the messages read back.
+    for sequence in 402..=405u64 {
+        let at = usize::try_from(sequence).unwrap() - 1;
+        publish_as_sink(
+            &nats.url,
+            "default",
+            sequence,
+            Some(sequence - 1),
+            records[at].bytes(),
+        )
+        .await;
+    }
     let restarted = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
         .await
         .unwrap();
     assert_eq!(
         restarted.checkpoint(&stream).await.unwrap(),
-        Some(3),
+        Some(400),
         "what the stream holds without a hole"
     );
-    restarted.apply_owned(&records[3..]).await.unwrap();
-    assert_eq!(restarted.duplicates(), 1, "5 was there");
+    restarted.apply_owned(&records[400..]).await.unwrap();
+    assert_eq!(restarted.duplicates(), 4, "402..=405 were there");
     let held: Vec<u64> = stored(&nats.url, DEFAULT_STREAM, "default")
         .await
         .into_iter()
         .map(|(s, _)| s)
         .collect();
-    assert_eq!(held, [1, 2, 3, 5, 4, 6]);
+    let mut expected: Vec<u64> = (1..=400).collect();
+    expected.extend([402, 403, 404, 405, 401]);
+    expected.extend(406..=420);
+    assert_eq!(held, expected);
     // Without a hole, the last message is the mark, as before.
     let again = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
         .await
         .unwrap();
-    assert_eq!(again.checkpoint(&stream).await.unwrap(), Some(6));
+    assert_eq!(again.checkpoint(&stream).await.unwrap(), Some(420));
 }

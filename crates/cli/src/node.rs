@@ -217,6 +217,18 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         Matcher::Full(lease::REPLICATION_LAG_MS.to_owned()),
         lease::LAG_MS_BUCKETS,
     )?;
+    // The reference's other histograms, as its dashboard queries them
+    // (`_bucket`), with the buckets its exporter gave them.
+    for name in [
+        lease::PENDING_ITEMS,
+        lease::ACTIVE_LEASES,
+        omnirelay_dispatcher::health::metrics_names::DURATION_MS,
+    ] {
+        builder = builder.set_buckets_for_metric(
+            Matcher::Full(name.to_owned()),
+            lease::REFERENCE_HISTOGRAM_BUCKETS,
+        )?;
+    }
     let handle = builder
         .install_recorder()
         .context("cannot install the metrics recorder")?;

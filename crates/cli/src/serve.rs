@@ -659,6 +659,7 @@ async fn run_mesh_client(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (what, peer, task) = if role == Role::Worker {
         let peer = settings.peer.clone().unwrap_or_else(default_peer);
+        Counters::register_worker(&peer);
         let task = tokio::spawn(mesh::run_worker(
             client,
             peer.clone(),
@@ -668,6 +669,7 @@ async fn run_mesh_client(
         ));
         ("worker", Some(peer), task)
     } else {
+        Counters::register_seeder();
         let task = tokio::spawn(mesh::run_seeder(
             client,
             Seeder::default(),

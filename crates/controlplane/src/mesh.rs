@@ -743,6 +743,24 @@ pub const ITEMS_TOTAL: &str = "omnirelay_mesh_items_total";
 pub const RPC_ERRORS_TOTAL: &str = "omnirelay_mesh_rpc_errors_total";
 
 impl Counters {
+    /// Creates the seeder's metric series at zero, so that a rate or
+    /// increase over them counts the first of each.
+    pub fn register_seeder() {
+        for outcome in ["enqueued", "refused"] {
+            metrics::counter!(ENQUEUES_TOTAL, "outcome" => outcome).increment(0);
+        }
+    }
+
+    /// Creates worker `peer`'s metric series at zero (see
+    /// [`Counters::register_seeder`]).
+    pub fn register_worker(peer: &str) {
+        for outcome in ["created", "updated", "duplicate", "stale", "invalid"] {
+            metrics::counter!(ITEMS_TOTAL, "peer" => peer.to_owned(), "outcome" => outcome)
+                .increment(0);
+        }
+        metrics::counter!(RPC_ERRORS_TOTAL, "peer" => peer.to_owned()).increment(0);
+    }
+
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -95,6 +95,14 @@ pub(crate) struct Backpressure {
 
 impl Backpressure {
     pub(crate) fn new(options: Option<BackpressureOptions>) -> Self {
+        if options.is_some() {
+            // Both series exist from the start, so that the first
+            // transition counts in a rate or increase over them.
+            for state in ["active", "inactive"] {
+                metrics::counter!(telemetry::BACKPRESSURE_TRANSITIONS, "state" => state)
+                    .increment(0);
+            }
+        }
         Self {
             options,
             active: false,

@@ -68,16 +68,21 @@ impl LeaseHealth {
     }
 
     fn peer(&mut self, peer: &str, now: Timestamp) -> &mut PeerHealth {
-        self.peers
-            .entry(peer.to_owned())
-            .or_insert_with(|| PeerHealth {
+        self.peers.entry(peer.to_owned()).or_insert_with(|| {
+            // A new peer's signal counters start at zero, so that a
+            // rate or increase over them counts its first signal.
+            for name in [metrics_names::HEARTBEATS, metrics_names::DISCONNECTS] {
+                metrics::counter!(name, "rpc_peer" => peer.to_owned()).increment(0);
+            }
+            PeerHealth {
                 peer: peer.to_owned(),
                 last_seen: now,
                 last_disconnect: None,
                 active_assignments: 0,
                 pending_reassignments: 0,
                 healthy: true,
-            })
+            }
+        })
     }
 
     /// A lease of item `sequence_id` granted to `peer`.

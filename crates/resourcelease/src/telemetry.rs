@@ -34,6 +34,14 @@ pub const LAG_MS_BUCKETS: &[f64] = &[
     30000.0, 60000.0,
 ];
 
+/// Buckets of [`PENDING_ITEMS`], [`ACTIVE_LEASES`] and the dispatcher's
+/// lease duration (ms): the OpenTelemetry SDK's default histogram
+/// boundaries, which the reference's exporter used for them.
+pub const REFERENCE_HISTOGRAM_BUCKETS: &[f64] = &[
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+    10000.0,
+];
+
 /// Counts an event about to be published (the reference's counter,
 /// incremented by the emitter before replication).
 pub fn record_published(event: &ResourceLeaseReplicationEvent) {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use omnirelay_replication_testkit::process::KillOnDrop;
 use serde_json::Value;
 
-use crate::{broken_sink_config, http_get, spawn_listening};
+use crate::log::dir_arg;
+use crate::{broken_sink_config, http_get, http_post, spawn_listening, spawn_listening_with_env};
 
 /// How long Prometheus may take to have everything (it scrapes every
 /// second here).
@@ -244,10 +245,11 @@ fn instances(result: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every `expr` of the dashboard, with its template variables set to "all"
-/// and Grafana's rate interval to a window of a few scrapes.
-fn dashboard_queries() -> Vec<(String, String)> {
-    let path = deploy_dir().join("grafana/omnirelay-replication.json");
+/// Every `expr` of the dashboard in `deploy/grafana/{file}`, with its
+/// template variables set to "all", Grafana's rate interval to a window of
+/// a few scrapes and its time range to a few minutes.
+fn dashboard_queries(file: &str) -> Vec<(String, String)> {
+    let path = deploy_dir().join("grafana").join(file);
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
@@ -256,6 +258,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
                 .as_str()
                 .unwrap()
                 .replace("$__rate_interval", "5s")
+                .replace("$__range", "5m")
                 .replace("$instance", ".*")
                 .replace("$stream", ".*");
             assert!(!expr.contains('$'), "unknown variable in {expr}");
@@ -299,7 +302,7 @@ fn heavy_prometheus_scrapes_three_publishers_and_every_dashboard_query_has_data(
         });
     }
 
-    let queries = dashboard_queries();
+    let queries = dashboard_queries("omnirelay-replication.json");
     assert!(queries.len() >= 12, "{queries:?}");
     let mut empty: Vec<&(String, String)> = queries.iter().collect();
     prometheus.wait_for("every dashboard query to return data", || {
@@ -349,4 +352,131 @@ fn heavy_prometheus_scrapes_three_publishers_and_every_dashboard_query_has_data(
     for publisher in publishers {
         publisher.finish();
     }
+}
+
+/// An RPC of the dispatcher at `address` (namespace `resourcelease`) as
+/// `peer`; the answer's JSON.
+fn rpc(address: &str, procedure: &str, peer: &str, body: &str) -> Value {
+    let (status, _, answer) = http_post(
+        address,
+        &[
+            ("Rpc-Procedure", &format!("resourcelease::{procedure}")),
+            ("Rpc-Caller", peer),
+        ],
+        body,
+    );
+    assert_eq!(status, 200, "{procedure}: {answer}");
+    serde_json::from_str(&answer).unwrap()
+}
+
+#[test]
+fn heavy_prometheus_scrapes_a_dispatcher_its_seeder_and_workers_and_every_mesh_panel_has_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = |name: &str, role: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let data = dir.path().join(name);
+        let mut args = vec![
+            "serve".to_owned(),
+            "--role".to_owned(),
+            role.to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--data-dir".to_owned(),
+            dir_arg(&data).to_owned(),
+        ];
+        args.extend(extra.iter().map(|&a| a.to_owned()));
+        let (child, address, _stderr) = spawn_listening_with_env(&args, env);
+        (child, address)
+    };
+    // Backpressure at 8 pending, off at 2: a seeder enqueuing every 50 ms
+    // outruns two workers and turns it on and off.
+    let (_dispatcher, dispatcher) = node(
+        "dispatcher",
+        "dispatcher",
+        &[],
+        &[
+            (
+                "OMNIRELAY_SERVICES__DISPATCHER__BACKPRESSURE__HIGH_WATERMARK",
+                "8",
+            ),
+            (
+                "OMNIRELAY_SERVICES__DISPATCHER__BACKPRESSURE__LOW_WATERMARK",
+                "2",
+            ),
+            (
+                "OMNIRELAY_SERVICES__DISPATCHER__BACKPRESSURE__COOLDOWN_MS",
+                "100",
+            ),
+        ],
+    );
+    let url = format!("http://{dispatcher}");
+    let (_seeder, seeder) = node(
+        "seeder",
+        "seeder",
+        &["--dispatcher", &url],
+        &[("OMNIRELAY_SERVICES__MESH__SEED_INTERVAL_MS", "50")],
+    );
+    let worker = |peer: &str| node(peer, "worker", &["--dispatcher", &url, "--peer", peer], &[]);
+    let ((_worker_a, worker_a), (_worker_b, worker_b)) = (worker("worker-a"), worker("worker-b"));
+    let addresses = [
+        dispatcher.as_str(),
+        seeder.as_str(),
+        worker_a.as_str(),
+        worker_b.as_str(),
+    ];
+    let all: BTreeSet<String> = addresses.iter().map(|&a| a.to_owned()).collect();
+    let prometheus = Prometheus::start(&addresses);
+    prometheus.wait_for("every target to be up", || {
+        instances(&prometheus.query(r#"up{job="omnirelay"} == 1"#)) == all
+    });
+    // The reference's histograms are histograms, as its dashboard queried
+    // them (`_bucket` series), not summaries.
+    prometheus.wait_for("the reference's histograms as _bucket series", || {
+        [
+            "omnirelay_resourcelease_pending_items_bucket",
+            "omnirelay_resourcelease_active_leases_bucket",
+            "omnirelay_peer_lease_duration_ms_bucket",
+            "omnirelay_resourcelease_replication_lag_ms_bucket",
+        ]
+        .iter()
+        .all(|name| !prometheus.query(name).is_empty())
+    });
+    // A peer that fails an item without requeue: a disconnect.
+    let lease = loop {
+        let lease = rpc(&dispatcher, "lease", "probe", "{}");
+        if lease["ownershipToken"].is_object() {
+            break lease;
+        }
+    };
+    let fail = serde_json::json!({
+        "ownershipToken": lease["ownershipToken"],
+        "reason": "probe",
+        "errorCode": "probe.failure",
+        "requeue": false,
+    });
+    rpc(&dispatcher, "fail", "probe", &fail.to_string());
+
+    let queries = dashboard_queries("resourcelease-mesh.json");
+    assert!(queries.len() >= 18, "{queries:?}");
+    let mut empty: Vec<&(String, String)> = queries.iter().collect();
+    prometheus.wait_for("every mesh dashboard query to return data", || {
+        empty.retain(|(_, expr)| prometheus.query(expr).is_empty());
+        empty.is_empty()
+    });
+    let transitions = prometheus
+        .query("sum by (state) (omnirelay_resourcelease_backpressure_transitions_events_total)");
+    assert_eq!(transitions.len(), 2, "{transitions:?}");
+    let disconnects =
+        prometheus.query("sum by (rpc_peer) (omnirelay_peer_lease_disconnects_signals_total) > 0");
+    assert!(
+        disconnects
+            .iter()
+            .any(|d| d["metric"]["rpc_peer"] == "probe"),
+        "{disconnects:?}"
+    );
+    // Both workers' items, by outcome, from their own hosts.
+    prometheus.wait_for("items from both workers", || {
+        let items =
+            prometheus.query("sum by (peer) (omnirelay_mesh_items_total{outcome=~\"created|updated|duplicate\"}) > 0");
+        items.len() == 2
+    });
 }

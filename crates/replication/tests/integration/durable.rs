@@ -994,3 +994,57 @@ async fn a_retention_hold_keeps_the_segments_after_it_until_moved_or_dropped() {
     assert!(oldest > 151, "released, nothing is held: oldest {oldest}");
     replicator.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lingering_sink_waits_for_a_fuller_batch_and_a_full_one_goes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every append is visible at once: without a linger, each is a batch.
+    let replicator = open(dir.path(), Durability::None).await;
+    let lingering = |max_events, linger| SinkOptions {
+        batch: BatchOptions {
+            max_events,
+            linger,
+            ..BatchOptions::default()
+        },
+        ..sink_options()
+    };
+    let patient = FaultySink::new();
+    let full = FaultySink::new();
+    replicator
+        .add_sink(
+            "patient",
+            patient.clone().shared(),
+            lingering(64, Duration::from_millis(600)),
+        )
+        .await
+        .unwrap();
+    // A linger far longer than the test: only a full batch gets it sent.
+    replicator
+        .add_sink(
+            "full",
+            full.clone().shared(),
+            lingering(3, Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        publish(&replicator, 1).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    wait_for(&replicator, "full", 3).await;
+    assert_eq!(full.sequences(), [1, 2, 3]);
+    assert_eq!(full.attempts().len(), 1, "the three in one full batch");
+    wait_for(&replicator, "patient", 3).await;
+    assert_eq!(
+        patient.attempts().len(),
+        1,
+        "events published 40 ms apart wait for each other"
+    );
+    // Short of a full batch, the long linger holds the fourth.
+    publish(&replicator, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(full.sequences(), [1, 2, 3]);
+    wait_for(&replicator, "patient", 4).await;
+    assert_eq!(patient.attempts().len(), 2);
+    replicator.close().await.unwrap();
+}

@@ -438,17 +438,24 @@ impl<E: ReplicationEvent> Driver<E> {
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + linger;
+        // After each wake-up the batch is looked at again only this much
+        // later, so that appends in between cost one wake-up, not one each
+        // (under `none` and `memory` durability every append is visible
+        // at once); a full batch waits at most this much more.
+        let settle = (linger / 16).clamp(Duration::from_millis(1), Duration::from_millis(10));
         let mut progress = self.stream.log.progress();
         let wanted = self.shared.options.batch.max_events as u64;
         while visible - cursor < wanted {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return Ok(()),
-                changed = progress.changed() => {
-                    if changed.is_err() { return Ok(()) }
-                    visible = progress.borrow().visible;
-                }
+                changed = progress.changed() => if changed.is_err() { return Ok(()) },
                 _ = self.shutdown.changed() => if self.is_shutdown() { return Err(Stop::Shutdown) },
             }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + settle)) => {}
+                _ = self.shutdown.changed() => if self.is_shutdown() { return Err(Stop::Shutdown) },
+            }
+            visible = progress.borrow_and_update().visible;
         }
         Ok(())
     }

@@ -252,33 +252,43 @@ async fn heavy_a_source_that_requires_a_version_refuses_older_messages_and_leave
     assert_eq!(replica.sequences(), vec![1, 2, 3]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heavy_messages_the_bus_holds_out_of_order_are_applied_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    // The stream, as a sink makes it.
+/// Makes the stream as a sink does, then publishes as a sink would the
+/// replication stream `default`'s `(sequence, previous)` messages in that
+/// order.
+async fn bus_holding(nats: &Nats, messages: &[(u64, Option<u64>)]) {
     let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
         .await
         .unwrap();
     omnirelay_replication::Sink::checkpoint(&sink, &StreamId::default())
         .await
         .unwrap();
-    // 4 was lost and published again after 5; 7 comes from a sink that
-    // names no predecessor; 8 never comes.
-    for (sequence, previous) in [
-        (1, Some(0)),
-        (2, Some(1)),
-        (3, Some(2)),
-        (5, Some(4)),
-        (4, Some(3)),
-        (6, Some(5)),
-        (7, None),
-        (9, Some(8)),
-        (10, Some(9)),
-    ] {
+    for &(sequence, previous) in messages {
         let body = format!("{{\"sequenceNumber\":{sequence}}}");
         publish_as_sink(&nats.url, "default", sequence, previous, body.as_bytes()).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_messages_the_bus_holds_out_of_order_are_applied_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    // 4 was lost and published again after 5; 7 comes from a sink that
+    // names no predecessor; 8 never comes.
+    bus_holding(
+        &nats,
+        &[
+            (1, Some(0)),
+            (2, Some(1)),
+            (3, Some(2)),
+            (5, Some(4)),
+            (4, Some(3)),
+            (6, Some(5)),
+            (7, None),
+            (9, Some(8)),
+            (10, Some(9)),
+        ],
+    )
+    .await;
     let replica = FaultySink::new();
     let mut source = NatsSource::connect(
         std::slice::from_ref(&nats.url),
@@ -370,18 +380,13 @@ impl omnirelay_replication::Sink for Contiguous {
 async fn heavy_a_replica_that_takes_no_gap_gets_the_predecessor_that_comes_after_reorder_wait() {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
-    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
-        .await
-        .unwrap();
-    omnirelay_replication::Sink::checkpoint(&sink, &StreamId::default())
-        .await
-        .unwrap();
     // 3 was lost; its sink publishes it again only after the readers'
     // reorder_wait (a primary that stopped before its retry, restarted).
-    for (sequence, previous) in [(1, Some(0)), (2, Some(1)), (4, Some(3)), (5, Some(4))] {
-        let body = format!("{{\"sequenceNumber\":{sequence}}}");
-        publish_as_sink(&nats.url, "default", sequence, previous, body.as_bytes()).await;
-    }
+    bus_holding(
+        &nats,
+        &[(1, Some(0)), (2, Some(1)), (4, Some(3)), (5, Some(4))],
+    )
+    .await;
     let strict = Contiguous::default();
     let other = FaultySink::new();
     other.keep_checkpoint(0);

@@ -68,7 +68,7 @@ enum Command {
         stream: String,
         /// A standby's primary: its URL, followed over gRPC `Subscribe` (the
         /// token is `[server] token`), or the bus it publishes to,
-        /// `nats://[USER:PASSWORD@|TOKEN@]HOST:PORT[?stream=NAME&subject=TEMPLATE&durable=NAME]`
+        /// `nats://[USER:PASSWORD@|TOKEN@]HOST:PORT[?stream=NAME&subject=TEMPLATE&durable=NAME&reorder_wait_ms=N]`
         /// (the primary's NATS sink must write protobuf, version 2). Key
         /// `services.standby.follow`: set there (or in the environment), a
         /// password stays out of the process list.

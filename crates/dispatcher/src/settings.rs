@@ -43,7 +43,7 @@ pub const STANDBY_DEFAULT_TOML: &str = r#"
 [services.standby]
 # The primary it follows (`--follow` sets it): a node's URL, followed over
 # gRPC Subscribe, or the bus the primary publishes to,
-# nats://[USER:PASSWORD@|TOKEN@]HOST:PORT[?stream=NAME&subject=TEMPLATE&durable=NAME].
+# nats://[USER:PASSWORD@|TOKEN@]HOST:PORT[?stream=NAME&subject=TEMPLATE&durable=NAME&reorder_wait_ms=N].
 # Set here or in OMNIRELAY_SERVICES__STANDBY__FOLLOW, a bus password stays
 # out of the process list.
 # follow = "http://primary.example:7421"

@@ -441,12 +441,10 @@ fn heavy_prometheus_scrapes_a_dispatcher_its_seeder_and_workers_and_every_mesh_p
         .all(|name| !prometheus.query(name).is_empty())
     });
     // A peer that fails an item without requeue: a disconnect.
-    let lease = loop {
-        let lease = rpc(&dispatcher, "lease", "probe", "{}");
-        if lease["ownershipToken"].is_object() {
-            break lease;
-        }
-    };
+    let lease = (0..50)
+        .map(|_| rpc(&dispatcher, "lease", "probe", "{}"))
+        .find(|lease| lease["ownershipToken"].is_object())
+        .expect("a lease while the seeder enqueues");
     let fail = serde_json::json!({
         "ownershipToken": lease["ownershipToken"],
         "reason": "probe",
@@ -462,9 +460,13 @@ fn heavy_prometheus_scrapes_a_dispatcher_its_seeder_and_workers_and_every_mesh_p
         empty.retain(|(_, expr)| prometheus.query(expr).is_empty());
         empty.is_empty()
     });
-    let transitions = prometheus
-        .query("sum by (state) (omnirelay_resourcelease_backpressure_transitions_events_total)");
-    assert_eq!(transitions.len(), 2, "{transitions:?}");
+    // Both series exist from the start; the seeder turns both states on.
+    prometheus.wait_for("backpressure on and off", || {
+        let transitions = prometheus.query(
+            "sum by (state) (omnirelay_resourcelease_backpressure_transitions_events_total) > 0",
+        );
+        transitions.len() == 2
+    });
     let disconnects =
         prometheus.query("sum by (rpc_peer) (omnirelay_peer_lease_disconnects_signals_total) > 0");
     assert!(

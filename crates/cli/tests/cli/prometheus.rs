@@ -216,6 +216,18 @@ impl Prometheus {
         data["result"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until every query of the dashboard `file` (at least `count`
+    /// of them) returns data.
+    fn wait_for_every_query_of(&self, file: &str, count: usize) {
+        let queries = dashboard_queries(file);
+        assert!(queries.len() >= count, "{queries:?}");
+        let mut empty: Vec<&(String, String)> = queries.iter().collect();
+        self.wait_for(&format!("every query of {file} to return data"), || {
+            empty.retain(|(_, expr)| self.query(expr).is_empty());
+            empty.is_empty()
+        });
+    }
+
     fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + PATIENCE;
         while !done() {
@@ -302,13 +314,7 @@ fn heavy_prometheus_scrapes_three_publishers_and_every_dashboard_query_has_data(
         });
     }
 
-    let queries = dashboard_queries("omnirelay-replication.json");
-    assert!(queries.len() >= 12, "{queries:?}");
-    let mut empty: Vec<&(String, String)> = queries.iter().collect();
-    prometheus.wait_for("every dashboard query to return data", || {
-        empty.retain(|(_, expr)| prometheus.query(expr).is_empty());
-        empty.is_empty()
-    });
+    prometheus.wait_for_every_query_of("omnirelay-replication.json", 12);
     // Per-host panels see every host (a rate needs two scrapes in its
     // window).
     prometheus.wait_for("sent rates from every host", || {
@@ -453,13 +459,7 @@ fn heavy_prometheus_scrapes_a_dispatcher_its_seeder_and_workers_and_every_mesh_p
     });
     rpc(&dispatcher, "fail", "probe", &fail.to_string());
 
-    let queries = dashboard_queries("resourcelease-mesh.json");
-    assert!(queries.len() >= 18, "{queries:?}");
-    let mut empty: Vec<&(String, String)> = queries.iter().collect();
-    prometheus.wait_for("every mesh dashboard query to return data", || {
-        empty.retain(|(_, expr)| prometheus.query(expr).is_empty());
-        empty.is_empty()
-    });
+    prometheus.wait_for_every_query_of("resourcelease-mesh.json", 18);
     // Both series exist from the start; the seeder turns both states on.
     prometheus.wait_for("backpressure on and off", || {
         let transitions = prometheus.query(

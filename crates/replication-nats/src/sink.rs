@@ -497,21 +497,7 @@ impl Inner {
         let mut pending = VecDeque::with_capacity(self.options.max_outstanding_acks);
         let mut done = None;
         let mut error = None;
-        let settle =
-            |ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-             sequence: u64|
-             -> Result<u64, Error> {
-                match ack {
-                    Ok(ack) => {
-                        if ack.duplicate {
-                            self.duplicates.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(sequence)
-                    }
-                    Err(e) => Err(publish_error(sequence, &e)),
-                }
-            };
-        'records: for (sequence, payload, headers) in records {
+        'records: for (index, (sequence, payload, headers)) in records.iter().enumerate() {
             if max_payload > 0 && payload.len() > max_payload {
                 error = Some(Error::new(
                     ErrorKind::Rejected,
@@ -523,11 +509,11 @@ impl Inner {
                 break;
             }
             while pending.len() >= self.options.max_outstanding_acks {
-                let Some((seq, ack)) = pending.pop_front() else {
+                let Some((at, ack)) = pending.pop_front() else {
                     break;
                 };
                 let ack: jetstream::context::PublishAckFuture = ack;
-                match settle(ack.await, seq) {
+                match self.settle(&subject, ack.await, &records[at]).await {
                     Ok(seq) => done = Some(seq),
                     Err(e) => {
                         error = Some(e);
@@ -543,7 +529,7 @@ impl Inner {
                 .payload(payload.clone())
                 .headers(headers.clone());
             match self.context.send_publish(subject.clone(), publish).await {
-                Ok(ack) => pending.push_back((*sequence, ack)),
+                Ok(ack) => pending.push_back((index, ack)),
                 Err(e) => {
                     error = Some(publish_error(*sequence, &e));
                     break;
@@ -552,8 +538,8 @@ impl Inner {
         }
         // Settle what was sent before the stop (or the end), in order,
         // until the first failure: the prefix before it is what counts.
-        while let Some((seq, ack)) = pending.pop_front() {
-            match settle(ack.await, seq) {
+        while let Some((at, ack)) = pending.pop_front() {
+            match self.settle(&subject, ack.await, &records[at]).await {
                 Ok(seq) => done = Some(seq),
                 Err(e) => {
                     error = Some(e);
@@ -562,6 +548,55 @@ impl Inner {
             }
         }
         (done, error)
+    }
+}
+
+impl Inner {
+    /// The sequence of `record` once its publish is acknowledged. A
+    /// duplicate acknowledgement is success when the message JetStream
+    /// holds under that id is this one (a retry); when it holds another
+    /// message in the same format (another node publishing the same
+    /// stream id to the subject), dropping ours as a retry would lose it:
+    /// a non-retryable [`ErrorKind::Config`] instead.
+    async fn settle(
+        &self,
+        subject: &str,
+        ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+        record: &(u64, Bytes, HeaderMap),
+    ) -> Result<u64, Error> {
+        let (sequence, payload, headers) = record;
+        let ack = ack.map_err(|e| publish_error(*sequence, &e))?;
+        if !ack.duplicate {
+            return Ok(*sequence);
+        }
+        self.duplicates.fetch_add(1, Ordering::Relaxed);
+        let stored = self
+            .context
+            .get_stream(&self.options.stream)
+            .await
+            .map_err(|e| nats_error(ErrorKind::Unavailable, "find the stream", e))?
+            .get_raw_message(ack.sequence)
+            .await
+            .map_err(|e| {
+                nats_error(
+                    ErrorKind::Unavailable,
+                    &format!("read the message stored as sequence {sequence}"),
+                    e,
+                )
+            })?;
+        let same_form = [header::FORMAT, header::SCHEMA_VERSION].iter().all(|name| {
+            stored.headers.get(*name).map(|v| v.as_str()) == headers.get(*name).map(|v| v.as_str())
+        });
+        if same_form && stored.payload != *payload {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "nats: {subject} already holds another message as sequence {sequence} (JetStream message {}): another node publishes the same stream id to this subject; give each node its own stream",
+                    ack.sequence
+                ),
+            ));
+        }
+        Ok(*sequence)
     }
 }
 

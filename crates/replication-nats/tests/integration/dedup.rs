@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use omnirelay_replication::{Encoding, Sink, SinkExt, StreamId};
+use omnirelay_replication::{Encoding, ErrorKind, OwnedRecord, Sink, SinkExt, StreamId};
 use omnirelay_replication_nats::{DEFAULT_STREAM, NatsSink, NatsSinkOptions, StreamSettings};
 use omnirelay_replication_testkit::conformance::record;
 
@@ -33,6 +33,25 @@ async fn heavy_retried_publishes_are_dropped_by_message_id_and_old_ones_by_the_m
         .await
         .unwrap();
     assert_eq!(stale.checkpoint(&stream).await.unwrap(), None);
+    // Another node publishing the same stream id to the subject: its own
+    // events under the same sequences (other bytes).
+    let other = NatsSink::connect(std::slice::from_ref(&nats.url), options.clone())
+        .await
+        .unwrap();
+    assert_eq!(other.checkpoint(&stream).await.unwrap(), None);
+    let others: Vec<_> = batch
+        .iter()
+        .map(|r| {
+            let mut bytes = r.bytes().to_vec();
+            bytes.extend_from_slice(b" ");
+            OwnedRecord::new(
+                stream.clone(),
+                r.header().clone(),
+                r.encoding(),
+                bytes.into(),
+            )
+        })
+        .collect();
     first.apply_owned(&batch).await.unwrap();
     stale.apply_owned(&batch).await.unwrap();
     assert_eq!(
@@ -41,6 +60,18 @@ async fn heavy_retried_publishes_are_dropped_by_message_id_and_old_ones_by_the_m
         "duplicate acknowledgements count as success"
     );
     assert_eq!(first.duplicates(), 0);
+    let refused = other.apply_owned(&others).await.unwrap_err();
+    assert_eq!(
+        (refused.kind(), refused.applied_through_sequence()),
+        (ErrorKind::Config, None),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("another node publishes the same stream id"),
+        "{refused}"
+    );
 
     // Past the duplicate window, a restarted sink skips by its mark.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -16,6 +16,7 @@ use crate::log::{BatchReader, StoredRecord, TailRead};
 use crate::log::{LogBatch, TailSlice};
 use crate::record::{EventBatch, Record, RecordHeader};
 use crate::replicator::durable::StreamState;
+use crate::sequencer::Sequencer;
 use crate::sink::SharedSink;
 use crate::stream::StreamId;
 use crate::telemetry;
@@ -194,6 +195,12 @@ pub(crate) struct Driver<E> {
     pub(crate) dead_letters: Arc<Mutex<DeadLetterLog>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) seed: u64,
+    /// The sink says it holds the stream through this sequence, past what
+    /// the log had numbered when it said so: its records up to here are
+    /// another log's (a machine crash lost the log's last records, or
+    /// another node writes the same stream to it). The log's own records
+    /// with these sequences are dead-lettered, never taken for the sink's.
+    pub(crate) conflict_through: u64,
 }
 
 /// A run of records to deliver.
@@ -230,6 +237,8 @@ pub(crate) struct Start {
     /// The sink keeps its own checkpoint but could not say it yet: the
     /// driver asks again before delivering.
     needs_sink_checkpoint: Option<Error>,
+    /// See [`Driver::conflict_through`].
+    conflict_through: u64,
 }
 
 impl Start {
@@ -237,7 +246,24 @@ impl Start {
         Self {
             cursor,
             needs_sink_checkpoint: None,
+            conflict_through: 0,
         }
+    }
+
+    /// The start, kept within what `stream` has numbered: a checkpoint
+    /// past it is not the log's (see [`Driver::conflict_through`]).
+    fn within<E: ReplicationEvent>(mut self, stream: &StreamState<E>, sink: &str) -> Self {
+        let last = stream.log.last_sequence();
+        // Past any sequence a log hands out: the sink wants none.
+        if self.cursor > last && self.cursor <= Sequencer::MAX {
+            tracing::error!(
+                stream = %stream.id, sink, checkpoint = self.cursor, log = last,
+                "a sink holds records past the log's last; the log's records up to its checkpoint go to its dead letters"
+            );
+            self.conflict_through = self.cursor;
+            self.cursor = last;
+        }
+        self
     }
 }
 
@@ -262,7 +288,7 @@ impl<E: ReplicationEvent> Driver<E> {
     ) -> Result<Start, Error> {
         // `Some`: the sink could not answer yet.
         let unanswered = match sink.checkpoint_dyn(&stream.id).await {
-            Ok(Some(mark)) => return Ok(Start::at(mark)),
+            Ok(Some(mark)) => return Ok(Start::at(mark).within(stream, sink_name)),
             Ok(None) => None,
             // A sink that cannot work (misconfigured, say) stops the start.
             Err(e) if !e.error().is_retryable() => return Err(e.into_error()),
@@ -286,7 +312,9 @@ impl<E: ReplicationEvent> Driver<E> {
         Ok(Start {
             cursor: fallback,
             needs_sink_checkpoint: unanswered,
-        })
+            conflict_through: 0,
+        }
+        .within(stream, sink_name))
     }
 
     /// Asks the sink for its checkpoint until it answers (the first
@@ -311,7 +339,10 @@ impl<E: ReplicationEvent> Driver<E> {
             self.pause(delay).await?;
             match self.sink.checkpoint_dyn(&self.stream.id).await {
                 Ok(mark) => {
-                    self.heal(mark.unwrap_or_else(|| self.shared.cursor()));
+                    let start = Start::at(mark.unwrap_or_else(|| self.shared.cursor()))
+                        .within(&self.stream, &self.shared.sink);
+                    self.conflict_through = start.conflict_through;
+                    self.heal(start.cursor);
                     return Ok(());
                 }
                 Err(e) => error = e.into_error(),
@@ -320,6 +351,7 @@ impl<E: ReplicationEvent> Driver<E> {
     }
 
     pub(crate) async fn run(mut self, start: Start) {
+        self.conflict_through = start.conflict_through;
         if let Some(error) = start.needs_sink_checkpoint
             && self.resolve_sink_checkpoint(error).await.is_err()
         {
@@ -593,6 +625,9 @@ impl<E: ReplicationEvent> Driver<E> {
                 (Piece::Slice(slice), Some(form)) => {
                     for index in slice.range.clone() {
                         match slice.batch.record(index, form) {
+                            Some(Ok(record)) if record.sequence() <= self.conflict_through => {
+                                letters.push(self.letter(&record, &self.conflict()));
+                            }
                             Some(Ok(record)) => records.push(record),
                             Some(Err(err)) if err.kind() == CodecErrorKind::Unrepresentable => {
                                 self.shared.counters().skipped += 1;
@@ -700,6 +735,18 @@ impl<E: ReplicationEvent> Driver<E> {
             }
         }
         Ok(())
+    }
+
+    /// Why a record at or below [`Driver::conflict_through`] is not
+    /// applied.
+    fn conflict(&self) -> Error {
+        Error::new(
+            ErrorKind::Config,
+            format!(
+                "sink {} already holds stream {} through sequence {} from another log (this node's data was lost, or another node writes the same stream to it): this record would be taken for the one it holds",
+                self.shared.sink, self.stream.id, self.conflict_through
+            ),
+        )
     }
 
     /// The dead letter of `record`, refused with `error`.

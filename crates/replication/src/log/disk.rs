@@ -281,6 +281,36 @@ impl Disk {
         self.rotate()
     }
 
+    /// Makes a log that holds nothing (and never numbered anything) start
+    /// after `last`: its empty active segment is replaced by one whose
+    /// first sequence is `last + 1`. The old file goes first, so a crash
+    /// in between leaves either segment alone, or none (a fresh log).
+    pub(crate) fn start_after(&mut self, last: u64) -> Result<(), Error> {
+        if self.records != 0 || !self.sealed.is_empty() || self.last_sequence() != 0 {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "the log of stream {} holds records: it cannot start after {last}",
+                    self.stream
+                ),
+            ));
+        }
+        let old = segment::segment_path(&self.dir, self.header.first_sequence);
+        std::fs::remove_file(&old).map_err(io_error(format!("cannot remove {}", old.display())))?;
+        let header = SegmentHeader {
+            first_sequence: last + 1,
+            ..self.header
+        };
+        self.file = Arc::new(create_segment(&self.dir, &header)?);
+        self.header = header;
+        self.len = SEGMENT_HEADER_LEN as u64;
+        *segment::lock_index(&self.shared_index) = segment::ActiveIndex {
+            first: header.first_sequence,
+            entries: Vec::new(),
+        };
+        Ok(())
+    }
+
     /// The last sequence written.
     pub(crate) fn last_sequence(&self) -> u64 {
         self.header.first_sequence + self.records - 1

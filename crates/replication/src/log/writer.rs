@@ -239,6 +239,47 @@ impl<B: LogBatch> StreamLog<B> {
         lock(&self.shared.queue).last_sequence
     }
 
+    /// Makes a log that never numbered a record start after `last`: its
+    /// first record will be `last + 1`. For a stream whose sinks hold
+    /// records this log no longer has (a `memory` log restarted, or its
+    /// files lost), so that new records never take their sequences.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Internal`] once the log holds or has queued a record;
+    /// [`ErrorKind::Unavailable`] if its segment cannot be replaced.
+    pub fn start_after(&self, last: u64) -> Result<(), Error> {
+        // The writer's order: its state, then the queue.
+        let mut state = lock(&self.shared.state);
+        let mut queue = lock(&self.shared.queue);
+        if queue.last_sequence != 0 || !queue.pending.is_empty() || state.written != 0 {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "the log of stream {} holds records: it cannot start after {last}",
+                    self.shared.stream
+                ),
+            ));
+        }
+        if let Some(disk) = state.disk.as_mut() {
+            disk.start_after(last)?;
+        }
+        queue.last_sequence = last;
+        state.written = last;
+        state.synced = last;
+        drop(queue);
+        drop(state);
+        let at = Progress {
+            acked: last,
+            visible: last,
+            failed: false,
+            closed: false,
+        };
+        self.shared.progress.send_replace(at);
+        self.shared.acked.send_replace(at);
+        Ok(())
+    }
+
     /// Why the log stopped, if it did.
     pub fn failure(&self) -> Option<Error> {
         self.shared

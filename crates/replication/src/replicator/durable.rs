@@ -558,15 +558,34 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "log open task failed").with_source(e))??;
         let mut last = recovery.last_sequence;
-        if highest_checkpoint > last {
-            // Only possible when a machine crash lost records the sinks
-            // already had (durability none or interval): never reuse their
-            // sequences for other events.
-            tracing::warn!(
-                stream = %id, log = last, sink = highest_checkpoint,
-                "a sink is ahead of the recovered log; numbering continues after the sink"
-            );
-            last = highest_checkpoint;
+        let registrations: Vec<_> = lock(&self.inner.sinks)
+            .iter()
+            .filter(|registration| registration.options.receives(id))
+            .cloned()
+            .collect();
+        if last == 0 {
+            // A log that never numbered a record, while sinks hold records
+            // of the stream: a `memory` log restarted, or the node's files
+            // lost. Its numbering continues after them, so that no new
+            // record takes a sequence a sink already holds (and skips). A
+            // sink that cannot answer now is checked when it does.
+            let mut ahead = highest_checkpoint;
+            for registration in &registrations {
+                // Past any sequence a log hands out: the sink wants none.
+                if let Ok(Some(mark)) = registration.sink.checkpoint_dyn(id).await
+                    && mark <= Sequencer::MAX
+                {
+                    ahead = ahead.max(mark);
+                }
+            }
+            if ahead > 0 {
+                log.start_after(ahead)?;
+                tracing::warn!(
+                    stream = %id, sink = ahead,
+                    "the stream's log is empty and a sink holds records of it; numbering continues after the sink"
+                );
+                last = ahead;
+            }
         }
         let (drivers_tx, drivers_rx) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(StreamState {
@@ -584,11 +603,8 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         lock(&self.inner.streams).insert(id.clone(), state.clone());
         let delivery = tokio::spawn(run_drivers(drivers_rx, self.inner.shutdown.subscribe()));
         lock(&self.inner.tasks).push(delivery);
-        let registrations: Vec<_> = lock(&self.inner.sinks).clone();
         for registration in registrations {
-            if registration.options.receives(id) {
-                self.start_driver(&state, &registration).await?;
-            }
+            self.start_driver(&state, &registration).await?;
         }
         Ok(state)
     }
@@ -672,6 +688,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             dead_letters: Arc::new(Mutex::new(dead_letters)),
             shutdown: self.inner.shutdown.subscribe(),
             seed: self.inner.seed.fetch_add(1, Ordering::Relaxed),
+            conflict_through: 0,
         };
         if state.drivers_tx.send(Box::pin(driver.run(start))).is_err() {
             return Err(Error::new(ErrorKind::Closed, "the replicator is closed"));

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use omnirelay_replication::delivery::DeadLetterLog;
+use omnirelay_replication::delivery::{CheckpointStore, DeadLetterLog, FileCheckpointStore};
 use omnirelay_replication::{
     Ack, BatchOptions, DeliveryMode, Durability, DurableOptions, DurableReplicator, Encoding,
     ErrorKind, Format, LogOptions, MemorySink, Replay, Replayed, RetryPolicy, SinkExt, SinkOptions,
@@ -1046,5 +1046,116 @@ async fn a_lingering_sink_waits_for_a_fuller_batch_and_a_full_one_goes_at_once()
     assert_eq!(full.sequences(), [1, 2, 3]);
     wait_for(&replicator, "patient", 4).await;
     assert_eq!(patient.attempts().len(), 2);
+    replicator.close().await.unwrap();
+}
+
+/// A sink that keeps its own checkpoint can outlive the log: a `memory`
+/// log restarted, or a data directory lost, while the sink (a file, a
+/// database, a bus) still holds what the log's earlier life wrote. The
+/// stream's numbering continues after the sink, so the new events reach it
+/// instead of being taken for what it already has; a persistent log keeps
+/// that numbering across its own restarts.
+#[tokio::test]
+async fn numbering_continues_after_a_sink_that_outlived_the_log() {
+    for durability in [Durability::Memory, Durability::Fsync] {
+        let sink = MemorySink::new();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        for (round, dir) in dirs.iter().enumerate() {
+            let replicator = open(dir.path(), durability).await;
+            replicator
+                .add_sink("kept", sink.clone().shared(), sink_options())
+                .await
+                .unwrap();
+            let first = 1 + 20 * round as u64;
+            assert_eq!(
+                publish(&replicator, 20).await,
+                (first..first + 20).collect::<Vec<_>>(),
+                "{durability}: round {round} continues after what the sink holds"
+            );
+            replicator.wait_caught_up().await;
+            replicator.close().await.unwrap();
+        }
+        assert_eq!(
+            sink.sequences(),
+            (1..=40).collect::<Vec<_>>(),
+            "{durability}"
+        );
+        if durability.is_persistent() {
+            // The log that started after 20 reopens there, and reads back.
+            let replicator = open(dirs[1].path(), durability).await;
+            assert_eq!(publish(&replicator, 1).await, [41]);
+            let stored: Vec<u64> = replicator
+                .replay(&StreamId::default(), 1, Encoding::JSON_V1)
+                .await
+                .unwrap()
+                .map(|r| match r.unwrap() {
+                    Replayed::Record(record) => record.sequence(),
+                    Replayed::Skipped { sequence, .. } => sequence,
+                })
+                .collect();
+            assert_eq!(stored, (21..=41).collect::<Vec<_>>());
+            replicator.close().await.unwrap();
+        }
+    }
+}
+
+/// A sink whose checkpoint is past the last record of a log that holds
+/// records (a machine crash lost the log's last records after the sink
+/// had them, or another node writes the same stream to the sink): the
+/// log's records with those sequences are not the sink's, so they are
+/// dead-lettered, never skipped as if the sink had them, and never
+/// refused by the log; delivery goes on after them.
+#[tokio::test]
+async fn records_a_sink_holds_from_another_log_are_dead_lettered_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    // A checkpoint in the node's store ahead of the log.
+    {
+        let replicator = open(dir.path(), Durability::Fsync).await;
+        assert_eq!(publish(&replicator, 5).await, (1..=5).collect::<Vec<_>>());
+        replicator.close().await.unwrap();
+    }
+    FileCheckpointStore::new(&dir.path().join("checkpoints"))
+        .save(&StreamId::default(), "saved", 9)
+        .unwrap();
+    let saved = FaultySink::new();
+    // A sink that keeps its own checkpoint, ahead too.
+    let kept = FaultySink::new();
+    kept.keep_checkpoint(12);
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    for (name, sink) in [("saved", &saved), ("kept", &kept)] {
+        replicator
+            .add_sink(name, sink.clone().shared(), sink_options())
+            .await
+            .unwrap();
+    }
+    assert_eq!(publish(&replicator, 10).await, (6..=15).collect::<Vec<_>>());
+    replicator.wait_caught_up().await;
+    assert_eq!(saved.sequences(), (10..=15).collect::<Vec<_>>());
+    assert_eq!(kept.sequences(), (13..=15).collect::<Vec<_>>());
+    let snapshots = replicator.sink_snapshots().await;
+    for (name, letters) in [("saved", 6..=9), ("kept", 6..=12)] {
+        let snapshot = snapshots.iter().find(|s| s.sink == name).unwrap();
+        assert_eq!(
+            (snapshot.dead_lettered, snapshot.checkpoint),
+            (letters.clone().count() as u64, 15),
+            "{name}"
+        );
+        let dead = DeadLetterLog::read_all(&DeadLetterLog::path(
+            &dir.path().join("deadletter"),
+            "default",
+            name,
+        ))
+        .unwrap();
+        assert_eq!(
+            dead.iter().map(|l| l.sequence).collect::<Vec<_>>(),
+            letters.collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert!(
+            dead.iter()
+                .all(|l| l.error_kind == "config" && l.error.contains("from another log")),
+            "{name}: {dead:?}"
+        );
+    }
     replicator.close().await.unwrap();
 }

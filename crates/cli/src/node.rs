@@ -159,6 +159,31 @@ static JSON_LOGS: AtomicBool = AtomicBool::new(false);
 /// A message for the operator on stderr: a plain line, or with
 /// `--log-format json` a JSON log event, so that every line of stderr
 /// parses as JSON.
+/// Locks the node's data directory (creating it) for as long as the
+/// returned file is held: a second node on the same directory fails here,
+/// before it listens, instead of once a stream's log refuses it.
+pub(crate) fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let path = dir.join("node.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "the data directory {} is in use by another omnirelay node (give each node its own --data-dir)",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
 pub(crate) fn say(warning: bool, message: &str) {
     if JSON_LOGS.load(Ordering::Relaxed) {
         if warning {

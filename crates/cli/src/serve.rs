@@ -174,6 +174,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         .listen
         .clone()
         .context("serve needs an address to listen on: --listen HOST:PORT (or server.listen)")?;
+    let _data_dir = node::lock_data_dir(&valid.data_dir)?;
     let bound = Bound::bind(&listen, &valid).await?;
     let metrics = node::install_metrics()?;
     let replicator = Arc::new(

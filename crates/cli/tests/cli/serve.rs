@@ -292,3 +292,26 @@ fn serve_refuses_what_cannot_run() {
         "cannot subscribe",
     );
 }
+
+/// A second node on a data directory in use fails before it listens,
+/// naming the directory; once the first is gone (killed: its lock goes
+/// with it), a node starts there again.
+#[test]
+fn heavy_a_second_node_on_a_data_directory_in_use_fails_before_it_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "serve",
+        "--role",
+        "receiver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(dir.path()),
+    ];
+    let (first, _, _first_err) = spawn_listening(&args);
+    let stderr = refused(&args, "is in use by another omnirelay node");
+    assert!(stderr.contains(dir_arg(dir.path())), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+    drop(first);
+    let (_again, _, _again_err) = spawn_listening(&args);
+}

@@ -173,6 +173,8 @@ struct Inner {
     /// is read from the stream again.
     acked: tokio::sync::Mutex<HashMap<StreamId, u64>>,
     duplicates: AtomicU64,
+    /// This sink's [`header::WRITER`].
+    writer: String,
     health: HealthCell,
     /// Why the client is not connected, as its last attempt said (and a
     /// probe found): a server that refuses the credentials otherwise shows
@@ -280,6 +282,7 @@ impl NatsSink {
                 marks: tokio::sync::Mutex::default(),
                 acked: tokio::sync::Mutex::default(),
                 duplicates: AtomicU64::new(0),
+                writer: uuid::Uuid::new_v4().simple().to_string(),
                 health: HealthCell::default(),
                 connecting,
             }),
@@ -289,6 +292,12 @@ impl NatsSink {
     /// The options.
     pub fn options(&self) -> &NatsSinkOptions {
         &self.inner.options
+    }
+
+    /// The id this sink puts in each message's `Omnirelay-Writer` header:
+    /// random, one per sink and process.
+    pub fn writer(&self) -> &str {
+        &self.inner.writer
     }
 
     /// Acknowledgements JetStream marked as duplicates (publishes it had
@@ -392,6 +401,23 @@ impl Inner {
                         ),
                     )
                 })?;
+                // Read again after a failure, the subject's newest message
+                // is past what this sink had acknowledged: one of its own
+                // that landed unacknowledged, or another node's. Taking
+                // another node's for ours would skip our records.
+                let writer = message.headers.get(header::WRITER).map(|v| v.as_str());
+                if let Some(acked) = acked
+                    && last > acked
+                    && writer != Some(self.writer.as_str())
+                {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!(
+                            "nats: the newest message on {subject} (sequence {last}) was published by another writer ({}) since this sink's last ({acked}): another node publishes the same stream id to this subject; give each node its own stream",
+                            writer.unwrap_or("unnamed")
+                        ),
+                    ));
+                }
                 let (hole, lowest) = self
                     .first_hole(&js_stream, &subject, message.sequence)
                     .await?;
@@ -628,8 +654,9 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name).and_then(|v| v.as_str().parse().ok())
 }
 
-fn headers_of(record: &Record<'_>) -> HeaderMap {
+fn headers_of(record: &Record<'_>, writer: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    headers.insert(header::WRITER, writer);
     let stream = record.stream().as_str();
     let sequence = record.sequence().to_string();
     headers.insert(header::MSG_ID, format!("{stream}:{sequence}").as_str());
@@ -660,7 +687,7 @@ impl Sink for NatsSink {
                 .iter()
                 .filter(|r| r.sequence() > mark)
                 .map(|r| {
-                    let mut headers = headers_of(r);
+                    let mut headers = headers_of(r, &inner.writer);
                     headers.insert(header::PREVIOUS_SEQUENCE, previous.to_string().as_str());
                     previous = r.sequence();
                     (r.sequence(), r.shared_bytes(), headers)

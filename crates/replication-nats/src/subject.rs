@@ -31,6 +31,11 @@ pub mod header {
     /// sink never sent (a type the sink's schema version lacks, a record
     /// it dead-lettered).
     pub const PREVIOUS_SEQUENCE: &str = "Omnirelay-Previous-Sequence";
+    /// The sink that published the message: a random id per sink and
+    /// process. A sink that finds a newer message than it published on
+    /// its subject, from another writer, knows another node publishes
+    /// the same stream there.
+    pub const WRITER: &str = "Omnirelay-Writer";
 }
 
 /// Checks a JetStream stream name: 1 to 255 printable ASCII characters

@@ -7,7 +7,7 @@ use omnirelay_replication::{Encoding, ErrorKind, OwnedRecord, Sink, SinkExt, Str
 use omnirelay_replication_nats::{DEFAULT_STREAM, NatsSink, NatsSinkOptions, StreamSettings};
 use omnirelay_replication_testkit::conformance::record;
 
-use crate::support::{Nats, publish_as_sink, stored};
+use crate::support::{Nats, publish_as_sink, publish_as_writer, stored};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_retried_publishes_are_dropped_by_message_id_and_old_ones_by_the_mark() {
@@ -233,8 +233,17 @@ async fn heavy_a_publish_lost_in_flight_is_published_again_though_a_later_one_la
     assert!(lost.error().is_retryable(), "{lost}");
     nats.kill();
     nats.restart();
-    // Sequence 5 landed meanwhile, as a publish in flight after it would.
-    publish_as_sink(&nats.url, "default", 5, Some(4), records[4].bytes()).await;
+    // Sequence 5 landed meanwhile, as the sink's publish in flight after
+    // it would.
+    publish_as_writer(
+        &nats.url,
+        "default",
+        5,
+        Some(4),
+        records[4].bytes(),
+        Some(sink.writer()),
+    )
+    .await;
     // The delivery engine retries from 4.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while let Err(e) = sink.apply_owned(&records[3..]).await {
@@ -373,4 +382,64 @@ async fn heavy_a_restarted_sink_publishes_again_from_a_hole_a_lost_publish_left(
         .await
         .unwrap();
     assert_eq!(again.checkpoint(&stream).await.unwrap(), Some(420));
+}
+
+/// Another node publishing the same stream id to the subject while this
+/// sink was failing: the mark the sink reads again after the failure is
+/// the other writer's newest message, past what this sink had
+/// acknowledged. The sink refuses it instead of taking the other node's
+/// records for its own and skipping its records up to there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_sink_refuses_a_mark_another_writer_moved_while_it_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let stream = StreamId::new("shared").unwrap();
+    let options = NatsSinkOptions {
+        ack_timeout: Duration::from_millis(500),
+        ..NatsSinkOptions::new()
+    };
+    let records = |range: std::ops::RangeInclusive<u64>, tag: &[u8]| -> Vec<OwnedRecord> {
+        range
+            .map(|s| {
+                let r = record(&stream, s, Encoding::JSON_V1);
+                let mut bytes = r.bytes().to_vec();
+                bytes.extend_from_slice(tag);
+                OwnedRecord::new(
+                    stream.clone(),
+                    r.header().clone(),
+                    r.encoding(),
+                    bytes.into(),
+                )
+            })
+            .collect()
+    };
+    let ours = NatsSink::connect(std::slice::from_ref(&nats.url), options.clone())
+        .await
+        .unwrap();
+    ours.apply_owned(&records(1..=3, b"")).await.unwrap();
+    nats.signal("STOP");
+    let failed = ours.apply_owned(&records(4..=5, b"")).await.unwrap_err();
+    nats.signal("CONT");
+    assert!(failed.error().is_retryable(), "{failed}");
+    // Another node, its sink reading the subject's mark, publishes on.
+    let theirs = NatsSink::connect(std::slice::from_ref(&nats.url), options)
+        .await
+        .unwrap();
+    let mark = theirs.checkpoint(&stream).await.unwrap().unwrap();
+    theirs
+        .apply_owned(&records(mark + 1..=9, b" "))
+        .await
+        .unwrap();
+    let refused = ours.apply_owned(&records(4..=5, b"")).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Config, "{refused}");
+    assert!(
+        refused.to_string().contains("published by another writer"),
+        "{refused}"
+    );
+    let held = stored(&nats.url, DEFAULT_STREAM, "shared").await;
+    assert_eq!(
+        held.last().map(|(s, _)| *s),
+        Some(9),
+        "the other node's records are there"
+    );
 }

@@ -103,6 +103,19 @@ pub(crate) async fn publish_as_sink(
     previous: Option<u64>,
     body: &[u8],
 ) {
+    publish_as_writer(url, stream, sequence, previous, body, None).await;
+}
+
+/// As [`publish_as_sink`], as the sink whose `Omnirelay-Writer` is
+/// `writer` (none: a sink of a release before the header).
+pub(crate) async fn publish_as_writer(
+    url: &str,
+    stream: &str,
+    sequence: u64,
+    previous: Option<u64>,
+    body: &[u8],
+    writer: Option<&str>,
+) {
     let client = async_nats::connect(url).await.unwrap();
     let js = jetstream::new(client);
     let mut headers = async_nats::HeaderMap::new();
@@ -114,6 +127,9 @@ pub(crate) async fn publish_as_sink(
     headers.insert(header::EVENT_TYPE, "Heartbeat");
     if let Some(previous) = previous {
         headers.insert(header::PREVIOUS_SEQUENCE, previous.to_string().as_str());
+    }
+    if let Some(writer) = writer {
+        headers.insert(header::WRITER, writer);
     }
     let subject = omnirelay_replication_nats::DEFAULT_SUBJECT.replace("{stream}", stream);
     js.publish_with_headers(subject, headers, Bytes::copy_from_slice(body))

@@ -10,7 +10,7 @@ use crate::delivery::{
     Backoff, CheckpointStore, DeadLetter, DeadLetterLog, DeliveryMode, SinkOptions, SinkSnapshot,
     SinkState, StartFrom,
 };
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, SinkError};
 use crate::event::{Codec, CodecErrorKind, EventKind, ReplicationEvent};
 use crate::log::{BatchReader, StoredRecord, TailRead};
 use crate::log::{LogBatch, TailSlice};
@@ -279,15 +279,21 @@ impl<E: ReplicationEvent> Driver<E> {
     /// the replicator: the driver starts from the saved position and asks
     /// the sink again, with backoff, before it delivers anything
     /// ([`Start::needs_sink_checkpoint`]). Any other error is returned.
+    /// `answered` is the sink's answer when the caller already asked.
     pub(crate) async fn starting_cursor(
         sink: &SharedSink,
+        answered: Option<Result<Option<u64>, SinkError>>,
         store: Option<&Arc<dyn CheckpointStore>>,
         stream: &StreamState<E>,
         sink_name: &str,
         start: StartFrom,
     ) -> Result<Start, Error> {
+        let answer = match answered {
+            Some(answer) => answer,
+            None => sink.checkpoint_dyn(&stream.id).await,
+        };
         // `Some`: the sink could not answer yet.
-        let unanswered = match sink.checkpoint_dyn(&stream.id).await {
+        let unanswered = match answer {
             Ok(Some(mark)) => return Ok(Start::at(mark).within(stream, sink_name)),
             Ok(None) => None,
             // A sink that cannot work (misconfigured, say) stops the start.

@@ -13,7 +13,7 @@ use crate::delivery::driver::{Driver, DriverShared};
 use crate::delivery::{
     CheckpointStore, DeadLetterLog, FileCheckpointStore, SinkOptions, SinkSnapshot, WhenFull,
 };
-use crate::error::{Error, ErrorKind, PublishError};
+use crate::error::{Error, ErrorKind, PublishError, SinkError};
 use crate::event::{Assignment, Codec, CodecErrorKind, Encoding, Format, ReplicationEvent};
 use crate::log::{LogOptions, LogReader, Recovery, StreamLog};
 use crate::record::{EncodedEvents, EventBatch};
@@ -563,6 +563,10 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             .filter(|registration| registration.options.receives(id))
             .cloned()
             .collect();
+        // Each sink's own checkpoint, asked once: here when the log is
+        // empty, else when its driver starts.
+        let mut answers: Vec<Option<Result<Option<u64>, SinkError>>> =
+            registrations.iter().map(|_| None).collect();
         if last == 0 {
             // A log that never numbered a record, while sinks hold records
             // of the stream: a `memory` log restarted, or the node's files
@@ -570,13 +574,15 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             // record takes a sequence a sink already holds (and skips). A
             // sink that cannot answer now is checked when it does.
             let mut ahead = highest_checkpoint;
-            for registration in &registrations {
+            for (registration, answer) in registrations.iter().zip(&mut answers) {
+                let said = registration.sink.checkpoint_dyn(id).await;
                 // Past any sequence a log hands out: the sink wants none.
-                if let Ok(Some(mark)) = registration.sink.checkpoint_dyn(id).await
+                if let Ok(Some(mark)) = said
                     && mark <= Sequencer::MAX
                 {
                     ahead = ahead.max(mark);
                 }
+                *answer = Some(said);
             }
             if ahead > 0 {
                 log.start_after(ahead)?;
@@ -603,8 +609,8 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         lock(&self.inner.streams).insert(id.clone(), state.clone());
         let delivery = tokio::spawn(run_drivers(drivers_rx, self.inner.shutdown.subscribe()));
         lock(&self.inner.tasks).push(delivery);
-        for registration in registrations {
-            self.start_driver(&state, &registration).await?;
+        for (registration, answer) in registrations.iter().zip(answers) {
+            self.start_driver(&state, registration, answer).await?;
         }
         Ok(state)
     }
@@ -641,7 +647,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         let streams: Vec<_> = lock(&self.inner.streams).values().cloned().collect();
         for state in streams {
             if registration.options.receives(&state.id) {
-                self.start_driver(&state, &registration).await?;
+                self.start_driver(&state, &registration, None).await?;
             }
         }
         Ok(())
@@ -651,6 +657,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         &self,
         state: &Arc<StreamState<E>>,
         registration: &Registration,
+        answered: Option<Result<Option<u64>, SinkError>>,
     ) -> Result<(), Error> {
         let store = state
             .log
@@ -660,6 +667,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             .then(|| self.inner.store.clone());
         let start = Driver::<E>::starting_cursor(
             &registration.sink,
+            answered,
             store.as_ref(),
             state,
             &registration.name,

@@ -19,7 +19,8 @@ pub struct GrpcSinkFactory;
 #[serde(default, deny_unknown_fields)]
 struct Settings {
     url: String,
-    sender: String,
+    /// Unset: this node's own name (see [`node_sender`]).
+    sender: Option<String>,
     timeout_ms: u64,
     token: Option<String>,
     ca_file: Option<PathBuf>,
@@ -39,7 +40,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             url: String::new(),
-            sender: "omnirelay".to_owned(),
+            sender: None,
             timeout_ms: 10_000,
             token: None,
             ca_file: None,
@@ -49,10 +50,10 @@ impl Default for Settings {
 }
 
 impl Settings {
-    fn options(&self, ca_pem: Option<Vec<u8>>) -> GrpcSinkOptions {
+    fn options(&self, sender: String, ca_pem: Option<Vec<u8>>) -> GrpcSinkOptions {
         GrpcSinkOptions {
             url: self.url.clone(),
-            sender: self.sender.clone(),
+            sender,
             timeout: Duration::from_millis(self.timeout_ms),
             token: self.token.clone(),
             ca_pem,
@@ -94,7 +95,9 @@ impl SinkFactory for GrpcSinkFactory {
                 ),
             ));
         }
-        if settings.sender.is_empty() || !settings.sender.bytes().all(|b| b.is_ascii_graphic()) {
+        if let Some(sender) = &settings.sender
+            && (sender.is_empty() || !sender.bytes().all(|b| b.is_ascii_graphic()))
+        {
             return Err(SettingsError::new(
                 "sender",
                 "must be a non-empty name of printable ASCII characters",
@@ -139,7 +142,11 @@ impl SinkBuilder for Builder {
                 }
                 None => None,
             };
-            Ok(GrpcSink::new(self.0.options(ca_pem))?.shared())
+            let sender = match &self.0.sender {
+                Some(sender) => sender.clone(),
+                None => node_sender(context.data_dir)?,
+            };
+            Ok(GrpcSink::new(self.0.options(sender, ca_pem))?.shared())
         })
     }
 
@@ -147,9 +154,109 @@ impl SinkBuilder for Builder {
         // The receiver keeps one high-water mark per sender name.
         vec![format!(
             "sender name {} at the receiver {}",
-            self.0.sender, self.0.url
+            self.0.sender.as_deref().unwrap_or("(this node's own)"),
+            self.0.url
         )]
     }
 }
 
 inventory::submit! { SinkPlugin::new(&GrpcSinkFactory) }
+
+/// The file under a node's data directory holding its sender name.
+pub const SENDER_FILE: &str = "grpc-sender";
+
+/// The sender name of the node whose data directory is `dir`: made once
+/// (`node-` and 32 random hex digits), kept in [`SENDER_FILE`] and read
+/// back on every start, so that every node has its own (a receiver keeps
+/// one high-water mark per sender name, and drops what a second node
+/// with the same name sends below the first one's as duplicates) and
+/// keeps it across restarts. A node whose directory is lost gets a new
+/// name; its log starts again at 1, which the receiver then takes as a
+/// new sender's.
+///
+/// # Errors
+///
+/// [`ErrorKind::Unavailable`] when the file cannot be read or made.
+pub fn node_sender(dir: &std::path::Path) -> Result<String, Error> {
+    let path = dir.join(SENDER_FILE);
+    let unavailable = |what: &str, e: std::io::Error| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("grpc: cannot {what} {}", path.display()),
+        )
+        .with_source(e)
+    };
+    let read = |path: &std::path::Path| -> std::io::Result<Option<String>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text.trim().to_owned())
+                .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    if let Some(name) = read(&path).map_err(|e| unavailable("read", e))? {
+        return Ok(name);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| unavailable("create the directory of", e))?;
+    // Written whole and synced under another name, then linked into place:
+    // a node's sinks starting together agree on the first one linked.
+    let name = format!("node-{}", uuid::Uuid::new_v4().simple());
+    let draft = dir.join(format!(
+        "{SENDER_FILE}.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let made = (|| {
+        let mut file = std::fs::File::create_new(&draft)?;
+        std::io::Write::write_all(&mut file, format!("{name}\n").as_bytes())?;
+        file.sync_all()?;
+        match std::fs::hard_link(&draft, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    let _ = std::fs::remove_file(&draft);
+    made.map_err(|e| unavailable("make", e))?;
+    read(&path)
+        .map_err(|e| unavailable("read", e))?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("grpc: {} holds no sender name", path.display()),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_makes_its_sender_name_once_and_keeps_it() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let name = node_sender(a.path()).unwrap();
+        assert!(name.starts_with("node-") && name.len() == 37, "{name}");
+        assert_eq!(node_sender(a.path()).unwrap(), name, "kept");
+        assert_ne!(node_sender(b.path()).unwrap(), name, "another node's own");
+        // Sinks of one node starting together agree on one name.
+        let c = tempfile::tempdir().unwrap();
+        let names: Vec<String> = std::thread::scope(|scope| {
+            let made: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| node_sender(c.path()).unwrap()))
+                .collect();
+            made.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
+        let left: Vec<_> = std::fs::read_dir(c.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no draft left behind");
+    }
+
+    #[test]
+    fn an_unreadable_sender_file_is_an_error_not_a_new_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(SENDER_FILE)).unwrap();
+        let err = node_sender(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    }
+}

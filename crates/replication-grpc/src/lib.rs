@@ -71,7 +71,7 @@ use omnirelay_resourcelease::ResourceLeaseReplicationEvent;
 use tonic::service::interceptor::InterceptedService;
 
 pub use client::{Connection, Subscription};
-pub use factory::GrpcSinkFactory;
+pub use factory::{GrpcSinkFactory, SENDER_FILE, node_sender};
 pub use receiver::{
     ANONYMOUS, BatchOutcome, Incoming, Mark, Received, Receiver, ReceiverStats, Service,
     SubmittedBatch, TokenCheck, bearer_matches, origin, request,

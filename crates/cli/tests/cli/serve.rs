@@ -315,3 +315,68 @@ fn heavy_a_second_node_on_a_data_directory_in_use_fails_before_it_listens() {
     drop(first);
     let (_again, _, _again_err) = spawn_listening(&args);
 }
+
+/// Two nodes sending to one receiver with no `sender` set: each has its
+/// own name (made once under its data directory and kept), so the
+/// receiver keeps both nodes' events instead of dropping the second one's
+/// as duplicates of the first one's sequences.
+#[test]
+fn heavy_nodes_without_a_sender_name_each_get_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver_dir = dir.path().join("receiver");
+    let (receiver, address, _receiver_err) = spawn_listening(&[
+        "serve",
+        "--role",
+        "receiver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(&receiver_dir),
+    ]);
+    let mut names = Vec::new();
+    for node in ["a", "b"] {
+        let node_dir = dir.path().join(node);
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let config = node_dir.join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\n[replication.sinks.peer]\ntype = \"grpc\"\n[replication.sinks.peer.settings]\nurl = \"http://{address}\"\n",
+                node_dir.display()
+            ),
+        )
+        .unwrap();
+        for run in [0..5, 5..8] {
+            let out = omnirelay(
+                &["publish", "--config", config.to_str().unwrap()],
+                events(run).as_bytes(),
+            );
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        names.push(
+            std::fs::read_to_string(node_dir.join(omnirelay_replication_grpc::SENDER_FILE))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        );
+    }
+    assert_ne!(names[0], names[1]);
+    let metrics = http_get(&address, "/metrics").unwrap().1;
+    for name in &names {
+        let appended = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("omnirelay_replication_receiver_events_total{")
+                    && l.contains(&format!("sender=\"{name}\""))
+                    && l.contains("outcome=\"appended\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert_eq!(appended, Some(8.0), "{name}: {metrics}");
+    }
+    assert!(stop(receiver).success());
+    let out = omnirelay(
+        &["log", "replay", "--data-dir", dir_arg(&receiver_dir)],
+        b"",
+    );
+    assert_eq!(text(&out.stdout).lines().count(), 16);
+}

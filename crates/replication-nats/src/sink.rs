@@ -596,20 +596,27 @@ impl Inner {
             return Ok(*sequence);
         }
         self.duplicates.fetch_add(1, Ordering::Relaxed);
-        let stored = self
+        let stored = match self
             .context
             .get_stream(&self.options.stream)
             .await
             .map_err(|e| nats_error(ErrorKind::Unavailable, "find the stream", e))?
             .get_raw_message(ack.sequence)
             .await
-            .map_err(|e| {
-                nats_error(
+        {
+            Ok(stored) => stored,
+            // Removed since (the stream's limits): nothing to compare with.
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(*sequence);
+            }
+            Err(e) => {
+                return Err(nats_error(
                     ErrorKind::Unavailable,
                     &format!("read the message stored as sequence {sequence}"),
                     e,
-                )
-            })?;
+                ));
+            }
+        };
         let same_form = [header::FORMAT, header::SCHEMA_VERSION].iter().all(|name| {
             stored.headers.get(*name).map(|v| v.as_str()) == headers.get(*name).map(|v| v.as_str())
         });

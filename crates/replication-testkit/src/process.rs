@@ -103,12 +103,38 @@ impl Drop for KillOnDrop {
 ///
 /// If `kill` cannot be run.
 pub fn signal(pid: u32, signal: &str) -> bool {
-    Command::new("kill")
+    let sent = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
         .stderr(Stdio::null())
         .status()
         .unwrap_or_else(|e| panic!("kill: {e}"))
-        .success()
+        .success();
+    if sent && signal == "STOP" {
+        // A stop takes effect when each of the process's threads is next
+        // scheduled: until then a thread already running still works
+        // (answers a request sent "during" the stop). Wait for all.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !stopped(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    sent
+}
+
+/// Whether every thread of process `pid` is stopped (state `T`), as
+/// `/proc` says.
+fn stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // `pid (comm) STATE …`: the name may hold spaces and parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
 }
 
 /// How to get `nats-server` (the test command installs it).

@@ -443,3 +443,45 @@ async fn heavy_a_sink_refuses_a_mark_another_writer_moved_while_it_failed() {
         "the other node's records are there"
     );
 }
+
+/// A retried publish whose first copy the stream's limits already removed:
+/// JetStream still calls it a duplicate, and with nothing left to compare
+/// with, the sink counts it as the retry it is (not an error retried until
+/// the duplicate window passes and the message is stored twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_duplicate_whose_first_copy_is_gone_counts_as_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: DEFAULT_STREAM.to_owned(),
+            subjects: vec!["omnirelay.replication.>".to_owned()],
+            max_messages: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let options = NatsSinkOptions {
+        create: None,
+        ..NatsSinkOptions::new()
+    };
+    let stream = StreamId::new("limited").unwrap();
+    let batch: Vec<_> = (1..=4)
+        .map(|s| record(&stream, s, Encoding::JSON_V1))
+        .collect();
+    let first = NatsSink::connect(std::slice::from_ref(&nats.url), options.clone())
+        .await
+        .unwrap();
+    let stale = NatsSink::connect(std::slice::from_ref(&nats.url), options)
+        .await
+        .unwrap();
+    assert_eq!(stale.checkpoint(&stream).await.unwrap(), None);
+    first.apply_owned(&batch).await.unwrap();
+    let held = stored(&nats.url, DEFAULT_STREAM, "limited").await;
+    assert_eq!(held.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [3, 4]);
+    stale.apply_owned(&batch[..1]).await.unwrap();
+    assert_eq!(stale.duplicates(), 1);
+    let held = stored(&nats.url, DEFAULT_STREAM, "limited").await;
+    assert_eq!(held.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [3, 4]);
+}

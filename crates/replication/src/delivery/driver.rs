@@ -253,6 +253,9 @@ impl Start {
     /// The start, kept within what `stream` has numbered: a checkpoint
     /// past it is not the log's (see [`Driver::conflict_through`]).
     fn within<E: ReplicationEvent>(mut self, stream: &StreamState<E>, sink: &str) -> Self {
+        // A log that started after a sink's records has nothing before
+        // that for any sink: none of it counts as missed.
+        self.cursor = self.cursor.max(stream.log.started_after());
         let last = stream.log.last_sequence();
         // Past any sequence a log hands out: the sink wants none.
         if self.cursor > last && self.cursor <= Sequencer::MAX {

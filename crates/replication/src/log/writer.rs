@@ -68,6 +68,8 @@ struct Queue<B> {
 
 struct Shared<B> {
     stream: StreamId,
+    /// What [`StreamLog::start_after`] set (0: the log started at 1).
+    started_after: AtomicU64,
     dir: Option<PathBuf>,
     /// The writer's index of the active segment (`None` for `memory`).
     active_index: Option<crate::log::segment::SharedIndex>,
@@ -201,6 +203,7 @@ impl<B: LogBatch> StreamLog<B> {
             pending_bytes: Arc::new(Semaphore::new(pending)),
             stats,
             stream,
+            started_after: AtomicU64::new(0),
             options,
         });
         let thread_shared = shared.clone();
@@ -267,6 +270,7 @@ impl<B: LogBatch> StreamLog<B> {
         queue.last_sequence = last;
         state.written = last;
         state.synced = last;
+        self.shared.started_after.store(last, Ordering::Release);
         drop(queue);
         drop(state);
         let at = Progress {
@@ -278,6 +282,13 @@ impl<B: LogBatch> StreamLog<B> {
         self.shared.progress.send_replace(at);
         self.shared.acked.send_replace(at);
         Ok(())
+    }
+
+    /// The sequence this process's log started after
+    /// ([`StreamLog::start_after`]; 0 otherwise): nothing at or below it
+    /// was ever in the log here.
+    pub fn started_after(&self) -> u64 {
+        self.shared.started_after.load(Ordering::Acquire)
     }
 
     /// Why the log stopped, if it did.

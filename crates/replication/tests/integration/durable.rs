@@ -1066,6 +1066,13 @@ async fn numbering_continues_after_a_sink_that_outlived_the_log() {
                 .add_sink("kept", sink.clone().shared(), sink_options())
                 .await
                 .unwrap();
+            // A sink with no checkpoint of its own starts where the log
+            // does: nothing before it counts as lost to it.
+            let fresh = FaultySink::new();
+            replicator
+                .add_sink("fresh", fresh.clone().shared(), sink_options())
+                .await
+                .unwrap();
             let first = 1 + 20 * round as u64;
             assert_eq!(
                 publish(&replicator, 20).await,
@@ -1073,6 +1080,14 @@ async fn numbering_continues_after_a_sink_that_outlived_the_log() {
                 "{durability}: round {round} continues after what the sink holds"
             );
             replicator.wait_caught_up().await;
+            assert_eq!(
+                fresh.sequences(),
+                (first..first + 20).collect::<Vec<_>>(),
+                "{durability}"
+            );
+            let snapshots = replicator.sink_snapshots().await;
+            let fresh = snapshots.iter().find(|s| s.sink == "fresh").unwrap();
+            assert_eq!(fresh.discarded, 0, "{durability}: round {round}");
             replicator.close().await.unwrap();
         }
         assert_eq!(

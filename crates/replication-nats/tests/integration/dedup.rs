@@ -7,7 +7,7 @@ use omnirelay_replication::{Encoding, ErrorKind, OwnedRecord, Sink, SinkExt, Str
 use omnirelay_replication_nats::{DEFAULT_STREAM, NatsSink, NatsSinkOptions, StreamSettings};
 use omnirelay_replication_testkit::conformance::record;
 
-use crate::support::{Nats, publish_as_sink, publish_as_writer, stored};
+use crate::support::{Nats, create_default_stream, publish_as_sink, publish_as_writer, stored};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_retried_publishes_are_dropped_by_message_id_and_old_ones_by_the_mark() {
@@ -276,16 +276,14 @@ async fn heavy_a_refused_publish_is_not_counted_applied_because_a_later_one_was(
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     // The stream refuses messages over 600 bytes (the server takes 1 MiB).
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    async_nats::jetstream::new(client)
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: DEFAULT_STREAM.to_owned(),
-            subjects: vec!["omnirelay.replication.>".to_owned()],
+    create_default_stream(
+        &nats.url,
+        async_nats::jetstream::stream::Config {
             max_message_size: 600,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let stream = StreamId::default();
     let mut records: Vec<_> = (1..=6)
         .map(|s| record(&stream, s, Encoding::JSON_V1))
@@ -452,16 +450,14 @@ async fn heavy_a_sink_refuses_a_mark_another_writer_moved_while_it_failed() {
 async fn heavy_a_duplicate_whose_first_copy_is_gone_counts_as_a_retry() {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    async_nats::jetstream::new(client)
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: DEFAULT_STREAM.to_owned(),
-            subjects: vec!["omnirelay.replication.>".to_owned()],
+    create_default_stream(
+        &nats.url,
+        async_nats::jetstream::stream::Config {
             max_messages: 2,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let options = NatsSinkOptions {
         create: None,
         ..NatsSinkOptions::new()

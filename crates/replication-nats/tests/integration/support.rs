@@ -92,6 +92,21 @@ pub(crate) async fn stored(url: &str, name: &str, stream: &str) -> Vec<(u64, Vec
     out
 }
 
+/// Creates the sinks' default JetStream stream, on their default
+/// subjects, with the limits of `limits` (its name and subjects are set
+/// here).
+pub(crate) async fn create_default_stream(url: &str, limits: jetstream::stream::Config) {
+    let client = async_nats::connect(url).await.unwrap();
+    jetstream::new(client)
+        .create_stream(jetstream::stream::Config {
+            name: omnirelay_replication_nats::DEFAULT_STREAM.to_owned(),
+            subjects: vec!["omnirelay.replication.>".to_owned()],
+            ..limits
+        })
+        .await
+        .unwrap();
+}
+
 /// Publishes what a NATS sink would for `sequence` of the replication
 /// stream `stream` (a JSON v1 `body`) on the default stream and subject,
 /// naming `previous` as the message published before it unless `None`

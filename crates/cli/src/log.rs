@@ -220,6 +220,12 @@ pub(crate) fn inspect(data_dir: &Path, only: Option<&str>) -> anyhow::Result<Exi
                 cut.bytes, cut.segment, cut.at, cut.reason
             )?;
         }
+        if let Some(after) = meta.started_after {
+            writeln!(
+                out,
+                "  started after  {after} (its sinks held records of an earlier log up to it)"
+            )?;
+        }
         let sinks_dir = data_dir.join("checkpoints").join(stream.as_str());
         let mut sinks: Vec<String> = std::fs::read_dir(&sinks_dir)
             .into_iter()

@@ -223,6 +223,18 @@ fn inspect_and_tail_describe_the_log() {
     let tail: Vec<_> = text(&out.stdout).lines().map(str::to_owned).collect();
     assert_eq!(tail.len(), 3);
     assert!(tail[0].starts_with(r#"{"sequenceNumber":10,"#));
+    assert!(!report.contains("started after"), "{report}");
+
+    // The log lost, its export kept: the new log starts after the export.
+    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+    omnirelay(
+        &["publish", "--data-dir", dir_arg(dir.path())],
+        events(0..3).as_bytes(),
+    );
+    let out = omnirelay(&["log", "inspect", "--data-dir", dir_arg(dir.path())], b"");
+    let report = text(&out.stdout);
+    assert!(report.contains("sequences      13..=15"), "{report}");
+    assert!(report.contains("started after  12"), "{report}");
 }
 
 /// Spawns `omnirelay publish` with piped stdin and stdout.

@@ -29,6 +29,9 @@ pub struct Recovery {
     /// Files removed because they held nothing readable (a segment whose
     /// creation a crash interrupted).
     pub removed_files: Vec<PathBuf>,
+    /// The sequence the log started after ([`Disk::start_after`], kept in
+    /// `stream.json`); 0 for a log that started at 1.
+    pub started_after: u64,
 }
 
 struct Sealed {
@@ -56,6 +59,8 @@ pub(crate) struct Disk {
     /// `index`, as the readers of this process see it.
     shared_index: SharedIndex,
     sealed: VecDeque<Sealed>,
+    /// See [`Recovery::started_after`].
+    started_after: u64,
 }
 
 fn shared_index(first: u64, entries: Vec<(u64, u64)>) -> SharedIndex {
@@ -142,6 +147,17 @@ impl Disk {
         disk.sealed = sealed;
         disk.use_encoding(encoding)?;
         recovery.last_sequence = disk.last_sequence();
+        // Kept while the log still starts after it (a crash inside
+        // `start_after` can leave it written and the log at 1).
+        let first = disk
+            .sealed
+            .front()
+            .map_or(disk.header.first_sequence, |s| s.first);
+        disk.started_after = meta::read_meta(dir)
+            .and_then(|meta| meta.started_after)
+            .filter(|&after| after < first)
+            .unwrap_or(0);
+        recovery.started_after = disk.started_after;
         if !recovery.removed_files.is_empty() {
             meta::sync_dir(dir).map_err(io_error(format!("cannot sync {}", dir.display())))?;
         }
@@ -177,6 +193,7 @@ impl Disk {
             since_index: u64::MAX,
             shared_index: shared_index(1, Vec::new()),
             sealed: VecDeque::new(),
+            started_after: 0,
         })
     }
 
@@ -228,6 +245,7 @@ impl Disk {
             index: scan.index,
             since_index,
             sealed: VecDeque::new(),
+            started_after: 0,
         };
         Ok(disk)
     }
@@ -252,6 +270,7 @@ impl Disk {
             encoding: self.encoding.to_string(),
             recovery_cut_bytes_total: previous.recovery_cut_bytes_total + recovery.cut_bytes,
             last_cut,
+            started_after: (self.started_after != 0).then_some(self.started_after),
         };
         meta::write_meta(&self.dir, &meta).map_err(io_error(format!(
             "cannot write {}",
@@ -283,8 +302,12 @@ impl Disk {
 
     /// Makes a log that holds nothing (and never numbered anything) start
     /// after `last`: its empty active segment is replaced by one whose
-    /// first sequence is `last + 1`. The old file goes first, so a crash
-    /// in between leaves either segment alone, or none (a fresh log).
+    /// first sequence is `last + 1`, and `stream.json` keeps `last` (so
+    /// that, reopened, the log still knows nothing up to it was ever in
+    /// it, whatever retention deletes later). The note goes first
+    /// (reopening ignores it while the log starts at 1), then the old
+    /// file, so a crash in between leaves either segment alone, or none
+    /// (a fresh log).
     pub(crate) fn start_after(&mut self, last: u64) -> Result<(), Error> {
         if self.records != 0 || !self.sealed.is_empty() || self.last_sequence() != 0 {
             return Err(Error::new(
@@ -295,10 +318,22 @@ impl Disk {
                 ),
             ));
         }
+        self.started_after = last;
+        let replaced = self.replace_first_segment(last + 1);
+        if replaced.is_err() {
+            self.started_after = 0;
+        }
+        replaced
+    }
+
+    /// [`Disk::start_after`]'s writes: `stream.json`, then the segment.
+    fn replace_first_segment(&mut self, first_sequence: u64) -> Result<(), Error> {
+        let stream = self.stream.clone();
+        self.write_meta(&stream, &Recovery::default())?;
         let old = segment::segment_path(&self.dir, self.header.first_sequence);
         std::fs::remove_file(&old).map_err(io_error(format!("cannot remove {}", old.display())))?;
         let header = SegmentHeader {
-            first_sequence: last + 1,
+            first_sequence,
             ..self.header
         };
         self.file = Arc::new(create_segment(&self.dir, &header)?);

@@ -21,6 +21,11 @@ pub struct StreamMeta {
     /// The last recovery that cut anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_cut: Option<LastCut>,
+    /// The sequence the log started after, when it did not start at 1
+    /// (its sinks held records of an earlier log up to it): nothing at or
+    /// below it was ever in this log, so none of it counts as lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_after: Option<u64>,
 }
 
 /// One recovery that cut a damaged tail.

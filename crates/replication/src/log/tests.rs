@@ -535,6 +535,46 @@ async fn a_segment_whose_creation_was_interrupted_is_removed() {
     assert_eq!(recovery.last_sequence, 3);
 }
 
+/// A log started after its sinks' records keeps that start in
+/// `stream.json` across reopens, and retention; a note a crash left while
+/// the log still starts at 1 is ignored.
+#[tokio::test]
+async fn where_a_log_started_after_its_sinks_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, recovery) = open(dir.path(), small_segments());
+    assert_eq!((recovery.started_after, log.started_after()), (0, 0));
+    log.start_after(20).unwrap();
+    assert_eq!(log.started_after(), 20);
+    publish(&log, 21..=120).await;
+    log.close().unwrap();
+    drop(log);
+    let (log, recovery) = open(dir.path(), small_segments());
+    assert_eq!((recovery.started_after, log.started_after()), (20, 20));
+    assert_eq!(read_meta(dir.path()).unwrap().started_after, Some(20));
+    log.close().unwrap();
+    drop(log);
+    // Retention took the oldest segment: the log still started after 20.
+    std::fs::remove_file(&segment_files(dir.path())[0]).unwrap();
+    let (log, _) = open(dir.path(), small_segments());
+    assert_eq!(log.started_after(), 20);
+    assert!(LogReader::new(dir.path()).verify().unwrap().first.unwrap() > 21);
+    log.close().unwrap();
+    drop(log);
+
+    // A crash after the note and before the segment was replaced.
+    let crashed = tempfile::tempdir().unwrap();
+    let (log, _) = open(crashed.path(), options(Durability::Fsync));
+    log.close().unwrap();
+    drop(log);
+    let mut meta = read_meta(crashed.path()).unwrap();
+    meta.started_after = Some(20);
+    meta::write_meta(crashed.path(), &meta).unwrap();
+    let (log, recovery) = open(crashed.path(), options(Durability::Fsync));
+    assert_eq!((recovery.started_after, log.started_after()), (0, 0));
+    assert_eq!(read_meta(crashed.path()).unwrap().started_after, None);
+    publish(&log, 1..=1).await;
+}
+
 #[tokio::test]
 async fn a_second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();

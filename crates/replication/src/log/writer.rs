@@ -203,7 +203,7 @@ impl<B: LogBatch> StreamLog<B> {
             pending_bytes: Arc::new(Semaphore::new(pending)),
             stats,
             stream,
-            started_after: AtomicU64::new(0),
+            started_after: AtomicU64::new(recovery.started_after),
             options,
         });
         let thread_shared = shared.clone();
@@ -284,9 +284,9 @@ impl<B: LogBatch> StreamLog<B> {
         Ok(())
     }
 
-    /// The sequence this process's log started after
-    /// ([`StreamLog::start_after`]; 0 otherwise): nothing at or below it
-    /// was ever in the log here.
+    /// The sequence the log started after ([`StreamLog::start_after`],
+    /// in this process or, for a log on disk, an earlier one; 0
+    /// otherwise): nothing at or below it was ever in the log here.
     pub fn started_after(&self) -> u64 {
         self.shared.started_after.load(Ordering::Acquire)
     }

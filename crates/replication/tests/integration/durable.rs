@@ -1098,7 +1098,19 @@ async fn numbering_continues_after_a_sink_that_outlived_the_log() {
         if durability.is_persistent() {
             // The log that started after 20 reopens there, and reads back.
             let replicator = open(dirs[1].path(), durability).await;
+            // A sink added now starts where the log did: 1..=20 were never
+            // in this log, so none of it counts as lost to it.
+            let added = FaultySink::new();
+            replicator
+                .add_sink("added", added.clone().shared(), sink_options())
+                .await
+                .unwrap();
             assert_eq!(publish(&replicator, 1).await, [41]);
+            replicator.wait_caught_up().await;
+            assert_eq!(added.sequences(), (21..=41).collect::<Vec<_>>());
+            let snapshots = replicator.sink_snapshots().await;
+            let added = snapshots.iter().find(|s| s.sink == "added").unwrap();
+            assert_eq!(added.discarded, 0, "{durability}: reopened");
             let stored: Vec<u64> = replicator
                 .replay(&StreamId::default(), 1, Encoding::JSON_V1)
                 .await

@@ -1,17 +1,21 @@
 //! A sink that replicates to a receiver: over the version-2 `PublishStream`
 //! when the receiver has it, else with the reference's unary `Publish`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use omnirelay_replication::{Error, ErrorKind, Format, Record, Sink, SinkError};
+use omnirelay_replication::{Error, ErrorKind, Format, Record, Sink, SinkError, StreamId};
 use omnirelay_resourcelease::proto::pb::ResourceLeaseReplicationEventMessage;
 use prost::Message as _;
 use tokio::sync::{Mutex, mpsc};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::client::{Connection, Credentials, payload_format, status_error};
 use crate::generated::resource_lease_replicator_grpc_client::ResourceLeaseReplicatorGrpcClient;
+use crate::receiver::request;
 use crate::v2::replication_client::ReplicationClient;
 use crate::v2::{PublishAck, PublishBatch, SentEvent};
 
@@ -40,7 +44,8 @@ pub struct GrpcSinkOptions {
     /// The receiver's URL, `http://host:port`.
     pub url: String,
     /// This sender's name (the receiver keeps one high-water mark per
-    /// sender).
+    /// sender). The stream `default` is sent under it, any other stream
+    /// `s` as `<sender>/s`: each stream is numbered on its own.
     pub sender: String,
     /// The deadline of one call (unary) or of one batch's acknowledgement
     /// (streaming); also the connect timeout.
@@ -54,26 +59,30 @@ pub struct GrpcSinkOptions {
     pub protocol: Protocol,
 }
 
-/// An open `PublishStream` call.
+/// An open `PublishStream` call, of one stream.
 #[derive(Debug)]
 struct Session {
     batches: mpsc::Sender<PublishBatch>,
     acks: tonic::Streaming<PublishAck>,
 }
 
+/// The `PublishStream` call of one stream, while open.
+type StreamSession = Arc<Mutex<Option<Session>>>;
+
 /// Replicates to a receiver, in order. With `PublishStream` each batch of
 /// the delivery engine is one message, acknowledged once durable at the
 /// receiver; with the reference's `Publish` each event is one call. The
 /// receiver ignores re-sent events, so delivery retries are harmless; a
 /// failed or timed-out call is a retryable error and the next attempt opens
-/// a new call.
+/// a new call. Each stream goes under a sender name of its own (see
+/// [`GrpcSinkOptions::sender`]), in a call of its own.
 #[derive(Debug)]
 pub struct GrpcSink {
     unary: ResourceLeaseReplicatorGrpcClient<Channel>,
     streaming: ReplicationClient<Channel>,
     credentials: Credentials,
     options: GrpcSinkOptions,
-    session: Mutex<Option<Session>>,
+    sessions: std::sync::Mutex<HashMap<StreamId, StreamSession>>,
     /// The receiver answered `UNIMPLEMENTED` to `PublishStream`.
     unary_only: AtomicBool,
 }
@@ -101,7 +110,7 @@ impl GrpcSink {
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             credentials,
-            session: Mutex::new(None),
+            sessions: std::sync::Mutex::new(HashMap::new()),
             unary_only: AtomicBool::new(options.protocol == Protocol::Unary),
             options,
         })
@@ -111,6 +120,37 @@ impl GrpcSink {
     /// receiver does not have `PublishStream`).
     pub fn is_unary(&self) -> bool {
         self.unary_only.load(Ordering::Relaxed)
+    }
+
+    /// The sender name of `stream`'s events, as request metadata.
+    fn sender_of(&self, stream: &StreamId) -> Result<MetadataValue<Ascii>, Error> {
+        let name = if *stream == StreamId::default() {
+            self.options.sender.clone()
+        } else {
+            format!("{}/{stream}", self.options.sender)
+        };
+        MetadataValue::try_from(name.as_str())
+            .map_err(|e| Error::new(ErrorKind::Config, format!("grpc: sender {name:?}: {e}")))
+    }
+
+    /// The metadata of a call carrying `stream`'s events.
+    fn apply_credentials(
+        &self,
+        stream: &StreamId,
+        metadata: &mut tonic::metadata::MetadataMap,
+    ) -> Result<(), Error> {
+        self.credentials.apply(metadata);
+        metadata.insert(request::SENDER, self.sender_of(stream)?);
+        Ok(())
+    }
+
+    /// The `PublishStream` call of `stream` (made on first use).
+    fn session_of(&self, stream: &StreamId) -> StreamSession {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        sessions.entry(stream.clone()).or_default().clone()
     }
 
     async fn publish_one(&self, record: &Record<'_>) -> Result<(), Error> {
@@ -126,7 +166,7 @@ impl GrpcSink {
             })?;
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.options.timeout);
-        self.credentials.apply(request.metadata_mut());
+        self.apply_credentials(record.stream(), request.metadata_mut())?;
         let mut client = self.unary.clone();
         match tokio::time::timeout(self.options.timeout, client.publish(request)).await {
             Err(_) => Err(Error::new(
@@ -166,13 +206,13 @@ impl GrpcSink {
         Ok(())
     }
 
-    /// Opens a `PublishStream` call; `Ok(None)` if the receiver does not
-    /// have it.
-    async fn open_session(&self) -> Result<Option<Session>, Error> {
+    /// Opens a `PublishStream` call for `stream`; `Ok(None)` if the
+    /// receiver does not have it.
+    async fn open_session(&self, stream: &StreamId) -> Result<Option<Session>, Error> {
         let (batches, outbound) = mpsc::channel(2);
         let mut request =
             tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
-        self.credentials.apply(request.metadata_mut());
+        self.apply_credentials(stream, request.metadata_mut())?;
         let mut client = self.streaming.clone();
         match tokio::time::timeout(self.options.timeout, client.publish_stream(request)).await {
             Err(_) => Err(Error::new(
@@ -271,10 +311,14 @@ impl GrpcSink {
 
 impl Sink for GrpcSink {
     async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        let Some(stream) = batch.first().map(Record::stream) else {
+            return Ok(());
+        };
         if !self.is_unary() {
-            let mut session = self.session.lock().await;
+            let session = self.session_of(stream);
+            let mut session = session.lock().await;
             if session.is_none() {
-                match self.open_session().await? {
+                match self.open_session(stream).await? {
                     Some(opened) => *session = Some(opened),
                     None if self.options.protocol == Protocol::Auto => {
                         tracing::info!(
@@ -307,8 +351,17 @@ impl Sink for GrpcSink {
     }
 
     async fn close(&self) -> Result<(), SinkError> {
-        // Ends the call: the receiver sees the end of the stream.
-        self.session.lock().await.take();
+        // Ends the calls: the receiver sees the end of each stream.
+        let sessions: Vec<StreamSession> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, session)| session)
+            .collect();
+        for session in sessions {
+            session.lock().await.take();
+        }
         Ok(())
     }
 }

@@ -473,3 +473,77 @@ async fn a_receiver_whose_log_stores_json_decodes_protobuf_events_and_appends_th
     assert_eq!(receiver.marks().await["json-log"].sequence, 3);
     replicator.close().await.unwrap();
 }
+
+/// A heartbeat numbered `sequence` in `stream`, as a sink gets it.
+fn on_stream(stream: &str, sequence: i64) -> omnirelay_replication::OwnedRecord {
+    use omnirelay_resourcelease::{
+        ResourceLeaseReplicationEvent, ResourceLeaseReplicationEventType,
+    };
+    let mut event =
+        ResourceLeaseReplicationEvent::new(ResourceLeaseReplicationEventType::Heartbeat);
+    event.sequence_number = sequence;
+    event.peer_id = Some(format!("{stream}-{sequence}"));
+    let bytes = bytes::Bytes::from(
+        omnirelay_resourcelease::proto::encode(&event, omnirelay_replication::WireVersion::V1)
+            .unwrap(),
+    );
+    let record = record(&bytes, &event);
+    omnirelay_replication::OwnedRecord::new(
+        StreamId::new(stream).unwrap(),
+        record.header().clone(),
+        record.encoding(),
+        bytes,
+    )
+}
+
+/// One sink carries every stream of its node, each numbered on its own:
+/// each goes to the receiver under a sender name of its own (the stream
+/// `default` under the sender's, another as `<sender>/<stream>`), so one
+/// stream's numbering never hides another's events as duplicates, over
+/// either protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stream_of_a_sink_has_its_own_mark_at_the_receiver() {
+    for v2 in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::serve(dir.path(), None, v2).await;
+        let sink = node.sink("edge");
+        let batches = [
+            ("default", 1..=10),
+            ("orders", 1..=5),
+            ("default", 11..=12),
+            ("orders", 6..=8),
+            // A retry of each adds nothing.
+            ("orders", 4..=8),
+            ("default", 12..=12),
+        ];
+        for (stream, range) in batches {
+            let records: Vec<_> = range.map(|s| on_stream(stream, s)).collect();
+            sink.apply_owned(&records).await.unwrap();
+        }
+        node.replicator.wait_caught_up().await;
+        let received: Vec<(String, String)> = node
+            .received()
+            .iter()
+            .map(|e| {
+                (
+                    e.metadata.get(origin::SENDER).unwrap().to_owned(),
+                    e.peer_id.clone().unwrap(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, String)> = (1..=10)
+            .map(|s| ("edge".to_owned(), format!("default-{s}")))
+            .chain((1..=5).map(|s| ("edge/orders".to_owned(), format!("orders-{s}"))))
+            .chain((11..=12).map(|s| ("edge".to_owned(), format!("default-{s}"))))
+            .chain((6..=8).map(|s| ("edge/orders".to_owned(), format!("orders-{s}"))))
+            .collect();
+        assert_eq!(received, expected, "v2 {v2}");
+        let marks = node.receiver.marks().await;
+        assert_eq!(
+            (marks["edge"].sequence, marks["edge/orders"].sequence),
+            (12, 8),
+            "v2 {v2}"
+        );
+        node.stop().await;
+    }
+}

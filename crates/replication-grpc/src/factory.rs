@@ -50,8 +50,9 @@ impl Default for Settings {
 }
 
 impl Settings {
-    fn options(&self, sender: String, ca_pem: Option<Vec<u8>>) -> GrpcSinkOptions {
+    fn options(&self, sender: String, writer: String, ca_pem: Option<Vec<u8>>) -> GrpcSinkOptions {
         GrpcSinkOptions {
+            writer: Some(writer),
             url: self.url.clone(),
             sender,
             timeout: Duration::from_millis(self.timeout_ms),
@@ -142,11 +143,11 @@ impl SinkBuilder for Builder {
                 }
                 None => None,
             };
-            let sender = match &self.0.sender {
-                Some(sender) => sender.clone(),
-                None => node_sender(context.data_dir)?,
-            };
-            Ok(GrpcSink::new(self.0.options(sender, ca_pem))?.shared())
+            // The node's own name: the sender's by default, and always
+            // the writer behind it.
+            let node = node_sender(context.data_dir)?;
+            let sender = self.0.sender.clone().unwrap_or_else(|| node.clone());
+            Ok(GrpcSink::new(self.0.options(sender, node, ca_pem))?.shared())
         })
     }
 

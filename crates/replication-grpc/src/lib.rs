@@ -73,7 +73,7 @@ use tonic::service::interceptor::InterceptedService;
 pub use client::{Connection, Subscription};
 pub use factory::{GrpcSinkFactory, SENDER_FILE, node_sender};
 pub use receiver::{
-    ANONYMOUS, BatchOutcome, Incoming, Mark, Received, Receiver, ReceiverStats, Service,
+    ANONYMOUS, BatchOutcome, Incoming, Mark, Received, Receiver, ReceiverStats, Sender, Service,
     SubmittedBatch, TokenCheck, bearer_matches, origin, request,
 };
 pub use sink::{GrpcSink, GrpcSinkOptions, Protocol};

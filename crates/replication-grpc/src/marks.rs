@@ -41,6 +41,9 @@ struct File {
     /// The log sequence through which the marks are folded.
     through: u64,
     senders: BTreeMap<String, Mark>,
+    /// The writer behind each sender name, where known.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    writers: BTreeMap<String, String>,
 }
 
 /// Every sender's mark as folded from the log through `through`.
@@ -48,6 +51,10 @@ struct File {
 pub(crate) struct Checkpoint {
     pub(crate) through: u64,
     pub(crate) marks: HashMap<String, Mark>,
+    /// The writer behind each sender name, where known (the log does not
+    /// say: a name whose numbering restarted after the checkpoint has
+    /// none until its next batch).
+    pub(crate) writers: HashMap<String, String>,
 }
 
 /// What [`Checkpoint::fold`] read.
@@ -80,6 +87,7 @@ impl Checkpoint {
             Ok(file) if file.stream == stream.as_str() => Some(Self {
                 through: file.through,
                 marks: file.senders.into_iter().collect(),
+                writers: file.writers.into_iter().collect(),
             }),
             Ok(file) => {
                 tracing::warn!(
@@ -109,6 +117,11 @@ impl Checkpoint {
                 .iter()
                 .map(|(sender, mark)| (sender.clone(), *mark))
                 .collect(),
+            writers: self
+                .writers
+                .iter()
+                .map(|(sender, writer)| (sender.clone(), writer.clone()))
+                .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
         if let Some(dir) = path.parent() {
@@ -119,11 +132,31 @@ impl Checkpoint {
 
     /// Folds the records of `reader`'s log after the checkpoint and up to
     /// `upto` into the marks; the checkpoint then stands at the last one.
+    /// A sender whose numbering restarted there (another writer may have
+    /// taken its name over) loses its known writer.
     pub(crate) fn fold(&mut self, reader: &LogReader, upto: u64) -> Result<Folded, Error> {
         let mut folded = Folded::default();
         if upto <= self.through {
             return Ok(folded);
         }
+        let epochs: HashMap<String, u64> = self
+            .marks
+            .iter()
+            .map(|(sender, mark)| (sender.clone(), mark.epoch))
+            .collect();
+        let read = self.fold_records(reader, upto, &mut folded);
+        let marks = &self.marks;
+        self.writers
+            .retain(|sender, _| marks.get(sender).map(|m| m.epoch) == epochs.get(sender).copied());
+        read.map(|()| folded)
+    }
+
+    fn fold_records(
+        &mut self,
+        reader: &LogReader,
+        upto: u64,
+        folded: &mut Folded,
+    ) -> Result<(), Error> {
         let from = self.through + 1;
         reader.visit_from(from, |record| {
             if record.sequence > upto {
@@ -137,7 +170,7 @@ impl Checkpoint {
             folded.records += 1;
             ControlFlow::Continue(())
         })?;
-        Ok(folded)
+        Ok(())
     }
 }
 

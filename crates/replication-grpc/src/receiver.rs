@@ -42,6 +42,38 @@ pub mod request {
     /// The sender's numbering epoch (a version-2 sender sets it, and
     /// raises it when its numbering restarts).
     pub const EPOCH: &str = "omnirelay-epoch";
+    /// Who is behind the sender's name: the `grpc` sink sends its node's
+    /// own name, so that two nodes configured with one sender name are
+    /// told apart (see [`super::Sender::writer`]).
+    pub const WRITER: &str = "omnirelay-writer";
+}
+
+/// Who sends a batch, as its request says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// Its name ([`request::SENDER`]; [`ANONYMOUS`] without one): the
+    /// receiver keeps one high-water mark per name.
+    pub name: String,
+    /// Its numbering epoch, when it says ([`request::EPOCH`]).
+    pub epoch: Option<u64>,
+    /// Who is behind the name, when it says ([`request::WRITER`]). Once a
+    /// name's events came from one writer, another writer under that name
+    /// is refused (`FAILED_PRECONDITION`) unless it visibly restarts the
+    /// numbering (a higher epoch, or sequence 1 after higher ones): two
+    /// nodes sending under one name would otherwise have the events of
+    /// one below the other's mark dropped as duplicates, in silence.
+    pub writer: Option<String>,
+}
+
+impl Sender {
+    /// `name`, with `epoch` when it says, and no writer.
+    pub fn named(name: &str, epoch: Option<u64>) -> Self {
+        Self {
+            name: name.to_owned(),
+            epoch,
+            writer: None,
+        }
+    }
 }
 
 /// About what the origin metadata adds to an event's bytes.
@@ -143,6 +175,17 @@ pub enum Incoming {
     },
     /// Bytes this receiver cannot read.
     Unreadable(Unreadable),
+}
+
+impl Incoming {
+    /// Its sequence at the sender (0: unsequenced).
+    fn sequence(&self) -> u64 {
+        match self {
+            Incoming::Event(event) => u64::try_from(event.sequence_number).unwrap_or(0),
+            Incoming::Protobuf { sequence, .. } => *sequence,
+            Incoming::Unreadable(unreadable) => unreadable.sequence,
+        }
+    }
 }
 
 /// An event the receiver appends, with its origin.
@@ -268,14 +311,53 @@ struct MarkBook {
     /// What the log holds: what reading the log would give, and so what
     /// the checkpoint keeps.
     logged: HashMap<String, Mark>,
+    /// The writer behind each name, where known (see [`Sender::writer`]).
+    writers: HashMap<String, String>,
+    /// The (name, writer) pairs refused and logged so far: one ERROR each.
+    reported: std::collections::HashSet<(String, String)>,
 }
 
 impl MarkBook {
-    fn new(marks: HashMap<String, Mark>) -> Marks {
+    fn new(marks: HashMap<String, Mark>, writers: HashMap<String, String>) -> Marks {
         Arc::new(tokio::sync::Mutex::new(Self {
             received: marks.clone(),
             logged: marks,
+            writers,
+            reported: std::collections::HashSet::new(),
         }))
+    }
+
+    /// Why a batch `from` a writer other than the one behind its name is
+    /// refused, unless it restarts the numbering (its first sequence
+    /// `first`) and so takes the name over, as a node whose log was lost
+    /// does. `None`: it may go on.
+    fn refuses(&mut self, from: &Sender, first: Option<u64>) -> Option<Error> {
+        let sender = from.name.as_str();
+        let writer = from.writer.as_deref()?;
+        let mark = self.received.get(sender)?;
+        let known = self.writers.get(sender).filter(|known| *known != writer)?;
+        let restarts = match from.epoch {
+            Some(given) => given > mark.epoch,
+            None => first == Some(1) && mark.sequence > 1,
+        };
+        if restarts {
+            return None;
+        }
+        if self.reported.insert((sender.to_owned(), writer.to_owned())) {
+            tracing::error!(
+                sender, writer, known = %known,
+                "two writers send under one sender name; the second is refused"
+            );
+        }
+        Some(Error::new(
+            ErrorKind::Config,
+            format!(
+                "the sender name {sender:?} is in use by another writer ({known}, this one is \
+                 {writer}): the receiver keeps one high-water mark per name and would drop the \
+                 events of one below the other's as duplicates; give each node its own `sender` \
+                 (unset, each sends under its own name)"
+            ),
+        ))
     }
 }
 
@@ -308,6 +390,7 @@ async fn keep_checkpoint(
             Checkpoint {
                 through: replicator.last_sequence(&stream),
                 marks: marks.logged.clone(),
+                writers: marks.writers.clone(),
             }
         };
         if checkpoint.through > through
@@ -415,7 +498,8 @@ impl Receiver {
                 let hold = replicator
                     .hold_retention(&stream, checkpoint.through)
                     .await?;
-                let marks = MarkBook::new(fold_log(checkpoint, reader, last, &stream).await?.marks);
+                let folded = fold_log(checkpoint, reader, last, &stream).await?;
+                let marks = MarkBook::new(folded.marks, folded.writers);
                 let task = tokio::spawn(keep_checkpoint(
                     replicator.clone(),
                     stream.clone(),
@@ -434,7 +518,7 @@ impl Receiver {
                         marks::fold_origin(&mut marks, encoding.format, record.bytes());
                     }
                 }
-                (MarkBook::new(marks), None)
+                (MarkBook::new(marks, HashMap::new()), None)
             }
         };
         // The quarantine does not move the marks: were its events trusted
@@ -524,8 +608,7 @@ impl Receiver {
         events: Vec<ResourceLeaseReplicationEvent>,
     ) -> Result<SubmittedBatch, Error> {
         self.submit_incoming(
-            sender,
-            epoch,
+            &Sender::named(sender, epoch),
             events.into_iter().map(Incoming::Event).collect(),
         )
         .await
@@ -553,25 +636,32 @@ impl Receiver {
     /// As [`Receiver::submit_batch`], and the quarantine's I/O errors.
     pub async fn submit_incoming(
         &self,
-        sender: &str,
-        epoch: Option<u64>,
+        from: &Sender,
         events: Vec<Incoming>,
     ) -> Result<SubmittedBatch, Error> {
+        let (sender, epoch) = (from.name.as_str(), from.epoch);
         // Held across the submission, so that a re-send racing the original
         // is seen as a duplicate.
         let mut marks = self.marks.lock().await;
         let mut mark = marks.received.get(sender).copied();
+        if let Some(refused) = marks.refuses(from, events.first().map(Incoming::sequence)) {
+            drop(marks);
+            metrics::counter!(
+                telemetry::RECEIVED_EVENTS,
+                "stream" => self.stream.as_str().to_owned(),
+                "sender" => sender.to_owned(),
+                "outcome" => "refused",
+            )
+            .increment(events.len() as u64);
+            return Err(refused);
+        }
         // The mark of the last event that goes to the log.
         let mut logged = None;
         let (mut duplicates, mut gaps, mut epochs) = (0u64, 0u64, 0u64);
         let mut accepted = Vec::with_capacity(events.len());
         let mut quarantined = Vec::new();
         for incoming in events {
-            let sequence = match &incoming {
-                Incoming::Event(event) => u64::try_from(event.sequence_number).unwrap_or(0),
-                Incoming::Protobuf { sequence, .. } => *sequence,
-                Incoming::Unreadable(unreadable) => unreadable.sequence,
-            };
+            let sequence = incoming.sequence();
             let this_epoch = match (mark, epoch) {
                 (None, given) => given.unwrap_or(1),
                 (Some(m), Some(given)) if given < m.epoch => {
@@ -651,6 +741,11 @@ impl Receiver {
         }
         if let Some(logged) = logged {
             marks::raise(&mut marks.logged, sender, logged);
+        }
+        if let Some(writer) = &from.writer
+            && marks.writers.get(sender) != Some(writer)
+        {
+            marks.writers.insert(sender.to_owned(), writer.clone());
         }
         drop(marks);
         self.stats.appended.fetch_add(appended, Ordering::Relaxed);
@@ -837,10 +932,9 @@ impl tonic::service::Interceptor for TokenCheck {
     }
 }
 
-/// The sender's name and (if it says) numbering epoch of a request.
-pub(crate) fn sender_of(
-    metadata: &tonic::metadata::MetadataMap,
-) -> Result<(String, Option<u64>), Status> {
+/// The sender of a request: its name and, if it says, its numbering
+/// epoch and writer.
+pub(crate) fn sender_of(metadata: &tonic::metadata::MetadataMap) -> Result<Sender, Status> {
     let sender = metadata
         .get(request::SENDER)
         .and_then(|v| v.to_str().ok())
@@ -857,7 +951,16 @@ pub(crate) fn sender_of(
                 .ok_or_else(|| Status::invalid_argument("omnirelay-epoch is not a number"))?,
         ),
     };
-    Ok((sender, epoch))
+    let writer = metadata
+        .get(request::WRITER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned);
+    Ok(Sender {
+        name: sender,
+        epoch,
+        writer,
+    })
 }
 
 /// The gRPC face of a [`Receiver`].
@@ -870,6 +973,7 @@ pub(crate) fn status_of(error: &Error) -> Status {
             Status::unavailable(error.to_string())
         }
         ErrorKind::Rejected | ErrorKind::Unsupported => Status::invalid_argument(error.to_string()),
+        ErrorKind::Config => Status::failed_precondition(error.to_string()),
         _ => Status::internal(error.to_string()),
     }
 }
@@ -880,7 +984,7 @@ impl ResourceLeaseReplicatorGrpc for Service {
         &self,
         request: Request<proto::pb::ResourceLeaseReplicationEventMessage>,
     ) -> Result<Response<proto::pb::PublishResponse>, Status> {
-        let (sender, epoch) = sender_of(request.metadata())?;
+        let sender = sender_of(request.metadata())?;
         let message = request.into_inner();
         let incoming = match proto::from_message(message.clone()) {
             Ok((event, _)) => Incoming::Event(event),
@@ -893,7 +997,7 @@ impl ResourceLeaseReplicatorGrpc for Service {
             }),
         };
         self.0
-            .submit_incoming(&sender, epoch, vec![incoming])
+            .submit_incoming(&sender, vec![incoming])
             .await
             .map_err(|e| status_of(&e))?
             .durable()

@@ -57,6 +57,11 @@ pub struct GrpcSinkOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// Which service to call.
     pub protocol: Protocol,
+    /// Who is behind the sender name ([`crate::request::WRITER`]): the
+    /// `grpc` sink type sends its node's own name, so that the receiver
+    /// refuses a second node configured with the same `sender` instead of
+    /// dropping its events as duplicates. `None`: not said.
+    pub writer: Option<String>,
 }
 
 /// An open `PublishStream` call, of one stream.
@@ -81,6 +86,7 @@ pub struct GrpcSink {
     unary: ResourceLeaseReplicatorGrpcClient<Channel>,
     streaming: ReplicationClient<Channel>,
     credentials: Credentials,
+    writer: Option<MetadataValue<Ascii>>,
     options: GrpcSinkOptions,
     sessions: std::sync::Mutex<HashMap<StreamId, StreamSession>>,
     /// The receiver answered `UNIMPLEMENTED` to `PublishStream`.
@@ -103,6 +109,15 @@ impl GrpcSink {
             ca_pem: options.ca_pem.clone(),
         };
         let credentials = Credentials::new(&connection, Some(&options.sender))?;
+        let writer = options
+            .writer
+            .as_deref()
+            .map(|writer| {
+                MetadataValue::try_from(writer).map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("grpc: writer {writer:?}: {e}"))
+                })
+            })
+            .transpose()?;
         let channel = connection.channel()?;
         Ok(Self {
             unary: ResourceLeaseReplicatorGrpcClient::new(channel.clone()),
@@ -110,6 +125,7 @@ impl GrpcSink {
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             credentials,
+            writer,
             sessions: std::sync::Mutex::new(HashMap::new()),
             unary_only: AtomicBool::new(options.protocol == Protocol::Unary),
             options,
@@ -141,6 +157,9 @@ impl GrpcSink {
     ) -> Result<(), Error> {
         self.credentials.apply(metadata);
         metadata.insert(request::SENDER, self.sender_of(stream)?);
+        if let Some(writer) = &self.writer {
+            metadata.insert(request::WRITER, writer.clone());
+        }
         Ok(())
     }
 

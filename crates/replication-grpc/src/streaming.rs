@@ -270,7 +270,7 @@ impl Replication for StreamingService {
         let receiver = self.receiver.clone().ok_or_else(|| {
             Status::unimplemented("this node does not receive events (it is not a receiver)")
         })?;
-        let (sender, epoch) = sender_of(request.metadata())?;
+        let sender = sender_of(request.metadata())?;
         let mut inbound = request.into_inner();
         let mut stop = self.stop.clone();
         // Batches are taken and queued in the log in order while earlier
@@ -285,7 +285,7 @@ impl Replication for StreamingService {
                 };
                 let submitted = match batch {
                     Ok(Some(batch)) => receiver
-                        .submit_incoming(&sender, epoch, decode_batch(batch))
+                        .submit_incoming(&sender, decode_batch(batch))
                         .await
                         .map_err(|e| status_of(&e)),
                     Ok(None) => return,

@@ -238,6 +238,7 @@ impl GrpcStream {
             token: None,
             ca_pem: None,
             protocol: Protocol::Stream,
+            writer: None,
         });
         drop(entered);
         let raw = runtime.block_on(RawSession::open(raw_url, payload.clone()));

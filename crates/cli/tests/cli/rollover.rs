@@ -262,6 +262,7 @@ fn send_raw(
             token: None,
             ca_pem: None,
             protocol: omnirelay_replication_grpc::Protocol::Stream,
+            writer: None,
         })
         .unwrap();
     let records: Vec<OwnedRecord> = messages

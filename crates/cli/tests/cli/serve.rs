@@ -316,67 +316,155 @@ fn heavy_a_second_node_on_a_data_directory_in_use_fails_before_it_listens() {
     let (_again, _, _again_err) = spawn_listening(&args);
 }
 
+/// A receiver (data in `DIR/receiver`), and two nodes `DIR/a` and `DIR/b`
+/// that each publish 8 events to it through a `grpc` sink `peer` with
+/// `settings` added: 5 from a, 5 from b, 3 from a, 3 from b.
+struct TwoSenders {
+    dir: tempfile::TempDir,
+    receiver: KillOnDrop,
+    address: String,
+}
+
+impl TwoSenders {
+    fn run(settings: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (receiver, address, _receiver_err) = spawn_listening(&[
+            "serve",
+            "--role",
+            "receiver",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir_arg(&dir.path().join("receiver")),
+        ]);
+        let mut configs = Vec::new();
+        for node in ["a", "b"] {
+            let node_dir = dir.path().join(node);
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let config = node_dir.join("node.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "data_dir = \"{}\"\n[replication.sinks.peer]\ntype = \"grpc\"\n[replication.sinks.peer.settings]\nurl = \"http://{address}\"\n{settings}",
+                    node_dir.display()
+                ),
+            )
+            .unwrap();
+            configs.push(config);
+        }
+        for run in [0..5, 5..8] {
+            for config in &configs {
+                let out = omnirelay(
+                    &["publish", "--config", config.to_str().unwrap()],
+                    events(run.clone()).as_bytes(),
+                );
+                assert!(out.status.success(), "{}", text(&out.stderr));
+            }
+        }
+        Self {
+            dir,
+            receiver,
+            address,
+        }
+    }
+
+    /// The node's own name (`DIR/<node>/grpc-sender`).
+    fn node_name(&self, node: &str) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(node)
+                .join(omnirelay_replication_grpc::SENDER_FILE),
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    }
+
+    /// Events the receiver counted from `sender` with `outcome`, by its
+    /// metrics.
+    fn counted(&self, sender: &str, outcome: &str) -> Option<f64> {
+        let metrics = http_get(&self.address, "/metrics").unwrap().1;
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("omnirelay_replication_receiver_events_total{")
+                    && l.contains(&format!("sender=\"{sender}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    }
+
+    /// Stops the receiver; the events in its log.
+    fn logged(self) -> usize {
+        assert!(stop(self.receiver).success());
+        let out = omnirelay(
+            &[
+                "log",
+                "replay",
+                "--data-dir",
+                dir_arg(&self.dir.path().join("receiver")),
+            ],
+            b"",
+        );
+        text(&out.stdout).lines().count()
+    }
+}
+
 /// Two nodes sending to one receiver with no `sender` set: each has its
 /// own name (made once under its data directory and kept), so the
 /// receiver keeps both nodes' events instead of dropping the second one's
 /// as duplicates of the first one's sequences.
 #[test]
 fn heavy_nodes_without_a_sender_name_each_get_their_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver_dir = dir.path().join("receiver");
-    let (receiver, address, _receiver_err) = spawn_listening(&[
-        "serve",
-        "--role",
-        "receiver",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir_arg(&receiver_dir),
-    ]);
-    let mut names = Vec::new();
-    for node in ["a", "b"] {
-        let node_dir = dir.path().join(node);
-        std::fs::create_dir_all(&node_dir).unwrap();
-        let config = node_dir.join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"{}\"\n[replication.sinks.peer]\ntype = \"grpc\"\n[replication.sinks.peer.settings]\nurl = \"http://{address}\"\n",
-                node_dir.display()
-            ),
-        )
-        .unwrap();
-        for run in [0..5, 5..8] {
-            let out = omnirelay(
-                &["publish", "--config", config.to_str().unwrap()],
-                events(run).as_bytes(),
-            );
-            assert!(out.status.success(), "{}", text(&out.stderr));
-        }
-        names.push(
-            std::fs::read_to_string(node_dir.join(omnirelay_replication_grpc::SENDER_FILE))
-                .unwrap()
-                .trim()
-                .to_owned(),
-        );
-    }
+    let sent = TwoSenders::run("");
+    let names = [sent.node_name("a"), sent.node_name("b")];
     assert_ne!(names[0], names[1]);
-    let metrics = http_get(&address, "/metrics").unwrap().1;
     for name in &names {
-        let appended = metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("omnirelay_replication_receiver_events_total{")
-                    && l.contains(&format!("sender=\"{name}\""))
-                    && l.contains("outcome=\"appended\"")
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-        assert_eq!(appended, Some(8.0), "{name}: {metrics}");
+        assert_eq!(sent.counted(name, "appended"), Some(8.0), "{name}");
     }
-    assert!(stop(receiver).success());
-    let out = omnirelay(
-        &["log", "replay", "--data-dir", dir_arg(&receiver_dir)],
-        b"",
+    assert_eq!(sent.logged(), 16);
+}
+
+/// Two nodes configured with one `sender` name: the receiver keeps one
+/// mark for both. b's first events (sequence 1 after a's 5) read as a's
+/// numbering restarting, so a's next three (6..=8) were taken, and b's
+/// next three, at or below that mark, dropped as duplicates in silence.
+/// Now each node sends its own name beside the sender name: b, restarting
+/// the numbering, takes the name over, and a is refused from then on, so
+/// a's last three go to its dead letters (where `omnirelay deadletter`
+/// finds them) and b's are kept.
+#[test]
+fn heavy_two_nodes_with_one_sender_name_are_told_apart() {
+    let sent = TwoSenders::run("sender = \"edge\"\n");
+    assert_eq!(sent.counted("edge", "appended"), Some(13.0));
+    // The batch, then each of its events alone (the sink looks for the
+    // event at fault).
+    assert!(
+        sent.counted("edge", "refused").is_some_and(|n| n >= 3.0),
+        "{:?}",
+        sent.counted("edge", "refused")
     );
-    assert_eq!(text(&out.stdout).lines().count(), 16);
+    let dead_letters = |node: &str| {
+        std::fs::read_to_string(
+            sent.dir
+                .path()
+                .join(node)
+                .join("deadletter/default/peer.jsonl"),
+        )
+        .unwrap_or_default()
+    };
+    let dead = dead_letters("a");
+    let sequences: Vec<u64> = dead
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["sequence"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sequences, [6, 7, 8], "{dead}");
+    assert!(dead.contains("in use by another writer"), "{dead}");
+    assert_eq!(dead_letters("b"), "");
+    assert_eq!(sent.logged(), 13);
 }

@@ -143,6 +143,15 @@ impl Node {
     }
 
     pub(crate) fn sink_with_token(&self, sender: &str, token: Option<&str>) -> GrpcSink {
+        self.sink_of(sender, token, None)
+    }
+
+    /// A sink sending as `sender`, with `writer` behind the name.
+    pub(crate) fn sink_as(&self, sender: &str, writer: &str) -> GrpcSink {
+        self.sink_of(sender, None, Some(writer))
+    }
+
+    fn sink_of(&self, sender: &str, token: Option<&str>, writer: Option<&str>) -> GrpcSink {
         GrpcSink::new(GrpcSinkOptions {
             url: self.url.clone(),
             sender: sender.to_owned(),
@@ -150,6 +159,7 @@ impl Node {
             token: token.map(str::to_owned),
             ca_pem: None,
             protocol: self.protocol,
+            writer: writer.map(str::to_owned),
         })
         .unwrap()
     }
@@ -469,6 +479,7 @@ async fn the_sink_publishes_over_tls_to_a_receiver_with_a_certificate() {
             token: None,
             ca_pem: ca.map(|c| c.as_bytes().to_vec()),
             protocol: Protocol::Auto,
+            writer: None,
         })
         .unwrap()
     };

@@ -188,6 +188,7 @@ async fn a_receiver_that_never_answers_is_a_retryable_timeout_for_either_protoco
             token: None,
             ca_pem: None,
             protocol,
+            writer: None,
         })
         .unwrap();
         let started = std::time::Instant::now();
@@ -443,7 +444,10 @@ async fn a_receiver_whose_log_stores_json_decodes_protobuf_events_and_appends_th
         })
         .collect();
     let outcome = receiver
-        .submit_incoming("json-log", None, incoming)
+        .submit_incoming(
+            &omnirelay_replication_grpc::Sender::named("json-log", None),
+            incoming,
+        )
         .await
         .unwrap()
         .durable()
@@ -544,6 +548,93 @@ async fn each_stream_of_a_sink_has_its_own_mark_at_the_receiver() {
             (12, 8),
             "v2 {v2}"
         );
+        node.stop().await;
+    }
+}
+
+fn heartbeats(range: std::ops::RangeInclusive<i64>) -> Vec<omnirelay_replication::OwnedRecord> {
+    range.map(|s| on_stream("default", s)).collect()
+}
+
+/// Two writers (nodes) under one sender name: the receiver keeps one mark
+/// per name, so the second one's events below the first one's mark would
+/// be dropped as duplicates, in silence. The second is refused instead (a
+/// permanent error: the delivery engine dead-letters its events), unless
+/// it restarts its numbering, as a node whose log was lost does; then the
+/// first is refused. The writer behind a name survives a restart of the
+/// receiver. Senders that do not say who they are are not checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_under_one_sender_name_is_refused_not_dropped() {
+    for v2 in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::serve(dir.path(), None, v2).await;
+        let (a, b) = (
+            node.sink_as("edge", "node-a"),
+            node.sink_as("edge", "node-b"),
+        );
+        a.apply_owned(&heartbeats(1..=10)).await.unwrap();
+        let refused = b.apply_owned(&heartbeats(3..=5)).await.unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Rejected, "v2 {v2}: {refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("in use by another writer (node-a"),
+            "{refused}"
+        );
+        a.apply_owned(&heartbeats(11..=12)).await.unwrap();
+        // The other writer restarts its numbering: it takes the name over.
+        b.apply_owned(&heartbeats(1..=2)).await.unwrap();
+        let refused = a.apply_owned(&heartbeats(13..=13)).await.unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Rejected, "v2 {v2}: {refused}");
+        // A sender that does not say who it is: not checked.
+        node.sink("edge")
+            .apply_owned(&heartbeats(3..=3))
+            .await
+            .unwrap();
+        node.replicator.wait_caught_up().await;
+        let peers: Vec<String> = node
+            .received()
+            .iter()
+            .map(|e| e.peer_id.clone().unwrap())
+            .collect();
+        let expected: Vec<String> = (1..=12)
+            .chain(1..=3)
+            .map(|s| format!("default-{s}"))
+            .collect();
+        assert_eq!(peers, expected, "v2 {v2}");
+        // Saved with the marks (every second while the log moves), the
+        // writer behind the name outlives a restart of the receiver.
+        let marks = dir.path().join("receiver/default.marks.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&marks).is_ok_and(|m| m.contains("node-b")) {
+            assert!(std::time::Instant::now() < deadline, "no marks saved");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node.stop().await;
+        let node = Node::serve(dir.path(), None, v2).await;
+        let refused = node
+            .sink_as("edge", "node-a")
+            .apply_owned(&heartbeats(4..=4))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Rejected, "v2 {v2}: {refused}");
+        node.sink_as("edge", "node-b")
+            .apply_owned(&heartbeats(4..=4))
+            .await
+            .unwrap();
+        node.replicator.wait_caught_up().await;
+        assert_eq!(
+            node.replicator.last_sequence(&StreamId::default()),
+            16,
+            "v2 {v2}"
+        );
+        let received = node.received();
+        assert_eq!(
+            received.len(),
+            1,
+            "v2 {v2}: only b's event after the restart"
+        );
+        assert_eq!(received[0].peer_id.as_deref(), Some("default-4"));
         node.stop().await;
     }
 }

@@ -416,23 +416,26 @@ async fn call(
         }
         "lease" => {
             let owner = resolve_peer(request.peer_id.as_deref(), request_headers);
-            let wait = dispatcher.lease(owner.as_deref());
             let ttl = request_headers
                 .get(headers::TTL_MS)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
+            // The deadline bounds the wait for an item, not the grant: an
+            // item granted in time is answered, never left leased to
+            // nobody.
             let lease = match ttl {
-                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), wait)
-                    .await
-                    .map_err(|_| {
+                Some(ms) => dispatcher
+                    .lease_within(owner.as_deref(), Duration::from_millis(ms))
+                    .await?
+                    .ok_or_else(|| {
                         RpcError::new(
                             "DeadlineExceeded",
                             StatusCode::GATEWAY_TIMEOUT,
                             None,
                             format!("no item to lease within {ms} ms"),
                         )
-                    })??,
-                None => wait.await?,
+                    })?,
+                None => dispatcher.lease(owner.as_deref()).await?,
             };
             ok(&RpcResponse::Leased {
                 item: &lease.item,

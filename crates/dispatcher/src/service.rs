@@ -86,6 +86,18 @@ impl From<QueueError> for DispatchError {
     }
 }
 
+/// What one look at the queue gave a lease call.
+enum Attempt<'a> {
+    /// An item, leased (boxed: the wait is the common case of a long poll).
+    Granted(Box<Lease>),
+    /// Nothing to lease: wait for `changed`, or at most `wake` (a requeued
+    /// item's delay) when set.
+    Wait {
+        changed: tokio::sync::futures::Notified<'a>,
+        wake: Option<Duration>,
+    },
+}
+
 /// What `lease` hands a worker (the reference's lease response).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -408,48 +420,89 @@ impl Dispatcher {
     }
 
     /// Leases the next available item to `owner`, waiting for one (a long
-    /// poll: drop the future to give up).
+    /// poll: drop the future to give up; see [`Dispatcher::lease_within`]
+    /// for a bounded wait).
     ///
     /// # Errors
     ///
     /// A drained queue, or replication unavailable.
     pub async fn lease(&self, owner: Option<&str>) -> Result<Lease, DispatchError> {
         loop {
-            self.check()?;
-            let notified = self.changed.notified();
-            let mut state = self.state.lock().await;
-            let now = Timestamp::now();
-            if let Some(events) = state.decide_lease(owner, now)? {
-                let committed = self.commit(&mut state, events).await?;
-                let granted = committed
-                    .events()
-                    .first()
-                    .and_then(|e| e.ownership)
-                    .and_then(|handle| state.lease(&handle).cloned());
-                drop(state);
-                self.durable(committed).await?;
-                let lease = granted.ok_or_else(|| {
-                    DispatchError::Unavailable("the granted lease vanished".to_owned())
-                })?;
-                return Ok(Lease {
-                    handle: lease.handle,
-                    item: lease.item,
-                    owner: lease.owner,
-                });
-            }
-            // Nothing now: wait for a change, or for a requeued item's
-            // delay to pass.
-            let wake = state
-                .next_available(now)
-                .map(|at| at.saturating_duration_since(now));
-            drop(state);
-            match wake {
-                Some(delay) => {
-                    let _ = tokio::time::timeout(delay, notified).await;
-                }
-                None => notified.await,
+            match self.try_lease(owner).await? {
+                Attempt::Granted(lease) => return Ok(*lease),
+                Attempt::Wait { changed, wake } => match wake {
+                    Some(delay) => {
+                        let _ = tokio::time::timeout(delay, changed).await;
+                    }
+                    None => changed.await,
+                },
             }
         }
+    }
+
+    /// Leases the next available item to `owner`, waiting up to `within`
+    /// for one; `None` when none came. The bound is on the wait only: an
+    /// item granted in time is returned once its event is durable, however
+    /// long that takes. (Dropping a [`Dispatcher::lease`] future at a
+    /// deadline could drop it after the grant: the item would stay leased
+    /// to nobody until the lease expired.)
+    ///
+    /// # Errors
+    ///
+    /// A drained queue, or replication unavailable.
+    pub async fn lease_within(
+        &self,
+        owner: Option<&str>,
+        within: Duration,
+    ) -> Result<Option<Lease>, DispatchError> {
+        let deadline = tokio::time::Instant::now() + within.min(Duration::from_secs(24 * 3600));
+        loop {
+            match self.try_lease(owner).await? {
+                Attempt::Granted(lease) => return Ok(Some(*lease)),
+                Attempt::Wait { changed, wake } => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    let wait = wake.map_or(left, |wake| wake.min(left));
+                    let _ = tokio::time::timeout(wait, changed).await;
+                }
+            }
+        }
+    }
+
+    /// Grants `owner` the next available item if there is one, and waits
+    /// until the grant is durable (not to be cancelled once it granted);
+    /// otherwise says what to wait for.
+    async fn try_lease(&self, owner: Option<&str>) -> Result<Attempt<'_>, DispatchError> {
+        self.check()?;
+        let changed = self.changed.notified();
+        let mut state = self.state.lock().await;
+        let now = Timestamp::now();
+        if let Some(events) = state.decide_lease(owner, now)? {
+            let committed = self.commit(&mut state, events).await?;
+            let granted = committed
+                .events()
+                .first()
+                .and_then(|e| e.ownership)
+                .and_then(|handle| state.lease(&handle).cloned());
+            drop(state);
+            self.durable(committed).await?;
+            let lease = granted.ok_or_else(|| {
+                DispatchError::Unavailable("the granted lease vanished".to_owned())
+            })?;
+            return Ok(Attempt::Granted(Box::new(Lease {
+                handle: lease.handle,
+                item: lease.item,
+                owner: lease.owner,
+            })));
+        }
+        // Nothing now: wait for a change, or for a requeued item's delay
+        // to pass.
+        let wake = state
+            .next_available(now)
+            .map(|at| at.saturating_duration_since(now));
+        Ok(Attempt::Wait { changed, wake })
     }
 
     /// Completes the lease `handle`: `Completed`, then `Heartbeat`.

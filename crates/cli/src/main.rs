@@ -115,10 +115,20 @@ enum Command {
         json: bool,
     },
     /// Promote a standby: it stops following and serves as the dispatcher
-    /// with the queue its log holds.
+    /// with the queue its log holds. Refused while its primary still
+    /// serves it or while it is behind the primary's stream (after
+    /// waiting `--wait` seconds for that to pass), unless forced.
     Promote {
         #[command(flatten)]
         node: RemoteNode,
+        /// Promote even while the primary still serves, or with events of
+        /// the primary's stream not applied (they are lost to it).
+        #[arg(long)]
+        force: bool,
+        /// How long the standby waits for the promotion to become safe
+        /// (its primary noticed gone, its lag caught up).
+        #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+        wait: u64,
     },
     /// A dispatcher's dead-lettered items: list them, put them back in its
     /// queue once their cause is fixed, or discard them.
@@ -526,7 +536,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 caller,
             ))
         }
-        Command::Promote { node } => runtime()?.block_on(promote(&node)),
+        Command::Promote { node, force, wait } => runtime()?.block_on(promote(&node, force, wait)),
         Command::Log(LogCommand::Tail {
             data_dir,
             url,
@@ -578,20 +588,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn promote(node: &RemoteNode) -> anyhow::Result<ExitCode> {
+async fn promote(node: &RemoteNode, force: bool, wait: u64) -> anyhow::Result<ExitCode> {
+    let path = if force {
+        "/standby/promote?force=true".to_owned()
+    } else {
+        format!("/standby/promote?wait_ms={}", wait.saturating_mul(1000))
+    };
     let (target, answer) = node
         .call(
             "POST",
-            "/standby/promote",
+            &path,
             None,
-            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(wait.saturating_add(60)),
         )
         .await?;
-    let mut out = io::stdout().lock();
-    writeln!(out, "{}", answer.body.trim_end())?;
     if answer.status != 200 {
-        anyhow::bail!("{target} answered {}", answer.status);
+        anyhow::bail!(
+            "{target} answered {}: {}",
+            answer.status,
+            answer.body.trim_end()
+        );
     }
+    writeln!(io::stdout().lock(), "{}", answer.body.trim_end())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -477,7 +477,9 @@ async fn call(
 }
 
 /// A standby's HTTP surface: `GET /standby` (where it stands, JSON),
-/// `POST /standby/promote` (promote it), and the RPC — refused
+/// `POST /standby/promote` (promote it once safe, waiting up to 15 s, or
+/// `?wait_ms=N`, for that, else `409 Conflict` saying why; `?force=true`
+/// promotes at once whatever the hazard), and the RPC — refused
 /// (`Unavailable`) until promoted, then the dispatcher's.
 pub fn standby_router(standby: Arc<crate::Standby>) -> axum::Router {
     use axum::routing::{get, post};
@@ -518,14 +520,45 @@ async fn standby_status(State((standby, _)): State<StandbyState>) -> Response {
     axum::Json(status_json(&standby.status())).into_response()
 }
 
-async fn promote(State((standby, _)): State<StandbyState>) -> Response {
-    match standby.promote().await {
+/// The query of `POST /standby/promote`.
+#[derive(serde::Deserialize)]
+struct PromoteQuery {
+    /// Promote even when [`crate::Standby::promotion_hazard`] says it is
+    /// unsafe.
+    #[serde(default)]
+    force: bool,
+    /// How long to wait for a promotion to become safe, in milliseconds
+    /// (default [`PROMOTE_WAIT`]).
+    wait_ms: Option<u64>,
+}
+
+/// How long `POST /standby/promote` waits for a promotion to become safe
+/// by default: longer than a standby takes to notice a primary whose host
+/// went away (two unanswered keep-alive pings).
+pub const PROMOTE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn promote(
+    State((standby, _)): State<StandbyState>,
+    axum::extract::Query(query): axum::extract::Query<PromoteQuery>,
+) -> Response {
+    let promoted = if query.force {
+        standby.promote().await
+    } else {
+        let wait = query
+            .wait_ms
+            .map_or(PROMOTE_WAIT, std::time::Duration::from_millis);
+        standby.promote_when_safe(wait).await
+    };
+    match promoted {
         Ok(dispatcher) => {
             let stats = dispatcher.stats().await;
             let mut body = status_json(&standby.status());
             body["pendingCount"] = stats.pending.into();
             body["activeLeaseCount"] = stats.active.into();
             axum::Json(body).into_response()
+        }
+        Err(error) if error.kind() == omnirelay_replication::ErrorKind::Rejected => {
+            (StatusCode::CONFLICT, format!("{}\n", error.message())).into_response()
         }
         Err(error) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -52,6 +52,8 @@ pub struct Standby {
     status: StdMutex<StandbyStatus>,
     stop: watch::Sender<bool>,
     follower: StdMutex<Option<tokio::task::JoinHandle<()>>>,
+    /// It follows the primary itself ([`Standby::open`]), not a feed.
+    direct: bool,
     promoted: tokio::sync::OnceCell<Arc<Dispatcher>>,
 }
 
@@ -76,7 +78,7 @@ impl Standby {
         options: DispatcherOptions,
         primary: Connection,
     ) -> Result<Arc<Self>, Error> {
-        let standby = Self::open_fed(replicator, options, &primary.url).await?;
+        let standby = Self::build(replicator, options, &primary.url, true).await?;
         let follower = tokio::spawn(Self::follow(Arc::downgrade(&standby), primary));
         *lock(&standby.follower) = Some(follower);
         Ok(standby)
@@ -96,6 +98,18 @@ impl Standby {
         options: DispatcherOptions,
         following: &str,
     ) -> Result<Arc<Self>, Error> {
+        Self::build(replicator, options, following, false).await
+    }
+
+    /// A standby on `replicator` (its queue rebuilt from its log) that
+    /// follows nothing yet; `direct` when it will follow the primary
+    /// itself.
+    async fn build(
+        replicator: Arc<DurableReplicator<Event>>,
+        options: DispatcherOptions,
+        following: &str,
+        direct: bool,
+    ) -> Result<Arc<Self>, Error> {
         let state = crate::service::rebuild(&replicator, &options).await?;
         Ok(Arc::new(Self {
             status: StdMutex::new(StandbyStatus {
@@ -108,6 +122,7 @@ impl Standby {
             state: Mutex::new(state),
             stop: watch::Sender::new(false),
             follower: StdMutex::new(None),
+            direct,
             promoted: tokio::sync::OnceCell::new(),
         }))
     }
@@ -159,9 +174,70 @@ impl Standby {
         self.promoted.get().cloned()
     }
 
+    /// Why promoting it now would be unsafe, if it would: while it still
+    /// follows its primary itself, the primary is serving (two
+    /// dispatchers serving one queue diverge); while it is behind the
+    /// primary's stream (as last reported), promoting it would lose the
+    /// events it has not applied. `None` once promoted.
+    pub fn promotion_hazard(&self) -> Option<String> {
+        let status = self.status();
+        if status.promoted {
+            return None;
+        }
+        if self.direct && status.connected {
+            return Some(format!(
+                "it is still connected to its primary {}, which is serving: stop the primary \
+                 first (two dispatchers serving one queue diverge; a primary whose host went \
+                 away is noticed within 10 s)",
+                status.following
+            ));
+        }
+        let lag = status.lag_events();
+        (lag > 0).then(|| {
+            let remedy = match (&status.last_error, status.connected) {
+                (Some(error), _) => format!("it cannot follow on: {error}"),
+                (None, true) => {
+                    "it is catching up: promote it again once its lagEvents is 0".to_owned()
+                }
+                (None, false) => "bring its source back so that it catches up".to_owned(),
+            };
+            format!(
+                "it has applied the primary's stream through sequence {} of {}: promoted now, \
+                 it would lose the {lag} events after it ({remedy})",
+                status.applied, status.primary_head
+            )
+        })
+    }
+
+    /// [`Standby::promote`] once it is safe ([`Standby::promotion_hazard`]
+    /// is `None`), waiting up to `wait` for that (the subscription to a
+    /// primary just stopped takes a moment to end; a standby fed from the
+    /// bus catches up).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] with the hazard when it is still there
+    /// after `wait` (an hour at most); as [`Standby::promote`].
+    pub async fn promote_when_safe(&self, wait: Duration) -> Result<Arc<Dispatcher>, Error> {
+        let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(3600));
+        while let Some(hazard) = self.promotion_hazard() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "not promoted: {hazard}; or force the promotion (omnirelay promote --force)"
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.promote().await
+    }
+
     /// Stops following and starts serving as a dispatcher with the queue
-    /// the followed stream determines. Promoting again returns the same
-    /// dispatcher.
+    /// the followed stream determines, whatever
+    /// [`Standby::promotion_hazard`] says. Promoting again returns the
+    /// same dispatcher.
     ///
     /// # Errors
     ///

@@ -12,6 +12,16 @@ use crate::receiver::request;
 use crate::v2::replication_client::ReplicationClient;
 use crate::v2::{PayloadFormat, SubscribeBatch, SubscribeRequest};
 
+/// How often an open connection is checked with an HTTP/2 ping, even
+/// while no call is under way: a peer whose host went away without closing
+/// its connections (a crash, a power loss, a partition) is otherwise never
+/// noticed by a call that only waits, such as a `Subscribe` to an idle
+/// node.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered before the connection is dropped
+/// (its calls then fail, retryably).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How to reach a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connection {
@@ -38,7 +48,9 @@ impl Connection {
     }
 
     /// A channel that connects on first use (a node that is down is then a
-    /// retryable failure of that call). Call it inside a Tokio runtime.
+    /// retryable failure of that call), and pings the node while connected
+    /// ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]). Call it inside a
+    /// Tokio runtime.
     ///
     /// # Errors
     ///
@@ -47,7 +59,10 @@ impl Connection {
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| Error::new(ErrorKind::Config, format!("grpc: url {:?}: {e}", self.url)))?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         if self.url.starts_with("https://") {
             let tls = match &self.ca_pem {
                 Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),

@@ -531,3 +531,47 @@ async fn dead_letters_are_purged_over_http() {
     let stats = dispatcher.stats().await;
     assert_eq!((stats.pending, stats.active), (0, 0));
 }
+
+/// `POST /standby/promote` over a real socket: a standby behind the
+/// primary's stream is not promoted (409, the reason, the standby
+/// untouched) unless forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_promotion_is_refused_over_http_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = Arc::new(
+        DurableReplicator::open(
+            Arc::new(ResourceLeaseCodec),
+            DurableOptions::new(dir.path()),
+        )
+        .await
+        .unwrap(),
+    );
+    let standby =
+        omnirelay_dispatcher::Standby::open_fed(replicator, DispatcherOptions::default(), "bus")
+            .await
+            .unwrap();
+    // Its source says the primary's stream is at 10; it has nothing.
+    standby.report_upstream(false, Some(10), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let app = http::standby_router(standby.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let refused = send(&address, "POST /standby/promote?wait_ms=50", None, &[], "").await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let why = refused.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        why.contains("through sequence 0 of 10: promoted now, it would lose the 10 events"),
+        "{why}"
+    );
+    assert!(why.contains("force"), "{why}");
+    assert!(!standby.is_promoted());
+    let bad = send(&address, "POST /standby/promote?force=maybe", None, &[], "").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(!standby.is_promoted());
+
+    let forced = send(&address, "POST /standby/promote?force=true", None, &[], "").await;
+    assert_eq!(forced.status, 200, "{}", forced.body);
+    assert_eq!(forced.body["role"], "dispatcher");
+    assert!(standby.is_promoted());
+}

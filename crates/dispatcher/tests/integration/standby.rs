@@ -87,6 +87,19 @@ async fn a_standby_mirrors_the_primary_and_takes_over_with_its_queue() {
     assert!(status.connected);
     assert_eq!((status.primary_head, status.lag_events()), (head, 0));
     assert_eq!(standby.snapshot().await, primary.snapshot().await);
+    // While the primary serves, promoting would make two dispatchers of
+    // one queue: refused, unless forced.
+    let hazard = standby.promotion_hazard().unwrap_or_default();
+    assert!(
+        hazard.contains("still connected to its primary"),
+        "{hazard}"
+    );
+    let refused = standby
+        .promote_when_safe(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+    assert!(!standby.status().promoted);
 
     // The primary goes away; the standby is promoted with the same queue.
     let before = primary.snapshot().await;
@@ -94,8 +107,12 @@ async fn a_standby_mirrors_the_primary_and_takes_over_with_its_queue() {
     server.await.unwrap();
     drop(primary);
     primary_log.close().await.unwrap();
-    let dispatcher = standby.promote().await.unwrap();
+    let dispatcher = standby
+        .promote_when_safe(Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(standby.status().promoted);
+    assert_eq!(standby.promotion_hazard(), None);
     assert_eq!(dispatcher.snapshot().await, before);
     assert_eq!(standby_log.last_sequence(&stream), head);
     // Work goes on: the lease held across the failover completes, the
@@ -210,6 +227,20 @@ async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_prom
     let next = v1.iter().position(|r| r.sequence() == 7).unwrap();
     let wrong = apply(&feed, &v1[next..=next]).await.unwrap_err();
     assert_eq!(wrong.kind(), ErrorKind::Config, "{wrong}");
+    // Behind the stream as its source reports it, promoting would lose
+    // what it has not applied: refused, unless forced.
+    standby.report_upstream(false, Some(head), None);
+    let refused = standby
+        .promote_when_safe(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+    let expected = format!(
+        "through sequence 6 of {head}: promoted now, it would lose the {} events",
+        head - 6
+    );
+    assert!(refused.to_string().contains(&expected), "{refused}");
+    assert!(!standby.is_promoted());
     apply(&feed, &fed[6..]).await.unwrap();
     standby.report_upstream(true, Some(head), None);
     let status = standby.status();
@@ -222,7 +253,10 @@ async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_prom
 
     // Promoted, it serves that queue and takes nothing more from the feed.
     let before = primary.snapshot().await;
-    let dispatcher = standby.promote().await.unwrap();
+    let dispatcher = standby
+        .promote_when_safe(Duration::from_millis(100))
+        .await
+        .unwrap();
     assert!(standby.is_promoted());
     assert_eq!(dispatcher.snapshot().await, before);
     primary.enqueue(payload("e"), Some("seeder")).await.unwrap();

@@ -78,19 +78,25 @@ fn stop(mut child: KillOnDrop) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
-#[test]
-fn heavy_a_receiver_takes_events_from_publishers_and_serves_subscribe_on_one_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver_dir = dir.path().join("receiver");
-    let (receiver, address, mut receiver_err) = spawn_listening(&[
+/// `omnirelay serve --role receiver` on embedded defaults with its data in
+/// `dir`, once it listens: the process, its address and its stderr.
+fn spawn_receiver(dir: &Path) -> (KillOnDrop, String, BufReader<std::process::ChildStderr>) {
+    spawn_listening(&[
         "serve",
         "--role",
         "receiver",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
-        dir_arg(&receiver_dir),
-    ]);
+        dir_arg(dir),
+    ])
+}
+
+#[test]
+fn heavy_a_receiver_takes_events_from_publishers_and_serves_subscribe_on_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver_dir = dir.path().join("receiver");
+    let (receiver, address, mut receiver_err) = spawn_receiver(&receiver_dir);
     let url = format!("http://{address}");
     let mut ready = String::new();
     receiver_err.read_line(&mut ready).unwrap();
@@ -328,15 +334,7 @@ struct TwoSenders {
 impl TwoSenders {
     fn run(settings: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (receiver, address, _receiver_err) = spawn_listening(&[
-            "serve",
-            "--role",
-            "receiver",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir_arg(&dir.path().join("receiver")),
-        ]);
+        let (receiver, address, _receiver_err) = spawn_receiver(&dir.path().join("receiver"));
         let mut configs = Vec::new();
         for node in ["a", "b"] {
             let node_dir = dir.path().join(node);

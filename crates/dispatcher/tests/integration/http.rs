@@ -538,14 +538,7 @@ async fn dead_letters_are_purged_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsafe_promotion_is_refused_over_http_unless_forced() {
     let dir = tempfile::tempdir().unwrap();
-    let replicator = Arc::new(
-        DurableReplicator::open(
-            Arc::new(ResourceLeaseCodec),
-            DurableOptions::new(dir.path()),
-        )
-        .await
-        .unwrap(),
-    );
+    let replicator = crate::support::log(dir.path()).await;
     let standby =
         omnirelay_dispatcher::Standby::open_fed(replicator, DispatcherOptions::default(), "bus")
             .await

@@ -29,7 +29,7 @@ pub struct Recovery {
     /// Files removed because they held nothing readable (a segment whose
     /// creation a crash interrupted).
     pub removed_files: Vec<PathBuf>,
-    /// The sequence the log started after ([`Disk::start_after`], kept in
+    /// The sequence the log started after ([`crate::log::StreamLog::start_after`], kept in
     /// `stream.json`); 0 for a log that started at 1.
     pub started_after: u64,
 }

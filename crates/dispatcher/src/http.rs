@@ -517,7 +517,10 @@ async fn standby_dead_letters(State((standby, _)): State<StandbyState>) -> Respo
 }
 
 async fn standby_status(State((standby, _)): State<StandbyState>) -> Response {
-    axum::Json(status_json(&standby.status())).into_response()
+    let mut body = status_json(&standby.status());
+    // Why `POST /standby/promote` would refuse now (null: it would not).
+    body["promotionHazard"] = standby.promotion_hazard().into();
+    axum::Json(body).into_response()
 }
 
 /// The query of `POST /standby/promote`.

@@ -570,7 +570,10 @@ fn standby_takes_over(primary_extra: &[&str], follow: &dyn Fn(&str) -> String) {
         assert!(said.contains("still connected to its primary"), "{said}");
         assert!(said.contains("force"), "{said}");
         let (_, body) = http_get(&standby_at, "/standby").unwrap();
-        assert!(body.contains(r#""role":"standby""#), "{body}");
+        let status: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["role"], "standby", "{body}");
+        let hazard = status["promotionHazard"].as_str().unwrap_or_default();
+        assert!(hazard.contains("still connected to its primary"), "{body}");
         // The primary's host goes away without closing its connections
         // (the process stopped, not killed): the standby's keep-alive
         // pings go unanswered, it notices within 10 s, and the promotion

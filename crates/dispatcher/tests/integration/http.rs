@@ -550,6 +550,13 @@ async fn an_unsafe_promotion_is_refused_over_http_unless_forced() {
     let app = http::standby_router(standby.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    let status = send(&address, "GET /standby", None, &[], "").await;
+    let hazard = status.body["promotionHazard"].as_str().unwrap_or_default();
+    assert!(
+        hazard.contains("would lose the 10 events"),
+        "{}",
+        status.body
+    );
     let refused = send(&address, "POST /standby/promote?wait_ms=50", None, &[], "").await;
     assert_eq!(refused.status, 409, "{}", refused.body);
     let why = refused.body.as_str().unwrap_or_default().to_owned();
@@ -567,4 +574,6 @@ async fn an_unsafe_promotion_is_refused_over_http_unless_forced() {
     assert_eq!(forced.status, 200, "{}", forced.body);
     assert_eq!(forced.body["role"], "dispatcher");
     assert!(standby.is_promoted());
+    let status = send(&address, "GET /standby", None, &[], "").await;
+    assert!(status.body["promotionHazard"].is_null(), "{}", status.body);
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::delivery::driver::{Driver, DriverShared};
+use crate::delivery::driver::{Driver, DriverShared, Start};
 use crate::delivery::{
     CheckpointStore, DeadLetterLog, FileCheckpointStore, SinkOptions, SinkSnapshot, WhenFull,
 };
@@ -606,11 +606,30 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             advanced: Notify::new(),
             recovery,
         });
+        // Where every sink starts, before the stream opens: a sink that
+        // cannot work (misconfigured, or its backend holds another node's
+        // stream) keeps the stream closed, so that no publish is accepted
+        // that the sink would never get.
+        let mut starts = Vec::with_capacity(registrations.len());
+        for (registration, answer) in registrations.iter().zip(answers) {
+            match self.driver_start(&state, registration, answer).await {
+                Ok(start) => starts.push(start),
+                Err(err) => {
+                    let log = state.clone();
+                    if let Ok(Err(closed)) =
+                        tokio::task::spawn_blocking(move || log.log.close()).await
+                    {
+                        tracing::warn!(stream = %id, error = %closed, "closing the log of a stream that could not open");
+                    }
+                    return Err(err);
+                }
+            }
+        }
         lock(&self.inner.streams).insert(id.clone(), state.clone());
         let delivery = tokio::spawn(run_drivers(drivers_rx, self.inner.shutdown.subscribe()));
         lock(&self.inner.tasks).push(delivery);
-        for (registration, answer) in registrations.iter().zip(answers) {
-            self.start_driver(&state, registration, answer).await?;
+        for (registration, start) in registrations.iter().zip(starts) {
+            self.launch_driver(&state, registration, start)?;
         }
         Ok(state)
     }
@@ -644,36 +663,66 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             }
             sinks.push(registration.clone());
         }
-        let streams: Vec<_> = lock(&self.inner.streams).values().cloned().collect();
-        for state in streams {
-            if registration.options.receives(&state.id) {
-                self.start_driver(&state, &registration, None).await?;
+        let streams: Vec<_> = lock(&self.inner.streams)
+            .values()
+            .filter(|state| registration.options.receives(&state.id))
+            .cloned()
+            .collect();
+        // Where it starts in every stream before it starts in any: a sink
+        // that cannot work is not added at all.
+        let mut starts = Vec::with_capacity(streams.len());
+        for state in &streams {
+            match self.driver_start(state, &registration, None).await {
+                Ok(start) => starts.push(start),
+                Err(err) => {
+                    lock(&self.inner.sinks).retain(|s| !Arc::ptr_eq(s, &registration));
+                    return Err(err);
+                }
             }
+        }
+        for (state, start) in streams.iter().zip(starts) {
+            self.launch_driver(state, &registration, start)?;
         }
         Ok(())
     }
 
-    async fn start_driver(
+    /// Where `registration`'s driver of `state` starts: the sink's answer
+    /// (`answered`, or asked now), else its saved checkpoint.
+    async fn driver_start(
         &self,
         state: &Arc<StreamState<E>>,
         registration: &Registration,
         answered: Option<Result<Option<u64>, SinkError>>,
-    ) -> Result<(), Error> {
-        let store = state
-            .log
-            .options()
-            .durability
-            .is_persistent()
-            .then(|| self.inner.store.clone());
-        let start = Driver::<E>::starting_cursor(
+    ) -> Result<Start, Error> {
+        Driver::<E>::starting_cursor(
             &registration.sink,
             answered,
-            store.as_ref(),
+            self.checkpoint_store(state).as_ref(),
             state,
             &registration.name,
             registration.options.start,
         )
-        .await?;
+        .await
+    }
+
+    /// The store of saved sink checkpoints, for a persistent log.
+    fn checkpoint_store(&self, state: &StreamState<E>) -> Option<Arc<dyn CheckpointStore>> {
+        state
+            .log
+            .options()
+            .durability
+            .is_persistent()
+            .then(|| self.inner.store.clone())
+    }
+
+    /// Starts `registration`'s driver of `state` at `start`.
+    fn launch_driver(
+        &self,
+        state: &Arc<StreamState<E>>,
+        registration: &Registration,
+        start: Start,
+    ) -> Result<(), Error> {
+        let store = self.checkpoint_store(state);
         let shared = Arc::new(DriverShared::new(
             state.id.clone(),
             registration.name.clone(),

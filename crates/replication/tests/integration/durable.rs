@@ -241,6 +241,56 @@ async fn a_sink_that_cannot_say_its_checkpoint_at_start_is_retried_not_fatal() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
+    let names: Vec<String> = replicator
+        .sink_snapshots()
+        .await
+        .into_iter()
+        .map(|s| s.sink)
+        .collect();
+    assert_eq!(names, ["down"], "a sink that cannot start is not added");
+    // Nor does it hold up a stream opened later.
+    let other = StreamId::new("other").unwrap();
+    omnirelay_replication::Replicator::publish_to(&replicator, &other, Note::new("x"))
+        .await
+        .unwrap();
+    replicator.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_opens_only_once_every_sink_can_start_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::None).await;
+    let healthy = MemorySink::new();
+    replicator
+        .add_sink("healthy", healthy.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    let misconfigured = FaultySink::new();
+    misconfigured.keep_checkpoint(0);
+    misconfigured.fail_with(ErrorKind::Config);
+    replicator
+        .add_sink(
+            "misconfigured",
+            misconfigured.clone().shared(),
+            sink_options(),
+        )
+        .await
+        .unwrap();
+    // Before, the first publish failed and the stream opened regardless,
+    // without the sink, which then never got a thing.
+    for _ in 0..3 {
+        let err = omnirelay_replication::ReplicatorExt::publish(&replicator, Note::new("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error().kind(), ErrorKind::Config, "{err}");
+    }
+    assert!(replicator.sink_snapshots().await.is_empty());
+    misconfigured.heal();
+    assert_eq!(publish(&replicator, 4).await, [1, 2, 3, 4]);
+    wait_for(&replicator, "misconfigured", 4).await;
+    wait_for(&replicator, "healthy", 4).await;
+    assert_eq!(misconfigured.sequences(), [1, 2, 3, 4]);
+    assert_eq!(healthy.len(), 4);
     replicator.close().await.unwrap();
 }
 

@@ -233,12 +233,34 @@ impl Inner {
         let path = ObjectPath::from(key.as_str());
         match self
             .store
-            .put_opts(&path, PutPayload::from_bytes(body), options)
+            .put_opts(&path, PutPayload::from_bytes(body.clone()), options)
             .await
         {
-            // Written by an earlier attempt whose answer was lost: the
-            // same sequence is the same event.
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) => Ok(()),
+            // Written by an earlier attempt whose answer was lost, or by a
+            // standby writing the same stream: the same events. Or by
+            // another log numbered alike: taking its object for ours would
+            // lose our event in silence.
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let held = self
+                    .store
+                    .get(&path)
+                    .await
+                    .map_err(|e| store_error(&format!("read {key}"), e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| store_error(&format!("read {key}"), e))?;
+                if same_events(&held, &body) {
+                    Ok(())
+                } else {
+                    Err(Error::new(
+                        ErrorKind::Config,
+                        format!(
+                            "object {key} already holds other events under the same sequences: another log writes this stream under this prefix (another node, or this node before its data was lost); give each node its own prefix"
+                        ),
+                    ))
+                }
+            }
             Err(e) => Err(store_error(&format!("write {key}"), e)),
         }
     }
@@ -442,5 +464,63 @@ impl Sink for ObjectStoreSink {
 
     fn health(&self) -> Health {
         self.inner.health.get()
+    }
+}
+
+/// Whether two objects hold the same events: the same bytes, or, line by
+/// line, events with the same `sequenceNumber` and `timestamp` (one event
+/// encoded again, in another schema version say). Two logs number their
+/// events alike, but do not stamp them alike.
+fn same_events(held: &[u8], ours: &[u8]) -> bool {
+    if held == ours {
+        return true;
+    }
+    let lines = |bytes: &[u8]| -> Vec<Vec<u8>> {
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    let (held, ours) = (lines(held), lines(ours));
+    held.len() == ours.len() && held.iter().zip(&ours).all(|(a, b)| same_event(a, b))
+}
+
+/// Whether two JSON events are one: the same bytes, or the same
+/// `sequenceNumber` and `timestamp`, both present.
+fn same_event(a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    let identity = |bytes: &[u8]| {
+        let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let sequence = value.get("sequenceNumber")?.as_u64()?;
+        let timestamp = value.get("timestamp")?.as_str()?.to_owned();
+        Some((sequence, timestamp))
+    };
+    matches!((identity(a), identity(b)), (Some(x), Some(y)) if x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_event_in_two_encodings_is_the_same_and_another_logs_is_not() {
+        let v1 = br#"{"sequenceNumber":3,"eventType":"Heartbeat","timestamp":"2026-01-01T00:00:00.1234567+00:00"}"#;
+        let v2 = br#"{"schemaVersion":2,"sequenceNumber":3,"eventType":"Heartbeat","timestamp":"2026-01-01T00:00:00.1234567+00:00","streamId":"default"}"#;
+        let other = br#"{"sequenceNumber":3,"eventType":"Heartbeat","timestamp":"2026-01-01T00:00:00.1234999+00:00"}"#;
+        assert!(same_events(v1, v1));
+        assert!(same_events(v1, v2));
+        assert!(!same_events(v1, other));
+        // Without the fields, only the same bytes are the same event.
+        assert!(same_events(b"{}", b"{}"));
+        assert!(!same_events(br#"{"a":1}"#, br#"{"a":2}"#));
+        assert!(!same_events(b"not json", b"not json either"));
+        // Segments, line by line.
+        let segment = |lines: &[&[u8]]| lines.join(&b'\n');
+        assert!(same_events(&segment(&[v1, v1]), &segment(&[v2, v1])));
+        assert!(!same_events(&segment(&[v1, v1]), &segment(&[v1, other])));
+        assert!(!same_events(&segment(&[v1, v1]), &segment(&[v1])));
     }
 }

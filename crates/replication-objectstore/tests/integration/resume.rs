@@ -9,7 +9,7 @@ use futures::TryStreamExt as _;
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use omnirelay_replication::{
-    BatchOptions, DurableOptions, DurableReplicator, Encoding, MemorySink, OwnedRecord,
+    BatchOptions, DurableOptions, DurableReplicator, Encoding, ErrorKind, MemorySink, OwnedRecord,
     ReplicatorExt as _, RetryPolicy, Sink, SinkExt, SinkOptions, StreamId,
 };
 use omnirelay_replication_objectstore::{
@@ -94,10 +94,21 @@ async fn default_prefix_restart_overwrites_nothing(
         .unwrap();
     let misled = ObjectStoreSink::new(store.clone(), options).unwrap();
     assert_eq!(misled.checkpoint(&stream).await.unwrap(), None);
-    misled
-        .apply_owned(&impostors(&stream, 1..=8))
+    // Other events under sequences the prefix holds (another log's) are
+    // refused, not taken for written: that lost them in silence.
+    let err = misled
+        .apply_owned(&impostors(&stream, 1..=7))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.error().kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.to_string().contains("already holds other events"),
+        "{err}"
+    );
+    assert_eq!(err.applied_through_sequence(), None);
+    // The same events again (a retry, a standby writing the same stream)
+    // are written already.
+    misled.apply_owned(&records(&stream, 1..=8)).await.unwrap();
     let last = stored(store.as_ref(), "resourcelease/").await;
     assert_eq!(&last[..7], &after[..], "nothing was overwritten");
     assert_eq!(last.len(), 8);

@@ -175,6 +175,12 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         .clone()
         .context("serve needs an address to listen on: --listen HOST:PORT (or server.listen)")?;
     let _data_dir = node::lock_data_dir(&valid.data_dir)?;
+    if role == Role::Standby {
+        // Its stream comes numbered by the primary's log, and a sink it
+        // shares with the primary (an archive, a bus subject) holds that
+        // log's records: the standby's log must not number after them.
+        valid.durable.replicas.push(stream.clone());
+    }
     let bound = Bound::bind(&listen, &valid).await?;
     let metrics = node::install_metrics()?;
     let replicator = Arc::new(

@@ -223,7 +223,81 @@ fn heavy_with_a_token_the_rpc_wants_it_and_metrics_do_not() {
 
 #[test]
 fn heavy_a_standby_follows_the_primary_and_takes_over_when_promoted() {
-    standby_takes_over(&[], &|primary_at| format!("http://{primary_at}"));
+    standby_takes_over(
+        &[],
+        &|primary_at| format!("http://{primary_at}"),
+        &[],
+        &|| {},
+    );
+}
+
+#[test]
+fn heavy_a_standby_sharing_its_primarys_archive_gets_the_whole_queue() {
+    // One configuration for both nodes (an ordinary deployment): both
+    // archive to one object-store prefix. The standby starts once the
+    // archive holds the primary's seven events; before, its empty log
+    // numbered after the archive's seven, it followed the primary from
+    // the eighth, and promoted it had none of the queue.
+    let store = tempfile::tempdir().unwrap();
+    let archive = store.path().join("archive");
+    let config = store.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[replication.sinks.archive]\ntype = \"object_store\"\n\
+             [replication.sinks.archive.settings]\nroot = \"{}\"\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    let objects = || -> Vec<Value> {
+        let mut names: Vec<_> = std::fs::read_dir(archive.join("resourcelease"))
+            .map(|dir| {
+                dir.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".json"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .map(|n| {
+                serde_json::from_slice(
+                    &std::fs::read(archive.join("resourcelease").join(n)).unwrap(),
+                )
+                .unwrap()
+            })
+            .collect()
+    };
+    let archived_by_primary = std::cell::RefCell::new(Vec::new());
+    let wait_for_archive = || {
+        for _ in 0..500 {
+            if objects().len() == 7 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(objects().len(), 7);
+        *archived_by_primary.borrow_mut() = objects();
+    };
+    let with_config = ["--config", dir_arg(&config)];
+    standby_takes_over(
+        &with_config,
+        &|primary_at| format!("http://{primary_at}"),
+        &with_config,
+        &wait_for_archive,
+    );
+    // The archive holds the primary's events, untouched, and the promoted
+    // standby's after them.
+    let archived = objects();
+    assert_eq!(archived.len(), 10, "{archived:?}");
+    assert_eq!(&archived[..7], &archived_by_primary.borrow()[..]);
+    let sequences: Vec<u64> = archived
+        .iter()
+        .map(|e| e["sequenceNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, (1..=10).collect::<Vec<_>>());
 }
 
 /// A `nats-server` with its store in `dir`, its URL, and a configuration
@@ -259,7 +333,12 @@ fn heavy_a_standby_follows_the_bus_and_takes_over_when_promoted() {
         "stream = \"FAILOVER\"",
     );
     let follow = format!("{bus}?stream=FAILOVER&durable=standby-1");
-    standby_takes_over(&["--config", dir_arg(&config)], &|_| follow.clone());
+    standby_takes_over(
+        &["--config", dir_arg(&config)],
+        &|_| follow.clone(),
+        &[],
+        &|| {},
+    );
     let _ = nats.kill();
     let _ = nats.wait();
 }
@@ -496,7 +575,16 @@ fn a_standby_refuses_a_bus_address_it_cannot_follow_before_it_starts() {
 /// lease and a held one; a standby following `follow(primary address)`
 /// catches up; the primary is killed, the standby promoted, and it carries
 /// on with the same queue and numbering.
-fn standby_takes_over(primary_extra: &[&str], follow: &dyn Fn(&str) -> String) {
+/// A primary started with `primary_extra`, a standby following it at
+/// `follow(primary's address)` with `standby_extra`, started once
+/// `before_standby` returns: the standby catches up, is promoted only once
+/// the primary is gone, and serves the same queue, numbering on.
+fn standby_takes_over(
+    primary_extra: &[&str],
+    follow: &dyn Fn(&str) -> String,
+    standby_extra: &[&str],
+    before_standby: &dyn Fn(),
+) {
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mut primary, primary_at, _) = start(primary_dir.path(), primary_extra);
     for _ in 0..3 {
@@ -527,6 +615,7 @@ fn standby_takes_over(primary_extra: &[&str], follow: &dyn Fn(&str) -> String) {
     );
 
     let primary_url = follow(&primary_at);
+    before_standby();
     let mut args = vec!["serve", "--role", "standby", "--follow", &primary_url];
     args.extend([
         "--listen",
@@ -534,6 +623,7 @@ fn standby_takes_over(primary_extra: &[&str], follow: &dyn Fn(&str) -> String) {
         "--data-dir",
         dir_arg(standby_dir.path()),
     ]);
+    args.extend_from_slice(standby_extra);
     let (mut standby, standby_at, mut stderr) = spawn_listening(&args);
     let line = said(&mut stderr);
     assert!(line.contains(&format!("following {primary_url}")), "{line}");

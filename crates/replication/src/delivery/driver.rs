@@ -201,6 +201,12 @@ pub(crate) struct Driver<E> {
     /// another node writes the same stream to it). The log's own records
     /// with these sequences are dead-lettered, never taken for the sink's.
     pub(crate) conflict_through: u64,
+    /// The same for a replica's stream ([`DurableOptions::replicas`]): the
+    /// sink's records up to here are the log's own, written from the
+    /// primary's; the log's records up to here are skipped for it.
+    ///
+    /// [`DurableOptions::replicas`]: crate::DurableOptions::replicas
+    pub(crate) held_through: u64,
 }
 
 /// A run of records to deliver.
@@ -239,6 +245,8 @@ pub(crate) struct Start {
     needs_sink_checkpoint: Option<Error>,
     /// See [`Driver::conflict_through`].
     conflict_through: u64,
+    /// See [`Driver::held_through`].
+    held_through: u64,
 }
 
 impl Start {
@@ -247,6 +255,7 @@ impl Start {
             cursor,
             needs_sink_checkpoint: None,
             conflict_through: 0,
+            held_through: 0,
         }
     }
 
@@ -258,7 +267,14 @@ impl Start {
         self.cursor = self.cursor.max(stream.log.started_after());
         let last = stream.log.last_sequence();
         // Past any sequence a log hands out: the sink wants none.
-        if self.cursor > last && self.cursor <= Sequencer::MAX {
+        if self.cursor > last && self.cursor <= Sequencer::MAX && stream.replica {
+            tracing::info!(
+                stream = %stream.id, sink, checkpoint = self.cursor, log = last,
+                "a sink of a replica holds records the log has not reached yet; they are skipped for it"
+            );
+            self.held_through = self.cursor;
+            self.cursor = last;
+        } else if self.cursor > last && self.cursor <= Sequencer::MAX {
             tracing::error!(
                 stream = %stream.id, sink, checkpoint = self.cursor, log = last,
                 "a sink holds records past the log's last; the log's records up to its checkpoint go to its dead letters"
@@ -322,6 +338,7 @@ impl<E: ReplicationEvent> Driver<E> {
             cursor: fallback,
             needs_sink_checkpoint: unanswered,
             conflict_through: 0,
+            held_through: 0,
         }
         .within(stream, sink_name))
     }
@@ -351,6 +368,7 @@ impl<E: ReplicationEvent> Driver<E> {
                     let start = Start::at(mark.unwrap_or_else(|| self.shared.cursor()))
                         .within(&self.stream, &self.shared.sink);
                     self.conflict_through = start.conflict_through;
+                    self.held_through = start.held_through;
                     self.heal(start.cursor);
                     return Ok(());
                 }
@@ -361,6 +379,7 @@ impl<E: ReplicationEvent> Driver<E> {
 
     pub(crate) async fn run(mut self, start: Start) {
         self.conflict_through = start.conflict_through;
+        self.held_through = start.held_through;
         if let Some(error) = start.needs_sink_checkpoint
             && self.resolve_sink_checkpoint(error).await.is_err()
         {
@@ -637,6 +656,7 @@ impl<E: ReplicationEvent> Driver<E> {
                             Some(Ok(record)) if record.sequence() <= self.conflict_through => {
                                 letters.push(self.letter(&record, &self.conflict()));
                             }
+                            Some(Ok(record)) if record.sequence() <= self.held_through => {}
                             Some(Ok(record)) => records.push(record),
                             Some(Err(err)) if err.kind() == CodecErrorKind::Unrepresentable => {
                                 self.shared.counters().skipped += 1;

@@ -51,6 +51,14 @@ pub struct DurableOptions {
     pub ack: Ack,
     /// The clock that stamps events.
     pub clock: fn() -> Timestamp,
+    /// Streams this node keeps as a replica of another node's log (a
+    /// standby's): their records come numbered by that log
+    /// ([`DurableReplicator::submit_replicated`]). A sink that holds
+    /// records this log has not reached yet holds that log's (a backend
+    /// the standby shares with its primary): the log does not number after
+    /// them, and the sink's driver skips those records for it instead of
+    /// dead-lettering them as another log's.
+    pub replicas: Vec<StreamId>,
 }
 
 impl DurableOptions {
@@ -64,6 +72,7 @@ impl DurableOptions {
             log_format: Format::Protobuf,
             ack: Ack::Durable,
             clock: Timestamp::now,
+            replicas: Vec::new(),
         }
     }
 }
@@ -136,6 +145,8 @@ pub(crate) struct StreamState<E> {
     /// Hands new drivers to the stream's delivery task.
     drivers_tx: tokio::sync::mpsc::UnboundedSender<crate::sink::BoxFuture<'static, ()>>,
     recovery: Recovery,
+    /// Kept as a replica of another node's log ([`DurableOptions::replicas`]).
+    pub(crate) replica: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -558,6 +569,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "log open task failed").with_source(e))??;
         let mut last = recovery.last_sequence;
+        let replica = self.inner.options.replicas.contains(id);
         let registrations: Vec<_> = lock(&self.inner.sinks)
             .iter()
             .filter(|registration| registration.options.receives(id))
@@ -567,7 +579,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         // empty, else when its driver starts.
         let mut answers: Vec<Option<Result<Option<u64>, SinkError>>> =
             registrations.iter().map(|_| None).collect();
-        if last == 0 {
+        if last == 0 && !replica {
             // A log that never numbered a record, while sinks hold records
             // of the stream: a `memory` log restarted, or the node's files
             // lost. Its numbering continues after them, so that no new
@@ -605,6 +617,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             holds: Mutex::new(Vec::new()),
             advanced: Notify::new(),
             recovery,
+            replica,
         });
         // Where every sink starts, before the stream opens: a sink that
         // cannot work (misconfigured, or its backend holds another node's
@@ -746,6 +759,7 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             shutdown: self.inner.shutdown.subscribe(),
             seed: self.inner.seed.fetch_add(1, Ordering::Relaxed),
             conflict_through: 0,
+            held_through: 0,
         };
         if state.drivers_tx.send(Box::pin(driver.run(start))).is_err() {
             return Err(Error::new(ErrorKind::Closed, "the replicator is closed"));

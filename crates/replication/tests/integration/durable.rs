@@ -1182,6 +1182,84 @@ async fn numbering_continues_after_a_sink_that_outlived_the_log() {
 /// log's records with those sequences are not the sink's, so they are
 /// dead-lettered, never skipped as if the sink had them, and never
 /// refused by the log; delivery goes on after them.
+/// Notes numbered and stamped as another node's log did.
+fn numbered(range: std::ops::RangeInclusive<u64>) -> Vec<Note> {
+    range
+        .map(|sequence| {
+            let mut note = Note::new(&format!("n{sequence}"));
+            note.sequence = sequence;
+            note.timestamp = omnirelay_replication::Timestamp::from_unix_millis(
+                1_700_000_000_000 + i64::try_from(sequence).unwrap(),
+            )
+            .unwrap();
+            note
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replica_keeps_its_primarys_numbering_beside_a_sink_ahead_of_it() {
+    // A standby sharing a backend with its primary (one archive, one bus
+    // subject): the sink holds the primary's records 1..=5 before the
+    // standby's log has any. Before, the log numbered after the sink's 5,
+    // so a standby following from its log's next sequence skipped the
+    // primary's 1..=5 in silence (or, with its stream open already, the
+    // records went to the sink's dead letters as another log's).
+    for opened_first in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = StreamId::default();
+        let replicator = DurableReplicator::open(
+            Arc::new(NoteCodec::default()),
+            DurableOptions {
+                replicas: vec![stream.clone()],
+                ..options(dir.path(), Durability::None)
+            },
+        )
+        .await
+        .unwrap();
+        if opened_first {
+            replicator.open_stream(&stream).await.unwrap();
+        }
+        let shared = FaultySink::new();
+        shared.keep_checkpoint(5);
+        replicator
+            .add_sink("archive", shared.clone().shared(), sink_options())
+            .await
+            .unwrap();
+        let own = MemorySink::new();
+        replicator
+            .add_sink("own", own.clone().shared(), sink_options())
+            .await
+            .unwrap();
+        assert_eq!(
+            replicator.last_sequence(&stream),
+            0,
+            "opened first: {opened_first}"
+        );
+        replicator
+            .submit_replicated(&stream, numbered(1..=8))
+            .await
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
+        wait_for(&replicator, "archive", 8).await;
+        wait_for(&replicator, "own", 8).await;
+        assert_eq!(
+            shared.sequences(),
+            [6, 7, 8],
+            "opened first: {opened_first}"
+        );
+        assert_eq!(own.len(), 8);
+        let snapshots = replicator.sink_snapshots().await;
+        assert!(
+            snapshots.iter().all(|s| s.dead_lettered == 0),
+            "{snapshots:?}"
+        );
+        replicator.close().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn records_a_sink_holds_from_another_log_are_dead_lettered_not_skipped() {
     let dir = tempfile::tempdir().unwrap();

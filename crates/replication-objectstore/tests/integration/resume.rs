@@ -391,3 +391,82 @@ async fn an_unreadable_checkpoint_object_falls_back_to_the_keys() {
         (1..=8).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_configured_with_one_prefix_lose_nothing_in_silence() {
+    use omnirelay_replication::WireVersion;
+    use omnirelay_replication::config::{self, SinkRegistry};
+    use omnirelay_replication::delivery::DeadLetterLog;
+
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    let node = |name: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "data_dir = \"{}\"\n[replication.log]\ndurability = \"none\"\n[replication.sinks.archive]\ntype = \"object_store\"\n[replication.sinks.archive.settings]\nroot = \"{}\"\n",
+                dir.path().join(name).display(),
+                objects.display()
+            ),
+        )
+        .unwrap();
+        async move {
+            config::load_with(Some(&file), &[])
+                .unwrap()
+                .validate(&SinkRegistry::discovered(), WireVersion::V1)
+                .unwrap()
+                .build(Arc::new(ResourceLeaseCodec))
+                .await
+                .unwrap()
+        }
+    };
+    // Each publishes three events with its own peer id, interleaved.
+    async fn publish(replicator: &DurableReplicator<ResourceLeaseReplicationEvent>, peer: &str) {
+        let mut event =
+            ResourceLeaseReplicationEvent::new(ResourceLeaseReplicationEventType::Heartbeat);
+        event.peer_id = Some(peer.to_owned());
+        for _ in 0..3 {
+            replicator.publish(event.clone()).await.unwrap();
+        }
+        replicator.wait_caught_up().await;
+    }
+    let a = node("a").await;
+    let b = node("b").await;
+    publish(&a, "a").await;
+    publish(&b, "b").await;
+    publish(&a, "a").await;
+    publish(&b, "b").await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+
+    // Every event of each node is in the prefix, or in that node's dead
+    // letters: none taken for another node's object.
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&objects).unwrap());
+    let held = stored(store.as_ref(), "resourcelease/").await;
+    for name in ["a", "b"] {
+        let letters = DeadLetterLog::read_all(&DeadLetterLog::path(
+            &dir.path().join(name).join("deadletter"),
+            "default",
+            "archive",
+        ))
+        .unwrap();
+        let archived = held
+            .iter()
+            .filter(|(_, body)| {
+                serde_json::from_slice::<serde_json::Value>(body).unwrap()["peerId"] == name
+            })
+            .count();
+        assert_eq!(
+            archived + letters.len(),
+            6,
+            "node {name}: {archived} archived, {} dead-lettered",
+            letters.len()
+        );
+        assert!(
+            letters.iter().all(|l| l.error_kind == "config"),
+            "{letters:?}"
+        );
+    }
+}

@@ -329,7 +329,9 @@ impl Inner {
 
     /// Inserts `rows` of `stream` in one transaction with the checkpoint;
     /// `refused` (the record after the last row, which the sink will never
-    /// take) is returned as the error once the rows are stored.
+    /// take) is returned as the error once the rows are stored, and so is a
+    /// row whose sequence the table holds for another event, once the rows
+    /// before it are.
     fn write(
         &self,
         stream: &StreamId,
@@ -338,7 +340,7 @@ impl Inner {
     ) -> Result<(), SinkError> {
         let mut state = self.state();
         match self.write_rows(&mut state, stream, rows) {
-            Ok(through) => match refused {
+            Ok((through, conflict)) => match conflict.or(refused) {
                 None => Ok(()),
                 Some(err) => Err(err.applied_through(through)),
             },
@@ -352,14 +354,21 @@ impl Inner {
         }
     }
 
-    /// The checkpoint after the write (`None`: no row of the batch was new
-    /// and the stream had none).
+    /// The last row of `rows` stored (`None`: none), and the error refusing
+    /// the row after it when the table holds another event under that
+    /// row's sequence. A row the table holds already — below the
+    /// checkpoint, or met by a conflict on insert — is stored when the
+    /// table's row is the same event (the same JSON, or the same type and
+    /// timestamp: a re-send, a standby writing its primary's stream), and
+    /// refused when it is another log's (another node writing the same
+    /// stream to this table, or this node's log lost and numbering from 1
+    /// again): taking it for stored would lose it in silence.
     fn write_rows(
         &self,
         state: &mut State,
         stream: &StreamId,
         rows: &[Row],
-    ) -> Result<Option<u64>, Error> {
+    ) -> Result<(Option<u64>, Option<SinkError>), Error> {
         let ready = self.ready(state, stream)?;
         let connection = self.connection(state)?;
         let tx = connection
@@ -373,23 +382,56 @@ impl Inner {
             .query_row(&checkpoint_sql, [&ready.table], |row| row.get(0))
             .map_err(|e| sqlite_error("read the checkpoint", e))?;
         let mut last = mark;
+        let mut stored = None;
+        let mut conflict = None;
         {
             let mut insert = tx.prepare_cached(&ready.insert).map_err(|e| {
                 sqlite_error(&format!("prepare the insert into {}", ready.table), e)
             })?;
-            for row in rows.iter().filter(|r| r.sequence > mark) {
+            let mut held = tx
+                .prepare_cached(&format!(
+                    "SELECT event_type, timestamp, event_json FROM {} WHERE sequence_number = ?1",
+                    quoted(&ready.table)
+                ))
+                .map_err(|e| sqlite_error(&format!("prepare a read of {}", ready.table), e))?;
+            for row in rows {
                 // Checked to be UTF-8 before the batch came here.
                 let json = std::str::from_utf8(&row.json).unwrap_or_default();
-                insert
-                    .execute(params![
-                        row.sequence,
-                        row.event_type,
-                        &*row.timestamp,
-                        row.peer.as_deref(),
-                        json
-                    ])
-                    .map_err(|e| sqlite_error(&format!("insert into {}", ready.table), e))?;
-                last = row.sequence;
+                if row.sequence > mark {
+                    let inserted = insert
+                        .execute(params![
+                            row.sequence,
+                            row.event_type,
+                            &*row.timestamp,
+                            row.peer.as_deref(),
+                            json
+                        ])
+                        .map_err(|e| sqlite_error(&format!("insert into {}", ready.table), e))?;
+                    if inserted == 1 {
+                        last = row.sequence;
+                        stored = Some(row.sequence);
+                        continue;
+                    }
+                }
+                let found: Option<(i32, String, String)> = held
+                    .query_row([row.sequence], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+                    .map_err(|e| sqlite_error(&format!("read {}", ready.table), e))?;
+                if let Some((event_type, timestamp, held_json)) = found
+                    && held_json != json
+                    && (event_type != row.event_type || *timestamp != *row.timestamp)
+                {
+                    conflict = Some(SinkError::new(
+                        ErrorKind::Config,
+                        format!(
+                            "table {} already holds another event as sequence {}: another log writes this stream to it (another node, or this node before its data was lost); give each node its own table or database",
+                            ready.table, row.sequence
+                        ),
+                    ));
+                    break;
+                }
+                last = last.max(row.sequence);
+                stored = Some(row.sequence);
             }
         }
         if last > mark {
@@ -403,7 +445,7 @@ impl Inner {
             .map_err(|e| sqlite_error("write the checkpoint", e))?;
         }
         tx.commit().map_err(|e| sqlite_error("commit", e))?;
-        Ok(u64::try_from(last).ok().filter(|l| *l > 0))
+        Ok((stored.and_then(|s| u64::try_from(s).ok()), conflict))
     }
 
     fn checkpoint(&self, stream: &StreamId) -> Result<Option<u64>, Error> {

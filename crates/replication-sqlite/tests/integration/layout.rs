@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
 use omnirelay_replication::{
-    Codec as _, DurableOptions, DurableReplicator, Encoding, ReplicatorExt as _, SinkExt, StreamId,
-    WireVersion,
+    Codec as _, DurableOptions, DurableReplicator, Encoding, ErrorKind, OwnedRecord,
+    ReplicatorExt as _, SinkExt, StreamId, Timestamp, WireVersion,
 };
 use omnirelay_replication_sqlite::{
     DEFAULT_SINK_TOML, DEFAULT_TABLE, SqliteReader, SqliteSink, SqliteSinkOptions,
@@ -146,10 +147,15 @@ async fn a_table_the_reference_wrote_resumes_after_its_last_row() {
             .unwrap(),
         Some(2)
     );
+    // Other events under the reference's sequences are refused (not taken
+    // for its rows); what follows its rows is written.
     let batch: Vec<_> = (1..=4)
         .map(|s| record(&stream, s, Encoding::JSON_V1))
         .collect();
-    sink.apply_owned(&batch).await.unwrap();
+    let err = sink.apply_owned(&batch).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert_eq!(err.applied_through_sequence(), None);
+    sink.apply_owned(&batch[2..]).await.unwrap();
     let rows: Vec<_> = SqliteReader::open(&db)
         .unwrap()
         .rows(DEFAULT_TABLE, 1)
@@ -310,4 +316,92 @@ async fn two_streams_cannot_share_a_table_at_run_time_either() {
         err.to_string().contains("already holds the stream"),
         "{err}"
     );
+}
+
+/// `record`'s events as another log stamped them: the same sequences,
+/// other times.
+fn another_logs(stream: &StreamId, range: std::ops::RangeInclusive<u64>) -> Vec<OwnedRecord> {
+    range
+        .map(|s| {
+            let real = record(stream, s, Encoding::JSON_V1);
+            let mut header = real.header().clone();
+            header.timestamp =
+                Timestamp::from_unix_millis(1_800_000_000_000 + i64::try_from(s).unwrap()).unwrap();
+            OwnedRecord::new(
+                stream.clone(),
+                header,
+                Encoding::JSON_V1,
+                Bytes::from(format!(r#"{{"sequenceNumber":{s},"node":"b"}}"#)),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_logs_events_under_held_sequences_are_refused_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let stream = StreamId::default();
+    let a = SqliteSink::new(SqliteSinkOptions::new(&db)).unwrap();
+    let ours = |range| range_records(&stream, range);
+    a.apply_owned(&ours(1..=3)).await.unwrap();
+    let rows = || -> Vec<(u64, String)> {
+        SqliteReader::open(&db)
+            .unwrap()
+            .rows(DEFAULT_TABLE, 1)
+            .unwrap()
+            .map(|r| {
+                let r = r.unwrap();
+                (r.sequence, r.event_json)
+            })
+            .collect()
+    };
+    let before = rows();
+
+    // Another node writing the same stream to the same database: before,
+    // its events at or below the checkpoint were skipped in silence.
+    let b = SqliteSink::new(SqliteSinkOptions::new(&db)).unwrap();
+    let err = b
+        .apply_owned(&another_logs(&stream, 1..=5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.to_string()
+            .contains("already holds another event as sequence 1"),
+        "{err}"
+    );
+    assert_eq!(err.applied_through_sequence(), None);
+    assert_eq!(rows(), before);
+    // Above the checkpoint too: a row there (written by another node
+    // meanwhile) is compared, not skipped.
+    b.apply_owned(&another_logs(&stream, 4..=4)).await.unwrap();
+    let err = a.apply_owned(&ours(4..=5)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert_eq!(err.applied_through_sequence(), None);
+
+    // The same events again — a re-send, a standby writing its primary's
+    // stream, in another JSON form — are stored already.
+    let c = SqliteSink::new(SqliteSinkOptions::new(&db)).unwrap();
+    c.apply_owned(&ours(1..=3)).await.unwrap();
+    let mut reencoded = ours(2..=3);
+    for record in &mut reencoded {
+        *record = OwnedRecord::new(
+            stream.clone(),
+            record.header().clone(),
+            Encoding::JSON_V1,
+            Bytes::from(format!(
+                r#"{{"sequenceNumber":{},"v":2}}"#,
+                record.sequence()
+            )),
+        );
+    }
+    c.apply_owned(&reencoded).await.unwrap();
+    assert_eq!(&rows()[..3], &before[..]);
+}
+
+fn range_records(stream: &StreamId, range: std::ops::RangeInclusive<u64>) -> Vec<OwnedRecord> {
+    range
+        .map(|s| record(stream, s, Encoding::JSON_V1))
+        .collect()
 }

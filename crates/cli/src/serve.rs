@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, Standby};
 use omnirelay_replication::config::Override;
 use omnirelay_replication::{Encoding, Format, SinkExt as _, StreamId, WireVersion};
-use omnirelay_replication_grpc::{Connection, Receiver};
+use omnirelay_replication_grpc::{Connection, Receiver, adopt_node_sender};
 use omnirelay_replication_nats::{FollowUrl, NatsSource};
 use omnirelay_resourcelease::telemetry::LagRecording;
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
@@ -181,7 +181,23 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         // log's records: the standby's log must not number after them.
         valid.durable.replicas.push(stream.clone());
     }
+    // A standby following its primary itself: how to reach it.
+    let primary = match (role, &bus) {
+        (Role::Standby, None) => {
+            let mut primary = Connection::new(follow.unwrap_or_default());
+            primary.token = standby_settings.token.clone().or(valid.token.clone());
+            primary.ca_pem = crate::read_ca(standby_settings.ca_file.as_deref())
+                .context("services.standby.ca_file")?;
+            Some(primary)
+        }
+        _ => None,
+    };
     let bound = Bound::bind(&listen, &valid).await?;
+    if let Some(primary) = &primary {
+        // After `listening on`, which whoever started the node reads
+        // first; before the sinks start.
+        adopt_primary_name(primary, &stream, &valid.data_dir).await;
+    }
     let metrics = node::install_metrics()?;
     let replicator = Arc::new(
         valid
@@ -272,10 +288,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                     standby
                 }
                 None => {
-                    let mut primary = Connection::new(follow.unwrap_or_default());
-                    primary.token = standby_settings.token.clone().or(valid.token.clone());
-                    primary.ca_pem = crate::read_ca(standby_settings.ca_file.as_deref())
-                        .context("services.standby.ca_file")?;
+                    let primary = primary.context("a standby without its primary")?;
                     Standby::open(replicator.clone(), dispatcher_options.clone(), primary)
                         .await
                         .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?
@@ -355,6 +368,47 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         node::say(false, "stopped");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A standby following its primary takes the primary's node name before
+/// its sinks start (see [`adopt_node_sender`]): its `grpc` sinks then send
+/// the primary's stream under the primary's name, which a receiver takes
+/// as the same sender. A primary that cannot be asked now leaves the name
+/// as it is (taken on an earlier start, or the node's own).
+async fn adopt_primary_name(primary: &Connection, stream: &StreamId, data_dir: &std::path::Path) {
+    let encoding = Encoding::new(Format::Protobuf, WireVersion::V2);
+    let asked = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        omnirelay_replication_grpc::Subscription::open_last(primary, stream, 1, encoding),
+    )
+    .await;
+    let subscription = match asked {
+        Ok(Ok(subscription)) => subscription,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot ask the primary its node name now; grpc sinks send under the name this node has");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the primary did not answer within 5 s; grpc sinks send under the name this node has"
+            );
+            return;
+        }
+    };
+    let Some(name) = subscription.writer() else {
+        tracing::warn!(
+            "the primary does not say its node name; grpc sinks send under this node's own"
+        );
+        return;
+    };
+    match adopt_node_sender(data_dir, name) {
+        Ok(true) => tracing::info!(
+            name,
+            "took the primary's node name: grpc sinks carry its stream on under it"
+        ),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, "cannot take the primary's node name"),
+    }
 }
 
 /// The durable consumer a standby following the bus reads with, unless

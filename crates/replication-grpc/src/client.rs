@@ -172,6 +172,7 @@ pub(crate) fn format_of(format: PayloadFormat) -> Format {
 pub struct Subscription {
     stream: tonic::Streaming<SubscribeBatch>,
     next: u64,
+    writer: Option<String>,
 }
 
 impl Subscription {
@@ -229,11 +230,24 @@ impl Subscription {
             .subscribe(request)
             .await
             .map_err(|status| status_error(&format!("subscribe to {stream}"), &status))?;
+        let writer = response
+            .metadata()
+            .get(request::WRITER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Ok(Self {
             stream: response.into_inner(),
             // With `last`, the first batch says where it starts.
             next: from,
+            writer,
         })
+    }
+
+    /// The name of the node whose log this is, as it said (see
+    /// [`adopt_node_sender`](crate::adopt_node_sender)); `None` from a node
+    /// that does not say.
+    pub fn writer(&self) -> Option<&str> {
+        self.writer.as_deref()
     }
 
     /// The next batch of records; `None` once the node ended the stream

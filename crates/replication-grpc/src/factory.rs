@@ -180,28 +180,81 @@ pub const SENDER_FILE: &str = "grpc-sender";
 /// [`ErrorKind::Unavailable`] when the file cannot be read or made.
 pub fn node_sender(dir: &std::path::Path) -> Result<String, Error> {
     let path = dir.join(SENDER_FILE);
-    let unavailable = |what: &str, e: std::io::Error| {
-        Error::new(
-            ErrorKind::Unavailable,
-            format!("grpc: cannot {what} {}", path.display()),
-        )
-        .with_source(e)
-    };
-    let read = |path: &std::path::Path| -> std::io::Result<Option<String>> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Some(text.trim().to_owned())
-                .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    };
-    if let Some(name) = read(&path).map_err(|e| unavailable("read", e))? {
+    if let Some(name) = read_name(&path).map_err(|e| unavailable("read", &path, e))? {
         return Ok(name);
     }
-    std::fs::create_dir_all(dir).map_err(|e| unavailable("create the directory of", e))?;
-    // Written whole and synced under another name, then linked into place:
-    // a node's sinks starting together agree on the first one linked.
-    let name = format!("node-{}", uuid::Uuid::new_v4().simple());
+    // A node's sinks starting together agree on the first one linked.
+    write_name(
+        dir,
+        &format!("node-{}", uuid::Uuid::new_v4().simple()),
+        false,
+    )
+    .map_err(|e| unavailable("make", &path, e))?;
+    read_name(&path)
+        .map_err(|e| unavailable("read", &path, e))?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("grpc: {} holds no sender name", path.display()),
+            )
+        })
+}
+
+/// Makes `name` the sender name of the node whose data directory is
+/// `dir` (see [`node_sender`]); whether it changed. A standby takes its
+/// primary's ([`Subscription::writer`](crate::Subscription::writer)) before
+/// its sinks start: its log is the primary's, so its `grpc` sinks send
+/// the same events under the same name and as the same writer — a
+/// receiver has them, instead of appending a second copy under the
+/// standby's own name or refusing a second writer under a shared
+/// `sender` — and, promoted, it carries the stream on under that name.
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`] for a name that is not printable ASCII;
+/// [`ErrorKind::Unavailable`] when the file cannot be read or written.
+pub fn adopt_node_sender(dir: &std::path::Path, name: &str) -> Result<bool, Error> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("grpc: {name:?} is not a sender name (printable ASCII)"),
+        ));
+    }
+    let path = dir.join(SENDER_FILE);
+    if read_name(&path)
+        .map_err(|e| unavailable("read", &path, e))?
+        .as_deref()
+        == Some(name)
+    {
+        return Ok(false);
+    }
+    write_name(dir, name, true).map_err(|e| unavailable("write", &path, e))?;
+    Ok(true)
+}
+
+fn unavailable(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("grpc: cannot {what} {}", path.display()),
+    )
+    .with_source(e)
+}
+
+/// The name in `path`: `None` when there is no file or no usable name.
+fn read_name(path: &std::path::Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())
+            .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `name` whole and synced under another name, then puts it in
+/// place (`replace`: over the file there; else only if there is none).
+fn write_name(dir: &std::path::Path, name: &str, replace: bool) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(SENDER_FILE);
     let draft = dir.join(format!(
         "{SENDER_FILE}.{}.tmp",
         uuid::Uuid::new_v4().simple()
@@ -210,23 +263,19 @@ pub fn node_sender(dir: &std::path::Path) -> Result<String, Error> {
         let mut file = std::fs::File::create_new(&draft)?;
         std::io::Write::write_all(&mut file, format!("{name}\n").as_bytes())?;
         file.sync_all()?;
-        match std::fs::hard_link(&draft, &path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+        if replace {
+            std::fs::rename(&draft, &path)?;
+        } else {
+            match std::fs::hard_link(&draft, &path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
         }
         std::fs::File::open(dir)?.sync_all()
     })();
     let _ = std::fs::remove_file(&draft);
-    made.map_err(|e| unavailable("make", e))?;
-    read(&path)
-        .map_err(|e| unavailable("read", e))?
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!("grpc: {} holds no sender name", path.display()),
-            )
-        })
+    made
 }
 
 #[cfg(test)]
@@ -250,6 +299,23 @@ mod tests {
         });
         assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
         let left: Vec<_> = std::fs::read_dir(c.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no draft left behind");
+    }
+
+    #[test]
+    fn a_standby_takes_its_primarys_name_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = node_sender(dir.path()).unwrap();
+        assert!(adopt_node_sender(dir.path(), "node-primary").unwrap());
+        assert_eq!(node_sender(dir.path()).unwrap(), "node-primary");
+        assert!(
+            !adopt_node_sender(dir.path(), "node-primary").unwrap(),
+            "unchanged"
+        );
+        assert_ne!(own, "node-primary");
+        let err = adopt_node_sender(dir.path(), "two words").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no draft left behind");
     }
 

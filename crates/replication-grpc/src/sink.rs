@@ -17,7 +17,7 @@ use crate::client::{Connection, Credentials, payload_format, status_error};
 use crate::generated::resource_lease_replicator_grpc_client::ResourceLeaseReplicatorGrpcClient;
 use crate::receiver::request;
 use crate::v2::replication_client::ReplicationClient;
-use crate::v2::{PublishAck, PublishBatch, SentEvent};
+use crate::v2::{PayloadFormat, PublishAck, PublishBatch, SentEvent};
 
 /// Events per `PublishStream` message, at most: a delivery batch larger
 /// than this goes as several messages, pipelined.
@@ -285,6 +285,28 @@ impl GrpcSink {
         Ok(())
     }
 
+    /// Sends an empty batch and returns the high-water mark its
+    /// acknowledgement carries.
+    async fn ask_mark(&self, session: &mut Session) -> Result<u64, Error> {
+        let empty = PublishBatch {
+            format: PayloadFormat::Protobuf as i32,
+            events: Vec::new(),
+        };
+        session.batches.send(empty).await.map_err(|_| self.lost())?;
+        match tokio::time::timeout(self.options.timeout, session.acks.message()).await {
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "grpc: the receiver did not say its mark within {:?}",
+                    self.options.timeout
+                ),
+            )),
+            Ok(Err(status)) => Err(status_error("PublishStream", &status)),
+            Ok(Ok(None)) => Err(self.lost()),
+            Ok(Ok(Some(ack))) => Ok(ack.high_water),
+        }
+    }
+
     fn lost(&self) -> Error {
         Error::new(
             ErrorKind::Unavailable,
@@ -367,6 +389,43 @@ impl Sink for GrpcSink {
             }
         }
         self.apply_unary(batch).await
+    }
+
+    /// The receiver's high-water mark of this sink's sender name for
+    /// `stream`, asked with an empty `PublishStream` batch: delivery
+    /// resumes after what the receiver has, and a node whose log starts
+    /// empty (a standby, a node whose log was lost) numbers or skips past
+    /// it instead of sending from 1, which the receiver would take for a
+    /// restarted numbering and append again. `None` when the receiver
+    /// cannot say: it has no `PublishStream` (the reference's), or it
+    /// refuses this writer under the name (the events then go to the dead
+    /// letters as they are refused).
+    async fn checkpoint(&self, stream: &StreamId) -> Result<Option<u64>, SinkError> {
+        if self.is_unary() {
+            return Ok(None);
+        }
+        let session = self.session_of(stream);
+        let mut session = session.lock().await;
+        if session.is_none() {
+            match self.open_session(stream).await? {
+                Some(opened) => *session = Some(opened),
+                None => return Ok(None),
+            }
+        }
+        let Some(open) = session.as_mut() else {
+            return Ok(None);
+        };
+        match self.ask_mark(open).await {
+            Ok(mark) => Ok((mark > 0).then_some(mark)),
+            Err(error) => {
+                *session = None;
+                if error.kind() == ErrorKind::Rejected {
+                    Ok(None)
+                } else {
+                    Err(SinkError::from(error))
+                }
+            }
+        }
     }
 
     async fn close(&self) -> Result<(), SinkError> {

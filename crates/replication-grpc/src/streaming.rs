@@ -374,6 +374,19 @@ impl Replication for StreamingService {
                 Err(error) => Some((Err(status_of(&error)), None)),
             }
         });
-        Ok(Response::new(Box::pin(batches)))
+        let mut response = Response::new(Box::pin(batches) as Self::SubscribeStream);
+        // Who writes this log: a standby takes the name for its own, so
+        // that its `grpc` sinks carry the stream on under the same name.
+        match crate::factory::node_sender(self.replicator.data_dir()) {
+            Ok(name) => {
+                if let Ok(value) = tonic::metadata::MetadataValue::try_from(name.as_str()) {
+                    response
+                        .metadata_mut()
+                        .insert(crate::receiver::request::WRITER, value);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "no node name to send with a subscription"),
+        }
+        Ok(response)
     }
 }

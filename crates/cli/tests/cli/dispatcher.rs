@@ -300,6 +300,84 @@ fn heavy_a_standby_sharing_its_primarys_archive_gets_the_whole_queue() {
     assert_eq!(sequences, (1..=10).collect::<Vec<_>>());
 }
 
+#[test]
+fn heavy_a_standby_sharing_its_primarys_receiver_sends_each_event_once() {
+    // One configuration for both nodes, with a `grpc` sink to a receiver
+    // (its `sender` unset: each node's own name). The standby takes its
+    // primary's name when it starts and resumes after what the receiver
+    // has of it: before, it sent every event again under its own name and
+    // the receiver appended a second copy of each (with a shared
+    // `sender`, it refused them).
+    let store = tempfile::tempdir().unwrap();
+    let (receiver, receiver_at, _) = spawn_listening(&[
+        "serve",
+        "--role",
+        "receiver",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(&store.path().join("receiver")),
+    ]);
+    let config = store.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[replication.sinks.replica]\ntype = \"grpc\"\n\
+             [replication.sinks.replica.settings]\nurl = \"http://{receiver_at}\"\n"
+        ),
+    )
+    .unwrap();
+    let receiver_url = format!("http://{receiver_at}");
+    // (sender name, origin sequence) of every event the receiver holds.
+    let received = || -> Vec<(String, u64)> {
+        let out = omnirelay(&["log", "tail", "--url", &receiver_url, "-n", "100"], b"");
+        text(&out.stdout)
+            .lines()
+            .map(|line| {
+                let event: Value = serde_json::from_str(line).unwrap();
+                let metadata = &event["metadata"];
+                (
+                    metadata["replication.origin.sender"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                    metadata["replication.origin.sequence"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap(),
+                )
+            })
+            .collect()
+    };
+    let wait_for = |count: usize| {
+        for _ in 0..500 {
+            if received().len() >= count {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let with_config = ["--config", dir_arg(&config)];
+    standby_takes_over(
+        &with_config,
+        &|primary_at| format!("http://{primary_at}"),
+        &with_config,
+        &|| wait_for(7),
+    );
+    wait_for(10);
+    // Time for a copy the standby would send late.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let events = received();
+    let origins: Vec<u64> = events.iter().map(|(_, origin)| *origin).collect();
+    assert_eq!(origins, (1..=10).collect::<Vec<_>>(), "{events:?}");
+    assert!(
+        events.iter().all(|(sender, _)| *sender == events[0].0),
+        "{events:?}"
+    );
+    assert!(signal(receiver.id(), "TERM"));
+}
+
 /// A `nats-server` with its store in `dir`, its URL, and a configuration
 /// file (in `dir`) whose one sink, `bus`, publishes to it: `sink` lines go
 /// in the sink's table, `settings` lines in its settings.

@@ -638,3 +638,43 @@ async fn a_second_writer_under_one_sender_name_is_refused_not_dropped() {
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_resumes_after_what_the_receiver_has_under_its_name() {
+    use omnirelay_replication::Sink as _;
+
+    for v2 in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::serve(dir.path(), None, v2).await;
+        let stream = StreamId::default();
+        let a = node.sink_as("edge", "node-a");
+        assert_eq!(a.checkpoint(&stream).await.unwrap(), None, "v2 {v2}");
+        a.apply_owned(&heartbeats(1..=5)).await.unwrap();
+        // Another instance under the name (a restart; a standby that took
+        // its primary's name): it starts after what the receiver has,
+        // where it would otherwise send from 1, which the receiver takes
+        // for a restarted numbering and appends again. A receiver without
+        // `PublishStream` (the reference's) cannot say.
+        let again = node.sink_as("edge", "node-a");
+        assert_eq!(
+            again.checkpoint(&stream).await.unwrap(),
+            v2.then_some(5),
+            "v2 {v2}"
+        );
+        // Another writer under the name is refused by the receiver: its
+        // sink cannot say (its events are refused as they come).
+        assert_eq!(
+            node.sink_as("edge", "node-b")
+                .checkpoint(&stream)
+                .await
+                .unwrap(),
+            None,
+            "v2 {v2}"
+        );
+        // Asking appends nothing.
+        again.apply_owned(&heartbeats(6..=6)).await.unwrap();
+        node.replicator.wait_caught_up().await;
+        assert_eq!(node.replicator.last_sequence(&stream), 6, "v2 {v2}");
+        node.stop().await;
+    }
+}

@@ -309,15 +309,7 @@ fn heavy_a_standby_sharing_its_primarys_receiver_sends_each_event_once() {
     // the receiver appended a second copy of each (with a shared
     // `sender`, it refused them).
     let store = tempfile::tempdir().unwrap();
-    let (receiver, receiver_at, _) = spawn_listening(&[
-        "serve",
-        "--role",
-        "receiver",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir_arg(&store.path().join("receiver")),
-    ]);
+    let (receiver, receiver_at, _) = crate::serve::spawn_receiver(&store.path().join("receiver"));
     let config = store.path().join("node.toml");
     std::fs::write(
         &config,

@@ -80,7 +80,9 @@ fn stop(mut child: KillOnDrop) -> std::process::ExitStatus {
 
 /// `omnirelay serve --role receiver` on embedded defaults with its data in
 /// `dir`, once it listens: the process, its address and its stderr.
-fn spawn_receiver(dir: &Path) -> (KillOnDrop, String, BufReader<std::process::ChildStderr>) {
+pub(crate) fn spawn_receiver(
+    dir: &Path,
+) -> (KillOnDrop, String, BufReader<std::process::ChildStderr>) {
     spawn_listening(&[
         "serve",
         "--role",

@@ -475,15 +475,9 @@ fn same_events(held: &[u8], ours: &[u8]) -> bool {
     if held == ours {
         return true;
     }
-    let lines = |bytes: &[u8]| -> Vec<Vec<u8>> {
-        bytes
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect()
-    };
-    let (held, ours) = (lines(held), lines(ours));
-    held.len() == ours.len() && held.iter().zip(&ours).all(|(a, b)| same_event(a, b))
+    let lines = |bytes| <[u8]>::split(bytes, |b| *b == b'\n').filter(|line| !line.is_empty());
+    lines(held).count() == lines(ours).count()
+        && lines(held).zip(lines(ours)).all(|(a, b)| same_event(a, b))
 }
 
 /// Whether two JSON events are one: the same bytes, or the same

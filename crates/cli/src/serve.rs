@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 use anyhow::Context as _;
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, Standby};
 use omnirelay_replication::config::Override;
+use omnirelay_replication::node::adopt_node_name;
 use omnirelay_replication::{Encoding, Format, SinkExt as _, StreamId, WireVersion};
-use omnirelay_replication_grpc::{Connection, Receiver, adopt_node_sender};
+use omnirelay_replication_grpc::{Connection, Receiver};
 use omnirelay_replication_nats::{FollowUrl, NatsSource};
 use omnirelay_resourcelease::telemetry::LagRecording;
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
@@ -193,10 +194,16 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         _ => None,
     };
     let bound = Bound::bind(&listen, &valid).await?;
-    if let Some(primary) = &primary {
+    if role == Role::Standby {
         // After `listening on`, which whoever started the node reads
         // first; before the sinks start.
-        adopt_primary_name(primary, &stream, &valid.data_dir).await;
+        adopt_primary_name(
+            primary.as_ref(),
+            bus.as_ref().map(|(_, follow)| follow),
+            &stream,
+            &valid.data_dir,
+        )
+        .await;
     }
     let metrics = node::install_metrics()?;
     let replicator = Arc::new(
@@ -370,41 +377,57 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-/// A standby following its primary takes the primary's node name before
-/// its sinks start (see [`adopt_node_sender`]): its `grpc` sinks then send
-/// the primary's stream under the primary's name, which a receiver takes
-/// as the same sender. A primary that cannot be asked now leaves the name
-/// as it is (taken on an earlier start, or the node's own).
-async fn adopt_primary_name(primary: &Connection, stream: &StreamId, data_dir: &std::path::Path) {
-    let encoding = Encoding::new(Format::Protobuf, WireVersion::V2);
-    let asked = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        omnirelay_replication_grpc::Subscription::open_last(primary, stream, 1, encoding),
-    )
-    .await;
-    let subscription = match asked {
-        Ok(Ok(subscription)) => subscription,
+/// A standby takes its primary's node name before its sinks start (see
+/// [`adopt_node_name`]): its log is the primary's, so its `grpc` sinks send
+/// the stream under the primary's name, which a receiver takes as the same
+/// sender, and its `nats` sinks publish as the same writer. Following the
+/// primary, it asks the primary; following the bus, it reads the writer
+/// of the newest message on the followed subject. A primary or bus that
+/// cannot be asked now, or a subject with nothing on it yet, leaves the
+/// name as it is (taken on an earlier start, or the node's own).
+async fn adopt_primary_name(
+    primary: Option<&Connection>,
+    bus: Option<&FollowUrl>,
+    stream: &StreamId,
+    data_dir: &std::path::Path,
+) {
+    let asked = async {
+        if let Some(primary) = primary {
+            let encoding = Encoding::new(Format::Protobuf, WireVersion::V2);
+            let subscription =
+                omnirelay_replication_grpc::Subscription::open_last(primary, stream, 1, encoding)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            return Ok(subscription.writer().map(str::to_owned));
+        }
+        match bus {
+            Some(bus) => bus.last_writer(stream).await.map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    };
+    let name = match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
+        Ok(Ok(Some(name))) => name,
+        Ok(Ok(None)) => {
+            tracing::warn!(
+                "the primary's node name is not known yet; sinks send under the name this node has"
+            );
+            return;
+        }
         Ok(Err(error)) => {
-            tracing::warn!(%error, "cannot ask the primary its node name now; grpc sinks send under the name this node has");
+            tracing::warn!(%error, "cannot learn the primary's node name now; sinks send under the name this node has");
             return;
         }
         Err(_) => {
             tracing::warn!(
-                "the primary did not answer within 5 s; grpc sinks send under the name this node has"
+                "no answer within 5 s for the primary's node name; sinks send under the name this node has"
             );
             return;
         }
     };
-    let Some(name) = subscription.writer() else {
-        tracing::warn!(
-            "the primary does not say its node name; grpc sinks send under this node's own"
-        );
-        return;
-    };
-    match adopt_node_sender(data_dir, name) {
+    match adopt_node_name(data_dir, &name) {
         Ok(true) => tracing::info!(
             name,
-            "took the primary's node name: grpc sinks carry its stream on under it"
+            "took the primary's node name: sinks carry its stream on under it"
         ),
         Ok(false) => {}
         Err(error) => tracing::warn!(%error, "cannot take the primary's node name"),

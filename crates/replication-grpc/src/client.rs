@@ -244,7 +244,7 @@ impl Subscription {
     }
 
     /// The name of the node whose log this is, as it said (see
-    /// [`adopt_node_sender`](crate::adopt_node_sender)); `None` from a node
+    /// [`adopt_node_name`](omnirelay_replication::node::adopt_node_name)); `None` from a node
     /// that does not say.
     pub fn writer(&self) -> Option<&str> {
         self.writer.as_deref()

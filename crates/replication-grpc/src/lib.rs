@@ -71,7 +71,7 @@ use omnirelay_resourcelease::ResourceLeaseReplicationEvent;
 use tonic::service::interceptor::InterceptedService;
 
 pub use client::{Connection, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Subscription};
-pub use factory::{GrpcSinkFactory, SENDER_FILE, adopt_node_sender, node_sender};
+pub use factory::GrpcSinkFactory;
 pub use receiver::{
     ANONYMOUS, BatchOutcome, Incoming, Mark, Received, Receiver, ReceiverStats, Sender, Service,
     SubmittedBatch, TokenCheck, bearer_matches, origin, request,

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use omnirelay_replication::node::node_name;
 use omnirelay_replication::{
     DurableReplicator, Encoding, Error, ErrorKind, Format, Replay, Replayed, StreamId, WireVersion,
 };
@@ -377,7 +378,7 @@ impl Replication for StreamingService {
         let mut response = Response::new(Box::pin(batches) as Self::SubscribeStream);
         // Who writes this log: a standby takes the name for its own, so
         // that its `grpc` sinks carry the stream on under the same name.
-        match crate::factory::node_sender(self.replicator.data_dir()) {
+        match node_name(self.replicator.data_dir()) {
             Ok(name) => {
                 if let Ok(value) = tonic::metadata::MetadataValue::try_from(name.as_str()) {
                     response

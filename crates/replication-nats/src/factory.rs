@@ -7,6 +7,7 @@ use async_nats::ConnectOptions;
 use omnirelay_replication::config::{
     SettingsError, SinkBuilder, SinkContext, SinkFactory, SinkPlugin, parse_settings, refuse_empty,
 };
+use omnirelay_replication::node::node_name;
 use omnirelay_replication::{BoxFuture, Error, SharedSink, SinkExt};
 use serde::Deserialize;
 
@@ -111,6 +112,7 @@ impl Settings {
             ack_timeout: Duration::from_millis(self.ack_timeout_ms),
             // Set by the builder, which knows the data directory.
             tls_trust: None,
+            writer: None,
         }
     }
 
@@ -219,6 +221,9 @@ impl SinkBuilder for Builder {
                 self.0.connect_options(context.data_dir)?,
                 NatsSinkOptions {
                     tls_trust,
+                    // The node's: a standby that took its primary's is the
+                    // same writer on the subject.
+                    writer: Some(node_name(context.data_dir)?),
                     ..self.0.options()
                 },
             )

@@ -2,11 +2,12 @@
 //! and durable consumer in one `nats://` URL.
 
 use async_nats::ConnectOptions;
-use omnirelay_replication::{Error, ErrorKind};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use omnirelay_replication::{Error, ErrorKind, StreamId};
 
 use crate::auth::{NatsCredentials, trust_authority};
 use crate::source::NatsSourceOptions;
-use crate::subject::{validate_stream_name, validate_subject_template};
+use crate::subject::{header, subject_for, validate_stream_name, validate_subject_template};
 
 /// A follower's address on the bus:
 /// `nats://[CREDENTIALS@]HOST:PORT[,HOST:PORT…][?stream=NAME&subject=TEMPLATE&durable=NAME]`,
@@ -227,6 +228,60 @@ impl FollowUrl {
         match &self.credentials {
             None => Ok(options),
             Some(credentials) => credentials.present(options),
+        }
+    }
+
+    /// Who wrote the newest message of `stream` on the followed subject
+    /// (its `Omnirelay-Writer` header: the publishing node's name): what a
+    /// standby fed from the bus takes for its own name before its sinks
+    /// start (see [`adopt_node_name`](omnirelay_replication::node::adopt_node_name)).
+    /// `None` when the subject holds no message yet, or its newest carries
+    /// no writer.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`] when the servers or the JetStream stream
+    /// cannot be reached; [`ErrorKind::Config`] as [`FollowUrl::parse`]'s
+    /// files.
+    pub async fn last_writer(&self, stream: &StreamId) -> Result<Option<String>, Error> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("nats follower: {what}: {e}"),
+            )
+        };
+        let addresses = self
+            .servers
+            .iter()
+            .map(|s| {
+                s.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("nats follower: server {s:?}: {e}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = self
+            .connect_options()?
+            .connect(addresses)
+            .await
+            .map_err(|e| unavailable("connect", &e))?;
+        let js_stream = async_nats::jetstream::new(client)
+            .get_stream(&self.options.stream)
+            .await
+            .map_err(|e| unavailable(&format!("find stream {}", self.options.stream), &e))?;
+        let subject = subject_for(&self.options.subject, stream.as_str());
+        match js_stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => Ok(message
+                .headers
+                .get(header::WRITER)
+                .map(|v| v.as_str().to_owned())),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(unavailable(
+                &format!("read the last message on {subject}"),
+                &e,
+            )),
         }
     }
 }

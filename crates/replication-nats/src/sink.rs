@@ -100,6 +100,13 @@ pub struct NatsSinkOptions {
     /// untrusted certificate, say) to its errors. `None` (the default):
     /// only the server's reachability is checked.
     pub tls_trust: Option<TlsTrust>,
+    /// Who writes the log this sink publishes, in each message's
+    /// `Omnirelay-Writer` header: the node's name
+    /// ([`node_name`](omnirelay_replication::node::node_name), which a
+    /// sink built from configuration uses), so that a standby that took
+    /// its primary's name is the same writer on the subject. `None`: a
+    /// random id, one per sink and process.
+    pub writer: Option<String>,
 }
 
 impl NatsSinkOptions {
@@ -113,6 +120,7 @@ impl NatsSinkOptions {
             max_outstanding_acks: 256,
             ack_timeout: Duration::from_secs(10),
             tls_trust: None,
+            writer: None,
         }
     }
 
@@ -136,6 +144,14 @@ impl NatsSinkOptions {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!("replicas must be 1, 3 or 5 (is {})", create.replicas),
+            ));
+        }
+        if let Some(writer) = &self.writer
+            && (writer.is_empty() || !writer.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("writer {writer:?} is not a node name (printable ASCII)"),
             ));
         }
         Ok(())
@@ -273,6 +289,10 @@ impl NatsSink {
             .map_err(|e| nats_error(ErrorKind::Unavailable, "connect", e))?;
         let mut context = jetstream::new(client.clone());
         context.set_timeout(options.ack_timeout);
+        let writer = options
+            .writer
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         Ok(Self {
             inner: Arc::new(Inner {
                 options,
@@ -282,7 +302,7 @@ impl NatsSink {
                 marks: tokio::sync::Mutex::default(),
                 acked: tokio::sync::Mutex::default(),
                 duplicates: AtomicU64::new(0),
-                writer: uuid::Uuid::new_v4().simple().to_string(),
+                writer,
                 health: HealthCell::default(),
                 connecting,
             }),
@@ -295,7 +315,7 @@ impl NatsSink {
     }
 
     /// The id this sink puts in each message's `Omnirelay-Writer` header:
-    /// random, one per sink and process.
+    /// [`NatsSinkOptions::writer`], or a random one per sink and process.
     pub fn writer(&self) -> &str {
         &self.inner.writer
     }

@@ -67,6 +67,7 @@ pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod log;
+pub mod node;
 pub mod record;
 pub mod replay;
 pub mod replicator;

@@ -302,23 +302,44 @@ fn heavy_a_standby_sharing_its_primarys_archive_gets_the_whole_queue() {
 
 #[test]
 fn heavy_a_standby_sharing_its_primarys_receiver_sends_each_event_once() {
-    // One configuration for both nodes, with a `grpc` sink to a receiver
-    // (its `sender` unset: each node's own name). The standby takes its
-    // primary's name when it starts and resumes after what the receiver
-    // has of it: before, it sent every event again under its own name and
-    // the receiver appended a second copy of each (with a shared
-    // `sender`, it refused them).
+    // The standby asks its primary for its name.
+    standby_shares_its_primarys_receiver(false);
+}
+
+#[test]
+fn heavy_a_standby_on_the_bus_sharing_its_primarys_receiver_sends_each_event_once() {
+    // The standby reads the name off the newest message on the bus.
+    standby_shares_its_primarys_receiver(true);
+}
+
+/// One configuration for primary and standby, with a `grpc` sink to a
+/// receiver (its `sender` unset: each node's own name), and with `bus` a
+/// `nats` sink the standby follows. The standby takes its primary's name
+/// when it starts and resumes after what the receiver has of it: before,
+/// it sent every event again under its own name and the receiver appended
+/// a second copy of each (with a shared `sender`, it refused them).
+fn standby_shares_its_primarys_receiver(bus: bool) {
     let store = tempfile::tempdir().unwrap();
     let (receiver, receiver_at, _) = crate::serve::spawn_receiver(&store.path().join("receiver"));
-    let config = store.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[replication.sinks.replica]\ntype = \"grpc\"\n\
-             [replication.sinks.replica.settings]\nurl = \"http://{receiver_at}\"\n"
-        ),
-    )
-    .unwrap();
+    let replica = format!(
+        "[replication.sinks.replica]\ntype = \"grpc\"\n\
+         [replication.sinks.replica.settings]\nurl = \"http://{receiver_at}\"\n"
+    );
+    let (nats, config) = if bus {
+        let (nats, bus, config) = bus_and_primary_config(
+            store.path(),
+            "format = \"protobuf\"\nwrite_version = 2",
+            "stream = \"FAILOVER\"",
+        );
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&replica);
+        std::fs::write(&config, text).unwrap();
+        (Some((nats, bus)), config)
+    } else {
+        let config = store.path().join("node.toml");
+        std::fs::write(&config, replica).unwrap();
+        (None, config)
+    };
     let receiver_url = format!("http://{receiver_at}");
     // (sender name, origin sequence) of every event the receiver holds.
     let received = || -> Vec<(String, u64)> {
@@ -350,13 +371,32 @@ fn heavy_a_standby_sharing_its_primarys_receiver_sends_each_event_once() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     };
+    let primary_url = std::cell::RefCell::new(String::new());
+    // Every sink of the primary has its seven events.
+    let primary_delivered = || {
+        let url = primary_url.borrow().clone();
+        for _ in 0..500 {
+            let out = omnirelay(&["status", "--url", &url, "--json"], b"");
+            let document: Value = serde_json::from_str(&text(&out.stdout)).unwrap_or_default();
+            if document["hosts"][0]["sinks"]
+                .as_array()
+                .is_some_and(|sinks| sinks.iter().all(|s| s["checkpoint"] == 7))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        wait_for(7);
+    };
     let with_config = ["--config", dir_arg(&config)];
-    standby_takes_over(
-        &with_config,
-        &|primary_at| format!("http://{primary_at}"),
-        &with_config,
-        &|| wait_for(7),
-    );
+    let follow = |primary_at: &str| {
+        *primary_url.borrow_mut() = format!("http://{primary_at}");
+        match &nats {
+            Some((_, bus)) => format!("{bus}?stream=FAILOVER&durable=standby-1"),
+            None => format!("http://{primary_at}"),
+        }
+    };
+    standby_takes_over(&with_config, &follow, &with_config, &primary_delivered);
     wait_for(10);
     // Time for a copy the standby would send late.
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -368,6 +408,10 @@ fn heavy_a_standby_sharing_its_primarys_receiver_sends_each_event_once() {
         "{events:?}"
     );
     assert!(signal(receiver.id(), "TERM"));
+    if let Some((mut nats, _)) = nats {
+        let _ = nats.kill();
+        let _ = nats.wait();
+    }
 }
 
 /// A `nats-server` with its store in `dir`, its URL, and a configuration

@@ -368,13 +368,13 @@ impl TwoSenders {
         }
     }
 
-    /// The node's own name (`DIR/<node>/grpc-sender`).
+    /// The node's own name (`DIR/<node>/node-name`).
     fn node_name(&self, node: &str) -> String {
         std::fs::read_to_string(
             self.dir
                 .path()
                 .join(node)
-                .join(omnirelay_replication_grpc::SENDER_FILE),
+                .join(omnirelay_replication::node::NODE_NAME_FILE),
         )
         .unwrap()
         .trim()

@@ -70,6 +70,15 @@ async fn presents(kind: &str, setup: fn(&Path) -> ServerAuth) {
         .await
         .unwrap_or_else(|e| panic!("{kind} follower: {e}"));
     assert_eq!(source.pending().await.unwrap(), 3, "{kind} follower");
+    // It reads who wrote them: the node of the data directory, the name a
+    // standby fed from the bus takes for its own.
+    assert_eq!(
+        follow.last_writer(&stream).await.unwrap(),
+        Some(omnirelay_replication::node::node_name(dir.path()).unwrap()),
+        "{kind}"
+    );
+    let empty = StreamId::new("empty").unwrap();
+    assert_eq!(follow.last_writer(&empty).await.unwrap(), None, "{kind}");
 
     // Someone the server does not know, or nobody, is refused.
     for (who, refused) in [

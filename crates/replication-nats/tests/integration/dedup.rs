@@ -389,57 +389,78 @@ async fn heavy_a_restarted_sink_publishes_again_from_a_hole_a_lost_publish_left(
 /// records for its own and skipping its records up to there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_a_sink_refuses_a_mark_another_writer_moved_while_it_failed() {
+    let (refused, held) = mark_moved_while_failing(Some("node-other")).await;
+    let refused = refused.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Config, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("published by another writer (node-other)"),
+        "{refused}"
+    );
+    assert_eq!(
+        held,
+        (1..=9).collect::<Vec<_>>(),
+        "the other node's are there"
+    );
+}
+
+/// The same with the other sink writing as this one's node (a standby
+/// that took its primary's name, publishing the primary's log): the same
+/// writer, so the mark it moved is this log's, and the sink carries on
+/// after it instead of refusing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_sink_takes_a_mark_its_own_node_moved_while_it_failed() {
+    let (retried, held) = mark_moved_while_failing(None).await;
+    retried.unwrap();
+    assert_eq!(held, (1..=9).collect::<Vec<_>>(), "each once");
+}
+
+/// A sink writing as `node-a` publishes 1..=3, fails on 4..=5; a second
+/// sink writing as `other` (`None`: as `node-a` too) reads the mark and
+/// publishes on to 9; the first sink retries 4..=5: its outcome, and the
+/// sequences the subject holds.
+async fn mark_moved_while_failing(
+    other: Option<&str>,
+) -> (Result<(), omnirelay_replication::SinkError>, Vec<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let stream = StreamId::new("shared").unwrap();
-    let options = NatsSinkOptions {
+    let options = |writer: &str| NatsSinkOptions {
         ack_timeout: Duration::from_millis(500),
+        writer: Some(writer.to_owned()),
         ..NatsSinkOptions::new()
     };
-    let records = |range: std::ops::RangeInclusive<u64>, tag: &[u8]| -> Vec<OwnedRecord> {
+    let records = |range: std::ops::RangeInclusive<u64>| -> Vec<OwnedRecord> {
         range
-            .map(|s| {
-                let r = record(&stream, s, Encoding::JSON_V1);
-                let mut bytes = r.bytes().to_vec();
-                bytes.extend_from_slice(tag);
-                OwnedRecord::new(
-                    stream.clone(),
-                    r.header().clone(),
-                    r.encoding(),
-                    bytes.into(),
-                )
-            })
+            .map(|s| record(&stream, s, Encoding::JSON_V1))
             .collect()
     };
-    let ours = NatsSink::connect(std::slice::from_ref(&nats.url), options.clone())
+    let ours = NatsSink::connect(std::slice::from_ref(&nats.url), options("node-a"))
         .await
         .unwrap();
-    ours.apply_owned(&records(1..=3, b"")).await.unwrap();
+    assert_eq!(ours.writer(), "node-a");
+    ours.apply_owned(&records(1..=3)).await.unwrap();
     nats.signal("STOP");
-    let failed = ours.apply_owned(&records(4..=5, b"")).await.unwrap_err();
+    let failed = ours.apply_owned(&records(4..=5)).await.unwrap_err();
     nats.signal("CONT");
     assert!(failed.error().is_retryable(), "{failed}");
-    // Another node, its sink reading the subject's mark, publishes on.
-    let theirs = NatsSink::connect(std::slice::from_ref(&nats.url), options)
-        .await
-        .unwrap();
+    // The other sink, reading the subject's mark, publishes on.
+    let theirs = NatsSink::connect(
+        std::slice::from_ref(&nats.url),
+        options(other.unwrap_or("node-a")),
+    )
+    .await
+    .unwrap();
     let mark = theirs.checkpoint(&stream).await.unwrap().unwrap();
-    theirs
-        .apply_owned(&records(mark + 1..=9, b" "))
+    theirs.apply_owned(&records(mark + 1..=9)).await.unwrap();
+    let retried = ours.apply_owned(&records(4..=5)).await;
+    let held = stored(&nats.url, DEFAULT_STREAM, "shared")
         .await
-        .unwrap();
-    let refused = ours.apply_owned(&records(4..=5, b"")).await.unwrap_err();
-    assert_eq!(refused.kind(), ErrorKind::Config, "{refused}");
-    assert!(
-        refused.to_string().contains("published by another writer"),
-        "{refused}"
-    );
-    let held = stored(&nats.url, DEFAULT_STREAM, "shared").await;
-    assert_eq!(
-        held.last().map(|(s, _)| *s),
-        Some(9),
-        "the other node's records are there"
-    );
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    (retried, held)
 }
 
 /// A retried publish whose first copy the stream's limits already removed:

@@ -601,9 +601,10 @@ impl Inner {
     /// The sequence of `record` once its publish is acknowledged. A
     /// duplicate acknowledgement is success when the message JetStream
     /// holds under that id is this one (a retry); when it holds another
-    /// message in the same format (another node publishing the same
-    /// stream id to the subject), dropping ours as a retry would lose it:
-    /// a non-retryable [`ErrorKind::Config`] instead.
+    /// message in the same format and version, or one in another from
+    /// another writer (another node publishing the same stream id to the
+    /// subject), dropping ours as a retry would lose it: a non-retryable
+    /// [`ErrorKind::Config`] instead.
     async fn settle(
         &self,
         subject: &str,
@@ -640,12 +641,23 @@ impl Inner {
         let same_form = [header::FORMAT, header::SCHEMA_VERSION].iter().all(|name| {
             stored.headers.get(*name).map(|v| v.as_str()) == headers.get(*name).map(|v| v.as_str())
         });
-        if same_form && stored.payload != *payload {
+        // In another form (a schema version or format rolled over) the
+        // bytes differ anyway: the writer tells this log's retry from
+        // another node's event. A message without one (a release before
+        // the header) is taken for a retry.
+        let writer = stored.headers.get(header::WRITER).map(|v| v.as_str());
+        let another = if same_form {
+            stored.payload != *payload
+        } else {
+            writer.is_some_and(|writer| writer != self.writer)
+        };
+        if another {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
-                    "nats: {subject} already holds another message as sequence {sequence} (JetStream message {}): another node publishes the same stream id to this subject; give each node its own stream",
-                    ack.sequence
+                    "nats: {subject} already holds another message as sequence {sequence} (JetStream message {}, writer {}): another node publishes the same stream id to this subject; give each node its own stream",
+                    ack.sequence,
+                    writer.unwrap_or("unnamed")
                 ),
             ));
         }

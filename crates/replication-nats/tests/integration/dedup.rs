@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use omnirelay_replication::{Encoding, ErrorKind, OwnedRecord, Sink, SinkExt, StreamId};
+use omnirelay_replication::{
+    Encoding, ErrorKind, Format, OwnedRecord, Sink, SinkExt, StreamId, WireVersion,
+};
 use omnirelay_replication_nats::{DEFAULT_STREAM, NatsSink, NatsSinkOptions, StreamSettings};
 use omnirelay_replication_testkit::conformance::record;
 
@@ -39,6 +41,28 @@ async fn heavy_retried_publishes_are_dropped_by_message_id_and_old_ones_by_the_m
         .await
         .unwrap();
     assert_eq!(other.checkpoint(&stream).await.unwrap(), None);
+    // And another whose events come in another schema version, whose
+    // bytes cannot be compared: the writer tells it from a retry.
+    let other_version = NatsSink::connect(
+        std::slice::from_ref(&nats.url),
+        NatsSinkOptions {
+            writer: Some("node-other".to_owned()),
+            ..options.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(other_version.checkpoint(&stream).await.unwrap(), None);
+    let rolled = NatsSink::connect(
+        std::slice::from_ref(&nats.url),
+        NatsSinkOptions {
+            writer: Some(first.writer().to_owned()),
+            ..options.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(rolled.checkpoint(&stream).await.unwrap(), None);
     let others: Vec<_> = batch
         .iter()
         .map(|r| {
@@ -72,6 +96,16 @@ async fn heavy_retried_publishes_are_dropped_by_message_id_and_old_ones_by_the_m
             .contains("another node publishes the same stream id"),
         "{refused}"
     );
+    let version_2: Vec<_> = (1..=5)
+        .map(|s| record(&stream, s, Encoding::new(Format::Json, WireVersion::V2)))
+        .collect();
+    let refused = other_version.apply_owned(&version_2).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Config, "{refused}");
+    assert!(refused.to_string().contains("another node"), "{refused}");
+    // The same sequences in version 2 from the first sink's node (its
+    // schema rolled forward, re-sending inside the window): retries.
+    rolled.apply_owned(&version_2).await.unwrap();
+    assert_eq!(rolled.duplicates(), 5);
 
     // Past the duplicate window, a restarted sink skips by its mark.
     tokio::time::sleep(Duration::from_millis(1500)).await;

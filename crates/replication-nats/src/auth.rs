@@ -120,3 +120,22 @@ pub fn trust_authority(options: ConnectOptions, ca_file: &Path) -> Result<Connec
         .add_root_certificates(ca_file.to_owned())
         .require_tls(true))
 }
+
+/// `servers` as addresses to connect to; `who` (`nats`, `nats source`)
+/// begins the error.
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`] naming the first address that does not read.
+pub(crate) fn server_addresses(
+    servers: &[String],
+    who: &str,
+) -> Result<Vec<async_nats::ServerAddr>, Error> {
+    servers
+        .iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| Error::new(ErrorKind::Config, format!("{who}: server {s:?}: {e}")))
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@ use async_nats::ConnectOptions;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use omnirelay_replication::{Error, ErrorKind, StreamId};
 
-use crate::auth::{NatsCredentials, trust_authority};
+use crate::auth::{NatsCredentials, server_addresses, trust_authority};
 use crate::source::NatsSourceOptions;
 use crate::subject::{header, subject_for, validate_stream_name, validate_subject_template};
 
@@ -250,18 +250,7 @@ impl FollowUrl {
                 format!("nats follower: {what}: {e}"),
             )
         };
-        let addresses = self
-            .servers
-            .iter()
-            .map(|s| {
-                s.parse::<async_nats::ServerAddr>().map_err(|e| {
-                    Error::new(
-                        ErrorKind::Config,
-                        format!("nats follower: server {s:?}: {e}"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let addresses = server_addresses(&self.servers, "nats follower")?;
         let client = self
             .connect_options()?
             .connect(addresses)

@@ -17,6 +17,7 @@ use omnirelay_replication::{
     Error, ErrorKind, Health, HealthCell, Record, Sink, SinkError, StreamId,
 };
 
+use crate::auth::server_addresses;
 use crate::diagnose::{ConnectProblem, TlsTrust};
 use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, subject_for, validate_stream_name,
@@ -256,13 +257,7 @@ impl NatsSink {
                 "nats: no server to connect to",
             ));
         }
-        let addresses: Vec<async_nats::ServerAddr> = servers
-            .iter()
-            .map(|s| {
-                s.parse()
-                    .map_err(|e| nats_error(ErrorKind::Config, &format!("server {s:?}"), e))
-            })
-            .collect::<Result<_, _>>()?;
+        let addresses = server_addresses(servers, "nats")?;
         let connecting = Arc::new(ConnectProblem::default());
         let recorder = connecting.clone();
         let probed: Arc<[async_nats::ServerAddr]> = addresses.clone().into();

@@ -16,6 +16,7 @@ use omnirelay_replication::{
     RetryPolicy, SharedSink, Sink, StreamId, WireVersion,
 };
 
+use crate::auth::server_addresses;
 use crate::follow::FollowUrl;
 use crate::subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, validate_stream_name,
@@ -196,14 +197,7 @@ impl<E: ReplicationEvent> NatsSource<E> {
         validate_stream_name(&options.stream)?;
         validate_subject_template(&options.subject)?;
         validate_stream_name(&options.durable)?;
-        let addresses: Vec<async_nats::ServerAddr> = servers
-            .iter()
-            .map(|s| {
-                s.parse().map_err(|e| {
-                    Error::new(ErrorKind::Config, format!("nats source: server {s:?}: {e}"))
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let addresses = server_addresses(servers, "nats source")?;
         let client = connect
             .connect(addresses)
             .await

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, Standby};
 use omnirelay_replication::config::Override;
 use omnirelay_replication::node::adopt_node_name;
-use omnirelay_replication::{Encoding, Format, SinkExt as _, StreamId, WireVersion};
+use omnirelay_replication::{Encoding, Format, SinkExt as _, StreamId, Timestamp, WireVersion};
 use omnirelay_replication_grpc::{Connection, Receiver};
 use omnirelay_replication_nats::{FollowUrl, NatsSource};
 use omnirelay_resourcelease::telemetry::LagRecording;
@@ -285,12 +285,14 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         Role::Standby => {
             let standby = match bus {
                 Some((url, follow)) => {
-                    let standby =
-                        Standby::open_fed(replicator.clone(), dispatcher_options.clone(), &url)
-                            .await
-                            .with_context(|| {
-                                format!("cannot rebuild the queue from stream {stream}")
-                            })?;
+                    let standby = Standby::open_fed(
+                        replicator.clone(),
+                        dispatcher_options.clone(),
+                        &url,
+                        standby_settings.primary_quiet(),
+                    )
+                    .await
+                    .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
                     tokio::spawn(feed_from_bus(standby.clone(), follow, bound.stopping()));
                     standby
                 }
@@ -615,6 +617,7 @@ async fn status_document(source: &StatusSource) -> serde_json::Value {
                 "appliedSequence": status.applied,
                 "lagEvents": status.lag_events(),
                 "lastError": status.last_error,
+                "primaryLastWrite": status.last_written.map(Timestamp::to_json_string),
             });
             Some(match standby.dispatcher() {
                 Some(dispatcher) => dispatcher.snapshot().await,

@@ -503,6 +503,7 @@ fn status_json(status: &crate::StandbyStatus) -> serde_json::Value {
         "primaryHead": status.primary_head,
         "lagEvents": status.lag_events(),
         "lastError": status.last_error,
+        "primaryLastWrite": status.last_written.map(omnirelay_replication::Timestamp::to_json_string),
     })
 }
 

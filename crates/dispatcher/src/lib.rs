@@ -35,4 +35,4 @@ pub use queue::{
 pub use service::{
     DEAD_LETTERED_ITEMS, DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats,
 };
-pub use standby::{Standby, StandbyFeed, StandbyStatus};
+pub use standby::{PRIMARY_QUIET, Standby, StandbyFeed, StandbyStatus};

@@ -54,6 +54,10 @@ pub const STANDBY_DEFAULT_TOML: &str = r#"
 # (which is sent otherwise). Keep it in OMNIRELAY_SERVICES__STANDBY__TOKEN
 # rather than in the file.
 # token = "…"
+# Following the bus, which cannot show whether the primary still serves:
+# how long after the primary's newest event a promotion takes the primary
+# for stopped (before, it is refused unless forced; 0: at once).
+primary_quiet_ms = 10000
 "#;
 
 /// `[services.standby]`: what a standby follows, and how.
@@ -68,7 +72,22 @@ pub struct StandbySettings {
     /// The bearer token a node primary wants, when it is not this node's
     /// own `[server] token`.
     pub token: Option<String>,
+    /// Following the bus: how long after the primary's newest event a
+    /// promotion takes the primary for stopped (see
+    /// [`PRIMARY_QUIET`](crate::PRIMARY_QUIET)), in milliseconds.
+    pub primary_quiet_ms: Option<u64>,
 }
+
+impl StandbySettings {
+    /// [`StandbySettings::primary_quiet_ms`], or its default.
+    pub fn primary_quiet(&self) -> std::time::Duration {
+        self.primary_quiet_ms
+            .map_or(crate::PRIMARY_QUIET, std::time::Duration::from_millis)
+    }
+}
+
+/// The longest `primary_quiet_ms`: an hour.
+const MAX_PRIMARY_QUIET_MS: u64 = 3_600_000;
 
 /// Reads `[services.standby]` (an empty table when absent).
 ///
@@ -91,6 +110,15 @@ pub fn parse_standby(table: Option<&serde_json::Value>) -> Result<StandbySetting
         f.get(..7)
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("nats://"))
     });
+    if settings
+        .primary_quiet_ms
+        .is_some_and(|ms| ms > MAX_PRIMARY_QUIET_MS)
+    {
+        return Err(SettingsError::new(
+            "primary_quiet_ms",
+            format!("at most {MAX_PRIMARY_QUIET_MS} (an hour)"),
+        ));
+    }
     if settings.token.is_some() && on_the_bus {
         return Err(SettingsError::new(
             "token",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use omnirelay_replication::{
     DurableReplicator, Encoding, Error, ErrorKind, Format, Record, Sink, SinkError, StreamId,
-    WireVersion,
+    Timestamp, WireVersion,
 };
 use omnirelay_replication_grpc::{Connection, Subscription};
 use omnirelay_resourcelease::{ResourceLeaseReplicationEvent as Event, proto};
@@ -19,6 +19,13 @@ use crate::service::{Dispatcher, DispatcherOptions, lock};
 
 /// The gauge of a standby's lag behind its primary, in events.
 pub const LAG_EVENTS: &str = "omnirelay_dispatcher_standby_lag_events";
+
+/// How long after its primary's newest event a standby fed from the bus
+/// (which cannot see whether the primary serves) takes the primary for
+/// stopped by default: before, a promotion is refused unless forced. The
+/// same 10 s in which a standby following its primary itself notices a
+/// primary whose host went away.
+pub const PRIMARY_QUIET: Duration = Duration::from_secs(10);
 
 /// Where a standby stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +42,10 @@ pub struct StandbyStatus {
     pub last_error: Option<String>,
     /// Whether it was promoted (and follows no more).
     pub promoted: bool,
+    /// When the primary's log stamped the newest event applied (since the
+    /// standby started): a standby fed from the bus takes its primary for
+    /// stopped only a while ([`PRIMARY_QUIET`] by default) after it.
+    pub last_written: Option<Timestamp>,
 }
 
 impl StandbyStatus {
@@ -54,6 +65,9 @@ pub struct Standby {
     follower: StdMutex<Option<tokio::task::JoinHandle<()>>>,
     /// It follows the primary itself ([`Standby::open`]), not a feed.
     direct: bool,
+    /// Fed: how long after the primary's newest event the primary is taken
+    /// for stopped.
+    quiet: Duration,
     promoted: tokio::sync::OnceCell<Arc<Dispatcher>>,
 }
 
@@ -78,7 +92,7 @@ impl Standby {
         options: DispatcherOptions,
         primary: Connection,
     ) -> Result<Arc<Self>, Error> {
-        let standby = Self::build(replicator, options, &primary.url, true).await?;
+        let standby = Self::build(replicator, options, &primary.url, None).await?;
         let follower = tokio::spawn(Self::follow(Arc::downgrade(&standby), primary));
         *lock(&standby.follower) = Some(follower);
         Ok(standby)
@@ -88,7 +102,10 @@ impl Standby {
     /// its log) without following anything itself: the primary's stream
     /// comes in through [`Standby::feed`], and whoever feeds it reports how
     /// the primary stands with [`Standby::report_upstream`]. `following`
-    /// names the source in its status.
+    /// names the source in its status. Since a feed cannot show whether
+    /// the primary still serves, a promotion within `quiet` of the
+    /// primary's newest event is unsafe ([`Standby::promotion_hazard`];
+    /// [`PRIMARY_QUIET`] by default).
     ///
     /// # Errors
     ///
@@ -97,18 +114,19 @@ impl Standby {
         replicator: Arc<DurableReplicator<Event>>,
         options: DispatcherOptions,
         following: &str,
+        quiet: Duration,
     ) -> Result<Arc<Self>, Error> {
-        Self::build(replicator, options, following, false).await
+        Self::build(replicator, options, following, Some(quiet)).await
     }
 
     /// A standby on `replicator` (its queue rebuilt from its log) that
-    /// follows nothing yet; `direct` when it will follow the primary
-    /// itself.
+    /// follows nothing yet: fed, with its `quiet` period, or (`None`)
+    /// following the primary itself.
     async fn build(
         replicator: Arc<DurableReplicator<Event>>,
         options: DispatcherOptions,
         following: &str,
-        direct: bool,
+        fed: Option<Duration>,
     ) -> Result<Arc<Self>, Error> {
         let state = crate::service::rebuild(&replicator, &options).await?;
         Ok(Arc::new(Self {
@@ -122,7 +140,8 @@ impl Standby {
             state: Mutex::new(state),
             stop: watch::Sender::new(false),
             follower: StdMutex::new(None),
-            direct,
+            direct: fed.is_none(),
+            quiet: fed.unwrap_or_default(),
             promoted: tokio::sync::OnceCell::new(),
         }))
     }
@@ -178,7 +197,9 @@ impl Standby {
     /// follows its primary itself, the primary is serving (two
     /// dispatchers serving one queue diverge); while it is behind the
     /// primary's stream (as last reported), promoting it would lose the
-    /// events it has not applied. `None` once promoted.
+    /// events it has not applied; fed (from the bus), within its quiet
+    /// period ([`Standby::open_fed`]) of the primary's newest event, the
+    /// primary may still be serving. `None` once promoted.
     pub fn promotion_hazard(&self) -> Option<String> {
         let status = self.status();
         if status.promoted {
@@ -193,6 +214,23 @@ impl Standby {
             ));
         }
         let lag = status.lag_events();
+        if lag == 0
+            && !self.direct
+            && let Some(written) = status.last_written
+        {
+            let since = Timestamp::now().saturating_duration_since(written);
+            if since < self.quiet {
+                return Some(format!(
+                    "its primary wrote sequence {} {:.1} s ago, so it may still be serving: stop \
+                     the primary first (two dispatchers serving one queue diverge; a standby fed \
+                     from the bus takes its primary for stopped {:.1} s after its newest event: \
+                     services.standby.primary_quiet_ms)",
+                    status.applied,
+                    since.as_secs_f64(),
+                    self.quiet.as_secs_f64()
+                ));
+            }
+        }
         (lag > 0).then(|| {
             let remedy = match (&status.last_error, status.connected) {
                 (Some(error), _) => format!("it cannot follow on: {error}"),
@@ -381,8 +419,12 @@ impl Standby {
                 )
             })?;
         }
-        let last = applied.last().map_or(0, |e| e.sequence_number);
-        self.set_status(|s| s.applied = u64::try_from(last).unwrap_or(0));
+        if let Some(last) = applied.last() {
+            self.set_status(|s| {
+                s.applied = u64::try_from(last.sequence_number).unwrap_or(0);
+                s.last_written = Some(last.timestamp);
+            });
+        }
         Ok(())
     }
 

@@ -302,6 +302,13 @@ fn service_tables_are_checked_by_their_service() {
         ),
         "{stderr}"
     );
+    std::fs::write(&file, "[services.standby]\nprimary_quiet_ms = 3600001\n").unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert!(
+        text(&out.stderr).contains("services.standby.primary_quiet_ms: at most 3600000"),
+        "{}",
+        text(&out.stderr)
+    );
     std::fs::write(
         &file,
         "[services.mesh]

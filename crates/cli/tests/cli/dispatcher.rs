@@ -788,9 +788,38 @@ fn standby_takes_over(
         assert!(signal(primary.id(), "KILL"));
         let _ = primary.wait();
     }
+    // Fed from the bus, which cannot show whether the primary serves, the
+    // standby takes it for stopped 10 s after its newest event: until
+    // then a promotion is unsafe, and the one below waits for that.
+    let quiet_left = if primary_url.starts_with("http") {
+        None
+    } else {
+        let (_, body) = http_get(&standby_at, "/standby").unwrap();
+        let status: Value = serde_json::from_str(&body).unwrap();
+        let written = omnirelay_replication::Timestamp::parse(
+            status["primaryLastWrite"].as_str().unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}: {body}"));
+        let age = omnirelay_replication::Timestamp::now().saturating_duration_since(written);
+        let quiet = std::time::Duration::from_secs(10);
+        // Not at the edge, where the two readings could disagree.
+        (age < quiet - std::time::Duration::from_secs(1)).then(|| {
+            let hazard = status["promotionHazard"].as_str().unwrap_or_default();
+            assert!(hazard.contains("may still be serving"), "{body}");
+            quiet - age
+        })
+    };
     // The standby is promoted and carries on.
+    let asked = std::time::Instant::now();
     let out = omnirelay(&["promote", "--url", &standby_url], b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
+    if let Some(left) = quiet_left {
+        assert!(
+            asked.elapsed() + std::time::Duration::from_millis(500) >= left,
+            "promoted after {:?}, with {left:?} of the quiet period left",
+            asked.elapsed()
+        );
+    }
     let promoted: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
     assert_eq!(promoted["role"], "dispatcher");
     assert_eq!(

@@ -539,10 +539,14 @@ async fn dead_letters_are_purged_over_http() {
 async fn an_unsafe_promotion_is_refused_over_http_unless_forced() {
     let dir = tempfile::tempdir().unwrap();
     let replicator = crate::support::log(dir.path()).await;
-    let standby =
-        omnirelay_dispatcher::Standby::open_fed(replicator, DispatcherOptions::default(), "bus")
-            .await
-            .unwrap();
+    let standby = omnirelay_dispatcher::Standby::open_fed(
+        replicator,
+        DispatcherOptions::default(),
+        "bus",
+        omnirelay_dispatcher::PRIMARY_QUIET,
+    )
+    .await
+    .unwrap();
     // Its source says the primary's stream is at 10; it has nothing.
     standby.report_upstream(false, Some(10), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, QueueOptions, Standby, StandbyFeed};
 use omnirelay_replication::{
-    Encoding, ErrorKind, Format, OwnedRecord, Replayed, Sink as _, SinkError, StreamId, WireVersion,
+    Encoding, ErrorKind, Format, OwnedRecord, Replayed, Sink as _, SinkError, StreamId, Timestamp,
+    WireVersion,
 };
 use omnirelay_replication_grpc::Connection;
 use tokio::sync::watch;
@@ -198,7 +199,10 @@ async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_prom
     assert_eq!(fed.len() as u64, head);
 
     let standby_log = log(standby_dir.path()).await;
-    let standby = Standby::open_fed(standby_log.clone(), options, "nats://bus")
+    // A bus cannot show whether the primary serves: a promotion within
+    // two seconds of its newest event is refused.
+    let quiet = Duration::from_secs(2);
+    let standby = Standby::open_fed(standby_log.clone(), options, "nats://bus", quiet)
         .await
         .unwrap();
     let feed = standby.feed();
@@ -251,12 +255,40 @@ async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_prom
     );
     assert_eq!(standby.snapshot().await, primary.snapshot().await);
 
+    // Caught up, but the primary wrote its newest event just now: it may
+    // still serve, so the promotion waits for the quiet period.
+    let written = status.last_written.expect("the primary's newest event");
+    assert_eq!(
+        written,
+        fed.last().unwrap().header().timestamp,
+        "stamped by the primary's log"
+    );
+    let refused = standby.promote_when_safe(Duration::ZERO).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("its primary wrote sequence {head}")),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("may still be serving"),
+        "{refused}"
+    );
+    assert!(!standby.is_promoted());
+
     // Promoted, it serves that queue and takes nothing more from the feed.
     let before = primary.snapshot().await;
+    let started = std::time::Instant::now();
     let dispatcher = standby
-        .promote_when_safe(Duration::from_millis(100))
+        .promote_when_safe(Duration::from_secs(30))
         .await
         .unwrap();
+    assert!(
+        Timestamp::now().saturating_duration_since(written) >= quiet,
+        "promoted only once the primary was quiet ({:?} after asking)",
+        started.elapsed()
+    );
     assert!(standby.is_promoted());
     assert_eq!(dispatcher.snapshot().await, before);
     primary.enqueue(payload("e"), Some("seeder")).await.unwrap();

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use omnirelay_replication::{
-    DurableReplicator, Encoding, Error, ErrorKind, Format, Record, Sink, SinkError, StreamId,
-    Timestamp, WireVersion,
+    DurableReplicator, Encoding, Error, ErrorKind, Format, Record, Replayed, Sink, SinkError,
+    StreamId, Timestamp, WireVersion,
 };
 use omnirelay_replication_grpc::{Connection, Subscription};
 use omnirelay_resourcelease::{ResourceLeaseReplicationEvent as Event, proto};
@@ -42,9 +42,9 @@ pub struct StandbyStatus {
     pub last_error: Option<String>,
     /// Whether it was promoted (and follows no more).
     pub promoted: bool,
-    /// When the primary's log stamped the newest event applied (since the
-    /// standby started): a standby fed from the bus takes its primary for
-    /// stopped only a while ([`PRIMARY_QUIET`] by default) after it.
+    /// When the primary's log stamped the newest event applied (the last
+    /// in the standby's log): a standby fed from the bus takes its primary
+    /// for stopped only a while ([`PRIMARY_QUIET`] by default) after it.
     pub last_written: Option<Timestamp>,
 }
 
@@ -129,10 +129,13 @@ impl Standby {
         fed: Option<Duration>,
     ) -> Result<Arc<Self>, Error> {
         let state = crate::service::rebuild(&replicator, &options).await?;
+        let applied = replicator.last_sequence(&options.stream);
+        let last_written = last_written(&replicator, &options.stream, applied).await?;
         Ok(Arc::new(Self {
             status: StdMutex::new(StandbyStatus {
                 following: following.to_owned(),
-                applied: replicator.last_sequence(&options.stream),
+                applied,
+                last_written,
                 ..StandbyStatus::default()
             }),
             replicator,
@@ -488,6 +491,35 @@ impl Standby {
             None => Ok(()),
         }
     }
+}
+
+/// When the primary's log stamped sequence `last` of `stream` (kept as it
+/// came in the standby's log); `None` for an empty stream.
+async fn last_written(
+    replicator: &DurableReplicator<Event>,
+    stream: &StreamId,
+    last: u64,
+) -> Result<Option<Timestamp>, Error> {
+    if last == 0 {
+        return Ok(None);
+    }
+    let replay = replicator
+        .replay(
+            stream,
+            last,
+            Encoding::new(Format::Protobuf, WireVersion::V2),
+        )
+        .await?;
+    tokio::task::spawn_blocking(move || {
+        for item in replay {
+            if let Replayed::Record(record) = item? {
+                return Ok(Some(record.header().timestamp));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Unavailable, format!("reading the log: {e}")))?
 }
 
 /// The sink of a fed standby; see [`Standby::feed`].

@@ -299,3 +299,46 @@ async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_prom
     primary_log.close().await.unwrap();
     standby_log.close().await.unwrap();
 }
+
+/// Restarted, a fed standby knows when its primary wrote the last event
+/// in its log: a promotion right after a restart, before the feed brings
+/// anything new, is as unsafe as one right before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_fed_standby_remembers_when_its_primary_last_wrote() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary_log = log(primary_dir.path()).await;
+    let options = DispatcherOptions::default();
+    let primary = Dispatcher::open(primary_log.clone(), options.clone())
+        .await
+        .unwrap();
+    for id in ["a", "b"] {
+        primary.enqueue(payload(id), Some("seeder")).await.unwrap();
+    }
+    let fed = records(
+        &primary_log,
+        Encoding::new(Format::Protobuf, WireVersion::V2),
+    )
+    .await;
+    let quiet = Duration::from_secs(3600);
+    let standby_log = log(standby_dir.path()).await;
+    let standby = Standby::open_fed(standby_log.clone(), options.clone(), "nats://bus", quiet)
+        .await
+        .unwrap();
+    assert_eq!(standby.status().last_written, None, "nothing applied yet");
+    apply(&standby.feed(), &fed).await.unwrap();
+    drop(standby);
+    standby_log.close().await.unwrap();
+
+    let standby_log = log(standby_dir.path()).await;
+    let standby = Standby::open_fed(standby_log.clone(), options, "nats://bus", quiet)
+        .await
+        .unwrap();
+    let status = standby.status();
+    assert_eq!(status.applied, 2);
+    assert_eq!(status.last_written, Some(fed[1].header().timestamp));
+    let hazard = standby.promotion_hazard().unwrap_or_default();
+    assert!(hazard.contains("its primary wrote sequence 2"), "{hazard}");
+    drop((standby, primary));
+    standby_log.close().await.unwrap();
+    primary_log.close().await.unwrap();
+}

@@ -173,17 +173,23 @@ async fn apply(feed: &StandbyFeed, records: &[OwnedRecord]) -> Result<(), SinkEr
     feed.apply(&borrowed).await
 }
 
+/// A dispatcher on a log of its own in `dir`, with `ids` enqueued.
+async fn primary_with(dir: &std::path::Path, ids: &[&str]) -> (Log, Arc<Dispatcher>) {
+    let primary_log = log(dir).await;
+    let primary = Dispatcher::open(primary_log.clone(), DispatcherOptions::default())
+        .await
+        .unwrap();
+    for id in ids {
+        primary.enqueue(payload(id), Some("seeder")).await.unwrap();
+    }
+    (primary_log, primary)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_promoted() {
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary_log = log(primary_dir.path()).await;
     let options = DispatcherOptions::default();
-    let primary = Dispatcher::open(primary_log.clone(), options.clone())
-        .await
-        .unwrap();
-    for id in ["a", "b", "c", "d"] {
-        primary.enqueue(payload(id), Some("seeder")).await.unwrap();
-    }
+    let (primary_log, primary) = primary_with(primary_dir.path(), &["a", "b", "c", "d"]).await;
     let first = primary.lease(Some("worker-1")).await.unwrap();
     primary.complete(&first.handle).await.unwrap();
     let second = primary.lease(Some("worker-2")).await.unwrap();
@@ -306,14 +312,8 @@ async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_prom
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_fed_standby_remembers_when_its_primary_last_wrote() {
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary_log = log(primary_dir.path()).await;
     let options = DispatcherOptions::default();
-    let primary = Dispatcher::open(primary_log.clone(), options.clone())
-        .await
-        .unwrap();
-    for id in ["a", "b"] {
-        primary.enqueue(payload(id), Some("seeder")).await.unwrap();
-    }
+    let (primary_log, primary) = primary_with(primary_dir.path(), &["a", "b"]).await;
     let fed = records(
         &primary_log,
         Encoding::new(Format::Protobuf, WireVersion::V2),

@@ -148,7 +148,7 @@ impl NatsSinkOptions {
             ));
         }
         if let Some(writer) = &self.writer
-            && (writer.is_empty() || !writer.bytes().all(|b| b.is_ascii_graphic()))
+            && !omnirelay_replication::node::is_node_name(writer)
         {
             return Err(Error::new(
                 ErrorKind::Config,

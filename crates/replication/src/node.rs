@@ -64,7 +64,7 @@ pub fn node_name(dir: &Path) -> Result<String, Error> {
 /// [`ErrorKind::Config`] for a name that is not printable ASCII;
 /// [`ErrorKind::Unavailable`] when the file cannot be read or written.
 pub fn adopt_node_name(dir: &Path, name: &str) -> Result<bool, Error> {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+    if !is_node_name(name) {
         return Err(Error::new(
             ErrorKind::Config,
             format!("node name: {name:?} is not a node name (printable ASCII)"),
@@ -82,6 +82,12 @@ pub fn adopt_node_name(dir: &Path, name: &str) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// Whether `name` can be a node's name: printable ASCII, not empty (it
+/// goes into request metadata and message headers as it is).
+pub fn is_node_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn unavailable(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::new(
         ErrorKind::Unavailable,
@@ -93,8 +99,7 @@ fn unavailable(what: &str, path: &Path, e: std::io::Error) -> Error {
 /// The name in `path`: `None` when there is no file or no usable name.
 fn read_name(path: &Path) -> std::io::Result<Option<String>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text.trim().to_owned())
-            .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()))),
+        Ok(text) => Ok(Some(text.trim().to_owned()).filter(|name| is_node_name(name))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }

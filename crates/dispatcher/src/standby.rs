@@ -4,7 +4,7 @@
 //! projection current; promoted, it becomes a dispatcher with that state.
 
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use omnirelay_replication::{
     DurableReplicator, Encoding, Error, ErrorKind, Format, Record, Replayed, Sink, SinkError,
@@ -68,6 +68,8 @@ pub struct Standby {
     /// Fed: how long after the primary's newest event the primary is taken
     /// for stopped.
     quiet: Duration,
+    /// Fed: the primary's stream as the source reported it.
+    head: StdMutex<HeadWatch>,
     promoted: tokio::sync::OnceCell<Arc<Dispatcher>>,
 }
 
@@ -145,6 +147,7 @@ impl Standby {
             follower: StdMutex::new(None),
             direct: fed.is_none(),
             quiet: fed.unwrap_or_default(),
+            head: StdMutex::new(HeadWatch::default()),
             promoted: tokio::sync::OnceCell::new(),
         }))
     }
@@ -163,8 +166,14 @@ impl Standby {
 
     /// Reports, for a standby fed from elsewhere, whether its source is
     /// reachable, the primary's newest sequence if known, and the last
-    /// failure to read it.
+    /// failure to read it. A newest sequence higher than every one
+    /// reported before (the first report sets where the stream stands)
+    /// shows the primary still writing: it starts the quiet period again
+    /// ([`Standby::promotion_hazard`]).
     pub fn report_upstream(&self, connected: bool, head: Option<u64>, error: Option<String>) {
+        if let Some(head) = head {
+            lock(&self.head).report(head);
+        }
         self.set_status(|s| {
             s.connected = connected;
             if let Some(head) = head {
@@ -201,8 +210,11 @@ impl Standby {
     /// dispatchers serving one queue diverge); while it is behind the
     /// primary's stream (as last reported), promoting it would lose the
     /// events it has not applied; fed (from the bus), within its quiet
-    /// period ([`Standby::open_fed`]) of the primary's newest event, the
-    /// primary may still be serving. `None` once promoted.
+    /// period ([`Standby::open_fed`]) of the primary's newest event (as
+    /// the primary's log stamped it) or of the last report showing the
+    /// primary's stream grown (by this host's clock, which a primary's
+    /// clock running behind cannot shorten), the primary may still be
+    /// serving. `None` once promoted.
     pub fn promotion_hazard(&self) -> Option<String> {
         let status = self.status();
         if status.promoted {
@@ -229,6 +241,23 @@ impl Standby {
                      from the bus takes its primary for stopped {:.1} s after its newest event: \
                      services.standby.primary_quiet_ms)",
                     status.applied,
+                    since.as_secs_f64(),
+                    self.quiet.as_secs_f64()
+                ));
+            }
+        }
+        if lag == 0
+            && !self.direct
+            && let Some((head, seen)) = lock(&self.head).grew
+        {
+            let since = seen.elapsed();
+            if since < self.quiet {
+                return Some(format!(
+                    "the primary's stream grew to sequence {head} {:.1} s ago (by this host's \
+                     clock), so it may still be serving: stop the primary first (two dispatchers \
+                     serving one queue diverge; a standby fed from the bus takes its primary for \
+                     stopped {:.1} s after its stream last grew: \
+                     services.standby.primary_quiet_ms)",
                     since.as_secs_f64(),
                     self.quiet.as_secs_f64()
                 ));
@@ -489,6 +518,30 @@ impl Standby {
                 Err(Error::new(ErrorKind::Unavailable, gap))
             }
             None => Ok(()),
+        }
+    }
+}
+
+/// The primary's stream as a fed standby's source reported it.
+#[derive(Debug, Default)]
+struct HeadWatch {
+    /// The highest head reported.
+    highest: Option<u64>,
+    /// The head and when (by this host's clock) a report last showed it
+    /// higher than every report before; the first report, which may be a
+    /// backlog, shows nothing new.
+    grew: Option<(u64, Instant)>,
+}
+
+impl HeadWatch {
+    fn report(&mut self, head: u64) {
+        match self.highest {
+            Some(highest) if head <= highest => {}
+            Some(_) => {
+                self.highest = Some(head);
+                self.grew = Some((head, Instant::now()));
+            }
+            None => self.highest = Some(head),
         }
     }
 }

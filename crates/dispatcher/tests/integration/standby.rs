@@ -342,3 +342,90 @@ async fn a_restarted_fed_standby_remembers_when_its_primary_last_wrote() {
     standby_log.close().await.unwrap();
     primary_log.close().await.unwrap();
 }
+
+/// An hour before now: the clock of a primary whose clock runs behind.
+fn an_hour_ago() -> Timestamp {
+    Timestamp::from_unix_millis(Timestamp::now().unix_millis() - 3_600_000).unwrap()
+}
+
+/// A primary whose clock runs behind the standby's stamps its events in
+/// the past, which the quiet period by its stamps cannot catch: once the
+/// bus showed its stream grow, the standby waits out the quiet period by
+/// its own clock. The backlog it found on starting shows nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fed_standby_waits_by_its_own_clock_for_a_primary_whose_clock_runs_behind() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary_log = Arc::new(
+        omnirelay_replication::DurableReplicator::open(
+            Arc::new(omnirelay_resourcelease::ResourceLeaseCodec),
+            omnirelay_replication::DurableOptions {
+                clock: an_hour_ago,
+                ..omnirelay_replication::DurableOptions::new(primary_dir.path())
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let primary = Dispatcher::open(primary_log.clone(), DispatcherOptions::default())
+        .await
+        .unwrap();
+    for id in ["a", "b"] {
+        primary.enqueue(payload(id), Some("seeder")).await.unwrap();
+    }
+    let v2 = Encoding::new(Format::Protobuf, WireVersion::V2);
+    let fed = records(&primary_log, v2).await;
+    let quiet = Duration::from_secs(2);
+    let standby_log = log(standby_dir.path()).await;
+    let standby = Standby::open_fed(
+        standby_log.clone(),
+        DispatcherOptions::default(),
+        "nats://bus",
+        quiet,
+    )
+    .await
+    .unwrap();
+    let feed = standby.feed();
+    // Started behind a backlog: where the stream stands, then caught up.
+    standby.report_upstream(true, Some(2), None);
+    apply(&feed, &fed).await.unwrap();
+    standby.report_upstream(true, Some(2), None);
+    assert_eq!(
+        standby.promotion_hazard(),
+        None,
+        "stamped an hour ago, and the stream did not grow while it watched"
+    );
+
+    // The primary writes on: the stream grows.
+    primary.enqueue(payload("c"), Some("seeder")).await.unwrap();
+    let fed = records(&primary_log, v2).await;
+    apply(&feed, &fed[2..]).await.unwrap();
+    let grew = std::time::Instant::now();
+    standby.report_upstream(true, Some(3), None);
+    let written = standby.status().last_written.unwrap();
+    assert!(
+        Timestamp::now().saturating_duration_since(written) > Duration::from_secs(3000),
+        "stamped by the primary's clock, an hour behind"
+    );
+    let refused = standby.promote_when_safe(Duration::ZERO).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("the primary's stream grew to sequence 3"),
+        "{refused}"
+    );
+    assert!(!standby.is_promoted());
+    let dispatcher = standby
+        .promote_when_safe(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        grew.elapsed() >= quiet,
+        "promoted only {:?} after the stream grew",
+        grew.elapsed()
+    );
+    assert_eq!(dispatcher.snapshot().await, primary.snapshot().await);
+    drop((dispatcher, standby, primary));
+    standby_log.close().await.unwrap();
+    primary_log.close().await.unwrap();
+}

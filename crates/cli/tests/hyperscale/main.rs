@@ -3,9 +3,11 @@
 //! SIGKILL at random points.
 //!
 //! CI runs the reduced size (a million events, 100 cycles);
-//! `OMNIRELAY_HYPERSCALE=full` runs the full one (ten million events, 1 000
-//! cycles). `OMNIRELAY_HYPERSCALE_SEED=N` replays the cycles of a seed (the
-//! test prints its seed).
+//! `HYPERSCALE=full` runs the full one (ten million events, 1 000
+//! cycles). `HYPERSCALE_SEED=N` replays the cycles of a seed (the
+//! test prints its seed). Not `OMNIRELAY_…`: every such variable is
+//! configuration to the nodes the tests start, which inherit the
+//! environment, and an unknown one stops them.
 
 // A panic in a test helper is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,7 +22,13 @@ use std::time::{Duration, Instant};
 use omnirelay_replication_testkit::process::{KillOnDrop, signal};
 
 fn full() -> bool {
-    std::env::var("OMNIRELAY_HYPERSCALE").is_ok_and(|v| v == "full")
+    match std::env::var("HYPERSCALE") {
+        Ok(size) => {
+            assert_eq!(size, "full", "HYPERSCALE: `full`, or unset for the CI size");
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 fn omnirelay() -> Command {
@@ -351,11 +359,14 @@ fn kill(child: &mut KillOnDrop) {
 #[test]
 fn heavy_hyperscale_crash_restart_cycles_lose_no_acknowledged_event() {
     let cycles: u32 = if full() { 1000 } else { 100 };
-    let seed = std::env::var("OMNIRELAY_HYPERSCALE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    eprintln!("crash cycles: seed {seed} (OMNIRELAY_HYPERSCALE_SEED={seed} replays them)");
+    let seed = std::env::var("HYPERSCALE_SEED").map_or_else(
+        |_| fastrand::u64(..),
+        |seed| {
+            seed.parse()
+                .unwrap_or_else(|_| panic!("HYPERSCALE_SEED={seed}: not a seed the test printed"))
+        },
+    );
+    eprintln!("crash cycles: seed {seed} (HYPERSCALE_SEED={seed} replays them)");
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
     let sender = dir.path().join("sender");

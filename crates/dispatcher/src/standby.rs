@@ -229,36 +229,34 @@ impl Standby {
             ));
         }
         let lag = status.lag_events();
-        if lag == 0
-            && !self.direct
-            && let Some(written) = status.last_written
-        {
-            let since = Timestamp::now().saturating_duration_since(written);
-            if since < self.quiet {
-                return Some(format!(
-                    "its primary wrote sequence {} {:.1} s ago, so it may still be serving: stop \
-                     the primary first (two dispatchers serving one queue diverge; a standby fed \
-                     from the bus takes its primary for stopped {:.1} s after its newest event: \
-                     services.standby.primary_quiet_ms)",
+        if lag == 0 && !self.direct {
+            let written = status.last_written.map(|written| {
+                let since = Timestamp::now().saturating_duration_since(written);
+                let what = format!(
+                    "its primary wrote sequence {} {:.1} s ago",
                     status.applied,
-                    since.as_secs_f64(),
-                    self.quiet.as_secs_f64()
-                ));
-            }
-        }
-        if lag == 0
-            && !self.direct
-            && let Some((head, seen)) = lock(&self.head).grew
-        {
-            let since = seen.elapsed();
-            if since < self.quiet {
+                    since.as_secs_f64()
+                );
+                (since, what)
+            });
+            let grew = lock(&self.head).grew.map(|(head, seen)| {
+                let since = seen.elapsed();
+                let what = format!(
+                    "the primary's stream grew to sequence {head} {:.1} s ago (by this host's clock)",
+                    since.as_secs_f64()
+                );
+                (since, what)
+            });
+            if let Some((_, what)) = written
+                .into_iter()
+                .chain(grew)
+                .find(|(since, _)| *since < self.quiet)
+            {
                 return Some(format!(
-                    "the primary's stream grew to sequence {head} {:.1} s ago (by this host's \
-                     clock), so it may still be serving: stop the primary first (two dispatchers \
+                    "{what}, so it may still be serving: stop the primary first (two dispatchers \
                      serving one queue diverge; a standby fed from the bus takes its primary for \
-                     stopped {:.1} s after its stream last grew: \
+                     stopped {:.1} s after its newest event and after its stream last grew: \
                      services.standby.primary_quiet_ms)",
-                    since.as_secs_f64(),
                     self.quiet.as_secs_f64()
                 ));
             }

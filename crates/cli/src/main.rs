@@ -45,9 +45,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Publish events read as JSON lines on stdin; print each assigned
-    /// sequence once the event is durable. Without --config it uses the
-    /// embedded default: one stream, the log under DIR/log with the fsync
-    /// policy, and a JSON-lines export under DIR/export.
+    /// sequence once the event is durable. Lines that arrive together (up
+    /// to 512) are appended together, one record write and one sync for
+    /// all; a line is never held back waiting for more. Without --config
+    /// it uses the embedded default: one stream, the log under DIR/log
+    /// with the fsync policy, and a JSON-lines export under DIR/export.
     Publish {
         #[command(flatten)]
         node: node::NodeArgs,

@@ -39,29 +39,36 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
     }
     // Receipts are printed in order by a separate task, so that reading
     // and appending go on while earlier events are being synced.
-    let (tx, rx) = mpsc::channel::<PendingPublish<Event>>(16 * 1024);
+    let (tx, rx) = mpsc::channel::<PendingPublish<Event>>(1024);
     let printer = tokio::spawn(print_receipts(rx));
-    let (lines_tx, mut lines_rx) = mpsc::channel::<(u64, Vec<u8>)>(1024);
+    let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<Line>>(16);
     let reader = tokio::task::spawn_blocking(move || read_lines(&lines_tx));
     let mut invalid = 0u64;
     let mut published = 0u64;
-    while let Some((number, line)) = lines_rx.recv().await {
-        let event = match json::decode(&line) {
-            Ok(event) => event,
-            Err(err) => {
-                invalid += 1;
-                node::say(true, &format!("line {number}: {err}"));
-                continue;
+    'input: while let Some(lines) = lines_rx.recv().await {
+        // The lines read at once are appended at once (one record write,
+        // one wake-up of each sink); one at a time as they come.
+        let mut numbers = Vec::with_capacity(lines.len());
+        let mut events = Vec::with_capacity(lines.len());
+        for (number, line) in lines {
+            match json::decode(&line) {
+                Ok(event) => {
+                    telemetry::record_published(&event);
+                    numbers.push(number);
+                    events.push(event);
+                }
+                Err(err) => {
+                    invalid += 1;
+                    node::say(true, &format!("line {number}: {err}"));
+                }
             }
-        };
-        telemetry::record_published(&event);
-        let pending = replicator
-            .submit(&stream, event)
-            .await
-            .map_err(|e| anyhow::anyhow!("line {number}: {}", e.error()))?;
-        published += 1;
-        if tx.send(pending).await.is_err() {
-            break;
+        }
+        published += events.len() as u64;
+        for pending in submit(&replicator, &stream, &numbers, events).await? {
+            // The printer failed: its error ends the run below.
+            if tx.send(pending).await.is_err() {
+                break 'input;
+            }
         }
     }
     drop(tx);
@@ -104,19 +111,74 @@ async fn wait_for_sinks(replicator: &DurableReplicator<Event>) -> anyhow::Result
     }
 }
 
-fn read_lines(tx: &mpsc::Sender<(u64, Vec<u8>)>) -> io::Result<()> {
-    let mut stdin = io::stdin().lock();
+/// A line of input and its number.
+type Line = (u64, Vec<u8>);
+
+/// The most lines read and appended at once.
+const MAX_LINES: usize = 512;
+
+/// Submits `events` (from lines `numbers`) at once; when that is refused,
+/// one by one, so that the error names the line it is about and the
+/// events before it are published, as they would be one at a time.
+async fn submit(
+    replicator: &DurableReplicator<Event>,
+    stream: &StreamId,
+    numbers: &[u64],
+    events: Vec<Event>,
+) -> anyhow::Result<Vec<PendingPublish<Event>>> {
+    let count = events.len();
+    let events = match replicator.submit_all(stream, events).await {
+        Ok(pending) => return Ok(vec![pending]),
+        // All or none are queued: none were.
+        Err(parts) => match parts.event {
+            Some(events) if events.len() == count => events,
+            _ => {
+                let lines = match (numbers.first(), numbers.last()) {
+                    (Some(first), Some(last)) if first != last => format!("lines {first}-{last}"),
+                    _ => format!("line {}", numbers.first().copied().unwrap_or_default()),
+                };
+                anyhow::bail!("{lines}: {}", parts.error);
+            }
+        },
+    };
+    let mut pending = Vec::with_capacity(count);
+    for (number, event) in numbers.iter().zip(events) {
+        pending.push(
+            replicator
+                .submit(stream, event)
+                .await
+                .map_err(|e| anyhow::anyhow!("line {number}: {}", e.error()))?,
+        );
+    }
+    Ok(pending)
+}
+
+/// Reads stdin's lines, sending the ones already read together (up to
+/// [`MAX_LINES`]): never waiting for more while a complete line is there.
+fn read_lines(tx: &mpsc::Sender<Vec<Line>>) -> io::Result<()> {
+    let mut stdin = io::BufReader::with_capacity(1 << 16, io::stdin().lock());
     let mut number = 0u64;
     loop {
-        let mut line = Vec::new();
-        if stdin.read_until(b'\n', &mut line)? == 0 {
+        let mut lines = Vec::new();
+        let mut ended = false;
+        loop {
+            let mut line = Vec::new();
+            if stdin.read_until(b'\n', &mut line)? == 0 {
+                ended = true;
+                break;
+            }
+            number += 1;
+            if !line.trim_ascii().is_empty() {
+                lines.push((number, line));
+            }
+            if lines.len() == MAX_LINES || !stdin.buffer().contains(&b'\n') {
+                break;
+            }
+        }
+        if !lines.is_empty() && tx.blocking_send(lines).is_err() {
             return Ok(());
         }
-        number += 1;
-        if line.trim_ascii().is_empty() {
-            continue;
-        }
-        if tx.blocking_send((number, line)).is_err() {
+        if ended {
             return Ok(());
         }
     }
@@ -125,12 +187,86 @@ fn read_lines(tx: &mpsc::Sender<(u64, Vec<u8>)>) -> io::Result<()> {
 async fn print_receipts(mut rx: mpsc::Receiver<PendingPublish<Event>>) -> anyhow::Result<()> {
     let mut out = io::BufWriter::new(io::stdout());
     while let Some(pending) = rx.recv().await {
-        let receipt = pending.durable().await?;
-        writeln!(out, "{}", receipt.sequence)?;
+        let sequences = pending.sequences();
+        pending.durable().await?;
+        for sequence in sequences {
+            writeln!(out, "{sequence}")?;
+        }
         if rx.is_empty() {
             out.flush()?;
         }
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use omnirelay_replication::{
+        DeliveryMode, DurableOptions, DurableReplicator, ErrorKind, Record, Sink, SinkError,
+        SinkExt as _, SinkOptions, StreamId, WhenFull,
+    };
+    use omnirelay_resourcelease::{
+        ResourceLeaseCodec, ResourceLeaseReplicationEvent, ResourceLeaseReplicationEventType,
+    };
+
+    use super::submit;
+
+    /// A sink that is always down.
+    struct Down;
+
+    impl Sink for Down {
+        async fn apply(&self, _batch: &[Record<'_>]) -> Result<(), SinkError> {
+            Err(SinkError::new(ErrorKind::Unavailable, "down"))
+        }
+    }
+
+    fn enqueue() -> ResourceLeaseReplicationEvent {
+        ResourceLeaseReplicationEvent::new(ResourceLeaseReplicationEventType::Enqueue)
+    }
+
+    /// Lines refused together are tried one by one: the error names the
+    /// line that cannot go in, and the lines before it are published, as
+    /// they would be one at a time.
+    #[tokio::test]
+    async fn a_refused_batch_is_published_line_by_line_up_to_the_refused_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let replicator = DurableReplicator::open(
+            Arc::new(ResourceLeaseCodec),
+            DurableOptions::new(dir.path()),
+        )
+        .await
+        .unwrap();
+        let options = SinkOptions {
+            mode: DeliveryMode::Required {
+                max_lag_events: 2,
+                when_full: WhenFull::Reject,
+            },
+            ..SinkOptions::default()
+        };
+        replicator
+            .add_sink("down", Down.shared(), options)
+            .await
+            .unwrap();
+        let stream = StreamId::default();
+        let first = submit(&replicator, &stream, &[1], vec![enqueue()])
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 1);
+        // One behind: three more are over the budget of two together, the
+        // first of them alone is not.
+        let error = submit(
+            &replicator,
+            &stream,
+            &[2, 3, 4],
+            vec![enqueue(), enqueue(), enqueue()],
+        )
+        .await
+        .unwrap_err();
+        assert!(error.to_string().starts_with("line 3: "), "{error}");
+        assert_eq!(replicator.last_sequence(&stream), 2);
+        replicator.close().await.unwrap();
+    }
 }

@@ -457,7 +457,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Publish { node, stream } => runtime()?.block_on(publish::run(&node, &stream)),
+        Command::Publish { node, stream } => {
+            let runtime = runtime()?;
+            let outcome = runtime.block_on(publish::run(&node, &stream));
+            // Stopped by an error, its stdin reader may be waiting for a
+            // line that never comes: not waited for.
+            runtime.shutdown_background();
+            outcome
+        }
         Command::Config(ConfigCommand::Default) => config_cmd::default(),
         Command::Config(ConfigCommand::Check { file }) => config_cmd::check(&file),
         Command::Log(LogCommand::Replay {

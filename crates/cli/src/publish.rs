@@ -45,6 +45,7 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
     let reader = tokio::task::spawn_blocking(move || read_lines(&lines_tx));
     let mut invalid = 0u64;
     let mut published = 0u64;
+    let mut failed = None;
     'input: while let Some(lines) = lines_rx.recv().await {
         // The lines read at once are appended at once (one record write,
         // one wake-up of each sink); one at a time as they come.
@@ -63,17 +64,32 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
                 }
             }
         }
-        published += events.len() as u64;
-        for pending in submit(&replicator, &stream, &numbers, events).await? {
+        if events.is_empty() {
+            continue;
+        }
+        let (submitted, error) = submit(&replicator, &stream, &numbers, events).await;
+        for pending in submitted {
+            let sequences = pending.sequences();
+            published += sequences.end() + 1 - sequences.start();
             // The printer failed: its error ends the run below.
             if tx.send(pending).await.is_err() {
                 break 'input;
             }
         }
+        if error.is_some() {
+            failed = error;
+            break;
+        }
     }
-    drop(tx);
+    drop((tx, lines_rx));
+    // What was published is printed before any error.
+    let printed = printer.await.context("receipt printer failed")?;
+    if let Some(error) = failed {
+        // The reader may be waiting for a line: not waited for.
+        return Err(error);
+    }
+    printed?;
     reader.await.context("stdin reader failed")??;
-    printer.await.context("receipt printer failed")??;
     wait_for_sinks(&replicator).await?;
     replicator.close().await?;
     if let Some(server) = server {
@@ -119,16 +135,18 @@ const MAX_LINES: usize = 512;
 
 /// Submits `events` (from lines `numbers`) at once; when that is refused,
 /// one by one, so that the error names the line it is about and the
-/// events before it are published, as they would be one at a time.
+/// events before it are published, as they would be one at a time. What
+/// was submitted (one submission per event published, or one for all),
+/// and the error that stopped it.
 async fn submit(
     replicator: &DurableReplicator<Event>,
     stream: &StreamId,
     numbers: &[u64],
     events: Vec<Event>,
-) -> anyhow::Result<Vec<PendingPublish<Event>>> {
+) -> (Vec<PendingPublish<Event>>, Option<anyhow::Error>) {
     let count = events.len();
     let events = match replicator.submit_all(stream, events).await {
-        Ok(pending) => return Ok(vec![pending]),
+        Ok(pending) => return (vec![pending], None),
         // All or none are queued: none were.
         Err(parts) => match parts.event {
             Some(events) if events.len() == count => events,
@@ -137,20 +155,26 @@ async fn submit(
                     (Some(first), Some(last)) if first != last => format!("lines {first}-{last}"),
                     _ => format!("line {}", numbers.first().copied().unwrap_or_default()),
                 };
-                anyhow::bail!("{lines}: {}", parts.error);
+                return (
+                    Vec::new(),
+                    Some(anyhow::anyhow!("{lines}: {}", parts.error)),
+                );
             }
         },
     };
     let mut pending = Vec::with_capacity(count);
     for (number, event) in numbers.iter().zip(events) {
-        pending.push(
-            replicator
-                .submit(stream, event)
-                .await
-                .map_err(|e| anyhow::anyhow!("line {number}: {}", e.error()))?,
-        );
+        match replicator.submit(stream, event).await {
+            Ok(one) => pending.push(one),
+            Err(e) => {
+                return (
+                    pending,
+                    Some(anyhow::anyhow!("line {number}: {}", e.error())),
+                );
+            }
+        }
     }
-    Ok(pending)
+    (pending, None)
 }
 
 /// Reads stdin's lines, sending the ones already read together (up to
@@ -205,8 +229,8 @@ mod tests {
     use std::sync::Arc;
 
     use omnirelay_replication::{
-        DeliveryMode, DurableOptions, DurableReplicator, ErrorKind, Record, Sink, SinkError,
-        SinkExt as _, SinkOptions, StreamId, WhenFull,
+        DeliveryMode, DurableOptions, DurableReplicator, ErrorKind, PendingPublish, Record, Sink,
+        SinkError, SinkExt as _, SinkOptions, StreamId, WhenFull,
     };
     use omnirelay_resourcelease::{
         ResourceLeaseCodec, ResourceLeaseReplicationEvent, ResourceLeaseReplicationEventType,
@@ -251,21 +275,21 @@ mod tests {
             .await
             .unwrap();
         let stream = StreamId::default();
-        let first = submit(&replicator, &stream, &[1], vec![enqueue()])
-            .await
-            .unwrap();
-        assert_eq!(first.len(), 1);
+        let (first, error) = submit(&replicator, &stream, &[1], vec![enqueue()]).await;
+        assert_eq!((first.len(), error.is_none()), (1, true));
         // One behind: three more are over the budget of two together, the
         // first of them alone is not.
-        let error = submit(
+        let (published, error) = submit(
             &replicator,
             &stream,
             &[2, 3, 4],
             vec![enqueue(), enqueue(), enqueue()],
         )
-        .await
-        .unwrap_err();
+        .await;
+        let error = error.expect("refused");
         assert!(error.to_string().starts_with("line 3: "), "{error}");
+        let sequences: Vec<_> = published.iter().map(PendingPublish::sequences).collect();
+        assert_eq!(sequences, [2..=2], "line 2 published, on its own");
         assert_eq!(replicator.last_sequence(&stream), 2);
         replicator.close().await.unwrap();
     }

@@ -133,6 +133,85 @@ fn malformed_lines_are_reported_skipped_and_fail_the_run_without_losing_valid_ev
     assert_eq!(export_sequences(dir.path()), [1, 2]);
 }
 
+/// A line the log refuses (a required sink past its budget, `reject`)
+/// ends the run naming the line, once the receipts of what was published
+/// are printed, without waiting for stdin to close.
+#[test]
+fn a_refused_line_ends_publish_after_its_receipts_while_stdin_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // A gRPC sink to a port nobody listens on: always down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"data_dir = "{}"
+[replication.sinks.down]
+type = "grpc"
+mode = "required"
+max_lag_events = 1
+when_full = "reject"
+[replication.sinks.down.settings]
+url = "http://127.0.0.1:{port}"
+sender = "test"
+"#,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child: KillOnDrop = Command::new(env!("CARGO_BIN_EXE_omnirelay"))
+        .args(["publish", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .into();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdin.write_all(events(0..1).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(
+        line, "1\n",
+        "the first is published: the sink was not behind"
+    );
+    // One behind now, its budget: the next line is refused.
+    stdin.write_all(events(1..2).as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publish still runs after the refusal, its stdin open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("line 2: "), "{stderr}");
+    assert!(stderr.contains("events behind"), "{stderr}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "", "nothing more published");
+    drop(stdin);
+}
+
 #[test]
 fn replay_writes_the_requested_version() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! Starting the real servers tests need (NATS, an S3 server, …).
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Starts `command` with its stderr piped and reads stderr until a line
@@ -94,6 +94,28 @@ impl Drop for KillOnDrop {
             }
             let _ = child.wait();
         }
+    }
+}
+
+/// Waits up to `within` for `child` to exit, looking every 20 ms; its
+/// exit status, or `None` if it still runs.
+///
+/// # Panics
+///
+/// If the child's state cannot be read.
+pub fn wait_with_deadline(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("cannot read the child's state: {e}"))
+        {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

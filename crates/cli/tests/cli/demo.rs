@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::log::{dir_arg, replay_events};
 use crate::sqlite::sqlite_rows;
-use omnirelay_replication_testkit::process::signal;
+use omnirelay_replication_testkit::process::{signal, wait_with_deadline};
 
 use crate::{http_get, omnirelay, spawn, text};
 
@@ -162,17 +162,8 @@ fn heavy_a_minute_of_the_mesh_demo_through_a_standby_outage_loses_nothing() {
     assert_eq!(back["outages"], 1);
     assert_eq!(back["role"], "standby");
 
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the demo stops after its duration"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = wait_with_deadline(&mut child, Duration::from_secs(150))
+        .expect("the demo stops after its duration");
     out.extend(lines.try_iter());
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();

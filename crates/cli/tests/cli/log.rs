@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use omnirelay_replication_testkit::process::KillOnDrop;
+use omnirelay_replication_testkit::process::{KillOnDrop, wait_with_deadline};
 use std::time::{Duration, Instant};
 
 use crate::{omnirelay, text};
@@ -185,17 +185,8 @@ sender = "test"
     // One behind now, its budget: the next line is refused.
     stdin.write_all(events(1..2).as_bytes()).unwrap();
     stdin.flush().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publish still runs after the refusal, its stdin open"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_with_deadline(&mut child, Duration::from_secs(20))
+        .expect("publish still runs after the refusal, its stdin open");
     let mut stderr = String::new();
     child
         .stderr

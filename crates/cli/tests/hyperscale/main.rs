@@ -19,7 +19,7 @@ use std::process::{ChildStderr, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use omnirelay_replication_testkit::process::{KillOnDrop, signal};
+use omnirelay_replication_testkit::process::{KillOnDrop, signal, wait_with_deadline};
 
 fn full() -> bool {
     match std::env::var("HYPERSCALE") {
@@ -443,11 +443,7 @@ timeout_ms = 2000
         }
         // A publisher still running finishes (it waits for its sinks), or
         // is killed after a while.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while publisher.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if publisher.try_wait().unwrap().is_none() {
+        if wait_with_deadline(&mut publisher, Duration::from_secs(10)).is_none() {
             kill(&mut publisher);
         }
         for (tag, sequence) in receipts.try_iter() {

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, http};
 use omnirelay_replication::{
-    Codec as _, DurableOptions, DurableReplicator, Encoding, Format, Replay, Replayed, StreamId,
-    WireVersion,
+    Codec as _, Encoding, Format, Replay, Replayed, StreamId, WireVersion,
 };
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEventType as Type};
 use serde_json::{Value, json};
@@ -82,12 +81,7 @@ async fn send(
 }
 
 async fn serve(dir: &std::path::Path) -> (String, Arc<Dispatcher>) {
-    let replicator = Arc::new(
-        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
-            .await
-            .unwrap(),
-    );
-    let dispatcher = Dispatcher::open(replicator, DispatcherOptions::default())
+    let dispatcher = Dispatcher::open(crate::support::log(dir).await, DispatcherOptions::default())
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -12,7 +12,7 @@ use omnirelay_replication::{
 use omnirelay_replication_grpc::Connection;
 use tokio::sync::watch;
 
-use crate::support::{Log, log, payload};
+use crate::support::{Log, log, log_with, payload};
 
 /// Serves `log`'s `Subscribe` on a loopback port: the URL and the stop.
 async fn serve(log: Log) -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
@@ -355,17 +355,11 @@ fn an_hour_ago() -> Timestamp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fed_standby_waits_by_its_own_clock_for_a_primary_whose_clock_runs_behind() {
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary_log = Arc::new(
-        omnirelay_replication::DurableReplicator::open(
-            Arc::new(omnirelay_resourcelease::ResourceLeaseCodec),
-            omnirelay_replication::DurableOptions {
-                clock: an_hour_ago,
-                ..omnirelay_replication::DurableOptions::new(primary_dir.path())
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let primary_log = log_with(omnirelay_replication::DurableOptions {
+        clock: an_hour_ago,
+        ..omnirelay_replication::DurableOptions::new(primary_dir.path())
+    })
+    .await;
     let primary = Dispatcher::open(primary_log.clone(), DispatcherOptions::default())
         .await
         .unwrap();

@@ -12,8 +12,13 @@ pub(crate) type Log = Arc<DurableReplicator<ResourceLeaseReplicationEvent>>;
 
 /// A durable log in `dir` (the default options: `fsync`).
 pub(crate) async fn log(dir: &std::path::Path) -> Log {
+    log_with(DurableOptions::new(dir)).await
+}
+
+/// A durable log opened with `options`.
+pub(crate) async fn log_with(options: DurableOptions) -> Log {
     Arc::new(
-        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
+        DurableReplicator::open(Arc::new(ResourceLeaseCodec), options)
             .await
             .unwrap(),
     )

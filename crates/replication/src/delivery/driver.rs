@@ -394,7 +394,26 @@ impl<E: ReplicationEvent> Driver<E> {
         // Where reading the log's files stopped, while catching up.
         let mut disk = None;
         loop {
-            let Some(visible) = self.wait_for_records(cursor).await else {
+            // A checkpoint held back by the interval is saved once the
+            // interval is over even if nothing more comes: a quiet stream
+            // must not keep a stale checkpoint until the next event (a
+            // longer re-delivery after a crash, a lag in `log inspect`,
+            // segments retention could delete).
+            let waited = if cursor == saved {
+                self.wait_for_records(cursor).await
+            } else {
+                let due = last_save + self.shared.options.checkpoint_interval;
+                match tokio::time::timeout_at(due.into(), self.wait_for_records(cursor)).await {
+                    Ok(waited) => waited,
+                    Err(_) => {
+                        self.save(cursor).await;
+                        saved = cursor;
+                        last_save = Instant::now();
+                        continue;
+                    }
+                }
+            };
+            let Some(visible) = waited else {
                 break;
             };
             if self.linger(cursor, visible).await.is_err() {

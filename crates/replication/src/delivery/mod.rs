@@ -95,7 +95,8 @@ pub struct SinkOptions {
     pub start: StartFrom,
     /// The streams the sink receives (`None`: every stream).
     pub streams: Option<Vec<StreamId>>,
-    /// How often the checkpoint is saved at most (it is always saved on
+    /// How often the checkpoint is saved at most; a save it holds back is
+    /// made once it is over, also when no more records come (and always on
     /// close). A lost checkpoint only causes re-delivery, which sinks
     /// ignore.
     pub checkpoint_interval: Duration,

@@ -679,6 +679,42 @@ async fn a_restart_resumes_numbering_and_delivery_from_the_checkpoints() {
     replicator.close().await.unwrap();
 }
 
+/// The checkpoint interval holds a save back, never forever: once the
+/// stream goes quiet, the last delivered sequence is saved when the
+/// interval is over, without waiting for the next event or a shutdown.
+#[tokio::test]
+async fn a_quiet_stream_saves_its_last_checkpoint_once_the_interval_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    let sink = MemorySink::new();
+    let options = SinkOptions {
+        checkpoint_interval: Duration::from_millis(300),
+        ..sink_options()
+    };
+    replicator
+        .add_sink("s", sink.clone().shared(), options)
+        .await
+        .unwrap();
+    // Two bursts within one interval: the second is delivered when a save
+    // is not yet due.
+    publish(&replicator, 3).await;
+    replicator.wait_caught_up().await;
+    publish(&replicator, 2).await;
+    replicator.wait_caught_up().await;
+    assert_eq!(sink.sequences(), (1..=5).collect::<Vec<_>>());
+    let store = FileCheckpointStore::new(&dir.path().join("checkpoints"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let saved = loop {
+        let saved = store.load(&StreamId::default(), "s").unwrap();
+        if saved == Some(5) || std::time::Instant::now() > deadline {
+            break saved;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(saved, Some(5), "saved while the replicator still runs");
+    replicator.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn sinks_of_another_version_skip_events_they_cannot_hold() {
     let dir = tempfile::tempdir().unwrap();

@@ -310,9 +310,19 @@ pub const MAX_BODY_BYTES: usize = 16 << 20;
 async fn handle(
     State(dispatcher): State<Arc<Dispatcher>>,
     method: Method,
+    uri: axum::http::Uri,
     request_headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // `omnirelay promote` pointed at the primary instead of its standby:
+    // say so rather than answer that the RPC header is missing.
+    if uri.path() == PROMOTE_PATH && !request_headers.contains_key(headers::PROCEDURE) {
+        return (
+            StatusCode::CONFLICT,
+            "this node is a dispatcher, not a standby: there is nothing to promote (promote the standby that follows it)\n",
+        )
+            .into_response();
+    }
     if method != Method::POST {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -486,7 +496,7 @@ pub fn standby_router(standby: Arc<crate::Standby>) -> axum::Router {
     let serving: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
     axum::Router::new()
         .route("/standby", get(standby_status))
-        .route("/standby/promote", post(promote))
+        .route(PROMOTE_PATH, post(promote))
         .route(DEAD_LETTERS_PATH, get(standby_dead_letters))
         .fallback(standby_rpc)
         .with_state((standby, serving))
@@ -523,6 +533,9 @@ async fn standby_status(State((standby, _)): State<StandbyState>) -> Response {
     body["promotionHazard"] = standby.promotion_hazard().into();
     axum::Json(body).into_response()
 }
+
+/// Where a standby is promoted (`POST`).
+pub const PROMOTE_PATH: &str = "/standby/promote";
 
 /// The query of `POST /standby/promote`.
 #[derive(serde::Deserialize)]

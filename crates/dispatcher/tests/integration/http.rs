@@ -306,6 +306,27 @@ async fn bad_requests_get_the_reference_errors() {
     .await;
     assert_eq!(waited.status, 504);
     assert_eq!(waited.headers["rpc-status"], "DeadlineExceeded");
+    // A promotion sent to the dispatcher instead of its standby says so;
+    // with an RPC header the path is the RPC's, as any other.
+    let promote = send(at, "POST /standby/promote?wait_ms=0", None, &[], "").await;
+    assert_eq!(promote.status, 409, "{:?}", promote.body);
+    assert!(
+        promote
+            .body
+            .as_str()
+            .is_some_and(|why| why.contains("not a standby")),
+        "{:?}",
+        promote.body
+    );
+    let rpc = send(
+        at,
+        "POST /standby/promote",
+        Some("resourcelease::enqueue"),
+        &[],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(rpc.status, 200, "{:?}", rpc.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

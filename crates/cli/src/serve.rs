@@ -194,26 +194,68 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         _ => None,
     };
     let bound = Bound::bind(&listen, &valid).await?;
-    if role == Role::Standby {
-        // After `listening on`, which whoever started the node reads
-        // first; before the sinks start.
-        adopt_primary_name(
+    // A standby takes its primary's name before its sinks start: after
+    // `listening on`, which whoever started the node reads first.
+    let unnamed = match role {
+        Role::Standby => adopt_primary_name(
             primary.as_ref(),
             bus.as_ref().map(|(_, follow)| follow),
             &stream,
             &valid.data_dir,
         )
-        .await;
-    }
+        .await
+        .err(),
+        _ => None,
+    };
     let metrics = node::install_metrics()?;
+    let cannot_start = || format!("cannot start replication in {}", valid.data_dir.display());
     let replicator = Arc::new(
-        valid
-            .build_with(Arc::new(ResourceLeaseCodec), |_, sink| {
-                LagRecording::new(sink).shared()
-            })
-            .await
-            .with_context(|| format!("cannot start replication in {}", valid.data_dir.display()))?,
+        omnirelay_replication::DurableReplicator::open(
+            Arc::new(ResourceLeaseCodec),
+            valid.durable.clone(),
+        )
+        .await
+        .with_context(cannot_start)?,
     );
+    replicator
+        .open_stream(&stream)
+        .await
+        .with_context(cannot_start)?;
+    // A standby that cannot learn its primary's name yet (a bus with
+    // nothing on it, a primary not answering) while its log is empty
+    // starts its sinks once the primary's first event is in its log and
+    // the name can be asked again: sinks started under this node's own
+    // name would send the primary's stream to a sink it shares with the
+    // primary (a receiver, a bus subject) as another sender, a second
+    // copy of every event.
+    let deferred = match unnamed {
+        Some(why) if replicator.last_sequence(&stream) == 0 => {
+            tracing::info!(
+                why,
+                "the primary's node name is not known yet: the sinks start once its first event is here"
+            );
+            // Where a sink starting "latest" would have started now.
+            for sink in &mut valid.sinks {
+                sink.options.start = omnirelay_replication::StartFrom::Earliest;
+            }
+            true
+        }
+        Some(why) => {
+            tracing::warn!(
+                why,
+                "cannot learn the primary's node name now; sinks send under the name this node has"
+            );
+            false
+        }
+        None => false,
+    };
+    if !deferred {
+        valid
+            .add_sinks(&replicator, decorate_sink)
+            .await
+            .with_context(cannot_start)?;
+    }
+    let valid = Arc::new(valid);
     let mut rebuilt = None;
     let (receiver, http, service) = match role {
         // Run above, without a log.
@@ -283,7 +325,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             (None, None, Service::ControlPlane(plane))
         }
         Role::Standby => {
-            let standby = match bus {
+            let standby = match bus.clone() {
                 Some((url, follow)) => {
                     let standby = Standby::open_fed(
                         replicator.clone(),
@@ -293,16 +335,31 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                     )
                     .await
                     .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
-                    tokio::spawn(feed_from_bus(standby.clone(), follow, bound.stopping()));
+                    tokio::spawn(feed_from_bus(
+                        standby.clone(),
+                        follow.clone(),
+                        bound.stopping(),
+                    ));
                     standby
                 }
                 None => {
-                    let primary = primary.context("a standby without its primary")?;
+                    let primary = primary.clone().context("a standby without its primary")?;
                     Standby::open(replicator.clone(), dispatcher_options.clone(), primary)
                         .await
                         .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?
                 }
             };
+            if deferred {
+                tokio::spawn(start_sinks_when_named(
+                    valid.clone(),
+                    replicator.clone(),
+                    standby.clone(),
+                    primary,
+                    bus.map(|(_, follow)| follow),
+                    stream.clone(),
+                    bound.stopping(),
+                ));
+            }
             let stats = standby.snapshot().await;
             rebuilt = Some(format!(
                 "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered; following {}",
@@ -392,7 +449,7 @@ async fn adopt_primary_name(
     bus: Option<&FollowUrl>,
     stream: &StreamId,
     data_dir: &std::path::Path,
-) {
+) -> Result<(), String> {
     let asked = async {
         if let Some(primary) = primary {
             let encoding = Encoding::new(Format::Protobuf, WireVersion::V2);
@@ -409,22 +466,9 @@ async fn adopt_primary_name(
     };
     let name = match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
         Ok(Ok(Some(name))) => name,
-        Ok(Ok(None)) => {
-            tracing::warn!(
-                "the primary's node name is not known yet; sinks send under the name this node has"
-            );
-            return;
-        }
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "cannot learn the primary's node name now; sinks send under the name this node has");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(
-                "no answer within 5 s for the primary's node name; sinks send under the name this node has"
-            );
-            return;
-        }
+        Ok(Ok(None)) => return Err("its primary has published nothing yet".to_owned()),
+        Ok(Err(error)) => return Err(error),
+        Err(_) => return Err("no answer within 5 s".to_owned()),
     };
     match adopt_node_name(data_dir, &name) {
         Ok(true) => tracing::info!(
@@ -433,6 +477,70 @@ async fn adopt_primary_name(
         ),
         Ok(false) => {}
         Err(error) => tracing::warn!(%error, "cannot take the primary's node name"),
+    }
+    Ok(())
+}
+
+/// Every sink of a node, wrapped to record its lag in the resource-lease
+/// metrics.
+fn decorate_sink(
+    _: &omnirelay_replication::config::ValidSink,
+    sink: omnirelay_replication::SharedSink,
+) -> omnirelay_replication::SharedSink {
+    LagRecording::new(sink).shared()
+}
+
+/// The standby's sinks, started once its primary's name is known (see
+/// `serve`): after the primary's first event is in its log, the name is
+/// asked again (every few seconds until it answers). A standby promoted
+/// before then starts them under its own name; a node stopping, not at all.
+async fn start_sinks_when_named(
+    valid: Arc<omnirelay_replication::config::ValidConfig>,
+    replicator: Arc<omnirelay_replication::DurableReplicator<ResourceLeaseReplicationEvent>>,
+    standby: Arc<Standby>,
+    primary: Option<Connection>,
+    bus: Option<FollowUrl>,
+    stream: StreamId,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut retry = std::time::Duration::from_millis(500);
+    let named = loop {
+        if standby.is_promoted() {
+            break false;
+        }
+        tokio::select! {
+            visible = replicator.wait_visible_beyond(&stream, 0) => {
+                if visible.is_err() {
+                    return;
+                }
+                match adopt_primary_name(primary.as_ref(), bus.as_ref(), &stream, &valid.data_dir).await {
+                    Ok(()) => break true,
+                    Err(why) => {
+                        tracing::debug!(why, "the primary's node name is still not known");
+                        tokio::select! {
+                            () = tokio::time::sleep(retry) => {}
+                            _ = stopping.changed() => return,
+                        }
+                        retry = (retry * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+            // Promotion has no notification of its own: looked at twice a
+            // second.
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = stopping.changed() => return,
+        }
+        if *stopping.borrow() {
+            return;
+        }
+    };
+    if !named {
+        tracing::info!(
+            "promoted before its primary's node name was known: the sinks start under this node's own name"
+        );
+    }
+    if let Err(error) = valid.add_sinks(&replicator, decorate_sink).await {
+        tracing::error!(%error, "cannot start the sinks");
     }
 }
 

@@ -341,28 +341,7 @@ fn standby_shares_its_primarys_receiver(bus: bool) {
         (None, config)
     };
     let receiver_url = format!("http://{receiver_at}");
-    // (sender name, origin sequence) of every event the receiver holds.
-    let received = || -> Vec<(String, u64)> {
-        let out = omnirelay(&["log", "tail", "--url", &receiver_url, "-n", "100"], b"");
-        text(&out.stdout)
-            .lines()
-            .map(|line| {
-                let event: Value = serde_json::from_str(line).unwrap();
-                let metadata = &event["metadata"];
-                (
-                    metadata["replication.origin.sender"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned(),
-                    metadata["replication.origin.sequence"]
-                        .as_str()
-                        .unwrap()
-                        .parse()
-                        .unwrap(),
-                )
-            })
-            .collect()
-    };
+    let received = || received_origins(&receiver_url);
     let wait_for = |count: usize| {
         for _ in 0..500 {
             if received().len() >= count {
@@ -412,6 +391,134 @@ fn standby_shares_its_primarys_receiver(bus: bool) {
         let _ = nats.kill();
         let _ = nats.wait();
     }
+}
+
+/// (sender name, origin sequence) of every event the receiver at
+/// `receiver_url` holds (its newest 100).
+fn received_origins(receiver_url: &str) -> Vec<(String, u64)> {
+    let out = omnirelay(&["log", "tail", "--url", receiver_url, "-n", "100"], b"");
+    text(&out.stdout)
+        .lines()
+        .map(|line| {
+            let event: Value = serde_json::from_str(line).unwrap();
+            let metadata = &event["metadata"];
+            (
+                metadata["replication.origin.sender"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                metadata["replication.origin.sequence"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A standby fed from the bus started before its primary published: the
+/// bus has no message to read the primary's name from, so the standby
+/// starts its sinks once the primary's first event reached it, under the
+/// name then read. Before, its sinks started under its own name and its
+/// `grpc` sink sent the primary's events to the shared receiver a second
+/// time, as another sender.
+#[test]
+fn heavy_a_standby_started_before_its_primary_published_sends_each_event_once() {
+    standby_started_before_its_primary_published(false);
+}
+
+/// As above, promoted before its primary published anything: its sinks
+/// start then, under its own name.
+#[test]
+fn heavy_a_standby_promoted_before_its_primary_published_starts_its_sinks() {
+    standby_started_before_its_primary_published(true);
+}
+
+fn standby_started_before_its_primary_published(promoted_first: bool) {
+    let store = tempfile::tempdir().unwrap();
+    let (receiver, receiver_at, _) = crate::serve::spawn_receiver(&store.path().join("receiver"));
+    let (_nats, bus, config) = bus_and_primary_config(
+        store.path(),
+        "format = \"protobuf\"\nwrite_version = 2",
+        "stream = \"FAILOVER\"",
+    );
+    let mut text_of_config = std::fs::read_to_string(&config).unwrap();
+    text_of_config.push_str(&format!(
+        "[replication.sinks.replica]\ntype = \"grpc\"\n\
+         [replication.sinks.replica.settings]\nurl = \"http://{receiver_at}\"\n"
+    ));
+    std::fs::write(&config, text_of_config).unwrap();
+    let with_config = ["--config", dir_arg(&config)];
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_primary, primary_at, _) = start(primary_dir.path(), &with_config);
+    let follow = format!("{bus}?stream=FAILOVER&durable=standby-1");
+    let mut args = vec!["serve", "--role", "standby", "--follow", &follow];
+    args.extend(["--listen", "127.0.0.1:0", "--data-dir"]);
+    args.push(dir_arg(standby_dir.path()));
+    args.extend_from_slice(&with_config);
+    let (_standby, standby_at, _) = spawn_listening(&args);
+    let standby_url = format!("http://{standby_at}");
+    // Until the primary publishes, the standby runs no sink.
+    let standby_sinks = || {
+        let out = omnirelay(&["status", "--url", &standby_url, "--json"], b"");
+        let document: Value = serde_json::from_str(&text(&out.stdout)).unwrap_or_default();
+        document["hosts"][0]["sinks"].as_array().cloned()
+    };
+    let mut sinks = None;
+    for _ in 0..100 {
+        sinks = standby_sinks();
+        if sinks.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(sinks, Some(Vec::new()), "no sink before the first event");
+    if promoted_first {
+        let out = omnirelay(&["promote", "--url", &standby_url, "--force"], b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut sinks = Vec::new();
+        for _ in 0..500 {
+            sinks = standby_sinks().unwrap_or_default();
+            if sinks.len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(sinks.len(), 2, "the sinks start once promoted: {sinks:?}");
+        return;
+    }
+    for _ in 0..3 {
+        rpc(
+            &primary_at,
+            "resourcelease::enqueue",
+            &[("Rpc-Caller", "seeder")],
+            PAYLOAD,
+        );
+    }
+    // The standby's sinks start and catch up with its log.
+    let mut sinks = Vec::new();
+    for _ in 0..500 {
+        sinks = standby_sinks().unwrap_or_default();
+        if sinks.len() == 2 && sinks.iter().all(|s| s["checkpoint"] == 3) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        sinks.len() == 2 && sinks.iter().all(|s| s["checkpoint"] == 3),
+        "{sinks:?}"
+    );
+    // Time for a copy the standby would send late.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let events = received_origins(&format!("http://{receiver_at}"));
+    let origins: Vec<u64> = events.iter().map(|(_, origin)| *origin).collect();
+    assert_eq!(origins, [1, 2, 3], "{events:?}");
+    assert!(
+        events.iter().all(|(sender, _)| *sender == events[0].0),
+        "{events:?}"
+    );
+    assert!(signal(receiver.id(), "TERM"));
 }
 
 /// A `nats-server` with its store in `dir`, its URL, and a configuration

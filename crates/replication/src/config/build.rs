@@ -35,13 +35,30 @@ impl ValidConfig {
         decorate: impl Fn(&ValidSink, SharedSink) -> SharedSink,
     ) -> Result<DurableReplicator<E>, Error> {
         let replicator = DurableReplicator::open(codec, self.durable.clone()).await?;
+        self.add_sinks(&replicator, decorate).await?;
+        Ok(replicator)
+    }
+
+    /// Creates every enabled sink through its factory and adds it to
+    /// `replicator` (opened from [`ValidConfig::durable`]), passed through
+    /// `decorate`: [`ValidConfig::build_with`] in two steps, for a node
+    /// that starts its sinks later than its log.
+    ///
+    /// # Errors
+    ///
+    /// As [`ValidConfig::build`].
+    pub async fn add_sinks<E: ReplicationEvent>(
+        &self,
+        replicator: &DurableReplicator<E>,
+        decorate: impl Fn(&ValidSink, SharedSink) -> SharedSink,
+    ) -> Result<(), Error> {
         for sink in &self.sinks {
             let built = self.build_one(sink).await?;
             replicator
                 .add_sink(&sink.name, decorate(sink, built), sink.options.clone())
                 .await?;
         }
-        Ok(replicator)
+        Ok(())
     }
 
     /// Creates the enabled sink `name` alone, through its factory (to

@@ -39,7 +39,7 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
     }
     // Receipts are printed in order by a separate task, so that reading
     // and appending go on while earlier events are being synced.
-    let (tx, rx) = mpsc::channel::<PendingPublish<Event>>(1024);
+    let (tx, rx) = mpsc::channel::<Submitted>(1024);
     let printer = tokio::spawn(print_receipts(rx));
     let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<Line>>(16);
     let reader = tokio::task::spawn_blocking(move || read_lines(&lines_tx));
@@ -68,11 +68,11 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
             continue;
         }
         let (submitted, error) = submit(&replicator, &stream, &numbers, events).await;
-        for pending in submitted {
-            let sequences = pending.sequences();
+        for submitted in submitted {
+            let sequences = submitted.0.sequences();
             published += sequences.end() + 1 - sequences.start();
             // The printer failed: its error ends the run below.
-            if tx.send(pending).await.is_err() {
+            if tx.send(submitted).await.is_err() {
                 break 'input;
             }
         }
@@ -82,13 +82,15 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
         }
     }
     drop((tx, lines_rx));
-    // What was published is printed before any error.
-    let printed = printer.await.context("receipt printer failed")?;
+    // What was published is printed before any error. Lines submitted
+    // before the refused one that did not become durable (the log stopped
+    // while they were being written) are the first not published: their
+    // error is the one to report. The reader may be waiting for a line:
+    // not waited for.
+    printer.await.context("receipt printer failed")??;
     if let Some(error) = failed {
-        // The reader may be waiting for a line: not waited for.
         return Err(error);
     }
-    printed?;
     reader.await.context("stdin reader failed")??;
     wait_for_sinks(&replicator).await?;
     replicator.close().await?;
@@ -133,6 +135,17 @@ type Line = (u64, Vec<u8>);
 /// The most lines read and appended at once.
 const MAX_LINES: usize = 512;
 
+/// A submission and the lines its events came from.
+type Submitted = (PendingPublish<Event>, String);
+
+/// `line N` or `lines N-M` for the events of lines `numbers`.
+fn lines_label(numbers: &[u64]) -> String {
+    match (numbers.first(), numbers.last()) {
+        (Some(first), Some(last)) if first != last => format!("lines {first}-{last}"),
+        _ => format!("line {}", numbers.first().copied().unwrap_or_default()),
+    }
+}
+
 /// Submits `events` (from lines `numbers`) at once; when that is refused,
 /// one by one, so that the error names the line it is about and the
 /// events before it are published, as they would be one at a time. What
@@ -143,21 +156,17 @@ async fn submit(
     stream: &StreamId,
     numbers: &[u64],
     events: Vec<Event>,
-) -> (Vec<PendingPublish<Event>>, Option<anyhow::Error>) {
+) -> (Vec<Submitted>, Option<anyhow::Error>) {
     let count = events.len();
     let events = match replicator.submit_all(stream, events).await {
-        Ok(pending) => return (vec![pending], None),
+        Ok(pending) => return (vec![(pending, lines_label(numbers))], None),
         // All or none are queued: none were.
         Err(parts) => match parts.event {
             Some(events) if events.len() == count => events,
             _ => {
-                let lines = match (numbers.first(), numbers.last()) {
-                    (Some(first), Some(last)) if first != last => format!("lines {first}-{last}"),
-                    _ => format!("line {}", numbers.first().copied().unwrap_or_default()),
-                };
                 return (
                     Vec::new(),
-                    Some(anyhow::anyhow!("{lines}: {}", parts.error)),
+                    Some(anyhow::anyhow!("{}: {}", lines_label(numbers), parts.error)),
                 );
             }
         },
@@ -165,7 +174,7 @@ async fn submit(
     let mut pending = Vec::with_capacity(count);
     for (number, event) in numbers.iter().zip(events) {
         match replicator.submit(stream, event).await {
-            Ok(one) => pending.push(one),
+            Ok(one) => pending.push((one, format!("line {number}"))),
             Err(e) => {
                 return (
                     pending,
@@ -208,11 +217,17 @@ fn read_lines(tx: &mpsc::Sender<Vec<Line>>) -> io::Result<()> {
     }
 }
 
-async fn print_receipts(mut rx: mpsc::Receiver<PendingPublish<Event>>) -> anyhow::Result<()> {
+/// Prints each submission's sequences once they are durable, in order; a
+/// submission that cannot become durable ends it with an error naming its
+/// lines (the first not acknowledged: nothing after them was printed).
+async fn print_receipts(mut rx: mpsc::Receiver<Submitted>) -> anyhow::Result<()> {
     let mut out = io::BufWriter::new(io::stdout());
-    while let Some(pending) = rx.recv().await {
+    while let Some((pending, lines)) = rx.recv().await {
         let sequences = pending.sequences();
-        pending.durable().await?;
+        if let Err(error) = pending.durable().await {
+            out.flush()?;
+            anyhow::bail!("{lines}: not acknowledged: {error}");
+        }
         for sequence in sequences {
             writeln!(out, "{sequence}")?;
         }
@@ -229,8 +244,8 @@ mod tests {
     use std::sync::Arc;
 
     use omnirelay_replication::{
-        DeliveryMode, DurableOptions, DurableReplicator, ErrorKind, PendingPublish, Record, Sink,
-        SinkError, SinkExt as _, SinkOptions, StreamId, WhenFull,
+        DeliveryMode, DurableOptions, DurableReplicator, ErrorKind, Record, Sink, SinkError,
+        SinkExt as _, SinkOptions, StreamId, WhenFull,
     };
     use omnirelay_resourcelease::{
         ResourceLeaseCodec, ResourceLeaseReplicationEvent, ResourceLeaseReplicationEventType,
@@ -288,7 +303,7 @@ mod tests {
         .await;
         let error = error.expect("refused");
         assert!(error.to_string().starts_with("line 3: "), "{error}");
-        let sequences: Vec<_> = published.iter().map(PendingPublish::sequences).collect();
+        let sequences: Vec<_> = published.iter().map(|(p, _)| p.sequences()).collect();
         assert_eq!(sequences, [2..=2], "line 2 published, on its own");
         assert_eq!(replicator.last_sequence(&stream), 2);
         replicator.close().await.unwrap();

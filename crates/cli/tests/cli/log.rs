@@ -136,6 +136,71 @@ fn malformed_lines_are_reported_skipped_and_fail_the_run_without_losing_valid_ev
 /// A line the log refuses (a required sink past its budget, `reject`)
 /// ends the run naming the line, once the receipts of what was published
 /// are printed, without waiting for stdin to close.
+/// The log stops for good when a write fails (here: the file-size limit,
+/// `ulimit -f`, with `SIGXFSZ` ignored so the write returns `EFBIG`).
+/// Lines already handed to the log when it stopped are not acknowledged
+/// either: the error names the first line without a receipt, so that the
+/// input can be resumed from it, never a later line (before, it named the
+/// line refused after the log stopped, though the lines between it and
+/// the last receipt had none).
+#[test]
+fn a_log_that_stops_mid_input_names_the_first_line_without_a_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    // No sink: the log is the only file that grows.
+    std::fs::write(
+        &config,
+        format!("data_dir = \"{}\"\n", dir.path().join("data").display()),
+    )
+    .unwrap();
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, events(0..40_000)).unwrap();
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 2048; exec {} publish --config {} < {}",
+        env!("CARGO_BIN_EXE_omnirelay"),
+        config.display(),
+        input.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let receipts: Vec<u64> = text(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(!receipts.is_empty(), "{stderr}");
+    assert_eq!(
+        receipts,
+        (1..=receipts.len() as u64).collect::<Vec<_>>(),
+        "a receipt per line, in order"
+    );
+    // One event per line: line N is sequence N.
+    let next = receipts.len() + 1;
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("omnirelay: "))
+        .unwrap_or_else(|| panic!("an error line: {stderr}"));
+    assert!(
+        error.starts_with(&format!("omnirelay: line {next}:"))
+            || error.starts_with(&format!("omnirelay: lines {next}-")),
+        "{error}"
+    );
+    assert!(error.contains("stopped"), "{error}");
+    // What is on disk reads back whole, every receipt in it.
+    let verify = omnirelay(
+        &[
+            "log",
+            "verify",
+            "--data-dir",
+            dir_arg(&dir.path().join("data")),
+        ],
+        b"",
+    );
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    let held = replay_events(&dir.path().join("data"), "2").len();
+    assert!(held >= receipts.len(), "{held} < {}", receipts.len());
+}
+
 #[test]
 fn a_refused_line_ends_publish_after_its_receipts_while_stdin_stays_open() {
     let dir = tempfile::tempdir().unwrap();

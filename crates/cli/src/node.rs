@@ -4,8 +4,8 @@
 use std::future::IntoFuture as _;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, bail};
 use axum::Router;
@@ -266,13 +266,51 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 /// The node's one listener: HTTP/1.1 and HTTP/2 (cleartext, or TLS from
 /// `server.tls`) on one port, serving `GET /metrics`, `/healthz`,
 /// `/readyz` and the node's gRPC services.
-#[derive(Debug)]
 pub(crate) struct Server {
     stop: watch::Sender<bool>,
-    ready: Arc<AtomicBool>,
+    health: Arc<OnceLock<HealthCheck>>,
     task: tokio::task::JoinHandle<()>,
     address: std::net::SocketAddr,
     scheme: &'static str,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("address", &self.address)
+            .field("scheme", &self.scheme)
+            .field("ready", &self.health.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a node's probes ask once it is ready: why it is broken for good,
+/// if it is.
+type HealthCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// A probe's answer: `200 ok`, or `503` with what is wrong.
+fn probe_answer(failure: Option<String>) -> (StatusCode, String) {
+    match failure {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
+/// A health check for a node with `replicator`: the logs that stopped for
+/// good, which only a restart recovers from.
+pub(crate) fn replication_health<E: omnirelay_replication::ReplicationEvent>(
+    replicator: Arc<omnirelay_replication::DurableReplicator<E>>,
+) -> impl Fn() -> Option<String> + Send + Sync + 'static {
+    move || {
+        let stopped = replicator.stopped_streams();
+        (!stopped.is_empty()).then(|| {
+            stopped
+                .iter()
+                .map(|(_, error)| error.message().to_owned())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
 }
 
 /// A bound listener, before it serves: see [`Bound::serve`].
@@ -332,8 +370,8 @@ impl Bound {
         let token = self.token.clone();
         let address = self.listener.local_addr()?;
         let upkeep = metrics.clone();
-        let ready = Arc::new(AtomicBool::new(false));
-        let probe = ready.clone();
+        let health: Arc<OnceLock<HealthCheck>> = Arc::default();
+        let (live, ready) = (health.clone(), health.clone());
         let mut app = Router::new()
             .route(
                 "/metrics",
@@ -342,18 +380,22 @@ impl Bound {
                     async move { metrics.render() }
                 }),
             )
-            .route("/healthz", get(|| async { "ok\n" }))
+            // Alive until something only a restart mends is reported.
+            .route(
+                "/healthz",
+                get(move || {
+                    let failure = live.get().and_then(|check| check());
+                    async move { probe_answer(failure) }
+                }),
+            )
             .route(
                 "/readyz",
                 get(move || {
-                    let ready = probe.load(Ordering::Acquire);
-                    async move {
-                        if ready {
-                            (StatusCode::OK, "ok\n")
-                        } else {
-                            (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-                        }
-                    }
+                    let failure = match ready.get() {
+                        Some(check) => check(),
+                        None => Some("starting".to_owned()),
+                    };
+                    async move { probe_answer(failure) }
                 }),
             );
         // Everything else: gRPC calls (a gRPC content type) to the gRPC
@@ -441,7 +483,7 @@ impl Bound {
         });
         Ok(Server {
             stop: self.stop,
-            ready,
+            health,
             task,
             address,
             scheme,
@@ -475,9 +517,12 @@ impl Server {
         format!("{}://{}", self.scheme, self.address)
     }
 
-    /// From now on `/readyz` answers 200 (until then, 503).
-    pub(crate) fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+    /// From now on `/readyz` answers 200 (until then, 503 `starting`)
+    /// while `check` finds nothing wrong; what it finds (something only a
+    /// restart mends) makes both `/readyz` and `/healthz` answer 503 with
+    /// it. Only the first call counts.
+    pub(crate) fn set_ready(&self, check: impl Fn() -> Option<String> + Send + Sync + 'static) {
+        let _ = self.health.set(Box::new(check));
     }
 
     /// Stops serving and waits for in-flight requests.

@@ -28,14 +28,16 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
         Some(listen) => Some(Server::start(listen, &valid, node::install_metrics()?).await?),
         None => None,
     };
-    let replicator = valid
-        .build_with(Arc::new(ResourceLeaseCodec), |_, sink| {
-            LagRecording::new(sink).shared()
-        })
-        .await
-        .with_context(|| format!("cannot start replication in {}", valid.data_dir.display()))?;
+    let replicator = Arc::new(
+        valid
+            .build_with(Arc::new(ResourceLeaseCodec), |_, sink| {
+                LagRecording::new(sink).shared()
+            })
+            .await
+            .with_context(|| format!("cannot start replication in {}", valid.data_dir.display()))?,
+    );
     if let Some(server) = &server {
-        server.set_ready();
+        server.set_ready(node::replication_health(replicator.clone()));
     }
     // Receipts are printed in order by a separate task, so that reading
     // and appending go on while earlier events are being synced.

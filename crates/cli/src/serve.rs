@@ -400,7 +400,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     if let Some(rebuilt) = rebuilt {
         node::say(false, &rebuilt);
     }
-    server.set_ready();
+    server.set_ready(node::replication_health(replicator.clone()));
     node::say(
         false,
         &format!(
@@ -902,7 +902,8 @@ async fn run_mesh_client(
     );
     let mut shutdown = Shutdown::watch()?;
     let server = bound.serve(metrics, None, Some(status))?;
-    server.set_ready();
+    // No log: nothing of its own a restart would mend.
+    server.set_ready(|| None);
     node::say(
         false,
         &format!(

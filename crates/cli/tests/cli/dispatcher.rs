@@ -40,6 +40,86 @@ fn start(dir: &Path, extra: &[&str]) -> (KillOnDrop, String, String) {
     (child, address, rebuilt)
 }
 
+/// A log that stops for good (a failed write: here the file-size limit,
+/// `ulimit -f`, with `SIGXFSZ` ignored so the write returns `EFBIG`) is
+/// mended only by a restart: the dispatcher refuses mutations with
+/// `Unavailable`, and its probes, `/readyz` and `/healthz`, answer 503
+/// with the reason, so that a load balancer stops sending it work and an
+/// orchestrator restarts it (before, both answered `200 ok`).
+#[test]
+fn a_dispatcher_whose_log_stopped_fails_its_probes() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    // No sink: the log is the only file that grows.
+    std::fs::write(
+        &config,
+        format!("data_dir = \"{}\"\n", dir.path().join("data").display()),
+    )
+    .unwrap();
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 64; exec {} serve --role dispatcher --listen 127.0.0.1:0 --config {}",
+        env!("CARGO_BIN_EXE_omnirelay"),
+        config.display()
+    );
+    let mut node: KillOnDrop = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .into();
+    let mut stderr = std::io::BufReader::new(node.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let probe = |path: &str| {
+        for _ in 0..250 {
+            if let Some(answer) = http_get(&address, path) {
+                return answer;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("{path} did not answer");
+    };
+    for _ in 0..250 {
+        if probe("/readyz").0 == 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(probe("/readyz"), (200, "ok\n".to_owned()));
+    assert_eq!(probe("/healthz"), (200, "ok\n".to_owned()));
+    // 32 KiB of log at most: a few hundred enqueues.
+    let mut refused = None;
+    for _ in 0..2_000 {
+        let (status, body) = rpc(
+            &address,
+            "resourcelease::enqueue",
+            &[("Rpc-Caller", "seeder")],
+            PAYLOAD,
+        );
+        if status != 200 {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("the log stops once the file is at its limit");
+    assert_eq!(status, 503, "{body}");
+    for path in ["/readyz", "/healthz"] {
+        let (status, why) = probe(path);
+        assert_eq!(status, 503, "{path}: {why}");
+        assert!(why.contains("stopped"), "{path}: {why}");
+        assert!(why.contains("restart"), "{path}: {why}");
+    }
+}
+
 #[test]
 fn heavy_a_dispatcher_serves_the_reference_rpc_and_restarts_with_its_queue() {
     let dir = tempfile::tempdir().unwrap();

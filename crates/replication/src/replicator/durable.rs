@@ -1131,6 +1131,18 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         out
     }
 
+    /// The streams whose log stopped for good (an I/O error: see
+    /// [`StreamLog::failure`](crate::log::StreamLog::failure)), each with
+    /// why, in stream order: a node with any is unhealthy until restarted.
+    pub fn stopped_streams(&self) -> Vec<(StreamId, Error)> {
+        let mut out: Vec<_> = lock(&self.inner.streams)
+            .values()
+            .filter_map(|state| Some((state.id.clone(), state.log.failure()?)))
+            .collect();
+        out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        out
+    }
+
     /// What recovery found when `stream`'s log was opened.
     pub async fn recovery(&self, stream: &StreamId) -> Option<Recovery> {
         lock(&self.inner.streams)

@@ -95,6 +95,29 @@ fn render(document: &Value) -> String {
         ],
         &rows,
     );
+    // A log that stopped for good refuses every publish until the node is
+    // restarted: said beside the sinks it starves.
+    let stopped: Vec<Vec<String>> = hosts
+        .iter()
+        .flat_map(|host| {
+            host["streams"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|stream| stream["failure"].is_string())
+                .map(|stream| {
+                    vec![
+                        text(&host["url"]),
+                        text(&stream["stream"]),
+                        text(&stream["failure"]),
+                    ]
+                })
+        })
+        .collect();
+    if !stopped.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["HOST", "STREAM", "LOG STOPPED"], &stopped));
+    }
     let queues: Vec<Vec<String>> = hosts
         .iter()
         .filter(|host| host["queue"].is_object())
@@ -255,6 +278,38 @@ mod tests {
         let without =
             render(&json!({"hosts": [{"url": "http://c:3", "role": "receiver", "up": true}]}));
         assert!(!without.contains("DEAD-LETTERED"), "{without}");
+    }
+
+    #[test]
+    fn a_stopped_log_gets_a_row_of_its_own() {
+        let streams = json!([
+            {"stream": "default", "last_sequence": 8, "failure": "the log of stream default stopped: write failed"},
+            {"stream": "other", "last_sequence": 2, "failure": null},
+        ]);
+        let document = json!({"hosts": [
+            {"url": "http://a:1", "role": "dispatcher", "up": true, "streams": streams, "sinks": []},
+        ]});
+        let out = render(&document);
+        let lines: Vec<&str> = out.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.contains("LOG STOPPED"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(
+            lines[header + 1],
+            "http://a:1  default  the log of stream default stopped: write failed",
+            "{out}"
+        );
+        assert_eq!(
+            lines.len(),
+            header + 2,
+            "one row, for the stopped one: {out}"
+        );
+        let healthy = render(&json!({"hosts": [
+            {"url": "http://a:1", "role": "dispatcher", "up": true,
+             "streams": [{"stream": "default", "last_sequence": 8, "failure": null}]},
+        ]}));
+        assert!(!healthy.contains("LOG STOPPED"), "{healthy}");
     }
 
     #[test]

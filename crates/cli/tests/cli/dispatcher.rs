@@ -118,6 +118,16 @@ fn a_dispatcher_whose_log_stopped_fails_its_probes() {
         assert!(why.contains("stopped"), "{path}: {why}");
         assert!(why.contains("restart"), "{path}: {why}");
     }
+    // The operator's table says so beside the sinks.
+    let out = omnirelay(&["status", "--url", &format!("http://{address}")], b"");
+    let table = text(&out.stdout);
+    let stopped = table
+        .lines()
+        .skip_while(|l| !l.contains("LOG STOPPED"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(stopped.contains("default"), "{table}");
+    assert!(stopped.contains("stopped"), "{table}");
 }
 
 #[test]

@@ -45,9 +45,10 @@ fn start(dir: &Path, extra: &[&str]) -> (KillOnDrop, String, String) {
 /// mended only by a restart: the dispatcher refuses mutations with
 /// `Unavailable`, and its probes, `/readyz` and `/healthz`, answer 503
 /// with the reason, so that a load balancer stops sending it work and an
-/// orchestrator restarts it (before, both answered `200 ok`).
+/// orchestrator restarts it (before, both answered `200 ok`); `status` and
+/// the dashboard show it.
 #[test]
-fn a_dispatcher_whose_log_stopped_fails_its_probes() {
+fn heavy_a_dispatcher_whose_log_stopped_fails_its_probes_and_shows_it() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
@@ -128,6 +129,23 @@ fn a_dispatcher_whose_log_stopped_fails_its_probes() {
         .unwrap_or_else(|| panic!("{table}"));
     assert!(stopped.contains("default"), "{table}");
     assert!(stopped.contains("stopped"), "{table}");
+    // The dashboard too, in a real browser.
+    let chromium = chromium();
+    let plane_dir = tempfile::tempdir().unwrap();
+    let (_plane, plane_at) = start_plane(&format!("http://{address}"), plane_dir.path(), &[]);
+    plane_status(&format!("http://{plane_at}"), "the host seen", |hosts| {
+        hosts.iter().any(|h| h["streams"][0]["failure"].is_string())
+    });
+    let dom = text(&browse(chromium, &format!("http://{plane_at}/"), &["--dump-dom"]).stdout);
+    assert!(dom.contains(">log stopped<"), "{dom}");
+    let shown = dom
+        .split("class=\"error log-stopped\" data-stream=\"default\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{dom}"));
+    assert!(
+        shown.starts_with("log of stream default: closed: the log of stream default stopped"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -1716,11 +1734,13 @@ fn heavy_the_control_plane_sees_every_host_go_down_and_come_back() {
     }
 }
 
-#[test]
-fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_down() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let chromium = ["chromium", "chromium-browser"]
+/// The headless browser the dashboard tests drive.
+///
+/// # Panics
+///
+/// Loudly, saying how to install it, if there is none.
+fn chromium() -> &'static str {
+    ["chromium", "chromium-browser"]
         .into_iter()
         .find(|name| {
             std::process::Command::new(name)
@@ -1728,7 +1748,30 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-        .expect("chromium is not installed (Debian: apt-get install chromium; scripts/test installs it)");
+        .expect("chromium is not installed (Debian: apt-get install chromium; scripts/test installs it)")
+}
+
+/// `chromium` headless on `url` with `extra` arguments (`--dump-dom`,
+/// `--screenshot=FILE`), after three seconds of the page's own time.
+fn browse(chromium: &str, url: &str, extra: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(chromium);
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--window-size=1400,900",
+        "--virtual-time-budget=3000",
+    ]);
+    command.args(extra).arg(url);
+    command.output().unwrap()
+}
+
+#[test]
+fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_down() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let chromium = chromium();
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();
     let mut addresses = Vec::new();
@@ -1773,19 +1816,7 @@ fn heavy_the_dashboard_in_a_real_browser_shows_every_host_live_and_a_killed_one_
                     .all(|h| h["up"] == true && h["eventsPerSecond"].as_f64() > Some(0.0))
         },
     );
-    let browse = |extra: &[&str]| {
-        let mut command = std::process::Command::new(chromium);
-        command.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--window-size=1400,900",
-            "--virtual-time-budget=3000",
-        ]);
-        command.args(extra).arg(&url);
-        command.output().unwrap()
-    };
+    let browse = |extra: &[&str]| browse(chromium, &url, extra);
     let dom = text(&browse(&["--dump-dom"]).stdout);
     for address in &addresses {
         let card = format!("data-host=\"http://{address}\" data-up=\"true\"");

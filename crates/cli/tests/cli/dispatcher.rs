@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::log::{dir_arg, replay_events};
 use crate::{
     http_get, http_post, omnirelay, refused, said, spawn_listening, text, try_http_post,
-    try_http_post_to,
+    try_http_post_to, under_file_limit,
 };
 
 const PAYLOAD: &str = r#"{"payload":{"resourceType":"lakehouse.catalog","resourceId":"sales.orders","partitionKey":"p-1","payloadEncoding":"json","body":"e30=","attributes":{}}}"#;
@@ -51,17 +51,11 @@ fn start(dir: &Path, extra: &[&str]) -> (KillOnDrop, String, String) {
 fn heavy_a_dispatcher_whose_log_stopped_fails_its_probes_and_shows_it() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node.toml");
-    // No sink: the log is the only file that grows.
-    std::fs::write(
-        &config,
-        format!("data_dir = \"{}\"\n", dir.path().join("data").display()),
-    )
-    .unwrap();
-    let script = format!(
-        "trap '' XFSZ; ulimit -f 64; exec {} serve --role dispatcher --listen 127.0.0.1:0 --config {}",
-        env!("CARGO_BIN_EXE_omnirelay"),
-        config.display()
+    // 32 KiB of log at most: a few hundred enqueues.
+    let script = under_file_limit(
+        dir.path(),
+        64,
+        "serve --role dispatcher --listen 127.0.0.1:0",
     );
     let mut node: KillOnDrop = std::process::Command::new("sh")
         .args(["-c", &script])
@@ -97,7 +91,6 @@ fn heavy_a_dispatcher_whose_log_stopped_fails_its_probes_and_shows_it() {
     }
     assert_eq!(probe("/readyz"), (200, "ok\n".to_owned()));
     assert_eq!(probe("/healthz"), (200, "ok\n".to_owned()));
-    // 32 KiB of log at most: a few hundred enqueues.
     let mut refused = None;
     for _ in 0..2_000 {
         let (status, body) = rpc(
@@ -429,10 +422,7 @@ fn heavy_a_standby_on_the_bus_sharing_its_primarys_receiver_sends_each_event_onc
 fn standby_shares_its_primarys_receiver(bus: bool) {
     let store = tempfile::tempdir().unwrap();
     let (receiver, receiver_at, _) = crate::serve::spawn_receiver(&store.path().join("receiver"));
-    let replica = format!(
-        "[replication.sinks.replica]\ntype = \"grpc\"\n\
-         [replication.sinks.replica.settings]\nurl = \"http://{receiver_at}\"\n"
-    );
+    let replica = replica_sink(&receiver_at);
     let (nats, config) = if bus {
         let (nats, bus, config) = bus_and_primary_config(
             store.path(),
@@ -501,6 +491,15 @@ fn standby_shares_its_primarys_receiver(bus: bool) {
     }
 }
 
+/// The table of a `grpc` sink, `replica`, sending to the receiver at
+/// `receiver_at` under the node's own name.
+fn replica_sink(receiver_at: &str) -> String {
+    format!(
+        "[replication.sinks.replica]\ntype = \"grpc\"\n\
+         [replication.sinks.replica.settings]\nurl = \"http://{receiver_at}\"\n"
+    )
+}
+
 /// (sender name, origin sequence) of every event the receiver at
 /// `receiver_url` holds (its newest 100).
 fn received_origins(receiver_url: &str) -> Vec<(String, u64)> {
@@ -552,10 +551,7 @@ fn standby_started_before_its_primary_published(promoted_first: bool) {
         "stream = \"FAILOVER\"",
     );
     let mut text_of_config = std::fs::read_to_string(&config).unwrap();
-    text_of_config.push_str(&format!(
-        "[replication.sinks.replica]\ntype = \"grpc\"\n\
-         [replication.sinks.replica.settings]\nurl = \"http://{receiver_at}\"\n"
-    ));
+    text_of_config.push_str(&replica_sink(&receiver_at));
     std::fs::write(&config, text_of_config).unwrap();
     let with_config = ["--config", dir_arg(&config)];
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

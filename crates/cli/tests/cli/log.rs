@@ -146,19 +146,12 @@ fn malformed_lines_are_reported_skipped_and_fail_the_run_without_losing_valid_ev
 #[test]
 fn a_log_that_stops_mid_input_names_the_first_line_without_a_receipt() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node.toml");
-    // No sink: the log is the only file that grows.
-    std::fs::write(
-        &config,
-        format!("data_dir = \"{}\"\n", dir.path().join("data").display()),
-    )
-    .unwrap();
     let input = dir.path().join("events.jsonl");
     std::fs::write(&input, events(0..40_000)).unwrap();
+    // 1 MiB of log at most: about ten thousand events.
     let script = format!(
-        "trap '' XFSZ; ulimit -f 2048; exec {} publish --config {} < {}",
-        env!("CARGO_BIN_EXE_omnirelay"),
-        config.display(),
+        "{} < {}",
+        crate::under_file_limit(dir.path(), 2048, "publish"),
         input.display()
     );
     let out = Command::new("sh").args(["-c", &script]).output().unwrap();

@@ -57,6 +57,25 @@ pub(crate) fn spawn_with_env<S: AsRef<std::ffi::OsStr>>(
         .into()
 }
 
+/// How tests make a log's write fail: the `sh` command that runs
+/// `omnirelay ARGS --config DIR/node.toml` (a node whose data directory is
+/// `DIR/data`, with no sink, so that its log is the only file that grows)
+/// with files limited to `blocks` of 512 bytes (`ulimit -f`) and `SIGXFSZ`
+/// ignored, so that a write past the limit fails with `EFBIG`.
+pub(crate) fn under_file_limit(dir: &Path, blocks: u32, args: &str) -> String {
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"{}\"\n", dir.join("data").display()),
+    )
+    .unwrap();
+    format!(
+        "trap '' XFSZ; ulimit -f {blocks}; exec {} {args} --config {}",
+        env!("CARGO_BIN_EXE_omnirelay"),
+        config.display()
+    )
+}
+
 /// Writes `DIR/omnirelay.toml`: `prefix`, then a `file` sink named
 /// `broken` that can say where it is (nothing exported) but never write
 /// (its directory is a dangling link), retried briefly, three attempts.

@@ -217,10 +217,13 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         .await
         .with_context(cannot_start)?,
     );
-    replicator
-        .open_stream(&stream)
-        .await
-        .with_context(cannot_start)?;
+    if unnamed.is_some() {
+        // Its log on disk, whether the configuration declares it or not.
+        replicator
+            .open_stream(&stream)
+            .await
+            .with_context(cannot_start)?;
+    }
     // A standby that cannot learn its primary's name yet (a bus with
     // nothing on it, a primary not answering) while its log is empty
     // starts its sinks once the primary's first event is in its log and

@@ -86,7 +86,7 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
     drop((tx, lines_rx));
     // What was published is printed before any error. Lines submitted
     // before the refused one that did not become durable (the log stopped
-    // while they were being written) are the first not published: their
+    // while they were being written) are the first not acknowledged: their
     // error is the one to report. The reader may be waiting for a line:
     // not waited for.
     printer.await.context("receipt printer failed")??;

@@ -16,6 +16,10 @@
 //!   (after a crash or a retry) and must ignore them (idempotency). Sinks
 //!   that can record a high-water mark atomically with their data report it
 //!   from [`Sink::checkpoint`].
+//! - Records behind the checkpoint that the sink never took (dead letters
+//!   an operator redrives once the cause is fixed) go through
+//!   [`Sink::fill_gaps`], which a sink implements only if it can hold them
+//!   without mistaking them for a re-send.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -107,6 +111,39 @@ pub trait Sink: Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// Applies `batch` (one stream, ascending sequences) durably although
+    /// its records may lie at or below the sink's checkpoint: records the
+    /// sink never took (it refused them, and they went to its dead
+    /// letters) and that an operator now redrives. Records the sink holds
+    /// already are ignored, as by [`Sink::apply`]; the checkpoint does not
+    /// move back.
+    ///
+    /// A sink can do this when it keeps each sequence under its own key (a
+    /// row, an object) and can tell one it holds from one it lacks. A sink
+    /// that keeps only a high-water mark — and so do its readers: a file
+    /// read in order, a bus whose consumers drop what is at or below their
+    /// mark — cannot: the default refuses with [`ErrorKind::Unsupported`]
+    /// and takes nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sink::apply`]; [`ErrorKind::Unsupported`] when the sink cannot
+    /// take records behind its checkpoint at all.
+    ///
+    /// [`ErrorKind::Unsupported`]: crate::error::ErrorKind::Unsupported
+    fn fill_gaps(
+        &self,
+        batch: &[Record<'_>],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = batch;
+        async {
+            Err(SinkError::new(
+                crate::error::ErrorKind::Unsupported,
+                "this sink keeps a high-water mark: it cannot take records behind its checkpoint",
+            ))
+        }
+    }
+
     /// The sink's view of its health.
     fn health(&self) -> Health {
         Health::Healthy
@@ -132,6 +169,9 @@ pub trait DynSink: Send + Sync + 'static {
         &'a self,
         stream: &'a StreamId,
     ) -> BoxFuture<'a, Result<Option<u64>, SinkError>>;
+    /// See [`Sink::fill_gaps`].
+    fn fill_gaps_dyn<'a>(&'a self, batch: &'a [Record<'a>])
+    -> BoxFuture<'a, Result<(), SinkError>>;
     /// See [`Sink::health`].
     fn health_dyn(&self) -> Health;
     /// See [`Sink::close`].
@@ -148,6 +188,13 @@ impl<S: Sink> DynSink for S {
         stream: &'a StreamId,
     ) -> BoxFuture<'a, Result<Option<u64>, SinkError>> {
         Box::pin(self.checkpoint(stream))
+    }
+
+    fn fill_gaps_dyn<'a>(
+        &'a self,
+        batch: &'a [Record<'a>],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.fill_gaps(batch))
     }
 
     fn health_dyn(&self) -> Health {
@@ -169,6 +216,10 @@ impl Sink for SharedSink {
 
     async fn checkpoint(&self, stream: &StreamId) -> Result<Option<u64>, SinkError> {
         (**self).checkpoint_dyn(stream).await
+    }
+
+    async fn fill_gaps(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        (**self).fill_gaps_dyn(batch).await
     }
 
     fn health(&self) -> Health {

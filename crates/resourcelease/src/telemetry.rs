@@ -153,6 +153,12 @@ impl<S: Sink> Sink for LagRecording<S> {
         self.inner.checkpoint(stream).await
     }
 
+    /// Not recorded: a redriven event is as late as the operator's fix,
+    /// not a measure of replication.
+    async fn fill_gaps(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        self.inner.fill_gaps(batch).await
+    }
+
     fn health(&self) -> Health {
         self.inner.health()
     }

@@ -24,6 +24,14 @@ pub struct Redriven {
     /// Dead-lettered sequences the log no longer holds (retention removed
     /// them): left as dead letters, their payloads are in the letters.
     pub missing: Vec<u64>,
+    /// Dead-lettered sequences at or below the sink's checkpoint that the
+    /// sink cannot take (see [`Sink::fill_gaps`](crate::Sink::fill_gaps)):
+    /// left as dead letters.
+    pub behind: Vec<u64>,
+    /// The sink's checkpoint when the redrive started (0: none).
+    pub checkpoint: u64,
+    /// Why the sink refused the sequences `behind`.
+    pub refusal: Option<String>,
     /// Where the redriven letters were moved (`<sink>.redriven-<ticks>.jsonl`
     /// beside the dead-letter log), an audit trail.
     pub archive: Option<PathBuf>,
@@ -106,17 +114,23 @@ fn read_one<E: ReplicationEvent>(
 
 /// Applies to `sink` every event it dead-lettered in the target's stream,
 /// read from the log in order, and moves the letters to an archive; the
-/// letters of events the log no longer holds stay. A failure keeps the
-/// letters of every event not yet applied (the sink is idempotent, so a
-/// later redrive may apply a batch twice, never lose one).
+/// letters of events the log no longer holds stay. Events at or below the
+/// sink's [`checkpoint`](crate::Sink::checkpoint) — the sink went on past
+/// them — go through [`fill_gaps`](crate::Sink::fill_gaps), since `apply`
+/// would take them for re-sends and ignore them; the letters of those a
+/// sink cannot take that way (it keeps a high-water mark) stay too. A
+/// failure keeps the letters of every event not yet applied (the sink is
+/// idempotent, so a later redrive may apply a batch twice, never lose
+/// one).
 ///
 /// The data directory must not be in use: a running node's drivers append
 /// letters meanwhile. `omnirelay deadletter redrive` holds the log's lock.
 ///
 /// # Errors
 ///
-/// Reading the letters or the log, the sink's error (with the first
-/// sequence not applied), or writing the letters back.
+/// Reading the letters or the log, asking the sink its checkpoint, the
+/// sink's error (with the first sequence not applied), or writing the
+/// letters back.
 pub async fn redrive<E: ReplicationEvent>(
     target: RedriveTarget<'_>,
     sink: &SharedSink,
@@ -142,34 +156,69 @@ pub async fn redrive<E: ReplicationEvent>(
             None => missing.push(sequence),
         }
     }
-    let keep = |from: Option<u64>| -> Vec<&DeadLetter> {
-        letters
-            .iter()
-            .filter(|l| missing.contains(&l.sequence) || from.is_some_and(|f| l.sequence >= f))
-            .collect()
-    };
-    let mut applied = Vec::new();
-    for chunk in records.chunks(target.batch.max(1)) {
-        let borrowed: Vec<Record<'_>> = chunk.iter().map(OwnedRecord::as_record).collect();
-        if let Err(error) = sink.apply_dyn(&borrowed).await {
-            let first = chunk[0].sequence();
-            rewrite(&path, &keep(Some(first)))?;
-            return Err(Error::new(
-                error.error().kind(),
+    let checkpoint = sink
+        .checkpoint_dyn(target.stream)
+        .await
+        .map_err(|e| {
+            let kind = e.error().kind();
+            Error::new(
+                kind,
                 format!(
-                    "sink {} refused the redrive from sequence {first} on ({} applied before)",
-                    target.sink_name,
-                    applied.len()
+                    "cannot ask sink {} where it stands in stream {}",
+                    target.sink_name, target.stream
                 ),
             )
-            .with_source(error.into_error()));
+            .with_source(e.into_error())
+        })?
+        .unwrap_or(0);
+    let split = records.partition_point(|r| r.sequence() <= checkpoint);
+    let (gaps, after) = records.split_at(split);
+    let mut applied = Vec::new();
+    let mut behind = Vec::new();
+    let mut refusal = None;
+    // The letters that stay whatever happens next.
+    let mut stay: BTreeSet<u64> = missing.iter().copied().collect();
+    let passes = [(gaps, true), (after, false)];
+    for (records, filling) in passes {
+        for chunk in records.chunks(target.batch.max(1)) {
+            let borrowed: Vec<Record<'_>> = chunk.iter().map(OwnedRecord::as_record).collect();
+            let result = if filling {
+                sink.fill_gaps_dyn(&borrowed).await
+            } else {
+                sink.apply_dyn(&borrowed).await
+            };
+            match result {
+                Ok(()) => applied.extend(chunk.iter().map(OwnedRecord::sequence)),
+                // The sink keeps a high-water mark: what lies behind it
+                // cannot go there, and its letters stay.
+                Err(error) if filling && error.error().kind() == ErrorKind::Unsupported => {
+                    behind = records.iter().map(OwnedRecord::sequence).collect();
+                    stay.extend(&behind);
+                    refusal = Some(error.error().to_string());
+                    break;
+                }
+                Err(error) => {
+                    let first = chunk[0].sequence();
+                    let kept: Vec<&DeadLetter> = letters
+                        .iter()
+                        .filter(|l| stay.contains(&l.sequence) || l.sequence >= first)
+                        .collect();
+                    rewrite(&path, &kept)?;
+                    return Err(Error::new(
+                        error.error().kind(),
+                        format!(
+                            "sink {} refused the redrive from sequence {first} on ({} applied before)",
+                            target.sink_name,
+                            applied.len()
+                        ),
+                    )
+                    .with_source(error.into_error()));
+                }
+            }
         }
-        applied.extend(chunk.iter().map(OwnedRecord::sequence));
     }
-    let done: Vec<&DeadLetter> = letters
-        .iter()
-        .filter(|l| !missing.contains(&l.sequence))
-        .collect();
+    let (kept, done): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
+        letters.iter().partition(|l| stay.contains(&l.sequence));
     let archive = if done.is_empty() {
         None
     } else {
@@ -181,10 +230,13 @@ pub async fn redrive<E: ReplicationEvent>(
         write_letters(&archive, &done)?;
         Some(archive)
     };
-    rewrite(&path, &keep(None))?;
+    rewrite(&path, &kept)?;
     Ok(Redriven {
         applied,
         missing,
+        behind,
+        checkpoint,
+        refusal,
         archive,
     })
 }

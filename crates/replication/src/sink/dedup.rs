@@ -77,6 +77,14 @@ impl<S: Sink> Sink for Deduplicating<S> {
         }
     }
 
+    /// Passed to the inner sink, past the marks (which hold the records
+    /// back): only the inner sink can tell a record it lacks from one it
+    /// holds.
+    async fn fill_gaps(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        let _serialized = self.state.lock().await;
+        self.inner.fill_gaps(batch).await
+    }
+
     fn health(&self) -> Health {
         self.inner.health()
     }

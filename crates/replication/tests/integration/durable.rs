@@ -408,6 +408,62 @@ async fn dead_letters_are_redriven_from_the_log_once_the_sink_is_fixed() {
 }
 
 #[tokio::test]
+async fn letters_behind_a_high_water_sink_stay_and_the_ones_ahead_are_redriven() {
+    use omnirelay_replication::delivery::{RedriveTarget, redrive};
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::Fsync).await;
+    // A sink that keeps a high-water mark (it cannot fill gaps) and went
+    // on past 3 and 8; 10, the last, it never took.
+    let sink = FaultySink::new();
+    sink.keep_checkpoint(0);
+    for poisoned in [3, 8, 10] {
+        sink.poison(poisoned);
+    }
+    replicator
+        .add_sink("marked", sink.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    publish(&replicator, 10).await;
+    replicator.wait_caught_up().await;
+    replicator.close().await.unwrap();
+    assert_eq!(sink.sequences(), [1, 2, 4, 5, 6, 7, 9]);
+    sink.cure();
+    let target = RedriveTarget {
+        data_dir: dir.path(),
+        stream: &StreamId::default(),
+        sink_name: "marked",
+        encoding: sink_options().encoding,
+        batch: 512,
+    };
+    let codec: Arc<dyn omnirelay_replication::Codec<Note>> = Arc::new(NoteCodec::default());
+    let redriven = redrive(target, &sink.clone().shared(), codec)
+        .await
+        .unwrap();
+    assert_eq!(redriven.applied, [10]);
+    assert_eq!((redriven.behind, redriven.checkpoint), (vec![3, 8], 9));
+    assert!(
+        redriven.refusal.unwrap().contains("high-water mark"),
+        "the sink's reason"
+    );
+    // Handed to `apply`, the sink would have ignored them (as a file, a
+    // bus or a receiver does) and the letters would be gone.
+    assert_eq!(sink.sequences(), [1, 2, 4, 5, 6, 7, 9, 10]);
+    let letters = DeadLetterLog::path(&dir.path().join("deadletter"), "default", "marked");
+    let kept: Vec<u64> = DeadLetterLog::read_all(&letters)
+        .unwrap()
+        .iter()
+        .map(|l| l.sequence)
+        .collect();
+    assert_eq!(kept, [3, 8]);
+    let archived: Vec<u64> = DeadLetterLog::read_all(&redriven.archive.unwrap())
+        .unwrap()
+        .iter()
+        .map(|l| l.sequence)
+        .collect();
+    assert_eq!(archived, [10]);
+}
+
+#[tokio::test]
 async fn a_rate_limited_sink_takes_no_more_than_its_limit() {
     let dir = tempfile::tempdir().unwrap();
     let replicator = open(dir.path(), Durability::None).await;

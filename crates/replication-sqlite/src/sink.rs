@@ -337,9 +337,10 @@ impl Inner {
         stream: &StreamId,
         rows: &[Row],
         refused: Option<SinkError>,
+        fill: bool,
     ) -> Result<(), SinkError> {
         let mut state = self.state();
-        match self.write_rows(&mut state, stream, rows) {
+        match self.write_rows(&mut state, stream, rows, fill) {
             Ok((through, conflict)) => match conflict.or(refused) {
                 None => Ok(()),
                 Some(err) => Err(err.applied_through(through)),
@@ -356,7 +357,8 @@ impl Inner {
 
     /// The last row of `rows` stored (`None`: none), and the error refusing
     /// the row after it when the table holds another event under that
-    /// row's sequence. A row the table holds already — below the
+    /// row's sequence. Rows above the checkpoint are inserted, and with
+    /// `fill` rows below it too. A row the table holds already — below the
     /// checkpoint, or met by a conflict on insert — is stored when the
     /// table's row is the same event (the same JSON, or the same type and
     /// timestamp: a re-send, a standby writing its primary's stream), and
@@ -368,6 +370,7 @@ impl Inner {
         state: &mut State,
         stream: &StreamId,
         rows: &[Row],
+        fill: bool,
     ) -> Result<(Option<u64>, Option<SinkError>), Error> {
         let ready = self.ready(state, stream)?;
         let connection = self.connection(state)?;
@@ -397,7 +400,7 @@ impl Inner {
             for row in rows {
                 // Checked to be UTF-8 before the batch came here.
                 let json = std::str::from_utf8(&row.json).unwrap_or_default();
-                if row.sequence > mark {
+                if row.sequence > mark || fill {
                     let inserted = insert
                         .execute(params![
                             row.sequence,
@@ -408,7 +411,7 @@ impl Inner {
                         ])
                         .map_err(|e| sqlite_error(&format!("insert into {}", ready.table), e))?;
                     if inserted == 1 {
-                        last = row.sequence;
+                        last = last.max(row.sequence);
                         stored = Some(row.sequence);
                         continue;
                     }
@@ -496,8 +499,10 @@ impl Inner {
     }
 }
 
-impl Sink for SqliteSink {
-    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+impl SqliteSink {
+    /// Stores `batch`: its rows above the checkpoint, and with `fill` those
+    /// at or below it that the table lacks (see [`Sink::fill_gaps`]).
+    async fn store(&self, batch: &[Record<'_>], fill: bool) -> Result<(), SinkError> {
         self.inner.check_open()?;
         let Some(first) = batch.first() else {
             return Ok(());
@@ -550,10 +555,22 @@ impl Sink for SqliteSink {
             });
         }
         let result = self
-            .blocking(move |inner| inner.write(&stream, &rows, refused))
+            .blocking(move |inner| inner.write(&stream, &rows, refused, fill))
             .await?;
         self.inner.health.record(&result);
         result
+    }
+}
+
+impl Sink for SqliteSink {
+    async fn apply(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        self.store(batch, false).await
+    }
+
+    /// Each sequence is a row of its own: one the table lacks is inserted
+    /// wherever it lies; one it holds is checked as by `apply`.
+    async fn fill_gaps(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        self.store(batch, true).await
     }
 
     async fn checkpoint(&self, stream: &StreamId) -> Result<Option<u64>, SinkError> {

@@ -405,3 +405,48 @@ fn range_records(stream: &StreamId, range: std::ops::RangeInclusive<u64>) -> Vec
         .map(|s| record(stream, s, Encoding::JSON_V1))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_event_behind_the_checkpoint_fills_its_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gaps.db");
+    let stream = StreamId::default();
+    let sink = SqliteSink::new(SqliteSinkOptions::new(&db)).unwrap();
+    let ours = |range| range_records(&stream, range);
+    // 3 went to the dead letters; the sink went on.
+    sink.apply_owned(&ours(1..=2)).await.unwrap();
+    sink.apply_owned(&ours(4..=5)).await.unwrap();
+    let sequences = || -> Vec<u64> {
+        SqliteReader::open(&db)
+            .unwrap()
+            .rows(DEFAULT_TABLE, 1)
+            .unwrap()
+            .map(|r| r.unwrap().sequence)
+            .collect()
+    };
+    // `apply` takes it for a re-send.
+    sink.apply_owned(&ours(3..=3)).await.unwrap();
+    assert_eq!(sequences(), [1, 2, 4, 5]);
+    let fill = |records: Vec<OwnedRecord>| {
+        let sink = sink.clone();
+        async move {
+            let borrowed: Vec<_> = records.iter().map(OwnedRecord::as_record).collect();
+            omnirelay_replication::Sink::fill_gaps(&sink, &borrowed).await
+        }
+    };
+    fill(ours(3..=4)).await.unwrap();
+    assert_eq!(sequences(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        omnirelay_replication::Sink::checkpoint(&sink, &stream)
+            .await
+            .unwrap(),
+        Some(5),
+        "the checkpoint does not move back"
+    );
+    // Once is enough; another log's event under a held sequence is
+    // refused as by `apply`.
+    fill(ours(3..=3)).await.unwrap();
+    assert_eq!(sequences(), [1, 2, 3, 4, 5]);
+    let err = fill(another_logs(&stream, 2..=2)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+}

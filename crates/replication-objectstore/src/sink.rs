@@ -311,8 +311,9 @@ impl Inner {
         })
     }
 
-    /// Writes `records` (all above the mark) and returns the last sequence
-    /// durably written, with the error that stopped the rest.
+    /// Writes `records` (above the mark, or gaps behind it: a segment's
+    /// consecutive) and returns the last sequence durably written, with the
+    /// error that stopped the rest.
     async fn write(
         &self,
         prefix: &str,
@@ -410,15 +411,7 @@ impl Sink for ObjectStoreSink {
             return Ok(());
         };
         let stream = first.stream().clone();
-        if let Some(record) = batch.iter().find(|r| r.encoding().format != Format::Json) {
-            return Err(SinkError::new(
-                ErrorKind::Config,
-                format!(
-                    "the object-storage sink stores JSON objects, not {}",
-                    record.encoding()
-                ),
-            ));
-        }
+        json_only(batch)?;
         let inner = &self.inner;
         let result = async {
             let mark = inner.mark(&stream).await?;
@@ -457,6 +450,61 @@ impl Sink for ObjectStoreSink {
         result
     }
 
+    /// Each event (per-event layout), or each run of consecutive events
+    /// (segment layout: a segment's key names every sequence from its
+    /// first through its last), goes under a key of its own, create-only;
+    /// an event a segment already holds is not written again. The
+    /// checkpoint stays where it is.
+    async fn fill_gaps(&self, batch: &[Record<'_>]) -> Result<(), SinkError> {
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        let stream = first.stream().clone();
+        json_only(batch)?;
+        let inner = &self.inner;
+        let mut behind = 0;
+        let result = async {
+            let mark = inner.mark(&stream).await?;
+            behind = batch.partition_point(|r| r.sequence() <= mark);
+            let prefix = inner.options.prefix_for(stream.as_str());
+            let segments = match inner.options.layout {
+                Layout::Segment => list_keys(inner.store.as_ref(), &prefix).await?,
+                Layout::PerEvent => Vec::new(),
+            };
+            let held = |sequence: u64| {
+                segments
+                    .iter()
+                    .any(|k| k.first() <= sequence && sequence <= k.last())
+            };
+            let mut runs: Vec<Vec<(u64, Bytes)>> = Vec::new();
+            for record in batch[..behind].iter().filter(|r| !held(r.sequence())) {
+                let sequence = record.sequence();
+                match runs.last_mut() {
+                    Some(run)
+                        if inner.options.layout == Layout::PerEvent
+                            || run.last().is_some_and(|(s, _)| s + 1 == sequence) =>
+                    {
+                        run.push((sequence, record.shared_bytes()));
+                    }
+                    _ => runs.push(vec![(sequence, record.shared_bytes())]),
+                }
+            }
+            let mut through = None;
+            for run in runs {
+                let (written, error) = inner.write(&prefix, run).await;
+                through = written.or(through);
+                if let Some(e) = error {
+                    return Err(SinkError::from(e).applied_through(through));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.inner.health.record(&result);
+        result?;
+        self.apply(&batch[behind..]).await
+    }
+
     async fn checkpoint(&self, stream: &StreamId) -> Result<Option<u64>, SinkError> {
         let mark = self.inner.mark(stream).await?;
         Ok((mark > 0).then_some(mark))
@@ -464,6 +512,21 @@ impl Sink for ObjectStoreSink {
 
     fn health(&self) -> Health {
         self.inner.health.get()
+    }
+}
+
+/// Refuses a batch in another form than JSON, the only one the sink
+/// stores.
+fn json_only(batch: &[Record<'_>]) -> Result<(), SinkError> {
+    match batch.iter().find(|r| r.encoding().format != Format::Json) {
+        Some(record) => Err(SinkError::new(
+            ErrorKind::Config,
+            format!(
+                "the object-storage sink stores JSON objects, not {}",
+                record.encoding()
+            ),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -470,3 +470,57 @@ async fn two_nodes_configured_with_one_prefix_lose_nothing_in_silence() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redriven_events_behind_the_checkpoint_fill_their_gaps_in_both_layouts() {
+    for layout in [Layout::PerEvent, Layout::Segment] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, options) = local(dir.path(), layout);
+        let stream = StreamId::default();
+        let sink = ObjectStoreSink::new(store.clone(), options).unwrap();
+        // 3, 6 and 7 went to the dead letters; the sink went on.
+        for range in [1..=2, 4..=5, 8..=9] {
+            sink.apply_owned(&records(&stream, range)).await.unwrap();
+        }
+        let reader = ObjectReader::new(store.clone(), "resourcelease/").unwrap();
+        let read = || async {
+            let read: Vec<(u64, Bytes)> = reader
+                .events_from(1)
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            read.into_iter().map(|(s, _)| s).collect::<Vec<u64>>()
+        };
+        // `apply` takes them for re-sends.
+        sink.apply_owned(&records(&stream, 3..=3)).await.unwrap();
+        assert_eq!(read().await, [1, 2, 4, 5, 8, 9], "{layout:?}");
+        let fill = |range| {
+            let (sink, stream) = (sink.clone(), stream.clone());
+            async move {
+                let owned = records(&stream, range);
+                let borrowed: Vec<_> = owned.iter().map(OwnedRecord::as_record).collect();
+                sink.fill_gaps(&borrowed).await
+            }
+        };
+        let gaps: Vec<OwnedRecord> = [3, 6, 7]
+            .iter()
+            .map(|&s| record(&stream, s, Encoding::JSON_V1))
+            .collect();
+        let borrowed: Vec<_> = gaps.iter().map(OwnedRecord::as_record).collect();
+        sink.fill_gaps(&borrowed).await.unwrap();
+        assert_eq!(read().await, (1..=9).collect::<Vec<_>>(), "{layout:?}");
+        // Again, and with held events around them: nothing twice.
+        fill(2..=7).await.unwrap();
+        assert_eq!(read().await, (1..=9).collect::<Vec<_>>(), "{layout:?}");
+        assert_eq!(
+            sink.checkpoint(&stream).await.unwrap(),
+            Some(9),
+            "{layout:?}"
+        );
+        // Beyond the checkpoint, the rest is applied as usual.
+        fill(9..=10).await.unwrap();
+        assert_eq!(read().await, (1..=10).collect::<Vec<_>>(), "{layout:?}");
+    }
+}

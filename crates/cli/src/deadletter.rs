@@ -11,6 +11,7 @@ use omnirelay_replication::{DurableReplicator, StreamId};
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
 
 use crate::node::NodeArgs;
+use crate::{counted, exit_status};
 
 /// Every dead-letter log under `data_dir` (`deadletter/<stream>/<sink>.jsonl`),
 /// as (stream, sink, path), in order.
@@ -142,8 +143,8 @@ pub(crate) async fn redrive_sink(
     match (redriven.applied.first(), redriven.applied.last()) {
         (Some(first), Some(last)) => writeln!(
             out,
-            "redrove {} events to sink {sink_name} in stream {stream} (sequences {first}–{last}); the letters are archived in {}",
-            redriven.applied.len(),
+            "redrove {} to sink {sink_name} in stream {stream} (sequences {first}–{last}); the letters are archived in {}",
+            counted(redriven.applied.len(), "event"),
             redriven
                 .archive
                 .as_deref()
@@ -157,10 +158,30 @@ pub(crate) async fn redrive_sink(
     if !redriven.missing.is_empty() {
         writeln!(
             out,
-            "{} letters stay: the log no longer holds sequences {:?} (their payloads are in the letters)",
-            redriven.missing.len(),
+            "{} {}: the log no longer holds sequences {:?} (their payloads are in the letters)",
+            counted(redriven.missing.len(), "letter"),
+            stay(redriven.missing.len()),
             redriven.missing
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    if let (Some(first), Some(refusal)) = (redriven.behind.first(), &redriven.refusal) {
+        writeln!(
+            out,
+            "{} {}: sink {sink_name} has gone on to sequence {} and cannot take sequences {:?} behind it ({refusal}); the events are in the log (`omnirelay log replay --data-dir {dir} --stream {stream} --from {first}`) and in the letters (`omnirelay deadletter list --data-dir {dir} --json`)",
+            counted(redriven.behind.len(), "letter"),
+            stay(redriven.behind.len()),
+            redriven.checkpoint,
+            redriven.behind,
+            dir = valid.data_dir.display(),
+        )?;
+    }
+    // Letters that stay are work left undone: say so to a script too.
+    Ok(exit_status(
+        redriven.missing.is_empty() && redriven.behind.is_empty(),
+    ))
+}
+
+/// The verb after [`counted`] letters.
+fn stay(letters: usize) -> &'static str {
+    if letters == 1 { "stays" } else { "stay" }
 }

@@ -15,7 +15,7 @@ use omnirelay_replication::{
 };
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
 
-use crate::exit_status;
+use crate::{counted, exit_status};
 
 type Event = ResourceLeaseReplicationEvent;
 
@@ -155,10 +155,10 @@ pub(crate) fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
         };
         writeln!(
             out,
-            "stream {stream}: {} ({} records in {} segments, {} bytes), durability {}, {} bytes cut at recovery",
+            "stream {stream}: {} ({} in {}, {} bytes), durability {}, {} bytes cut at recovery",
             range,
-            report.records,
-            report.segments,
+            counted(report.records, "record"),
+            counted(report.segments, "segment"),
             report.bytes,
             if meta.durability.is_empty() {
                 "unknown"

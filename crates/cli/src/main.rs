@@ -345,7 +345,9 @@ enum DeadletterCommand {
     /// Apply a sink's dead letters to it again, read from the log in
     /// order, and archive them (`<sink>.redriven-<ticks>.jsonl`). The node
     /// must be stopped: the log is held meanwhile. The sink is built from
-    /// the configuration, as the node builds it.
+    /// the configuration, as the node builds it. Letters that cannot be
+    /// redriven (the log no longer holds the event; the sink went on past
+    /// it and keeps only a high-water mark) stay, and the exit status is 1.
     Redrive {
         /// The configuration file (default: the embedded default).
         #[arg(long, value_name = "FILE")]
@@ -437,6 +439,15 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|e| e.downcast_ref::<io::Error>())
         .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// `n` and `noun`, plural unless `n` is 1: "1 event", "3 events".
+pub(crate) fn counted<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
+    if n == N::from(1) {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 pub(crate) fn exit_status(ok: bool) -> ExitCode {

@@ -4,6 +4,7 @@
 
 use std::io::BufRead as _;
 
+use omnirelay_replication_testkit::process::{start_nats, start_nats_with};
 use serde_json::Value;
 
 use crate::log::events;
@@ -134,4 +135,81 @@ fn dead_letters_are_listed_and_redriven_once_the_sink_is_fixed() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// A sink that keeps a high-water mark (NATS) and went on past a dead
+/// letter cannot take it: redriving it used to report it redriven and
+/// archive the letter while the sink ignored the event as a re-send.
+#[test]
+fn letters_behind_a_bus_sink_that_went_on_stay_and_the_ones_ahead_are_redriven() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("jetstream");
+    let limits = dir.path().join("nats.conf");
+    std::fs::write(&limits, "max_payload: 1024\n").unwrap();
+    let (mut nats, port) = start_nats_with(&store, None, &["-c", limits.to_str().unwrap()]);
+    let data = dir.path().join("data");
+    let config = dir.path().join("omnirelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[replication.sinks.bus]\ntype = \"nats\"\n\
+             [replication.sinks.bus.settings]\nservers = [\"nats://127.0.0.1:{port}\"]\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    // The third and fifth events are over the server's payload limit.
+    let large = format!("\"resourceType\":\"{}\"", "t".repeat(2000));
+    let input: String = events(0..5)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| match i {
+            2 | 4 => line.replace("\"resourceType\":\"t\"", &large) + "\n",
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    let out = omnirelay(&["publish", "--config", config], input.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = || {
+        let out = omnirelay(
+            &[
+                "deadletter",
+                "list",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--json",
+            ],
+            b"",
+        );
+        text(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["sequence"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(listed(), [3, 5]);
+
+    // The limit is raised. The bus holds 1, 2 and 4: 3 lies behind the
+    // sink's mark, 5 ahead of it.
+    nats.kill().unwrap();
+    nats.wait().unwrap();
+    let (_nats, _) = start_nats(&store, Some(port));
+    let out = redrive(config, "bus");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("redrove 1 event to sink bus in stream default (sequences 5–5)"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "1 letter stays: sink bus has gone on to sequence 4 and cannot take sequences [3] behind it"
+        ) && report.contains("log replay --data-dir"),
+        "{report}"
+    );
+    assert_eq!(listed(), [3], "the letter the sink could not take stays");
 }

@@ -300,7 +300,7 @@ fn verify_reports_a_summary_and_fails_on_damage() {
     assert!(out.status.success());
     let report = text(&out.stdout);
     assert!(
-        report.contains("stream default: 1..=10 (10 records in 1 segments"),
+        report.contains("stream default: 1..=10 (10 records in 1 segment,"),
         "{report}"
     );
     assert!(

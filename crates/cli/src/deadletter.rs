@@ -150,10 +150,11 @@ pub(crate) async fn redrive_sink(
                 .as_deref()
                 .map_or_else(String::new, |p| p.display().to_string())
         )?,
-        _ => writeln!(
+        _ if redriven.missing.is_empty() && redriven.behind.is_empty() => writeln!(
             out,
             "no dead letters of sink {sink_name} in stream {stream} to redrive"
         )?,
+        _ => {}
     }
     if !redriven.missing.is_empty() {
         writeln!(

@@ -212,4 +212,12 @@ fn letters_behind_a_bus_sink_that_went_on_stay_and_the_ones_ahead_are_redriven()
         "{report}"
     );
     assert_eq!(listed(), [3], "the letter the sink could not take stays");
+    // Again: nothing to redrive, and one letter that stays.
+    let out = redrive(config, "bus");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).starts_with("1 letter stays: sink bus has gone on to sequence 5"),
+        "{}",
+        text(&out.stdout)
+    );
 }

@@ -20,6 +20,9 @@ pub const FRAME_HEADER_LEN: usize = 8;
 pub const BODY_HEADER_LEN: usize = 16;
 /// The largest body accepted; anything longer is corruption.
 pub const MAX_BODY_LEN: usize = 64 * 1024 * 1024;
+/// The largest payload (encoded event) a frame holds: the log refuses a
+/// longer one at append, since no reader would take its frame back.
+pub const MAX_PAYLOAD_LEN: usize = MAX_BODY_LEN - BODY_HEADER_LEN;
 /// Bytes of a segment header.
 pub const SEGMENT_HEADER_LEN: usize = 32;
 

@@ -845,3 +845,45 @@ fn bytes_end_of(segment: &[u8], sequence: u64) -> usize {
         }
     }
 }
+
+#[tokio::test]
+async fn an_event_too_large_to_read_back_is_refused_and_the_largest_one_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), options(Durability::Fsync));
+    let record = |sequence: u64, len: usize| {
+        Arc::new(TestBatch {
+            first: sequence,
+            items: vec![(
+                Timestamp::from_ticks(1).unwrap(),
+                Bytes::from(vec![b'x'; len]),
+            )],
+        })
+    };
+    publish(&log, 1..=1).await;
+    // Acknowledged, it would be cut as corruption when the log reopens.
+    let (err, returned) = log
+        .append(record(2, frame::MAX_PAYLOAD_LEN + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert!(
+        err.to_string()
+            .contains("the event for sequence 2 is 67108849 bytes encoded, over the log's limit"),
+        "{err}"
+    );
+    assert_eq!(returned.first, 2, "handed back");
+    // Nothing was queued: sequence 2 is still the next.
+    log.append(record(2, frame::MAX_PAYLOAD_LEN)).await.unwrap();
+    log.wait_acked(2).await.unwrap();
+    log.close().unwrap();
+    let (_log, recovery) = open(dir.path(), options(Durability::Fsync));
+    assert_eq!((recovery.last_sequence, recovery.cut_bytes), (2, 0));
+    let read: Vec<(u64, usize)> = LogReader::new(dir.path())
+        .records_from(1)
+        .map(|r| {
+            let r = r.unwrap();
+            (r.sequence, r.payload.len())
+        })
+        .collect();
+    assert_eq!(read, [(1, payload(1).len()), (2, frame::MAX_PAYLOAD_LEN)]);
+}

@@ -306,8 +306,10 @@ impl<B: LogBatch> StreamLog<B> {
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] once the log is closed or stopped;
-    /// [`ErrorKind::Internal`] if the batch does not follow the last
-    /// sequence. The batch is handed back with the error.
+    /// [`ErrorKind::Rejected`] for a record longer than
+    /// [`frame::MAX_PAYLOAD_LEN`] (which no reader, recovery included,
+    /// would take back); [`ErrorKind::Internal`] if the batch does not
+    /// follow the last sequence. The batch is handed back with the error.
     ///
     /// # Cancel safety
     ///
@@ -320,6 +322,22 @@ impl<B: LogBatch> StreamLog<B> {
             return Ok(0);
         }
         let bytes = batch_bytes(batch.as_ref());
+        // A batch this small holds no record over the limit.
+        if bytes > frame::MAX_PAYLOAD_LEN
+            && let Some(index) =
+                (0..batch.len()).find(|&i| batch.payload(i).len() > frame::MAX_PAYLOAD_LEN)
+        {
+            let err = Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "the event for sequence {} is {} bytes encoded, over the log's limit of {} bytes: nothing was appended",
+                    batch.first_sequence() + index as u64,
+                    batch.payload(index).len(),
+                    frame::MAX_PAYLOAD_LEN
+                ),
+            );
+            return Err((err, batch));
+        }
         let batch = match self.append_to_ring(batch, bytes) {
             Ok(()) => return Ok(bytes),
             Err(batch) => batch,

@@ -95,6 +95,16 @@ fn render(document: &Value) -> String {
         ],
         &rows,
     );
+    // Why a host is down: its rows (if any) are what it said last.
+    let unreachable: Vec<Vec<String>> = hosts
+        .iter()
+        .filter(|host| host["up"] == false && host["error"].is_string())
+        .map(|host| vec![text(&host["url"]), text(&host["error"])])
+        .collect();
+    if !unreachable.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["HOST", "UNREACHABLE"], &unreachable));
+    }
     // A log that stopped for good refuses every publish until the node is
     // restarted: said beside the sinks it starves.
     let stopped: Vec<Vec<String>> = hosts
@@ -278,6 +288,27 @@ mod tests {
         let without =
             render(&json!({"hosts": [{"url": "http://c:3", "role": "receiver", "up": true}]}));
         assert!(!without.contains("DEAD-LETTERED"), "{without}");
+    }
+
+    #[test]
+    fn a_host_that_is_down_says_why() {
+        let document = json!({"hosts": [
+            {"url": "http://a:1", "role": "dispatcher", "up": true, "streams": [], "sinks": []},
+            {"url": "http://b:2", "up": false,
+             "error": "tcp connect error: Connection refused (os error 111)"},
+        ]});
+        let out = render(&document);
+        let lines: Vec<&str> = out.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.contains("UNREACHABLE"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(
+            lines[header + 1],
+            "http://b:2  tcp connect error: Connection refused (os error 111)",
+            "{out}"
+        );
+        assert_eq!(lines.len(), header + 2, "only the host that is down: {out}");
     }
 
     #[test]

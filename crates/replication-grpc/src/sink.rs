@@ -416,7 +416,9 @@ impl Sink for GrpcSink {
             return Ok(None);
         };
         match self.ask_mark(open).await {
-            Ok(mark) => Ok((mark > 0).then_some(mark)),
+            // 0: the receiver holds nothing of this sender, which the
+            // driver tells from a receiver that lost what it held.
+            Ok(mark) => Ok(Some(mark)),
             Err(error) => {
                 *session = None;
                 if error.kind() == ErrorKind::Rejected {

@@ -1,6 +1,7 @@
 //! The version-2 service over a real socket: the sink's fallback to the
 //! reference's `Publish`, and `Subscribe` from any sequence, then live.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use omnirelay_replication::{Encoding, ErrorKind, SinkExt as _, StreamId};
@@ -648,7 +649,11 @@ async fn a_sink_resumes_after_what_the_receiver_has_under_its_name() {
         let node = Node::serve(dir.path(), None, v2).await;
         let stream = StreamId::default();
         let a = node.sink_as("edge", "node-a");
-        assert_eq!(a.checkpoint(&stream).await.unwrap(), None, "v2 {v2}");
+        assert_eq!(
+            a.checkpoint(&stream).await.unwrap(),
+            v2.then_some(0),
+            "v2 {v2}: the receiver holds nothing of the name"
+        );
         a.apply_owned(&heartbeats(1..=5)).await.unwrap();
         // Another instance under the name (a restart; a standby that took
         // its primary's name): it starts after what the receiver has,
@@ -677,4 +682,58 @@ async fn a_sink_resumes_after_what_the_receiver_has_under_its_name() {
         assert_eq!(node.replicator.last_sequence(&stream), 6, "v2 {v2}");
         node.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_lost_its_data_is_filled_again_from_the_senders_log() {
+    use omnirelay_replication::{
+        DurableOptions, DurableReplicator, ReplicatorExt as _, SinkOptions,
+    };
+    use omnirelay_resourcelease::ResourceLeaseCodec;
+
+    let sender_dir = tempfile::tempdir().unwrap();
+    let open = |node: &Node| {
+        let sink = node.sink_as("edge", "node-a").shared();
+        let dir = sender_dir.path().to_owned();
+        async move {
+            let sender =
+                DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
+                    .await
+                    .unwrap();
+            let options = SinkOptions {
+                encoding: Encoding::PROTOBUF_V1,
+                ..SinkOptions::default()
+            };
+            sender.add_sink("up", sink, options).await.unwrap();
+            sender
+        }
+    };
+    let events: Vec<_> = fixtures().into_iter().map(|(_, e)| e).take(4).collect();
+    let first = tempfile::tempdir().unwrap();
+    let node = Node::start(first.path()).await;
+    let sender = open(&node).await;
+    for event in &events[..3] {
+        sender.publish(event.clone()).await.unwrap();
+    }
+    sender.wait_caught_up().await;
+    sender.close().await.unwrap();
+    assert_eq!(node.received().len(), 3);
+    node.stop().await;
+
+    // The receiver's disk is replaced: it holds nothing of the sender,
+    // whose saved checkpoint says it was given 3.
+    let second = tempfile::tempdir().unwrap();
+    let node = Node::start(second.path()).await;
+    let sender = open(&node).await;
+    sender.publish(events[3].clone()).await.unwrap();
+    sender.wait_caught_up().await;
+    sender.close().await.unwrap();
+    let origins: Vec<Option<String>> = node
+        .received()
+        .iter()
+        .map(|e| e.metadata.get(origin::SEQUENCE).map(ToString::to_string))
+        .collect();
+    let expected: Vec<Option<String>> = (1..=4).map(|s| Some(s.to_string())).collect();
+    assert_eq!(origins, expected, "filled again, then the new one");
+    node.stop().await;
 }

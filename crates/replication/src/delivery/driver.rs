@@ -291,9 +291,38 @@ enum Stop {
     Shutdown,
 }
 
+/// Where a sink that answered `mark` starts: after its mark when it holds
+/// records; from the log's start when it holds none (`Some(0)`) but the
+/// `saved` checkpoint says it applied some (it lost them); at `otherwise`
+/// (the saved checkpoint, or per [`StartFrom`]) when it never had any or
+/// does not keep track (`None`).
+fn sink_start(
+    mark: Option<u64>,
+    saved: Option<u64>,
+    otherwise: u64,
+    stream: &StreamId,
+    sink: &str,
+) -> u64 {
+    match (mark, saved) {
+        (Some(mark), _) if mark > 0 => mark,
+        (Some(_), Some(saved)) if saved > 0 => {
+            tracing::warn!(
+                %stream, sink, saved,
+                "the sink holds none of the records it applied (its store was lost or replaced); delivering them again from the start of the log"
+            );
+            0
+        }
+        _ => otherwise,
+    }
+}
+
 impl<E: ReplicationEvent> Driver<E> {
     /// Resolves where to start: the sink's own checkpoint if it keeps one,
-    /// else the saved one, else per [`StartFrom`]. A sink that cannot
+    /// else the saved one, else per [`StartFrom`]. A sink that says it
+    /// holds nothing (`Some(0)`) starts per [`StartFrom`] when it never
+    /// had anything, and from the log's start when the saved checkpoint
+    /// says it had: it lost what it held (a receiver's disk replaced), and
+    /// is filled again as far as the log goes. A sink that cannot
     /// answer yet (a retryable error: its backend is down) does not stop
     /// the replicator: the driver starts from the saved position and asks
     /// the sink again, with backoff, before it delivers anything
@@ -312,28 +341,28 @@ impl<E: ReplicationEvent> Driver<E> {
             None => sink.checkpoint_dyn(&stream.id).await,
         };
         // `Some`: the sink could not answer yet.
-        let unanswered = match answer {
-            Ok(Some(mark)) => return Ok(Start::at(mark).within(stream, sink_name)),
-            Ok(None) => None,
+        let (mark, unanswered) = match answer {
+            Ok(Some(mark)) if mark > 0 => return Ok(Start::at(mark).within(stream, sink_name)),
+            Ok(mark) => (mark, None),
             // A sink that cannot work (misconfigured, say) stops the start.
             Err(e) if !e.error().is_retryable() => return Err(e.into_error()),
-            Err(e) => Some(e.into_error()),
+            Err(e) => (None, Some(e.into_error())),
         };
-        let fallback = if let Some(store) = store
-            && let Some(saved) = store.load(&stream.id, sink_name).map_err(|e| {
+        let saved = match store {
+            Some(store) => store.load(&stream.id, sink_name).map_err(|e| {
                 Error::new(
                     ErrorKind::Unavailable,
                     format!("cannot read the checkpoint of sink {sink_name}"),
                 )
                 .with_source(e)
-            })? {
-            saved
-        } else {
-            match start {
-                StartFrom::Earliest => 0,
-                StartFrom::Latest => stream.log.last_sequence(),
-            }
+            })?,
+            None => None,
         };
+        let otherwise = saved.unwrap_or_else(|| match start {
+            StartFrom::Earliest => 0,
+            StartFrom::Latest => stream.log.last_sequence(),
+        });
+        let fallback = sink_start(mark, saved, otherwise, &stream.id, sink_name);
         Ok(Start {
             cursor: fallback,
             needs_sink_checkpoint: unanswered,
@@ -365,8 +394,21 @@ impl<E: ReplicationEvent> Driver<E> {
             self.pause(delay).await?;
             match self.sink.checkpoint_dyn(&self.stream.id).await {
                 Ok(mark) => {
-                    let start = Start::at(mark.unwrap_or_else(|| self.shared.cursor()))
-                        .within(&self.stream, &self.shared.sink);
+                    // Read again only for a sink that says it holds nothing.
+                    let saved = match (mark, &self.store) {
+                        (Some(0), Some(store)) => store
+                            .load(&self.stream.id, &self.shared.sink)
+                            .unwrap_or(None),
+                        _ => None,
+                    };
+                    let cursor = sink_start(
+                        mark,
+                        saved,
+                        self.shared.cursor(),
+                        &self.stream.id,
+                        &self.shared.sink,
+                    );
+                    let start = Start::at(cursor).within(&self.stream, &self.shared.sink);
                     self.conflict_through = start.conflict_through;
                     self.held_through = start.held_through;
                     self.heal(start.cursor);

@@ -726,12 +726,21 @@ async fn a_restart_resumes_numbering_and_delivery_from_the_checkpoints() {
         ..sink_options()
     };
     replicator
-        .add_sink("fresh", fresh.clone().shared(), latest)
+        .add_sink("fresh", fresh.clone().shared(), latest.clone())
+        .await
+        .unwrap();
+    // So does one that says it holds nothing (`Some(0)`, a new receiver):
+    // nothing saved says it ever had anything.
+    let empty = FaultySink::new();
+    empty.keep_checkpoint(0);
+    replicator
+        .add_sink("empty", empty.clone().shared(), latest)
         .await
         .unwrap();
     publish(&replicator, 1).await;
     replicator.wait_caught_up().await;
     assert_eq!(fresh.sequences(), [36]);
+    assert_eq!(empty.sequences(), [36]);
     replicator.close().await.unwrap();
 }
 

@@ -311,9 +311,9 @@ impl Inner {
         })
     }
 
-    /// Writes `records` (above the mark, or gaps behind it: a segment's
-    /// consecutive) and returns the last sequence durably written, with the
-    /// error that stopped the rest.
+    /// Writes `records` (above the mark; or, filling gaps behind it, in
+    /// the segment layout one run of consecutive sequences) and returns the
+    /// last sequence durably written, with the error that stopped the rest.
     async fn write(
         &self,
         prefix: &str,

@@ -179,8 +179,9 @@ pub async fn redrive<E: ReplicationEvent>(
     // The letters that stay whatever happens next.
     let mut stay: BTreeSet<u64> = missing.iter().copied().collect();
     let passes = [(gaps, true), (after, false)];
+    let size = target.batch.max(1);
     for (records, filling) in passes {
-        for chunk in records.chunks(target.batch.max(1)) {
+        for (n, chunk) in records.chunks(size).enumerate() {
             let borrowed: Vec<Record<'_>> = chunk.iter().map(OwnedRecord::as_record).collect();
             let result = if filling {
                 sink.fill_gaps_dyn(&borrowed).await
@@ -192,7 +193,10 @@ pub async fn redrive<E: ReplicationEvent>(
                 // The sink keeps a high-water mark: what lies behind it
                 // cannot go there, and its letters stay.
                 Err(error) if filling && error.error().kind() == ErrorKind::Unsupported => {
-                    behind = records.iter().map(OwnedRecord::sequence).collect();
+                    behind = records[n * size..]
+                        .iter()
+                        .map(OwnedRecord::sequence)
+                        .collect();
                     stay.extend(&behind);
                     refusal = Some(error.error().to_string());
                     break;

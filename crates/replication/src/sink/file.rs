@@ -65,7 +65,9 @@ struct StreamFiles {
     stream: StreamId,
     /// A write failed part-way: re-read the tail before the next one.
     damaged: bool,
+    /// The open file and its path.
     file: Option<File>,
+    path: PathBuf,
     len: u64,
     high_water: Option<u64>,
     recovery: FileRecovery,
@@ -203,6 +205,7 @@ impl StreamFiles {
             stream,
             damaged: false,
             file: None,
+            path: PathBuf::new(),
             len: 0,
             high_water: recovery.last_sequence,
             recovery,
@@ -234,12 +237,41 @@ impl StreamFiles {
         }
     }
 
+    /// Writes `lines` to the stream's current file; again to a new one
+    /// while the file they went to was removed meanwhile (a few times at
+    /// most: then an error, which delivery retries).
     fn write_lines(
         &mut self,
         options: &FileSinkOptions,
         first: u64,
         lines: &[u8],
     ) -> io::Result<()> {
+        for _ in 0..3 {
+            if self.write_once(options, first, lines)? {
+                return Ok(());
+            }
+        }
+        Err(io::Error::other(format!(
+            "the export file of stream {} keeps being removed as it is written",
+            self.stream
+        )))
+    }
+
+    /// Writes `lines` to the stream's current file (a new one when there
+    /// is none, or it is full); `false` when the file was removed before
+    /// they were durable under its name.
+    fn write_once(
+        &mut self,
+        options: &FileSinkOptions,
+        first: u64,
+        lines: &[u8],
+    ) -> io::Result<bool> {
+        // Removed or renamed since the last batch: a new file.
+        if let Some(file) = &self.file
+            && !names(&self.path, &file.metadata()?)?
+        {
+            self.file = None;
+        }
         if self.file.is_none() || self.len >= options.max_file_bytes {
             let newest = list_files(&options.dir, &self.stream)?.pop();
             let path = match newest {
@@ -258,6 +290,7 @@ impl StreamFiles {
                 File::open(&options.dir)?.sync_all()?;
             }
             self.file = Some(file);
+            self.path = path;
         }
         let file = self
             .file
@@ -266,8 +299,56 @@ impl StreamFiles {
         file.write_all(lines)?;
         file.sync_data()?;
         self.len += lines.len() as u64;
-        Ok(())
+        // Removed or renamed while the lines went in (an operator cleaning
+        // up, a rotation by rename): the next batch starts a new file.
+        // What a removed file got is lost to every reader, so it goes to
+        // the new file too; a renamed one keeps it.
+        let opened = file.metadata()?;
+        if !names(&self.path, &opened)? {
+            self.file = None;
+            if removed(&opened) {
+                tracing::warn!(
+                    file = %self.path.display(), stream = %self.stream,
+                    "file sink: the export file was removed while open; writing its last batch again to a new file"
+                );
+                return Ok(false);
+            }
+            tracing::info!(
+                file = %self.path.display(), stream = %self.stream,
+                "file sink: the export file was renamed; the next batch starts a new file"
+            );
+        }
+        Ok(true)
     }
+}
+
+/// Whether `path` still names the file whose metadata is `opened`.
+#[cfg(unix)]
+fn names(path: &Path, opened: &std::fs::Metadata) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata(path) {
+        Ok(named) => Ok(named.dev() == opened.dev() && named.ino() == opened.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the file whose metadata is `opened` has no name left.
+#[cfg(unix)]
+fn removed(opened: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    opened.nlink() == 0
+}
+
+// Elsewhere, files in use cannot be removed or renamed.
+#[cfg(not(unix))]
+fn names(_path: &Path, _opened: &std::fs::Metadata) -> io::Result<bool> {
+    Ok(true)
+}
+
+#[cfg(not(unix))]
+fn removed(_opened: &std::fs::Metadata) -> bool {
+    false
 }
 
 /// Finds the end of the last good line of a file: returns the length to

@@ -166,3 +166,44 @@ async fn records_that_are_not_single_json_lines_are_refused() {
         omnirelay_replication::ErrorKind::Config
     );
 }
+
+#[tokio::test]
+async fn a_file_removed_or_renamed_while_open_is_followed_by_a_new_one_losing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FileSink::new(FileSinkOptions::new(dir.path()));
+    let stream = StreamId::default();
+    let apply = |range: std::ops::RangeInclusive<u64>| {
+        let sink = sink.clone();
+        async move {
+            sink.apply_owned(&range.map(line).collect::<Vec<_>>())
+                .await
+                .unwrap();
+        }
+    };
+    apply(1..=3).await;
+    // An operator removes the export the sink holds open: the next batch
+    // would go to a file no reader can find.
+    for file in sink.files(&stream).unwrap() {
+        std::fs::remove_file(file).unwrap();
+    }
+    apply(4..=5).await;
+    assert_eq!(sequences_in(dir.path()), [4, 5]);
+    // Renamed (a rotation): it keeps what it got; the next batch starts a
+    // new file, and nothing is written twice.
+    let current = sink.files(&stream).unwrap().pop().unwrap();
+    let rotated = dir.path().join("rotated.jsonl.1");
+    std::fs::rename(&current, &rotated).unwrap();
+    apply(6..=7).await;
+    assert_eq!(sequences_in(dir.path()), [6, 7]);
+    let kept: Vec<u64> = std::fs::read_to_string(&rotated)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["sequenceNumber"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(kept, [4, 5]);
+    assert_eq!(sink.checkpoint(&stream).await.unwrap(), Some(7));
+}

@@ -16,6 +16,10 @@ use crate::{counted, exit_status};
 /// Every dead-letter log under `data_dir` (`deadletter/<stream>/<sink>.jsonl`),
 /// as (stream, sink, path), in order.
 fn letter_logs(data_dir: &Path) -> anyhow::Result<Vec<(String, String, PathBuf)>> {
+    // A mistyped directory is not one without letters.
+    if !data_dir.is_dir() {
+        bail!("no data directory {}", data_dir.display());
+    }
     let root = data_dir.join("deadletter");
     let mut out = Vec::new();
     let streams = match std::fs::read_dir(&root) {

@@ -37,6 +37,24 @@ fn streams(data_dir: &Path) -> anyhow::Result<Vec<StreamId>> {
     Ok(out)
 }
 
+/// Fails, naming what is there, unless `data_dir` holds a log of `stream`.
+fn has_stream(data_dir: &Path, stream: &StreamId) -> anyhow::Result<()> {
+    let found = streams(data_dir)?;
+    if found.contains(stream) {
+        return Ok(());
+    }
+    let names: Vec<&str> = found.iter().map(StreamId::as_str).collect();
+    bail!(
+        "stream {stream} has no log in {} (it has: {})",
+        data_dir.display(),
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    )
+}
+
 fn encoding(write_version: u16) -> anyhow::Result<Encoding> {
     let version = WireVersion::new(write_version).context("version 0 does not exist")?;
     Ok(Encoding::new(Format::Json, version))
@@ -90,6 +108,7 @@ pub(crate) fn replay(
     write_version: u16,
 ) -> anyhow::Result<ExitCode> {
     let stream = StreamId::new(stream)?;
+    has_stream(data_dir, &stream)?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     let (_, failed) = print_from(
         data_dir,
@@ -117,6 +136,7 @@ pub(crate) async fn tail(
         }
     };
     let stream = StreamId::new(stream)?;
+    has_stream(data_dir, &stream)?;
     let encoding = encoding(write_version)?;
     let mut next = match from {
         Some(from) => from.max(1),

@@ -328,6 +328,36 @@ fn verify_reports_a_summary_and_fails_on_damage() {
         "{}",
         text(&out.stderr)
     );
+    // Reading a stream that is not there says what is, rather than an
+    // I/O error (tail) or nothing at all.
+    let data = dir_arg(dir.path());
+    for args in [
+        &["log", "tail", "--data-dir", data, "--stream", "nope"][..],
+        &[
+            "log",
+            "tail",
+            "--data-dir",
+            data,
+            "--stream",
+            "nope",
+            "--from",
+            "1",
+        ],
+        &["log", "replay", "--data-dir", data, "--stream", "nope"],
+    ] {
+        crate::refused(args, "stream nope has no log in");
+        crate::refused(args, "(it has: default)");
+    }
+    let missing = dir.path().join("nope");
+    let missing = dir_arg(&missing);
+    crate::refused(
+        &["log", "tail", "--data-dir", missing],
+        "no replication log in",
+    );
+    crate::refused(
+        &["deadletter", "list", "--data-dir", missing],
+        "no data directory",
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use omnirelay_resourcelease::telemetry::{self, LagRecording};
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent, json};
 use tokio::sync::mpsc;
 
-use crate::exit_status;
+use crate::{counted, exit_status};
 use crate::node::{self, NodeArgs, Server};
 
 type Event = ResourceLeaseReplicationEvent;
@@ -102,7 +102,9 @@ pub(crate) async fn run(args: &NodeArgs, stream: &str) -> anyhow::Result<ExitCod
     node::say(
         false,
         &format!(
-            "published {published} events to stream {stream} ({invalid} invalid lines); sinks caught up"
+            "published {} to stream {stream} ({}); sinks caught up",
+            counted(published, "event"),
+            counted(invalid, "invalid line")
         ),
     );
     Ok(exit_status(invalid == 0))

@@ -122,7 +122,7 @@ impl StoreConfig {
                     builder = builder.with_secret_access_key(secret);
                 }
                 let store = builder.build().map_err(|e| {
-                    Error::new(ErrorKind::Config, format!("object store: s3: {e}")).with_source(e)
+                    Error::new(ErrorKind::Config, "object store: s3").with_source(e)
                 })?;
                 Ok((Arc::new(store), None))
             }

@@ -143,7 +143,8 @@ pub(crate) fn store_error(context: &str, err: object_store::Error) -> Error {
         | object_store::Error::InvalidPath { .. } => ErrorKind::Config,
         _ => ErrorKind::Unavailable,
     };
-    Error::new(kind, format!("object store: {context}: {err}")).with_source(err)
+    // The source says what failed; the message says where.
+    Error::new(kind, format!("object store: {context}")).with_source(err)
 }
 
 impl ObjectStoreSink {

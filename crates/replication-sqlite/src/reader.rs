@@ -125,7 +125,7 @@ impl SqliteReader {
 }
 
 fn read_error(err: rusqlite::Error) -> Error {
-    Error::new(ErrorKind::Unavailable, format!("sqlite: read: {err}")).with_source(err)
+    Error::new(ErrorKind::Unavailable, "sqlite: read").with_source(err)
 }
 
 /// The rows of a table from a sequence on; see [`SqliteReader::rows`].

@@ -174,7 +174,8 @@ fn sqlite_error(context: &str, err: rusqlite::Error) -> Error {
         },
         _ => ErrorKind::Internal,
     };
-    Error::new(kind, format!("sqlite: {context}: {err}")).with_source(err)
+    // The source says what failed; the message says where.
+    Error::new(kind, format!("sqlite: {context}")).with_source(err)
 }
 
 impl SqliteSink {

@@ -394,7 +394,8 @@ impl<E: ReplicationEvent> Driver<E> {
             self.pause(delay).await?;
             match self.sink.checkpoint_dyn(&self.stream.id).await {
                 Ok(mark) => {
-                    // Read again only for a sink that says it holds nothing.
+                    // Read again only for a sink that says it holds
+                    // nothing (unreadable: as if nothing was saved).
                     let saved = match (mark, &self.store) {
                         (Some(0), Some(store)) => store
                             .load(&self.stream.id, &self.shared.sink)

@@ -11,8 +11,8 @@ use omnirelay_resourcelease::telemetry::{self, LagRecording};
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent, json};
 use tokio::sync::mpsc;
 
-use crate::{counted, exit_status};
 use crate::node::{self, NodeArgs, Server};
+use crate::{counted, exit_status};
 
 type Event = ResourceLeaseReplicationEvent;
 

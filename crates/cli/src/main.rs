@@ -622,6 +622,12 @@ async fn promote(node: &RemoteNode, force: bool, wait: u64) -> anyhow::Result<Ex
             std::time::Duration::from_secs(wait.saturating_add(60)),
         )
         .await?;
+    if answer.status == 404 && answer.body.trim().is_empty() {
+        anyhow::bail!(
+            "{target} answered 404: is {} a standby? (`omnirelay status --url` shows a node's role)",
+            node.url
+        );
+    }
     if answer.status != 200 {
         anyhow::bail!(
             "{target} answered {}: {}",

@@ -69,7 +69,7 @@ fn dead_letters_are_listed_and_redriven_once_the_sink_is_fixed() {
     );
 
     // Not while a node holds the log.
-    let (mut node, _, mut stderr) = spawn_listening(&[
+    let (mut node, address, mut stderr) = spawn_listening(&[
         "serve",
         "--role",
         "receiver",
@@ -89,6 +89,12 @@ fn dead_letters_are_listed_and_redriven_once_the_sink_is_fixed() {
         text(&out.stderr).contains("stop the node"),
         "{}",
         text(&out.stderr)
+    );
+    // A promotion sent to a node that is not a standby says so.
+    let url = format!("http://{address}");
+    crate::refused(
+        &["promote", "--url", &url, "--force"],
+        &format!("is {url} a standby?"),
     );
     node.kill().unwrap();
     node.wait().unwrap();

@@ -12,9 +12,27 @@ use std::time::{Duration, Instant};
 /// # Panics
 ///
 /// Loudly, naming `install` (how to get the program), if the program is
-/// missing; if it exits or is not ready within 30 s. A test that needs a
-/// server must fail when the server is not there, never skip.
-pub fn start_server(mut command: Command, ready: &str, install: &str) -> (KillOnDrop, String) {
+/// missing; if it exits or is not ready within 30 s, with what it last
+/// wrote. A test that needs a server must fail when the server is not
+/// there, never skip.
+pub fn start_server(command: Command, ready: &str, install: &str) -> (KillOnDrop, String) {
+    try_start_server(command, ready, install).unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// As [`start_server`], but a server that exits before it is ready (a
+/// port taken between choosing and binding it, say) or is not ready in
+/// 30 s is an error naming its status and its last lines of stderr, so a
+/// caller can choose again and retry.
+///
+/// # Panics
+///
+/// If the program is missing, naming `install`: no retry brings it.
+pub fn try_start_server(
+    mut command: Command,
+    ready: &str,
+    install: &str,
+) -> Result<(KillOnDrop, String), String> {
+    const KEPT: usize = 20;
     let program = command.get_program().to_string_lossy().into_owned();
     let mut child = KillOnDrop::from(
         command
@@ -29,21 +47,38 @@ pub fn start_server(mut command: Command, ready: &str, install: &str) -> (KillOn
     };
     let mut stderr = BufReader::new(stderr);
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut said = std::collections::VecDeque::with_capacity(KEPT);
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(Instant::now() < deadline, "{program} was not ready in 30 s");
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{program} was not ready in 30 s; it last said:\n{}",
+                said.iter().map(String::as_str).collect::<String>()
+            ));
+        }
         match stderr.read_line(&mut line) {
-            Ok(0) | Err(_) => panic!("{program} exited: {:?}", child.wait()),
+            Ok(0) | Err(_) => {
+                return Err(format!(
+                    "{program} exited ({:?}); it last said:\n{}",
+                    child.wait(),
+                    said.iter().map(String::as_str).collect::<String>()
+                ));
+            }
             Ok(_) if line.contains(ready) => break,
-            Ok(_) => {}
+            Ok(_) => {
+                if said.len() == KEPT {
+                    said.pop_front();
+                }
+                said.push_back(line.clone());
+            }
         }
     }
     std::thread::spawn(move || {
         let mut rest = Vec::new();
         let _ = stderr.read_to_end(&mut rest);
     });
-    (child, line)
+    Ok((child, line))
 }
 
 /// A child process that is killed (and reaped) when dropped, so that a
@@ -201,6 +236,21 @@ pub fn start_nats_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_exits_before_it_is_ready_is_an_error_with_what_it_said() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo starting >&2; echo 'port 7 in use' >&2; exit 3"]);
+        let failure = try_start_server(command, "ready", "apt-get install dash")
+            .err()
+            .expect("the server exited");
+        assert!(failure.contains("exited"), "{failure}");
+        assert!(failure.contains("port 7 in use"), "{failure}");
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo 'now ready' >&2; sleep 30"]);
+        let (_child, line) = try_start_server(command, "ready", "apt-get install dash").unwrap();
+        assert_eq!(line, "now ready\n");
+    }
 
     #[test]
     fn a_child_is_killed_and_reaped_when_its_guard_drops() {

@@ -6,7 +6,7 @@ use std::process::Command;
 use async_nats::jetstream;
 use bytes::Bytes;
 use omnirelay_replication_nats::header;
-use omnirelay_replication_testkit::process::{self, KillOnDrop, start_server};
+use omnirelay_replication_testkit::process::{self, KillOnDrop, try_start_server};
 
 /// How to get `nats-server` (the test command installs it).
 const INSTALL: &str = process::NATS_INSTALL;
@@ -162,13 +162,15 @@ pub(crate) fn oversized() -> Bytes {
     Bytes::from(doc)
 }
 
-/// A free loopback port (bound, then released for the server to take).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free loopback ports: all bound at once (so none is
+/// handed out twice), then released for servers to take.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// Three `nats-server -js` in one cluster on loopback.
@@ -187,25 +189,32 @@ pub(crate) struct Node {
 }
 
 impl Cluster {
-    /// Starts three members with their stores under `dir`.
+    /// Starts three members with their stores under `dir`. A port taken
+    /// by another process between choosing it and the server binding it
+    /// fails that start; the cluster is then started again on fresh ports
+    /// (three tries).
     pub(crate) fn start(dir: &Path) -> Self {
-        let mut nodes: Vec<Node> = (0..3)
-            .map(|i| Node {
-                child: None,
-                name: format!("n{i}"),
-                port: free_port(),
-                cluster_port: free_port(),
-                store: dir.join(format!("n{i}")),
-            })
-            .collect();
-        let routes: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.cluster_port))
-            .collect();
-        for node in &mut nodes {
-            node.spawn(&routes.join(","));
+        let mut failures = Vec::new();
+        for attempt in 0..3 {
+            let ports = free_ports(6);
+            let mut cluster = Self {
+                nodes: (0..3)
+                    .map(|i| Node {
+                        child: None,
+                        name: format!("n{i}"),
+                        port: ports[2 * i],
+                        cluster_port: ports[2 * i + 1],
+                        store: dir.join(format!("attempt-{attempt}/n{i}")),
+                    })
+                    .collect(),
+            };
+            let routes = cluster.routes();
+            match cluster.nodes.iter_mut().try_for_each(|n| n.spawn(&routes)) {
+                Ok(()) => return cluster,
+                Err(failure) => failures.push(failure),
+            }
         }
-        Self { nodes }
+        panic!("no cluster of three started: {failures:#?}");
     }
 
     /// The client URLs of every member.
@@ -232,15 +241,18 @@ impl Cluster {
         }
     }
 
-    /// Starts member `i` again with its store.
+    /// Starts member `i` again with its store on its ports.
     pub(crate) fn restart(&mut self, i: usize) {
         let routes = self.routes();
-        self.nodes[i].spawn(&routes);
+        if let Err(failure) = self.nodes[i].spawn(&routes) {
+            panic!("member {i} did not start again: {failure}");
+        }
     }
 }
 
 impl Node {
-    fn spawn(&mut self, routes: &str) {
+    /// Starts this member; what the server said if it did not start.
+    fn spawn(&mut self, routes: &str) -> Result<(), String> {
         let mut command = Command::new("nats-server");
         command
             .args([
@@ -259,7 +271,10 @@ impl Node {
             ])
             .args(["--routes", routes, "-sd"])
             .arg(&self.store);
-        let (child, _) = start_server(command, "Server is ready", INSTALL);
+        // "Server is ready" comes before the route listener binds (and
+        // fails on a taken port): a member is up once that listener is.
+        let (child, _) = try_start_server(command, "Listening for route connections", INSTALL)?;
         self.child = Some(child);
+        Ok(())
     }
 }

@@ -242,8 +242,7 @@ mod tests {
         let mut command = Command::new("sh");
         command.args(["-c", "echo starting >&2; echo 'port 7 in use' >&2; exit 3"]);
         let failure = try_start_server(command, "ready", "apt-get install dash")
-            .err()
-            .expect("the server exited");
+            .expect_err("the server exited");
         assert!(failure.contains("exited"), "{failure}");
         assert!(failure.contains("port 7 in use"), "{failure}");
         let mut command = Command::new("sh");

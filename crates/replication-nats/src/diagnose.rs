@@ -38,6 +38,9 @@ pub(crate) struct ConnectProblem(Mutex<ProblemState>);
 struct ProblemState {
     problem: Option<String>,
     why: Option<String>,
+    /// The server refused the client (its credentials) since it last
+    /// connected: waiting for the connection is pointless.
+    refused: bool,
     probing: bool,
     probed: Option<Instant>,
 }
@@ -52,6 +55,7 @@ impl ConnectProblem {
         let mut state = self.state();
         state.problem = None;
         state.why = None;
+        state.refused = false;
     }
 
     /// The client failed with `problem`, a reason in itself (a refused
@@ -60,6 +64,12 @@ impl ConnectProblem {
         let mut state = self.state();
         state.why = None;
         state.problem = Some(problem);
+        state.refused = true;
+    }
+
+    /// Whether the server refused the client since it last connected.
+    pub(crate) fn is_refused(&self) -> bool {
+        self.state().refused
     }
 
     /// The client failed with `problem`, which says no more than its kind:

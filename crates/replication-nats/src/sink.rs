@@ -268,6 +268,19 @@ impl NatsSink {
                 // permission refused while connected is no reason.
                 match event {
                     async_nats::Event::Connected => recorder.connected(),
+                    // How the client reports a connect attempt the server
+                    // refused for its credentials (or it could not sign).
+                    async_nats::Event::ClientError(
+                        ref e @ async_nats::ClientError::Other(ref kind),
+                    ) if [
+                        async_nats::ConnectErrorKind::AuthorizationViolation,
+                        async_nats::ConnectErrorKind::Authentication,
+                    ]
+                    .iter()
+                    .any(|refused| *kind == refused.to_string()) =>
+                    {
+                        recorder.refused(e.to_string());
+                    }
                     async_nats::Event::ClientError(e) => {
                         recorder.failed(e.to_string(), &probed, trust.as_ref());
                     }
@@ -513,11 +526,43 @@ impl Inner {
         Ok((hole, lowest))
     }
 
+    /// Waits, at most the acknowledgement timeout, for the client to be
+    /// connected, so that a request is not queued only to time out: a
+    /// client the server refuses (its credentials) fails at once, one
+    /// still not connected fails after the timeout; both retryable, with
+    /// why added by [`Inner::explained`].
+    async fn connection(&self) -> Result<(), Error> {
+        const LOOK_EVERY: Duration = Duration::from_millis(25);
+        let deadline = tokio::time::Instant::now() + self.options.ack_timeout;
+        loop {
+            if self.client.connection_state() == async_nats::connection::State::Connected {
+                return Ok(());
+            }
+            if self.connecting.is_refused() {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "nats: the server refuses the client",
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "nats: not connected within {} ms",
+                        self.options.ack_timeout.as_millis()
+                    ),
+                ));
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
+
     async fn mark(&self, stream: &StreamId) -> Result<u64, Error> {
         let mut marks = self.marks.lock().await;
         if let Some(mark) = marks.get(stream) {
             return Ok(*mark);
         }
+        self.connection().await?;
         let acked = self.acked.lock().await.get(stream).copied();
         let mark = self.read_mark(stream, acked).await?;
         marks.insert(stream.clone(), mark);
@@ -713,6 +758,7 @@ impl Sink for NatsSink {
         let stream = first.stream().clone();
         let inner = &self.inner;
         let result = async {
+            inner.connection().await?;
             let mark = inner.mark(&stream).await?;
             // Each message names the one before it: the mark (what the
             // stream holds up to), then the batch's records in order.

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use omnirelay_replication::config::{SinkContext, SinkFactory as _};
 use omnirelay_replication::{Encoding, ErrorKind, SharedSink, Sink as _, SinkExt as _, StreamId};
@@ -98,8 +99,12 @@ async fn presents(kind: &str, setup: fn(&Path) -> ServerAuth) {
         // The sink connects in the background (a server down at start is
         // a matter of delivery): the refusal shows on its first call, and
         // says why rather than only timing out.
+        // Without waiting out the client's 10 s request timeout.
         let sink = refused.unwrap_or_else(|e| panic!("{kind}, {who}: {e}"));
-        let err = match sink.checkpoint(&stream).await {
+        let err = match tokio::time::timeout(Duration::from_secs(5), sink.checkpoint(&stream))
+            .await
+            .unwrap_or_else(|_| panic!("{kind}: {who} was not refused within 5 s"))
+        {
             Err(err) => err.to_string(),
             Ok(mark) => panic!("{kind}: {who} got in ({mark:?})"),
         };

@@ -11,7 +11,7 @@ use omnirelay_replication::{DurableReplicator, StreamId};
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
 
 use crate::node::NodeArgs;
-use crate::{counted, exit_status};
+use crate::{counted, exit_status, table};
 
 /// Every dead-letter log under `data_dir` (`deadletter/<stream>/<sink>.jsonl`),
 /// as (stream, sink, path), in order.
@@ -86,18 +86,35 @@ pub(crate) fn list(
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(
-        out,
-        "{:<12} {:<12} {:>9} {:<16} {:<12} {:<33} ERROR",
-        "STREAM", "SINK", "SEQUENCE", "TYPE", "KIND", "DEAD-LETTERED"
+    let rows: Vec<Vec<String>> = letters
+        .iter()
+        .map(|l| {
+            vec![
+                l.stream.clone(),
+                l.sink.clone(),
+                l.sequence.to_string(),
+                l.event_type.clone(),
+                l.error_kind.clone(),
+                l.dead_lettered_at.clone(),
+                l.error.clone(),
+            ]
+        })
+        .collect();
+    out.write_all(
+        table(
+            &[
+                "STREAM",
+                "SINK",
+                "SEQUENCE",
+                "TYPE",
+                "KIND",
+                "DEAD-LETTERED",
+                "ERROR",
+            ],
+            &rows,
+        )
+        .as_bytes(),
     )?;
-    for l in &letters {
-        writeln!(
-            out,
-            "{:<12} {:<12} {:>9} {:<16} {:<12} {:<33} {}",
-            l.stream, l.sink, l.sequence, l.event_type, l.error_kind, l.dead_lettered_at, l.error
-        )?;
-    }
     Ok(ExitCode::SUCCESS)
 }
 

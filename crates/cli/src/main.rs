@@ -450,6 +450,36 @@ pub(crate) fn counted<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &
     }
 }
 
+/// `rows` under `header`, in columns as wide as their widest cell (in
+/// characters), two spaces apart; the last column is not padded.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let width = |column: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(column))
+            .map(|cell| cell.chars().count())
+            .chain([header[column].chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..header.len()).map(width).collect();
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
 pub(crate) fn exit_status(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
@@ -677,4 +707,37 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_lines_up_its_columns_whatever_the_cells_hold() {
+        let rows = vec![
+            vec!["1".to_owned(), "zürich/été".to_owned(), "last".to_owned()],
+            vec!["12345".to_owned(), "r".to_owned(), String::new()],
+        ];
+        let out = table(&["ID", "RESOURCE", "NOTE"], &rows);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "ID     RESOURCE    NOTE",
+                "1      zürich/été  last",
+                "12345  r",
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_name_one_thing_in_the_singular() {
+        assert_eq!(counted(1_usize, "item"), "1 item");
+        assert_eq!(counted(0_usize, "item"), "0 items");
+        assert_eq!(
+            counted(3_u64, "dead-lettered item"),
+            "3 dead-lettered items"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use omnirelay_dispatcher::http::{DEAD_LETTERS_PATH, PURGE_PATH, REDRIVE_PATH};
 use serde_json::Value;
 
-use crate::RemoteNode;
+use crate::{RemoteNode, counted, table};
 
 /// Which items a redrive or a purge names.
 pub(crate) enum Which {
@@ -75,30 +75,44 @@ pub(crate) async fn dead_letters(node: &RemoteNode, json: bool) -> anyhow::Resul
         writeln!(out, "no dead-lettered items at {}", node.url)?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(
-        out,
-        "{:>11} {:>7} {:<33} {:<36} {:<36} MESSAGE",
-        "SEQUENCE-ID", "ATTEMPT", "DEAD-LETTERED", "RESOURCE", "CODE"
+    let rows: Vec<Vec<String>> = letters
+        .iter()
+        .map(|letter| {
+            let item = &letter["item"];
+            let text = |value: &Value, otherwise: &str| {
+                value
+                    .as_str()
+                    .map_or_else(|| otherwise.to_owned(), str::to_owned)
+            };
+            vec![
+                item["sequenceId"].to_string(),
+                item["attempt"].to_string(),
+                text(&letter["deadLetteredAt"], ""),
+                format!(
+                    "{}/{}",
+                    text(&item["payload"]["resourceType"], "?"),
+                    text(&item["payload"]["resourceId"], "?")
+                ),
+                text(&letter["error"]["code"], "-"),
+                text(&letter["error"]["message"], "-"),
+            ]
+        })
+        .collect();
+    out.write_all(
+        table(
+            &[
+                "SEQUENCE-ID",
+                "ATTEMPT",
+                "DEAD-LETTERED",
+                "RESOURCE",
+                "CODE",
+                "MESSAGE",
+            ],
+            &rows,
+        )
+        .as_bytes(),
     )?;
-    for letter in &letters {
-        let item = &letter["item"];
-        let resource = format!(
-            "{}/{}",
-            item["payload"]["resourceType"].as_str().unwrap_or("?"),
-            item["payload"]["resourceId"].as_str().unwrap_or("?")
-        );
-        writeln!(
-            out,
-            "{:>11} {:>7} {:<33} {:<36} {:<36} {}",
-            item["sequenceId"],
-            item["attempt"],
-            letter["deadLetteredAt"].as_str().unwrap_or(""),
-            resource,
-            letter["error"]["code"].as_str().unwrap_or("-"),
-            letter["error"]["message"].as_str().unwrap_or("-"),
-        )?;
-    }
-    writeln!(out, "{} dead-lettered items", letters.len())?;
+    writeln!(out, "{}", counted(letters.len(), "dead-lettered item"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -140,14 +154,14 @@ pub(crate) async fn change(
         (Change::Purge, true) => writeln!(out, "nothing to purge: no dead-lettered items")?,
         (Change::Redrive, false) => writeln!(
             out,
-            "redriven: {} items back in the queue, at attempt 1: {}",
-            ids.len(),
+            "redriven: {} back in the queue, at attempt 1: {}",
+            counted(ids.len(), "item"),
             ids.join(", ")
         )?,
         (Change::Purge, false) => writeln!(
             out,
-            "purged: {} dead-lettered items discarded: {}",
-            ids.len(),
+            "purged: {} discarded: {}",
+            counted(ids.len(), "dead-lettered item"),
             ids.join(", ")
         )?,
     }

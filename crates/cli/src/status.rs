@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::table;
+
 pub(crate) async fn run(node: &crate::RemoteNode, json: bool) -> anyhow::Result<ExitCode> {
     let (target, answer) = node
         .call("GET", "/status", None, Duration::from_secs(10))
@@ -197,35 +199,6 @@ fn render(document: &Value) -> String {
             ],
             &clients,
         ));
-    }
-    out
-}
-
-/// `rows` under `header`, in columns as wide as their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let width = |column: usize| {
-        rows.iter()
-            .filter_map(|r| r.get(column))
-            .map(String::len)
-            .chain([header[column].len()])
-            .max()
-            .unwrap_or(0)
-    };
-    let widths: Vec<usize> = (0..header.len()).map(width).collect();
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        out.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
 }

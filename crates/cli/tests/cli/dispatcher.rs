@@ -2064,6 +2064,15 @@ fn heavy_dead_lettered_items_are_listed_redriven_and_purged_and_a_standby_follow
         "{table}"
     );
     assert!(table.contains("3 dead-lettered items"), "{table}");
+    // In columns: every item's resource under the header's.
+    let resource_at = table.find("RESOURCE").unwrap();
+    let rows: Vec<&str> = table.lines().skip(1).take(3).collect();
+    assert!(
+        rows.iter().all(|row| row
+            .get(resource_at..)
+            .is_some_and(|r| r.starts_with("lakehouse.catalog/"))),
+        "{table}"
+    );
     // The standby's projection has them too, once it followed.
     let mut followed = Vec::new();
     for _ in 0..500 {
@@ -2102,7 +2111,7 @@ fn heavy_dead_lettered_items_are_listed_redriven_and_purged_and_a_standby_follow
     let redriven = omnirelay(&redrive_2_as("alice"), b"");
     assert!(redriven.status.success(), "{}", text(&redriven.stderr));
     assert!(
-        text(&redriven.stdout).contains("1 items back in the queue"),
+        text(&redriven.stdout).contains("redriven: 1 item back in the queue, at attempt 1: 2"),
         "{}",
         text(&redriven.stdout)
     );
@@ -2132,7 +2141,7 @@ fn heavy_dead_lettered_items_are_listed_redriven_and_purged_and_a_standby_follow
     let purged = omnirelay(&["queue", "purge", "--url", &primary_url, "--id", "3"], b"");
     assert!(purged.status.success(), "{}", text(&purged.stderr));
     assert!(
-        text(&purged.stdout).contains("purged: 1 dead-lettered items discarded: 3"),
+        text(&purged.stdout).contains("purged: 1 dead-lettered item discarded: 3"),
         "{}",
         text(&purged.stdout)
     );

@@ -165,7 +165,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RemoteNode {
     /// The node's URL (http:// or https://).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = node_url)]
     pub(crate) url: String,
     /// The bearer token the node wants.
     #[arg(long, value_name = "TOKEN")]
@@ -297,7 +297,7 @@ enum LogCommand {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         /// A running node's URL (http:// or https://).
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", value_parser = node_url)]
         url: Option<String>,
         /// The bearer token the node wants (with --url).
         #[arg(long, value_name = "TOKEN", requires = "url")]
@@ -478,6 +478,25 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+/// A node's `--url`: `http://` or `https://` with a host (a bare
+/// `host:port` is refused, naming the URL it probably meant), without a
+/// trailing `/`.
+fn node_url(url: &str) -> Result<String, String> {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        let bare = url.split("://").last().unwrap_or(url);
+        return Err(format!(
+            "not an http:// or https:// URL (a node's address is http://{bare}, or https:// with TLS)"
+        ));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("the URL names no host".to_owned());
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 pub(crate) fn exit_status(ok: bool) -> ExitCode {
@@ -729,6 +748,24 @@ mod tests {
                 "12345  r",
             ]
         );
+    }
+
+    #[test]
+    fn a_node_url_needs_its_scheme_and_a_host() {
+        assert_eq!(
+            node_url("http://127.0.0.1:7420/").as_deref(),
+            Ok("http://127.0.0.1:7420")
+        );
+        assert_eq!(
+            node_url("https://node-1:7420").as_deref(),
+            Ok("https://node-1:7420")
+        );
+        let bare = node_url("127.0.0.1:7420").unwrap_err();
+        assert!(bare.contains("http://127.0.0.1:7420"), "{bare}");
+        let grpc = node_url("grpc://node-1:7420").unwrap_err();
+        assert!(grpc.contains("http://node-1:7420"), "{grpc}");
+        assert!(node_url("http://").is_err());
+        assert!(node_url("http:///status").is_err());
     }
 
     #[test]

@@ -413,3 +413,22 @@ seed_interval_ms = 0
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_node_address_without_its_scheme_is_refused_naming_the_url_meant() {
+    for args in [
+        &["status", "--url", "127.0.0.1:9"][..],
+        &["promote", "--url", "127.0.0.1:9"],
+        &["queue", "dead-letters", "--url", "127.0.0.1:9"],
+        &["log", "tail", "--url", "127.0.0.1:9"],
+    ] {
+        let out = omnirelay(args, b"");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("not an http:// or https:// URL"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("http://127.0.0.1:9"), "{args:?}: {err}");
+    }
+}

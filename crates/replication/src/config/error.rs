@@ -54,10 +54,20 @@ impl ConfigError {
         };
         let message = match &err.kind {
             figment::error::Kind::UnknownField(field, expected) => {
-                format!(
+                let mut message = format!(
                     "unknown key `{field}` (expected one of: {})",
                     expected.join(", ")
-                )
+                );
+                // A sink type's own keys (a path, servers) belong in the
+                // sink's settings table: the likeliest reason for a key
+                // unknown here.
+                if expected.contains(&"settings") {
+                    let table = &path[..path.len() - field.len()];
+                    message.push_str(&format!(
+                        "; the sink type's own keys go in its `{table}settings` table"
+                    ));
+                }
+                message
             }
             figment::error::Kind::Message(message) => message.clone(),
             other => other.to_string(),

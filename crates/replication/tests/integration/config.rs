@@ -78,6 +78,24 @@ fn an_unknown_key_names_the_file_and_the_key_path() {
         file.display()
     );
     assert!(errs[0].starts_with(&expected_prefix), "{}", errs[0]);
+    assert!(!errs[0].contains("settings` table"), "{}", errs[0]);
+}
+
+#[test]
+fn a_sink_types_key_beside_the_sink_points_to_its_settings_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "[replication.sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\n",
+    );
+    let errs = errors(&file, &[]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("replication.sinks.out.path: unknown key `path`")
+            && errs[0].contains("go in its `replication.sinks.out.settings` table"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]

@@ -189,6 +189,10 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             primary.token = standby_settings.token.clone().or(valid.token.clone());
             primary.ca_pem = crate::read_ca(standby_settings.ca_file.as_deref())
                 .context("services.standby.ca_file")?;
+            // A URL it can never reach is refused now, not retried forever.
+            primary
+                .channel()
+                .context("--follow (services.standby.follow)")?;
             Some(primary)
         }
         _ => None,

@@ -56,6 +56,16 @@ impl Connection {
     ///
     /// [`ErrorKind::Config`] for an invalid URL or TLS setting.
     pub fn channel(&self) -> Result<Channel, Error> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            let bare = self.url.split("://").last().unwrap_or(&self.url);
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "grpc: url {:?} is not http:// or https:// (a node's address is http://{bare}, or https:// with TLS)",
+                    self.url
+                ),
+            ));
+        }
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| Error::new(ErrorKind::Config, format!("grpc: url {:?}: {e}", self.url)))?
             .connect_timeout(self.connect_timeout)
@@ -140,10 +150,19 @@ pub(crate) fn status_error(context: &str, status: &tonic::Status) -> Error {
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => ErrorKind::Rejected,
         _ => ErrorKind::Config,
     };
-    Error::new(
-        kind,
-        format!("grpc: {context}: {:?}: {}", status.code(), status.message()),
-    )
+    // The transport says only "tcp connect error" or "transport error";
+    // why (refused, no route, a TLS failure) is in its sources.
+    let mut message = format!("grpc: {context}: {:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    Error::new(kind, message)
 }
 
 /// The wire name of a payload format.

@@ -432,3 +432,35 @@ fn a_node_address_without_its_scheme_is_refused_naming_the_url_meant() {
         assert!(err.contains("http://127.0.0.1:9"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_standby_told_to_follow_a_bare_address_stops_at_start_naming_the_url_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut node = crate::spawn(&[
+        "serve",
+        "--role",
+        "standby",
+        "--follow",
+        "127.0.0.1:9",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ]);
+    // Before, it retried forever: a minute is plenty to stop.
+    let status = omnirelay_replication_testkit::process::wait_with_deadline(
+        &mut node,
+        std::time::Duration::from_secs(60),
+    )
+    .expect("the standby stops at start");
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    node.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("--follow"), "{err}");
+    assert!(err.contains("http://127.0.0.1:9"), "{err}");
+}

@@ -204,6 +204,41 @@ async fn a_receiver_that_never_answers_is_a_retryable_timeout_for_either_protoco
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_not_there_is_named_as_refusing_and_a_bare_address_refused() {
+    use omnirelay_replication::ErrorKind;
+    use omnirelay_replication_grpc::{GrpcSink, GrpcSinkOptions, Protocol};
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = |url: String| GrpcSinkOptions {
+        url,
+        sender: "a".to_owned(),
+        timeout: Duration::from_secs(5),
+        token: None,
+        ca_pem: None,
+        protocol: Protocol::Stream,
+        writer: None,
+    };
+    let records: Vec<_> = fixtures().iter().map(|(b, e)| record(b, e)).collect();
+    let sink = GrpcSink::new(options(format!("http://127.0.0.1:{port}"))).unwrap();
+    let err = sink.apply_owned(&records[..1]).await.unwrap_err();
+    assert!(err.kind().is_retryable(), "{err}");
+    // Not only the transport's "tcp connect error": why it failed.
+    assert!(err.to_string().contains("Connection refused"), "{err}");
+    // Without its scheme, an address is a mistake to fix, not to retry.
+    let err = GrpcSink::new(options(format!("127.0.0.1:{port}"))).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("http://127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_batch_is_pipelined_in_messages_and_lands_whole_and_in_order() {
     use omnirelay_replication::WireVersion;
     use omnirelay_resourcelease::{

@@ -120,7 +120,7 @@ pub struct ControlPlane {
 /// `error` and its causes, outermost first (the client's own error only
 /// says that connecting failed; its causes say why, a refused
 /// certificate for one).
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(inner) = cause {

@@ -620,11 +620,13 @@ impl RpcClient {
         let request = request
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| transport(format!("bad dispatcher URL {}: {e}", self.url)))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| transport(format!("{} did not answer: {e}", self.url)))?;
+        let response = self.client.request(request).await.map_err(|e| {
+            transport(format!(
+                "{} did not answer: {}",
+                self.url,
+                crate::hosts::with_causes(&e)
+            ))
+        })?;
         let status = response.status();
         let header = |name: &str| {
             response
@@ -639,7 +641,13 @@ impl RpcClient {
             .into_body()
             .collect()
             .await
-            .map_err(|e| transport(format!("{} broke off its answer: {e}", self.url)))?
+            .map_err(|e| {
+                transport(format!(
+                    "{} broke off its answer: {}",
+                    self.url,
+                    crate::hosts::with_causes(&e)
+                ))
+            })?
             .to_bytes();
         if !status.is_success() {
             return Err(RpcError {
@@ -921,6 +929,24 @@ mod tests {
         op.table = table.to_owned();
         op.version = version;
         op
+    }
+
+    #[tokio::test]
+    async fn a_dispatcher_that_is_not_there_is_named_with_why() {
+        // A port nobody listens on (bound, then released).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = RpcClient::new(&format!("http://127.0.0.1:{port}"), "resourcelease", None);
+        let err = client
+            .call("enqueue", &serde_json::json!({}), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, 0, "{err}");
+        // Not only the client's "client error (Connect)".
+        assert!(err.message.contains("Connection refused"), "{err}");
     }
 
     #[test]

@@ -26,10 +26,20 @@ pub(crate) async fn run(node: &crate::RemoteNode, json: bool) -> anyhow::Result<
     let mut out = io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        out.write_all(render(&document).as_bytes())?;
     }
-    out.write_all(render(&document).as_bytes())?;
-    Ok(ExitCode::SUCCESS)
+    Ok(crate::exit_status(all_up(&document)))
+}
+
+/// Whether every host of the document answered: a script running
+/// `status` learns from its exit status that one is down.
+fn all_up(document: &Value) -> bool {
+    document["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|host| host["up"] != false)
 }
 
 /// A cell: `-` for nothing, `yes`/`NO` for booleans.
@@ -207,7 +217,7 @@ fn render(document: &Value) -> String {
 mod tests {
     use serde_json::json;
 
-    use super::render;
+    use super::{all_up, render};
 
     #[test]
     fn queues_get_a_table_of_their_own_after_the_sinks() {
@@ -282,6 +292,9 @@ mod tests {
             "{out}"
         );
         assert_eq!(lines.len(), header + 2, "only the host that is down: {out}");
+        assert!(!all_up(&document), "the exit status says one is down");
+        let up = json!({"hosts": [{"url": "http://a:1", "up": true}]});
+        assert!(all_up(&up));
     }
 
     #[test]

@@ -1508,9 +1508,12 @@ fn plane_status(url: &str, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<
     let mut hosts = Vec::new();
     for _ in 0..300 {
         let out = omnirelay(&["status", "--url", url, "--json"], b"");
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let document: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+        let document: Value = serde_json::from_str(&text(&out.stdout))
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stderr)));
         hosts = document["hosts"].as_array().unwrap().clone();
+        // Exit status 1 exactly when a host is down.
+        let down = hosts.iter().any(|h| h["up"] == false);
+        assert_eq!(out.status.code(), Some(i32::from(down)), "{hosts:?}");
         if check(&hosts) {
             return hosts;
         }

@@ -96,6 +96,13 @@ impl Error {
         self
     }
 
+    /// The same error, its message after `prefix` (what it is about).
+    #[must_use]
+    pub(crate) fn about(mut self, prefix: impl std::fmt::Display) -> Self {
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+
     /// Attaches a hint of when a retry may succeed.
     #[must_use]
     pub fn with_retry_after(mut self, after: Duration) -> Self {

@@ -345,7 +345,11 @@ impl<E: ReplicationEvent> Driver<E> {
             Ok(Some(mark)) if mark > 0 => return Ok(Start::at(mark).within(stream, sink_name)),
             Ok(mark) => (mark, None),
             // A sink that cannot work (misconfigured, say) stops the start.
-            Err(e) if !e.error().is_retryable() => return Err(e.into_error()),
+            Err(e) if !e.error().is_retryable() => {
+                return Err(e
+                    .into_error()
+                    .about(format_args!("sink {sink_name} (stream {})", stream.id)));
+            }
             Err(e) => (None, Some(e.into_error())),
         };
         let saved = match store {

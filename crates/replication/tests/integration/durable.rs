@@ -283,6 +283,12 @@ async fn a_stream_opens_only_once_every_sink_can_start_in_it() {
             .await
             .unwrap_err();
         assert_eq!(err.error().kind(), ErrorKind::Config, "{err}");
+        // Which sink of which stream, among several.
+        assert!(
+            err.to_string()
+                .contains("sink misconfigured (stream default): "),
+            "{err}"
+        );
     }
     assert!(replicator.sink_snapshots().await.is_empty());
     misconfigured.heal();

@@ -50,14 +50,14 @@ pub(crate) fn check(file: &Path) -> anyhow::Result<ExitCode> {
                 .collect();
             writeln!(
                 io::stdout(),
-                "{}: ok; data_dir {}, {} stream(s) declared, sinks: {}",
+                "{}: ok; data_dir {}, {} declared, sinks: {}",
                 if from_stdin {
                     "standard input".to_owned()
                 } else {
                     file.display().to_string()
                 },
                 valid.data_dir.display(),
-                valid.durable.streams.len(),
+                crate::counted(valid.durable.streams.len(), "stream"),
                 if sinks.is_empty() {
                     "none".to_owned()
                 } else {

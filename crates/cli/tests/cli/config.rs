@@ -20,7 +20,7 @@ fn the_default_configuration_round_trips_through_check() {
     assert!(piped.status.success(), "{}", text(&piped.stderr));
     assert!(
         text(&piped.stdout).starts_with(
-            "standard input: ok; data_dir omnirelay-data, 1 stream(s) declared, sinks: export (file), sqlite (sqlite)"
+            "standard input: ok; data_dir omnirelay-data, 1 stream declared, sinks: export (file), sqlite (sqlite)"
         ),
         "{}",
         text(&piped.stdout)

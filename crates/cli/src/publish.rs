@@ -121,10 +121,10 @@ async fn wait_for_sinks(replicator: &DurableReplicator<Event>) -> anyhow::Result
             () = tokio::time::sleep(std::time::Duration::from_secs(3)) => {
                 for sink in replicator.sink_snapshots().await.iter().filter(|s| s.lag_events > 0) {
                     node::say(true, &format!(
-                        "waiting for sink {} of stream {}: {} events behind{}",
+                        "waiting for sink {} of stream {}: {} behind{}",
                         sink.sink,
                         sink.stream,
-                        sink.lag_events,
+                        counted(sink.lag_events, "event"),
                         sink.last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
                     ));
                 }

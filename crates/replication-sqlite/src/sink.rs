@@ -231,6 +231,17 @@ impl Inner {
     fn connection<'a>(&self, state: &'a mut State) -> Result<&'a mut Connection, Error> {
         if state.connection.is_none() {
             let path = &self.options.path;
+            // SQLite says only "unable to open database file", which
+            // retrying never changes.
+            if path.is_dir() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "sqlite: {} is a directory: name a database file (in it, say)",
+                        path.display()
+                    ),
+                ));
+            }
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     Error::new(

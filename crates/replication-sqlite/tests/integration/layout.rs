@@ -318,6 +318,23 @@ async fn two_streams_cannot_share_a_table_at_run_time_either() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_naming_a_directory_is_a_mistake_to_fix_not_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SqliteSink::new(SqliteSinkOptions::new(dir.path()))
+        .unwrap()
+        .shared();
+    let stream = StreamId::default();
+    let err = sink.checkpoint_dyn(&stream).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    let err = sink
+        .apply_owned(&[record(&stream, 1, Encoding::JSON_V1)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+}
+
 /// `record`'s events as another log stamped them: the same sequences,
 /// other times.
 fn another_logs(stream: &StreamId, range: std::ops::RangeInclusive<u64>) -> Vec<OwnedRecord> {

@@ -429,10 +429,25 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            let _ = writeln!(io::stderr(), "omnirelay: {err:#}");
+            let _ = writeln!(io::stderr(), "omnirelay: {}", with_causes(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `err` and its causes, each said once: a cause whose text an outer
+/// error already carries (errors that show their source, and return it)
+/// is not repeated.
+fn with_causes(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -766,6 +781,27 @@ mod tests {
         assert!(grpc.contains("http://node-1:7420"), "{grpc}");
         assert!(node_url("http://").is_err());
         assert!(node_url("http:///status").is_err());
+    }
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::other("File exists (os error 17)");
+        let inner = omnirelay_replication::Error::new(
+            omnirelay_replication::ErrorKind::Unavailable,
+            "cannot create /x: File exists (os error 17)",
+        )
+        .with_source(io);
+        let outer = omnirelay_replication::Error::new(inner.kind(), "cannot build sink \"obj\"")
+            .with_source(inner);
+        let err = anyhow::Error::new(outer).context("cannot start replication in /d");
+        let text = with_causes(&err);
+        assert_eq!(
+            text,
+            "cannot start replication in /d: unavailable: cannot build sink \"obj\": unavailable: cannot create /x: File exists (os error 17)"
+        );
+        // A cause nobody printed is kept.
+        let err = anyhow::Error::new(std::io::Error::other("disk on fire")).context("cannot write");
+        assert_eq!(with_causes(&err), "cannot write: disk on fire");
     }
 
     #[test]

@@ -135,7 +135,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind, self.message)?;
         if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+            // Not twice, when the message already says it.
+            let source = source.to_string();
+            if !self.message.contains(&source) {
+                write!(f, ": {source}")?;
+            }
         }
         Ok(())
     }
@@ -290,6 +294,29 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_source_is_shown_unless_the_message_already_says_it() {
+        let io = || std::io::Error::other("No space left on device (os error 28)");
+        let err = Error::new(ErrorKind::Unavailable, "cannot write x").with_source(io());
+        assert_eq!(
+            err.to_string(),
+            "unavailable: cannot write x: No space left on device (os error 28)"
+        );
+        let err = Error::new(
+            ErrorKind::Unavailable,
+            "cannot write x: No space left on device (os error 28)",
+        )
+        .with_source(io());
+        assert_eq!(
+            err.to_string(),
+            "unavailable: cannot write x: No space left on device (os error 28)"
+        );
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "still its source"
+        );
+    }
 
     #[test]
     fn only_transient_kinds_retry() {

@@ -170,6 +170,16 @@ fn sequence_of(line: &[u8], field: &str) -> Option<u64> {
 impl StreamFiles {
     /// Opens the newest file of the stream, cutting a damaged tail.
     fn open(options: &FileSinkOptions, stream: StreamId) -> Result<Self, Error> {
+        // Retrying never turns a file into a directory.
+        if options.dir.exists() && !options.dir.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the file sink's dir {} is not a directory",
+                    options.dir.display()
+                ),
+            ));
+        }
         let mut recovery = FileRecovery::default();
         let mut files = list_files(&options.dir, &stream)
             .map_err(io_error(format!("cannot list {}", options.dir.display())))?;

@@ -139,6 +139,27 @@ async fn files_rotate_by_size_and_are_all_kept() {
 }
 
 #[tokio::test]
+async fn a_dir_that_is_a_file_is_a_mistake_to_fix_not_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export");
+    std::fs::write(&file, "not a directory").unwrap();
+    let sink = FileSink::new(FileSinkOptions::new(&file));
+    let err = sink.checkpoint(&StreamId::default()).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        omnirelay_replication::ErrorKind::Config,
+        "{err}"
+    );
+    assert!(err.to_string().contains("is not a directory"), "{err}");
+    let err = sink.apply_owned(&[line(1)]).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        omnirelay_replication::ErrorKind::Config,
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn records_that_are_not_single_json_lines_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sink = FileSink::new(FileSinkOptions::new(dir.path()));

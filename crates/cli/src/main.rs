@@ -384,7 +384,8 @@ enum SchemaCommand {
     },
     /// Validate JSON events read one per line on stdin, printing
     /// `line N: reason` for each invalid line; the exit status is 1 if any
-    /// line was invalid.
+    /// line was invalid. Also `schema validate`.
+    #[command(visible_alias = "validate")]
     Check,
 }
 

@@ -162,6 +162,9 @@ fn check_reports_invalid_lines_by_number() {
     assert!(text(&out.stderr).contains("checked 5 events: 2 valid, 3 invalid"));
 
     let all_good = omnirelay(&["schema", "check"], format!("{good}\n{good}\n").as_bytes());
+    // The word the command's summary uses works too.
+    let validated = omnirelay(&["schema", "validate"], format!("{good}\n").as_bytes());
+    assert!(validated.status.success(), "{}", text(&validated.stderr));
     assert_eq!(all_good.status.code(), Some(0));
     assert_eq!(text(&all_good.stdout), "");
 }

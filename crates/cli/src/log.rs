@@ -269,8 +269,9 @@ pub(crate) fn inspect(data_dir: &Path, only: Option<&str>) -> anyhow::Result<Exi
             .len();
             writeln!(
                 out,
-                "  sink {sink:<12} checkpoint {checkpoint}, lag {} events, {letters} dead letters",
-                report.last.unwrap_or(0).saturating_sub(checkpoint)
+                "  sink {sink:<12} checkpoint {checkpoint}, lag {}, {}",
+                crate::counted(report.last.unwrap_or(0).saturating_sub(checkpoint), "event"),
+                crate::counted(letters, "dead letter")
             )?;
         }
     }

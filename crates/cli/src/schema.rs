@@ -26,9 +26,9 @@ pub(crate) fn convert(
     if summary.invalid > 0 || summary.skipped > 0 {
         writeln!(
             io::stderr(),
-            "converted {} of {} events: {} invalid, {} skipped",
+            "converted {} of {}: {} invalid, {} skipped",
             summary.ok,
-            summary.lines,
+            crate::counted(summary.lines, "event"),
             summary.invalid,
             summary.skipped
         )?;
@@ -40,8 +40,8 @@ pub(crate) fn check() -> anyhow::Result<ExitCode> {
     let summary = lines::check(io::stdin().lock(), io::BufWriter::new(io::stdout().lock()))?;
     writeln!(
         io::stderr(),
-        "checked {} events: {} valid, {} invalid",
-        summary.lines,
+        "checked {}: {} valid, {} invalid",
+        crate::counted(summary.lines, "event"),
         summary.ok,
         summary.invalid
     )?;

@@ -430,11 +430,14 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         node::say(
             false,
             &format!(
-                "stopped: {} events received, {} re-sent events ignored, {} sequences skipped by senders, {} unreadable events quarantined",
-                stats.appended.load(Ordering::Relaxed),
-                stats.duplicates.load(Ordering::Relaxed),
-                stats.gaps.load(Ordering::Relaxed),
-                stats.quarantined.load(Ordering::Relaxed)
+                "stopped: {} received, {} ignored, {} skipped by senders, {} quarantined",
+                crate::counted(stats.appended.load(Ordering::Relaxed), "event"),
+                crate::counted(stats.duplicates.load(Ordering::Relaxed), "re-sent event"),
+                crate::counted(stats.gaps.load(Ordering::Relaxed), "sequence"),
+                crate::counted(
+                    stats.quarantined.load(Ordering::Relaxed),
+                    "unreadable event"
+                )
             ),
         );
     } else {

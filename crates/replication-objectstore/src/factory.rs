@@ -71,11 +71,19 @@ impl StoreConfig {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] for settings the store refuses,
-    /// [`ErrorKind::Unavailable`] for a root that cannot be created.
+    /// [`ErrorKind::Config`] for settings the store refuses or a local
+    /// root that is a file, [`ErrorKind::Unavailable`] for a root that
+    /// cannot be created.
     pub fn open(&self) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>), Error> {
         match self {
             Self::Local { root } => {
+                // Retrying never turns a file into a directory.
+                if root.exists() && !root.is_dir() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!("the local root {} is not a directory", root.display()),
+                    ));
+                }
                 std::fs::create_dir_all(root).map_err(|e| {
                     Error::new(
                         ErrorKind::Unavailable,
@@ -325,3 +333,21 @@ impl SinkBuilder for Builder {
 }
 
 inventory::submit! { SinkPlugin::new(&ObjectStoreSinkFactory) }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_root_that_is_a_file_is_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("archive");
+        std::fs::write(&file, "not a directory").unwrap();
+        let err = StoreConfig::Local { root: file }.open().err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        let root = dir.path().join("made");
+        assert!(StoreConfig::Local { root: root.clone() }.open().is_ok());
+        assert!(root.is_dir(), "created when missing");
+    }
+}

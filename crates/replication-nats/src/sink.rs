@@ -10,11 +10,11 @@ use async_nats::jetstream::stream::{
     Config as StreamConfig, LastRawMessageErrorKind, RetentionPolicy, StorageType,
 };
 use async_nats::jetstream::{self, Context};
-use async_nats::{ConnectOptions, HeaderMap};
+use async_nats::{ConnectOptions, HeaderMap, HeaderName};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use omnirelay_replication::{
-    Error, ErrorKind, Health, HealthCell, Record, Sink, SinkError, StreamId,
+    Encoding, Error, ErrorKind, Health, HealthCell, Record, Sink, SinkError, StreamId,
 };
 
 use crate::auth::server_addresses;
@@ -576,14 +576,16 @@ impl Inner {
     async fn publish(
         &self,
         stream: &StreamId,
-        records: &[(u64, Bytes, HeaderMap)],
+        records: &[Outgoing],
     ) -> (Option<u64>, Option<Error>) {
-        let subject = subject_for(&self.options.subject, stream.as_str());
+        let subject =
+            async_nats::Subject::from(subject_for(&self.options.subject, stream.as_str()));
         let max_payload = self.client.server_info().max_payload;
         let mut pending = VecDeque::with_capacity(self.options.max_outstanding_acks);
         let mut done = None;
         let mut error = None;
-        'records: for (index, (sequence, payload, headers)) in records.iter().enumerate() {
+        'records: for (index, record) in records.iter().enumerate() {
+            let (sequence, payload) = (&record.sequence, &record.payload);
             if max_payload > 0 && payload.len() > max_payload {
                 error = Some(Error::new(
                     ErrorKind::Rejected,
@@ -613,7 +615,7 @@ impl Inner {
             }
             let publish = Publish::build()
                 .payload(payload.clone())
-                .headers(headers.clone());
+                .headers(record.headers(stream, &self.writer));
             match self.context.send_publish(subject.clone(), publish).await {
                 Ok(ack) => pending.push_back((index, ack)),
                 Err(e) => {
@@ -649,9 +651,9 @@ impl Inner {
         &self,
         subject: &str,
         ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-        record: &(u64, Bytes, HeaderMap),
+        record: &Outgoing,
     ) -> Result<u64, Error> {
-        let (sequence, payload, headers) = record;
+        let (sequence, payload) = (&record.sequence, &record.payload);
         let ack = ack.map_err(|e| publish_error(*sequence, &e))?;
         if !ack.duplicate {
             return Ok(*sequence);
@@ -678,9 +680,10 @@ impl Inner {
                 ));
             }
         };
-        let same_form = [header::FORMAT, header::SCHEMA_VERSION].iter().all(|name| {
-            stored.headers.get(*name).map(|v| v.as_str()) == headers.get(*name).map(|v| v.as_str())
-        });
+        let stored_header = |name| stored.headers.get(name).map(|v| v.as_str());
+        let same_form = stored_header(header::FORMAT) == Some(record.encoding.format.as_str())
+            && stored_header(header::SCHEMA_VERSION)
+                == Some(record.encoding.version.get().to_string().as_str());
         // In another form (a schema version or format rolled over) the
         // bytes differ anyway: the writer tells this log's retry from
         // another node's event. A message without one (a release before
@@ -733,21 +736,40 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name).and_then(|v| v.as_str().parse().ok())
 }
 
-fn headers_of(record: &Record<'_>, writer: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(header::WRITER, writer);
-    let stream = record.stream().as_str();
-    let sequence = record.sequence().to_string();
-    headers.insert(header::MSG_ID, format!("{stream}:{sequence}").as_str());
-    headers.insert(header::STREAM, stream);
-    headers.insert(header::SEQUENCE, sequence.as_str());
-    headers.insert(
-        header::SCHEMA_VERSION,
-        record.encoding().version.get().to_string().as_str(),
-    );
-    headers.insert(header::FORMAT, record.encoding().format.as_str());
-    headers.insert(header::EVENT_TYPE, record.header().kind.name);
-    headers
+/// One record to publish: what its message is made of.
+struct Outgoing {
+    sequence: u64,
+    /// The sequence of the record published before it on the subject.
+    previous: u64,
+    payload: Bytes,
+    encoding: Encoding,
+    kind: &'static str,
+}
+
+impl Outgoing {
+    /// The message's headers (built when it is sent, and moved into it).
+    fn headers(&self, stream: &StreamId, writer: &str) -> HeaderMap {
+        const WRITER: HeaderName = HeaderName::from_static(header::WRITER);
+        const MSG_ID: HeaderName = HeaderName::from_static(header::MSG_ID);
+        const STREAM: HeaderName = HeaderName::from_static(header::STREAM);
+        const SEQUENCE: HeaderName = HeaderName::from_static(header::SEQUENCE);
+        const SCHEMA_VERSION: HeaderName = HeaderName::from_static(header::SCHEMA_VERSION);
+        const FORMAT: HeaderName = HeaderName::from_static(header::FORMAT);
+        const EVENT_TYPE: HeaderName = HeaderName::from_static(header::EVENT_TYPE);
+        const PREVIOUS_SEQUENCE: HeaderName = HeaderName::from_static(header::PREVIOUS_SEQUENCE);
+        let stream = stream.as_str();
+        let sequence = self.sequence.to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert(WRITER, writer);
+        headers.insert(MSG_ID, format!("{stream}:{sequence}"));
+        headers.insert(STREAM, stream);
+        headers.insert(SEQUENCE, sequence);
+        headers.insert(SCHEMA_VERSION, self.encoding.version.get().to_string());
+        headers.insert(FORMAT, self.encoding.format.as_str());
+        headers.insert(EVENT_TYPE, self.kind);
+        headers.insert(PREVIOUS_SEQUENCE, self.previous.to_string());
+        headers
+    }
 }
 
 impl Sink for NatsSink {
@@ -763,14 +785,15 @@ impl Sink for NatsSink {
             // Each message names the one before it: the mark (what the
             // stream holds up to), then the batch's records in order.
             let mut previous = mark;
-            let records: Vec<(u64, Bytes, HeaderMap)> = batch
+            let records: Vec<Outgoing> = batch
                 .iter()
                 .filter(|r| r.sequence() > mark)
-                .map(|r| {
-                    let mut headers = headers_of(r, &inner.writer);
-                    headers.insert(header::PREVIOUS_SEQUENCE, previous.to_string().as_str());
-                    previous = r.sequence();
-                    (r.sequence(), r.shared_bytes(), headers)
+                .map(|r| Outgoing {
+                    sequence: r.sequence(),
+                    previous: std::mem::replace(&mut previous, r.sequence()),
+                    payload: r.shared_bytes(),
+                    encoding: r.encoding(),
+                    kind: r.header().kind.name,
                 })
                 .collect();
             if records.is_empty() {

@@ -146,7 +146,13 @@ pub(crate) fn status_error(context: &str, status: &tonic::Status) -> Error {
         | Code::Aborted
         | Code::Cancelled
         | Code::Unknown
-        | Code::Internal => ErrorKind::Unavailable,
+        | Code::Internal
+        // Refused credentials: a token rotated on one side before the
+        // other, which heals without a restart once they agree. Retried
+        // (and shown as the sink's error) rather than failing the node's
+        // start or sending every record to the dead letters.
+        | Code::Unauthenticated
+        | Code::PermissionDenied => ErrorKind::Unavailable,
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => ErrorKind::Rejected,
         _ => ErrorKind::Config,
     };

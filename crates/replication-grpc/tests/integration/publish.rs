@@ -75,6 +75,11 @@ impl Node {
 
     /// With `v2` false, only the reference's service is served.
     pub(crate) async fn serve(dir: &Path, token: Option<&str>, v2: bool) -> Self {
+        Self::serve_at(dir, "127.0.0.1:0", token, v2).await
+    }
+
+    /// As [`Node::serve`], listening on `address`.
+    pub(crate) async fn serve_at(dir: &Path, address: &str, token: Option<&str>, v2: bool) -> Self {
         let replicator = Arc::new(
             DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
                 .await
@@ -90,7 +95,7 @@ impl Node {
                 .await
                 .unwrap(),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, mut stopped) = watch::channel(false);
         let routes = if v2 {
@@ -351,9 +356,10 @@ async fn with_a_token_configured_calls_without_it_are_refused() {
             .apply_owned(&records[..1])
             .await
             .unwrap_err();
+        // Retried: a token rotated on the receiver first heals.
         assert_eq!(
             err.kind(),
-            omnirelay_replication::ErrorKind::Config,
+            omnirelay_replication::ErrorKind::Unavailable,
             "{protocol:?} {token:?}: {err}"
         );
         assert!(err.to_string().contains("Unauthenticated"), "{err}");
@@ -377,6 +383,89 @@ async fn with_a_token_configured_calls_without_it_are_refused() {
     node.replicator.wait_caught_up().await;
     assert_eq!(node.received().len(), 3);
     node.stop().await;
+}
+
+/// A receiver that refuses the sink's token (rotated on the receiver
+/// first, say) holds the sink back, retrying: the sending node starts,
+/// nothing goes to its dead letters, and delivery resumes once the tokens
+/// agree again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_retried_not_dead_lettered_and_heals() {
+    for protocol in [Protocol::Stream, Protocol::Unary] {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::start_with_token(&dir.path().join("receiver"), Some("rotated")).await;
+        let address = node.url.trim_start_matches("http://").to_owned();
+        let sender = DurableReplicator::open(
+            Arc::new(ResourceLeaseCodec),
+            DurableOptions::new(dir.path().join("sender")),
+        )
+        .await
+        .unwrap();
+        let sink = GrpcSink::new(GrpcSinkOptions {
+            url: node.url.clone(),
+            sender: "a".to_owned(),
+            timeout: Duration::from_secs(5),
+            token: Some("s3cret".to_owned()),
+            ca_pem: None,
+            protocol,
+            writer: None,
+        })
+        .unwrap();
+        let options = SinkOptions {
+            encoding: Encoding::PROTOBUF_V1,
+            retry: omnirelay_replication::RetryPolicy {
+                initial: Duration::from_millis(20),
+                max: Duration::from_millis(100),
+                ..omnirelay_replication::RetryPolicy::default()
+            },
+            ..SinkOptions::default()
+        };
+        sender
+            .add_sink("up", sink.shared(), options)
+            .await
+            .unwrap_or_else(|e| panic!("{protocol:?}: the node starts: {e}"));
+        let stream = StreamId::default();
+        let events: Vec<_> = fixtures().into_iter().map(|(_, e)| e).take(3).collect();
+        for event in events.clone() {
+            sender
+                .submit(&stream, event)
+                .await
+                .unwrap()
+                .durable()
+                .await
+                .unwrap();
+        }
+        let snapshot = loop {
+            let snapshot = sender.sink_snapshots().await.remove(0);
+            if snapshot.retries >= 3 {
+                break snapshot;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(snapshot.dead_lettered, 0, "{protocol:?}: {snapshot:?}");
+        assert_eq!(snapshot.checkpoint, 0, "{protocol:?}: {snapshot:?}");
+        let error = snapshot.last_error.unwrap_or_default();
+        assert!(error.contains("Unauthenticated"), "{protocol:?}: {error}");
+        assert!(error.contains("token"), "{protocol:?}: {error}");
+        assert_eq!(node.received().len(), 0);
+        // The receiver takes the sender's token again, on the same port.
+        node.stop().await;
+        let node =
+            Node::serve_at(&dir.path().join("receiver"), &address, Some("s3cret"), true).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while sender.sink_snapshots().await[0].checkpoint < 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{protocol:?}: delivery resumed"));
+        node.replicator.wait_caught_up().await;
+        let received: Vec<_> = node.received().into_iter().map(without_origin).collect();
+        assert_eq!(received.len(), 3, "{protocol:?}");
+        assert_eq!(sender.sink_snapshots().await[0].dead_lettered, 0);
+        sender.close().await.unwrap();
+        node.stop().await;
+    }
 }
 
 #[test]

@@ -155,7 +155,11 @@ async fn subscribe_with_a_token_configured_refuses_calls_without_it() {
         let refused = Subscription::open(&connection, &stream, 1, Encoding::JSON_V1)
             .await
             .unwrap_err();
-        assert_eq!(refused.kind(), ErrorKind::Config, "{token:?}: {refused}");
+        assert_eq!(
+            refused.kind(),
+            ErrorKind::Unavailable,
+            "{token:?}: {refused}"
+        );
         assert!(refused.to_string().contains("Unauthenticated"), "{refused}");
     }
     let mut connection = Connection::new(node.url.clone());

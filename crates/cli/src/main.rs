@@ -710,7 +710,32 @@ pub(crate) fn read_ca(file: Option<&std::path::Path>) -> anyhow::Result<Option<V
         .transpose()
 }
 
+/// Refuses, before a run of minutes, a `--json` or `--svg` file that could
+/// not be written after it.
+fn writable_output(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        anyhow::bail!("{flag} {}: is a directory; give a file", path.display());
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    if !parent.is_dir() {
+        anyhow::bail!(
+            "{flag} {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    for (flag, path) in [("--json", &args.json), ("--svg", &args.svg)] {
+        if let Some(path) = path {
+            writable_output(flag, path)?;
+        }
+    }
     let run = omnirelay_bench::run(&omnirelay_bench::BenchOptions {
         names: args.names,
         quick: args.quick,

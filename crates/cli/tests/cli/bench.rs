@@ -126,3 +126,35 @@ fn bench_draws_throughput_against_batch_size_as_svg() {
     );
     assert!(!lone.exists());
 }
+
+#[test]
+fn an_output_file_that_cannot_be_written_is_refused_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing").join("bench.json");
+    let cases = [
+        ("--json", missing.clone(), "does not exist"),
+        (
+            "--svg",
+            dir.path().join("missing").join("c.svg"),
+            "does not exist",
+        ),
+        ("--json", dir.path().to_path_buf(), "is a directory"),
+    ];
+    for (flag, path, says) in cases {
+        let out = omnirelay(
+            &[
+                "bench",
+                "json-decode",
+                "--quick",
+                flag,
+                path.to_str().unwrap(),
+            ],
+            b"",
+        );
+        assert_eq!(out.status.code(), Some(1), "{flag} {path:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(flag) && stderr.contains(says), "{stderr}");
+        // Nothing ran.
+        assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+    }
+}

@@ -43,9 +43,20 @@ pub(crate) struct DemoArgs {
     listen: Option<String>,
     /// Milliseconds between the seeder's operations (the reference's
     /// compose file ran it every 2 s).
-    #[arg(long, value_name = "MS", default_value_t = 2000,
-          value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = seed_interval)]
     seed_interval_ms: u64,
+}
+
+/// `--seed-interval-ms`: at least 10 ms.
+fn seed_interval(text: &str) -> Result<u64, String> {
+    const MIN_MS: u64 = 10;
+    let ms: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))?;
+    if ms < MIN_MS {
+        return Err(format!("{ms} ms is too short: at least {MIN_MS}"));
+    }
+    Ok(ms)
 }
 
 /// The workers' peer ids (the reference's compose file).

@@ -354,3 +354,15 @@ fn heavy_with_nats_the_demo_also_replicates_through_jetstream() {
     let _ = nats.kill();
     let _ = nats.wait();
 }
+
+#[test]
+fn a_seed_interval_too_short_or_not_a_number_is_refused_saying_so() {
+    for (value, says) in [
+        ("5", "5 ms is too short: at least 10"),
+        ("2s", "\"2s\" is not a whole number of milliseconds"),
+    ] {
+        let out = omnirelay(&["demo", "--seed-interval-ms", value], b"");
+        assert_eq!(out.status.code(), Some(2), "{value}");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+}

@@ -109,15 +109,18 @@ pub(crate) fn replay(
 ) -> anyhow::Result<ExitCode> {
     let stream = StreamId::new(stream)?;
     has_stream(data_dir, &stream)?;
+    let from = from.max(1);
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let (_, failed) = print_from(
-        data_dir,
-        &stream,
-        from.max(1),
-        encoding(write_version)?,
-        &mut out,
-    )?;
+    let (next, failed) = print_from(data_dir, &stream, from, encoding(write_version)?, &mut out)?;
     out.flush()?;
+    if next == from && !failed {
+        // Nothing at all: say so, rather than leave an empty output to
+        // guess at.
+        crate::node::say(
+            false,
+            &format!("stream {stream} has no events from sequence {from} on"),
+        );
+    }
     Ok(exit_status(!failed))
 }
 

@@ -107,6 +107,37 @@ fn publish_prints_durable_sequences_and_exports_every_event() {
         replay_sequences(dir.path(), &["--from", "20"]),
         (20..=28).collect::<Vec<_>>()
     );
+    // Past the end: nothing, said on stderr, and not a failure.
+    let out = omnirelay(
+        &[
+            "log",
+            "replay",
+            "--data-dir",
+            dir_arg(dir.path()),
+            "--from",
+            "29",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).is_empty());
+    assert!(
+        text(&out.stderr).contains("stream default has no events from sequence 29 on"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = omnirelay(
+        &[
+            "log",
+            "replay",
+            "--data-dir",
+            dir_arg(dir.path()),
+            "--from",
+            "28",
+        ],
+        b"",
+    );
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -135,9 +135,13 @@ struct Inner {
 /// An object-store failure as the framework's error.
 pub(crate) fn store_error(context: &str, err: object_store::Error) -> Error {
     let kind = match &err {
+        // Refused credentials or permissions: keys rotated, a policy
+        // being changed. Retried (and shown as the sink's error), so that
+        // they heal without a restart instead of failing the node's start
+        // or sending every record to the dead letters.
         object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. }
-        | object_store::Error::UnknownConfigurationKey { .. }
+        | object_store::Error::Unauthenticated { .. } => ErrorKind::Unavailable,
+        object_store::Error::UnknownConfigurationKey { .. }
         | object_store::Error::NotSupported { .. }
         | object_store::Error::NotImplemented
         | object_store::Error::InvalidPath { .. } => ErrorKind::Config,

@@ -189,6 +189,69 @@ async fn the_reader_reads_events_and_segments_from_any_sequence() {
     assert!(default.keys().await.unwrap().is_empty());
 }
 
+/// A server refusing the sink's credentials holds the sink back,
+/// retrying: the node publishes, its other sinks deliver, nothing goes to
+/// the dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_retried_not_dead_lettered() {
+    // The bucket's creation is the one request taken unchecked.
+    let moto = Moto::start_checking_credentials_after(1);
+    moto.create_bucket("guarded");
+    let store = moto.store("guarded", Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = DurableReplicator::open(
+        Arc::new(ResourceLeaseCodec),
+        DurableOptions::new(dir.path()),
+    )
+    .await
+    .unwrap();
+    let retry = RetryPolicy {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        ..RetryPolicy::default()
+    };
+    replicator
+        .add_sink(
+            "s3",
+            ObjectStoreSink::new(store, ObjectSinkOptions::new())
+                .unwrap()
+                .shared(),
+            SinkOptions {
+                retry,
+                ..SinkOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let memory = MemorySink::new();
+    replicator
+        .add_sink("memory", memory.clone().shared(), SinkOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let event =
+            ResourceLeaseReplicationEvent::new(ResourceLeaseReplicationEventType::Heartbeat);
+        replicator.publish(event).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let s3 = loop {
+        let snapshots = replicator.sink_snapshots().await;
+        let s3 = snapshots.into_iter().find(|s| s.sink == "s3").unwrap();
+        if s3.retries >= 3 && memory.len() == 3 {
+            break s3;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s3:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((s3.dead_lettered, s3.checkpoint), (0, 0), "{s3:?}");
+    let error = s3.last_error.unwrap_or_default();
+    assert!(
+        error.starts_with("unavailable") && error.contains("403 Forbidden"),
+        "{error}"
+    );
+    replicator.close().await.unwrap();
+}
+
 /// Publishes resource-lease events through a durable replicator to an S3
 /// sink and a memory sink; stops the S3 server mid-run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

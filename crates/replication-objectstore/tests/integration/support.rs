@@ -21,7 +21,19 @@ impl Moto {
     /// Starts the server. Fails loudly if it is not installed: the test
     /// command (`scripts/test`) installs it with `pip install 'moto[server]'`.
     pub(crate) fn start() -> Self {
+        Self::start_with(Command::new("moto_server"))
+    }
+
+    /// A server that takes the first `unchecked` requests as they come,
+    /// then checks every request's credentials against the IAM users it
+    /// knows (none: every request is refused).
+    pub(crate) fn start_checking_credentials_after(unchecked: u32) -> Self {
         let mut command = Command::new("moto_server");
+        command.env("INITIAL_NO_AUTH_ACTION_COUNT", unchecked.to_string());
+        Self::start_with(command)
+    }
+
+    fn start_with(mut command: Command) -> Self {
         command.args(["-H", "127.0.0.1", "-p", "0"]);
         let (child, line) =
             start_server(command, "http://127.0.0.1:", "pip install 'moto[server]'");

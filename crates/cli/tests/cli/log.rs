@@ -108,17 +108,20 @@ fn publish_prints_durable_sequences_and_exports_every_event() {
         (20..=28).collect::<Vec<_>>()
     );
     // Past the end: nothing, said on stderr, and not a failure.
-    let out = omnirelay(
-        &[
-            "log",
-            "replay",
-            "--data-dir",
-            dir_arg(dir.path()),
-            "--from",
-            "29",
-        ],
-        b"",
-    );
+    let replay_from = |from: &str| {
+        omnirelay(
+            &[
+                "log",
+                "replay",
+                "--data-dir",
+                dir_arg(dir.path()),
+                "--from",
+                from,
+            ],
+            b"",
+        )
+    };
+    let out = replay_from("29");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).is_empty());
     assert!(
@@ -126,17 +129,7 @@ fn publish_prints_durable_sequences_and_exports_every_event() {
         "{}",
         text(&out.stderr)
     );
-    let out = omnirelay(
-        &[
-            "log",
-            "replay",
-            "--data-dir",
-            dir_arg(dir.path()),
-            "--from",
-            "28",
-        ],
-        b"",
-    );
+    let out = replay_from("28");
     assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
 }
 

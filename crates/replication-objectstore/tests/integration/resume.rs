@@ -189,25 +189,20 @@ async fn the_reader_reads_events_and_segments_from_any_sequence() {
     assert!(default.keys().await.unwrap().is_empty());
 }
 
-/// A server refusing the sink's credentials holds the sink back,
-/// retrying: the node publishes, its other sinks deliver, nothing goes to
-/// the dead letters.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_credentials_are_retried_not_dead_lettered() {
-    // The bucket's creation is the one request taken unchecked.
-    let moto = Moto::start_checking_credentials_after(1);
-    moto.create_bucket("guarded");
-    let store = moto.store("guarded", Duration::from_secs(2));
-    let dir = tempfile::tempdir().unwrap();
-    let replicator = DurableReplicator::open(
-        Arc::new(ResourceLeaseCodec),
-        DurableOptions::new(dir.path()),
-    )
-    .await
-    .unwrap();
+/// A durable replicator in `dir` delivering to an object-store sink on
+/// `store` (in `batch`es, retried every 50 to 200 ms) and to a memory sink.
+async fn s3_and_memory(
+    dir: &std::path::Path,
+    store: Arc<dyn ObjectStore>,
+    batch: BatchOptions,
+) -> (DurableReplicator<ResourceLeaseReplicationEvent>, MemorySink) {
+    let replicator =
+        DurableReplicator::open(Arc::new(ResourceLeaseCodec), DurableOptions::new(dir))
+            .await
+            .unwrap();
     let retry = RetryPolicy {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(100),
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
         ..RetryPolicy::default()
     };
     replicator
@@ -218,6 +213,7 @@ async fn refused_credentials_are_retried_not_dead_lettered() {
                 .shared(),
             SinkOptions {
                 retry,
+                batch,
                 ..SinkOptions::default()
             },
         )
@@ -228,6 +224,20 @@ async fn refused_credentials_are_retried_not_dead_lettered() {
         .add_sink("memory", memory.clone().shared(), SinkOptions::default())
         .await
         .unwrap();
+    (replicator, memory)
+}
+
+/// A server refusing the sink's credentials holds the sink back,
+/// retrying: the node publishes, its other sinks deliver, nothing goes to
+/// the dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_retried_not_dead_lettered() {
+    // The bucket's creation is the one request taken unchecked.
+    let moto = Moto::start_checking_credentials_after(1);
+    moto.create_bucket("guarded");
+    let store = moto.store("guarded", Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let (replicator, memory) = s3_and_memory(dir.path(), store, BatchOptions::default()).await;
     for _ in 0..3 {
         let event =
             ResourceLeaseReplicationEvent::new(ResourceLeaseReplicationEventType::Heartbeat);
@@ -260,39 +270,11 @@ async fn heavy_an_unresponsive_s3_server_stalls_only_its_sink_and_loses_nothing(
     moto.create_bucket("events");
     let store = moto.store("events", Duration::from_millis(500));
     let dir = tempfile::tempdir().unwrap();
-    let replicator = DurableReplicator::open(
-        Arc::new(ResourceLeaseCodec),
-        DurableOptions::new(dir.path()),
-    )
-    .await
-    .unwrap();
-    let fast_retries = RetryPolicy {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-        ..RetryPolicy::default()
+    let batch = BatchOptions {
+        max_events: 64,
+        ..BatchOptions::default()
     };
-    replicator
-        .add_sink(
-            "s3",
-            ObjectStoreSink::new(store.clone(), ObjectSinkOptions::new())
-                .unwrap()
-                .shared(),
-            SinkOptions {
-                retry: fast_retries,
-                batch: BatchOptions {
-                    max_events: 64,
-                    ..BatchOptions::default()
-                },
-                ..SinkOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-    let memory = MemorySink::new();
-    replicator
-        .add_sink("memory", memory.clone().shared(), SinkOptions::default())
-        .await
-        .unwrap();
+    let (replicator, memory) = s3_and_memory(dir.path(), store.clone(), batch).await;
     let publish = |n: usize| {
         let replicator = &replicator;
         async move {

@@ -114,14 +114,18 @@ pub(crate) fn replay(
     let (next, failed) = print_from(data_dir, &stream, from, encoding(write_version)?, &mut out)?;
     out.flush()?;
     if next == from && !failed {
-        // Nothing at all: say so, rather than leave an empty output to
-        // guess at.
-        crate::node::say(
-            false,
-            &format!("stream {stream} has no events from sequence {from} on"),
-        );
+        say_nothing_from(&stream, from);
     }
     Ok(exit_status(!failed))
+}
+
+/// Says that a read printed nothing at all, rather than leave an empty
+/// output to guess at.
+fn say_nothing_from(stream: &StreamId, from: u64) {
+    crate::node::say(
+        false,
+        &format!("stream {stream} has no events from sequence {from} on"),
+    );
 }
 
 pub(crate) async fn tail(
@@ -154,6 +158,9 @@ pub(crate) async fn tail(
         let (after, failed) = print_from(data_dir, &stream, next, encoding, &mut out)?;
         out.flush()?;
         if failed || !follow {
+            if after == next && !failed {
+                say_nothing_from(&stream, next);
+            }
             return Ok(exit_status(!failed));
         }
         next = after;

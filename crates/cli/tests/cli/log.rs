@@ -405,6 +405,25 @@ fn inspect_and_tail_describe_the_log() {
     let tail: Vec<_> = text(&out.stdout).lines().map(str::to_owned).collect();
     assert_eq!(tail.len(), 3);
     assert!(tail[0].starts_with(r#"{"sequenceNumber":10,"#));
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    // From past the end, without --follow: nothing, and said.
+    let out = omnirelay(
+        &[
+            "log",
+            "tail",
+            "--data-dir",
+            dir_arg(dir.path()),
+            "--from",
+            "13",
+        ],
+        b"",
+    );
+    assert!(out.status.success() && text(&out.stdout).is_empty());
+    assert!(
+        text(&out.stderr).contains("stream default has no events from sequence 13 on"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!report.contains("started after"), "{report}");
 
     // The log lost, its export kept: the new log starts after the export.

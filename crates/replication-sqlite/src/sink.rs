@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use omnirelay_replication::{
-    Error, ErrorKind, Format, Health, HealthCell, Record, Sink, SinkError, StreamId, Timestamp,
+    Error, ErrorKind, FileIdentity, Format, Health, HealthCell, Record, Sink, SinkError, StreamId,
+    Timestamp,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -133,6 +134,8 @@ struct Inner {
 #[derive(Debug, Default)]
 struct State {
     connection: Option<Connection>,
+    /// The database file the connection opened.
+    opened: Option<FileIdentity>,
     /// Streams whose table exists and is registered, with its name and the
     /// SQL that inserts into it.
     ready: HashMap<StreamId, Ready>,
@@ -227,7 +230,43 @@ impl Inner {
         Ok(())
     }
 
-    /// The connection, opened and set up on first use.
+    /// Closes the connection when its database file is no longer the one
+    /// the path names (removed, renamed away or replaced): rows written on
+    /// would go where no reader looks, and be lost for good at the next
+    /// start. `true` when it closed one.
+    fn forget_moved(&self, state: &mut State) -> Result<bool, Error> {
+        let Some(opened) = state.opened else {
+            return Ok(false);
+        };
+        let path = &self.options.path;
+        let named = opened.named_by(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("sqlite: cannot stat {}", path.display()),
+            )
+            .with_source(e)
+        })?;
+        if named {
+            return Ok(false);
+        }
+        tracing::warn!(
+            database = %path.display(),
+            "sqlite sink: the database file was removed or replaced while open; starting on the file the path names now"
+        );
+        state.opened = None;
+        state.ready.clear();
+        if let Some(connection) = state.connection.take() {
+            // Closing checkpoints the journal into the old file and
+            // removes it, so that a new database is not read through it.
+            if let Err((_, e)) = connection.close() {
+                tracing::warn!(error = %e, "sqlite sink: closing the moved database failed");
+            }
+        }
+        Ok(true)
+    }
+
+    /// The connection, opened and set up on first use (and again after
+    /// [`Inner::forget_moved`] closed it).
     fn connection<'a>(&self, state: &'a mut State) -> Result<&'a mut Connection, Error> {
         if state.connection.is_none() {
             let path = &self.options.path;
@@ -261,8 +300,18 @@ impl Inner {
             };
             let connection =
                 open(path).map_err(|e| sqlite_error(&format!("open {}", path.display()), e))?;
+            let opened = FileIdentity::at(path)
+                .and_then(|found| found.ok_or_else(|| std::io::ErrorKind::NotFound.into()))
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        format!("sqlite: cannot stat {}", path.display()),
+                    )
+                    .with_source(e)
+                })?;
             state.ready.clear();
             state.connection = Some(connection);
+            state.opened = Some(opened);
         }
         state
             .connection
@@ -352,19 +401,38 @@ impl Inner {
         fill: bool,
     ) -> Result<(), SinkError> {
         let mut state = self.state();
-        match self.write_rows(&mut state, stream, rows, fill) {
-            Ok((through, conflict)) => match conflict.or(refused) {
-                None => Ok(()),
-                Some(err) => Err(err.applied_through(through)),
-            },
-            Err(error) => {
-                if !matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Config) {
-                    // Start afresh: a damaged connection is not reused.
-                    state.connection = None;
+        // A database removed while the rows went in lost them with it: they
+        // go to the new one too (a few times at most: then an error, which
+        // delivery retries).
+        for _ in 0..3 {
+            let written = self
+                .write_rows(&mut state, stream, rows, fill)
+                .and_then(|stored| Ok((stored, self.forget_moved(&mut state)?)));
+            match written {
+                Ok((_, true)) => {}
+                Ok(((through, conflict), false)) => {
+                    return match conflict.or(refused) {
+                        None => Ok(()),
+                        Some(err) => Err(err.applied_through(through)),
+                    };
                 }
-                Err(SinkError::from(error))
+                Err(error) => {
+                    if !matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Config) {
+                        // Start afresh: a damaged connection is not reused.
+                        state.connection = None;
+                        state.opened = None;
+                    }
+                    return Err(SinkError::from(error));
+                }
             }
         }
+        Err(SinkError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "sqlite: {} keeps being removed as it is written",
+                self.options.path.display()
+            ),
+        ))
     }
 
     /// The last row of `rows` stored (`None`: none), and the error refusing
@@ -384,6 +452,7 @@ impl Inner {
         rows: &[Row],
         fill: bool,
     ) -> Result<(Option<u64>, Option<SinkError>), Error> {
+        self.forget_moved(state)?;
         let ready = self.ready(state, stream)?;
         let connection = self.connection(state)?;
         let tx = connection
@@ -467,6 +536,7 @@ impl Inner {
         let table = self.options.table_for(stream.as_str());
         validate_table_name(&table)?;
         let mut state = self.state();
+        self.forget_moved(&mut state)?;
         let connection = self.connection(&mut state)?;
         let registered: Option<(String, i64)> = connection
             .query_row(
@@ -599,7 +669,11 @@ impl Sink for SqliteSink {
 
     async fn close(&self) -> Result<(), SinkError> {
         self.inner.closed.store(true, Ordering::Release);
-        let connection = self.inner.state().connection.take();
+        let connection = {
+            let mut state = self.inner.state();
+            state.opened = None;
+            state.connection.take()
+        };
         if let Some(connection) = connection {
             self.blocking(move |_| {
                 connection

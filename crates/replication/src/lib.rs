@@ -96,8 +96,8 @@ pub use replicator::{
 };
 pub use sequencer::Sequencer;
 pub use sink::{
-    BoxFuture, Deduplicating, DynSink, FileSink, FileSinkOptions, Health, HealthCell, MemorySink,
-    SharedSink, Sink, SinkExt,
+    BoxFuture, Deduplicating, DynSink, FileIdentity, FileSink, FileSinkOptions, Health, HealthCell,
+    MemorySink, SharedSink, Sink, SinkExt,
 };
 pub use stream::{StreamId, validate_name};
 pub use time::{Timestamp, TimestampError, TimestampText};

@@ -31,10 +31,12 @@ use crate::stream::StreamId;
 
 pub mod dedup;
 pub mod file;
+pub mod identity;
 pub mod memory;
 
 pub use dedup::Deduplicating;
 pub use file::{FileRecovery, FileSink, FileSinkOptions};
+pub use identity::FileIdentity;
 pub use memory::MemorySink;
 
 /// A boxed, sendable future, the return type of the object-safe twins.

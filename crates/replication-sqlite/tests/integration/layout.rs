@@ -467,3 +467,50 @@ async fn a_redriven_event_behind_the_checkpoint_fills_its_gap() {
     let err = fill(another_logs(&stream, 2..=2)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config, "{err}");
 }
+
+/// The database's files as an operator removes them (`rm events.db*`), or
+/// only the main file.
+fn remove_database(db: &Path, with_journal: bool) {
+    std::fs::remove_file(db).unwrap();
+    if with_journal {
+        for suffix in ["-wal", "-shm"] {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            let _ = std::fs::remove_file(name);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_removed_while_open_is_started_again_under_its_name() {
+    for with_journal in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("events.db");
+        let stream = StreamId::default();
+        let sink = SqliteSink::new(SqliteSinkOptions::new(&db)).unwrap();
+        sink.apply_owned(&range_records(&stream, 1..=3))
+            .await
+            .unwrap();
+        remove_database(&db, with_journal);
+        // Before, the sink went on writing into the removed file (or
+        // failed on it for ever): rows no reader could see, lost for good
+        // at the next restart.
+        sink.apply_owned(&range_records(&stream, 4..=6))
+            .await
+            .unwrap();
+        let sequences: Vec<u64> = SqliteReader::open(&db)
+            .unwrap()
+            .rows(DEFAULT_TABLE, 1)
+            .unwrap()
+            .map(|r| r.unwrap().sequence)
+            .collect();
+        assert_eq!(sequences, [4, 5, 6], "journal removed too: {with_journal}");
+        assert_eq!(
+            omnirelay_replication::Sink::checkpoint(&sink, &stream)
+                .await
+                .unwrap(),
+            Some(6)
+        );
+        omnirelay_replication::Sink::close(&sink).await.unwrap();
+    }
+}

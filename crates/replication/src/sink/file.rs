@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::error::{Error, ErrorKind, SinkError};
 use crate::event::Format;
 use crate::record::Record;
-use crate::sink::Sink;
+use crate::sink::{FileIdentity, Sink};
 use crate::stream::StreamId;
 
 /// Knobs of a [`FileSink`].
@@ -278,7 +278,7 @@ impl StreamFiles {
     ) -> io::Result<bool> {
         // Removed or renamed since the last batch: a new file.
         if let Some(file) = &self.file
-            && !names(&self.path, &file.metadata()?)?
+            && !FileIdentity::of(&file.metadata()?).named_by(&self.path)?
         {
             self.file = None;
         }
@@ -314,9 +314,9 @@ impl StreamFiles {
         // What a removed file got is lost to every reader, so it goes to
         // the new file too; a renamed one keeps it.
         let opened = file.metadata()?;
-        if !names(&self.path, &opened)? {
+        if !FileIdentity::of(&opened).named_by(&self.path)? {
             self.file = None;
-            if removed(&opened) {
+            if FileIdentity::unlinked(&opened) {
                 tracing::warn!(
                     file = %self.path.display(), stream = %self.stream,
                     "file sink: the export file was removed while open; writing its last batch again to a new file"
@@ -330,35 +330,6 @@ impl StreamFiles {
         }
         Ok(true)
     }
-}
-
-/// Whether `path` still names the file whose metadata is `opened`.
-#[cfg(unix)]
-fn names(path: &Path, opened: &std::fs::Metadata) -> io::Result<bool> {
-    use std::os::unix::fs::MetadataExt as _;
-    match std::fs::metadata(path) {
-        Ok(named) => Ok(named.dev() == opened.dev() && named.ino() == opened.ino()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether the file whose metadata is `opened` has no name left.
-#[cfg(unix)]
-fn removed(opened: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    opened.nlink() == 0
-}
-
-// Elsewhere, files in use cannot be removed or renamed.
-#[cfg(not(unix))]
-fn names(_path: &Path, _opened: &std::fs::Metadata) -> io::Result<bool> {
-    Ok(true)
-}
-
-#[cfg(not(unix))]
-fn removed(_opened: &std::fs::Metadata) -> bool {
-    false
 }
 
 /// Finds the end of the last good line of a file: returns the length to

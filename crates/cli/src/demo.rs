@@ -31,7 +31,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "DIR", default_value = "omnirelay-data")]
     data_dir: PathBuf,
     /// Stop after SECS seconds (default: run until Ctrl-C).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = duration_secs)]
     duration: Option<u64>,
     /// Also replicate the dispatcher's stream to NATS JetStream at URL
     /// (a `nats` sink; JetStream stream OMNIRELAY_MESH_DEMO).
@@ -50,13 +50,21 @@ pub(crate) struct DemoArgs {
 /// `--seed-interval-ms`: at least 10 ms.
 fn seed_interval(text: &str) -> Result<u64, String> {
     const MIN_MS: u64 = 10;
-    let ms: u64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))?;
+    let ms = crate::whole_number(text, "milliseconds")?;
     if ms < MIN_MS {
         return Err(format!("{ms} ms is too short: at least {MIN_MS}"));
     }
     Ok(ms)
+}
+
+/// `--duration`: at least a second (a run of none has nothing to show).
+fn duration_secs(text: &str) -> Result<u64, String> {
+    match crate::whole_number(text, "seconds")? {
+        0 => Err(
+            "0 s is too short: at least 1 (leave --duration out to run until Ctrl-C)".to_owned(),
+        ),
+        secs => Ok(secs),
+    }
 }
 
 /// The workers' peer ids (the reference's compose file).

@@ -265,7 +265,7 @@ enum LogCommand {
         #[arg(long, default_value = "default")]
         stream: String,
         /// The first sequence to print.
-        #[arg(long, value_name = "SEQ", default_value_t = 1)]
+        #[arg(long, value_name = "SEQ", default_value_t = 1, value_parser = first_sequence)]
         from: u64,
         /// The schema version to write (1 is the reference format).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=2))]
@@ -313,7 +313,7 @@ enum LogCommand {
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: u64,
         /// Start at this sequence instead of the newest events.
-        #[arg(long, value_name = "SEQ")]
+        #[arg(long, value_name = "SEQ", value_parser = first_sequence)]
         from: Option<u64>,
         /// Keep printing events as they are written.
         #[arg(long)]
@@ -494,6 +494,20 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+/// `text` as a whole number, or why not (`of`: what it counts).
+pub(crate) fn whole_number(text: &str, of: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a whole number of {of}"))
+}
+
+/// A `--from SEQ`: sequences start at 1.
+fn first_sequence(text: &str) -> Result<u64, String> {
+    match whole_number(text, "sequences")? {
+        0 => Err("sequences start at 1".to_owned()),
+        sequence => Ok(sequence),
+    }
 }
 
 /// A node's `--url`: `http://` or `https://` with a host (a bare

@@ -356,12 +356,23 @@ fn heavy_with_nats_the_demo_also_replicates_through_jetstream() {
 }
 
 #[test]
-fn a_seed_interval_too_short_or_not_a_number_is_refused_saying_so() {
-    for (value, says) in [
-        ("5", "5 ms is too short: at least 10"),
-        ("2s", "\"2s\" is not a whole number of milliseconds"),
+fn a_seed_interval_or_duration_too_short_or_not_a_number_is_refused_saying_so() {
+    for (flag, value, says) in [
+        ("--seed-interval-ms", "5", "5 ms is too short: at least 10"),
+        (
+            "--seed-interval-ms",
+            "2s",
+            "\"2s\" is not a whole number of milliseconds",
+        ),
+        // Ran, and summarised a run of nothing.
+        ("--duration", "0", "0 s is too short: at least 1"),
+        (
+            "--duration",
+            "1m",
+            "\"1m\" is not a whole number of seconds",
+        ),
     ] {
-        let out = omnirelay(&["demo", "--seed-interval-ms", value], b"");
+        let out = omnirelay(&["demo", flag, value], b"");
         assert_eq!(out.status.code(), Some(2), "{value}");
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
     }

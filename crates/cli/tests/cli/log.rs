@@ -131,6 +131,14 @@ fn publish_prints_durable_sequences_and_exports_every_event() {
     );
     let out = replay_from("28");
     assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+    // Sequences start at 1: 0 was taken for 1 without a word.
+    let out = replay_from("0");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("sequences start at 1"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::log::frame::{SEGMENT_HEADER_LEN, SegmentHeader};
 use crate::log::meta::{self, LastCut, StreamMeta};
 use crate::log::options::{Durability, LogOptions};
 use crate::log::segment::{self, SharedIndex, Tail};
+use crate::sink::FileIdentity;
 use crate::stream::StreamId;
 use crate::time::Timestamp;
 
@@ -44,7 +45,8 @@ struct Sealed {
 pub(crate) struct Disk {
     dir: PathBuf,
     stream: StreamId,
-    _lock: File,
+    /// Held locked while the log is open.
+    lock: File,
     durability: Durability,
     segment_max_bytes: u64,
     index_every: u64,
@@ -180,7 +182,7 @@ impl Disk {
         Ok(Self {
             dir: dir.to_owned(),
             stream: StreamId::default(),
-            _lock: lock,
+            lock,
             durability: options.durability,
             segment_max_bytes: options.segment_max_bytes,
             index_every: options.index_interval_bytes,
@@ -232,7 +234,7 @@ impl Disk {
         let disk = Self {
             dir: dir.to_owned(),
             stream: StreamId::default(),
-            _lock: lock,
+            lock,
             durability: options.durability,
             segment_max_bytes: options.segment_max_bytes,
             index_every: options.index_interval_bytes,
@@ -414,6 +416,32 @@ impl Disk {
     /// rotation syncs the sealed segment: not for the publishers' path).
     pub(crate) fn would_rotate(&self, bytes: usize) -> bool {
         self.len + bytes as u64 > self.segment_max_bytes
+    }
+
+    /// Why the log's files are no longer where it opened them, if they
+    /// are not: its directory removed or replaced (its `LOCK` file gone or
+    /// another), or its active segment removed or renamed. Appends would go
+    /// on into files no reader finds and the next start does not see.
+    ///
+    /// # Errors
+    ///
+    /// A failed `stat`, other than of a missing file.
+    pub(crate) fn moved(&self) -> io::Result<Option<String>> {
+        let lock = self.dir.join("LOCK");
+        if !FileIdentity::of(&self.lock.metadata()?).named_by(&lock)? {
+            return Ok(Some(format!(
+                "its directory {} was removed or replaced while open",
+                self.dir.display()
+            )));
+        }
+        let active = segment::segment_path(&self.dir, self.header.first_sequence);
+        if !FileIdentity::of(&self.file.metadata()?).named_by(&active)? {
+            return Ok(Some(format!(
+                "its active segment {} was removed or renamed while open",
+                active.display()
+            )));
+        }
+        Ok(None)
     }
 
     /// `fdatasync` of the active segment.

@@ -887,3 +887,42 @@ async fn an_event_too_large_to_read_back_is_refused_and_the_largest_one_survives
         .collect();
     assert_eq!(read, [(1, payload(1).len()), (2, frame::MAX_PAYLOAD_LEN)]);
 }
+
+#[tokio::test]
+async fn a_log_whose_files_are_removed_while_open_stops_saying_so() {
+    for removed in ["directory", "segment"] {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = StreamId::new("removed").unwrap();
+        let (log, _) = open_stream(
+            dir.path(),
+            &stream,
+            options(Durability::Interval(Duration::from_millis(5))),
+        );
+        publish(&log, 1..=2).await;
+        let log_dir = dir.path();
+        match removed {
+            "directory" => std::fs::remove_dir_all(log_dir).unwrap(),
+            _ => {
+                for entry in std::fs::read_dir(log_dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.extension().is_some_and(|e| e == "seg") {
+                        std::fs::remove_file(path).unwrap();
+                    }
+                }
+            }
+        }
+        // Before, appends went on being acknowledged into files the next
+        // start would not see.
+        let mut progress = log.progress();
+        tokio::time::timeout(Duration::from_secs(10), progress.wait_for(|p| p.failed))
+            .await
+            .unwrap_or_else(|_| panic!("{removed} removed: the log stops"))
+            .unwrap();
+        let (err, _) = log.append(append(3)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+        let message = err.to_string();
+        assert!(message.contains("removed"), "{message}");
+        assert!(message.contains(removed), "{message}");
+        assert!(message.contains("restart the process"), "{message}");
+    }
+}

@@ -180,6 +180,7 @@ impl<B: LogBatch> StreamLog<B> {
                 synced: last,
                 last_sync: Instant::now(),
                 last_retention: Instant::now(),
+                last_place_check: Instant::now(),
                 stopped: false,
             }),
             garbage: Mutex::new(Garbage {
@@ -601,6 +602,8 @@ struct WriterState {
     synced: u64,
     last_sync: Instant,
     last_retention: Instant,
+    /// When [`Disk::moved`] last looked.
+    last_place_check: Instant,
     /// A write or sync failed: nothing more is written.
     stopped: bool,
 }
@@ -948,6 +951,23 @@ impl<B: LogBatch> Shared<B> {
         }
     }
 
+    /// Once a second, whether the log's files are still where it opened
+    /// them (see [`Disk::moved`]): why not, if they are not. The log then
+    /// stops, as after a failed write, instead of acknowledging appends to
+    /// files the next start does not see.
+    fn moved(&self, state: &mut WriterState) -> Option<String> {
+        let disk = state.disk.as_ref()?;
+        if state.last_place_check.elapsed() < Duration::from_secs(1) {
+            return None;
+        }
+        state.last_place_check = Instant::now();
+        disk.moved().unwrap_or_else(|e| {
+            // A check, not a write: the next one looks again.
+            tracing::warn!(stream = %self.stream, error = %e, "cannot check the log's files");
+            None
+        })
+    }
+
     /// Stops the log for good: a failed write or sync cannot be retried
     /// safely (the kernel may have dropped the dirty pages).
     fn fail(&self, state: &mut WriterState, reason: &str) {
@@ -993,6 +1013,10 @@ fn write_until_closed<B: LogBatch>(shared: &Shared<B>) {
         let (mut state, synced) = shared.sync_if_due(state, closing);
         if let Err(err) = synced {
             shared.fail(&mut state, &err);
+            return;
+        }
+        if let Some(why) = shared.moved(&mut state) {
+            shared.fail(&mut state, &why);
             return;
         }
         shared.retain(&mut state);

@@ -1,6 +1,6 @@
 //! One driver: the task that feeds one sink from one stream's log.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,10 @@ pub(crate) struct DriverShared {
     pub(crate) cursor: AtomicU64,
     counters: Mutex<Counters>,
     metrics: DriverMetrics,
+    /// Bumped to cut a retry's backoff short ([`DriverShared::retry_now`]).
+    retry_now: watch::Sender<u64>,
+    /// Whether the driver waits out a retry's backoff now.
+    retry_waiting: AtomicBool,
 }
 
 /// The driver's metric handles, registered once (and at zero, so that
@@ -124,7 +128,20 @@ impl DriverShared {
                 failed_through: None,
                 oldest_pending: None,
             }),
+            retry_now: watch::Sender::new(0),
+            retry_waiting: AtomicBool::new(false),
         }
+    }
+
+    /// Ends the backoff the driver waits out before its next attempt, if
+    /// it waits in one (an operator who fixed the sink's backend need not
+    /// wait up to the policy's longest delay); `true` when it did.
+    pub(crate) fn retry_now(&self) -> bool {
+        let waiting = self.retry_waiting.load(Ordering::Acquire);
+        if waiting {
+            self.retry_now.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        waiting
     }
 
     fn counters(&self) -> MutexGuard<'_, Counters> {
@@ -395,7 +412,7 @@ impl<E: ReplicationEvent> Driver<E> {
             } else {
                 SinkState::Retrying
             });
-            self.pause(delay).await?;
+            self.backoff(delay).await?;
             match self.sink.checkpoint_dyn(&self.stream.id).await {
                 Ok(mark) => {
                     // Read again only for a sink that says it holds
@@ -602,6 +619,24 @@ impl<E: ReplicationEvent> Driver<E> {
         self.pause(next.saturating_duration_since(now)).await
     }
 
+    /// Waits out a retry's backoff: `delay`, or until
+    /// [`DriverShared::retry_now`].
+    async fn backoff(&mut self, delay: Duration) -> Result<(), Stop> {
+        // Subscribed before it says it waits: a wake-up after that is seen.
+        let mut wake = self.shared.retry_now.subscribe();
+        self.shared.retry_waiting.store(true, Ordering::Release);
+        let waited = tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = wake.changed() => {
+                tracing::info!(stream = %self.stream.id, sink = %self.shared.sink, "retrying now, as asked");
+                Ok(())
+            }
+            _ = self.shutdown.changed() => if self.is_shutdown() { Err(Stop::Shutdown) } else { Ok(()) },
+        };
+        self.shared.retry_waiting.store(false, Ordering::Release);
+        waited
+    }
+
     async fn pause(&mut self, delay: Duration) -> Result<(), Stop> {
         tokio::select! {
             _ = tokio::time::sleep(delay) => Ok(()),
@@ -805,7 +840,7 @@ impl<E: ReplicationEvent> Driver<E> {
                                 } else {
                                     SinkState::Retrying
                                 });
-                                self.pause(delay).await?;
+                                self.backoff(delay).await?;
                             }
                             None => {
                                 // Out of attempts: the batch goes to the dead letters.
@@ -962,7 +997,7 @@ impl<E: ReplicationEvent> Driver<E> {
                 ),
             }
             let delay = backoff.next_delay().unwrap_or(Duration::from_secs(1));
-            self.pause(delay).await?;
+            self.backoff(delay).await?;
         }
     }
 

@@ -1106,6 +1106,51 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         out
     }
 
+    /// Ends the backoff of every sink (of `stream`, and named `sink`, when
+    /// given) that waits out one before retrying, so that it tries again
+    /// now: for an operator who fixed what the sink failed on. Returns
+    /// the stream and name of each sink it woke, in order; a sink that is
+    /// not waiting is left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] when no sink matches `stream` and `sink`.
+    pub fn retry_now(
+        &self,
+        stream: Option<&StreamId>,
+        sink: Option<&str>,
+    ) -> Result<Vec<(StreamId, String)>, Error> {
+        let streams: Vec<_> = lock(&self.inner.streams)
+            .values()
+            .filter(|state| stream.is_none_or(|s| *s == state.id))
+            .cloned()
+            .collect();
+        let mut matched = false;
+        let mut woken = Vec::new();
+        for state in streams {
+            for driver in lock(&state.drivers)
+                .iter()
+                .filter(|d| sink.is_none_or(|name| d.sink == name))
+            {
+                matched = true;
+                if driver.retry_now() {
+                    woken.push((state.id.clone(), driver.sink.clone()));
+                }
+            }
+        }
+        if !matched {
+            let what = match (stream, sink) {
+                (Some(stream), Some(sink)) => format!("no sink {sink:?} in stream {stream}"),
+                (None, Some(sink)) => format!("no sink named {sink:?}"),
+                (Some(stream), None) => format!("stream {stream} has no sinks"),
+                (None, None) => "no sinks".to_owned(),
+            };
+            return Err(Error::new(ErrorKind::Config, what));
+        }
+        woken.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+        Ok(woken)
+    }
+
     /// Every stream's snapshot.
     pub async fn stream_snapshots(&self) -> Vec<StreamSnapshot> {
         let streams: Vec<_> = lock(&self.inner.streams).values().cloned().collect();

@@ -1421,3 +1421,70 @@ async fn records_a_sink_holds_from_another_log_are_dead_lettered_not_skipped() {
     }
     replicator.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn retry_now_ends_a_failing_sinks_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = open(dir.path(), Durability::None).await;
+    let sink = FaultySink::new();
+    sink.fail_with(ErrorKind::Unavailable);
+    // Ten minutes between attempts: only `retry_now` brings the next one
+    // within the test.
+    let patient = SinkOptions {
+        retry: RetryPolicy {
+            initial: Duration::from_secs(600),
+            max: Duration::from_secs(600),
+            jitter: false,
+            ..RetryPolicy::default()
+        },
+        ..SinkOptions::default()
+    };
+    replicator
+        .add_sink("patient", sink.clone().shared(), patient)
+        .await
+        .unwrap();
+    let other = MemorySink::new();
+    replicator
+        .add_sink("other", other.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    publish(&replicator, 3).await;
+    wait_for(&replicator, "other", 3).await;
+    // Nothing waits to retry: nothing to wake.
+    assert_eq!(replicator.retry_now(None, Some("other")).unwrap(), []);
+    let err = replicator.retry_now(None, Some("nope")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("no sink named \"nope\""), "{err}");
+    let elsewhere = StreamId::new("elsewhere").unwrap();
+    let err = replicator
+        .retry_now(Some(&elsewhere), Some("patient"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+
+    // The backend is fixed; the sink would wait out its ten minutes.
+    sink.heal();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let woken = loop {
+        let woken = replicator.retry_now(None, None).unwrap();
+        if !woken.is_empty() {
+            break woken;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink never waited to retry: {:?}",
+            replicator.sink_snapshots().await
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(woken, [(StreamId::default(), "patient".to_owned())]);
+    wait_for(&replicator, "patient", 3).await;
+    assert_eq!(sink.sequences(), [1, 2, 3]);
+    assert_eq!(
+        replicator
+            .retry_now(Some(&StreamId::default()), Some("patient"))
+            .unwrap(),
+        [],
+        "healthy again: not waiting"
+    );
+    replicator.close().await.unwrap();
+}

@@ -147,6 +147,9 @@ enum Command {
     /// fixed, redrive them from the log.
     #[command(subcommand)]
     Deadletter(DeadletterCommand),
+    /// A running node's sinks.
+    #[command(subcommand)]
+    Sink(SinkCommand),
     /// Convert and validate resource-lease replication events.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -174,6 +177,25 @@ pub(crate) struct RemoteNode {
     /// signed the node's certificate.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum SinkCommand {
+    /// Make the node's sinks that are waiting out a retry's backoff try
+    /// again now, once what they failed on is fixed (a backend back up, a
+    /// token corrected), instead of after up to the retry policy's longest
+    /// delay (30 s by default). Prints each sink it woke; a sink that is
+    /// not waiting is left alone.
+    Retry {
+        #[command(flatten)]
+        node: RemoteNode,
+        /// Only the sinks of this stream.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only the sink of this name.
+        #[arg(long, value_name = "NAME")]
+        sink: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -636,6 +658,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ))
         }
         Command::Promote { node, force, wait } => runtime()?.block_on(promote(&node, force, wait)),
+        Command::Sink(SinkCommand::Retry { node, stream, sink }) => {
+            runtime()?.block_on(retry_sinks(&node, stream.as_deref(), sink.as_deref()))
+        }
         Command::Log(LogCommand::Tail {
             data_dir,
             url,
@@ -716,6 +741,62 @@ async fn promote(node: &RemoteNode, force: bool, wait: u64) -> anyhow::Result<Ex
     }
     writeln!(io::stdout().lock(), "{}", answer.body.trim_end())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `omnirelay sink retry`: `POST /sinks/retry` on the node.
+async fn retry_sinks(
+    node: &RemoteNode,
+    stream: Option<&str>,
+    sink: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let query: Vec<String> = [("stream", stream), ("sink", sink)]
+        .into_iter()
+        .filter_map(|(key, value)| Some(format!("{key}={}", query_value(value?))))
+        .collect();
+    let mut path = serve::RETRY_PATH.to_owned();
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
+    let (target, answer) = node
+        .call("POST", &path, None, std::time::Duration::from_secs(30))
+        .await?;
+    if answer.status != 200 {
+        anyhow::bail!(
+            "{target} answered {}: {}",
+            answer.status,
+            answer.body.trim_end()
+        );
+    }
+    let document: serde_json::Value = serde_json::from_str(&answer.body)
+        .with_context(|| format!("{target} answered what is not JSON"))?;
+    let retried = document["retried"].as_array().cloned().unwrap_or_default();
+    let mut out = io::stdout().lock();
+    if retried.is_empty() {
+        writeln!(out, "no sink of {} was waiting to retry", node.url)?;
+    }
+    for entry in retried {
+        let field = |key: &str| entry[key].as_str().unwrap_or("?").to_owned();
+        writeln!(
+            out,
+            "retrying now: sink {} of stream {}",
+            field("sink"),
+            field("stream")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `value` percent-encoded for a query string (all but unreserved bytes).
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The PEM file of `--ca-file`, if given.

@@ -703,17 +703,71 @@ struct StatusSource {
 /// `omnirelay status` reads (the control plane answers the same shape for
 /// every host it watches).
 fn status_router(source: StatusSource) -> axum::Router {
+    let retry = retry_router(source.replicator.clone());
     if let Service::ControlPlane(plane) = &source.service {
-        return omnirelay_controlplane::router(plane.clone());
+        return omnirelay_controlplane::router(plane.clone()).merge(retry);
     }
+    axum::Router::new()
+        .route(
+            "/status",
+            axum::routing::get(move || {
+                let source = source.clone();
+                async move { axum::Json(status_document(&source).await) }
+            }),
+        )
+        .merge(retry)
+}
+
+/// `POST /sinks/retry[?stream=S][&sink=NAME]`: the matching sinks that
+/// wait out a retry's backoff try again now
+/// ([`DurableReplicator::retry_now`](omnirelay_replication::DurableReplicator::retry_now));
+/// answers `{"retried": [{"stream", "sink"}]}`, 404 with the reason when
+/// no sink matches, 400 for an invalid stream id.
+fn retry_router(
+    replicator: Arc<omnirelay_replication::DurableReplicator<ResourceLeaseReplicationEvent>>,
+) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse as _;
     axum::Router::new().route(
-        "/status",
-        axum::routing::get(move || {
-            let source = source.clone();
-            async move { axum::Json(status_document(&source).await) }
-        }),
+        RETRY_PATH,
+        axum::routing::post(
+            move |axum::extract::Query(query): axum::extract::Query<
+                std::collections::HashMap<String, String>,
+            >| {
+                let replicator = replicator.clone();
+                async move {
+                    if let Some(key) = query
+                        .keys()
+                        .find(|k| !matches!(k.as_str(), "stream" | "sink"))
+                    {
+                        let why = format!("unknown parameter {key:?} (stream, sink)");
+                        return (StatusCode::BAD_REQUEST, why).into_response();
+                    }
+                    let stream = match query.get("stream").map(|s| StreamId::new(s)).transpose() {
+                        Ok(stream) => stream,
+                        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+                    };
+                    let sink = query.get("sink").map(String::as_str);
+                    match replicator.retry_now(stream.as_ref(), sink) {
+                        Ok(woken) => {
+                            let retried: Vec<_> = woken
+                                .into_iter()
+                                .map(|(stream, sink)| {
+                                    serde_json::json!({"stream": stream.as_str(), "sink": sink})
+                                })
+                                .collect();
+                            axum::Json(serde_json::json!({ "retried": retried })).into_response()
+                        }
+                        Err(e) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+                    }
+                }
+            },
+        ),
     )
 }
+
+/// Where a node takes `omnirelay sink retry`.
+pub(crate) const RETRY_PATH: &str = "/sinks/retry";
 
 async fn status_document(source: &StatusSource) -> serde_json::Value {
     let mut host = serde_json::json!({

@@ -2269,3 +2269,105 @@ fn heavy_the_control_plane_watches_hosts_that_want_different_tokens() {
     let beta = hosts.iter().find(|h| h["url"] == urls[1].as_str()).unwrap();
     assert_eq!(beta["up"], false, "{beta}");
 }
+
+/// `omnirelay sink retry`: a sink whose backend is fixed tries again at
+/// once instead of waiting out its backoff (here ten minutes).
+#[test]
+fn sink_retry_ends_a_fixed_sinks_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("gone/export");
+    let dangling = dir.path().join("export-link");
+    std::os::unix::fs::symlink(&export, &dangling).unwrap();
+    let config = dir.path().join("omnirelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[replication.sinks.slow]
+type = "file"
+[replication.sinks.slow.retry]
+initial_backoff_ms = 600000
+max_backoff_ms = 600000
+jitter = false
+[replication.sinks.slow.settings]
+dir = "{}"
+[replication.sinks.fine]
+type = "file"
+[replication.sinks.fine.settings]
+dir = "{}"
+"#,
+            dangling.display(),
+            dir.path().join("fine").display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (_node, address, _) = start(&data, &["--config", config.to_str().unwrap()]);
+    let url = format!("http://{address}");
+    let retry = |extra: &[&str]| {
+        let mut args = vec!["sink", "retry", "--url", &url];
+        args.extend_from_slice(extra);
+        omnirelay(&args, b"")
+    };
+    let out = retry(&["--sink", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no sink named \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = retry(&["--sink", "fine"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("no sink of http://"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let (status, body) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
+    assert_eq!(status, 200, "{body}");
+    // It failed, and waits ten minutes to try again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(&address, "/status").unwrap();
+        let status: Value = serde_json::from_str(&body).unwrap();
+        let slow = status["hosts"][0]["sinks"]
+            .as_array()
+            .and_then(|sinks| sinks.iter().find(|s| s["sink"] == "slow").cloned())
+            .unwrap();
+        if slow["retries"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never failed: {slow}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Its directory appears: the sink could write now.
+    std::fs::create_dir_all(&export).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = retry(&["--stream", "default", "--sink", "slow"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        if text(&out.stdout) == "retrying now: sink slow of stream default\n" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never waiting: {}",
+            text(&out.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let written = || -> String {
+        std::fs::read_dir(&export)
+            .unwrap()
+            .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !written().contains("\"Enqueue\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered after the retry"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::record::RecordHeader;
+use crate::sink::FileIdentity;
 use crate::stream::StreamId;
 use crate::time::Timestamp;
 
@@ -90,31 +91,50 @@ impl DeadLetterLog {
         Self { path, file: None }
     }
 
-    /// Appends and syncs one dead letter.
+    /// Appends and syncs one dead letter. A log file removed or renamed
+    /// (an operator clearing or archiving letters) is followed by a new
+    /// one under the path; a letter whose file was removed while it went
+    /// in is written again to the new file, so that no letter exists only
+    /// in a file nobody can open.
     ///
     /// # Errors
     ///
-    /// I/O errors.
+    /// I/O errors, or the file removed again each time (a few times).
     pub fn append(&mut self, letter: &DeadLetter) -> io::Result<()> {
-        if self.file.is_none() {
-            if let Some(parent) = self.path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            self.file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
-        }
         let mut line = serde_json::to_vec(letter).map_err(io::Error::other)?;
         line.push(b'\n');
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("unreachable"))?;
-        file.write_all(&line)?;
-        file.sync_data()
+        for _ in 0..3 {
+            if let Some(file) = &self.file
+                && !FileIdentity::of(&file.metadata()?).named_by(&self.path)?
+            {
+                self.file = None;
+            }
+            let file = match &mut self.file {
+                Some(file) => file,
+                None => {
+                    if let Some(parent) = self.path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    self.file.insert(
+                        OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&self.path)?,
+                    )
+                }
+            };
+            file.write_all(&line)?;
+            file.sync_data()?;
+            let written = file.metadata()?;
+            if !FileIdentity::unlinked(&written) {
+                return Ok(());
+            }
+            self.file = None;
+        }
+        Err(io::Error::other(format!(
+            "the dead-letter log {} keeps being removed as it is written",
+            self.path.display()
+        )))
     }
 
     /// Reads every complete dead letter in a log file (a torn last line is
@@ -136,5 +156,57 @@ impl DeadLetterLog {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DeadLetter, DeadLetterLog};
+    use crate::error::{Error, ErrorKind};
+    use crate::event::EventKind;
+    use crate::record::RecordHeader;
+    use crate::stream::StreamId;
+    use crate::time::Timestamp;
+
+    fn letter(sequence: u64) -> DeadLetter {
+        let header = RecordHeader {
+            sequence,
+            timestamp: Timestamp::MIN,
+            kind: EventKind {
+                code: 1,
+                name: "Note",
+            },
+            peer: None,
+        };
+        let error = Error::new(ErrorKind::Rejected, "refused");
+        DeadLetter::new("s", &StreamId::default(), &header, "json-v1", b"{}", &error)
+    }
+
+    fn sequences(path: &std::path::Path) -> Vec<u64> {
+        DeadLetterLog::read_all(path)
+            .unwrap()
+            .iter()
+            .map(|l| l.sequence)
+            .collect()
+    }
+
+    #[test]
+    fn a_log_removed_or_renamed_while_open_is_followed_by_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = DeadLetterLog::path(dir.path(), "default", "s");
+        let mut log = DeadLetterLog::new(path.clone());
+        log.append(&letter(1)).unwrap();
+        // Cleared by an operator: before, the next letters went into the
+        // removed file, in neither the sink nor any letters anyone sees.
+        std::fs::remove_file(&path).unwrap();
+        log.append(&letter(2)).unwrap();
+        assert_eq!(sequences(&path), [2]);
+        // Archived by rename: it keeps what it has; the next go to a new
+        // file under the name.
+        let archived = dir.path().join("archived.jsonl");
+        std::fs::rename(&path, &archived).unwrap();
+        log.append(&letter(3)).unwrap();
+        assert_eq!(sequences(&archived), [2]);
+        assert_eq!(sequences(&path), [3]);
     }
 }

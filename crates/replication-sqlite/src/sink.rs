@@ -168,11 +168,12 @@ fn sqlite_error(context: &str, err: rusqlite::Error) -> Error {
             | ErrorCode::DiskFull
             | ErrorCode::OutOfMemory
             | ErrorCode::ReadOnly
-            | ErrorCode::FileLockingProtocolFailed => ErrorKind::Unavailable,
+            | ErrorCode::FileLockingProtocolFailed
+            // Permissions an operator fixes: the sink waits for them
+            // instead of sending every record to the dead letters.
+            | ErrorCode::PermissionDenied => ErrorKind::Unavailable,
             ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => ErrorKind::Corrupt,
-            ErrorCode::PermissionDenied | ErrorCode::AuthorizationForStatementDenied => {
-                ErrorKind::Config
-            }
+            ErrorCode::AuthorizationForStatementDenied => ErrorKind::Config,
             _ => ErrorKind::Internal,
         },
         _ => ErrorKind::Internal,
@@ -683,5 +684,39 @@ impl Sink for SqliteSink {
             .await??;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use omnirelay_replication::ErrorKind;
+
+    use super::sqlite_error;
+
+    fn kind_of(code: std::ffi::c_int) -> ErrorKind {
+        let failure = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        sqlite_error("write", failure).kind()
+    }
+
+    #[test]
+    fn what_waiting_or_an_operator_fixes_is_retried_and_the_rest_is_not() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_READONLY,
+            // Was `config`: every record dead-lettered until the
+            // permissions were fixed.
+            ffi::SQLITE_PERM,
+        ] {
+            assert_eq!(kind_of(code), ErrorKind::Unavailable, "code {code}");
+        }
+        assert_eq!(kind_of(ffi::SQLITE_CORRUPT), ErrorKind::Corrupt);
+        assert_eq!(kind_of(ffi::SQLITE_NOTADB), ErrorKind::Corrupt);
+        assert_eq!(kind_of(ffi::SQLITE_AUTH), ErrorKind::Config);
+        assert_eq!(kind_of(ffi::SQLITE_MISMATCH), ErrorKind::Internal);
     }
 }

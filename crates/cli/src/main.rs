@@ -181,11 +181,12 @@ pub(crate) struct RemoteNode {
 
 #[derive(Debug, Subcommand)]
 enum SinkCommand {
-    /// Make the node's sinks that are waiting out a retry's backoff try
-    /// again now, once what they failed on is fixed (a backend back up, a
-    /// token corrected), instead of after up to the retry policy's longest
-    /// delay (30 s by default). Prints each sink it woke; a sink that is
-    /// not waiting is left alone.
+    /// Make the node's sinks that wait out a retry's backoff try again now.
+    ///
+    /// For when what they failed on is fixed (a backend back up, a token
+    /// corrected): instead of after up to the retry policy's longest delay
+    /// (30 s by default). Prints each sink it woke; a sink that is not
+    /// waiting is left alone.
     Retry {
         #[command(flatten)]
         node: RemoteNode,

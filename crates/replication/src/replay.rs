@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind};
 use crate::event::{Codec, CodecErrorKind, Encoding, ReplicationEvent};
-use crate::log::{LogReader, Records, TailSlice};
+use crate::log::{Damaged, LogReader, Records, TailSlice};
 use crate::record::{EventBatch, OwnedRecord};
 use crate::stream::StreamId;
 
@@ -36,6 +36,9 @@ enum Source<E> {
     Log {
         records: Records,
         stream: StreamId,
+        /// What a damaged record ending the replay lost, until
+        /// [`Replay::skip_damaged`] goes on past it.
+        damaged: Option<Box<Damaged>>,
     },
     Slices(
         std::vec::IntoIter<TailSlice<EventBatch<E>>>,
@@ -93,6 +96,7 @@ impl<E: ReplicationEvent> Replay<E> {
             source: Source::Log {
                 records: reader.records_from(from.max(1)),
                 stream,
+                damaged: None,
             },
             codec,
             encoding,
@@ -108,6 +112,16 @@ impl<E: ReplicationEvent> Replay<E> {
             source: Source::Slices(slices.into_iter(), None),
             codec,
             encoding,
+        }
+    }
+
+    /// After a damaged record of a sealed segment ended the replay: the
+    /// sequences lost with it ([`Records::skip_damaged`]); the replay then
+    /// goes on past them.
+    pub(crate) fn skip_damaged(&mut self) -> Option<Damaged> {
+        match &mut self.source {
+            Source::Log { damaged, .. } => damaged.take().map(|d| *d),
+            Source::Slices(..) => None,
         }
     }
 
@@ -140,7 +154,9 @@ impl<E: ReplicationEvent> Iterator for Replay<E> {
 
     /// The next record. A record the codec cannot read is an error item;
     /// replay goes on after it. A damaged log ends the replay after an
-    /// error item.
+    /// error item; damage before the first sequence asked for (between it
+    /// and the index entry reading starts at) loses nothing asked for and
+    /// is read past.
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.source {
             Source::Slices(slices, current) => loop {
@@ -155,10 +171,31 @@ impl<E: ReplicationEvent> Iterator for Replay<E> {
                 let start = next.range.start;
                 *current = Some((next, start));
             },
-            Source::Log { records, stream } => {
-                let stored = match records.next()? {
-                    Ok(stored) => stored,
-                    Err(err) => return Some(Err(err)),
+            Source::Log {
+                records,
+                stream,
+                damaged,
+            } => {
+                if damaged.is_some() {
+                    return None;
+                }
+                let stored = loop {
+                    match records.next()? {
+                        Ok(stored) => break stored,
+                        Err(err) if err.kind() == ErrorKind::Corrupt => {
+                            match records.skip_damaged() {
+                                // Damage before `from`, on the way there:
+                                // nothing asked for was lost.
+                                Ok(Some(lost)) if lost.last < lost.first => {}
+                                Ok(lost) => {
+                                    *damaged = lost.map(Box::new);
+                                    return Some(Err(err));
+                                }
+                                Err(skip_err) => return Some(Err(skip_err)),
+                            }
+                        }
+                        Err(err) => return Some(Err(err)),
+                    }
                 };
                 let event = match self.codec.decode(stored.encoding.format, &stored.payload) {
                     Ok(event) => event,

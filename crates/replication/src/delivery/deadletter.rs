@@ -63,6 +63,30 @@ impl DeadLetter {
         }
     }
 
+    /// The dead letter of a record lost to damage in the log: neither its
+    /// type, its timestamp nor its bytes are known (empty), `error` says
+    /// where the damage is.
+    pub fn unreadable(
+        sink: &str,
+        stream: &StreamId,
+        sequence: u64,
+        encoding: &str,
+        error: &crate::error::Error,
+    ) -> Self {
+        Self {
+            stream: stream.as_str().to_owned(),
+            sink: sink.to_owned(),
+            sequence,
+            event_type: "unreadable".to_owned(),
+            timestamp: String::new(),
+            encoding: encoding.to_owned(),
+            error_kind: error.kind().as_str().to_owned(),
+            error: error.to_string(),
+            dead_lettered_at: Timestamp::now().to_json_string(),
+            payload: String::new(),
+        }
+    }
+
     /// The event's bytes.
     ///
     /// # Errors
@@ -101,8 +125,20 @@ impl DeadLetterLog {
     ///
     /// I/O errors, or the file removed again each time (a few times).
     pub fn append(&mut self, letter: &DeadLetter) -> io::Result<()> {
-        let mut line = serde_json::to_vec(letter).map_err(io::Error::other)?;
-        line.push(b'\n');
+        self.append_all(std::slice::from_ref(letter))
+    }
+
+    /// [`append`](Self::append) for several letters, with one sync.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append).
+    pub fn append_all(&mut self, letters: &[DeadLetter]) -> io::Result<()> {
+        let mut lines = Vec::new();
+        for letter in letters {
+            serde_json::to_writer(&mut lines, letter).map_err(io::Error::other)?;
+            lines.push(b'\n');
+        }
         for _ in 0..3 {
             if let Some(file) = &self.file
                 && !FileIdentity::of(&file.metadata()?).named_by(&self.path)?
@@ -123,7 +159,7 @@ impl DeadLetterLog {
                     )
                 }
             };
-            file.write_all(&line)?;
+            file.write_all(&lines)?;
             file.sync_data()?;
             let written = file.metadata()?;
             if !FileIdentity::unlinked(&written) {

@@ -12,7 +12,7 @@ use crate::delivery::{
 };
 use crate::error::{Error, ErrorKind, SinkError};
 use crate::event::{Codec, CodecErrorKind, EventKind, ReplicationEvent};
-use crate::log::{BatchReader, StoredRecord, TailRead};
+use crate::log::{BatchReader, Damaged, StoredRecord, TailRead};
 use crate::log::{LogBatch, TailSlice};
 use crate::record::{EventBatch, Record, RecordHeader};
 use crate::replicator::durable::StreamState;
@@ -232,6 +232,9 @@ enum Piece<E> {
     Slice(TailSlice<EventBatch<E>>),
     /// A stored record the codec cannot read: straight to the dead letters.
     Unreadable(StoredRecord, Error),
+    /// Records lost to damage in a sealed segment of the log: each is
+    /// dead-lettered (without its bytes).
+    Damaged(Damaged, Timestamp),
 }
 
 impl<E> Piece<E> {
@@ -242,6 +245,7 @@ impl<E> Piece<E> {
                 (h.sequence, h.timestamp)
             }
             Self::Unreadable(r, _) => (r.sequence, r.timestamp),
+            Self::Damaged(d, seen) => (d.first, *seen),
         }
     }
 
@@ -249,6 +253,7 @@ impl<E> Piece<E> {
         match self {
             Self::Slice(s) => s.batch.first_sequence() + s.range.end as u64 - 1,
             Self::Unreadable(r, _) => r.sequence,
+            Self::Damaged(d, _) => d.last,
         }
     }
 }
@@ -679,7 +684,7 @@ impl<E: ReplicationEvent> Driver<E> {
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "log read task failed").with_source(e))?;
         *disk = Some(reader);
-        let stored = stored?;
+        let (stored, damaged) = stored?;
         // Consecutive readable records become one event batch.
         let mut pieces = Vec::new();
         let mut run = Vec::new();
@@ -712,6 +717,10 @@ impl<E: ReplicationEvent> Driver<E> {
             }
         }
         flush(&mut run, run_encoding, &mut pieces);
+        if let Some(damaged) = damaged {
+            // The time it was found: the records' own are lost with them.
+            pieces.push(Piece::Damaged(damaged, Timestamp::now()));
+        }
         Ok(Fetched::Pieces(pieces))
     }
 
@@ -744,7 +753,7 @@ impl<E: ReplicationEvent> Driver<E> {
             .iter()
             .map(|piece| match piece {
                 Piece::Slice(slice) => Some(slice.batch.form(self.codec.as_ref(), encoding)),
-                Piece::Unreadable(..) => None,
+                Piece::Unreadable(..) | Piece::Damaged(..) => None,
             })
             .collect();
         let mut records: Vec<Record<'_>> = Vec::with_capacity(self.shared.options.batch.max_events);
@@ -794,12 +803,28 @@ impl<E: ReplicationEvent> Driver<E> {
                         err,
                     ));
                 }
+                (Piece::Damaged(damaged, _), _) => {
+                    tracing::error!(
+                        stream = %self.stream.id, sink = %self.shared.sink,
+                        first = damaged.first, last = damaged.last, error = %damaged.error,
+                        "records lost to damage in the log are dead-lettered"
+                    );
+                    self.note_error(&damaged.error);
+                    let encoding = self.stream.log.encoding().to_string();
+                    letters.extend((damaged.first..=damaged.last).map(|sequence| {
+                        DeadLetter::unreadable(
+                            &self.shared.sink,
+                            &self.stream.id,
+                            sequence,
+                            &encoding,
+                            &damaged.error,
+                        )
+                    }));
+                }
                 (Piece::Slice(_), None) => {}
             }
         }
-        for letter in letters {
-            self.dead_letter(letter).await?;
-        }
+        self.dead_letters(letters).await?;
         let mut backoff = Backoff::new(self.shared.options.retry, self.seed);
         self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut rest: &[Record<'_>] = &records;
@@ -971,21 +996,40 @@ impl<E: ReplicationEvent> Driver<E> {
     /// moving past a record that is in neither the sink nor the dead
     /// letters would lose it.
     async fn dead_letter(&mut self, letter: DeadLetter) -> Result<(), Stop> {
+        self.dead_letters(vec![letter]).await
+    }
+
+    /// [`dead_letter`](Self::dead_letter) for several, with one sync.
+    async fn dead_letters(&mut self, letters: Vec<DeadLetter>) -> Result<(), Stop> {
+        let (Some(first), Some(last)) = (letters.first(), letters.last()) else {
+            return Ok(());
+        };
+        let (first, last, count) = (first.sequence, last.sequence, letters.len() as u64);
+        let letters = Arc::new(letters);
         let mut backoff = Backoff::new(self.shared.options.retry, self.seed);
         loop {
             let log = self.dead_letters.clone();
-            let entry = letter.clone();
+            let entries = letters.clone();
             let written = tokio::task::spawn_blocking(move || {
                 log.lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .append(&entry)
+                    .append_all(&entries)
             })
             .await;
             match written {
                 Ok(Ok(())) => {
-                    tracing::warn!(stream = %self.stream.id, sink = %self.shared.sink, sequence = letter.sequence, kind = %letter.error_kind, error = %letter.error, "event dead-lettered");
-                    self.shared.counters().dead_lettered += 1;
-                    self.shared.metrics.dead_lettered.increment(1);
+                    // A line each, as each needs an operator; a whole
+                    // damaged stretch of the log in one.
+                    if letters.len() <= 10 {
+                        for letter in letters.iter() {
+                            tracing::warn!(stream = %self.stream.id, sink = %self.shared.sink, sequence = letter.sequence, kind = %letter.error_kind, error = %letter.error, "event dead-lettered");
+                        }
+                    } else {
+                        let letter = &letters[0];
+                        tracing::warn!(stream = %self.stream.id, sink = %self.shared.sink, first, last, count, kind = %letter.error_kind, error = %letter.error, "events dead-lettered");
+                    }
+                    self.shared.counters().dead_lettered += count;
+                    self.shared.metrics.dead_lettered.increment(count);
                     return Ok(());
                 }
                 Ok(Err(e)) => self.note_error(

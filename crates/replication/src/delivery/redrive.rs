@@ -22,7 +22,8 @@ pub struct Redriven {
     /// The sequences applied to the sink again, in order.
     pub applied: Vec<u64>,
     /// Dead-lettered sequences the log no longer holds (retention removed
-    /// them): left as dead letters, their payloads are in the letters.
+    /// them) or cannot read (damaged): left as dead letters, their
+    /// payloads are in the letters (none for damaged records).
     pub missing: Vec<u64>,
     /// Dead-lettered sequences at or below the sink's checkpoint that the
     /// sink cannot take (see [`Sink::fill_gaps`](crate::Sink::fill_gaps)):
@@ -105,10 +106,19 @@ fn read_one<E: ReplicationEvent>(
         Err(e) if e.kind() == ErrorKind::Config => return Err(e),
         Err(_) => return Ok(None),
     };
-    match replay.next() {
-        Some(Ok(Replayed::Record(record))) if record.sequence() == sequence => Ok(Some(record)),
-        Some(Err(e)) => Err(e),
-        _ => Ok(None),
+    loop {
+        return match replay.next() {
+            Some(Ok(Replayed::Record(record))) if record.sequence() == sequence => Ok(Some(record)),
+            Some(Err(e)) if e.kind() == ErrorKind::Corrupt => match replay.skip_damaged() {
+                // Lost to damage in the log: its letter stays.
+                Some(damaged) if damaged.holds(sequence) => Ok(None),
+                // Damage before it, on the way there.
+                Some(damaged) if damaged.last < sequence => continue,
+                _ => Err(e),
+            },
+            Some(Err(e)) => Err(e),
+            _ => Ok(None),
+        };
     }
 }
 

@@ -131,6 +131,7 @@ impl LogReader {
             current: None,
             done: false,
             started: false,
+            damage: None,
         }
     }
 
@@ -288,7 +289,8 @@ impl LogReader {
     ///
     /// # Errors
     ///
-    /// I/O errors and damaged records.
+    /// I/O errors and damaged records, when they come first (the records
+    /// before one are returned; the next read from there fails).
     pub fn read(
         &self,
         from: u64,
@@ -296,7 +298,10 @@ impl LogReader {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, Error> {
-        BatchReader::new(self.clone()).read(from, up_to, max_events, max_bytes)
+        match BatchReader::new(self.clone()).read(from, up_to, max_events, max_bytes)? {
+            (records, Some(damaged)) if records.is_empty() => Err(damaged.error),
+            (records, _) => Ok(records),
+        }
     }
 
     /// Checks framing, checksums and sequence continuity of every segment.
@@ -391,18 +396,23 @@ impl BatchReader {
     }
 
     /// Up to `max_events` records (and about `max_bytes`; at least one)
-    /// from `from` on, none past `up_to`; see [`LogReader::read`].
+    /// from `from` on, none past `up_to`; see [`LogReader::read`]. A
+    /// damaged record in a sealed segment ends the batch: the records
+    /// before it come with the sequences lost to it
+    /// ([`Records::skip_damaged`]), and the next read goes on after them.
     ///
     /// # Errors
     ///
-    /// I/O errors and damaged records; the next read starts afresh.
+    /// I/O errors, gaps, and damage that cannot be skipped, when they come
+    /// first (after records, they end the batch and come on the next
+    /// read); the next read starts afresh.
     pub(crate) fn read(
         &mut self,
         from: u64,
         up_to: u64,
         max_events: usize,
         max_bytes: usize,
-    ) -> Result<Vec<StoredRecord>, Error> {
+    ) -> Result<(Vec<StoredRecord>, Option<Damaged>), Error> {
         let next = match &self.held {
             Some(held) => Some(held.sequence),
             None => self.records.as_ref().map(|records| records.next),
@@ -419,8 +429,26 @@ impl BatchReader {
                 None => match self.records.as_mut().and_then(Iterator::next) {
                     Some(Ok(record)) => record,
                     Some(Err(err)) => {
-                        self.records = None;
-                        return Err(err);
+                        let skipped = match self.records.as_mut().map(Records::skip_damaged) {
+                            Some(Ok(skipped)) => skipped,
+                            Some(Err(skip_err)) => {
+                                self.records = None;
+                                return Err(skip_err);
+                            }
+                            None => None,
+                        };
+                        // Damage before `from` (between the index entry
+                        // reading started at and `from`) lost nothing asked.
+                        if skipped.as_ref().is_some_and(|d| d.last < d.first) {
+                            continue;
+                        }
+                        if skipped.is_none() {
+                            self.records = None;
+                            if out.is_empty() {
+                                return Err(err);
+                            }
+                        }
+                        return Ok((out, skipped));
                     }
                     // The end of the log as it is now: start afresh next
                     // time, when there may be more.
@@ -440,7 +468,7 @@ impl BatchReader {
                 break;
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 }
 
@@ -454,12 +482,47 @@ pub struct Records {
     current: Option<Open>,
     done: bool,
     started: bool,
+    /// Where the last error, a damaged record, was.
+    damage: Option<Box<Damage>>,
 }
 
 struct Open {
     reader: FrameReader,
     encoding: Encoding,
     path: PathBuf,
+    /// The segment's first sequence.
+    first: u64,
+}
+
+/// Where [`Records`] stopped at a damaged record.
+#[derive(Debug)]
+struct Damage {
+    path: PathBuf,
+    /// The segment's first sequence.
+    first: u64,
+    /// The damaged frame's offset; `None` when the segment ends inside a
+    /// record.
+    offset: Option<u64>,
+    /// What [`Records`] reported.
+    error: String,
+}
+
+/// Records lost to damage in a sealed segment, which
+/// [`Records::skip_damaged`] moved past: sequences `first..=last`
+/// (none when `last < first`).
+#[derive(Debug)]
+pub(crate) struct Damaged {
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    /// What was damaged, where, and what was lost.
+    pub(crate) error: Error,
+}
+
+impl Damaged {
+    /// Whether `sequence` was lost.
+    pub(crate) fn holds(&self, sequence: u64) -> bool {
+        (self.first..=self.last).contains(&sequence)
+    }
 }
 
 impl std::fmt::Debug for Open {
@@ -474,6 +537,69 @@ impl Records {
     fn corrupt(&mut self, message: String) -> Option<Result<StoredRecord, Error>> {
         self.done = true;
         Some(Err(Error::new(ErrorKind::Corrupt, message)))
+    }
+
+    /// After the iterator stopped at a damaged record of a sealed segment
+    /// (one a newer segment follows): the sequences lost with it, the
+    /// iterator moved on to the first readable record after them — the
+    /// next valid frame in sequence in the same segment, else the start of
+    /// the next segment. `None` when the iterator did not stop at such a
+    /// record: an I/O error, a gap, or damage in the active segment (which
+    /// recovery cuts at the next open).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors while looking for where to go on.
+    pub(crate) fn skip_damaged(&mut self) -> Result<Option<Damaged>, Error> {
+        let Some(damage) = self.damage.take() else {
+            return Ok(None);
+        };
+        let segments = segment::list_segments(&self.dir).map_err(read_error(&self.dir))?;
+        let Some(next_first) = segments
+            .iter()
+            .map(|(first, _)| *first)
+            .find(|first| *first > damage.first)
+            .filter(|first| *first >= self.next)
+        else {
+            return Ok(None);
+        };
+        let lost_from = self.next;
+        let found = match (damage.offset, self.current.as_mut()) {
+            (Some(offset), Some(open)) if open.path == damage.path => {
+                let found = segment::find_frame(&damage.path, offset + 1, lost_from..next_first)
+                    .map_err(read_error(&damage.path))?;
+                if let Some((at, _)) = found {
+                    open.reader.seek(at).map_err(read_error(&damage.path))?;
+                }
+                found
+            }
+            _ => None,
+        };
+        let (resume, resumed_at) = match found {
+            Some((at, sequence)) => (sequence, format!("byte {at}")),
+            None => {
+                self.current = None;
+                (
+                    next_first,
+                    format!("the next segment, at sequence {next_first}"),
+                )
+            }
+        };
+        self.next = resume;
+        self.done = false;
+        let lost = if resume > lost_from {
+            format!("sequences {lost_from}..={} cannot be read", resume - 1)
+        } else {
+            "no record was lost".to_owned()
+        };
+        Ok(Some(Damaged {
+            first: lost_from,
+            last: resume - 1,
+            error: Error::new(
+                ErrorKind::Corrupt,
+                format!("{}; {lost} (reading goes on at {resumed_at})", damage.error),
+            ),
+        }))
     }
 
     /// Opens the segment holding `self.next` (or the oldest one after it).
@@ -530,6 +656,7 @@ impl Records {
             reader,
             encoding: header.encoding,
             path,
+            first,
         });
         Ok(true)
     }
@@ -594,7 +721,7 @@ impl Iterator for Records {
                     // The end of this segment: a newer one may follow. An
                     // incomplete record at the very end is a write in
                     // progress (or a torn one recovery will cut).
-                    let path = open.path.clone();
+                    let (path, first) = (open.path.clone(), open.first);
                     self.current = None;
                     let segments = match segment::list_segments(&self.dir) {
                         Ok(segments) => segments,
@@ -611,16 +738,29 @@ impl Iterator for Records {
                         return None;
                     }
                     if matches!(step, Step::Incomplete { .. }) {
-                        return self.corrupt(format!(
-                            "{}: a sealed segment ends inside a record",
-                            path.display()
-                        ));
+                        let error =
+                            format!("{}: a sealed segment ends inside a record", path.display());
+                        self.damage = Some(Box::new(Damage {
+                            path,
+                            first,
+                            offset: None,
+                            error: error.clone(),
+                        }));
+                        return self.corrupt(error);
                     }
                 }
                 Step::Corrupt { offset, reason } => {
-                    let path = open.path.display().to_string();
-                    return self
-                        .corrupt(format!("{path}: damaged record at byte {offset}: {reason}"));
+                    let error = format!(
+                        "{}: damaged record at byte {offset}: {reason}",
+                        open.path.display()
+                    );
+                    self.damage = Some(Box::new(Damage {
+                        path: open.path.clone(),
+                        first: open.first,
+                        offset: Some(offset),
+                        error: error.clone(),
+                    }));
+                    return self.corrupt(error);
                 }
             }
         }

@@ -208,6 +208,70 @@ impl FrameReader {
     }
 }
 
+/// The first valid frame at or after byte `from` of the segment at `path`
+/// whose sequence is in `sequences`, as `(offset, sequence)`: where reading
+/// can go on past a damaged frame. Every byte offset is a candidate; one
+/// whose length is in range and whose sequence is in `sequences` is checked
+/// whole (the checksum of its body), so a chance match is out of the
+/// question. Reads the file in chunks.
+///
+/// # Errors
+///
+/// I/O errors.
+pub(crate) fn find_frame(
+    path: &Path,
+    from: u64,
+    sequences: std::ops::Range<u64>,
+) -> io::Result<Option<(u64, u64)>> {
+    // A frame's length, checksum and sequence.
+    const PEEK: usize = FRAME_HEADER_LEN + 8;
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    // The bytes of the file from `base` on.
+    let mut window = Vec::new();
+    let mut base = from;
+    let mut at = from;
+    while at + PEEK as u64 <= len {
+        if at + PEEK as u64 > base + window.len() as u64 {
+            base = at;
+            window.clear();
+            file.seek(SeekFrom::Start(at))?;
+            (&mut file).take(CHUNK as u64).read_to_end(&mut window)?;
+            if window.len() < PEEK {
+                break;
+            }
+        }
+        let i = usize::try_from(at - base).unwrap_or(usize::MAX);
+        let peek = &window[i..i + PEEK];
+        let body_len = u32::from_le_bytes([peek[0], peek[1], peek[2], peek[3]]) as usize;
+        let mut sequence = [0; 8];
+        sequence.copy_from_slice(&peek[FRAME_HEADER_LEN..]);
+        let sequence = u64::from_le_bytes(sequence);
+        let frame_len = FRAME_HEADER_LEN + body_len;
+        if sequences.contains(&sequence)
+            && (frame::BODY_HEADER_LEN..=MAX_BODY_LEN).contains(&body_len)
+            && at + frame_len as u64 <= len
+        {
+            let whole = if i + frame_len <= window.len() {
+                frame::decode_frame(&window[i..i + frame_len])
+            } else {
+                let mut bytes = vec![0; frame_len];
+                file.seek(SeekFrom::Start(at))?;
+                file.read_exact(&mut bytes)?;
+                // The next refill seeks again.
+                base = at;
+                window = bytes;
+                frame::decode_frame(&window)
+            };
+            if matches!(whole, frame::Decoded::Frame(f, _) if f.sequence == sequence) {
+                return Ok(Some((at, sequence)));
+            }
+        }
+        at += 1;
+    }
+    Ok(None)
+}
+
 /// How a scanned segment ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Tail {

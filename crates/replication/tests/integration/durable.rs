@@ -1488,3 +1488,154 @@ async fn retry_now_ends_a_failing_sinks_backoff() {
     );
     replicator.close().await.unwrap();
 }
+
+/// Damages the record of `sequence` in the segment file `path` (one byte
+/// of its payload), walking the frames: a 32-byte header, then
+/// `u32 length | u32 CRC32C | u64 sequence | …` ([reliability.md]).
+fn damage_record(path: &std::path::Path, sequence: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut at = 32;
+    loop {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()) == sequence {
+            bytes[at + 8 + 16] ^= 0x55;
+            std::fs::write(path, bytes).unwrap();
+            return;
+        }
+        at += 8 + len;
+    }
+}
+
+/// A record damaged on disk in a sealed segment (a bad sector, a stray
+/// write) is lost, but no more: a sink reading the log gets every other
+/// record, the lost one is dead-lettered as `corrupt`, and a redrive keeps
+/// its letter (the log cannot give the event back).
+#[tokio::test]
+async fn a_record_damaged_in_a_sealed_segment_is_dead_lettered_and_the_rest_delivered() {
+    use omnirelay_replication::delivery::{RedriveTarget, redrive};
+    let dir = tempfile::tempdir().unwrap();
+    let open_small = || {
+        DurableReplicator::open(
+            Arc::new(NoteCodec::default()),
+            DurableOptions {
+                log: LogOptions {
+                    durability: Durability::None,
+                    segment_max_bytes: 2_000,
+                    ..LogOptions::default()
+                },
+                clock: fixed_clock,
+                ..DurableOptions::new(dir.path())
+            },
+        )
+    };
+    let replicator = open_small().await.unwrap();
+    publish(&replicator, 200).await;
+    replicator.close().await.unwrap();
+    let log_dir = dir.path().join("log").join("default");
+    let mut segments: Vec<_> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let first_of_second: u64 = segments[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hit = first_of_second + 2;
+    damage_record(&segments[1], hit);
+
+    // A sink added now reads the whole log from the files.
+    let replicator = open_small().await.unwrap();
+    let late = MemorySink::new();
+    replicator
+        .add_sink("late", late.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    if tokio::time::timeout(Duration::from_secs(30), replicator.wait_caught_up())
+        .await
+        .is_err()
+    {
+        panic!("stuck: {:?}", replicator.sink_snapshots().await);
+    }
+    let want: Vec<u64> = (1..=200).filter(|s| *s != hit).collect();
+    assert_eq!(late.sequences(), want);
+    let letters_path = DeadLetterLog::path(&dir.path().join("deadletter"), "default", "late");
+    let letters = DeadLetterLog::read_all(&letters_path).unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(
+        (
+            letter.sequence,
+            letter.error_kind.as_str(),
+            letter.event_type.as_str()
+        ),
+        (hit, "corrupt", "unreadable")
+    );
+    assert!(
+        letter.error.contains("checksum mismatch")
+            && letter
+                .error
+                .contains(&format!("sequences {hit}..={hit} cannot be read")),
+        "{}",
+        letter.error
+    );
+    let snapshot = replicator.sink_snapshots().await;
+    let late_snapshot = snapshot.iter().find(|s| s.sink == "late").unwrap();
+    assert_eq!(
+        (
+            late_snapshot.dead_lettered,
+            late_snapshot.checkpoint,
+            late_snapshot.state
+        ),
+        (1, 200, SinkState::Healthy)
+    );
+    replicator.close().await.unwrap();
+
+    // A replay (`log replay`, a standby's `Subscribe`) stops at the lost
+    // record, after the ones before it: a copy with a silent hole would be
+    // wrong. One from the next sequence on reads the rest, though reading
+    // starts at an index entry before the damage.
+    let replay = |from| {
+        Replay::open(
+            dir.path(),
+            &StreamId::default(),
+            from,
+            Arc::new(NoteCodec::default()),
+            Encoding::JSON_V1,
+        )
+        .unwrap()
+        .map(|r| match r {
+            Ok(Replayed::Record(record)) => Ok(record.sequence()),
+            Ok(Replayed::Skipped { sequence, .. }) => Ok(sequence),
+            Err(err) => Err(err.kind()),
+        })
+        .collect::<Vec<_>>()
+    };
+    let mut until_damage: Vec<_> = (1..hit).map(Ok).collect();
+    until_damage.push(Err(ErrorKind::Corrupt));
+    assert_eq!(replay(1), until_damage);
+    assert_eq!(replay(hit + 1), (hit + 1..=200).map(Ok).collect::<Vec<_>>());
+
+    // The log cannot give the event back: its letter stays, the others
+    // are not held up by it.
+    let redriven = redrive(
+        RedriveTarget {
+            data_dir: dir.path(),
+            stream: &StreamId::default(),
+            sink_name: "late",
+            encoding: sink_options().encoding,
+            batch: 16,
+        },
+        &late.clone().shared(),
+        Arc::new(NoteCodec::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!((redriven.applied, redriven.missing), (vec![], vec![hit]));
+    assert_eq!(DeadLetterLog::read_all(&letters_path).unwrap().len(), 1);
+}

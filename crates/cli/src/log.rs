@@ -183,9 +183,14 @@ pub(crate) fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
             (Some(first), Some(last)) => format!("{first}..={last}"),
             _ => "empty".to_owned(),
         };
+        let lost = if report.lost > 0 {
+            format!(", {} lost to damage", report.lost)
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "stream {stream}: {} ({} in {}, {} bytes), durability {}, {} bytes cut at recovery",
+            "stream {stream}: {} ({} in {}, {} bytes{lost}), durability {}, {} bytes cut at recovery",
             range,
             counted(report.records, "record"),
             counted(report.segments, "segment"),

@@ -78,6 +78,9 @@ pub struct VerifyReport {
     pub incomplete_tail_bytes: u64,
     /// What is wrong: damaged frames, gaps, unreadable headers.
     pub problems: Vec<String>,
+    /// Records of sealed segments lost to damage (not counted in
+    /// `records`): a reader goes on past them ([`Records`] stops there).
+    pub lost: u64,
 }
 
 /// Reads the log files of one stream.
@@ -344,20 +347,21 @@ impl LogReader {
                     scan.header.first_sequence
                 ));
             }
-            match &scan.tail {
-                Tail::Clean => {}
+            let problem = match &scan.tail {
+                Tail::Clean => None,
                 Tail::Incomplete if newest => {
                     report.incomplete_tail_bytes = scan.file_len - scan.valid_len;
+                    None
                 }
-                Tail::Incomplete => report.problems.push(format!(
-                    "{name}: ends inside a record at byte {} of a sealed segment",
+                Tail::Incomplete => Some(format!(
+                    "ends inside a record at byte {} of a sealed segment",
                     scan.valid_len
                 )),
-                Tail::Corrupt(reason) => report.problems.push(format!(
-                    "{name}: damaged record at byte {}: {reason}",
+                Tail::Corrupt(reason) => Some(format!(
+                    "damaged record at byte {}: {reason}",
                     scan.valid_len
                 )),
-            }
+            };
             report.records += scan.records;
             if let Some(last) = scan.last_sequence {
                 report.first.get_or_insert(scan.header.first_sequence);
@@ -367,6 +371,46 @@ impl LogReader {
                 scan.last_sequence
                     .map_or(scan.header.first_sequence, |l| l + 1),
             );
+            let Some(problem) = problem else {
+                continue;
+            };
+            // In a sealed segment, find what is lost and what is not, as
+            // a sink's reader does.
+            let past = match (segments.get(i + 1), expected) {
+                (Some((next_first, _)), Some(due)) if *next_first >= due => {
+                    segment::follow_damage(path, scan.valid_len, due, *next_first)
+                        .map(|past| (past, *next_first))
+                        .map_err(read_error(path))?
+                }
+                _ => {
+                    report.problems.push(format!("{name}: {problem}"));
+                    continue;
+                }
+            };
+            let (past, next_first) = past;
+            for (n, lost) in past.lost.iter().enumerate() {
+                let what = if n == 0 {
+                    problem.clone()
+                } else {
+                    format!("damaged record at byte {}", lost.offset)
+                };
+                report.problems.push(format!(
+                    "{name}: {what}; sequences {}..={} cannot be read",
+                    lost.first, lost.last
+                ));
+                report.lost += lost.last - lost.first + 1;
+            }
+            if past.lost.is_empty() {
+                report
+                    .problems
+                    .push(format!("{name}: {problem}; no record was lost"));
+            }
+            report.records += past.records;
+            if past.last_sequence.is_some() {
+                report.first.get_or_insert(scan.header.first_sequence);
+                report.last = past.last_sequence;
+            }
+            expected = Some(next_first);
         }
         Ok(report)
     }

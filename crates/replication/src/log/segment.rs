@@ -272,6 +272,82 @@ pub(crate) fn find_frame(
     Ok(None)
 }
 
+/// A stretch of sequences a damaged sealed segment lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Lost {
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    /// Where the damage starts in the segment.
+    pub(crate) offset: u64,
+}
+
+/// What [`follow_damage`] found past the damage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PastDamage {
+    /// Each stretch lost, in order.
+    pub(crate) lost: Vec<Lost>,
+    /// Records read intact between and after them.
+    pub(crate) records: u64,
+    /// The last of those.
+    pub(crate) last_sequence: Option<u64>,
+}
+
+/// Follows the sealed segment at `path` past the damage at byte `offset`,
+/// where sequence `expected` was due, to its end (the next segment starts
+/// at `next_first`): each stretch of sequences lost, found as a reader
+/// finds them ([`find_frame`]), and the intact records between them.
+///
+/// # Errors
+///
+/// I/O errors.
+pub(crate) fn follow_damage(
+    path: &Path,
+    offset: u64,
+    expected: u64,
+    next_first: u64,
+) -> io::Result<PastDamage> {
+    let mut past = PastDamage::default();
+    let (mut offset, mut expected) = (offset, expected);
+    loop {
+        let Some((at, sequence)) = find_frame(path, offset + 1, expected..next_first)? else {
+            if expected < next_first {
+                past.lost.push(Lost {
+                    first: expected,
+                    last: next_first - 1,
+                    offset,
+                });
+            }
+            return Ok(past);
+        };
+        if sequence > expected {
+            past.lost.push(Lost {
+                first: expected,
+                last: sequence - 1,
+                offset,
+            });
+        }
+        let (mut reader, _) = FrameReader::open(path)?;
+        reader.seek(at)?;
+        expected = sequence;
+        // Read on until the segment ends or is damaged again.
+        offset = loop {
+            match reader.next_frame()? {
+                Step::Frame { sequence, .. } if sequence == expected => {
+                    past.records += 1;
+                    past.last_sequence = Some(sequence);
+                    expected += 1;
+                }
+                Step::Frame { offset, .. }
+                | Step::Incomplete { offset }
+                | Step::Corrupt { offset, .. } => break offset,
+                // Cut short at a frame boundary: the rest is lost.
+                Step::End if expected < next_first => break reader.offset,
+                Step::End => return Ok(past),
+            }
+        };
+    }
+}
+
 /// How a scanned segment ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Tail {

@@ -365,7 +365,8 @@ async fn a_batch_reader_goes_on_past_damaged_records_of_sealed_segments_and_name
     let next_first = segments[5].0;
     let cut = first + 2;
     let file = OpenOptions::new().write(true).open(path).unwrap();
-    file.set_len(frame_offset(path, cut) + 5).unwrap();
+    let cut_at = frame_offset(path, cut);
+    file.set_len(cut_at + 5).unwrap();
     let lost_tail: Vec<u64> = (cut..next_first).collect();
     let mut reader = BatchReader::new(LogReader::new(dir.path()));
     let (read, lost) = read_past_damage(&mut reader, 300);
@@ -376,6 +377,34 @@ async fn a_batch_reader_goes_on_past_damaged_records_of_sealed_segments_and_name
         lost,
         [(hit, hit), (garbled, garbled), (cut, next_first - 1)]
     );
+    // `log verify` names the same losses, and nothing else: the segment
+    // after a damaged one is no gap.
+    let report = LogReader::new(dir.path()).verify().unwrap();
+    let name = |first: u64| format!("{first:020}.seg");
+    assert_eq!(
+        report.problems,
+        [
+            format!(
+                "{}: damaged record at byte {}: checksum mismatch; sequences {hit}..={hit} cannot be read",
+                name(segments[1].0),
+                frame_offset(&segments[1].1, hit)
+            ),
+            format!(
+                "{}: damaged record at byte {}: frame length out of range; sequences {garbled}..={garbled} cannot be read",
+                name(segments[3].0),
+                frame_offset(&segments[3].1, garbled)
+            ),
+            format!(
+                "{}: ends inside a record at byte {} of a sealed segment; sequences {cut}..={} cannot be read",
+                name(segments[4].0),
+                cut_at,
+                next_first - 1
+            ),
+        ]
+    );
+    assert_eq!(report.lost, missing.len() as u64);
+    assert_eq!(report.records, 300 - report.lost);
+    assert_eq!((report.first, report.last), (Some(1), Some(300)));
 
     // Reading from a sequence after the damage, inside the same segment,
     // loses nothing (the index entry it starts at may lie before it).

@@ -238,6 +238,13 @@ pub(crate) fn inspect(data_dir: &Path, only: Option<&str>) -> anyhow::Result<Exi
             report.last.unwrap_or(0)
         )?;
         writeln!(out, "  records        {}", report.records)?;
+        if report.lost > 0 {
+            writeln!(
+                out,
+                "  lost           {} to damage (`omnirelay log verify` names them)",
+                crate::counted(report.lost, "record")
+            )?;
+        }
         writeln!(
             out,
             "  segments       {} ({} bytes)",

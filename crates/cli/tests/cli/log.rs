@@ -379,6 +379,13 @@ fn a_damaged_record_is_lost_alone_and_named() {
         "{report}"
     );
 
+    let out = omnirelay(&["log", "inspect", "--data-dir", data], b"");
+    assert!(
+        text(&out.stdout).contains("  lost           1 record to damage"),
+        "{}",
+        text(&out.stdout)
+    );
+
     let two = config(&format!(
         "[replication.sinks.late]\ntype = \"file\"\n[replication.sinks.late.settings]\ndir = {:?}\n",
         dir_arg(&dir.path().join("late"))
@@ -410,7 +417,8 @@ fn a_damaged_record_is_lost_alone_and_named() {
     );
     let listed = text(&out.stdout);
     assert!(
-        listed.contains("default  late  36        unreadable  corrupt") && listed.lines().count() == 2,
+        listed.contains("default  late  36        unreadable  corrupt")
+            && listed.lines().count() == 2,
         "{listed}"
     );
 

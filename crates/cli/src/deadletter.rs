@@ -65,10 +65,16 @@ pub(crate) fn list(
         if stream.is_some_and(|s| s != log_stream) || sink.is_some_and(|s| s != log_sink) {
             continue;
         }
-        letters.extend(
-            DeadLetterLog::read_all(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        );
+        let read = DeadLetterLog::read(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for (line, _) in &read.unreadable {
+            writeln!(
+                io::stderr(),
+                "warning: {} line {line} is not a dead letter (a write torn by a crash, or an edit): skipped, kept in the file",
+                path.display()
+            )?;
+        }
+        letters.extend(read.letters);
     }
     let mut out = io::stdout().lock();
     if json {

@@ -134,7 +134,9 @@ impl DeadLetterLog {
     ///
     /// As [`append`](Self::append).
     pub fn append_all(&mut self, letters: &[DeadLetter]) -> io::Result<()> {
-        let mut lines = Vec::new();
+        // A line of its own even after a torn one (a crash in the middle of
+        // an append): glued to it, the letter would not parse.
+        let mut lines = vec![b'\n'];
         for letter in letters {
             serde_json::to_writer(&mut lines, letter).map_err(io::Error::other)?;
             lines.push(b'\n');
@@ -154,12 +156,14 @@ impl DeadLetterLog {
                     self.file.insert(
                         OpenOptions::new()
                             .create(true)
+                            .read(true)
                             .append(true)
                             .open(&self.path)?,
                     )
                 }
             };
-            file.write_all(&lines)?;
+            let at_line_start = ends_a_line(file)?;
+            file.write_all(&lines[usize::from(at_line_start)..])?;
             file.sync_data()?;
             let written = file.metadata()?;
             if !FileIdentity::unlinked(&written) {
@@ -173,26 +177,65 @@ impl DeadLetterLog {
         )))
     }
 
-    /// Reads every complete dead letter in a log file (a torn last line is
-    /// ignored).
+    /// Reads every complete dead letter in a log file; lines that do not
+    /// parse (a torn last line, a bad edit) are skipped — see
+    /// [`read`](Self::read) for them.
     ///
     /// # Errors
     ///
-    /// I/O errors; lines that do not parse are skipped.
+    /// I/O errors.
     pub fn read_all(path: &Path) -> io::Result<Vec<DeadLetter>> {
+        Ok(Self::read(path)?.letters)
+    }
+
+    /// Reads a log file: its letters, and the lines that are not one.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn read(path: &Path) -> io::Result<LetterFile> {
         let file = match File::open(path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LetterFile::default()),
             Err(e) => return Err(e),
         };
-        let mut out = Vec::new();
-        for line in io::BufReader::new(file).lines() {
-            if let Ok(letter) = serde_json::from_str(&line?) {
-                out.push(letter);
+        let mut read = LetterFile::default();
+        for (n, line) in io::BufReader::new(file).split(b'\n').enumerate() {
+            let line = line?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice(&line) {
+                Ok(letter) => read.letters.push(letter),
+                Err(_) => read
+                    .unreadable
+                    .push((n + 1, String::from_utf8_lossy(&line).into_owned())),
             }
         }
-        Ok(out)
+        Ok(read)
     }
+}
+
+/// What [`DeadLetterLog::read`] found in a file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LetterFile {
+    /// The letters, in order.
+    pub letters: Vec<DeadLetter>,
+    /// Lines that are not a letter, by line number (from 1): a write torn
+    /// by a crash, or an edit gone wrong.
+    pub unreadable: Vec<(usize, String)>,
+}
+
+/// Whether `file` is empty or ends with a newline.
+fn ends_a_line(file: &mut File) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }
 
 #[cfg(test)]
@@ -224,6 +267,30 @@ mod tests {
             .iter()
             .map(|l| l.sequence)
             .collect()
+    }
+
+    #[test]
+    fn a_letter_after_a_torn_line_is_kept_and_unreadable_lines_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = DeadLetterLog::path(dir.path(), "default", "s");
+        DeadLetterLog::new(path.clone()).append(&letter(1)).unwrap();
+        // A crash in the middle of the next letter's write.
+        let mut torn = serde_json::to_vec(&letter(2)).unwrap();
+        torn.truncate(torn.len() / 2);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, &torn).unwrap();
+        // The restarted node's next letter starts a line of its own: before,
+        // it was glued to the torn one and no reader saw it.
+        DeadLetterLog::new(path.clone()).append(&letter(3)).unwrap();
+        assert_eq!(sequences(&path), [1, 3]);
+        let read = DeadLetterLog::read(&path).unwrap();
+        assert_eq!(read.letters.len(), 2);
+        assert_eq!(read.unreadable.len(), 1);
+        let (line, text) = &read.unreadable[0];
+        assert_eq!((*line, text.as_bytes()), (2, torn.as_slice()));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::delivery::{DeadLetter, DeadLetterLog};
+use crate::delivery::{DeadLetter, DeadLetterLog, LetterFile};
 use crate::error::{Error, ErrorKind};
 use crate::event::{Codec, Encoding, ReplicationEvent};
 use crate::record::{OwnedRecord, Record};
@@ -63,21 +63,35 @@ fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
 }
 
 /// Writes `letters` to `path` through a temporary file renamed over it
-/// (removes `path` when there are none).
-fn rewrite(path: &Path, letters: &[&DeadLetter]) -> Result<(), Error> {
-    if letters.is_empty() {
+/// (removes `path` when there are none), after the lines of it that were
+/// not letters: what a redrive cannot read, it does not throw away.
+fn rewrite(
+    path: &Path,
+    unreadable: &[(usize, String)],
+    letters: &[&DeadLetter],
+) -> Result<(), Error> {
+    if letters.is_empty() && unreadable.is_empty() {
         return match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error("remove", path, e)),
             _ => Ok(()),
         };
     }
     let temporary = path.with_extension("jsonl.tmp");
-    write_letters(&temporary, letters)?;
+    write_letters(&temporary, unreadable, letters)?;
     std::fs::rename(&temporary, path).map_err(|e| io_error("replace", path, e))
 }
 
-fn write_letters(path: &Path, letters: &[&DeadLetter]) -> Result<(), Error> {
+fn write_letters(
+    path: &Path,
+    unreadable: &[(usize, String)],
+    letters: &[&DeadLetter],
+) -> Result<(), Error> {
     let mut file = std::fs::File::create(path).map_err(|e| io_error("create", path, e))?;
+    for (_, line) in unreadable {
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.write_all(b"\n"))
+            .map_err(|e| io_error("write", path, e))?;
+    }
     for letter in letters {
         let mut line = serde_json::to_vec(letter)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("a dead letter: {e}")))?;
@@ -151,7 +165,10 @@ pub async fn redrive<E: ReplicationEvent>(
         target.stream.as_str(),
         target.sink_name,
     );
-    let letters = DeadLetterLog::read_all(&path).map_err(|e| io_error("read", &path, e))?;
+    let LetterFile {
+        letters,
+        unreadable,
+    } = DeadLetterLog::read(&path).map_err(|e| io_error("read", &path, e))?;
     if letters.is_empty() {
         return Ok(Redriven::default());
     }
@@ -217,7 +234,7 @@ pub async fn redrive<E: ReplicationEvent>(
                         .iter()
                         .filter(|l| stay.contains(&l.sequence) || l.sequence >= first)
                         .collect();
-                    rewrite(&path, &kept)?;
+                    rewrite(&path, &unreadable, &kept)?;
                     return Err(Error::new(
                         error.error().kind(),
                         format!(
@@ -241,10 +258,10 @@ pub async fn redrive<E: ReplicationEvent>(
             target.sink_name,
             Timestamp::now().ticks()
         ));
-        write_letters(&archive, &done)?;
+        write_letters(&archive, &[], &done)?;
         Some(archive)
     };
-    rewrite(&path, &kept)?;
+    rewrite(&path, &unreadable, &kept)?;
     Ok(Redriven {
         applied,
         missing,

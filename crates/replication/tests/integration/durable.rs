@@ -387,11 +387,23 @@ async fn dead_letters_are_redriven_from_the_log_once_the_sink_is_fixed() {
     let letters = DeadLetterLog::path(&dir.path().join("deadletter"), "default", "picky");
     assert_eq!(DeadLetterLog::read_all(&letters).unwrap().len(), 3);
 
+    // A line that is not a letter (an edit gone wrong) is not the
+    // redrive's to throw away.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&letters)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"not a letter\n").unwrap();
+
     // Fixed: applied in order from the log, the letters archived.
     sink.cure();
     let redriven = redrive(target, &shared, codec.clone()).await.unwrap();
     assert_eq!(redriven.applied, [3, 7, 8]);
     assert!(redriven.missing.is_empty());
+    assert_eq!(
+        DeadLetterLog::read(&letters).unwrap().unreadable,
+        [(1, "not a letter".to_owned())]
+    );
     assert_eq!(sink.sequences(), [1, 2, 4, 5, 6, 9, 10, 3, 7, 8]);
     let texts: Vec<String> = sink.records()[7..]
         .iter()

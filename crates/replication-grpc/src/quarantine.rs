@@ -9,6 +9,7 @@ use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use omnirelay_replication::delivery::ends_a_line;
 use omnirelay_replication::{Error, ErrorKind, Format, StreamId, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -86,10 +87,15 @@ pub fn append(path: &Path, events: &[Quarantined]) -> Result<(), Error> {
     }
     let mut file = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .map_err(|e| io_error("open", path, e))?;
+    // A line of its own even after one a crash tore.
     let mut lines = Vec::new();
+    if !ends_a_line(&mut file).map_err(|e| io_error("read", path, e))? {
+        lines.push(b'\n');
+    }
     for event in events {
         serde_json::to_writer(&mut lines, event)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("a quarantined event: {e}")))?;
@@ -120,4 +126,45 @@ pub fn read_all(path: &Path) -> Result<Vec<Quarantined>, Error> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Quarantined, Unreadable, append, read_all};
+    use omnirelay_replication::Format;
+
+    fn quarantined(sequence: u64) -> Quarantined {
+        Quarantined::new(
+            "sender",
+            1,
+            &Unreadable {
+                sequence,
+                format: Format::Json,
+                payload: b"{}".to_vec(),
+                reason: "a future version".to_owned(),
+            },
+        )
+    }
+
+    #[test]
+    fn an_event_after_a_torn_line_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("default.jsonl");
+        append(&path, &[quarantined(1)]).unwrap();
+        // A crash in the middle of the next write.
+        let mut torn = serde_json::to_vec(&quarantined(2)).unwrap();
+        torn.truncate(torn.len() / 2);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, &torn).unwrap();
+        append(&path, &[quarantined(3)]).unwrap();
+        let sequences: Vec<u64> = read_all(&path)
+            .unwrap()
+            .iter()
+            .map(|q| q.sequence)
+            .collect();
+        assert_eq!(sequences, [1, 3]);
+    }
 }

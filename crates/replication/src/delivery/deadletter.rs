@@ -226,8 +226,14 @@ pub struct LetterFile {
     pub unreadable: Vec<(usize, String)>,
 }
 
-/// Whether `file` is empty or ends with a newline.
-fn ends_a_line(file: &mut File) -> io::Result<bool> {
+/// Whether `file` is empty or ends with a newline: for writers of JSON
+/// lines, whose next line would otherwise be glued to a line a crash tore
+/// (and parse as nothing). Needs `file` opened for reading.
+///
+/// # Errors
+///
+/// I/O errors.
+pub fn ends_a_line(file: &mut File) -> io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
     if file.metadata()?.len() == 0 {
         return Ok(true);

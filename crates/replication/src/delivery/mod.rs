@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use backoff::{Backoff, RetryPolicy};
 pub use checkpoint::{CheckpointStore, FileCheckpointStore, MemoryCheckpointStore};
-pub use deadletter::{DeadLetter, DeadLetterLog, LetterFile};
+pub use deadletter::{DeadLetter, DeadLetterLog, LetterFile, ends_a_line};
 pub use redrive::{RedriveTarget, Redriven, redrive};
 
 use crate::event::Encoding;

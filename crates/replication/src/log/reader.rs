@@ -135,6 +135,7 @@ impl LogReader {
             done: false,
             started: false,
             damage: None,
+            finished: None,
         }
     }
 
@@ -327,6 +328,9 @@ impl LogReader {
                 Ok(Ok(scan)) => scan,
                 Ok(Err(reason)) => {
                     report.problems.push(format!("{name}: {reason}"));
+                    // Its records are missing: the next segment says how
+                    // many.
+                    expected = expected.or(Some(*first));
                     continue;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -339,13 +343,24 @@ impl LogReader {
                     scan.header.first_sequence
                 ));
             }
-            if let Some(want) = expected
-                && scan.header.first_sequence != want
-            {
-                report.problems.push(format!(
-                    "{name}: starts at sequence {} where {want} was expected (gap or overlap)",
-                    scan.header.first_sequence
-                ));
+            match expected {
+                // A segment missing, or one whose header is unreadable:
+                // a reader goes on here.
+                Some(want) if scan.header.first_sequence > want => {
+                    report.problems.push(format!(
+                        "{name}: starts at sequence {} where {want} was expected; sequences {want}..={} are missing",
+                        scan.header.first_sequence,
+                        scan.header.first_sequence - 1
+                    ));
+                    report.lost += scan.header.first_sequence - want;
+                }
+                Some(want) if scan.header.first_sequence < want => {
+                    report.problems.push(format!(
+                        "{name}: starts at sequence {} where {want} was expected (overlap)",
+                        scan.header.first_sequence
+                    ));
+                }
+                _ => {}
             }
             let problem = match &scan.tail {
                 Tail::Clean => None,
@@ -379,7 +394,6 @@ impl LogReader {
             let past = match (segments.get(i + 1), expected) {
                 (Some((next_first, _)), Some(due)) if *next_first >= due => {
                     segment::follow_damage(path, scan.valid_len, due, *next_first)
-                        .map(|past| (past, *next_first))
                         .map_err(read_error(path))?
                 }
                 _ => {
@@ -387,7 +401,6 @@ impl LogReader {
                     continue;
                 }
             };
-            let (past, next_first) = past;
             for (n, lost) in past.lost.iter().enumerate() {
                 let what = if n == 0 {
                     problem.clone()
@@ -410,7 +423,7 @@ impl LogReader {
                 report.first.get_or_insert(scan.header.first_sequence);
                 report.last = past.last_sequence;
             }
-            expected = Some(next_first);
+            expected = Some(past.next);
         }
         Ok(report)
     }
@@ -528,6 +541,8 @@ pub struct Records {
     started: bool,
     /// Where the last error, a damaged record, was.
     damage: Option<Box<Damage>>,
+    /// The segment last read to its end.
+    finished: Option<PathBuf>,
 }
 
 struct Open {
@@ -542,10 +557,12 @@ struct Open {
 #[derive(Debug)]
 struct Damage {
     path: PathBuf,
-    /// The segment's first sequence.
-    first: u64,
+    /// Reading goes on, at the latest, at the first segment that starts
+    /// after this sequence: the damaged segment's first one (or, for a
+    /// gap, the last one read).
+    after: u64,
     /// The damaged frame's offset; `None` when the segment ends inside a
-    /// record.
+    /// record, its header is unreadable, or it is missing.
     offset: Option<u64>,
     /// What [`Records`] reported.
     error: String,
@@ -602,7 +619,7 @@ impl Records {
         let Some(next_first) = segments
             .iter()
             .map(|(first, _)| *first)
-            .find(|first| *first > damage.first)
+            .find(|first| *first > damage.after)
             .filter(|first| *first >= self.next)
         else {
             return Ok(None);
@@ -652,6 +669,13 @@ impl Records {
         let segments = segment::list_segments(&self.dir).map_err(read_error(&self.dir))?;
         let at = segments.partition_point(|(first, _)| *first <= self.next);
         let (first, path) = match at.checked_sub(1) {
+            // The segment just read to its end cannot hold `next`: the one
+            // that did is missing, and the next held is a gap away.
+            // (Before, the reader went back to it for ever.)
+            Some(i) if self.finished.as_ref() == Some(&segments[i].1) => match segments.get(at) {
+                Some(after) => after.clone(),
+                None => return Ok(false),
+            },
             Some(i) => segments[i].clone(),
             // Older records were deleted: start at the oldest held.
             None if !self.started => match segments.first() {
@@ -661,23 +685,37 @@ impl Records {
             None => return Ok(false),
         };
         if self.started && first > self.next {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "gap in the log: sequence {} is missing ({} starts at {first})",
-                    self.next,
-                    path.display()
-                ),
-            ));
+            let error = format!(
+                "gap in the log: sequence {} is missing ({} starts at {first})",
+                self.next,
+                path.display()
+            );
+            self.damage = Some(Box::new(Damage {
+                path,
+                after: self.next - 1,
+                offset: None,
+                error: error.clone(),
+            }));
+            return Err(Error::new(ErrorKind::Corrupt, error));
         }
         let (mut reader, header) = match FrameReader::open(&path) {
             Ok(opened) => opened,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.open_next(),
             Err(e) => return Err(read_error(&path)(e)),
         };
-        let header = header.map_err(|reason| {
-            Error::new(ErrorKind::Corrupt, format!("{}: {reason}", path.display()))
-        })?;
+        let header = match header {
+            Ok(header) => header,
+            Err(reason) => {
+                let error = format!("{}: {reason}", path.display());
+                self.damage = Some(Box::new(Damage {
+                    path,
+                    after: first,
+                    offset: None,
+                    error: error.clone(),
+                }));
+                return Err(Error::new(ErrorKind::Corrupt, error));
+            }
+        };
         if self.next > first {
             let floor = match segment::read_index(&segment::index_path(&self.dir, first)) {
                 Some(index) => segment::index_floor(&index, self.next),
@@ -767,6 +805,7 @@ impl Iterator for Records {
                     // progress (or a torn one recovery will cut).
                     let (path, first) = (open.path.clone(), open.first);
                     self.current = None;
+                    self.finished = Some(path.clone());
                     let segments = match segment::list_segments(&self.dir) {
                         Ok(segments) => segments,
                         Err(e) => {
@@ -786,7 +825,7 @@ impl Iterator for Records {
                             format!("{}: a sealed segment ends inside a record", path.display());
                         self.damage = Some(Box::new(Damage {
                             path,
-                            first,
+                            after: first,
                             offset: None,
                             error: error.clone(),
                         }));
@@ -800,7 +839,7 @@ impl Iterator for Records {
                     );
                     self.damage = Some(Box::new(Damage {
                         path: open.path.clone(),
-                        first: open.first,
+                        after: open.first,
                         offset: Some(offset),
                         error: error.clone(),
                     }));

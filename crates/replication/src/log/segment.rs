@@ -290,12 +290,16 @@ pub(crate) struct PastDamage {
     pub(crate) records: u64,
     /// The last of those.
     pub(crate) last_sequence: Option<u64>,
+    /// The sequence due after the segment's last record.
+    pub(crate) next: u64,
 }
 
 /// Follows the sealed segment at `path` past the damage at byte `offset`,
 /// where sequence `expected` was due, to its end (the next segment starts
 /// at `next_first`): each stretch of sequences lost, found as a reader
-/// finds them ([`find_frame`]), and the intact records between them.
+/// finds them ([`find_frame`]), and the intact records between them. A
+/// segment that ends cleanly before `next_first` is a gap to the next,
+/// not damage here.
 ///
 /// # Errors
 ///
@@ -317,6 +321,7 @@ pub(crate) fn follow_damage(
                     offset,
                 });
             }
+            past.next = next_first;
             return Ok(past);
         };
         if sequence > expected {
@@ -340,9 +345,10 @@ pub(crate) fn follow_damage(
                 Step::Frame { offset, .. }
                 | Step::Incomplete { offset }
                 | Step::Corrupt { offset, .. } => break offset,
-                // Cut short at a frame boundary: the rest is lost.
-                Step::End if expected < next_first => break reader.offset,
-                Step::End => return Ok(past),
+                Step::End => {
+                    past.next = expected;
+                    return Ok(past);
+                }
             }
         };
     }

@@ -412,6 +412,76 @@ async fn a_batch_reader_goes_on_past_damaged_records_of_sealed_segments_and_name
     let (batch, damaged) = reader.read(hit + 1, 300, 2, usize::MAX).unwrap();
     assert!(damaged.is_none(), "{damaged:?}");
     assert_eq!(batch[0].sequence, hit + 1);
+
+    // A whole sealed segment gone (removed by hand), and one whose header
+    // is unreadable (the oldest, where reading starts): their records are
+    // lost, reading goes on after them.
+    std::fs::remove_file(&segments[2].1).unwrap();
+    let gone = (segments[2].0, segments[3].0 - 1);
+    overwrite(&segments[0].1, 0, b"garbage!");
+    let unreadable = (segments[0].0, segments[1].0 - 1);
+    let mut reader = BatchReader::new(LogReader::new(dir.path()));
+    let (read, lost) = read_past_damage(&mut reader, 300);
+    assert_eq!(
+        lost,
+        [
+            unreadable,
+            (hit, hit),
+            gone,
+            (garbled, garbled),
+            (cut, next_first - 1),
+        ]
+    );
+    let lost_count: u64 = lost.iter().map(|(a, b)| b - a + 1).sum();
+    assert_eq!(read.len() as u64, 300 - lost_count);
+    let report = LogReader::new(dir.path()).verify().unwrap();
+    assert_eq!(report.lost, lost_count, "{:?}", report.problems);
+    assert!(
+        report.problems.contains(&format!(
+            "{}: starts at sequence {} where {} was expected; sequences {}..={} are missing",
+            name(segments[3].0),
+            segments[3].0,
+            gone.0,
+            gone.0,
+            gone.1
+        )),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[tokio::test]
+async fn a_missing_segment_is_a_gap_not_an_endless_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_segments());
+    publish(&log, 1..=200).await;
+    log.close().unwrap();
+    let segments = segment::list_segments(dir.path()).unwrap();
+    assert!(segments.len() >= 3, "{} segments", segments.len());
+    std::fs::remove_file(&segments[1].1).unwrap();
+    // Before, the reader went back to the segment before the missing one
+    // (the last starting at or before the sequence it wanted) for ever.
+    let reader = LogReader::new(dir.path());
+    let (done, read) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut records = reader.records_from(1);
+        let read: Vec<_> = records.by_ref().take(1_000).collect();
+        let _ = done.send(read);
+    });
+    let read = read
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the reader is stuck");
+    let (ok, errors): (Vec<_>, Vec<_>) = read.into_iter().partition(Result::is_ok);
+    assert_eq!(ok.len() as u64, segments[1].0 - 1);
+    assert_eq!(errors.len(), 1);
+    let err = errors.into_iter().next().unwrap().unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "gap in the log: sequence {} is missing",
+            segments[1].0
+        )),
+        "{err}"
+    );
 }
 
 #[tokio::test]

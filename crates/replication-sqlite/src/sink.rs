@@ -159,6 +159,23 @@ struct Row {
 
 fn sqlite_error(context: &str, err: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode;
+    if let rusqlite::Error::SqliteFailure(failure, _) = &err
+        && matches!(
+            failure.code,
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase
+        )
+    {
+        // The whole database, not one record: the sink waits for the
+        // operator (a replaced file is picked up) instead of sending every
+        // record to the dead letters.
+        return Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "sqlite: {context}: the database file is damaged (restore it, or move it away and its -wal and -shm with it for a new one)"
+            ),
+        )
+        .with_source(err);
+    }
     let kind = match &err {
         rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
             ErrorCode::DatabaseBusy
@@ -172,7 +189,6 @@ fn sqlite_error(context: &str, err: rusqlite::Error) -> Error {
             // Permissions an operator fixes: the sink waits for them
             // instead of sending every record to the dead letters.
             | ErrorCode::PermissionDenied => ErrorKind::Unavailable,
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => ErrorKind::Corrupt,
             ErrorCode::AuthorizationForStatementDenied => ErrorKind::Config,
             _ => ErrorKind::Internal,
         },
@@ -711,11 +727,12 @@ mod tests {
             // Was `config`: every record dead-lettered until the
             // permissions were fixed.
             ffi::SQLITE_PERM,
+            // Was `corrupt`: the same.
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOTADB,
         ] {
             assert_eq!(kind_of(code), ErrorKind::Unavailable, "code {code}");
         }
-        assert_eq!(kind_of(ffi::SQLITE_CORRUPT), ErrorKind::Corrupt);
-        assert_eq!(kind_of(ffi::SQLITE_NOTADB), ErrorKind::Corrupt);
         assert_eq!(kind_of(ffi::SQLITE_AUTH), ErrorKind::Config);
         assert_eq!(kind_of(ffi::SQLITE_MISMATCH), ErrorKind::Internal);
     }

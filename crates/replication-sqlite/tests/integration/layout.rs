@@ -514,3 +514,44 @@ async fn a_database_removed_while_open_is_started_again_under_its_name() {
         omnirelay_replication::Sink::close(&sink).await.unwrap();
     }
 }
+
+/// A database file that is not one (damaged, or something else under its
+/// name) makes the sink wait, not dead-letter every record; once the
+/// operator moves it away, the next attempt starts a new database there.
+#[tokio::test]
+async fn a_damaged_database_is_waited_on_then_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("events.db");
+    std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+    let stream = StreamId::default();
+    let sink = SqliteSink::new(SqliteSinkOptions::new(&db)).unwrap();
+    let err = sink
+        .apply_owned(&range_records(&stream, 1..=3))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.error().kind(),
+        ErrorKind::Unavailable,
+        "{}",
+        err.error()
+    );
+    assert!(
+        err.error()
+            .to_string()
+            .contains("the database file is damaged"),
+        "{}",
+        err.error()
+    );
+    std::fs::rename(&db, dir.path().join("events.db.damaged")).unwrap();
+    sink.apply_owned(&range_records(&stream, 1..=3))
+        .await
+        .unwrap();
+    let sequences: Vec<u64> = SqliteReader::open(&db)
+        .unwrap()
+        .rows(DEFAULT_TABLE, 1)
+        .unwrap()
+        .map(|r| r.unwrap().sequence)
+        .collect();
+    assert_eq!(sequences, [1, 2, 3]);
+    omnirelay_replication::Sink::close(&sink).await.unwrap();
+}

@@ -186,7 +186,8 @@ enum SinkCommand {
     /// For when what they failed on is fixed (a backend back up, a token
     /// corrected): instead of after up to the retry policy's longest delay
     /// (30 s by default). Prints each sink it woke; a sink that is not
-    /// waiting is left alone.
+    /// waiting is left alone. Against the control plane, it reaches every
+    /// host the control plane watches too.
     Retry {
         #[command(flatten)]
         node: RemoteNode,
@@ -771,20 +772,41 @@ async fn retry_sinks(
     let document: serde_json::Value = serde_json::from_str(&answer.body)
         .with_context(|| format!("{target} answered what is not JSON"))?;
     let retried = document["retried"].as_array().cloned().unwrap_or_default();
+    // Only the control plane passes it on to hosts, and says which it
+    // could not ask.
+    let unreachable = document["unreachable"].as_array();
     let mut out = io::stdout().lock();
     if retried.is_empty() {
-        writeln!(out, "no sink of {} was waiting to retry", node.url)?;
+        let hosts = if unreachable.is_some() {
+            " or of the hosts it watches"
+        } else {
+            ""
+        };
+        writeln!(out, "no sink of {}{hosts} was waiting to retry", node.url)?;
     }
     for entry in retried {
         let field = |key: &str| entry[key].as_str().unwrap_or("?").to_owned();
+        let on = entry["host"]
+            .as_str()
+            .map(|host| format!(" on {host}"))
+            .unwrap_or_default();
         writeln!(
             out,
-            "retrying now: sink {} of stream {}",
+            "retrying now: sink {} of stream {}{on}",
             field("sink"),
             field("stream")
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    let unreachable = unreachable.cloned().unwrap_or_default();
+    for entry in &unreachable {
+        writeln!(
+            io::stderr(),
+            "could not ask {}: {}",
+            entry["host"].as_str().unwrap_or("?"),
+            entry["error"].as_str().unwrap_or("?")
+        )?;
+    }
+    Ok(exit_status(unreachable.is_empty()))
 }
 
 /// `value` percent-encoded for a query string (all but unreserved bytes).

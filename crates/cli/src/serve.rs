@@ -703,10 +703,11 @@ struct StatusSource {
 /// `omnirelay status` reads (the control plane answers the same shape for
 /// every host it watches).
 fn status_router(source: StatusSource) -> axum::Router {
-    let retry = retry_router(source.replicator.clone());
     if let Service::ControlPlane(plane) = &source.service {
+        let retry = retry_router(source.replicator.clone(), Some(plane.clone()));
         return omnirelay_controlplane::router(plane.clone()).merge(retry);
     }
+    let retry = retry_router(source.replicator.clone(), None);
     axum::Router::new()
         .route(
             "/status",
@@ -722,9 +723,13 @@ fn status_router(source: StatusSource) -> axum::Router {
 /// wait out a retry's backoff try again now
 /// ([`DurableReplicator::retry_now`](omnirelay_replication::DurableReplicator::retry_now));
 /// answers `{"retried": [{"stream", "sink"}]}`, 404 with the reason when
-/// no sink matches, 400 for an invalid stream id.
+/// no sink matches, 400 for an invalid stream id. The control plane
+/// (`plane`) passes it on to every host it watches as well: their entries
+/// carry `"host"`, and hosts it could not ask are listed in
+/// `"unreachable": [{"host", "error"}]`.
 fn retry_router(
     replicator: Arc<omnirelay_replication::DurableReplicator<ResourceLeaseReplicationEvent>>,
+    plane: Option<Arc<omnirelay_controlplane::ControlPlane>>,
 ) -> axum::Router {
     use axum::http::StatusCode;
     use axum::response::IntoResponse as _;
@@ -733,8 +738,10 @@ fn retry_router(
         axum::routing::post(
             move |axum::extract::Query(query): axum::extract::Query<
                 std::collections::HashMap<String, String>,
-            >| {
+            >,
+                  axum::extract::RawQuery(raw): axum::extract::RawQuery| {
                 let replicator = replicator.clone();
+                let plane = plane.clone();
                 async move {
                     if let Some(key) = query
                         .keys()
@@ -748,18 +755,58 @@ fn retry_router(
                         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
                     };
                     let sink = query.get("sink").map(String::as_str);
-                    match replicator.retry_now(stream.as_ref(), sink) {
-                        Ok(woken) => {
-                            let retried: Vec<_> = woken
-                                .into_iter()
-                                .map(|(stream, sink)| {
-                                    serde_json::json!({"stream": stream.as_str(), "sink": sink})
-                                })
-                                .collect();
-                            axum::Json(serde_json::json!({ "retried": retried })).into_response()
+                    let own = replicator.retry_now(stream.as_ref(), sink).map(|woken| {
+                        woken
+                            .into_iter()
+                            .map(|(stream, sink)| {
+                                serde_json::json!({"stream": stream.as_str(), "sink": sink})
+                            })
+                            .collect::<Vec<_>>()
+                    });
+                    let Some(plane) = plane else {
+                        return match own {
+                            Ok(retried) => axum::Json(serde_json::json!({ "retried": retried }))
+                                .into_response(),
+                            Err(e) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+                        };
+                    };
+                    let path = match raw {
+                        Some(raw) => format!("{RETRY_PATH}?{raw}"),
+                        None => RETRY_PATH.to_owned(),
+                    };
+                    let mut matched = own.is_ok();
+                    let mut retried = own.unwrap_or_default();
+                    let mut unreachable = Vec::new();
+                    for (host, answer) in plane.retry_sinks(&path).await {
+                        match answer {
+                            Ok(Some(woken)) => {
+                                matched = true;
+                                retried.extend(woken.into_iter().map(|mut entry| {
+                                    entry["host"] = serde_json::Value::from(host.as_str());
+                                    entry
+                                }));
+                            }
+                            Ok(None) => {}
+                            Err(error) => {
+                                unreachable.push(serde_json::json!({"host": host, "error": error}))
+                            }
                         }
-                        Err(e) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
                     }
+                    if !matched && unreachable.is_empty() {
+                        let why = format!(
+                            "no sink named {:?}{} on the control plane or any of its hosts",
+                            sink.unwrap_or(""),
+                            stream
+                                .map(|s| format!(" in stream {s}"))
+                                .unwrap_or_default()
+                        );
+                        return (StatusCode::NOT_FOUND, why).into_response();
+                    }
+                    axum::Json(serde_json::json!({
+                        "retried": retried,
+                        "unreachable": unreachable,
+                    }))
+                    .into_response()
                 }
             },
         ),

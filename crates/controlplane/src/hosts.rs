@@ -310,9 +310,18 @@ impl ControlPlane {
         })
     }
 
-    /// The host's own entry of its status document.
-    async fn ask(&self, client: &HostClient<Empty<Bytes>>, url: &str) -> Result<Value, String> {
-        let mut request = hyper::Request::get(format!("{url}/status"));
+    /// Sends `method` `path` to the host at `url` with its token, within
+    /// the timeout: the answer's status and body.
+    async fn send(
+        &self,
+        client: &HostClient<Empty<Bytes>>,
+        method: hyper::Method,
+        url: &str,
+        path: &str,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{url}{path}"));
         if let Some(token) = self.reach.get(url).and_then(|r| r.token.as_ref()) {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -328,19 +337,54 @@ impl ControlPlane {
                 .await
                 .map_err(|e| with_causes(&e))?
                 .to_bytes();
-            if !status.is_success() {
-                return Err(format!("status answered {status}"));
-            }
-            let document: Value =
-                serde_json::from_slice(&body).map_err(|e| format!("not a status document: {e}"))?;
-            document["hosts"]
-                .get(0)
-                .cloned()
-                .ok_or_else(|| "an empty status document".to_owned())
+            Ok((status, body))
         };
         tokio::time::timeout(self.options.timeout, call)
             .await
             .map_err(|_| format!("no answer within {:?}", self.options.timeout))?
+    }
+
+    /// The host's own entry of its status document.
+    async fn ask(&self, client: &HostClient<Empty<Bytes>>, url: &str) -> Result<Value, String> {
+        let (status, body) = self
+            .send(client, hyper::Method::GET, url, "/status")
+            .await?;
+        if !status.is_success() {
+            return Err(format!("status answered {status}"));
+        }
+        let document: Value =
+            serde_json::from_slice(&body).map_err(|e| format!("not a status document: {e}"))?;
+        document["hosts"]
+            .get(0)
+            .cloned()
+            .ok_or_else(|| "an empty status document".to_owned())
+    }
+
+    /// Passes `omnirelay sink retry` on to every host, at once:
+    /// `POST {host}{path}` (the node's retry endpoint with its query), with
+    /// the host's token. For each host, by URL, the `{"stream", "sink"}`
+    /// entries it woke (`None` when no sink of that name is there: a 404),
+    /// or why it could not be asked.
+    pub async fn retry_sinks(
+        &self,
+        path: &str,
+    ) -> Vec<(String, Result<Option<Vec<Value>>, String>)> {
+        let asks = self.reach.iter().map(|(url, reach)| async move {
+            let client: HostClient<Empty<Bytes>> = tls::client(reach.tls.clone());
+            let answer = match self.send(&client, hyper::Method::POST, url, path).await {
+                Ok((status, _)) if status == hyper::StatusCode::NOT_FOUND => Ok(None),
+                Ok((status, body)) if status.is_success() => serde_json::from_slice::<Value>(&body)
+                    .map_err(|e| format!("not a retry answer: {e}"))
+                    .map(|answer| Some(answer["retried"].as_array().cloned().unwrap_or_default())),
+                Ok((status, body)) => Err(format!(
+                    "answered {status}: {}",
+                    String::from_utf8_lossy(&body).trim_end()
+                )),
+                Err(error) => Err(error),
+            };
+            (url.clone(), answer)
+        });
+        futures::future::join_all(asks).await
     }
 
     fn record(&self, url: &str, asked: Result<Value, String>) {

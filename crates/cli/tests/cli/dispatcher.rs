@@ -2322,6 +2322,36 @@ dir = "{}"
         "{}",
         text(&out.stdout)
     );
+    // The control plane passes it on to the hosts it watches (before, it
+    // woke only its own sinks, and said none was waiting).
+    let (_plane, plane_address) = start_plane(&url, &dir.path().join("plane"), &[]);
+    let plane_url = format!("http://{plane_address}");
+    let plane_retry = |plane_url: &str, extra: &[&str]| {
+        let mut args = vec!["sink", "retry", "--url", plane_url];
+        args.extend_from_slice(extra);
+        omnirelay(&args, b"")
+    };
+    let out = plane_retry(&plane_url, &["--sink", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("no sink named \"nope\" on the control plane or any of its hosts"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A host it cannot reach is named, and the exit status says so.
+    let (_lost, lost_address) = start_plane(
+        &format!("{url},http://127.0.0.1:9"),
+        &dir.path().join("plane-2"),
+        &[],
+    );
+    let out = plane_retry(&format!("http://{lost_address}"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("could not ask http://127.0.0.1:9:"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let (status, body) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
     assert_eq!(status, 200, "{body}");
@@ -2344,9 +2374,9 @@ dir = "{}"
     std::fs::create_dir_all(&export).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let out = retry(&["--stream", "default", "--sink", "slow"]);
+        let out = plane_retry(&plane_url, &["--stream", "default", "--sink", "slow"]);
         assert!(out.status.success(), "{}", text(&out.stderr));
-        if text(&out.stdout) == "retrying now: sink slow of stream default\n" {
+        if text(&out.stdout) == format!("retrying now: sink slow of stream default on {url}\n") {
             break;
         }
         assert!(

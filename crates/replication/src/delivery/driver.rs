@@ -758,6 +758,7 @@ impl<E: ReplicationEvent> Driver<E> {
             .collect();
         let mut records: Vec<Record<'_>> = Vec::with_capacity(self.shared.options.batch.max_events);
         let mut letters = Vec::new();
+        let mut lost = Vec::new();
         for (piece, form) in pieces.iter().zip(&forms) {
             match (piece, form) {
                 (Piece::Slice(slice), Some(form)) => {
@@ -810,8 +811,21 @@ impl<E: ReplicationEvent> Driver<E> {
                         "records lost to damage in the log are dead-lettered"
                     );
                     self.note_error(&damaged.error);
-                    let encoding = self.stream.log.encoding().to_string();
-                    letters.extend((damaged.first..=damaged.last).map(|sequence| {
+                    lost.push(damaged);
+                }
+                (Piece::Slice(_), None) => {}
+            }
+        }
+        self.dead_letters(letters).await?;
+        // A stretch lost to damage can be a whole segment's records: its
+        // letters go in bounded groups.
+        let encoding = self.stream.log.encoding().to_string();
+        for damaged in lost {
+            let mut next = damaged.first;
+            while next <= damaged.last {
+                let end = damaged.last.min(next + 4095);
+                let group = (next..=end)
+                    .map(|sequence| {
                         DeadLetter::unreadable(
                             &self.shared.sink,
                             &self.stream.id,
@@ -819,12 +833,12 @@ impl<E: ReplicationEvent> Driver<E> {
                             &encoding,
                             &damaged.error,
                         )
-                    }));
-                }
-                (Piece::Slice(_), None) => {}
+                    })
+                    .collect();
+                self.dead_letters(group).await?;
+                next = end + 1;
             }
         }
-        self.dead_letters(letters).await?;
         let mut backoff = Backoff::new(self.shared.options.retry, self.seed);
         self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut rest: &[Record<'_>] = &records;

@@ -604,9 +604,11 @@ impl Records {
     /// (one a newer segment follows): the sequences lost with it, the
     /// iterator moved on to the first readable record after them — the
     /// next valid frame in sequence in the same segment, else the start of
-    /// the next segment. `None` when the iterator did not stop at such a
-    /// record: an I/O error, a gap, or damage in the active segment (which
-    /// recovery cuts at the next open).
+    /// the next segment. A missing segment, or one whose header is
+    /// unreadable, loses its records the same way. `None` when the
+    /// iterator did not stop at such damage: an I/O error, a record out of
+    /// sequence, or damage in the active segment (which recovery cuts at
+    /// the next open).
     ///
     /// # Errors
     ///
@@ -707,12 +709,17 @@ impl Records {
             Ok(header) => header,
             Err(reason) => {
                 let error = format!("{}: {reason}", path.display());
-                self.damage = Some(Box::new(Damage {
-                    path,
-                    after: first,
-                    offset: None,
-                    error: error.clone(),
-                }));
+                // Damage only if it was sealed before it was opened (a
+                // newer segment was listed): the header of a segment
+                // being created may not be written yet.
+                if segments.iter().any(|(newer, _)| *newer > first) {
+                    self.damage = Some(Box::new(Damage {
+                        path,
+                        after: first,
+                        offset: None,
+                        error: error.clone(),
+                    }));
+                }
                 return Err(Error::new(ErrorKind::Corrupt, error));
             }
         };

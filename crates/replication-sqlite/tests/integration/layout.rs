@@ -498,12 +498,7 @@ async fn a_database_removed_while_open_is_started_again_under_its_name() {
         sink.apply_owned(&range_records(&stream, 4..=6))
             .await
             .unwrap();
-        let sequences: Vec<u64> = SqliteReader::open(&db)
-            .unwrap()
-            .rows(DEFAULT_TABLE, 1)
-            .unwrap()
-            .map(|r| r.unwrap().sequence)
-            .collect();
+        let sequences = stored_sequences(&db);
         assert_eq!(sequences, [4, 5, 6], "journal removed too: {with_journal}");
         assert_eq!(
             omnirelay_replication::Sink::checkpoint(&sink, &stream)
@@ -546,12 +541,17 @@ async fn a_damaged_database_is_waited_on_then_replaced() {
     sink.apply_owned(&range_records(&stream, 1..=3))
         .await
         .unwrap();
-    let sequences: Vec<u64> = SqliteReader::open(&db)
+    let sequences = stored_sequences(&db);
+    assert_eq!(sequences, [1, 2, 3]);
+    omnirelay_replication::Sink::close(&sink).await.unwrap();
+}
+
+/// The sequences of the rows of the default table of `db`, in order.
+fn stored_sequences(db: &Path) -> Vec<u64> {
+    SqliteReader::open(db)
         .unwrap()
         .rows(DEFAULT_TABLE, 1)
         .unwrap()
         .map(|r| r.unwrap().sequence)
-        .collect();
-    assert_eq!(sequences, [1, 2, 3]);
-    omnirelay_replication::Sink::close(&sink).await.unwrap();
+        .collect()
 }

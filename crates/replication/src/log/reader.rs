@@ -812,7 +812,6 @@ impl Iterator for Records {
                     // progress (or a torn one recovery will cut).
                     let (path, first) = (open.path.clone(), open.first);
                     self.current = None;
-                    self.finished = Some(path.clone());
                     let segments = match segment::list_segments(&self.dir) {
                         Ok(segments) => segments,
                         Err(e) => {
@@ -827,6 +826,8 @@ impl Iterator for Records {
                         self.done = true;
                         return None;
                     }
+                    // Sealed: it holds nothing more.
+                    self.finished = Some(path.clone());
                     if matches!(step, Step::Incomplete { .. }) {
                         let error =
                             format!("{}: a sealed segment ends inside a record", path.display());

@@ -33,6 +33,10 @@ pub struct Recovery {
     /// The sequence the log started after ([`crate::log::StreamLog::start_after`], kept in
     /// `stream.json`); 0 for a log that started at 1.
     pub started_after: u64,
+    /// Why `stream.json` could not be read, when it was there: it is
+    /// written afresh, and what it kept (recovery cuts, where the log
+    /// started) starts again.
+    pub meta_unreadable: Option<String>,
 }
 
 struct Sealed {
@@ -155,7 +159,11 @@ impl Disk {
             .sealed
             .front()
             .map_or(disk.header.first_sequence, |s| s.first);
-        disk.started_after = meta::read_meta(dir)
+        let previous = meta::checked_meta(dir).unwrap_or_else(|why| {
+            recovery.meta_unreadable = Some(why);
+            None
+        });
+        disk.started_after = previous
             .and_then(|meta| meta.started_after)
             .filter(|&after| after < first)
             .unwrap_or(0);

@@ -46,8 +46,20 @@ pub(crate) const META_FILE: &str = "stream.json";
 
 /// Reads `dir/stream.json`, if present and valid.
 pub fn read_meta(dir: &Path) -> Option<StreamMeta> {
-    let bytes = std::fs::read(dir.join(META_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    checked_meta(dir).ok().flatten()
+}
+
+/// Reads `dir/stream.json`: `Ok(None)` when there is none, `Err(why)` when
+/// it cannot be read or is not one.
+pub(crate) fn checked_meta(dir: &Path) -> Result<Option<StreamMeta>, String> {
+    let bytes = match std::fs::read(dir.join(META_FILE)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Replaces `dir/stream.json` atomically (write, sync, rename, sync dir).

@@ -451,6 +451,23 @@ async fn a_batch_reader_goes_on_past_damaged_records_of_sealed_segments_and_name
 }
 
 #[tokio::test]
+async fn an_unreadable_stream_json_is_reported_and_written_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, recovery) = open(dir.path(), options(Durability::None));
+    assert_eq!(recovery.meta_unreadable, None);
+    publish(&log, 1..=3).await;
+    log.close().unwrap();
+    drop(log);
+    std::fs::write(dir.path().join("stream.json"), b"garbage{").unwrap();
+    let (log, recovery) = open(dir.path(), options(Durability::None));
+    let why = recovery.meta_unreadable.expect("reported");
+    assert!(why.contains("expected"), "{why}");
+    assert_eq!(recovery.last_sequence, 3, "the log itself is untouched");
+    assert_eq!(read_meta(dir.path()).unwrap().durability, "none");
+    log.close().unwrap();
+}
+
+#[tokio::test]
 async fn a_missing_segment_is_a_gap_not_an_endless_loop() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = open(dir.path(), small_segments());

@@ -158,6 +158,12 @@ impl<B: LogBatch> StreamLog<B> {
                 "cut a damaged tail from the log"
             );
         }
+        if let Some(why) = &recovery.meta_unreadable {
+            tracing::warn!(
+                stream = %stream, error = %why,
+                "the log's stream.json is unreadable and was written afresh (its count of recovery cuts starts again)"
+            );
+        }
         let last = recovery.last_sequence;
         let pending = options.max_pending_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {

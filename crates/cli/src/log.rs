@@ -61,15 +61,17 @@ fn encoding(write_version: u16) -> anyhow::Result<Encoding> {
 }
 
 /// Prints records from `from` on; returns the next sequence to read and
-/// whether an error was met.
+/// whether an error was met. With `past_damage`, records lost to damage
+/// in sealed segments are reported and read past instead of ending it.
 fn print_from(
     data_dir: &Path,
     stream: &StreamId,
     from: u64,
     encoding: Encoding,
+    past_damage: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<(u64, bool)> {
-    let replay = Replay::<Event>::open(
+    let mut replay = Replay::<Event>::open(
         data_dir,
         stream,
         from,
@@ -78,7 +80,7 @@ fn print_from(
     )?;
     let mut next = from;
     let mut failed = false;
-    for item in replay {
+    while let Some(item) = replay.next() {
         match item {
             Ok(Replayed::Record(record)) => {
                 out.write_all(record.bytes())?;
@@ -93,7 +95,18 @@ fn print_from(
                 writeln!(io::stderr(), "omnirelay: {err}")?;
                 failed = true;
                 if err.kind() == omnirelay_replication::ErrorKind::Corrupt {
-                    break;
+                    match replay.skip_damaged().filter(|_| past_damage) {
+                        Some(lost) => {
+                            writeln!(
+                                io::stderr(),
+                                "sequences {}..={} lost to damage: going on after them",
+                                lost.start(),
+                                lost.end()
+                            )?;
+                            next = lost.end() + 1;
+                        }
+                        None => break,
+                    }
                 }
             }
         }
@@ -106,12 +119,14 @@ pub(crate) fn replay(
     stream: &str,
     from: u64,
     write_version: u16,
+    past_damage: bool,
 ) -> anyhow::Result<ExitCode> {
     let stream = StreamId::new(stream)?;
     has_stream(data_dir, &stream)?;
     let from = from.max(1);
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let (next, failed) = print_from(data_dir, &stream, from, encoding(write_version)?, &mut out)?;
+    let encoding = encoding(write_version)?;
+    let (next, failed) = print_from(data_dir, &stream, from, encoding, past_damage, &mut out)?;
     out.flush()?;
     if next == from && !failed {
         say_nothing_from(&stream, from);
@@ -155,7 +170,7 @@ pub(crate) async fn tail(
     };
     loop {
         let mut out = io::BufWriter::new(io::stdout().lock());
-        let (after, failed) = print_from(data_dir, &stream, next, encoding, &mut out)?;
+        let (after, failed) = print_from(data_dir, &stream, next, encoding, false, &mut out)?;
         out.flush()?;
         if failed || !follow {
             if after == next && !failed {

@@ -294,6 +294,12 @@ enum LogCommand {
         /// The schema version to write (1 is the reference format).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=2))]
         write_version: u16,
+        /// Records lost to damage in sealed segments (`log verify` names
+        /// them) are reported on stderr and read past, to rescue every
+        /// readable event; the exit status is still 1. Without it, the
+        /// replay stops at the first.
+        #[arg(long)]
+        past_damage: bool,
     },
     /// Check framing, checksums and sequence continuity of every stream;
     /// exit non-zero if anything is wrong.
@@ -586,7 +592,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stream,
             from,
             write_version,
-        }) => log::replay(&data_dir, &stream, from, write_version),
+            past_damage,
+        }) => log::replay(&data_dir, &stream, from, write_version, past_damage),
         Command::Log(LogCommand::Verify { data_dir }) => log::verify(&data_dir),
         Command::Log(LogCommand::Inspect { data_dir, stream }) => {
             log::inspect(&data_dir, stream.as_deref())

@@ -115,12 +115,13 @@ impl<E: ReplicationEvent> Replay<E> {
         }
     }
 
-    /// After a damaged record of a sealed segment ended the replay: the
-    /// sequences lost with it ([`Records::skip_damaged`]); the replay then
-    /// goes on past them.
-    pub(crate) fn skip_damaged(&mut self) -> Option<Damaged> {
+    /// After a damaged record of a sealed segment (or a missing segment)
+    /// ended the replay with an error item: the sequences lost with it; the
+    /// replay then goes on past them, as a sink's delivery does. `None`
+    /// when the replay did not end at such damage (the error stands).
+    pub fn skip_damaged(&mut self) -> Option<std::ops::RangeInclusive<u64>> {
         match &mut self.source {
-            Source::Log { damaged, .. } => damaged.take().map(|d| *d),
+            Source::Log { damaged, .. } => damaged.take().map(|d| d.first..=d.last),
             Source::Slices(..) => None,
         }
     }

@@ -433,6 +433,15 @@ fn a_damaged_record_is_lost_alone_and_named() {
     let out = omnirelay(&["log", "replay", "--data-dir", data, "--from", "37"], b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).lines().count(), 64);
+    // Rescue: everything readable in one go, the loss named, exit 1.
+    let out = omnirelay(&["log", "replay", "--data-dir", data, "--past-damage"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).lines().count(), 99);
+    assert!(
+        text(&out.stderr).contains("sequences 36..=36 lost to damage: going on after them"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -125,9 +125,9 @@ fn read_one<E: ReplicationEvent>(
             Some(Ok(Replayed::Record(record))) if record.sequence() == sequence => Ok(Some(record)),
             Some(Err(e)) if e.kind() == ErrorKind::Corrupt => match replay.skip_damaged() {
                 // Lost to damage in the log: its letter stays.
-                Some(damaged) if damaged.holds(sequence) => Ok(None),
+                Some(lost) if lost.contains(&sequence) => Ok(None),
                 // Damage before it, on the way there.
-                Some(damaged) if damaged.last < sequence => continue,
+                Some(lost) if *lost.end() < sequence => continue,
                 _ => Err(e),
             },
             Some(Err(e)) => Err(e),

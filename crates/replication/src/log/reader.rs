@@ -579,13 +579,6 @@ pub(crate) struct Damaged {
     pub(crate) error: Error,
 }
 
-impl Damaged {
-    /// Whether `sequence` was lost.
-    pub(crate) fn holds(&self, sequence: u64) -> bool {
-        (self.first..=self.last).contains(&sequence)
-    }
-}
-
 impl std::fmt::Debug for Open {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Open")

@@ -1632,6 +1632,19 @@ async fn a_record_damaged_in_a_sealed_segment_is_dead_lettered_and_the_rest_deli
     until_damage.push(Err(ErrorKind::Corrupt));
     assert_eq!(replay(1), until_damage);
     assert_eq!(replay(hit + 1), (hit + 1..=200).map(Ok).collect::<Vec<_>>());
+    // Asked to, a replay goes on past the loss, which it names.
+    let mut past = Replay::open(
+        dir.path(),
+        &StreamId::default(),
+        1,
+        Arc::new(NoteCodec::default()),
+        Encoding::JSON_V1,
+    )
+    .unwrap();
+    assert_eq!(past.by_ref().filter(Result::is_ok).count() as u64, hit - 1);
+    assert_eq!(past.skip_damaged(), Some(hit..=hit));
+    assert_eq!(past.skip_damaged(), None, "once");
+    assert_eq!(past.filter(Result::is_ok).count() as u64, 200 - hit);
 
     // The log cannot give the event back: its letter stays, the others
     // are not held up by it.

@@ -609,10 +609,10 @@ async fn status_line(
         Err(error) => line.push_str(&format!(" · dispatcher: {error}")),
     }
     match standby.status().await {
-        Ok(status) => line.push_str(&format!(
-            " · standby lag {}",
-            status["standby"]["lagEvents"]
-        )),
+        Ok(status) => match status["standby"]["lagEvents"].as_u64() {
+            Some(lag) => line.push_str(&format!(" · standby lag {lag}")),
+            None => line.push_str(" · standby lag unknown"),
+        },
         Err(error) => line.push_str(&format!(" · standby: {error}")),
     }
     line

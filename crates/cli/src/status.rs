@@ -53,6 +53,15 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// A standby's lag: `unknown` while it has not learned how far its
+/// primary's stream goes (not `-`, which says there is no standby).
+fn standby_lag(standby: &Value) -> String {
+    match &standby["lagEvents"] {
+        Value::Null if standby.is_object() => "unknown".to_owned(),
+        lag => text(lag),
+    }
+}
+
 /// The tables: one row per sink of every stream of every host (a host
 /// without sinks gets one row for each stream), then, when a host holds a
 /// lease queue (a dispatcher, a standby), one row per queue.
@@ -152,7 +161,7 @@ fn render(document: &Value) -> String {
                 text(&queue["active"]),
                 text(&queue["deadLettered"]),
                 text(&host["backpressure"]["active"]),
-                text(&host["standby"]["lagEvents"]),
+                standby_lag(&host["standby"]),
                 text(&host["standby"]["lastError"]),
             ]
         })
@@ -268,6 +277,19 @@ mod tests {
             ]
         );
         assert_eq!(lines.len(), queues + 3, "no row for the receiver: {out}");
+        // A standby that has not learned its primary's head: unknown, not
+        // 0 and not "no standby".
+        let unknown = render(&json!({"hosts": [
+            {"url": "http://b:2", "role": "standby", "up": true, "streams": [], "sinks": [],
+             "queue": {"pending": 0, "active": 0, "deadLettered": 0},
+             "standby": {"lagEvents": null, "lastError": null}},
+        ]}));
+        let row = unknown.lines().last().unwrap_or_default();
+        assert_eq!(
+            split(row),
+            ["http://b:2", "standby", "0", "0", "0", "-", "unknown", "-"],
+            "{unknown}"
+        );
         let without =
             render(&json!({"hosts": [{"url": "http://c:3", "role": "receiver", "up": true}]}));
         assert!(!without.contains("DEAD-LETTERED"), "{without}");

@@ -36,8 +36,10 @@ pub struct StandbyStatus {
     pub connected: bool,
     /// The last sequence of the primary's stream in its own log.
     pub applied: u64,
-    /// The primary's newest sequence, as last reported.
-    pub primary_head: u64,
+    /// The primary's newest sequence, as last reported; `None` until the
+    /// primary (or the source feeding the standby) has said where its
+    /// stream stands since the standby started.
+    pub primary_head: Option<u64>,
     /// The last failure to follow, if the subscription is down.
     pub last_error: Option<String>,
     /// Whether it was promoted (and follows no more).
@@ -49,9 +51,13 @@ pub struct StandbyStatus {
 }
 
 impl StandbyStatus {
-    /// Events the standby is behind the primary (as last reported).
-    pub fn lag_events(&self) -> u64 {
-        self.primary_head.saturating_sub(self.applied)
+    /// Events the standby is behind the primary (as last reported);
+    /// `None` while the primary's newest sequence is unknown: a standby
+    /// that has not heard from its primary cannot tell how far behind it
+    /// is.
+    pub fn lag_events(&self) -> Option<u64> {
+        self.primary_head
+            .map(|head| head.saturating_sub(self.applied))
     }
 }
 
@@ -176,7 +182,7 @@ impl Standby {
         }
         self.set_status(|s| {
             s.connected = connected;
-            if let Some(head) = head {
+            if head.is_some() {
                 s.primary_head = head;
             }
             if error.is_some() || connected {
@@ -208,13 +214,14 @@ impl Standby {
     /// Why promoting it now would be unsafe, if it would: while it still
     /// follows its primary itself, the primary is serving (two
     /// dispatchers serving one queue diverge); while it is behind the
-    /// primary's stream (as last reported), promoting it would lose the
-    /// events it has not applied; fed (from the bus), within its quiet
-    /// period ([`Standby::open_fed`]) of the primary's newest event (as
-    /// the primary's log stamped it) or of the last report showing the
-    /// primary's stream grown (by this host's clock, which a primary's
-    /// clock running behind cannot shorten), the primary may still be
-    /// serving. `None` once promoted.
+    /// primary's stream (as last reported), or has not learned where that
+    /// stream stands since it started (it never reached its primary or its
+    /// source), promoting it would lose the events it has not applied;
+    /// fed (from the bus), within its quiet period ([`Standby::open_fed`])
+    /// of the primary's newest event (as the primary's log stamped it) or
+    /// of the last report showing the primary's stream grown (by this
+    /// host's clock, which a primary's clock running behind cannot
+    /// shorten), the primary may still be serving. `None` once promoted.
     pub fn promotion_hazard(&self) -> Option<String> {
         let status = self.status();
         if status.promoted {
@@ -228,7 +235,20 @@ impl Standby {
                 status.following
             ));
         }
-        let lag = status.lag_events();
+        let Some(lag) = status.lag_events() else {
+            let source = if self.direct { "primary" } else { "source" };
+            let why = match &status.last_error {
+                Some(error) => format!("it cannot reach it: {error}"),
+                None => format!("it has not reached its {source} yet"),
+            };
+            return Some(format!(
+                "it has not learned how far its primary's stream goes since it started ({why}): \
+                 it has applied it through sequence {}, and promoted now it would lose whatever \
+                 the primary wrote after that (bring the {source} back so that it catches up; \
+                 force the promotion only if the primary's stream is lost for good)",
+                status.applied
+            ));
+        };
         if lag == 0 && !self.direct {
             let written = status.last_written.map(|written| {
                 let since = Timestamp::now().saturating_duration_since(written);
@@ -272,7 +292,8 @@ impl Standby {
             format!(
                 "it has applied the primary's stream through sequence {} of {}: promoted now, \
                  it would lose the {lag} events after it ({remedy})",
-                status.applied, status.primary_head
+                status.applied,
+                status.applied + lag
             )
         })
     }
@@ -332,11 +353,15 @@ impl Standby {
             .cloned()
     }
 
+    /// Changes the status, and the lag gauge with it (which appears once
+    /// the lag is known).
     fn set_status(&self, change: impl FnOnce(&mut StandbyStatus)) {
         let mut status = lock(&self.status);
         change(&mut status);
-        metrics::gauge!(LAG_EVENTS, "stream" => self.options.stream.as_str().to_owned())
-            .set(status.lag_events() as f64);
+        if let Some(lag) = status.lag_events() {
+            metrics::gauge!(LAG_EVENTS, "stream" => self.options.stream.as_str().to_owned())
+                .set(lag as f64);
+        }
     }
 
     /// Follows the primary until promoted, reconnecting with backoff.
@@ -399,7 +424,7 @@ impl Standby {
             s.last_error = None;
         });
         while let Some(batch) = subscription.next().await? {
-            self.set_status(|s| s.primary_head = batch.head);
+            self.set_status(|s| s.primary_head = Some(batch.head));
             if batch.records.is_empty() {
                 continue;
             }

@@ -220,6 +220,11 @@ fn read_batch(
     {
         let sequence = match reader.peek() {
             None => return Ok((batch, true)),
+            // What was read before a failure (a damaged record) goes out
+            // first; the failure ends the next read.
+            Some(Err(_)) if !batch.records.is_empty() || !batch.skipped.is_empty() => {
+                return Ok((batch, false));
+            }
             Some(Err(_)) => {
                 return Err(reader
                     .next()

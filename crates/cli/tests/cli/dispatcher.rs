@@ -332,6 +332,63 @@ fn heavy_a_standby_follows_the_primary_and_takes_over_when_promoted() {
     );
 }
 
+/// A standby that has not reached its primary since it started cannot tell
+/// how far behind it is: its lag shows as unknown (in `/standby`, `status`
+/// and the dashboard; before, 0), and a promotion, which could lose
+/// everything the primary wrote, is refused unless forced (before, it went
+/// through and served an empty queue).
+#[test]
+fn heavy_a_standby_that_never_reached_its_primary_is_promoted_only_when_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there.
+    let (_standby, standby_at) = start_standby(dir.path(), "http://127.0.0.1:1");
+    let standby_url = format!("http://{standby_at}");
+    let mut status = Value::Null;
+    for _ in 0..250 {
+        if let Some((_, body)) = http_get(&standby_at, "/standby") {
+            status = serde_json::from_str(&body).unwrap();
+            if status["lastError"].is_string() {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(status["lagEvents"], Value::Null, "{status}");
+    assert_eq!(status["primaryHead"], Value::Null, "{status}");
+    let hazard = status["promotionHazard"].as_str().unwrap_or_default();
+    assert!(hazard.contains("has not learned how far"), "{status}");
+    let out = omnirelay(&["status", "--url", &standby_url], b"");
+    let table = text(&out.stdout);
+    let row = table
+        .lines()
+        .skip_while(|l| !l.contains("STANDBY_LAG"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains(" unknown "), "{table}");
+    // The dashboard says so too, in a real browser.
+    let chromium = chromium();
+    let plane_dir = tempfile::tempdir().unwrap();
+    let (_plane, plane_at) = start_plane(&standby_url, plane_dir.path(), &[]);
+    plane_status(&format!("http://{plane_at}"), "the standby seen", |hosts| {
+        hosts.iter().any(|h| h["standby"].is_object())
+    });
+    let dom = text(&browse(chromium, &format!("http://{plane_at}/"), &["--dump-dom"]).stdout);
+    assert!(dom.contains("standby lag <b>unknown</b>"), "{dom}");
+    // Refused, saying why and how to force it.
+    let out = omnirelay(&["promote", "--url", &standby_url, "--wait", "1"], b"");
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(said.contains("has not learned how far"), "{said}");
+    assert!(said.contains("--force"), "{said}");
+    let (_, body) = http_get(&standby_at, "/standby").unwrap();
+    assert!(body.contains("\"role\":\"standby\""), "{body}");
+    // Forced, it serves what it has.
+    let out = omnirelay(&["promote", "--url", &standby_url, "--force"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let promoted: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(promoted["role"], "dispatcher", "{promoted}");
+}
+
 #[test]
 fn heavy_a_standby_sharing_its_primarys_archive_gets_the_whole_queue() {
     // One configuration for both nodes (an ordinary deployment): both

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, QueueOptions, Standby, StandbyFeed};
 use omnirelay_replication::{
-    Encoding, ErrorKind, Format, OwnedRecord, Replayed, Sink as _, SinkError, StreamId, Timestamp,
-    WireVersion,
+    DurableOptions, Encoding, ErrorKind, Format, LogOptions, OwnedRecord, Replayed, Sink as _,
+    SinkError, StreamId, Timestamp, WireVersion,
 };
 use omnirelay_replication_grpc::Connection;
 use tokio::sync::watch;
@@ -86,7 +86,10 @@ async fn a_standby_mirrors_the_primary_and_takes_over_with_its_queue() {
     caught_up(&standby, head).await;
     let status = standby.status();
     assert!(status.connected);
-    assert_eq!((status.primary_head, status.lag_events()), (head, 0));
+    assert_eq!(
+        (status.primary_head, status.lag_events()),
+        (Some(head), Some(0))
+    );
     assert_eq!(standby.snapshot().await, primary.snapshot().await);
     // While the primary serves, promoting would make two dispatchers of
     // one queue: refused, unless forced.
@@ -148,10 +151,109 @@ async fn a_standby_without_its_primary_says_so_and_reconnects() {
     let status = standby.status();
     assert!(!status.connected);
     assert!(status.last_error.is_some(), "{status:?}");
-    // Promoting without a primary serves what it has: an empty queue.
+    // It never learned how far the primary's stream goes, so it cannot
+    // tell what a promotion would lose: refused, and its lag is unknown
+    // (not 0).
+    assert_eq!((status.primary_head, status.lag_events()), (None, None));
+    let refused = standby
+        .promote_when_safe(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+    for part in [
+        "has not learned how far its primary's stream goes",
+        "it cannot reach it:",
+        "through sequence 0",
+        "omnirelay promote --force",
+    ] {
+        assert!(refused.to_string().contains(part), "{part}: {refused}");
+    }
+    assert!(!standby.is_promoted());
+    // Forced, it serves what it has: an empty queue.
     let dispatcher = standby.promote().await.unwrap();
     assert_eq!(dispatcher.stats().await.pending, 0);
     drop(dispatcher);
+    standby_log.close().await.unwrap();
+}
+
+/// A primary whose log holds a damaged record: the standby takes every
+/// event before it, learns how far the stream goes, and cannot follow on;
+/// a promotion would lose the rest and is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_stopped_by_damage_in_its_primarys_log_knows_what_it_lacks() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let small = || DurableOptions {
+        log: LogOptions {
+            segment_max_bytes: 2_000,
+            ..LogOptions::default()
+        },
+        ..DurableOptions::new(primary_dir.path())
+    };
+    let stream = StreamId::default();
+    let primary_log = log_with(small()).await;
+    let primary = Dispatcher::open(primary_log.clone(), DispatcherOptions::default())
+        .await
+        .unwrap();
+    for i in 0..60 {
+        primary
+            .enqueue(payload(&format!("item-{i}")), Some("seeder"))
+            .await
+            .unwrap();
+    }
+    drop(primary);
+    primary_log.close().await.unwrap();
+    let segments = omnirelay_replication_testkit::segments(primary_dir.path(), &stream);
+    assert!(segments.len() >= 3, "{segments:?}");
+    let first_of_second: u64 = segments[1]
+        .file_stem()
+        .and_then(|stem| stem.to_str()?.parse().ok())
+        .unwrap();
+    let hit = first_of_second + 2;
+    omnirelay_replication_testkit::damage_record(&segments[1], hit);
+
+    let primary_log = log_with(small()).await;
+    let head = primary_log.last_sequence(&stream);
+    assert_eq!(head, 60);
+    let (url, stop, server) = serve(primary_log.clone()).await;
+    let standby_log = log(standby_dir.path()).await;
+    let standby = Standby::open(
+        standby_log.clone(),
+        DispatcherOptions::default(),
+        Connection::new(url),
+    )
+    .await
+    .unwrap();
+    caught_up(&standby, hit - 1).await;
+    for _ in 0..500 {
+        if standby.status().last_error.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = standby.status();
+    assert_eq!(status.applied, hit - 1, "{status:?}");
+    assert_eq!(status.primary_head, Some(head), "{status:?}");
+    assert_eq!(status.lag_events(), Some(head - hit + 1), "{status:?}");
+    let error = status.last_error.unwrap_or_default();
+    assert!(error.contains("damaged"), "{error}");
+    let _ = stop.send(true);
+    server.await.unwrap();
+    let refused = standby
+        .promote_when_safe(Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+    let expected = format!(
+        "through sequence {} of {head}: promoted now, it would lose the {} events",
+        hit - 1,
+        head - hit + 1
+    );
+    assert!(refused.to_string().contains(&expected), "{refused}");
+    assert!(
+        refused.to_string().contains("cannot follow on"),
+        "{refused}"
+    );
+    primary_log.close().await.unwrap();
     standby_log.close().await.unwrap();
 }
 
@@ -254,7 +356,7 @@ async fn a_fed_standby_takes_the_stream_in_order_never_skips_and_stops_when_prom
     apply(&feed, &fed[6..]).await.unwrap();
     standby.report_upstream(true, Some(head), None);
     let status = standby.status();
-    assert_eq!((status.applied, status.lag_events()), (head, 0));
+    assert_eq!((status.applied, status.lag_events()), (head, Some(0)));
     assert!(
         status.connected && status.last_error.is_none(),
         "{status:?}"
@@ -336,6 +438,10 @@ async fn a_restarted_fed_standby_remembers_when_its_primary_last_wrote() {
     let status = standby.status();
     assert_eq!(status.applied, 2);
     assert_eq!(status.last_written, Some(fed[1].header().timestamp));
+    // Until its source says where the stream stands, that is unknown.
+    let hazard = standby.promotion_hazard().unwrap_or_default();
+    assert!(hazard.contains("has not learned how far"), "{hazard}");
+    standby.report_upstream(true, Some(2), None);
     let hazard = standby.promotion_hazard().unwrap_or_default();
     assert!(hazard.contains("its primary wrote sequence 2"), "{hazard}");
     drop((standby, primary));

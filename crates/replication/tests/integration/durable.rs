@@ -1501,23 +1501,6 @@ async fn retry_now_ends_a_failing_sinks_backoff() {
     replicator.close().await.unwrap();
 }
 
-/// Damages the record of `sequence` in the segment file `path` (one byte
-/// of its payload), walking the frames: a 32-byte header, then
-/// `u32 length | u32 CRC32C | u64 sequence | …` ([reliability.md]).
-fn damage_record(path: &std::path::Path, sequence: u64) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let mut at = 32;
-    loop {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        if u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()) == sequence {
-            bytes[at + 8 + 16] ^= 0x55;
-            std::fs::write(path, bytes).unwrap();
-            return;
-        }
-        at += 8 + len;
-    }
-}
-
 /// A record damaged on disk in a sealed segment (a bad sector, a stray
 /// write) is lost, but no more: a sink reading the log gets every other
 /// record, the lost one is dead-lettered as `corrupt`, and a redrive keeps
@@ -1543,13 +1526,7 @@ async fn a_record_damaged_in_a_sealed_segment_is_dead_lettered_and_the_rest_deli
     let replicator = open_small().await.unwrap();
     publish(&replicator, 200).await;
     replicator.close().await.unwrap();
-    let log_dir = dir.path().join("log").join("default");
-    let mut segments: Vec<_> = std::fs::read_dir(&log_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    segments.sort();
+    let segments = omnirelay_replication_testkit::segments(dir.path(), &StreamId::default());
     assert!(segments.len() >= 3, "{segments:?}");
     let first_of_second: u64 = segments[1]
         .file_stem()
@@ -1559,7 +1536,7 @@ async fn a_record_damaged_in_a_sealed_segment_is_dead_lettered_and_the_rest_deli
         .parse()
         .unwrap();
     let hit = first_of_second + 2;
-    damage_record(&segments[1], hit);
+    omnirelay_replication_testkit::damage_record(&segments[1], hit);
 
     // A sink added now reads the whole log from the files.
     let replicator = open_small().await.unwrap();

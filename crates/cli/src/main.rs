@@ -118,13 +118,15 @@ enum Command {
     },
     /// Promote a standby: it stops following and serves as the dispatcher
     /// with the queue its log holds. Refused while its primary still
-    /// serves it or while it is behind the primary's stream (after
+    /// serves it, while it is behind the primary's stream, or while it
+    /// has not learned how far that stream goes since it started (after
     /// waiting `--wait` seconds for that to pass), unless forced.
     Promote {
         #[command(flatten)]
         node: RemoteNode,
         /// Promote even while the primary still serves, or with events of
-        /// the primary's stream not applied (they are lost to it).
+        /// the primary's stream not applied or not known (they are lost to
+        /// it).
         #[arg(long)]
         force: bool,
         /// How long the standby waits for the promotion to become safe

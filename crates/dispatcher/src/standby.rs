@@ -20,6 +20,14 @@ use crate::service::{Dispatcher, DispatcherOptions, lock};
 /// The gauge of a standby's lag behind its primary, in events.
 pub const LAG_EVENTS: &str = "omnirelay_dispatcher_standby_lag_events";
 
+/// The gauge of whether a standby's subscription to its primary (or its
+/// source) is open: 1 or 0.
+pub const CONNECTED: &str = "omnirelay_dispatcher_standby_connected";
+
+/// The gauge of whether a standby was promoted: 0 while it follows, 1
+/// once it serves as the dispatcher.
+pub const PROMOTED: &str = "omnirelay_dispatcher_standby_promoted";
+
 /// How long after its primary's newest event a standby fed from the bus
 /// (which cannot see whether the primary serves) takes the primary for
 /// stopped by default: before, a promotion is refused unless forced. The
@@ -139,6 +147,9 @@ impl Standby {
         let state = crate::service::rebuild(&replicator, &options).await?;
         let applied = replicator.last_sequence(&options.stream);
         let last_written = last_written(&replicator, &options.stream, applied).await?;
+        let stream = options.stream.as_str().to_owned();
+        metrics::gauge!(CONNECTED, "stream" => stream.clone()).set(0.0);
+        metrics::gauge!(PROMOTED, "stream" => stream).set(0.0);
         Ok(Arc::new(Self {
             status: StdMutex::new(StandbyStatus {
                 following: following.to_owned(),
@@ -344,8 +355,9 @@ impl Standby {
                 let dispatcher =
                     Dispatcher::open(self.replicator.clone(), self.options.clone()).await?;
                 lock(&self.status).promoted = true;
-                metrics::gauge!(LAG_EVENTS, "stream" => self.options.stream.as_str().to_owned())
-                    .set(0.0);
+                let stream = self.options.stream.as_str().to_owned();
+                metrics::gauge!(LAG_EVENTS, "stream" => stream.clone()).set(0.0);
+                metrics::gauge!(PROMOTED, "stream" => stream).set(1.0);
                 tracing::info!("standby promoted: serving as the dispatcher");
                 Ok(dispatcher)
             })
@@ -353,15 +365,16 @@ impl Standby {
             .cloned()
     }
 
-    /// Changes the status, and the lag gauge with it (which appears once
+    /// Changes the status, and its gauges with it (the lag's appears once
     /// the lag is known).
     fn set_status(&self, change: impl FnOnce(&mut StandbyStatus)) {
         let mut status = lock(&self.status);
         change(&mut status);
+        let stream = self.options.stream.as_str().to_owned();
         if let Some(lag) = status.lag_events() {
-            metrics::gauge!(LAG_EVENTS, "stream" => self.options.stream.as_str().to_owned())
-                .set(lag as f64);
+            metrics::gauge!(LAG_EVENTS, "stream" => stream.clone()).set(lag as f64);
         }
+        metrics::gauge!(CONNECTED, "stream" => stream).set(f64::from(u8::from(status.connected)));
     }
 
     /// Follows the primary until promoted, reconnecting with backoff.

@@ -136,6 +136,12 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(targets: &[&str]) -> Self {
+        Self::start_with_rules(targets, |rules| rules)
+    }
+
+    /// As [`Prometheus::start`], with the shipped alert rules changed by
+    /// `edit` (a shorter `for:`, so that a test need not wait minutes).
+    fn start_with_rules(targets: &[&str], edit: impl FnOnce(String) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let shipped = std::fs::read_to_string(deploy_dir().join("prometheus.yml")).unwrap();
         let targets = targets
@@ -153,11 +159,8 @@ impl Prometheus {
             &format!("targets: [{targets}]"),
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        std::fs::copy(
-            deploy_dir().join("alerts.yml"),
-            dir.path().join("alerts.yml"),
-        )
-        .unwrap();
+        let rules = std::fs::read_to_string(deploy_dir().join("alerts.yml")).unwrap();
+        std::fs::write(dir.path().join("alerts.yml"), edit(rules)).unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -479,5 +482,99 @@ fn heavy_prometheus_scrapes_a_dispatcher_its_seeder_and_workers_and_every_mesh_p
         let items =
             prometheus.query("sum by (peer) (omnirelay_mesh_items_total{outcome=~\"created|updated|duplicate\"}) > 0");
         items.len() == 2
+    });
+}
+
+/// The standby alerts of `deploy/alerts.yml` against real standbys: one
+/// that cannot reach its primary is reported as not following (its
+/// connected gauge 0, its lag unknown and so absent), one following a
+/// running dispatcher is not; once promoted, the first is no longer
+/// reported.
+#[test]
+fn heavy_prometheus_alerts_on_a_standby_that_does_not_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = |name: &str, args: &[&str]| {
+        let data = dir.path().join(name);
+        let mut all = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir_arg(&data),
+        ];
+        all.extend_from_slice(args);
+        let (child, address, _stderr) = spawn_listening(&all);
+        (child, address)
+    };
+    let (_primary, primary) = node("primary", &["--role", "dispatcher"]);
+    let primary_url = format!("http://{primary}");
+    let (_following, following) = node(
+        "following",
+        &["--role", "standby", "--follow", &primary_url],
+    );
+    // Nothing listens there.
+    let (_stranded, stranded) = node(
+        "stranded",
+        &["--role", "standby", "--follow", "http://127.0.0.1:1"],
+    );
+    let targets = [following.as_str(), stranded.as_str()];
+    let prometheus = Prometheus::start_with_rules(&targets, |rules| {
+        rules.replace("        for: 1m\n", "        for: 2s\n")
+    });
+    let firing = |name: &str| -> BTreeSet<String> {
+        let alerts = prometheus.api("/api/v1/alerts");
+        alerts["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["labels"]["alertname"] == name && a["state"] == "firing")
+            .filter_map(|a| a["labels"]["instance"].as_str().map(str::to_owned))
+            .collect()
+    };
+    prometheus.wait_for("the connected gauges", || {
+        let connected = prometheus.query("omnirelay_dispatcher_standby_connected");
+        connected.len() == 2
+            && connected.iter().all(|c| {
+                let expected = if c["metric"]["instance"] == following.as_str() {
+                    "1"
+                } else {
+                    "0"
+                };
+                c["value"][1] == expected
+            })
+    });
+    // The following standby's lag is known (0); the stranded one's is
+    // not, so it has no series.
+    let lag = prometheus.query("omnirelay_dispatcher_standby_lag_events");
+    assert_eq!(
+        instances(&lag),
+        BTreeSet::from([following.clone()]),
+        "{lag:?}"
+    );
+    prometheus.wait_for("the stranded standby's alert", || {
+        !firing("OmniRelayStandbyNotFollowing").is_empty()
+    });
+    assert_eq!(
+        firing("OmniRelayStandbyNotFollowing"),
+        BTreeSet::from([stranded.clone()]),
+        "only the standby that cannot reach its primary"
+    );
+    // Promoted (forced: it never learned its primary's head), it follows
+    // nothing on purpose: the alert ends.
+    let promote = format!("http://{stranded}");
+    let out = crate::omnirelay(&["promote", "--url", &promote, "--force"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    prometheus.wait_for("the promoted gauge", || {
+        prometheus
+            .query("omnirelay_dispatcher_standby_promoted == 1")
+            .iter()
+            .any(|p| p["metric"]["instance"] == stranded.as_str())
+    });
+    prometheus.wait_for("the alert to end", || {
+        firing("OmniRelayStandbyNotFollowing").is_empty()
     });
 }

@@ -365,15 +365,46 @@ fn heavy_a_standby_that_never_reached_its_primary_is_promoted_only_when_forced()
         .nth(1)
         .unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains(" unknown "), "{table}");
-    // The dashboard says so too, in a real browser.
+    // The dashboard says so too, in a real browser, beside a standby that
+    // follows its primary.
+    let (primary_dir, following_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_primary, primary_at, _) = start(primary_dir.path(), &[]);
+    let (_following, following_at) =
+        start_standby(following_dir.path(), &format!("http://{primary_at}"));
+    let following_url = format!("http://{following_at}");
     let chromium = chromium();
     let plane_dir = tempfile::tempdir().unwrap();
-    let (_plane, plane_at) = start_plane(&standby_url, plane_dir.path(), &[]);
-    plane_status(&format!("http://{plane_at}"), "the standby seen", |hosts| {
-        hosts.iter().any(|h| h["standby"].is_object())
-    });
+    let hosts = format!("{standby_url},{following_url}");
+    let (_plane, plane_at) = start_plane(&hosts, plane_dir.path(), &[]);
+    plane_status(
+        &format!("http://{plane_at}"),
+        "both standbys seen",
+        |hosts| {
+            hosts.iter().filter(|h| h["standby"].is_object()).count() == 2
+                && hosts.iter().any(|h| h["standby"]["connected"] == true)
+        },
+    );
     let dom = text(&browse(chromium, &format!("http://{plane_at}/"), &["--dump-dom"]).stdout);
-    assert!(dom.contains("standby lag <b>unknown</b>"), "{dom}");
+    let card = |url: &str| {
+        dom.split("<article")
+            .find(|card| card.contains(&format!("data-host=\"{url}\"")))
+            .unwrap_or_else(|| panic!("no card for {url}: {dom}"))
+            .to_owned()
+    };
+    let stranded = card(&standby_url);
+    assert!(
+        stranded.contains("standby lag <b>unknown</b>"),
+        "{stranded}"
+    );
+    assert!(stranded.contains(">not following<"), "{stranded}");
+    assert!(
+        stranded.contains("<div class=\"error standby-error\">standby: unavailable: "),
+        "{stranded}"
+    );
+    let following = card(&following_url);
+    assert!(following.contains("standby lag <b>0</b>"), "{following}");
+    assert!(!following.contains("not following"), "{following}");
+    assert!(!following.contains("standby-error"), "{following}");
     // Refused, saying why and how to force it.
     let out = omnirelay(&["promote", "--url", &standby_url, "--wait", "1"], b"");
     assert!(!out.status.success());

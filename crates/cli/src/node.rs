@@ -260,6 +260,7 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     core::describe();
     lease::describe();
     omnirelay_replication_grpc::telemetry::describe();
+    omnirelay_dispatcher::describe();
     Ok(handle)
 }
 

@@ -535,9 +535,7 @@ async fn start_sinks_when_named(
                     }
                 }
             }
-            // Promotion has no notification of its own: looked at twice a
-            // second.
-            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            () = standby.wait_promoted() => {}
             _ = stopping.changed() => return,
         }
         if *stopping.borrow() {
@@ -617,7 +615,7 @@ async fn feed_from_bus(
             // until promotion or shutdown ends it.
             let polled = tokio::select! {
                 polled = source.poll() => polled,
-                () = until_promoted(&standby) => return,
+                () = standby.wait_promoted() => return,
                 _ = stopping.changed() => return,
             };
             let outcome = match polled {
@@ -661,12 +659,6 @@ async fn primary_head(
 ) -> Result<u64, omnirelay_replication::Error> {
     let applied = standby.status().applied;
     Ok(applied + source.pending().await?)
-}
-
-async fn until_promoted(standby: &Standby) {
-    while !standby.is_promoted() {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
 }
 
 /// What a node runs, for its status.

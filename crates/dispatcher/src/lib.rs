@@ -36,3 +36,24 @@ pub use service::{
     DEAD_LETTERED_ITEMS, DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats,
 };
 pub use standby::{PRIMARY_QUIET, Standby, StandbyFeed, StandbyStatus};
+
+/// Describes the dispatcher's and the standby's own gauges to the
+/// installed recorder (help texts in the exposition).
+pub fn describe() {
+    use metrics::{Unit, describe_gauge};
+    describe_gauge!(
+        DEAD_LETTERED_ITEMS,
+        Unit::Count,
+        "Items the dispatcher holds dead-lettered."
+    );
+    describe_gauge!(
+        standby::LAG_EVENTS,
+        Unit::Count,
+        "Events the standby is behind its primary (absent while unknown)."
+    );
+    describe_gauge!(
+        standby::CONNECTED,
+        "1 while the standby's subscription to its primary (or the bus) is open."
+    );
+    describe_gauge!(standby::PROMOTED, "1 once the standby was promoted.");
+}

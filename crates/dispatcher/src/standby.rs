@@ -207,6 +207,14 @@ impl Standby {
         *self.stop.borrow()
     }
 
+    /// Returns once it is promoted (at once if it was): it follows no more
+    /// from then on.
+    pub async fn wait_promoted(&self) {
+        let mut promoted = self.stop.subscribe();
+        // The sender lives as long as `self`: it cannot be dropped here.
+        let _ = promoted.wait_for(|promoted| *promoted).await;
+    }
+
     /// Where it stands.
     pub fn status(&self) -> StandbyStatus {
         lock(&self.status).clone()

@@ -387,6 +387,7 @@ fn heavy_a_standby_that_never_reached_its_primary_is_promoted_only_when_forced()
     let dom = text(&browse(chromium, &format!("http://{plane_at}/"), &["--dump-dom"]).stdout);
     let card = |url: &str| {
         dom.split("<article")
+            .filter_map(|card| card.split("</article>").next())
             .find(|card| card.contains(&format!("data-host=\"{url}\"")))
             .unwrap_or_else(|| panic!("no card for {url}: {dom}"))
             .to_owned()

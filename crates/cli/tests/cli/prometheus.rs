@@ -543,6 +543,19 @@ fn heavy_prometheus_alerts_on_a_standby_that_does_not_follow() {
                 c["value"][1] == expected
             })
     });
+    // Each gauge says what it is.
+    for name in [
+        "omnirelay_dispatcher_standby_connected",
+        "omnirelay_dispatcher_standby_promoted",
+        "omnirelay_dispatcher_standby_lag_events",
+    ] {
+        prometheus.wait_for(&format!("the help text of {name}"), || {
+            let metadata = prometheus.api(&format!("/api/v1/metadata?metric={name}"));
+            metadata[name][0]["help"]
+                .as_str()
+                .is_some_and(|help| !help.is_empty())
+        });
+    }
     // The following standby's lag is known (0); the stranded one's is
     // not, so it has no series.
     let lag = prometheus.query("omnirelay_dispatcher_standby_lag_events");

@@ -169,8 +169,22 @@ async fn a_standby_without_its_primary_says_so_and_reconnects() {
         assert!(refused.to_string().contains(part), "{part}: {refused}");
     }
     assert!(!standby.is_promoted());
+    let waiting = tokio::spawn({
+        let standby = standby.clone();
+        async move { standby.wait_promoted().await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "not promoted yet");
     // Forced, it serves what it has: an empty queue.
     let dispatcher = standby.promote().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("promotion ends the wait")
+        .unwrap();
+    // Once promoted, the wait ends at once.
+    tokio::time::timeout(Duration::from_secs(1), standby.wait_promoted())
+        .await
+        .unwrap();
     assert_eq!(dispatcher.stats().await.pending, 0);
     drop(dispatcher);
     standby_log.close().await.unwrap();

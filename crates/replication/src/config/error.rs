@@ -69,6 +69,10 @@ impl ConfigError {
                 }
                 message
             }
+            figment::error::Kind::UnknownVariant(found, expected) => format!(
+                "unknown value `{found}` (expected one of: {})",
+                expected.join(", ")
+            ),
             figment::error::Kind::Message(message) => message.clone(),
             other => other.to_string(),
         };

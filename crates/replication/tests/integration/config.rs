@@ -82,6 +82,23 @@ fn an_unknown_key_names_the_file_and_the_key_path() {
 }
 
 #[test]
+fn an_unknown_value_names_the_values_there_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "[replication.sinks.a]\ntype = \"memory\"\nmode = \"requird\"\n",
+    );
+    let errs = errors(&file, &[]);
+    assert_eq!(
+        errs,
+        [format!(
+            "{}: replication.sinks.a.mode: unknown value `requird` (expected one of: required, best_effort)",
+            file.display()
+        )]
+    );
+}
+
+#[test]
 fn a_sink_types_key_beside_the_sink_points_to_its_settings_table() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(

@@ -362,7 +362,12 @@ impl Standby {
                 let _fed = self.state.lock().await;
                 let dispatcher =
                     Dispatcher::open(self.replicator.clone(), self.options.clone()).await?;
-                lock(&self.status).promoted = true;
+                // It follows no more (a forced promotion may have left
+                // the subscription open until now).
+                self.set_status(|s| {
+                    s.promoted = true;
+                    s.connected = false;
+                });
                 let stream = self.options.stream.as_str().to_owned();
                 metrics::gauge!(LAG_EVENTS, "stream" => stream.clone()).set(0.0);
                 metrics::gauge!(PROMOTED, "stream" => stream).set(1.0);

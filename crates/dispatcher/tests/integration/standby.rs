@@ -190,6 +190,38 @@ async fn a_standby_without_its_primary_says_so_and_reconnects() {
     standby_log.close().await.unwrap();
 }
 
+/// Promoted by force while its primary still serves, a standby stops
+/// following at once: it says it is not connected, and what the primary
+/// writes after that does not reach its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_promoted_by_force_stops_following() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (primary_log, primary) = primary_with(primary_dir.path(), &["a", "b"]).await;
+    let (url, stop, server) = serve(primary_log.clone()).await;
+    let standby_log = log(standby_dir.path()).await;
+    let standby = Standby::open(
+        standby_log.clone(),
+        DispatcherOptions::default(),
+        Connection::new(url),
+    )
+    .await
+    .unwrap();
+    caught_up(&standby, 2).await;
+    assert!(standby.status().connected);
+    let dispatcher = standby.promote().await.unwrap();
+    let status = standby.status();
+    assert!(status.promoted && !status.connected, "{status:?}");
+    primary.enqueue(payload("c"), Some("seeder")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(standby_log.last_sequence(&StreamId::default()), 2);
+    drop(dispatcher);
+    let _ = stop.send(true);
+    server.await.unwrap();
+    drop(primary);
+    primary_log.close().await.unwrap();
+    standby_log.close().await.unwrap();
+}
+
 /// A primary whose log holds a damaged record: the standby takes every
 /// event before it, learns how far the stream goes, and cannot follow on;
 /// a promotion would lose the rest and is refused, saying why.

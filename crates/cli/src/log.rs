@@ -60,9 +60,20 @@ fn encoding(write_version: u16) -> anyhow::Result<Encoding> {
     Ok(Encoding::new(Format::Json, version))
 }
 
-/// Prints records from `from` on; returns the next sequence to read and
-/// whether an error was met. With `past_damage`, records lost to damage
-/// in sealed segments are reported and read past instead of ending it.
+/// What [`print_from`] printed.
+struct Printed {
+    /// The next sequence to read.
+    next: u64,
+    /// Whether an error was met (each is reported on stderr).
+    failed: bool,
+    /// Whether one of them was not read past: an event this binary cannot
+    /// render, or damage without `past_damage`.
+    stopped: bool,
+}
+
+/// Prints records from `from` on. With `past_damage`, records lost to
+/// damage in sealed segments are reported and read past instead of ending
+/// it.
 fn print_from(
     data_dir: &Path,
     stream: &StreamId,
@@ -70,7 +81,7 @@ fn print_from(
     encoding: Encoding,
     past_damage: bool,
     out: &mut impl Write,
-) -> anyhow::Result<(u64, bool)> {
+) -> anyhow::Result<Printed> {
     let mut replay = Replay::<Event>::open(
         data_dir,
         stream,
@@ -79,7 +90,7 @@ fn print_from(
         encoding,
     )?;
     let mut next = from;
-    let mut failed = false;
+    let (mut failed, mut stopped) = (false, false);
     while let Some(item) = replay.next() {
         match item {
             Ok(Replayed::Record(record)) => {
@@ -94,7 +105,11 @@ fn print_from(
             Err(err) => {
                 writeln!(io::stderr(), "omnirelay: {err}")?;
                 failed = true;
-                if err.kind() == omnirelay_replication::ErrorKind::Corrupt {
+                if err.kind() != omnirelay_replication::ErrorKind::Corrupt {
+                    // The replay goes on after an unreadable event; a
+                    // follower does not.
+                    stopped = true;
+                } else {
                     match replay.skip_damaged().filter(|_| past_damage) {
                         Some(lost) => {
                             writeln!(
@@ -105,13 +120,20 @@ fn print_from(
                             )?;
                             next = lost.end() + 1;
                         }
-                        None => break,
+                        None => {
+                            stopped = true;
+                            break;
+                        }
                     }
                 }
             }
         }
     }
-    Ok((next, failed))
+    Ok(Printed {
+        next,
+        failed,
+        stopped,
+    })
 }
 
 pub(crate) fn replay(
@@ -126,12 +148,12 @@ pub(crate) fn replay(
     let from = from.max(1);
     let mut out = io::BufWriter::new(io::stdout().lock());
     let encoding = encoding(write_version)?;
-    let (next, failed) = print_from(data_dir, &stream, from, encoding, past_damage, &mut out)?;
+    let printed = print_from(data_dir, &stream, from, encoding, past_damage, &mut out)?;
     out.flush()?;
-    if next == from && !failed {
+    if printed.next == from && !printed.failed {
         say_nothing_from(&stream, from);
     }
-    Ok(exit_status(!failed))
+    Ok(exit_status(!printed.failed))
 }
 
 /// Says that a read printed nothing at all, rather than leave an empty
@@ -143,6 +165,8 @@ fn say_nothing_from(stream: &StreamId, from: u64) {
     );
 }
 
+/// `log tail`: with `past_damage` (a local log only), records lost to
+/// damage are reported and read past, also while following.
 pub(crate) async fn tail(
     source: &TailSource,
     stream: &str,
@@ -150,6 +174,7 @@ pub(crate) async fn tail(
     from: Option<u64>,
     follow: bool,
     write_version: u16,
+    past_damage: bool,
 ) -> anyhow::Result<ExitCode> {
     let data_dir = match source {
         TailSource::Local(dir) => dir,
@@ -168,17 +193,19 @@ pub(crate) async fn tail(
             last.saturating_sub(lines) + 1
         }
     };
+    let mut failed = false;
     loop {
         let mut out = io::BufWriter::new(io::stdout().lock());
-        let (after, failed) = print_from(data_dir, &stream, next, encoding, false, &mut out)?;
+        let printed = print_from(data_dir, &stream, next, encoding, past_damage, &mut out)?;
         out.flush()?;
-        if failed || !follow {
-            if after == next && !failed {
+        failed |= printed.failed;
+        if printed.stopped || !follow {
+            if printed.next == next && !failed {
                 say_nothing_from(&stream, next);
             }
             return Ok(exit_status(!failed));
         }
-        next = after;
+        next = printed.next;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

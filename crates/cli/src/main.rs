@@ -353,6 +353,11 @@ enum LogCommand {
         /// The schema version to write (1 is the reference format).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=2))]
         write_version: u16,
+        /// Records lost to damage in sealed segments are reported on
+        /// stderr and read past (a local log only; the exit status is
+        /// still 1). Without it, the tail stops at the first.
+        #[arg(long, conflicts_with = "url")]
+        past_damage: bool,
     },
 }
 
@@ -682,6 +687,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             from,
             follow,
             write_version,
+            past_damage,
         }) => {
             let source = match (data_dir, url) {
                 (Some(dir), _) => log::TailSource::Local(dir),
@@ -706,6 +712,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 from,
                 follow,
                 write_version,
+                past_damage,
             ))
         }
         Command::Schema(SchemaCommand::Convert {

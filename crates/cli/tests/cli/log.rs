@@ -442,6 +442,59 @@ fn a_damaged_record_is_lost_alone_and_named() {
         "{}",
         text(&out.stderr)
     );
+    // So does `log tail`: it stops at the damage, or reads past it.
+    let tail = |extra: &[&str]| {
+        let mut args = vec!["log", "tail", "--data-dir", data, "--from", "30"];
+        args.extend_from_slice(extra);
+        omnirelay(&args, b"")
+    };
+    let out = tail(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).lines().count(), 6, "30..=35");
+    let out = tail(&["--past-damage"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).lines().count(), 70, "30..=100 but 36");
+    assert!(
+        text(&out.stderr).contains("sequences 36..=36 lost to damage: going on after them"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Following, it reads past the damage and keeps following.
+    let mut follower = crate::spawn(&[
+        "log",
+        "tail",
+        "--data-dir",
+        data,
+        "--from",
+        "30",
+        "--follow",
+        "--past-damage",
+    ]);
+    let stdout = BufReader::new(follower.stdout.take().unwrap());
+    let last = stdout
+        .lines()
+        .take(70)
+        .last()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    assert!(last.contains("\"sequenceNumber\":100"), "{last}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "still following after the damage"
+    );
+    drop(follower);
+    let out = omnirelay(
+        &[
+            "log",
+            "tail",
+            "--url",
+            "http://127.0.0.1:1",
+            "--past-damage",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2), "a local log only");
 }
 
 #[test]

@@ -62,8 +62,12 @@ impl StandbyStatus {
     /// Events the standby is behind the primary (as last reported);
     /// `None` while the primary's newest sequence is unknown: a standby
     /// that has not heard from its primary cannot tell how far behind it
-    /// is.
+    /// is. 0 once promoted.
     pub fn lag_events(&self) -> Option<u64> {
+        if self.promoted {
+            // It serves the stream now: nothing to be behind.
+            return Some(0);
+        }
         self.primary_head
             .map(|head| head.saturating_sub(self.applied))
     }
@@ -364,13 +368,15 @@ impl Standby {
                     Dispatcher::open(self.replicator.clone(), self.options.clone()).await?;
                 // It follows no more (a forced promotion may have left
                 // the subscription open until now).
+                // Its lag is 0 from now on (the gauge too), and a failure
+                // to follow is history.
                 self.set_status(|s| {
                     s.promoted = true;
                     s.connected = false;
+                    s.last_error = None;
                 });
-                let stream = self.options.stream.as_str().to_owned();
-                metrics::gauge!(LAG_EVENTS, "stream" => stream.clone()).set(0.0);
-                metrics::gauge!(PROMOTED, "stream" => stream).set(1.0);
+                metrics::gauge!(PROMOTED, "stream" => self.options.stream.as_str().to_owned())
+                    .set(1.0);
                 tracing::info!("standby promoted: serving as the dispatcher");
                 Ok(dispatcher)
             })

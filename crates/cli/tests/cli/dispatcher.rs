@@ -419,6 +419,11 @@ fn heavy_a_standby_that_never_reached_its_primary_is_promoted_only_when_forced()
     assert!(out.status.success(), "{}", text(&out.stderr));
     let promoted: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
     assert_eq!(promoted["role"], "dispatcher", "{promoted}");
+    assert_eq!(
+        (&promoted["lagEvents"], &promoted["lastError"]),
+        (&json!(0), &Value::Null),
+        "{promoted}"
+    );
 }
 
 #[test]

@@ -175,8 +175,11 @@ async fn a_standby_without_its_primary_says_so_and_reconnects() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!waiting.is_finished(), "not promoted yet");
-    // Forced, it serves what it has: an empty queue.
+    // Forced, it serves what it has: an empty queue; its lag is 0 and its
+    // failure to follow history.
     let dispatcher = standby.promote().await.unwrap();
+    let status = standby.status();
+    assert_eq!((status.lag_events(), status.last_error), (Some(0), None));
     tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("promotion ends the wait")
@@ -211,6 +214,7 @@ async fn a_standby_promoted_by_force_stops_following() {
     let dispatcher = standby.promote().await.unwrap();
     let status = standby.status();
     assert!(status.promoted && !status.connected, "{status:?}");
+    assert_eq!(status.lag_events(), Some(0), "it serves the stream now");
     primary.enqueue(payload("c"), Some("seeder")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(standby_log.last_sequence(&StreamId::default()), 2);

@@ -157,6 +157,8 @@ fn render(document: &Value) -> String {
             vec![
                 text(&host["url"]),
                 text(&host["role"]),
+                // A host that is down shows what it held when last seen.
+                text(&host["up"]),
                 text(&queue["pending"]),
                 text(&queue["active"]),
                 text(&queue["deadLettered"]),
@@ -172,6 +174,7 @@ fn render(document: &Value) -> String {
             &[
                 "HOST",
                 "ROLE",
+                "UP",
                 "PENDING",
                 "LEASED",
                 "DEAD-LETTERED",
@@ -260,13 +263,24 @@ mod tests {
         let split = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(
             split(lines[queues + 1]),
-            ["http://a:1", "dispatcher", "4", "1", "2", "NO", "-", "-"]
+            [
+                "http://a:1",
+                "dispatcher",
+                "yes",
+                "4",
+                "1",
+                "2",
+                "NO",
+                "-",
+                "-"
+            ]
         );
         assert_eq!(
             split(lines[queues + 2]),
             [
                 "http://b:2",
                 "standby",
+                "yes",
                 "4",
                 "1",
                 "2",
@@ -287,8 +301,41 @@ mod tests {
         let row = unknown.lines().last().unwrap_or_default();
         assert_eq!(
             split(row),
-            ["http://b:2", "standby", "0", "0", "0", "-", "unknown", "-"],
+            [
+                "http://b:2",
+                "standby",
+                "yes",
+                "0",
+                "0",
+                "0",
+                "-",
+                "unknown",
+                "-"
+            ],
             "{unknown}"
+        );
+        // A host that is down: what it held when last seen, marked so (a
+        // primary killed in a failover is not a second dispatcher).
+        let down = render(&json!({"hosts": [
+            {"url": "http://d:4", "role": "dispatcher", "up": false, "streams": [], "sinks": [],
+             "queue": {"pending": 5, "active": 0, "deadLettered": 0},
+             "backpressure": {"active": false}},
+        ]}));
+        let row = down.lines().last().unwrap_or_default();
+        assert_eq!(
+            split(row),
+            [
+                "http://d:4",
+                "dispatcher",
+                "NO",
+                "5",
+                "0",
+                "0",
+                "NO",
+                "-",
+                "-"
+            ],
+            "{down}"
         );
         let without =
             render(&json!({"hosts": [{"url": "http://c:3", "role": "receiver", "up": true}]}));

@@ -1557,8 +1557,8 @@ fn heavy_status_agrees_with_the_nodes_own_metrics() {
         .nth(1)
         .unwrap_or_else(|| panic!("no queue table: {table}"));
     assert_eq!(
-        queue.split_whitespace().skip(1).take(5).collect::<Vec<_>>(),
-        ["dispatcher", "4", "0", "0", "NO"],
+        queue.split_whitespace().skip(1).take(6).collect::<Vec<_>>(),
+        ["dispatcher", "yes", "4", "0", "0", "NO"],
         "{table}"
     );
     assert!(signal(node.id(), "TERM"));

@@ -444,37 +444,99 @@ impl Standby {
         }
     }
 
-    /// One subscription, from the sequence after the log's last, until it
-    /// ends.
+    /// One subscription, until it ends: from the log's last event, which
+    /// the primary must hold too (a log that diverged from its primary's
+    /// is not followed), then on after it.
     async fn follow_once(&self, primary: &Connection) -> Result<(), Error> {
         let stream = &self.options.stream;
-        let from = self.replicator.last_sequence(stream) + 1;
+        let last = self.replicator.last_sequence(stream);
         let encoding = Encoding::new(Format::Protobuf, WireVersion::V2);
-        let mut subscription = Subscription::open(primary, stream, from, encoding).await?;
+        let mut check = (last > 0).then_some(last);
+        let mut subscription = Subscription::open(primary, stream, last.max(1), encoding).await?;
         self.set_status(|s| {
             s.connected = true;
             s.last_error = None;
         });
-        while let Some(batch) = subscription.next().await? {
+        loop {
+            let batch = match subscription.next().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return Ok(()),
+                // The primary no longer holds it (retention): nothing to
+                // compare with.
+                Err(error) if check.is_some() && error.kind() == ErrorKind::Rejected => {
+                    tracing::warn!(
+                        %error,
+                        sequence = last,
+                        "cannot check that the primary holds this standby's last event; following on after it"
+                    );
+                    check = None;
+                    subscription = Subscription::open(primary, stream, last + 1, encoding).await?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             self.set_status(|s| s.primary_head = Some(batch.head));
-            if batch.records.is_empty() {
+            let mut records = &batch.records[..];
+            if let Some(own) = check {
+                if batch.head < own {
+                    return Err(diverged(format!(
+                        "this standby's log holds sequence {own}, but its primary's stream ends \
+                         at sequence {}",
+                        batch.head
+                    )));
+                }
+                let Some((first, rest)) = records.split_first() else {
+                    continue;
+                };
+                self.check_same(own, first).await?;
+                check = None;
+                records = rest;
+            }
+            if records.is_empty() {
                 continue;
             }
-            let events = batch
-                .records
+            let events = records
                 .iter()
                 .map(|record| {
-                    let mut event = proto::decode(&record.payload).map_err(|e| {
-                        Error::new(
-                            ErrorKind::Corrupt,
-                            format!("primary sent sequence {} undecodable: {e}", record.sequence),
-                        )
-                    })?;
+                    let mut event = decode_followed(record)?;
                     event.sequence_number = i64::try_from(record.sequence).unwrap_or(i64::MAX);
                     Ok(event)
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
             self.append(stream, events).await?;
+        }
+    }
+
+    /// Checks that the primary's record `theirs` is the event this
+    /// standby's log holds at sequence `own`.
+    async fn check_same(
+        &self,
+        own: u64,
+        theirs: &omnirelay_replication_grpc::v2::StreamRecord,
+    ) -> Result<(), Error> {
+        let stream = &self.options.stream;
+        let mine = match record_at(&self.replicator, stream, own).await? {
+            Some((_, bytes)) => proto::decode(&bytes).map_err(|e| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("this standby's own sequence {own} is undecodable: {e}"),
+                )
+            })?,
+            None => return Ok(()),
+        };
+        let theirs_event = decode_followed(theirs)?;
+        // Who wrote it and under which numbering may differ; what
+        // happened may not.
+        let same = |mut event: Event| {
+            event.sequence_number = 0;
+            event.node_id = None;
+            event.stream_id = None;
+            event
+        };
+        if theirs.sequence != own || same(mine) != same(theirs_event) {
+            return Err(diverged(format!(
+                "its primary holds another event at sequence {own} than this standby's log"
+            )));
         }
         Ok(())
     }
@@ -608,26 +670,63 @@ async fn last_written(
     stream: &StreamId,
     last: u64,
 ) -> Result<Option<Timestamp>, Error> {
-    if last == 0 {
+    Ok(record_at(replicator, stream, last)
+        .await?
+        .map(|(timestamp, _)| timestamp))
+}
+
+/// The record of `stream` at `sequence` in the standby's own log (in
+/// protobuf at version 2): its timestamp and bytes; `None` for 0 or a
+/// sequence it does not hold.
+async fn record_at(
+    replicator: &DurableReplicator<Event>,
+    stream: &StreamId,
+    sequence: u64,
+) -> Result<Option<(Timestamp, Vec<u8>)>, Error> {
+    if sequence == 0 {
         return Ok(None);
     }
     let replay = replicator
         .replay(
             stream,
-            last,
+            sequence,
             Encoding::new(Format::Protobuf, WireVersion::V2),
         )
         .await?;
     tokio::task::spawn_blocking(move || {
         for item in replay {
             if let Replayed::Record(record) = item? {
-                return Ok(Some(record.header().timestamp));
+                return Ok((record.sequence() == sequence)
+                    .then(|| (record.header().timestamp, record.bytes().to_vec())));
             }
         }
         Ok(None)
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Unavailable, format!("reading the log: {e}")))?
+}
+
+/// A record the primary sent, decoded.
+fn decode_followed(record: &omnirelay_replication_grpc::v2::StreamRecord) -> Result<Event, Error> {
+    proto::decode(&record.payload).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("primary sent sequence {} undecodable: {e}", record.sequence),
+        )
+    })
+}
+
+/// A standby whose log is not a prefix of its primary's stream: following
+/// on would skip the primary's events (or apply them on top of others).
+fn diverged(why: String) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!(
+            "{why}: its log is not a copy of the primary's stream (a former primary's events \
+             that never reached this one, or a standby that followed another primary further); \
+             start this standby on an empty data directory to follow this primary"
+        ),
+    )
 }
 
 /// The sink of a fed standby; see [`Standby::feed`].

@@ -226,6 +226,90 @@ async fn a_standby_promoted_by_force_stops_following() {
     standby_log.close().await.unwrap();
 }
 
+/// Waits until `standby` reports a failure to follow; returns it.
+async fn failure_of(standby: &Standby) -> String {
+    for _ in 0..500 {
+        if let Some(error) = standby.status().last_error {
+            return error;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no failure: {:?}", standby.status());
+}
+
+/// A standby restarted on its log checks that its primary holds the same
+/// event at its last sequence before it follows on: the same log resumes;
+/// a log with other events (a former primary's tail that never reached
+/// this primary), or one further along than the primary's stream, is not
+/// followed (before, it followed on after its own last sequence, skipping
+/// the primary's events there, and its queue diverged silently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_log_diverged_from_its_primarys_does_not_follow_it() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let stream = StreamId::default();
+    let (primary_log, primary) = primary_with(dirs[0].path(), &["a", "b", "c"]).await;
+    let (url, stop, server) = serve(primary_log.clone()).await;
+    let follow = |log: Log| {
+        let url = url.clone();
+        async move {
+            Standby::open(log, DispatcherOptions::default(), Connection::new(url))
+                .await
+                .unwrap()
+        }
+    };
+
+    // The same log, restarted (its log closed under it, as a node's
+    // shutdown does), resumes.
+    let standby_log = log(dirs[1].path()).await;
+    let standby = follow(standby_log.clone()).await;
+    caught_up(&standby, 3).await;
+    standby_log.close().await.unwrap();
+    drop(standby);
+    primary.enqueue(payload("d"), Some("seeder")).await.unwrap();
+    let standby_log = log(dirs[1].path()).await;
+    let standby = follow(standby_log.clone()).await;
+    caught_up(&standby, 4).await;
+    assert_eq!(standby.status().last_error, None);
+    assert_eq!(standby.snapshot().await, primary.snapshot().await);
+    drop(standby);
+    standby_log.close().await.unwrap();
+
+    // Another history under the same numbering.
+    let (other_log, other) = primary_with(dirs[2].path(), &["x", "y"]).await;
+    drop(other);
+    let standby = follow(other_log.clone()).await;
+    let error = failure_of(&standby).await;
+    assert!(
+        error.contains("its primary holds another event at sequence 2"),
+        "{error}"
+    );
+    assert!(
+        error.contains("start this standby on an empty data directory"),
+        "{error}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(other_log.last_sequence(&stream), 2, "nothing followed");
+    drop(standby);
+    other_log.close().await.unwrap();
+
+    // Further along than the primary's stream.
+    let (ahead_log, ahead) = primary_with(dirs[3].path(), &["a", "b", "c", "d", "e", "f"]).await;
+    drop(ahead);
+    let standby = follow(ahead_log.clone()).await;
+    let error = failure_of(&standby).await;
+    assert!(
+        error.contains("holds sequence 6, but its primary's stream ends at sequence 4"),
+        "{error}"
+    );
+    drop(standby);
+    ahead_log.close().await.unwrap();
+
+    let _ = stop.send(true);
+    server.await.unwrap();
+    drop(primary);
+    primary_log.close().await.unwrap();
+}
+
 /// A primary whose log holds a damaged record: the standby takes every
 /// event before it, learns how far the stream goes, and cannot follow on;
 /// a promotion would lose the rest and is refused, saying why.

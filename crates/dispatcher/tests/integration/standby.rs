@@ -310,6 +310,80 @@ async fn a_standby_whose_log_diverged_from_its_primarys_does_not_follow_it() {
     primary_log.close().await.unwrap();
 }
 
+/// A primary that no longer holds the standby's last event (retention
+/// removed the segment it was in) cannot be checked against it: the
+/// standby follows on after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_follows_a_primary_whose_retention_removed_its_last_event() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let stream = StreamId::default();
+    let small = || DurableOptions {
+        log: LogOptions {
+            segment_max_bytes: 2_000,
+            ..LogOptions::default()
+        },
+        ..DurableOptions::new(primary_dir.path())
+    };
+    let primary_log = log_with(small()).await;
+    let primary = Dispatcher::open(primary_log.clone(), DispatcherOptions::default())
+        .await
+        .unwrap();
+    for i in 0..60 {
+        primary
+            .enqueue(payload(&format!("item-{i}")), Some("seeder"))
+            .await
+            .unwrap();
+    }
+    drop(primary);
+    let fed = records(
+        &primary_log,
+        Encoding::new(Format::Protobuf, WireVersion::V2),
+    )
+    .await;
+    primary_log.close().await.unwrap();
+    let segments = omnirelay_replication_testkit::segments(primary_dir.path(), &stream);
+    assert!(segments.len() >= 3, "{segments:?}");
+    let first_of_second: u64 = segments[1]
+        .file_stem()
+        .and_then(|stem| stem.to_str()?.parse().ok())
+        .unwrap();
+    // The standby holds everything up to where the primary's second
+    // segment starts; the primary's first segment goes, as retention
+    // removes a segment.
+    let last = usize::try_from(first_of_second - 1).unwrap();
+    let standby_log = log(standby_dir.path()).await;
+    let fed_standby = Standby::open_fed(
+        standby_log.clone(),
+        DispatcherOptions::default(),
+        "seeded",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    apply(&fed_standby.feed(), &fed[..last]).await.unwrap();
+    drop(fed_standby);
+    standby_log.close().await.unwrap();
+    std::fs::remove_file(&segments[0]).unwrap();
+
+    let primary_log = log_with(small()).await;
+    let (url, stop, server) = serve(primary_log.clone()).await;
+    let standby_log = log(standby_dir.path()).await;
+    let standby = Standby::open(
+        standby_log.clone(),
+        DispatcherOptions::default(),
+        Connection::new(url),
+    )
+    .await
+    .unwrap();
+    caught_up(&standby, 60).await;
+    assert_eq!(standby_log.last_sequence(&stream), 60);
+    let _ = stop.send(true);
+    server.await.unwrap();
+    drop(standby);
+    primary_log.close().await.unwrap();
+    standby_log.close().await.unwrap();
+}
+
 /// A primary whose log holds a damaged record: the standby takes every
 /// event before it, learns how far the stream goes, and cannot follow on;
 /// a promotion would lose the rest and is refused, saying why.

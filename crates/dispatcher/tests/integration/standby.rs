@@ -317,36 +317,7 @@ async fn a_standby_whose_log_diverged_from_its_primarys_does_not_follow_it() {
 async fn a_standby_follows_a_primary_whose_retention_removed_its_last_event() {
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let stream = StreamId::default();
-    let small = || DurableOptions {
-        log: LogOptions {
-            segment_max_bytes: 2_000,
-            ..LogOptions::default()
-        },
-        ..DurableOptions::new(primary_dir.path())
-    };
-    let primary_log = log_with(small()).await;
-    let primary = Dispatcher::open(primary_log.clone(), DispatcherOptions::default())
-        .await
-        .unwrap();
-    for i in 0..60 {
-        primary
-            .enqueue(payload(&format!("item-{i}")), Some("seeder"))
-            .await
-            .unwrap();
-    }
-    drop(primary);
-    let fed = records(
-        &primary_log,
-        Encoding::new(Format::Protobuf, WireVersion::V2),
-    )
-    .await;
-    primary_log.close().await.unwrap();
-    let segments = omnirelay_replication_testkit::segments(primary_dir.path(), &stream);
-    assert!(segments.len() >= 3, "{segments:?}");
-    let first_of_second: u64 = segments[1]
-        .file_stem()
-        .and_then(|stem| stem.to_str()?.parse().ok())
-        .unwrap();
+    let (fed, segments, first_of_second) = sixty_in_small_segments(primary_dir.path()).await;
     // The standby holds everything up to where the primary's second
     // segment starts; the primary's first segment goes, as retention
     // removes a segment.
@@ -365,7 +336,7 @@ async fn a_standby_follows_a_primary_whose_retention_removed_its_last_event() {
     standby_log.close().await.unwrap();
     std::fs::remove_file(&segments[0]).unwrap();
 
-    let primary_log = log_with(small()).await;
+    let primary_log = log_with(small_segments(primary_dir.path())).await;
     let (url, stop, server) = serve(primary_log.clone()).await;
     let standby_log = log(standby_dir.path()).await;
     let standby = Standby::open(
@@ -384,21 +355,25 @@ async fn a_standby_follows_a_primary_whose_retention_removed_its_last_event() {
     standby_log.close().await.unwrap();
 }
 
-/// A primary whose log holds a damaged record: the standby takes every
-/// event before it, learns how far the stream goes, and cannot follow on;
-/// a promotion would lose the rest and is refused, saying why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_stopped_by_damage_in_its_primarys_log_knows_what_it_lacks() {
-    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let small = || DurableOptions {
+/// Log options for `dir` with segments of 2 000 bytes: sixty enqueues
+/// fill several.
+fn small_segments(dir: &std::path::Path) -> DurableOptions {
+    DurableOptions {
         log: LogOptions {
             segment_max_bytes: 2_000,
             ..LogOptions::default()
         },
-        ..DurableOptions::new(primary_dir.path())
-    };
-    let stream = StreamId::default();
-    let primary_log = log_with(small()).await;
+        ..DurableOptions::new(dir)
+    }
+}
+
+/// A primary's log in `dir` ([`small_segments`]) with sixty enqueues,
+/// closed: its records (protobuf, version 2), its segment files, and the
+/// first sequence of the second.
+async fn sixty_in_small_segments(
+    dir: &std::path::Path,
+) -> (Vec<OwnedRecord>, Vec<std::path::PathBuf>, u64) {
+    let primary_log = log_with(small_segments(dir)).await;
     let primary = Dispatcher::open(primary_log.clone(), DispatcherOptions::default())
         .await
         .unwrap();
@@ -409,17 +384,33 @@ async fn a_standby_stopped_by_damage_in_its_primarys_log_knows_what_it_lacks() {
             .unwrap();
     }
     drop(primary);
+    let fed = records(
+        &primary_log,
+        Encoding::new(Format::Protobuf, WireVersion::V2),
+    )
+    .await;
     primary_log.close().await.unwrap();
-    let segments = omnirelay_replication_testkit::segments(primary_dir.path(), &stream);
+    let segments = omnirelay_replication_testkit::segments(dir, &StreamId::default());
     assert!(segments.len() >= 3, "{segments:?}");
-    let first_of_second: u64 = segments[1]
+    let first_of_second = segments[1]
         .file_stem()
         .and_then(|stem| stem.to_str()?.parse().ok())
         .unwrap();
+    (fed, segments, first_of_second)
+}
+
+/// A primary whose log holds a damaged record: the standby takes every
+/// event before it, learns how far the stream goes, and cannot follow on;
+/// a promotion would lose the rest and is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_stopped_by_damage_in_its_primarys_log_knows_what_it_lacks() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let stream = StreamId::default();
+    let (_, segments, first_of_second) = sixty_in_small_segments(primary_dir.path()).await;
     let hit = first_of_second + 2;
     omnirelay_replication_testkit::damage_record(&segments[1], hit);
 
-    let primary_log = log_with(small()).await;
+    let primary_log = log_with(small_segments(primary_dir.path())).await;
     let head = primary_log.last_sequence(&stream);
     assert_eq!(head, 60);
     let (url, stop, server) = serve(primary_log.clone()).await;

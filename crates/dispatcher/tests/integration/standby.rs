@@ -36,6 +36,14 @@ async fn serve(log: Log) -> (String, watch::Sender<bool>, tokio::task::JoinHandl
     (url, stop, server)
 }
 
+/// A standby on `log` (the default options) following the primary at
+/// `url`.
+async fn following(log: Log, url: &str) -> Arc<Standby> {
+    Standby::open(log, DispatcherOptions::default(), Connection::new(url))
+        .await
+        .unwrap()
+}
+
 async fn caught_up(standby: &Standby, through: u64) {
     for _ in 0..500 {
         if standby.status().applied >= through {
@@ -202,13 +210,7 @@ async fn a_standby_promoted_by_force_stops_following() {
     let (primary_log, primary) = primary_with(primary_dir.path(), &["a", "b"]).await;
     let (url, stop, server) = serve(primary_log.clone()).await;
     let standby_log = log(standby_dir.path()).await;
-    let standby = Standby::open(
-        standby_log.clone(),
-        DispatcherOptions::default(),
-        Connection::new(url),
-    )
-    .await
-    .unwrap();
+    let standby = following(standby_log.clone(), &url).await;
     caught_up(&standby, 2).await;
     assert!(standby.status().connected);
     let dispatcher = standby.promote().await.unwrap();
@@ -249,25 +251,17 @@ async fn a_standby_whose_log_diverged_from_its_primarys_does_not_follow_it() {
     let stream = StreamId::default();
     let (primary_log, primary) = primary_with(dirs[0].path(), &["a", "b", "c"]).await;
     let (url, stop, server) = serve(primary_log.clone()).await;
-    let follow = |log: Log| {
-        let url = url.clone();
-        async move {
-            Standby::open(log, DispatcherOptions::default(), Connection::new(url))
-                .await
-                .unwrap()
-        }
-    };
 
     // The same log, restarted (its log closed under it, as a node's
     // shutdown does), resumes.
     let standby_log = log(dirs[1].path()).await;
-    let standby = follow(standby_log.clone()).await;
+    let standby = following(standby_log.clone(), &url).await;
     caught_up(&standby, 3).await;
     standby_log.close().await.unwrap();
     drop(standby);
     primary.enqueue(payload("d"), Some("seeder")).await.unwrap();
     let standby_log = log(dirs[1].path()).await;
-    let standby = follow(standby_log.clone()).await;
+    let standby = following(standby_log.clone(), &url).await;
     caught_up(&standby, 4).await;
     assert_eq!(standby.status().last_error, None);
     assert_eq!(standby.snapshot().await, primary.snapshot().await);
@@ -277,7 +271,7 @@ async fn a_standby_whose_log_diverged_from_its_primarys_does_not_follow_it() {
     // Another history under the same numbering.
     let (other_log, other) = primary_with(dirs[2].path(), &["x", "y"]).await;
     drop(other);
-    let standby = follow(other_log.clone()).await;
+    let standby = following(other_log.clone(), &url).await;
     let error = failure_of(&standby).await;
     assert!(
         error.contains("its primary holds another event at sequence 2"),
@@ -295,7 +289,7 @@ async fn a_standby_whose_log_diverged_from_its_primarys_does_not_follow_it() {
     // Further along than the primary's stream.
     let (ahead_log, ahead) = primary_with(dirs[3].path(), &["a", "b", "c", "d", "e", "f"]).await;
     drop(ahead);
-    let standby = follow(ahead_log.clone()).await;
+    let standby = following(ahead_log.clone(), &url).await;
     let error = failure_of(&standby).await;
     assert!(
         error.contains("holds sequence 6, but its primary's stream ends at sequence 4"),
@@ -339,13 +333,7 @@ async fn a_standby_follows_a_primary_whose_retention_removed_its_last_event() {
     let primary_log = log_with(small_segments(primary_dir.path())).await;
     let (url, stop, server) = serve(primary_log.clone()).await;
     let standby_log = log(standby_dir.path()).await;
-    let standby = Standby::open(
-        standby_log.clone(),
-        DispatcherOptions::default(),
-        Connection::new(url),
-    )
-    .await
-    .unwrap();
+    let standby = following(standby_log.clone(), &url).await;
     caught_up(&standby, 60).await;
     assert_eq!(standby_log.last_sequence(&stream), 60);
     let _ = stop.send(true);
@@ -415,13 +403,7 @@ async fn a_standby_stopped_by_damage_in_its_primarys_log_knows_what_it_lacks() {
     assert_eq!(head, 60);
     let (url, stop, server) = serve(primary_log.clone()).await;
     let standby_log = log(standby_dir.path()).await;
-    let standby = Standby::open(
-        standby_log.clone(),
-        DispatcherOptions::default(),
-        Connection::new(url),
-    )
-    .await
-    .unwrap();
+    let standby = following(standby_log.clone(), &url).await;
     caught_up(&standby, hit - 1).await;
     for _ in 0..500 {
         if standby.status().last_error.is_some() {

@@ -419,10 +419,15 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     shutdown.wait_or_stdin_eof(stop_on_stdin_eof).await;
     node::say(false, "stopping");
     server.stop().await;
-    if let Service::ControlPlane(plane) = &service_for_close
-        && let Some(journal) = plane.journal()
-    {
-        journal.close().await?;
+    match &service_for_close {
+        Service::ControlPlane(plane) => {
+            if let Some(journal) = plane.journal() {
+                journal.close().await?;
+            }
+        }
+        // Its last append finishes before the log closes.
+        Service::Standby(standby) => standby.stop_following().await,
+        Service::Receiver | Service::Dispatcher(_) => {}
     }
     replicator.close().await?;
     if let Some(receiver) = receiver {

@@ -73,13 +73,22 @@ impl StandbyStatus {
     }
 }
 
+/// Where a standby is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Following,
+    /// [`Standby::stop_following`].
+    Stopped,
+    Promoted,
+}
+
 /// A standby dispatcher. See the module documentation.
 pub struct Standby {
     replicator: Arc<DurableReplicator<Event>>,
     options: DispatcherOptions,
     state: Mutex<QueueState>,
     status: StdMutex<StandbyStatus>,
-    stop: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
     follower: StdMutex<Option<tokio::task::JoinHandle<()>>>,
     /// It follows the primary itself ([`Standby::open`]), not a feed.
     direct: bool,
@@ -164,7 +173,7 @@ impl Standby {
             replicator,
             options,
             state: Mutex::new(state),
-            stop: watch::Sender::new(false),
+            phase: watch::Sender::new(Phase::Following),
             follower: StdMutex::new(None),
             direct: fed.is_none(),
             quiet: fed.unwrap_or_default(),
@@ -208,15 +217,36 @@ impl Standby {
 
     /// Whether it was promoted.
     pub fn is_promoted(&self) -> bool {
-        *self.stop.borrow()
+        *self.phase.borrow() == Phase::Promoted
     }
 
     /// Returns once it is promoted (at once if it was): it follows no more
     /// from then on.
     pub async fn wait_promoted(&self) {
-        let mut promoted = self.stop.subscribe();
+        let mut phase = self.phase.subscribe();
         // The sender lives as long as `self`: it cannot be dropped here.
-        let _ = promoted.wait_for(|promoted| *promoted).await;
+        let _ = phase.wait_for(|phase| *phase == Phase::Promoted).await;
+    }
+
+    /// Stops following its primary, without promoting it, and returns once
+    /// its follower has ended (an append in progress finishes first): what
+    /// to do before closing its log when shutting a standby down, since
+    /// the follower keeps it alive until then. It keeps its log and queue
+    /// and can still be promoted; it does not follow again. A fed standby
+    /// has no follower of its own: stop whatever feeds it.
+    pub async fn stop_following(&self) {
+        self.phase.send_if_modified(|phase| {
+            let following = *phase == Phase::Following;
+            if following {
+                *phase = Phase::Stopped;
+            }
+            following
+        });
+        let follower = lock(&self.follower).take();
+        if let Some(follower) = follower {
+            let _ = follower.await;
+        }
+        self.set_status(|s| s.connected = false);
     }
 
     /// Where it stands.
@@ -357,7 +387,7 @@ impl Standby {
     pub async fn promote(&self) -> Result<Arc<Dispatcher>, Error> {
         self.promoted
             .get_or_try_init(|| async {
-                self.stop.send_replace(true);
+                self.phase.send_replace(Phase::Promoted);
                 let follower = lock(&self.follower).take();
                 if let Some(follower) = follower {
                     let _ = follower.await;
@@ -403,14 +433,14 @@ impl Standby {
             let Some(this) = standby.upgrade() else {
                 return;
             };
-            let mut stop = this.stop.subscribe();
-            if *stop.borrow() {
+            let mut phase = this.phase.subscribe();
+            if *phase.borrow() != Phase::Following {
                 return;
             }
-            let outcome = tokio::select! {
-                outcome = this.follow_once(&primary) => outcome,
-                _ = stop.wait_for(|stop| *stop) => return,
-            };
+            let outcome = this.follow_once(&primary, &mut phase).await;
+            if *phase.borrow() != Phase::Following {
+                return;
+            }
             let why = match outcome {
                 Ok(()) => "the primary ended the subscription".to_owned(),
                 Err(error) if error.kind() == ErrorKind::Corrupt => {
@@ -433,32 +463,48 @@ impl Standby {
             // Full jitter, up to 5 s.
             let wait = backoff.mul_f64(fastrand::f64());
             backoff = (backoff * 2).min(Duration::from_secs(5));
-            let mut stop = match standby.upgrade() {
-                Some(this) => this.stop.subscribe(),
+            let mut phase = match standby.upgrade() {
+                Some(this) => this.phase.subscribe(),
                 None => return,
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = phase.wait_for(|phase| *phase != Phase::Following) => return,
             }
         }
     }
 
-    /// One subscription, until it ends: from the log's last event, which
-    /// the primary must hold too (a log that diverged from its primary's
-    /// is not followed), then on after it.
-    async fn follow_once(&self, primary: &Connection) -> Result<(), Error> {
+    /// One subscription, until it ends or `phase` leaves
+    /// [`Phase::Following`] (between appends, never inside one): from the
+    /// log's last event, which the primary must hold too (a log that
+    /// diverged from its primary's is not followed), then on after it.
+    async fn follow_once(
+        &self,
+        primary: &Connection,
+        phase: &mut watch::Receiver<Phase>,
+    ) -> Result<(), Error> {
         let stream = &self.options.stream;
         let last = self.replicator.last_sequence(stream);
         let encoding = Encoding::new(Format::Protobuf, WireVersion::V2);
         let mut check = (last > 0).then_some(last);
-        let mut subscription = Subscription::open(primary, stream, last.max(1), encoding).await?;
+        let stopped = async |phase: &mut watch::Receiver<Phase>| {
+            // The sender lives as long as `self`.
+            let _ = phase.wait_for(|phase| *phase != Phase::Following).await;
+        };
+        let mut subscription = tokio::select! {
+            subscription = Subscription::open(primary, stream, last.max(1), encoding) => subscription?,
+            () = stopped(phase) => return Ok(()),
+        };
         self.set_status(|s| {
             s.connected = true;
             s.last_error = None;
         });
         loop {
-            let batch = match subscription.next().await {
+            let next = tokio::select! {
+                next = subscription.next() => next,
+                () = stopped(phase) => return Ok(()),
+            };
+            let batch = match next {
                 Ok(Some(batch)) => batch,
                 Ok(None) => return Ok(()),
                 // The primary no longer holds it (retention): nothing to

@@ -228,6 +228,51 @@ async fn a_standby_promoted_by_force_stops_following() {
     standby_log.close().await.unwrap();
 }
 
+/// A standby stopped without being promoted follows no more, is freed
+/// once its last handle is dropped (before, its follower kept it alive
+/// until its log closed under it), and can still be promoted with what it
+/// had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_stopped_following_is_let_go_and_can_still_be_promoted() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (primary_log, primary) = primary_with(dirs[0].path(), &["a", "b"]).await;
+    let (url, stop, server) = serve(primary_log.clone()).await;
+
+    let standby_log = log(dirs[1].path()).await;
+    let standby = following(standby_log.clone(), &url).await;
+    caught_up(&standby, 2).await;
+    standby.stop_following().await;
+    let status = standby.status();
+    assert!(!status.connected && !status.promoted, "{status:?}");
+    primary.enqueue(payload("c"), Some("seeder")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(standby_log.last_sequence(&StreamId::default()), 2);
+    let dispatcher = standby.promote().await.unwrap();
+    assert_eq!(dispatcher.stats().await.pending, 2);
+    assert!(standby.is_promoted());
+    drop(dispatcher);
+    drop(standby);
+    standby_log.close().await.unwrap();
+
+    // Still subscribed, then stopped: nothing else holds it.
+    let other_log = log(dirs[2].path()).await;
+    let other = following(other_log.clone(), &url).await;
+    caught_up(&other, 3).await;
+    other.stop_following().await;
+    let other_weak = Arc::downgrade(&other);
+    drop(other);
+    assert!(
+        other_weak.upgrade().is_none(),
+        "the stopped standby is still alive"
+    );
+    other_log.close().await.unwrap();
+
+    let _ = stop.send(true);
+    server.await.unwrap();
+    drop(primary);
+    primary_log.close().await.unwrap();
+}
+
 /// Waits until `standby` reports a failure to follow; returns it.
 async fn failure_of(standby: &Standby) -> String {
     for _ in 0..500 {

@@ -32,7 +32,7 @@ pub use diagnose::TlsTrust;
 pub use factory::NatsSinkFactory;
 pub use follow::FollowUrl;
 pub use sink::{NatsSink, NatsSinkOptions, Retention, Storage, StreamSettings};
-pub use source::{NatsSource, NatsSourceOptions, Polled};
+pub use source::{HeldAt, NatsSource, NatsSourceOptions, Polled};
 pub use subject::{
     DEFAULT_STREAM, DEFAULT_SUBJECT, header, validate_stream_name, validate_subject_template,
 };

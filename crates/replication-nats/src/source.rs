@@ -19,7 +19,7 @@ use omnirelay_replication::{
 use crate::auth::server_addresses;
 use crate::follow::FollowUrl;
 use crate::subject::{
-    DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, validate_stream_name,
+    DEFAULT_STREAM, DEFAULT_SUBJECT, header, subject_filter, subject_for, validate_stream_name,
     validate_subject_template,
 };
 
@@ -148,6 +148,7 @@ struct Target {
 /// applied, so JetStream's redeliveries are harmless.
 pub struct NatsSource<E> {
     codec: Arc<dyn Codec<E>>,
+    context: Context,
     consumer: PullConsumer,
     options: NatsSourceOptions,
     targets: Vec<Target>,
@@ -226,6 +227,7 @@ impl<E: ReplicationEvent> NatsSource<E> {
             .map_err(|e| nats_error(&format!("consumer {}", options.durable), e))?;
         Ok(Self {
             codec,
+            context,
             consumer,
             options,
             targets: Vec::new(),
@@ -267,6 +269,74 @@ impl<E: ReplicationEvent> NatsSource<E> {
             .await
             .map_err(|e| nats_error("consumer info", e))?;
         Ok(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0))
+    }
+
+    /// What the followed subject of `stream` holds at `sequence`, for a
+    /// reader that checks its own copy of the stream against the bus
+    /// before following it on (a standby). Found by bisecting the
+    /// JetStream stream for the subject's messages from 4 096 sequences
+    /// before `sequence`, then reading them on (their headers) up to three
+    /// times as many: a message published out of order (a lost publish
+    /// sent again after later ones) is found when it landed within 4 096
+    /// messages of its place, as the NATS sink's retries do; one further
+    /// off may be missed, and is then
+    /// [`HeldAt::NotFound`], never taken for the end of the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`] when the server cannot be asked.
+    pub async fn event_at(&self, stream: &StreamId, sequence: u64) -> Result<HeldAt<E>, Error> {
+        let bus = Bus {
+            context: &self.context,
+            name: &self.options.stream,
+            subject: subject_for(&self.options.subject, stream.as_str()),
+        };
+        let Some(newest) = bus.newest().await? else {
+            return Ok(HeldAt::NotFound(format!(
+                "{} holds nothing on {}",
+                bus.name, bus.subject
+            )));
+        };
+        let from = bus
+            .first_at_or_past(sequence.saturating_sub(BEHIND))
+            .await?;
+        let read = bus.read_on(from, sequence).await?;
+        if let Some(position) = read.found {
+            let Some(found) = bus.at(position).await? else {
+                return Ok(HeldAt::NotFound(format!(
+                    "{} removed sequence {sequence} of stream {stream} while it was read",
+                    bus.name
+                )));
+            };
+            let message = &found.message;
+            return Ok(
+                match read_parts(
+                    self.codec.as_ref(),
+                    Some(&message.headers),
+                    &message.payload,
+                ) {
+                    Ok((held, _, _, event)) if held == *stream => HeldAt::Event(event),
+                    Ok((held, ..)) => HeldAt::NotFound(format!(
+                        "the message of sequence {sequence} on {} is of stream {held}",
+                        bus.subject
+                    )),
+                    Err(_) => HeldAt::NotFound(format!(
+                        "the message of sequence {sequence} on {} cannot be read",
+                        bus.subject
+                    )),
+                },
+            );
+        }
+        let highest = read.highest.max(newest);
+        Ok(if read.to_the_end && highest < sequence {
+            HeldAt::EndsAt(highest)
+        } else {
+            HeldAt::NotFound(format!(
+                "{} does not hold sequence {sequence} of stream {stream} (its limits removed it, \
+                 or it was never published, or far out of order)",
+                bus.name
+            ))
+        })
     }
 
     /// Refuses messages written at a schema version older than `version`:
@@ -545,28 +615,19 @@ impl<E: ReplicationEvent> NatsSource<E> {
     /// The stream, sequence, encoding and event of a message, or `None`
     /// (logged) when it is not a replication record this codec reads.
     fn read(&self, message: &jetstream::Message) -> Option<(StreamId, u64, Encoding, E)> {
-        let headers = message.headers.as_ref();
-        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
-        let parsed = (|| {
-            let stream = StreamId::new(get(header::STREAM)?).ok()?;
-            let sequence: u64 = get(header::SEQUENCE)?.parse().ok()?;
-            let format = match get(header::FORMAT)? {
-                "json" => Format::Json,
-                "protobuf" => Format::Protobuf,
-                _ => return None,
-            };
-            let version = WireVersion::new(get(header::SCHEMA_VERSION)?.parse().ok()?)?;
-            Some((stream, sequence, Encoding::new(format, version)))
-        })();
-        let Some((stream, sequence, encoding)) = parsed else {
-            tracing::error!(subject = %message.subject, "quarantined a message without replication headers");
-            return None;
-        };
-        match self.codec.decode(encoding.format, &message.payload) {
-            Ok(event) => Some((stream, sequence, encoding, event)),
-            Err(err) => {
+        match read_parts(
+            self.codec.as_ref(),
+            message.headers.as_ref(),
+            &message.payload,
+        ) {
+            Ok(read) => Some(read),
+            Err(Unreadable::Headers) => {
+                tracing::error!(subject = %message.subject, "quarantined a message without replication headers");
+                None
+            }
+            Err(Unreadable::Event(stream, sequence, error)) => {
                 tracing::error!(
-                    %stream, sequence, error = %err,
+                    %stream, sequence, %error,
                     "quarantined a message the codec cannot read"
                 );
                 None
@@ -653,5 +714,219 @@ impl<E: ReplicationEvent> NatsSource<E> {
         }
         self.marks.insert(stream.clone(), last);
         Ok(count)
+    }
+}
+
+/// What a bus holds at one sequence of a replication stream: see
+/// [`NatsSource::event_at`].
+#[derive(Debug)]
+pub enum HeldAt<E> {
+    /// The event published with that sequence.
+    Event(E),
+    /// Nothing that far: the newest message on the subject has this lower
+    /// sequence.
+    EndsAt(u64),
+    /// Not found, and why (an empty subject, removed by the stream's
+    /// limits, unreadable): nothing to compare with.
+    NotFound(String),
+}
+
+/// How far before a sequence [`NatsSource::event_at`] starts reading: a
+/// message published out of order by up to this many is found.
+const BEHIND: u64 = 4096;
+
+/// One subject of a JetStream stream, read message by message.
+struct Bus<'a> {
+    context: &'a Context,
+    name: &'a str,
+    subject: String,
+}
+
+/// A message [`Bus`] read.
+struct Found {
+    message: async_nats::jetstream::message::StreamMessage,
+}
+
+/// The replication sequence in `headers`.
+fn sequence_in(headers: &async_nats::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::SEQUENCE)
+        .and_then(|v| v.as_str().parse().ok())
+}
+
+/// What [`Bus::read_on`] saw.
+struct ReadOn {
+    /// The JetStream sequence of the message sought.
+    found: Option<u64>,
+    /// The highest replication sequence seen.
+    highest: u64,
+    /// It read to the subject's last message.
+    to_the_end: bool,
+}
+
+impl Bus<'_> {
+    /// The subject's first message at or after JetStream sequence `from`.
+    async fn next_from(&self, from: u64) -> Result<Option<Found>, Error> {
+        self.get(serde_json::json!({ "seq": from, "next_by_subj": self.subject }))
+            .await
+    }
+
+    /// The stream's message at JetStream sequence `position`.
+    async fn at(&self, position: u64) -> Result<Option<Found>, Error> {
+        self.get(serde_json::json!({ "seq": position })).await
+    }
+
+    /// The replication sequence of the subject's newest message.
+    async fn newest(&self) -> Result<Option<u64>, Error> {
+        let newest = self
+            .get(serde_json::json!({ "last_by_subj": self.subject }))
+            .await?;
+        Ok(newest.map(|found| sequence_in(&found.message.headers).unwrap_or(0)))
+    }
+
+    /// The JetStream sequence from which the subject's messages are at or
+    /// past replication sequence `sequence`, bisected (the subject's
+    /// messages are in order but for a few published again later).
+    async fn first_at_or_past(&self, sequence: u64) -> Result<u64, Error> {
+        let info = self
+            .context
+            .get_stream(self.name)
+            .await
+            .map_err(|e| nats_error(&format!("find stream {}", self.name), e))?;
+        let state = &info.cached_info().state;
+        let (mut low, mut high) = (state.first_sequence, state.last_sequence.saturating_add(1));
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.next_from(middle).await? {
+                Some(found)
+                    if sequence_in(&found.message.headers).is_some_and(|s| s < sequence) =>
+                {
+                    low = found.message.sequence + 1;
+                }
+                _ => high = middle,
+            }
+        }
+        Ok(low)
+    }
+
+    /// Reads the subject's messages' headers from JetStream sequence
+    /// `from` until the one of replication sequence `sought`, the last
+    /// one, or `3 × BEHIND` of them.
+    async fn read_on(&self, from: u64, sought: u64) -> Result<ReadOn, Error> {
+        use async_nats::jetstream::consumer::pull::OrderedConfig;
+        let mut read = ReadOn {
+            found: None,
+            highest: 0,
+            to_the_end: true,
+        };
+        // An ordered consumer waits for more past the last: none to read.
+        if self.next_from(from).await?.is_none() {
+            return Ok(read);
+        }
+        let what = || format!("read {} on {}", self.subject, self.name);
+        let stream = self
+            .context
+            .get_stream(self.name)
+            .await
+            .map_err(|e| nats_error(&what(), e))?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                headers_only: true,
+                ..OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| nats_error(&what(), e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| nats_error(&what(), e))?;
+        let limit = usize::try_from(3 * BEHIND).unwrap_or(usize::MAX);
+        for _ in 0..limit {
+            let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .map_err(|_| nats_error(&what(), "no message within 10 s"))?;
+            let message = match next {
+                Some(message) => message.map_err(|e| nats_error(&what(), e))?,
+                None => return Ok(read),
+            };
+            let info = message.info().map_err(|e| nats_error(&what(), e))?;
+            let sequence = message.headers.as_ref().and_then(sequence_in);
+            if sequence == Some(sought) {
+                read.found = Some(info.stream_sequence);
+                return Ok(read);
+            }
+            read.highest = read.highest.max(sequence.unwrap_or(0));
+            if info.pending == 0 {
+                return Ok(read);
+            }
+        }
+        read.to_the_end = false;
+        Ok(read)
+    }
+
+    /// `STREAM.MSG.GET` (the client's own call cannot start a subject's
+    /// next message at a sequence).
+    async fn get(&self, request: serde_json::Value) -> Result<Option<Found>, Error> {
+        use async_nats::jetstream::response::Response;
+        #[derive(serde::Deserialize)]
+        struct Got {
+            message: async_nats::jetstream::stream::RawMessage,
+        }
+        let what = || format!("read {} on {}", self.subject, self.name);
+        let response: Response<Got> = self
+            .context
+            .request(format!("STREAM.MSG.GET.{}", self.name), &request)
+            .await
+            .map_err(|e| nats_error(&what(), e))?;
+        match response {
+            Response::Ok(got) => {
+                let message = got.message.try_into().map_err(|e| nats_error(&what(), e))?;
+                Ok(Some(Found { message }))
+            }
+            Response::Err { error }
+                if error.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND =>
+            {
+                Ok(None)
+            }
+            Response::Err { error } => Err(nats_error(&what(), error)),
+        }
+    }
+}
+
+/// Why a message is not a replication record a codec reads.
+enum Unreadable {
+    /// Its replication headers are missing or malformed.
+    Headers,
+    /// Its event cannot be decoded.
+    Event(StreamId, u64, omnirelay_replication::CodecError),
+}
+
+/// The stream, sequence, encoding and event of a message's `headers` and
+/// `payload`.
+fn read_parts<E: 'static>(
+    codec: &dyn Codec<E>,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<(StreamId, u64, Encoding, E), Unreadable> {
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let parsed = (|| {
+        let stream = StreamId::new(get(header::STREAM)?).ok()?;
+        let sequence: u64 = get(header::SEQUENCE)?.parse().ok()?;
+        let format = match get(header::FORMAT)? {
+            "json" => Format::Json,
+            "protobuf" => Format::Protobuf,
+            _ => return None,
+        };
+        let version = WireVersion::new(get(header::SCHEMA_VERSION)?.parse().ok()?)?;
+        Some((stream, sequence, Encoding::new(format, version)))
+    })();
+    let (stream, sequence, encoding) = parsed.ok_or(Unreadable::Headers)?;
+    match codec.decode(encoding.format, payload) {
+        Ok(event) => Ok((stream, sequence, encoding, event)),
+        Err(error) => Err(Unreadable::Event(stream, sequence, error)),
     }
 }

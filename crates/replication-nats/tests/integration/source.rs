@@ -9,12 +9,14 @@ use omnirelay_replication::{
     Assignment, Codec, CodecError, Encoding, EventKind, Format, ReplicationEvent, SharedSink,
     SinkExt, StreamId, Timestamp, WireVersion,
 };
-use omnirelay_replication_nats::{NatsSink, NatsSinkOptions, NatsSource, NatsSourceOptions};
+use omnirelay_replication_nats::{
+    HeldAt, NatsSink, NatsSinkOptions, NatsSource, NatsSourceOptions,
+};
 use omnirelay_replication_testkit::FaultySink;
 use omnirelay_replication_testkit::conformance::{self, Backend, record};
 use tokio::sync::Mutex;
 
-use crate::support::{Nats, oversized, publish_as_sink};
+use crate::support::{Nats, oversized, publish_as_sink, publish_on};
 
 /// An event that is its JSON bytes: the suite's records pass through the
 /// bus and the source unchanged.
@@ -441,4 +443,105 @@ async fn heavy_a_replica_that_takes_no_gap_gets_the_predecessor_that_comes_after
         0,
         "everything acknowledged"
     );
+}
+
+/// What [`NatsSource::event_at`] found, the event as its bytes.
+async fn held_at(source: &NatsSource<Doc>, stream: &StreamId, sequence: u64) -> HeldAt<Bytes> {
+    match source.event_at(stream, sequence).await.unwrap() {
+        HeldAt::Event(doc) => HeldAt::Event(doc.bytes),
+        HeldAt::EndsAt(newest) => HeldAt::EndsAt(newest),
+        HeldAt::NotFound(why) => HeldAt::NotFound(why),
+    }
+}
+
+/// A reader checking its copy of a stream against the bus finds the
+/// message of any sequence of its stream among another stream's, says how
+/// far the stream goes when asked past its end, finds one published out of
+/// order, and says when the bus no longer holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_the_bus_is_read_at_a_sequence_of_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let sink = NatsSink::connect(std::slice::from_ref(&nats.url), NatsSinkOptions::new())
+        .await
+        .unwrap();
+    let (ours, theirs) = (StreamId::default(), StreamId::new("other").unwrap());
+    for sequence in 1..=40 {
+        for stream in [&theirs, &ours] {
+            let records = [record(stream, sequence, Encoding::JSON_V1)];
+            sink.apply_owned(&records).await.unwrap();
+        }
+    }
+    let reader = source(&nats, "reader", &FaultySink::new()).await;
+    for sequence in [1, 2, 17, 39, 40] {
+        match held_at(&reader, &ours, sequence).await {
+            HeldAt::Event(bytes) => {
+                assert_eq!(bytes, record(&ours, sequence, Encoding::JSON_V1).bytes());
+            }
+            other => panic!("sequence {sequence}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        held_at(&reader, &ours, 41).await,
+        HeldAt::EndsAt(40)
+    ));
+    let nothing = StreamId::new("nothing").unwrap();
+    assert!(matches!(
+        held_at(&reader, &nothing, 1).await,
+        HeldAt::NotFound(_)
+    ));
+    // The stream's limits removed the first 20 messages.
+    async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap())
+        .get_stream(omnirelay_replication_nats::DEFAULT_STREAM)
+        .await
+        .unwrap()
+        .purge()
+        .sequence(21)
+        .await
+        .unwrap();
+    match held_at(&reader, &ours, 10).await {
+        HeldAt::NotFound(why) => assert!(why.contains("does not hold sequence 10"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        held_at(&reader, &ours, 11).await,
+        HeldAt::Event(_)
+    ));
+    drop(sink);
+
+    // 5 000 published again after 5 100, among 6 000: the bisection
+    // lands past it and reads on.
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    bus_holding(&nats, &[]).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let order = (1..=6000u64)
+        .filter(|s| *s != 5000)
+        .flat_map(|s| std::iter::once(s).chain((s == 5100).then_some(5000)));
+    for sequence in order {
+        let body = format!("{{\"sequenceNumber\":{sequence}}}");
+        publish_on(
+            &js,
+            "default",
+            sequence,
+            Some(sequence - 1),
+            body.as_bytes(),
+            None,
+        )
+        .await;
+    }
+    let reader = source(&nats, "reader", &FaultySink::new()).await;
+    for sequence in [1, 3000, 4999, 5000, 5001, 5100, 5101, 6000] {
+        match held_at(&reader, &ours, sequence).await {
+            HeldAt::Event(bytes) => {
+                let body = format!("{{\"sequenceNumber\":{sequence}}}");
+                assert_eq!(bytes, body.as_bytes());
+            }
+            other => panic!("sequence {sequence}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        held_at(&reader, &ours, 6001).await,
+        HeldAt::EndsAt(6000)
+    ));
 }

@@ -133,6 +133,18 @@ pub(crate) async fn publish_as_writer(
 ) {
     let client = async_nats::connect(url).await.unwrap();
     let js = jetstream::new(client);
+    publish_on(&js, stream, sequence, previous, body, writer).await;
+}
+
+/// As [`publish_as_writer`], on the connection of `js`.
+pub(crate) async fn publish_on(
+    js: &jetstream::Context,
+    stream: &str,
+    sequence: u64,
+    previous: Option<u64>,
+    body: &[u8],
+    writer: Option<&str>,
+) {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(header::MSG_ID, format!("{stream}:{sequence}").as_str());
     headers.insert(header::STREAM, stream);

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
-use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, Standby};
+use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, FeedHolds, Standby};
 use omnirelay_replication::config::Override;
 use omnirelay_replication::node::adopt_node_name;
 use omnirelay_replication::{Encoding, Format, SinkExt as _, StreamId, Timestamp, WireVersion};
 use omnirelay_replication_grpc::{Connection, Receiver};
-use omnirelay_replication_nats::{FollowUrl, NatsSource};
+use omnirelay_replication_nats::{FollowUrl, HeldAt, NatsSource};
 use omnirelay_resourcelease::telemetry::LagRecording;
 use omnirelay_resourcelease::{ResourceLeaseCodec, ResourceLeaseReplicationEvent};
 
@@ -588,8 +588,23 @@ async fn feed_from_bus(
     let done =
         |stopping: &tokio::sync::watch::Receiver<bool>| standby.is_promoted() || *stopping.borrow();
     let mut backoff = std::time::Duration::from_millis(100);
+    // Whether the log was found a copy of the bus's stream.
+    let mut checked = false;
     while !done(&stopping) {
-        let mut source = match NatsSource::connect_to(&follow, Arc::new(ResourceLeaseCodec)).await {
+        let connected = match NatsSource::connect_to(&follow, Arc::new(ResourceLeaseCodec)).await {
+            Ok(source) if checked => Ok(source),
+            Ok(source) => match check_against_bus(&standby, &source).await {
+                Ok(()) => {
+                    checked = true;
+                    Ok(source)
+                }
+                // It stopped, and says why.
+                Err(error) if error.kind() == omnirelay_replication::ErrorKind::Corrupt => return,
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        let mut source = match connected {
             Ok(source) => source,
             Err(error) => {
                 tracing::warn!(%error, "standby cannot reach the bus; retrying");
@@ -654,6 +669,24 @@ async fn feed_from_bus(
             }
         }
     }
+}
+
+/// Checks that the bus holds the event the standby's log holds at its
+/// last sequence ([`Standby::check_feed`]).
+async fn check_against_bus(
+    standby: &Standby,
+    source: &NatsSource<ResourceLeaseReplicationEvent>,
+) -> Result<(), omnirelay_replication::Error> {
+    let last = standby.status().applied;
+    if last == 0 {
+        return Ok(());
+    }
+    let held = match source.event_at(standby.stream(), last).await? {
+        HeldAt::Event(event) => FeedHolds::Event(Box::new(event)),
+        HeldAt::EndsAt(head) => FeedHolds::EndsAt(head),
+        HeldAt::NotFound(why) => FeedHolds::Unknown(why),
+    };
+    standby.check_feed(held).await
 }
 
 /// The primary's newest sequence as the bus shows it: what the standby

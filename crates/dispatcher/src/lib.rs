@@ -35,7 +35,7 @@ pub use queue::{
 pub use service::{
     DEAD_LETTERED_ITEMS, DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats,
 };
-pub use standby::{PRIMARY_QUIET, Standby, StandbyFeed, StandbyStatus};
+pub use standby::{FeedHolds, PRIMARY_QUIET, Standby, StandbyFeed, StandbyStatus};
 
 /// Describes the dispatcher's and the standby's own gauges to the
 /// installed recorder (help texts in the exposition).

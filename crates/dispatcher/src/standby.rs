@@ -73,6 +73,19 @@ impl StandbyStatus {
     }
 }
 
+/// What a fed standby's source holds at the standby's last sequence: see
+/// [`Standby::check_feed`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum FeedHolds {
+    /// The event there.
+    Event(Box<Event>),
+    /// Nothing that far: the source's stream ends at this sequence.
+    EndsAt(u64),
+    /// Not known, and why (the source no longer holds it): nothing to
+    /// compare with.
+    Unknown(String),
+}
+
 /// Where a standby is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -215,6 +228,11 @@ impl Standby {
         });
     }
 
+    /// The stream it follows.
+    pub fn stream(&self) -> &StreamId {
+        &self.options.stream
+    }
+
     /// Whether it was promoted.
     pub fn is_promoted(&self) -> bool {
         *self.phase.borrow() == Phase::Promoted
@@ -228,13 +246,8 @@ impl Standby {
         let _ = phase.wait_for(|phase| *phase == Phase::Promoted).await;
     }
 
-    /// Stops following its primary, without promoting it, and returns once
-    /// its follower has ended (an append in progress finishes first): what
-    /// to do before closing its log when shutting a standby down, since
-    /// the follower keeps it alive until then. It keeps its log and queue
-    /// and can still be promoted; it does not follow again. A fed standby
-    /// has no follower of its own: stop whatever feeds it.
-    pub async fn stop_following(&self) {
+    /// Moves a standby that follows to [`Phase::Stopped`].
+    fn stop(&self) {
         self.phase.send_if_modified(|phase| {
             let following = *phase == Phase::Following;
             if following {
@@ -242,6 +255,17 @@ impl Standby {
             }
             following
         });
+    }
+
+    /// Stops following its primary, without promoting it, and returns once
+    /// its follower has ended (an append in progress finishes first): what
+    /// to do before closing its log when shutting a standby down, since
+    /// the follower keeps it alive until then. It keeps its log and queue
+    /// and can still be promoted; it does not follow again. A fed standby
+    /// has no follower of its own: its feed refuses everything from then
+    /// on (stop whatever feeds it).
+    pub async fn stop_following(&self) {
+        self.stop();
         let follower = lock(&self.follower).take();
         if let Some(follower) = follower {
             let _ = follower.await;
@@ -560,6 +584,18 @@ impl Standby {
         own: u64,
         theirs: &omnirelay_replication_grpc::v2::StreamRecord,
     ) -> Result<(), Error> {
+        if theirs.sequence != own {
+            return Err(diverged(format!(
+                "its primary holds another event at sequence {own} than this standby's log"
+            )));
+        }
+        self.holds_same(own, decode_followed(theirs)?, "its primary")
+            .await
+    }
+
+    /// Checks that `theirs`, what `source` holds at sequence `own`, is the
+    /// event this standby's log holds there.
+    async fn holds_same(&self, own: u64, theirs: Event, source: &str) -> Result<(), Error> {
         let stream = &self.options.stream;
         let mine = match record_at(&self.replicator, stream, own).await? {
             Some((_, bytes)) => proto::decode(&bytes).map_err(|e| {
@@ -570,7 +606,6 @@ impl Standby {
             })?,
             None => return Ok(()),
         };
-        let theirs_event = decode_followed(theirs)?;
         // Who wrote it and under which numbering may differ; what
         // happened may not.
         let same = |mut event: Event| {
@@ -579,12 +614,55 @@ impl Standby {
             event.stream_id = None;
             event
         };
-        if theirs.sequence != own || same(mine) != same(theirs_event) {
+        if same(mine) != same(theirs) {
             return Err(diverged(format!(
-                "its primary holds another event at sequence {own} than this standby's log"
+                "{source} holds another event at sequence {own} than this standby's log"
             )));
         }
         Ok(())
+    }
+
+    /// Checks, before a fed standby takes its feed, that its source holds
+    /// the event its log holds at its last sequence (`appliedSequence` in
+    /// [`Standby::status`]); `held` is what the source holds there: what a
+    /// standby following its primary itself checks each time it
+    /// subscribes. A log that is not a copy of the source's stream (a
+    /// former primary's events that never reached the bus, or a log that
+    /// followed another bus) stops it: [`ErrorKind::Corrupt`], also in its
+    /// status (`stopped following: …`), and its feed refuses everything
+    /// from then on. What the source no longer holds passes (logged).
+    ///
+    /// # Errors
+    ///
+    /// The log diverged from the source's stream, or cannot be read.
+    pub async fn check_feed(&self, held: FeedHolds) -> Result<(), Error> {
+        let own = self.replicator.last_sequence(&self.options.stream);
+        let checked = match held {
+            _ if own == 0 => Ok(()),
+            FeedHolds::Event(theirs) => self.holds_same(own, *theirs, "its source").await,
+            FeedHolds::EndsAt(head) if head < own => Err(diverged(format!(
+                "this standby's log holds sequence {own}, but its source's stream ends at \
+                 sequence {head}"
+            ))),
+            FeedHolds::EndsAt(_) => Ok(()),
+            FeedHolds::Unknown(why) => {
+                tracing::warn!(
+                    sequence = own,
+                    why,
+                    "cannot check that the source holds this standby's last event; following on after it"
+                );
+                Ok(())
+            }
+        };
+        if let Err(error) = &checked {
+            tracing::error!(%error, "standby stopped following");
+            self.stop();
+            self.set_status(|s| {
+                s.connected = false;
+                s.last_error = Some(format!("stopped following: {error}"));
+            });
+        }
+        checked
     }
 
     /// Appends followed events to the own log, then to the projection.
@@ -629,11 +707,20 @@ impl Standby {
         let mut state = self.state.lock().await;
         // Checked under the lock promotion takes before opening the
         // dispatcher: nothing is appended after that.
-        if self.is_promoted() {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                "the standby was promoted: it follows no more",
-            ));
+        match *self.phase.borrow() {
+            Phase::Following => {}
+            Phase::Promoted => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the standby was promoted: it follows no more",
+                ));
+            }
+            Phase::Stopped => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the standby stopped following",
+                ));
+            }
         }
         let stream = &self.options.stream;
         let mut last = self.replicator.last_sequence(stream);

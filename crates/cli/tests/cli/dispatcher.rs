@@ -872,6 +872,57 @@ fn heavy_a_standby_on_the_bus_rides_out_a_bus_restart() {
     stop(&mut [primary, standby], nats);
 }
 
+/// A standby on the bus checks, when it starts on a log that holds events,
+/// that the bus holds the same event at its last sequence: restarted on
+/// its own log it follows on; started on the log of a node whose events
+/// never reached the bus (a former primary brought back as a standby of
+/// its replacement) it stops and says why, instead of skipping the bus's
+/// events up to its own last sequence.
+#[test]
+fn heavy_a_standby_on_the_bus_does_not_follow_it_with_a_log_that_is_not_a_copy() {
+    let store = tempfile::tempdir().unwrap();
+    let (nats, bus, config) =
+        bus_and_primary_config(store.path(), "format = \"protobuf\"\nwrite_version = 2", "");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (primary, primary_at, _) = start(dirs[0].path(), &["--config", dir_arg(&config)]);
+    let enqueue = |at: &str| rpc(at, "resourcelease::enqueue", &[], PAYLOAD);
+    enqueue(&primary_at);
+    enqueue(&primary_at);
+
+    // Its own log, restarted.
+    let follow = format!("{bus}?durable=copy");
+    let (mut standby, standby_at) = start_standby(dirs[1].path(), &follow);
+    let status = standby_status(&standby_at, |s| s["appliedSequence"] == 2);
+    assert_eq!(status["appliedSequence"], 2, "{status}");
+    assert!(signal(standby.id(), "TERM"));
+    assert!(standby.wait().unwrap().success());
+    enqueue(&primary_at);
+    let (standby, standby_at) = start_standby(dirs[1].path(), &follow);
+    let status = standby_status(&standby_at, |s| s["appliedSequence"] == 3);
+    assert_eq!(status["appliedSequence"], 3, "{status}");
+    assert!(status["lastError"].is_null(), "{status}");
+
+    // Two events of another node's, never published.
+    let (mut other, other_at, _) = start(dirs[2].path(), &[]);
+    let elsewhere = PAYLOAD.replace("sales.orders", "elsewhere");
+    rpc(&other_at, "resourcelease::enqueue", &[], &elsewhere);
+    rpc(&other_at, "resourcelease::enqueue", &[], &elsewhere);
+    assert!(signal(other.id(), "TERM"));
+    assert!(other.wait().unwrap().success());
+    let (diverged, diverged_at) = start_standby(dirs[2].path(), &format!("{bus}?durable=diverged"));
+    let refusal = refusal_of(&diverged_at);
+    assert!(
+        refusal.starts_with("stopped following")
+            && refusal.contains("its source holds another event at sequence 2")
+            && refusal.contains("start this standby on an empty data directory"),
+        "{refusal}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = standby_status(&diverged_at, |_| true);
+    assert_eq!(status["appliedSequence"], 2, "{status}");
+    stop(&mut [primary, standby, diverged], nats);
+}
+
 #[test]
 fn heavy_a_standby_follows_a_bus_that_wants_credentials_and_never_shows_them() {
     let store = tempfile::tempdir().unwrap();

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use omnirelay_dispatcher::{Dispatcher, DispatcherOptions, QueueOptions, Standby, StandbyFeed};
+use omnirelay_dispatcher::{
+    Dispatcher, DispatcherOptions, FeedHolds, QueueOptions, Standby, StandbyFeed,
+};
 use omnirelay_replication::{
     DurableOptions, Encoding, ErrorKind, Format, LogOptions, OwnedRecord, Replayed, Sink as _,
     SinkError, StreamId, Timestamp, WireVersion,
@@ -754,4 +756,81 @@ async fn a_fed_standby_waits_by_its_own_clock_for_a_primary_whose_clock_runs_beh
     drop((dispatcher, standby, primary));
     standby_log.close().await.unwrap();
     primary_log.close().await.unwrap();
+}
+
+/// A fed standby checks its source before it takes its feed, as a standby
+/// following its primary does each time it subscribes: a log with the
+/// source's event at its last sequence goes on; one with another event
+/// there, or past the source's end, stops and refuses its feed (before, a
+/// former primary restarted as a standby on the bus skipped the new
+/// primary's events up to its own last sequence); what the source no
+/// longer holds cannot be checked and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fed_standby_whose_log_diverged_from_its_source_does_not_take_its_feed() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let stream = StreamId::default();
+    let v2 = Encoding::new(Format::Protobuf, WireVersion::V2);
+    let (primary_log, primary) = primary_with(dirs[0].path(), &["a", "b", "c"]).await;
+    let fed = records(&primary_log, v2).await;
+    let event_at = |index: usize| {
+        omnirelay_resourcelease::proto::decode(fed[index].bytes())
+            .map(|event| FeedHolds::Event(Box::new(event)))
+    };
+    let fed_standby = async |log: Log| {
+        Standby::open_fed(
+            log,
+            DispatcherOptions::default(),
+            "nats://bus",
+            Duration::ZERO,
+        )
+        .await
+        .unwrap()
+    };
+
+    // A copy of the source's stream, restarted.
+    let copy_log = log(dirs[1].path()).await;
+    let copy = fed_standby(copy_log.clone()).await;
+    apply(&copy.feed(), &fed[..2]).await.unwrap();
+    copy.check_feed(event_at(1).unwrap()).await.unwrap();
+    copy.check_feed(FeedHolds::EndsAt(2)).await.unwrap();
+    copy.check_feed(FeedHolds::Unknown("purged".into()))
+        .await
+        .unwrap();
+    apply(&copy.feed(), &fed[2..]).await.unwrap();
+    assert_eq!(copy.snapshot().await, primary.snapshot().await);
+    assert_eq!(copy.status().last_error, None);
+
+    // Another history under the same numbering: x, y, z at 1..=3.
+    let (other_log, other) = primary_with(dirs[2].path(), &["x", "y", "z"]).await;
+    drop(other);
+    let diverged = fed_standby(other_log.clone()).await;
+    let error = diverged.check_feed(event_at(2).unwrap()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Corrupt);
+    assert!(error.to_string().contains("not a copy"), "{error}");
+    let status = diverged.status();
+    let shown = status.last_error.unwrap_or_default();
+    assert!(
+        shown.starts_with("stopped following")
+            && shown.contains("its source holds another event at sequence 3"),
+        "{shown}"
+    );
+    assert!(!status.connected);
+    let refused = apply(&diverged.feed(), &fed).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("stopped following"),
+        "{refused}"
+    );
+    assert_eq!(other_log.last_sequence(&stream), 3);
+
+    // Further along than the source.
+    let ahead_log = log(dirs[3].path()).await;
+    let ahead = fed_standby(ahead_log.clone()).await;
+    apply(&ahead.feed(), &fed).await.unwrap();
+    let error = ahead.check_feed(FeedHolds::EndsAt(2)).await.unwrap_err();
+    assert!(error.to_string().contains("ends at sequence 2"), "{error}");
+
+    drop((copy, diverged, ahead, primary));
+    for log in [primary_log, copy_log, other_log, ahead_log] {
+        log.close().await.unwrap();
+    }
 }

@@ -235,16 +235,12 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     // name would send the primary's stream to a sink it shares with the
     // primary (a receiver, a bus subject) as another sender, a second
     // copy of every event.
-    let deferred = match unnamed {
+    let unnamed = match unnamed {
         Some(why) if replicator.last_sequence(&stream) == 0 => {
             tracing::info!(
                 why,
                 "the primary's node name is not known yet: the sinks start once its first event is here"
             );
-            // Where a sink starting "latest" would have started now.
-            for sink in &mut valid.sinks {
-                sink.options.start = omnirelay_replication::StartFrom::Earliest;
-            }
             true
         }
         Some(why) => {
@@ -256,7 +252,16 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         }
         None => false,
     };
-    if !deferred {
+    if role == Role::Standby {
+        // Started later (`start_standby_sinks`): a sink starting "latest"
+        // starts where the log stands now.
+        let now = replicator.last_sequence(&stream);
+        for sink in &mut valid.sinks {
+            if sink.options.start == omnirelay_replication::StartFrom::Latest {
+                sink.options.start = omnirelay_replication::StartFrom::After(now);
+            }
+        }
+    } else {
         valid
             .add_sinks(&replicator, decorate_sink)
             .await
@@ -356,17 +361,18 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                         .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?
                 }
             };
-            if deferred {
-                tokio::spawn(start_sinks_when_named(
-                    valid.clone(),
-                    replicator.clone(),
-                    standby.clone(),
+            tokio::spawn(start_standby_sinks(
+                StandbySinks {
+                    valid: valid.clone(),
+                    replicator: replicator.clone(),
+                    standby: standby.clone(),
                     primary,
-                    bus.map(|(_, follow)| follow),
-                    stream.clone(),
-                    bound.stopping(),
-                ));
-            }
+                    bus: bus.map(|(_, follow)| follow),
+                    stream: stream.clone(),
+                    unnamed,
+                },
+                bound.stopping(),
+            ));
             let stats = standby.snapshot().await;
             rebuilt = Some(format!(
                 "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered; following {}",
@@ -505,52 +511,83 @@ fn decorate_sink(
     LagRecording::new(sink).shared()
 }
 
-/// The standby's sinks, started once its primary's name is known (see
-/// `serve`): after the primary's first event is in its log, the name is
-/// asked again (every few seconds until it answers). A standby promoted
-/// before then starts them under its own name; a node stopping, not at all.
-async fn start_sinks_when_named(
+/// What a standby's sinks start with: see [`start_standby_sinks`].
+struct StandbySinks {
     valid: Arc<omnirelay_replication::config::ValidConfig>,
     replicator: Arc<omnirelay_replication::DurableReplicator<ResourceLeaseReplicationEvent>>,
     standby: Arc<Standby>,
     primary: Option<Connection>,
     bus: Option<FollowUrl>,
     stream: StreamId,
+    /// Its primary's name was not known when it started, with its log
+    /// empty.
+    unnamed: bool,
+}
+
+/// Starts a standby's sinks once its log is known to be a copy of its
+/// primary's stream ([`Standby::wait_log_checked`]: a log with events its
+/// primary never had must not reach a sink it shares with the primary)
+/// and, when its primary's name was not known when it started, once that
+/// name is: after the primary's first event is in its log, the name is
+/// asked again (every few seconds until it answers). A standby promoted
+/// before then starts them at once, under its own name if it has not
+/// learned its primary's; a node stopping, not at all.
+async fn start_standby_sinks(
+    sinks: StandbySinks,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
+    let StandbySinks {
+        valid,
+        replicator,
+        standby,
+        primary,
+        bus,
+        stream,
+        unnamed,
+    } = sinks;
     let mut retry = std::time::Duration::from_millis(500);
-    let named = loop {
-        if standby.is_promoted() {
-            break false;
-        }
-        tokio::select! {
-            visible = replicator.wait_visible_beyond(&stream, 0) => {
-                if visible.is_err() {
-                    return;
-                }
-                match adopt_primary_name(primary.as_ref(), bus.as_ref(), &stream, &valid.data_dir).await {
-                    Ok(()) => break true,
-                    Err(why) => {
-                        tracing::debug!(why, "the primary's node name is still not known");
-                        tokio::select! {
-                            () = tokio::time::sleep(retry) => {}
-                            _ = stopping.changed() => return,
+    let named = !unnamed
+        || loop {
+            if standby.is_promoted() {
+                break false;
+            }
+            tokio::select! {
+                visible = replicator.wait_visible_beyond(&stream, 0) => {
+                    if visible.is_err() {
+                        return;
+                    }
+                    match adopt_primary_name(primary.as_ref(), bus.as_ref(), &stream, &valid.data_dir).await {
+                        Ok(()) => break true,
+                        Err(why) => {
+                            tracing::debug!(why, "the primary's node name is still not known");
+                            tokio::select! {
+                                () = tokio::time::sleep(retry) => {}
+                                _ = stopping.changed() => return,
+                            }
+                            retry = (retry * 2).min(std::time::Duration::from_secs(5));
                         }
-                        retry = (retry * 2).min(std::time::Duration::from_secs(5));
                     }
                 }
+                () = standby.wait_promoted() => {}
+                _ = stopping.changed() => return,
             }
-            () = standby.wait_promoted() => {}
-            _ = stopping.changed() => return,
-        }
-        if *stopping.borrow() {
-            return;
-        }
-    };
+            if *stopping.borrow() {
+                return;
+            }
+        };
     if !named {
         tracing::info!(
             "promoted before its primary's node name was known: the sinks start under this node's own name"
         );
+    }
+    if !standby.is_log_checked() && !standby.is_promoted() {
+        tracing::info!(
+            "the sinks start once this standby's log is found a copy of its primary's stream"
+        );
+    }
+    tokio::select! {
+        () = standby.wait_log_checked() => {}
+        _ = stopping.wait_for(|stopping| *stopping) => return,
     }
     if let Err(error) = valid.add_sinks(&replicator, decorate_sink).await {
         tracing::error!(%error, "cannot start the sinks");

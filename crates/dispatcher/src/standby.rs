@@ -102,6 +102,9 @@ pub struct Standby {
     state: Mutex<QueueState>,
     status: StdMutex<StandbyStatus>,
     phase: watch::Sender<Phase>,
+    /// Its log is known to be a copy of its source's stream (empty, or
+    /// checked).
+    checked: watch::Sender<bool>,
     follower: StdMutex<Option<tokio::task::JoinHandle<()>>>,
     /// It follows the primary itself ([`Standby::open`]), not a feed.
     direct: bool,
@@ -187,6 +190,7 @@ impl Standby {
             options,
             state: Mutex::new(state),
             phase: watch::Sender::new(Phase::Following),
+            checked: watch::Sender::new(applied == 0),
             follower: StdMutex::new(None),
             direct: fed.is_none(),
             quiet: fed.unwrap_or_default(),
@@ -244,6 +248,28 @@ impl Standby {
         let mut phase = self.phase.subscribe();
         // The sender lives as long as `self`: it cannot be dropped here.
         let _ = phase.wait_for(|phase| *phase == Phase::Promoted).await;
+    }
+
+    /// Whether its log is known to be a copy of its source's stream: see
+    /// [`Standby::wait_log_checked`].
+    pub fn is_log_checked(&self) -> bool {
+        *self.checked.borrow()
+    }
+
+    /// Returns once its log is known to be a copy of its source's stream
+    /// (at once for an empty log; else once the primary, or the source
+    /// through [`Standby::check_feed`], holds the log's last event, or
+    /// cannot show it: retention), or once it is promoted. Until then its
+    /// log may hold events its primary never had (a former primary's):
+    /// sinks it shares with its primary, a bus subject say, must not get
+    /// them, so its node starts its sinks only then.
+    pub async fn wait_log_checked(&self) {
+        let mut checked = self.checked.subscribe();
+        tokio::select! {
+            // The sender lives as long as `self`.
+            _ = checked.wait_for(|checked| *checked) => {}
+            () = self.wait_promoted() => {}
+        }
     }
 
     /// Moves a standby that follows to [`Phase::Stopped`].
@@ -540,6 +566,7 @@ impl Standby {
                         "cannot check that the primary holds this standby's last event; following on after it"
                     );
                     check = None;
+                    self.checked.send_replace(true);
                     subscription = Subscription::open(primary, stream, last + 1, encoding).await?;
                     continue;
                 }
@@ -560,6 +587,7 @@ impl Standby {
                 };
                 self.check_same(own, first).await?;
                 check = None;
+                self.checked.send_replace(true);
                 records = rest;
             }
             if records.is_empty() {
@@ -654,6 +682,9 @@ impl Standby {
                 Ok(())
             }
         };
+        if checked.is_ok() {
+            self.checked.send_replace(true);
+        }
         if let Err(error) = &checked {
             tracing::error!(%error, "standby stopped following");
             self.stop();

@@ -883,7 +883,7 @@ fn heavy_a_standby_on_the_bus_does_not_follow_it_with_a_log_that_is_not_a_copy()
     let store = tempfile::tempdir().unwrap();
     let (nats, bus, config) =
         bus_and_primary_config(store.path(), "format = \"protobuf\"\nwrite_version = 2", "");
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let (primary, primary_at, _) = start(dirs[0].path(), &["--config", dir_arg(&config)]);
     let enqueue = |at: &str| rpc(at, "resourcelease::enqueue", &[], PAYLOAD);
     enqueue(&primary_at);
@@ -902,25 +902,49 @@ fn heavy_a_standby_on_the_bus_does_not_follow_it_with_a_log_that_is_not_a_copy()
     assert_eq!(status["appliedSequence"], 3, "{status}");
     assert!(status["lastError"].is_null(), "{status}");
 
-    // Two events of another node's, never published.
+    // Five events of another node's, never published, with the primary's
+    // configuration: its sinks must not publish them to the bus.
     let (mut other, other_at, _) = start(dirs[2].path(), &[]);
     let elsewhere = PAYLOAD.replace("sales.orders", "elsewhere");
-    rpc(&other_at, "resourcelease::enqueue", &[], &elsewhere);
-    rpc(&other_at, "resourcelease::enqueue", &[], &elsewhere);
+    for _ in 0..5 {
+        rpc(&other_at, "resourcelease::enqueue", &[], &elsewhere);
+    }
     assert!(signal(other.id(), "TERM"));
     assert!(other.wait().unwrap().success());
-    let (diverged, diverged_at) = start_standby(dirs[2].path(), &format!("{bus}?durable=diverged"));
+    let diverged_follow = format!("{bus}?durable=diverged");
+    let (diverged, diverged_at, _) = spawn_standby(
+        dirs[2].path(),
+        &["--follow", &diverged_follow, "--config", dir_arg(&config)],
+        &[],
+    );
     let refusal = refusal_of(&diverged_at);
     assert!(
         refusal.starts_with("stopped following")
-            && refusal.contains("its source holds another event at sequence 2")
+            && refusal.contains(
+                "this standby's log holds sequence 5, but its source's stream ends at sequence 3"
+            )
             && refusal.contains("start this standby on an empty data directory"),
         "{refusal}"
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
     let status = standby_status(&diverged_at, |_| true);
-    assert_eq!(status["appliedSequence"], 2, "{status}");
-    stop(&mut [primary, standby, diverged], nats);
+    assert_eq!(status["appliedSequence"], 5, "{status}");
+    // The bus holds the primary's stream alone: a standby reading it from
+    // the start gets the primary's four events (before, the diverged
+    // node's sink published its events 4 and 5 under the primary's name,
+    // and the primary's own 4 was refused as another writer's).
+    enqueue(&primary_at);
+    let (fresh, fresh_at) = start_standby(dirs[3].path(), &format!("{bus}?durable=fresh"));
+    let status = standby_status(&fresh_at, |s| s["appliedSequence"] == 4);
+    assert_eq!(status["appliedSequence"], 4, "{status}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = standby_status(&fresh_at, |_| true);
+    assert_eq!(
+        (&status["appliedSequence"], &status["lastError"]),
+        (&json!(4), &Value::Null),
+        "{status}"
+    );
+    stop(&mut [primary, standby, diverged, fresh], nats);
 }
 
 #[test]

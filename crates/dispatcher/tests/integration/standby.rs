@@ -310,6 +310,7 @@ async fn a_standby_whose_log_diverged_from_its_primarys_does_not_follow_it() {
     let standby_log = log(dirs[1].path()).await;
     let standby = following(standby_log.clone(), &url).await;
     caught_up(&standby, 4).await;
+    assert!(standby.is_log_checked());
     assert_eq!(standby.status().last_error, None);
     assert_eq!(standby.snapshot().await, primary.snapshot().await);
     drop(standby);
@@ -330,6 +331,12 @@ async fn a_standby_whose_log_diverged_from_its_primarys_does_not_follow_it() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(other_log.last_sequence(&stream), 2, "nothing followed");
+    assert!(!standby.is_log_checked());
+    // Promoted (forced), it serves its log: its sinks may start.
+    standby.promote().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), standby.wait_log_checked())
+        .await
+        .unwrap();
     drop(standby);
     other_log.close().await.unwrap();
 
@@ -790,8 +797,13 @@ async fn a_fed_standby_whose_log_diverged_from_its_source_does_not_take_its_feed
     // A copy of the source's stream, restarted.
     let copy_log = log(dirs[1].path()).await;
     let copy = fed_standby(copy_log.clone()).await;
+    assert!(copy.is_log_checked(), "an empty log is a copy");
     apply(&copy.feed(), &fed[..2]).await.unwrap();
+    drop(copy);
+    let copy = fed_standby(copy_log.clone()).await;
+    assert!(!copy.is_log_checked());
     copy.check_feed(event_at(1).unwrap()).await.unwrap();
+    assert!(copy.is_log_checked());
     copy.check_feed(FeedHolds::EndsAt(2)).await.unwrap();
     copy.check_feed(FeedHolds::Unknown("purged".into()))
         .await
@@ -815,6 +827,7 @@ async fn a_fed_standby_whose_log_diverged_from_its_source_does_not_take_its_feed
         "{shown}"
     );
     assert!(!status.connected);
+    assert!(!diverged.is_log_checked());
     let refused = apply(&diverged.feed(), &fed).await.unwrap_err();
     assert!(
         refused.to_string().contains("stopped following"),

@@ -387,6 +387,7 @@ impl<E: ReplicationEvent> Driver<E> {
         let otherwise = saved.unwrap_or_else(|| match start {
             StartFrom::Earliest => 0,
             StartFrom::Latest => stream.log.last_sequence(),
+            StartFrom::After(sequence) => sequence.min(stream.log.last_sequence()),
         });
         let fallback = sink_start(mark, saved, otherwise, &stream.id, sink_name);
         Ok(Start {

@@ -56,6 +56,10 @@ pub enum StartFrom {
     Earliest,
     /// Only records published from now on.
     Latest,
+    /// Only records after this sequence: [`StartFrom::Latest`] for a sink
+    /// added later than the moment it stands for (the log's last sequence
+    /// then).
+    After(u64),
 }
 
 /// Batching of a sink's deliveries.

@@ -755,10 +755,38 @@ async fn a_restart_resumes_numbering_and_delivery_from_the_checkpoints() {
         .add_sink("empty", empty.clone().shared(), latest)
         .await
         .unwrap();
+    // One added late, as of an earlier moment, gets what came after it
+    // (and never more than the log has).
+    let after = MemorySink::new();
+    replicator
+        .add_sink(
+            "after",
+            after.clone().shared(),
+            SinkOptions {
+                start: StartFrom::After(33),
+                ..sink_options()
+            },
+        )
+        .await
+        .unwrap();
+    let beyond = MemorySink::new();
+    replicator
+        .add_sink(
+            "beyond",
+            beyond.clone().shared(),
+            SinkOptions {
+                start: StartFrom::After(1000),
+                ..sink_options()
+            },
+        )
+        .await
+        .unwrap();
     publish(&replicator, 1).await;
     replicator.wait_caught_up().await;
     assert_eq!(fresh.sequences(), [36]);
     assert_eq!(empty.sequences(), [36]);
+    assert_eq!(after.sequences(), [34, 35, 36]);
+    assert_eq!(beyond.sequences(), [36]);
     replicator.close().await.unwrap();
 }
 

@@ -150,9 +150,10 @@ impl Override {
 ///
 /// # Errors
 ///
-/// [`ConfigError`] naming the file or variable and the key path, for an
-/// unreadable file, invalid TOML, an unknown key or a wrong type.
-pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
+/// [`ConfigErrors`] naming the file or variable and the key path, for an
+/// unreadable file or invalid TOML (the first problem), or unknown keys
+/// and wrong types (each of them, up to 20).
+pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     load_with(file, &process_env())
 }
 
@@ -168,7 +169,7 @@ pub fn process_env() -> Vec<(String, String)> {
 /// # Errors
 ///
 /// As [`load`].
-pub fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
+pub fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Loaded, ConfigErrors> {
     let source = match file {
         Some(path) => Source::File(path),
         None => Source::Default,
@@ -176,8 +177,15 @@ pub fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Loaded
     load_from(source, env, &[])
 }
 
+/// How many problems [`load_from`] reports at most.
+const MAX_ERRORS: usize = 20;
+
 /// Parses a configuration from `source`, under `env` (`OMNIRELAY_…`
 /// variables; others are ignored) and command-line `overrides`.
+///
+/// Deserialization stops at its first problem; to report every unknown
+/// key and wrong type at once, each key found wrong is set aside and the
+/// rest parsed again, until it parses or nothing more can be set aside.
 ///
 /// # Errors
 ///
@@ -186,24 +194,78 @@ pub fn load_from(
     source: Source<'_>,
     env: &[(String, String)],
     overrides: &[Override],
-) -> Result<Loaded, ConfigError> {
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
-    figment = match source {
+) -> Result<Loaded, ConfigErrors> {
+    let (text, name) = match source {
         Source::File(path) => {
             if !path.is_file() {
                 return Err(ConfigError::new(
                     path.display().to_string(),
                     "",
                     "no such file (or not a regular file)",
-                ));
+                )
+                .into());
             }
-            figment.merge(Toml::file_exact(path))
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(path.display().to_string(), "", format!("cannot read: {e}"))
+            })?;
+            (text, path.display().to_string())
         }
-        Source::Text { text, name } => figment.merge(Named::new(Toml::string(text), name)),
-        Source::Default => figment.merge(Named::new(
-            Toml::string(DEFAULT_TOML),
-            "the embedded default configuration",
-        )),
+        Source::Text { text, name } => (text.to_owned(), name.to_owned()),
+        Source::Default => (
+            DEFAULT_TOML.to_owned(),
+            "the embedded default configuration".to_owned(),
+        ),
+    };
+    let mut set_aside: Vec<String> = Vec::new();
+    let mut errors = Vec::new();
+    loop {
+        let figment = figment_of(&text, &name, env, overrides, &set_aside);
+        let error = match figment.extract::<Config>() {
+            Ok(config) if errors.is_empty() => return Ok(Loaded { config, figment }),
+            Ok(_) => return Err(ConfigErrors(errors)),
+            Err(error) => ConfigError::from_figment(&figment, error),
+        };
+        // A key set aside already (the problem is not where it was set, or
+        // the path does not name one key): nothing more to learn.
+        if set_aside.contains(&error.path) {
+            return Err(ConfigErrors(errors));
+        }
+        // The file as a whole (its syntax) is the one problem reported.
+        let again = !error.path.is_empty() && errors.len() + 1 < MAX_ERRORS;
+        if again {
+            set_aside.push(error.path.clone());
+        }
+        errors.push(error);
+        if !again {
+            return Err(ConfigErrors(errors));
+        }
+    }
+}
+
+/// The defaults, `text` (called `name`), `env` and `overrides`, merged in
+/// that order, without the keys at the dotted paths `set_aside`.
+fn figment_of(
+    text: &str,
+    name: &str,
+    env: &[(String, String)],
+    overrides: &[Override],
+    set_aside: &[String],
+) -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    figment = if set_aside.is_empty() {
+        figment.merge(Named::new(Toml::string(text), name))
+    } else {
+        // It parsed before: only keys were wrong.
+        let mut table = toml::from_str::<toml::Table>(text).unwrap_or_default();
+        for path in set_aside {
+            remove_path(&mut table, path);
+        }
+        figment.merge(Named::new(Serialized::defaults(table), name))
+    };
+    let kept = |key: &str| {
+        !set_aside
+            .iter()
+            .any(|path| key == path || key.starts_with(&format!("{path}.")))
     };
     let mut env: Vec<_> = env
         .iter()
@@ -212,7 +274,7 @@ pub fn load_from(
     env.sort();
     for (name, value) in env {
         let key = name[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
-        if key.is_empty() {
+        if key.is_empty() || !kept(&key) {
             continue;
         }
         // A TOML value (number, boolean, array, …), else a plain string.
@@ -225,14 +287,25 @@ pub fn load_from(
             format!("environment variable {name}"),
         ));
     }
-    for o in overrides {
+    for o in overrides.iter().filter(|o| kept(&o.key)) {
         figment = figment.merge(Named::new(
             Serialized::default(&o.key, o.value.clone()),
             format!("command-line flag {}", o.flag),
         ));
     }
-    match figment.extract::<Config>() {
-        Ok(config) => Ok(Loaded { config, figment }),
-        Err(err) => Err(ConfigError::from_figment(&figment, err)),
+    figment
+}
+
+/// Removes the key at the dotted `path` from `table`, if there.
+fn remove_path(table: &mut toml::Table, path: &str) {
+    match path.split_once('.') {
+        None => {
+            table.remove(path);
+        }
+        Some((first, rest)) => {
+            if let Some(toml::Value::Table(inner)) = table.get_mut(first) {
+                remove_path(inner, rest);
+            }
+        }
     }
 }

@@ -290,3 +290,52 @@ enabled = false
         "write version 2 as configured: {snapshot}"
     );
 }
+
+/// Every unknown key and wrong type is reported at once, each with where
+/// it was set (before, only the first: one run of `config check` per
+/// mistake); a syntax error stops at itself.
+#[test]
+fn every_unknown_key_and_wrong_type_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "[replication.log]\ndurability = \"sometimes\"\ninterval_ms = \"soon\"\n\
+         [replication.sinks.a]\ntype = \"file\"\nmode = \"requird\"\nbogus = 1\n\
+         [server]\nlisten = 5\n",
+    );
+    let errs = config::load_with(Some(&file), &env(&[("OMNIRELAY_SERVER__TOKEN", "5")]))
+        .unwrap_err()
+        .0;
+    let at = |path: &str| {
+        errs.iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("nothing at {path}: {errs:?}"))
+    };
+    assert_eq!(errs.len(), 6, "{errs:?}");
+    assert!(
+        at("replication.log.durability")
+            .message
+            .contains("`sometimes`")
+    );
+    assert!(
+        at("replication.log.interval_ms")
+            .message
+            .contains("\"soon\"")
+    );
+    assert!(at("replication.sinks.a.mode").message.contains("`requird`"));
+    assert!(
+        at("replication.sinks.a.bogus")
+            .message
+            .starts_with("unknown key")
+    );
+    assert_eq!(at("server.listen").origin, file.display().to_string());
+    assert_eq!(
+        at("server.token").origin,
+        "environment variable OMNIRELAY_SERVER__TOKEN"
+    );
+
+    let broken = write(dir.path(), "[server\nlisten = 1\nbogus = 2\n");
+    let errs = config::load_with(Some(&broken), &[]).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("line 1"), "{errs:?}");
+}

@@ -757,30 +757,17 @@ async fn a_restart_resumes_numbering_and_delivery_from_the_checkpoints() {
         .unwrap();
     // One added late, as of an earlier moment, gets what came after it
     // (and never more than the log has).
-    let after = MemorySink::new();
-    replicator
-        .add_sink(
-            "after",
-            after.clone().shared(),
-            SinkOptions {
-                start: StartFrom::After(33),
-                ..sink_options()
-            },
-        )
-        .await
-        .unwrap();
-    let beyond = MemorySink::new();
-    replicator
-        .add_sink(
-            "beyond",
-            beyond.clone().shared(),
-            SinkOptions {
-                start: StartFrom::After(1000),
-                ..sink_options()
-            },
-        )
-        .await
-        .unwrap();
+    let (after, beyond) = (MemorySink::new(), MemorySink::new());
+    for (name, sink, sequence) in [("after", &after, 33), ("beyond", &beyond, 1000)] {
+        let options = SinkOptions {
+            start: StartFrom::After(sequence),
+            ..sink_options()
+        };
+        replicator
+            .add_sink(name, sink.clone().shared(), options)
+            .await
+            .unwrap();
+    }
     publish(&replicator, 1).await;
     replicator.wait_caught_up().await;
     assert_eq!(fresh.sequences(), [36]);

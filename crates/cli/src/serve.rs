@@ -627,6 +627,10 @@ async fn feed_from_bus(
     let mut backoff = std::time::Duration::from_millis(100);
     // Whether the log was found a copy of the bus's stream.
     let mut checked = false;
+    // Checks that failed with the bus reachable: a server that does not
+    // let this standby read messages by sequence (its permissions, an old
+    // server) would otherwise keep it from following for good.
+    let mut unchecked = 0;
     while !done(&stopping) {
         let connected = match NatsSource::connect_to(&follow, Arc::new(ResourceLeaseCodec)).await {
             Ok(source) if checked => Ok(source),
@@ -637,7 +641,21 @@ async fn feed_from_bus(
                 }
                 // It stopped, and says why.
                 Err(error) if error.kind() == omnirelay_replication::ErrorKind::Corrupt => return,
-                Err(error) => Err(error),
+                Err(error) if unchecked >= 1 => {
+                    // Logged by the standby; it follows on.
+                    let why = format!("the bus cannot be read by sequence: {error}");
+                    match standby.check_feed(FeedHolds::Unknown(why)).await {
+                        Ok(()) => {
+                            checked = true;
+                            Ok(source)
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
+                Err(error) => {
+                    unchecked += 1;
+                    Err(error)
+                }
             },
             Err(error) => Err(error),
         };

@@ -877,11 +877,16 @@ impl Bus<'_> {
             message: async_nats::jetstream::stream::RawMessage,
         }
         let what = || format!("read {} on {}", self.subject, self.name);
-        let response: Response<Got> = self
-            .context
-            .request(format!("STREAM.MSG.GET.{}", self.name), &request)
-            .await
-            .map_err(|e| nats_error(&what(), e))?;
+        // A server answers at once; one that does not (permissions that
+        // deny the request go unanswered) is not waited for long.
+        let response: Response<Got> = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.context
+                .request(format!("STREAM.MSG.GET.{}", self.name), &request),
+        )
+        .await
+        .map_err(|_| nats_error(&what(), "no answer within 2 s"))?
+        .map_err(|e| nats_error(&what(), e))?;
         match response {
             Response::Ok(got) => {
                 let message = got.message.try_into().map_err(|e| nats_error(&what(), e))?;

@@ -947,6 +947,68 @@ fn heavy_a_standby_on_the_bus_does_not_follow_it_with_a_log_that_is_not_a_copy()
     stop(&mut [primary, standby, diverged, fresh], nats);
 }
 
+/// A bus whose permissions do not let the standby read messages by
+/// sequence (`STREAM.MSG.GET` denied): the check of a restarted standby's
+/// log cannot be made; after a few tries it says so and follows on, rather
+/// than never following again.
+#[test]
+fn heavy_a_standby_on_a_bus_it_cannot_read_by_sequence_follows_unchecked() {
+    let store = tempfile::tempdir().unwrap();
+    let conf = store.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        "authorization { users = [\n\
+         { user: primary, password: p }\n\
+         { user: standby, password: s, permissions: { publish: { allow: [\">\"], \
+         deny: [\"$JS.API.STREAM.MSG.GET.>\"] } } }\n] }\n",
+    )
+    .unwrap();
+    let (nats, port) = start_nats_with(store.path(), None, &["-c", dir_arg(&conf)]);
+    let config = store.path().join("primary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[replication.sinks.bus]\ntype = \"nats\"\nformat = \"protobuf\"\nwrite_version = 2\n\
+             [replication.sinks.bus.settings]\nservers = [\"nats://127.0.0.1:{port}\"]\n\
+             user = \"primary\"\npassword = \"p\"\n"
+        ),
+    )
+    .unwrap();
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
+    let enqueue = || rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
+    enqueue();
+    enqueue();
+    let follow = format!("nats://standby:s@127.0.0.1:{port}?durable=limited");
+    let (mut standby, standby_at) = start_standby(standby_dir.path(), &follow);
+    let status = standby_status(&standby_at, |s| s["appliedSequence"] == 2);
+    assert_eq!(status["appliedSequence"], 2, "{status}");
+    assert!(signal(standby.id(), "TERM"));
+    assert!(standby.wait().unwrap().success());
+    enqueue();
+    let (standby, standby_at, mut stderr) =
+        spawn_standby(standby_dir.path(), &["--follow", &follow], &[]);
+    // Each try waits 2 s for an answer that never comes (up to 20 s here,
+    // and 20 more).
+    let mut status = standby_status(&standby_at, |s| s["appliedSequence"] == 3);
+    if status["appliedSequence"] != 3 {
+        status = standby_status(&standby_at, |s| s["appliedSequence"] == 3);
+    }
+    assert_eq!(
+        (&status["appliedSequence"], &status["connected"]),
+        (&json!(3), &json!(true)),
+        "{status}"
+    );
+    stop(&mut [primary, standby], nats);
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    assert!(
+        said.contains("cannot check that the source holds this standby's last event")
+            && said.contains("the bus cannot be read by sequence"),
+        "{said}"
+    );
+}
+
 #[test]
 fn heavy_a_standby_follows_a_bus_that_wants_credentials_and_never_shows_them() {
     let store = tempfile::tempdir().unwrap();

@@ -662,7 +662,9 @@ impl Standby {
     ///
     /// # Errors
     ///
-    /// The log diverged from the source's stream, or cannot be read.
+    /// [`ErrorKind::Corrupt`]: the log diverged from the source's stream
+    /// (the standby stopped); another kind: the log cannot be read now
+    /// (check again).
     pub async fn check_feed(&self, held: FeedHolds) -> Result<(), Error> {
         let own = self.replicator.last_sequence(&self.options.stream);
         let checked = match held {
@@ -682,16 +684,22 @@ impl Standby {
                 Ok(())
             }
         };
-        if checked.is_ok() {
-            self.checked.send_replace(true);
-        }
-        if let Err(error) = &checked {
-            tracing::error!(%error, "standby stopped following");
-            self.stop();
-            self.set_status(|s| {
-                s.connected = false;
-                s.last_error = Some(format!("stopped following: {error}"));
-            });
+        match &checked {
+            Ok(()) => {
+                self.checked.send_replace(true);
+            }
+            // Diverged (or its own log is unreadable there): following on
+            // would not make a copy.
+            Err(error) if error.kind() == ErrorKind::Corrupt => {
+                tracing::error!(%error, "standby stopped following");
+                self.stop();
+                self.set_status(|s| {
+                    s.connected = false;
+                    s.last_error = Some(format!("stopped following: {error}"));
+                });
+            }
+            // Its log could not be read now: to be checked again.
+            Err(_) => {}
         }
         checked
     }

@@ -531,6 +531,8 @@ async fn standby_status(State((standby, _)): State<StandbyState>) -> Response {
     let mut body = status_json(&standby.status());
     // Why `POST /standby/promote` would refuse now (null: it would not).
     body["promotionHazard"] = standby.promotion_hazard().into();
+    // Whether its sinks may run (see `Standby::wait_log_checked`).
+    body["logChecked"] = standby.is_log_checked().into();
     axum::Json(body).into_response()
 }
 

@@ -901,6 +901,7 @@ fn heavy_a_standby_on_the_bus_does_not_follow_it_with_a_log_that_is_not_a_copy()
     let status = standby_status(&standby_at, |s| s["appliedSequence"] == 3);
     assert_eq!(status["appliedSequence"], 3, "{status}");
     assert!(status["lastError"].is_null(), "{status}");
+    assert_eq!(status["logChecked"], true, "{status}");
 
     // Five events of another node's, never published, with the primary's
     // configuration: its sinks must not publish them to the bus.
@@ -929,6 +930,7 @@ fn heavy_a_standby_on_the_bus_does_not_follow_it_with_a_log_that_is_not_a_copy()
     std::thread::sleep(std::time::Duration::from_millis(500));
     let status = standby_status(&diverged_at, |_| true);
     assert_eq!(status["appliedSequence"], 5, "{status}");
+    assert_eq!(status["logChecked"], false, "{status}");
     // The bus holds the primary's stream alone: a standby reading it from
     // the start gets the primary's four events (before, the diverged
     // node's sink published its events 4 and 5 under the primary's name,

@@ -736,7 +736,15 @@ async fn check_against_bus(
     if last == 0 {
         return Ok(());
     }
-    let held = match source.event_at(standby.stream(), last).await? {
+    let held = match source.event_at(standby.stream(), last).await.map_err(|e| {
+        omnirelay_replication::Error::new(
+            e.kind(),
+            format!(
+                "cannot check this standby's log against the bus: {}",
+                e.message()
+            ),
+        )
+    })? {
         HeldAt::Event(event) => FeedHolds::Event(Box::new(event)),
         HeldAt::EndsAt(head) => FeedHolds::EndsAt(head),
         HeldAt::NotFound(why) => FeedHolds::Unknown(why),

@@ -105,6 +105,8 @@ pub struct Standby {
     /// Its log is known to be a copy of its source's stream (empty, or
     /// checked).
     checked: watch::Sender<bool>,
+    /// Its log was found not to be a copy of its source's stream.
+    diverged: std::sync::atomic::AtomicBool,
     follower: StdMutex<Option<tokio::task::JoinHandle<()>>>,
     /// It follows the primary itself ([`Standby::open`]), not a feed.
     direct: bool,
@@ -191,6 +193,7 @@ impl Standby {
             state: Mutex::new(state),
             phase: watch::Sender::new(Phase::Following),
             checked: watch::Sender::new(applied == 0),
+            diverged: std::sync::atomic::AtomicBool::new(false),
             follower: StdMutex::new(None),
             direct: fed.is_none(),
             quiet: fed.unwrap_or_default(),
@@ -324,11 +327,21 @@ impl Standby {
     /// of the primary's newest event (as the primary's log stamped it) or
     /// of the last report showing the primary's stream grown (by this
     /// host's clock, which a primary's clock running behind cannot
-    /// shorten), the primary may still be serving. `None` once promoted.
+    /// shorten), the primary may still be serving; its log found not to be
+    /// a copy of its primary's stream, it would serve a queue that
+    /// diverged from its primary's. `None` once promoted.
     pub fn promotion_hazard(&self) -> Option<String> {
         let status = self.status();
         if status.promoted {
             return None;
+        }
+        if self.diverged.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(format!(
+                "its log is not a copy of its primary's stream, so it does not follow it \
+                 ({}): promoted, it would serve a queue that diverged from its primary's (force \
+                 the promotion only to serve this log as it is)",
+                status.last_error.as_deref().unwrap_or("stopped following")
+            ));
         }
         if self.direct && status.connected {
             return Some(format!(
@@ -576,7 +589,7 @@ impl Standby {
             let mut records = &batch.records[..];
             if let Some(own) = check {
                 if batch.head < own {
-                    return Err(diverged(format!(
+                    return Err(self.diverged(format!(
                         "this standby's log holds sequence {own}, but its primary's stream ends \
                          at sequence {}",
                         batch.head
@@ -605,6 +618,14 @@ impl Standby {
         }
     }
 
+    /// The error of a log found diverged from its source's stream (`why`),
+    /// remembered for [`Standby::promotion_hazard`].
+    fn diverged(&self, why: String) -> Error {
+        self.diverged
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        diverged_error(why)
+    }
+
     /// Checks that the primary's record `theirs` is the event this
     /// standby's log holds at sequence `own`.
     async fn check_same(
@@ -613,7 +634,7 @@ impl Standby {
         theirs: &omnirelay_replication_grpc::v2::StreamRecord,
     ) -> Result<(), Error> {
         if theirs.sequence != own {
-            return Err(diverged(format!(
+            return Err(self.diverged(format!(
                 "its primary holds another event at sequence {own} than this standby's log"
             )));
         }
@@ -643,7 +664,7 @@ impl Standby {
             event
         };
         if same(mine) != same(theirs) {
-            return Err(diverged(format!(
+            return Err(self.diverged(format!(
                 "{source} holds another event at sequence {own} than this standby's log"
             )));
         }
@@ -670,7 +691,7 @@ impl Standby {
         let checked = match held {
             _ if own == 0 => Ok(()),
             FeedHolds::Event(theirs) => self.holds_same(own, *theirs, "its source").await,
-            FeedHolds::EndsAt(head) if head < own => Err(diverged(format!(
+            FeedHolds::EndsAt(head) if head < own => Err(self.diverged(format!(
                 "this standby's log holds sequence {own}, but its source's stream ends at \
                  sequence {head}"
             ))),
@@ -890,7 +911,7 @@ fn decode_followed(record: &omnirelay_replication_grpc::v2::StreamRecord) -> Res
 
 /// A standby whose log is not a prefix of its primary's stream: following
 /// on would skip the primary's events (or apply them on top of others).
-fn diverged(why: String) -> Error {
+fn diverged_error(why: String) -> Error {
     Error::new(
         ErrorKind::Corrupt,
         format!(

@@ -332,6 +332,12 @@ async fn a_standby_whose_log_diverged_from_its_primarys_does_not_follow_it() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(other_log.last_sequence(&stream), 2, "nothing followed");
     assert!(!standby.is_log_checked());
+    let hazard = standby.promotion_hazard().unwrap_or_default();
+    assert!(
+        hazard.starts_with("its log is not a copy of its primary's stream")
+            && hazard.contains("its primary holds another event at sequence 2"),
+        "{hazard}"
+    );
     // Promoted (forced), it serves its log: its sinks may start.
     standby.promote().await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), standby.wait_log_checked())
@@ -828,6 +834,11 @@ async fn a_fed_standby_whose_log_diverged_from_its_source_does_not_take_its_feed
     );
     assert!(!status.connected);
     assert!(!diverged.is_log_checked());
+    let hazard = diverged.promotion_hazard().unwrap_or_default();
+    assert!(
+        hazard.starts_with("its log is not a copy of its primary's stream"),
+        "{hazard}"
+    );
     let refused = apply(&diverged.feed(), &fed).await.unwrap_err();
     assert!(
         refused.to_string().contains("stopped following"),

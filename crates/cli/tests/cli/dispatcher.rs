@@ -949,6 +949,22 @@ fn heavy_a_standby_on_the_bus_does_not_follow_it_with_a_log_that_is_not_a_copy()
     stop(&mut [primary, standby, diverged, fresh], nats);
 }
 
+/// A configuration file (in `dir`) whose one sink publishes the
+/// full-fidelity stream to the NATS server on `port` as `user`.
+fn bus_config_as(dir: &Path, port: u16, user: &str, password: &str) -> std::path::PathBuf {
+    let config = dir.join("primary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[replication.sinks.bus]\ntype = \"nats\"\nformat = \"protobuf\"\nwrite_version = 2\n\
+             [replication.sinks.bus.settings]\nservers = [\"nats://127.0.0.1:{port}\"]\n\
+             user = \"{user}\"\npassword = \"{password}\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// A bus whose permissions do not let the standby read messages by
 /// sequence (`STREAM.MSG.GET` denied): the check of a restarted standby's
 /// log cannot be made; after a few tries it says so and follows on, rather
@@ -966,16 +982,7 @@ fn heavy_a_standby_on_a_bus_it_cannot_read_by_sequence_follows_unchecked() {
     )
     .unwrap();
     let (nats, port) = start_nats_with(store.path(), None, &["-c", dir_arg(&conf)]);
-    let config = store.path().join("primary.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[replication.sinks.bus]\ntype = \"nats\"\nformat = \"protobuf\"\nwrite_version = 2\n\
-             [replication.sinks.bus.settings]\nservers = [\"nats://127.0.0.1:{port}\"]\n\
-             user = \"primary\"\npassword = \"p\"\n"
-        ),
-    )
-    .unwrap();
+    let config = bus_config_as(store.path(), port, "primary", "p");
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (primary, primary_at, _) = start(primary_dir.path(), &["--config", dir_arg(&config)]);
     let enqueue = || rpc(&primary_at, "resourcelease::enqueue", &[], PAYLOAD);
@@ -1019,16 +1026,7 @@ fn heavy_a_standby_follows_a_bus_that_wants_credentials_and_never_shows_them() {
         None,
         &["--user", "standby", "--pass", "p@ss w0rd"],
     );
-    let config = store.path().join("primary.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[replication.sinks.bus]\ntype = \"nats\"\nformat = \"protobuf\"\nwrite_version = 2\n\
-             [replication.sinks.bus.settings]\nservers = [\"nats://127.0.0.1:{port}\"]\n\
-             user = \"standby\"\npassword = \"p@ss w0rd\"\n"
-        ),
-    )
-    .unwrap();
+    let config = bus_config_as(store.path(), port, "standby", "p@ss w0rd");
     let (primary_dir, right_dir, wrong_dir) = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),

@@ -352,7 +352,11 @@ pub(crate) enum TailSource {
 }
 
 /// `log tail --url`: the newest events of a remote node's stream (or from
-/// `from`), then with `follow` every new one as it is appended.
+/// `from`), then with `follow` every new one as it is appended. A follower
+/// outlives the node: when it stops or the connection breaks, the follower
+/// subscribes again from the next sequence once the node is back, so that
+/// nothing is printed twice or skipped; it stops (exit status 1) if the
+/// node comes back with another log.
 async fn tail_remote(
     connection: &omnirelay_replication_grpc::Connection,
     stream: &str,
@@ -369,36 +373,169 @@ async fn tail_remote(
         None => Subscription::open_last(connection, &stream, lines, encoding).await,
     }
     .with_context(|| format!("cannot subscribe to stream {stream} at {}", connection.url))?;
+    let writer = subscription.writer().map(str::to_owned);
     // Without --follow, it stops at the head the node reports first.
     let first = subscription.next().await?;
     let head = first.as_ref().map_or(0, |batch| batch.head);
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let mut batch = first;
-    while let Some(current) = batch {
-        for record in &current.records {
-            out.write_all(&record.payload)?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-        for sequence in &current.skipped {
-            crate::node::say(
-                true,
-                &format!("sequence {sequence} skipped: it has no form in version {write_version}"),
-            );
-        }
-        // An empty batch says there is nothing (more) to read now.
-        let nothing = current.records.is_empty() && current.skipped.is_empty();
-        if !follow && (nothing || subscription.position() > head) {
+    let mut batch = Ok(first);
+    loop {
+        let ended = match batch {
+            Ok(Some(current)) => {
+                print_batch(&mut out, &current, write_version)?;
+                // An empty batch says there is nothing (more) to read now.
+                let nothing = current.records.is_empty() && current.skipped.is_empty();
+                if !follow && (nothing || subscription.position() > head) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                batch = subscription.next().await;
+                continue;
+            }
+            Ok(None) => format!(
+                "{} ended the subscription (it is shutting down)",
+                connection.url
+            ),
+            Err(error)
+                if follow && error.kind() == omnirelay_replication::ErrorKind::Unavailable =>
+            {
+                format!("lost {}: {error}", connection.url)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if !follow {
+            crate::node::say(true, &ended);
             return Ok(ExitCode::SUCCESS);
         }
-        batch = subscription.next().await?;
+        let next = subscription.position();
+        crate::node::say(
+            true,
+            &format!("{ended}; following on from sequence {next} once it is back (Ctrl-C stops)"),
+        );
+        let (again, first) = resubscribe(connection, &stream, next, encoding).await?;
+        if let Some(why) = another_log(writer.as_deref(), again.writer(), first.head, next) {
+            crate::node::say(
+                true,
+                &format!(
+                    "{} is back with another log: {why}; stopping",
+                    connection.url
+                ),
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        crate::node::say(
+            true,
+            &format!(
+                "{} is back: following on from sequence {next}",
+                connection.url
+            ),
+        );
+        subscription = again;
+        batch = Ok(Some(first));
     }
-    crate::node::say(
-        true,
-        &format!(
-            "{} ended the subscription (it is shutting down)",
-            connection.url
-        ),
-    );
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a subscription batch's records, one per line, and says which
+/// sequences have no form in `write_version`.
+fn print_batch(
+    out: &mut impl Write,
+    batch: &omnirelay_replication_grpc::v2::SubscribeBatch,
+    write_version: u16,
+) -> io::Result<()> {
+    for record in &batch.records {
+        out.write_all(&record.payload)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    for sequence in &batch.skipped {
+        crate::node::say(
+            true,
+            &format!("sequence {sequence} skipped: it has no form in version {write_version}"),
+        );
+    }
+    Ok(())
+}
+
+/// Subscribes again from `next`, retrying while the node cannot be reached
+/// (saying why when that changes): the subscription and its first batch.
+/// A refusal of another kind (the stream is not there) ends it.
+async fn resubscribe(
+    connection: &omnirelay_replication_grpc::Connection,
+    stream: &StreamId,
+    next: u64,
+    encoding: Encoding,
+) -> anyhow::Result<(
+    omnirelay_replication_grpc::Subscription,
+    omnirelay_replication_grpc::v2::SubscribeBatch,
+)> {
+    use omnirelay_replication_grpc::Subscription;
+    let mut backoff = Duration::from_millis(100);
+    let mut said = None;
+    loop {
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        let error = match Subscription::open(connection, stream, next, encoding).await {
+            Ok(mut subscription) => match subscription.next().await {
+                Ok(Some(first)) => return Ok((subscription, first)),
+                // Shutting down again.
+                Ok(None) => continue,
+                Err(error) => error,
+            },
+            Err(error) => error,
+        };
+        if error.kind() != omnirelay_replication::ErrorKind::Unavailable {
+            return Err(anyhow::Error::new(error).context(format!(
+                "cannot subscribe to stream {stream} at {} again",
+                connection.url
+            )));
+        }
+        // The transport's error without its volatile details once is
+        // enough; a different one (a token refused now) is said again.
+        let text = error.to_string();
+        if said.as_ref() != Some(&text) {
+            crate::node::say(
+                true,
+                &format!("still waiting for {}: {text}", connection.url),
+            );
+            said = Some(text);
+        }
+    }
+}
+
+/// Why a node that came back at a follower's URL holds another log than
+/// the one it followed, if it does: another writer's name, or a stream that
+/// ends before what was already printed (`next` − 1).
+fn another_log(before: Option<&str>, now: Option<&str>, head: u64, next: u64) -> Option<String> {
+    if let (Some(before), Some(now)) = (before, now)
+        && before != now
+    {
+        return Some(format!("its log is {now}'s, not {before}'s"));
+    }
+    let printed = next.saturating_sub(1);
+    (head < printed).then(|| {
+        format!("its stream ends at sequence {head}, before sequence {printed} already printed")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::another_log;
+
+    #[test]
+    fn a_node_back_with_another_writer_or_a_shorter_stream_holds_another_log() {
+        // The same writer, its stream at or past what was printed (8).
+        assert_eq!(another_log(Some("a"), Some("a"), 8, 9), None);
+        assert_eq!(another_log(Some("a"), Some("a"), 20, 9), None);
+        // A node that does not say who writes is judged by its stream.
+        assert_eq!(another_log(None, Some("a"), 8, 9), None);
+        assert_eq!(another_log(Some("a"), None, 8, 9), None);
+        let other = another_log(Some("a"), Some("b"), 20, 9).unwrap();
+        assert_eq!(other, "its log is b's, not a's");
+        let shorter = another_log(Some("a"), Some("a"), 3, 9).unwrap();
+        assert_eq!(
+            shorter,
+            "its stream ends at sequence 3, before sequence 8 already printed"
+        );
+        // Nothing printed yet: any stream will do.
+        assert_eq!(another_log(None, None, 0, 1), None);
+    }
 }

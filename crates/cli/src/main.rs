@@ -33,10 +33,11 @@ use omnirelay_replication_nats as _;
 use omnirelay_replication_objectstore as _;
 use omnirelay_replication_sqlite as _;
 
-/// OmniRelay replication: durable replication of resource-lease events,
-/// schema tools and benchmarks.
+/// OmniRelay replication: run replicating nodes (dispatcher, standby,
+/// receiver, control plane), publish events, read, check and replay durable
+/// logs, convert events between schema forms, and benchmark.
 #[derive(Debug, Parser)]
-#[command(name = "omnirelay", version, about)]
+#[command(name = "omnirelay", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -299,7 +300,7 @@ enum LogCommand {
         /// Records lost to damage in sealed segments (`log verify` names
         /// them) are reported on stderr and read past, to rescue every
         /// readable event; the exit status is still 1. Without it, the
-        /// replay stops at the first.
+        /// replay stops at the first damaged record.
         #[arg(long)]
         past_damage: bool,
     },
@@ -347,7 +348,9 @@ enum LogCommand {
         /// Start at this sequence instead of the newest events.
         #[arg(long, value_name = "SEQ", value_parser = first_sequence)]
         from: Option<u64>,
-        /// Keep printing events as they are written.
+        /// Keep printing events as they are written (with --url, across
+        /// restarts of the node: it follows on from the next sequence once
+        /// the node is back).
         #[arg(long)]
         follow: bool,
         /// The schema version to write (1 is the reference format).
@@ -355,7 +358,8 @@ enum LogCommand {
         write_version: u16,
         /// Records lost to damage in sealed segments are reported on
         /// stderr and read past (a local log only; the exit status is
-        /// still 1). Without it, the tail stops at the first.
+        /// still 1). Without it, the tail stops at the first damaged
+        /// record.
         #[arg(long, conflicts_with = "url")]
         past_damage: bool,
     },

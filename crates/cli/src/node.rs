@@ -31,8 +31,9 @@ pub(crate) struct NodeArgs {
     /// The data directory (key `data_dir`).
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Serve /metrics and health checks on HOST:PORT (key `server.listen`;
-    /// port 0 picks a free one, printed on stderr).
+    /// Serve /metrics, the health checks and, for `serve`, the role's RPC
+    /// and gRPC services on HOST:PORT, one port for all (key
+    /// `server.listen`; port 0 picks a free one, printed on stderr).
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<String>,
     /// Log lines as `text` or `json` (key `telemetry.log_format`).

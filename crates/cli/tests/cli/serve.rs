@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::ChildStdout;
 
 use omnirelay_replication_testkit::process::KillOnDrop;
 use std::sync::mpsc;
@@ -41,11 +40,11 @@ sender = "{sender}"
     config
 }
 
-/// Lines of a child's stdout, read on a thread.
-fn lines_of(stdout: ChildStdout) -> mpsc::Receiver<String> {
+/// Lines of a child's stdout or stderr, read on a thread.
+fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        for line in BufReader::new(output).lines() {
             let Ok(line) = line else { return };
             if tx.send(line).is_err() {
                 return;
@@ -171,16 +170,59 @@ fn heavy_a_receiver_takes_events_from_publishers_and_serves_subscribe_on_one_por
         .collect();
     assert_eq!(sequences, vec![7, 8]);
 
-    // Stopping the receiver ends the follower's subscription cleanly.
+    // The follower outlives the receiver: stopped and started again on
+    // its address, it follows on from the next sequence, nothing twice.
+    let said = lines_of(follower.stderr.take().unwrap());
     assert!(stop(receiver).success());
-    let ended = follower.wait().unwrap();
-    assert!(ended.success(), "{ended}");
+    let line = said.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        line.contains("ended the subscription")
+            && line.contains("following on from sequence 9 once it is back"),
+        "{line}"
+    );
+    assert_eq!(follower.try_wait().unwrap(), None, "the follower stopped");
+    let restarted = |dir: &Path| {
+        spawn_listening(&[
+            "serve",
+            "--role",
+            "receiver",
+            "--listen",
+            &address,
+            "--data-dir",
+            dir_arg(dir),
+        ])
+    };
+    let (receiver, _, _receiver_err) = restarted(&receiver_dir);
+    let back = said
+        .iter()
+        .find(|l| !l.starts_with("still waiting"))
+        .unwrap();
+    assert!(
+        back.ends_with("is back: following on from sequence 9"),
+        "{back}"
+    );
+    let out = omnirelay(&["publish", "--config", config], events(8..10).as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(take(&followed, 2), vec![(9, 9), (10, 10)]);
     // What the receiver logged is what it was sent, once.
+    assert!(stop(receiver).success());
     let out = omnirelay(
         &["log", "replay", "--data-dir", dir_arg(&receiver_dir)],
         b"",
     );
-    assert_eq!(text(&out.stdout).lines().count(), 8);
+    assert_eq!(text(&out.stdout).lines().count(), 10);
+
+    // Another node (another log) at that address: the follower stops
+    // rather than print another log's events as the next ones.
+    let (_other, _, _other_err) = restarted(&dir.path().join("other"));
+    let ended = follower.wait().unwrap();
+    assert_eq!(ended.code(), Some(1), "{ended}");
+    let last = said.iter().last().unwrap();
+    assert!(
+        last.contains("is back with another log: its log is node-") && last.ends_with("; stopping"),
+        "{last}"
+    );
+    assert!(followed.try_recv().is_err(), "printed after the restarts");
 }
 
 #[test]

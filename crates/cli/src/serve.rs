@@ -424,6 +424,13 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     );
     shutdown.wait_or_stdin_eof(stop_on_stdin_eof).await;
     node::say(false, "stopping");
+    // Long polls end now (answered `UNAVAILABLE`): a worker may hold one
+    // open without a deadline, which would keep the server from stopping.
+    match &service_for_close {
+        Service::Dispatcher(dispatcher) => dispatcher.stop_waits(),
+        Service::Standby(standby) => standby.stop_waits(),
+        Service::ControlPlane(_) | Service::Receiver => {}
+    }
     server.stop().await;
     match &service_for_close {
         Service::ControlPlane(plane) => {

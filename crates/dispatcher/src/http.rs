@@ -100,6 +100,12 @@ impl From<DispatchError> for RpcError {
                 None,
                 format!("replication is unavailable: {why}"),
             ),
+            DispatchError::Stopping => Self::new(
+                "Unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "the dispatcher is shutting down".to_owned(),
+            ),
         }
     }
 }

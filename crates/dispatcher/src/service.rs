@@ -78,6 +78,10 @@ pub enum DispatchError {
     /// over its budget and refuses); nothing changed.
     #[error("replication is unavailable: {0}")]
     Unavailable(String),
+    /// The dispatcher is shutting down ([`Dispatcher::stop_waits`]): it
+    /// no longer waits for an item to lease or for room in the queue.
+    #[error("the dispatcher is shutting down")]
+    Stopping,
 }
 
 impl From<QueueError> for DispatchError {
@@ -130,6 +134,8 @@ pub struct Dispatcher {
     changed: Notify,
     /// Set once the log failed to make events durable.
     failed: OnceLock<String>,
+    /// Set once no request may wait any more ([`Dispatcher::stop_waits`]).
+    stopping: std::sync::atomic::AtomicBool,
     backpressure: StdMutex<Backpressure>,
     health: StdMutex<LeaseHealth>,
 }
@@ -199,6 +205,7 @@ impl Dispatcher {
             state: Mutex::new(state),
             changed: Notify::new(),
             failed: OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             backpressure: StdMutex::new(Backpressure::new(options.backpressure.clone())),
             health: StdMutex::new(LeaseHealth::new(options.peer_grace)),
             options,
@@ -228,6 +235,29 @@ impl Dispatcher {
             Some(why) => Err(DispatchError::Unavailable(why.clone())),
             None => Ok(()),
         }
+    }
+
+    /// From now on, a request that would wait — a lease with nothing to
+    /// lease, an enqueue held back by a full queue or by backpressure — is
+    /// refused with [`DispatchError::Stopping`] instead, and so is every
+    /// one waiting now; what needs no wait is served as before. A node
+    /// calls it when it starts shutting down, so that long polls (which
+    /// a client may hold open without a deadline) do not keep it from
+    /// stopping, while the requests in flight finish.
+    pub fn stop_waits(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether a request may wait (see [`Dispatcher::stop_waits`]). Checked
+    /// after the wait's `Notified` is made, so that a stop in between
+    /// still wakes it.
+    fn may_wait(&self) -> Result<(), DispatchError> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(DispatchError::Stopping);
+        }
+        Ok(())
     }
 
     /// Submits `events` (decided under `state`'s lock) and applies them as
@@ -385,7 +415,8 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// An invalid payload, a drained queue, or replication unavailable.
+    /// An invalid payload, a drained queue, replication unavailable, or
+    /// [`DispatchError::Stopping`] instead of waiting for room.
     pub async fn enqueue(
         &self,
         payload: Payload,
@@ -395,6 +426,7 @@ impl Dispatcher {
             self.check()?;
             let notified = self.changed.notified();
             if self.backpressure_active() {
+                self.may_wait()?;
                 notified.await;
                 continue;
             }
@@ -412,6 +444,7 @@ impl Dispatcher {
                 }
                 Err(error) if error.status == ErrorStatus::ResourceExhausted => {
                     drop(state);
+                    self.may_wait()?;
                     notified.await;
                 }
                 Err(error) => return Err(error.into()),
@@ -425,17 +458,21 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// A drained queue, or replication unavailable.
+    /// A drained queue, replication unavailable, or
+    /// [`DispatchError::Stopping`] instead of waiting for an item.
     pub async fn lease(&self, owner: Option<&str>) -> Result<Lease, DispatchError> {
         loop {
             match self.try_lease(owner).await? {
                 Attempt::Granted(lease) => return Ok(*lease),
-                Attempt::Wait { changed, wake } => match wake {
-                    Some(delay) => {
-                        let _ = tokio::time::timeout(delay, changed).await;
+                Attempt::Wait { changed, wake } => {
+                    self.may_wait()?;
+                    match wake {
+                        Some(delay) => {
+                            let _ = tokio::time::timeout(delay, changed).await;
+                        }
+                        None => changed.await,
                     }
-                    None => changed.await,
-                },
+                }
             }
         }
     }
@@ -449,7 +486,8 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// A drained queue, or replication unavailable.
+    /// A drained queue, replication unavailable, or
+    /// [`DispatchError::Stopping`] instead of waiting for an item.
     pub async fn lease_within(
         &self,
         owner: Option<&str>,
@@ -460,6 +498,7 @@ impl Dispatcher {
             match self.try_lease(owner).await? {
                 Attempt::Granted(lease) => return Ok(Some(*lease)),
                 Attempt::Wait { changed, wake } => {
+                    self.may_wait()?;
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     if left.is_zero() {
                         return Ok(None);

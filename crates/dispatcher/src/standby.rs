@@ -116,6 +116,9 @@ pub struct Standby {
     /// Fed: the primary's stream as the source reported it.
     head: StdMutex<HeadWatch>,
     promoted: tokio::sync::OnceCell<Arc<Dispatcher>>,
+    /// Set by [`Standby::stop_waits`]: the dispatcher it becomes stops its
+    /// waits too (a lock, so that a promotion racing it is not missed).
+    stopping_waits: StdMutex<bool>,
 }
 
 impl std::fmt::Debug for Standby {
@@ -199,6 +202,7 @@ impl Standby {
             quiet: fed.unwrap_or_default(),
             head: StdMutex::new(HeadWatch::default()),
             promoted: tokio::sync::OnceCell::new(),
+            stopping_waits: StdMutex::new(false),
         }))
     }
 
@@ -448,6 +452,24 @@ impl Standby {
     ///
     /// The dispatcher cannot open on the standby's log.
     pub async fn promote(&self) -> Result<Arc<Dispatcher>, Error> {
+        let dispatcher = self.promote_once().await?;
+        if *lock(&self.stopping_waits) {
+            dispatcher.stop_waits();
+        }
+        Ok(dispatcher)
+    }
+
+    /// [`Dispatcher::stop_waits`] of the dispatcher it became, or will
+    /// become if promoted from now on: a node shutting down calls it.
+    pub fn stop_waits(&self) {
+        let mut stopping = lock(&self.stopping_waits);
+        *stopping = true;
+        if let Some(dispatcher) = self.promoted.get() {
+            dispatcher.stop_waits();
+        }
+    }
+
+    async fn promote_once(&self) -> Result<Arc<Dispatcher>, Error> {
         self.promoted
             .get_or_try_init(|| async {
                 self.phase.send_replace(Phase::Promoted);

@@ -232,8 +232,32 @@ fn heavy_a_dispatcher_serves_the_reference_rpc_and_restarts_with_its_queue() {
     assert_eq!(status, 200);
     let (_, third) = rpc(&address, "resourcelease::lease", &[], "{}");
     assert_eq!(third["sequenceId"], 3);
+    // A worker's long poll without a deadline on the empty queue does not
+    // keep the node from stopping: it is answered `UNAVAILABLE`.
+    let polling = {
+        let address = address.clone();
+        std::thread::spawn(move || rpc(&address, "resourcelease::lease", &[], "{}"))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!polling.is_finished(), "{:?}", polling.join());
     assert!(signal(node.id(), "TERM"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a long poll kept the node from stopping"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(node.wait().unwrap().success());
+    let (status, refused) = polling.join().unwrap();
+    assert_eq!(
+        (status, refused),
+        (
+            503,
+            json!({"message": "the dispatcher is shutting down", "status": "UNAVAILABLE"})
+        )
+    );
 }
 
 #[test]

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use omnirelay_dispatcher::{DispatchError, Dispatcher, DispatcherOptions, QueueOptions};
+use omnirelay_dispatcher::{
+    DispatchError, Dispatcher, DispatcherOptions, QueueOptions, QueueStats,
+};
 use omnirelay_replication::{DurableReplicator, Encoding, Replayed, StreamId};
 use omnirelay_resourcelease::{ResourceLeaseReplicationEventType as Type, json};
 
@@ -436,4 +438,89 @@ async fn with_replication_off_the_queue_works_and_keeps_nothing() {
         dispatcher.complete(&lease.handle).await.is_err(),
         "fenced as ever"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_waits_stop_waiting_requests_are_answered_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let full_queue = QueueOptions {
+        capacity: 1,
+        ..QueueOptions::default()
+    };
+    let open = |name: &'static str| {
+        let path = dir.path().join(name);
+        let queue = full_queue.clone();
+        async move {
+            Dispatcher::open(open_log(&path).await, options(queue))
+                .await
+                .unwrap()
+        }
+    };
+    // Two long polls on an empty queue, one with a deadline far off...
+    let empty = open("empty").await;
+    let polls = [None, Some(Duration::from_secs(60))].map(|within| {
+        let empty = empty.clone();
+        tokio::spawn(async move {
+            match within {
+                Some(within) => empty.lease_within(Some("w"), within).await.map(|_| ()),
+                None => empty.lease(Some("w")).await.map(|_| ()),
+            }
+        })
+    });
+    // ... and an enqueuer held by a full queue.
+    let full = open("full").await;
+    full.enqueue(payload("a"), None).await.unwrap();
+    let held = {
+        let full = full.clone();
+        tokio::spawn(async move { full.enqueue(payload("b"), None).await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(polls.iter().all(|p| !p.is_finished()) && !held.is_finished());
+
+    empty.stop_waits();
+    full.stop_waits();
+    for waiting in polls.into_iter().chain([held]) {
+        let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a waiting request was not answered")
+            .unwrap();
+        assert!(
+            matches!(answered, Err(DispatchError::Stopping)),
+            "{answered:?}"
+        );
+    }
+    // Nothing changed for them.
+    assert_eq!(
+        (empty.stats().await, full.stats().await),
+        (
+            Default::default(),
+            QueueStats {
+                pending: 1,
+                active: 0
+            }
+        )
+    );
+    // New waits are refused at once, with and without a deadline...
+    let refused = empty.lease_within(Some("w"), Duration::from_secs(60)).await;
+    assert!(
+        matches!(refused, Err(DispatchError::Stopping)),
+        "{refused:?}"
+    );
+    let refused = full.enqueue(payload("c"), None).await;
+    assert!(
+        matches!(refused, Err(DispatchError::Stopping)),
+        "{refused:?}"
+    );
+    // ... while what needs no wait is served: an item there is leased and
+    // completed, and one enqueued where there is room.
+    let lease = full.lease(Some("w")).await.unwrap();
+    full.complete(&lease.handle).await.unwrap();
+    let refused = full.lease(Some("w")).await;
+    assert!(
+        matches!(refused, Err(DispatchError::Stopping)),
+        "{refused:?}"
+    );
+    empty.enqueue(payload("d"), None).await.unwrap();
+    let lease = empty.lease(None).await.unwrap();
+    assert_eq!(lease.item.payload.resource_id, "d");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use omnirelay_dispatcher::{
-    Dispatcher, DispatcherOptions, FeedHolds, QueueOptions, Standby, StandbyFeed,
+    DispatchError, Dispatcher, DispatcherOptions, FeedHolds, QueueOptions, Standby, StandbyFeed,
 };
 use omnirelay_replication::{
     DurableOptions, Encoding, ErrorKind, Format, LogOptions, OwnedRecord, Replayed, Sink as _,
@@ -273,6 +273,46 @@ async fn a_standby_that_stopped_following_is_let_go_and_can_still_be_promoted() 
     server.await.unwrap();
     drop(primary);
     primary_log.close().await.unwrap();
+}
+
+/// A node shutting down stops the waits of the dispatcher its standby
+/// became, or becomes: a long poll does not keep it from stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_shutting_down_stops_the_waits_of_the_dispatcher_it_becomes() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (primary_log, primary) = primary_with(dirs[0].path(), &["a"]).await;
+    let (url, stop, server) = serve(primary_log.clone()).await;
+    let (first_log, second_log) = (log(dirs[1].path()).await, log(dirs[2].path()).await);
+    let first = following(first_log.clone(), &url).await;
+    let second = following(second_log.clone(), &url).await;
+    caught_up(&first, 1).await;
+    caught_up(&second, 1).await;
+    let _ = stop.send(true);
+    server.await.unwrap();
+    let long_poll = |dispatcher: Arc<Dispatcher>| async move {
+        let waited = tokio::time::timeout(Duration::from_secs(5), dispatcher.lease(None)).await;
+        assert!(
+            matches!(waited, Ok(Err(DispatchError::Stopping))),
+            "{waited:?}"
+        );
+    };
+    // Promoted, then stopped: a poll waiting for an item is answered.
+    let dispatcher = first.promote().await.unwrap();
+    dispatcher.lease(None).await.unwrap();
+    let polling = tokio::spawn(long_poll(dispatcher.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!polling.is_finished());
+    first.stop_waits();
+    polling.await.unwrap();
+    // Stopped, then promoted: its dispatcher does not wait either.
+    second.stop_waits();
+    let dispatcher = second.promote().await.unwrap();
+    dispatcher.lease(None).await.unwrap();
+    long_poll(dispatcher).await;
+    drop((first, second, primary));
+    for log in [first_log, second_log, primary_log] {
+        log.close().await.unwrap();
+    }
 }
 
 /// Waits until `standby` reports a failure to follow; returns it.

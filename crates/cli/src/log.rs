@@ -488,8 +488,8 @@ async fn resubscribe(
                 connection.url
             )));
         }
-        // The transport's error without its volatile details once is
-        // enough; a different one (a token refused now) is said again.
+        // Each error is said once while it lasts; a different one (a
+        // token refused now) is said when it comes.
         let text = error.to_string();
         if said.as_ref() != Some(&text) {
             crate::node::say(

@@ -426,10 +426,17 @@ impl Standby {
     /// # Errors
     ///
     /// [`ErrorKind::Rejected`] with the hazard when it is still there
-    /// after `wait` (an hour at most); as [`Standby::promote`].
+    /// after `wait` (an hour at most), or once [`Standby::stop_waits`]
+    /// was called while it waits; as [`Standby::promote`].
     pub async fn promote_when_safe(&self, wait: Duration) -> Result<Arc<Dispatcher>, Error> {
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(3600));
         while let Some(hazard) = self.promotion_hazard() {
+            if *lock(&self.stopping_waits) {
+                return Err(Error::new(
+                    ErrorKind::Rejected,
+                    format!("not promoted: the standby is shutting down ({hazard})"),
+                ));
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::new(
                     ErrorKind::Rejected,
@@ -460,7 +467,9 @@ impl Standby {
     }
 
     /// [`Dispatcher::stop_waits`] of the dispatcher it became, or will
-    /// become if promoted from now on: a node shutting down calls it.
+    /// become if promoted from now on, and a promotion waiting until it is
+    /// safe ([`Standby::promote_when_safe`]) is refused: a node shutting
+    /// down calls it.
     pub fn stop_waits(&self) {
         let mut stopping = lock(&self.stopping_waits);
         *stopping = true;

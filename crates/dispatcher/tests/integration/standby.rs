@@ -287,6 +287,28 @@ async fn a_standby_shutting_down_stops_the_waits_of_the_dispatcher_it_becomes() 
     let second = following(second_log.clone(), &url).await;
     caught_up(&first, 1).await;
     caught_up(&second, 1).await;
+    // A promotion waiting until it is safe (its primary still serves) is
+    // refused.
+    let promoting = {
+        let second = second.clone();
+        tokio::spawn(async move { second.promote_when_safe(Duration::from_secs(60)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!promoting.is_finished());
+    second.stop_waits();
+    let refused = tokio::time::timeout(Duration::from_secs(5), promoting)
+        .await
+        .expect("a waiting promotion was not answered")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        refused.kind() == ErrorKind::Rejected
+            && refused
+                .message()
+                .starts_with("not promoted: the standby is shutting down"),
+        "{refused}"
+    );
+    assert!(!second.is_promoted());
     let _ = stop.send(true);
     server.await.unwrap();
     let long_poll = |dispatcher: Arc<Dispatcher>| async move {
@@ -305,7 +327,6 @@ async fn a_standby_shutting_down_stops_the_waits_of_the_dispatcher_it_becomes() 
     first.stop_waits();
     polling.await.unwrap();
     // Stopped, then promoted: its dispatcher does not wait either.
-    second.stop_waits();
     let dispatcher = second.promote().await.unwrap();
     dispatcher.lease(None).await.unwrap();
     long_poll(dispatcher).await;

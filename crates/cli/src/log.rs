@@ -71,17 +71,18 @@ struct Printed {
     stopped: bool,
 }
 
-/// Prints records from `from` on. With `past_damage`, records lost to
-/// damage in sealed segments are reported and read past instead of ending
-/// it.
+/// Prints the records of `sequences` (as far as the log goes). With
+/// `past_damage`, records lost to damage in sealed segments are reported
+/// and read past instead of ending it.
 fn print_from(
     data_dir: &Path,
     stream: &StreamId,
-    from: u64,
+    sequences: std::ops::RangeInclusive<u64>,
     encoding: Encoding,
     past_damage: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<Printed> {
+    let (from, through) = sequences.into_inner();
     let mut replay = Replay::<Event>::open(
         data_dir,
         stream,
@@ -91,8 +92,12 @@ fn print_from(
     )?;
     let mut next = from;
     let (mut failed, mut stopped) = (false, false);
-    while let Some(item) = replay.next() {
+    while next <= through
+        && let Some(item) = replay.next()
+    {
         match item {
+            Ok(Replayed::Record(record)) if record.sequence() > through => break,
+            Ok(Replayed::Skipped { sequence, .. }) if sequence > through => break,
             Ok(Replayed::Record(record)) => {
                 out.write_all(record.bytes())?;
                 out.write_all(b"\n")?;
@@ -116,7 +121,7 @@ fn print_from(
                                 io::stderr(),
                                 "sequences {}..={} lost to damage: going on after them",
                                 lost.start(),
-                                lost.end()
+                                lost.end().min(&through)
                             )?;
                             next = lost.end() + 1;
                         }
@@ -136,19 +141,32 @@ fn print_from(
     })
 }
 
+/// `log replay`: the events of `sequences` (`None`: to the end).
 pub(crate) fn replay(
     data_dir: &Path,
     stream: &str,
     from: u64,
+    through: Option<u64>,
     write_version: u16,
     past_damage: bool,
 ) -> anyhow::Result<ExitCode> {
     let stream = StreamId::new(stream)?;
     has_stream(data_dir, &stream)?;
     let from = from.max(1);
+    let through = through.unwrap_or(u64::MAX);
+    if through < from {
+        bail!("--to {through} is before --from {from}: there is nothing to print");
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let encoding = encoding(write_version)?;
-    let printed = print_from(data_dir, &stream, from, encoding, past_damage, &mut out)?;
+    let printed = print_from(
+        data_dir,
+        &stream,
+        from..=through,
+        encoding,
+        past_damage,
+        &mut out,
+    )?;
     out.flush()?;
     if printed.next == from && !printed.failed {
         say_nothing_from(&stream, from);
@@ -196,7 +214,14 @@ pub(crate) async fn tail(
     let mut failed = false;
     loop {
         let mut out = io::BufWriter::new(io::stdout().lock());
-        let printed = print_from(data_dir, &stream, next, encoding, past_damage, &mut out)?;
+        let printed = print_from(
+            data_dir,
+            &stream,
+            next..=u64::MAX,
+            encoding,
+            past_damage,
+            &mut out,
+        )?;
         out.flush()?;
         failed |= printed.failed;
         if printed.stopped || !follow {

@@ -294,6 +294,9 @@ enum LogCommand {
         /// The first sequence to print.
         #[arg(long, value_name = "SEQ", default_value_t = 1, value_parser = first_sequence)]
         from: u64,
+        /// The last sequence to print (default: the log's last).
+        #[arg(long, value_name = "SEQ", value_parser = first_sequence)]
+        to: Option<u64>,
         /// The schema version to write (1 is the reference format).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=2))]
         write_version: u16,
@@ -602,9 +605,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             stream,
             from,
+            to,
             write_version,
             past_damage,
-        }) => log::replay(&data_dir, &stream, from, write_version, past_damage),
+        }) => log::replay(&data_dir, &stream, from, to, write_version, past_damage),
         Command::Log(LogCommand::Verify { data_dir }) => log::verify(&data_dir),
         Command::Log(LogCommand::Inspect { data_dir, stream }) => {
             log::inspect(&data_dir, stream.as_deref())

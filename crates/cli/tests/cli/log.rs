@@ -107,6 +107,31 @@ fn publish_prints_durable_sequences_and_exports_every_event() {
         replay_sequences(dir.path(), &["--from", "20"]),
         (20..=28).collect::<Vec<_>>()
     );
+    // A range: through --to, or the log's last.
+    assert_eq!(
+        replay_sequences(dir.path(), &["--from", "20", "--to", "22"]),
+        vec![20, 21, 22]
+    );
+    assert_eq!(replay_sequences(dir.path(), &["--to", "2"]), vec![1, 2]);
+    assert_eq!(
+        replay_sequences(dir.path(), &["--from", "27", "--to", "99"]),
+        vec![27, 28]
+    );
+    let args = ["--from", "5", "--to", "4"];
+    let backwards = omnirelay(
+        &[
+            &["log", "replay", "--data-dir", dir_arg(dir.path())],
+            &args[..],
+        ]
+        .concat(),
+        b"",
+    );
+    assert_eq!(backwards.status.code(), Some(1));
+    assert!(
+        text(&backwards.stderr).contains("--to 4 is before --from 5"),
+        "{}",
+        text(&backwards.stderr)
+    );
     // Past the end: nothing, said on stderr, and not a failure.
     let replay_from = |from: &str| {
         omnirelay(
@@ -442,6 +467,18 @@ fn a_damaged_record_is_lost_alone_and_named() {
         "{}",
         text(&out.stderr)
     );
+    // A range that ends before the damage reads cleanly; one across it
+    // reads past it with --past-damage.
+    let out = omnirelay(&["log", "replay", "--data-dir", data, "--to", "35"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 35);
+    let across = ["--from", "30", "--to", "40", "--past-damage"];
+    let out = omnirelay(
+        &[&["log", "replay", "--data-dir", data], &across[..]].concat(),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).lines().count(), 10);
     // So does `log tail`: it stops at the damage, or reads past it.
     let tail = |extra: &[&str]| {
         let mut args = vec!["log", "tail", "--data-dir", data, "--from", "30"];

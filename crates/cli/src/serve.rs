@@ -197,6 +197,11 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         }
         _ => None,
     };
+    // The control plane's settings: checked before it listens.
+    let mut controlplane = match role {
+        Role::Controlplane => Some(controlplane_options(&valid, hosts)?),
+        _ => None,
+    };
     let bound = Bound::bind(&listen, &valid).await?;
     // A standby takes its primary's name before its sinks start: after
     // `listening on`, which whoever started the node reads first.
@@ -298,30 +303,9 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             )
         }
         Role::Controlplane => {
-            let settings =
-                omnirelay_controlplane::settings::parse(valid.services.get("controlplane"))
-                    .map_err(|e| {
-                        anyhow::anyhow!("services.controlplane.{}: {}", e.path, e.message)
-                    })?;
-            let mut options = settings.options;
-            options.ca_pem = crate::read_ca(settings.ca_file.as_deref())
-                .context("services.controlplane.ca_file")?;
-            for (url, key, file) in &settings.host_ca_files {
-                options.access.entry(url.clone()).or_default().ca_pem = crate::read_ca(Some(file))
-                    .with_context(|| format!("services.controlplane.{key}"))?;
-            }
-            // Checked above.
-            options
-                .hosts
-                .extend(hosts.iter().map(|h| h.trim_end_matches('/').to_owned()));
-            if options.hosts.is_empty() {
-                anyhow::bail!(
-                    "the control plane needs hosts to watch: --hosts URL,URL,… (or services.controlplane.hosts)"
-                );
-            }
-            if options.token.is_none() {
-                options.token.clone_from(&valid.token);
-            }
+            let options = controlplane
+                .take()
+                .context("the control plane's settings")?;
             rebuilt = Some(format!("watching {}", options.hosts.join(", ")));
             let journal_dir = valid.data_dir.join("journal");
             let journal = omnirelay_controlplane::journal::Journal::open(&journal_dir)
@@ -462,6 +446,34 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         node::say(false, "stopped");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The control plane's options from its settings and `--hosts`.
+fn controlplane_options(
+    valid: &omnirelay_replication::config::ValidConfig,
+    hosts: &[String],
+) -> anyhow::Result<omnirelay_controlplane::Options> {
+    let settings = omnirelay_controlplane::settings::parse(valid.services.get("controlplane"))
+        .map_err(|e| anyhow::anyhow!("services.controlplane.{}: {}", e.path, e.message))?;
+    let mut options = settings.options;
+    options.ca_pem =
+        crate::read_ca(settings.ca_file.as_deref()).context("services.controlplane.ca_file")?;
+    for (url, key, file) in &settings.host_ca_files {
+        options.access.entry(url.clone()).or_default().ca_pem =
+            crate::read_ca(Some(file)).with_context(|| format!("services.controlplane.{key}"))?;
+    }
+    options
+        .hosts
+        .extend(hosts.iter().map(|h| h.trim_end_matches('/').to_owned()));
+    if options.hosts.is_empty() {
+        anyhow::bail!(
+            "the control plane needs hosts to watch: --hosts URL,URL,… (or services.controlplane.hosts)"
+        );
+    }
+    if options.token.is_none() {
+        options.token.clone_from(&valid.token);
+    }
+    Ok(options)
 }
 
 /// A standby takes its primary's node name before its sinks start (see

@@ -134,6 +134,9 @@ enum Command {
         /// (its primary noticed gone, its lag caught up).
         #[arg(long, value_name = "SECONDS", default_value_t = 15)]
         wait: u64,
+        /// Print the promoted node's status document as JSON instead.
+        #[arg(long)]
+        json: bool,
     },
     /// A dispatcher's dead-lettered items: list them, put them back in its
     /// queue once their cause is fixed, or discard them.
@@ -681,7 +684,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 caller,
             ))
         }
-        Command::Promote { node, force, wait } => runtime()?.block_on(promote(&node, force, wait)),
+        Command::Promote {
+            node,
+            force,
+            wait,
+            json,
+        } => runtime()?.block_on(promote(&node, force, wait, json)),
         Command::Sink(SinkCommand::Retry { node, stream, sink }) => {
             runtime()?.block_on(retry_sinks(&node, stream.as_deref(), sink.as_deref()))
         }
@@ -738,7 +746,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn promote(node: &RemoteNode, force: bool, wait: u64) -> anyhow::Result<ExitCode> {
+async fn promote(
+    node: &RemoteNode,
+    force: bool,
+    wait: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let path = if force {
         "/standby/promote?force=true".to_owned()
     } else {
@@ -765,8 +778,34 @@ async fn promote(node: &RemoteNode, force: bool, wait: u64) -> anyhow::Result<Ex
             answer.body.trim_end()
         );
     }
-    writeln!(io::stdout().lock(), "{}", answer.body.trim_end())?;
+    let body = answer.body.trim_end();
+    let said = match serde_json::from_str(body) {
+        Ok(status) if !json => promoted(&node.url, &status),
+        _ => body.to_owned(),
+    };
+    writeln!(io::stdout().lock(), "{said}")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a promotion left, for an operator: the queue it serves and how
+/// much of the primary's stream its log holds.
+fn promoted(url: &str, status: &serde_json::Value) -> String {
+    let number = |key: &str| status[key].as_u64().unwrap_or(0);
+    let applied = number("appliedSequence");
+    let mut said = format!(
+        "promoted {url}: it serves as the dispatcher now, with {} and {}; its log holds the primary's stream through sequence {applied}",
+        counted(number("pendingCount"), "pending item"),
+        counted(number("activeLeaseCount"), "leased item"),
+    );
+    match status["primaryHead"].as_u64() {
+        Some(head) if head > applied => said.push_str(&format!(
+            " ({} after it, through sequence {head} as last reported, never reached it: lost to the new dispatcher)",
+            counted(head - applied, "event")
+        )),
+        Some(_) => {}
+        None => said.push_str(" (how far the primary's stream went was never learned)"),
+    }
+    said
 }
 
 /// `omnirelay sink retry`: `POST /sinks/retry` on the node.
@@ -914,6 +953,33 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_promotion_says_what_the_new_dispatcher_serves_and_what_it_lacks() {
+        let status = |head: serde_json::Value| {
+            serde_json::json!({"role": "dispatcher", "appliedSequence": 7, "primaryHead": head,
+                "pendingCount": 2, "activeLeaseCount": 1, "lagEvents": 0})
+        };
+        let said = promoted("http://s", &status(7.into()));
+        assert_eq!(
+            said,
+            "promoted http://s: it serves as the dispatcher now, with 2 pending items and 1 \
+             leased item; its log holds the primary's stream through sequence 7"
+        );
+        let behind = promoted("http://s", &status(9.into()));
+        assert!(
+            behind.ends_with(
+                " (2 events after it, through sequence 9 as last reported, never reached it: \
+                 lost to the new dispatcher)"
+            ),
+            "{behind}"
+        );
+        let unknown = promoted("http://s", &status(serde_json::Value::Null));
+        assert!(
+            unknown.ends_with(" (how far the primary's stream went was never learned)"),
+            "{unknown}"
+        );
+    }
 
     #[test]
     fn a_table_lines_up_its_columns_whatever_the_cells_hold() {

@@ -438,8 +438,22 @@ fn heavy_a_standby_that_never_reached_its_primary_is_promoted_only_when_forced()
     assert!(said.contains("--force"), "{said}");
     let (_, body) = http_get(&standby_at, "/standby").unwrap();
     assert!(body.contains("\"role\":\"standby\""), "{body}");
-    // Forced, it serves what it has.
+    // Forced, it serves what it has, and says so.
     let out = omnirelay(&["promote", "--url", &standby_url, "--force"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "promoted {standby_url}: it serves as the dispatcher now, with 0 pending items and \
+             0 leased items; its log holds the primary's stream through sequence 0 (how far \
+             the primary's stream went was never learned)\n"
+        )
+    );
+    // Promoted again (the same dispatcher), its status document.
+    let out = omnirelay(
+        &["promote", "--url", &standby_url, "--force", "--json"],
+        b"",
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let promoted: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
     assert_eq!(promoted["role"], "dispatcher", "{promoted}");

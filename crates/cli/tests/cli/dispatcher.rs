@@ -1291,7 +1291,7 @@ fn standby_takes_over(
     };
     // The standby is promoted and carries on.
     let asked = std::time::Instant::now();
-    let out = omnirelay(&["promote", "--url", &standby_url], b"");
+    let out = omnirelay(&["promote", "--url", &standby_url, "--json"], b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
     if let Some(left) = quiet_left {
         assert!(

@@ -414,26 +414,6 @@ seed_interval_ms = 0
     );
 }
 
-/// A control plane without hosts is refused before it listens (it used to
-/// print `listening on …` first, for whoever waits for that line).
-#[test]
-fn a_control_plane_without_hosts_is_refused_before_it_listens() {
-    let dir = tempfile::tempdir().unwrap();
-    let stderr = crate::refused(
-        &[
-            "serve",
-            "--role",
-            "controlplane",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        "the control plane needs hosts to watch: --hosts URL,URL,…",
-    );
-    assert!(!stderr.contains("listening on"), "{stderr}");
-}
-
 #[test]
 fn a_node_address_without_its_scheme_is_refused_naming_the_url_meant() {
     for args in [

@@ -312,6 +312,22 @@ fn serve_refuses_what_cannot_run() {
         ],
         "--hosts: \"node-b:7400\" is not an http:// or https:// URL",
     );
+    // A control plane without hosts is refused before it listens (it
+    // used to print `listening on …` first, for whoever waits for that
+    // line).
+    let stderr = refused(
+        &[
+            "serve",
+            "--role",
+            "controlplane",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir_arg(dir.path()),
+        ],
+        "the control plane needs hosts to watch: --hosts URL,URL,…",
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
     refused(
         &["serve", "--role", "janitor", "--listen", "127.0.0.1:0"],
         "possible values: dispatcher, standby, controlplane, receiver",

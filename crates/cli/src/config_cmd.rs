@@ -4,9 +4,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use omnirelay_replication::Codec as _;
-use omnirelay_replication::config::{self, SinkRegistry, Source};
-use omnirelay_resourcelease::ResourceLeaseCodec;
+use omnirelay_replication::config::Source;
 
 pub(crate) fn default() -> anyhow::Result<ExitCode> {
     io::stdout().write_all(crate::node::default_toml().as_bytes())?;
@@ -27,20 +25,7 @@ pub(crate) fn check(file: &Path) -> anyhow::Result<ExitCode> {
     } else {
         Source::File(file)
     };
-    let loaded = match config::load_from(source, &config::process_env(), &[]) {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            writeln!(io::stderr(), "{err}")?;
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let validated = loaded
-        .validate(
-            &SinkRegistry::discovered(),
-            ResourceLeaseCodec.latest_version(),
-        )
-        .map_err(|errors| errors.to_string())
-        .and_then(|valid| crate::node::check_services(&loaded, &valid).map(|()| valid));
+    let validated = crate::node::check(source, &[]);
     match validated {
         Ok(valid) => {
             let sinks: Vec<String> = valid

@@ -81,21 +81,62 @@ impl NodeArgs {
         };
         let mut overrides = self.overrides();
         overrides.extend(extra);
-        let loaded = config::load_from(source, &config::process_env(), &overrides)?;
-        let registry = SinkRegistry::discovered();
-        let valid = loaded
-            .validate(&registry, ResourceLeaseCodec.latest_version())
-            .map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))?;
-        check_services(&loaded, &valid)
-            .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-        // The filter syntax is the subscriber's, so it is checked here.
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&valid.telemetry.log_level) {
-            bail!(
-                "invalid configuration:\n{}: telemetry.log_level: not a log filter ({err})",
-                loaded.origin("telemetry.log_level")
-            );
+        check(source, &overrides).map_err(|errors| {
+            // A file that does not parse at all is the one problem.
+            match errors.0.as_slice() {
+                [one] if one.path.is_empty() => anyhow::anyhow!("{one}"),
+                _ => anyhow::anyhow!("invalid configuration:\n{errors}"),
+            }
+        })
+    }
+}
+
+/// Loads and checks a configuration: parsing, validation against the
+/// discovered sink types, the `[services.NAME]` tables and the log filter,
+/// with every problem of every step reported at once (what a step finds
+/// under a key an earlier step found wrong is left out: the key is at its
+/// default there).
+pub(crate) fn check(
+    source: Source<'_>,
+    overrides: &[Override],
+) -> Result<ValidConfig, config::ConfigErrors> {
+    let (loaded, mut errors) = config::load_lenient(source, &config::process_env(), overrides);
+    let Some(loaded) = loaded else {
+        return Err(config::ConfigErrors(errors));
+    };
+    let wrong: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+    let mut later = Vec::new();
+    let valid = match loaded.validate(
+        &SinkRegistry::discovered(),
+        ResourceLeaseCodec.latest_version(),
+    ) {
+        Ok(valid) => Some(valid),
+        Err(found) => {
+            later.extend(found.0);
+            None
         }
-        Ok(valid)
+    };
+    later.extend(check_services(&loaded));
+    // The filter syntax is the subscriber's, so it is checked here.
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(&loaded.config.telemetry.log_level) {
+        later.push(config::ConfigError::new(
+            loaded.origin("telemetry.log_level"),
+            "telemetry.log_level",
+            format!("not a log filter ({err})"),
+        ));
+    }
+    let reported = |path: &str| {
+        wrong.iter().any(|w| {
+            path == w
+                || path
+                    .strip_prefix(w.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
+        })
+    };
+    errors.extend(later.into_iter().filter(|e| !reported(&e.path)));
+    match valid {
+        Some(valid) if errors.is_empty() => Ok(valid),
+        _ => Err(config::ConfigErrors(errors)),
     }
 }
 
@@ -118,41 +159,43 @@ pub(crate) fn default_toml() -> String {
 const SERVICES: [&str; 4] = ["controlplane", "dispatcher", "mesh", "standby"];
 
 /// Checks every `[services.NAME]` table: known names, valid settings.
-pub(crate) fn check_services(loaded: &config::Loaded, valid: &ValidConfig) -> Result<(), String> {
+fn check_services(loaded: &config::Loaded) -> Vec<config::ConfigError> {
     let mut problems = Vec::new();
-    for (name, table) in &valid.services {
+    for (name, table) in &loaded.config.services {
         let key = format!("services.{name}");
-        match name.as_str() {
+        let checked = match name.as_str() {
             "dispatcher" | "controlplane" | "mesh" | "standby" => {
+                let table = serde_json::Value::Object(table.clone().into_iter().collect());
+                let table = Some(&table);
                 let checked = match name.as_str() {
-                    "dispatcher" => omnirelay_dispatcher::settings::parse(Some(table)).map(|_| ()),
-                    "standby" => {
-                        omnirelay_dispatcher::settings::parse_standby(Some(table)).map(|_| ())
-                    }
-                    "mesh" => omnirelay_controlplane::settings::parse_mesh(Some(table)).map(|_| ()),
-                    _ => omnirelay_controlplane::settings::parse(Some(table)).map(|_| ()),
+                    "dispatcher" => omnirelay_dispatcher::settings::parse(table).map(|_| ()),
+                    "standby" => omnirelay_dispatcher::settings::parse_standby(table).map(|_| ()),
+                    "mesh" => omnirelay_controlplane::settings::parse_mesh(table).map(|_| ()),
+                    _ => omnirelay_controlplane::settings::parse(table).map(|_| ()),
                 };
-                if let Err(e) = checked {
+                checked.map_err(|e| {
                     let path = if e.path.is_empty() {
                         key.clone()
                     } else {
                         format!("{key}.{}", e.path)
                     };
-                    problems.push(format!("{}: {path}: {}", loaded.origin(&path), e.message));
-                }
+                    (path, e.message)
+                })
             }
-            _ => problems.push(format!(
-                "{}: {key}: no such service (known: {})",
-                loaded.origin(&key),
-                SERVICES.join(", ")
+            _ => Err((
+                key.clone(),
+                format!("no such service (known: {})", SERVICES.join(", ")),
             )),
+        };
+        if let Err((path, message)) = checked {
+            problems.push(config::ConfigError::new(
+                loaded.origin(&path),
+                path,
+                message,
+            ));
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    problems
 }
 
 static JSON_LOGS: AtomicBool = AtomicBool::new(false);

@@ -81,6 +81,66 @@ fn check_names_the_key_path_of_every_problem() {
     assert!(text(&missing.stderr).contains("/nonexistent.toml: no such file"));
 }
 
+/// The problems of every step in one run: a wrong value (parsing), an
+/// unknown sink type (validation), a service's table and the log filter
+/// (checked last) — before, `check` stopped at the first step that
+/// failed, and passed a log filter `serve` then refused. `serve` names
+/// the same problems.
+#[test]
+fn check_reports_the_problems_of_every_step_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[telemetry]\nlog_level = \"info,[[x\"\n[replication.log]\ndurability = \"sometimes\"\n\
+         [replication.sinks.other]\ntype = \"nope\"\n[services.janitor]\nbroom = true\n",
+    )
+    .unwrap();
+    let expected = [
+        "replication.log.durability: unknown value `sometimes`",
+        "replication.sinks.other.type: unknown sink type \"nope\"",
+        "services.janitor: no such service",
+        "telemetry.log_level: not a log filter",
+    ];
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for problem in expected {
+        assert!(stderr.contains(problem), "{problem}: {stderr}");
+    }
+    assert_eq!(stderr.lines().count(), expected.len(), "{stderr}");
+    let data = dir.path().join("data");
+    let serve = omnirelay(
+        &[
+            "serve",
+            "--role",
+            "receiver",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(serve.status.code(), Some(1));
+    let stderr = text(&serve.stderr);
+    assert!(
+        stderr.starts_with("omnirelay: invalid configuration:"),
+        "{stderr}"
+    );
+    for problem in expected {
+        assert!(stderr.contains(problem), "{problem}: {stderr}");
+    }
+
+    // The filter alone, which `check` used to pass.
+    std::fs::write(&file, "[telemetry]\nlog_level = \"info,[[x\"\n").unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("telemetry.log_level: not a log filter"));
+}
+
 #[test]
 fn flags_are_configuration_keys_and_bad_values_name_the_flag() {
     let dir = tempfile::tempdir().unwrap();

@@ -195,20 +195,45 @@ pub fn load_from(
     env: &[(String, String)],
     overrides: &[Override],
 ) -> Result<Loaded, ConfigErrors> {
+    match load_lenient(source, env, overrides) {
+        (Some(loaded), errors) if errors.is_empty() => Ok(loaded),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// As [`load_from`], keeping what parsed: every problem parsing found,
+/// and the configuration without the keys it found wrong (at their
+/// defaults), so that a checker can validate the rest and report the
+/// problems of both steps at once (leaving out what [`Loaded::validate`]
+/// finds under a key already reported). The configuration is `None`
+/// when the text as a whole does not parse, or when more than 20
+/// problems were found.
+pub fn load_lenient(
+    source: Source<'_>,
+    env: &[(String, String)],
+    overrides: &[Override],
+) -> (Option<Loaded>, Vec<ConfigError>) {
     let (text, name) = match source {
         Source::File(path) => {
             if !path.is_file() {
-                return Err(ConfigError::new(
+                let error = ConfigError::new(
                     path.display().to_string(),
                     "",
                     "no such file (or not a regular file)",
-                )
-                .into());
+                );
+                return (None, vec![error]);
             }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new(path.display().to_string(), "", format!("cannot read: {e}"))
-            })?;
-            (text, path.display().to_string())
+            match std::fs::read_to_string(path) {
+                Ok(text) => (text, path.display().to_string()),
+                Err(e) => {
+                    let error = ConfigError::new(
+                        path.display().to_string(),
+                        "",
+                        format!("cannot read: {e}"),
+                    );
+                    return (None, vec![error]);
+                }
+            }
         }
         Source::Text { text, name } => (text.to_owned(), name.to_owned()),
         Source::Default => (
@@ -221,14 +246,13 @@ pub fn load_from(
     loop {
         let figment = figment_of(&text, &name, env, overrides, &set_aside);
         let error = match figment.extract::<Config>() {
-            Ok(config) if errors.is_empty() => return Ok(Loaded { config, figment }),
-            Ok(_) => return Err(ConfigErrors(errors)),
+            Ok(config) => return (Some(Loaded { config, figment }), errors),
             Err(error) => ConfigError::from_figment(&figment, error),
         };
         // A key set aside already (the problem is not where it was set, or
         // the path does not name one key): nothing more to learn.
         if set_aside.contains(&error.path) {
-            return Err(ConfigErrors(errors));
+            return (None, errors);
         }
         // The file as a whole (its syntax) is the one problem reported.
         let again = !error.path.is_empty() && errors.len() + 1 < MAX_ERRORS;
@@ -237,7 +261,7 @@ pub fn load_from(
         }
         errors.push(error);
         if !again {
-            return Err(ConfigErrors(errors));
+            return (None, errors);
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use omnirelay_replication::config::{self, DEFAULT_TOML, SinkRegistry};
+use omnirelay_replication::config::{self, DEFAULT_TOML, SinkRegistry, Source};
 use omnirelay_replication::{Durability, Encoding, ReplicatorExt, WireVersion};
 use omnirelay_replication_testkit::{Note, NoteCodec};
 
@@ -338,4 +338,50 @@ fn every_unknown_key_and_wrong_type_is_reported_at_once() {
     let errs = config::load_with(Some(&broken), &[]).unwrap_err().0;
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].message.contains("line 1"), "{errs:?}");
+}
+
+/// `load_lenient` hands back what parsed beside what did not: the keys
+/// found wrong at their defaults, every other key as written, so that a
+/// checker validates the rest in the same run; a syntax error leaves
+/// nothing to validate.
+#[test]
+fn a_lenient_load_keeps_what_parsed_beside_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "data_dir = \"kept\"\n[replication.log]\ndurability = \"sometimes\"\ninterval_ms = 7\n\
+         [replication.sinks.a]\ntype = \"nope\"\nbogus = 1\n",
+    );
+    let (loaded, errors) = config::load_lenient(Source::File(&file), &[], &[]);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["replication.log.durability", "replication.sinks.a.bogus"],
+        "{errors:?}"
+    );
+    let loaded = loaded.expect("the rest parsed");
+    assert_eq!(loaded.config.data_dir, std::path::Path::new("kept"));
+    assert_eq!(loaded.config.replication.log.interval_ms, 7);
+    // At its default, where it was wrong.
+    assert_eq!(
+        loaded.config.replication.log.durability,
+        config::Config::default().replication.log.durability
+    );
+    // What only validation sees is still there to be seen.
+    let invalid = loaded
+        .validate(&SinkRegistry::discovered(), WireVersion::V2)
+        .unwrap_err()
+        .0;
+    assert!(
+        invalid
+            .iter()
+            .any(|e| e.path == "replication.sinks.a.type" && e.message.contains("\"nope\"")),
+        "{invalid:?}"
+    );
+    assert!(config::load_from(Source::File(&file), &[], &[]).is_err());
+
+    let broken = write(dir.path(), "[server\nlisten = 1\n");
+    let (loaded, errors) = config::load_lenient(Source::File(&broken), &[], &[]);
+    assert!(loaded.is_none());
+    assert_eq!(errors.len(), 1, "{errors:?}");
 }

@@ -288,7 +288,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         Role::Dispatcher => {
             let dispatcher = Dispatcher::open(replicator.clone(), dispatcher_options.clone())
                 .await
-                .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
+                .map_err(|e| cannot_rebuild(&stream, &valid.data_dir, e))?;
             let stats = dispatcher.stats().await;
             rebuilt = Some(format!(
                 "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered",
@@ -330,7 +330,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                         standby_settings.primary_quiet(),
                     )
                     .await
-                    .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?;
+                    .map_err(|e| cannot_rebuild(&stream, &valid.data_dir, e))?;
                     tokio::spawn(feed_from_bus(
                         standby.clone(),
                         follow.clone(),
@@ -342,7 +342,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                     let primary = primary.clone().context("a standby without its primary")?;
                     Standby::open(replicator.clone(), dispatcher_options.clone(), primary)
                         .await
-                        .with_context(|| format!("cannot rebuild the queue from stream {stream}"))?
+                        .map_err(|e| cannot_rebuild(&stream, &valid.data_dir, e))?
                 }
             };
             tokio::spawn(start_standby_sinks(
@@ -474,6 +474,24 @@ fn controlplane_options(
         options.token.clone_from(&valid.token);
     }
     Ok(options)
+}
+
+/// Why a dispatcher's or standby's queue cannot be rebuilt from `stream`'s
+/// log in `data_dir`; for damage, where to look and what to do.
+fn cannot_rebuild(
+    stream: &StreamId,
+    data_dir: &std::path::Path,
+    error: omnirelay_replication::Error,
+) -> anyhow::Error {
+    let hint = if error.kind() == omnirelay_replication::ErrorKind::Corrupt {
+        format!(
+            " (a queue cannot be rebuilt from a stream with a hole in it: `omnirelay log verify --data-dir {}` names what is lost; promote a standby that followed this node, or put back the damaged segment from a copy: docs/operations.md, \"A damaged log\")",
+            data_dir.display()
+        )
+    } else {
+        String::new()
+    };
+    anyhow::anyhow!("cannot rebuild the queue from stream {stream}: {error}{hint}")
 }
 
 /// A standby takes its primary's node name before its sinks start (see

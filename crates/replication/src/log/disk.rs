@@ -37,6 +37,16 @@ pub struct Recovery {
     /// written afresh, and what it kept (recovery cuts, where the log
     /// started) starts again.
     pub meta_unreadable: Option<String>,
+    /// Damage found inside the newest segment with intact records after
+    /// it (a bad sector or a stray write over records already written,
+    /// not a torn write): what it is and where. The records after it are
+    /// kept and the segment is sealed as it is, so that the damage is
+    /// read past as in any sealed segment; `lost` says which sequences
+    /// it took. `None` when there was none.
+    pub damage: Option<String>,
+    /// The stretches of sequences `(first, last)` the damage took (empty
+    /// when it only garbled bytes between records).
+    pub lost: Vec<(u64, u64)>,
 }
 
 struct Sealed {
@@ -151,6 +161,11 @@ impl Disk {
         disk.durability = options.durability;
         disk.stream = stream.clone();
         disk.sealed = sealed;
+        if recovery.damage.is_some() {
+            // New records go to a new segment: the damaged one is read
+            // past as sealed segments are.
+            disk.rotate()?;
+        }
         disk.use_encoding(encoding)?;
         recovery.last_sequence = disk.last_sequence();
         // Kept while the log still starts after it (a crash inside
@@ -214,7 +229,7 @@ impl Disk {
         options: &LogOptions,
         recovery: &mut Recovery,
     ) -> Result<Self, Error> {
-        let scan = segment::scan_segment(path, options.index_interval_bytes)
+        let mut scan = segment::scan_segment(path, options.index_interval_bytes)
             .map_err(io_error(format!("cannot read {}", path.display())))?
             .map_err(|reason| {
                 Error::new(ErrorKind::Corrupt, format!("{}: {reason}", path.display()))
@@ -223,12 +238,25 @@ impl Disk {
             .append(true)
             .open(path)
             .map_err(io_error(format!("cannot open {}", path.display())))?;
+        let kept = match &scan.tail {
+            Tail::Corrupt(reason) => Self::kept_past_damage(path, &scan, reason, recovery)?,
+            Tail::Clean | Tail::Incomplete => None,
+        };
+        let reason = match (&kept, &scan.tail) {
+            (Some(_), _) => "unreadable bytes after the segment's last record".to_owned(),
+            (None, Tail::Incomplete) => "torn write at the end of the segment".to_owned(),
+            (None, Tail::Corrupt(reason)) => reason.clone(),
+            (None, Tail::Clean) => "unreadable bytes at the end of the segment".to_owned(),
+        };
+        if let Some(past) = kept {
+            // The records after the damage, as if the scan had read them
+            // (`records` counts sequences: the lost ones too).
+            scan.records = past.next - scan.header.first_sequence;
+            scan.last_sequence = past.last_sequence;
+            scan.valid_len = past.end;
+            scan.index.extend(past.resumed);
+        }
         if scan.valid_len < scan.file_len {
-            let reason = match &scan.tail {
-                Tail::Incomplete => "torn write at the end of the segment".to_owned(),
-                Tail::Corrupt(reason) => reason.clone(),
-                Tail::Clean => "unreadable bytes at the end of the segment".to_owned(),
-            };
             file.set_len(scan.valid_len)
                 .and_then(|()| file.sync_all())
                 .map_err(io_error(format!("cannot truncate {}", path.display())))?;
@@ -258,6 +286,32 @@ impl Disk {
             started_after: 0,
         };
         Ok(disk)
+    }
+
+    /// What follows the damaged record at the end of `scan` in the newest
+    /// segment at `path`, when it is kept ([`segment::kept_past_damage`]);
+    /// kept, `recovery` says so.
+    fn kept_past_damage(
+        path: &Path,
+        scan: &segment::SegmentScan,
+        reason: &str,
+        recovery: &mut Recovery,
+    ) -> Result<Option<segment::PastDamage>, Error> {
+        let due = scan
+            .last_sequence
+            .map_or(scan.header.first_sequence, |last| last + 1);
+        let Some(past) = segment::kept_past_damage(path, scan.valid_len, due)
+            .map_err(io_error(format!("cannot read {}", path.display())))?
+        else {
+            return Ok(None);
+        };
+        recovery.damage = Some(format!(
+            "{}: damaged record at byte {}: {reason}",
+            path.display(),
+            scan.valid_len
+        ));
+        recovery.lost = past.lost.iter().map(|l| (l.first, l.last)).collect();
+        Ok(Some(past))
     }
 
     fn write_meta(&self, stream: &StreamId, recovery: &Recovery) -> Result<(), Error> {

@@ -393,8 +393,22 @@ impl LogReader {
             // a sink's reader does.
             let past = match (segments.get(i + 1), expected) {
                 (Some((next_first, _)), Some(due)) if *next_first >= due => {
-                    segment::follow_damage(path, scan.valid_len, due, *next_first)
+                    segment::follow_damage(path, scan.valid_len, due, Some(*next_first))
                         .map_err(read_error(path))?
+                }
+                // The newest segment: what its writer's next open keeps.
+                (None, Some(due)) => {
+                    match segment::kept_past_damage(path, scan.valid_len, due)
+                        .map_err(read_error(path))?
+                    {
+                        Some(past) => past,
+                        None => {
+                            report.problems.push(format!(
+                                "{name}: {problem}; the writer cuts the segment there when it next opens the log (nothing intact follows, or what follows was never synced)"
+                            ));
+                            continue;
+                        }
+                    }
                 }
                 _ => {
                     report.problems.push(format!("{name}: {problem}"));
@@ -600,8 +614,9 @@ impl Records {
     /// the next segment. A missing segment, or one whose header is
     /// unreadable, loses its records the same way. `None` when the
     /// iterator did not stop at such damage: an I/O error, a record out of
-    /// sequence, or damage in the active segment (which recovery cuts at
-    /// the next open).
+    /// sequence, or damage in the active segment (which the writer's next
+    /// open cuts as a torn tail, or keeps and seals when intact records
+    /// follow it).
     ///
     /// # Errors
     ///

@@ -292,14 +292,24 @@ pub(crate) struct PastDamage {
     pub(crate) last_sequence: Option<u64>,
     /// The sequence due after the segment's last record.
     pub(crate) next: u64,
+    /// The byte after the last intact record read (the damage's offset
+    /// when there is none).
+    pub(crate) end: u64,
+    /// Each stretch of unreadable bytes skipped to the next intact
+    /// record, as `(from, to)` offsets.
+    pub(crate) skipped: Vec<(u64, u64)>,
+    /// `(sequence, offset)` of the first intact record after each
+    /// skipped stretch: index entries for the records past the damage.
+    pub(crate) resumed: Vec<(u64, u64)>,
 }
 
-/// Follows the sealed segment at `path` past the damage at byte `offset`,
-/// where sequence `expected` was due, to its end (the next segment starts
-/// at `next_first`): each stretch of sequences lost, found as a reader
-/// finds them ([`find_frame`]), and the intact records between them. A
-/// segment that ends cleanly before `next_first` is a gap to the next,
-/// not damage here.
+/// Follows the segment at `path` past the damage at byte `offset`, where
+/// sequence `expected` was due, to its end: each stretch of sequences
+/// lost, found as a reader finds them ([`find_frame`]), and the intact
+/// records between them. For a sealed segment the next one starts at
+/// `next_first`, and a segment that ends cleanly before it is a gap to
+/// the next, not damage here; for the newest segment (`None`) what
+/// follows the last intact record is its tail, not a lost stretch.
 ///
 /// # Errors
 ///
@@ -308,20 +318,25 @@ pub(crate) fn follow_damage(
     path: &Path,
     offset: u64,
     expected: u64,
-    next_first: u64,
+    next_first: Option<u64>,
 ) -> io::Result<PastDamage> {
-    let mut past = PastDamage::default();
+    let mut past = PastDamage {
+        end: offset,
+        ..PastDamage::default()
+    };
     let (mut offset, mut expected) = (offset, expected);
+    let due = |expected: u64| expected..next_first.unwrap_or(u64::MAX);
     loop {
-        let Some((at, sequence)) = find_frame(path, offset + 1, expected..next_first)? else {
-            if expected < next_first {
-                past.lost.push(Lost {
+        let Some((at, sequence)) = find_frame(path, offset + 1, due(expected))? else {
+            match next_first {
+                Some(next_first) if expected < next_first => past.lost.push(Lost {
                     first: expected,
                     last: next_first - 1,
                     offset,
-                });
+                }),
+                _ => {}
             }
-            past.next = next_first;
+            past.next = next_first.unwrap_or(expected);
             return Ok(past);
         };
         if sequence > expected {
@@ -331,15 +346,23 @@ pub(crate) fn follow_damage(
                 offset,
             });
         }
+        past.skipped.push((offset, at));
+        past.resumed.push((sequence, at));
         let (mut reader, _) = FrameReader::open(path)?;
         reader.seek(at)?;
         expected = sequence;
         // Read on until the segment ends or is damaged again.
         offset = loop {
             match reader.next_frame()? {
-                Step::Frame { sequence, .. } if sequence == expected => {
+                Step::Frame {
+                    sequence,
+                    offset,
+                    len,
+                    ..
+                } if sequence == expected => {
                     past.records += 1;
                     past.last_sequence = Some(sequence);
+                    past.end = offset + len;
                     expected += 1;
                 }
                 Step::Frame { offset, .. }
@@ -352,6 +375,62 @@ pub(crate) fn follow_damage(
             }
         };
     }
+}
+
+/// What follows the damage at byte `offset` of the newest segment at
+/// `path`, where sequence `expected` was due, when the writer keeps it on
+/// its next open: intact records in sequence after it mean the damage
+/// struck records already written (a bad sector, a stray write), and
+/// cutting there, as for a torn write, would delete acknowledged records
+/// that are intact. `None` when nothing intact follows (a torn or garbled
+/// tail), or when the damage holds a block a crash left unwritten
+/// ([`holds_unwritten_block`]): the records after it never reached the
+/// disk in order, so none of them was synced, and cutting them is what
+/// the durability policy allows.
+///
+/// # Errors
+///
+/// I/O errors.
+pub(crate) fn kept_past_damage(
+    path: &Path,
+    offset: u64,
+    expected: u64,
+) -> io::Result<Option<PastDamage>> {
+    let past = follow_damage(path, offset, expected, None)?;
+    if past.records == 0 {
+        return Ok(None);
+    }
+    for &(from, to) in &past.skipped {
+        if holds_unwritten_block(path, from, to)? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(past))
+}
+
+/// Whether the bytes `from..to` of the file at `path` hold a whole 4 KiB
+/// block of zeros, aligned in the file: what a machine's crash leaves
+/// where a file grew but the data of its new blocks never reached the
+/// disk (the file system hands out unwritten blocks as zeros), as
+/// opposed to a bad sector or a stray write over data already there.
+///
+/// # Errors
+///
+/// I/O errors.
+fn holds_unwritten_block(path: &Path, from: u64, to: u64) -> io::Result<bool> {
+    const BLOCK: u64 = 4096;
+    let mut file = File::open(path)?;
+    let mut block = vec![0; BLOCK as usize];
+    let mut at = from.div_ceil(BLOCK) * BLOCK;
+    while at + BLOCK <= to {
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut block)?;
+        if block.iter().all(|&b| b == 0) {
+            return Ok(true);
+        }
+        at += BLOCK;
+    }
+    Ok(false)
 }
 
 /// How a scanned segment ends.

@@ -520,6 +520,101 @@ async fn damage_in_the_active_segment_is_an_error_after_the_records_before_it() 
     log.close().unwrap();
 }
 
+/// Damage inside the newest segment with intact records after it is not
+/// a torn write: the next open keeps those records (before, it cut the
+/// segment at the damage, deleting acknowledged, intact records with it)
+/// and seals the segment, so that the damage is read past as in any
+/// sealed segment, and new records go to a new one.
+#[tokio::test]
+async fn damage_inside_the_newest_segment_keeps_the_intact_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), options(Durability::Fsync));
+    publish(&log, 1..=20).await;
+    log.close().unwrap();
+    drop(log);
+    let (_, path) = segment::list_segments(dir.path()).unwrap().pop().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    overwrite(&path, frame_offset(&path, 10) + 30, b"!");
+    // `log verify` says beforehand what the open will keep.
+    let report = LogReader::new(dir.path()).verify().unwrap();
+    assert_eq!((report.lost, report.last), (1, Some(20)), "{report:?}");
+    assert!(
+        report.problems[0].ends_with("sequences 10..=10 cannot be read"),
+        "{report:?}"
+    );
+    let (log, recovery) = open(dir.path(), options(Durability::Fsync));
+    assert_eq!(recovery.last_sequence, 20, "{recovery:?}");
+    assert_eq!(recovery.lost, [(10, 10)]);
+    let damage = recovery.damage.as_deref().unwrap_or_default();
+    assert!(damage.contains("checksum"), "{damage}");
+    assert_eq!(recovery.cut_bytes, 0);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "kept whole");
+    publish(&log, 21..=22).await;
+    log.close().unwrap();
+    drop(log);
+    let firsts: Vec<u64> = segment::list_segments(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|(first, _)| first)
+        .collect();
+    assert_eq!(firsts, [1, 21], "sealed at the open");
+    let all_but_10: Vec<u64> = (1..=22).filter(|&s| s != 10).collect();
+    let mut reader = BatchReader::new(LogReader::new(dir.path()));
+    assert_eq!(
+        read_past_damage(&mut reader, 22),
+        (all_but_10, vec![(10, 10)])
+    );
+    let report = LogReader::new(dir.path()).verify().unwrap();
+    assert_eq!(report.lost, 1, "{report:?}");
+    assert_eq!(report.last, Some(22), "{report:?}");
+    // From after the damage, through the index entry where reading
+    // went on.
+    assert_eq!(
+        sequences(&LogReader::new(dir.path()), 11),
+        (11..=22).collect::<Vec<_>>()
+    );
+    // A second open finds nothing more to do.
+    let (_log, again) = open(dir.path(), options(Durability::Fsync));
+    assert_eq!((again.damage, again.last_sequence), (None, 22));
+}
+
+/// A block of zeros inside the newest segment is what a machine's crash
+/// leaves where the file grew but its data never reached the disk: the
+/// records after it were never synced either (a sync would have written
+/// the block), so it is a torn tail, cut with them, as before.
+#[tokio::test]
+async fn a_block_a_crash_left_unwritten_cuts_the_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), options(Durability::None));
+    publish(&log, 1..=600).await;
+    log.close().unwrap();
+    drop(log);
+    let (_, path) = segment::list_segments(dir.path()).unwrap().pop().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 3 * 4096, "{len} bytes");
+    overwrite(&path, 4096, &[0; 4096]);
+    let report = LogReader::new(dir.path()).verify().unwrap();
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert!(
+        report.problems[0].contains("the writer cuts the segment there"),
+        "{report:?}"
+    );
+    let (_log, recovery) = open(dir.path(), options(Durability::None));
+    assert_eq!(recovery.damage, None);
+    assert!(recovery.lost.is_empty());
+    let kept = recovery.last_sequence;
+    assert!(frame_offset(&path, kept) < 4096 && kept < 600, "{kept}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        len - recovery.cut_bytes
+    );
+    assert!(std::fs::metadata(&path).unwrap().len() <= 4096);
+    assert_eq!(
+        sequences(&LogReader::new(dir.path()), 1),
+        (1..=kept).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test]
 async fn segments_rotate_and_any_sequence_is_found_through_the_index() {
     let dir = tempfile::tempdir().unwrap();

@@ -158,6 +158,17 @@ impl<B: LogBatch> StreamLog<B> {
                 "cut a damaged tail from the log"
             );
         }
+        if let Some(damage) = &recovery.damage {
+            let lost: Vec<String> = recovery
+                .lost
+                .iter()
+                .map(|(first, last)| format!("{first}..={last}"))
+                .collect();
+            tracing::error!(
+                stream = %stream, damage, lost = lost.join(", "), last = recovery.last_sequence,
+                "the log's newest segment is damaged with intact records after the damage: they are kept and the segment sealed; the sequences lost to it go to each sink's dead letters, and rebuilding from the log stops there"
+            );
+        }
         if let Some(why) = &recovery.meta_unreadable {
             tracing::warn!(
                 stream = %stream, error = %why,

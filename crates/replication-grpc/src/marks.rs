@@ -65,6 +65,9 @@ pub(crate) struct Folded {
     /// The log's first record after the checkpoint, when records between
     /// them are gone (deleted by retention before they were folded).
     pub(crate) missing_before: Option<u64>,
+    /// Stretches of sequences lost to damage in the log, read past (what
+    /// they held cannot raise a mark), each with the damage.
+    pub(crate) lost: Vec<(std::ops::RangeInclusive<u64>, String)>,
 }
 
 impl Checkpoint {
@@ -158,18 +161,31 @@ impl Checkpoint {
         folded: &mut Folded,
     ) -> Result<(), Error> {
         let from = self.through + 1;
-        reader.visit_from(from, |record| {
-            if record.sequence > upto {
-                return ControlFlow::Break(());
-            }
-            if folded.records == 0 && record.sequence > from {
-                folded.missing_before = Some(record.sequence);
-            }
-            fold_origin(&mut self.marks, record.encoding.format, record.payload);
-            self.through = record.sequence;
-            folded.records += 1;
-            ControlFlow::Continue(())
-        })?;
+        let mut lost = Vec::new();
+        reader.visit_past_damage(
+            from,
+            |record| {
+                if record.sequence > upto {
+                    return ControlFlow::Break(());
+                }
+                if folded.records == 0 && record.sequence > from {
+                    folded.missing_before = Some(record.sequence);
+                }
+                fold_origin(&mut self.marks, record.encoding.format, record.payload);
+                self.through = record.sequence;
+                folded.records += 1;
+                ControlFlow::Continue(())
+            },
+            |sequences, error| lost.push((sequences, error.to_string())),
+        )?;
+        // Not gone before the checkpoint's next record: lost with it.
+        if lost
+            .first()
+            .is_some_and(|(sequences, _)| *sequences.start() == from)
+        {
+            folded.missing_before = None;
+        }
+        folded.lost = lost;
         Ok(())
     }
 }

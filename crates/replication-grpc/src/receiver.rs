@@ -288,6 +288,14 @@ async fn fold_log(
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, "reading the log failed").with_source(e))??;
+    for (sequences, damage) in &folded.lost {
+        // Read past, as the sinks do: the log no longer holds them, and a
+        // sender's later events raise its mark past them all the same.
+        tracing::warn!(
+            stream = %stream, first = sequences.start(), last = sequences.end(), damage,
+            "records lost to damage in the log were read past while rebuilding the senders' marks"
+        );
+    }
     if let Some(first) = folded.missing_before {
         // Only without a checkpoint (a receiver of an older release, or
         // one whose checkpoint was lost) can retention have gone first.

@@ -186,3 +186,38 @@ async fn a_restart_folds_the_log_after_the_checkpoint_and_ignores_one_it_cannot_
         close(replicator, receiver).await;
     }
 }
+
+/// A record damaged on disk after the marks checkpoint (here in the
+/// newest segment, with records after it) does not keep the receiver from
+/// starting — before, rebuilding the marks stopped at it and the node
+/// could not start — its marks come from every record the log still
+/// holds, and a re-sent event below them is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reads_the_marks_past_records_lost_to_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogOptions::default();
+    let (replicator, receiver) = open(dir.path(), log.clone()).await;
+    assert!(appended(&receiver, "a", 1).await);
+    checkpointed(dir.path(), 1).await;
+    for sequence in 2..=4 {
+        assert!(appended(&receiver, "a", sequence).await);
+    }
+    assert!(appended(&receiver, "b", 1).await);
+    close(replicator, receiver).await;
+    assert_eq!(
+        checkpoint_through(dir.path()),
+        Some(1),
+        "not past the damage"
+    );
+    let segment = omnirelay_replication_testkit::segments(dir.path(), &StreamId::default())
+        .pop()
+        .unwrap();
+    // `a`'s event 2, the log's sequence 2.
+    omnirelay_replication_testkit::damage_record(&segment, 2);
+
+    let (replicator, receiver) = open(dir.path(), log.clone()).await;
+    assert_eq!(receiver.marks().await, marks(&[("a", 1, 4), ("b", 1, 1)]));
+    assert!(!appended(&receiver, "a", 4).await, "a duplicate still");
+    assert!(appended(&receiver, "a", 5).await);
+    close(replicator, receiver).await;
+}

@@ -288,6 +288,75 @@ impl LogReader {
         Ok(visited)
     }
 
+    /// As [`LogReader::visit_from`], reading past records lost to damage
+    /// in sealed segments as a sink's delivery does: `lost` gets each
+    /// stretch of sequences lost with the error naming the damage, and
+    /// the visit goes on after it. For a reader that only gathers what
+    /// the log holds (a receiver's marks), not one that rebuilds state
+    /// from every event.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, and damage that cannot be read past (in the newest
+    /// segment of a running log, a record out of sequence), after
+    /// visiting every record before it.
+    pub fn visit_past_damage(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(RecordRef<'_>) -> ControlFlow<()>,
+        mut lost: impl FnMut(std::ops::RangeInclusive<u64>, &Error),
+    ) -> Result<u64, Error> {
+        let mut visited = 0;
+        let mut next = from;
+        let mut stopped = false;
+        let outcome = self.visit_from(from, |record| {
+            visited += 1;
+            next = record.sequence + 1;
+            let flow = visit(record);
+            stopped = flow.is_break();
+            flow
+        });
+        let error = match outcome {
+            Ok(_) => return Ok(visited),
+            Err(error) if error.kind() == ErrorKind::Corrupt && !stopped => error,
+            Err(error) => return Err(error),
+        };
+        // Past the damage, record by record (a rare path): the iterator
+        // finds where reading goes on.
+        let mut records = self.records_from(next);
+        let mut first = true;
+        loop {
+            match records.next() {
+                None => return Ok(visited),
+                Some(Ok(record)) if !first => {
+                    visited += 1;
+                    let flow = visit(RecordRef {
+                        sequence: record.sequence,
+                        timestamp: record.timestamp,
+                        encoding: record.encoding,
+                        payload: &record.payload,
+                    });
+                    if flow.is_break() {
+                        return Ok(visited);
+                    }
+                }
+                // Where the plain visit stopped, the iterator must stop.
+                Some(Ok(_)) => return Err(error),
+                Some(Err(found)) if found.kind() == ErrorKind::Corrupt => {
+                    match records.skip_damaged()? {
+                        Some(damaged) if damaged.last >= damaged.first => {
+                            lost(damaged.first..=damaged.last, &damaged.error);
+                        }
+                        Some(_) => {}
+                        None => return Err(found),
+                    }
+                }
+                Some(Err(found)) => return Err(found),
+            }
+            first = false;
+        }
+    }
+
     /// Up to `max_events` records (and about `max_bytes`; at least one)
     /// from `from` on, none past `up_to`.
     ///

@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -499,6 +500,55 @@ async fn a_missing_segment_is_a_gap_not_an_endless_loop() {
         )),
         "{err}"
     );
+}
+
+/// `visit_past_damage` visits every record a sink would get and names
+/// each stretch lost; it stops where it is told to, and at damage no
+/// reader can go past (the newest segment of a running log).
+#[tokio::test]
+async fn a_visit_past_damage_names_each_stretch_lost_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), small_segments());
+    publish(&log, 1..=300).await;
+    let segments = segment::list_segments(dir.path()).unwrap();
+    let (first, path) = &segments[1];
+    let hit = first + 3;
+    overwrite(path, frame_offset(path, hit) + 30, b"!");
+    let reader = LogReader::new(dir.path());
+    let visit = |from: u64, until: u64| {
+        let (mut seen, mut lost) = (Vec::new(), Vec::new());
+        let visited = reader.visit_past_damage(
+            from,
+            |record| {
+                assert_eq!(record.payload, payload(record.sequence));
+                seen.push(record.sequence);
+                if record.sequence == until {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+            |sequences, error| {
+                assert_eq!(error.kind(), ErrorKind::Corrupt);
+                lost.push(sequences);
+            },
+        );
+        (visited.map(|n| n as usize == seen.len()), seen, lost)
+    };
+    let (counted, seen, lost) = visit(1, 0);
+    assert!(counted.unwrap());
+    assert_eq!(seen, (1..=300).filter(|&s| s != hit).collect::<Vec<_>>());
+    assert_eq!(lost, [hit..=hit]);
+    let (_, seen, lost) = visit(hit - 1, hit + 2);
+    assert_eq!(seen, [hit - 1, hit + 1, hit + 2]);
+    assert_eq!(lost, [hit..=hit]);
+    // Damage in the running log's newest segment stops it.
+    let (_, newest) = segments.last().unwrap();
+    overwrite(newest, frame_offset(newest, 299) + 30, b"!");
+    let (counted, seen, _) = visit(290, 0);
+    assert_eq!(seen, (290..=298).collect::<Vec<_>>());
+    assert_eq!(counted.unwrap_err().kind(), ErrorKind::Corrupt);
+    log.close().unwrap();
 }
 
 #[tokio::test]

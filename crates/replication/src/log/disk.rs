@@ -130,12 +130,32 @@ impl Disk {
         let mut segments = segment::list_segments(dir)
             .map_err(io_error(format!("cannot list {}", dir.display())))?;
         // Drop trailing segments a crash left without a readable header
-        // (a rotation that did not finish).
+        // (a rotation that did not finish: records are appended only once
+        // the header is synced, so such a file holds no more than it).
         while let Some((_, path)) = segments.last() {
             let scan = segment::scan_segment(path, options.index_interval_bytes)
                 .map_err(io_error(format!("cannot read {}", path.display())))?;
-            if scan.is_ok() {
+            let Err(reason) = scan else {
                 break;
+            };
+            let len = std::fs::metadata(path)
+                .map_err(io_error(format!("cannot stat {}", path.display())))?
+                .len();
+            if len > SEGMENT_HEADER_LEN as u64 {
+                // Damage, not a crash: its records are not deleted.
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "{}: {reason}, and it holds {} bytes of records after its header: it is \
+                         left as it is (a rotation a crash interrupted leaves no more than a \
+                         header). Put its header back from a copy of the segment, or move the \
+                         file out of {} to go on without its records (docs/operations.md, \
+                         \"A damaged log\")",
+                        path.display(),
+                        len - SEGMENT_HEADER_LEN as u64,
+                        dir.display()
+                    ),
+                ));
             }
             std::fs::remove_file(path)
                 .map_err(io_error(format!("cannot remove {}", path.display())))?;

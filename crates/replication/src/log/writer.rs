@@ -158,6 +158,12 @@ impl<B: LogBatch> StreamLog<B> {
                 "cut a damaged tail from the log"
             );
         }
+        for path in &recovery.removed_files {
+            tracing::warn!(
+                stream = %stream, path = %path.display(),
+                "removed a segment a crash left without its header (a rotation that did not finish; it held no records)"
+            );
+        }
         if let Some(damage) = &recovery.damage {
             let lost: Vec<String> = recovery
                 .lost

@@ -170,17 +170,34 @@ fn json_response(body: Vec<u8>) -> Response {
 
 /// The first non-blank peer id: `explicit` (lease's `peerId`), then the
 /// `Rpc-Caller`, `rpc.principal` and `x-peer-id` headers (reference §3.4).
-pub fn resolve_peer(explicit: Option<&str>, headers: &HeaderMap) -> Option<String> {
-    explicit
-        .into_iter()
-        .chain(
-            [headers::CALLER, headers::PRINCIPAL, headers::PEER_ID]
-                .iter()
-                .filter_map(|name| headers.get(*name).and_then(|v| v.to_str().ok())),
-        )
-        .map(str::trim)
-        .find(|peer| !peer.is_empty())
-        .map(str::to_owned)
+/// A header value is read as UTF-8 (what clients send for a name such as
+/// `wörker-1`), not only ASCII.
+///
+/// # Errors
+///
+/// A peer header that is not UTF-8: the message names it. Skipping it
+/// would lease or record under another peer, or none, without a word.
+pub fn resolve_peer(explicit: Option<&str>, headers: &HeaderMap) -> Result<Option<String>, String> {
+    if let Some(peer) = explicit.map(str::trim).filter(|peer| !peer.is_empty()) {
+        return Ok(Some(peer.to_owned()));
+    }
+    let sources = [
+        (headers::CALLER, "Rpc-Caller"),
+        (headers::PRINCIPAL, "rpc.principal"),
+        (headers::PEER_ID, "x-peer-id"),
+    ];
+    for (name, shown) in sources {
+        let Some(value) = headers.get(name) else {
+            continue;
+        };
+        let text = std::str::from_utf8(value.as_bytes())
+            .map_err(|_| format!("the {shown} header is not UTF-8 text"))?;
+        let peer = text.trim();
+        if !peer.is_empty() {
+            return Ok(Some(peer.to_owned()));
+        }
+    }
+    Ok(None)
 }
 
 /// Where a dispatcher lists its dead-lettered items (`GET`).
@@ -298,7 +315,10 @@ async fn change_dead_letters(
                 .into_response();
         }
     };
-    let peer = resolve_peer(peer_id.as_deref(), request_headers);
+    let peer = match resolve_peer(peer_id.as_deref(), request_headers) {
+        Ok(peer) => peer,
+        Err(message) => return RpcError::invalid(None, message).into_response(),
+    };
     let outcome = match change {
         DeadLetterChange::Redrive => dispatcher.redrive(&which, peer.as_deref()).await,
         DeadLetterChange::Purge => dispatcher.purge(&which, peer.as_deref()).await,
@@ -423,7 +443,8 @@ async fn call(
             let payload = request.payload.clone().ok_or_else(|| {
                 RpcError::invalid(Some(codes::PAYLOAD_REQUIRED), "payload is required")
             })?;
-            let peer = resolve_peer(None, request_headers);
+            let peer =
+                resolve_peer(None, request_headers).map_err(|m| RpcError::invalid(None, m))?;
             let stats = dispatcher.enqueue(payload, peer.as_deref()).await?;
             ok(&RpcResponse::Enqueued {
                 pending: stats.pending,
@@ -431,7 +452,8 @@ async fn call(
             })
         }
         "lease" => {
-            let owner = resolve_peer(request.peer_id.as_deref(), request_headers);
+            let owner = resolve_peer(request.peer_id.as_deref(), request_headers)
+                .map_err(|m| RpcError::invalid(None, m))?;
             let ttl = request_headers
                 .get(headers::TTL_MS)
                 .and_then(|v| v.to_str().ok())
@@ -484,7 +506,8 @@ async fn call(
         }
         _ => {
             let items = request.items.clone().unwrap_or_default();
-            let peer = resolve_peer(None, request_headers);
+            let peer =
+                resolve_peer(None, request_headers).map_err(|m| RpcError::invalid(None, m))?;
             let count = dispatcher.restore(items, peer.as_deref()).await?;
             ok(&RpcResponse::Restored(count))
         }

@@ -42,7 +42,6 @@ async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Answer {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let mut request = format!(
         "{line} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -55,7 +54,14 @@ async fn send(
     }
     request.push_str("\r\n");
     request.push_str(body);
-    stream.write_all(request.as_bytes()).await.unwrap();
+    exchange(address, request.as_bytes()).await
+}
+
+/// Writes `request` (a whole HTTP/1.1 request, any bytes) to `address`
+/// and reads the answer.
+async fn exchange(address: &str, request: &[u8]) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
@@ -327,6 +333,58 @@ async fn bad_requests_get_the_reference_errors() {
     )
     .await;
     assert_eq!(rpc.status, 200, "{:?}", rpc.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_names_are_read_as_utf8_and_a_header_that_is_not_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, _dispatcher) = serve(dir.path()).await;
+    let at = address.as_str();
+    for _ in 0..2 {
+        let enqueued = post(
+            at,
+            Some("resourcelease::enqueue"),
+            &[("Rpc-Caller", "wörker-1 🙂")],
+            PAYLOAD,
+        )
+        .await;
+        assert_eq!(enqueued.status, 200, "{:?}", enqueued.body);
+    }
+    let leased = post(
+        at,
+        Some("resourcelease::lease"),
+        &[("x-peer-id", "wörker-2")],
+        "{}",
+    )
+    .await;
+    assert_eq!(leased.status, 200, "{:?}", leased.body);
+    assert_eq!(leased.body["ownerPeerId"], "wörker-2");
+
+    // Latin-1 bytes: not a name we can read, so not leased to nobody.
+    let mut request = format!(
+        "POST /omnirelay/v1/resourcelease HTTP/1.1\r\nHost: {at}\r\nConnection: close\r\nRpc-Procedure: resourcelease::lease\r\nContent-Length: 2\r\nRpc-Caller: w"
+    )
+    .into_bytes();
+    request.extend_from_slice(b"\xe9rker\r\n\r\n{}");
+    let refused = exchange(at, &request).await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert_eq!(refused.headers["rpc-status"], "InvalidArgument");
+    assert!(
+        refused.headers["rpc-error-message"].contains("Rpc-Caller header is not UTF-8"),
+        "{:?}",
+        refused.headers
+    );
+    let next = post(at, Some("resourcelease::lease"), &[], "{}").await;
+    assert_eq!(next.body["sequenceId"], 2, "the refused lease took nothing");
+
+    assert_eq!(
+        peers_of(dir.path(), Type::Enqueue),
+        vec![Some("wörker-1 🙂".to_owned()); 2]
+    );
+    assert_eq!(
+        peers_of(dir.path(), Type::LeaseGranted),
+        vec![Some("wörker-2".to_owned()), None]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -456,8 +456,18 @@ async fn call(
                 .map_err(|m| RpcError::invalid(None, m))?;
             let ttl = request_headers
                 .get(headers::TTL_MS)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+                .map(|value| {
+                    let text = String::from_utf8_lossy(value.as_bytes());
+                    text.trim().parse::<u64>().map_err(|_| {
+                        RpcError::invalid(
+                            None,
+                            format!(
+                                "Rpc-Ttl-Ms must be a whole number of milliseconds, not {text:?}"
+                            ),
+                        )
+                    })
+                })
+                .transpose()?;
             // The deadline bounds the wait for an item, not the grant: an
             // item granted in time is answered, never left leased to
             // nobody.

@@ -333,6 +333,25 @@ async fn bad_requests_get_the_reference_errors() {
     )
     .await;
     assert_eq!(rpc.status, 200, "{:?}", rpc.body);
+    // A time limit that does not read is refused, not taken for none (an
+    // unbounded wait); the item just enqueued stays pending.
+    for ttl in ["5s", "-1", ""] {
+        let refused = post(
+            at,
+            Some("resourcelease::lease"),
+            &[("Rpc-Ttl-Ms", ttl)],
+            "{}",
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{ttl:?}: {:?}", refused.body);
+        assert!(
+            refused.headers["rpc-error-message"].contains("Rpc-Ttl-Ms must be a whole number"),
+            "{:?}",
+            refused.headers
+        );
+    }
+    let leased = post(at, Some("resourcelease::lease"), &[], "{}").await;
+    assert_eq!(leased.status, 200, "{:?}", leased.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

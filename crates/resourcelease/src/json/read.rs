@@ -83,7 +83,11 @@ enum Scalar<'de> {
     Null,
     Bool(bool),
     Int(i128),
-    Float,
+    /// A number with a fraction or an exponent, or an integer too large
+    /// for 64 bits (`true`).
+    Float {
+        huge: bool,
+    },
     Str(Cow<'de, str>),
     Object,
     Array,
@@ -95,7 +99,8 @@ impl Scalar<'_> {
             Self::Null => "null",
             Self::Bool(_) => "a boolean",
             Self::Int(_) => "an integer",
-            Self::Float => "a non-integral number",
+            Self::Float { huge: true } => "a number out of range",
+            Self::Float { huge: false } => "a non-integral number",
             Self::Str(_) => "a string",
             Self::Object => "an object",
             Self::Array => "an array",
@@ -168,8 +173,11 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
             fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
                 Ok(Scalar::Int(v.into()))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Scalar::Float)
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                // Integers past u64 come as floats.
+                Ok(Scalar::Float {
+                    huge: v.abs() >= 9.2e18,
+                })
             }
             fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(Scalar::Str(Cow::Borrowed(v)))

@@ -110,6 +110,11 @@ fn malformed_values_are_clear_errors_naming_the_field() {
             "sequenceNumber: 9223372036854775808 is out of range",
         ),
         (
+            // Past u64, JSON readers hand the number over as a float.
+            r#"{"sequenceNumber":99999999999999999999,"eventType":1}"#,
+            "sequenceNumber: expected an integer, found a number out of range",
+        ),
+        (
             r#"{"eventType":1,"timestamp":"yesterday"}"#,
             "timestamp: invalid timestamp \"yesterday\"",
         ),

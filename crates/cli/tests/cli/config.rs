@@ -32,6 +32,57 @@ fn the_default_configuration_round_trips_through_check() {
     assert!(checked.status.success());
 }
 
+/// The ```` ```toml ```` blocks of a Markdown text.
+fn toml_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match current.as_mut() {
+            None if line.trim_end() == "```toml" => current = Some(String::new()),
+            None => {}
+            Some(_) if line.trim_end() == "```" => blocks.extend(current.take()),
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_configuration_example_in_the_docs_checks() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut pages: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .collect();
+    pages.push(root.join("README.md"));
+    let mut checked = 0;
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for (index, block) in toml_blocks(&text).into_iter().enumerate() {
+            let checks = omnirelay(&["config", "check", "-"], block.as_bytes());
+            let said = text_of(&checks);
+            // The one example of a sink type a plugin crate adds, which
+            // this binary does not link.
+            let plugin = said.contains("unknown sink type \"audit\"");
+            assert!(
+                checks.status.success() || plugin,
+                "{} example {index} does not check: {said}\n{block}",
+                page.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} examples found");
+}
+
+fn text_of(output: &std::process::Output) -> String {
+    format!("{}{}", text(&output.stdout), text(&output.stderr))
+}
+
 #[test]
 fn the_adapter_sink_types_are_linked_into_the_binary() {
     let config = r#"

@@ -2,12 +2,17 @@
 //! assignments, heartbeats, disconnects and reassignments, with the
 //! reference's `omnirelay_peer_lease_*` metrics.
 //!
-//! A peer is healthy while it was seen (a lease granted to it, or a
-//! heartbeat) within the grace period and has not disconnected since (a
+//! A peer is healthy while it was seen (a lease granted to it, a
+//! heartbeat or a completion) within the grace period and has not disconnected since (a
 //! failure without requeue). A reassignment is pending from a peer's lease
 //! that ended with its item requeued (a failure with requeue, or expiry)
 //! until that item is leased again. Health is kept in memory: it describes
 //! the peers this node talks to, not the queue, so it is not in the log.
+//!
+//! A peer holding nothing (no lease, no reassignment pending) and without
+//! a sign for the forget period is forgotten: workers come and go under
+//! new names (a pod per deployment), and the reference, which keeps every
+//! peer it ever saw, counts each one gone as unhealthy for good.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -56,13 +61,18 @@ pub struct LeaseHealth {
     /// Items requeued from a peer's lease, by sequence id: that peer.
     requeued_from: BTreeMap<i64, String>,
     grace: Duration,
+    /// Zero: never forget.
+    forget: Duration,
 }
 
 impl LeaseHealth {
-    /// A tracker that calls a peer unhealthy after `grace` without a sign.
-    pub fn new(grace: Duration) -> Self {
+    /// A tracker that calls a peer unhealthy after `grace` without a sign,
+    /// and forgets one holding nothing after `forget` without a sign (zero:
+    /// never, as the reference).
+    pub fn new(grace: Duration, forget: Duration) -> Self {
         Self {
             grace,
+            forget,
             ..Self::default()
         }
     }
@@ -119,6 +129,8 @@ impl LeaseHealth {
         state.active_assignments = state.active_assignments.saturating_sub(1);
         match outcome {
             Release::Completed => {
+                // A completion is the peer's sign of life, as a heartbeat.
+                state.last_seen = now;
                 let held = now.saturating_duration_since(granted_at);
                 metrics::histogram!(metrics_names::DURATION_MS, "rpc_peer" => peer.to_owned())
                     .record(held.as_secs_f64() * 1000.0);
@@ -145,8 +157,19 @@ impl LeaseHealth {
         }
     }
 
-    /// Every peer's health at `now`; also sets the gauges.
+    /// Every peer's health at `now`, after forgetting the peers gone for
+    /// the forget period; also sets the gauges.
     pub fn snapshot(&mut self, now: Timestamp) -> Vec<PeerHealth> {
+        let forget = self.forget;
+        if !forget.is_zero() {
+            let quiet = |at: Timestamp| now.saturating_duration_since(at) > forget;
+            self.peers.retain(|_, state| {
+                state.active_assignments > 0
+                    || state.pending_reassignments > 0
+                    || !quiet(state.last_seen)
+                    || state.last_disconnect.is_some_and(|d| !quiet(d))
+            });
+        }
         let grace = self.grace;
         let mut healthy = 0usize;
         let mut pending = 0usize;

@@ -54,6 +54,9 @@ pub struct DispatcherOptions {
     /// How long a peer may go without a lease or heartbeat and still count
     /// as healthy.
     pub peer_grace: Duration,
+    /// How long a peer holding no lease may go without a sign before its
+    /// health is forgotten (zero: never).
+    pub peer_forget: Duration,
 }
 
 impl Default for DispatcherOptions {
@@ -64,6 +67,7 @@ impl Default for DispatcherOptions {
             stream: StreamId::default(),
             backpressure: None,
             peer_grace: Duration::from_secs(30),
+            peer_forget: Duration::from_secs(3600),
         }
     }
 }
@@ -207,7 +211,7 @@ impl Dispatcher {
             failed: OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             backpressure: StdMutex::new(Backpressure::new(options.backpressure.clone())),
-            health: StdMutex::new(LeaseHealth::new(options.peer_grace)),
+            health: StdMutex::new(LeaseHealth::new(options.peer_grace, options.peer_forget)),
             options,
         });
         dispatcher.count_dead_letters(dead_letters);

@@ -18,6 +18,9 @@ pub const DEFAULT_TOML: &str = r#"
 namespace = "resourcelease"
 # How long a peer may go without a lease or a heartbeat and stay healthy.
 peer_grace_ms = 30000
+# A peer holding no lease and without a sign for this long is forgotten
+# (no longer listed or counted unhealthy); 0: never. At least peer_grace_ms.
+peer_forget_ms = 3600000
 
 # The lease queue (the reference's TaskQueueOptions defaults).
 [services.dispatcher.queue]
@@ -133,6 +136,7 @@ pub fn parse_standby(table: Option<&serde_json::Value>) -> Result<StandbySetting
 struct Settings {
     namespace: String,
     peer_grace_ms: u64,
+    peer_forget_ms: u64,
     queue: QueueSettings,
     backpressure: Option<BackpressureSettings>,
 }
@@ -142,6 +146,7 @@ impl Default for Settings {
         Self {
             namespace: "resourcelease".to_owned(),
             peer_grace_ms: 30_000,
+            peer_forget_ms: 3_600_000,
             queue: QueueSettings::default(),
             backpressure: None,
         }
@@ -224,6 +229,15 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<DispatcherOptions, Set
             return Err(SettingsError::new(key, "must be at least 1"));
         }
     }
+    if settings.peer_forget_ms != 0 && settings.peer_forget_ms < settings.peer_grace_ms {
+        return Err(SettingsError::new(
+            "peer_forget_ms",
+            format!(
+                "must be 0 (never) or at least peer_grace_ms ({}): a peer is forgotten only once it is unhealthy",
+                settings.peer_grace_ms
+            ),
+        ));
+    }
     let backpressure = match settings.backpressure {
         None => None,
         Some(b) => {
@@ -251,6 +265,7 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<DispatcherOptions, Set
         },
         backpressure,
         peer_grace: Duration::from_millis(settings.peer_grace_ms),
+        peer_forget: Duration::from_millis(settings.peer_forget_ms),
         ..DispatcherOptions::default()
     })
 }

@@ -446,6 +446,19 @@ seed_interval_ms = 0
         "{}",
         text(&out.stderr)
     );
+    std::fs::write(
+        &file,
+        "[services.dispatcher]\npeer_grace_ms = 60000\npeer_forget_ms = 1000\n",
+    )
+    .unwrap();
+    let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
+    assert!(
+        text(&out.stderr).contains(
+            "services.dispatcher.peer_forget_ms: must be 0 (never) or at least peer_grace_ms (60000)"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
     std::fs::write(&file, "[services.standby]\nfollow = \" \"\nprimary = 1\n").unwrap();
     let out = omnirelay(&["config", "check", file.to_str().unwrap()], b"");
     assert!(

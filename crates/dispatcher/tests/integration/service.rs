@@ -345,6 +345,59 @@ async fn lease_health_follows_assignments_heartbeats_disconnects_and_reassignmen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_gone_for_the_forget_period_are_forgotten_unless_they_hold_something() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let dispatcher = Dispatcher::open(
+        log.clone(),
+        DispatcherOptions {
+            peer_grace: Duration::from_millis(100),
+            peer_forget: Duration::from_millis(300),
+            ..DispatcherOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    for id in ["a", "b", "c"] {
+        dispatcher.enqueue(payload(id), None).await.unwrap();
+    }
+    let done = dispatcher.lease(Some("done")).await.unwrap();
+    dispatcher.complete(&done.handle).await.unwrap();
+    let holding = dispatcher.lease(Some("holding")).await.unwrap();
+    let requeued = dispatcher.lease(Some("requeued")).await.unwrap();
+    dispatcher
+        .fail(&requeued.handle, None, None, true)
+        .await
+        .unwrap();
+    let peers = |dispatcher: &Dispatcher| {
+        let mut names: Vec<String> = dispatcher
+            .lease_health()
+            .into_iter()
+            .map(|p| p.peer)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(peers(&dispatcher), ["done", "holding", "requeued"]);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(
+        peers(&dispatcher),
+        ["holding", "requeued"],
+        "a lease held and a reassignment pending keep a peer listed"
+    );
+    dispatcher.complete(&holding.handle).await.unwrap();
+    let again = dispatcher.lease(Some("new")).await.unwrap();
+    assert_eq!(again.item.sequence_id, requeued.item.sequence_id);
+    let health = dispatcher.lease_health();
+    let holding = health.iter().find(|p| p.peer == "holding").unwrap();
+    assert!(holding.healthy, "a completion is a sign of life");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(peers(&dispatcher), ["new"], "the new peer holds the lease");
+    drop(dispatcher);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_given_up_while_waiting_takes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(dir.path()).await;

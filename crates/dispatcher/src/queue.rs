@@ -62,6 +62,10 @@ pub mod codes {
     pub const NOT_DEAD_LETTERED: &str = "resourcelease.redrive.not_dead_lettered";
     /// A purge names an item that is not dead-lettered (ours).
     pub const PURGE_NOT_DEAD_LETTERED: &str = "resourcelease.purge.not_dead_lettered";
+    /// A redrive names an item twice (ours).
+    pub const REDRIVE_NAMED_TWICE: &str = "resourcelease.redrive.named_twice";
+    /// A purge names an item twice (ours).
+    pub const PURGE_NAMED_TWICE: &str = "resourcelease.purge.named_twice";
 }
 
 /// The most items one `DeadLetterPurged` event carries.
@@ -708,9 +712,10 @@ impl QueueState {
     ///
     /// # Errors
     ///
-    /// A drained queue; a sequence id that is not dead-lettered (or named
-    /// twice); more items than the queue has room for
-    /// ([`ErrorStatus::ResourceExhausted`]: nothing is redriven).
+    /// A drained queue; a sequence id that is not dead-lettered
+    /// ([`ErrorStatus::NotFound`]) or named twice
+    /// ([`ErrorStatus::InvalidArgument`]); more items than the queue has
+    /// room for ([`ErrorStatus::ResourceExhausted`]): nothing is redriven.
     pub fn decide_redrive(
         &self,
         which: &Selection,
@@ -718,7 +723,8 @@ impl QueueState {
         options: &QueueOptions,
     ) -> Result<Decision, QueueError> {
         self.open()?;
-        let chosen = self.select_dead_letters(which, codes::NOT_DEAD_LETTERED)?;
+        let chosen =
+            self.select_dead_letters(which, codes::NOT_DEAD_LETTERED, codes::REDRIVE_NAMED_TWICE)?;
         let room = options.capacity.saturating_sub(self.pending.len());
         if chosen.len() > room {
             return Err(QueueError::new(
@@ -752,14 +758,18 @@ impl QueueState {
     ///
     /// # Errors
     ///
-    /// A sequence id that is not dead-lettered (or named twice): nothing is
-    /// purged.
+    /// A sequence id that is not dead-lettered ([`ErrorStatus::NotFound`])
+    /// or named twice ([`ErrorStatus::InvalidArgument`]): nothing is purged.
     pub fn decide_purge(
         &self,
         which: &Selection,
         peer: Option<&str>,
     ) -> Result<Decision, QueueError> {
-        let chosen = self.select_dead_letters(which, codes::PURGE_NOT_DEAD_LETTERED)?;
+        let chosen = self.select_dead_letters(
+            which,
+            codes::PURGE_NOT_DEAD_LETTERED,
+            codes::PURGE_NAMED_TWICE,
+        )?;
         Ok(chosen
             .chunks(PURGE_ITEMS_PER_EVENT)
             .map(|letters| {
@@ -777,12 +787,14 @@ impl QueueState {
             .collect())
     }
 
-    /// The dead letters `which` names, in its order (`code`: the error's
-    /// code for an id that is not dead-lettered or is named twice).
+    /// The dead letters `which` names, in its order (`missing`, `twice`:
+    /// the error codes for an id that is not dead-lettered, or is named
+    /// more than once).
     fn select_dead_letters(
         &self,
         which: &Selection,
-        code: &'static str,
+        missing: &'static str,
+        twice: &'static str,
     ) -> Result<Vec<&DeadLetter>, QueueError> {
         let ids = match which {
             Selection::All => return Ok(self.dead_letters.iter().collect()),
@@ -791,15 +803,21 @@ impl QueueState {
         let mut seen = std::collections::BTreeSet::new();
         ids.iter()
             .map(|&id| {
+                if !seen.insert(id) {
+                    return Err(QueueError::new(
+                        ErrorStatus::InvalidArgument,
+                        twice,
+                        format!("item {id} is named twice: name each item once"),
+                    ));
+                }
                 self.dead_letters
                     .iter()
                     .find(|d| d.item.sequence_id == id)
-                    .filter(|_| seen.insert(id))
                     .ok_or_else(|| {
                         QueueError::new(
                             ErrorStatus::NotFound,
-                            code,
-                            format!("item {id} is not dead-lettered (or is named twice)"),
+                            missing,
+                            format!("item {id} is not dead-lettered"),
                         )
                     })
             })

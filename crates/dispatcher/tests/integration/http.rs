@@ -516,6 +516,7 @@ async fn dead_letters_are_listed_and_redriven_over_http() {
         (r#"{"ids":[1]}"#, 400),
         ("not json", 400),
         (r#"{"sequenceIds":[7]}"#, 404),
+        (r#"{"sequenceIds":[2,2]}"#, 400),
     ] {
         let refused = redrive(body).await;
         assert_eq!(refused.status, status, "{body}: {:?}", refused.body);
@@ -524,6 +525,15 @@ async fn dead_letters_are_listed_and_redriven_over_http() {
     assert_eq!(
         redrive(r#"{"sequenceIds":[7]}"#).await.headers["rpc-error-code"],
         "resourcelease.redrive.not_dead_lettered"
+    );
+    let twice = redrive(r#"{"sequenceIds":[2,1,2]}"#).await;
+    assert_eq!(
+        twice.headers["rpc-error-code"],
+        "resourcelease.redrive.named_twice"
+    );
+    assert_eq!(
+        twice.body["message"],
+        "item 2 is named twice: name each item once"
     );
     assert_eq!(dispatcher.dead_letters().await.len(), 2, "nothing changed");
 
@@ -576,7 +586,7 @@ async fn dead_letters_are_purged_over_http() {
         (r#"{"sequenceIds":[1],"all":true}"#, 400),
         ("not json", 400),
         (r#"{"sequenceIds":[1,7]}"#, 404),
-        (r#"{"sequenceIds":[1,1]}"#, 404),
+        (r#"{"sequenceIds":[1,1]}"#, 400),
     ] {
         let refused = purge(body).await;
         assert_eq!(refused.status, status, "{body}: {:?}", refused.body);
@@ -587,10 +597,15 @@ async fn dead_letters_are_purged_over_http() {
         unknown.headers["rpc-error-code"],
         "resourcelease.purge.not_dead_lettered"
     );
-    assert!(
-        unknown.body["message"].as_str().unwrap().contains("item 7"),
-        "{:?}",
-        unknown.body
+    assert_eq!(unknown.body["message"], "item 7 is not dead-lettered");
+    let twice = purge(r#"{"sequenceIds":[1,2,1]}"#).await;
+    assert_eq!(
+        twice.headers["rpc-error-code"],
+        "resourcelease.purge.named_twice"
+    );
+    assert_eq!(
+        twice.body["message"],
+        "item 1 is named twice: name each item once"
     );
     assert_eq!(dead().await, [1, 2, 3], "nothing purged");
 

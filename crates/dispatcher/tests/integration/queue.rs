@@ -454,8 +454,8 @@ fn dead_letters_are_redriven_with_fresh_attempts_and_leave_the_list() {
         ),
         (
             Selection::Items(vec![2, 2]),
-            codes::NOT_DEAD_LETTERED,
-            ErrorStatus::NotFound,
+            codes::REDRIVE_NAMED_TWICE,
+            ErrorStatus::InvalidArgument,
         ),
     ] {
         let err = sim
@@ -567,16 +567,28 @@ fn purge_discards_dead_letters_for_good_all_or_nothing() {
 
     // Refusals (an id not dead-lettered, pending or unknown; one named
     // twice) purge nothing.
-    for ids in [vec![1, 4], vec![99], vec![2, 2]] {
+    for (ids, code, status) in [
+        (
+            vec![1, 4],
+            codes::PURGE_NOT_DEAD_LETTERED,
+            ErrorStatus::NotFound,
+        ),
+        (
+            vec![99],
+            codes::PURGE_NOT_DEAD_LETTERED,
+            ErrorStatus::NotFound,
+        ),
+        (
+            vec![2, 2],
+            codes::PURGE_NAMED_TWICE,
+            ErrorStatus::InvalidArgument,
+        ),
+    ] {
         let err = sim
             .state
             .decide_purge(&Selection::Items(ids.clone()), None)
             .unwrap_err();
-        assert_eq!(
-            (err.code, err.status),
-            (codes::PURGE_NOT_DEAD_LETTERED, ErrorStatus::NotFound),
-            "{ids:?}"
-        );
+        assert_eq!((err.code, err.status), (code, status), "{ids:?}");
     }
 
     // Named items: one v2 event carrying them as they were.

@@ -66,6 +66,9 @@ pub mod codes {
     pub const REDRIVE_NAMED_TWICE: &str = "resourcelease.redrive.named_twice";
     /// A purge names an item twice (ours).
     pub const PURGE_NAMED_TWICE: &str = "resourcelease.purge.named_twice";
+    /// An enqueue finds no sequence id left: a restored item took the
+    /// largest (ours: the reference's counter wraps to negative ids).
+    pub const SEQUENCE_EXHAUSTED: &str = "resourcelease.enqueue.sequence_exhausted";
 }
 
 /// The most items one `DeadLetterPurged` event carries.
@@ -426,7 +429,8 @@ impl QueueState {
     ///
     /// # Errors
     ///
-    /// An invalid payload; a drained queue; a full queue
+    /// An invalid payload; a drained queue; no sequence id left after the
+    /// last one given ([`ErrorStatus::FailedPrecondition`]); a full queue
     /// ([`ErrorStatus::ResourceExhausted`]: wait and decide again).
     pub fn decide_enqueue(
         &self,
@@ -436,6 +440,16 @@ impl QueueState {
     ) -> Result<Decision, QueueError> {
         let payload = normalize_payload(payload)?;
         self.open()?;
+        if self.last_sequence_id == i64::MAX {
+            return Err(QueueError::new(
+                ErrorStatus::FailedPrecondition,
+                codes::SEQUENCE_EXHAUSTED,
+                format!(
+                    "no sequence id is left after {} (a restored item's): this queue takes no new items",
+                    i64::MAX
+                ),
+            ));
+        }
         if self.pending.len() >= options.capacity {
             return Err(QueueError::new(
                 ErrorStatus::ResourceExhausted,
@@ -847,7 +861,11 @@ impl QueueState {
                     .payload
                     .clone()
                     .ok_or_else(|| wrong("Enqueue without payload".to_owned()))?;
-                self.last_sequence_id += 1;
+                // Past the largest id the reference's counter wraps; ours
+                // refuses such an enqueue, but a stream that has one (the
+                // reference's, or ours before that refusal) folds as it
+                // was served.
+                self.last_sequence_id = self.last_sequence_id.wrapping_add(1);
                 self.pending.push_back(PendingEntry {
                     item: Item {
                         payload,

@@ -354,6 +354,46 @@ fn drain_hands_out_the_pending_items_and_restore_elsewhere_keeps_them() {
 }
 
 #[test]
+fn a_restored_largest_sequence_id_leaves_no_room_and_enqueue_says_so() {
+    let mut sim = Sim::new();
+    sim.enqueue("a");
+    let mut last = sim.state.pending().next().unwrap().item.clone();
+    last.sequence_id = i64::MAX;
+    sim.commit(sim.state.decide_restore(vec![last], None).unwrap());
+    // The reference's counter wraps: the next item would get a negative
+    // id no restore takes back. Refused instead, the queue unchanged.
+    let refused = sim
+        .state
+        .decide_enqueue(payload("b"), None, &sim.options)
+        .unwrap_err();
+    assert_eq!(
+        (refused.code, refused.status),
+        (codes::SEQUENCE_EXHAUSTED, ErrorStatus::FailedPrecondition)
+    );
+    assert!(
+        refused.message.contains("9223372036854775807"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(sim.state.pending_count(), 2);
+    // Leases and completions go on.
+    let (handle, _) = sim.lease("worker").unwrap();
+    sim.complete(&handle);
+    assert_eq!(sim.replayed(), sim.state);
+    // A stream that enqueues past it anyway (the reference's, or ours
+    // before the refusal) folds as it was served: wrapped.
+    let mut stream = sim.log.clone();
+    let mut wrapped = stream[0].clone();
+    wrapped.sequence_number = stream.len() as i64 + 1;
+    stream.push(wrapped);
+    let mut state = QueueState::new();
+    for event in &stream {
+        state.apply(event, &sim.options).unwrap();
+    }
+    assert_eq!(state.last_sequence_id(), i64::MIN);
+}
+
+#[test]
 fn invalid_payloads_are_refused_with_the_reference_codes() {
     let sim = Sim::new();
     for (change, code) in [

@@ -677,7 +677,7 @@ impl Receiver {
                     continue;
                 }
                 (Some(_), Some(given)) => given,
-                (Some(m), None) if sequence == 1 && m.sequence > 1 => m.epoch + 1,
+                (Some(m), None) if sequence == 1 && m.sequence > 1 => m.epoch.saturating_add(1),
                 (Some(m), None) => m.epoch,
             };
             if let Some(m) = mark {
@@ -688,7 +688,7 @@ impl Receiver {
                 if this_epoch > m.epoch {
                     epochs += 1;
                     tracing::info!(sender, epoch = this_epoch, "sender restarted its numbering");
-                } else if sequence > m.sequence + 1 {
+                } else if sequence > m.sequence.saturating_add(1) {
                     gaps += sequence - m.sequence - 1;
                 }
             }

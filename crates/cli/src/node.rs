@@ -200,13 +200,16 @@ fn check_services(loaded: &config::Loaded) -> Vec<config::ConfigError> {
 
 static JSON_LOGS: AtomicBool = AtomicBool::new(false);
 
-/// A message for the operator on stderr: a plain line, or with
-/// `--log-format json` a JSON log event, so that every line of stderr
-/// parses as JSON.
 /// Locks the node's data directory (creating it) for as long as the
 /// returned file is held: a second node on the same directory fails here,
 /// before it listens, instead of once a stream's log refuses it.
 pub(crate) fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "the data directory {} is a file, not a directory",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     let path = dir.join("node.lock");
@@ -228,6 +231,9 @@ pub(crate) fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::Fi
     }
 }
 
+/// A message for the operator on stderr: a plain line, or with
+/// `--log-format json` a JSON log event, so that every line of stderr
+/// parses as JSON.
 pub(crate) fn say(warning: bool, message: &str) {
     if JSON_LOGS.load(Ordering::Relaxed) {
         if warning {

@@ -352,6 +352,27 @@ fn serve_refuses_what_cannot_run() {
         ],
         "server.tls: cannot read /nonexistent/cert.pem",
     );
+    // A data directory that is a file is named as one (it was "cannot
+    // create the data directory …: File exists").
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    for role in ["dispatcher", "receiver"] {
+        refused(
+            &[
+                "serve",
+                "--role",
+                role,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                file.to_str().unwrap(),
+            ],
+            &format!(
+                "the data directory {} is a file, not a directory",
+                file.display()
+            ),
+        );
+    }
     refused(&["log", "tail", "--follow"], "--data-dir");
     refused(
         &["log", "tail", "--url", "http://127.0.0.1:1"],

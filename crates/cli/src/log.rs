@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use omnirelay_replication::delivery::{CheckpointStore, DeadLetterLog, FileCheckpointStore};
-use omnirelay_replication::log::{LogReader, read_meta};
+use omnirelay_replication::log::{LogReader, VerifyReport, read_meta};
 use omnirelay_replication::{
     DurableReplicator, Encoding, Format, Replay, Replayed, StreamId, WireVersion,
 };
@@ -207,7 +207,7 @@ pub(crate) async fn tail(
         Some(from) => from.max(1),
         None => {
             let dir = DurableReplicator::<Event>::stream_dir(data_dir, &stream);
-            let last = LogReader::new(&dir).verify()?.last.unwrap_or(0);
+            let last = LogReader::new(&dir).last_sequence()?.unwrap_or(0);
             last.saturating_sub(lines) + 1
         }
     };
@@ -235,6 +235,30 @@ pub(crate) async fn tail(
     }
 }
 
+/// How often a long check says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Verifies the log of `stream` in `dir`, saying on stderr how far it got
+/// every [`PROGRESS_EVERY`] while it takes longer (a log of gigabytes).
+fn verify_stream(stream: &StreamId, dir: &Path) -> anyhow::Result<VerifyReport> {
+    let mut said = std::time::Instant::now();
+    let report = LogReader::new(dir).verify_with_progress(|progress| {
+        if said.elapsed() >= PROGRESS_EVERY {
+            said = std::time::Instant::now();
+            crate::node::say(
+                false,
+                &format!(
+                    "checking stream {stream}: {} of {} segments, {} MiB read",
+                    progress.checked,
+                    progress.segments,
+                    progress.bytes / (1024 * 1024)
+                ),
+            );
+        }
+    })?;
+    Ok(report)
+}
+
 pub(crate) fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let streams = streams(data_dir)?;
     if streams.is_empty() {
@@ -244,7 +268,7 @@ pub(crate) fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     for stream in streams {
         let dir = DurableReplicator::<Event>::stream_dir(data_dir, &stream);
-        let report = LogReader::new(&dir).verify()?;
+        let report = verify_stream(&stream, &dir)?;
         let meta = read_meta(&dir).unwrap_or_default();
         let range = match (report.first, report.last) {
             (Some(first), Some(last)) => format!("{first}..={last}"),
@@ -294,7 +318,7 @@ pub(crate) fn inspect(data_dir: &Path, only: Option<&str>) -> anyhow::Result<Exi
         }
         let dir = DurableReplicator::<Event>::stream_dir(data_dir, &stream);
         let meta = read_meta(&dir).unwrap_or_default();
-        let report = LogReader::new(&dir).verify()?;
+        let report = verify_stream(&stream, &dir)?;
         writeln!(out, "stream {stream}")?;
         writeln!(out, "  durability     {}", meta.durability)?;
         writeln!(out, "  encoding       {}", meta.encoding)?;

@@ -777,6 +777,9 @@ impl Committed {
     }
 }
 
+/// How often a rebuild says how far it got.
+const REBUILD_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 /// The queue folded from the stream's log.
 pub(crate) async fn rebuild(
     replicator: &DurableReplicator<Event>,
@@ -791,12 +794,27 @@ pub(crate) async fn rebuild(
         )
         .await?;
     let queue = options.queue.clone();
+    let (stream, last) = (
+        options.stream.clone(),
+        replicator.last_sequence(&options.stream),
+    );
     tokio::task::spawn_blocking(move || {
         let mut state = QueueState::new();
+        // A long log takes a while: say how far it got every few seconds.
+        let mut said = std::time::Instant::now();
         for item in replay {
             let Replayed::Record(record) = item? else {
                 continue;
             };
+            if said.elapsed() >= REBUILD_PROGRESS_EVERY {
+                said = std::time::Instant::now();
+                tracing::info!(
+                    %stream,
+                    sequence = record.sequence(),
+                    last,
+                    "rebuilding the queue from the log"
+                );
+            }
             let event = proto::decode(record.bytes()).map_err(|e| {
                 Error::new(
                     ErrorKind::Corrupt,

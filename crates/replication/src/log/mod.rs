@@ -53,6 +53,6 @@ pub use meta::write_atomically;
 pub use meta::{LastCut, StreamMeta, read_meta};
 pub use options::{Durability, LogOptions, Retention};
 pub(crate) use reader::{BatchReader, Damaged};
-pub use reader::{LogReader, RecordRef, Records, StoredRecord, VerifyReport};
+pub use reader::{LogReader, RecordRef, Records, StoredRecord, VerifyProgress, VerifyReport};
 pub use tail::{TailRead, TailSlice};
 pub use writer::{LogStats, Progress, StreamLog};

@@ -83,6 +83,18 @@ pub struct VerifyReport {
     pub lost: u64,
 }
 
+/// How far [`LogReader::verify_with_progress`] got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyProgress {
+    /// Segments checked.
+    pub checked: usize,
+    /// Segments in the log when the check began.
+    pub segments: usize,
+    /// Bytes of the segments checked.
+    pub bytes: u64,
+}
+
 /// Reads the log files of one stream.
 #[derive(Clone, Debug)]
 pub struct LogReader {
@@ -377,16 +389,55 @@ impl LogReader {
         }
     }
 
+    /// The last sequence the log holds (`None` when it holds none): the
+    /// last whole record of the newest segment that has one, read without
+    /// checking the segments before it (see [`LogReader::verify`]).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn last_sequence(&self) -> Result<Option<u64>, Error> {
+        let segments = segment::list_segments(&self.dir).map_err(read_error(&self.dir))?;
+        for (_, path) in segments.iter().rev() {
+            match segment::scan_segment(path, u64::MAX) {
+                Ok(Ok(scan)) if scan.last_sequence.is_some() => return Ok(scan.last_sequence),
+                // Empty, or a header that does not read: the one before.
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(read_error(path)(e)),
+            }
+        }
+        Ok(None)
+    }
+
     /// Checks framing, checksums and sequence continuity of every segment.
     ///
     /// # Errors
     ///
     /// Only I/O errors; what is wrong with the data is in the report.
     pub fn verify(&self) -> Result<VerifyReport, Error> {
+        self.verify_with_progress(|_| {})
+    }
+
+    /// As [`LogReader::verify`], telling `progress` before each segment is
+    /// read how far it got: a log of many segments takes a while.
+    ///
+    /// # Errors
+    ///
+    /// As [`LogReader::verify`].
+    pub fn verify_with_progress(
+        &self,
+        mut progress: impl FnMut(VerifyProgress),
+    ) -> Result<VerifyReport, Error> {
         let segments = segment::list_segments(&self.dir).map_err(read_error(&self.dir))?;
         let mut report = VerifyReport::default();
         let mut expected: Option<u64> = None;
         for (i, (first, path)) in segments.iter().enumerate() {
+            progress(VerifyProgress {
+                checked: i,
+                segments: segments.len(),
+                bytes: report.bytes,
+            });
             let newest = i + 1 == segments.len();
             let name = path
                 .file_name()

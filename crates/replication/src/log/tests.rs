@@ -692,12 +692,33 @@ async fn segments_rotate_and_any_sequence_is_found_through_the_index() {
     // A damaged index only costs a scan.
     std::fs::write(segment::index_path(dir.path(), 1), b"garbage").unwrap();
     assert_eq!(sequences(&reader, 30).len(), 471);
-    let report = reader.verify().unwrap();
+    let mut told = Vec::new();
+    let report = reader
+        .verify_with_progress(|progress| told.push(progress))
+        .unwrap();
     assert_eq!(
         (report.records, report.first, report.last),
         (500, Some(1), Some(500))
     );
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // Told before each segment, with the bytes of those before it.
+    assert_eq!(told.len(), files.len());
+    for (i, progress) in told.iter().enumerate() {
+        assert_eq!((progress.checked, progress.segments), (i, files.len()));
+        let before: u64 = files[..i]
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum();
+        assert_eq!(progress.bytes, before, "segment {i}");
+    }
+    // The last sequence, from the newest segment alone, even with a
+    // damaged one before it (verify names that).
+    assert_eq!(reader.last_sequence().unwrap(), Some(500));
+    overwrite(&files[1], 100, b"damage");
+    assert_eq!(reader.last_sequence().unwrap(), Some(500));
+    assert!(!reader.verify().unwrap().problems.is_empty());
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(LogReader::new(empty.path()).last_sequence().unwrap(), None);
     // Reopening continues the numbering across segments.
     let (log, recovery) = open(dir.path(), opts);
     assert_eq!(recovery.last_sequence, 500);

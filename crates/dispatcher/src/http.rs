@@ -200,6 +200,11 @@ pub fn resolve_peer(explicit: Option<&str>, headers: &HeaderMap) -> Result<Optio
     Ok(None)
 }
 
+/// [`resolve_peer`], its refusal as the RPC's `InvalidArgument`.
+fn peer_of(explicit: Option<&str>, headers: &HeaderMap) -> Result<Option<String>, RpcError> {
+    resolve_peer(explicit, headers).map_err(|message| RpcError::invalid(None, message))
+}
+
 /// Where a dispatcher lists its dead-lettered items (`GET`).
 pub const DEAD_LETTERS_PATH: &str = "/queue/dead-letters";
 /// Where a dispatcher takes a redrive of dead-lettered items (`POST`).
@@ -315,9 +320,9 @@ async fn change_dead_letters(
                 .into_response();
         }
     };
-    let peer = match resolve_peer(peer_id.as_deref(), request_headers) {
+    let peer = match peer_of(peer_id.as_deref(), request_headers) {
         Ok(peer) => peer,
-        Err(message) => return RpcError::invalid(None, message).into_response(),
+        Err(error) => return error.into_response(),
     };
     let outcome = match change {
         DeadLetterChange::Redrive => dispatcher.redrive(&which, peer.as_deref()).await,
@@ -443,8 +448,7 @@ async fn call(
             let payload = request.payload.clone().ok_or_else(|| {
                 RpcError::invalid(Some(codes::PAYLOAD_REQUIRED), "payload is required")
             })?;
-            let peer =
-                resolve_peer(None, request_headers).map_err(|m| RpcError::invalid(None, m))?;
+            let peer = peer_of(None, request_headers)?;
             let stats = dispatcher.enqueue(payload, peer.as_deref()).await?;
             ok(&RpcResponse::Enqueued {
                 pending: stats.pending,
@@ -452,8 +456,7 @@ async fn call(
             })
         }
         "lease" => {
-            let owner = resolve_peer(request.peer_id.as_deref(), request_headers)
-                .map_err(|m| RpcError::invalid(None, m))?;
+            let owner = peer_of(request.peer_id.as_deref(), request_headers)?;
             let ttl = request_headers
                 .get(headers::TTL_MS)
                 .map(|value| {
@@ -516,8 +519,7 @@ async fn call(
         }
         _ => {
             let items = request.items.clone().unwrap_or_default();
-            let peer =
-                resolve_peer(None, request_headers).map_err(|m| RpcError::invalid(None, m))?;
+            let peer = peer_of(None, request_headers)?;
             let count = dispatcher.restore(items, peer.as_deref()).await?;
             ok(&RpcResponse::Restored(count))
         }

@@ -182,6 +182,20 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         // log's records: the standby's log must not number after them.
         valid.durable.replicas.push(stream.clone());
     }
+    if matches!(role, Role::Dispatcher | Role::Standby | Role::Receiver) {
+        // The queue (the receiver's marks) is folded from the log: nothing
+        // of it may go before its hold is taken, after the sinks start.
+        valid.durable.held.push(stream.clone());
+    }
+    // Said once the node listens (whoever started it reads that first).
+    let retention_ignored = matches!(role, Role::Dispatcher | Role::Standby)
+        && valid
+            .durable
+            .streams
+            .iter()
+            .find(|(id, _)| *id == stream)
+            .map_or(valid.durable.log.retention, |(_, log)| log.retention)
+            != omnirelay_replication::Retention::default();
     // A standby following its primary itself: how to reach it.
     let primary = match (role, &bus) {
         (Role::Standby, None) => {
@@ -203,6 +217,12 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
         _ => None,
     };
     let bound = Bound::bind(&listen, &valid).await?;
+    if retention_ignored {
+        tracing::warn!(
+            stream = %stream,
+            "retention does not delete the dispatcher's stream: the queue is rebuilt from its first event on every start"
+        );
+    }
     // A standby takes its primary's name before its sinks start: after
     // `listening on`, which whoever started the node reads first.
     let unnamed = match role {

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::Duration;
 
 use omnirelay_replication::{
-    DurableReplicator, Encoding, Error, ErrorKind, Format, PendingPublish, Replayed, StreamId,
-    Timestamp, WireVersion,
+    DurableReplicator, Encoding, Error, ErrorKind, Format, PendingPublish, Replayed, RetentionHold,
+    StreamId, Timestamp, WireVersion,
 };
 use omnirelay_resourcelease::{
     ResourceLeaseItemPayload as Payload, ResourceLeaseOwnershipHandle as Handle,
@@ -130,6 +130,9 @@ pub struct QueueStats {
 pub struct Dispatcher {
     /// `None`: replication off (events are numbered here and go nowhere).
     replicator: Option<Arc<DurableReplicator<Event>>>,
+    /// Keeps retention from deleting any of the stream: a restart folds it
+    /// from its first event.
+    _whole_stream: Option<RetentionHold>,
     /// The last sequence numbered without replication.
     unreplicated: std::sync::atomic::AtomicU64,
     options: DispatcherOptions,
@@ -161,19 +164,24 @@ fn stats_of(state: &QueueState) -> QueueStats {
 
 impl Dispatcher {
     /// Opens the dispatcher on `replicator`: the queue is rebuilt from the
-    /// stream's log, then the expiry sweep starts.
+    /// stream's log, then the expiry sweep starts. The queue is the fold of
+    /// the whole stream, so the dispatcher holds every segment of it from
+    /// retention while it runs; list the stream in
+    /// [`DurableOptions::held`](omnirelay_replication::DurableOptions::held)
+    /// so that none goes before this, while the sinks start.
     ///
     /// # Errors
     ///
-    /// The log cannot be read, or holds an event that does not fit the
-    /// queue (another writer's stream, or damage): [`ErrorKind::Corrupt`]
-    /// naming the sequence.
+    /// The log cannot be read, no longer begins with the queue's first
+    /// event or has a hole, or holds an event that does not fit the queue
+    /// (another writer's stream, or damage): [`ErrorKind::Corrupt`] naming
+    /// the sequence.
     pub async fn open(
         replicator: Arc<DurableReplicator<Event>>,
         options: DispatcherOptions,
     ) -> Result<Arc<Self>, Error> {
-        let state = rebuild(&replicator, &options).await?;
-        Self::start(Some(replicator), options, state)
+        let (state, hold) = rebuild(&replicator, &options).await?;
+        Self::start(Some((replicator, hold)), options, state)
     }
 
     /// A dispatcher with replication off, as the reference runs without a
@@ -189,7 +197,7 @@ impl Dispatcher {
     }
 
     fn start(
-        replicator: Option<Arc<DurableReplicator<Event>>>,
+        replicator: Option<(Arc<DurableReplicator<Event>>, Option<RetentionHold>)>,
         mut options: DispatcherOptions,
         state: QueueState,
     ) -> Result<Arc<Self>, Error> {
@@ -203,8 +211,11 @@ impl Dispatcher {
                 .map_err(|e| Error::new(ErrorKind::Config, format!("backpressure.{e}")))?;
         }
         let dead_letters = state.dead_letters().len();
+        let (replicator, whole_stream) = replicator.unzip();
+        let whole_stream = whole_stream.flatten();
         let dispatcher = Arc::new(Self {
             replicator,
+            _whole_stream: whole_stream,
             unreplicated: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(state),
             changed: Notify::new(),
@@ -780,16 +791,32 @@ impl Committed {
 /// How often a rebuild says how far it got.
 const REBUILD_PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// The queue folded from the stream's log.
+/// The queue folded from the stream's log, and the hold that keeps
+/// retention from deleting any of it: the queue is the fold of the whole
+/// stream, so a restart needs every event from the first (the stream's
+/// first record, or the first after the records its sinks held when its
+/// log started empty).
+///
+/// # Errors
+///
+/// [`ErrorKind::Corrupt`] for a log that no longer begins where the
+/// queue does, or has a hole: the queue it would give is not the one
+/// served.
 pub(crate) async fn rebuild(
     replicator: &DurableReplicator<Event>,
     options: &DispatcherOptions,
-) -> Result<QueueState, Error> {
+) -> Result<(QueueState, Option<RetentionHold>), Error> {
     replicator.open_stream(&options.stream).await?;
+    // Only files are deleted (a `memory` ring must stay free to evict).
+    let hold = match replicator.log_reader(&options.stream) {
+        Some(_) => Some(replicator.hold_retention(&options.stream, 0).await?),
+        None => None,
+    };
+    let first = replicator.started_after(&options.stream) + 1;
     let replay = replicator
         .replay(
             &options.stream,
-            1,
+            first,
             Encoding::new(Format::Protobuf, WireVersion::V2),
         )
         .await?;
@@ -802,10 +829,19 @@ pub(crate) async fn rebuild(
         let mut state = QueueState::new();
         // A long log takes a while: say how far it got every few seconds.
         let mut said = std::time::Instant::now();
+        let mut next = first;
         for item in replay {
-            let Replayed::Record(record) = item? else {
-                continue;
+            let record = match item? {
+                Replayed::Record(record) => record,
+                Replayed::Skipped { sequence, .. } => {
+                    next = sequence + 1;
+                    continue;
+                }
             };
+            if record.sequence() != next {
+                return Err(missing(&stream, first, next, record.sequence()));
+            }
+            next += 1;
             // The clock is read once per 4 096 events, not per event.
             if record.sequence() % 4096 == 0 && said.elapsed() >= REBUILD_PROGRESS_EVERY {
                 said = std::time::Instant::now();
@@ -836,4 +872,28 @@ pub(crate) async fn rebuild(
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, format!("rebuilding the queue: {e}")))?
+    .map(|state| (state, hold))
+}
+
+/// The refusal of a log whose queue begins at `first` and whose next
+/// record is `found` where `expected` should be.
+fn missing(stream: &StreamId, first: u64, expected: u64, found: u64) -> Error {
+    let gone = if found == expected + 1 {
+        format!("event {expected} is")
+    } else {
+        format!("events {expected} to {} are", found - 1)
+    };
+    let jump = if expected == first {
+        format!("begins at event {found}, not {first}")
+    } else {
+        format!("goes from event {} to {found}", expected - 1)
+    };
+    Error::new(
+        ErrorKind::Corrupt,
+        format!(
+            "the log of stream {stream} {jump}: {gone} gone (deleted from the \
+             log's directory, or by retention before this version kept a \
+             dispatcher's stream whole), and the queue cannot be rebuilt without them"
+        ),
+    )
 }

@@ -98,6 +98,9 @@ enum Phase {
 /// A standby dispatcher. See the module documentation.
 pub struct Standby {
     replicator: Arc<DurableReplicator<Event>>,
+    /// Keeps retention from deleting any of the stream (see
+    /// [`Dispatcher::open`]).
+    _whole_stream: Option<omnirelay_replication::RetentionHold>,
     options: DispatcherOptions,
     state: Mutex<QueueState>,
     status: StdMutex<StandbyStatus>,
@@ -178,7 +181,7 @@ impl Standby {
         following: &str,
         fed: Option<Duration>,
     ) -> Result<Arc<Self>, Error> {
-        let state = crate::service::rebuild(&replicator, &options).await?;
+        let (state, whole_stream) = crate::service::rebuild(&replicator, &options).await?;
         let applied = replicator.last_sequence(&options.stream);
         let last_written = last_written(&replicator, &options.stream, applied).await?;
         let stream = options.stream.as_str().to_owned();
@@ -192,6 +195,7 @@ impl Standby {
                 ..StandbyStatus::default()
             }),
             replicator,
+            _whole_stream: whole_stream,
             options,
             state: Mutex::new(state),
             phase: watch::Sender::new(Phase::Following),

@@ -119,6 +119,94 @@ fn a_dispatcher_whose_newest_segment_is_damaged_keeps_what_follows_and_does_not_
     assert_eq!(sequences, [1, 2, 3, 5, 6, 7, 8, 9, 10]);
 }
 
+/// Retention configured for every stream, a dispatcher's included: the
+/// node says at start that it leaves the dispatcher's stream whole, and
+/// does. Before, retention deleted the sealed segments the export had
+/// passed, and the restart folded what was left: most of the queue gone,
+/// the rest renumbered from 1.
+#[test]
+fn retention_leaves_a_dispatchers_stream_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    let export = dir.path().join("export");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[replication.log]
+segment_max_bytes = 4096
+durability = "interval"
+interval_ms = 10
+[replication.log.retention]
+delete_consumed = true
+max_bytes = 4096
+[replication.sinks.export]
+type = "file"
+[replication.sinks.export.settings]
+dir = "{}"
+"#,
+            export.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let start = || {
+        let (node, address, mut stderr) = spawn_listening(&[
+            "serve",
+            "--role",
+            "dispatcher",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir_arg(&data),
+            "--config",
+            dir_arg(&config),
+        ]);
+        let mut lines = Vec::new();
+        while !lines
+            .last()
+            .is_some_and(|l: &String| l.starts_with("dispatcher ready"))
+        {
+            let mut line = String::new();
+            assert!(
+                std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+                "the node stopped: {lines:?}"
+            );
+            lines.push(line);
+        }
+        (node, address, lines.join(""))
+    };
+    let (mut node, address, said) = start();
+    assert!(
+        said.contains("retention does not delete the dispatcher's stream"),
+        "{said}"
+    );
+    for _ in 0..100 {
+        let (status, body) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
+        assert_eq!(status, 200, "{body}");
+    }
+    // Retention runs at most every 500 ms, once the export has passed.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let (status, body) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(signal(node.id(), "TERM"));
+    assert!(node.wait().unwrap().success());
+    let stream = omnirelay_replication::StreamId::default();
+    assert!(omnirelay_replication_testkit::segments(&data, &stream).len() > 3);
+    assert_eq!(
+        omnirelay_replication_testkit::oldest_record(&data, &stream),
+        1
+    );
+    let (_node, address, said) = start();
+    assert!(
+        said.contains("queue rebuilt from the log: 101 pending, 0 leased"),
+        "{said}"
+    );
+    let (_, leased) = rpc(&address, "resourcelease::lease", &[], "{}");
+    assert_eq!(leased["sequenceId"], 1, "{leased}");
+}
+
 /// A log that stops for good (a failed write: here the file-size limit,
 /// `ulimit -f`, with `SIGXFSZ` ignored so the write returns `EFBIG`) is
 /// mended only by a restart: the dispatcher refuses mutations with

@@ -577,3 +577,175 @@ async fn once_waits_stop_waiting_requests_are_answered_and_the_rest_is_served() 
     let lease = empty.lease(None).await.unwrap();
     assert_eq!(lease.item.payload.resource_id, "d");
 }
+
+/// A log of small segments under `retention`, with a memory sink (which
+/// passes every record, so that `delete_consumed` would take them all).
+async fn log_under(
+    dir: &std::path::Path,
+    retention: omnirelay_replication::Retention,
+) -> crate::support::Log {
+    let log = crate::support::log_with(omnirelay_replication::DurableOptions {
+        log: omnirelay_replication::LogOptions {
+            // The writer thread wakes every 10 ms, retention with it.
+            durability: omnirelay_replication::Durability::Interval(Duration::from_millis(10)),
+            segment_max_bytes: 4096,
+            retention,
+            ..omnirelay_replication::LogOptions::default()
+        },
+        ..omnirelay_replication::DurableOptions::new(dir)
+    })
+    .await;
+    log.add_sink(
+        "memory",
+        omnirelay_replication::SinkExt::shared(omnirelay_replication::MemorySink::new()),
+        omnirelay_replication::SinkOptions::default(),
+    )
+    .await
+    .unwrap();
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_deletes_what_the_queue_is_rebuilt_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = omnirelay_replication::Retention {
+        delete_consumed: true,
+        max_bytes: Some(1),
+        ..Default::default()
+    };
+    let log = log_under(dir.path(), retention).await;
+    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
+        .await
+        .unwrap();
+    for i in 0..150 {
+        dispatcher
+            .enqueue(payload(&format!("r{i}")), Some("seeder"))
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        dispatcher.lease(Some("worker")).await.unwrap();
+    }
+    // Retention runs at most every 500 ms: give it several chances.
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        dispatcher
+            .enqueue(payload(&format!("late{i}")), Some("seeder"))
+            .await
+            .unwrap();
+    }
+    log.wait_caught_up().await;
+    let stream = StreamId::default();
+    assert!(omnirelay_replication_testkit::segments(dir.path(), &stream).len() > 5);
+    // Before, retention deleted the sealed segments, and the restart below
+    // folded what was left: 37 of 150 items pending, numbered from 1 again.
+    assert_eq!(
+        omnirelay_replication_testkit::oldest_record(dir.path(), &stream),
+        1
+    );
+    let before = dispatcher.snapshot().await;
+    assert_eq!(before.pending_count(), 155);
+    drop(dispatcher);
+    log.close().await.unwrap();
+
+    let log = log_under(dir.path(), retention).await;
+    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(dispatcher.snapshot().await, before);
+    let next = dispatcher.lease(Some("worker")).await.unwrap();
+    assert_eq!(
+        (
+            next.item.sequence_id,
+            next.item.payload.resource_id.as_str()
+        ),
+        (4, "r3")
+    );
+    drop(dispatcher);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_lost_its_first_events_is_refused_not_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_under(dir.path(), omnirelay_replication::Retention::default()).await;
+    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        dispatcher
+            .enqueue(payload(&format!("r{i}")), Some("seeder"))
+            .await
+            .unwrap();
+    }
+    drop(dispatcher);
+    log.close().await.unwrap();
+    let stream = StreamId::default();
+    let segments = omnirelay_replication_testkit::segments(dir.path(), &stream);
+    assert!(segments.len() > 2);
+    std::fs::remove_file(&segments[0]).unwrap();
+    let _ = std::fs::remove_file(segments[0].with_extension("idx"));
+    let first = omnirelay_replication_testkit::oldest_record(dir.path(), &stream);
+    assert!(first > 1);
+
+    let log = log_under(dir.path(), omnirelay_replication::Retention::default()).await;
+    let err = Dispatcher::open(log.clone(), options(QueueOptions::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        omnirelay_replication::ErrorKind::Corrupt,
+        "{err}"
+    );
+    let gone = first - 1;
+    assert!(
+        err.to_string().contains(&format!(
+            "the log of stream default begins at event {first}, not 1: events 1 to {gone} are gone"
+        )),
+        "{err}"
+    );
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_begun_after_its_sinks_records_rebuilds_from_its_first_event() {
+    let dir = tempfile::tempdir().unwrap();
+    // The node's files were lost; its sink still holds events 1 to 20:
+    // the log numbers after them, and the queue begins empty at 21.
+    let open = || async {
+        let log = crate::support::log(dir.path()).await;
+        let sink = omnirelay_replication_testkit::FaultySink::new();
+        sink.keep_checkpoint(20);
+        log.add_sink(
+            "kept",
+            omnirelay_replication::SinkExt::shared(sink),
+            omnirelay_replication::SinkOptions::default(),
+        )
+        .await
+        .unwrap();
+        log
+    };
+    let log = open().await;
+    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
+        .await
+        .unwrap();
+    for id in ["a", "b", "c"] {
+        dispatcher
+            .enqueue(payload(id), Some("seeder"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(log.last_sequence(&StreamId::default()), 23);
+    let before = dispatcher.snapshot().await;
+    drop(dispatcher);
+    log.close().await.unwrap();
+
+    let log = open().await;
+    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(dispatcher.snapshot().await, before);
+    assert_eq!(dispatcher.stats().await.pending, 3);
+    drop(dispatcher);
+    log.close().await.unwrap();
+}

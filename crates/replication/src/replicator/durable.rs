@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
@@ -59,6 +59,13 @@ pub struct DurableOptions {
     /// them, and the sink's driver skips those records for it instead of
     /// dead-lettering them as another log's.
     pub replicas: Vec<StreamId>,
+    /// Streams whose log (on disk: not `memory`) keeps every segment from
+    /// the moment it opens until the first
+    /// [`DurableReplicator::hold_retention`] on it, which then holds
+    /// instead: for a reader that keeps state folded from the log (a
+    /// dispatcher's queue, a receiver's marks) and takes its hold only
+    /// once the node's sinks have started, which can take a while.
+    pub held: Vec<StreamId>,
 }
 
 impl DurableOptions {
@@ -73,6 +80,7 @@ impl DurableOptions {
             ack: Ack::Durable,
             clock: Timestamp::now,
             replicas: Vec::new(),
+            held: Vec::new(),
         }
     }
 }
@@ -139,6 +147,13 @@ pub(crate) struct StreamState<E> {
     drivers: Mutex<Vec<Arc<DriverShared>>>,
     /// The sequences [`RetentionHold`]s keep segments after.
     holds: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Until every sink of the open has its driver, the log keeps every
+    /// segment: floors told with only some drivers would let retention
+    /// delete what the others need.
+    starting: AtomicBool,
+    /// The hold of a stream in [`DurableOptions::held`] until the first
+    /// [`DurableReplicator::hold_retention`] on it.
+    opening_hold: Mutex<Option<Arc<AtomicU64>>>,
     /// Signalled whenever a driver moves.
     advanced: Notify,
     metrics: StreamMetrics,
@@ -220,6 +235,9 @@ impl<E: ReplicationEvent> StreamState<E> {
     /// Tells the log how far retention may go: no further than any sink
     /// (`required` ones for the age and size limits) or any hold.
     fn set_floors(&self) {
+        if self.starting.load(Ordering::Acquire) {
+            return;
+        }
         let drivers = lock(&self.drivers);
         let consumed = drivers.iter().map(|d| d.cursor()).min().unwrap_or(0);
         let required = drivers
@@ -494,6 +512,16 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         self.stream(stream).await.map(|_| ())
     }
 
+    /// Where `stream`'s log began numbering: 0 for a log whose first record
+    /// is 1, `N` for one that started empty after records its sinks held
+    /// (its files lost, or `memory`: see [`StreamLog::start_after`]), which
+    /// it remembers across restarts. 0 for a stream that is not open.
+    pub fn started_after(&self, stream: &StreamId) -> u64 {
+        lock(&self.inner.streams)
+            .get(stream)
+            .map_or(0, |state| state.log.started_after())
+    }
+
     /// Waits until `stream` has records beyond `sequence` that readers may
     /// see (what sinks are given: under `interval`, only what is synced);
     /// returns the highest such sequence. With [`DurableReplicator::replay`]
@@ -529,10 +557,8 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         stream: &StreamId,
         through: u64,
     ) -> Result<RetentionHold, Error> {
-        let state = self.stream(stream).await?;
         let held = Arc::new(AtomicU64::new(through));
-        lock(&state.holds).push(held.clone());
-        state.set_floors();
+        let state = self.stream_holding(stream, Some(&held)).await?;
         let state: Arc<dyn Floors> = state;
         Ok(RetentionHold {
             held,
@@ -542,12 +568,34 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
 
     /// The stream's state, opening (and recovering) its log on first use.
     async fn stream(&self, id: &StreamId) -> Result<Arc<StreamState<E>>, Error> {
+        self.stream_holding(id, None).await
+    }
+
+    /// [`Self::stream`], with `hold` among its retention holds: from
+    /// before its log can delete anything when this opens it.
+    async fn stream_holding(
+        &self,
+        id: &StreamId,
+        hold: Option<&Arc<AtomicU64>>,
+    ) -> Result<Arc<StreamState<E>>, Error> {
+        let held = |state: &Arc<StreamState<E>>| {
+            if let Some(hold) = hold {
+                let mut holds = lock(&state.holds);
+                holds.push(hold.clone());
+                if let Some(opening) = lock(&state.opening_hold).take() {
+                    holds.retain(|h| !Arc::ptr_eq(h, &opening));
+                }
+                drop(holds);
+                state.set_floors();
+            }
+            state.clone()
+        };
         if let Some(state) = lock(&self.inner.streams).get(id) {
-            return Ok(state.clone());
+            return Ok(held(state));
         }
         let _opening = self.inner.opening.lock().await;
         if let Some(state) = lock(&self.inner.streams).get(id) {
-            return Ok(state.clone());
+            return Ok(held(state));
         }
         let options = self.log_options(id);
         let dir = Self::stream_dir(&self.inner.options.data_dir, id);
@@ -559,6 +607,10 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         let persistent = options.durability.is_persistent();
         let (log, recovery, highest_checkpoint) = tokio::task::spawn_blocking(move || {
             let (log, recovery) = StreamLog::open(&dir, stream_id.clone(), encoding, options)?;
+            // Retention deletes nothing until the sinks and holds are
+            // known (at the end of the open): sinks that take long to
+            // start must not leave a window without the holds.
+            log.set_floors(0, 0);
             let highest = if persistent {
                 highest_checkpoint(&store_dir, &stream_id)
             } else {
@@ -606,6 +658,10 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             }
         }
         let (drivers_tx, drivers_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Taken at once when the opener holds the stream itself; nothing to
+        // keep without files (a `memory` ring must stay free to evict).
+        let opening_hold = (persistent && hold.is_none() && self.inner.options.held.contains(id))
+            .then(|| Arc::new(AtomicU64::new(0)));
         let state = Arc::new(StreamState {
             metrics: StreamMetrics::new(id),
             drivers_tx,
@@ -614,7 +670,9 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             sequencer: tokio::sync::Mutex::new(Sequencer::starting_after(last)),
             last_assigned: AtomicU64::new(last),
             drivers: Mutex::new(Vec::new()),
-            holds: Mutex::new(Vec::new()),
+            holds: Mutex::new(hold.iter().copied().chain(&opening_hold).cloned().collect()),
+            starting: AtomicBool::new(true),
+            opening_hold: Mutex::new(opening_hold),
             advanced: Notify::new(),
             recovery,
             replica,
@@ -641,10 +699,13 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
         lock(&self.inner.streams).insert(id.clone(), state.clone());
         let delivery = tokio::spawn(run_drivers(drivers_rx, self.inner.shutdown.subscribe()));
         lock(&self.inner.tasks).push(delivery);
-        for (registration, start) in registrations.iter().zip(starts) {
-            self.launch_driver(&state, registration, start)?;
-        }
-        Ok(state)
+        let launched = registrations
+            .iter()
+            .zip(starts)
+            .try_for_each(|(registration, start)| self.launch_driver(&state, registration, start));
+        state.starting.store(false, Ordering::Release);
+        state.set_floors();
+        launched.map(|()| state)
     }
 
     /// Adds a sink: it receives every stream its options select, now and

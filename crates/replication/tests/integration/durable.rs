@@ -1179,6 +1179,83 @@ async fn a_retention_hold_keeps_the_segments_after_it_until_moved_or_dropped() {
     replicator.close().await.unwrap();
 }
 
+/// A sink that takes 1.5 s to say it holds everything through 200 (a
+/// backend slow to connect), and then takes every batch.
+struct SlowToAnswer;
+
+impl omnirelay_replication::Sink for SlowToAnswer {
+    async fn checkpoint(
+        &self,
+        _stream: &StreamId,
+    ) -> Result<Option<u64>, omnirelay_replication::SinkError> {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        Ok(Some(200))
+    }
+
+    async fn apply(
+        &self,
+        _batch: &[omnirelay_replication::Record<'_>],
+    ) -> Result<(), omnirelay_replication::SinkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_held_stream_keeps_every_segment_from_its_open_to_its_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |retention| {
+        DurableReplicator::open(
+            Arc::new(NoteCodec::default()),
+            DurableOptions {
+                log: LogOptions {
+                    // The writer thread wakes every 10 ms, retention with it.
+                    durability: Durability::Interval(Duration::from_millis(10)),
+                    segment_max_bytes: 1_000,
+                    retention,
+                    ..LogOptions::default()
+                },
+                clock: fixed_clock,
+                held: vec![StreamId::default()],
+                ..DurableOptions::new(dir.path())
+            },
+        )
+    };
+    let first = open(omnirelay_replication::Retention::default())
+        .await
+        .unwrap();
+    publish(&first, 200).await;
+    first.close().await.unwrap();
+    // Reopened (which opens the stream) under a retention that deletes
+    // every sealed segment no required sink needs; then a sink that takes
+    // 1.5 s to say where it is, and only then the hold, as a node does.
+    let replicator = open(omnirelay_replication::Retention {
+        max_bytes: Some(1),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    replicator
+        .add_sink("slow", SlowToAnswer.shared(), sink_options())
+        .await
+        .unwrap();
+    // Before, the log applied retention while the sink started, before
+    // the hold existed, and deleted what the hold was taken for.
+    assert_eq!(oldest_held(dir.path()), 1, "deleted while the sink started");
+    let hold = replicator
+        .hold_retention(&StreamId::default(), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        retention_settles(&replicator, dir.path(), 0).await,
+        1,
+        "deleted under the hold"
+    );
+    drop(hold);
+    let oldest = retention_settles(&replicator, dir.path(), 1).await;
+    assert!(oldest > 1, "released, nothing is held: oldest {oldest}");
+    replicator.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_lingering_sink_waits_for_a_fuller_batch_and_a_full_one_goes_at_once() {
     let dir = tempfile::tempdir().unwrap();

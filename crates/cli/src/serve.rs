@@ -189,6 +189,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     }
     // Said once the node listens (whoever started it reads that first).
     let retention_ignored = matches!(role, Role::Dispatcher | Role::Standby)
+        && dispatcher_options.checkpoint_interval.is_zero()
         && valid
             .durable
             .streams
@@ -220,7 +221,7 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
     if retention_ignored {
         tracing::warn!(
             stream = %stream,
-            "retention does not delete the dispatcher's stream: the queue is rebuilt from its first event on every start"
+            "retention does not delete the queue's stream without queue checkpoints (services.dispatcher.checkpoint_interval_ms = 0)"
         );
     }
     // A standby takes its primary's name before its sinks start: after

@@ -356,6 +356,26 @@ impl QueueState {
         format!("{:016x}", hash.0)
     }
 
+    /// A state from its parts (a checkpoint's).
+    pub(crate) fn from_parts(
+        last_sequence_id: i64,
+        pending: Vec<PendingEntry>,
+        active: Vec<ActiveLease>,
+        dead_letters: Vec<DeadLetter>,
+        drained: bool,
+    ) -> Self {
+        Self {
+            last_sequence_id,
+            pending: pending.into(),
+            active: active
+                .into_iter()
+                .map(|lease| (lease.handle.lease_id, lease))
+                .collect(),
+            dead_letters,
+            drained,
+        }
+    }
+
     /// The sequence id the last enqueued (or restored) item got.
     pub fn last_sequence_id(&self) -> i64 {
         self.last_sequence_id

@@ -26,6 +26,7 @@ use omnirelay_resourcelease::{
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::backpressure::{Backpressure, BackpressureOptions, BackpressureSignal};
+use crate::checkpoint::{self, Checkpoint};
 use crate::health::{LeaseHealth, PeerHealth, Release};
 use crate::queue::{ErrorStatus, QueueError, QueueOptions, QueueState, keys};
 
@@ -57,6 +58,10 @@ pub struct DispatcherOptions {
     /// How long a peer holding no lease may go without a sign before its
     /// health is forgotten (zero: never).
     pub peer_forget: Duration,
+    /// How often the queue checkpoint is saved while the log moves (zero:
+    /// never): a restart then folds only the events after it, and
+    /// retention may delete the segments before it.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for DispatcherOptions {
@@ -68,6 +73,7 @@ impl Default for DispatcherOptions {
             backpressure: None,
             peer_grace: Duration::from_secs(30),
             peer_forget: Duration::from_secs(3600),
+            checkpoint_interval: Duration::from_secs(10),
         }
     }
 }
@@ -130,9 +136,11 @@ pub struct QueueStats {
 pub struct Dispatcher {
     /// `None`: replication off (events are numbered here and go nowhere).
     replicator: Option<Arc<DurableReplicator<Event>>>,
-    /// Keeps retention from deleting any of the stream: a restart folds it
-    /// from its first event.
-    _whole_stream: Option<RetentionHold>,
+    /// Keeps retention from deleting what a restart folds: the stream
+    /// after the last queue checkpoint saved.
+    retention: Option<RetentionHold>,
+    /// The last event folded into the queue (moved under its lock).
+    folded_through: std::sync::atomic::AtomicU64,
     /// The last sequence numbered without replication.
     unreplicated: std::sync::atomic::AtomicU64,
     options: DispatcherOptions,
@@ -163,10 +171,13 @@ fn stats_of(state: &QueueState) -> QueueStats {
 }
 
 impl Dispatcher {
-    /// Opens the dispatcher on `replicator`: the queue is rebuilt from the
-    /// stream's log, then the expiry sweep starts. The queue is the fold of
-    /// the whole stream, so the dispatcher holds every segment of it from
-    /// retention while it runs; list the stream in
+    /// Opens the dispatcher on `replicator`: the queue is rebuilt from its
+    /// last checkpoint (`DATA_DIR/dispatcher/<stream>.queue.json`) and the
+    /// stream's events after it, or from the whole stream, then the expiry
+    /// sweep starts, and a checkpoint is saved every
+    /// [`DispatcherOptions::checkpoint_interval`] while the log moves. The
+    /// dispatcher holds every segment after its last checkpoint from
+    /// retention; list the stream in
     /// [`DurableOptions::held`](omnirelay_replication::DurableOptions::held)
     /// so that none goes before this, while the sinks start.
     ///
@@ -180,8 +191,8 @@ impl Dispatcher {
         replicator: Arc<DurableReplicator<Event>>,
         options: DispatcherOptions,
     ) -> Result<Arc<Self>, Error> {
-        let (state, hold) = rebuild(&replicator, &options).await?;
-        Self::start(Some((replicator, hold)), options, state)
+        let rebuilt = rebuild(&replicator, &options).await?;
+        Self::start(Some(replicator), options, rebuilt)
     }
 
     /// A dispatcher with replication off, as the reference runs without a
@@ -193,13 +204,18 @@ impl Dispatcher {
     ///
     /// Invalid backpressure settings.
     pub fn unreplicated(options: DispatcherOptions) -> Result<Arc<Self>, Error> {
-        Self::start(None, options, QueueState::new())
+        let empty = Rebuilt {
+            state: QueueState::new(),
+            through: 0,
+            hold: None,
+        };
+        Self::start(None, options, empty)
     }
 
     fn start(
-        replicator: Option<(Arc<DurableReplicator<Event>>, Option<RetentionHold>)>,
+        replicator: Option<Arc<DurableReplicator<Event>>>,
         mut options: DispatcherOptions,
-        state: QueueState,
+        rebuilt: Rebuilt,
     ) -> Result<Arc<Self>, Error> {
         if options.namespace.trim().is_empty() {
             options.namespace = "resourcelease".to_owned();
@@ -210,12 +226,20 @@ impl Dispatcher {
                 .validate()
                 .map_err(|e| Error::new(ErrorKind::Config, format!("backpressure.{e}")))?;
         }
+        let Rebuilt {
+            state,
+            through,
+            hold,
+        } = rebuilt;
         let dead_letters = state.dead_letters().len();
-        let (replicator, whole_stream) = replicator.unzip();
-        let whole_stream = whole_stream.flatten();
+        // The checkpoint is kept beside the log's files.
+        let keeper = replicator
+            .clone()
+            .filter(|_| hold.is_some() && !options.checkpoint_interval.is_zero());
         let dispatcher = Arc::new(Self {
             replicator,
-            _whole_stream: whole_stream,
+            retention: hold,
+            folded_through: std::sync::atomic::AtomicU64::new(through),
             unreplicated: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(state),
             changed: Notify::new(),
@@ -227,6 +251,13 @@ impl Dispatcher {
         });
         dispatcher.count_dead_letters(dead_letters);
         tokio::spawn(Self::sweep_loop(Arc::downgrade(&dispatcher)));
+        if let Some(replicator) = keeper {
+            tokio::spawn(keep_checkpoint(
+                Arc::downgrade(&dispatcher),
+                replicator,
+                through,
+            ));
+        }
         Ok(dispatcher)
     }
 
@@ -331,6 +362,12 @@ impl Dispatcher {
                 let _ = self.failed.set(why.clone());
                 return Err(DispatchError::Unavailable(why));
             }
+        }
+        if let Some(event) = applied.last() {
+            self.folded_through.store(
+                u64::try_from(event.sequence_number).unwrap_or(0),
+                std::sync::atomic::Ordering::Release,
+            );
         }
         if letters_moved {
             self.count_dead_letters(state.dead_letters().len());
@@ -788,48 +825,231 @@ impl Committed {
     }
 }
 
+/// What keeps a queue checkpoint: a dispatcher, or a standby until it is
+/// promoted.
+pub(crate) trait Checkpointed: Send + Sync + 'static {
+    /// Its settings (the stream, the interval).
+    fn settings(&self) -> &DispatcherOptions;
+
+    /// The queue and the last event folded into it, taken under the
+    /// queue's lock (where it is exactly the fold of the stream through
+    /// that event), if [`worth_saving`] after the checkpoint through
+    /// `saved`; [`Taken::Stop`] once nothing it holds is worth saving
+    /// (out of step with its log, promoted).
+    fn take(&self, saved: u64) -> impl std::future::Future<Output = Taken> + Send;
+
+    /// Held while a checkpoint is taken and saved, by whoever must not
+    /// race a save (a promotion).
+    fn saving(&self) -> Option<Arc<Mutex<()>>>;
+
+    /// The checkpoint through `through` is saved: retention may delete
+    /// what it covers.
+    fn saved(&self, through: u64);
+}
+
+impl Checkpointed for Dispatcher {
+    fn settings(&self) -> &DispatcherOptions {
+        &self.options
+    }
+
+    async fn take(&self, saved: u64) -> Taken {
+        let state = self.state.lock().await;
+        // Out of step with its log: nothing it holds is worth saving.
+        if self.failed.get().is_some() {
+            return Taken::Stop;
+        }
+        let through = self
+            .folded_through
+            .load(std::sync::atomic::Ordering::Acquire);
+        Taken::take(&state, through, saved)
+    }
+
+    fn saving(&self) -> Option<Arc<Mutex<()>>> {
+        None
+    }
+
+    fn saved(&self, through: u64) {
+        if let Some(hold) = &self.retention {
+            hold.advance(through);
+        }
+    }
+}
+
+/// What [`Checkpointed::take`] took.
+pub(crate) enum Taken {
+    /// Nothing more to save, ever.
+    Stop,
+    /// Not worth saving yet.
+    Skip,
+    /// This.
+    Checkpoint(Checkpoint),
+}
+
+impl Taken {
+    /// `state`, folded through `through`, if [`worth_saving`] after the
+    /// checkpoint through `saved`.
+    pub(crate) fn take(state: &QueueState, through: u64, saved: u64) -> Self {
+        if !worth_saving(state, through, saved) {
+            return Self::Skip;
+        }
+        Self::Checkpoint(Checkpoint {
+            through,
+            state: state.clone(),
+        })
+    }
+}
+
+/// Whether a checkpoint of `state` through `through` is worth its cost
+/// after the one through `saved`: it moved, by at least one event per 16
+/// items the queue holds. Copying the queue holds its lock (a million
+/// items take about a second here): a large queue with little traffic is
+/// saved less often, and a restart folds the few events after it.
+fn worth_saving(state: &QueueState, through: u64, saved: u64) -> bool {
+    let items = state.pending_count() + state.active_count() + state.dead_letters().len();
+    through > saved && (through - saved).saturating_mul(16) >= items as u64
+}
+
+/// Saves the queue checkpoint of `owner` every `checkpoint_interval`
+/// while the log moves, and lets retention delete what it covers; ends
+/// with its owner or the log. A checkpoint is saved once the log is
+/// durable through its event (under `interval`, synced: a checkpoint
+/// never claims what a machine crash could take from the log).
+pub(crate) async fn keep_checkpoint<T: Checkpointed>(
+    owner: std::sync::Weak<T>,
+    replicator: Arc<DurableReplicator<Event>>,
+    mut saved: u64,
+) {
+    let Some((stream, every)) = owner.upgrade().map(|o| {
+        let settings = o.settings();
+        (settings.stream.clone(), settings.checkpoint_interval)
+    }) else {
+        return;
+    };
+    let path = checkpoint::path(replicator.data_dir(), &stream);
+    let mut failing = false;
+    loop {
+        if replicator
+            .wait_visible_beyond(&stream, saved)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(every).await;
+        let Some(taken) = owner.upgrade() else {
+            return;
+        };
+        let _saving = match taken.saving() {
+            Some(saving) => Some(saving.lock_owned().await),
+            None => None,
+        };
+        let checkpoint = match taken.take(saved).await {
+            Taken::Stop => return,
+            Taken::Skip => continue,
+            Taken::Checkpoint(checkpoint) => checkpoint,
+        };
+        drop(taken);
+        if replicator
+            .wait_visible_beyond(&stream, checkpoint.through - 1)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let through = checkpoint.through;
+        let written = {
+            let (path, stream) = (path.clone(), stream.clone());
+            tokio::task::spawn_blocking(move || checkpoint.save(&path, &stream))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        match written {
+            Ok(()) => {
+                saved = through;
+                let Some(owner) = owner.upgrade() else {
+                    return;
+                };
+                owner.saved(through);
+                if std::mem::take(&mut failing) {
+                    tracing::info!(%stream, "the queue checkpoint is saved again");
+                }
+            }
+            Err(error) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(
+                        path = %path.display(), %error,
+                        "the queue checkpoint cannot be saved; retention keeps the log after the last one"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// How often a rebuild says how far it got.
 const REBUILD_PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-/// The queue folded from the stream's log, and the hold that keeps
-/// retention from deleting any of it: the queue is the fold of the whole
-/// stream, so a restart needs every event from the first (the stream's
-/// first record, or the first after the records its sinks held when its
-/// log started empty).
+/// A queue rebuilt from its stream.
+pub(crate) struct Rebuilt {
+    pub(crate) state: QueueState,
+    /// The last event folded into it (0 for none).
+    pub(crate) through: u64,
+    /// Keeps retention from deleting what a restart needs: the stream
+    /// after the checkpoint it was rebuilt from, or all of it. `None` for
+    /// a `memory` log (no files).
+    pub(crate) hold: Option<RetentionHold>,
+}
+
+/// The queue folded from the stream's log: from its checkpoint on when
+/// there is a usable one, from the queue's first event otherwise (the
+/// stream's first record, or the first after the records its sinks held
+/// when its log started empty).
 ///
 /// # Errors
 ///
-/// [`ErrorKind::Corrupt`] for a log that no longer begins where the
-/// queue does, or has a hole: the queue it would give is not the one
-/// served.
+/// [`ErrorKind::Corrupt`] for a log that no longer holds the events the
+/// queue needs from there on, or has a hole: the queue it would give is
+/// not the one served.
 pub(crate) async fn rebuild(
     replicator: &DurableReplicator<Event>,
     options: &DispatcherOptions,
-) -> Result<(QueueState, Option<RetentionHold>), Error> {
-    replicator.open_stream(&options.stream).await?;
-    // Only files are deleted (a `memory` ring must stay free to evict).
-    let hold = match replicator.log_reader(&options.stream) {
-        Some(_) => Some(replicator.hold_retention(&options.stream, 0).await?),
-        None => None,
+) -> Result<Rebuilt, Error> {
+    let stream = &options.stream;
+    replicator.open_stream(stream).await?;
+    // Only files are deleted (a `memory` ring must stay free to evict),
+    // and only files keep a checkpoint company.
+    let persistent = replicator.log_reader(stream).is_some();
+    let hold = match persistent {
+        true => Some(replicator.hold_retention(stream, 0).await?),
+        false => None,
     };
-    let first = replicator.started_after(&options.stream) + 1;
+    let started = replicator.started_after(stream);
+    let last = replicator.last_sequence(stream);
+    let checkpoint = match persistent {
+        true => usable_checkpoint(replicator.data_dir(), stream, started, last),
+        false => None,
+    };
+    let (state, from) = match checkpoint {
+        Some(checkpoint) => (checkpoint.state, checkpoint.through),
+        None => (QueueState::new(), started),
+    };
+    if let Some(hold) = &hold {
+        hold.advance(from);
+    }
     let replay = replicator
         .replay(
-            &options.stream,
-            first,
+            stream,
+            from + 1,
             Encoding::new(Format::Protobuf, WireVersion::V2),
         )
         .await?;
     let queue = options.queue.clone();
-    let (stream, last) = (
-        options.stream.clone(),
-        replicator.last_sequence(&options.stream),
-    );
+    let stream = stream.clone();
     tokio::task::spawn_blocking(move || {
-        let mut state = QueueState::new();
+        let mut state = state;
         // A long log takes a while: say how far it got every few seconds.
         let mut said = std::time::Instant::now();
-        let mut next = first;
+        let mut next = from + 1;
         for item in replay {
             let record = match item? {
                 Replayed::Record(record) => record,
@@ -839,7 +1059,7 @@ pub(crate) async fn rebuild(
                 }
             };
             if record.sequence() != next {
-                return Err(missing(&stream, first, next, record.sequence()));
+                return Err(missing(&stream, started + 1, next, record.sequence()));
             }
             next += 1;
             // The clock is read once per 4 096 events, not per event.
@@ -868,11 +1088,50 @@ pub(crate) async fn rebuild(
                 )
             })?;
         }
-        Ok(state)
+        Ok(Rebuilt {
+            state,
+            through: next - 1,
+            hold,
+        })
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, format!("rebuilding the queue: {e}")))?
-    .map(|state| (state, hold))
+}
+
+/// The queue checkpoint of `stream` if the log it was saved beside is
+/// this one (the log, which began after `started`, holds through `last`).
+/// One that cannot be used is reported and removed, so that a log that
+/// grows past it later is not taken for the one it came from.
+fn usable_checkpoint(
+    data_dir: &std::path::Path,
+    stream: &StreamId,
+    started: u64,
+    last: u64,
+) -> Option<Checkpoint> {
+    let path = checkpoint::path(data_dir, stream);
+    let why = match Checkpoint::load(&path, stream) {
+        Ok(None) => return None,
+        Ok(Some(checkpoint)) if checkpoint.through > last => format!(
+            "is through event {}, past the log's last ({last}): a crash took events the \
+             checkpoint had, or the log is not the one it was saved beside",
+            checkpoint.through
+        ),
+        Ok(Some(checkpoint)) if checkpoint.through < started => format!(
+            "is through event {}, before the log's first ({}): the log was begun again",
+            checkpoint.through,
+            started + 1
+        ),
+        Ok(Some(checkpoint)) => return Some(checkpoint),
+        Err(why) => why,
+    };
+    tracing::warn!(
+        path = %path.display(), why,
+        "the queue checkpoint cannot be used; folding the stream from its first event"
+    );
+    if let Err(error) = std::fs::remove_file(&path) {
+        tracing::warn!(path = %path.display(), %error, "cannot remove the queue checkpoint");
+    }
+    None
 }
 
 /// The refusal of a log whose queue begins at `first` and whose next
@@ -892,8 +1151,10 @@ fn missing(stream: &StreamId, first: u64, expected: u64, found: u64) -> Error {
         ErrorKind::Corrupt,
         format!(
             "the log of stream {stream} {jump}: {gone} gone (deleted from the \
-             log's directory, or by retention before this version kept a \
-             dispatcher's stream whole), and the queue cannot be rebuilt without them"
+             log's directory; by retention, before this version held a \
+             dispatcher's stream; or by retention up to a queue checkpoint \
+             that is gone or unusable now), and the queue cannot be rebuilt \
+             without them"
         ),
     )
 }

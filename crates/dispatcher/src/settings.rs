@@ -21,6 +21,11 @@ peer_grace_ms = 30000
 # A peer holding no lease and without a sign for this long is forgotten
 # (no longer listed or counted unhealthy); 0: never. At least peer_grace_ms.
 peer_forget_ms = 3600000
+# How often the queue is saved beside the log (while the log moves), so that
+# a restart reads only the events after it and retention may delete the
+# segments before it; 0: never (every start folds the whole stream, and
+# retention deletes none of it).
+checkpoint_interval_ms = 10000
 
 # The lease queue (the reference's TaskQueueOptions defaults).
 [services.dispatcher.queue]
@@ -137,6 +142,7 @@ struct Settings {
     namespace: String,
     peer_grace_ms: u64,
     peer_forget_ms: u64,
+    checkpoint_interval_ms: u64,
     queue: QueueSettings,
     backpressure: Option<BackpressureSettings>,
 }
@@ -147,6 +153,7 @@ impl Default for Settings {
             namespace: "resourcelease".to_owned(),
             peer_grace_ms: 30_000,
             peer_forget_ms: 3_600_000,
+            checkpoint_interval_ms: 10_000,
             queue: QueueSettings::default(),
             backpressure: None,
         }
@@ -266,6 +273,7 @@ pub fn parse(table: Option<&serde_json::Value>) -> Result<DispatcherOptions, Set
         backpressure,
         peer_grace: Duration::from_millis(settings.peer_grace_ms),
         peer_forget: Duration::from_millis(settings.peer_forget_ms),
+        checkpoint_interval: Duration::from_millis(settings.checkpoint_interval_ms),
         ..DispatcherOptions::default()
     })
 }

@@ -98,9 +98,17 @@ enum Phase {
 /// A standby dispatcher. See the module documentation.
 pub struct Standby {
     replicator: Arc<DurableReplicator<Event>>,
-    /// Keeps retention from deleting any of the stream (see
-    /// [`Dispatcher::open`]).
-    _whole_stream: Option<omnirelay_replication::RetentionHold>,
+    /// Keeps retention from deleting what a restart folds: its stream
+    /// after its last queue checkpoint (see [`Dispatcher::open`]), until it
+    /// is promoted and the dispatcher it becomes holds it.
+    retention: StdMutex<Option<omnirelay_replication::RetentionHold>>,
+    /// Held while a queue checkpoint is taken and saved; a promotion
+    /// takes it, so that no checkpoint of the standby lands after the
+    /// promoted dispatcher's.
+    saving: Arc<Mutex<()>>,
+    /// A followed event did not fold (the queue is part-applied): nothing
+    /// it holds is worth a checkpoint.
+    unsound: std::sync::atomic::AtomicBool,
     options: DispatcherOptions,
     state: Mutex<QueueState>,
     status: StdMutex<StandbyStatus>,
@@ -181,13 +189,20 @@ impl Standby {
         following: &str,
         fed: Option<Duration>,
     ) -> Result<Arc<Self>, Error> {
-        let (state, whole_stream) = crate::service::rebuild(&replicator, &options).await?;
+        let crate::service::Rebuilt {
+            state,
+            hold,
+            through,
+        } = crate::service::rebuild(&replicator, &options).await?;
         let applied = replicator.last_sequence(&options.stream);
+        // The checkpoint is kept beside the log's files.
+        let keeper =
+            (hold.is_some() && !options.checkpoint_interval.is_zero()).then(|| replicator.clone());
         let last_written = last_written(&replicator, &options.stream, applied).await?;
         let stream = options.stream.as_str().to_owned();
         metrics::gauge!(CONNECTED, "stream" => stream.clone()).set(0.0);
         metrics::gauge!(PROMOTED, "stream" => stream).set(0.0);
-        Ok(Arc::new(Self {
+        let standby = Arc::new(Self {
             status: StdMutex::new(StandbyStatus {
                 following: following.to_owned(),
                 applied,
@@ -195,7 +210,9 @@ impl Standby {
                 ..StandbyStatus::default()
             }),
             replicator,
-            _whole_stream: whole_stream,
+            retention: StdMutex::new(hold),
+            saving: Arc::new(Mutex::new(())),
+            unsound: std::sync::atomic::AtomicBool::new(false),
             options,
             state: Mutex::new(state),
             phase: watch::Sender::new(Phase::Following),
@@ -207,7 +224,15 @@ impl Standby {
             head: StdMutex::new(HeadWatch::default()),
             promoted: tokio::sync::OnceCell::new(),
             stopping_waits: StdMutex::new(false),
-        }))
+        });
+        if let Some(replicator) = keeper {
+            tokio::spawn(crate::service::keep_checkpoint(
+                Arc::downgrade(&standby),
+                replicator,
+                through,
+            ));
+        }
+        Ok(standby)
     }
 
     /// A sink that appends the primary's stream to this standby: give it
@@ -490,10 +515,14 @@ impl Standby {
                 if let Some(follower) = follower {
                     let _ = follower.await;
                 }
+                // A checkpoint being saved lands before the dispatcher
+                // reads it; none is taken after (the phase says promoted).
+                let _saving = self.saving.lock().await;
                 // A feed's append in progress finishes first.
                 let _fed = self.state.lock().await;
                 let dispatcher =
                     Dispatcher::open(self.replicator.clone(), self.options.clone()).await?;
+                lock(&self.retention).take();
                 // It follows no more (a forced promotion may have left
                 // the subscription open until now).
                 // Its lag is 0 from now on (the gauge too), and a failure
@@ -781,6 +810,8 @@ impl Standby {
         pending.durable().await?;
         for event in &applied {
             state.apply(event, &self.options.queue).map_err(|e| {
+                self.unsound
+                    .store(true, std::sync::atomic::Ordering::Release);
                 Error::new(
                     ErrorKind::Corrupt,
                     format!("the primary's stream does not fold into a queue: {e}"),
@@ -992,5 +1023,31 @@ impl Sink for StandbyFeed {
         } else {
             u64::MAX
         }))
+    }
+}
+
+impl crate::service::Checkpointed for Standby {
+    fn settings(&self) -> &DispatcherOptions {
+        &self.options
+    }
+
+    async fn take(&self, saved: u64) -> crate::service::Taken {
+        let state = self.state.lock().await;
+        if *self.phase.borrow() != Phase::Following
+            || self.unsound.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return crate::service::Taken::Stop;
+        }
+        crate::service::Taken::take(&state, lock(&self.status).applied, saved)
+    }
+
+    fn saving(&self) -> Option<Arc<Mutex<()>>> {
+        Some(self.saving.clone())
+    }
+
+    fn saved(&self, through: u64) {
+        if let Some(hold) = lock(&self.retention).as_ref() {
+            hold.advance(through);
+        }
     }
 }

@@ -119,13 +119,46 @@ fn a_dispatcher_whose_newest_segment_is_damaged_keeps_what_follows_and_does_not_
     assert_eq!(sequences, [1, 2, 3, 5, 6, 7, 8, 9, 10]);
 }
 
-/// Retention configured for every stream, a dispatcher's included: the
-/// node says at start that it leaves the dispatcher's stream whole, and
-/// does. Before, retention deleted the sealed segments the export had
+/// Retention configured for every stream, a dispatcher's included, with
+/// queue checkpoints every 200 ms: retention deletes the segments the
+/// checkpoint covers, and the restart reads the checkpoint and the events
+/// after it. Before, retention deleted the sealed segments the export had
 /// passed, and the restart folded what was left: most of the queue gone,
 /// the rest renumbered from 1.
 #[test]
-fn retention_leaves_a_dispatchers_stream_whole() {
+fn retention_deletes_only_what_the_queue_checkpoint_covers() {
+    let (dir, said) = dispatcher_under_retention(200);
+    assert!(!said.contains("retention does not delete"), "{said}");
+    let data = dir.path().join("data");
+    let stream = omnirelay_replication::StreamId::default();
+    assert!(data.join("dispatcher/default.queue.json").is_file());
+    let oldest = omnirelay_replication_testkit::oldest_record(&data, &stream);
+    assert!(oldest > 1, "retention deleted nothing");
+}
+
+/// The same with checkpoints off: the node says that retention leaves the
+/// dispatcher's stream whole, and does.
+#[test]
+fn without_queue_checkpoints_retention_leaves_a_dispatchers_stream_whole() {
+    let (dir, said) = dispatcher_under_retention(0);
+    assert!(
+        said.contains("retention does not delete the queue's stream"),
+        "{said}"
+    );
+    let data = dir.path().join("data");
+    assert!(!data.join("dispatcher/default.queue.json").exists());
+    let stream = omnirelay_replication::StreamId::default();
+    assert_eq!(
+        omnirelay_replication_testkit::oldest_record(&data, &stream),
+        1
+    );
+}
+
+/// A dispatcher under retention (small segments, an export that passes
+/// everything) with queue checkpoints every `checkpoint_ms` (0: none):
+/// 100 enqueues, 3 leases, a restart that must give the same queue. Its
+/// directory (the data under `data`) and what it said at its first start.
+fn dispatcher_under_retention(checkpoint_ms: u64) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     let export = dir.path().join("export");
@@ -133,6 +166,8 @@ fn retention_leaves_a_dispatchers_stream_whole() {
         &config,
         format!(
             r#"
+[services.dispatcher]
+checkpoint_interval_ms = {checkpoint_ms}
 [replication.log]
 segment_max_bytes = 4096
 durability = "interval"
@@ -177,34 +212,30 @@ dir = "{}"
         (node, address, lines.join(""))
     };
     let (mut node, address, said) = start();
-    assert!(
-        said.contains("retention does not delete the dispatcher's stream"),
-        "{said}"
-    );
     for _ in 0..100 {
         let (status, body) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
         assert_eq!(status, 200, "{body}");
     }
-    // Retention runs at most every 500 ms, once the export has passed.
+    for _ in 0..3 {
+        let (status, body) = rpc(&address, "resourcelease::lease", &[], "{}");
+        assert_eq!(status, 200, "{body}");
+    }
+    // Retention runs at most every 500 ms, once the export has passed
+    // (and the checkpoint, when there are checkpoints).
     std::thread::sleep(std::time::Duration::from_millis(1_500));
     let (status, body) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
     assert_eq!(status, 200, "{body}");
     std::thread::sleep(std::time::Duration::from_millis(700));
     assert!(signal(node.id(), "TERM"));
     assert!(node.wait().unwrap().success());
-    let stream = omnirelay_replication::StreamId::default();
-    assert!(omnirelay_replication_testkit::segments(&data, &stream).len() > 3);
-    assert_eq!(
-        omnirelay_replication_testkit::oldest_record(&data, &stream),
-        1
-    );
-    let (_node, address, said) = start();
+    let (_node, address, rebuilt) = start();
     assert!(
-        said.contains("queue rebuilt from the log: 101 pending, 0 leased"),
-        "{said}"
+        rebuilt.contains("queue rebuilt from the log: 98 pending, 3 leased"),
+        "{rebuilt}"
     );
     let (_, leased) = rpc(&address, "resourcelease::lease", &[], "{}");
-    assert_eq!(leased["sequenceId"], 1, "{leased}");
+    assert_eq!(leased["sequenceId"], 4, "{leased}");
+    (dir, said)
 }
 
 /// A log that stops for good (a failed write: here the file-size limit,

@@ -606,7 +606,7 @@ async fn log_under(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_never_deletes_what_the_queue_is_rebuilt_from() {
+async fn without_checkpoints_retention_never_deletes_what_the_queue_is_rebuilt_from() {
     let dir = tempfile::tempdir().unwrap();
     let retention = omnirelay_replication::Retention {
         delete_consumed: true,
@@ -614,9 +614,11 @@ async fn retention_never_deletes_what_the_queue_is_rebuilt_from() {
         ..Default::default()
     };
     let log = log_under(dir.path(), retention).await;
-    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
-        .await
-        .unwrap();
+    let unchecked = || DispatcherOptions {
+        checkpoint_interval: Duration::ZERO,
+        ..options(QueueOptions::default())
+    };
+    let dispatcher = Dispatcher::open(log.clone(), unchecked()).await.unwrap();
     for i in 0..150 {
         dispatcher
             .enqueue(payload(&format!("r{i}")), Some("seeder"))
@@ -649,9 +651,7 @@ async fn retention_never_deletes_what_the_queue_is_rebuilt_from() {
     log.close().await.unwrap();
 
     let log = log_under(dir.path(), retention).await;
-    let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
-        .await
-        .unwrap();
+    let dispatcher = Dispatcher::open(log.clone(), unchecked()).await.unwrap();
     assert_eq!(dispatcher.snapshot().await, before);
     let next = dispatcher.lease(Some("worker")).await.unwrap();
     assert_eq!(
@@ -746,6 +746,127 @@ async fn a_log_begun_after_its_sinks_records_rebuilds_from_its_first_event() {
         .unwrap();
     assert_eq!(dispatcher.snapshot().await, before);
     assert_eq!(dispatcher.stats().await.pending, 3);
+    drop(dispatcher);
+    log.close().await.unwrap();
+}
+
+/// Operations that leave every kind of state behind: pending items (one
+/// requeued with its error and last token, attributes, a request id),
+/// leases with and without an owner, dead letters with and without an
+/// error.
+async fn varied_queue(dispatcher: &Dispatcher) {
+    for i in 0..12 {
+        let mut item = payload(&format!("r{i}"));
+        item.request_id = Some(format!("request-{i}"));
+        item.attributes = Some([("tenant", "a"), ("priority", "high")].into());
+        item.body = vec![0, 159, 255, b'{', i];
+        dispatcher.enqueue(item, Some("seeder")).await.unwrap();
+    }
+    let done = dispatcher.lease(Some("w1")).await.unwrap();
+    dispatcher.complete(&done.handle).await.unwrap();
+    let requeued = dispatcher.lease(Some("w2")).await.unwrap();
+    dispatcher
+        .fail(&requeued.handle, Some("try again"), Some("e.retry"), true)
+        .await
+        .unwrap();
+    let dead = dispatcher.lease(Some("w1")).await.unwrap();
+    dispatcher
+        .fail(&dead.handle, Some("bad"), None, false)
+        .await
+        .unwrap();
+    let beating = dispatcher.lease(Some("w3")).await.unwrap();
+    dispatcher.heartbeat(&beating.handle).await.unwrap();
+    dispatcher.lease(None).await.unwrap();
+}
+
+/// Waits until the queue checkpoint covers the log's last event.
+async fn checkpointed(dir: &std::path::Path, log: &crate::support::Log) {
+    let path = dir.join("dispatcher/default.queue.json");
+    for _ in 0..200 {
+        if let Ok(bytes) = std::fs::read(&path) {
+            let file: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            if file["through"] == log.last_sequence(&StreamId::default()) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "no checkpoint through the log's last event at {}",
+        path.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reads_the_queue_checkpoint_and_only_the_events_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = omnirelay_replication::Retention {
+        delete_consumed: true,
+        max_bytes: Some(1),
+        ..Default::default()
+    };
+    let checked = || DispatcherOptions {
+        checkpoint_interval: Duration::from_millis(50),
+        ..options(QueueOptions::default())
+    };
+    let log = log_under(dir.path(), retention).await;
+    let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
+    varied_queue(&dispatcher).await;
+    for i in 0..100 {
+        dispatcher
+            .enqueue(payload(&format!("bulk{i}")), None)
+            .await
+            .unwrap();
+    }
+    checkpointed(dir.path(), &log).await;
+    // Retention (at most every 500 ms) deletes what the checkpoint covers.
+    let stream = StreamId::default();
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        dispatcher
+            .enqueue(payload(&format!("late{i}")), None)
+            .await
+            .unwrap();
+    }
+    let oldest = omnirelay_replication_testkit::oldest_record(dir.path(), &stream);
+    assert!(oldest > 30, "retention deleted nothing: oldest {oldest}");
+    let before = dispatcher.snapshot().await;
+    assert!(!before.dead_letters().is_empty());
+    drop(dispatcher);
+    log.close().await.unwrap();
+
+    let log = log_under(dir.path(), retention).await;
+    let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
+    assert_eq!(dispatcher.snapshot().await, before);
+    // The leases held across the restart still work.
+    let next = dispatcher.lease(Some("w4")).await.unwrap();
+    dispatcher.complete(&next.handle).await.unwrap();
+    drop(dispatcher);
+    log.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_checkpoint_is_set_aside_and_the_whole_stream_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let checked = || DispatcherOptions {
+        checkpoint_interval: Duration::from_millis(50),
+        ..options(QueueOptions::default())
+    };
+    let log = log_under(dir.path(), omnirelay_replication::Retention::default()).await;
+    let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
+    varied_queue(&dispatcher).await;
+    checkpointed(dir.path(), &log).await;
+    let before = dispatcher.snapshot().await;
+    drop(dispatcher);
+    log.close().await.unwrap();
+    let path = dir.path().join("dispatcher/default.queue.json");
+    let saved = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, &saved[..saved.len() / 2]).unwrap();
+
+    let log = log_under(dir.path(), omnirelay_replication::Retention::default()).await;
+    let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
+    assert_eq!(dispatcher.snapshot().await, before);
+    assert!(!path.exists(), "the damaged checkpoint was set aside");
     drop(dispatcher);
     log.close().await.unwrap();
 }

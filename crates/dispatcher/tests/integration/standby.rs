@@ -919,3 +919,108 @@ async fn a_fed_standby_whose_log_diverged_from_its_source_does_not_take_its_feed
         log.close().await.unwrap();
     }
 }
+
+/// Waits until the queue checkpoint under `dir` is through `at_least`;
+/// the event it is through.
+async fn checkpointed(dir: &std::path::Path, at_least: u64) -> u64 {
+    let path = dir.join("dispatcher/default.queue.json");
+    for _ in 0..200 {
+        if let Ok(bytes) = std::fs::read(&path) {
+            let file: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let through = file["through"].as_u64().unwrap();
+            if through >= at_least {
+                return through;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no checkpoint through {at_least} at {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_keeps_a_queue_checkpoint_and_restarts_and_promotes_from_it() {
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let options = DispatcherOptions {
+        checkpoint_interval: Duration::from_millis(50),
+        ..DispatcherOptions::default()
+    };
+    let primary_log = log(primary_dir.path()).await;
+    let primary = Dispatcher::open(primary_log.clone(), options.clone())
+        .await
+        .unwrap();
+    for i in 0..30 {
+        primary
+            .enqueue(payload(&format!("r{i}")), Some("seeder"))
+            .await
+            .unwrap();
+    }
+    let held = primary.lease(Some("worker-1")).await.unwrap();
+    let done = primary.lease(Some("worker-2")).await.unwrap();
+    primary.complete(&done.handle).await.unwrap();
+    let (url, stop, server) = serve(primary_log.clone()).await;
+    let stream = StreamId::default();
+    let head = primary_log.last_sequence(&stream);
+    let standby_log = log_with(small_segments(standby_dir.path())).await;
+    let standby = Standby::open(
+        standby_log.clone(),
+        options.clone(),
+        Connection::new(url.clone()),
+    )
+    .await
+    .unwrap();
+    caught_up(&standby, head).await;
+    let through = checkpointed(standby_dir.path(), 20).await;
+    drop(standby);
+    standby_log.close().await.unwrap();
+
+    // Restarted, it starts from the checkpoint (nothing else in its log
+    // would do: the segments it covers are gone) and follows on.
+    let segments = omnirelay_replication_testkit::segments(standby_dir.path(), &stream);
+    let first = |segment: &std::path::Path| -> u64 {
+        segment
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut removed = 0;
+    for pair in segments.windows(2) {
+        // A segment's last event is the one before the next one's first.
+        if first(&pair[1]) - 1 <= through {
+            std::fs::remove_file(&pair[0]).unwrap();
+            let _ = std::fs::remove_file(pair[0].with_extension("idx"));
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "{segments:?} through {through}");
+    let standby_log = log_with(small_segments(standby_dir.path())).await;
+    let standby = Standby::open(standby_log.clone(), options.clone(), Connection::new(url))
+        .await
+        .unwrap();
+    assert_eq!(standby.snapshot().await, primary.snapshot().await);
+    // A checkpoint waits for one event per 16 items of the queue.
+    for i in 0..5 {
+        primary
+            .enqueue(payload(&format!("late{i}")), Some("seeder"))
+            .await
+            .unwrap();
+    }
+    let head = primary_log.last_sequence(&stream);
+    caught_up(&standby, head).await;
+    checkpointed(standby_dir.path(), through + 1).await;
+    let before = primary.snapshot().await;
+    let _ = stop.send(true);
+    server.await.unwrap();
+    drop(primary);
+    primary_log.close().await.unwrap();
+    let dispatcher = standby
+        .promote_when_safe(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(dispatcher.snapshot().await, before);
+    dispatcher.complete(&held.handle).await.unwrap();
+    drop(dispatcher);
+    standby_log.close().await.unwrap();
+}

@@ -1,0 +1,297 @@
+//! The queue checkpoint: the queue as folded from its stream through a
+//! sequence, kept in `DATA_DIR/dispatcher/<stream>.queue.json`.
+//!
+//! The queue is the fold of its whole stream, so without a checkpoint a
+//! restart reads the stream from its first event (a long log takes a
+//! while) and retention may delete none of it. The dispatcher saves the
+//! queue every [`DispatcherOptions::checkpoint_interval`] while the log
+//! moves, once the log is durable through the checkpoint's sequence, and
+//! then lets retention delete what holds nothing after it; a restart
+//! reads the checkpoint and the stream after it only. A checkpoint that
+//! cannot be used (damaged, another stream's, ahead of the log) is
+//! reported and the whole stream folded instead, while the log still
+//! holds it.
+//!
+//! [`DispatcherOptions::checkpoint_interval`]: crate::DispatcherOptions::checkpoint_interval
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use omnirelay_replication::log::write_atomically;
+use omnirelay_replication::{StreamId, Timestamp};
+use omnirelay_resourcelease::{
+    Metadata, ResourceLeaseErrorInfo as ErrorInfo, ResourceLeaseItemPayload as Payload,
+    ResourceLeaseOwnershipHandle as Handle, ResourceLeasePendingItem as Item,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::queue::{ActiveLease, DeadLetter, PendingEntry, QueueState};
+
+/// The checkpoint of `stream` under `data_dir`.
+pub(crate) fn path(data_dir: &Path, stream: &StreamId) -> PathBuf {
+    data_dir
+        .join("dispatcher")
+        .join(format!("{}.queue.json", stream.as_str()))
+}
+
+/// The file: the queue folded through `through`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct File {
+    stream: String,
+    through: u64,
+    last_sequence_id: i64,
+    drained: bool,
+    pending: Vec<PendingFile>,
+    active: Vec<ActiveFile>,
+    dead_letters: Vec<DeadFile>,
+}
+
+/// Timestamps as .NET ticks (exact); bodies in base64.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ItemFile {
+    resource_type: String,
+    resource_id: String,
+    partition_key: String,
+    payload_encoding: String,
+    body: String,
+    attributes: Option<Vec<(String, String)>>,
+    request_id: Option<String>,
+    attempt: i32,
+    enqueued_at: i64,
+    last_error: Option<ErrorFile>,
+    sequence_id: i64,
+    last_ownership_token: Option<HandleFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ErrorFile {
+    message: String,
+    code: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HandleFile {
+    sequence_id: i64,
+    attempt: i32,
+    lease_id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PendingFile {
+    item: ItemFile,
+    available_at: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ActiveFile {
+    item: ItemFile,
+    handle: HandleFile,
+    owner: Option<String>,
+    granted_at: i64,
+    expires_at: i64,
+    last_heartbeat: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DeadFile {
+    item: ItemFile,
+    error: Option<ErrorFile>,
+    at: i64,
+}
+
+fn error_file(error: &ErrorInfo) -> ErrorFile {
+    ErrorFile {
+        message: error.message.clone(),
+        code: error.code.clone(),
+    }
+}
+
+fn error_of(file: ErrorFile) -> ErrorInfo {
+    ErrorInfo {
+        message: file.message,
+        code: file.code,
+    }
+}
+
+fn handle_file(handle: &Handle) -> HandleFile {
+    HandleFile {
+        sequence_id: handle.sequence_id,
+        attempt: handle.attempt,
+        lease_id: handle.lease_id.to_string(),
+    }
+}
+
+fn handle_of(file: &HandleFile) -> Result<Handle, String> {
+    Ok(Handle {
+        sequence_id: file.sequence_id,
+        attempt: file.attempt,
+        lease_id: uuid::Uuid::parse_str(&file.lease_id)
+            .map_err(|e| format!("lease id {:?}: {e}", file.lease_id))?,
+    })
+}
+
+fn item_file(item: &Item) -> ItemFile {
+    let payload = &item.payload;
+    ItemFile {
+        resource_type: payload.resource_type.clone(),
+        resource_id: payload.resource_id.clone(),
+        partition_key: payload.partition_key.clone(),
+        payload_encoding: payload.payload_encoding.clone(),
+        body: BASE64.encode(&payload.body),
+        attributes: payload.attributes.as_ref().map(|attributes| {
+            attributes
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        }),
+        request_id: payload.request_id.clone(),
+        attempt: item.attempt,
+        enqueued_at: item.enqueued_at.ticks(),
+        last_error: item.last_error.as_ref().map(error_file),
+        sequence_id: item.sequence_id,
+        last_ownership_token: item.last_ownership_token.as_ref().map(handle_file),
+    }
+}
+
+fn timestamp(ticks: i64) -> Result<Timestamp, String> {
+    Timestamp::from_ticks(ticks).ok_or_else(|| format!("{ticks} ticks is not a time"))
+}
+
+fn item_of(file: ItemFile) -> Result<Item, String> {
+    Ok(Item {
+        payload: Payload {
+            resource_type: file.resource_type,
+            resource_id: file.resource_id,
+            partition_key: file.partition_key,
+            payload_encoding: file.payload_encoding,
+            body: BASE64
+                .decode(&file.body)
+                .map_err(|e| format!("item {}: body: {e}", file.sequence_id))?,
+            attributes: file
+                .attributes
+                .map(|attributes| attributes.into_iter().collect::<Metadata>()),
+            request_id: file.request_id,
+        },
+        attempt: file.attempt,
+        enqueued_at: timestamp(file.enqueued_at)?,
+        last_error: file.last_error.map(error_of),
+        sequence_id: file.sequence_id,
+        last_ownership_token: file
+            .last_ownership_token
+            .as_ref()
+            .map(handle_of)
+            .transpose()?,
+    })
+}
+
+/// The queue folded through `through`, as the dispatcher saved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub(crate) through: u64,
+    pub(crate) state: QueueState,
+}
+
+impl Checkpoint {
+    /// The checkpoint at `path` for `stream`: `Ok(None)` when there is
+    /// none, `Err` (why) when there is one that cannot be used.
+    pub(crate) fn load(path: &Path, stream: &StreamId) -> Result<Option<Self>, String> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot be read: {e}")),
+        };
+        let file: File = serde_json::from_slice(&bytes).map_err(|e| format!("is damaged: {e}"))?;
+        if file.stream != stream.as_str() {
+            return Err(format!("is stream {:?}'s", file.stream));
+        }
+        let damaged = |e: String| format!("is damaged: {e}");
+        let mut pending = Vec::with_capacity(file.pending.len());
+        for entry in file.pending {
+            pending.push(PendingEntry {
+                item: item_of(entry.item).map_err(damaged)?,
+                available_at: timestamp(entry.available_at).map_err(damaged)?,
+            });
+        }
+        let mut active = Vec::with_capacity(file.active.len());
+        for lease in file.active {
+            active.push(ActiveLease {
+                item: item_of(lease.item).map_err(damaged)?,
+                handle: handle_of(&lease.handle).map_err(damaged)?,
+                owner: lease.owner,
+                granted_at: timestamp(lease.granted_at).map_err(damaged)?,
+                expires_at: timestamp(lease.expires_at).map_err(damaged)?,
+                last_heartbeat: timestamp(lease.last_heartbeat).map_err(damaged)?,
+            });
+        }
+        let mut dead_letters = Vec::with_capacity(file.dead_letters.len());
+        for letter in file.dead_letters {
+            dead_letters.push(DeadLetter {
+                item: item_of(letter.item).map_err(damaged)?,
+                error: letter.error.map(error_of),
+                at: timestamp(letter.at).map_err(damaged)?,
+            });
+        }
+        Ok(Some(Self {
+            through: file.through,
+            state: QueueState::from_parts(
+                file.last_sequence_id,
+                pending,
+                active,
+                dead_letters,
+                file.drained,
+            ),
+        }))
+    }
+
+    /// Replaces the checkpoint at `path` (a crash leaves the old one or
+    /// this one).
+    pub(crate) fn save(&self, path: &Path, stream: &StreamId) -> std::io::Result<()> {
+        let state = &self.state;
+        let file = File {
+            stream: stream.as_str().to_owned(),
+            through: self.through,
+            last_sequence_id: state.last_sequence_id(),
+            drained: state.is_drained(),
+            pending: state
+                .pending()
+                .map(|entry| PendingFile {
+                    item: item_file(&entry.item),
+                    available_at: entry.available_at.ticks(),
+                })
+                .collect(),
+            active: state
+                .active()
+                .map(|lease| ActiveFile {
+                    item: item_file(&lease.item),
+                    handle: handle_file(&lease.handle),
+                    owner: lease.owner.clone(),
+                    granted_at: lease.granted_at.ticks(),
+                    expires_at: lease.expires_at.ticks(),
+                    last_heartbeat: lease.last_heartbeat.ticks(),
+                })
+                .collect(),
+            dead_letters: state
+                .dead_letters()
+                .iter()
+                .map(|letter| DeadFile {
+                    item: item_file(&letter.item),
+                    error: letter.error.as_ref().map(error_file),
+                    at: letter.at.ticks(),
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        write_atomically(path, &bytes)
+    }
+}

@@ -1038,7 +1038,10 @@ impl crate::service::Checkpointed for Standby {
         {
             return crate::service::Taken::Stop;
         }
-        crate::service::Taken::take(&state, lock(&self.status).applied, saved)
+        // Moved under the queue's lock; read before the copy, so that the
+        // status is not held while the queue is copied.
+        let applied = lock(&self.status).applied;
+        crate::service::Taken::take(&state, applied, saved)
     }
 
     fn saving(&self) -> Option<Arc<Mutex<()>>> {

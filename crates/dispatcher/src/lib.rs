@@ -34,18 +34,28 @@ pub use queue::{
     QueueOptions, QueueState, Selection,
 };
 pub use service::{
-    DEAD_LETTERED_ITEMS, DispatchError, Dispatcher, DispatcherOptions, Lease, QueueStats,
+    CHECKPOINT_FAILURES, CHECKPOINT_SEQUENCE, DEAD_LETTERED_ITEMS, DispatchError, Dispatcher,
+    DispatcherOptions, Lease, QueueStats,
 };
 pub use standby::{FeedHolds, PRIMARY_QUIET, Standby, StandbyFeed, StandbyStatus};
 
 /// Describes the dispatcher's and the standby's own gauges to the
 /// installed recorder (help texts in the exposition).
 pub fn describe() {
-    use metrics::{Unit, describe_gauge};
+    use metrics::{Unit, describe_counter, describe_gauge};
     describe_gauge!(
         DEAD_LETTERED_ITEMS,
         Unit::Count,
         "Items the dispatcher holds dead-lettered."
+    );
+    describe_gauge!(
+        CHECKPOINT_SEQUENCE,
+        "The event the queue checkpoint on disk is through (0: none)."
+    );
+    describe_counter!(
+        CHECKPOINT_FAILURES,
+        Unit::Count,
+        "Queue checkpoints that could not be saved."
     );
     describe_gauge!(
         standby::LAG_EVENTS,

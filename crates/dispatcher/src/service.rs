@@ -40,6 +40,13 @@ pub(crate) fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Gauge: the items the dispatcher holds dead-lettered (label `stream`).
 pub const DEAD_LETTERED_ITEMS: &str = "omnirelay_dispatcher_dead_lettered_items";
 
+/// Gauge: the event the queue checkpoint on disk is through (0: none), by
+/// `stream`.
+pub const CHECKPOINT_SEQUENCE: &str = "omnirelay_dispatcher_checkpoint_sequence";
+
+/// Counter: queue checkpoints that could not be saved, by `stream`.
+pub const CHECKPOINT_FAILURES: &str = "omnirelay_dispatcher_checkpoint_failures_total";
+
 /// A dispatcher's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DispatcherOptions {
@@ -966,6 +973,8 @@ pub(crate) async fn keep_checkpoint<T: Checkpointed>(
         match written {
             Ok(()) => {
                 saved = through;
+                metrics::gauge!(CHECKPOINT_SEQUENCE, "stream" => stream.as_str().to_owned())
+                    .set(through as f64);
                 let Some(owner) = owner.upgrade() else {
                     return;
                 };
@@ -975,6 +984,8 @@ pub(crate) async fn keep_checkpoint<T: Checkpointed>(
                 }
             }
             Err(error) => {
+                metrics::counter!(CHECKPOINT_FAILURES, "stream" => stream.as_str().to_owned())
+                    .increment(1);
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(
                         path = %path.display(), %error,
@@ -1029,6 +1040,8 @@ pub(crate) async fn rebuild(
         true => usable_checkpoint(replicator.data_dir(), stream, started, last),
         false => None,
     };
+    metrics::gauge!(CHECKPOINT_SEQUENCE, "stream" => stream.as_str().to_owned())
+        .set(checkpoint.as_ref().map_or(0.0, |c| c.through as f64));
     let (state, from) = match checkpoint {
         Some(checkpoint) => (checkpoint.state, checkpoint.through),
         None => (QueueState::new(), started),

@@ -127,8 +127,10 @@ fn a_dispatcher_whose_newest_segment_is_damaged_keeps_what_follows_and_does_not_
 /// the rest renumbered from 1.
 #[test]
 fn retention_deletes_only_what_the_queue_checkpoint_covers() {
-    let (dir, said) = dispatcher_under_retention(200);
+    let (dir, said, metrics) = dispatcher_under_retention(200);
     assert!(!said.contains("retention does not delete"), "{said}");
+    let saved = checkpoint_sequence(&metrics);
+    assert!(saved >= 100.0, "{metrics}");
     let data = dir.path().join("data");
     let stream = omnirelay_replication::StreamId::default();
     assert!(data.join("dispatcher/default.queue.json").is_file());
@@ -140,7 +142,8 @@ fn retention_deletes_only_what_the_queue_checkpoint_covers() {
 /// dispatcher's stream whole, and does.
 #[test]
 fn without_queue_checkpoints_retention_leaves_a_dispatchers_stream_whole() {
-    let (dir, said) = dispatcher_under_retention(0);
+    let (dir, said, metrics) = dispatcher_under_retention(0);
+    assert_eq!(checkpoint_sequence(&metrics), 0.0, "{metrics}");
     assert!(
         said.contains("retention does not delete the queue's stream"),
         "{said}"
@@ -154,11 +157,73 @@ fn without_queue_checkpoints_retention_leaves_a_dispatchers_stream_whole() {
     );
 }
 
+/// A queue checkpoint that cannot be saved (a file where its directory
+/// goes) is counted and said once, and the dispatcher serves on.
+#[test]
+fn a_checkpoint_that_cannot_be_saved_is_counted_and_serving_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[services.dispatcher]\ncheckpoint_interval_ms = 50\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("dispatcher"), b"in the way").unwrap();
+    let (_node, address, _) = spawn_listening(&[
+        "serve",
+        "--role",
+        "dispatcher",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(&data),
+        "--config",
+        dir_arg(&config),
+    ]);
+    let failures = || {
+        let metrics = http_get(&address, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("omnirelay_dispatcher_checkpoint_failures_total{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut counted = 0.0;
+    for _ in 0..100 {
+        let (status, body) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
+        assert_eq!(status, 200, "{body}");
+        counted = failures();
+        if counted >= 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(counted >= 1.0, "no checkpoint failure counted");
+    let (status, body) = rpc(&address, "resourcelease::lease", &[], "{}");
+    assert_eq!((status, &body["sequenceId"]), (200, &json!(1)), "{body}");
+}
+
+/// The value of `omnirelay_dispatcher_checkpoint_sequence` in `metrics`.
+fn checkpoint_sequence(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("omnirelay_dispatcher_checkpoint_sequence{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no checkpoint gauge: {metrics}"))
+        .parse()
+        .unwrap()
+}
+
 /// A dispatcher under retention (small segments, an export that passes
 /// everything) with queue checkpoints every `checkpoint_ms` (0: none):
 /// 100 enqueues, 3 leases, a restart that must give the same queue. Its
-/// directory (the data under `data`) and what it said at its first start.
-fn dispatcher_under_retention(checkpoint_ms: u64) -> (tempfile::TempDir, String) {
+/// directory (the data under `data`), what it said at its first start,
+/// and its metrics before it stopped.
+fn dispatcher_under_retention(checkpoint_ms: u64) -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     let export = dir.path().join("export");
@@ -226,6 +291,7 @@ dir = "{}"
     let (status, body) = rpc(&address, "resourcelease::enqueue", &[], PAYLOAD);
     assert_eq!(status, 200, "{body}");
     std::thread::sleep(std::time::Duration::from_millis(700));
+    let metrics = http_get(&address, "/metrics").unwrap().1;
     assert!(signal(node.id(), "TERM"));
     assert!(node.wait().unwrap().success());
     let (_node, address, rebuilt) = start();
@@ -235,7 +301,7 @@ dir = "{}"
     );
     let (_, leased) = rpc(&address, "resourcelease::lease", &[], "{}");
     assert_eq!(leased["sequenceId"], 4, "{leased}");
-    (dir, said)
+    (dir, said, metrics)
 }
 
 /// A log that stops for good (a failed write: here the file-size limit,

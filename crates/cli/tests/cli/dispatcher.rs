@@ -171,26 +171,12 @@ fn a_checkpoint_that_cannot_be_saved_is_counted_and_serving_goes_on() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("dispatcher"), b"in the way").unwrap();
-    let (_node, address, _) = spawn_listening(&[
-        "serve",
-        "--role",
-        "dispatcher",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir_arg(&data),
-        "--config",
-        dir_arg(&config),
-    ]);
+    let (_node, address, _) = serve_with_config(&data, &config);
     let failures = || {
         let metrics = http_get(&address, "/metrics")
             .map(|(_, body)| body)
             .unwrap_or_default();
-        metrics
-            .lines()
-            .find(|l| l.starts_with("omnirelay_dispatcher_checkpoint_failures_total{"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
+        metric(&metrics, "omnirelay_dispatcher_checkpoint_failures_total").unwrap_or(0.0)
     };
     let mut counted = 0.0;
     for _ in 0..100 {
@@ -207,15 +193,40 @@ fn a_checkpoint_that_cannot_be_saved_is_counted_and_serving_goes_on() {
     assert_eq!((status, &body["sequenceId"]), (200, &json!(1)), "{body}");
 }
 
-/// The value of `omnirelay_dispatcher_checkpoint_sequence` in `metrics`.
-fn checkpoint_sequence(metrics: &str) -> f64 {
+/// The value of the (one) series of metric `name` in `metrics`.
+fn metric(metrics: &str, name: &str) -> Option<f64> {
     metrics
         .lines()
-        .find(|l| l.starts_with("omnirelay_dispatcher_checkpoint_sequence{"))
-        .and_then(|l| l.rsplit(' ').next())
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The value of `omnirelay_dispatcher_checkpoint_sequence` in `metrics`.
+fn checkpoint_sequence(metrics: &str) -> f64 {
+    metric(metrics, "omnirelay_dispatcher_checkpoint_sequence")
         .unwrap_or_else(|| panic!("no checkpoint gauge: {metrics}"))
-        .parse()
-        .unwrap()
+}
+
+/// `serve --role dispatcher` on `data` with the configuration `config`.
+fn serve_with_config(
+    data: &Path,
+    config: &Path,
+) -> (
+    KillOnDrop,
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    spawn_listening(&[
+        "serve",
+        "--role",
+        "dispatcher",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir_arg(data),
+        "--config",
+        dir_arg(config),
+    ])
 }
 
 /// A dispatcher under retention (small segments, an export that passes
@@ -251,17 +262,7 @@ dir = "{}"
     .unwrap();
     let data = dir.path().join("data");
     let start = || {
-        let (node, address, mut stderr) = spawn_listening(&[
-            "serve",
-            "--role",
-            "dispatcher",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir_arg(&data),
-            "--config",
-            dir_arg(&config),
-        ]);
+        let (node, address, mut stderr) = serve_with_config(&data, &config);
         let mut lines = Vec::new();
         while !lines
             .last()

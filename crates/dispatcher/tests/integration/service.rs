@@ -779,24 +779,6 @@ async fn varied_queue(dispatcher: &Dispatcher) {
     dispatcher.lease(None).await.unwrap();
 }
 
-/// Waits until the queue checkpoint covers the log's last event.
-async fn checkpointed(dir: &std::path::Path, log: &crate::support::Log) {
-    let path = dir.join("dispatcher/default.queue.json");
-    for _ in 0..200 {
-        if let Ok(bytes) = std::fs::read(&path) {
-            let file: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            if file["through"] == log.last_sequence(&StreamId::default()) {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "no checkpoint through the log's last event at {}",
-        path.display()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_reads_the_queue_checkpoint_and_only_the_events_after_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -818,7 +800,7 @@ async fn a_restart_reads_the_queue_checkpoint_and_only_the_events_after_it() {
             .await
             .unwrap();
     }
-    checkpointed(dir.path(), &log).await;
+    crate::support::checkpointed(dir.path(), 100).await;
     // Retention (at most every 500 ms) deletes what the checkpoint covers.
     let stream = StreamId::default();
     for i in 0..8 {
@@ -855,7 +837,7 @@ async fn a_damaged_checkpoint_is_set_aside_and_the_whole_stream_folded() {
     let log = log_under(dir.path(), omnirelay_replication::Retention::default()).await;
     let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
     varied_queue(&dispatcher).await;
-    checkpointed(dir.path(), &log).await;
+    crate::support::checkpointed(dir.path(), 1).await;
     let before = dispatcher.snapshot().await;
     drop(dispatcher);
     log.close().await.unwrap();

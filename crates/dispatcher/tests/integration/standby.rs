@@ -920,23 +920,6 @@ async fn a_fed_standby_whose_log_diverged_from_its_source_does_not_take_its_feed
     }
 }
 
-/// Waits until the queue checkpoint under `dir` is through `at_least`;
-/// the event it is through.
-async fn checkpointed(dir: &std::path::Path, at_least: u64) -> u64 {
-    let path = dir.join("dispatcher/default.queue.json");
-    for _ in 0..200 {
-        if let Ok(bytes) = std::fs::read(&path) {
-            let file: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            let through = file["through"].as_u64().unwrap();
-            if through >= at_least {
-                return through;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no checkpoint through {at_least} at {}", path.display());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_keeps_a_queue_checkpoint_and_restarts_and_promotes_from_it() {
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -969,7 +952,7 @@ async fn a_standby_keeps_a_queue_checkpoint_and_restarts_and_promotes_from_it() 
     .await
     .unwrap();
     caught_up(&standby, head).await;
-    let through = checkpointed(standby_dir.path(), 20).await;
+    let through = crate::support::checkpointed(standby_dir.path(), 20).await;
     drop(standby);
     standby_log.close().await.unwrap();
 
@@ -1009,7 +992,7 @@ async fn a_standby_keeps_a_queue_checkpoint_and_restarts_and_promotes_from_it() 
     }
     let head = primary_log.last_sequence(&stream);
     caught_up(&standby, head).await;
-    checkpointed(standby_dir.path(), through + 1).await;
+    crate::support::checkpointed(standby_dir.path(), through + 1).await;
     let before = primary.snapshot().await;
     let _ = stop.send(true);
     server.await.unwrap();

@@ -36,3 +36,20 @@ pub(crate) fn payload(id: &str) -> Payload {
         request_id: None,
     }
 }
+
+/// Waits until the queue checkpoint under `dir` is through `at_least`;
+/// the event it is through.
+pub(crate) async fn checkpointed(dir: &std::path::Path, at_least: u64) -> u64 {
+    let path = dir.join("dispatcher/default.queue.json");
+    for _ in 0..200 {
+        if let Ok(bytes) = std::fs::read(&path) {
+            let file: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let through = file["through"].as_u64().unwrap();
+            if through >= at_least {
+                return through;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("no checkpoint through {at_least} at {}", path.display());
+}

@@ -449,7 +449,20 @@ async fn call(
                 RpcError::invalid(Some(codes::PAYLOAD_REQUIRED), "payload is required")
             })?;
             let peer = peer_of(None, request_headers)?;
-            let stats = dispatcher.enqueue(payload, peer.as_deref()).await?;
+            // As for `lease`, the deadline bounds the wait for room, not
+            // the enqueue: one made in time is answered.
+            let stats = match ttl_of(request_headers)? {
+                Some(ms) => dispatcher
+                    .enqueue_within(payload, peer.as_deref(), Duration::from_millis(ms))
+                    .await?
+                    .ok_or_else(|| {
+                        deadline_exceeded(format!(
+                            "no room in the queue within {ms} ms (it is full, or backpressure \
+                             holds enqueuers back); nothing was enqueued"
+                        ))
+                    })?,
+                None => dispatcher.enqueue(payload, peer.as_deref()).await?,
+            };
             ok(&RpcResponse::Enqueued {
                 pending: stats.pending,
                 active: stats.active,
@@ -457,20 +470,7 @@ async fn call(
         }
         "lease" => {
             let owner = peer_of(request.peer_id.as_deref(), request_headers)?;
-            let ttl = request_headers
-                .get(headers::TTL_MS)
-                .map(|value| {
-                    let text = String::from_utf8_lossy(value.as_bytes());
-                    text.trim().parse::<u64>().map_err(|_| {
-                        RpcError::invalid(
-                            None,
-                            format!(
-                                "Rpc-Ttl-Ms must be a whole number of milliseconds, not {text:?}"
-                            ),
-                        )
-                    })
-                })
-                .transpose()?;
+            let ttl = ttl_of(request_headers)?;
             // The deadline bounds the wait for an item, not the grant: an
             // item granted in time is answered, never left leased to
             // nobody.
@@ -478,14 +478,7 @@ async fn call(
                 Some(ms) => dispatcher
                     .lease_within(owner.as_deref(), Duration::from_millis(ms))
                     .await?
-                    .ok_or_else(|| {
-                        RpcError::new(
-                            "DeadlineExceeded",
-                            StatusCode::GATEWAY_TIMEOUT,
-                            None,
-                            format!("no item to lease within {ms} ms"),
-                        )
-                    })?,
+                    .ok_or_else(|| deadline_exceeded(format!("no item to lease within {ms} ms")))?,
                 None => dispatcher.lease(owner.as_deref()).await?,
             };
             ok(&RpcResponse::Leased {
@@ -525,6 +518,31 @@ async fn call(
         }
     };
     Ok(response)
+}
+
+/// `Rpc-Ttl-Ms`: how long the caller will wait, in milliseconds.
+fn ttl_of(request_headers: &HeaderMap) -> Result<Option<u64>, RpcError> {
+    request_headers
+        .get(headers::TTL_MS)
+        .map(|value| {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            text.trim().parse::<u64>().map_err(|_| {
+                RpcError::invalid(
+                    None,
+                    format!("Rpc-Ttl-Ms must be a whole number of milliseconds, not {text:?}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn deadline_exceeded(message: String) -> RpcError {
+    RpcError::new(
+        "DeadlineExceeded",
+        StatusCode::GATEWAY_TIMEOUT,
+        None,
+        message,
+    )
 }
 
 /// A standby's HTTP surface: `GET /standby` (where it stands, JSON),

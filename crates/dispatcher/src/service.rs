@@ -470,7 +470,8 @@ impl Dispatcher {
     }
 
     /// Enqueues `payload` on behalf of `peer`; waits while the queue is
-    /// full. Returns the counts after it.
+    /// full or backpressure holds enqueuers back. Returns the counts after
+    /// it.
     ///
     /// # Errors
     ///
@@ -481,32 +482,64 @@ impl Dispatcher {
         payload: Payload,
         peer: Option<&str>,
     ) -> Result<QueueStats, DispatchError> {
+        let enqueued = self.enqueue_until(payload, peer, None).await?;
+        enqueued.ok_or_else(|| DispatchError::Unavailable("no room came".to_owned()))
+    }
+
+    /// Enqueues `payload` on behalf of `peer`, waiting up to `within` for
+    /// room (a full queue, or backpressure holding enqueuers back); `None`
+    /// when none came, and then nothing was enqueued. As with
+    /// [`Dispatcher::lease_within`], the bound is on the wait only: an item
+    /// enqueued in time is answered once its event is durable.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dispatcher::enqueue`].
+    pub async fn enqueue_within(
+        &self,
+        payload: Payload,
+        peer: Option<&str>,
+        within: Duration,
+    ) -> Result<Option<QueueStats>, DispatchError> {
+        let deadline = tokio::time::Instant::now() + within.min(Duration::from_secs(24 * 3600));
+        self.enqueue_until(payload, peer, Some(deadline)).await
+    }
+
+    async fn enqueue_until(
+        &self,
+        payload: Payload,
+        peer: Option<&str>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<QueueStats>, DispatchError> {
         loop {
             self.check()?;
             let notified = self.changed.notified();
-            if self.backpressure_active() {
-                self.may_wait()?;
-                notified.await;
-                continue;
+            if !self.backpressure_active() {
+                let mut state = self.state.lock().await;
+                match state.decide_enqueue(payload.clone(), peer, &self.options.queue) {
+                    Ok(events) => {
+                        let committed = self.commit(&mut state, events).await?;
+                        let stats = stats_of(&state);
+                        drop(state);
+                        self.durable(committed).await?;
+                        // The reference samples these on enqueue responses only.
+                        metrics::histogram!(telemetry::PENDING_ITEMS).record(stats.pending as f64);
+                        metrics::histogram!(telemetry::ACTIVE_LEASES).record(stats.active as f64);
+                        return Ok(Some(stats));
+                    }
+                    Err(error) if error.status == ErrorStatus::ResourceExhausted => {}
+                    Err(error) => return Err(error.into()),
+                }
             }
-            let mut state = self.state.lock().await;
-            match state.decide_enqueue(payload.clone(), peer, &self.options.queue) {
-                Ok(events) => {
-                    let committed = self.commit(&mut state, events).await?;
-                    let stats = stats_of(&state);
-                    drop(state);
-                    self.durable(committed).await?;
-                    // The reference samples these on enqueue responses only.
-                    metrics::histogram!(telemetry::PENDING_ITEMS).record(stats.pending as f64);
-                    metrics::histogram!(telemetry::ACTIVE_LEASES).record(stats.active as f64);
-                    return Ok(stats);
+            // Backpressure, or a full queue: wait for a change.
+            self.may_wait()?;
+            match deadline {
+                None => notified.await,
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Ok(None);
+                    }
                 }
-                Err(error) if error.status == ErrorStatus::ResourceExhausted => {
-                    drop(state);
-                    self.may_wait()?;
-                    notified.await;
-                }
-                Err(error) => return Err(error.into()),
             }
         }
     }

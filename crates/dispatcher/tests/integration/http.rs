@@ -87,7 +87,14 @@ async fn exchange(address: &str, request: &[u8]) -> Answer {
 }
 
 async fn serve(dir: &std::path::Path) -> (String, Arc<Dispatcher>) {
-    let dispatcher = Dispatcher::open(crate::support::log(dir).await, DispatcherOptions::default())
+    serve_with(dir, DispatcherOptions::default()).await
+}
+
+async fn serve_with(
+    dir: &std::path::Path,
+    options: DispatcherOptions,
+) -> (String, Arc<Dispatcher>) {
+    let dispatcher = Dispatcher::open(crate::support::log(dir).await, options)
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -352,6 +359,37 @@ async fn bad_requests_get_the_reference_errors() {
     }
     let leased = post(at, Some("resourcelease::lease"), &[], "{}").await;
     assert_eq!(leased.status, 200, "{:?}", leased.body);
+}
+
+/// `Rpc-Ttl-Ms` bounds an enqueue's wait for room as it bounds a lease's
+/// wait for an item: past it, `DeadlineExceeded` (504) and nothing
+/// enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_on_a_full_queue_gives_up_at_its_time_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DispatcherOptions {
+        queue: omnirelay_dispatcher::QueueOptions {
+            capacity: 1,
+            ..Default::default()
+        },
+        ..DispatcherOptions::default()
+    };
+    let (address, dispatcher) = serve_with(dir.path(), options).await;
+    let at = address.as_str();
+    let enqueue = Some("resourcelease::enqueue");
+    let first = post(at, enqueue, &[("Rpc-Ttl-Ms", "100")], PAYLOAD).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    let waited = post(at, enqueue, &[("Rpc-Ttl-Ms", "100")], PAYLOAD).await;
+    assert_eq!(waited.status, 504, "{:?}", waited.body);
+    assert_eq!(waited.headers["rpc-status"], "DeadlineExceeded");
+    assert!(
+        waited.headers["rpc-error-message"].contains("no room in the queue within 100 ms"),
+        "{:?}",
+        waited.headers
+    );
+    let refused = post(at, enqueue, &[("Rpc-Ttl-Ms", "5s")], PAYLOAD).await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    assert_eq!(dispatcher.stats().await.pending, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -477,6 +477,105 @@ async fn a_lease_with_a_deadline_answers_every_item_it_granted() {
     log.close().await.unwrap();
 }
 
+/// An enqueue with a deadline (the RPC's `Rpc-Ttl-Ms`) waits for room —
+/// a full queue, or backpressure holding enqueuers back — until the
+/// deadline, and past it enqueues nothing; room that comes in time is
+/// taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_with_a_deadline_waits_for_room_until_it_and_no_longer() {
+    use omnirelay_dispatcher::BackpressureOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path()).await;
+    let dispatcher = Dispatcher::open(
+        log.clone(),
+        DispatcherOptions {
+            queue: QueueOptions {
+                capacity: 2,
+                ..QueueOptions::default()
+            },
+            backpressure: Some(BackpressureOptions {
+                high_watermark: 1,
+                low_watermark: Some(0),
+                cooldown: Duration::from_millis(1),
+            }),
+            ..DispatcherOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let enqueues = |log| async move {
+        v1_view(log)
+            .await
+            .into_iter()
+            .filter(|(kind, _)| *kind == Type::Enqueue)
+            .count()
+    };
+    dispatcher.enqueue(payload("a"), None).await.unwrap();
+    // Backpressure holds enqueuers back at one pending item.
+    assert!(dispatcher.backpressure_active());
+    let held = tokio::time::timeout(
+        Duration::from_secs(5),
+        dispatcher.enqueue_within(payload("b"), None, Duration::from_millis(50)),
+    )
+    .await
+    .expect("the deadline did not end the wait")
+    .unwrap();
+    assert_eq!(held, None);
+    // Without backpressure: a queue full at its capacity of one.
+    let full = Dispatcher::open(
+        open_log(&dir.path().join("full")).await,
+        options(QueueOptions {
+            capacity: 1,
+            ..QueueOptions::default()
+        }),
+    )
+    .await
+    .unwrap();
+    full.enqueue(payload("a"), None).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let held = tokio::time::timeout(
+        Duration::from_secs(5),
+        full.enqueue_within(payload("b"), None, Duration::from_millis(50)),
+    )
+    .await
+    .expect("the deadline did not end the wait")
+    .unwrap();
+    assert_eq!(held, None);
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert_eq!(full.stats().await.pending, 1);
+    // Room that comes before the deadline is taken.
+    let waiting = {
+        let full = full.clone();
+        tokio::spawn(async move {
+            full.enqueue_within(payload("c"), None, Duration::from_secs(30))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
+    let lease = full.lease(None).await.unwrap();
+    full.complete(&lease.handle).await.unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the enqueue did not take the room")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.map(|s| s.pending), Some(1));
+    // Nothing was enqueued past a deadline: one `Enqueue` on the first
+    // dispatcher, two on the second (a, c).
+    assert_eq!(enqueues(&log).await, 1);
+    assert_eq!(dispatcher.stats().await.pending, 1);
+    let pending: Vec<String> = full
+        .snapshot()
+        .await
+        .pending()
+        .map(|entry| entry.item.payload.resource_id.clone())
+        .collect();
+    assert_eq!(pending, ["c"]);
+    drop((dispatcher, full));
+    log.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replication_off_the_queue_works_and_keeps_nothing() {
     let dispatcher = Dispatcher::unreplicated(options(QueueOptions::default())).unwrap();

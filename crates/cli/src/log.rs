@@ -259,6 +259,63 @@ fn verify_stream(stream: &StreamId, dir: &Path) -> anyhow::Result<VerifyReport> 
     Ok(report)
 }
 
+/// A dispatcher's (or standby's) queue checkpoint beside a stream, as
+/// its next start would take it.
+enum QueueCheckpoint {
+    /// None: not a dispatcher's stream, or none saved yet.
+    None,
+    /// One the start would use.
+    Usable(omnirelay_dispatcher::checkpoint::Summary),
+    /// One the start would set aside, folding the whole stream instead.
+    Unusable(String),
+    /// The queue cannot be rebuilt: the log lacks events before its
+    /// first that no usable checkpoint covers.
+    Lost(String),
+}
+
+fn queue_checkpoint(
+    data_dir: &Path,
+    stream: &StreamId,
+    started: u64,
+    report: &VerifyReport,
+) -> QueueCheckpoint {
+    use omnirelay_dispatcher::checkpoint;
+    let last = report.last.unwrap_or(started);
+    let found = checkpoint::summary(data_dir, stream).and_then(|summary| {
+        summary
+            .map(
+                |summary| match checkpoint::unusable_beside(summary.through, started, last) {
+                    None => Ok(summary),
+                    Some(why) => Err(why),
+                },
+            )
+            .transpose()
+    });
+    // The log begins after the queue's first event (retention deleted
+    // what a checkpoint covers): only a checkpoint through the event
+    // before its first lets a start rebuild the queue.
+    let first = report.first.filter(|&first| first > started + 1);
+    match (found, first) {
+        (Ok(None), _) => QueueCheckpoint::None,
+        (Ok(Some(summary)), Some(first)) if summary.through + 1 < first => {
+            QueueCheckpoint::Lost(format!(
+                "the queue checkpoint is through event {}, and the log begins at event \
+                 {first}: events {} to {} are gone, and a dispatcher cannot rebuild its queue",
+                summary.through,
+                summary.through + 1,
+                first - 1
+            ))
+        }
+        (Ok(Some(summary)), _) => QueueCheckpoint::Usable(summary),
+        (Err(why), Some(first)) => QueueCheckpoint::Lost(format!(
+            "the queue checkpoint {why}, and the log begins at event {first}, not {}: \
+             a dispatcher cannot rebuild its queue",
+            started + 1
+        )),
+        (Err(why), None) => QueueCheckpoint::Unusable(format!("the queue checkpoint {why}")),
+    }
+}
+
 pub(crate) fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let streams = streams(data_dir)?;
     if streams.is_empty() {
@@ -303,6 +360,20 @@ pub(crate) fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
         for problem in &report.problems {
             writeln!(out, "  problem: {problem}")?;
             ok = false;
+        }
+        match queue_checkpoint(data_dir, &stream, meta.started_after.unwrap_or(0), &report) {
+            QueueCheckpoint::None => {}
+            QueueCheckpoint::Usable(summary) => {
+                writeln!(out, "  queue checkpoint through event {}", summary.through)?
+            }
+            QueueCheckpoint::Unusable(why) => writeln!(
+                out,
+                "  note: {why}; a dispatcher's start sets it aside and folds the whole stream"
+            )?,
+            QueueCheckpoint::Lost(why) => {
+                writeln!(out, "  problem: {why}")?;
+                ok = false;
+            }
         }
     }
     writeln!(out, "{}", if ok { "log ok" } else { "log DAMAGED" })?;
@@ -358,6 +429,23 @@ pub(crate) fn inspect(data_dir: &Path, only: Option<&str>) -> anyhow::Result<Exi
                 out,
                 "  started after  {after} (its sinks held records of an earlier log up to it)"
             )?;
+        }
+        match queue_checkpoint(data_dir, &stream, meta.started_after.unwrap_or(0), &report) {
+            QueueCheckpoint::None => {}
+            QueueCheckpoint::Usable(summary) => writeln!(
+                out,
+                "  queue          checkpoint through event {}: {}, {} leased, {} dead-lettered{}",
+                summary.through,
+                counted(summary.pending, "item") + " pending",
+                summary.leased,
+                summary.dead_lettered,
+                if summary.drained { ", drained" } else { "" }
+            )?,
+            QueueCheckpoint::Unusable(why) => writeln!(
+                out,
+                "  queue          {why}: a dispatcher's start sets it aside and folds the whole stream"
+            )?,
+            QueueCheckpoint::Lost(why) => writeln!(out, "  queue          {why}")?,
         }
         let sinks_dir = data_dir.join("checkpoints").join(stream.as_str());
         let mut sinks: Vec<String> = std::fs::read_dir(&sinks_dir)

@@ -28,11 +28,65 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::{ActiveLease, DeadLetter, PendingEntry, QueueState};
 
-/// The checkpoint of `stream` under `data_dir`.
-pub(crate) fn path(data_dir: &Path, stream: &StreamId) -> PathBuf {
+/// The queue checkpoint of `stream` under `data_dir`.
+pub fn path(data_dir: &Path, stream: &StreamId) -> PathBuf {
     data_dir
         .join("dispatcher")
         .join(format!("{}.queue.json", stream.as_str()))
+}
+
+/// What a queue checkpoint holds, for tools that read a data directory
+/// beside its node (`omnirelay log inspect`, `log verify`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// The last event of the stream the queue is folded through.
+    pub through: u64,
+    /// Pending items.
+    pub pending: usize,
+    /// Leased items.
+    pub leased: usize,
+    /// Dead-lettered items.
+    pub dead_lettered: usize,
+    /// Whether the queue was drained.
+    pub drained: bool,
+}
+
+/// The queue checkpoint of `stream` under `data_dir`, read as a start
+/// reads it: `Ok(None)` when there is none, `Err` (why, as a start would
+/// warn) when there is one that cannot be read.
+///
+/// # Errors
+///
+/// Why the file cannot be used: unreadable, damaged, another stream's.
+pub fn summary(data_dir: &Path, stream: &StreamId) -> Result<Option<Summary>, String> {
+    let checkpoint = Checkpoint::load(&path(data_dir, stream), stream)?;
+    Ok(checkpoint.map(|checkpoint| Summary {
+        through: checkpoint.through,
+        pending: checkpoint.state.pending_count(),
+        leased: checkpoint.state.active_count(),
+        dead_lettered: checkpoint.state.dead_letters().len(),
+        drained: checkpoint.state.is_drained(),
+    }))
+}
+
+/// Why a checkpoint through `through` cannot be used beside a log that
+/// began after event `started` and holds through `last`; `None` when it
+/// can. A start that finds such a checkpoint removes it and folds the
+/// whole stream instead.
+pub fn unusable_beside(through: u64, started: u64, last: u64) -> Option<String> {
+    if through > last {
+        Some(format!(
+            "is through event {through}, past the log's last ({last}): a crash took events the \
+             checkpoint had, or the log is not the one it was saved beside"
+        ))
+    } else if through < started {
+        Some(format!(
+            "is through event {through}, before the log's first ({}): the log was begun again",
+            started + 1
+        ))
+    } else {
+        None
+    }
 }
 
 /// The file: the queue folded through `through`.

@@ -19,7 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod backpressure;
-mod checkpoint;
+pub mod checkpoint;
 pub mod health;
 pub mod http;
 pub mod queue;

@@ -1157,17 +1157,12 @@ fn usable_checkpoint(
     let path = checkpoint::path(data_dir, stream);
     let why = match Checkpoint::load(&path, stream) {
         Ok(None) => return None,
-        Ok(Some(checkpoint)) if checkpoint.through > last => format!(
-            "is through event {}, past the log's last ({last}): a crash took events the \
-             checkpoint had, or the log is not the one it was saved beside",
-            checkpoint.through
-        ),
-        Ok(Some(checkpoint)) if checkpoint.through < started => format!(
-            "is through event {}, before the log's first ({}): the log was begun again",
-            checkpoint.through,
-            started + 1
-        ),
-        Ok(Some(checkpoint)) => return Some(checkpoint),
+        Ok(Some(checkpoint)) => {
+            match checkpoint::unusable_beside(checkpoint.through, started, last) {
+                None => return Some(checkpoint),
+                Some(why) => why,
+            }
+        }
         Err(why) => why,
     };
     tracing::warn!(

@@ -136,6 +136,52 @@ fn retention_deletes_only_what_the_queue_checkpoint_covers() {
     assert!(data.join("dispatcher/default.queue.json").is_file());
     let oldest = omnirelay_replication_testkit::oldest_record(&data, &stream);
     assert!(oldest > 1, "retention deleted nothing");
+    // `log inspect` shows the checkpoint, `log verify` checks that it
+    // covers what the log lacks.
+    let data_dir = data.to_str().unwrap();
+    let inspect = |args: &[&str]| {
+        let out = omnirelay(&[&["log"], args, &["--data-dir", data_dir]].concat(), b"");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), text)
+    };
+    let (_, inspected) = inspect(&["inspect"]);
+    assert!(
+        inspected.contains("  queue          checkpoint through event ")
+            && inspected.contains("leased, 0 dead-lettered"),
+        "{inspected}"
+    );
+    let (ok, verified) = inspect(&["verify"]);
+    assert!(
+        ok && verified.contains("  queue checkpoint through event "),
+        "{verified}"
+    );
+    // A checkpoint through an event before the log's first leaves a hole
+    // no start can fold, and so does a damaged one: both are problems.
+    let file = data.join("dispatcher/default.queue.json");
+    let mut checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    checkpoint["through"] = 1.into();
+    std::fs::write(&file, serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+    let (ok, verified) = inspect(&["verify"]);
+    assert!(!ok, "{verified}");
+    assert!(
+        verified.contains(&format!(
+            "problem: the queue checkpoint is through event 1, and the log begins at event \
+             {oldest}: events 2 to {} are gone",
+            oldest - 1
+        )) && verified.ends_with("log DAMAGED\n"),
+        "{verified}"
+    );
+    std::fs::write(&file, b"{").unwrap();
+    let (ok, verified) = inspect(&["verify"]);
+    assert!(!ok, "{verified}");
+    assert!(
+        verified.contains("problem: the queue checkpoint is damaged: ")
+            && verified.contains(&format!(
+                "and the log begins at event {oldest}, not 1: a dispatcher cannot rebuild its queue"
+            )),
+        "{verified}"
+    );
 }
 
 /// The same with checkpoints off: the node says that retention leaves the
@@ -154,6 +200,21 @@ fn without_queue_checkpoints_retention_leaves_a_dispatchers_stream_whole() {
     assert_eq!(
         omnirelay_replication_testkit::oldest_record(&data, &stream),
         1
+    );
+    // A damaged checkpoint beside a whole log costs only a longer start.
+    std::fs::create_dir_all(data.join("dispatcher")).unwrap();
+    std::fs::write(data.join("dispatcher/default.queue.json"), b"{").unwrap();
+    let out = omnirelay(
+        &["log", "verify", "--data-dir", data.to_str().unwrap()],
+        b"",
+    );
+    let verified = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{verified}");
+    assert!(
+        verified.contains("note: the queue checkpoint is damaged: ")
+            && verified.contains("a dispatcher's start sets it aside and folds the whole stream")
+            && verified.ends_with("log ok\n"),
+        "{verified}"
     );
 }
 

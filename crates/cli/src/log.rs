@@ -291,27 +291,50 @@ fn queue_checkpoint(
             )
             .transpose()
     });
-    // The log begins after the queue's first event (retention deleted
-    // what a checkpoint covers): only a checkpoint through the event
-    // before its first lets a start rebuild the queue.
-    let first = report.first.filter(|&first| first > started + 1);
-    match (found, first) {
-        (Ok(None), _) => QueueCheckpoint::None,
-        (Ok(Some(summary)), Some(first)) if summary.through + 1 < first => {
+    // Where the log lacks events of the queue, only a checkpoint through
+    // the last of them lets a start rebuild it: a log that retention
+    // trimmed past a checkpoint begins after the queue's first event, and
+    // one begun from a primary's checkpoint (a standby) after the events
+    // that checkpoint holds.
+    let begun = checkpoint::begun_from_checkpoint(data_dir, stream, started);
+    let lacks = if begun {
+        Some((
+            started,
+            format!(
+                "the log began after event {started}, from its primary's queue checkpoint through it"
+            ),
+        ))
+    } else {
+        report
+            .first
+            .filter(|&first| first > started + 1)
+            .map(|first| {
+                (
+                    first - 1,
+                    format!("the log begins at event {first}, not {}", started + 1),
+                )
+            })
+    };
+    let cannot = "a dispatcher cannot rebuild its queue";
+    match (found, lacks) {
+        (Ok(Some(summary)), Some((through, why))) if summary.through < through => {
             QueueCheckpoint::Lost(format!(
-                "the queue checkpoint is through event {}, and the log begins at event \
-                 {first}: events {} to {} are gone, and a dispatcher cannot rebuild its queue",
+                "the queue checkpoint is through event {}, and {why}: events {} to {through} \
+                 are gone, and {cannot}",
                 summary.through,
                 summary.through + 1,
-                first - 1
             ))
         }
         (Ok(Some(summary)), _) => QueueCheckpoint::Usable(summary),
-        (Err(why), Some(first)) => QueueCheckpoint::Lost(format!(
-            "the queue checkpoint {why}, and the log begins at event {first}, not {}: \
-             a dispatcher cannot rebuild its queue",
-            started + 1
-        )),
+        // Only a log begun from a checkpoint is known to be a queue's
+        // without one (a receiver's log may be trimmed too).
+        (Ok(None), Some((_, why))) if begun => {
+            QueueCheckpoint::Lost(format!("there is no queue checkpoint, and {why}: {cannot}"))
+        }
+        (Ok(None), _) => QueueCheckpoint::None,
+        (Err(why), Some((_, lacks))) => {
+            QueueCheckpoint::Lost(format!("the queue checkpoint {why}, and {lacks}: {cannot}"))
+        }
         (Err(why), None) => QueueCheckpoint::Unusable(format!("the queue checkpoint {why}")),
     }
 }
@@ -425,10 +448,14 @@ pub(crate) fn inspect(data_dir: &Path, only: Option<&str>) -> anyhow::Result<Exi
             )?;
         }
         if let Some(after) = meta.started_after {
-            writeln!(
-                out,
-                "  started after  {after} (its sinks held records of an earlier log up to it)"
-            )?;
+            let why = if omnirelay_dispatcher::checkpoint::begun_from_checkpoint(
+                data_dir, &stream, after,
+            ) {
+                "begun as a standby from its primary's queue checkpoint through it"
+            } else {
+                "its sinks held records of an earlier log up to it"
+            };
+            writeln!(out, "  started after  {after} ({why})")?;
         }
         match queue_checkpoint(data_dir, &stream, meta.started_after.unwrap_or(0), &report) {
             QueueCheckpoint::None => {}

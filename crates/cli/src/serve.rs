@@ -393,8 +393,17 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             )
         }
     };
-    let routes = omnirelay_replication_grpc::routes(
-        replicator.clone(),
+    let mut streaming =
+        omnirelay_replication_grpc::StreamingService::new(replicator.clone(), receiver.clone());
+    if matches!(role, Role::Dispatcher | Role::Standby) {
+        // Its queue checkpoint, for a new standby of a log that no longer
+        // holds the stream's start.
+        streaming = streaming.with_snapshots(Arc::new(
+            omnirelay_dispatcher::checkpoint::Snapshots::new(&valid.data_dir),
+        ));
+    }
+    let routes = omnirelay_replication_grpc::routes_with(
+        streaming,
         receiver.clone(),
         valid.token.clone(),
         bound.stopping(),

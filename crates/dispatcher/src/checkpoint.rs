@@ -35,6 +35,40 @@ pub fn path(data_dir: &Path, stream: &StreamId) -> PathBuf {
         .join(format!("{}.queue.json", stream.as_str()))
 }
 
+/// Where a standby notes that its log began after an event, from its
+/// primary's queue checkpoint through it.
+fn begun_path(data_dir: &Path, stream: &StreamId) -> PathBuf {
+    data_dir
+        .join("dispatcher")
+        .join(format!("{}.begun.json", stream.as_str()))
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Begun {
+    after: u64,
+}
+
+/// Notes that the log of `stream` begins after event `after`, from a
+/// queue checkpoint through it: without that checkpoint its queue cannot
+/// be rebuilt ([`begun_from_checkpoint`]).
+pub(crate) fn mark_begun(data_dir: &Path, stream: &StreamId, after: u64) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(&Begun { after }).map_err(std::io::Error::other)?;
+    write_atomically(&begun_path(data_dir, stream), &bytes)
+}
+
+/// Whether the log of `stream`, which began after event `started`, began
+/// from a queue checkpoint through it (a standby begun from its primary's)
+/// rather than after records its sinks held: its queue then needs a
+/// checkpoint through `started` at least.
+pub fn begun_from_checkpoint(data_dir: &Path, stream: &StreamId, started: u64) -> bool {
+    started > 0
+        && std::fs::read(begun_path(data_dir, stream))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Begun>(&bytes).ok())
+            .is_some_and(|begun| begun.after == started)
+}
+
 /// What a queue checkpoint holds, for tools that read a data directory
 /// beside its node (`omnirelay log inspect`, `log verify`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +101,61 @@ pub fn summary(data_dir: &Path, stream: &StreamId) -> Result<Option<Summary>, St
         dead_lettered: checkpoint.state.dead_letters().len(),
         drained: checkpoint.state.is_drained(),
     }))
+}
+
+/// A node's queue checkpoints as snapshots of their streams, for the
+/// gRPC `Snapshot` (a new standby of a dispatcher whose log no longer
+/// holds its stream's start begins from one): the file as it is on disk.
+#[derive(Clone, Debug)]
+pub struct Snapshots {
+    data_dir: PathBuf,
+}
+
+impl Snapshots {
+    /// The queue checkpoints under `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_owned(),
+        }
+    }
+}
+
+impl omnirelay_replication_grpc::SnapshotSource for Snapshots {
+    fn snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<omnirelay_replication_grpc::Snapshot>, omnirelay_replication::Error> {
+        use omnirelay_replication::{Error, ErrorKind};
+        /// Of the file, only where it stands.
+        #[derive(Deserialize)]
+        struct Head {
+            through: u64,
+        }
+        let path = path(&self.data_dir, stream);
+        let data = match std::fs::read(&path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "the queue checkpoint {} cannot be read: {e}",
+                        path.display()
+                    ),
+                ));
+            }
+        };
+        let head: Head = serde_json::from_slice(&data).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("the queue checkpoint {} is damaged: {e}", path.display()),
+            )
+        })?;
+        Ok(Some(omnirelay_replication_grpc::Snapshot {
+            through: head.through,
+            data,
+        }))
+    }
 }
 
 /// Why a checkpoint through `through` cannot be used beside a log that
@@ -262,7 +351,13 @@ impl Checkpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("cannot be read: {e}")),
         };
-        let file: File = serde_json::from_slice(&bytes).map_err(|e| format!("is damaged: {e}"))?;
+        Self::from_bytes(&bytes, stream).map(Some)
+    }
+
+    /// The checkpoint of `stream` in `bytes` (a file's, or a snapshot's
+    /// from another node), or why it cannot be used.
+    pub(crate) fn from_bytes(bytes: &[u8], stream: &StreamId) -> Result<Self, String> {
+        let file: File = serde_json::from_slice(bytes).map_err(|e| format!("is damaged: {e}"))?;
         if file.stream != stream.as_str() {
             return Err(format!("is stream {:?}'s", file.stream));
         }
@@ -293,7 +388,7 @@ impl Checkpoint {
                 at: timestamp(letter.at).map_err(damaged)?,
             });
         }
-        Ok(Some(Self {
+        Ok(Self {
             through: file.through,
             state: QueueState::from_parts(
                 file.last_sequence_id,
@@ -302,7 +397,7 @@ impl Checkpoint {
                 dead_letters,
                 file.drained,
             ),
-        }))
+        })
     }
 
     /// Replaces the checkpoint at `path` (a crash leaves the old one or

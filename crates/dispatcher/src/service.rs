@@ -1073,6 +1073,24 @@ pub(crate) async fn rebuild(
         true => usable_checkpoint(replicator.data_dir(), stream, started, last),
         false => None,
     };
+    if checkpoint.is_none()
+        && persistent
+        && checkpoint::begun_from_checkpoint(replicator.data_dir(), stream, started)
+    {
+        // A standby begun from its primary's queue checkpoint: the events
+        // before its log's first are in that checkpoint only.
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "the log of stream {stream} began after event {started}, from its primary's \
+                 queue checkpoint through it (it was begun as a standby), and no usable queue \
+                 checkpoint is left: the queue cannot be rebuilt without the events before {}. \
+                 Put the checkpoint back from a copy, or begin a standby anew on an empty data \
+                 directory",
+                started + 1
+            ),
+        ));
+    }
     metrics::gauge!(CHECKPOINT_SEQUENCE, "stream" => stream.as_str().to_owned())
         .set(checkpoint.as_ref().map_or(0.0, |c| c.through as f64));
     let (state, from) = match checkpoint {

@@ -14,6 +14,7 @@ use omnirelay_replication_grpc::{Connection, Subscription};
 use omnirelay_resourcelease::{ResourceLeaseReplicationEvent as Event, proto};
 use tokio::sync::{Mutex, watch};
 
+use crate::checkpoint::{self, Checkpoint};
 use crate::queue::QueueState;
 use crate::service::{Dispatcher, DispatcherOptions, lock};
 
@@ -636,6 +637,15 @@ impl Standby {
                 Ok(None) => return Ok(()),
                 // The primary no longer holds it (retention): nothing to
                 // compare with.
+                // A new standby of a primary whose log no longer holds
+                // the stream's first event (retention deleted what its
+                // queue checkpoint covers): it begins from that checkpoint.
+                Err(error) if error.kind() == ErrorKind::Rejected && self.is_new() => {
+                    let through = self.seed(primary, &error).await?;
+                    subscription =
+                        Subscription::open(primary, stream, through + 1, encoding).await?;
+                    continue;
+                }
                 Err(error) if check.is_some() && error.kind() == ErrorKind::Rejected => {
                     tracing::warn!(
                         %error,
@@ -680,6 +690,82 @@ impl Standby {
                 .collect::<Result<Vec<_>, Error>>()?;
             self.append(stream, events).await?;
         }
+    }
+
+    /// Whether its log never numbered a record (nor began after any).
+    fn is_new(&self) -> bool {
+        let stream = &self.options.stream;
+        self.replicator.last_sequence(stream) == 0 && self.replicator.started_after(stream) == 0
+    }
+
+    /// Begins this new standby from its primary's queue checkpoint, which
+    /// the primary's log was `refused` the start of: the checkpoint is
+    /// kept as this standby's own, its log begins after the checkpoint's
+    /// event, and its queue is the checkpoint's. Returns that event.
+    async fn seed(&self, primary: &Connection, refused: &Error) -> Result<u64, Error> {
+        let stream = &self.options.stream;
+        let snapshot = omnirelay_replication_grpc::fetch_snapshot(primary, stream)
+            .await?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "{refused}, and the primary keeps no queue checkpoint to begin from \
+                         (services.dispatcher.checkpoint_interval_ms = 0 there?): start this \
+                         standby on a copy of the primary's data directory"
+                    ),
+                )
+            })?;
+        let checkpoint = Checkpoint::from_bytes(&snapshot.data, stream)
+            .ok()
+            .filter(|checkpoint| checkpoint.through == snapshot.through && checkpoint.through > 0)
+            .ok_or_else(|| {
+                // The primary saves another in a while.
+                Error::new(
+                    ErrorKind::Unavailable,
+                    "the primary's queue checkpoint cannot be used to begin from",
+                )
+            })?;
+        let through = checkpoint.through;
+        // No checkpoint of this standby's own is being saved, and nothing
+        // is appended or promoted meanwhile.
+        let _saving = self.saving.lock().await;
+        let mut state = self.state.lock().await;
+        if *self.phase.borrow() != Phase::Following || !self.is_new() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "the standby changed while it was to begin from its primary's queue checkpoint",
+            ));
+        }
+        // The checkpoint and the mark that the log began from it first: a
+        // crash before the log begins leaves a checkpoint past an empty log,
+        // which the next start sets aside (the standby is new again).
+        let data_dir = self.replicator.data_dir().to_owned();
+        let checkpoint = {
+            let stream = stream.clone();
+            tokio::task::spawn_blocking(move || {
+                checkpoint.save(&checkpoint::path(&data_dir, &stream), &stream)?;
+                checkpoint::mark_begun(&data_dir, &stream, through)?;
+                Ok::<_, std::io::Error>(checkpoint)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("cannot keep the primary's queue checkpoint: {e}"),
+                )
+            })?
+        };
+        self.replicator.begin_after(stream, through).await?;
+        *state = checkpoint.state;
+        self.set_status(|s| s.applied = through);
+        self.checked.send_replace(true);
+        tracing::info!(
+            %stream, through,
+            "the primary's log no longer holds its stream's start: this standby begins from its queue checkpoint"
+        );
+        Ok(through)
     }
 
     /// The error of a log found diverged from its source's stream (`why`),

@@ -9,8 +9,9 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::receiver::request;
+use crate::streaming::Snapshot;
 use crate::v2::replication_client::ReplicationClient;
-use crate::v2::{PayloadFormat, SubscribeBatch, SubscribeRequest};
+use crate::v2::{PayloadFormat, SnapshotRequest, SubscribeBatch, SubscribeRequest};
 
 /// How often an open connection is checked with an HTTP/2 ping, even
 /// while no call is under way: a peer whose host went away without closing
@@ -313,4 +314,52 @@ impl Subscription {
     pub fn position(&self) -> u64 {
         self.next
     }
+}
+
+/// The newest snapshot of `stream` the node at `connection` keeps (its
+/// `Snapshot`); `None` when it keeps none.
+///
+/// # Errors
+///
+/// As [`Subscription::open`]; [`ErrorKind::Internal`] when the node's
+/// chunks disagree on the sequence the snapshot is through.
+pub async fn fetch_snapshot(
+    connection: &Connection,
+    stream: &StreamId,
+) -> Result<Option<Snapshot>, Error> {
+    let credentials = Credentials::new(connection, None)?;
+    let mut client =
+        ReplicationClient::new(connection.channel()?).max_decoding_message_size(usize::MAX);
+    let mut request = tonic::Request::new(SnapshotRequest {
+        stream: stream.as_str().to_owned(),
+    });
+    credentials.apply(request.metadata_mut());
+    let context = format!("snapshot of {stream}");
+    let mut chunks = match client.snapshot(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+        Err(status) => return Err(status_error(&context, &status)),
+    };
+    let mut through = None;
+    let mut data = Vec::new();
+    while let Some(chunk) = chunks
+        .message()
+        .await
+        .map_err(|status| status_error(&context, &status))?
+    {
+        if *through.get_or_insert(chunk.through) != chunk.through {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("grpc: {context}: its chunks are through different sequences"),
+            ));
+        }
+        data.extend_from_slice(&chunk.data);
+    }
+    let through = through.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("grpc: {context}: the node sent nothing"),
+        )
+    })?;
+    Ok(Some(Snapshot { through, data }))
 }

@@ -10,7 +10,9 @@
 //! - its streaming successor `omnirelay.replication.v2.Replication`
 //!   ([`StreamingService`]): `PublishStream` (batches in, high-water marks
 //!   back) and `Subscribe` (a stream's log from any sequence, then live;
-//!   the client is [`Subscription`]);
+//!   the client is [`Subscription`]), and `Snapshot` (the newest snapshot
+//!   of a stream's state the node keeps, from a [`SnapshotSource`]; the
+//!   client is [`fetch_snapshot`]);
 //! - a [`GrpcSink`] that replicates to a receiver over `PublishStream`, or
 //!   `Publish` when that is all the receiver has;
 //! - [`routes`]: all of a node's services behind its bearer token, ready
@@ -70,14 +72,14 @@ use omnirelay_replication::DurableReplicator;
 use omnirelay_resourcelease::ResourceLeaseReplicationEvent;
 use tonic::service::interceptor::InterceptedService;
 
-pub use client::{Connection, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Subscription};
+pub use client::{Connection, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Subscription, fetch_snapshot};
 pub use factory::GrpcSinkFactory;
 pub use receiver::{
     ANONYMOUS, BatchOutcome, Incoming, Mark, Received, Receiver, ReceiverStats, Sender, Service,
     SubmittedBatch, TokenCheck, bearer_matches, origin, request,
 };
 pub use sink::{GrpcSink, GrpcSinkOptions, Protocol};
-pub use streaming::StreamingService;
+pub use streaming::{Snapshot, SnapshotSource, StreamingService};
 
 /// A node's gRPC services, every one refusing (`UNAUTHENTICATED`) calls
 /// without `authorization: Bearer <token>` when `token` is set: the
@@ -92,10 +94,24 @@ pub fn routes(
     token: Option<String>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tonic::service::Routes {
+    routes_with(
+        StreamingService::new(replicator, receiver.clone()),
+        receiver,
+        token,
+        stop,
+    )
+}
+
+/// As [`routes`], with the version-2 service given (with its
+/// [`StreamingService::with_snapshots`], say).
+pub fn routes_with(
+    streaming: StreamingService,
+    receiver: Option<Arc<Receiver>>,
+    token: Option<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tonic::service::Routes {
     let check = TokenCheck::new(token);
-    let streaming = StreamingService::new(replicator, receiver.clone())
-        .stopping_on(stop)
-        .server();
+    let streaming = streaming.stopping_on(stop).server();
     let routes = tonic::service::Routes::new(InterceptedService::new(streaming, check.clone()));
     match receiver {
         Some(receiver) => routes.add_service(InterceptedService::new(receiver.service(), check)),

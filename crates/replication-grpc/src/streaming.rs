@@ -21,7 +21,8 @@ use crate::receiver::{Incoming, Receiver, sender_of, status_of};
 use crate::telemetry;
 use crate::v2::replication_server::{Replication, ReplicationServer};
 use crate::v2::{
-    PayloadFormat, PublishAck, PublishBatch, StreamRecord, SubscribeBatch, SubscribeRequest,
+    PayloadFormat, PublishAck, PublishBatch, SnapshotChunk, SnapshotRequest, StreamRecord,
+    SubscribeBatch, SubscribeRequest,
 };
 
 type Event = ResourceLeaseReplicationEvent;
@@ -36,13 +37,40 @@ const SUBSCRIBE_BATCH_EVENTS: usize = 1024;
 /// still sent alone).
 const SUBSCRIBE_BATCH_BYTES: usize = 1 << 20;
 
+/// Bytes per `Snapshot` message, at most.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// A snapshot of a stream's state: what a node that folds its stream (a
+/// dispatcher's queue) keeps so that it need not fold it from the start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The last sequence of the stream it holds.
+    pub through: u64,
+    /// The state, in the node's own format.
+    pub data: Vec<u8>,
+}
+
+/// Where a node's snapshots come from, for `Snapshot` (see
+/// [`StreamingService::with_snapshots`]). The framework does not read them:
+/// a replica of the same kind does.
+pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
+    /// The newest snapshot of `stream`; `None` when there is none. Called
+    /// on a blocking thread.
+    ///
+    /// # Errors
+    ///
+    /// The snapshot cannot be read.
+    fn snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, Error>;
+}
+
 /// The version-2 replication service of a node: `Subscribe` to any stream
-/// of its log, and, when the node receives, `PublishStream` into its
-/// [`Receiver`].
+/// of its log, `Snapshot` of a stream's state when the node keeps one,
+/// and, when the node receives, `PublishStream` into its [`Receiver`].
 #[derive(Debug, Clone)]
 pub struct StreamingService {
     replicator: Arc<DurableReplicator<Event>>,
     receiver: Option<Arc<Receiver>>,
+    snapshots: Option<Arc<dyn SnapshotSource>>,
     stop: Option<watch::Receiver<bool>>,
 }
 
@@ -54,8 +82,17 @@ impl StreamingService {
         Self {
             replicator,
             receiver,
+            snapshots: None,
             stop: None,
         }
+    }
+
+    /// Serves `Snapshot` from `snapshots` (without it, `Snapshot` answers
+    /// `NOT_FOUND`).
+    #[must_use]
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn SnapshotSource>) -> Self {
+        self.snapshots = Some(snapshots);
+        self
     }
 
     /// Ends every subscription and publishing stream (cleanly: the peer
@@ -74,6 +111,14 @@ impl StreamingService {
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
     }
+}
+
+/// The stream a request names (empty: `default`).
+fn stream_of(name: &str) -> Result<StreamId, Status> {
+    if name.is_empty() {
+        return Ok(StreamId::default());
+    }
+    StreamId::new(name).map_err(|e| Status::invalid_argument(format!("stream: {e}")))
 }
 
 /// Resolves once `stop` turns true (never without one).
@@ -268,6 +313,7 @@ fn read_batch(
 impl Replication for StreamingService {
     type PublishStreamStream = BoxStream<PublishAck>;
     type SubscribeStream = BoxStream<SubscribeBatch>;
+    type SnapshotStream = BoxStream<SnapshotChunk>;
 
     async fn publish_stream(
         &self,
@@ -319,17 +365,44 @@ impl Replication for StreamingService {
         Ok(Response::new(Box::pin(acks)))
     }
 
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let stream = stream_of(&request.into_inner().stream)?;
+        let none = || Status::not_found(format!("this node keeps no snapshot of stream {stream}"));
+        let source = self.snapshots.clone().ok_or_else(none)?;
+        let read = {
+            let stream = stream.clone();
+            tokio::task::spawn_blocking(move || source.snapshot(&stream))
+        };
+        let snapshot = read
+            .await
+            .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))?
+            .map_err(|e| status_of(&e))?
+            .ok_or_else(none)?;
+        let through = snapshot.through;
+        let data = bytes::Bytes::from(snapshot.data);
+        // One message (empty) for an empty snapshot.
+        let chunks: Vec<Result<SnapshotChunk, Status>> = (0..data.len().max(1))
+            .step_by(SNAPSHOT_CHUNK_BYTES)
+            .map(|at| {
+                Ok(SnapshotChunk {
+                    through,
+                    data: data
+                        .slice(at.min(data.len())..(at + SNAPSHOT_CHUNK_BYTES).min(data.len())),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
     async fn subscribe(
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
-        let stream = if request.stream.is_empty() {
-            StreamId::default()
-        } else {
-            StreamId::new(&request.stream)
-                .map_err(|e| Status::invalid_argument(format!("stream: {e}")))?
-        };
+        let stream = stream_of(&request.stream)?;
         let version = match request.write_version {
             0 => WireVersion::V1,
             v => u16::try_from(v)

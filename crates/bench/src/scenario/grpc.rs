@@ -14,7 +14,8 @@ use omnirelay_replication::{Encoding, OwnedRecord, SinkExt, StreamId, WireVersio
 use omnirelay_replication_grpc::v2::replication_client::ReplicationClient;
 use omnirelay_replication_grpc::v2::replication_server::{Replication, ReplicationServer};
 use omnirelay_replication_grpc::v2::{
-    PayloadFormat, PublishAck, PublishBatch, SentEvent, SubscribeBatch, SubscribeRequest,
+    PayloadFormat, PublishAck, PublishBatch, SentEvent, SnapshotChunk, SnapshotRequest,
+    SubscribeBatch, SubscribeRequest,
 };
 use omnirelay_replication_grpc::{GrpcSink, GrpcSinkOptions, Protocol};
 use omnirelay_resourcelease::{
@@ -321,6 +322,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl Replication for RawPeer {
     type PublishStreamStream = BoxStream<PublishAck>;
     type SubscribeStream = BoxStream<SubscribeBatch>;
+    type SnapshotStream = BoxStream<SnapshotChunk>;
 
     async fn publish_stream(
         &self,
@@ -349,6 +351,13 @@ impl Replication for RawPeer {
         &self,
         _request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(Status::unimplemented("the raw peer only acknowledges"))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(Status::unimplemented("the raw peer only acknowledges"))
     }
 }

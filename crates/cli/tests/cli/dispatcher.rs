@@ -127,7 +127,7 @@ fn a_dispatcher_whose_newest_segment_is_damaged_keeps_what_follows_and_does_not_
 /// the rest renumbered from 1.
 #[test]
 fn retention_deletes_only_what_the_queue_checkpoint_covers() {
-    let (dir, said, metrics) = dispatcher_under_retention(200);
+    let (dir, said, metrics, primary, primary_at) = dispatcher_under_retention(200);
     assert!(!said.contains("retention does not delete"), "{said}");
     let saved = checkpoint_sequence(&metrics);
     assert!(saved >= 100.0, "{metrics}");
@@ -136,6 +136,45 @@ fn retention_deletes_only_what_the_queue_checkpoint_covers() {
     assert!(data.join("dispatcher/default.queue.json").is_file());
     let oldest = omnirelay_replication_testkit::oldest_record(&data, &stream);
     assert!(oldest > 1, "retention deleted nothing");
+    // A new standby begins from the queue checkpoint (over gRPC
+    // `Snapshot`), its log after it, and promoted serves the same queue.
+    let standby_dir = dir.path().join("standby");
+    let (_standby, standby_at) = start_standby(&standby_dir, &format!("http://{primary_at}"));
+    let mut status = Value::Null;
+    for _ in 0..250 {
+        if let Some((_, body)) = http_get(&standby_at, "/standby") {
+            status = serde_json::from_str(&body).unwrap();
+            if status["lagEvents"] == 0 && status["appliedSequence"].as_u64() > Some(0) {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(status["lagEvents"], 0, "{status}");
+    let began =
+        omnirelay_replication::log::read_meta(&standby_dir.join("log").join(stream.as_str()))
+            .unwrap()
+            .started_after;
+    assert!(began >= Some(oldest - 1), "{began:?}, oldest {oldest}");
+    drop(primary);
+    let out = omnirelay(
+        &[
+            "promote",
+            "--url",
+            &format!("http://{standby_at}"),
+            "--wait",
+            "15",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (status, stats) = rpc(&standby_at, "resourcelease::enqueue", &[], PAYLOAD);
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        stats["stats"],
+        json!({"pendingCount": 98, "activeLeaseCount": 4}),
+        "{stats}"
+    );
     // `log inspect` shows the checkpoint, `log verify` checks that it
     // covers what the log lacks.
     let data_dir = data.to_str().unwrap();
@@ -167,7 +206,7 @@ fn retention_deletes_only_what_the_queue_checkpoint_covers() {
     assert!(
         verified.contains(&format!(
             "problem: the queue checkpoint is through event 1, and the log begins at event \
-             {oldest}: events 2 to {} are gone",
+             {oldest}, not 1: events 2 to {} are gone",
             oldest - 1
         )) && verified.ends_with("log DAMAGED\n"),
         "{verified}"
@@ -188,7 +227,8 @@ fn retention_deletes_only_what_the_queue_checkpoint_covers() {
 /// dispatcher's stream whole, and does.
 #[test]
 fn without_queue_checkpoints_retention_leaves_a_dispatchers_stream_whole() {
-    let (dir, said, metrics) = dispatcher_under_retention(0);
+    let (dir, said, metrics, primary, _) = dispatcher_under_retention(0);
+    drop(primary);
     assert_eq!(checkpoint_sequence(&metrics), 0.0, "{metrics}");
     assert!(
         said.contains("retention does not delete the queue's stream"),
@@ -292,10 +332,11 @@ fn serve_with_config(
 
 /// A dispatcher under retention (small segments, an export that passes
 /// everything) with queue checkpoints every `checkpoint_ms` (0: none):
-/// 100 enqueues, 3 leases, a restart that must give the same queue. Its
-/// directory (the data under `data`), what it said at its first start,
-/// and its metrics before it stopped.
-fn dispatcher_under_retention(checkpoint_ms: u64) -> (tempfile::TempDir, String, String) {
+/// 100 enqueues, 3 leases, a restart that must give the same queue, and
+/// one more lease (97 pending, 4 leased). Its directory (the data under
+/// `data`), what it said at its first start, its metrics before it
+/// stopped, and the restarted node with its address.
+fn dispatcher_under_retention(checkpoint_ms: u64) -> UnderRetention {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     let export = dir.path().join("export");
@@ -356,15 +397,18 @@ dir = "{}"
     let metrics = http_get(&address, "/metrics").unwrap().1;
     assert!(signal(node.id(), "TERM"));
     assert!(node.wait().unwrap().success());
-    let (_node, address, rebuilt) = start();
+    let (node, address, rebuilt) = start();
     assert!(
         rebuilt.contains("queue rebuilt from the log: 98 pending, 3 leased"),
         "{rebuilt}"
     );
     let (_, leased) = rpc(&address, "resourcelease::lease", &[], "{}");
     assert_eq!(leased["sequenceId"], 4, "{leased}");
-    (dir, said, metrics)
+    (dir, said, metrics, node, address)
 }
+
+/// What [`dispatcher_under_retention`] leaves.
+type UnderRetention = (tempfile::TempDir, String, String, KillOnDrop, String);
 
 /// A log that stops for good (a failed write: here the file-size limit,
 /// `ulimit -f`, with `SIGXFSZ` ignored so the write returns `EFBIG`) is

@@ -677,33 +677,6 @@ async fn once_waits_stop_waiting_requests_are_answered_and_the_rest_is_served() 
     assert_eq!(lease.item.payload.resource_id, "d");
 }
 
-/// A log of small segments under `retention`, with a memory sink (which
-/// passes every record, so that `delete_consumed` would take them all).
-async fn log_under(
-    dir: &std::path::Path,
-    retention: omnirelay_replication::Retention,
-) -> crate::support::Log {
-    let log = crate::support::log_with(omnirelay_replication::DurableOptions {
-        log: omnirelay_replication::LogOptions {
-            // The writer thread wakes every 10 ms, retention with it.
-            durability: omnirelay_replication::Durability::Interval(Duration::from_millis(10)),
-            segment_max_bytes: 4096,
-            retention,
-            ..omnirelay_replication::LogOptions::default()
-        },
-        ..omnirelay_replication::DurableOptions::new(dir)
-    })
-    .await;
-    log.add_sink(
-        "memory",
-        omnirelay_replication::SinkExt::shared(omnirelay_replication::MemorySink::new()),
-        omnirelay_replication::SinkOptions::default(),
-    )
-    .await
-    .unwrap();
-    log
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_checkpoints_retention_never_deletes_what_the_queue_is_rebuilt_from() {
     let dir = tempfile::tempdir().unwrap();
@@ -712,7 +685,7 @@ async fn without_checkpoints_retention_never_deletes_what_the_queue_is_rebuilt_f
         max_bytes: Some(1),
         ..Default::default()
     };
-    let log = log_under(dir.path(), retention).await;
+    let log = crate::support::log_under(dir.path(), retention).await;
     let unchecked = || DispatcherOptions {
         checkpoint_interval: Duration::ZERO,
         ..options(QueueOptions::default())
@@ -749,7 +722,7 @@ async fn without_checkpoints_retention_never_deletes_what_the_queue_is_rebuilt_f
     drop(dispatcher);
     log.close().await.unwrap();
 
-    let log = log_under(dir.path(), retention).await;
+    let log = crate::support::log_under(dir.path(), retention).await;
     let dispatcher = Dispatcher::open(log.clone(), unchecked()).await.unwrap();
     assert_eq!(dispatcher.snapshot().await, before);
     let next = dispatcher.lease(Some("worker")).await.unwrap();
@@ -767,7 +740,8 @@ async fn without_checkpoints_retention_never_deletes_what_the_queue_is_rebuilt_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_lost_its_first_events_is_refused_not_folded() {
     let dir = tempfile::tempdir().unwrap();
-    let log = log_under(dir.path(), omnirelay_replication::Retention::default()).await;
+    let log =
+        crate::support::log_under(dir.path(), omnirelay_replication::Retention::default()).await;
     let dispatcher = Dispatcher::open(log.clone(), options(QueueOptions::default()))
         .await
         .unwrap();
@@ -787,7 +761,8 @@ async fn a_log_that_lost_its_first_events_is_refused_not_folded() {
     let first = omnirelay_replication_testkit::oldest_record(dir.path(), &stream);
     assert!(first > 1);
 
-    let log = log_under(dir.path(), omnirelay_replication::Retention::default()).await;
+    let log =
+        crate::support::log_under(dir.path(), omnirelay_replication::Retention::default()).await;
     let err = Dispatcher::open(log.clone(), options(QueueOptions::default()))
         .await
         .unwrap_err();
@@ -849,35 +824,6 @@ async fn a_log_begun_after_its_sinks_records_rebuilds_from_its_first_event() {
     log.close().await.unwrap();
 }
 
-/// Operations that leave every kind of state behind: pending items (one
-/// requeued with its error and last token, attributes, a request id),
-/// leases with and without an owner, dead letters with and without an
-/// error.
-async fn varied_queue(dispatcher: &Dispatcher) {
-    for i in 0..12 {
-        let mut item = payload(&format!("r{i}"));
-        item.request_id = Some(format!("request-{i}"));
-        item.attributes = Some([("tenant", "a"), ("priority", "high")].into());
-        item.body = vec![0, 159, 255, b'{', i];
-        dispatcher.enqueue(item, Some("seeder")).await.unwrap();
-    }
-    let done = dispatcher.lease(Some("w1")).await.unwrap();
-    dispatcher.complete(&done.handle).await.unwrap();
-    let requeued = dispatcher.lease(Some("w2")).await.unwrap();
-    dispatcher
-        .fail(&requeued.handle, Some("try again"), Some("e.retry"), true)
-        .await
-        .unwrap();
-    let dead = dispatcher.lease(Some("w1")).await.unwrap();
-    dispatcher
-        .fail(&dead.handle, Some("bad"), None, false)
-        .await
-        .unwrap();
-    let beating = dispatcher.lease(Some("w3")).await.unwrap();
-    dispatcher.heartbeat(&beating.handle).await.unwrap();
-    dispatcher.lease(None).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_reads_the_queue_checkpoint_and_only_the_events_after_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -890,9 +836,9 @@ async fn a_restart_reads_the_queue_checkpoint_and_only_the_events_after_it() {
         checkpoint_interval: Duration::from_millis(50),
         ..options(QueueOptions::default())
     };
-    let log = log_under(dir.path(), retention).await;
+    let log = crate::support::log_under(dir.path(), retention).await;
     let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
-    varied_queue(&dispatcher).await;
+    crate::support::varied_queue(&dispatcher).await;
     for i in 0..100 {
         dispatcher
             .enqueue(payload(&format!("bulk{i}")), None)
@@ -916,7 +862,7 @@ async fn a_restart_reads_the_queue_checkpoint_and_only_the_events_after_it() {
     drop(dispatcher);
     log.close().await.unwrap();
 
-    let log = log_under(dir.path(), retention).await;
+    let log = crate::support::log_under(dir.path(), retention).await;
     let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
     assert_eq!(dispatcher.snapshot().await, before);
     // The leases held across the restart still work.
@@ -933,9 +879,10 @@ async fn a_damaged_checkpoint_is_set_aside_and_the_whole_stream_folded() {
         checkpoint_interval: Duration::from_millis(50),
         ..options(QueueOptions::default())
     };
-    let log = log_under(dir.path(), omnirelay_replication::Retention::default()).await;
+    let log =
+        crate::support::log_under(dir.path(), omnirelay_replication::Retention::default()).await;
     let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
-    varied_queue(&dispatcher).await;
+    crate::support::varied_queue(&dispatcher).await;
     crate::support::checkpointed(dir.path(), 1).await;
     let before = dispatcher.snapshot().await;
     drop(dispatcher);
@@ -944,7 +891,8 @@ async fn a_damaged_checkpoint_is_set_aside_and_the_whole_stream_folded() {
     let saved = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, &saved[..saved.len() / 2]).unwrap();
 
-    let log = log_under(dir.path(), omnirelay_replication::Retention::default()).await;
+    let log =
+        crate::support::log_under(dir.path(), omnirelay_replication::Retention::default()).await;
     let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
     assert_eq!(dispatcher.snapshot().await, before);
     assert!(!path.exists(), "the damaged checkpoint was set aside");

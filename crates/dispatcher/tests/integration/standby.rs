@@ -18,10 +18,25 @@ use crate::support::{Log, log, log_with, payload};
 
 /// Serves `log`'s `Subscribe` on a loopback port: the URL and the stop.
 async fn serve(log: Log) -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    serve_keeping(log, None).await
+}
+
+/// As [`serve`], with `Snapshot` serving the queue checkpoints under
+/// `data_dir`, as a dispatcher node does.
+async fn serve_keeping(
+    log: Log,
+    data_dir: Option<&std::path::Path>,
+) -> (String, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = watch::channel(false);
-    let routes = omnirelay_replication_grpc::routes(log, None, None, stopped.clone());
+    let mut streaming = omnirelay_replication_grpc::StreamingService::new(log, None);
+    if let Some(dir) = data_dir {
+        streaming = streaming.with_snapshots(Arc::new(
+            omnirelay_dispatcher::checkpoint::Snapshots::new(dir),
+        ));
+    }
+    let routes = omnirelay_replication_grpc::routes_with(streaming, None, None, stopped.clone());
     let server = tokio::spawn(async move {
         let mut stopped = stopped;
         tonic::transport::Server::builder()
@@ -1005,5 +1020,123 @@ async fn a_standby_keeps_a_queue_checkpoint_and_restarts_and_promotes_from_it() 
     assert_eq!(dispatcher.snapshot().await, before);
     dispatcher.complete(&held.handle).await.unwrap();
     drop(dispatcher);
+    standby_log.close().await.unwrap();
+}
+
+/// A new standby of a primary whose retention deleted the start of its
+/// stream (what its queue checkpoint covers) begins from that checkpoint,
+/// fetched over gRPC `Snapshot`: the same queue, followed on, across a
+/// restart and a promotion. Without a checkpoint its log cannot be folded,
+/// and a start says so rather than rebuilding a queue without the items
+/// before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_standby_of_a_log_that_lost_its_start_begins_from_the_queue_checkpoint() {
+    use crate::support::{checkpointed, log_under, varied_queue};
+    let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let stream = StreamId::default();
+    let options = DispatcherOptions {
+        checkpoint_interval: Duration::from_millis(50),
+        ..DispatcherOptions::default()
+    };
+    let retention = omnirelay_replication::Retention {
+        delete_consumed: true,
+        max_bytes: Some(1),
+        ..Default::default()
+    };
+    let primary_log = log_under(primary_dir.path(), retention).await;
+    let primary = Dispatcher::open(primary_log.clone(), options.clone())
+        .await
+        .unwrap();
+    varied_queue(&primary).await;
+    for i in 0..100 {
+        primary
+            .enqueue(payload(&format!("bulk{i}")), None)
+            .await
+            .unwrap();
+    }
+    checkpointed(primary_dir.path(), 100).await;
+    // Retention (at most every 500 ms) deletes what the checkpoint covers.
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        primary
+            .enqueue(payload(&format!("late{i}")), None)
+            .await
+            .unwrap();
+    }
+    let oldest = omnirelay_replication_testkit::oldest_record(primary_dir.path(), &stream);
+    assert!(oldest > 30, "retention deleted nothing: oldest {oldest}");
+
+    // Without `Snapshot`, a new standby cannot begin: it says why.
+    let (url, stop, server) = serve(primary_log.clone()).await;
+    let lone_dir = tempfile::tempdir().unwrap();
+    let lone_log = log(lone_dir.path()).await;
+    let lone = following(lone_log.clone(), &url).await;
+    let why = failure_of(&lone).await;
+    assert!(
+        why.contains("no longer holds sequence 1")
+            && why.contains("keeps no queue checkpoint to begin from"),
+        "{why}"
+    );
+    assert_eq!(lone_log.last_sequence(&stream), 0);
+    drop(lone);
+    lone_log.close().await.unwrap();
+    let _ = stop.send(true);
+    server.await.unwrap();
+
+    let (url, stop, server) = serve_keeping(primary_log.clone(), Some(primary_dir.path())).await;
+    let standby_log = log(standby_dir.path()).await;
+    let standby = Standby::open(
+        standby_log.clone(),
+        options.clone(),
+        Connection::new(url.clone()),
+    )
+    .await
+    .unwrap();
+    caught_up(&standby, primary_log.last_sequence(&stream)).await;
+    assert_eq!(standby.snapshot().await, primary.snapshot().await);
+    let began = standby_log.started_after(&stream);
+    assert!(
+        (oldest - 1..=primary_log.last_sequence(&stream)).contains(&began),
+        "{began}"
+    );
+    drop(standby);
+    standby_log.close().await.unwrap();
+
+    // Restarted, it rebuilds from its copy of the checkpoint and follows on.
+    let standby_log = log(standby_dir.path()).await;
+    let standby = Standby::open(standby_log.clone(), options.clone(), Connection::new(url))
+        .await
+        .unwrap();
+    let held = primary.lease(Some("worker-9")).await.unwrap();
+    primary.enqueue(payload("after"), None).await.unwrap();
+    caught_up(&standby, primary_log.last_sequence(&stream)).await;
+    let before = primary.snapshot().await;
+    assert_eq!(standby.snapshot().await, before);
+    let _ = stop.send(true);
+    server.await.unwrap();
+    drop(primary);
+    primary_log.close().await.unwrap();
+    let dispatcher = standby
+        .promote_when_safe(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(dispatcher.snapshot().await, before);
+    dispatcher.complete(&held.handle).await.unwrap();
+    drop((dispatcher, standby));
+    standby_log.close().await.unwrap();
+
+    // Its checkpoint lost, the log cannot give the queue: refused.
+    std::fs::remove_file(standby_dir.path().join("dispatcher/default.queue.json")).unwrap();
+    let standby_log = log(standby_dir.path()).await;
+    let refused = Dispatcher::open(standby_log.clone(), options)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Corrupt, "{refused}");
+    assert!(
+        refused.to_string().contains(&format!(
+            "began after event {began}, from its primary's queue checkpoint"
+        )),
+        "{refused}"
+    );
     standby_log.close().await.unwrap();
 }

@@ -1,6 +1,9 @@
 //! What the tests share: a work item and a durable log in a directory.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use omnirelay_dispatcher::Dispatcher;
 
 use omnirelay_replication::{DurableOptions, DurableReplicator};
 use omnirelay_resourcelease::{
@@ -52,4 +55,60 @@ pub(crate) async fn checkpointed(dir: &std::path::Path, at_least: u64) -> u64 {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     panic!("no checkpoint through {at_least} at {}", path.display());
+}
+
+/// A log of small segments under `retention`, with a memory sink (which
+/// passes every record, so that `delete_consumed` would take them all).
+pub(crate) async fn log_under(
+    dir: &std::path::Path,
+    retention: omnirelay_replication::Retention,
+) -> crate::support::Log {
+    let log = crate::support::log_with(omnirelay_replication::DurableOptions {
+        log: omnirelay_replication::LogOptions {
+            // The writer thread wakes every 10 ms, retention with it.
+            durability: omnirelay_replication::Durability::Interval(Duration::from_millis(10)),
+            segment_max_bytes: 4096,
+            retention,
+            ..omnirelay_replication::LogOptions::default()
+        },
+        ..omnirelay_replication::DurableOptions::new(dir)
+    })
+    .await;
+    log.add_sink(
+        "memory",
+        omnirelay_replication::SinkExt::shared(omnirelay_replication::MemorySink::new()),
+        omnirelay_replication::SinkOptions::default(),
+    )
+    .await
+    .unwrap();
+    log
+}
+
+/// Operations that leave every kind of state behind: pending items (one
+/// requeued with its error and last token, attributes, a request id),
+/// leases with and without an owner, dead letters with and without an
+/// error.
+pub(crate) async fn varied_queue(dispatcher: &Dispatcher) {
+    for i in 0..12 {
+        let mut item = payload(&format!("r{i}"));
+        item.request_id = Some(format!("request-{i}"));
+        item.attributes = Some([("tenant", "a"), ("priority", "high")].into());
+        item.body = vec![0, 159, 255, b'{', i];
+        dispatcher.enqueue(item, Some("seeder")).await.unwrap();
+    }
+    let done = dispatcher.lease(Some("w1")).await.unwrap();
+    dispatcher.complete(&done.handle).await.unwrap();
+    let requeued = dispatcher.lease(Some("w2")).await.unwrap();
+    dispatcher
+        .fail(&requeued.handle, Some("try again"), Some("e.retry"), true)
+        .await
+        .unwrap();
+    let dead = dispatcher.lease(Some("w1")).await.unwrap();
+    dispatcher
+        .fail(&dead.handle, Some("bad"), None, false)
+        .await
+        .unwrap();
+    let beating = dispatcher.lease(Some("w3")).await.unwrap();
+    dispatcher.heartbeat(&beating.handle).await.unwrap();
+    dispatcher.lease(None).await.unwrap();
 }

@@ -776,3 +776,76 @@ async fn a_receiver_that_lost_its_data_is_filled_again_from_the_senders_log() {
     assert_eq!(origins, expected, "filled again, then the new one");
     node.stop().await;
 }
+
+/// A snapshot source that holds one snapshot of the default stream.
+#[derive(Debug)]
+struct Held(omnirelay_replication_grpc::Snapshot);
+
+impl omnirelay_replication_grpc::SnapshotSource for Held {
+    fn snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<omnirelay_replication_grpc::Snapshot>, omnirelay_replication::Error> {
+        Ok((*stream == StreamId::default()).then(|| self.0.clone()))
+    }
+}
+
+/// `Snapshot` sends a node's snapshot whole, over several messages when it
+/// is large, behind the node's token; a stream without one, or a node that
+/// keeps none, is `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_sends_what_the_node_keeps_in_chunks_behind_its_token() {
+    use omnirelay_replication_grpc::{Snapshot, StreamingService, fetch_snapshot, routes_with};
+    let dir = tempfile::tempdir().unwrap();
+    let replicator = Arc::new(
+        omnirelay_replication::DurableReplicator::open(
+            Arc::new(omnirelay_resourcelease::ResourceLeaseCodec),
+            omnirelay_replication::DurableOptions::new(dir.path()),
+        )
+        .await
+        .unwrap(),
+    );
+    // Over two and a half messages of 1 MiB, no two bytes alike in a row.
+    let data: Vec<u8> = (0..(5 << 19) + 7).map(|i: u32| (i % 251) as u8).collect();
+    let held = Snapshot { through: 42, data };
+    let serve = |snapshots: bool, token: Option<&str>| {
+        let replicator = replicator.clone();
+        let held = held.clone();
+        let token = token.map(str::to_owned);
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut streaming = StreamingService::new(replicator, None);
+            if snapshots {
+                streaming = streaming.with_snapshots(Arc::new(Held(held)));
+            }
+            let routes = routes_with(streaming, None, token, stopped);
+            tokio::spawn(async move {
+                // Served until the test ends.
+                let _serving = stop;
+                tonic::transport::Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                    .await
+            });
+            url
+        }
+    };
+    let url = serve(true, Some("s3cret")).await;
+    let mut connection = Connection::new(url);
+    let stream = StreamId::default();
+    for token in [None, Some("wrong")] {
+        connection.token = token.map(str::to_owned);
+        let refused = fetch_snapshot(&connection, &stream).await.unwrap_err();
+        assert!(refused.to_string().contains("Unauthenticated"), "{refused}");
+    }
+    connection.token = Some("s3cret".to_owned());
+    let got = fetch_snapshot(&connection, &stream).await.unwrap();
+    assert_eq!(got.as_ref(), Some(&held));
+    let other = StreamId::new("other").unwrap();
+    assert_eq!(fetch_snapshot(&connection, &other).await.unwrap(), None);
+    // A node that keeps none.
+    let bare = Connection::new(serve(false, None).await);
+    assert_eq!(fetch_snapshot(&bare, &stream).await.unwrap(), None);
+}

@@ -726,7 +726,9 @@ impl<E: ReplicationEvent> Driver<E> {
     }
 
     fn discard(&self, cursor: u64, first: u64) {
-        let dropped = first.saturating_sub(cursor + 1);
+        // What a log that began after `started_after` never had is not
+        // missed (see `DurableReplicator::begin_after`).
+        let dropped = first.saturating_sub(cursor.max(self.stream.log.started_after()) + 1);
         if dropped == 0 {
             return;
         }

@@ -522,6 +522,40 @@ impl<E: ReplicationEvent> DurableReplicator<E> {
             .map_or(0, |state| state.log.started_after())
     }
 
+    /// Makes `stream`'s log, which never numbered a record, begin after
+    /// `last`: a replica starting from a snapshot of its source's state
+    /// through `last`, when the source's log no longer holds what comes
+    /// before. Its first record is then `last + 1`
+    /// ([`DurableReplicator::submit_replicated`]), it remembers that
+    /// across restarts ([`DurableReplicator::started_after`]), and its
+    /// sinks count nothing at or below `last` as missed. Opens the stream
+    /// if it is not open.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Rejected`] once the stream holds or numbered a record;
+    /// the log's failure to open or to write where it begins.
+    pub async fn begin_after(&self, stream: &StreamId, last: u64) -> Result<(), Error> {
+        let state = self.stream(stream).await?;
+        let mut sequencer = state.sequencer.lock().await;
+        if sequencer.last() != 0 || state.log.last_sequence() != 0 {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "stream {stream} already numbered records (through {}): it cannot begin after {last}",
+                    sequencer.last().max(state.log.last_sequence())
+                ),
+            ));
+        }
+        let log = state.clone();
+        tokio::task::spawn_blocking(move || log.log.start_after(last))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, "log task failed").with_source(e))??;
+        *sequencer = Sequencer::starting_after(last);
+        state.last_assigned.store(last, Ordering::Release);
+        Ok(())
+    }
+
     /// Waits until `stream` has records beyond `sequence` that readers may
     /// see (what sinks are given: under `interval`, only what is synced);
     /// returns the highest such sequence. With [`DurableReplicator::replay`]

@@ -1733,3 +1733,83 @@ async fn a_record_damaged_in_a_sealed_segment_is_dead_lettered_and_the_rest_deli
     assert_eq!((redriven.applied, redriven.missing), (vec![], vec![hit]));
     assert_eq!(DeadLetterLog::read_all(&letters_path).unwrap().len(), 1);
 }
+
+/// A replica begun after a snapshot of its source's state: its first
+/// record is the one after the snapshot, its sinks (a best-effort one and
+/// a required one, started before it began) count nothing before it as
+/// missed, it remembers where it began across a restart, and a stream
+/// that numbered a record cannot begin again.
+#[tokio::test]
+async fn a_replica_begun_after_a_snapshot_numbers_on_from_it_and_misses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = StreamId::default();
+    let open_replica = || {
+        DurableReplicator::open(
+            Arc::new(NoteCodec::default()),
+            DurableOptions {
+                replicas: vec![stream.clone()],
+                ..options(dir.path(), Durability::Fsync)
+            },
+        )
+    };
+    let replicator = open_replica().await.unwrap();
+    let (loose, strict) = (MemorySink::new(), MemorySink::new());
+    replicator
+        .add_sink("loose", loose.clone().shared(), sink_options())
+        .await
+        .unwrap();
+    replicator
+        .add_sink(
+            "strict",
+            strict.clone().shared(),
+            required(1_000, WhenFull::Block),
+        )
+        .await
+        .unwrap();
+    replicator.begin_after(&stream, 10).await.unwrap();
+    assert_eq!(
+        (
+            replicator.last_sequence(&stream),
+            replicator.started_after(&stream)
+        ),
+        (10, 10)
+    );
+    // Not the record after the snapshot: refused.
+    assert!(
+        replicator
+            .submit_replicated(&stream, numbered(1..=3))
+            .await
+            .is_err()
+    );
+    replicator
+        .submit_replicated(&stream, numbered(11..=13))
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    wait_for(&replicator, "loose", 13).await;
+    wait_for(&replicator, "strict", 13).await;
+    assert_eq!((loose.len(), strict.len()), (3, 3));
+    let snapshots = replicator.sink_snapshots().await;
+    assert!(
+        snapshots
+            .iter()
+            .all(|s| s.discarded == 0 && s.dead_lettered == 0),
+        "{snapshots:?}"
+    );
+    let again = replicator.begin_after(&stream, 20).await.unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::Rejected, "{again}");
+    replicator.close().await.unwrap();
+
+    let replicator = open_replica().await.unwrap();
+    replicator.open_stream(&stream).await.unwrap();
+    assert_eq!(
+        (
+            replicator.last_sequence(&stream),
+            replicator.started_after(&stream)
+        ),
+        (13, 10)
+    );
+    replicator.close().await.unwrap();
+}

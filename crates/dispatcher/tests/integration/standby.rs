@@ -351,6 +351,34 @@ async fn a_standby_shutting_down_stops_the_waits_of_the_dispatcher_it_becomes() 
     }
 }
 
+/// The primary (its dispatcher, log, server stop and server) goes away:
+/// `standby`, promoted once that is safe, serves the primary's last queue,
+/// in which `held` is still leased.
+async fn fail_over(
+    standby: &Standby,
+    primary: (
+        Arc<Dispatcher>,
+        Log,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ),
+    held: &omnirelay_dispatcher::Lease,
+) -> Arc<Dispatcher> {
+    let (primary, primary_log, stop, server) = primary;
+    let before = primary.snapshot().await;
+    let _ = stop.send(true);
+    server.await.unwrap();
+    drop(primary);
+    primary_log.close().await.unwrap();
+    let dispatcher = standby
+        .promote_when_safe(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(dispatcher.snapshot().await, before);
+    dispatcher.complete(&held.handle).await.unwrap();
+    dispatcher
+}
+
 /// Waits until `standby` reports a failure to follow; returns it.
 async fn failure_of(standby: &Standby) -> String {
     for _ in 0..500 {
@@ -1008,17 +1036,7 @@ async fn a_standby_keeps_a_queue_checkpoint_and_restarts_and_promotes_from_it() 
     let head = primary_log.last_sequence(&stream);
     caught_up(&standby, head).await;
     crate::support::checkpointed(standby_dir.path(), through + 1).await;
-    let before = primary.snapshot().await;
-    let _ = stop.send(true);
-    server.await.unwrap();
-    drop(primary);
-    primary_log.close().await.unwrap();
-    let dispatcher = standby
-        .promote_when_safe(Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(dispatcher.snapshot().await, before);
-    dispatcher.complete(&held.handle).await.unwrap();
+    let dispatcher = fail_over(&standby, (primary, primary_log, stop, server), &held).await;
     drop(dispatcher);
     standby_log.close().await.unwrap();
 }
@@ -1110,18 +1128,8 @@ async fn a_new_standby_of_a_log_that_lost_its_start_begins_from_the_queue_checkp
     let held = primary.lease(Some("worker-9")).await.unwrap();
     primary.enqueue(payload("after"), None).await.unwrap();
     caught_up(&standby, primary_log.last_sequence(&stream)).await;
-    let before = primary.snapshot().await;
-    assert_eq!(standby.snapshot().await, before);
-    let _ = stop.send(true);
-    server.await.unwrap();
-    drop(primary);
-    primary_log.close().await.unwrap();
-    let dispatcher = standby
-        .promote_when_safe(Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(dispatcher.snapshot().await, before);
-    dispatcher.complete(&held.handle).await.unwrap();
+    assert_eq!(standby.snapshot().await, primary.snapshot().await);
+    let dispatcher = fail_over(&standby, (primary, primary_log, stop, server), &held).await;
     drop((dispatcher, standby));
     standby_log.close().await.unwrap();
 

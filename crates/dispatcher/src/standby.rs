@@ -635,17 +635,31 @@ impl Standby {
             let batch = match next {
                 Ok(Some(batch)) => batch,
                 Ok(None) => return Ok(()),
-                // The primary no longer holds it (retention): nothing to
-                // compare with.
                 // A new standby of a primary whose log no longer holds
                 // the stream's first event (retention deleted what its
                 // queue checkpoint covers): it begins from that checkpoint.
                 Err(error) if error.kind() == ErrorKind::Rejected && self.is_new() => {
-                    let through = self.seed(primary, &error).await?;
+                    let checkpoint = self.primary_checkpoint(primary, &error).await?;
+                    // What follows the checkpoint, taken before the standby
+                    // begins from it: a later checkpoint of the primary's
+                    // (and the retention after it) meanwhile refuses this
+                    // subscription, and the standby, still new, tries
+                    // again, rather than begin after a gap.
                     subscription =
-                        Subscription::open(primary, stream, through + 1, encoding).await?;
-                    continue;
+                        Subscription::open(primary, stream, checkpoint.through + 1, encoding)
+                            .await?;
+                    let first = tokio::select! {
+                        next = subscription.next() => next?,
+                        () = stopped(phase) => return Ok(()),
+                    };
+                    let Some(first) = first else {
+                        return Ok(());
+                    };
+                    self.begin_from(checkpoint).await?;
+                    first
                 }
+                // The primary no longer holds it (retention): nothing to
+                // compare with.
                 Err(error) if check.is_some() && error.kind() == ErrorKind::Rejected => {
                     tracing::warn!(
                         %error,
@@ -698,11 +712,13 @@ impl Standby {
         self.replicator.last_sequence(stream) == 0 && self.replicator.started_after(stream) == 0
     }
 
-    /// Begins this new standby from its primary's queue checkpoint, which
-    /// the primary's log was `refused` the start of: the checkpoint is
-    /// kept as this standby's own, its log begins after the checkpoint's
-    /// event, and its queue is the checkpoint's. Returns that event.
-    async fn seed(&self, primary: &Connection, refused: &Error) -> Result<u64, Error> {
+    /// The primary's queue checkpoint, to begin this new standby from:
+    /// the primary's log was `refused` the start of its stream.
+    async fn primary_checkpoint(
+        &self,
+        primary: &Connection,
+        refused: &Error,
+    ) -> Result<Checkpoint, Error> {
         let stream = &self.options.stream;
         let snapshot = omnirelay_replication_grpc::fetch_snapshot(primary, stream)
             .await?
@@ -716,7 +732,7 @@ impl Standby {
                     ),
                 )
             })?;
-        let checkpoint = Checkpoint::from_bytes(&snapshot.data, stream)
+        Checkpoint::from_bytes(&snapshot.data, stream)
             .ok()
             .filter(|checkpoint| checkpoint.through == snapshot.through && checkpoint.through > 0)
             .ok_or_else(|| {
@@ -725,7 +741,14 @@ impl Standby {
                     ErrorKind::Unavailable,
                     "the primary's queue checkpoint cannot be used to begin from",
                 )
-            })?;
+            })
+    }
+
+    /// Begins this new standby from its primary's `checkpoint`: kept as
+    /// its own, its log begins after the checkpoint's event, and its queue
+    /// is the checkpoint's.
+    async fn begin_from(&self, checkpoint: Checkpoint) -> Result<(), Error> {
+        let stream = &self.options.stream;
         let through = checkpoint.through;
         // No checkpoint of this standby's own is being saved, and nothing
         // is appended or promoted meanwhile.
@@ -765,7 +788,7 @@ impl Standby {
             %stream, through,
             "the primary's log no longer holds its stream's start: this standby begins from its queue checkpoint"
         );
-        Ok(through)
+        Ok(())
     }
 
     /// The error of a log found diverged from its source's stream (`why`),

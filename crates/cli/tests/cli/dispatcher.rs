@@ -175,6 +175,18 @@ fn retention_deletes_only_what_the_queue_checkpoint_covers() {
         json!({"pendingCount": 98, "activeLeaseCount": 4}),
         "{stats}"
     );
+    let out = omnirelay(
+        &["log", "inspect", "--data-dir", dir_arg(&standby_dir)],
+        b"",
+    );
+    let inspected = text(&out.stdout);
+    assert!(
+        inspected.contains(&format!(
+            "started after  {} (begun as a standby from its primary's queue checkpoint through it)",
+            began.unwrap()
+        )),
+        "{inspected}"
+    );
     // `log inspect` shows the checkpoint, `log verify` checks that it
     // covers what the log lacks.
     let data_dir = data.to_str().unwrap();

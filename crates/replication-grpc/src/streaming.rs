@@ -218,6 +218,19 @@ impl Follow {
                 .wait_visible_beyond(&self.stream, self.next - 1)
                 .await?;
         }
+        // A log that began after a sequence (a standby begun from its
+        // primary's checkpoint) never held what comes before: refused, as
+        // what retention deleted is, rather than read as nothing for ever.
+        let begun = self.replicator.started_after(&self.stream);
+        if self.next <= begun {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "the log of stream {} began after sequence {begun}: it never held sequence {}",
+                    self.stream, self.next
+                ),
+            ));
+        }
         let mut reader = match self.reader.take() {
             Some(reader) => reader,
             None => self
@@ -237,6 +250,10 @@ impl Follow {
         let (mut batch, exhausted) = batch?;
         if !exhausted {
             self.reader = Some(reader);
+        } else if batch.records.is_empty() && batch.skipped.is_empty() {
+            // Nothing readable yet though the log says there is: do not
+            // spin.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let last = batch
             .records

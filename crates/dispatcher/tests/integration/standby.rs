@@ -1117,7 +1117,27 @@ async fn a_new_standby_of_a_log_that_lost_its_start_begins_from_the_queue_checkp
         (oldest - 1..=primary_log.last_sequence(&stream)).contains(&began),
         "{began}"
     );
-    drop(standby);
+    // A standby of this standby, whose log began after `began` and may
+    // hold nothing yet, begins from its checkpoint the same way.
+    let chain_dir = tempfile::tempdir().unwrap();
+    let (standby_url, standby_stop, standby_server) =
+        serve_keeping(standby_log.clone(), Some(standby_dir.path())).await;
+    let chain_log = log(chain_dir.path()).await;
+    let chain = Standby::open(
+        chain_log.clone(),
+        options.clone(),
+        Connection::new(standby_url),
+    )
+    .await
+    .unwrap();
+    primary.enqueue(payload("chained"), None).await.unwrap();
+    caught_up(&chain, primary_log.last_sequence(&stream)).await;
+    assert_eq!(chain.snapshot().await, primary.snapshot().await);
+    assert_eq!(chain_log.started_after(&stream), began);
+    let _ = standby_stop.send(true);
+    standby_server.await.unwrap();
+    drop((chain, standby));
+    chain_log.close().await.unwrap();
     standby_log.close().await.unwrap();
 
     // Restarted, it rebuilds from its copy of the checkpoint and follows on.

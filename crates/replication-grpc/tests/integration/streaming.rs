@@ -849,3 +849,35 @@ async fn snapshot_sends_what_the_node_keeps_in_chunks_behind_its_token() {
     let bare = Connection::new(serve(false, None).await);
     assert_eq!(fetch_snapshot(&bare, &stream).await.unwrap(), None);
 }
+
+/// `Subscribe` from before the sequence a log began after (a standby begun
+/// from its primary's checkpoint) is refused, also while the log holds
+/// nothing yet (before, it answered empty batches as fast as it could);
+/// from the next sequence it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_before_where_a_log_began_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path()).await;
+    let stream = StreamId::new("begun").unwrap();
+    node.replicator.begin_after(&stream, 10).await.unwrap();
+    let connection = Connection::new(node.url.clone());
+    let mut early = Subscription::open(&connection, &stream, 1, Encoding::JSON_V1)
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), early.next())
+        .await
+        .expect("no answer")
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+    assert!(
+        refused.to_string().contains("began after sequence 10"),
+        "{refused}"
+    );
+    let mut from_next = Subscription::open(&connection, &stream, 11, Encoding::JSON_V1)
+        .await
+        .unwrap();
+    let greeting = from_next.next().await.unwrap().unwrap();
+    assert_eq!((greeting.head, greeting.records.len()), (10, 0));
+    drop((early, from_next));
+    node.stop().await;
+}

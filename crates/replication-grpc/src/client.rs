@@ -317,7 +317,8 @@ impl Subscription {
 }
 
 /// The newest snapshot of `stream` the node at `connection` keeps (its
-/// `Snapshot`); `None` when it keeps none.
+/// `Snapshot`); `None` when it keeps none, or does not serve `Snapshot`
+/// (an earlier release).
 ///
 /// # Errors
 ///
@@ -337,7 +338,15 @@ pub async fn fetch_snapshot(
     let context = format!("snapshot of {stream}");
     let mut chunks = match client.snapshot(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+        // A node of a release before `Snapshot` keeps none to give.
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::NotFound | tonic::Code::Unimplemented
+            ) =>
+        {
+            return Ok(None);
+        }
         Err(status) => return Err(status_error(&context, &status)),
     };
     let mut through = None;

@@ -845,9 +845,15 @@ async fn snapshot_sends_what_the_node_keeps_in_chunks_behind_its_token() {
     assert_eq!(got.as_ref(), Some(&held));
     let other = StreamId::new("other").unwrap();
     assert_eq!(fetch_snapshot(&connection, &other).await.unwrap(), None);
-    // A node that keeps none.
+    // A node that keeps none, and one without the service (a reference
+    // receiver, or a release before `Snapshot`).
     let bare = Connection::new(serve(false, None).await);
     assert_eq!(fetch_snapshot(&bare, &stream).await.unwrap(), None);
+    let old_dir = tempfile::tempdir().unwrap();
+    let old = Node::serve(old_dir.path(), None, false).await;
+    let unserved = fetch_snapshot(&Connection::new(old.url.clone()), &stream).await;
+    assert_eq!(unserved.unwrap(), None);
+    old.stop().await;
 }
 
 /// `Subscribe` from before the sequence a log began after (a standby begun

@@ -839,24 +839,7 @@ async fn a_restart_reads_the_queue_checkpoint_and_only_the_events_after_it() {
     let log = crate::support::log_under(dir.path(), retention).await;
     let dispatcher = Dispatcher::open(log.clone(), checked()).await.unwrap();
     crate::support::varied_queue(&dispatcher).await;
-    for i in 0..100 {
-        dispatcher
-            .enqueue(payload(&format!("bulk{i}")), None)
-            .await
-            .unwrap();
-    }
-    crate::support::checkpointed(dir.path(), 100).await;
-    // Retention (at most every 500 ms) deletes what the checkpoint covers.
-    let stream = StreamId::default();
-    for i in 0..8 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        dispatcher
-            .enqueue(payload(&format!("late{i}")), None)
-            .await
-            .unwrap();
-    }
-    let oldest = omnirelay_replication_testkit::oldest_record(dir.path(), &stream);
-    assert!(oldest > 30, "retention deleted nothing: oldest {oldest}");
+    crate::support::trimmed(&dispatcher, dir.path()).await;
     let before = dispatcher.snapshot().await;
     assert!(!before.dead_letters().is_empty());
     drop(dispatcher);

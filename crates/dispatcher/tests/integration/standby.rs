@@ -1049,7 +1049,7 @@ async fn a_standby_keeps_a_queue_checkpoint_and_restarts_and_promotes_from_it() 
 /// before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_standby_of_a_log_that_lost_its_start_begins_from_the_queue_checkpoint() {
-    use crate::support::{checkpointed, log_under, varied_queue};
+    use crate::support::{log_under, trimmed, varied_queue};
     let (primary_dir, standby_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let stream = StreamId::default();
     let options = DispatcherOptions {
@@ -1066,23 +1066,7 @@ async fn a_new_standby_of_a_log_that_lost_its_start_begins_from_the_queue_checkp
         .await
         .unwrap();
     varied_queue(&primary).await;
-    for i in 0..100 {
-        primary
-            .enqueue(payload(&format!("bulk{i}")), None)
-            .await
-            .unwrap();
-    }
-    checkpointed(primary_dir.path(), 100).await;
-    // Retention (at most every 500 ms) deletes what the checkpoint covers.
-    for i in 0..8 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        primary
-            .enqueue(payload(&format!("late{i}")), None)
-            .await
-            .unwrap();
-    }
-    let oldest = omnirelay_replication_testkit::oldest_record(primary_dir.path(), &stream);
-    assert!(oldest > 30, "retention deleted nothing: oldest {oldest}");
+    let oldest = trimmed(&primary, primary_dir.path()).await;
 
     // Without `Snapshot`, a new standby cannot begin: it says why.
     let (url, stop, server) = serve(primary_log.clone()).await;

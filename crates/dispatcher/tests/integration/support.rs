@@ -112,3 +112,29 @@ pub(crate) async fn varied_queue(dispatcher: &Dispatcher) {
     dispatcher.heartbeat(&beating.handle).await.unwrap();
     dispatcher.lease(None).await.unwrap();
 }
+
+/// Enqueues 100 items on `dispatcher` (its log under `dir`, a
+/// [`log_under`] with retention that deletes what its queue checkpoint
+/// covers), waits for a checkpoint through at least the 100th event, then
+/// enqueues more while retention (at most every 500 ms) deletes what the
+/// checkpoint covers. Returns the log's oldest record, past 30.
+pub(crate) async fn trimmed(dispatcher: &Dispatcher, dir: &std::path::Path) -> u64 {
+    for i in 0..100 {
+        dispatcher
+            .enqueue(payload(&format!("bulk{i}")), None)
+            .await
+            .unwrap();
+    }
+    checkpointed(dir, 100).await;
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        dispatcher
+            .enqueue(payload(&format!("late{i}")), None)
+            .await
+            .unwrap();
+    }
+    let stream = omnirelay_replication::StreamId::default();
+    let oldest = omnirelay_replication_testkit::oldest_record(dir, &stream);
+    assert!(oldest > 30, "retention deleted nothing: oldest {oldest}");
+    oldest
+}

@@ -14,11 +14,13 @@
 //!
 //! [`DispatcherOptions::checkpoint_interval`]: crate::DispatcherOptions::checkpoint_interval
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use omnirelay_replication::log::write_atomically;
+use omnirelay_replication::log::{write_atomically, write_atomically_with};
 use omnirelay_replication::{StreamId, Timestamp};
 use omnirelay_resourcelease::{
     Metadata, ResourceLeaseErrorInfo as ErrorInfo, ResourceLeaseItemPayload as Payload,
@@ -178,42 +180,49 @@ pub fn unusable_beside(through: u64, started: u64, last: u64) -> Option<String> 
     }
 }
 
-/// The file: the queue folded through `through`.
+/// The file: the queue folded through `through`. Read into owned parts
+/// (`P`, `A`, `D` vectors of them); written from the queue as it is,
+/// each part borrowed as it is serialized ([`Parts`]), so that saving a
+/// large queue copies none of it.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct File {
-    stream: String,
+struct File<'a, P, A, D> {
+    stream: Cow<'a, str>,
     through: u64,
     last_sequence_id: i64,
     drained: bool,
-    pending: Vec<PendingFile>,
-    active: Vec<ActiveFile>,
-    dead_letters: Vec<DeadFile>,
+    pending: P,
+    active: A,
+    dead_letters: D,
 }
+
+/// The file as read.
+type FileRead =
+    File<'static, Vec<PendingFile<'static>>, Vec<ActiveFile<'static>>, Vec<DeadFile<'static>>>;
 
 /// Timestamps as .NET ticks (exact); bodies in base64.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ItemFile {
-    resource_type: String,
-    resource_id: String,
-    partition_key: String,
-    payload_encoding: String,
+struct ItemFile<'a> {
+    resource_type: Cow<'a, str>,
+    resource_id: Cow<'a, str>,
+    partition_key: Cow<'a, str>,
+    payload_encoding: Cow<'a, str>,
     body: String,
-    attributes: Option<Vec<(String, String)>>,
-    request_id: Option<String>,
+    attributes: Option<Vec<(Cow<'a, str>, Cow<'a, str>)>>,
+    request_id: Option<Cow<'a, str>>,
     attempt: i32,
     enqueued_at: i64,
-    last_error: Option<ErrorFile>,
+    last_error: Option<ErrorFile<'a>>,
     sequence_id: i64,
     last_ownership_token: Option<HandleFile>,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ErrorFile {
-    message: String,
-    code: Option<String>,
+struct ErrorFile<'a> {
+    message: Cow<'a, str>,
+    code: Option<Cow<'a, str>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -226,17 +235,17 @@ struct HandleFile {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PendingFile {
-    item: ItemFile,
+struct PendingFile<'a> {
+    item: ItemFile<'a>,
     available_at: i64,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ActiveFile {
-    item: ItemFile,
+struct ActiveFile<'a> {
+    item: ItemFile<'a>,
     handle: HandleFile,
-    owner: Option<String>,
+    owner: Option<Cow<'a, str>>,
     granted_at: i64,
     expires_at: i64,
     last_heartbeat: i64,
@@ -244,23 +253,37 @@ struct ActiveFile {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DeadFile {
-    item: ItemFile,
-    error: Option<ErrorFile>,
+struct DeadFile<'a> {
+    item: ItemFile<'a>,
+    error: Option<ErrorFile<'a>>,
     at: i64,
 }
 
-fn error_file(error: &ErrorInfo) -> ErrorFile {
-    ErrorFile {
-        message: error.message.clone(),
-        code: error.code.clone(),
+/// A sequence serialized one element at a time, as `each()` yields them.
+struct Parts<F>(F);
+
+impl<F, I> Serialize for Parts<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
     }
 }
 
-fn error_of(file: ErrorFile) -> ErrorInfo {
+fn error_file(error: &ErrorInfo) -> ErrorFile<'_> {
+    ErrorFile {
+        message: Cow::Borrowed(&error.message),
+        code: error.code.as_deref().map(Cow::Borrowed),
+    }
+}
+
+fn error_of(file: ErrorFile<'_>) -> ErrorInfo {
     ErrorInfo {
-        message: file.message,
-        code: file.code,
+        message: file.message.into_owned(),
+        code: file.code.map(Cow::into_owned),
     }
 }
 
@@ -281,21 +304,21 @@ fn handle_of(file: &HandleFile) -> Result<Handle, String> {
     })
 }
 
-fn item_file(item: &Item) -> ItemFile {
+fn item_file(item: &Item) -> ItemFile<'_> {
     let payload = &item.payload;
     ItemFile {
-        resource_type: payload.resource_type.clone(),
-        resource_id: payload.resource_id.clone(),
-        partition_key: payload.partition_key.clone(),
-        payload_encoding: payload.payload_encoding.clone(),
+        resource_type: Cow::Borrowed(&payload.resource_type),
+        resource_id: Cow::Borrowed(&payload.resource_id),
+        partition_key: Cow::Borrowed(&payload.partition_key),
+        payload_encoding: Cow::Borrowed(&payload.payload_encoding),
         body: BASE64.encode(&payload.body),
         attributes: payload.attributes.as_ref().map(|attributes| {
             attributes
                 .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
                 .collect()
         }),
-        request_id: payload.request_id.clone(),
+        request_id: payload.request_id.as_deref().map(Cow::Borrowed),
         attempt: item.attempt,
         enqueued_at: item.enqueued_at.ticks(),
         last_error: item.last_error.as_ref().map(error_file),
@@ -308,20 +331,20 @@ fn timestamp(ticks: i64) -> Result<Timestamp, String> {
     Timestamp::from_ticks(ticks).ok_or_else(|| format!("{ticks} ticks is not a time"))
 }
 
-fn item_of(file: ItemFile) -> Result<Item, String> {
+fn item_of(file: ItemFile<'_>) -> Result<Item, String> {
     Ok(Item {
         payload: Payload {
-            resource_type: file.resource_type,
-            resource_id: file.resource_id,
-            partition_key: file.partition_key,
-            payload_encoding: file.payload_encoding,
+            resource_type: file.resource_type.into_owned(),
+            resource_id: file.resource_id.into_owned(),
+            partition_key: file.partition_key.into_owned(),
+            payload_encoding: file.payload_encoding.into_owned(),
             body: BASE64
                 .decode(&file.body)
                 .map_err(|e| format!("item {}: body: {e}", file.sequence_id))?,
             attributes: file
                 .attributes
                 .map(|attributes| attributes.into_iter().collect::<Metadata>()),
-            request_id: file.request_id,
+            request_id: file.request_id.map(Cow::into_owned),
         },
         attempt: file.attempt,
         enqueued_at: timestamp(file.enqueued_at)?,
@@ -357,7 +380,8 @@ impl Checkpoint {
     /// The checkpoint of `stream` in `bytes` (a file's, or a snapshot's
     /// from another node), or why it cannot be used.
     pub(crate) fn from_bytes(bytes: &[u8], stream: &StreamId) -> Result<Self, String> {
-        let file: File = serde_json::from_slice(bytes).map_err(|e| format!("is damaged: {e}"))?;
+        let file: FileRead =
+            serde_json::from_slice(bytes).map_err(|e| format!("is damaged: {e}"))?;
         if file.stream != stream.as_str() {
             return Err(format!("is stream {:?}'s", file.stream));
         }
@@ -365,16 +389,16 @@ impl Checkpoint {
         let mut pending = Vec::with_capacity(file.pending.len());
         for entry in file.pending {
             pending.push(PendingEntry {
-                item: item_of(entry.item).map_err(damaged)?,
+                item: item_of(entry.item).map(Arc::new).map_err(damaged)?,
                 available_at: timestamp(entry.available_at).map_err(damaged)?,
             });
         }
         let mut active = Vec::with_capacity(file.active.len());
         for lease in file.active {
             active.push(ActiveLease {
-                item: item_of(lease.item).map_err(damaged)?,
+                item: item_of(lease.item).map(Arc::new).map_err(damaged)?,
                 handle: handle_of(&lease.handle).map_err(damaged)?,
-                owner: lease.owner,
+                owner: lease.owner.map(Cow::into_owned),
                 granted_at: timestamp(lease.granted_at).map_err(damaged)?,
                 expires_at: timestamp(lease.expires_at).map_err(damaged)?,
                 last_heartbeat: timestamp(lease.last_heartbeat).map_err(damaged)?,
@@ -383,7 +407,7 @@ impl Checkpoint {
         let mut dead_letters = Vec::with_capacity(file.dead_letters.len());
         for letter in file.dead_letters {
             dead_letters.push(DeadLetter {
-                item: item_of(letter.item).map_err(damaged)?,
+                item: item_of(letter.item).map(Arc::new).map_err(damaged)?,
                 error: letter.error.map(error_of),
                 at: timestamp(letter.at).map_err(damaged)?,
             });
@@ -405,42 +429,160 @@ impl Checkpoint {
     pub(crate) fn save(&self, path: &Path, stream: &StreamId) -> std::io::Result<()> {
         let state = &self.state;
         let file = File {
-            stream: stream.as_str().to_owned(),
+            stream: Cow::Borrowed(stream.as_str()),
             through: self.through,
             last_sequence_id: state.last_sequence_id(),
             drained: state.is_drained(),
-            pending: state
-                .pending()
-                .map(|entry| PendingFile {
+            pending: Parts(|| {
+                state.pending().map(|entry| PendingFile {
                     item: item_file(&entry.item),
                     available_at: entry.available_at.ticks(),
                 })
-                .collect(),
-            active: state
-                .active()
-                .map(|lease| ActiveFile {
+            }),
+            active: Parts(|| {
+                state.active().map(|lease| ActiveFile {
                     item: item_file(&lease.item),
                     handle: handle_file(&lease.handle),
-                    owner: lease.owner.clone(),
+                    owner: lease.owner.as_deref().map(Cow::Borrowed),
                     granted_at: lease.granted_at.ticks(),
                     expires_at: lease.expires_at.ticks(),
                     last_heartbeat: lease.last_heartbeat.ticks(),
                 })
-                .collect(),
-            dead_letters: state
-                .dead_letters()
-                .iter()
-                .map(|letter| DeadFile {
+            }),
+            dead_letters: Parts(|| {
+                state.dead_letters().iter().map(|letter| DeadFile {
                     item: item_file(&letter.item),
                     error: letter.error.as_ref().map(error_file),
                     at: letter.at.ticks(),
                 })
-                .collect(),
+            }),
         };
-        let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        write_atomically(path, &bytes)
+        write_atomically_with(path, |out| {
+            serde_json::to_writer(out, &file).map_err(std::io::Error::other)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue with one of everything a checkpoint holds: a plain pending
+    /// item, a requeued one (attributes, request id, last error and
+    /// token), a lease, a dead letter.
+    fn varied() -> Checkpoint {
+        let at = |seconds: i64| {
+            Timestamp::from_ticks(639_000_000_000_000_000 + seconds * 10_000_000).unwrap()
+        };
+        let handle = |sequence_id, attempt, last: u8| Handle {
+            sequence_id,
+            attempt,
+            lease_id: uuid::Uuid::from_bytes([last; 16]),
+        };
+        let item = |sequence_id: i64, attempt| Item {
+            payload: Payload {
+                resource_type: "catalog.table".to_owned(),
+                resource_id: format!("table-{sequence_id}"),
+                partition_key: "p-\"1\"".to_owned(),
+                payload_encoding: "application/json".to_owned(),
+                body: format!("{{\"op\":{sequence_id}}}").into_bytes(),
+                attributes: None,
+                request_id: None,
+            },
+            attempt,
+            enqueued_at: at(sequence_id),
+            last_error: None,
+            sequence_id,
+            last_ownership_token: None,
+        };
+        let failure = ErrorInfo {
+            message: "worker lost\nits disk".to_owned(),
+            code: Some("mesh.demo.failure".to_owned()),
+        };
+        let mut requeued = item(2, 2);
+        requeued.payload.attributes = Some(Metadata::from([("tenant", "acme"), ("op", "commit")]));
+        requeued.payload.request_id = Some("req-2".to_owned());
+        requeued.last_error = Some(failure.clone());
+        requeued.last_ownership_token = Some(handle(2, 1, 0x22));
+        let mut dead = item(4, 5);
+        dead.last_error = Some(failure.clone());
+        dead.last_ownership_token = Some(handle(4, 5, 0x44));
+        Checkpoint {
+            through: 17,
+            state: QueueState::from_parts(
+                4,
+                vec![
+                    PendingEntry {
+                        item: item(1, 1).into(),
+                        available_at: at(1),
+                    },
+                    PendingEntry {
+                        item: requeued.into(),
+                        available_at: at(30),
+                    },
+                ],
+                vec![ActiveLease {
+                    item: item(3, 1).into(),
+                    handle: handle(3, 1, 0x33),
+                    owner: Some("worker-é".to_owned()),
+                    granted_at: at(40),
+                    expires_at: at(70),
+                    last_heartbeat: at(45),
+                }],
+                vec![DeadLetter {
+                    item: dead.into(),
+                    error: Some(failure),
+                    at: at(50),
+                }],
+                false,
+            ),
+        }
+    }
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/queue-checkpoint.json")
+    }
+
+    /// The file as the version before items were shared wrote it: read
+    /// as the same queue, and written again byte for byte.
+    #[test]
+    fn the_checkpoint_file_is_pinned_by_a_fixture() {
+        let stream = StreamId::new("default").unwrap();
+        let loaded = Checkpoint::load(&fixture(), &stream).unwrap().unwrap();
+        assert_eq!(loaded, varied());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dispatcher/default.queue.json");
+        varied().save(&path, &stream).unwrap();
+        assert_eq!(
+            String::from_utf8(std::fs::read(&path).unwrap()).unwrap(),
+            std::fs::read_to_string(fixture()).unwrap()
+        );
+    }
+
+    /// A checkpoint's copy shares the queue's items, and keeps what it
+    /// took while the queue moves on.
+    #[test]
+    fn a_copy_of_the_queue_shares_its_items_and_keeps_what_it_took() {
+        let options = crate::QueueOptions {
+            heartbeat_interval: std::time::Duration::ZERO,
+            ..crate::QueueOptions::default()
+        };
+        let mut state = varied().state;
+        let copy = state.clone();
+        let first = |s: &QueueState| s.pending().next().unwrap().item.clone();
+        assert!(Arc::ptr_eq(&first(&state), &first(&copy)));
+        let lease = state.active().next().unwrap().handle;
+        let later = state.active().next().unwrap().last_heartbeat;
+        let later = Timestamp::from_ticks(later.ticks() + 10_000_000).unwrap();
+        assert!(state.heartbeat(&lease, later, &options).unwrap());
+        assert_eq!(state.active().next().unwrap().last_heartbeat, later);
+        assert_eq!(copy, varied().state, "the copy is as it was taken");
+        assert!(Arc::ptr_eq(
+            &state.active().next().unwrap().item,
+            &copy.active().next().unwrap().item
+        ));
     }
 }

@@ -19,6 +19,7 @@
 //! heartbeat it.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use omnirelay_replication::Timestamp;
@@ -136,8 +137,9 @@ impl Default for QueueOptions {
 /// A pending item and when it may be leased.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingEntry {
-    /// The item (its attempt is the next delivery's).
-    pub item: Item,
+    /// The item (its attempt is the next delivery's), shared with the
+    /// copies a checkpoint takes.
+    pub item: Arc<Item>,
     /// Not leased before this (a requeue delay).
     pub available_at: Timestamp,
 }
@@ -145,8 +147,9 @@ pub struct PendingEntry {
 /// A granted lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActiveLease {
-    /// The item (its attempt is this delivery's).
-    pub item: Item,
+    /// The item (its attempt is this delivery's), shared with the copies a
+    /// checkpoint takes.
+    pub item: Arc<Item>,
     /// The lease's token.
     pub handle: Handle,
     /// Who holds it.
@@ -162,8 +165,9 @@ pub struct ActiveLease {
 /// An item that ran out of attempts or was failed without requeue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
-    /// The item as it was last delivered.
-    pub item: Item,
+    /// The item as it was last delivered, shared with the copies a
+    /// checkpoint takes.
+    pub item: Arc<Item>,
     /// Why.
     pub error: Option<ErrorInfo>,
     /// When.
@@ -238,7 +242,9 @@ pub type Decision = Vec<Event>;
 pub struct QueueState {
     last_sequence_id: i64,
     pending: VecDeque<PendingEntry>,
-    active: BTreeMap<Uuid, ActiveLease>,
+    /// Each lease shared with the copies a checkpoint takes (changed as
+    /// copy-on-write), so that copying the queue copies pointers.
+    active: BTreeMap<Uuid, Arc<ActiveLease>>,
     dead_letters: Vec<DeadLetter>,
     drained: bool,
 }
@@ -304,13 +310,14 @@ impl QueueState {
 
     /// Active leases, by lease id.
     pub fn active(&self) -> impl ExactSizeIterator<Item = &ActiveLease> {
-        self.active.values()
+        self.active.values().map(|lease| &**lease)
     }
 
     /// The lease `handle` names, if it is the item's current one.
     pub fn lease(&self, handle: &Handle) -> Option<&ActiveLease> {
         self.active
             .get(&handle.lease_id)
+            .map(|lease| &**lease)
             .filter(|lease| lease.handle == *handle)
     }
 
@@ -369,7 +376,7 @@ impl QueueState {
             pending: pending.into(),
             active: active
                 .into_iter()
-                .map(|lease| (lease.handle.lease_id, lease))
+                .map(|lease| (lease.handle.lease_id, Arc::new(lease)))
                 .collect(),
             dead_letters,
             drained,
@@ -400,9 +407,9 @@ impl QueueState {
     fn items(&self) -> impl Iterator<Item = &Item> {
         self.pending
             .iter()
-            .map(|p| &p.item)
-            .chain(self.active.values().map(|l| &l.item))
-            .chain(self.dead_letters.iter().map(|d| &d.item))
+            .map(|p| &*p.item)
+            .chain(self.active.values().map(|l| &*l.item))
+            .chain(self.dead_letters.iter().map(|d| &*d.item))
     }
 
     fn open(&self) -> Result<(), QueueError> {
@@ -556,6 +563,7 @@ impl QueueState {
         if now.saturating_duration_since(lease.last_heartbeat) < options.heartbeat_interval {
             return Ok(false);
         }
+        let lease = Arc::make_mut(lease);
         lease.last_heartbeat = now;
         lease.expires_at = plus(now, options.lease_duration);
         Ok(true)
@@ -576,7 +584,7 @@ impl QueueState {
         let next_attempt = lease.item.attempt.saturating_add(1);
         let again = requeue
             && u32::try_from(next_attempt).is_ok_and(|a| a <= options.max_delivery_attempts);
-        let mut item = lease.item.clone();
+        let mut item = Item::clone(&lease.item);
         item.last_error = Some(error.clone());
         item.last_ownership_token = Some(lease.handle);
         let (kind, pending) = if again {
@@ -631,11 +639,8 @@ impl QueueState {
     /// The expiry sweep at `now`: for each lease past its expiry (soonest
     /// first), `LeaseExpired` then `Requeued` or `DeadLettered`.
     pub fn decide_sweep(&self, now: Timestamp, options: &QueueOptions) -> Decision {
-        let mut expired: Vec<&ActiveLease> = self
-            .active
-            .values()
-            .filter(|l| l.expires_at <= now)
-            .collect();
+        let mut expired: Vec<&ActiveLease> =
+            self.active().filter(|l| l.expires_at <= now).collect();
         expired.sort_by_key(|l| (l.expires_at, l.handle.lease_id));
         let (mut pending, mut active) = (self.pending.len(), self.active.len());
         let mut out = Vec::with_capacity(expired.len() * 2);
@@ -670,7 +675,7 @@ impl QueueState {
         let mut out = event(Type::DrainSnapshot, None, 0, self.active.len());
         out.metadata
             .insert(keys::DRAIN_COUNT, self.pending.len().to_string());
-        out.items = self.pending.iter().map(|p| p.item.clone()).collect();
+        out.items = self.pending.iter().map(|p| Item::clone(&p.item)).collect();
         Ok(vec![out])
     }
 
@@ -776,7 +781,7 @@ impl QueueState {
             .map(|letter| {
                 pending += 1;
                 let mut out = event(Type::Requeued, peer, pending, self.active.len());
-                let mut item = letter.item.clone();
+                let mut item = Item::clone(&letter.item);
                 item.attempt = 1;
                 out.items = vec![item];
                 out
@@ -815,7 +820,7 @@ impl QueueState {
                 );
                 out.metadata
                     .insert(keys::PURGE_COUNT, letters.len().to_string());
-                out.items = letters.iter().map(|d| d.item.clone()).collect();
+                out.items = letters.iter().map(|d| Item::clone(&d.item)).collect();
                 out
             })
             .collect())
@@ -887,14 +892,14 @@ impl QueueState {
                 // was served.
                 self.last_sequence_id = self.last_sequence_id.wrapping_add(1);
                 self.pending.push_back(PendingEntry {
-                    item: Item {
+                    item: Arc::new(Item {
                         payload,
                         attempt: 1,
                         enqueued_at: at,
                         last_error: None,
                         sequence_id: self.last_sequence_id,
                         last_ownership_token: None,
-                    },
+                    }),
                     available_at: at,
                 });
             }
@@ -909,17 +914,19 @@ impl QueueState {
                     return Err(wrong(format!("item {} is not pending", handle.sequence_id)));
                 };
                 let mut item = entry.item;
-                item.attempt = handle.attempt;
+                if item.attempt != handle.attempt {
+                    Arc::make_mut(&mut item).attempt = handle.attempt;
+                }
                 self.active.insert(
                     handle.lease_id,
-                    ActiveLease {
+                    Arc::new(ActiveLease {
                         item,
                         owner: event.peer_id.clone(),
                         granted_at: at,
                         expires_at: plus(at, options.lease_duration),
                         last_heartbeat: at,
                         handle,
-                    },
+                    }),
                 );
             }
             Type::Completed | Type::Failed | Type::LeaseExpired => {
@@ -936,6 +943,7 @@ impl QueueState {
                     .items
                     .first()
                     .cloned()
+                    .map(Arc::new)
                     .ok_or_else(|| wrong("Requeued without its item".to_owned()))?;
                 if event.ownership.is_none() {
                     // A redrive: no lease ended; the item leaves the dead
@@ -964,6 +972,7 @@ impl QueueState {
                     .items
                     .first()
                     .cloned()
+                    .map(Arc::new)
                     .ok_or_else(|| wrong("DeadLettered without its item".to_owned()))?;
                 self.dead_letters.push(DeadLetter {
                     item,
@@ -998,7 +1007,7 @@ impl QueueState {
                 for item in &event.items {
                     self.last_sequence_id = self.last_sequence_id.max(item.sequence_id);
                     self.pending.push_back(PendingEntry {
-                        item: item.clone(),
+                        item: Arc::new(item.clone()),
                         available_at: at,
                     });
                 }

@@ -624,7 +624,7 @@ impl Dispatcher {
             })?;
             return Ok(Attempt::Granted(Box::new(Lease {
                 handle: lease.handle,
-                item: lease.item,
+                item: Item::clone(&lease.item),
                 owner: lease.owner,
             })));
         }
@@ -941,9 +941,10 @@ impl Taken {
 
 /// Whether a checkpoint of `state` through `through` is worth its cost
 /// after the one through `saved`: it moved, by at least one event per 16
-/// items the queue holds. Copying the queue holds its lock (a million
-/// items take about a second here): a large queue with little traffic is
-/// saved less often, and a restart folds the few events after it.
+/// items the queue holds. Copying the queue holds its lock (its items
+/// are shared, so a million take about 60 ms here) and writing it takes
+/// a while: a large queue with little traffic is saved less often, and a
+/// restart folds the few events after it.
 fn worth_saving(state: &QueueState, through: u64, saved: u64) -> bool {
     let items = state.pending_count() + state.active_count() + state.dead_letters().len();
     through > saved && (through - saved).saturating_mul(16) >= items as u64

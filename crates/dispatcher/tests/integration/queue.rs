@@ -357,7 +357,7 @@ fn drain_hands_out_the_pending_items_and_restore_elsewhere_keeps_them() {
 fn a_restored_largest_sequence_id_leaves_no_room_and_enqueue_says_so() {
     let mut sim = Sim::new();
     sim.enqueue("a");
-    let mut last = sim.state.pending().next().unwrap().item.clone();
+    let mut last = (*sim.state.pending().next().unwrap().item).clone();
     last.sequence_id = i64::MAX;
     sim.commit(sim.state.decide_restore(vec![last], None).unwrap());
     // The reference's counter wraps: the next item would get a negative
@@ -555,7 +555,7 @@ fn dead_letters_are_redriven_with_fresh_attempts_and_leave_the_list() {
     assert_eq!(Sim::types(&sim.fail(&handle, true))[1], Type::Requeued);
 
     // A restore cannot reuse a dead-lettered item's id.
-    let mut copy = sim.state.dead_letters()[0].item.clone();
+    let mut copy = (*sim.state.dead_letters()[0].item).clone();
     copy.last_error = None;
     let clash = sim.state.decide_restore(vec![copy], None).unwrap_err();
     assert_eq!(clash.code, codes::PENDING_ITEM_INVALID);

@@ -71,11 +71,28 @@ pub(crate) fn write_meta(dir: &Path, meta: &StreamMeta) -> io::Result<()> {
 /// Replaces `path` with `bytes` so that a crash leaves either the old or
 /// the new contents, never a mix.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomically_with(path, |out| out.write_all(bytes))
+}
+
+/// As [`write_atomically`], the contents written by `write` (through a
+/// buffer) instead of held in memory first: for a large file made of many
+/// parts. A write that fails (a full disk) removes what it wrote.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    drop(file);
+    let written = (|| {
+        let mut out = io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&tmp)?);
+        write(&mut out)?;
+        out.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_data()
+    })();
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(error);
+    }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;

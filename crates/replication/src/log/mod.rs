@@ -49,8 +49,8 @@ mod tests;
 mod writer;
 
 pub use disk::Recovery;
-pub use meta::write_atomically;
 pub use meta::{LastCut, StreamMeta, read_meta};
+pub use meta::{write_atomically, write_atomically_with};
 pub use options::{Durability, LogOptions, Retention};
 pub(crate) use reader::{BatchReader, Damaged};
 pub use reader::{LogReader, RecordRef, Records, StoredRecord, VerifyProgress, VerifyReport};

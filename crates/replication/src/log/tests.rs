@@ -1384,3 +1384,28 @@ async fn a_log_whose_files_are_removed_while_open_stops_saying_so() {
         assert!(message.contains("restart the process"), "{message}");
     }
 }
+
+#[test]
+fn a_file_replaced_atomically_is_kept_whole_when_its_writing_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    write_atomically(&path, b"old").unwrap();
+    let failed = write_atomically_with(&path, |out| {
+        out.write_all(&[b'x'; 100_000])?;
+        Err(std::io::Error::other("no space left on device"))
+    })
+    .unwrap_err();
+    assert_eq!(failed.to_string(), "no space left on device");
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["state.json"],
+        "what the failed write wrote is removed"
+    );
+    write_atomically_with(&path, |out| out.write_all(b"new")).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+}

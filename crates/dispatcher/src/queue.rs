@@ -696,7 +696,10 @@ impl QueueState {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let mut seen = std::collections::BTreeSet::new();
+        // Every id in the queue, and those restored before this one: looked
+        // up once per item, not by a scan of the queue each.
+        let mut held: std::collections::HashSet<i64> =
+            self.items().map(|item| item.sequence_id).collect();
         let mut restored = Vec::with_capacity(items.len());
         for (index, mut item) in items.into_iter().enumerate() {
             let invalid = |why: String| {
@@ -717,10 +720,7 @@ impl QueueState {
             if item.attempt < 1 {
                 return Err(invalid(format!("attempt {} is not positive", item.attempt)));
             }
-            let taken = self
-                .items()
-                .any(|other| other.sequence_id == item.sequence_id);
-            if taken || !seen.insert(item.sequence_id) {
+            if !held.insert(item.sequence_id) {
                 return Err(invalid(format!(
                     "sequenceId {} is already in the queue",
                     item.sequence_id
@@ -839,6 +839,10 @@ impl QueueState {
             Selection::All => return Ok(self.dead_letters.iter().collect()),
             Selection::Items(ids) => ids,
         };
+        let mut letters = std::collections::HashMap::with_capacity(self.dead_letters.len());
+        for letter in &self.dead_letters {
+            letters.entry(letter.item.sequence_id).or_insert(letter);
+        }
         let mut seen = std::collections::BTreeSet::new();
         ids.iter()
             .map(|&id| {
@@ -849,16 +853,13 @@ impl QueueState {
                         format!("item {id} is named twice: name each item once"),
                     ));
                 }
-                self.dead_letters
-                    .iter()
-                    .find(|d| d.item.sequence_id == id)
-                    .ok_or_else(|| {
-                        QueueError::new(
-                            ErrorStatus::NotFound,
-                            missing,
-                            format!("item {id} is not dead-lettered"),
-                        )
-                    })
+                letters.get(&id).copied().ok_or_else(|| {
+                    QueueError::new(
+                        ErrorStatus::NotFound,
+                        missing,
+                        format!("item {id} is not dead-lettered"),
+                    )
+                })
             })
             .collect()
     }

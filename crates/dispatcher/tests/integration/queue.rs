@@ -316,6 +316,17 @@ fn drain_hands_out_the_pending_items_and_restore_elsewhere_keeps_them() {
     let clash = other.state.decide_restore(items.clone(), None).unwrap_err();
     assert_eq!(clash.code, codes::PENDING_ITEM_INVALID);
     assert!(clash.message.contains("sequenceId 1"), "{}", clash.message);
+    // So does an item named twice in one restore.
+    let twice = vec![items[1].clone(), items[0].clone(), items[1].clone()];
+    let clash = Sim::new().state.decide_restore(twice, None).unwrap_err();
+    assert_eq!(clash.code, codes::PENDING_ITEM_INVALID);
+    assert_eq!(
+        clash.message,
+        format!(
+            "items[2]: sequenceId {} is already in the queue",
+            items[1].sequence_id
+        )
+    );
     let restored = other
         .commit(
             other

@@ -247,6 +247,21 @@ pub struct QueueState {
     active: BTreeMap<Uuid, Arc<ActiveLease>>,
     dead_letters: Vec<DeadLetter>,
     drained: bool,
+    held: HeldIds,
+}
+
+/// The sequence id of every item a queue holds (pending, leased,
+/// dead-lettered), kept as events are applied: whether a token names an
+/// item the queue still holds is asked of every stale token, and must not
+/// cost a scan of a large queue under its lock. Derived from the rest of
+/// the state, so its rendering (a fingerprint's) is its size only.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct HeldIds(std::collections::HashSet<i64>);
+
+impl std::fmt::Debug for HeldIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} held", self.0.len())
+    }
 }
 
 fn plus(at: Timestamp, duration: Duration) -> Timestamp {
@@ -371,6 +386,14 @@ impl QueueState {
         dead_letters: Vec<DeadLetter>,
         drained: bool,
     ) -> Self {
+        let held = HeldIds(
+            pending
+                .iter()
+                .map(|p| p.item.sequence_id)
+                .chain(active.iter().map(|l| l.item.sequence_id))
+                .chain(dead_letters.iter().map(|d| d.item.sequence_id))
+                .collect(),
+        );
         Self {
             last_sequence_id,
             pending: pending.into(),
@@ -380,7 +403,14 @@ impl QueueState {
                 .collect(),
             dead_letters,
             drained,
+            held,
         }
+    }
+
+    /// Whether the queue holds the item of `sequence_id`: pending, leased
+    /// or dead-lettered.
+    pub fn holds(&self, sequence_id: i64) -> bool {
+        self.held.0.contains(&sequence_id)
     }
 
     /// The sequence id the last enqueued (or restored) item got.
@@ -403,15 +433,6 @@ impl QueueState {
             .min()
     }
 
-    /// Every item this queue holds: pending, leased and dead-lettered.
-    fn items(&self) -> impl Iterator<Item = &Item> {
-        self.pending
-            .iter()
-            .map(|p| &*p.item)
-            .chain(self.active.values().map(|l| &*l.item))
-            .chain(self.dead_letters.iter().map(|d| &*d.item))
-    }
-
     fn open(&self) -> Result<(), QueueError> {
         if self.drained {
             Err(QueueError::new(
@@ -431,10 +452,7 @@ impl QueueState {
         if let Some(lease) = self.lease(handle) {
             return Ok(lease);
         }
-        let known = self
-            .items()
-            .any(|item| item.sequence_id == handle.sequence_id);
-        Err(if known {
+        Err(if self.holds(handle.sequence_id) {
             QueueError::new(
                 ErrorStatus::FailedPrecondition,
                 codes::LEASE_INACTIVE,
@@ -696,10 +714,7 @@ impl QueueState {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        // Every id in the queue, and those restored before this one: looked
-        // up once per item, not by a scan of the queue each.
-        let mut held: std::collections::HashSet<i64> =
-            self.items().map(|item| item.sequence_id).collect();
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
         let mut restored = Vec::with_capacity(items.len());
         for (index, mut item) in items.into_iter().enumerate() {
             let invalid = |why: String| {
@@ -720,7 +735,7 @@ impl QueueState {
             if item.attempt < 1 {
                 return Err(invalid(format!("attempt {} is not positive", item.attempt)));
             }
-            if !held.insert(item.sequence_id) {
+            if self.holds(item.sequence_id) || !seen.insert(item.sequence_id) {
                 return Err(invalid(format!(
                     "sequenceId {} is already in the queue",
                     item.sequence_id
@@ -892,6 +907,7 @@ impl QueueState {
                 // reference's, or ours before that refusal) folds as it
                 // was served.
                 self.last_sequence_id = self.last_sequence_id.wrapping_add(1);
+                self.held.0.insert(self.last_sequence_id);
                 self.pending.push_back(PendingEntry {
                     item: Arc::new(Item {
                         payload,
@@ -930,11 +946,15 @@ impl QueueState {
                     }),
                 );
             }
+            // A failed or expired lease's item comes back with the event
+            // after it (`Requeued`, `DeadLettered`).
             Type::Completed | Type::Failed | Type::LeaseExpired => {
                 let handle = handle()?;
-                self.active
+                let lease = self
+                    .active
                     .remove(&handle.lease_id)
                     .ok_or_else(|| wrong(format!("lease {} is not active", handle.lease_id)))?;
+                self.held.0.remove(&lease.item.sequence_id);
             }
             // The reference's heartbeat events follow `Completed`; live
             // heartbeats are not events.
@@ -963,6 +983,7 @@ impl QueueState {
                     });
                     return Ok(());
                 }
+                self.held.0.insert(item.sequence_id);
                 self.pending.push_back(PendingEntry {
                     item,
                     available_at: plus(at, options.requeue_delay),
@@ -975,6 +996,7 @@ impl QueueState {
                     .cloned()
                     .map(Arc::new)
                     .ok_or_else(|| wrong("DeadLettered without its item".to_owned()))?;
+                self.held.0.insert(item.sequence_id);
                 self.dead_letters.push(DeadLetter {
                     item,
                     error: event.error.clone(),
@@ -999,14 +1021,21 @@ impl QueueState {
                 }
                 self.dead_letters
                     .retain(|d| !purged.contains(&d.item.sequence_id));
+                for id in &purged {
+                    self.held.0.remove(id);
+                }
             }
             Type::DrainSnapshot => {
+                for entry in &self.pending {
+                    self.held.0.remove(&entry.item.sequence_id);
+                }
                 self.pending.clear();
                 self.drained = true;
             }
             Type::RestoreSnapshot => {
                 for item in &event.items {
                     self.last_sequence_id = self.last_sequence_id.max(item.sequence_id);
+                    self.held.0.insert(item.sequence_id);
                     self.pending.push_back(PendingEntry {
                         item: Arc::new(item.clone()),
                         available_at: at,

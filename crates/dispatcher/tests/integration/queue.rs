@@ -837,6 +837,13 @@ proptest! {
             ids
         };
         prop_assert_eq!(ids(&replayed), ids(&sim.state));
+        // What the queue says it holds is what it holds.
+        for state in [&sim.state, &replayed] {
+            let held = ids(state);
+            for id in 0..=enqueued + 1 {
+                prop_assert_eq!(state.holds(id), held.contains(&id), "item {}", id);
+            }
+        }
         prop_assert_eq!(
             replayed.pending().collect::<Vec<_>>(),
             sim.state.pending().collect::<Vec<_>>()

@@ -310,12 +310,10 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
             let dispatcher = Dispatcher::open(replicator.clone(), dispatcher_options.clone())
                 .await
                 .map_err(|e| cannot_rebuild(&stream, &valid.data_dir, e))?;
-            let stats = dispatcher.stats().await;
+            let stats = dispatcher.summary().await;
             rebuilt = Some(format!(
                 "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered",
-                stats.pending,
-                stats.active,
-                dispatcher.dead_letters().await.len()
+                stats.pending, stats.active, stats.dead_lettered
             ));
             (
                 None,
@@ -378,12 +376,12 @@ pub(crate) async fn run(args: &NodeArgs, options: ServeOptions<'_>) -> anyhow::R
                 },
                 bound.stopping(),
             ));
-            let stats = standby.snapshot().await;
+            let stats = standby.summary().await;
             rebuilt = Some(format!(
                 "queue rebuilt from the log: {} pending, {} leased, {} dead-lettered; following {}",
-                stats.pending_count(),
-                stats.active_count(),
-                stats.dead_letters().len(),
+                stats.pending,
+                stats.active,
+                stats.dead_lettered,
                 FollowUrl::redacted(follow.unwrap_or_default())
             ));
             (
@@ -987,7 +985,7 @@ async fn status_document(source: &StatusSource) -> serde_json::Value {
     });
     let queue = match &source.service {
         Service::Receiver | Service::ControlPlane(_) => None,
-        Service::Dispatcher(dispatcher) => Some(dispatcher.snapshot().await),
+        Service::Dispatcher(dispatcher) => Some(dispatcher.summary().await),
         Service::Standby(standby) => {
             let status = standby.status();
             host["standby"] = serde_json::json!({
@@ -999,17 +997,17 @@ async fn status_document(source: &StatusSource) -> serde_json::Value {
                 "primaryLastWrite": status.last_written.map(Timestamp::to_json_string),
             });
             Some(match standby.dispatcher() {
-                Some(dispatcher) => dispatcher.snapshot().await,
-                None => standby.snapshot().await,
+                Some(dispatcher) => dispatcher.summary().await,
+                None => standby.summary().await,
             })
         }
     };
     if let Some(queue) = queue {
         host["queue"] = serde_json::json!({
-            "pending": queue.pending_count(),
-            "active": queue.active_count(),
-            "deadLettered": queue.dead_letters().len(),
-            "fingerprint": queue.fingerprint(),
+            "pending": queue.pending,
+            "active": queue.active,
+            "deadLettered": queue.dead_lettered,
+            "fingerprint": queue.fingerprint,
         });
     }
     let serving = match &source.service {

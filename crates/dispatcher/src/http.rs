@@ -221,7 +221,7 @@ pub fn router(dispatcher: Arc<Dispatcher>) -> axum::Router {
         .route(
             DEAD_LETTERS_PATH,
             get(|State(dispatcher): State<Arc<Dispatcher>>| async move {
-                dead_letters_response(&dispatcher.snapshot().await)
+                dead_letters_response(&dispatcher.dead_letters().await)
             }),
         )
         .route(REDRIVE_PATH, change_route(DeadLetterChange::Redrive))
@@ -230,10 +230,9 @@ pub fn router(dispatcher: Arc<Dispatcher>) -> axum::Router {
         .with_state(dispatcher)
 }
 
-/// `{"deadLetters":[…]}` of `state`.
-fn dead_letters_response(state: &crate::QueueState) -> Response {
-    let letters: Vec<_> = state
-        .dead_letters()
+/// `{"deadLetters":[…]}` of `letters`.
+fn dead_letters_response(letters: &[crate::DeadLetter]) -> Response {
+    let letters: Vec<_> = letters
         .iter()
         .map(|d| json::DeadLetterView {
             item: &d.item,
@@ -579,11 +578,11 @@ fn status_json(status: &crate::StandbyStatus) -> serde_json::Value {
 /// The dead letters of the projection, or of the dispatcher once
 /// promoted.
 async fn standby_dead_letters(State((standby, _)): State<StandbyState>) -> Response {
-    let state = match standby.dispatcher() {
-        Some(dispatcher) => dispatcher.snapshot().await,
-        None => standby.snapshot().await,
+    let letters = match standby.dispatcher() {
+        Some(dispatcher) => dispatcher.dead_letters().await,
+        None => standby.dead_letters().await,
     };
-    dead_letters_response(&state)
+    dead_letters_response(&letters)
 }
 
 async fn standby_status(State((standby, _)): State<StandbyState>) -> Response {

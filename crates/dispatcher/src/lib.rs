@@ -31,7 +31,7 @@ pub use backpressure::{BackpressureOptions, BackpressureSignal};
 pub use health::PeerHealth;
 pub use queue::{
     ActiveLease, DeadLetter, Decision, ErrorStatus, PendingEntry, ProjectionError, QueueError,
-    QueueOptions, QueueState, Selection,
+    QueueOptions, QueueState, QueueSummary, Selection,
 };
 pub use service::{
     CHECKPOINT_FAILURES, CHECKPOINT_SEQUENCE, DEAD_LETTERED_ITEMS, DispatchError, Dispatcher,

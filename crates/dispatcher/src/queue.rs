@@ -234,6 +234,20 @@ impl std::fmt::Display for ProjectionError {
 
 impl std::error::Error for ProjectionError {}
 
+/// What a queue holds, counted, with its fingerprint: read without
+/// copying the queue (a node's status asks for it every second).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSummary {
+    /// Pending items.
+    pub pending: usize,
+    /// Active leases.
+    pub active: usize,
+    /// Dead-lettered items.
+    pub dead_lettered: usize,
+    /// [`QueueState::fingerprint`].
+    pub fingerprint: String,
+}
+
 /// The events an operation causes, to be made durable and then applied.
 pub type Decision = Vec<Event>;
 
@@ -248,6 +262,7 @@ pub struct QueueState {
     dead_letters: Vec<DeadLetter>,
     drained: bool,
     held: HeldIds,
+    digest: Digest,
 }
 
 /// The sequence id of every item a queue holds (pending, leased,
@@ -357,25 +372,37 @@ impl QueueState {
         self.drained
     }
 
-    /// A fingerprint of the whole state (every pending item in order,
-    /// every lease, every dead letter): equal states have equal
-    /// fingerprints, so a standby's projection can be compared with its
-    /// primary's without shipping either. FNV-1a (64 bits) over the state's
-    /// rendering, as 16 hex digits; stable within one build, not a format.
+    /// A fingerprint of what the queue holds (every pending item, every
+    /// lease, every dead letter, the last sequence id given, whether it is
+    /// drained), as 16 hex digits: equal queues have equal fingerprints,
+    /// so a standby's projection can be compared with its primary's
+    /// without shipping either. What heartbeats change (a lease's expiry)
+    /// is left out, since a standby never sees them, and so is the order
+    /// of the pending items. Kept as events are applied: reading it costs
+    /// nothing however large the queue. Stable within one build, not a
+    /// format.
     pub fn fingerprint(&self) -> String {
-        use std::fmt::Write as _;
-        struct Fnv(u64);
-        impl std::fmt::Write for Fnv {
-            fn write_str(&mut self, s: &str) -> std::fmt::Result {
-                for byte in s.bytes() {
-                    self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-                }
-                Ok(())
-            }
+        let parts = (
+            self.last_sequence_id,
+            self.drained,
+            (
+                self.pending.len(),
+                self.active.len(),
+                self.dead_letters.len(),
+            ),
+            (self.digest.pending, self.digest.active, self.digest.dead),
+        );
+        format!("{:016x}", Digest::hash(&parts))
+    }
+
+    /// Its counts and fingerprint.
+    pub fn summary(&self) -> QueueSummary {
+        QueueSummary {
+            pending: self.pending.len(),
+            active: self.active.len(),
+            dead_lettered: self.dead_letters.len(),
+            fingerprint: self.fingerprint(),
         }
-        let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
-        let _ = write!(hash, "{self:?}");
-        format!("{:016x}", hash.0)
     }
 
     /// A state from its parts (a checkpoint's).
@@ -394,6 +421,12 @@ impl QueueState {
                 .chain(dead_letters.iter().map(|d| d.item.sequence_id))
                 .collect(),
         );
+        let sum = |hashes: &mut dyn Iterator<Item = u64>| hashes.fold(0u64, u64::wrapping_add);
+        let digest = Digest {
+            pending: sum(&mut pending.iter().map(Digest::pending)),
+            active: sum(&mut active.iter().map(Digest::lease)),
+            dead: sum(&mut dead_letters.iter().map(Digest::dead_letter)),
+        };
         Self {
             last_sequence_id,
             pending: pending.into(),
@@ -404,6 +437,7 @@ impl QueueState {
             dead_letters,
             drained,
             held,
+            digest,
         }
     }
 
@@ -896,6 +930,14 @@ impl QueueState {
                 .ownership
                 .ok_or_else(|| wrong(format!("{} without ownership", event.event_type.name())))
         };
+        let first_item = || {
+            event
+                .items
+                .first()
+                .cloned()
+                .map(Arc::new)
+                .ok_or_else(|| wrong(format!("{} without its item", event.event_type.name())))
+        };
         match event.event_type {
             Type::Enqueue => {
                 let payload = event
@@ -907,8 +949,7 @@ impl QueueState {
                 // reference's, or ours before that refusal) folds as it
                 // was served.
                 self.last_sequence_id = self.last_sequence_id.wrapping_add(1);
-                self.held.0.insert(self.last_sequence_id);
-                self.pending.push_back(PendingEntry {
+                self.push_pending(PendingEntry {
                     item: Arc::new(Item {
                         payload,
                         attempt: 1,
@@ -922,51 +963,38 @@ impl QueueState {
             }
             Type::LeaseGranted => {
                 let handle = handle()?;
-                let index = self
+                let entry = self
                     .pending
                     .iter()
                     .position(|p| p.item.sequence_id == handle.sequence_id)
+                    .and_then(|index| self.remove_pending(index))
                     .ok_or_else(|| wrong(format!("item {} is not pending", handle.sequence_id)))?;
-                let Some(entry) = self.pending.remove(index) else {
-                    return Err(wrong(format!("item {} is not pending", handle.sequence_id)));
-                };
                 let mut item = entry.item;
                 if item.attempt != handle.attempt {
                     Arc::make_mut(&mut item).attempt = handle.attempt;
                 }
-                self.active.insert(
-                    handle.lease_id,
-                    Arc::new(ActiveLease {
-                        item,
-                        owner: event.peer_id.clone(),
-                        granted_at: at,
-                        expires_at: plus(at, options.lease_duration),
-                        last_heartbeat: at,
-                        handle,
-                    }),
-                );
+                self.insert_active(ActiveLease {
+                    item,
+                    owner: event.peer_id.clone(),
+                    granted_at: at,
+                    expires_at: plus(at, options.lease_duration),
+                    last_heartbeat: at,
+                    handle,
+                });
             }
             // A failed or expired lease's item comes back with the event
             // after it (`Requeued`, `DeadLettered`).
             Type::Completed | Type::Failed | Type::LeaseExpired => {
                 let handle = handle()?;
-                let lease = self
-                    .active
-                    .remove(&handle.lease_id)
+                self.remove_active(&handle.lease_id)
                     .ok_or_else(|| wrong(format!("lease {} is not active", handle.lease_id)))?;
-                self.held.0.remove(&lease.item.sequence_id);
             }
             // The reference's heartbeat events follow `Completed`; live
             // heartbeats are not events.
             Type::Heartbeat => {}
             Type::Requeued => {
-                let item = event
-                    .items
-                    .first()
-                    .cloned()
-                    .map(Arc::new)
-                    .ok_or_else(|| wrong("Requeued without its item".to_owned()))?;
-                if event.ownership.is_none() {
+                let item = first_item()?;
+                let available_at = if event.ownership.is_none() {
                     // A redrive: no lease ended; the item leaves the dead
                     // letters.
                     let index = self
@@ -976,28 +1004,16 @@ impl QueueState {
                         .ok_or_else(|| {
                             wrong(format!("item {} is not dead-lettered", item.sequence_id))
                         })?;
-                    self.dead_letters.remove(index);
-                    self.pending.push_back(PendingEntry {
-                        item,
-                        available_at: at,
-                    });
-                    return Ok(());
-                }
-                self.held.0.insert(item.sequence_id);
-                self.pending.push_back(PendingEntry {
-                    item,
-                    available_at: plus(at, options.requeue_delay),
-                });
+                    self.remove_dead_letter(index);
+                    at
+                } else {
+                    plus(at, options.requeue_delay)
+                };
+                self.push_pending(PendingEntry { item, available_at });
             }
             Type::DeadLettered => {
-                let item = event
-                    .items
-                    .first()
-                    .cloned()
-                    .map(Arc::new)
-                    .ok_or_else(|| wrong("DeadLettered without its item".to_owned()))?;
-                self.held.0.insert(item.sequence_id);
-                self.dead_letters.push(DeadLetter {
+                let item = first_item()?;
+                self.push_dead_letter(DeadLetter {
                     item,
                     error: event.error.clone(),
                     at,
@@ -1019,24 +1035,30 @@ impl QueueState {
                         )));
                     }
                 }
-                self.dead_letters
-                    .retain(|d| !purged.contains(&d.item.sequence_id));
-                for id in &purged {
-                    self.held.0.remove(id);
+                let (letters, mut gone) = (std::mem::take(&mut self.dead_letters), Vec::new());
+                for letter in letters {
+                    if purged.contains(&letter.item.sequence_id) {
+                        gone.push(letter);
+                    } else {
+                        self.dead_letters.push(letter);
+                    }
+                }
+                for letter in &gone {
+                    self.forget(&letter.item);
+                    self.digest.dead = self.digest.dead.wrapping_sub(Digest::dead_letter(letter));
                 }
             }
             Type::DrainSnapshot => {
-                for entry in &self.pending {
-                    self.held.0.remove(&entry.item.sequence_id);
+                for entry in std::mem::take(&mut self.pending) {
+                    self.forget(&entry.item);
                 }
-                self.pending.clear();
+                self.digest.pending = 0;
                 self.drained = true;
             }
             Type::RestoreSnapshot => {
                 for item in &event.items {
                     self.last_sequence_id = self.last_sequence_id.max(item.sequence_id);
-                    self.held.0.insert(item.sequence_id);
-                    self.pending.push_back(PendingEntry {
+                    self.push_pending(PendingEntry {
                         item: Arc::new(item.clone()),
                         available_at: at,
                     });
@@ -1045,5 +1067,240 @@ impl QueueState {
             }
         }
         Ok(())
+    }
+
+    // Every change to the items the queue holds goes through these, which
+    // keep `held` and `digest` with them.
+
+    fn push_pending(&mut self, entry: PendingEntry) {
+        self.held.0.insert(entry.item.sequence_id);
+        self.digest.pending = self.digest.pending.wrapping_add(Digest::pending(&entry));
+        self.pending.push_back(entry);
+    }
+
+    fn remove_pending(&mut self, index: usize) -> Option<PendingEntry> {
+        let entry = self.pending.remove(index)?;
+        self.forget(&entry.item);
+        self.digest.pending = self.digest.pending.wrapping_sub(Digest::pending(&entry));
+        Some(entry)
+    }
+
+    fn insert_active(&mut self, lease: ActiveLease) {
+        self.held.0.insert(lease.item.sequence_id);
+        self.digest.active = self.digest.active.wrapping_add(Digest::lease(&lease));
+        self.active.insert(lease.handle.lease_id, Arc::new(lease));
+    }
+
+    fn remove_active(&mut self, lease_id: &Uuid) -> Option<Arc<ActiveLease>> {
+        let lease = self.active.remove(lease_id)?;
+        self.forget(&lease.item);
+        self.digest.active = self.digest.active.wrapping_sub(Digest::lease(&lease));
+        Some(lease)
+    }
+
+    fn push_dead_letter(&mut self, letter: DeadLetter) {
+        self.held.0.insert(letter.item.sequence_id);
+        self.digest.dead = self.digest.dead.wrapping_add(Digest::dead_letter(&letter));
+        self.dead_letters.push(letter);
+    }
+
+    fn remove_dead_letter(&mut self, index: usize) -> DeadLetter {
+        let letter = self.dead_letters.remove(index);
+        self.forget(&letter.item);
+        self.digest.dead = self.digest.dead.wrapping_sub(Digest::dead_letter(&letter));
+        letter
+    }
+
+    fn forget(&mut self, item: &Item) {
+        self.held.0.remove(&item.sequence_id);
+    }
+}
+
+/// What [`QueueState::fingerprint`] is made of: per part of the queue, the
+/// wrapping sum of a hash of each element in it, moved as elements come
+/// and go, so that reading it costs nothing however large the queue.
+/// Heartbeats, which are not events (a standby never sees them), change
+/// no element's hash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Digest {
+    pending: u64,
+    active: u64,
+    dead: u64,
+}
+
+impl Digest {
+    /// FNV-1a (64 bits; the same in every process of one build, where
+    /// std's hasher is seeded per process) of `value`, mixed (MurmurHash3's
+    /// finalizer) so that sums of hashes of similar elements spread.
+    fn hash(value: &impl std::hash::Hash) -> u64 {
+        struct Fnv(u64);
+        impl std::hash::Hasher for Fnv {
+            fn finish(&self) -> u64 {
+                self.0
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                for byte in bytes {
+                    self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+        }
+        let mut hasher = Fnv(0xcbf2_9ce4_8422_2325);
+        value.hash(&mut hasher);
+        let mut x = std::hash::Hasher::finish(&hasher);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
+
+    fn pending(entry: &PendingEntry) -> u64 {
+        Self::hash(&(1u8, &*entry.item, entry.available_at))
+    }
+
+    fn lease(lease: &ActiveLease) -> u64 {
+        Self::hash(&(
+            2u8,
+            &*lease.item,
+            lease.handle,
+            &lease.owner,
+            lease.granted_at,
+        ))
+    }
+
+    fn dead_letter(letter: &DeadLetter) -> u64 {
+        Self::hash(&(3u8, &*letter.item, &letter.error, letter.at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue, its events numbered and timed as a log would, with the
+    /// state kept as events apply checked against the state built from
+    /// its parts after each one.
+    struct Run {
+        state: QueueState,
+        options: QueueOptions,
+        sequence: i64,
+        now: Timestamp,
+    }
+
+    impl Run {
+        fn commit(&mut self, events: Decision) -> Vec<Event> {
+            let mut applied = Vec::new();
+            for mut event in events {
+                self.sequence += 1;
+                event.sequence_number = self.sequence;
+                event.timestamp = self.now;
+                self.state.apply(&event, &self.options).unwrap();
+                let state = &self.state;
+                let rebuilt = QueueState::from_parts(
+                    state.last_sequence_id,
+                    state.pending.iter().cloned().collect(),
+                    state.active().cloned().collect(),
+                    state.dead_letters.clone(),
+                    state.drained,
+                );
+                let what = event.event_type.name();
+                assert_eq!(state.digest, rebuilt.digest, "after {what}");
+                assert_eq!(state.held, rebuilt.held, "after {what}");
+                assert_eq!(state.fingerprint(), rebuilt.fingerprint(), "after {what}");
+                applied.push(event);
+            }
+            applied
+        }
+
+        fn enqueue(&mut self, id: &str) {
+            let payload = Payload {
+                resource_type: "lakehouse.catalog".to_owned(),
+                resource_id: id.to_owned(),
+                partition_key: "p".to_owned(),
+                payload_encoding: "json".to_owned(),
+                body: b"{}".to_vec(),
+                attributes: None,
+                request_id: None,
+            };
+            let events = self
+                .state
+                .decide_enqueue(payload, Some("seeder"), &self.options);
+            self.commit(events.unwrap());
+        }
+
+        fn lease(&mut self) -> Handle {
+            let events = self
+                .state
+                .decide_lease(Some("w"), self.now)
+                .unwrap()
+                .unwrap();
+            self.commit(events)[0].ownership.unwrap()
+        }
+
+        fn fail(&mut self, handle: &Handle, requeue: bool) {
+            let events = self
+                .state
+                .decide_fail(handle, None, None, requeue, &self.options)
+                .unwrap();
+            self.commit(events);
+        }
+    }
+
+    #[test]
+    fn what_is_kept_as_events_apply_is_what_the_queue_holds() {
+        let mut run = Run {
+            state: QueueState::new(),
+            options: QueueOptions::default(),
+            sequence: 0,
+            now: Timestamp::from_ticks(639_000_000_000_000_000).unwrap(),
+        };
+        for id in ["a", "b", "c", "d"] {
+            run.enqueue(id);
+        }
+        let first = run.lease();
+        run.fail(&first, true);
+        let second = run.lease();
+        let before = run.state.fingerprint();
+        let completed = run.state.decide_complete(&second).unwrap();
+        run.commit(completed);
+        assert_ne!(run.state.fingerprint(), before, "a completion changes it");
+
+        // A heartbeat moves a lease's expiry, which a standby never sees.
+        let third = run.lease();
+        let before = run.state.fingerprint();
+        run.now = Timestamp::from_ticks(run.now.ticks() + 60 * 10_000_000).unwrap();
+        let options = run.options.clone();
+        assert!(run.state.heartbeat(&third, run.now, &options).unwrap());
+        assert_eq!(
+            run.state.fingerprint(),
+            before,
+            "a heartbeat does not change it"
+        );
+        run.now = Timestamp::from_ticks(run.now.ticks() + 60 * 10_000_000).unwrap();
+        let expired = run.state.decide_sweep(run.now, &run.options);
+        assert_eq!(expired.len(), 2, "expired and requeued");
+        run.commit(expired);
+
+        let fourth = run.lease();
+        run.fail(&fourth, false);
+        let redriven = run
+            .state
+            .decide_redrive(&Selection::All, None, &run.options)
+            .unwrap();
+        run.commit(redriven);
+        let fifth = run.lease();
+        run.fail(&fifth, false);
+        assert_eq!(run.state.dead_letters().len(), 1);
+        let purged = run.state.decide_purge(&Selection::All, None).unwrap();
+        run.commit(purged);
+        assert!(!run.state.holds(fifth.sequence_id));
+
+        let drained = run.state.decide_drain().unwrap();
+        let items = run.commit(drained).remove(0).items;
+        assert!(!items.is_empty());
+        assert!(items.iter().all(|item| !run.state.holds(item.sequence_id)));
+        let restored = run.state.decide_restore(items.clone(), None).unwrap();
+        run.commit(restored);
+        assert!(items.iter().all(|item| run.state.holds(item.sequence_id)));
     }
 }

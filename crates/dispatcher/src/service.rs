@@ -278,6 +278,11 @@ impl Dispatcher {
         self.state.lock().await.clone()
     }
 
+    /// The queue's counts and fingerprint, without copying it.
+    pub async fn summary(&self) -> crate::QueueSummary {
+        self.state.lock().await.summary()
+    }
+
     /// Pending and active counts.
     pub async fn stats(&self) -> QueueStats {
         stats_of(&*self.state.lock().await)

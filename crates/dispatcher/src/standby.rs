@@ -346,6 +346,17 @@ impl Standby {
         self.state.lock().await.clone()
     }
 
+    /// The queue's counts and fingerprint, without copying it.
+    pub async fn summary(&self) -> crate::QueueSummary {
+        self.state.lock().await.summary()
+    }
+
+    /// The dead-lettered items of the queue as the stream so far
+    /// determines it.
+    pub async fn dead_letters(&self) -> Vec<crate::DeadLetter> {
+        self.state.lock().await.dead_letters().to_vec()
+    }
+
     /// The dispatcher it became, once promoted.
     pub fn dispatcher(&self) -> Option<Arc<Dispatcher>> {
         self.promoted.get().cloned()

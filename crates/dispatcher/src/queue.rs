@@ -1218,9 +1218,7 @@ mod tests {
                 resource_id: id.to_owned(),
                 partition_key: "p".to_owned(),
                 payload_encoding: "json".to_owned(),
-                body: b"{}".to_vec(),
-                attributes: None,
-                request_id: None,
+                ..Payload::default()
             };
             let events = self
                 .state

@@ -111,8 +111,8 @@ impl From<QueueError> for DispatchError {
 enum Attempt<'a> {
     /// An item, leased (boxed: the wait is the common case of a long poll).
     Granted(Box<Lease>),
-    /// Nothing to lease: wait for `changed`, or at most `wake` (a requeued
-    /// item's delay) when set.
+    /// Nothing to lease: wait for `changed` (an item that may be
+    /// leasable), or at most `wake` (a requeued item's delay) when set.
     Wait {
         changed: tokio::sync::futures::Notified<'a>,
         wake: Option<Duration>,
@@ -152,8 +152,13 @@ pub struct Dispatcher {
     unreplicated: std::sync::atomic::AtomicU64,
     options: DispatcherOptions,
     state: Mutex<QueueState>,
-    /// Wakes waiting leasers and enqueuers after every change.
-    changed: Notify,
+    /// Wakes waiting leasers when an item may have become leasable (or
+    /// the queue was drained, which refuses them), not after every change:
+    /// idle workers long-polling are woken by what concerns them only.
+    leasable: Notify,
+    /// Wakes waiting enqueuers when room may have come (an item leased, a
+    /// drain, backpressure released).
+    room: Notify,
     /// Set once the log failed to make events durable.
     failed: OnceLock<String>,
     /// Set once no request may wait any more ([`Dispatcher::stop_waits`]).
@@ -249,7 +254,8 @@ impl Dispatcher {
             folded_through: std::sync::atomic::AtomicU64::new(through),
             unreplicated: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(state),
-            changed: Notify::new(),
+            leasable: Notify::new(),
+            room: Notify::new(),
             failed: OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             backpressure: StdMutex::new(Backpressure::new(options.backpressure.clone())),
@@ -305,7 +311,22 @@ impl Dispatcher {
     pub fn stop_waits(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.wake_all();
+    }
+
+    /// Wakes every waiting request, to look again (and find the dispatcher
+    /// stopping or failed).
+    fn wake_all(&self) {
+        self.leasable.notify_waiters();
+        self.room.notify_waiters();
+    }
+
+    /// Stops serving for `why`: every request is refused from now on, and
+    /// those waiting are woken to be.
+    fn fail_for_good(&self, why: String) -> DispatchError {
+        let _ = self.failed.set(why.clone());
+        self.wake_all();
+        DispatchError::Unavailable(why)
     }
 
     /// Whether a request may wait (see [`Dispatcher::stop_waits`]). Checked
@@ -352,8 +373,14 @@ impl Dispatcher {
             }
         };
         let applied = committed.events();
-        let mut letters_moved = false;
+        let (mut letters_moved, mut leasable, mut room) = (false, false, false);
         for (offset, event) in applied.iter().enumerate() {
+            match event.event_type {
+                Type::Enqueue | Type::Requeued | Type::RestoreSnapshot => leasable = true,
+                Type::LeaseGranted => room = true,
+                Type::DrainSnapshot => (leasable, room) = (true, true),
+                _ => {}
+            }
             letters_moved |= matches!(
                 event.event_type,
                 Type::DeadLettered | Type::DeadLetterPurged
@@ -371,8 +398,7 @@ impl Dispatcher {
                 // log has the events, the state does not: stop serving.
                 let why = format!("the queue fell out of step with its log: {error}");
                 tracing::error!(%why);
-                let _ = self.failed.set(why.clone());
-                return Err(DispatchError::Unavailable(why));
+                return Err(self.fail_for_good(why));
             }
         }
         if let Some(event) = applied.last() {
@@ -385,7 +411,12 @@ impl Dispatcher {
             self.count_dead_letters(state.dead_letters().len());
         }
         self.evaluate_backpressure(state.pending_count());
-        self.changed.notify_waiters();
+        if leasable {
+            self.leasable.notify_waiters();
+        }
+        if room {
+            self.room.notify_waiters();
+        }
         Ok(committed)
     }
 
@@ -443,7 +474,7 @@ impl Dispatcher {
         let changed =
             lock(&self.backpressure).evaluate(pending, std::time::Instant::now(), Timestamp::now());
         if changed {
-            self.changed.notify_waiters();
+            self.room.notify_waiters();
         }
     }
 
@@ -467,11 +498,11 @@ impl Dispatcher {
         let Committed::Replicated(pending) = committed else {
             return Ok(());
         };
-        pending.durable().await.map(|_| ()).map_err(|error| {
-            let why = format!("the replication log stopped: {error}");
-            let _ = self.failed.set(why.clone());
-            DispatchError::Unavailable(why)
-        })
+        pending
+            .durable()
+            .await
+            .map(|_| ())
+            .map_err(|error| self.fail_for_good(format!("the replication log stopped: {error}")))
     }
 
     /// Enqueues `payload` on behalf of `peer`; waits while the queue is
@@ -518,7 +549,7 @@ impl Dispatcher {
     ) -> Result<Option<QueueStats>, DispatchError> {
         loop {
             self.check()?;
-            let notified = self.changed.notified();
+            let notified = self.room.notified();
             if !self.backpressure_active() {
                 let mut state = self.state.lock().await;
                 match state.decide_enqueue(payload.clone(), peer, &self.options.queue) {
@@ -612,7 +643,7 @@ impl Dispatcher {
     /// otherwise says what to wait for.
     async fn try_lease(&self, owner: Option<&str>) -> Result<Attempt<'_>, DispatchError> {
         self.check()?;
-        let changed = self.changed.notified();
+        let changed = self.leasable.notified();
         let mut state = self.state.lock().await;
         let now = Timestamp::now();
         if let Some(events) = state.decide_lease(owner, now)? {

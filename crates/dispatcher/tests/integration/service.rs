@@ -882,3 +882,74 @@ async fn a_damaged_checkpoint_is_set_aside_and_the_whole_stream_folded() {
     drop(dispatcher);
     log.close().await.unwrap();
 }
+
+/// A waiting lease is woken by what makes an item leasable — a requeue, a
+/// redrive, a restore — and by a drain, which refuses it; not by every
+/// change (idle workers long-polling are not all woken by each request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_leases_are_woken_by_requeues_redrives_restores_and_drains() {
+    let dispatcher = Dispatcher::unreplicated(options(QueueOptions::default())).unwrap();
+    let waiting = || {
+        let dispatcher = dispatcher.clone();
+        tokio::spawn(async move { dispatcher.lease(Some("waiter")).await })
+    };
+    let answered = async |waiter: tokio::task::JoinHandle<Result<_, DispatchError>>| {
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("a waiting lease was not woken")
+            .unwrap()
+    };
+    let parked = async |waiter: &tokio::task::JoinHandle<_>| {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "nothing to lease yet");
+    };
+
+    dispatcher.enqueue(payload("a"), None).await.unwrap();
+    let first = dispatcher.lease(Some("x")).await.unwrap();
+    let waiter = waiting();
+    parked(&waiter).await;
+    dispatcher
+        .fail(&first.handle, Some("again"), None, true)
+        .await
+        .unwrap();
+    let again = answered(waiter).await.unwrap();
+    assert_eq!(again.item.sequence_id, first.item.sequence_id);
+
+    // Dead-lettered, then redriven.
+    let waiter = waiting();
+    parked(&waiter).await;
+    dispatcher
+        .fail(&again.handle, Some("gone"), None, false)
+        .await
+        .unwrap();
+    parked(&waiter).await;
+    dispatcher
+        .redrive(&omnirelay_dispatcher::Selection::All, Some("operator"))
+        .await
+        .unwrap();
+    let redriven = answered(waiter).await.unwrap();
+    assert_eq!(redriven.item.sequence_id, first.item.sequence_id);
+
+    // Restored while a lease waits.
+    let waiter = waiting();
+    parked(&waiter).await;
+    let mut item = redriven.item.clone();
+    item.sequence_id = 7;
+    dispatcher
+        .restore(vec![item], Some("operator"))
+        .await
+        .unwrap();
+    assert_eq!(answered(waiter).await.unwrap().item.sequence_id, 7);
+
+    // A drain refuses what waits.
+    let waiter = waiting();
+    parked(&waiter).await;
+    dispatcher.complete(&redriven.handle).await.unwrap();
+    parked(&waiter).await;
+    dispatcher.drain().await.unwrap();
+    let refused = answered(waiter).await.unwrap_err();
+    assert!(
+        matches!(&refused, DispatchError::Queue(e) if e.code == "error.taskqueue.disposed"),
+        "{refused:?}"
+    );
+}

@@ -112,11 +112,25 @@ enum Attempt<'a> {
     /// An item, leased (boxed: the wait is the common case of a long poll).
     Granted(Box<Lease>),
     /// Nothing to lease: wait for `changed` (an item that may be
-    /// leasable), or at most `wake` (a requeued item's delay) when set.
+    /// leasable; registered before the look), or at most `wake` (a
+    /// requeued item's delay) when set.
     Wait {
-        changed: tokio::sync::futures::Notified<'a>,
+        changed: std::pin::Pin<Box<tokio::sync::futures::Notified<'a>>>,
         wake: Option<Duration>,
     },
+}
+
+/// Held by a lease woken to look for an item, until it looked: if its
+/// request is given up before that (dropped), the wake passes on to
+/// another waiting lease, which would otherwise sleep beside the item.
+struct PassOn<'a>(Option<&'a Notify>);
+
+impl Drop for PassOn<'_> {
+    fn drop(&mut self) {
+        if let Some(leasable) = self.0 {
+            leasable.notify_one();
+        }
+    }
 }
 
 /// What `lease` hands a worker (the reference's lease response).
@@ -152,9 +166,10 @@ pub struct Dispatcher {
     unreplicated: std::sync::atomic::AtomicU64,
     options: DispatcherOptions,
     state: Mutex<QueueState>,
-    /// Wakes waiting leasers when an item may have become leasable (or
-    /// the queue was drained, which refuses them), not after every change:
-    /// idle workers long-polling are woken by what concerns them only.
+    /// Wakes waiting leasers: one per item that became leasable, every
+    /// one when more changed (a restore, a drain, which refuses them, a
+    /// requeue after a delay, which they set a timer for). Idle workers
+    /// long-polling are not all woken by each request, nor by each item.
     leasable: Notify,
     /// Wakes waiting enqueuers when room may have come (an item leased, a
     /// drain, backpressure released).
@@ -373,12 +388,19 @@ impl Dispatcher {
             }
         };
         let applied = committed.events();
-        let (mut letters_moved, mut leasable, mut room) = (false, false, false);
+        let (mut letters_moved, mut room) = (false, false);
+        // Items leasable now (one waiting lease woken for each), or a
+        // change every waiting lease looks at again.
+        let (mut leasable, mut every) = (0usize, false);
+        let at_once = self.options.queue.requeue_delay.is_zero();
         for (offset, event) in applied.iter().enumerate() {
             match event.event_type {
-                Type::Enqueue | Type::Requeued | Type::RestoreSnapshot => leasable = true,
+                Type::Enqueue => leasable += 1,
+                // A redrive's item is leasable at once.
+                Type::Requeued if at_once || event.ownership.is_none() => leasable += 1,
+                Type::Requeued | Type::RestoreSnapshot => every = true,
                 Type::LeaseGranted => room = true,
-                Type::DrainSnapshot => (leasable, room) = (true, true),
+                Type::DrainSnapshot => (every, room) = (true, true),
                 _ => {}
             }
             letters_moved |= matches!(
@@ -411,8 +433,12 @@ impl Dispatcher {
             self.count_dead_letters(state.dead_letters().len());
         }
         self.evaluate_backpressure(state.pending_count());
-        if leasable {
+        if every {
             self.leasable.notify_waiters();
+        } else {
+            for _ in 0..leasable {
+                self.leasable.notify_one();
+            }
         }
         if room {
             self.room.notify_waiters();
@@ -590,17 +616,8 @@ impl Dispatcher {
     /// [`DispatchError::Stopping`] instead of waiting for an item.
     pub async fn lease(&self, owner: Option<&str>) -> Result<Lease, DispatchError> {
         loop {
-            match self.try_lease(owner).await? {
-                Attempt::Granted(lease) => return Ok(*lease),
-                Attempt::Wait { changed, wake } => {
-                    self.may_wait()?;
-                    match wake {
-                        Some(delay) => {
-                            let _ = tokio::time::timeout(delay, changed).await;
-                        }
-                        None => changed.await,
-                    }
-                }
+            if let Some(lease) = self.lease_until(owner, None).await? {
+                return Ok(lease);
             }
         }
     }
@@ -622,18 +639,45 @@ impl Dispatcher {
         within: Duration,
     ) -> Result<Option<Lease>, DispatchError> {
         let deadline = tokio::time::Instant::now() + within.min(Duration::from_secs(24 * 3600));
+        self.lease_until(owner, Some(deadline)).await
+    }
+
+    /// Leases the next available item to `owner`, waiting for one until
+    /// `deadline` (`None`: none, and it never answers `None`).
+    async fn lease_until(
+        &self,
+        owner: Option<&str>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Lease>, DispatchError> {
+        let mut woken = PassOn(None);
         loop {
-            match self.try_lease(owner).await? {
+            let attempt = self.try_lease(owner).await;
+            // It looked.
+            woken.0 = None;
+            let (changed, wake) = match attempt? {
                 Attempt::Granted(lease) => return Ok(Some(*lease)),
-                Attempt::Wait { changed, wake } => {
-                    self.may_wait()?;
+                Attempt::Wait { changed, wake } => (changed, wake),
+            };
+            self.may_wait()?;
+            let wait = match deadline {
+                None => wake,
+                Some(deadline) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     if left.is_zero() {
                         return Ok(None);
                     }
-                    let wait = wake.map_or(left, |wake| wake.min(left));
-                    let _ = tokio::time::timeout(wait, changed).await;
+                    Some(wake.map_or(left, |wake| wake.min(left)))
                 }
+            };
+            let notified = match wait {
+                Some(wait) => tokio::time::timeout(wait, changed).await.is_ok(),
+                None => {
+                    changed.await;
+                    true
+                }
+            };
+            if notified {
+                woken.0 = Some(&self.leasable);
             }
         }
     }
@@ -643,7 +687,10 @@ impl Dispatcher {
     /// otherwise says what to wait for.
     async fn try_lease(&self, owner: Option<&str>) -> Result<Attempt<'_>, DispatchError> {
         self.check()?;
-        let changed = self.leasable.notified();
+        // Registered before the look: an item that comes after it wakes
+        // this lease or another waiting one.
+        let mut changed = Box::pin(self.leasable.notified());
+        changed.as_mut().enable();
         let mut state = self.state.lock().await;
         let now = Timestamp::now();
         if let Some(events) = state.decide_lease(owner, now)? {

@@ -953,3 +953,74 @@ async fn waiting_leases_are_woken_by_requeues_redrives_restores_and_drains() {
         "{refused:?}"
     );
 }
+
+/// Each new item wakes one waiting lease, so a burst of items reaches as
+/// many waiting leases, every item once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_items_reaches_every_waiting_lease() {
+    let dispatcher = Dispatcher::unreplicated(options(QueueOptions::default())).unwrap();
+    let waiters: Vec<_> = (0..32)
+        .map(|w| {
+            let dispatcher = dispatcher.clone();
+            tokio::spawn(async move {
+                dispatcher
+                    .lease_within(Some(&format!("w{w}")), Duration::from_secs(10))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let dispatcher = dispatcher.clone();
+            tokio::spawn(async move {
+                for i in 0..8 {
+                    dispatcher
+                        .enqueue(payload(&format!("p{p}-{i}")), Some("producer"))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let mut leased = Vec::new();
+    for waiter in waiters {
+        let lease = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("a waiting lease slept beside an item")
+            .unwrap()
+            .unwrap()
+            .expect("every waiting lease gets an item");
+        leased.push(lease.item.sequence_id);
+    }
+    leased.sort_unstable();
+    assert_eq!(leased, (1..=32).collect::<Vec<_>>());
+    assert_eq!(dispatcher.stats().await.pending, 0);
+}
+
+/// A waiting lease woken for an item and given up (its request dropped)
+/// before it took it passes the item on to the next waiting lease.
+#[tokio::test]
+async fn a_woken_lease_given_up_passes_its_item_on() {
+    /// Polls `lease` once: whether it answered.
+    async fn ready_now<F: std::future::Future>(lease: &mut std::pin::Pin<Box<F>>) -> bool {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(lease.as_mut().poll(cx).is_ready())).await
+    }
+    let dispatcher = Dispatcher::unreplicated(options(QueueOptions::default())).unwrap();
+    let mut first = Box::pin(dispatcher.lease(Some("first")));
+    let mut second = Box::pin(dispatcher.lease(Some("second")));
+    assert!(!ready_now(&mut first).await, "waiting");
+    assert!(!ready_now(&mut second).await, "waiting");
+    // Wakes one waiting lease, the one that waited longest.
+    dispatcher.enqueue(payload("a"), None).await.unwrap();
+    drop(first);
+    let lease = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the item waited for the next change")
+        .unwrap();
+    assert_eq!(lease.item.sequence_id, 1);
+    assert_eq!(lease.owner.as_deref(), Some("second"));
+}

@@ -196,9 +196,86 @@ struct File<'a, P, A, D> {
     dead_letters: D,
 }
 
-/// The file as read.
-type FileRead =
-    File<'static, Vec<PendingFile<'static>>, Vec<ActiveFile<'static>>, Vec<DeadFile<'static>>>;
+/// The file as read: each part straight into the queue's own form.
+type FileRead = File<'static, Read<PendingEntry>, Read<ActiveLease>, Read<DeadLetter>>;
+
+/// A part of the queue read from the file one element at a time, each
+/// turned into the queue's form as it is read: the file's form of a large
+/// queue is never in memory whole beside the queue.
+struct Read<T>(Vec<T>);
+
+/// An element of the queue and its form in the file.
+trait FromFile: Sized {
+    type File: serde::de::DeserializeOwned;
+
+    /// The element, or why the file's is damaged.
+    fn from_file(file: Self::File) -> Result<Self, String>;
+}
+
+impl<'de, T: FromFile> Deserialize<'de> for Read<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Each<T>(std::marker::PhantomData<T>);
+        impl<'de, T: FromFile> serde::de::Visitor<'de> for Each<T> {
+            type Value = Vec<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<Vec<T>, S::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(file) = seq.next_element::<T::File>()? {
+                    out.push(T::from_file(file).map_err(serde::de::Error::custom)?);
+                }
+                Ok(out)
+            }
+        }
+        deserializer
+            .deserialize_seq(Each(std::marker::PhantomData))
+            .map(Read)
+    }
+}
+
+impl FromFile for PendingEntry {
+    type File = PendingFile<'static>;
+
+    fn from_file(entry: PendingFile<'static>) -> Result<Self, String> {
+        Ok(Self {
+            item: item_of(entry.item).map(Arc::new)?,
+            available_at: timestamp(entry.available_at)?,
+        })
+    }
+}
+
+impl FromFile for ActiveLease {
+    type File = ActiveFile<'static>;
+
+    fn from_file(lease: ActiveFile<'static>) -> Result<Self, String> {
+        Ok(Self {
+            item: item_of(lease.item).map(Arc::new)?,
+            handle: handle_of(&lease.handle)?,
+            owner: lease.owner.map(Cow::into_owned),
+            granted_at: timestamp(lease.granted_at)?,
+            expires_at: timestamp(lease.expires_at)?,
+            last_heartbeat: timestamp(lease.last_heartbeat)?,
+        })
+    }
+}
+
+impl FromFile for DeadLetter {
+    type File = DeadFile<'static>;
+
+    fn from_file(letter: DeadFile<'static>) -> Result<Self, String> {
+        Ok(Self {
+            item: item_of(letter.item).map(Arc::new)?,
+            error: letter.error.map(error_of),
+            at: timestamp(letter.at)?,
+        })
+    }
+}
 
 /// Timestamps as .NET ticks (exact); bodies in base64.
 #[derive(Serialize, Deserialize)]
@@ -385,40 +462,13 @@ impl Checkpoint {
         if file.stream != stream.as_str() {
             return Err(format!("is stream {:?}'s", file.stream));
         }
-        let damaged = |e: String| format!("is damaged: {e}");
-        let mut pending = Vec::with_capacity(file.pending.len());
-        for entry in file.pending {
-            pending.push(PendingEntry {
-                item: item_of(entry.item).map(Arc::new).map_err(damaged)?,
-                available_at: timestamp(entry.available_at).map_err(damaged)?,
-            });
-        }
-        let mut active = Vec::with_capacity(file.active.len());
-        for lease in file.active {
-            active.push(ActiveLease {
-                item: item_of(lease.item).map(Arc::new).map_err(damaged)?,
-                handle: handle_of(&lease.handle).map_err(damaged)?,
-                owner: lease.owner.map(Cow::into_owned),
-                granted_at: timestamp(lease.granted_at).map_err(damaged)?,
-                expires_at: timestamp(lease.expires_at).map_err(damaged)?,
-                last_heartbeat: timestamp(lease.last_heartbeat).map_err(damaged)?,
-            });
-        }
-        let mut dead_letters = Vec::with_capacity(file.dead_letters.len());
-        for letter in file.dead_letters {
-            dead_letters.push(DeadLetter {
-                item: item_of(letter.item).map(Arc::new).map_err(damaged)?,
-                error: letter.error.map(error_of),
-                at: timestamp(letter.at).map_err(damaged)?,
-            });
-        }
         Ok(Self {
             through: file.through,
             state: QueueState::from_parts(
                 file.last_sequence_id,
-                pending,
-                active,
-                dead_letters,
+                file.pending.0,
+                file.active.0,
+                file.dead_letters.0,
                 file.drained,
             ),
         })
@@ -560,6 +610,30 @@ mod tests {
             String::from_utf8(std::fs::read(&path).unwrap()).unwrap(),
             std::fs::read_to_string(fixture()).unwrap()
         );
+    }
+
+    /// An element that cannot be read makes the file unusable, with where
+    /// and why.
+    #[test]
+    fn a_damaged_element_is_named() {
+        let stream = StreamId::new("default").unwrap();
+        let fixture = std::fs::read_to_string(fixture()).unwrap();
+        for (from, to, why) in [
+            ("eyJvcCI6Mn0=", "not base64!", "item 2: body: "),
+            (
+                "\"grantedAt\":639000000400000000",
+                "\"grantedAt\":-1",
+                "-1 ticks is not a time",
+            ),
+        ] {
+            assert!(fixture.contains(from), "{from}");
+            let damaged = fixture.replace(from, to);
+            let why_not = Checkpoint::from_bytes(damaged.as_bytes(), &stream).unwrap_err();
+            assert!(why_not.starts_with("is damaged: "), "{why_not}");
+            assert!(why_not.contains(why), "{why_not}");
+        }
+        let other = Checkpoint::from_bytes(fixture.as_bytes(), &StreamId::new("other").unwrap());
+        assert_eq!(other.unwrap_err(), "is stream \"default\"'s");
     }
 
     /// A checkpoint's copy shares the queue's items, and keeps what it

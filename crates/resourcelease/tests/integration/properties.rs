@@ -370,3 +370,60 @@ proptest! {
         }
     }
 }
+
+/// An operation on a metadata map.
+#[derive(Clone, Debug)]
+enum MapOp {
+    Insert(String, String),
+    Remove(String),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Metadata behaves as the reference's case-insensitive dictionary,
+    /// iterated in ordinal key order: a model keeps a plain list and
+    /// drops any key equal without regard to ASCII case on insert.
+    #[test]
+    fn metadata_is_a_case_insensitive_map_in_ordinal_order(
+        ops in vec(
+            prop_oneof![
+                ("[aAbB.]{0,3}", "[xy]{0,2}").prop_map(|(k, v)| MapOp::Insert(k, v)),
+                "[aAbB.]{0,3}".prop_map(MapOp::Remove),
+            ],
+            0..40,
+        )
+    ) {
+        let mut map = Metadata::new();
+        let mut model: Vec<(String, String)> = Vec::new();
+        for op in ops {
+            match op {
+                MapOp::Insert(key, value) => {
+                    model.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+                    model.push((key.clone(), value.clone()));
+                    map.insert(key, value);
+                }
+                MapOp::Remove(key) => {
+                    let held = model.iter().position(|(k, _)| k.eq_ignore_ascii_case(&key));
+                    let want = held.map(|i| model.remove(i).1);
+                    prop_assert_eq!(map.remove(&key), want);
+                }
+            }
+            let mut sorted = model.clone();
+            sorted.sort();
+            let seen: Vec<(String, String)> =
+                map.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            prop_assert_eq!(&seen, &sorted);
+            prop_assert_eq!(map.len(), sorted.len());
+            for key in ["", "a", "A", "ab", "AB", "b.", "B."] {
+                let want = model
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                    .map(|(_, v)| v.as_str());
+                prop_assert_eq!(map.get(key), want, "key {:?}", key);
+            }
+            let rebuilt: Metadata = sorted.iter().cloned().collect();
+            prop_assert_eq!(&rebuilt, &map);
+        }
+    }
+}

@@ -216,6 +216,12 @@ enum QueueCommand {
         /// Print the node's JSON document instead of a table.
         #[arg(long)]
         json: bool,
+        /// Skip the first N items (oldest first).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        offset: usize,
+        /// List at most N items (default: all).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Put dead-lettered items back at the end of a dispatcher's queue with
     /// a fresh set of attempts (each a `Requeued` event in its log). All or
@@ -663,9 +669,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
         Command::Status { node, json } => runtime()?.block_on(status::run(&node, json)),
-        Command::Queue(QueueCommand::DeadLetters { node, json }) => {
-            runtime()?.block_on(queue::dead_letters(&node, json))
-        }
+        Command::Queue(QueueCommand::DeadLetters {
+            node,
+            json,
+            offset,
+            limit,
+        }) => runtime()?.block_on(queue::dead_letters(&node, json, offset, limit)),
         Command::Queue(QueueCommand::Redrive { node, change }) => {
             let DeadLetterChange { which, caller } = change;
             runtime()?.block_on(queue::change(

@@ -60,10 +60,19 @@ async fn call(
     body.with_context(|| format!("{target} did not answer JSON"))
 }
 
-/// Prints a dispatcher's dead-lettered items: a table, or with `json` the
-/// node's document.
-pub(crate) async fn dead_letters(node: &RemoteNode, json: bool) -> anyhow::Result<ExitCode> {
-    let body = call(node, "GET", DEAD_LETTERS_PATH, None).await?;
+/// Prints a dispatcher's dead-lettered items (at most `limit` after the
+/// first `offset`): a table, or with `json` the node's document.
+pub(crate) async fn dead_letters(
+    node: &RemoteNode,
+    json: bool,
+    offset: usize,
+    limit: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!("{DEAD_LETTERS_PATH}?offset={offset}");
+    if let Some(limit) = limit {
+        path.push_str(&format!("&limit={limit}"));
+    }
+    let body = call(node, "GET", &path, None).await?;
     let mut out = io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &body)?;
@@ -71,8 +80,22 @@ pub(crate) async fn dead_letters(node: &RemoteNode, json: bool) -> anyhow::Resul
         return Ok(ExitCode::SUCCESS);
     }
     let letters = body["deadLetters"].as_array().cloned().unwrap_or_default();
+    // A node from before listings were paged says nothing of a total.
+    let total = body["total"]
+        .as_u64()
+        .and_then(|t| usize::try_from(t).ok())
+        .unwrap_or(offset + letters.len());
     if letters.is_empty() {
-        writeln!(out, "no dead-lettered items at {}", node.url)?;
+        if total > 0 {
+            writeln!(
+                out,
+                "no dead-lettered items after the first {offset} at {} ({})",
+                node.url,
+                counted(total, "dead-lettered item")
+            )?;
+        } else {
+            writeln!(out, "no dead-lettered items at {}", node.url)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = letters
@@ -112,7 +135,17 @@ pub(crate) async fn dead_letters(node: &RemoteNode, json: bool) -> anyhow::Resul
         )
         .as_bytes(),
     )?;
-    writeln!(out, "{}", counted(letters.len(), "dead-lettered item"))?;
+    if letters.len() == total {
+        writeln!(out, "{}", counted(total, "dead-lettered item"))?;
+    } else {
+        writeln!(
+            out,
+            "items {}–{} of {} (--offset and --limit list others)",
+            offset + 1,
+            offset + letters.len(),
+            counted(total, "dead-lettered item")
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

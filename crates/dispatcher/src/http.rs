@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use omnirelay_resourcelease::json::{self, RpcRequest, RpcResponse};
@@ -220,9 +220,17 @@ pub fn router(dispatcher: Arc<Dispatcher>) -> axum::Router {
     axum::Router::new()
         .route(
             DEAD_LETTERS_PATH,
-            get(|State(dispatcher): State<Arc<Dispatcher>>| async move {
-                dead_letters_response(&dispatcher.dead_letters().await)
-            }),
+            get(
+                |State(dispatcher): State<Arc<Dispatcher>>, RawQuery(query): RawQuery| async move {
+                    match page_of(query.as_deref()) {
+                        Ok((offset, limit)) => {
+                            let (page, total) = dispatcher.dead_letters_page(offset, limit).await;
+                            dead_letters_response(&page, total)
+                        }
+                        Err(error) => error.into_response(),
+                    }
+                },
+            ),
         )
         .route(REDRIVE_PATH, change_route(DeadLetterChange::Redrive))
         .route(PURGE_PATH, change_route(DeadLetterChange::Purge))
@@ -230,8 +238,40 @@ pub fn router(dispatcher: Arc<Dispatcher>) -> axum::Router {
         .with_state(dispatcher)
 }
 
-/// `{"deadLetters":[…]}` of `letters`.
-fn dead_letters_response(letters: &[crate::DeadLetter]) -> Response {
+/// The page a dead-letter listing asks for: `?offset=N&limit=M`, both
+/// optional (from the first, all of them).
+fn page_of(query: Option<&str>) -> Result<(usize, Option<usize>), RpcError> {
+    let (mut offset, mut limit) = (0, None);
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value.parse::<usize>().map_err(|_| {
+                RpcError::invalid(
+                    None,
+                    format!("{name} must be a whole number of items, not {value:?}"),
+                )
+            })
+        };
+        match name {
+            "offset" => offset = number()?,
+            "limit" => limit = Some(number()?),
+            _ => {
+                return Err(RpcError::invalid(
+                    None,
+                    format!("unknown parameter {name:?}: a listing takes offset and limit"),
+                ));
+            }
+        }
+    }
+    Ok((offset, limit))
+}
+
+/// `{"deadLetters":[…],"total":N}` of `letters`, a page of `total`.
+fn dead_letters_response(letters: &[crate::DeadLetter], total: usize) -> Response {
     let letters: Vec<_> = letters
         .iter()
         .map(|d| json::DeadLetterView {
@@ -240,7 +280,7 @@ fn dead_letters_response(letters: &[crate::DeadLetter]) -> Response {
             at: d.at,
         })
         .collect();
-    json_response(json::encode_dead_letters(&letters))
+    json_response(json::encode_dead_letters(&letters, total))
 }
 
 /// The body of a redrive or a purge: `{"sequenceIds":[…]}` or
@@ -577,12 +617,19 @@ fn status_json(status: &crate::StandbyStatus) -> serde_json::Value {
 
 /// The dead letters of the projection, or of the dispatcher once
 /// promoted.
-async fn standby_dead_letters(State((standby, _)): State<StandbyState>) -> Response {
-    let letters = match standby.dispatcher() {
-        Some(dispatcher) => dispatcher.dead_letters().await,
-        None => standby.dead_letters().await,
+async fn standby_dead_letters(
+    State((standby, _)): State<StandbyState>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let (offset, limit) = match page_of(query.as_deref()) {
+        Ok(page) => page,
+        Err(error) => return error.into_response(),
     };
-    dead_letters_response(&letters)
+    let (page, total) = match standby.dispatcher() {
+        Some(dispatcher) => dispatcher.dead_letters_page(offset, limit).await,
+        None => standby.dead_letters_page(offset, limit).await,
+    };
+    dead_letters_response(&page, total)
 }
 
 async fn standby_status(State((standby, _)): State<StandbyState>) -> Response {

@@ -356,6 +356,16 @@ impl QueueState {
         &self.dead_letters
     }
 
+    /// At most `limit` dead-lettered items (`None`: all) after the first
+    /// `offset`, oldest first.
+    pub fn dead_letters_page(&self, offset: usize, limit: Option<usize>) -> &[DeadLetter] {
+        let start = offset.min(self.dead_letters.len());
+        let end = limit.map_or(self.dead_letters.len(), |limit| {
+            start.saturating_add(limit).min(self.dead_letters.len())
+        });
+        &self.dead_letters[start..end]
+    }
+
     /// Pending items.
     pub fn pending_count(&self) -> usize {
         self.pending.len()

@@ -883,6 +883,18 @@ impl Dispatcher {
         self.state.lock().await.dead_letters().to_vec()
     }
 
+    /// At most `limit` dead-lettered items after the first `offset`
+    /// ([`QueueState::dead_letters_page`]), and how many there are.
+    pub async fn dead_letters_page(
+        &self,
+        offset: usize,
+        limit: Option<usize>,
+    ) -> (Vec<crate::queue::DeadLetter>, usize) {
+        let state = self.state.lock().await;
+        let page = state.dead_letters_page(offset, limit).to_vec();
+        (page, state.dead_letters().len())
+    }
+
     /// Expires overdue leases every `sweep_interval` until the dispatcher
     /// is dropped.
     async fn sweep_loop(dispatcher: std::sync::Weak<Self>) {

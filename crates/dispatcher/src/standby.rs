@@ -351,10 +351,17 @@ impl Standby {
         self.state.lock().await.summary()
     }
 
-    /// The dead-lettered items of the queue as the stream so far
-    /// determines it.
-    pub async fn dead_letters(&self) -> Vec<crate::DeadLetter> {
-        self.state.lock().await.dead_letters().to_vec()
+    /// At most `limit` dead-lettered items after the first `offset` of the
+    /// queue as the stream so far determines it
+    /// ([`QueueState::dead_letters_page`]), and how many there are.
+    pub async fn dead_letters_page(
+        &self,
+        offset: usize,
+        limit: Option<usize>,
+    ) -> (Vec<crate::DeadLetter>, usize) {
+        let state = self.state.lock().await;
+        let page = state.dead_letters_page(offset, limit).to_vec();
+        (page, state.dead_letters().len())
     }
 
     /// The dispatcher it became, once promoted.

@@ -2727,6 +2727,29 @@ fn heavy_dead_lettered_items_are_listed_redriven_and_purged_and_a_standby_follow
             .is_some_and(|r| r.starts_with("lakehouse.catalog/"))),
         "{table}"
     );
+    // A page of them, and past the end.
+    let page = |args: &[&str]| {
+        let mut all = vec!["queue", "dead-letters", "--url", primary_url.as_str()];
+        all.extend_from_slice(args);
+        let out = omnirelay(&all, b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let second = page(&["--offset", "1", "--limit", "1"]);
+    assert!(
+        second.contains("poison-2") && !second.contains("poison-1"),
+        "{second}"
+    );
+    assert!(
+        second.contains("items 2–2 of 3 dead-lettered items"),
+        "{second}"
+    );
+    let past = page(&["--offset", "5"]);
+    assert!(
+        past.contains("no dead-lettered items after the first 5")
+            && past.contains("(3 dead-lettered items)"),
+        "{past}"
+    );
     // The standby's projection has them too, once it followed.
     let mut followed = Vec::new();
     for _ in 0..500 {

@@ -528,7 +528,7 @@ async fn dead_letters_are_listed_and_redriven_over_http() {
     let list = || send(at, &get_line, None, &[], "");
     let redrive =
         |body: &'static str| send(at, &post_line, None, &[("Rpc-Caller", "operator")], body);
-    assert_eq!(list().await.body, json!({"deadLetters": []}));
+    assert_eq!(list().await.body, json!({"deadLetters": [], "total": 0}));
     dead_letter(at, 2).await;
     let listed = list().await;
     assert_eq!(listed.status, 200);
@@ -546,6 +546,42 @@ async fn dead_letters_are_listed_and_redriven_over_http() {
             .unwrap()
             .ends_with("+00:00")
     );
+    assert_eq!(listed.body["total"], 2);
+    // A page: `offset` skips the oldest, `limit` bounds it; `total` counts all.
+    let page = |query: &str| {
+        let line = format!("GET {}{query}", http::DEAD_LETTERS_PATH);
+        async move { send(at, &line, None, &[], "").await }
+    };
+    for (query, ids) in [
+        ("?limit=1", vec![1]),
+        ("?offset=1", vec![2]),
+        ("?offset=1&limit=5", vec![2]),
+        ("?offset=2", vec![]),
+        ("?offset=9&limit=1", vec![]),
+        ("?limit=0", vec![]),
+    ] {
+        let paged = page(query).await;
+        assert_eq!(paged.status, 200, "{query}: {:?}", paged.body);
+        let got: Vec<i64> = paged.body["deadLetters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|letter| letter["item"]["sequenceId"].as_i64().unwrap())
+            .collect();
+        assert_eq!((got, &paged.body["total"]), (ids, &json!(2)), "{query}");
+    }
+    for query in ["?limit=-1", "?offset=x", "?page=2"] {
+        let refused = page(query).await;
+        assert_eq!(refused.status, 400, "{query}: {:?}", refused.body);
+        assert!(
+            refused.body["message"]
+                .as_str()
+                .unwrap()
+                .contains(&query[1..query.find('=').unwrap()]),
+            "{query}: {:?}",
+            refused.body
+        );
+    }
 
     for (body, status) in [
         ("{}", 400),
@@ -590,7 +626,7 @@ async fn dead_letters_are_listed_and_redriven_over_http() {
 
     let rest = redrive(r#"{"all":true}"#).await;
     assert_eq!(rest.body["items"][0]["sequenceId"], 1);
-    assert_eq!(list().await.body, json!({"deadLetters": []}));
+    assert_eq!(list().await.body, json!({"deadLetters": [], "total": 0}));
     assert_eq!(redrive(r#"{"all":true}"#).await.body, json!({"items": []}));
     // The body's peer id names the operator; without one, the headers do.
     assert_eq!(

@@ -190,10 +190,10 @@ pub struct DeadLetterView<'a> {
     pub at: Timestamp,
 }
 
-/// Writes `{"deadLetters":[{"item":{…},"error":{…},"deadLetteredAt":"…"},…]}`,
+/// Writes `{"deadLetters":[{"item":{…},"error":{…},"deadLetteredAt":"…"},…],"total":N}`,
 /// items and errors in the reference's shapes (`error` absent when none
-/// was recorded).
-pub fn encode_dead_letters(letters: &[DeadLetterView<'_>]) -> Vec<u8> {
+/// was recorded); `letters` may be a page of the `total` held.
+pub fn encode_dead_letters(letters: &[DeadLetterView<'_>], total: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 512 * letters.len());
     let mut w = Writer { out: &mut out };
     w.raw(b"{\"deadLetters\":[");
@@ -211,7 +211,9 @@ pub fn encode_dead_letters(letters: &[DeadLetterView<'_>]) -> Vec<u8> {
         w.timestamp(letter.at);
         w.raw(b"}");
     }
-    w.raw(b"]}");
+    w.raw(b"],\"total\":");
+    w.raw(itoa::Buffer::new().format(total).as_bytes());
+    w.raw(b"}");
     out
 }
 

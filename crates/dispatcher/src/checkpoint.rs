@@ -107,7 +107,9 @@ pub fn summary(data_dir: &Path, stream: &StreamId) -> Result<Option<Summary>, St
 
 /// A node's queue checkpoints as snapshots of their streams, for the
 /// gRPC `Snapshot` (a new standby of a dispatcher whose log no longer
-/// holds its stream's start begins from one): the file as it is on disk.
+/// holds its stream's start begins from one): the file as it is on disk,
+/// read as it is sent (from the file opened, which a newer checkpoint
+/// replaces without changing what is being read).
 #[derive(Clone, Debug)]
 pub struct Snapshots {
     data_dir: PathBuf,
@@ -126,36 +128,44 @@ impl omnirelay_replication_grpc::SnapshotSource for Snapshots {
     fn snapshot(
         &self,
         stream: &StreamId,
-    ) -> Result<Option<omnirelay_replication_grpc::Snapshot>, omnirelay_replication::Error> {
+    ) -> Result<Option<omnirelay_replication_grpc::SnapshotReader>, omnirelay_replication::Error>
+    {
+        use std::io::Seek as _;
+
         use omnirelay_replication::{Error, ErrorKind};
-        /// Of the file, only where it stands.
+        /// Of the file, only where it stands (the rest is parsed, to check
+        /// it, and not kept).
         #[derive(Deserialize)]
         struct Head {
             through: u64,
         }
         let path = path(&self.data_dir, stream);
-        let data = match std::fs::read(&path) {
-            Ok(data) => data,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "the queue checkpoint {} cannot be read: {e}",
-                        path.display()
-                    ),
-                ));
-            }
-        };
-        let head: Head = serde_json::from_slice(&data).map_err(|e| {
+        let unreadable = |e: std::io::Error| {
             Error::new(
-                ErrorKind::Corrupt,
-                format!("the queue checkpoint {} is damaged: {e}", path.display()),
+                ErrorKind::Unavailable,
+                format!(
+                    "the queue checkpoint {} cannot be read: {e}",
+                    path.display()
+                ),
             )
-        })?;
-        Ok(Some(omnirelay_replication_grpc::Snapshot {
+        };
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unreadable(e)),
+        };
+        let head: Head =
+            serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, &mut file))
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        format!("the queue checkpoint {} is damaged: {e}", path.display()),
+                    )
+                })?;
+        file.rewind().map_err(unreadable)?;
+        Ok(Some(omnirelay_replication_grpc::SnapshotReader {
             through: head.through,
-            data,
+            data: Box::new(file),
         }))
     }
 }

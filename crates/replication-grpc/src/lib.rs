@@ -79,7 +79,7 @@ pub use receiver::{
     SubmittedBatch, TokenCheck, bearer_matches, origin, request,
 };
 pub use sink::{GrpcSink, GrpcSinkOptions, Protocol};
-pub use streaming::{Snapshot, SnapshotSource, StreamingService};
+pub use streaming::{Snapshot, SnapshotReader, SnapshotSource, StreamingService};
 
 /// A node's gRPC services, every one refusing (`UNAUTHENTICATED`) calls
 /// without `authorization: Bearer <token>` when `token` is set: the

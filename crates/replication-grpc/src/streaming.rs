@@ -2,6 +2,7 @@
 //! `PublishStream` into a [`Receiver`] and `Subscribe` to any stream of the
 //! node's log.
 
+use std::io::Read as _;
 use std::iter::Peekable;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,17 +51,45 @@ pub struct Snapshot {
     pub data: Vec<u8>,
 }
 
+/// A snapshot as a node serves it: its state read as it is sent (a file,
+/// typically), never held in memory whole.
+pub struct SnapshotReader {
+    /// The last sequence of the stream it holds.
+    pub through: u64,
+    /// The state, in the node's own format.
+    pub data: Box<dyn std::io::Read + Send>,
+}
+
+impl SnapshotReader {
+    /// A snapshot held in memory.
+    pub fn from_bytes(through: u64, data: Vec<u8>) -> Self {
+        Self {
+            through,
+            data: Box::new(std::io::Cursor::new(data)),
+        }
+    }
+}
+
+impl std::fmt::Debug for SnapshotReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotReader")
+            .field("through", &self.through)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where a node's snapshots come from, for `Snapshot` (see
 /// [`StreamingService::with_snapshots`]). The framework does not read them:
 /// a replica of the same kind does.
 pub trait SnapshotSource: Send + Sync + std::fmt::Debug {
     /// The newest snapshot of `stream`; `None` when there is none. Called
-    /// on a blocking thread.
+    /// on a blocking thread; the snapshot is read on one too, a chunk at a
+    /// time as the receiver takes them.
     ///
     /// # Errors
     ///
     /// The snapshot cannot be read.
-    fn snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, Error>;
+    fn snapshot(&self, stream: &StreamId) -> Result<Option<SnapshotReader>, Error>;
 }
 
 /// The version-2 replication service of a node: `Subscribe` to any stream
@@ -398,20 +427,37 @@ impl Replication for StreamingService {
             .map_err(|e| Status::internal(format!("reading the snapshot: {e}")))?
             .map_err(|e| status_of(&e))?
             .ok_or_else(none)?;
-        let through = snapshot.through;
-        let data = bytes::Bytes::from(snapshot.data);
-        // One message (empty) for an empty snapshot.
-        let chunks: Vec<Result<SnapshotChunk, Status>> = (0..data.len().max(1))
-            .step_by(SNAPSHOT_CHUNK_BYTES)
-            .map(|at| {
-                Ok(SnapshotChunk {
-                    through,
-                    data: data
-                        .slice(at.min(data.len())..(at + SNAPSHOT_CHUNK_BYTES).min(data.len())),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        let SnapshotReader { through, mut data } = snapshot;
+        // Read a chunk at a time on a blocking thread, at most two ahead of
+        // the receiver; one message (empty) for an empty snapshot.
+        let (chunks, taken) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let mut first = true;
+            loop {
+                let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES);
+                let read = (&mut data)
+                    .take(SNAPSHOT_CHUNK_BYTES as u64)
+                    .read_to_end(&mut chunk);
+                let message = match read {
+                    Ok(0) if !first => return,
+                    Ok(_) => Ok(SnapshotChunk {
+                        through,
+                        data: chunk.into(),
+                    }),
+                    Err(e) => Err(Status::internal(format!("reading the snapshot: {e}"))),
+                };
+                let last = message.is_err();
+                // The receiver gone: nothing more to send.
+                if chunks.blocking_send(message).is_err() || last {
+                    return;
+                }
+                first = false;
+            }
+        });
+        let chunks = futures::stream::unfold(taken, |mut taken| async move {
+            taken.recv().await.map(|chunk| (chunk, taken))
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn subscribe(

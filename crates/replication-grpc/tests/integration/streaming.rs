@@ -785,8 +785,14 @@ impl omnirelay_replication_grpc::SnapshotSource for Held {
     fn snapshot(
         &self,
         stream: &StreamId,
-    ) -> Result<Option<omnirelay_replication_grpc::Snapshot>, omnirelay_replication::Error> {
-        Ok((*stream == StreamId::default()).then(|| self.0.clone()))
+    ) -> Result<Option<omnirelay_replication_grpc::SnapshotReader>, omnirelay_replication::Error>
+    {
+        Ok((*stream == StreamId::default()).then(|| {
+            omnirelay_replication_grpc::SnapshotReader::from_bytes(
+                self.0.through,
+                self.0.data.clone(),
+            )
+        }))
     }
 }
 

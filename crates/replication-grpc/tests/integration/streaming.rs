@@ -814,16 +814,15 @@ async fn snapshot_sends_what_the_node_keeps_in_chunks_behind_its_token() {
     // Over two and a half messages of 1 MiB, no two bytes alike in a row.
     let data: Vec<u8> = (0..(5 << 19) + 7).map(|i: u32| (i % 251) as u8).collect();
     let held = Snapshot { through: 42, data };
-    let serve = |snapshots: bool, token: Option<&str>| {
+    let serve = |held: Option<Snapshot>, token: Option<&str>| {
         let replicator = replicator.clone();
-        let held = held.clone();
         let token = token.map(str::to_owned);
         async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let mut streaming = StreamingService::new(replicator, None);
-            if snapshots {
+            if let Some(held) = held {
                 streaming = streaming.with_snapshots(Arc::new(Held(held)));
             }
             let routes = routes_with(streaming, None, token, stopped);
@@ -838,7 +837,7 @@ async fn snapshot_sends_what_the_node_keeps_in_chunks_behind_its_token() {
             url
         }
     };
-    let url = serve(true, Some("s3cret")).await;
+    let url = serve(Some(held.clone()), Some("s3cret")).await;
     let mut connection = Connection::new(url);
     let stream = StreamId::default();
     for token in [None, Some("wrong")] {
@@ -853,8 +852,18 @@ async fn snapshot_sends_what_the_node_keeps_in_chunks_behind_its_token() {
     assert_eq!(fetch_snapshot(&connection, &other).await.unwrap(), None);
     // A node that keeps none, and one without the service (a reference
     // receiver, or a release before `Snapshot`).
-    let bare = Connection::new(serve(false, None).await);
+    let bare = Connection::new(serve(None, None).await);
     assert_eq!(fetch_snapshot(&bare, &stream).await.unwrap(), None);
+    // An empty snapshot is one empty chunk.
+    let empty = Snapshot {
+        through: 7,
+        data: Vec::new(),
+    };
+    let nothing = Connection::new(serve(Some(empty.clone()), None).await);
+    assert_eq!(
+        fetch_snapshot(&nothing, &stream).await.unwrap(),
+        Some(empty)
+    );
     let old_dir = tempfile::tempdir().unwrap();
     let old = Node::serve(old_dir.path(), None, false).await;
     let unserved = fetch_snapshot(&Connection::new(old.url.clone()), &stream).await;

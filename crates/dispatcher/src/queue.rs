@@ -423,32 +423,23 @@ impl QueueState {
         dead_letters: Vec<DeadLetter>,
         drained: bool,
     ) -> Self {
-        let held = HeldIds(
-            pending
-                .iter()
-                .map(|p| p.item.sequence_id)
-                .chain(active.iter().map(|l| l.item.sequence_id))
-                .chain(dead_letters.iter().map(|d| d.item.sequence_id))
-                .collect(),
-        );
-        let sum = |hashes: &mut dyn Iterator<Item = u64>| hashes.fold(0u64, u64::wrapping_add);
-        let digest = Digest {
-            pending: sum(&mut pending.iter().map(Digest::pending)),
-            active: sum(&mut active.iter().map(Digest::lease)),
-            dead: sum(&mut dead_letters.iter().map(Digest::dead_letter)),
-        };
-        Self {
+        // Through the helpers every change goes through, which keep the
+        // held ids and the digest.
+        let mut state = Self {
             last_sequence_id,
-            pending: pending.into(),
-            active: active
-                .into_iter()
-                .map(|lease| (lease.handle.lease_id, Arc::new(lease)))
-                .collect(),
-            dead_letters,
             drained,
-            held,
-            digest,
+            ..Self::default()
+        };
+        for entry in pending {
+            state.push_pending(entry);
         }
+        for lease in active {
+            state.insert_active(lease);
+        }
+        for letter in dead_letters {
+            state.push_dead_letter(letter);
+        }
+        state
     }
 
     /// Whether the queue holds the item of `sequence_id`: pending, leased
